@@ -1,0 +1,206 @@
+"""The watch cache: every controller's in-memory copy of the store.
+
+Snapshot, then watch: list everything at revision R, watch from R + 1, and
+list again after a compaction or a lost connection (emitting the difference as
+changes). The store also writes through it: a committed transaction is applied
+at its revision at once, so a controller reads its own writes without waiting
+for the watch. Each key only moves forward in revision, so a late watch event
+never undoes a newer write (deleted keys keep a tombstone revision until the
+watch has passed it).
+
+Objects in the cache are shared with every reader: never mutate one; copy it
+(CopyFrom) and write the copy through the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from .etcd import EtcdClient, KeyValue, StoreUnavailable
+from .keys import Keys, StoredObject, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: str
+    object_id: str
+    old: StoredObject | None
+    new: StoredObject | None
+
+
+Listener = Callable[[Change], None]
+
+
+class WatchCache:
+    def __init__(self, etcd: EtcdClient, keys: Keys) -> None:
+        self._etcd = etcd
+        self._keys = keys
+        self.nodes: dict[str, pb.Node] = {}
+        self.services: dict[str, pb.Service] = {}
+        self.tasks: dict[str, pb.Task] = {}
+        self.networks: dict[str, pb.Network] = {}
+        self.clusters: dict[str, pb.Cluster] = {}
+        self.tasks_by_service: dict[str, dict[str, pb.Task]] = {}
+        self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
+        self.leader: KeyValue | None = None
+        self.revision = 0
+        self.synced = asyncio.Event()
+        # Revisions of deleted keys, kept until the watch has passed them; a live
+        # key's revision is its object's meta.version.
+        self._tombstones: dict[bytes, int] = {}
+        self._tombstone_order: deque[tuple[int, bytes]] = deque()
+        self._list_revision = 0
+        self._listeners: list[Listener] = []
+        self._by_kind: dict[str, dict[str, StoredObject]] = {
+            "nodes": self.nodes,  # type: ignore[dict-item]
+            "services": self.services,  # type: ignore[dict-item]
+            "tasks": self.tasks,  # type: ignore[dict-item]
+            "networks": self.networks,  # type: ignore[dict-item]
+            "clusters": self.clusters,  # type: ignore[dict-item]
+        }
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call listener for every change from now on; returns the unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def objects(self, kind: str) -> dict[str, StoredObject]:
+        return self._by_kind[kind]
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self, retry_delay: float = 0.5) -> None:
+        """List and watch forever; reconnects and re-lists on any loss."""
+        while True:
+            try:
+                await self._list()
+                await self._watch()
+            except StoreUnavailable as error:
+                log.warning("watch cache lost etcd, retrying: %s", error)
+                await asyncio.sleep(retry_delay)
+
+    async def _list(self) -> None:
+        revision, kvs = await self._etcd.range_prefix(self._keys.prefix)
+        present = {kv.key for kv in kvs}
+        for kv in kvs:
+            self._apply(kv.key, kv.value, kv.mod_revision)
+        # Whatever the cache holds that etcd no longer has was deleted meanwhile.
+        cached = [self._keys.object(kind, object_id)
+                  for kind, objects in self._by_kind.items() for object_id in objects]
+        if self.leader is not None:
+            cached.append(self._keys.leader)
+        for key in cached:
+            if key not in present:
+                self._apply(key, None, revision)
+        self.revision = max(self.revision, revision)
+        self._list_revision = revision
+        self.synced.set()
+        log.info("watch cache listed %d keys at revision %d", len(kvs), revision)
+
+    async def _watch(self) -> None:
+        async for batch in self._etcd.watch_prefix(self._keys.prefix, self._list_revision + 1):
+            if batch.compacted_revision:
+                log.warning("watch revision compacted (at %d); re-listing",
+                            batch.compacted_revision)
+                return
+            for is_delete, kv in batch.events:
+                self._apply(kv.key, None if is_delete else kv.value, kv.mod_revision)
+            self._list_revision = max(self._list_revision, batch.revision)
+            self.revision = max(self.revision, batch.revision)
+            self._prune_tombstones()
+
+    def _prune_tombstones(self) -> None:
+        # A tombstone is only needed until the watch has passed its revision.
+        order = self._tombstone_order
+        while order and order[0][0] <= self._list_revision:
+            revision, key = order.popleft()
+            if self._tombstones.get(key) == revision:
+                del self._tombstones[key]
+
+    def _revision_of(self, key: bytes, kind: str | None, object_id: str) -> int:
+        if kind is None:
+            return self.leader.mod_revision if self.leader is not None else \
+                self._tombstones.get(key, 0)
+        obj = self._by_kind[kind].get(object_id)
+        return obj.meta.version if obj is not None else self._tombstones.get(key, 0)
+
+    # ------------------------------------------------------------ applying
+
+    def apply_committed(self, puts: Iterable[tuple[bytes, bytes]], deletes: Iterable[bytes],
+                        revision: int) -> None:
+        """Write-through of a committed transaction."""
+        for key, value in puts:
+            self._apply(key, value, revision)
+        for key in deletes:
+            self._apply(key, None, revision)
+        self.revision = max(self.revision, revision)
+
+    def apply_observed(self, key: bytes, kv: KeyValue | None, revision: int) -> None:
+        """What a failed transaction read back: the key's current value (or absence)."""
+        if kv is None:
+            self._apply(key, None, revision)
+        else:
+            self._apply(key, kv.value, kv.mod_revision)
+
+    def _apply(self, key: bytes, value: bytes | None, revision: int) -> None:
+        if key == self._keys.leader:
+            if revision <= self._revision_of(key, None, ""):
+                return
+            if value is None:
+                self._bury(key, revision)
+            self.leader = None if value is None else KeyValue(key, value, revision, 0)
+            return
+        parsed = self._keys.parse(key)
+        if parsed is None:
+            return
+        kind, object_id = parsed
+        if revision <= self._revision_of(key, kind, object_id):
+            return
+        if value is None:
+            self._bury(key, revision)
+        else:
+            self._tombstones.pop(key, None)
+        store = self._by_kind[kind]
+        old = store.get(object_id)
+        new = None if value is None else decode(kind, value, revision)
+        if new is None:
+            if old is None:
+                return
+            del store[object_id]
+        else:
+            store[object_id] = new
+        if kind == "tasks":
+            self._index_task(old, new)  # type: ignore[arg-type]
+        change = Change(kind, object_id, old, new)
+        for listener in list(self._listeners):
+            listener(change)
+
+    def _index_task(self, old: pb.Task | None, new: pb.Task | None) -> None:
+        if old is not None:
+            _drop(self.tasks_by_service, old.service_id, old.id)
+            _drop(self.tasks_by_node, old.node_id, old.id)
+        if new is not None:
+            self.tasks_by_service.setdefault(new.service_id, {})[new.id] = new
+            if new.node_id:
+                self.tasks_by_node.setdefault(new.node_id, {})[new.id] = new
+
+
+    def _bury(self, key: bytes, revision: int) -> None:
+        self._tombstones[key] = revision
+        self._tombstone_order.append((revision, key))
+
+
+def _drop(index: dict[str, dict[str, pb.Task]], bucket: str, task_id: str) -> None:
+    tasks = index.get(bucket)
+    if tasks is not None:
+        tasks.pop(task_id, None)
+        if not tasks:
+            del index[bucket]

@@ -1,0 +1,62 @@
+"""How objects are laid out in etcd: one key per object, protobuf values.
+
+    {prefix}nodes/{id}  services/{id}  tasks/{id}  networks/{id}  clusters/{id}
+    {prefix}names/{kind}/{name} -> id      unique names (services, networks)
+    {prefix}leader                         the leading controller (leased)
+
+A stored object's meta.version is the key's mod_revision, filled in on read.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+from swarmapi.v1 import objects_pb2 as pb
+
+StoredObject: TypeAlias = pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster
+
+KIND_TYPES: dict[str, type[StoredObject]] = {
+    "nodes": pb.Node,
+    "services": pb.Service,
+    "tasks": pb.Task,
+    "networks": pb.Network,
+    "clusters": pb.Cluster,
+}
+_KIND_OF_TYPE = {message_type: kind for kind, message_type in KIND_TYPES.items()}
+
+
+def kind_of(obj: StoredObject) -> str:
+    return _KIND_OF_TYPE[type(obj)]
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        if not prefix.endswith("/"):
+            prefix += "/"
+        self.prefix = prefix.encode()
+        self.leader = self.prefix + b"leader"
+        self._names = self.prefix + b"names/"
+
+    def object(self, kind: str, object_id: str) -> bytes:
+        return self.prefix + kind.encode() + b"/" + object_id.encode()
+
+    def of(self, obj: StoredObject) -> bytes:
+        return self.object(kind_of(obj), obj.id)
+
+    def name(self, kind: str, name: str) -> bytes:
+        return self._names + kind.encode() + b"/" + name.encode()
+
+    def parse(self, key: bytes) -> tuple[str, str] | None:
+        """(kind, id) of an object key; None for names, the leader key and strangers."""
+        if not key.startswith(self.prefix):
+            return None
+        kind, _, object_id = key[len(self.prefix):].decode().partition("/")
+        if kind not in KIND_TYPES or not object_id or "/" in object_id:
+            return None
+        return kind, object_id
+
+
+def decode(kind: str, value: bytes, mod_revision: int) -> StoredObject:
+    obj = KIND_TYPES[kind].FromString(value)
+    obj.meta.version = mod_revision
+    return obj

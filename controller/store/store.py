@@ -1,0 +1,172 @@
+"""The typed store: optimistic, transactional writes of API objects to etcd.
+
+Every write is a compare-and-swap: creates require the key to be absent,
+updates and deletes require the mod_revision the caller read (its
+meta.version). A conflict is reported, never overwritten; the caller reads
+again (from the cache, which the failed transaction has already refreshed)
+and retries. Many operations are split into transactions of at most etcd's
+128 operations.
+
+Objects handed to the store become the cached copies: do not mutate them
+after a commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from . import etcd as E
+from .cache import WatchCache
+from .etcd import EtcdClient
+from .keys import Keys, StoredObject, kind_of
+
+
+class Conflict(Exception):
+    """A compare of the transaction failed: someone else wrote first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    obj: StoredObject
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    obj: StoredObject  # its meta.version must be the revision it was read at
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    kind: str
+    object_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveName:
+    """Claim a unique name (fails when taken)."""
+
+    kind: str
+    name: str
+    object_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseName:
+    kind: str
+    name: str
+
+
+Op: TypeAlias = Create | Update | Delete | ReserveName | ReleaseName
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """An extra condition on a transaction: the key's create_revision is as given.
+
+    The leader fences its writes with its leadership key: a deposed leader's
+    late writes fail instead of racing its successor."""
+
+    key: bytes
+    create_revision: int
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    return stamp
+
+
+class Store:
+    def __init__(self, etcd: EtcdClient, prefix: str = "/swarm/") -> None:
+        self.etcd = etcd
+        self.keys = Keys(prefix)
+        self.cache = WatchCache(etcd, self.keys)
+
+    # ------------------------------------------------------------ single
+
+    async def create(self, obj: StoredObject, *ops: Op) -> None:
+        await self.commit([Create(obj), *ops])
+
+    async def update(self, obj: StoredObject, *ops: Op) -> None:
+        await self.commit([Update(obj), *ops])
+
+    # ------------------------------------------------------------ batches
+
+    async def commit(self, ops: Sequence[Op], guard: Guard | None = None) -> int:
+        """All ops in one transaction, all or nothing; raises Conflict. Returns the revision."""
+        limit = E.MAX_TXN_OPS - (1 if guard else 0)
+        if len(ops) > limit:
+            raise ValueError(f"{len(ops)} operations exceed one transaction ({limit})")
+        return await self._commit_chunk(ops, guard)
+
+    async def commit_chunked(self, ops: Sequence[Op], guard: Guard | None = None) -> list[Op]:
+        """Ops in transactions of at most 128; returns the ops of chunks that conflicted
+        (the cache already holds what etcd had instead, so a re-plan sees it)."""
+        size = E.MAX_TXN_OPS - (1 if guard else 0)
+        failed: list[Op] = []
+        for start in range(0, len(ops), size):
+            chunk = ops[start:start + size]
+            try:
+                await self._commit_chunk(chunk, guard)
+            except Conflict:
+                failed.extend(chunk)
+        return failed
+
+    async def _commit_chunk(self, ops: Sequence[Op], guard: Guard | None) -> int:
+        compares: list[Any] = []
+        success: list[Any] = []
+        puts: list[tuple[bytes, bytes]] = []
+        deletes: list[bytes] = []
+        watched: list[bytes] = []  # object keys re-read when the transaction fails
+        stamp = _now()
+        for op in ops:
+            if isinstance(op, Create | Update):
+                obj = op.obj
+                key = self.keys.of(obj)
+                if isinstance(op, Create):
+                    compares.append(E.compare_create_revision(key, 0))
+                    obj.meta.created_at.CopyFrom(stamp)
+                else:
+                    compares.append(E.compare_mod_revision(key, obj.meta.version))
+                obj.meta.updated_at.CopyFrom(stamp)
+                value = obj.SerializeToString()
+                success.append(E.op_put(key, value))
+                puts.append((key, value))
+                watched.append(key)
+            elif isinstance(op, Delete):
+                key = self.keys.object(op.kind, op.object_id)
+                compares.append(E.compare_mod_revision(key, op.version))
+                success.append(E.op_delete(key))
+                deletes.append(key)
+                watched.append(key)
+            elif isinstance(op, ReserveName):
+                key = self.keys.name(op.kind, op.name)
+                compares.append(E.compare_create_revision(key, 0))
+                success.append(E.op_put(key, op.object_id.encode()))
+            else:
+                success.append(E.op_delete(self.keys.name(op.kind, op.name)))
+        if len(set(watched)) != len(watched):
+            raise ValueError("a transaction names the same object twice")
+        if guard is not None:
+            compares.append(E.compare_create_revision(guard.key, guard.create_revision))
+        response = await self.etcd.txn(compares, success, [E.op_get(k) for k in watched])
+        revision = int(response.header.revision)
+        if response.succeeded:
+            self.cache.apply_committed(puts, deletes, revision)
+            return revision
+        for key, reply in zip(watched, response.responses, strict=True):
+            kvs = reply.response_range.kvs
+            kv = E.KeyValue(kvs[0].key, kvs[0].value, kvs[0].mod_revision,
+                            kvs[0].create_revision) if kvs else None
+            self.cache.apply_observed(key, kv, revision)
+        raise Conflict(f"transaction of {len(ops)} operations conflicted at revision {revision}")
+
+
+def delete_op(obj: StoredObject) -> Delete:
+    return Delete(kind_of(obj), obj.id, obj.meta.version)

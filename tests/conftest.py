@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from controller.store import EtcdClient, EtcdSettings, Store
+from tests.etcd_server import EtcdServer
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    server = EtcdServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def etcd_prefix() -> str:
+    """Each test gets a key space of its own in the shared etcd."""
+    return f"/test-{uuid.uuid4().hex[:12]}/"
+
+
+@pytest.fixture
+async def store(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Store]:
+    client = EtcdClient.open(EtcdSettings(endpoints=(etcd_server.endpoint,)))
+    try:
+        yield Store(client, etcd_prefix)
+    finally:
+        await client.close()

