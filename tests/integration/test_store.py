@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -23,6 +23,7 @@ from controller.store import (
 )
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
+from tests.waiting import eventually
 
 
 def task(task_id: str, service_id: str = "svc", node_id: str = "") -> pb.Task:
@@ -40,14 +41,6 @@ async def running_cache(store: Store) -> AsyncIterator[asyncio.Task[None]]:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 async def test_create_then_update_with_stale_version_conflicts(store: Store) -> None:

@@ -1,0 +1,204 @@
+"""The agent's session with the controllers: registration, the assignment
+stream, heartbeats and batched status reports, with failover.
+
+The session follows the leader: a follower's FAILED_PRECONDITION names it in
+trailing metadata, and any other failure moves on to the next controller
+after a jittered, growing backoff. On every (re)connect the controller sends
+the complete assignment set and the session re-reports every task's status,
+so nothing that happened while it was away is lost.
+
+The session knows nothing about containers: it drives a Worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from swarmapi.loops import cancel_all
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
+from swarmapi.v1 import objects_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA_KEY = "swarm-leader-addr"
+_RPC_TIMEOUT = 10.0
+
+
+class Worker(Protocol):
+    """What runs the tasks. The session feeds it assignments; it reports back
+    through the `report` callback it was given."""
+
+    async def apply(self, assignments: dpb.Assignments) -> None: ...
+
+    def statuses(self) -> dict[str, pb.TaskStatus]:
+        """The latest status of every task the worker knows, to re-report."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    backoff_initial: float = 0.1
+    backoff_max: float = 5.0
+    status_flush_interval: float = 0.1  # reports are batched at least this often
+    status_batch_max: int = 500
+
+
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+
+def insecure_channels() -> ChannelFactory:
+    """One cached plaintext channel per address (mutual TLS slots in here)."""
+    channels: dict[str, grpc.aio.Channel] = {}
+
+    def factory(addr: str) -> grpc.aio.Channel:
+        if addr not in channels:
+            channels[addr] = grpc.aio.insecure_channel(addr)
+        return channels[addr]
+
+    return factory
+
+
+def _leader_hint(error: grpc.aio.AioRpcError) -> str:
+    metadata: Any = error.trailing_metadata()
+    value = metadata.get(LEADER_METADATA_KEY) if metadata else None
+    return value if isinstance(value, str) else ""
+
+
+class AgentSession:
+    def __init__(self, controllers: Sequence[str], description: pb.NodeDescription,
+                 worker: Worker, channels: ChannelFactory, *,
+                 node_id: str = "", labels: dict[str, str] | None = None,
+                 on_registered: Callable[[str], None] | None = None,
+                 settings: SessionSettings | None = None) -> None:
+        if not controllers:
+            raise ValueError("at least one controller address is needed")
+        self._controllers = list(controllers)
+        self._target = 0
+        self.description = description
+        self.worker = worker
+        self._channels = channels
+        self.node_id = node_id
+        self._labels = labels or {}
+        self._on_registered = on_registered
+        self.settings = settings or SessionSettings()
+        self._pending: dict[str, pb.TaskStatus] = {}
+        self._pending_ready = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.session_id = ""
+        self.leader = ""
+
+    # ------------------------------------------------------------ reporting
+
+    def report(self, task_id: str, status: pb.TaskStatus) -> None:
+        """Queue a status; the latest one per task wins."""
+        self._pending[task_id] = status
+        self._pending_ready.set()
+
+    # ------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        backoff = self.settings.backoff_initial
+        while True:
+            addr = self.leader or self._controllers[self._target % len(self._controllers)]
+            try:
+                await self._session(addr)
+                backoff = self.settings.backoff_initial  # the controller closed it cleanly
+            except grpc.aio.AioRpcError as error:
+                hint = _leader_hint(error)
+                if error.code() == grpc.StatusCode.FAILED_PRECONDITION and hint and hint != addr:
+                    log.info("controller %s is not the leader; following %s", addr, hint)
+                    self.leader = hint
+                    continue
+                if error.code() == grpc.StatusCode.NOT_FOUND and "register" in (error.details() or ""):
+                    log.warning("controller does not know node %s; registering again", self.node_id)
+                    self.node_id = ""
+                    continue
+                log.warning("session with %s failed: %s %s", addr, error.code().name,
+                            error.details())
+                self.leader = ""
+                self._target += 1
+            finally:
+                self.connected.clear()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, self.settings.backoff_max)
+
+    async def _session(self, addr: str) -> None:
+        stub = dgrpc.DispatcherStub(self._channels(addr))
+        if not self.node_id:
+            response = await stub.Register(
+                dpb.RegisterRequest(description=self.description, labels=self._labels),
+                timeout=_RPC_TIMEOUT)
+            self.node_id = response.node_id
+            log.info("registered as node %s", self.node_id)
+            if self._on_registered is not None:
+                self._on_registered(self.node_id)
+        stream = stub.Session(dpb.SessionRequest(node_id=self.node_id,
+                                                 description=self.description))
+        helpers: list[asyncio.Task[None]] = []
+        try:
+            first = await stream.read()
+            if first is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
+            assert isinstance(first, dpb.SessionMessage)
+            self.session_id = first.session_id
+            self.leader = addr
+            period = first.heartbeat_period.ToNanoseconds() / 1e9 or 5.0
+            # Re-report everything: a new leader may have missed reports.
+            for task_id, status in self.worker.statuses().items():
+                self._pending.setdefault(task_id, status)
+            self._pending_ready.set()
+            helpers = [
+                asyncio.create_task(self._heartbeats(stub, period), name="heartbeat"),
+                asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
+            ]
+            self.connected.set()
+            log.info("session %s with %s open", self.session_id, addr)
+            await self.worker.apply(first.assignments)
+            helpers.append(asyncio.create_task(self._follow(stream), name="assignments"))
+            # Whichever stops first ends the session: the stream, or a refused heartbeat.
+            done, _ = await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            stream.cancel()
+            await cancel_all(helpers)
+
+    async def _follow(self, stream: Any) -> None:
+        async for message in stream:
+            await self.worker.apply(message.assignments)
+
+    async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
+        while True:
+            response = await stub.Heartbeat(
+                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id),
+                timeout=max(period, 1.0))
+            period = response.period.ToNanoseconds() / 1e9 or period
+            # Beat a little faster than the period so one late beat is not a miss.
+            await asyncio.sleep(period * 0.8)
+
+    async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
+        while True:
+            await self._pending_ready.wait()
+            await asyncio.sleep(self.settings.status_flush_interval)
+            self._pending_ready.clear()
+            while self._pending:
+                batch = dict(list(self._pending.items())[: self.settings.status_batch_max])
+                request = dpb.UpdateTaskStatusRequest(
+                    node_id=self.node_id, session_id=self.session_id,
+                    updates=[dpb.TaskStatusUpdate(task_id=task_id, status=status)
+                             for task_id, status in batch.items()])
+                await stub.UpdateTaskStatus(request, timeout=_RPC_TIMEOUT)
+                for task_id, status in batch.items():
+                    # Drop what was sent unless a newer status came meanwhile.
+                    if self._pending.get(task_id) is status:
+                        del self._pending[task_id]

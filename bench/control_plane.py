@@ -1,0 +1,114 @@
+"""Control-plane convergence: real etcd, a real controller, simulated agents.
+
+    python -m bench.control_plane --nodes 500 --tasks 10000
+
+Starts etcd (with fsync, as in production) and one controller in this process,
+and N simulated nodes in a child process (real gRPC sessions, fake worker).
+Times from the `ScaleService` call until every task is stored as RUNNING, and
+prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+from controller.server import Controller, ControllerConfig
+from controller.store import Change, EtcdSettings
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarmapi.v1 import objects_pb2 as pb
+from tests.etcd_server import EtcdServer
+
+
+def _is_running(task: object) -> bool:
+    return isinstance(task, pb.Task) and task.status.state == pb.RUNNING \
+        and task.desired_state == pb.RUNNING
+
+
+async def run(nodes: int, tasks: int, fsync: bool) -> dict[str, object]:
+    etcd = EtcdServer.start(fsync=fsync)
+    agents: subprocess.Popen[bytes] | None = None
+    controller = Controller(ControllerConfig(
+        listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/"))
+    try:
+        await controller.start()
+        addr = f"127.0.0.1:{controller.port}"
+        with tempfile.TemporaryFile() as agent_log:
+            agents = subprocess.Popen(
+                [sys.executable, "-m", "agent.simulated", "--controller", addr,
+                 "--nodes", str(nodes)], stdout=agent_log, stderr=subprocess.STDOUT)
+            cache = controller.store.cache
+            deadline = time.monotonic() + 120
+            while sum(n.status.state == pb.NodeStatus.READY for n in cache.nodes.values()) < nodes:
+                if time.monotonic() > deadline or agents.poll() is not None:
+                    raise RuntimeError("simulated nodes did not all become ready")
+                await asyncio.sleep(0.1)
+
+            async with grpc.aio.insecure_channel(addr) as channel:
+                control = cgrpc.ControlStub(channel)
+                spec = pb.ServiceSpec(name="bench", replicated=pb.ReplicatedService(replicas=0))
+                spec.task.container.image = "busybox:latest"
+                service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
+
+                running = 0
+                done = asyncio.Event()
+
+                def count(change: Change) -> None:
+                    nonlocal running
+                    running += _is_running(change.new) - _is_running(change.old)
+                    if running >= tasks:
+                        done.set()
+
+                cache.subscribe(count)
+                started = time.perf_counter()
+                await control.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=tasks))
+                await asyncio.wait_for(done.wait(), timeout=600)
+                seconds = time.perf_counter() - started
+            per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
+            return {
+                "bench": "control_plane",
+                "nodes": nodes,
+                "tasks": tasks,
+                "seconds_to_converge": round(seconds, 3),
+                "tasks_per_s": round(tasks / seconds, 1),
+                "tasks_per_node_min": min(per_node),
+                "tasks_per_node_max": max(per_node),
+                "orchestrator_passes": controller.orchestrator.passes,
+                "scheduler_passes": controller.scheduler.passes,
+                "etcd_fsync": fsync,
+                "controller_max_rss_mib": round(
+                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "cpus": os.cpu_count(),
+            }
+    finally:
+        if agents is not None and agents.poll() is None:
+            agents.terminate()
+            agents.wait(timeout=30)
+        await controller.stop()
+        etcd.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.control_plane")
+    parser.add_argument("--nodes", type=int, default=500)
+    parser.add_argument("--tasks", type=int, default=10000)
+    parser.add_argument("--no-fsync", action="store_true",
+                        help="run etcd with --unsafe-no-fsync (not how production runs)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync))))
+
+
+if __name__ == "__main__":
+    main()

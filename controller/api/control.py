@@ -1,0 +1,364 @@
+"""The control API servicer: what swarmctl calls, on every controller.
+
+Reads are answered from the watch cache, so a controller that lost etcd keeps
+answering them. Writes validate the whole request first (nothing is written
+for a bad one), then commit one compare-and-swap transaction; a conflict is
+ABORTED for the caller to read again, an unreachable etcd is UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..ids import new_id
+from ..leadership import Leadership
+from ..store import (
+    Conflict,
+    Create,
+    Delete,
+    Op,
+    ReleaseName,
+    ReserveName,
+    Store,
+    StoreUnavailable,
+    Update,
+)
+from .refs import resolve_ref
+from .validation import (
+    ValidationError,
+    normalize_network_spec,
+    normalize_node_spec,
+    normalize_service_spec,
+    validate_replicas,
+)
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[object, object]
+T = TypeVar("T")
+_SCALE_ATTEMPTS = 10
+
+
+async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable")  # abort raises
+
+
+def _copy(obj: T) -> T:
+    clone = type(obj)()  # type: ignore[call-arg]
+    clone.CopyFrom(obj)  # type: ignore[attr-defined]
+    return clone
+
+
+def _with_prefix(objects: Iterable[T], id_of: Callable[[T], str], prefixes: Iterable[str]) -> list[T]:
+    wanted = list(prefixes)
+    if not wanted:
+        return list(objects)
+    return [obj for obj in objects if any(id_of(obj).startswith(p) for p in wanted)]
+
+
+def _labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    return all(key in labels and (not value or labels[key] == value)
+               for key, value in wanted.items())
+
+
+def _template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
+    return old.task.SerializeToString(deterministic=True) != \
+        new.task.SerializeToString(deterministic=True) or \
+        old.endpoint.SerializeToString(deterministic=True) != \
+        new.endpoint.SerializeToString(deterministic=True)
+
+
+class ControlServicer(cgrpc.ControlServicer):
+    def __init__(self, store: Store, leadership: Leadership) -> None:
+        self._store = store
+        self._leadership = leadership
+
+    async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
+        try:
+            await self._store.commit(ops)
+        except StoreUnavailable as error:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         f"cannot {what}: the store is unavailable ({error}); reads still work")
+        except Conflict:
+            await _abort(context, grpc.StatusCode.ABORTED,
+                         f"cannot {what}: it was changed concurrently; read it again and retry")
+
+    async def _resolve(self, context: Context, ref: str, objects: Mapping[str, T],
+                       name_of: Callable[[T], str], kind: str) -> T:
+        try:
+            return resolve_ref(ref, objects, name_of, kind)
+        except LookupError as error:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, str(error.args[0]))
+
+    async def _invalid(self, context: Context, error: ValidationError) -> NoReturn:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+
+    # ------------------------------------------------------------ services
+
+    async def CreateService(self, request: cpb.CreateServiceRequest,
+                            context: Context) -> cpb.ServiceResponse:
+        try:
+            spec = normalize_service_spec(request.spec, self._store.cache.networks)
+        except ValidationError as error:
+            await self._invalid(context, error)
+        if any(s.spec.name == spec.name for s in self._store.cache.services.values()):
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                         f"spec.name: service {spec.name!r} already exists")
+        service = pb.Service(id=new_id(), spec=spec, spec_version=1)
+        try:
+            await self._store.commit([Create(service), ReserveName("services", spec.name, service.id)])
+        except Conflict:
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                         f"spec.name: service {spec.name!r} already exists")
+        except StoreUnavailable as error:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         f"cannot create service: the store is unavailable ({error})")
+        log.info("created service %s (%s)", service.spec.name, service.id)
+        return cpb.ServiceResponse(service=service)
+
+    async def GetService(self, request: cpb.GetRequest, context: Context) -> cpb.ServiceResponse:
+        service = await self._resolve(context, request.ref, self._store.cache.services,
+                                      lambda s: s.spec.name, "service")
+        return cpb.ServiceResponse(service=service)
+
+    async def ListServices(self, request: cpb.ListServicesRequest,
+                           context: Context) -> cpb.ListServicesResponse:
+        filters = request.filters
+        services = _with_prefix(self._store.cache.services.values(), lambda s: s.id,
+                                filters.id_prefixes)
+        if filters.names:
+            services = [s for s in services if s.spec.name in set(filters.names)]
+        if filters.labels:
+            services = [s for s in services if _labels_match(s.spec.labels, filters.labels)]
+        services.sort(key=lambda s: s.spec.name)
+        return cpb.ListServicesResponse(services=services)
+
+    async def UpdateService(self, request: cpb.UpdateServiceRequest,
+                            context: Context) -> cpb.ServiceResponse:
+        current = self._store.cache.services.get(request.service_id)
+        if current is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND,
+                         f"service {request.service_id!r} not found")
+        if request.version and request.version != current.meta.version:
+            await _abort(context, grpc.StatusCode.ABORTED,
+                         f"service {current.spec.name!r} changed since it was read "
+                         f"(version {request.version}, now {current.meta.version}); read it again")
+        if request.rollback:
+            if not current.HasField("previous_spec"):
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"service {current.spec.name!r} has no previous spec to roll back to")
+            wanted = current.previous_spec
+        else:
+            wanted = request.spec
+        try:
+            spec = normalize_service_spec(wanted, self._store.cache.networks)
+        except ValidationError as error:
+            await self._invalid(context, error)
+        if spec.name != current.spec.name:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         f"spec.name: a service cannot be renamed ({current.spec.name!r} to {spec.name!r})")
+        if spec.WhichOneof("mode") != current.spec.WhichOneof("mode"):
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "spec.mode: a service cannot change between replicated and global")
+        service = _copy(current)
+        if _template_changed(current.spec, spec):
+            service.previous_spec.CopyFrom(current.spec)
+            service.spec_version += 1
+            service.update_status.Clear()
+            service.update_status.state = (pb.UpdateStatus.ROLLBACK_STARTED if request.rollback
+                                           else pb.UpdateStatus.UPDATING)
+            service.update_status.started_at.GetCurrentTime()
+            service.update_status.message = ("rollback in progress" if request.rollback
+                                             else "update in progress")
+        service.spec.CopyFrom(spec)
+        await self._commit(context, [Update(service)], f"update service {spec.name!r}")
+        return cpb.ServiceResponse(service=service)
+
+    async def ScaleService(self, request: cpb.ScaleServiceRequest,
+                           context: Context) -> cpb.ServiceResponse:
+        try:
+            validate_replicas(request.replicas)
+        except ValidationError as error:
+            await self._invalid(context, error)
+        for _ in range(_SCALE_ATTEMPTS):
+            current = await self._resolve(context, request.ref, self._store.cache.services,
+                                          lambda s: s.spec.name, "service")
+            if current.spec.WhichOneof("mode") != "replicated":
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                             f"service {current.spec.name!r} is global: scale applies to "
+                             "replicated services only")
+            service = _copy(current)
+            service.spec.replicated.replicas = request.replicas
+            try:
+                await self._store.commit([Update(service)])
+            except Conflict:
+                continue
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot scale: the store is unavailable ({error})")
+            return cpb.ServiceResponse(service=service)
+        await _abort(context, grpc.StatusCode.ABORTED, "service kept changing; try again")
+
+    async def RemoveService(self, request: cpb.RemoveRequest,
+                            context: Context) -> cpb.RemoveResponse:
+        service = await self._resolve(context, request.ref, self._store.cache.services,
+                                      lambda s: s.spec.name, "service")
+        await self._commit(context, [Delete("services", service.id, service.meta.version),
+                                     ReleaseName("services", service.spec.name)],
+                           f"remove service {service.spec.name!r}")
+        log.info("removed service %s (%s)", service.spec.name, service.id)
+        return cpb.RemoveResponse(id=service.id)
+
+    # ------------------------------------------------------------ nodes
+
+    async def GetNode(self, request: cpb.GetRequest, context: Context) -> cpb.NodeResponse:
+        node = await self._resolve(context, request.ref, self._store.cache.nodes,
+                                   lambda n: n.description.hostname, "node")
+        return cpb.NodeResponse(node=node)
+
+    async def ListNodes(self, request: cpb.ListNodesRequest,
+                        context: Context) -> cpb.ListNodesResponse:
+        filters = request.filters
+        nodes = _with_prefix(self._store.cache.nodes.values(), lambda n: n.id, filters.id_prefixes)
+        if filters.names:
+            nodes = [n for n in nodes if n.description.hostname in set(filters.names)]
+        if filters.labels:
+            nodes = [n for n in nodes if _labels_match(n.spec.labels, filters.labels)]
+        if filters.roles:
+            nodes = [n for n in nodes if n.spec.role in set(filters.roles)]
+        nodes.sort(key=lambda n: (n.description.hostname, n.id))
+        return cpb.ListNodesResponse(nodes=nodes)
+
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest,
+                         context: Context) -> cpb.NodeResponse:
+        current = self._store.cache.nodes.get(request.node_id)
+        if current is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} not found")
+        if request.version and request.version != current.meta.version:
+            await _abort(context, grpc.StatusCode.ABORTED,
+                         f"node {current.description.hostname!r} changed since it was read; "
+                         "read it again")
+        try:
+            spec = normalize_node_spec(request.spec)
+        except ValidationError as error:
+            await self._invalid(context, error)
+        node = _copy(current)
+        node.spec.CopyFrom(spec)
+        await self._commit(context, [Update(node)], f"update node {current.id}")
+        return cpb.NodeResponse(node=node)
+
+    async def RemoveNode(self, request: cpb.RemoveNodeRequest,
+                         context: Context) -> cpb.RemoveResponse:
+        node = await self._resolve(context, request.ref, self._store.cache.nodes,
+                                   lambda n: n.description.hostname, "node")
+        if node.status.state == pb.NodeStatus.READY and not request.force:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"node {node.description.hostname or node.id} is not down and can't be "
+                         "removed; drain it first or use --force")
+        await self._commit(context, [Delete("nodes", node.id, node.meta.version)],
+                           f"remove node {node.id}")
+        return cpb.RemoveResponse(id=node.id)
+
+    # ------------------------------------------------------------ networks
+
+    async def CreateNetwork(self, request: cpb.CreateNetworkRequest,
+                            context: Context) -> cpb.NetworkResponse:
+        try:
+            spec = normalize_network_spec(request.spec)
+        except ValidationError as error:
+            await self._invalid(context, error)
+        if any(n.spec.name == spec.name for n in self._store.cache.networks.values()):
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                         f"spec.name: network {spec.name!r} already exists")
+        network = pb.Network(id=new_id(), spec=spec, subnet=spec.ipam.subnet,
+                             gateway=spec.ipam.gateway)
+        try:
+            await self._store.commit([Create(network),
+                                      ReserveName("networks", spec.name, network.id)])
+        except Conflict:
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                         f"spec.name: network {spec.name!r} already exists")
+        except StoreUnavailable as error:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         f"cannot create network: the store is unavailable ({error})")
+        return cpb.NetworkResponse(network=network)
+
+    async def GetNetwork(self, request: cpb.GetRequest, context: Context) -> cpb.NetworkResponse:
+        network = await self._resolve(context, request.ref, self._store.cache.networks,
+                                      lambda n: n.spec.name, "network")
+        return cpb.NetworkResponse(network=network)
+
+    async def ListNetworks(self, request: cpb.ListNetworksRequest,
+                           context: Context) -> cpb.ListNetworksResponse:
+        filters = request.filters
+        networks = _with_prefix(self._store.cache.networks.values(), lambda n: n.id,
+                                filters.id_prefixes)
+        if filters.names:
+            networks = [n for n in networks if n.spec.name in set(filters.names)]
+        networks.sort(key=lambda n: n.spec.name)
+        return cpb.ListNetworksResponse(networks=networks)
+
+    async def RemoveNetwork(self, request: cpb.RemoveRequest,
+                            context: Context) -> cpb.RemoveResponse:
+        network = await self._resolve(context, request.ref, self._store.cache.networks,
+                                      lambda n: n.spec.name, "network")
+        users = sorted(s.spec.name for s in self._store.cache.services.values()
+                       if any(a.target == network.id for a in s.spec.task.networks))
+        if users:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"network {network.spec.name!r} is in use by service(s) {', '.join(users)}")
+        await self._commit(context, [Delete("networks", network.id, network.meta.version),
+                                     ReleaseName("networks", network.spec.name)],
+                           f"remove network {network.spec.name!r}")
+        return cpb.RemoveResponse(id=network.id)
+
+    # ------------------------------------------------------------ tasks
+
+    async def GetTask(self, request: cpb.GetRequest, context: Context) -> cpb.TaskResponse:
+        task = await self._resolve(context, request.ref, self._store.cache.tasks,
+                                   lambda t: t.id, "task")
+        return cpb.TaskResponse(task=task)
+
+    async def ListTasks(self, request: cpb.ListTasksRequest,
+                        context: Context) -> cpb.ListTasksResponse:
+        filters = request.filters
+        cache = self._store.cache
+        if filters.service_ids:
+            candidates: Iterable[pb.Task] = [
+                t for sid in filters.service_ids for t in cache.tasks_by_service.get(sid, {}).values()]
+        elif filters.node_ids:
+            candidates = [t for nid in filters.node_ids
+                          for t in cache.tasks_by_node.get(nid, {}).values()]
+        else:
+            candidates = cache.tasks.values()
+        tasks = _with_prefix(candidates, lambda t: t.id, filters.id_prefixes)
+        if filters.node_ids:
+            node_ids = set(filters.node_ids)
+            tasks = [t for t in tasks if t.node_id in node_ids]
+        if filters.desired_states:
+            states = set(filters.desired_states)
+            tasks = [t for t in tasks if t.desired_state in states]
+        if filters.slots:
+            slots = set(filters.slots)
+            tasks = [t for t in tasks if t.slot in slots]
+        tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id,
+                                  -t.meta.created_at.ToNanoseconds()))
+        return cpb.ListTasksResponse(tasks=tasks)
+
+    # ------------------------------------------------------------ cluster
+
+    async def GetCluster(self, request: cpb.GetClusterRequest,
+                         context: Context) -> cpb.ClusterResponse:
+        clusters = list(self._store.cache.clusters.values())
+        if not clusters:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, "the cluster is not initialised")
+        return cpb.ClusterResponse(cluster=clusters[0], leader_addr=self._leadership.leader_addr)

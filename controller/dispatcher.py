@@ -1,0 +1,343 @@
+"""The dispatcher: agents' sessions, heartbeats and task status, on the leader.
+
+An agent registers once (getting its node ID), then keeps one session stream
+open: the first message carries the complete set of its assigned tasks, later
+ones only what changed. Heartbeats live in the leader's memory; a node silent
+for `HEARTBEAT_MISSES` periods is marked DOWN (and the orchestrator replaces
+its tasks). Status reports are coalesced per task (latest wins) and written in
+batched, fenced transactions.
+
+A follower refuses every call with FAILED_PRECONDITION and names the leader in
+the trailing metadata key `swarm-leader-addr`, so agents can follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from swarmapi.loops import cancel_all, start_supervised
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
+from swarmapi.v1 import objects_pb2 as pb
+
+from .ids import new_id
+from .leadership import Leadership
+from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
+
+log = logging.getLogger(__name__)
+
+LEADER_METADATA_KEY = "swarm-leader-addr"
+HEARTBEAT_MISSES = 3
+DEFAULT_HEARTBEAT_PERIOD = 5.0
+_CAS_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD  # unless the cluster object sets one
+    status_flush_interval: float = 0.02  # coalescing window for status writes
+
+
+@dataclass
+class _Session:
+    node_id: str
+    session_id: str
+    # Tasks changed since the last message: task -> new version, or None if removed.
+    dirty: dict[str, pb.Task | None] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+
+@dataclass
+class _LeaderState:
+    guard: Guard
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    heartbeats: dict[str, float] = field(default_factory=dict)  # node -> last seen (clock)
+    pending_status: dict[str, tuple[str, pb.TaskStatus]] = field(default_factory=dict)
+    status_ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _assigned(task: pb.Task | None, node_id: str) -> bool:
+    """Whether the agent of node_id is to know this task."""
+    return task is not None and task.node_id == node_id and task.status.state >= pb.ASSIGNED
+
+
+def seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _duration(value: float) -> Duration:
+    result = Duration()
+    result.FromNanoseconds(int(value * 1e9))
+    return result
+
+
+class Dispatcher(dgrpc.DispatcherServicer):
+    def __init__(self, store: Store, leadership: Leadership,
+                 settings: DispatcherSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._leadership = leadership
+        self.settings = settings or DispatcherSettings()
+        self._clock = clock
+        self._state: _LeaderState | None = None
+        store.cache.subscribe(self._on_change)
+
+    # ------------------------------------------------------------ leading
+
+    def heartbeat_period(self) -> float:
+        for cluster in self._store.cache.clusters.values():
+            period = cluster.spec.dispatcher.heartbeat_period
+            if period.seconds or period.nanos:
+                return seconds(period)
+        return self.settings.heartbeat_period
+
+    async def serve_as_leader(self, guard: Guard) -> None:
+        """Run the leader's side (node monitor, status writer) until cancelled."""
+        state = _LeaderState(guard=guard)
+        now = self._clock()
+        # Every node gets a full grace period to find the new leader.
+        for node in self._store.cache.nodes.values():
+            if node.status.state == pb.NodeStatus.READY:
+                state.heartbeats[node.id] = now
+        self._state = state
+        loops = [
+            start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
+            start_supervised("dispatcher-status-writer", lambda: self._write_statuses(state)),
+        ]
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            self._state = None
+            for session in state.sessions.values():
+                session.close()
+            await cancel_all(loops)
+
+    async def _leader_state(self, context: grpc.aio.ServicerContext[object, object]) -> _LeaderState:
+        state = self._state
+        if state is None:
+            leader = self._leadership.leader_addr
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"this controller is not the leader; the leader is {leader or 'unknown'}")
+        assert state is not None
+        return state
+
+    # ------------------------------------------------------------ RPCs
+
+    async def Register(self, request: dpb.RegisterRequest,
+                       context: grpc.aio.ServicerContext[object, object]) -> dpb.RegisterResponse:
+        state = await self._leader_state(context)
+        node = pb.Node(
+            id=new_id(),
+            spec=pb.NodeSpec(labels=request.labels, availability=pb.NodeSpec.ACTIVE),
+            description=request.description,
+            status=pb.NodeStatus(state=pb.NodeStatus.UNKNOWN),
+        )
+        try:
+            await self._store.commit([Create(node)], guard=state.guard)
+        except (Conflict, StoreUnavailable) as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not register node: {error}")
+        log.info("registered node %s (%s)", node.id, request.description.hostname)
+        return dpb.RegisterResponse(node_id=node.id)
+
+    async def Session(self, request: dpb.SessionRequest,
+                      context: grpc.aio.ServicerContext[object, object]
+                      ) -> AsyncIterator[dpb.SessionMessage]:
+        state = await self._leader_state(context)
+        node_id = request.node_id
+        if node_id not in self._store.cache.nodes:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not known; register again")
+        session = _Session(node_id=node_id, session_id=new_id())
+        previous = state.sessions.get(node_id)
+        if previous is not None:
+            previous.close()
+        state.sessions[node_id] = session
+        state.heartbeats[node_id] = self._clock()
+        try:
+            await self._mark_node(state, node_id, pb.NodeStatus.READY, "",
+                                  description=request.description if request.HasField("description") else None)
+        except (Conflict, StoreUnavailable) as error:
+            del state.sessions[node_id]
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not open session: {error}")
+        log.info("session %s opened for node %s", session.session_id, node_id)
+        try:
+            tasks = [t for t in self._store.cache.tasks_by_node.get(node_id, {}).values()
+                     if _assigned(t, node_id)]
+            yield dpb.SessionMessage(
+                session_id=session.session_id,
+                heartbeat_period=_duration(self.heartbeat_period()),
+                assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks),
+            )
+            while True:
+                await session.wake.wait()
+                session.wake.clear()
+                if session.closed:
+                    return
+                changed, session.dirty = session.dirty, {}
+                yield dpb.SessionMessage(
+                    session_id=session.session_id,
+                    assignments=dpb.Assignments(
+                        type=dpb.Assignments.INCREMENTAL,
+                        tasks=[t for t in changed.values() if t is not None],
+                        removed=[tid for tid, t in changed.items() if t is None],
+                    ),
+                )
+        finally:
+            if state.sessions.get(node_id) is session:
+                del state.sessions[node_id]
+            log.info("session %s of node %s ended", session.session_id, node_id)
+
+    async def Heartbeat(self, request: dpb.HeartbeatRequest,
+                        context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
+        state = await self._leader_state(context)
+        await self._check_session(state, request.node_id, request.session_id, context)
+        state.heartbeats[request.node_id] = self._clock()
+        return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
+
+    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
+                               context: grpc.aio.ServicerContext[object, object]
+                               ) -> dpb.UpdateTaskStatusResponse:
+        state = await self._leader_state(context)
+        await self._check_session(state, request.node_id, request.session_id, context)
+        tasks = self._store.cache.tasks
+        for update in request.updates:
+            task = tasks.get(update.task_id)
+            if task is None:
+                continue  # deleted meanwhile; the next complete set tells the agent
+            if task.node_id != request.node_id:
+                log.warning("node %s reported status for task %s of node %s",
+                            request.node_id, update.task_id, task.node_id)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                    f"task {update.task_id} is not assigned to node {request.node_id}")
+            state.pending_status[update.task_id] = (request.node_id, update.status)
+        state.status_ready.set()
+        return dpb.UpdateTaskStatusResponse()
+
+    async def _check_session(self, state: _LeaderState, node_id: str, session_id: str,
+                             context: grpc.aio.ServicerContext[object, object]) -> None:
+        session = state.sessions.get(node_id)
+        if session is None or session.session_id != session_id:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"session {session_id} of node {node_id} is not current; open a new one")
+
+    # ------------------------------------------------------------ assignments
+
+    def _on_change(self, change: Change) -> None:
+        state = self._state
+        if state is None:
+            return
+        if change.kind == "nodes" and change.new is None:
+            session = state.sessions.pop(change.object_id, None)
+            state.heartbeats.pop(change.object_id, None)
+            if session is not None:
+                session.close()
+            return
+        if change.kind != "tasks":
+            return
+        old: pb.Task | None = change.old  # type: ignore[assignment]
+        new: pb.Task | None = change.new  # type: ignore[assignment]
+        for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
+            session = state.sessions.get(node_id)
+            if session is None:
+                continue
+            was, now = _assigned(old, node_id), _assigned(new, node_id)
+            if now and new is not None:
+                # The agent's own status echoes carry nothing it does not know.
+                if was and old is not None and old.desired_state == new.desired_state:
+                    continue
+                session.dirty[new.id] = new
+            elif was:
+                session.dirty[change.object_id] = None
+            else:
+                continue
+            session.wake.set()
+
+    # ------------------------------------------------------------ nodes
+
+    async def _mark_node(self, state: _LeaderState, node_id: str, status: int, message: str,
+                         description: pb.NodeDescription | None = None) -> None:
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._store.cache.nodes.get(node_id)
+            if current is None:
+                return
+            node = pb.Node()
+            node.CopyFrom(current)
+            node.status.state = status  # type: ignore[assignment]
+            node.status.message = message
+            node.status.last_heartbeat.GetCurrentTime()
+            if description is not None:
+                node.description.CopyFrom(description)
+                node.status.addr = description.advertise_addr
+            try:
+                await self._store.commit([Update(node)], guard=state.guard)
+                return
+            except Conflict:
+                continue
+        raise Conflict(f"node {node_id} kept changing")
+
+    async def _monitor_nodes(self, state: _LeaderState) -> None:
+        while True:
+            period = self.heartbeat_period()
+            await asyncio.sleep(period / 2)
+            deadline = self._clock() - period * HEARTBEAT_MISSES
+            for node_id, seen in list(state.heartbeats.items()):
+                if seen >= deadline:
+                    continue
+                node = self._store.cache.nodes.get(node_id)
+                del state.heartbeats[node_id]
+                session = state.sessions.pop(node_id, None)
+                if session is not None:
+                    session.close()
+                if node is not None and node.status.state != pb.NodeStatus.DOWN:
+                    log.warning("node %s missed %d heartbeats: marking it down",
+                                node_id, HEARTBEAT_MISSES)
+                    await self._mark_node(state, node_id, pb.NodeStatus.DOWN, "heartbeat failure")
+
+    # ------------------------------------------------------------ status
+
+    async def _write_statuses(self, state: _LeaderState) -> None:
+        while True:
+            await state.status_ready.wait()
+            state.status_ready.clear()
+            await asyncio.sleep(self.settings.status_flush_interval)
+            pending, state.pending_status = state.pending_status, {}
+            ops: list[Update] = []
+            tasks = self._store.cache.tasks
+            for task_id, (node_id, status) in pending.items():
+                current = tasks.get(task_id)
+                # Deleted, moved, or a report older than what is stored: drop it.
+                if current is None or current.node_id != node_id \
+                        or status.state < current.status.state:
+                    continue
+                task = pb.Task()
+                task.CopyFrom(current)
+                task.status.CopyFrom(status)
+                ops.append(Update(task))
+            if not ops:
+                continue
+            try:
+                failed = await self._store.commit_chunked(ops, guard=state.guard)
+            except StoreUnavailable as error:
+                log.warning("cannot write task status: %s", error)
+                failed = list(ops)
+                await asyncio.sleep(0.5)
+            for op in failed:
+                assert isinstance(op, Update)
+                # Retry against the refreshed cache unless a newer report arrived.
+                retry = op.obj
+                assert isinstance(retry, pb.Task)
+                state.pending_status.setdefault(retry.id, (retry.node_id, retry.status))
+            if failed:
+                state.status_ready.set()

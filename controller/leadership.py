@@ -1,0 +1,127 @@
+"""Leader election through etcd: a lease and a create-if-absent key.
+
+Any number of controllers campaign; the one whose transaction creates the
+leader key leads while it keeps the lease alive. Its leadership is fenced: the
+leader's writes carry a Guard on the key's create_revision, so a leader that
+lost its lease (paused, partitioned) cannot write over its successor. A leader
+that cannot refresh its lease in time steps down before the lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+from dataclasses import dataclass
+
+from .store import Guard, Store, StoreUnavailable
+from .store import etcd as E
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LeadershipSettings:
+    lease_ttl: int = 5  # seconds; a dead leader is replaced after about this long
+    poll_interval: float = 0.5  # how often a follower looks for a vacant seat
+
+
+class Leadership:
+    def __init__(self, store: Store, identity: str,
+                 settings: LeadershipSettings | None = None) -> None:
+        self._store = store
+        self.identity = identity  # the address agents and clients should use
+        self.settings = settings or LeadershipSettings()
+        self.guard: Guard | None = None
+        self.changed = asyncio.Event()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.guard is not None
+
+    @property
+    def leader_addr(self) -> str:
+        if self.guard is not None:
+            return self.identity
+        leader = self._store.cache.leader
+        return leader.value.decode() if leader is not None else ""
+
+    async def run(self, lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
+        """Campaign forever; while leading, run lead(guard) (cancelled on loss)."""
+        while True:
+            try:
+                won = await self._campaign()
+            except StoreUnavailable as error:
+                log.warning("cannot campaign: %s", error)
+                won = None
+            if won is None:
+                await asyncio.sleep(self.settings.poll_interval)
+                continue
+            guard, lease_id = won
+            await self._lead(guard, lease_id, lead)
+
+    async def _campaign(self) -> tuple[Guard, int] | None:
+        if self._store.cache.leader is not None:
+            return None
+        etcd = self._store.etcd
+        key = self._store.keys.leader
+        lease_id = await etcd.lease_grant(self.settings.lease_ttl)
+        response = await etcd.txn(
+            [E.compare_create_revision(key, 0)],
+            [E.op_put(key, self.identity.encode(), lease=lease_id)],
+            [E.op_get(key)],
+        )
+        if not response.succeeded:
+            with contextlib.suppress(StoreUnavailable):
+                await etcd.lease_revoke(lease_id)
+            return None
+        revision = int(response.header.revision)
+        self._store.cache.apply_committed([(key, self.identity.encode())], [], revision)
+        log.info("elected leader as %s (revision %d)", self.identity, revision)
+        return Guard(key, revision), lease_id
+
+    async def _lead(self, guard: Guard, lease_id: int,
+                    lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
+        self.guard = guard
+        self.changed.set()
+        self.changed.clear()
+        work = asyncio.create_task(lead(guard), name="leader-work")
+        keepalive = asyncio.create_task(self._keep_lease(lease_id), name="leader-lease")
+        try:
+            done, _ = await asyncio.wait({work, keepalive}, return_when=asyncio.FIRST_COMPLETED)
+            if keepalive in done:
+                log.warning("lost leadership: %s", keepalive.exception() or "lease expired")
+            else:
+                log.error("leader work stopped: %s", work.exception())
+        finally:
+            self.guard = None
+            self.changed.set()
+            self.changed.clear()
+            for task in (work, keepalive):
+                task.cancel()
+            for task in (work, keepalive):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            # Hand over at once instead of making the next leader wait for the TTL.
+            with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
+                await asyncio.shield(self._store.etcd.lease_revoke(lease_id))
+
+    async def _keep_lease(self, lease_id: int) -> None:
+        ttl = self.settings.lease_ttl
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                remaining = await asyncio.wait_for(
+                    self._store.etcd.lease_keepalive_once(lease_id), ttl / 3)
+            except (StoreUnavailable, TimeoutError) as error:
+                # Step down before the lease can have expired under us.
+                if time.monotonic() - last_ok > ttl * 2 / 3:
+                    raise StoreUnavailable(f"lease not refreshed in time: {error}") from error
+                continue
+            if remaining <= 0:
+                raise StoreUnavailable("lease expired")
+            last_ok = time.monotonic()

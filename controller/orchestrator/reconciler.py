@@ -1,0 +1,143 @@
+"""The orchestrator's loop on the leader: level-triggered reconciliation of
+services.
+
+A change in the cache only marks services dirty; each pass re-plans every
+dirty service from the whole desired and observed state (plan_service, pure)
+and writes all resulting operations in chunked, fenced transactions. A
+conflicting chunk just marks its services dirty again: the failed transaction
+already refreshed the cache, so the next plan starts from the truth. A full
+pass runs when leadership is gained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..store import Change, Create, Delete, Guard, Op, Store, StoreUnavailable, Update
+from .plan import OrchestratorSettings, ServicePlan, plan_service
+
+log = logging.getLogger(__name__)
+
+_BATCH_WINDOW = 0.005  # let a burst of changes collapse into one pass
+
+
+def _relevant(old: pb.Task | None, new: pb.Task | None) -> bool:
+    """Whether a task change can alter a plan; agent progress (ACCEPTED..STARTING) cannot."""
+    if old is None or new is None:
+        return True
+    if old.desired_state != new.desired_state or old.node_id != new.node_id:
+        return True
+    before, after = old.status.state, new.status.state
+    return (before >= pb.COMPLETE) != (after >= pb.COMPLETE) or (
+        before < pb.RUNNING <= after)
+
+
+class Orchestrator:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self.passes = 0
+
+    def settings(self) -> OrchestratorSettings:
+        for cluster in self._store.cache.clusters.values():
+            limit = cluster.spec.orchestration.task_history_retention_limit
+            if limit > 0:
+                return OrchestratorSettings(task_history_limit=limit)
+        return OrchestratorSettings()
+
+    def mark(self, service_id: str) -> None:
+        self._dirty.add(service_id)
+        self._wake.set()
+
+    def _mark_all(self) -> None:
+        cache = self._store.cache
+        for service_id in (*cache.services, *cache.tasks_by_service):
+            self._dirty.add(service_id)
+        self._wake.set()
+
+    def _on_change(self, change: Change) -> None:
+        cache = self._store.cache
+        if change.kind == "services":
+            self.mark(change.object_id)
+        elif change.kind == "tasks":
+            old: pb.Task | None = change.old  # type: ignore[assignment]
+            new: pb.Task | None = change.new  # type: ignore[assignment]
+            if _relevant(old, new):
+                self.mark((new or old).service_id)  # type: ignore[union-attr]
+        elif change.kind == "nodes":
+            # Global services depend on every node; replicated ones on the nodes
+            # their tasks run on.
+            for service in cache.services.values():
+                if service.spec.WhichOneof("mode") == "global":
+                    self._dirty.add(service.id)
+            for node in (change.old, change.new):
+                if node is not None:
+                    for task in cache.tasks_by_node.get(node.id, {}).values():
+                        self._dirty.add(task.service_id)
+            self._wake.set()
+        elif change.kind == "clusters":
+            self._mark_all()
+
+    async def run(self, guard: Guard) -> None:
+        unsubscribe = self._store.cache.subscribe(self._on_change)
+        self._mark_all()
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(_BATCH_WINDOW)
+                self._wake.clear()
+                dirty, self._dirty = self._dirty, set()
+                await self._pass(dirty, guard)
+        finally:
+            unsubscribe()
+
+    async def _pass(self, service_ids: set[str], guard: Guard) -> None:
+        self.passes += 1
+        cache = self._store.cache
+        now = self._clock()
+        settings = self.settings()
+        ops: list[Op] = []
+        owner: dict[int, str] = {}  # index in ops -> service it belongs to
+        for service_id in service_ids:
+            plan = plan_service(cache.services.get(service_id),
+                                list(cache.tasks_by_service.get(service_id, {}).values()),
+                                cache.nodes, now, settings, service_id=service_id)
+            if plan.requeue_after is not None:
+                asyncio.get_running_loop().call_later(plan.requeue_after, self.mark, service_id)
+            for op in _plan_ops(plan, cache.tasks):
+                owner[len(ops)] = service_id
+                ops.append(op)
+        if not ops:
+            return
+        try:
+            failed = await self._store.commit_chunked(ops, guard=guard)
+        except StoreUnavailable as error:
+            log.warning("orchestrator cannot write: %s", error)
+            self._dirty |= service_ids
+            await asyncio.sleep(0.5)
+            self._wake.set()
+            return
+        if failed:
+            failed_ids = {id(op) for op in failed}
+            retry = {owner[i] for i, op in enumerate(ops) if id(op) in failed_ids}
+            log.info("orchestrator: %d operations conflicted; re-planning %d services",
+                     len(failed), len(retry))
+            self._dirty |= retry
+            self._wake.set()
+
+
+def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task]) -> list[Op]:
+    ops: list[Op] = [Create(task) for task in plan.create]
+    ops.extend(Update(task) for task in plan.update)
+    ops.extend(Delete("tasks", task_id, tasks[task_id].meta.version)
+               for task_id in plan.delete if task_id in tasks)
+    if plan.service is not None:
+        ops.append(Update(plan.service))
+    return ops

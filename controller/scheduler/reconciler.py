@@ -1,0 +1,120 @@
+"""The scheduler's loop on the leader: place PENDING tasks on nodes.
+
+It keeps the set of tasks waiting for a node. Each pass decides all of them at
+once over in-memory node state (Scheduler.schedule), then writes the
+assignments (ASSIGNED, node_id) and, for tasks that fit nowhere, the reason as
+the task's status message, in chunked, fenced transactions. Unplaced tasks are
+tried again when nodes change or a task leaves a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..store import Change, Guard, Op, Store, StoreUnavailable, Update
+from .nodeinfo import build_node_infos
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+_BATCH_WINDOW = 0.01
+
+
+def _waiting(task: pb.Task | None) -> bool:
+    return task is not None and task.status.state == pb.PENDING \
+        and task.desired_state <= pb.RUNNING
+
+
+class SchedulerLoop:
+    def __init__(self, store: Store, scheduler: Scheduler | None = None) -> None:
+        self._store = store
+        self._scheduler = scheduler or Scheduler()
+        self._pending: set[str] = set()  # not yet tried
+        self._unplaced: set[str] = set()  # tried, fit nowhere
+        self._wake = asyncio.Event()
+        self.passes = 0
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "nodes":
+            self._retry_unplaced()
+        elif change.kind == "tasks":
+            old: pb.Task | None = change.old  # type: ignore[assignment]
+            new: pb.Task | None = change.new  # type: ignore[assignment]
+            if _waiting(new):
+                assert new is not None
+                if new.id not in self._unplaced:
+                    self._pending.add(new.id)
+                    self._wake.set()
+            else:
+                self._pending.discard(change.object_id)
+                self._unplaced.discard(change.object_id)
+                # A task leaving a node frees its resources and ports.
+                if old is not None and old.node_id and old.status.state <= pb.RUNNING and (
+                        new is None or new.status.state > pb.RUNNING or not new.node_id):
+                    self._retry_unplaced()
+
+    def _retry_unplaced(self) -> None:
+        if self._unplaced:
+            self._pending |= self._unplaced
+            self._unplaced.clear()
+            self._wake.set()
+
+    async def run(self, guard: Guard) -> None:
+        unsubscribe = self._store.cache.subscribe(self._on_change)
+        self._pending = {t.id for t in self._store.cache.tasks.values() if _waiting(t)}
+        self._unplaced.clear()
+        self._wake.set()
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(_BATCH_WINDOW)
+                self._wake.clear()
+                batch, self._pending = self._pending, set()
+                await self._pass(batch, guard)
+        finally:
+            unsubscribe()
+
+    async def _pass(self, task_ids: set[str], guard: Guard) -> None:
+        cache = self._store.cache
+        tasks = [cache.tasks[i] for i in task_ids if _waiting(cache.tasks.get(i))]
+        if not tasks:
+            return
+        self.passes += 1
+        infos = build_node_infos(cache.nodes.values(), cache.tasks.values())
+        decisions = self._scheduler.schedule(tasks, infos)
+        by_id = {task.id: task for task in tasks}
+        ops: list[Op] = []
+        for decision in decisions:
+            current = by_id[decision.task_id]
+            if decision.node_id:
+                task = pb.Task()
+                task.CopyFrom(current)
+                task.node_id = decision.node_id
+                task.status.state = pb.ASSIGNED
+                task.status.message = "scheduler assigned task to node"
+                task.status.timestamp.GetCurrentTime()
+                ops.append(Update(task))
+            else:
+                self._unplaced.add(decision.task_id)
+                if current.status.message != decision.reason:
+                    task = pb.Task()
+                    task.CopyFrom(current)
+                    task.status.message = decision.reason
+                    ops.append(Update(task))
+        if not ops:
+            return
+        try:
+            failed = await self._store.commit_chunked(ops, guard=guard)
+        except StoreUnavailable as error:
+            log.warning("scheduler cannot write: %s", error)
+            failed = ops
+            await asyncio.sleep(0.5)
+        if failed:
+            for op in failed:
+                assert isinstance(op, Update)
+                self._unplaced.discard(op.obj.id)
+                self._pending.add(op.obj.id)
+            self._wake.set()

@@ -1,0 +1,46 @@
+"""How the daemons run their long-lived loops: each one a named asyncio task,
+restarted with backoff when it fails, logged when it stops, cancelled cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+
+async def run_supervised(name: str, loop: Callable[[], Awaitable[None]], *,
+                         restart_delay: float = 0.5, max_delay: float = 10.0) -> None:
+    """Run loop() forever: a crash is logged and the loop restarted after a
+    growing delay; cancellation stops it. A loop that returns is done."""
+    delay = restart_delay
+    while True:
+        try:
+            await loop()
+            log.info("loop %s finished", name)
+            return
+        except asyncio.CancelledError:
+            log.debug("loop %s cancelled", name)
+            raise
+        except Exception:
+            log.exception("loop %s crashed; restarting in %.1fs", name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def start_supervised(name: str, loop: Callable[[], Awaitable[None]],
+                     **kwargs: float) -> asyncio.Task[None]:
+    return asyncio.create_task(run_supervised(name, loop, **kwargs), name=name)
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait until every one has stopped."""
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,25 @@
+"""Waiting for a condition in tests, without fixed sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0,
+                     message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+async def eventually_async(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0,
+                           message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
