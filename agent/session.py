@@ -174,7 +174,11 @@ class AgentSession:
             await cancel_all(helpers)
 
     async def _follow(self, stream: Any) -> None:
-        async for message in stream:
+        # read() only: grpc.aio forbids mixing read() with iteration on one call.
+        while True:
+            message = await stream.read()
+            if message is grpc.aio.EOF:  # type: ignore[attr-defined]
+                return
             await self.worker.apply(message.assignments)
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:

@@ -45,7 +45,7 @@ async def run(nodes: int, tasks: int, fsync: bool) -> dict[str, object]:
         await controller.start()
         addr = f"127.0.0.1:{controller.port}"
         with tempfile.TemporaryFile() as agent_log:
-            agents = subprocess.Popen(
+            agents = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
                 [sys.executable, "-m", "agent.simulated", "--controller", addr,
                  "--nodes", str(nodes)], stdout=agent_log, stderr=subprocess.STDOUT)
             cache = controller.store.cache

@@ -166,8 +166,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state.sessions[node_id] = session
         state.heartbeats[node_id] = self._clock()
         try:
-            await self._mark_node(state, node_id, pb.NodeStatus.READY, "",
-                                  description=request.description if request.HasField("description") else None)
+            description = request.description if request.HasField("description") else None
+            await self._mark_node(state, node_id, pb.NodeStatus.READY, "", description=description)
         except (Conflict, StoreUnavailable) as error:
             del state.sessions[node_id]
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not open session: {error}")

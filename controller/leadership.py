@@ -14,8 +14,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from .store import Guard, Store, StoreUnavailable
 from .store import etcd as E

@@ -53,7 +53,7 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
 
 
 def _copy(obj: T) -> T:
-    clone = type(obj)()  # type: ignore[call-arg]
+    clone = type(obj)()
     clone.CopyFrom(obj)  # type: ignore[attr-defined]
     return clone
 

@@ -44,7 +44,8 @@ def parse_constraint(text: str) -> Constraint:
     ):
         raise ValueError(
             f"invalid constraint {text!r}: unknown key {key!r} (expected node.id, node.hostname, "
-            "node.role, node.platform.os, node.platform.arch, node.labels.NAME or engine.labels.NAME)"
+            "node.role, node.platform.os, node.platform.arch, node.labels.NAME or "
+            "engine.labels.NAME)"
         )
     if not value:
         raise ValueError(f"invalid constraint {text!r}: empty value")

@@ -159,6 +159,10 @@ class Store:
         revision = int(response.header.revision)
         if response.succeeded:
             self.cache.apply_committed(puts, deletes, revision)
+            # The caller's objects now carry the version a later update must compare.
+            for op in ops:
+                if isinstance(op, Create | Update):
+                    op.obj.meta.version = revision
             return revision
         for key, reply in zip(watched, response.responses, strict=True):
             kvs = reply.response_range.kvs

@@ -42,7 +42,7 @@ async def controller(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator
 async def control(controller: Controller) -> AsyncIterator[cgrpc.ControlAsyncStub]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}")
     try:
-        yield cgrpc.ControlStub(channel)  # type: ignore[return-value]
+        yield cgrpc.ControlStub(channel)
     finally:
         await channel.close(None)
 

@@ -4,6 +4,7 @@ speaking the real dispatcher API."""
 from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING, TypeAlias
 
 import grpc
 import pytest
@@ -16,7 +17,8 @@ from swarmapi.v1 import objects_pb2 as pb
 from tests.integration.conftest import FAST_SESSION, HEARTBEAT
 from tests.waiting import eventually
 
-Control = cgrpc.ControlAsyncStub
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    Control: TypeAlias = cgrpc.ControlAsyncStub
 
 
 def web_spec(name: str = "web", replicas: int = 3, **task: object) -> pb.ServiceSpec:
@@ -141,7 +143,8 @@ async def test_drain_moves_tasks_and_pause_stops_new_placements(
 
 async def test_global_service_follows_nodes(
         controller: Controller, control: Control, sim_nodes: SimulatedCluster) -> None:
-    spec = pb.ServiceSpec(name="monitor", **{"global": pb.GlobalService()})
+    spec = pb.ServiceSpec(name="monitor")
+    getattr(spec, "global").SetInParent()
     spec.task.container.image = "busybox"
     service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
     await eventually(lambda: len(running(controller, service.id)) == 3)

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("proto_generate", REPO / "proto" / "generate.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["proto_generate"] = module
     spec.loader.exec_module(module)

@@ -1,0 +1,215 @@
+"""The container's root filesystem and the host paths it uses: the overlayfs
+mount of the image layers, lookups inside the rootfs (symlinks are followed
+relative to the rootfs, never out of it), bind-mount sources and volumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import functools
+import os
+import shutil
+import stat
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+from .base import ContainerError, RejectError
+
+_MNT_DETACH = 2
+_MAX_SYMLINKS = 40
+_MAX_MOUNT_DATA = 4095  # the kernel copies at most one page of mount options
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+# ---------------------------------------------------------------- mounts
+
+
+def _unescape_mountinfo(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mount_points() -> list[str]:
+    """Mount points of this process's mount namespace, in mount order."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
+        return [_unescape_mountinfo(line.split()[4]) for line in file if line.strip()]
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below path, deepest first."""
+    prefix = str(path).rstrip("/")
+    found = [p for p in mount_points() if p == prefix or p.startswith(prefix + "/")]
+    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
+
+
+def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+    """Mount the layers (lowest first) read-only under a writable upper dir."""
+    for layer in layers:
+        if any(c in str(layer) for c in ",:\\"):
+            raise ContainerError(f"layer path {layer} contains ',', ':' or '\\', which "
+                                 "overlayfs options cannot carry")
+        if not layer.is_dir():
+            raise ContainerError(f"image layer {layer} is not a directory")
+    lower = ":".join(str(layer) for layer in reversed(layers))  # overlayfs wants highest first
+    data = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    if len(data) > _MAX_MOUNT_DATA:
+        raise ContainerError(f"{len(layers)} layers make overlayfs options of {len(data)} "
+                             f"bytes, more than the kernel's {_MAX_MOUNT_DATA}")
+    target.mkdir(exist_ok=True)
+    _check(_libc().mount(b"overlay", str(target).encode(), b"overlay", ctypes.c_ulong(0),
+                         data.encode()), f"mount overlay on {target}")
+
+
+def unmount(target: Path) -> None:
+    """Unmount, lazily if it is busy; no error if it is not mounted."""
+    result = _libc().umount2(str(target).encode(), 0)
+    if result == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
+        return
+    if code == errno.EBUSY:
+        _check(_libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
+        return
+    raise OSError(code, f"umount {target}: {os.strerror(code)}")
+
+
+def unmount_all_under(path: Path) -> None:
+    for point in mounts_under(path):
+        unmount(Path(point))
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, refusing to descend into anything still mounted below path."""
+    unmount_all_under(path)
+    still = mounts_under(path)
+    if still:
+        raise ContainerError(f"cannot remove {path}: still mounted: {', '.join(still)}")
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------- lookups in the rootfs
+
+
+def resolve_in_root(root: Path, path: str) -> Path:
+    """The host path of `path` as the container would see it: symlinks are
+    followed, absolute ones relative to root, and `..` never leaves root.
+    Components that do not exist are taken literally."""
+    parts = deque(p for p in path.split("/") if p not in ("", "."))
+    current: list[str] = []
+    links = 0
+    while parts:
+        part = parts.popleft()
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        candidate = root.joinpath(*current, part)
+        try:
+            mode = os.lstat(candidate).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            current.append(part)
+            continue
+        if not stat.S_ISLNK(mode):
+            current.append(part)
+            continue
+        links += 1
+        if links > _MAX_SYMLINKS:
+            raise OSError(errno.ELOOP, f"too many levels of symbolic links in {path}")
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            current = []
+        parts.extendleft(reversed([p for p in target.split("/") if p not in ("", ".")]))
+    return root.joinpath(*current)
+
+
+def read_in_root(root: Path, path: str) -> str | None:
+    try:
+        return resolve_in_root(root, path).read_text(encoding="utf-8", errors="replace")
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+
+
+def _is_executable(host_path: Path) -> bool:
+    try:
+        info = os.stat(host_path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and bool(info.st_mode & 0o111)
+
+
+def find_executable(root: Path, name: str, path_env: str, cwd: str) -> str:
+    """Check that the container could exec `name`; returns its path inside the
+    container. Raises RejectError with docker's wording otherwise."""
+    if "/" in name:
+        inside = name if name.startswith("/") else f"{cwd.rstrip('/')}/{name}"
+        host = resolve_in_root(root, inside)
+        if not host.exists():
+            raise RejectError(f'exec: "{name}": not found')
+        if not _is_executable(host):
+            raise RejectError(f'exec: "{name}": permission denied')
+        return inside
+    for directory in path_env.split(":"):
+        directory = directory or cwd
+        inside = f"{directory.rstrip('/')}/{name}"
+        if not inside.startswith("/"):
+            inside = f"{cwd.rstrip('/')}/{inside}"
+        if _is_executable(resolve_in_root(root, inside)):
+            return inside
+    raise RejectError(f'exec: "{name}": executable file not found in $PATH')
+
+
+# ---------------------------------------------------------------- host sources
+
+
+def check_bind_source(source: str, allowed_roots: Sequence[Path]) -> Path:
+    """The real host path of a bind-mount source, if it lies under one of the
+    allowed roots and exists."""
+    real = Path(os.path.realpath(source))
+    roots = [Path(os.path.realpath(root)) for root in allowed_roots]
+    if not any(real == root or real.is_relative_to(root) for root in roots):
+        where = (f"allowed roots: {', '.join(str(r) for r in allowed_roots)}" if roots
+                 else "bind mounts are disabled on this node")
+        raise RejectError(f'bind mount source "{source}" is not under an allowed root '
+                          f"({where})")
+    if not real.exists():
+        raise RejectError(f'invalid mount config for type "bind": bind source path does not '
+                          f"exist: {source}")
+    return real
+
+
+def ensure_volume(directory: Path, rootfs: Path, target: str) -> bool:
+    """Create a volume directory if needed; a new volume starts with the
+    image's content at the mount target, as docker copies it. Returns whether
+    it was created."""
+    try:
+        directory.mkdir(parents=True)
+    except FileExistsError:
+        return False
+    image_dir = resolve_in_root(rootfs, target)
+    if image_dir.is_dir():
+        shutil.copytree(image_dir, directory, symlinks=True, dirs_exist_ok=True)
+        shutil.copystat(image_dir, directory)
+    return True

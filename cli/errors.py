@@ -1,0 +1,61 @@
+"""The errors swarmctl reports: always one line on stderr, never a traceback.
+
+Exit codes: 0 success, 1 the controller refused or failed (or could not be
+reached), 2 bad input caught before anything was sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def one_line(text: str) -> str:
+    """Collapse a (server-provided) message to a single line."""
+    return " ".join(text.split())
+
+
+class CliError(Exception):
+    """A failure reported as `swarmctl: <message>`; exit status 1."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        self.message = one_line(message)
+        super().__init__(self.message)
+
+    def show(self) -> None:
+        typer.echo(f"swarmctl: {self.message}", err=True)
+
+
+class BadInput(CliError):
+    """Input refused before any request was sent; exit status 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class BadFlag(BadInput):
+    """A flag whose value does not parse: `swarmctl: --flag: why`."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        self.flag = flag
+        self.reason = message
+        super().__init__(f"{flag}: {message}")
+
+
+class ReportingGroup(TyperGroup):
+    """A command group that reports a CliError raised by any command below it as one
+    line on stderr and exits with the error's status."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError as error:
+            error.show()
+            raise typer.Exit(error.exit_code) from None

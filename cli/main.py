@@ -1,0 +1,59 @@
+"""`swarmctl`: the command-line client of the control API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import client, network, node, service
+from .errors import ReportingGroup
+
+EPILOG = """\b
+Exit status:
+  0  success
+  1  the controller refused the request, failed, or could not be reached
+  2  bad usage or input (found before anything was sent)
+
+\b
+Environment:
+  SWARMCTL_CONTROLLER  default for --controller (HOST:PORT)
+
+\b
+Examples:
+  swarmctl node ls
+  swarmctl service create web --image nginx:alpine --replicas 3 --publish 8080:80
+  swarmctl service ps web
+  swarmctl --controller 10.0.0.1:2377 service scale web=5"""
+
+app = typer.Typer(
+    name="swarmctl",
+    help="Control a swarm: services, nodes and networks.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    cls=ReportingGroup,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(service.app, name="service")
+app.add_typer(node.app, name="node")
+app.add_typer(network.app, name="network")
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    controller: Annotated[str, typer.Option(
+        "--controller", "-c", envvar=client.CONTROLLER_ENV, metavar="HOST:PORT",
+        help="Controller to talk to.")] = client.DEFAULT_CONTROLLER,
+    timeout: Annotated[float, typer.Option(
+        metavar="SECONDS", min=0.1, help="Deadline of each request.")] = client.DEFAULT_TIMEOUT,
+) -> None:
+    """Control a swarm: services, nodes and networks."""
+    client.store_settings(ctx, client.Settings(controller=controller, timeout=timeout))
+
+
+def main() -> None:
+    app(prog_name="swarmctl")

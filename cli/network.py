@@ -1,0 +1,131 @@
+"""`swarmctl network ...`: create, ls, inspect, rm."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import objects_pb2 as pb
+
+from . import client, parsing, render
+from .client import fail_if, for_each
+from .errors import BadFlag, BadInput, ReportingGroup
+from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
+
+app = typer.Typer(help="Manage overlay networks.", no_args_is_help=True, rich_markup_mode=None,
+                  cls=ReportingGroup)
+
+DEFAULT_DRIVER = "overlay"
+_NETWORK_FILTERS = ("name", "id")
+
+
+def network_spec_from_options(name: str, *, driver: str = DEFAULT_DRIVER,
+                              subnet: str | None = None, gateway: str | None = None,
+                              attachable: bool = False, internal: bool = False,
+                              labels: Sequence[str] = ()) -> pb.NetworkSpec:
+    """The NetworkSpec `network create` sends; raises BadFlag for a bad value."""
+    if not name.strip():
+        raise BadInput("a network name is required")
+    if not driver.strip():
+        raise BadFlag("--driver", "must not be empty")
+    spec = pb.NetworkSpec(name=name, driver=driver.strip(), attachable=attachable,
+                          internal=internal)
+    if subnet is not None:
+        spec.ipam.subnet = parsing.cidr("--subnet", subnet)
+    if gateway is not None:
+        if subnet is None:
+            raise BadFlag("--gateway", "needs --subnet")
+        spec.ipam.gateway = parsing.ip_address("--gateway", gateway)
+        if ipaddress.ip_address(spec.ipam.gateway) not in ipaddress.ip_network(spec.ipam.subnet):
+            raise BadFlag("--gateway", f"{gateway} is not in the subnet {spec.ipam.subnet}")
+    for item in labels:
+        key, value = parsing.key_value("--label", item, value_required=False)
+        spec.labels[key] = value
+    return spec
+
+
+@app.command("create", epilog=examples(
+    "swarmctl network create backend",
+    "swarmctl network create --subnet 10.20.0.0/24 --gateway 10.20.0.1 --attachable front",
+))
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the network.")],
+    driver: Annotated[str, typer.Option("--driver", "-d", help="Network driver.")
+                      ] = DEFAULT_DRIVER,
+    subnet: Annotated[str | None, typer.Option(
+        metavar="CIDR", help="Subnet (default: the next free /24 of the pool).")] = None,
+    gateway: Annotated[str | None, typer.Option(metavar="IP",
+                                                help="Gateway address in the subnet.")] = None,
+    attachable: Annotated[bool, typer.Option("--attachable",
+                                             help="Let standalone containers attach.")] = False,
+    internal: Annotated[bool, typer.Option("--internal",
+                                           help="No access to outside networks.")] = False,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="K=V", help="Network label (repeatable).")] = None,
+) -> None:
+    """Create an overlay network; prints its ID."""
+    spec = network_spec_from_options(name, driver=driver, subnet=subnet, gateway=gateway,
+                                     attachable=attachable, internal=internal,
+                                     labels=label or [])
+    with client.open_controller(ctx) as ctl:
+        response = ctl.call(ctl.stub.CreateNetwork, cpb.CreateNetworkRequest(spec=spec))
+    typer.echo(response.network.id)
+
+
+@app.command("ls", epilog=examples("swarmctl network ls", "swarmctl network ls -o yaml"))
+def list_networks(
+    ctx: typer.Context,
+    output: OutputOpt = render.Output.table,
+    quiet: QuietOpt = False,
+    filters: Annotated[list[str] | None, typer.Option(
+        "--filter", "-f", metavar="KEY=VALUE",
+        help="name=NAME or id=PREFIX (repeatable).")] = None,
+) -> None:
+    """List networks."""
+    wanted = parsing.parse_filters("--filter", filters or [], _NETWORK_FILTERS)
+    request = cpb.ListNetworksRequest()
+    request.filters.names.extend(wanted.get("name", []))
+    request.filters.id_prefixes.extend(wanted.get("id", []))
+    with client.open_controller(ctx) as ctl:
+        networks = list(ctl.call(ctl.stub.ListNetworks, request).networks)
+    if quiet:
+        typer.echo("\n".join(n.id for n in networks))
+        return
+    typer.echo(render.render(output, networks, lambda: render.networks_table(networks)))
+
+
+@app.command("inspect", epilog=examples("swarmctl network inspect backend"))
+def inspect(
+    ctx: typer.Context,
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK",
+                                                  help="Names, IDs or ID prefixes.")],
+    output: InspectOutputOpt = render.Output.json,
+) -> None:
+    """Show networks in detail."""
+    with client.open_controller(ctx) as ctl:
+        found, failed = for_each(
+            networks, lambda ref: ctl.call(ctl.stub.GetNetwork, cpb.GetRequest(ref=ref)).network)
+    if found or output is not render.Output.table:
+        typer.echo(render.inspected(output, found, render.network_details))
+    fail_if(failed)
+
+
+@app.command("rm", epilog=examples("swarmctl network rm backend"))
+def remove(
+    ctx: typer.Context,
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK")],
+) -> None:
+    """Remove networks that no service uses."""
+    with client.open_controller(ctx) as ctl:
+
+        def remove_one(ref: str) -> None:
+            ctl.call(ctl.stub.RemoveNetwork, cpb.RemoveRequest(ref=ref))
+            typer.echo(ref)
+
+        _, failed = for_each(networks, remove_one)
+    fail_if(failed)

@@ -1,0 +1,177 @@
+"""`swarmctl node ...`: ls, inspect, ps, update, rm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import objects_pb2 as pb
+
+from . import client, parsing, render
+from .client import fail_if, for_each
+from .errors import BadInput, ReportingGroup
+from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
+
+app = typer.Typer(help="Manage nodes.", no_args_is_help=True, rich_markup_mode=None,
+                  cls=ReportingGroup)
+
+_AVAILABILITIES = {
+    "active": pb.NodeSpec.ACTIVE,
+    "pause": pb.NodeSpec.PAUSE,
+    "drain": pb.NodeSpec.DRAIN,
+}
+_ROLES = {"worker": pb.NodeSpec.WORKER, "manager": pb.NodeSpec.MANAGER}
+_NODE_FILTERS = ("name", "id", "label", "role")
+
+
+
+
+def updated_node_spec(current: pb.NodeSpec, *, availability: str | None = None,
+                      role: str | None = None, label_add: Sequence[str] = (),
+                      label_rm: Sequence[str] = ()) -> pb.NodeSpec:
+    """A copy of `current` with the `node update` flags applied; raises BadFlag."""
+    spec = pb.NodeSpec()
+    spec.CopyFrom(current)
+    if availability is not None:
+        spec.availability = parsing.choice("--availability", availability, _AVAILABILITIES)
+    if role is not None:
+        spec.role = parsing.choice("--role", role, _ROLES)
+    for key in label_rm:
+        spec.labels.pop(parsing.key_only("--label-rm", key), None)
+    for item in label_add:
+        key, value = parsing.key_value("--label-add", item, value_required=False)
+        spec.labels[key] = value
+    return spec
+
+
+def list_nodes_request(filters: Sequence[str]) -> cpb.ListNodesRequest:
+    wanted = parsing.parse_filters("--filter", filters, _NODE_FILTERS)
+    request = cpb.ListNodesRequest()
+    request.filters.names.extend(wanted.get("name", []))
+    request.filters.id_prefixes.extend(wanted.get("id", []))
+    for item in wanted.get("label", []):
+        key, value = parsing.key_value("--filter", item, value_required=False)
+        request.filters.labels[key] = value
+    request.filters.roles.extend(parsing.choice("--filter", role, _ROLES)
+                                 for role in wanted.get("role", []))
+    return request
+
+
+@app.command("ls", epilog=examples("swarmctl node ls", "swarmctl node ls --filter role=manager"))
+def list_nodes(
+    ctx: typer.Context,
+    output: OutputOpt = render.Output.table,
+    quiet: QuietOpt = False,
+    filters: Annotated[list[str] | None, typer.Option(
+        "--filter", "-f", metavar="KEY=VALUE",
+        help="name=HOSTNAME, id=PREFIX, label=KEY[=VALUE] or role=worker|manager "
+             "(repeatable).")] = None,
+) -> None:
+    """List nodes."""
+    request = list_nodes_request(filters or [])
+    with client.open_controller(ctx) as ctl:
+        nodes = list(ctl.call(ctl.stub.ListNodes, request).nodes)
+    if quiet:
+        typer.echo("\n".join(n.id for n in nodes))
+        return
+    typer.echo(render.render(output, nodes, lambda: render.nodes_table(nodes)))
+
+
+@app.command("inspect", epilog=examples("swarmctl node inspect node-1",
+                                         "swarmctl node inspect -o table node-1"))
+def inspect(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE",
+                                               help="Hostnames, IDs or ID prefixes.")],
+    output: InspectOutputOpt = render.Output.json,
+) -> None:
+    """Show nodes in detail."""
+    with client.open_controller(ctx) as ctl:
+        found, failed = for_each(
+            nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
+    if found or output is not render.Output.table:
+        typer.echo(render.inspected(output, found, render.node_details))
+    fail_if(failed)
+
+
+@app.command("ps", epilog=examples("swarmctl node ps node-1"))
+def ps(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE")],
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate IDs and images.")
+                        ] = False,
+    output: OutputOpt = render.Output.table,
+) -> None:
+    """List the tasks placed on nodes."""
+    with client.open_controller(ctx) as ctl:
+        found, failed = for_each(
+            nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
+        tasks: list[pb.Task] = []
+        if found:
+            request = cpb.ListTasksRequest()
+            request.filters.node_ids.extend(n.id for n in found)
+            tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
+    hostnames = {n.id: n.description.hostname for n in found}
+    typer.echo(render.render(output, tasks, lambda: render.tasks_table(
+        tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
+    fail_if(failed)
+
+
+@app.command("update", epilog=examples(
+    "swarmctl node update --availability drain node-1",
+    "swarmctl node update --label-add zone=east --label-rm old node-1",
+))
+def update(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(metavar="NODE")],
+    availability: Annotated[str | None, typer.Option(
+        metavar="active|pause|drain", help="Whether new tasks may be placed on the node "
+                                           "(drain also moves its tasks away).")] = None,
+    role: Annotated[str | None, typer.Option(metavar="worker|manager")] = None,
+    label_add: Annotated[list[str] | None, typer.Option(
+        metavar="K=V", help="Add or change a node label (repeatable).")] = None,
+    label_rm: Annotated[list[str] | None, typer.Option(
+        metavar="K", help="Remove a node label (repeatable).")] = None,
+) -> None:
+    """Change a node's availability, role or labels."""
+    adds, removes = list(label_add or []), list(label_rm or [])
+
+    def apply(spec: pb.NodeSpec) -> pb.NodeSpec:
+        return updated_node_spec(spec, availability=availability, role=role, label_add=adds,
+                                 label_rm=removes)
+
+    apply(pb.NodeSpec())  # every value parses before anything is sent
+    if availability is None and role is None and not adds and not removes:
+        raise BadInput("nothing to change: give --availability, --role, --label-add or "
+                       "--label-rm")
+    with client.open_controller(ctx) as ctl:
+
+        def read_modify_write() -> None:
+            current = ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=node)).node
+            ctl.call(ctl.stub.UpdateNode, cpb.UpdateNodeRequest(
+                node_id=current.id, version=current.meta.version, spec=apply(current.spec)))
+
+        client.retry_on_conflict(read_modify_write)
+    typer.echo(node)
+
+
+@app.command("rm", epilog=examples("swarmctl node rm node-3",
+                                    "swarmctl node rm --force node-3"))
+def remove(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE")],
+    force: Annotated[bool, typer.Option("--force", "-f",
+                                        help="Remove a node that is not down.")] = False,
+) -> None:
+    """Remove nodes from the cluster."""
+    with client.open_controller(ctx) as ctl:
+
+        def remove_one(ref: str) -> None:
+            ctl.call(ctl.stub.RemoveNode, cpb.RemoveNodeRequest(ref=ref, force=force))
+            typer.echo(ref)
+
+        _, failed = for_each(nodes, remove_one)
+    fail_if(failed)

@@ -1,0 +1,21 @@
+"""Options and help text shared by the noun modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .render import Output
+
+OutputOpt = Annotated[Output, typer.Option(
+    "--output", "-o", case_sensitive=False, help="Output format: table, json or yaml.")]
+InspectOutputOpt = Annotated[Output, typer.Option(
+    "--output", "-o", case_sensitive=False,
+    help="json (default), yaml, or table for a human-readable summary.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print IDs only.")]
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: example invocations, kept as typed (no re-wrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

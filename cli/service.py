@@ -1,0 +1,846 @@
+"""`swarmctl service ...`: create, ls, inspect, ps, scale, update, rm.
+
+The specs are built by pure functions (`service_spec_from_options`,
+`updated_service_spec`) that parse every flag before anything is sent, so a
+bad value is a one-line error naming the flag (exit 2) without a controller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
+
+import typer
+
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import objects_pb2 as pb
+
+from . import client, parsing, render
+from .client import fail_if, for_each
+from .errors import BadFlag, BadInput, ReportingGroup
+from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
+
+app = typer.Typer(help="Manage services.", no_args_is_help=True, rich_markup_mode=None,
+                  cls=ReportingGroup)
+
+DEFAULT_RESTART_DELAY_NS = 5_000_000_000
+DEFAULT_MONITOR_NS = 5_000_000_000
+
+_MODES = {"replicated": "replicated", "global": "global"}
+_RESTART_CONDITIONS = {
+    "any": pb.RestartPolicy.ANY,
+    "on-failure": pb.RestartPolicy.ON_FAILURE,
+    "none": pb.RestartPolicy.NONE,
+}
+_FAILURE_ACTIONS = {
+    "pause": pb.UpdateConfig.PAUSE,
+    "continue": pb.UpdateConfig.CONTINUE,
+    "rollback": pb.UpdateConfig.ROLLBACK,
+}
+_ORDERS = {"start-first": pb.UpdateConfig.START_FIRST, "stop-first": pb.UpdateConfig.STOP_FIRST}
+_ENDPOINT_MODES = {"vip": pb.EndpointSpec.VIP, "dnsrr": pb.EndpointSpec.DNSRR}
+_DESIRED_STATES = {name.lower(): value for name, value in pb.TaskState.items()}
+
+
+# ---------------------------------------------------------------- options
+
+
+@dataclass(kw_only=True)
+class TaskOptions:
+    """Flags that `create` and `update` share, as typed. None (or False) means not given."""
+
+    image: str | None = None
+    replicas: str | None = None
+    max_replicas_per_node: str | None = None
+    limit_cpu: str | None = None
+    limit_memory: str | None = None
+    reserve_cpu: str | None = None
+    reserve_memory: str | None = None
+    restart_condition: str | None = None
+    restart_delay: str | None = None
+    restart_max_attempts: str | None = None
+    restart_window: str | None = None
+    update_parallelism: str | None = None
+    update_delay: str | None = None
+    update_order: str | None = None
+    update_failure_action: str | None = None
+    update_monitor: str | None = None
+    update_max_failure_ratio: str | None = None
+    rollback_parallelism: str | None = None
+    rollback_delay: str | None = None
+    rollback_order: str | None = None
+    rollback_failure_action: str | None = None
+    rollback_monitor: str | None = None
+    rollback_max_failure_ratio: str | None = None
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str | None = None
+    stop_signal: str | None = None
+    stop_grace_period: str | None = None
+    read_only: bool | None = None
+    init: bool | None = None
+    entrypoint: str | None = None
+    health_cmd: str | None = None
+    health_interval: str | None = None
+    health_timeout: str | None = None
+    health_retries: str | None = None
+    health_start_period: str | None = None
+    no_healthcheck: bool = False
+    endpoint_mode: str | None = None
+
+
+@dataclass(kw_only=True)
+class ServiceOptions(TaskOptions):
+    """Everything `service create` takes."""
+
+    name: str
+    mode: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    container_labels: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    placement_prefs: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class ServiceUpdateOptions(TaskOptions):
+    """Everything `service update` takes."""
+
+    args: str | None = None
+    env_add: list[str] = field(default_factory=list)
+    env_rm: list[str] = field(default_factory=list)
+    label_add: list[str] = field(default_factory=list)
+    label_rm: list[str] = field(default_factory=list)
+    container_label_add: list[str] = field(default_factory=list)
+    container_label_rm: list[str] = field(default_factory=list)
+    constraint_add: list[str] = field(default_factory=list)
+    constraint_rm: list[str] = field(default_factory=list)
+    placement_pref_add: list[str] = field(default_factory=list)
+    placement_pref_rm: list[str] = field(default_factory=list)
+    publish_add: list[str] = field(default_factory=list)
+    publish_rm: list[str] = field(default_factory=list)
+    mount_add: list[str] = field(default_factory=list)
+    mount_rm: list[str] = field(default_factory=list)
+    force: bool = False
+    rollback: bool = False
+
+    def changes_spec(self) -> bool:
+        """Whether anything other than --rollback was asked for."""
+        return replace(self, rollback=False) != ServiceUpdateOptions()
+
+
+# ---------------------------------------------------------------- pure spec builders
+
+
+def _update_config(spec: pb.ServiceSpec, which: str, values: Sequence[str | None]) -> None:
+    """Apply --update-* or --rollback-* (parallelism, delay, order, failure action,
+    monitor, max failure ratio); an absent config starts from the defaults."""
+    if all(value is None for value in values):
+        return
+    parallelism, delay, order, failure_action, monitor, max_ratio = values
+    if not spec.HasField(which):  # type: ignore[arg-type]
+        getattr(spec, which).CopyFrom(pb.UpdateConfig(parallelism=1))
+        getattr(spec, which).monitor.FromNanoseconds(DEFAULT_MONITOR_NS)
+        getattr(spec, which).delay.FromNanoseconds(0)
+    config: pb.UpdateConfig = getattr(spec, which)
+    prefix = f"--{which}"
+    if parallelism is not None:
+        config.parallelism = parsing.count(f"{prefix}-parallelism", parallelism)
+    if delay is not None:
+        config.delay.FromNanoseconds(parsing.duration(f"{prefix}-delay", delay))
+    if order is not None:
+        config.order = parsing.choice(f"{prefix}-order", order, _ORDERS)
+    if failure_action is not None:
+        actions = _FAILURE_ACTIONS if which == "update" else {
+            key: value for key, value in _FAILURE_ACTIONS.items() if key != "rollback"}
+        config.failure_action = parsing.choice(f"{prefix}-failure-action", failure_action,
+                                               actions)
+    if monitor is not None:
+        config.monitor.FromNanoseconds(parsing.duration(f"{prefix}-monitor", monitor))
+    if max_ratio is not None:
+        config.max_failure_ratio = parsing.ratio(f"{prefix}-max-failure-ratio", max_ratio)
+
+
+def _resources(spec: pb.ServiceSpec, options: TaskOptions) -> None:
+    resources = spec.task.resources
+    if options.limit_cpu is not None:
+        resources.limits.nano_cpus = parsing.cpus("--limit-cpu", options.limit_cpu)
+    if options.limit_memory is not None:
+        resources.limits.memory_bytes = parsing.memory("--limit-memory", options.limit_memory)
+    if options.reserve_cpu is not None:
+        resources.reservations.nano_cpus = parsing.cpus("--reserve-cpu", options.reserve_cpu)
+    if options.reserve_memory is not None:
+        resources.reservations.memory_bytes = parsing.memory("--reserve-memory",
+                                                             options.reserve_memory)
+
+
+def _restart(spec: pb.ServiceSpec, options: TaskOptions) -> None:
+    given = (options.restart_condition, options.restart_delay, options.restart_max_attempts,
+             options.restart_window)
+    if all(value is None for value in given):
+        return
+    restart = spec.task.restart
+    if not spec.task.HasField("restart"):
+        restart.delay.FromNanoseconds(DEFAULT_RESTART_DELAY_NS)
+    if options.restart_condition is not None:
+        restart.condition = parsing.choice("--restart-condition", options.restart_condition,
+                                           _RESTART_CONDITIONS)
+    if options.restart_delay is not None:
+        restart.delay.FromNanoseconds(parsing.duration("--restart-delay", options.restart_delay))
+    if options.restart_max_attempts is not None:
+        restart.max_attempts = parsing.count("--restart-max-attempts",
+                                             options.restart_max_attempts)
+    if options.restart_window is not None:
+        restart.window.FromNanoseconds(parsing.duration("--restart-window",
+                                                        options.restart_window))
+
+
+def _healthcheck(container: pb.ContainerSpec, options: TaskOptions) -> None:
+    given = {
+        "--health-cmd": options.health_cmd,
+        "--health-interval": options.health_interval,
+        "--health-timeout": options.health_timeout,
+        "--health-retries": options.health_retries,
+        "--health-start-period": options.health_start_period,
+    }
+    if options.no_healthcheck:
+        clashing = [flag for flag, value in given.items() if value is not None]
+        if clashing:
+            raise BadFlag("--no-healthcheck", f"cannot be combined with {', '.join(clashing)}")
+        container.healthcheck.CopyFrom(pb.HealthConfig(test=["NONE"]))
+        return
+    if all(value is None for value in given.values()):
+        return
+    health = container.healthcheck
+    health.SetInParent()
+    if list(health.test) == ["NONE"]:
+        del health.test[:]
+    if options.health_cmd is not None:
+        health.test[:] = ["CMD-SHELL", options.health_cmd] if options.health_cmd.strip() else []
+    if options.health_interval is not None:
+        health.interval.FromNanoseconds(parsing.duration("--health-interval",
+                                                         options.health_interval))
+    if options.health_timeout is not None:
+        health.timeout.FromNanoseconds(parsing.duration("--health-timeout",
+                                                        options.health_timeout))
+    if options.health_retries is not None:
+        health.retries = parsing.count("--health-retries", options.health_retries,
+                                       maximum=2**32 - 1)
+    if options.health_start_period is not None:
+        health.start_period.FromNanoseconds(parsing.duration("--health-start-period",
+                                                             options.health_start_period))
+
+
+def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
+    if options.image is not None:
+        if not options.image.strip():
+            raise BadFlag("--image", "must not be empty")
+        container.image = options.image.strip()
+    if options.workdir is not None:
+        container.dir = options.workdir
+    if options.user is not None:
+        container.user = options.user
+    if options.hostname is not None:
+        container.hostname = options.hostname
+    if options.stop_signal is not None:
+        container.stop_signal = options.stop_signal
+    if options.stop_grace_period is not None:
+        container.stop_grace_period.FromNanoseconds(
+            parsing.duration("--stop-grace-period", options.stop_grace_period))
+    if options.read_only is not None:
+        container.read_only = options.read_only
+    if options.init is not None:
+        container.init = options.init
+    if options.entrypoint is not None:
+        container.command[:] = parsing.shell_words("--entrypoint", options.entrypoint)
+    _healthcheck(container, options)
+
+
+def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
+    if options.replicas is not None:
+        if spec.WhichOneof("mode") == "global":
+            raise BadFlag("--replicas", "applies to replicated services only, "
+                          "not to a global one")
+        spec.replicated.replicas = parsing.count("--replicas", options.replicas)
+    if options.max_replicas_per_node is not None:
+        spec.task.placement.max_replicas_per_node = parsing.count(
+            "--max-replicas-per-node", options.max_replicas_per_node)
+    _container(spec.task.container, options)
+    _resources(spec, options)
+    _restart(spec, options)
+    _update_config(spec, "update", (
+        options.update_parallelism, options.update_delay, options.update_order,
+        options.update_failure_action, options.update_monitor, options.update_max_failure_ratio))
+    _update_config(spec, "rollback", (
+        options.rollback_parallelism, options.rollback_delay, options.rollback_order,
+        options.rollback_failure_action, options.rollback_monitor,
+        options.rollback_max_failure_ratio))
+    if options.endpoint_mode is not None:
+        spec.endpoint.mode = parsing.choice("--endpoint-mode", options.endpoint_mode,
+                                            _ENDPOINT_MODES)
+
+
+def _merge_env(current: Sequence[str], remove: Sequence[str], add: Sequence[str],
+               add_flag: str) -> list[str]:
+    """Drop the removed and re-set keys, then append the new KEY=VALUEs (last one wins)."""
+    added: dict[str, str] = {}
+    for item in add:
+        key, _ = parsing.key_value(add_flag, item)
+        added[key] = item
+    dropped = set(remove) | set(added)
+    return [item for item in current if item.partition("=")[0] not in dropped] + list(
+        added.values())
+
+
+def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
+    """The ServiceSpec `service create` sends; raises BadFlag for a bad value."""
+    if not options.name.strip():
+        raise BadInput("a service name is required")
+    spec = pb.ServiceSpec(name=options.name)
+    mode = parsing.choice("--mode", options.mode or "replicated", _MODES)
+    if mode == "global":
+        if options.replicas is not None:
+            raise BadFlag("--replicas", "cannot be used with --mode global")
+        getattr(spec, "global").SetInParent()
+    else:
+        spec.replicated.replicas = 1
+    if options.image is None:
+        raise BadFlag("--image", "missing: give the image to run, e.g. --image busybox")
+    _apply_task_options(spec, options)
+    container = spec.task.container
+    container.args[:] = options.args
+    container.env[:] = _merge_env([], [], options.env, "--env")
+    for item in options.labels:
+        key, value = parsing.key_value("--label", item, value_required=False)
+        spec.labels[key] = value
+    for item in options.container_labels:
+        key, value = parsing.key_value("--container-label", item, value_required=False)
+        container.labels[key] = value
+    placement = spec.task.placement
+    for item in options.constraints:
+        placement.constraints.append(parsing.constraint("--constraint", item))
+    for item in options.placement_prefs:
+        placement.preferences.add(spread=parsing.placement_pref("--placement-pref", item))
+    for item in options.publish:
+        spec.endpoint.ports.append(parsing.port_config("--publish", item))
+    for item in options.networks:
+        spec.task.networks.append(parsing.network_attachment("--network", item))
+    for item in options.mounts:
+        container.mounts.append(parsing.mount("--mount", item))
+    return spec
+
+
+def _same_port(port: pb.PortConfig, wanted: pb.PortConfig) -> bool:
+    if port.protocol != wanted.protocol:
+        return False
+    if wanted.published_port:
+        return port.published_port == wanted.published_port
+    return port.target_port == wanted.target_port
+
+
+def updated_service_spec(current: pb.ServiceSpec,
+                         options: ServiceUpdateOptions) -> pb.ServiceSpec:
+    """A copy of `current` with the `service update` flags applied; raises BadFlag."""
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(current)
+    _apply_task_options(spec, options)
+    container = spec.task.container
+    if options.args is not None:
+        container.args[:] = parsing.shell_words("--args", options.args)
+    env_rm = [parsing.key_only("--env-rm", key) for key in options.env_rm]
+    container.env[:] = _merge_env(container.env, env_rm, options.env_add, "--env-add")
+    for flag, target, remove, add in (
+        ("--label", spec.labels, options.label_rm, options.label_add),
+        ("--container-label", container.labels, options.container_label_rm,
+         options.container_label_add),
+    ):
+        for key in remove:
+            target.pop(parsing.key_only(f"{flag}-rm", key), None)
+        for item in add:
+            key, value = parsing.key_value(f"{flag}-add", item, value_required=False)
+            target[key] = value
+    placement = spec.task.placement
+    removed = {parsing.constraint("--constraint-rm", item) for item in options.constraint_rm}
+    constraints = [c for c in placement.constraints if c.replace(" ", "") not in removed]
+    for item in options.constraint_add:
+        wanted = parsing.constraint("--constraint-add", item)
+        if wanted not in constraints:
+            constraints.append(wanted)
+    placement.constraints[:] = constraints
+    removed = {parsing.placement_pref("--placement-pref-rm", item)
+               for item in options.placement_pref_rm}
+    spreads = [p.spread for p in placement.preferences if p.spread not in removed]
+    for item in options.placement_pref_add:
+        spread = parsing.placement_pref("--placement-pref-add", item)
+        if spread not in spreads:
+            spreads.append(spread)
+    del placement.preferences[:]
+    for spread in spreads:
+        placement.preferences.add(spread=spread)
+    ports = list(spec.endpoint.ports)
+    for item in options.publish_rm:
+        wanted_port = parsing.port_config("--publish-rm", item)
+        ports = [p for p in ports if not _same_port(p, wanted_port)]
+    for item in options.publish_add:
+        new_port = parsing.port_config("--publish-add", item)
+        ports = [p for p in ports if not _same_port(p, new_port)] + [new_port]
+    if options.publish_rm or options.publish_add:
+        del spec.endpoint.ports[:]
+        spec.endpoint.ports.extend(ports)
+    mounts = list(container.mounts)
+    for path in options.mount_rm:
+        mounts = [m for m in mounts if m.target not in (path, path.rstrip("/"))]
+    for item in options.mount_add:
+        new_mount = parsing.mount("--mount-add", item)
+        mounts = [m for m in mounts if m.target != new_mount.target] + [new_mount]
+    if options.mount_rm or options.mount_add:
+        del container.mounts[:]
+        container.mounts.extend(mounts)
+    if options.force:
+        spec.task.force_update += 1
+    return spec
+
+
+def check_update_options(options: ServiceUpdateOptions) -> None:
+    """Parse every flag of `service update` before connecting."""
+    if options.rollback and options.changes_spec():
+        raise BadFlag("--rollback", "cannot be combined with other changes")
+    updated_service_spec(pb.ServiceSpec(), options)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _multi(metavar: str, help: str) -> Any:
+    return typer.Option(metavar=metavar, help=f"{help} (repeatable).")
+
+
+def _list(values: list[str] | None) -> list[str]:
+    return list(values or [])
+
+
+@app.command("create", epilog=examples(
+    "swarmctl service create web --image nginx:alpine --replicas 3 --publish 8080:80",
+    "swarmctl service create worker --image busybox --limit-memory 64M -- sleep 3600",
+    "swarmctl service create agent --image busybox --mode global --constraint "
+    "node.labels.zone==east top",
+))
+def create(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the service.")],
+    command: Annotated[list[str] | None, typer.Argument(
+        metavar="CMD", show_default=False,
+        help="Command and arguments; they replace the image's CMD (put -- before them "
+             "when they start with a dash).")] = None,
+    image: Annotated[str | None, typer.Option(metavar="IMAGE", help="Image to run (required).",
+                                              show_default=False)] = None,
+    replicas: Annotated[str | None, typer.Option(metavar="N",
+                                                 help="Number of tasks (default 1).")] = None,
+    mode: Annotated[str | None, typer.Option(
+        metavar="MODE", help="replicated (default) or global.")] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", "-e", metavar="K=V", help="Environment variable (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", "-l", metavar="K=V", help="Service label (repeatable).")] = None,
+    container_label: Annotated[list[str] | None, typer.Option(
+        metavar="K=V", help="Container label (repeatable).")] = None,
+    constraint: Annotated[list[str] | None, typer.Option(
+        metavar="EXPR", help="Placement constraint, e.g. node.labels.zone==east "
+                             "(repeatable).")] = None,
+    placement_pref: Annotated[list[str] | None, typer.Option(
+        metavar="spread=node.labels.X", help="Spread tasks over a node label "
+                                             "(repeatable).")] = None,
+    max_replicas_per_node: Annotated[str | None, typer.Option(
+        metavar="N", help="At most N tasks of this service per node.")] = None,
+    limit_cpu: Annotated[str | None, typer.Option(metavar="CPUS", help="CPU limit, e.g. 0.5.")
+                         ] = None,
+    limit_memory: Annotated[str | None, typer.Option(
+        metavar="SIZE", help="Memory limit, e.g. 512M.")] = None,
+    reserve_cpu: Annotated[str | None, typer.Option(metavar="CPUS",
+                                                    help="CPUs to reserve.")] = None,
+    reserve_memory: Annotated[str | None, typer.Option(metavar="SIZE",
+                                                       help="Memory to reserve.")] = None,
+    restart_condition: Annotated[str | None, typer.Option(
+        metavar="COND", help="Restart when: any (default), on-failure or none.")] = None,
+    restart_delay: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Delay between restarts (default 5s).")] = None,
+    restart_max_attempts: Annotated[str | None, typer.Option(
+        metavar="N", help="Give up after N restarts (0: never).")] = None,
+    restart_window: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Window in which restarts are counted.")] = None,
+    update_parallelism: Annotated[str | None, typer.Option(
+        metavar="N", help="Tasks updated at once (default 1; 0: all).")] = None,
+    update_delay: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Delay between update batches.")] = None,
+    update_order: Annotated[str | None, typer.Option(
+        metavar="ORDER", help="stop-first (default) or start-first.")] = None,
+    update_failure_action: Annotated[str | None, typer.Option(
+        metavar="ACTION", help="pause (default), continue or rollback.")] = None,
+    update_monitor: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="How long to watch each updated task (default 5s).")] = None,
+    update_max_failure_ratio: Annotated[str | None, typer.Option(
+        metavar="RATIO", help="Failure rate tolerated during an update.")] = None,
+    rollback_parallelism: Annotated[str | None, typer.Option(
+        metavar="N", help="The --update-* settings for rollbacks (default 1).")] = None,
+    rollback_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    rollback_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
+    rollback_failure_action: Annotated[str | None, typer.Option(
+        metavar="ACTION", help="pause (default) or continue.")] = None,
+    rollback_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    rollback_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
+    publish: Annotated[list[str] | None, typer.Option(
+        "--publish", "-p", metavar="PUBLISHED:TARGET[/PROTO]",
+        help="Publish a port; also published=8080,target=80,protocol=tcp,mode=host "
+             "(repeatable).")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
+    endpoint_mode: Annotated[str | None, typer.Option(
+        metavar="MODE", help="vip (default) or dnsrr.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR",
+                                                help="Working directory.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]",
+                                             help="User to run as.")] = None,
+    hostname: Annotated[str | None, typer.Option(metavar="NAME",
+                                                 help="Container hostname.")] = None,
+    stop_signal: Annotated[str | None, typer.Option(metavar="SIGNAL",
+                                                    help="Signal that stops a task.")] = None,
+    stop_grace_period: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Wait before killing a task (default 10s).")] = None,
+    read_only: Annotated[bool, typer.Option("--read-only",
+                                            help="Read-only root filesystem.")] = False,
+    init: Annotated[bool, typer.Option("--init", help="Run an init inside the container.")
+                    ] = False,
+    health_cmd: Annotated[str | None, typer.Option(
+        metavar="CMD", help="Health check command, run by a shell.")] = None,
+    health_interval: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Time between health checks.")] = None,
+    health_timeout: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Time a health check may take.")] = None,
+    health_retries: Annotated[str | None, typer.Option(
+        metavar="N", help="Failures in a row that make a task unhealthy.")] = None,
+    health_start_period: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Grace period before failures count.")] = None,
+    no_healthcheck: Annotated[bool, typer.Option(
+        "--no-healthcheck", help="Disable the image's health check.")] = False,
+    mount: Annotated[list[str] | None, typer.Option(
+        metavar="type=volume,source=X,target=/Y",
+        help="Mount a volume, bind or tmpfs (repeatable).")] = None,
+    entrypoint: Annotated[str | None, typer.Option(
+        metavar="CMD", help="Replace the image's entrypoint.")] = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Accepted for docker compatibility; swarmctl never waits.")
+                      ] = False,
+) -> None:
+    """Create a service; prints its ID."""
+    spec = service_spec_from_options(ServiceOptions(
+        name=name, image=image, args=_list(command), replicas=replicas, mode=mode,
+        env=_list(env), labels=_list(label), container_labels=_list(container_label),
+        constraints=_list(constraint), placement_prefs=_list(placement_pref),
+        max_replicas_per_node=max_replicas_per_node,
+        limit_cpu=limit_cpu, limit_memory=limit_memory, reserve_cpu=reserve_cpu,
+        reserve_memory=reserve_memory,
+        restart_condition=restart_condition, restart_delay=restart_delay,
+        restart_max_attempts=restart_max_attempts, restart_window=restart_window,
+        update_parallelism=update_parallelism, update_delay=update_delay,
+        update_order=update_order, update_failure_action=update_failure_action,
+        update_monitor=update_monitor, update_max_failure_ratio=update_max_failure_ratio,
+        rollback_parallelism=rollback_parallelism, rollback_delay=rollback_delay,
+        rollback_order=rollback_order, rollback_failure_action=rollback_failure_action,
+        rollback_monitor=rollback_monitor, rollback_max_failure_ratio=rollback_max_failure_ratio,
+        publish=_list(publish), networks=_list(network), endpoint_mode=endpoint_mode,
+        workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
+        stop_grace_period=stop_grace_period, read_only=read_only or None, init=init or None,
+        health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
+        health_retries=health_retries, health_start_period=health_start_period,
+        no_healthcheck=no_healthcheck, mounts=_list(mount), entrypoint=entrypoint,
+    ))
+    with client.open_controller(ctx) as ctl:
+        response = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=spec))
+    typer.echo(response.service.id)
+
+
+_SERVICE_FILTERS = ("name", "id", "label")
+
+
+@app.command("ls", epilog=examples("swarmctl service ls",
+                                    "swarmctl service ls --filter label=tier=web -o json"))
+def list_services(
+    ctx: typer.Context,
+    output: OutputOpt = render.Output.table,
+    quiet: QuietOpt = False,
+    filters: Annotated[list[str] | None, typer.Option(
+        "--filter", "-f", metavar="KEY=VALUE",
+        help="name=NAME, id=PREFIX or label=KEY[=VALUE] (repeatable).")] = None,
+) -> None:
+    """List services."""
+    wanted = parsing.parse_filters("--filter", _list(filters), _SERVICE_FILTERS)
+    request = cpb.ListServicesRequest()
+    request.filters.names.extend(wanted.get("name", []))
+    request.filters.id_prefixes.extend(wanted.get("id", []))
+    for item in wanted.get("label", []):
+        key, value = parsing.key_value("--filter", item, value_required=False)
+        request.filters.labels[key] = value
+    with client.open_controller(ctx) as ctl:
+        services = list(ctl.call(ctl.stub.ListServices, request).services)
+        if quiet:
+            typer.echo("\n".join(s.id for s in services))
+            return
+        tasks: list[pb.Task] = []
+        if output is render.Output.table and services:
+            tasks = list(ctl.call(ctl.stub.ListTasks, cpb.ListTasksRequest()).tasks)
+    typer.echo(render.render(output, services, lambda: render.services_table(services, tasks)))
+
+
+def _get_service(ctl: client.Controller) -> Callable[[str], pb.Service]:
+    return lambda ref: ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
+
+
+@app.command("inspect", epilog=examples("swarmctl service inspect web",
+                                         "swarmctl service inspect -o table web"))
+def inspect(
+    ctx: typer.Context,
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE",
+                                                  help="Names, IDs or ID prefixes.")],
+    output: InspectOutputOpt = render.Output.json,
+) -> None:
+    """Show services in detail."""
+    with client.open_controller(ctx) as ctl:
+        found, failed = for_each(services, _get_service(ctl))
+    if found or output is not render.Output.table:
+        typer.echo(render.inspected(output, found, render.service_details))
+    fail_if(failed)
+
+
+def parse_task_filters(values: Sequence[str]) -> dict[str, list[str]]:
+    """`service ps --filter`: desired-state=running|shutdown|..., node=, id=."""
+    wanted = parsing.parse_filters("--filter", values, ("desired-state", "node", "id"))
+    for state in wanted.get("desired-state", []):
+        parsing.choice("--filter", state, _DESIRED_STATES)
+    return wanted
+
+
+def _node_matches(node_id: str, hostname: str, wanted: Sequence[str]) -> bool:
+    return any(node_id.startswith(item) or hostname == item for item in wanted)
+
+
+@app.command("ps", epilog=examples("swarmctl service ps web",
+                                    "swarmctl service ps web --filter desired-state=running"))
+def ps(
+    ctx: typer.Context,
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE")],
+    filters: Annotated[list[str] | None, typer.Option(
+        "--filter", "-f", metavar="KEY=VALUE",
+        help="desired-state=running|shutdown|..., node=NODE or id=PREFIX (repeatable).")
+                       ] = None,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate IDs and images.")
+                        ] = False,
+    quiet: QuietOpt = False,
+    output: OutputOpt = render.Output.table,
+) -> None:
+    """List the tasks of services, with the reason a pending task is waiting."""
+    wanted = parse_task_filters(_list(filters))
+    with client.open_controller(ctx) as ctl:
+        found, failed = for_each(services, _get_service(ctl))
+        tasks: list[pb.Task] = []
+        hostnames: dict[str, str] = {}
+        if found:
+            request = cpb.ListTasksRequest()
+            request.filters.service_ids.extend(s.id for s in found)
+            request.filters.desired_states.extend(
+                _DESIRED_STATES[s.strip().lower()] for s in wanted.get("desired-state", []))
+            request.filters.id_prefixes.extend(wanted.get("id", []))
+            tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
+            if tasks and (output is render.Output.table or "node" in wanted):
+                nodes = ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes
+                hostnames = {n.id: n.description.hostname for n in nodes}
+    if "node" in wanted:
+        tasks = [t for t in tasks
+                 if _node_matches(t.node_id, hostnames.get(t.node_id, ""), wanted["node"])]
+    if quiet:
+        typer.echo("\n".join(t.id for t in tasks))
+    elif found or output is not render.Output.table:
+        typer.echo(render.render(output, tasks, lambda: render.tasks_table(
+            tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
+    fail_if(failed)
+
+
+@app.command("scale", epilog=examples("swarmctl service scale web=5",
+                                       "swarmctl service scale web=3 worker=0"))
+def scale(
+    ctx: typer.Context,
+    pairs: Annotated[list[str], typer.Argument(metavar="SERVICE=REPLICAS")],
+) -> None:
+    """Set the number of tasks of replicated services."""
+    wanted = [parsing.scale_argument(pair) for pair in pairs]
+    replicas = dict(wanted)
+
+    with client.open_controller(ctx) as ctl:
+
+        def scale_one(ref: str) -> None:
+            ctl.call(ctl.stub.ScaleService,
+                     cpb.ScaleServiceRequest(ref=ref, replicas=replicas[ref]))
+            typer.echo(f"{ref} scaled to {replicas[ref]}")
+
+        _, failed = for_each(list(replicas), scale_one)
+    fail_if(failed)
+
+
+@app.command("update", epilog=examples(
+    "swarmctl service update web --image nginx:1.27",
+    "swarmctl service update web --env-add MODE=prod --limit-memory 256M",
+    "swarmctl service update web --force",
+    "swarmctl service update web --rollback",
+))
+def update(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE")],
+    image: Annotated[str | None, typer.Option(metavar="IMAGE", help="New image.")] = None,
+    replicas: Annotated[str | None, typer.Option(metavar="N")] = None,
+    args: Annotated[str | None, typer.Option(metavar="'CMD ARGS'",
+                                             help="New command and arguments.")] = None,
+    env_add: Annotated[list[str] | None, _multi(
+        "K=V", "Set an environment variable")] = None,
+    env_rm: Annotated[list[str] | None, _multi(
+        "K", "Remove an environment variable")] = None,
+    label_add: Annotated[list[str] | None, _multi(
+        "K=V", "Set a service label")] = None,
+    label_rm: Annotated[list[str] | None, _multi(
+        "K", "Remove a service label")] = None,
+    container_label_add: Annotated[list[str] | None, _multi(
+        "K=V", "Set a container label")] = None,
+    container_label_rm: Annotated[list[str] | None, _multi(
+        "K", "Remove a container label")] = None,
+    constraint_add: Annotated[list[str] | None, _multi(
+        "EXPR", "Add a placement constraint")] = None,
+    constraint_rm: Annotated[list[str] | None, _multi(
+        "EXPR", "Remove a placement constraint")] = None,
+    placement_pref_add: Annotated[list[str] | None, _multi(
+        "spread=node.labels.X", "Add a placement preference")] = None,
+    placement_pref_rm: Annotated[list[str] | None, _multi(
+        "spread=node.labels.X", "Remove a placement preference")] = None,
+    max_replicas_per_node: Annotated[str | None, typer.Option(metavar="N")] = None,
+    limit_cpu: Annotated[str | None, typer.Option(metavar="CPUS")] = None,
+    limit_memory: Annotated[str | None, typer.Option(metavar="SIZE")] = None,
+    reserve_cpu: Annotated[str | None, typer.Option(metavar="CPUS")] = None,
+    reserve_memory: Annotated[str | None, typer.Option(metavar="SIZE")] = None,
+    restart_condition: Annotated[str | None, typer.Option(metavar="COND")] = None,
+    restart_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    restart_max_attempts: Annotated[str | None, typer.Option(metavar="N")] = None,
+    restart_window: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    update_parallelism: Annotated[str | None, typer.Option(metavar="N")] = None,
+    update_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    update_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
+    update_failure_action: Annotated[str | None, typer.Option(metavar="ACTION")] = None,
+    update_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    update_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
+    rollback_parallelism: Annotated[str | None, typer.Option(metavar="N")] = None,
+    rollback_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    rollback_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
+    rollback_failure_action: Annotated[str | None, typer.Option(metavar="ACTION")] = None,
+    rollback_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    rollback_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
+    publish_add: Annotated[list[str] | None, _multi(
+        "PUBLISHED:TARGET[/PROTO]", "Publish a port")] = None,
+    publish_rm: Annotated[list[str] | None, typer.Option(
+        metavar="PORT", help="Remove a published port: TARGET[/PROTO] or PUBLISHED:TARGET.")
+                          ] = None,
+    mount_add: Annotated[list[str] | None, _multi(
+        "type=volume,source=X,target=/Y", "Add or replace a mount")] = None,
+    mount_rm: Annotated[list[str] | None, typer.Option(
+        metavar="TARGET", help="Remove the mount at this container path.")] = None,
+    endpoint_mode: Annotated[str | None, typer.Option(metavar="MODE")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]")] = None,
+    hostname: Annotated[str | None, typer.Option(metavar="NAME")] = None,
+    stop_signal: Annotated[str | None, typer.Option(metavar="SIGNAL")] = None,
+    stop_grace_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    read_only: Annotated[bool | None, typer.Option(
+        "--read-only/--no-read-only", show_default=False)] = None,
+    init: Annotated[bool | None, typer.Option("--init/--no-init", show_default=False)] = None,
+    entrypoint: Annotated[str | None, typer.Option(metavar="CMD")] = None,
+    health_cmd: Annotated[str | None, typer.Option(metavar="CMD")] = None,
+    health_interval: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    health_timeout: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    health_retries: Annotated[str | None, typer.Option(metavar="N")] = None,
+    health_start_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    no_healthcheck: Annotated[bool, typer.Option("--no-healthcheck")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
+                                                        "nothing changed.")] = False,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
+                        ] = False,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Accepted for docker compatibility; swarmctl never waits.")
+                      ] = False,
+) -> None:
+    """Change a service: read it, apply the flags, write it back (retrying on conflict)."""
+    options = ServiceUpdateOptions(
+        image=image, replicas=replicas, args=args,
+        env_add=_list(env_add), env_rm=_list(env_rm),
+        label_add=_list(label_add), label_rm=_list(label_rm),
+        container_label_add=_list(container_label_add),
+        container_label_rm=_list(container_label_rm),
+        constraint_add=_list(constraint_add), constraint_rm=_list(constraint_rm),
+        placement_pref_add=_list(placement_pref_add),
+        placement_pref_rm=_list(placement_pref_rm),
+        max_replicas_per_node=max_replicas_per_node,
+        limit_cpu=limit_cpu, limit_memory=limit_memory, reserve_cpu=reserve_cpu,
+        reserve_memory=reserve_memory,
+        restart_condition=restart_condition, restart_delay=restart_delay,
+        restart_max_attempts=restart_max_attempts, restart_window=restart_window,
+        update_parallelism=update_parallelism, update_delay=update_delay,
+        update_order=update_order, update_failure_action=update_failure_action,
+        update_monitor=update_monitor, update_max_failure_ratio=update_max_failure_ratio,
+        rollback_parallelism=rollback_parallelism, rollback_delay=rollback_delay,
+        rollback_order=rollback_order, rollback_failure_action=rollback_failure_action,
+        rollback_monitor=rollback_monitor, rollback_max_failure_ratio=rollback_max_failure_ratio,
+        publish_add=_list(publish_add), publish_rm=_list(publish_rm),
+        mount_add=_list(mount_add), mount_rm=_list(mount_rm), endpoint_mode=endpoint_mode,
+        workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
+        stop_grace_period=stop_grace_period, read_only=read_only, init=init,
+        entrypoint=entrypoint, health_cmd=health_cmd, health_interval=health_interval,
+        health_timeout=health_timeout, health_retries=health_retries,
+        health_start_period=health_start_period, no_healthcheck=no_healthcheck,
+        force=force, rollback=rollback,
+    )
+    check_update_options(options)
+    with client.open_controller(ctx) as ctl:
+        updated = update_service(ctl, service, options)
+    typer.echo(updated.spec.name)
+
+
+def update_service(ctl: client.Controller, ref: str,
+                   options: ServiceUpdateOptions) -> pb.Service:
+    """GetService, apply the options to a copy of the spec, UpdateService at the version
+    read; on a version conflict (ABORTED) read again and retry, up to three times."""
+
+    def read_modify_write() -> pb.Service:
+        current = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
+        request = cpb.UpdateServiceRequest(service_id=current.id, version=current.meta.version)
+        if options.rollback:
+            request.rollback = True
+        else:
+            request.spec.CopyFrom(updated_service_spec(current.spec, options))
+        return ctl.call(ctl.stub.UpdateService, request).service
+
+    return client.retry_on_conflict(read_modify_write)
+
+
+@app.command("rm", epilog=examples("swarmctl service rm web", "swarmctl service rm web worker"))
+def remove(
+    ctx: typer.Context,
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE")],
+) -> None:
+    """Remove services (their tasks are shut down)."""
+    with client.open_controller(ctx) as ctl:
+
+        def remove_one(ref: str) -> None:
+            ctl.call(ctl.stub.RemoveService, cpb.RemoveRequest(ref=ref))
+            typer.echo(ref)
+
+        _, failed = for_each(services, remove_one)
+    fail_if(failed)

@@ -1,0 +1,2 @@
+"""The controller's API edge: the control servicer, and the pure validation and
+reference resolution it relies on."""

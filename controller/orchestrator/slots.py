@@ -1,0 +1,163 @@
+"""Slots, and the rules every slot follows whatever the service mode.
+
+A slot is where one task of a service should run: replicated services have
+slots 1..replicas, global ones a slot per node. A slot is
+
+- WANTED: it must have one live task (created when missing);
+- KEPT: its live tasks stay but none is created or updated (a global
+  service's task on a paused or DOWN node);
+- UNWANTED: its live tasks are shut down, and its tasks deleted once stopped
+  (slots above the replica count; a global service's drained, removed or
+  ineligible node).
+
+Per pass, every slot is supervised (a live task that has ended is shut down,
+and so is every live task of an UNWANTED slot), de-duplicated (one live task,
+except the pair of a start-first update), and a WANTED slot without a live task
+is given its successor (restart.successor) unless one of its out-of-date tasks
+is still stopping (the second half of a stop-first update: old and new never
+run side by side).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..ids import derived_id
+from .restart import Successor, successor
+from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, timestamp
+
+PENDING_MESSAGE = "pending task scheduling"
+
+
+class Role(enum.Enum):
+    WANTED = "wanted"
+    KEPT = "kept"
+    UNWANTED = "unwanted"
+
+
+@dataclass
+class Slot:
+    number: int  # replicated: 1..; global: 0
+    node_id: str  # global: the node; replicated: ""
+    role: Role
+    task_ids: list[str] = field(default_factory=list)
+    # A stop-first update shut its task down and waits for it to stop.
+    stopping: bool = False
+
+    @property
+    def sort_key(self) -> tuple[int, str]:
+        return self.number, self.node_id
+
+
+@dataclass
+class Context:
+    """One pass over one service."""
+
+    service: pb.Service  # as planned (a copy once changed)
+    service_id: str
+    nodes: Mapping[str, pb.Node]
+    now: float
+    work: Working
+    constraints: ConstraintCache = field(default_factory=ConstraintCache)
+    service_changed: bool = False
+    wake_at: list[float] = field(default_factory=list)  # absolute times to plan again
+
+    def edit_service(self) -> pb.Service:
+        if not self.service_changed:
+            copy = pb.Service()
+            copy.CopyFrom(self.service)
+            self.service = copy
+            self.service_changed = True
+        return self.service
+
+    def tasks(self, slot: Slot) -> list[pb.Task]:
+        return [self.work.get(task_id) for task_id in slot.task_ids
+                if task_id not in self.work.deleted]
+
+    def live(self, slot: Slot) -> list[pb.Task]:
+        return [task for task in self.tasks(slot) if is_live(task)]
+
+    def latest(self, slot: Slot) -> pb.Task | None:
+        return max(self.tasks(slot), key=age_key, default=None)
+
+    def successor(self, slot: Slot) -> Successor:
+        return successor(self.latest(slot), self.service.spec_version)
+
+    def create(self, slot: Slot, next_task: Successor) -> pb.Task:
+        task = new_task(self.service, self.service_id, slot, next_task, self.now)
+        self.work.create(task)
+        slot.task_ids.append(task.id)
+        return task
+
+
+def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Successor,
+             now: float) -> pb.Task:
+    if slot.node_id:
+        task_id = derived_id(service_id, "node", slot.node_id, str(next_task.attempt))
+    else:
+        task_id = derived_id(service_id, "slot", str(slot.number), str(next_task.attempt))
+    task = pb.Task(id=task_id, service_id=service_id, service_name=service.spec.name,
+                   slot=slot.number, node_id=slot.node_id, spec_version=service.spec_version,
+                   desired_state=pb.RUNNING, attempt=next_task.attempt)
+    task.spec.CopyFrom(service.spec.task)
+    if service.HasField("endpoint"):
+        task.endpoint.CopyFrom(service.endpoint)
+    elif service.spec.HasField("endpoint"):
+        task.endpoint.spec.CopyFrom(service.spec.endpoint)
+    task.status.state = pb.PENDING
+    task.status.timestamp.CopyFrom(timestamp(now))
+    task.status.message = PENDING_MESSAGE
+    task.restart_history.extend(next_task.history)
+    return task
+
+
+def supervise(ctx: Context, slot: Slot, must_move: Callable[[pb.Task], bool]) -> None:
+    """Shut down the live tasks that have ended, those `must_move` names, and all
+    live tasks of an UNWANTED slot."""
+    for task in ctx.live(slot):
+        if slot.role is Role.UNWANTED or is_terminal(task) or must_move(task):
+            ctx.work.shut_down(task.id)
+
+
+def _best_first(task: pb.Task) -> tuple[bool, int, tuple[int, int, str]]:
+    return task.status.state == pb.RUNNING, task.spec_version, age_key(task)
+
+
+def deduplicate(ctx: Context, slot: Slot) -> None:
+    """Leave one live task: the running, newest one. A start-first update's pair
+    (an out-of-date task and its not-yet-running replacement) is left alone;
+    once the replacement runs, it is the best and the old task is shut down."""
+    live = ctx.live(slot)
+    if len(live) < 2:
+        return
+    version = ctx.service.spec_version
+    if len(live) == 2:
+        old, new = sorted(live, key=lambda task: task.spec_version)
+        if old.spec_version < version <= new.spec_version and new.status.state < pb.RUNNING:
+            return
+    live.sort(key=_best_first, reverse=True)
+    for task in live[1:]:
+        ctx.work.shut_down(task.id)
+
+
+def fill(ctx: Context, slot: Slot) -> None:
+    """Give a WANTED slot without a live task its next task, now or when its
+    restart delay has passed (then ask to be planned again)."""
+    if ctx.live(slot):
+        return
+    version = ctx.service.spec_version
+    if any(task.spec_version < version and not is_stopped(task, ctx.nodes)
+           for task in ctx.tasks(slot)):
+        slot.stopping = True  # stop-first: the replacement waits for the old task
+        return
+    next_task = ctx.successor(slot)
+    if next_task.not_before is None:
+        return
+    if next_task.not_before > ctx.now:
+        ctx.wake_at.append(next_task.not_before)
+        return
+    ctx.create(slot, next_task)
