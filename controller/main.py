@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 from collections.abc import Sequence
 
+from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
 from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
 from .server import Controller, ControllerConfig
@@ -33,6 +35,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
                         help="leadership lease in seconds: a dead leader is replaced after this")
+    parser.add_argument("--default-addr-pool", action="append", default=[], metavar="CIDR",
+                        help="address pool for networks created without --subnet, for a new "
+                             "cluster (repeatable; default 10.0.0.0/8)")
+    parser.add_argument("--default-addr-pool-mask-length", type=int, default=24, metavar="N",
+                        help="prefix length of each network taken from the pools (default 24)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -41,6 +48,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--heartbeat-period: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
+    pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
+                           args.default_addr_pool_mask_length)
     return ControllerConfig(
         listen=args.listen,
         advertise_addr=args.advertise_addr,
@@ -50,7 +59,26 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         leadership=LeadershipSettings(lease_ttl=args.lease_ttl),
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),
         heartbeat_period=args.heartbeat_period,
+        address_pools=pools,
+        subnet_size=args.default_addr_pool_mask_length,
     )
+
+
+def _address_pools(parser: argparse.ArgumentParser, pools: list[str], size: int) -> tuple[str, ...]:
+    if not MIN_PREFIX <= size <= MAX_PREFIX:
+        parser.error(f"--default-addr-pool-mask-length: must be between {MIN_PREFIX} and "
+                     f"{MAX_PREFIX} (got {size})")
+    result = []
+    for text in pools:
+        try:
+            pool = ipaddress.IPv4Network(text)
+        except ValueError as error:
+            parser.error(f"--default-addr-pool: {text!r} is not an IPv4 network in CIDR form "
+                         f"({error})")
+        if pool.prefixlen > size:
+            parser.error(f"--default-addr-pool: {pool} is smaller than one /{size} network")
+        result.append(str(pool))
+    return tuple(result)
 
 
 async def serve(config: ControllerConfig) -> None:

@@ -1,6 +1,6 @@
 """One controller process: the watch cache, the gRPC server (control API for
 everyone, dispatcher API served by the leader), and the leader's loops
-(orchestrator, scheduler, dispatcher), all supervised and cancellable."""
+(orchestrator, allocator, scheduler, dispatcher), all supervised and cancellable."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
 from swarmapi.v1 import objects_pb2 as pb
 
+from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
+from .allocator.reconciler import Allocator
 from .api.control import ControlServicer
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
@@ -40,6 +42,8 @@ class ControllerConfig:
     # Settings of a cluster initialised by this controller.
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
+    address_pools: tuple[str, ...] = DEFAULT_POOLS  # where networks without --subnet get one
+    subnet_size: int = DEFAULT_SUBNET_SIZE
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -50,6 +54,7 @@ def default_cluster(config: ControllerConfig) -> pb.Cluster:
         dispatcher=pb.DispatcherConfig(heartbeat_period=period),
         orchestration=pb.OrchestrationConfig(
             task_history_retention_limit=config.task_history_limit),
+        ipam=pb.IPAMDefaults(address_pools=config.address_pools, subnet_size=config.subnet_size),
     ))
 
 
@@ -66,6 +71,7 @@ class Controller:
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
         self.orchestrator = Orchestrator(self.store)
+        self.allocator = Allocator(self.store)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
 
@@ -103,6 +109,7 @@ class Controller:
         dispatcher = self.dispatcher
         loops = [
             start_supervised("orchestrator", lambda: self.orchestrator.run(guard)),
+            start_supervised("allocator", lambda: self.allocator.run(guard)),
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
         ]

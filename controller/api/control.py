@@ -8,8 +8,9 @@ ABORTED for the caller to read again, an unreachable etcd is UNAVAILABLE.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -18,6 +19,23 @@ from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
 
+from ..allocator.claims import (
+    claim_address,
+    claim_network,
+    release_address,
+    release_network,
+    release_vips,
+    vip_owner,
+)
+from ..allocator.ipam import free_count, parse_subnet
+from ..allocator.networks import (
+    AllocationError,
+    VipPlan,
+    allocate_network,
+    plan_vips,
+    pool_settings,
+    used_by_network,
+)
 from ..ids import new_id
 from ..leadership import Leadership
 from ..store import (
@@ -45,6 +63,11 @@ log = logging.getLogger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
 _SCALE_ATTEMPTS = 10
+# Writes that allocate (networks, VIPs) retry when they lost a race on a network
+# object; a lost race on a new key (another controller's claim) is only seen
+# once the watch delivers the winner, hence the short pause.
+_ALLOC_ATTEMPTS = 5
+_RACE_PAUSE = 0.05
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -68,6 +91,13 @@ def _with_prefix(objects: Iterable[T], id_of: Callable[[T], str], prefixes: Iter
 def _labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(key in labels and (not value or labels[key] == value)
                for key, value in wanted.items())
+
+
+def replicas_needed(spec: pb.ServiceSpec) -> int:
+    """Task addresses a new service needs on each of its networks at once."""
+    if not spec.task.networks or spec.WhichOneof("mode") != "replicated":
+        return 0
+    return int(spec.replicated.replicas)
 
 
 def _template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
@@ -110,20 +140,72 @@ class ControlServicer(cgrpc.ControlServicer):
             spec = normalize_service_spec(request.spec, self._store.cache.networks)
         except ValidationError as error:
             await self._invalid(context, error)
-        if any(s.spec.name == spec.name for s in self._store.cache.services.values()):
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                         f"spec.name: service {spec.name!r} already exists")
-        service = pb.Service(id=new_id(), spec=spec, spec_version=1)
+        service_id = new_id()
+        for _ in range(_ALLOC_ATTEMPTS):
+            if any(s.spec.name == spec.name for s in self._store.cache.services.values()):
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"spec.name: service {spec.name!r} already exists")
+            service = pb.Service(id=service_id, spec=spec, spec_version=1)
+            plan = await self._plan_vips(context, spec, [], replicas_needed(spec))
+            ops: list[Op] = [Create(service), ReserveName("services", spec.name, service.id)]
+            ops.extend(self._vip_ops(service, plan))
+            try:
+                await self._store.commit(ops)
+            except Conflict:
+                if self._networks_moved(plan.networks):
+                    continue
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"spec.name: service {spec.name!r} already exists")
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot create service: the store is unavailable ({error})")
+            log.info("created service %s (%s)", service.spec.name, service.id)
+            return cpb.ServiceResponse(service=service)
+        await _abort(context, grpc.StatusCode.ABORTED,
+                     "its networks kept changing concurrently; try again")
+
+    async def _plan_vips(self, context: Context, spec: pb.ServiceSpec,
+                         current: Sequence[pb.VirtualIP], replicas: int) -> VipPlan:
+        """The service's VIPs (nothing is written here). A full network is
+        RESOURCE_EXHAUSTED, and so is one without room for `replicas` more
+        task addresses: better refused now than tasks left waiting."""
+        cache = self._store.cache
+        used = used_by_network(cache.tasks.values(), cache.services.values())
         try:
-            await self._store.commit([Create(service), ReserveName("services", spec.name, service.id)])
-        except Conflict:
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                         f"spec.name: service {spec.name!r} already exists")
-        except StoreUnavailable as error:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                         f"cannot create service: the store is unavailable ({error})")
-        log.info("created service %s (%s)", service.spec.name, service.id)
-        return cpb.ServiceResponse(service=service)
+            plan = plan_vips(spec, current, cache.networks, used)
+        except AllocationError as error:
+            code = (grpc.StatusCode.RESOURCE_EXHAUSTED if error.exhausted
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+            await _abort(context, code, str(error))
+        claimed = {network_id for network_id, _ in plan.claimed}
+        for index, network in enumerate(plan.networks):
+            subnet = parse_subnet(network.subnet, network.gateway)
+            free = free_count(subnet, used.get(network.id, set())) - (network.id in claimed)
+            if replicas > free:
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"spec.task.networks[{index}].target: network "
+                             f"{network.spec.name!r} ({network.subnet}) has {free} free "
+                             f"address(es), not enough for {replicas} replicas")
+        return plan
+
+    def _vip_ops(self, service: pb.Service, plan: VipPlan) -> list[Op]:
+        """Record the plan on `service` (its endpoint); the ops that go with it."""
+        keys = self._store.keys
+        service.endpoint.spec.CopyFrom(service.spec.endpoint)
+        del service.endpoint.virtual_ips[:]
+        service.endpoint.virtual_ips.extend(plan.virtual_ips)
+        ops: list[Op] = [Update(network) for network in plan.networks]
+        ops.extend(claim_address(keys, network_id, address, vip_owner(service.id))
+                   for network_id, address in plan.claimed)
+        ops.extend(release_address(keys, vip.network_id, vip.addr) for vip in plan.released)
+        return ops
+
+    def _networks_moved(self, networks: Sequence[pb.Network]) -> bool:
+        """Whether a conflict was (also) on the networks: worth planning again.
+        The failed transaction has refreshed them in the cache."""
+        cached = self._store.cache.networks
+        return any(n.id not in cached or cached[n.id].meta.version != n.meta.version
+                   for n in networks)
 
     async def GetService(self, request: cpb.GetRequest, context: Context) -> cpb.ServiceResponse:
         service = await self._resolve(context, request.ref, self._store.cache.services,
@@ -180,8 +262,26 @@ class ControlServicer(cgrpc.ControlServicer):
             service.update_status.message = ("rollback in progress" if request.rollback
                                              else "update in progress")
         service.spec.CopyFrom(spec)
-        await self._commit(context, [Update(service)], f"update service {spec.name!r}")
-        return cpb.ServiceResponse(service=service)
+        for _ in range(_ALLOC_ATTEMPTS):
+            plan = await self._plan_vips(context, spec, current.endpoint.virtual_ips, 0)
+            ops: list[Op] = [Update(service), *self._vip_ops(service, plan)]
+            try:
+                await self._store.commit(ops)
+            except Conflict:
+                if self._networks_moved(plan.networks) and \
+                        self._store.cache.services.get(service.id, current).meta.version \
+                        == current.meta.version:
+                    continue
+                await _abort(context, grpc.StatusCode.ABORTED,
+                             f"cannot update service {spec.name!r}: it was changed concurrently; "
+                             "read it again and retry")
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot update service {spec.name!r}: the store is unavailable "
+                             f"({error}); reads still work")
+            return cpb.ServiceResponse(service=service)
+        await _abort(context, grpc.StatusCode.ABORTED,
+                     "its networks kept changing concurrently; try again")
 
     async def ScaleService(self, request: cpb.ScaleServiceRequest,
                            context: Context) -> cpb.ServiceResponse:
@@ -212,8 +312,10 @@ class ControlServicer(cgrpc.ControlServicer):
                             context: Context) -> cpb.RemoveResponse:
         service = await self._resolve(context, request.ref, self._store.cache.services,
                                       lambda s: s.spec.name, "service")
+        # Its VIPs go with it; its tasks' addresses go with each task record.
         await self._commit(context, [Delete("services", service.id, service.meta.version),
-                                     ReleaseName("services", service.spec.name)],
+                                     ReleaseName("services", service.spec.name),
+                                     *release_vips(self._store.keys, service)],
                            f"remove service {service.spec.name!r}")
         log.info("removed service %s (%s)", service.spec.name, service.id)
         return cpb.RemoveResponse(id=service.id)
@@ -276,21 +378,38 @@ class ControlServicer(cgrpc.ControlServicer):
             spec = normalize_network_spec(request.spec)
         except ValidationError as error:
             await self._invalid(context, error)
-        if any(n.spec.name == spec.name for n in self._store.cache.networks.values()):
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                         f"spec.name: network {spec.name!r} already exists")
-        network = pb.Network(id=new_id(), spec=spec, subnet=spec.ipam.subnet,
-                             gateway=spec.ipam.gateway)
-        try:
-            await self._store.commit([Create(network),
-                                      ReserveName("networks", spec.name, network.id)])
-        except Conflict:
-            await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
-                         f"spec.name: network {spec.name!r} already exists")
-        except StoreUnavailable as error:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                         f"cannot create network: the store is unavailable ({error})")
-        return cpb.NetworkResponse(network=network)
+        network_id = new_id()
+        for _ in range(_ALLOC_ATTEMPTS):
+            cache = self._store.cache
+            if any(n.spec.name == spec.name for n in cache.networks.values()):
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"spec.name: network {spec.name!r} already exists")
+            try:
+                allocation = allocate_network(spec, cache.networks.values(),
+                                              pool_settings(cache.clusters.values()))
+            except AllocationError as error:
+                code = (grpc.StatusCode.RESOURCE_EXHAUSTED if error.exhausted
+                        else grpc.StatusCode.INVALID_ARGUMENT)
+                await _abort(context, code, str(error))
+            network = pb.Network(id=network_id, spec=spec, vni=allocation.vni,
+                                 subnet=allocation.subnet, gateway=allocation.gateway)
+            ops: list[Op] = [Create(network), ReserveName("networks", spec.name, network.id),
+                             *claim_network(self._store.keys, network)]
+            try:
+                await self._store.commit(ops)
+            except Conflict:
+                # Another controller took the name, subnet or VNI first; once the
+                # watch shows its network, the checks above say which.
+                await asyncio.sleep(_RACE_PAUSE)
+                continue
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot create network: the store is unavailable ({error})")
+            log.info("created network %s (%s): subnet %s, gateway %s, VNI %d", spec.name,
+                     network.id, network.subnet, network.gateway, network.vni)
+            return cpb.NetworkResponse(network=network)
+        await _abort(context, grpc.StatusCode.ABORTED,
+                     f"network {spec.name!r} kept conflicting with concurrent creations; try again")
 
     async def GetNetwork(self, request: cpb.GetRequest, context: Context) -> cpb.NetworkResponse:
         network = await self._resolve(context, request.ref, self._store.cache.networks,
@@ -316,8 +435,18 @@ class ControlServicer(cgrpc.ControlServicer):
         if users:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"network {network.spec.name!r} is in use by service(s) {', '.join(users)}")
+        holders = [t for t in self._store.cache.tasks.values()
+                   if any(a.network_id == network.id for a in t.networks)
+                   or any(a.target == network.id for a in t.spec.networks)]
+        if holders:
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"network {network.spec.name!r} is still used by {len(holders)} task(s) "
+                         "of removed services, which are being stopped; try again shortly")
+        # The delete compares the network's version, and every service write and
+        # task allocation on it rewrites it: a concurrent new user makes this fail.
         await self._commit(context, [Delete("networks", network.id, network.meta.version),
-                                     ReleaseName("networks", network.spec.name)],
+                                     ReleaseName("networks", network.spec.name),
+                                     *release_network(self._store.keys, network)],
                            f"remove network {network.spec.name!r}")
         return cpb.RemoveResponse(id=network.id)
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 
 from swarmapi.v1 import objects_pb2 as pb
 
-from ..store import Change, Create, Delete, Guard, Op, Store, StoreUnavailable, Update
+from ..allocator.claims import release_task
+from ..store import Change, Create, Delete, Guard, Keys, Op, Store, StoreUnavailable, Update
 from .plan import OrchestratorSettings, ServicePlan, plan_service
 
 log = logging.getLogger(__name__)
@@ -103,21 +104,21 @@ class Orchestrator:
         cache = self._store.cache
         now = self._clock()
         settings = self.settings()
-        ops: list[Op] = []
-        owner: dict[int, str] = {}  # index in ops -> service it belongs to
+        groups: list[list[Op]] = []
+        owner: list[str] = []  # per group: the service it belongs to
         for service_id in service_ids:
             plan = plan_service(cache.services.get(service_id),
                                 list(cache.tasks_by_service.get(service_id, {}).values()),
                                 cache.nodes, now, settings, service_id=service_id)
             if plan.requeue_after is not None:
                 asyncio.get_running_loop().call_later(plan.requeue_after, self.mark, service_id)
-            for op in _plan_ops(plan, cache.tasks):
-                owner[len(ops)] = service_id
-                ops.append(op)
-        if not ops:
+            for group in _plan_ops(plan, cache.tasks, self._store.keys):
+                owner.append(service_id)
+                groups.append(group)
+        if not groups:
             return
         try:
-            failed = await self._store.commit_chunked(ops, guard=guard)
+            failed = await self._store.commit_groups(groups, guard=guard)
         except StoreUnavailable as error:
             log.warning("orchestrator cannot write: %s", error)
             self._dirty |= service_ids
@@ -125,19 +126,23 @@ class Orchestrator:
             self._wake.set()
             return
         if failed:
-            failed_ids = {id(op) for op in failed}
-            retry = {owner[i] for i, op in enumerate(ops) if id(op) in failed_ids}
-            log.info("orchestrator: %d operations conflicted; re-planning %d services",
+            retry = {owner[i] for i in failed}
+            log.info("orchestrator: %d writes conflicted; re-planning %d services",
                      len(failed), len(retry))
             self._dirty |= retry
             self._wake.set()
 
 
-def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task]) -> list[Op]:
-    ops: list[Op] = [Create(task) for task in plan.create]
-    ops.extend(Update(task) for task in plan.update)
-    ops.extend(Delete("tasks", task_id, tasks[task_id].meta.version)
-               for task_id in plan.delete if task_id in tasks)
+def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task], keys: Keys) -> list[list[Op]]:
+    """The plan's writes in all-or-nothing groups: a task's deletion goes with
+    the release of its addresses (the address is free exactly when no task
+    record holds it)."""
+    groups: list[list[Op]] = [[Create(task)] for task in plan.create]
+    groups.extend([Update(task)] for task in plan.update)
+    for task_id in plan.delete:
+        task = tasks.get(task_id)
+        if task is not None:
+            groups.append([Delete("tasks", task_id, task.meta.version), *release_task(keys, task)])
     if plan.service is not None:
-        ops.append(Update(plan.service))
-    return ops
+        groups.append([Update(plan.service)])
+    return groups

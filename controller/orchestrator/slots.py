@@ -31,6 +31,8 @@ from .restart import Successor, successor
 from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, timestamp
 
 PENDING_MESSAGE = "pending task scheduling"
+# Kept in sync with allocator.tasks (which imports this module, not the reverse).
+ALLOCATING_MESSAGE = "waiting for network addresses"
 
 
 class Role(enum.Enum):
@@ -108,9 +110,16 @@ def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Succes
         task.endpoint.CopyFrom(service.endpoint)
     elif service.spec.HasField("endpoint"):
         task.endpoint.spec.CopyFrom(service.spec.endpoint)
-    task.status.state = pb.PENDING
+    # A task on overlay networks starts NEW: the allocator gives it its
+    # addresses and only then makes it PENDING, the state the scheduler takes.
+    # Without networks there is nothing to allocate, so it skips that write.
+    if task.spec.networks:
+        task.status.state = pb.NEW
+        task.status.message = ALLOCATING_MESSAGE
+    else:
+        task.status.state = pb.PENDING
+        task.status.message = PENDING_MESSAGE
     task.status.timestamp.CopyFrom(timestamp(now))
-    task.status.message = PENDING_MESSAGE
     task.restart_history.extend(next_task.history)
     return task
 

@@ -4,12 +4,15 @@ from .cache import Change, WatchCache
 from .etcd import EtcdClient, EtcdSettings, StoreUnavailable
 from .keys import Keys, StoredObject, kind_of
 from .store import (
+    Claim,
     Conflict,
     Create,
     Delete,
     Guard,
     Op,
+    Release,
     ReleaseName,
+    RequireAbsent,
     ReserveName,
     Store,
     Update,
@@ -17,7 +20,7 @@ from .store import (
 )
 
 __all__ = [
-    "Change", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings", "Guard", "Keys",
-    "Op", "ReleaseName", "ReserveName", "Store", "StoreUnavailable", "StoredObject", "Update",
-    "WatchCache", "delete_op", "kind_of",
+    "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings", "Guard", "Keys",
+    "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store", "StoreUnavailable",
+    "StoredObject", "Update", "WatchCache", "delete_op", "kind_of",
 ]

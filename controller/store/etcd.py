@@ -236,18 +236,19 @@ def compare_mod_revision(key: bytes, revision: int) -> Any:
                        mod_revision=revision)
 
 
-def compare_create_revision(key: bytes, revision: int) -> Any:
-    """revision 0 means: the key does not exist."""
-    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.CREATE,
-                       create_revision=revision)
+def compare_create_revision(key: bytes, revision: int, range_end: bytes = b"") -> Any:
+    """revision 0 means: the key does not exist. With range_end, the compare
+    holds for every key in [key, range_end) (an empty range: none exists)."""
+    return rpc.Compare(key=key, range_end=range_end, result=rpc.Compare.EQUAL,
+                       target=rpc.Compare.CREATE, create_revision=revision)
 
 
 def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
     return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
 
 
-def op_delete(key: bytes) -> Any:
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+def op_delete(key: bytes, range_end: bytes = b"") -> Any:
+    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, range_end=range_end))
 
 
 def op_get(key: bytes) -> Any:

@@ -3,6 +3,9 @@
     {prefix}nodes/{id}  services/{id}  tasks/{id}  networks/{id}  clusters/{id}
     {prefix}names/{kind}/{name} -> id      unique names (services, networks)
     {prefix}leader                         the leading controller (leased)
+    {prefix}ipam/addr/{network}/{ip} -> owner  an address handed out ("task/ID", "vip/ID")
+    {prefix}ipam/vni/{vni} -> network id
+    {prefix}ipam/subnet/{bits} -> network id   a subnet, named by its prefix bits
 
 A stored object's meta.version is the key's mod_revision, filled in on read.
 """
@@ -45,6 +48,25 @@ class Keys:
 
     def name(self, kind: str, name: str) -> bytes:
         return self._names + kind.encode() + b"/" + name.encode()
+
+    # IPAM records: raw keys, not objects (the watch cache ignores them).
+
+    @property
+    def ipam(self) -> bytes:
+        return self.prefix + b"ipam/"
+
+    def address(self, network_id: str, ip: str) -> bytes:
+        """ip is a plain dotted address (no prefix length)."""
+        return self.network_addresses(network_id) + ip.encode()
+
+    def network_addresses(self, network_id: str) -> bytes:
+        return self.ipam + b"addr/" + network_id.encode() + b"/"
+
+    def vni(self, vni: int) -> bytes:
+        return self.ipam + b"vni/" + str(vni).encode()
+
+    def subnet(self, bits: str) -> bytes:
+        return self.ipam + b"subnet/" + bits.encode()
 
     def parse(self, key: bytes) -> tuple[str, str] | None:
         """(kind, id) of an object key; None for names, the leader key and strangers."""

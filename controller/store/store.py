@@ -62,7 +62,35 @@ class ReleaseName:
     name: str
 
 
-Op: TypeAlias = Create | Update | Delete | ReserveName | ReleaseName
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Create a raw key (a full key from Keys) that must not exist yet: the
+    create-only records of IPAM, which make two racing allocators fail
+    instead of handing out the same address, VNI or subnet."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Delete a raw key, or with prefix=True every key under it (no compare:
+    releasing what is already gone is fine)."""
+
+    key: bytes
+    prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequireAbsent:
+    """A compare only: the key (or, with prefix=True, every key under it) does
+    not exist. Claims of overlapping subnets use it (see allocator.claims)."""
+
+    key: bytes
+    prefix: bool = False
+
+
+Op: TypeAlias = Create | Update | Delete | ReserveName | ReleaseName | Claim | Release | RequireAbsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +146,37 @@ class Store:
                 failed.extend(chunk)
         return failed
 
+    async def commit_groups(self, groups: Sequence[Sequence[Op]],
+                            guard: Guard | None = None) -> list[int]:
+        """Like commit_chunked, but each group is all-or-nothing: groups are packed
+        whole into transactions of at most 128 operations (a task's delete and
+        the release of its addresses must not be split). Returns the indexes of
+        the groups whose transaction conflicted."""
+        size = E.MAX_TXN_OPS - (1 if guard else 0)
+        failed: list[int] = []
+        chunk: list[Op] = []
+        members: list[int] = []
+
+        async def flush() -> None:
+            if not chunk:
+                return
+            try:
+                await self._commit_chunk(chunk, guard)
+            except Conflict:
+                failed.extend(members)
+            chunk.clear()
+            members.clear()
+
+        for index, group in enumerate(groups):
+            if len(group) > size:
+                raise ValueError(f"a group of {len(group)} operations exceeds one transaction ({size})")
+            if len(chunk) + len(group) > size:
+                await flush()
+            chunk.extend(group)
+            members.append(index)
+        await flush()
+        return failed
+
     async def _commit_chunk(self, ops: Sequence[Op], guard: Guard | None) -> int:
         compares: list[Any] = []
         success: list[Any] = []
@@ -149,8 +208,16 @@ class Store:
                 key = self.keys.name(op.kind, op.name)
                 compares.append(E.compare_create_revision(key, 0))
                 success.append(E.op_put(key, op.object_id.encode()))
-            else:
+            elif isinstance(op, ReleaseName):
                 success.append(E.op_delete(self.keys.name(op.kind, op.name)))
+            elif isinstance(op, Claim):
+                compares.append(E.compare_create_revision(op.key, 0))
+                success.append(E.op_put(op.key, op.value))
+            elif isinstance(op, Release):
+                success.append(E.op_delete(op.key, E.prefix_end(op.key) if op.prefix else b""))
+            else:
+                compares.append(E.compare_create_revision(
+                    op.key, 0, E.prefix_end(op.key) if op.prefix else b""))
         if len(set(watched)) != len(watched):
             raise ValueError("a transaction names the same object twice")
         if guard is not None:

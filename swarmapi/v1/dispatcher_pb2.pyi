@@ -134,6 +134,8 @@ class Assignments(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    REMOVED_NETWORKS_FIELD_NUMBER: _builtins.int
     type: Global___Assignments.Type.ValueType
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]:
@@ -143,20 +145,101 @@ class Assignments(_message.Message):
     def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """IDs of tasks no longer assigned to this node."""
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAssignment]:
+        """Overlay networks the node's tasks use. Each entry carries the network's
+        complete peer set: the agent replaces what it has for that network
+        (OverlayManager.set_peers), never merges. In a COMPLETE message, networks
+        not named are to be removed; in an INCREMENTAL one, only changed networks
+        are named, and `removed_networks` lists those the node no longer needs.
+        """
+
+    @_builtins.property
+    def removed_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         type: Global___Assignments.Type.ValueType = ...,
         tasks: _abc.Iterable[_objects_pb2.Task] | None = ...,
         removed: _abc.Iterable[_builtins.str] | None = ...,
+        networks: _abc.Iterable[Global___NetworkAssignment] | None = ...,
+        removed_networks: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "removed", b"removed", "removed_networks", b"removed_networks", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
+
+@_typing.final
+class OverlayPeer(_message.Message):
+    """A task's endpoint on another node: what the agent needs for a static FDB
+    entry (mac -> vtep) and a permanent neighbour entry (address -> mac).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    VTEP_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    node_id: _builtins.str
+    address: _builtins.str
+    """CIDR form, as in NetworkAttachment.addresses"""
+    mac: _builtins.str
+    """derived from the address: swarmapi.overlay.mac_for_ip"""
+    vtep: _builtins.str
+    """the peer node's advertise (underlay) address"""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        mac: _builtins.str = ...,
+        vtep: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "node_id", b"node_id", "task_id", b"task_id", "vtep", b"vtep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayPeer: _TypeAlias = OverlayPeer  # noqa: Y015
+
+@_typing.final
+class NetworkAssignment(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def network(self) -> _objects_pb2.Network:
+        """id, spec, vni, subnet, gateway"""
+
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayPeer]:
+        """Endpoints of this network's tasks on other nodes that are assigned and not
+        yet terminal, on nodes not DOWN. The complete set, sorted by task id.
+        """
+
+    def __init__(
+        self,
+        *,
+        network: _objects_pb2.Network | None = ...,
+        peers: _abc.Iterable[Global___OverlayPeer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAssignment: _TypeAlias = NetworkAssignment  # noqa: Y015
 
 @_typing.final
 class SessionMessage(_message.Message):

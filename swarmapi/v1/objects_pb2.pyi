@@ -1389,6 +1389,12 @@ Global___NetworkSpec: _TypeAlias = NetworkSpec  # noqa: Y015
 
 @_typing.final
 class Network(_message.Message):
+    """A network's allocated state (vni, subnet, gateway) is set once, when the
+    network is created, and never changes; each is also claimed by a
+    create-only key under {prefix}ipam/ so that racing controllers cannot hand
+    out the same one twice.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -1397,10 +1403,19 @@ class Network(_message.Message):
     VNI_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
+    ADDRESS_CURSOR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     vni: _builtins.int
     subnet: _builtins.str
+    """CIDR form"""
     gateway: _builtins.str
+    """plain address, in the subnet"""
+    address_cursor: _builtins.str
+    """The last address handed out on this network. The next allocation starts
+    after it (wrapping around), so a released address is not reused at once.
+    Every allocation writes it back with a compare-and-swap on the network, so
+    concurrent allocators serialise on it (the address keys are the guarantee).
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1414,10 +1429,11 @@ class Network(_message.Message):
         vni: _builtins.int = ...,
         subnet: _builtins.str = ...,
         gateway: _builtins.str = ...,
+        address_cursor: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "id", b"id", "meta", b"meta", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_cursor", b"address_cursor", "gateway", b"gateway", "id", b"id", "meta", b"meta", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1466,27 +1482,61 @@ class OrchestrationConfig(_message.Message):
 Global___OrchestrationConfig: _TypeAlias = OrchestrationConfig  # noqa: Y015
 
 @_typing.final
+class IPAMDefaults(_message.Message):
+    """Where networks created without --subnet get theirs (docker's
+    --default-addr-pool and --default-addr-pool-mask-length).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_POOLS_FIELD_NUMBER: _builtins.int
+    SUBNET_SIZE_FIELD_NUMBER: _builtins.int
+    subnet_size: _builtins.int
+    """prefix length of each network; 0: 24"""
+    @_builtins.property
+    def address_pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CIDR; unset: 10.0.0.0/8"""
+
+    def __init__(
+        self,
+        *,
+        address_pools: _abc.Iterable[_builtins.str] | None = ...,
+        subnet_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_pools", b"address_pools", "subnet_size", b"subnet_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IPAMDefaults: _TypeAlias = IPAMDefaults  # noqa: Y015
+
+@_typing.final
 class ClusterSpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     DISPATCHER_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
+    IPAM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def dispatcher(self) -> Global___DispatcherConfig: ...
     @_builtins.property
     def orchestration(self) -> Global___OrchestrationConfig: ...
+    @_builtins.property
+    def ipam(self) -> Global___IPAMDefaults: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         dispatcher: Global___DispatcherConfig | None = ...,
         orchestration: Global___OrchestrationConfig | None = ...,
+        ipam: Global___IPAMDefaults | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatcher", b"dispatcher", "orchestration", b"orchestration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatcher", b"dispatcher", "ipam", b"ipam", "orchestration", b"orchestration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatcher", b"dispatcher", "name", b"name", "orchestration", b"orchestration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatcher", b"dispatcher", "ipam", b"ipam", "name", b"name", "orchestration", b"orchestration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,156 @@
+"""The allocator's loop on the leader: give NEW tasks their addresses.
+
+Level-triggered like the scheduler: it keeps the set of NEW tasks to look at;
+each pass plans them (tasks.plan_tasks, pure) in batches that fit one
+transaction, and writes each batch atomically: the tasks (now PENDING, with
+their attachments), the create-only address keys, and the networks whose
+cursor moved (a compare-and-swap that serialises allocators on a network).
+A conflicting batch is re-planned from the refreshed cache. Tasks that must
+wait (full subnet, missing VIPs) keep the reason as their status message and
+are retried when addresses are released or networks and services change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
+from ..store.etcd import MAX_TXN_OPS
+from .claims import claim_address, task_owner
+from .networks import used_by_network
+from .tasks import TaskPlan, needs_allocation, plan_tasks
+
+log = logging.getLogger(__name__)
+
+_BATCH_WINDOW = 0.005
+
+
+def _cost(task: pb.Task) -> int:
+    """Operations a task can add to a transaction: its update, a claim per
+    network, and at worst an update of each of its networks."""
+    return 1 + 2 * len(task.spec.networks)
+
+
+def batches(tasks: Sequence[pb.Task], budget: int) -> list[list[pb.Task]]:
+    """Consecutive runs of tasks whose worst-case cost fits the budget."""
+    result: list[list[pb.Task]] = []
+    current: list[pb.Task] = []
+    spent = 0
+    for task in tasks:
+        cost = _cost(task)
+        if current and spent + cost > budget:
+            result.append(current)
+            current, spent = [], 0
+        current.append(task)
+        spent += cost
+    if current:
+        result.append(current)
+    return result
+
+
+class Allocator:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._clock = clock
+        self._pending: set[str] = set()  # to look at
+        self._waiting: set[str] = set()  # looked at, could not be allocated
+        self._wake = asyncio.Event()
+        self.passes = 0
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "tasks":
+            new: pb.Task | None = change.new  # type: ignore[assignment]
+            old: pb.Task | None = change.old  # type: ignore[assignment]
+            if needs_allocation(new):
+                if change.object_id not in self._waiting:
+                    self._pending.add(change.object_id)
+                    self._wake.set()
+            else:
+                self._pending.discard(change.object_id)
+                self._waiting.discard(change.object_id)
+            if new is None and old is not None and old.networks:
+                self._retry_waiting()  # its addresses were released
+        elif change.kind in ("services", "networks"):
+            self._retry_waiting()
+
+    def _retry_waiting(self) -> None:
+        if self._waiting:
+            self._pending |= self._waiting
+            self._waiting.clear()
+            self._wake.set()
+
+    async def run(self, guard: Guard) -> None:
+        unsubscribe = self._store.cache.subscribe(self._on_change)
+        self._pending = {t.id for t in self._store.cache.tasks.values() if needs_allocation(t)}
+        self._waiting.clear()
+        self._wake.set()
+        try:
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(_BATCH_WINDOW)
+                self._wake.clear()
+                todo, self._pending = self._pending, set()
+                await self._pass(todo, guard)
+        finally:
+            unsubscribe()
+
+    async def _pass(self, task_ids: set[str], guard: Guard) -> None:
+        cache = self._store.cache
+        tasks = sorted((cache.tasks[i] for i in task_ids if needs_allocation(cache.tasks.get(i))),
+                       key=lambda t: (t.service_id, t.slot, t.node_id, t.id))
+        if not tasks:
+            return
+        self.passes += 1
+        budget = MAX_TXN_OPS - 1  # the guard's compare
+        for batch in batches(tasks, budget):
+            # Re-read per batch: the previous batch's writes are in the cache.
+            current = [cache.tasks[t.id] for t in batch if needs_allocation(cache.tasks.get(t.id))]
+            plan = plan_tasks(current, cache.networks, cache.services,
+                              used_by_network(cache.tasks.values(), cache.services.values()),
+                              self._clock())
+            ops = self._ops(plan, current)
+            # Before the commit: writing a waiting task's reason must not queue it again.
+            self._waiting.update(plan.waiting)
+            if plan.waiting:
+                log.info("allocator: %d tasks wait: %s", len(plan.waiting),
+                         next(iter(plan.waiting.values())))
+            if not ops:
+                continue
+            try:
+                await self._store.commit(ops, guard=guard)
+            except Conflict:
+                log.info("allocator: a batch of %d tasks conflicted; re-planning", len(current))
+                self._retry([t.id for t in current])
+                continue
+            except StoreUnavailable as error:
+                log.warning("allocator cannot write: %s", error)
+                self._retry([t.id for t in current])
+                await asyncio.sleep(0.5)
+                return
+
+    def _retry(self, task_ids: list[str]) -> None:
+        self._waiting.difference_update(task_ids)
+        self._pending.update(task_ids)
+        self._wake.set()
+
+    def _ops(self, plan: TaskPlan, tasks: Sequence[pb.Task]) -> list[Op]:
+        keys = self._store.keys
+        ops: list[Op] = [Update(network) for network in plan.networks()]
+        for promotion in plan.promoted:
+            ops.append(Update(promotion.task))
+            ops.extend(claim_address(keys, network_id, address, task_owner(promotion.task.id))
+                       for network_id, address in promotion.claimed)
+        by_id = {task.id: task for task in tasks}
+        for task_id, reason in plan.waiting.items():
+            current = by_id[task_id]
+            if current.status.message != reason:
+                task = pb.Task()
+                task.CopyFrom(current)
+                task.status.message = reason
+                ops.append(Update(task))
+        return ops
