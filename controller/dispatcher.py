@@ -29,6 +29,7 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .leadership import Leadership
+from .peers import OverlayIndex, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class _Session:
     session_id: str
     # Tasks changed since the last message: task -> new version, or None if removed.
     dirty: dict[str, pb.Task | None] = field(default_factory=dict)
+    # Networks whose assignment may have changed since the last message.
+    dirty_networks: set[str] = field(default_factory=set)
+    # What the agent was last sent per network (serialised): unchanged ones are
+    # not sent again, and those it has are removed when no longer needed.
+    sent_networks: dict[str, bytes] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -66,6 +72,7 @@ class _LeaderState:
     heartbeats: dict[str, float] = field(default_factory=dict)  # node -> last seen (clock)
     pending_status: dict[str, tuple[str, pb.TaskStatus]] = field(default_factory=dict)
     status_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    overlay: OverlayIndex = field(default_factory=OverlayIndex)
 
 
 def _assigned(task: pb.Task | None, node_id: str) -> bool:
@@ -105,7 +112,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     async def serve_as_leader(self, guard: Guard) -> None:
         """Run the leader's side (node monitor, status writer) until cancelled."""
-        state = _LeaderState(guard=guard)
+        state = _LeaderState(guard=guard, overlay=OverlayIndex(self._store.cache.tasks.values()))
         now = self._clock()
         # Every node gets a full grace period to find the new leader.
         for node in self._store.cache.nodes.values():
@@ -175,10 +182,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
         try:
             tasks = [t for t in self._store.cache.tasks_by_node.get(node_id, {}).values()
                      if _assigned(t, node_id)]
+            session.dirty_networks.clear()
+            networks, _ = self._network_updates(state, session,
+                                                state.overlay.networks_of(node_id))
             yield dpb.SessionMessage(
                 session_id=session.session_id,
                 heartbeat_period=_duration(self.heartbeat_period()),
-                assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks),
+                assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
+                                            networks=networks),
             )
             while True:
                 await session.wake.wait()
@@ -186,12 +197,18 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if session.closed:
                     return
                 changed, session.dirty = session.dirty, {}
+                dirty_networks, session.dirty_networks = session.dirty_networks, set()
+                networks, removed_networks = self._network_updates(state, session, dirty_networks)
+                if not (changed or networks or removed_networks):
+                    continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
                     assignments=dpb.Assignments(
                         type=dpb.Assignments.INCREMENTAL,
                         tasks=[t for t in changed.values() if t is not None],
                         removed=[tid for tid, t in changed.items() if t is None],
+                        networks=networks,
+                        removed_networks=removed_networks,
                     ),
                 )
         finally:
@@ -234,20 +251,65 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     # ------------------------------------------------------------ assignments
 
+    def _network_updates(self, state: _LeaderState, session: _Session,
+                         network_ids: set[str]) -> tuple[list[dpb.NetworkAssignment], list[str]]:
+        """The assignments of those networks that changed for this node, and the
+        networks it had but no longer needs (or that were removed)."""
+        cache = self._store.cache
+        uses = state.overlay.networks_of(session.node_id)
+        updates: list[dpb.NetworkAssignment] = []
+        removed: list[str] = []
+        for network_id in sorted(network_ids):
+            network = cache.networks.get(network_id)
+            if network is not None and network_id in uses:
+                assignment = network_assignment(network, state.overlay.endpoints.get(network_id, {}),
+                                                cache.nodes, session.node_id)
+                blob = assignment.SerializeToString(deterministic=True)
+                if session.sent_networks.get(network_id) != blob:
+                    session.sent_networks[network_id] = blob
+                    updates.append(assignment)
+            elif session.sent_networks.pop(network_id, None) is not None:
+                removed.append(network_id)
+        return updates, removed
+
+    def _mark_networks(self, state: _LeaderState, network_ids: set[str]) -> None:
+        """Tell the sessions that have (or need) these networks to look again."""
+        if not network_ids:
+            return
+        for session in state.sessions.values():
+            uses = state.overlay.networks_of(session.node_id)
+            hit = {n for n in network_ids if n in uses or n in session.sent_networks}
+            if hit:
+                session.dirty_networks |= hit
+                session.wake.set()
+
     def _on_change(self, change: Change) -> None:
         state = self._state
         if state is None:
             return
-        if change.kind == "nodes" and change.new is None:
-            session = state.sessions.pop(change.object_id, None)
-            state.heartbeats.pop(change.object_id, None)
-            if session is not None:
-                session.close()
+        if change.kind == "networks":
+            self._mark_networks(state, {change.object_id})
+            return
+        if change.kind == "nodes":
+            old_node: pb.Node | None = change.old  # type: ignore[assignment]
+            new_node: pb.Node | None = change.new  # type: ignore[assignment]
+            # Its endpoints appear in (or leave) every peer list when it goes
+            # down, comes back, moves or is removed.
+            if old_node is None or new_node is None \
+                    or old_node.status.state != new_node.status.state \
+                    or vtep(old_node) != vtep(new_node):
+                self._mark_networks(state, state.overlay.networks_of(change.object_id))
+            if new_node is None:
+                session = state.sessions.pop(change.object_id, None)
+                state.heartbeats.pop(change.object_id, None)
+                if session is not None:
+                    session.close()
             return
         if change.kind != "tasks":
             return
         old: pb.Task | None = change.old  # type: ignore[assignment]
         new: pb.Task | None = change.new  # type: ignore[assignment]
+        self._mark_networks(state, state.overlay.apply(old, new))
         for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
             session = state.sessions.get(node_id)
             if session is None:

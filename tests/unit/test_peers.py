@@ -1,0 +1,77 @@
+"""What nodes are told about overlay networks: the endpoint index and the
+per-node assignment (peers on other nodes, not DOWN ones), and the agent-side
+sync with replace semantics."""
+
+from __future__ import annotations
+
+from agent.overlay_sync import RecordingOverlay, sync_networks
+from controller.peers import OverlayIndex, network_assignment, vtep
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import objects_pb2 as pb
+
+
+def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
+         network_id: str = "net") -> pb.Task:
+    result = pb.Task(id=task_id, node_id=node_id, desired_state=pb.RUNNING)
+    result.status.state = state  # type: ignore[assignment]
+    result.networks.add(network_id=network_id, addresses=[address])
+    return result
+
+
+def node(node_id: str, addr: str, state: int = pb.NodeStatus.READY) -> pb.Node:
+    result = pb.Node(id=node_id)
+    result.status.state = state  # type: ignore[assignment]
+    result.status.addr = addr
+    return result
+
+
+NET = pb.Network(id="net", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1",
+                 address_cursor="10.0.0.9")
+
+
+def test_index_tracks_present_endpoints_and_node_networks() -> None:
+    index = OverlayIndex()
+    assigned = task("t1", "n1", "10.0.0.2/24", pb.ASSIGNED)
+    assert index.apply(None, task("t0", "n1", "10.0.0.9/24", pb.PENDING)) == set()
+    assert index.apply(None, assigned) == {"net"}
+    assert index.networks_of("n1") == {"net"}
+    running = task("t1", "n1", "10.0.0.2/24", pb.RUNNING)
+    assert index.apply(assigned, running) == set(), "same endpoint: nothing to tell"
+    assert index.apply(running, task("t1", "n1", "10.0.0.2/24", pb.COMPLETE)) == {"net"}
+    assert index.networks_of("n1") == set()
+    assert not index.endpoints
+
+
+def test_assignment_lists_peers_on_other_live_nodes() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24"),
+                          task("c", "n3", "10.0.0.4/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2:4789"),
+             "n3": node("n3", "192.168.1.3", pb.NodeStatus.DOWN)}
+    got = network_assignment(NET, index.endpoints["net"], nodes, "n1")
+    assert [(p.task_id, p.address, p.mac, p.vtep) for p in got.peers] == \
+        [("b", "10.0.0.3/24", "02:42:0a:00:00:03", "192.168.1.2")]
+    assert got.network.vni == 4096
+    assert not got.network.address_cursor
+    assert not got.network.HasField("meta")
+
+
+def test_vtep_strips_ports() -> None:
+    assert vtep(node("n", "10.1.1.1:2377")) == "10.1.1.1"
+    assert vtep(node("n", "[fd00::1]:2377")) == "fd00::1"
+    assert vtep(node("n", "fd00::1")) == "fd00::1"
+
+
+async def test_sync_replaces_peers_and_complete_removes_the_rest() -> None:
+    overlay = RecordingOverlay()
+    peer = dpb.OverlayPeer(task_id="b", address="10.0.0.3/24")
+    other = pb.Network(id="other")
+    await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[
+        dpb.NetworkAssignment(network=NET, peers=[peer]), dpb.NetworkAssignment(network=other)]))
+    assert overlay.networks() == {"net", "other"}
+    assert overlay.peers["net"] == [peer]
+    await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[
+        dpb.NetworkAssignment(network=NET)], removed_networks=["other"]))
+    assert overlay.networks() == {"net"}
+    assert overlay.peers["net"] == []
+    await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.COMPLETE))
+    assert overlay.networks() == set()
