@@ -293,7 +293,8 @@ def test_tasks_get_one_address_per_network_and_become_pending() -> None:
     assert list(second.networks[0].addresses) == ["10.0.0.3/24"]
     assert first.status.state == pb.PENDING
     assert {n.id: n.address_cursor for n in plan.networks()} == {"a": "10.0.0.3", "b": "10.0.1.2"}
-    assert tasks[0].status.state == pb.NEW and not tasks[0].networks, "inputs untouched"
+    assert tasks[0].status.state == pb.NEW, "inputs untouched"
+    assert not tasks[0].networks
 
 
 def test_a_task_gets_all_its_addresses_or_none() -> None:
