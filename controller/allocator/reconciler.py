@@ -99,7 +99,7 @@ class Allocator:
         finally:
             unsubscribe()
 
-    async def _pass(self, task_ids: set[str], guard: Guard) -> None:
+    async def _pass(self, task_ids: set[str], guard: Guard | None) -> None:
         cache = self._store.cache
         tasks = sorted((cache.tasks[i] for i in task_ids if needs_allocation(cache.tasks.get(i))),
                        key=lambda t: (t.service_id, t.slot, t.node_id, t.id))
