@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
@@ -66,8 +67,8 @@ _SCALE_ATTEMPTS = 10
 # Writes that allocate (networks, VIPs) retry when they lost a race on a network
 # object; a lost race on a new key (another controller's claim) is only seen
 # once the watch delivers the winner, hence the short pause.
-_ALLOC_ATTEMPTS = 5
-_RACE_PAUSE = 0.05
+_ALLOC_ATTEMPTS = 10
+_RACE_PAUSE = 0.05  # seconds, times a random factor in [0.5, 1.5) against lock-step retries
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -111,6 +112,10 @@ class ControlServicer(cgrpc.ControlServicer):
     def __init__(self, store: Store, leadership: Leadership) -> None:
         self._store = store
         self._leadership = leadership
+        # Network creations on one controller take turns: they would all pick
+        # the same lowest free subnet and VNI from the same cache, and all but
+        # one lose. Races with other controllers are left to the claims.
+        self._network_lock = asyncio.Lock()
 
     async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
         try:
@@ -378,6 +383,10 @@ class ControlServicer(cgrpc.ControlServicer):
             spec = normalize_network_spec(request.spec)
         except ValidationError as error:
             await self._invalid(context, error)
+        async with self._network_lock:
+            return await self._create_network(context, spec)
+
+    async def _create_network(self, context: Context, spec: pb.NetworkSpec) -> cpb.NetworkResponse:
         network_id = new_id()
         for _ in range(_ALLOC_ATTEMPTS):
             cache = self._store.cache
@@ -400,7 +409,9 @@ class ControlServicer(cgrpc.ControlServicer):
             except Conflict:
                 # Another controller took the name, subnet or VNI first; once the
                 # watch shows its network, the checks above say which.
-                await asyncio.sleep(_RACE_PAUSE)
+                log.info("creating network %r lost a race with another controller; retrying",
+                         spec.name)
+                await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
                 continue
             except StoreUnavailable as error:
                 await _abort(context, grpc.StatusCode.UNAVAILABLE,

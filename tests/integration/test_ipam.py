@@ -338,3 +338,64 @@ async def test_assignments_carry_networks_and_peers(
         peers_seen(sim_nodes, network.id).get(n) == p
         for n, p in expected().items()), timeout=10,
         message="its replacement is a peer again")
+
+
+async def test_service_update_allocates_and_releases_vips(
+        controller: Controller, control: Control, sim_nodes: SimulatedCluster) -> None:
+    one = await create_network(control, "one")
+    two = await create_network(control, "two")
+    service = (await control.CreateService(cpb.CreateServiceRequest(
+        spec=service_spec("web", 2, "one")))).service
+    vip_keys = await ipam_keys(controller, "addr/")
+    assert list(vip_keys.values()).count(f"vip/{service.id}") == 1
+
+    spec = service_spec("web", 2, "one", "two")
+    service = (await control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec))).service
+    assert {v.network_id: v.addr for v in service.endpoint.virtual_ips} == \
+        {one.id: "10.0.0.2/24", two.id: "10.0.1.2/24"}
+
+    def rolled(count: int) -> bool:
+        tasks = [t for t in live(controller, service.id) if t.status.state == pb.RUNNING]
+        return len(tasks) == 2 and all(len(t.networks) == count for t in tasks)
+
+    await eventually(lambda: rolled(2), timeout=30, message="tasks on both networks")
+
+    spec = service_spec("web", 2, "two", mode=pb.EndpointSpec.VIP)
+    service = (await control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec))).service
+    assert [v.network_id for v in service.endpoint.virtual_ips] == [two.id]
+    vips = {k: v for k, v in (await ipam_keys(controller, "addr/")).items()
+            if v == f"vip/{service.id}"}
+    assert list(vips) == [controller.store.keys.address(two.id, "10.0.1.2").decode()]
+    await eventually(lambda: rolled(1), timeout=30, message="tasks on network two only")
+
+
+async def test_networks_created_concurrently_on_two_controllers_never_collide(
+        controller: Controller, control: Control, etcd_server: EtcdServer,
+        etcd_prefix: str) -> None:
+    from tests.integration.conftest import controller_config
+
+    other = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await other.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{other.port}")
+    try:
+        stubs = [control, cgrpc.ControlStub(channel)]
+        created = await asyncio.gather(*(
+            create_network(stubs[i % 2], f"net{i}",
+                           # Half ask for the same explicit subnet: exactly one wins.
+                           subnet="10.200.0.0/24" if i % 4 == 0 else "")
+            for i in range(12)), return_exceptions=True)
+        networks = [n for n in created if isinstance(n, pb.Network)]
+        errors = [e for e in created if not isinstance(e, pb.Network)]
+        assert len(networks) == 10, errors
+        assert all(isinstance(e, grpc.aio.AioRpcError)
+                   and e.code() == grpc.StatusCode.INVALID_ARGUMENT
+                   and "overlaps network" in (e.details() or "") for e in errors)
+        subnets = [ipaddress.ip_network(n.subnet) for n in networks]
+        assert not any(a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
+        assert len({n.vni for n in networks}) == 10
+        assert len(await ipam_keys(controller, "vni/")) == 10
+    finally:
+        await channel.close(None)
+        await other.stop()
