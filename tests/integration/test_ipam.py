@@ -399,3 +399,17 @@ async def test_networks_created_concurrently_on_two_controllers_never_collide(
     finally:
         await channel.close(None)
         await other.stop()
+
+
+async def test_commit_groups_keeps_each_group_whole(store: Store) -> None:
+    keys = store.keys
+    groups = [[Claim(keys.vni(4096 + g * 100 + i), b"x") for i in range(50)] for g in range(4)]
+    groups.append([Claim(keys.vni(4096), b"again"), Claim(keys.vni(1), b"y")])  # conflicts
+    failed = await store.commit_groups(groups)
+    # Groups 0-1 fill one transaction; 2-4 share the next, which the fifth makes fail.
+    assert failed == [2, 3, 4]
+    _, kvs = await store.etcd.range_prefix(keys.ipam + b"vni/")
+    assert sorted(int(kv.key.rsplit(b"/", 1)[1]) for kv in kvs) == \
+        [4096 + g * 100 + i for g in (0, 1) for i in range(50)], "whole groups or nothing"
+    with pytest.raises(ValueError, match="exceeds one transaction"):
+        await store.commit_groups([[Claim(keys.vni(i), b"z") for i in range(200)]])

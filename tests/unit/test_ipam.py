@@ -328,3 +328,44 @@ def test_only_new_wanted_tasks_need_allocation() -> None:
     assert not needs_allocation(task)
     task.desired_state, task.status.state = pb.RUNNING, pb.PENDING
     assert not needs_allocation(task)
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True),
+                max_size=40),
+       st.sets(st.integers(2, 14), max_size=13))
+@settings(max_examples=150, deadline=None)
+def test_planned_addresses_are_unique_and_all_or_nothing(
+        attachments: list[list[str]], used_on_c: set[int]) -> None:
+    """Random tasks on three networks, one of them small and partly used: no
+    address is handed out twice or taken from `used`, every promoted task has
+    one address on each of its networks, and a task that waits has none."""
+    networks = {"a": network("a", "10.0.0.0/24"), "b": network("b", "10.0.1.0/26"),
+                "c": network("c", "10.0.2.0/28")}
+    used = {"c": {ip("10.0.2.0") + i for i in used_on_c}}
+    tasks = [new_task(f"t{i}", *nets) for i, nets in enumerate(attachments)]
+    plan = plan_tasks(tasks, networks, {"s": allocated_service("a", "b", "c")}, used, 0.0)
+    seen: set[tuple[str, int]] = {("c", a) for a in used["c"]}
+    for promotion in plan.promoted:
+        wanted = [a.target for a in promotion.task.spec.networks]
+        assert [a.network_id for a in promotion.task.networks] == wanted
+        for network_id, address in promotion.claimed:
+            assert (network_id, address) not in seen
+            seen.add((network_id, address))
+            assert address != ip(networks[network_id].gateway)
+    assert len(plan.promoted) + len(plan.waiting) == len(tasks)
+    for task_id, reason in plan.waiting.items():
+        assert "no free address on network 'c'" in reason, task_id
+
+
+def test_orchestrator_creates_tasks_on_networks_as_new() -> None:
+    from controller.orchestrator import OrchestratorSettings, plan_service
+
+    service = pb.Service(id="s", spec_version=1, spec=service_spec("a"))
+    service.spec.replicated.replicas = 2
+    plain = pb.Service(id="p", spec_version=1, spec=pb.ServiceSpec(name="p"))
+    plain.spec.replicated.replicas = 1
+    created = plan_service(service, [], {}, 0.0, OrchestratorSettings()).create
+    assert [t.status.state for t in created] == [pb.NEW, pb.NEW]
+    assert created[0].status.message == "waiting for network addresses"
+    created = plan_service(plain, [], {}, 0.0, OrchestratorSettings()).create
+    assert [t.status.state for t in created] == [pb.PENDING], "nothing to allocate"
