@@ -35,17 +35,30 @@ class OverlayManager(Protocol):
         """The networks this host has devices for."""
 
 
-async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments) -> None:
-    """Apply one assignments message's network part. A COMPLETE message names
-    every network the node needs: the others are removed."""
-    named = {entry.network.id for entry in assignments.networks}
+async def add_networks(manager: OverlayManager, assignments: dpb.Assignments) -> None:
+    """The networks a message names, with their complete peer sets. A worker
+    calls this before starting the message's tasks (their devices must exist)."""
     for entry in assignments.networks:
         await manager.ensure_network(entry.network)
         await manager.set_peers(entry.network.id, entry.peers)
+
+
+def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) -> list[str]:
+    """The networks to take down after this message: those it removes and, for
+    a COMPLETE message, every network it does not name."""
+    named = {entry.network.id for entry in assignments.networks}
     gone = set(assignments.removed_networks)
     if assignments.type == dpb.Assignments.COMPLETE:
         gone |= manager.networks() - named
-    for network_id in sorted(gone - named):
+    return sorted(gone - named)
+
+
+async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments) -> None:
+    """Apply one assignments message's network part at once. A real worker
+    should instead remove networks (networks_to_remove) only after the tasks
+    that used them have been stopped."""
+    await add_networks(manager, assignments)
+    for network_id in networks_to_remove(manager, assignments):
         await manager.remove_network(network_id)
 
 
