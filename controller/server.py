@@ -16,6 +16,7 @@ from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
 from swarmapi.v1 import objects_pb2 as pb
 
+from .allocator.index import AddressIndex
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import ControlServicer
@@ -71,7 +72,9 @@ class Controller:
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
         self.orchestrator = Orchestrator(self.store)
-        self.allocator = Allocator(self.store)
+        # Addresses in use per network, shared by the allocator and the API.
+        self.addresses = AddressIndex(self.store.cache)
+        self.allocator = Allocator(self.store, self.addresses)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
 
@@ -84,7 +87,8 @@ class Controller:
             f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}")
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
-        cgrpc.add_ControlServicer_to_server(ControlServicer(self.store, self.leadership),
+        cgrpc.add_ControlServicer_to_server(ControlServicer(self.store, self.leadership,
+                                                            self.addresses),
                                             self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))

@@ -6,6 +6,7 @@ lost to another controller is a failed transaction, not a duplicate."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -164,7 +165,7 @@ def wants_vips(spec: pb.ServiceSpec) -> bool:
 
 
 def plan_vips(spec: pb.ServiceSpec, current: Sequence[pb.VirtualIP],
-              networks: Mapping[str, pb.Network], used: Mapping[str, set[int]]) -> VipPlan:
+              networks: Mapping[str, pb.Network], used: Mapping[str, AbstractSet[int]]) -> VipPlan:
     """One VIP per attached network for a vip-mode service (none in dnsrr mode):
     keep the ones it has, allocate the missing ones, release the rest. The spec
     is normalised (network targets are IDs). Raises AllocationError naming the

@@ -22,7 +22,7 @@ from swarmapi.v1 import objects_pb2 as pb
 from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
 from ..store.etcd import MAX_TXN_OPS
 from .claims import claim_address, task_owner
-from .networks import used_by_network
+from .index import AddressIndex
 from .tasks import TaskPlan, needs_allocation, plan_tasks
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,10 @@ def batches(tasks: Sequence[pb.Task], budget: int) -> list[list[pb.Task]]:
 
 
 class Allocator:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, addresses: AddressIndex | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        self._addresses = addresses or AddressIndex(store.cache)
         self._clock = clock
         self._pending: set[str] = set()  # to look at
         self._waiting: set[str] = set()  # looked at, could not be allocated
@@ -110,8 +112,7 @@ class Allocator:
         for batch in batches(tasks, budget):
             # Re-read per batch: the previous batch's writes are in the cache.
             current = [cache.tasks[t.id] for t in batch if needs_allocation(cache.tasks.get(t.id))]
-            plan = plan_tasks(current, cache.networks, cache.services,
-                              used_by_network(cache.tasks.values(), cache.services.values()),
+            plan = plan_tasks(current, cache.networks, cache.services, self._addresses,
                               self._clock())
             ops = self._ops(plan, current)
             # Before the commit: writing a waiting task's reason must not queue it again.

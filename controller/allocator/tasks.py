@@ -4,6 +4,7 @@ network and move to PENDING, the state the scheduler picks up. No I/O."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from swarmapi.v1 import objects_pb2 as pb
@@ -46,7 +47,7 @@ def _missing_vips(task: pb.Task, service: pb.Service) -> bool:
 
 
 def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
-               services: Mapping[str, pb.Service], used: Mapping[str, set[int]],
+               services: Mapping[str, pb.Service], used: Mapping[str, AbstractSet[int]],
                now: float) -> TaskPlan:
     """Addresses for `tasks` (NEW ones), all of a task's or none of them, in the
     given order. A task waits (stays NEW, with the reason) while its service's

@@ -28,6 +28,7 @@ from ..allocator.claims import (
     release_vips,
     vip_owner,
 )
+from ..allocator.index import AddressIndex
 from ..allocator.ipam import free_count, parse_subnet
 from ..allocator.networks import (
     AllocationError,
@@ -35,7 +36,6 @@ from ..allocator.networks import (
     allocate_network,
     plan_vips,
     pool_settings,
-    used_by_network,
 )
 from ..ids import new_id
 from ..leadership import Leadership
@@ -109,9 +109,11 @@ def _template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
 
 
 class ControlServicer(cgrpc.ControlServicer):
-    def __init__(self, store: Store, leadership: Leadership) -> None:
+    def __init__(self, store: Store, leadership: Leadership,
+                 addresses: AddressIndex | None = None) -> None:
         self._store = store
         self._leadership = leadership
+        self._addresses = addresses or AddressIndex(store.cache)
         # Network creations on one controller take turns: they would all pick
         # the same lowest free subnet and VNI from the same cache, and all but
         # one lose. Races with other controllers are left to the claims.
@@ -174,10 +176,9 @@ class ControlServicer(cgrpc.ControlServicer):
         """The service's VIPs (nothing is written here). A full network is
         RESOURCE_EXHAUSTED, and so is one without room for `replicas` more
         task addresses: better refused now than tasks left waiting."""
-        cache = self._store.cache
-        used = used_by_network(cache.tasks.values(), cache.services.values())
+        used = self._addresses
         try:
-            plan = plan_vips(spec, current, cache.networks, used)
+            plan = plan_vips(spec, current, self._store.cache.networks, used)
         except AllocationError as error:
             code = (grpc.StatusCode.RESOURCE_EXHAUSTED if error.exhausted
                     else grpc.StatusCode.INVALID_ARGUMENT)

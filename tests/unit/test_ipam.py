@@ -369,3 +369,28 @@ def test_orchestrator_creates_tasks_on_networks_as_new() -> None:
     assert created[0].status.message == "waiting for network addresses"
     created = plan_service(plain, [], {}, 0.0, OrchestratorSettings()).create
     assert [t.status.state for t in created] == [pb.PENDING], "nothing to allocate"
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.none() | st.sets(st.integers(2, 40), max_size=2)),
+                max_size=40))
+@settings(max_examples=100, deadline=None)
+def test_address_index_follows_the_cache(steps: list[tuple[int, set[int] | None]]) -> None:
+    """Random task writes and deletions through the watch cache: the index
+    always equals a full rescan."""
+    from controller.allocator.index import AddressIndex
+    from controller.store import Keys, WatchCache
+
+    keys = Keys("/t/")
+    cache = WatchCache(None, keys)  # type: ignore[arg-type]  # never lists or watches here
+    index = AddressIndex(cache)
+    for revision, (task_no, owned) in enumerate(steps, start=1):
+        key = keys.object("tasks", f"t{task_no}")
+        if owned is None:
+            cache.apply_committed([], [key], revision)
+            continue
+        task = pb.Task(id=f"t{task_no}", service_id="s")
+        for n, address in enumerate(sorted(owned)):
+            task.networks.add(network_id=f"n{n}", addresses=[f"10.0.0.{address}/24"])
+        cache.apply_committed([(key, task.SerializeToString())], [], revision)
+        expected = {k: v for k, v in used_by_network(cache.tasks.values(), []).items() if v}
+        assert {k: set(v) for k, v in index.items()} == expected
