@@ -1,11 +1,13 @@
 """Control-plane convergence: real etcd, a real controller, simulated agents.
 
-    python -m bench.control_plane --nodes 500 --tasks 10000
+    python -m bench.control_plane --nodes 500 --tasks 10000 [--network]
 
 Starts etcd (with fsync, as in production) and one controller in this process,
 and N simulated nodes in a child process (real gRPC sessions, fake worker).
 Times from the `ScaleService` call until every task is stored as RUNNING, and
-prints one JSON line.
+prints one JSON line. With --network the service is attached to an overlay
+network (a /16), so every task also goes through the allocator (NEW ->
+PENDING, one address each) and every node is sent the network's peers.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _is_running(task: object) -> bool:
         and task.desired_state == pb.RUNNING
 
 
-async def run(nodes: int, tasks: int, fsync: bool) -> dict[str, object]:
+async def run(nodes: int, tasks: int, fsync: bool, network: bool = False) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: subprocess.Popen[bytes] | None = None
     controller = Controller(ControllerConfig(
@@ -59,6 +61,11 @@ async def run(nodes: int, tasks: int, fsync: bool) -> dict[str, object]:
                 control = cgrpc.ControlStub(channel)
                 spec = pb.ServiceSpec(name="bench", replicated=pb.ReplicatedService(replicas=0))
                 spec.task.container.image = "busybox:latest"
+                if network:
+                    net_spec = pb.NetworkSpec(name="bench", ipam=pb.IPAMConfig(
+                        subnet="10.128.0.0/16"))
+                    await control.CreateNetwork(cpb.CreateNetworkRequest(spec=net_spec))
+                    spec.task.networks.add(target="bench")
                 service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
 
                 running = 0
@@ -86,6 +93,8 @@ async def run(nodes: int, tasks: int, fsync: bool) -> dict[str, object]:
                 "tasks_per_node_max": max(per_node),
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
+                "network": network,
+                "allocator_passes": controller.allocator.passes,
                 "etcd_fsync": fsync,
                 "controller_max_rss_mib": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -105,9 +114,11 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10000)
     parser.add_argument("--no-fsync", action="store_true",
                         help="run etcd with --unsafe-no-fsync (not how production runs)")
+    parser.add_argument("--network", action="store_true",
+                        help="attach the service to an overlay network (IPAM and peers)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync))))
+    print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network))))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .leadership import Leadership
-from .peers import OverlayIndex, network_assignment, vtep
+from .peers import OverlayIndex, PeerTable, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ _CAS_ATTEMPTS = 10
 class DispatcherSettings:
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD  # unless the cluster object sets one
     status_flush_interval: float = 0.02  # coalescing window for status writes
+    # Coalescing window for peer updates: a network's whole peer set is resent
+    # when it changes, so a burst of task placements must become one message
+    # per node, not one per transaction.
+    network_flush_interval: float = 0.1
 
 
 @dataclass
@@ -73,6 +77,7 @@ class _LeaderState:
     pending_status: dict[str, tuple[str, pb.TaskStatus]] = field(default_factory=dict)
     status_ready: asyncio.Event = field(default_factory=asyncio.Event)
     overlay: OverlayIndex = field(default_factory=OverlayIndex)
+    peers: PeerTable = field(default_factory=PeerTable)
 
 
 def _assigned(task: pb.Task | None, node_id: str) -> bool:
@@ -193,6 +198,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             )
             while True:
                 await session.wake.wait()
+                if session.dirty_networks and not session.closed:
+                    await asyncio.sleep(self.settings.network_flush_interval)
                 session.wake.clear()
                 if session.closed:
                     return
@@ -262,8 +269,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         for network_id in sorted(network_ids):
             network = cache.networks.get(network_id)
             if network is not None and network_id in uses:
-                assignment = network_assignment(network, state.overlay.endpoints.get(network_id, {}),
-                                                cache.nodes, session.node_id)
+                peers = state.peers.peers(network_id, state.overlay, cache.nodes)
+                assignment = network_assignment(network, peers, session.node_id)
                 blob = assignment.SerializeToString(deterministic=True)
                 if session.sent_networks.get(network_id) != blob:
                     session.sent_networks[network_id] = blob
@@ -288,6 +295,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if state is None:
             return
         if change.kind == "networks":
+            if change.new is None:
+                state.peers.forget(change.object_id)
             self._mark_networks(state, {change.object_id})
             return
         if change.kind == "nodes":
@@ -298,6 +307,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             if old_node is None or new_node is None \
                     or old_node.status.state != new_node.status.state \
                     or vtep(old_node) != vtep(new_node):
+                state.peers.nodes_generation += 1
                 self._mark_networks(state, state.overlay.networks_of(change.object_id))
             if new_node is None:
                 session = state.sessions.pop(change.object_id, None)

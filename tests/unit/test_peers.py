@@ -5,7 +5,7 @@ sync with replace semantics."""
 from __future__ import annotations
 
 from agent.overlay_sync import RecordingOverlay, sync_networks
-from controller.peers import OverlayIndex, network_assignment, vtep
+from controller.peers import OverlayIndex, PeerTable, build_peers, network_assignment, vtep
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -47,7 +47,7 @@ def test_assignment_lists_peers_on_other_live_nodes() -> None:
                           task("c", "n3", "10.0.0.4/24")])
     nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2:4789"),
              "n3": node("n3", "192.168.1.3", pb.NodeStatus.DOWN)}
-    got = network_assignment(NET, index.endpoints["net"], nodes, "n1")
+    got = network_assignment(NET, build_peers(index.endpoints["net"], nodes), "n1")
     assert [(p.task_id, p.address, p.mac, p.vtep) for p in got.peers] == \
         [("b", "10.0.0.3/24", "02:42:0a:00:00:03", "192.168.1.2")]
     assert got.network.vni == 4096
@@ -75,3 +75,18 @@ async def test_sync_replaces_peers_and_complete_removes_the_rest() -> None:
     assert overlay.peers["net"] == []
     await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.COMPLETE))
     assert overlay.networks() == set()
+
+
+def test_peer_table_rebuilds_only_after_a_change() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
+    nodes = {"n1": node("n1", "192.168.1.1")}
+    table = PeerTable()
+    first = table.peers("net", index, nodes)
+    assert table.peers("net", index, nodes) is first
+    index.apply(None, task("b", "n1", "10.0.0.3/24"))
+    second = table.peers("net", index, nodes)
+    assert [p.task_id for _, p in second] == ["a", "b"]
+    nodes["n1"] = node("n1", "192.168.1.1", pb.NodeStatus.DOWN)
+    assert table.peers("net", index, nodes) is second, "node changes are the caller's to signal"
+    table.nodes_generation += 1
+    assert table.peers("net", index, nodes) == []
