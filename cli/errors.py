@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 the controller refused or failed (or could not be
 reached), 2 bad input caught before anything was sent, 3 the change was
-accepted but the service did not converge (see cli/progress.py).
+accepted but the service did not converge (see cli/progress.py), 130 Ctrl-C
+while waiting for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NOT_CONVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def one_line(text: str) -> str:
@@ -57,6 +59,12 @@ class NotConverged(CliError):
     distinct from 1 so that a script can tell "refused" from "accepted, not healthy"."""
 
     exit_code = EXIT_NOT_CONVERGED
+
+
+class Interrupted(CliError):
+    """Ctrl-C while waiting for convergence: the change stands and goes on without us."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class ReportingGroup(TyperGroup):

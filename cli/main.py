@@ -16,6 +16,7 @@ Exit status:
   2  bad usage or input (found before anything was sent)
   3  the change was made but the service did not converge: its tasks failed,
      its update paused or rolled back, or --timeout passed (see service ps)
+  130  interrupted (Ctrl-C) while waiting; the change goes on regardless
 
 \b
 Environment:

@@ -34,7 +34,7 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from . import parsing, render
 from .client import Controller, RpcFailure
-from .errors import BadFlag, NotConverged
+from .errors import BadFlag, Interrupted, NotConverged
 
 POLL_INTERVAL = 0.2  # seconds between polls: quick enough to look live, cheap to serve
 FAILURE_LIMIT = 3  # failed attempts of one slot, since the command began, that end the wait
@@ -137,14 +137,16 @@ def _failure_limit(spec: pb.ServiceSpec) -> int:
     return FAILURE_LIMIT
 
 
-def eligible_nodes(spec: pb.ServiceSpec, nodes: Iterable[pb.Node]) -> int:
-    """Nodes a global service runs on: ready, active and meeting its constraints (the
-    scheduler's own constraint matcher, so that the two cannot disagree)."""
+def eligible_nodes(spec: pb.ServiceSpec, nodes: Iterable[pb.Node]) -> set[str]:
+    """IDs of the nodes a global service must run on, by the orchestrator's rule
+    (controller/orchestrator/global_.py): not down, active, meeting the constraints (by
+    the scheduler's own matcher, so that the two cannot disagree). A paused or down node
+    keeps its task as it is, so the wait does not count it either way."""
     constraints = parse_constraints(spec.task.placement.constraints)
-    return sum(1 for node in nodes
-               if node.status.state == pb.NodeStatus.READY
-               and node.spec.availability == pb.NodeSpec.ACTIVE
-               and first_unmet(constraints, node) is None)
+    return {node.id for node in nodes
+            if node.status.state != pb.NodeStatus.DOWN
+            and node.spec.availability == pb.NodeSpec.ACTIVE
+            and first_unmet(constraints, node) is None}
 
 
 def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Node],
@@ -155,10 +157,15 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
     hostnames = {node.id: node.description.hostname for node in nodes}
     own = [task for task in tasks if task.service_id == service.id]
     live = [task for task in own if task.desired_state <= pb.RUNNING]
-    current = [task for task in live if task.spec_version >= service.spec_version]
-    running = [task for task in current if task.status.state == pb.RUNNING]
-    is_global = spec.WhichOneof("mode") == "global"
-    desired = eligible_nodes(spec, nodes) if is_global else spec.replicated.replicas
+    if spec.WhichOneof("mode") == "global":
+        wanted = eligible_nodes(spec, nodes)
+        desired = len(wanted)
+        counted = [task for task in live if task.node_id in wanted]
+    else:
+        desired = spec.replicated.replicas
+        counted = live
+    running = [task for task in counted if task.spec_version >= service.spec_version
+               and task.status.state == pb.RUNNING]
 
     failure = _update_failure(service.update_status, baseline)
     failed: dict[str, list[pb.Task]] = {}
@@ -182,7 +189,9 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
         for task in sorted(live, key=lambda t: (t.slot, hostnames.get(t.node_id, t.node_id))))
     waiting = next((f"{line.name} {line.state}" + (f": {line.detail}" if line.detail else "")
                     for line in lines if line.state != "running"), "")
-    converged = failure is None and len(running) == desired == len(live)
+    # Equal counts rule out both a missing task and an extra one (an old task that a
+    # start-first update has not stopped yet).
+    converged = failure is None and len(running) == desired == len(counted)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
                       failure=failure, tasks=lines, waiting_for=waiting)
 
@@ -259,6 +268,17 @@ def wait_until_converged(ctl: Controller, baselines: Sequence[Baseline], *, time
     """Poll until every service has converged; raise NotConverged when one fails or the
     timeout passes. Writes progress to `stream` when it is a terminal, and one line at
     the end otherwise (the error itself when it fails)."""
+    try:
+        _wait(ctl, baselines, timeout=timeout, stream=stream, clock=clock, sleep=sleep)
+    except KeyboardInterrupt:
+        # Docker's wording, in one line rather than a traceback: nothing is undone.
+        names = " ".join(baseline.name for baseline in baselines)
+        raise Interrupted("stopped waiting; the change was made and goes on in the "
+                          f"background (see: swarmctl service ps {names})") from None
+
+
+def _wait(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float, stream: TextIO,
+          clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
     started = clock()
     display = LiveDisplay(stream) if interactive(stream) else None
     while True:

@@ -9,6 +9,7 @@ thread; the test reads etcd through the same loop to check what was (not) writte
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -26,10 +28,12 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from agent.simulated import SimulatedCluster
-from cli import progress
+from cli import client, progress
+from cli.errors import Interrupted
 from cli.main import app
 from controller.server import Controller
 from controller.store.keys import KIND_TYPES, StoredObject, decode
+from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer, free_port
 from tests.integration.conftest import FAST_SESSION, controller_config
@@ -39,6 +43,7 @@ pytestmark = pytest.mark.integration
 T = TypeVar("T")
 BROKEN_IMAGE = "registry.invalid/broken:1"  # the simulated nodes reject it, as if unpullable
 NODES = 3
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LiveCluster:
@@ -50,7 +55,11 @@ class LiveCluster:
         self.thread = threading.Thread(target=self.loop.run_forever, name="live-cluster",
                                        daemon=True)
         self.thread.start()
-        self.controller, self.nodes = self.run(self._start(etcd.endpoint, reject_images))
+        try:
+            self.controller, self.nodes = self.run(self._start(etcd.endpoint, reject_images))
+        except BaseException:
+            self._stop_loop()
+            raise
 
     async def _start(self, endpoint: str, reject_images: Collection[str]
                      ) -> tuple[Controller, SimulatedCluster]:
@@ -60,7 +69,12 @@ class LiveCluster:
         nodes = SimulatedCluster([f"127.0.0.1:{controller.port}"], NODES, settings=FAST_SESSION,
                                  reject_images=reject_images)
         nodes.start()
-        await nodes.wait_connected(timeout=15)
+        try:
+            await nodes.wait_connected(timeout=15)
+        except BaseException:
+            await nodes.stop()
+            await controller.stop()
+            raise
         return controller, nodes
 
     @property
@@ -78,18 +92,29 @@ class LiveCluster:
         try:
             self.run(stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
     # ------------------------------------------------------------ what etcd holds
 
-    def snapshot(self) -> dict[bytes, int]:
-        """Every object and name key with its mod_revision: equal snapshots mean nothing
-        was written in between. (The leader key is left out: its lease is renewed.)"""
+    def snapshot(self) -> dict[bytes, object]:
+        """Every key with its mod_revision: equal snapshots mean nothing was written in
+        between. Nodes are compared by spec instead, so that a heartbeat-driven status
+        change on a loaded machine cannot fail a test; the leader key is left out."""
         _, kvs = self.run(self.controller.etcd.range_prefix(self.prefix.encode()))
-        leader = (self.prefix + "leader").encode()
-        return {kv.key: kv.mod_revision for kv in kvs if kv.key != leader}
+        nodes, leader = (self.prefix + "nodes/").encode(), (self.prefix + "leader").encode()
+        found: dict[bytes, object] = {}
+        for kv in kvs:
+            if kv.key.startswith(nodes):
+                found[kv.key] = pb.Node.FromString(kv.value).spec.SerializeToString(
+                    deterministic=True)
+            elif kv.key != leader:
+                found[kv.key] = kv.mod_revision
+        return found
 
     def stored(self, kind: str) -> list[StoredObject]:
         assert kind in KIND_TYPES
@@ -318,6 +343,11 @@ def test_update_image_replicas_env_and_force(live: LiveCluster) -> None:
     assert len(after) == 3
     assert not before & after
 
+    # --rollback goes back to the previous spec, and that is success, not a failure.
+    result = ok(swarmctl(live, "service", "update", "web", "--rollback", "--timeout", "20s"))
+    assert result.stderr.startswith("web: 3/3 tasks running (converged in ")
+    assert live.service("web").spec.task.force_update == 0
+
     # -d: the change is written, and the command does not wait for it.
     result = ok(swarmctl(live, "service", "update", "-d", "web", "--replicas", "1"))
     assert result.stderr == ""
@@ -381,6 +411,23 @@ def test_timeout_names_what_is_still_pending(live: LiveCluster) -> None:
                 "no suitable node", exit_code=3)
 
 
+def test_ctrl_c_while_waiting_is_one_line_and_leaves_the_change(live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "-d", "mars", "--image", "busybox",
+                "--constraint", "node.labels.planet==mars"))
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with client.connect(live.addr) as ctl:
+        baseline = progress.baseline_of(ctl.call(ctl.stub.GetService,
+                                                 cpb.GetRequest(ref="mars")).service)
+        with pytest.raises(Interrupted, match="goes on in the background") as caught:
+            progress.wait_until_converged(ctl, [baseline], timeout=10, stream=io.StringIO(),
+                                          sleep=interrupt)
+    assert caught.value.exit_code == 130
+    assert live.service("mars").spec.replicated.replicas == 1
+
+
 def test_global_service_waits_for_every_eligible_node(live: LiveCluster) -> None:
     ok(swarmctl(live, "node", "update", "--label-add", "zone=east", "sim-0001"))
     result = ok(swarmctl(live, "service", "create", "mon", "--image", "busybox",
@@ -396,7 +443,7 @@ def test_global_service_waits_for_every_eligible_node(live: LiveCluster) -> None
 def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
     """The `swarmctl` entry point in a process of its own, its stderr a pseudo-terminal."""
     main_fd, child_fd = pty.openpty()
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TERM": "xterm", "COLUMNS": "120"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", "COLUMNS": "120"}
     process = subprocess.Popen(
         [sys.executable, "-c", "from cli.main import main; main()", "--controller", live.addr,
          "service", "create", "web", "--image", "busybox", "--replicas", "3",

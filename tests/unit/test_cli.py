@@ -673,10 +673,19 @@ def test_global_service_wants_one_task_per_eligible_node() -> None:
     nodes[1].spec.labels["zone"] = "a"
     nodes[1].spec.availability = pb.NodeSpec.DRAIN
     nodes[2].spec.labels["zone"] = "b"
-    assert progress.eligible_nodes(spec, nodes) == 1
+    assert progress.eligible_nodes(spec, nodes) == {"n1"}
     running = task(0, pb.RUNNING, version=1, node="n1")
     done = progress.assess(service, [running], nodes, progress.baseline_of(service))
     assert done.converged
+    # A paused node keeps its (old) task: it neither counts nor holds the wait up.
+    nodes[2].spec.labels["zone"] = "a"
+    nodes[2].spec.availability = pb.NodeSpec.PAUSE
+    kept = task(0, pb.RUNNING, version=0, node="n3")
+    assert progress.assess(service, [running, kept], nodes,
+                           progress.baseline_of(service)).converged
+    nodes[2].spec.availability = pb.NodeSpec.ACTIVE
+    assert not progress.assess(service, [running, kept], nodes,
+                               progress.baseline_of(service)).converged
     assert done.tasks[0].name == "web.host-1"  # the task's service_name, then the host
 
 
