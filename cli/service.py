@@ -580,13 +580,17 @@ def _wait(ctl: client.Controller, baselines: list[progress.Baseline], timeout: f
     progress.wait_until_converged(ctl, baselines, timeout=timeout, stream=sys.stderr)
 
 
-def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False) -> progress.Baseline:
-    """The service and the tasks it has before a change (see progress.Baseline)."""
+def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
+              with_tasks: bool = True) -> progress.Baseline:
+    """The service and (when we are going to wait) the tasks it has before a change, so
+    that only what follows the change is judged (see progress.Baseline)."""
     service = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
-    request = cpb.ListTasksRequest()
-    request.filters.service_ids.append(service.id)
-    return progress.baseline_of(service, ctl.call(ctl.stub.ListTasks, request).tasks,
-                                rollback=rollback)
+    tasks: list[pb.Task] = []
+    if with_tasks:
+        request = cpb.ListTasksRequest()
+        request.filters.service_ids.append(service.id)
+        tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
+    return progress.baseline_of(service, tasks, rollback=rollback)
 
 
 _SERVICE_FILTERS = ("name", "id", "label")
@@ -711,7 +715,7 @@ def scale(
     with client.open_controller(ctx) as ctl:
 
         def scale_one(ref: str) -> progress.Baseline:
-            baseline = _baseline(ctl, ref)
+            baseline = _baseline(ctl, ref, with_tasks=not detach)
             ctl.call(ctl.stub.ScaleService,
                      cpb.ScaleServiceRequest(ref=baseline.service_id, replicas=replicas[ref]))
             typer.echo(f"{ref} scaled to {replicas[ref]}")
@@ -849,7 +853,7 @@ def update(
     check_update_options(options)
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
-        baseline = _baseline(ctl, service, rollback=rollback)
+        baseline = _baseline(ctl, service, rollback=rollback, with_tasks=not detach)
         updated = update_service(ctl, baseline.service_id, options)
         typer.echo(updated.spec.name)
         if not detach:

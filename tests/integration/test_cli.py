@@ -510,6 +510,12 @@ def test_node_ls_inspect_update_and_rm(live: LiveCluster) -> None:
     assert dict(node.spec.labels) == {"zone": "east", "old": "1"}
     live.eventually(lambda: len(live.running("web")) == 3 and ids["sim-0000"] not in {
         t.node_id for t in live.running("web")}, message="tasks moved off the drained node")
+    # node ps: what runs on a node, by hostname or ID prefix.
+    on_one = [t for t in live.running("web") if t.node_id == ids["sim-0001"]]
+    rows = table_rows(ok(swarmctl(live, "node", "ps", ids["sim-0001"][:6])).stdout)
+    assert sorted(r[0] for r in rows if r[5].startswith("Running")) == sorted(
+        t.id[:12] for t in on_one)
+    assert {r[3] for r in rows} == {"sim-0001"}
     rows = table_rows(ok(swarmctl(live, "node", "ls", "--filter", "label=zone=east")).stdout)
     assert [(r[1], r[3]) for r in rows] == [("sim-0000", "Drain")]
 
