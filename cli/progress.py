@@ -130,7 +130,7 @@ def _failure_limit(spec: pb.ServiceSpec) -> int:
     """How many failures of one slot to wait through: the restart supervisor gives up
     after max_attempts restarts, and never restarts with condition none."""
     restart = spec.task.restart
-    if spec.task.HasField("restart") and restart.condition == pb.RestartPolicy.NONE:
+    if restart.condition == pb.RestartPolicy.NONE:
         return 1
     if restart.max_attempts:
         return min(FAILURE_LIMIT, restart.max_attempts + 1)
@@ -214,6 +214,7 @@ def progress_lines(assessments: Sequence[Assessment], width: int) -> list[str]:
         rows = [[task.name, task.state, task.node, task.detail]
                 for task in assessment.tasks[:MAX_TASK_LINES]]
         if rows:
+            # render.table aligns the columns; its (blank) header line is dropped.
             lines += ["  " + row for row in render.table(["", "", "", ""], rows).splitlines()[1:]]
         if len(assessment.tasks) > MAX_TASK_LINES:
             lines.append(f"  ... and {len(assessment.tasks) - MAX_TASK_LINES} more tasks")

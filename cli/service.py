@@ -437,6 +437,8 @@ def _list(values: list[str] | None) -> list[str]:
     "swarmctl service create worker --image busybox --limit-memory 64M -- sleep 3600",
     "swarmctl service create agent --image busybox --mode global --constraint "
     "node.labels.zone==east top",
+    "swarmctl service create --timeout 5m big --image busybox --replicas 50",
+    "swarmctl service create -d cache --image redis:7",
 ))
 def create(
     ctx: typer.Context,
@@ -738,6 +740,7 @@ def scale(
     "swarmctl service update web --env-add MODE=prod --limit-memory 256M",
     "swarmctl service update web --force",
     "swarmctl service update web --rollback",
+    "swarmctl service update -d web --replicas 10",
 ))
 def update(
     ctx: typer.Context,
