@@ -728,7 +728,8 @@ def scale(
             try:
                 _wait(ctl, scaled, timeout)
             except NotConverged as error:
-                # Both went wrong: report the refused refs' status (1), after this line.
+                # Some refs were refused as well: show this line too, then exit 1 for
+                # the refusals (the more basic failure) below.
                 if not failed:
                     raise
                 error.show()
