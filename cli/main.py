@@ -53,9 +53,9 @@ def root(
         "--controller", "-c", envvar=client.CONTROLLER_ENV, metavar="HOST:PORT",
         help="Controller to talk to.")] = client.DEFAULT_CONTROLLER,
     timeout: Annotated[float, typer.Option(
-        metavar="SECONDS", min=0.1,
-        help="Deadline of each request (the wait of create, update and scale has its "
-             "own --timeout).")] = client.DEFAULT_TIMEOUT,
+        "--request-timeout", metavar="SECONDS", min=0.1,
+        help="Deadline of each request (the wait of create, update and scale is their "
+             "--timeout).")] = client.DEFAULT_TIMEOUT,
 ) -> None:
     """Control a swarm: services, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=controller, timeout=timeout))

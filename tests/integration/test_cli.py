@@ -615,7 +615,8 @@ def test_unreachable_controller_is_one_line(etcd_server: EtcdServer) -> None:
     port = free_port()  # bound, then closed: nothing listens there
     for args in (("service", "ls"), ("node", "ls"),
                  ("service", "create", "web", "--image", "busybox")):
-        result = CliRunner().invoke(app, ["--controller", f"127.0.0.1:{port}", "--timeout", "2",
+        result = CliRunner().invoke(app, ["--controller", f"127.0.0.1:{port}",
+                                          "--request-timeout", "2",
                                           *args])
         assert_one_line_error(result, f"swarmctl: cannot reach controller at 127.0.0.1:{port}",
                               exit_code=1)
