@@ -407,7 +407,8 @@ class OverlayManager:
         ends of its veths included). Idempotent."""
         async with self._lock(network_id):
             await asyncio.to_thread(_remove_network, self.settings, network_id)
-        self._locks.pop(network_id, None)
+        # The lock stays: dropping it while another call waits on it would
+        # let a third call run beside that one.
 
     async def attach(self, task_netns: str | os.PathLike[str], network: OverlayNetwork,
                      address: IPv4Interface, *, ifname: str = "eth0", mac: str | None = None,

@@ -140,6 +140,12 @@ def dump(netns: str, what: str) -> list[Any]:
     raise ValueError(what)
 
 
+def ifindex(netns: str, ifname: str) -> int:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        (index,) = ipr.link_lookup(ifname=ifname)
+        return int(index)
+
+
 def add_foreign(netns: str, ifname: str) -> None:
     """An interface someone else made (a veth within the namespace: this
     kernel has no dummy driver)."""
@@ -244,14 +250,22 @@ async def test_operations_are_idempotent_and_removal_leaves_nothing(hosts2: Host
     mgr = manager(hosts2, h1)
     task = await new_task(hosts2, h1, 1)
 
+    indexes = set()
     for _ in range(2):
         await mgr.ensure_network(NET)
         await mgr.attach(task.path, NET, task.address, default_route=True)
         await mgr.set_peers(NET, [Peer.create("10.20.0.99", str(hosts2[1].ip))])
+        indexes.add(await asyncio.to_thread(ifindex, task.path, "eth0"))
+    assert len(indexes) == 1, "a repeated attach must keep the veth, not recreate it"
     assert mgr.networks() == [NET.network_id]
     assert len(await mgr.endpoints(NET.network_id)) == 1
     assert await asyncio.to_thread(dump, task.path, "eth0") == [
         mac_from_ip(task.address.ip), 1450, [str(task.address)], [str(NET.gateway)]]
+
+    # A changed address converges on the same veth.
+    await mgr.attach(task.path, NET, IPv4Interface("10.20.0.77/24"), default_route=True)
+    assert (await asyncio.to_thread(dump, task.path, "eth0"))[2] == ["10.20.0.77/24"]
+    assert await asyncio.to_thread(ifindex, task.path, "eth0") in indexes
 
     for _ in range(2):
         await mgr.detach(task.path, NET.network_id)
@@ -298,6 +312,21 @@ async def test_second_network_gets_its_own_namespace_and_devices(hosts2: Hosts) 
 
 
 # ================================================================ bad input
+
+
+async def test_failed_set_up_of_a_new_network_leaves_nothing(hosts2: Hosts) -> None:
+    # A VNI already used by another network on this host (a controller bug):
+    # the kernel refuses the second VXLAN device, after the namespace and
+    # bridge were made; they must go again.
+    mgr = manager(hosts2, hosts2[0])
+    await mgr.ensure_network(NET)
+    clash = OverlayNetwork.create("clash", NET.vni, "10.22.0.0/24", "10.22.0.1")
+    with pytest.raises(OverlayError, match="clash: setting up"):
+        await mgr.ensure_network(clash)
+    assert mgr.networks() == [NET.network_id]
+    await mgr.remove_network(NET.network_id)
+    await mgr.ensure_network(clash)  # now its VNI is free
+    await mgr.remove_network(clash.network_id)
 
 
 async def test_too_small_underlay_mtu_is_refused_and_creates_nothing(hosts2: Hosts) -> None:
