@@ -225,7 +225,13 @@ def _ensure_vxlan(host: Any, ov: Any, settings: OverlaySettings, net: OverlayNet
         _delete_link(ov, index)
     # Created by the HOST's netlink socket (its UDP socket lives there) and
     # put into the overlay namespace in the same request.
-    host.link("add", ifname=VXLAN, kind="vxlan", mtu=mtu, net_ns_fd=str(netns_path(name)), **wanted)
+    try:
+        host.link("add", ifname=VXLAN, kind="vxlan", mtu=mtu, net_ns_fd=str(netns_path(name)), **wanted)
+    except NetlinkError as error:
+        if error.code == errno.EEXIST:  # the kernel's VNI check (port + VNI per host namespace)
+            raise OverlayError(f"network {net.network_id}: VNI {net.vni} is already used by another "
+                               "VXLAN device on this host") from error
+        raise
     index = _lookup(ov, VXLAN)
     if index is None:
         raise OverlayError(f"network {net.network_id}: VXLAN device not found after creating it")

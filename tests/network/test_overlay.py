@@ -146,6 +146,19 @@ def ifindex(netns: str, ifname: str) -> int:
         return int(index)
 
 
+def add_address(netns: str, ifname: str, address: str) -> None:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        (index,) = ipr.link_lookup(ifname=ifname)
+        ip, prefixlen = address.split("/")
+        ipr.addr("add", index=index, address=ip, prefixlen=int(prefixlen))
+
+
+def vxlan_local(netns: str) -> str:
+    with IPRoute(netns=netns, flags=0) as ipr:
+        (index,) = ipr.link_lookup(ifname=VXLAN)
+        return str(ipr.link("get", index=index)[0].get(("linkinfo", "data", "vxlan_local")))
+
+
 def add_foreign(netns: str, ifname: str) -> None:
     """An interface someone else made (a veth within the namespace: this
     kernel has no dummy driver)."""
@@ -250,13 +263,15 @@ async def test_operations_are_idempotent_and_removal_leaves_nothing(hosts2: Host
     mgr = manager(hosts2, h1)
     task = await new_task(hosts2, h1, 1)
 
-    indexes = set()
+    indexes, vxlans = set(), set()
     for _ in range(2):
         await mgr.ensure_network(NET)
         await mgr.attach(task.path, NET, task.address, default_route=True)
         await mgr.set_peers(NET, [Peer.create("10.20.0.99", str(hosts2[1].ip))])
         indexes.add(await asyncio.to_thread(ifindex, task.path, "eth0"))
+        vxlans.add(await asyncio.to_thread(ifindex, mgr.netns_path(NET.network_id), VXLAN))
     assert len(indexes) == 1, "a repeated attach must keep the veth, not recreate it"
+    assert len(vxlans) == 1, "a repeated ensure_network must keep the VXLAN device"
     assert mgr.networks() == [NET.network_id]
     assert len(await mgr.endpoints(NET.network_id)) == 1
     assert await asyncio.to_thread(dump, task.path, "eth0") == [
@@ -282,6 +297,18 @@ async def test_operations_are_idempotent_and_removal_leaves_nothing(hosts2: Host
     # namespace's asynchronous destruction).
     await mgr.ensure_network(NET)
     await mgr.remove_network(NET.network_id)
+
+
+async def test_a_changed_advertise_address_recreates_the_vxlan_device(hosts2: Hosts) -> None:
+    h1 = hosts2[0]
+    mgr = manager(hosts2, h1)
+    await mgr.ensure_network(NET)
+    await asyncio.to_thread(add_address, h1.netns, h1.ifname, "192.168.77.50/24")
+    moved = OverlayManager(OverlaySettings(advertise_addr=IPv4Address("192.168.77.50"),
+                                           host_netns=h1.netns, netns_prefix=mgr.settings.netns_prefix))
+    await moved.ensure_network(NET)
+    assert await asyncio.to_thread(vxlan_local, moved.netns_path(NET.network_id)) == "192.168.77.50"
+    await moved.remove_network(NET.network_id)
 
 
 async def test_remove_network_takes_the_tasks_ends_with_it(hosts2: Hosts) -> None:
@@ -321,7 +348,7 @@ async def test_failed_set_up_of_a_new_network_leaves_nothing(hosts2: Hosts) -> N
     mgr = manager(hosts2, hosts2[0])
     await mgr.ensure_network(NET)
     clash = OverlayNetwork.create("clash", NET.vni, "10.22.0.0/24", "10.22.0.1")
-    with pytest.raises(OverlayError, match="clash: setting up"):
+    with pytest.raises(OverlayError, match="VNI 4096 is already used"):
         await mgr.ensure_network(clash)
     assert mgr.networks() == [NET.network_id]
     await mgr.remove_network(NET.network_id)
