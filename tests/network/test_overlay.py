@@ -11,6 +11,7 @@ leftovers do so through pyroute2 before that.
 from __future__ import annotations
 
 import asyncio
+import errno
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.network import (
     OverlayError,
@@ -400,6 +402,26 @@ async def test_attach_errors_leave_nothing(hosts2: Hosts) -> None:
     assert await mgr.endpoints(NET.network_id) == []
     links = {link[0] for link in await asyncio.to_thread(dump, mgr.netns_path(NET.network_id), "links")}
     assert links == {"lo", BRIDGE, VXLAN}
+    await mgr.remove_network(NET.network_id)
+
+
+async def test_attach_failing_half_way_removes_its_veth(hosts2: Hosts,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    mgr = manager(hosts2, hosts2[0])
+    task = await new_task(hosts2, hosts2[0], 1)
+    await mgr.ensure_network(NET)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise NetlinkError(errno.EINVAL, "injected")
+
+    # The last step (the default route) fails, after the pair was made.
+    monkeypatch.setattr(IPRoute, "route", refuse, raising=False)
+    with pytest.raises(OverlayError, match="injected"):
+        await mgr.attach(task.path, NET, task.address, default_route=True)
+    monkeypatch.undo()
+    assert await mgr.endpoints(NET.network_id) == []
+    assert await asyncio.to_thread(dump, task.path, "links") == [("lo", None)]
+    await mgr.attach(task.path, NET, task.address, default_route=True)  # and it works after
     await mgr.remove_network(NET.network_id)
 
 
