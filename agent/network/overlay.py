@@ -275,27 +275,30 @@ def _attach(settings: OverlaySettings, task_netns: str, net: OverlayNetwork,
         if bridge is None or vxlan is None:
             raise OverlayError(f"network {net.network_id} is half set up (ensure_network again)")
         mtu = int(_link(ov, vxlan).get("mtu"))
-        outer = _lookup(ov, peer_name)
-        inner = _lookup(task, ifname)
         created = False
-        if not (outer is not None and inner is not None
-                and _link(ov, outer).get("link") == inner and _link(task, inner).get("link") == outer):
-            if outer is not None:  # a pair missing its task end (or the reverse): start again
-                _delete_link(ov, outer)
-            if _lookup(task, ifname) is not None:
-                # Not ours (ours would have gone with its peer): never delete
-                # what someone else put in the task's namespace.
-                raise OverlayError(f"task namespace {task_netns} already has an {ifname}")
-            # Both ends made in one request, the task's end directly in its
-            # namespace with its final name, MAC and MTU.
-            ov.link("add", ifname=peer_name, kind="veth", mtu=mtu,
-                    peer={"ifname": ifname, "net_ns_fd": task_netns, "address": mac, "mtu": mtu})
-            created = True
         try:
             outer = _lookup(ov, peer_name)
             inner = _lookup(task, ifname)
-            if outer is None or inner is None:
-                raise OverlayError(f"veth {peer_name}/{ifname} vanished while attaching")
+            if not (outer is not None and inner is not None
+                    and _link(ov, outer).get("link") == inner
+                    and _link(task, inner).get("link") == outer):
+                if outer is not None:  # a pair missing its task end (or the reverse): start again
+                    _delete_link(ov, outer)
+                if _lookup(task, ifname) is not None:
+                    # Not ours (ours would have gone with its peer): never
+                    # delete what someone else put in the task's namespace.
+                    raise OverlayError(f"task namespace {task_netns} already has an {ifname}")
+                # Both ends made in one request, the task's end directly in
+                # its namespace with its final name, MAC and MTU.
+                ov.link("add", ifname=peer_name, kind="veth", mtu=mtu,
+                        peer={"ifname": ifname, "net_ns_fd": task_netns, "address": mac, "mtu": mtu})
+                created = True
+                outer = _lookup(ov, peer_name)
+                inner = _lookup(task, ifname)
+                if outer is None or inner is None:
+                    raise OverlayError(f"veth {peer_name}/{ifname} vanished while attaching")
+            # Converge everything, also on an existing pair (MTU, address,
+            # route may have changed since it was made).
             ov.link("set", index=outer, master=bridge, mtu=mtu, state="up")
             task.link("set", index=inner, address=mac, mtu=mtu, state="up")
             for msg in task.addr("dump", family=AF_INET, index=inner):
@@ -405,6 +408,11 @@ class OverlayManager:
         return str(netns_path(self.settings.netns_name(network_id)))
 
     async def ensure_network(self, network: OverlayNetwork) -> None:
+        """Make the network's namespace, bridge and VXLAN device, or converge
+        existing ones (a changed advertise address or underlay recreates the
+        VXLAN device: call set_peers after; a changed MTU reaches a task's
+        veth when it is attached again). Idempotent; a refused or failed new
+        network leaves nothing."""
         async with self._lock(network.network_id):
             await asyncio.to_thread(_ensure_network, self.settings, network)
 
