@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 from socket import AF_INET
 from typing import Any
 
@@ -36,6 +38,7 @@ from agent.network.overlay import BRIDGE, VXLAN
 from agent.runtime.netns import ensure_netns_blocking, netns_path
 from tests.hosts import Host, Hosts, connect_in
 
+REPO = Path(__file__).resolve().parents[2]
 NET = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
 PORT = 7000
 
@@ -250,10 +253,65 @@ async def test_set_peers_has_replace_semantics(hosts3: Hosts) -> None:
     assert await asyncio.to_thread(dump, ov1, "neigh") == []
 
 
+async def test_networks_are_isolated_even_with_a_wrong_peer_entry(hosts2: Hosts) -> None:
+    # net2 overlaps net1's subnet on purpose. h1's net1 is even told (wrongly)
+    # that net2's task is a peer: its frames reach h2 with net1's VNI, land
+    # on net1's bridge there, and never on net2's.
+    h1, h2 = hosts2
+    net2 = OverlayNetwork.create("net2", 4097, str(NET.subnet), str(NET.gateway))
+    m1, m2 = manager(hosts2, h1), manager(hosts2, h2)
+    t1, t2 = await new_task(hosts2, h1, 1), await new_task(hosts2, h2, 2)
+    other = Task(h2, hosts2.name("h2-other"), IPv4Interface("10.20.0.30/24"))
+    await asyncio.to_thread(ensure_netns_blocking, other.netns)
+    for mgr in (m1, m2):
+        await mgr.ensure_network(NET)
+    await m2.ensure_network(net2)
+    await m1.attach(t1.path, NET, t1.address, default_route=True)
+    await m2.attach(t2.path, NET, t2.address, default_route=True)
+    await m2.attach(other.path, net2, other.address, default_route=True)
+    await m1.set_peers(NET, [t2.peer(), other.peer()])
+    await m2.set_peers(NET, [t1.peer()])
+    await start_echo(hosts2, t2)
+    await start_echo(hosts2, other)
+
+    await echo(t1, t2)
+    assert await unreachable(t1, other)
+
+
 async def test_two_tasks_on_one_host_talk_through_the_bridge(hosts2: Hosts) -> None:
     _managers, (t1, t2, _t3, _t4) = await set_up(hosts2, tasks_per_host=2)
     await start_echo(hosts2, t2)
     await echo(t1, t2)
+
+
+async def test_an_agent_inside_its_host_namespace_needs_no_host_netns(hosts2: Hosts) -> None:
+    # Production: the agent is started in its host's namespace (nsenter) and
+    # leaves host_netns unset. Here a child process does what it would, then
+    # the test sends traffic over the result.
+    h1, h2 = hosts2
+    t1, t2 = await new_task(hosts2, h1, 1), await new_task(hosts2, h2, 2)
+    script = f"""
+import asyncio
+from ipaddress import IPv4Address, IPv4Interface
+from agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
+net = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
+mgr = OverlayManager(OverlaySettings(IPv4Address("{h1.ip}"), netns_prefix="{hosts2.name('h1-ov-')}"))
+async def main():
+    await mgr.ensure_network(net)
+    await mgr.attach("{t1.path}", net, IPv4Interface("{t1.address}"), default_route=True)
+    await mgr.set_peers(net, [Peer.create("{t2.address.ip}", "{h2.ip}")])
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = await asyncio.to_thread(h1.run, [sys.executable, "-c", script], env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    mgr2 = manager(hosts2, h2)
+    await mgr2.ensure_network(NET)
+    await mgr2.attach(t2.path, NET, t2.address, default_route=True)
+    await mgr2.set_peers(NET, [t1.peer()])
+    await start_echo(hosts2, t2)
+    await echo(t1, t2)
+    await manager(hosts2, h1).remove_network(NET.network_id)
 
 
 # ================================================================ lifecycle
