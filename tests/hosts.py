@@ -76,7 +76,7 @@ class Host:
     netns: str  # the namespace's name under /run/netns
     address: IPv4Interface  # on the underlay
     ifname: str = "eth0"
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -147,7 +147,11 @@ class Hosts:
         network = IPv4Network(subnet)
         if count < 1 or FIRST_HOST_OFFSET + count >= network.num_addresses - 1:
             raise ValueError(f"{count} hosts do not fit in {network}")
-        hosts = cls(prefix or new_run_prefix(), network)
+        prefix = prefix or new_run_prefix()
+        if _namespaces_with(prefix):
+            # Teardown removes everything with the prefix: never adopt another run's.
+            raise ValueError(f"namespaces named {prefix}* exist already")
+        hosts = cls(prefix, network)
         try:
             hosts._make_underlay(mtu)
             for i in range(1, count + 1):
@@ -165,7 +169,10 @@ class Hosts:
             ul.link("set", index=index, state="up")
 
     def add_host(self, name: str, *, mtu: int = 1500) -> Host:
-        """Another host on the underlay (the next free address)."""
+        """Another host on the underlay (the next free address). The name is
+        also its port's name on the underlay bridge: 15 characters at most."""
+        if not 0 < len(name) <= 15 or "/" in name:
+            raise ValueError(f"bad host name {name!r}")
         address = IPv4Interface(
             f"{self.subnet.network_address + FIRST_HOST_OFFSET + len(self.hosts)}/{self.subnet.prefixlen}")
         host = Host(name=name, netns=self.prefix + name, address=address)

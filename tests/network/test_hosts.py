@@ -77,9 +77,13 @@ def test_teardown_stops_processes_and_removes_every_namespace_of_the_run() -> No
     assert not netns_path(extra).exists()
 
 
-def test_too_many_hosts_is_refused_before_anything_is_made() -> None:
+def test_bad_requests_are_refused_before_anything_is_made(hosts: Hosts) -> None:
     with pytest.raises(ValueError, match="do not fit"):
         Hosts.create(300)
+    # Another run's prefix: teardown would remove its namespaces, so refused.
+    with pytest.raises(ValueError, match="exist already"):
+        Hosts.create(1, prefix=hosts.prefix)
+    assert len(hosts.namespaces()) == 4
 
 
 def test_cleanup_stale_removes_only_namespaces_of_dead_runs() -> None:
