@@ -44,9 +44,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
@@ -400,8 +401,22 @@ class OverlayManager:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
 
-    def _lock(self, network_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(network_id, asyncio.Lock())
+    async def _locked(self, network_id: str, call: Callable[[], None]) -> None:
+        """Run a blocking operation in a thread, holding the network's lock
+        until the THREAD is done: a cancelled caller cannot stop the thread,
+        and releasing the lock at once would let the next call run beside it."""
+        async with self._locks.setdefault(network_id, asyncio.Lock()):
+            work = asyncio.ensure_future(asyncio.to_thread(call))
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:
+                while not work.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([work])
+                if not work.cancelled() and work.exception() is not None:
+                    log.warning("network %s: operation of a cancelled call failed: %s",
+                                network_id, work.exception())
+                raise
 
     def netns_path(self, network_id: str) -> str:
         """Where the network's namespace is (for inspection and tests)."""
@@ -413,14 +428,12 @@ class OverlayManager:
         VXLAN device: call set_peers after; a changed MTU reaches a task's
         veth when it is attached again). Idempotent; a refused or failed new
         network leaves nothing."""
-        async with self._lock(network.network_id):
-            await asyncio.to_thread(_ensure_network, self.settings, network)
+        await self._locked(network.network_id, functools.partial(_ensure_network, self.settings, network))
 
     async def remove_network(self, network_id: str) -> None:
         """Remove the network's namespace and every device in it (the tasks'
         ends of its veths included). Idempotent."""
-        async with self._lock(network_id):
-            await asyncio.to_thread(_remove_network, self.settings, network_id)
+        await self._locked(network_id, functools.partial(_remove_network, self.settings, network_id))
         # The lock stays: dropping it while another call waits on it would
         # let a third call run beside that one.
 
@@ -436,9 +449,8 @@ class OverlayManager:
         check_ifname(ifname)
         wanted_mac = normalize_mac(mac) if mac else mac_from_ip(address.ip)
         path = _ns_arg(task_netns)
-        async with self._lock(network.network_id):
-            await asyncio.to_thread(_attach, self.settings, path, network, address, ifname,
-                                    wanted_mac, default_route)
+        await self._locked(network.network_id, functools.partial(
+            _attach, self.settings, path, network, address, ifname, wanted_mac, default_route))
 
     async def detach(self, task_netns: str | os.PathLike[str], network_id: str, *,
                      ifname: str = "eth0") -> None:
@@ -446,8 +458,7 @@ class OverlayManager:
         whose namespace is already gone has nothing left to remove."""
         check_ifname(ifname)
         path = _ns_arg(task_netns)
-        async with self._lock(network_id):
-            await asyncio.to_thread(_detach, self.settings, path, network_id, ifname)
+        await self._locked(network_id, functools.partial(_detach, self.settings, path, network_id, ifname))
 
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
         """Make the network's FDB and neighbour entries exactly `peers`
@@ -460,8 +471,7 @@ class OverlayManager:
                 raise ValueError(f"peer {peer.ip} is not in network {network.network_id}'s subnet")
             if by_ip.setdefault(peer.ip, peer) != peer:
                 raise ValueError(f"peer {peer.ip} given twice, differently: {by_ip[peer.ip]} and {peer}")
-        async with self._lock(network.network_id):
-            await asyncio.to_thread(_set_peers, self.settings, network, wanted)
+        await self._locked(network.network_id, functools.partial(_set_peers, self.settings, network, wanted))
 
     async def endpoints(self, network_id: str) -> list[str]:
         """The overlay-side veth names of the tasks attached on this host."""

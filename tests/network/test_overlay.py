@@ -371,6 +371,19 @@ async def test_a_changed_advertise_address_recreates_the_vxlan_device(hosts2: Ho
     await moved.remove_network(NET.network_id)
 
 
+async def test_a_cancelled_call_finishes_before_the_next_one_starts(hosts2: Hosts) -> None:
+    mgr = manager(hosts2, hosts2[0])
+    pending = asyncio.ensure_future(mgr.ensure_network(NET))
+    await asyncio.sleep(0.005)  # in its thread by now
+    pending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    # The thread finished (the lock was held until then): the network is
+    # whole or absent, never half made; removal leaves nothing either way.
+    await mgr.remove_network(NET.network_id)
+    assert mgr.networks() == []
+
+
 async def test_remove_network_takes_the_tasks_ends_with_it(hosts2: Hosts) -> None:
     mgr = manager(hosts2, hosts2[0])
     task = await new_task(hosts2, hosts2[0], 1)
