@@ -108,6 +108,12 @@ class OverlaySettings:
     vxlan_port: int = VXLAN_PORT
     min_overlay_mtu: int = 1280
 
+    def __post_init__(self) -> None:
+        if not self.netns_prefix or "/" in self.netns_prefix:
+            raise ValueError(f"bad netns_prefix {self.netns_prefix!r}")
+        if not 0 < self.vxlan_port < 65536:
+            raise ValueError(f"bad vxlan_port {self.vxlan_port}")
+
     def netns_name(self, network_id: str) -> str:
         return self.netns_prefix + network_id
 
@@ -463,14 +469,16 @@ class OverlayManager:
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
         """Make the network's FDB and neighbour entries exactly `peers`
         (those on this host's VTEP are skipped): missing ones added, changed
-        ones replaced, others removed."""
+        ones replaced, others removed. An address or MAC may appear once."""
         wanted = list(peers)
         by_ip: dict[IPv4Address, Peer] = {}
+        by_mac: dict[str, Peer] = {}
         for peer in wanted:
             if peer.ip not in network.subnet:
                 raise ValueError(f"peer {peer.ip} is not in network {network.network_id}'s subnet")
-            if by_ip.setdefault(peer.ip, peer) != peer:
-                raise ValueError(f"peer {peer.ip} given twice, differently: {by_ip[peer.ip]} and {peer}")
+            for seen in (by_ip.setdefault(peer.ip, peer), by_mac.setdefault(peer.mac, peer)):
+                if seen != peer:
+                    raise ValueError(f"peers clash: {seen} and {peer}")
         await self._locked(network.network_id, functools.partial(_set_peers, self.settings, network, wanted))
 
     async def endpoints(self, network_id: str) -> list[str]:

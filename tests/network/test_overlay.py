@@ -503,7 +503,10 @@ async def test_set_peers_refuses_bad_peers(hosts2: Hosts) -> None:
     await mgr.ensure_network(NET)
     with pytest.raises(ValueError, match="not in network"):
         await mgr.set_peers(NET, [Peer.create("10.99.0.2", "192.168.77.12")])
-    with pytest.raises(ValueError, match="given twice"):
+    with pytest.raises(ValueError, match="peers clash"):
         await mgr.set_peers(NET, [Peer.create("10.20.0.2", "192.168.77.12"),
                                   Peer.create("10.20.0.2", "192.168.77.13")])
+    with pytest.raises(ValueError, match="peers clash"):
+        await mgr.set_peers(NET, [Peer.create("10.20.0.2", "192.168.77.12", "02:00:00:00:00:01"),
+                                  Peer.create("10.20.0.3", "192.168.77.13", "02:00:00:00:00:01")])
     await mgr.remove_network(NET.network_id)

@@ -6,7 +6,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
-from agent.network import OverlayNetwork, Peer, mac_from_ip, veth_name
+from agent.network import OverlayNetwork, OverlaySettings, Peer, mac_from_ip, veth_name
 from agent.network.model import check_ifname, normalize_mac
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -68,3 +68,10 @@ def test_peer_mac_defaults_to_the_derived_one() -> None:
     assert Peer.create("10.0.1.5", "192.168.77.12").mac == "02:42:0a:00:01:05"
     assert Peer.create("10.0.1.5", "192.168.77.12", "AA:BB:CC:00:11:22").mac == "aa:bb:cc:00:11:22"
     assert Peer.create("10.0.1.5", "192.168.77.12") == Peer.create("10.0.1.5", "192.168.77.12")
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ValueError, match="netns_prefix"):
+        OverlaySettings(IPv4Address("192.168.77.11"), netns_prefix="a/b")
+    with pytest.raises(ValueError, match="vxlan_port"):
+        OverlaySettings(IPv4Address("192.168.77.11"), vxlan_port=0)
