@@ -11,7 +11,9 @@ mutual TLS, message size limits and keepalives are the same on every link:
 - `join_listen` + `fetch_offered_chain`: what a node without a certificate
   needs to join (see "Joining" below).
 - `authorize`: reads the verified peer of a call, refuses revoked
-  certificates and roles not allowed, with the right gRPC status.
+  certificates and roles not allowed, with the right gRPC status;
+  `AuthInterceptor` does it for every call of a server from one policy
+  (service or method -> roles), denying what the policy does not name.
 
 Joining. gRPC's Python TLS cannot "request a client certificate but not
 require it": with require_client_auth=False the server does not ask for one
@@ -28,12 +30,13 @@ leaves the node before the CA has been checked.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
@@ -290,7 +293,7 @@ async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collecti
     except PKIError as error:
         await _refuse(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
     if peer.role not in roles:
-        allowed = ", ".join(sorted(role.value for role in roles))
+        allowed = ", ".join(sorted(role.value for role in roles)) or "a role no certificate has"
         await _refuse(context, grpc.StatusCode.PERMISSION_DENIED,
                       f"{peer.role.value} {peer.node_id} may not call this (needs {allowed})")
     return peer
@@ -300,3 +303,95 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], code: grpc.Status
                   details: str) -> NoReturn:
     log.warning("refused call from %s: %s: %s", context.peer(), code.name, details)
     await context.abort(code, details)
+
+
+# Who may call what on the controllers' mutual-TLS port. Controllers are also
+# nodes (they may run tasks), hence MANAGER on the dispatcher; the control API
+# is for operators (ADMIN) and other controllers. Per-object rules (an agent
+# opens only its own session, reports only its own tasks) belong to the
+# servicers, which read the caller with pki.peer_identity(context).
+CONTROL_PLANE_POLICY: Mapping[str, frozenset[Role]] = {
+    "swarm.v1.Control": frozenset({Role.ADMIN, Role.MANAGER}),
+    "swarm.v1.Dispatcher": frozenset({Role.WORKER, Role.MANAGER}),
+}
+
+
+def roles_for_method(policy: Mapping[str, Collection[Role]], method: str) -> frozenset[Role]:
+    """The roles allowed to call `method` ('/pkg.Service/Method'): an entry for
+    the method itself wins over one for its service ('pkg.Service'); a method
+    the policy does not name is allowed to nobody."""
+    if method in policy:
+        return frozenset(policy[method])
+    service = method.lstrip("/").partition("/")[0]
+    return frozenset(policy.get(service, ()))
+
+
+Check = Callable[[grpc.aio.ServicerContext[Any, Any]], Awaitable[object]]
+
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.aio.ServerInterceptor
+
+
+class AuthInterceptor(_ServerInterceptor):
+    """Authorizes every call before its handler runs (so a refused call
+    changes nothing): a verified, unrevoked cluster certificate whose role
+    the policy allows for the method. `revocations` is asked on each call;
+    give it the controller's in-memory view, kept current from etcd.
+
+    Install it only on mutual-TLS servers: on an --insecure server no caller
+    has a certificate and every call would be refused."""
+
+    def __init__(self, policy: Mapping[str, Collection[Role]],
+                 revocations: Callable[[], Revocations]) -> None:
+        self._policy = dict(policy)
+        self._revocations = revocations
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            return handler
+        roles = roles_for_method(self._policy, handler_call_details.method)
+
+        async def check(context: grpc.aio.ServicerContext[Any, Any]) -> object:
+            return await authorize(context, roles, self._revocations())
+
+        return _guarded(handler, check)
+
+
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with `check(context)` awaited before the behaviour.
+    grpc.aio accepts both coroutine behaviours and async generators for
+    streaming responses; the wrapper keeps whichever the servicer used."""
+    codecs: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
+                              "response_serializer": handler.response_serializer}
+    kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = [
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    ]
+    for behaviour, make in kinds:
+        if behaviour is not None:
+            return make(_guard(behaviour, check), **codecs)
+    raise TypeError(f"RPC method handler without a behaviour: {handler!r}")
+
+
+def _guard(behaviour: Callable[..., Any], check: Check) -> Callable[..., Any]:
+    if inspect.isasyncgenfunction(behaviour):
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in behaviour(request, context):
+                yield response
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await check(context)
+        result = behaviour(request, context)
+        return await result if inspect.isawaitable(result) else result
+    return unary

@@ -304,3 +304,90 @@ async def test_renewed_server_certificate_is_used_for_new_connections(
     server.identity = renewed
     assert await served_serial() == renewed.cert.serial_number
     assert await _who(server.port, cluster.worker) == f"node1/swarm-worker/{CLUSTER}/0"
+
+
+# ------------------------------------------------ one policy per server
+
+
+def test_roles_for_method_prefers_the_method_and_denies_by_default() -> None:
+    policy = {"pkg.Svc": {Role.WORKER}, "/pkg.Svc/Admin": {Role.ADMIN}}
+    assert channels.roles_for_method(policy, "/pkg.Svc/Get") == {Role.WORKER}
+    assert channels.roles_for_method(policy, "/pkg.Svc/Admin") == {Role.ADMIN}
+    assert channels.roles_for_method(policy, "/pkg.Other/Get") == frozenset()
+
+
+def test_control_plane_policy_names_real_services() -> None:
+    from swarmapi.v1 import control_pb2, dispatcher_pb2
+    services = {service.full_name for module in (control_pb2, dispatcher_pb2)
+                for service in module.DESCRIPTOR.services_by_name.values()}
+    assert set(channels.CONTROL_PLANE_POLICY) == services
+
+
+@dataclass
+class Guarded:
+    port: int
+    revocations: pki.Revocations = field(default_factory=pki.Revocations)
+
+
+@pytest.fixture
+async def guarded(cluster: Cluster) -> AsyncIterator[Guarded]:
+    async def who(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        peer = pki.peer_identity(context)  # the interceptor already vouched for it
+        assert peer is not None
+        return peer.node_id.encode()
+
+    async def count(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        for number in range(3):
+            yield str(number).encode()
+
+    state = Guarded(port=0)
+    policy = {"test.Whoami": {Role.WORKER, Role.MANAGER}, "/test.Whoami/Admin": {Role.ADMIN}}
+    server = channels.new_server(interceptors=[
+        channels.AuthInterceptor(policy, lambda: state.revocations)])
+    server.add_generic_rpc_handlers([
+        grpc.method_handlers_generic_handler("test.Whoami", {
+            "Who": grpc.unary_unary_rpc_method_handler(who),
+            "Admin": grpc.unary_unary_rpc_method_handler(who),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+        }),
+        _handlers("test.Other", "Ping", who),
+    ])
+    state.port = channels.listen(server, "127.0.0.1:0", lambda: cluster.controller)
+    await server.start()
+    try:
+        yield state
+    finally:
+        await server.stop(None)
+
+
+async def _call(port: int, identity: pki.NodeIdentity, method: str) -> list[bytes]:
+    async with channels.client_channel(f"127.0.0.1:{port}", identity) as channel:
+        if method.endswith("/Count"):
+            return [reply async for reply in channel.unary_stream(method, None, None)(b"", timeout=TIMEOUT)]
+        return [await channel.unary_unary(method, None, None)(b"", timeout=TIMEOUT)]
+
+
+async def _status(call: Awaitable[list[bytes]]) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value.code()
+
+
+async def test_interceptor_applies_the_policy_to_every_call(guarded: Guarded, cluster: Cluster) -> None:
+    worker, admin = cluster.worker, cluster.admin
+    assert await _call(guarded.port, worker, "/test.Whoami/Who") == [b"node1"]
+    assert await _call(guarded.port, worker, "/test.Whoami/Count") == [b"0", b"1", b"2"]
+    assert await _call(guarded.port, admin, "/test.Whoami/Admin") == [b"admin"]
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    assert await _status(_call(guarded.port, worker, "/test.Whoami/Admin")) == denied
+    assert await _status(_call(guarded.port, admin, "/test.Whoami/Who")) == denied
+    assert await _status(_call(guarded.port, admin, "/test.Whoami/Count")) == denied
+    # A service the policy does not name is closed to everyone.
+    assert await _status(_call(guarded.port, worker, "/test.Other/Ping")) == denied
+
+
+async def test_interceptor_refuses_revoked_nodes(guarded: Guarded, cluster: Cluster) -> None:
+    guarded.revocations = pki.Revocations(node_ids=frozenset({"node1"}))
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    assert await _status(_call(guarded.port, cluster.worker, "/test.Whoami/Who")) == unauthenticated
+    assert await _status(_call(guarded.port, cluster.worker, "/test.Whoami/Count")) == unauthenticated
