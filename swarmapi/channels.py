@@ -47,8 +47,6 @@ from .pki import (
     PKIError,
     Revocations,
     Role,
-    cert_from_pem,
-    cert_to_pem,
     check_not_revoked,
     peer_identity,
 )
@@ -245,6 +243,8 @@ def fetch_offered_chain(target: str, *, timeout: float = 10.0) -> list[bytes]:
     the client has the server's certificates and finishes its side of the
     handshake before the server judges the (missing) client certificate."""
     host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {target!r}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Deliberately unverified: authenticity comes from the token's digest.
     context.check_hostname = False
@@ -266,7 +266,7 @@ def _unverified_chain(tls: ssl.SSLSocket) -> list[Any]:
 
 def _to_pem(entry: Any) -> bytes:
     if isinstance(entry, bytes):  # 3.13's public API gives DER
-        return cert_to_pem(cert_from_pem(ssl.DER_cert_to_PEM_cert(entry).encode()))
+        return ssl.DER_cert_to_PEM_cert(entry).encode()
     pem: str = entry.public_bytes(ssl._ssl.ENCODING_PEM)  # type: ignore[attr-defined]
     return pem.encode()
 
@@ -275,12 +275,15 @@ def _to_pem(entry: Any) -> bytes:
 
 
 async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collection[Role],
-                    revocations: Revocations) -> PeerIdentity:
+                    revocations: Revocations, *, cluster_id: str | None = None) -> PeerIdentity:
     """The verified caller of this RPC, if it holds one of `roles` and is not
     revoked; otherwise the call is aborted (UNAUTHENTICATED without a valid,
-    unrevoked cluster certificate; PERMISSION_DENIED for a role not allowed)
-    and the refusal logged. Call it first thing in a handler; do not call it
-    on an --insecure server, where no caller has an identity."""
+    unrevoked certificate of this cluster; PERMISSION_DENIED for a role not
+    allowed) and the refusal logged. Call it first thing in a handler; do not
+    call it on an --insecure server, where no caller has an identity.
+
+    Pass cluster_id when the CA may sign for several clusters (an external
+    CA): the TLS handshake then proves only "signed by that CA"."""
     try:
         peer = peer_identity(context)
     except PKIError as error:
@@ -288,6 +291,9 @@ async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collecti
     if peer is None:
         await _refuse(context, grpc.StatusCode.UNAUTHENTICATED,
                       "a client certificate issued by the cluster CA is required")
+    if cluster_id is not None and peer.cluster_id != cluster_id:
+        await _refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                      f"certificate of {peer.node_id} is for cluster {peer.cluster_id!r}, not {cluster_id!r}")
     try:
         check_not_revoked(peer, revocations)
     except PKIError as error:
@@ -345,9 +351,10 @@ class AuthInterceptor(_ServerInterceptor):
     has a certificate and every call would be refused."""
 
     def __init__(self, policy: Mapping[str, Collection[Role]],
-                 revocations: Callable[[], Revocations]) -> None:
+                 revocations: Callable[[], Revocations], *, cluster_id: str | None = None) -> None:
         self._policy = dict(policy)
         self._revocations = revocations
+        self._cluster_id = cluster_id
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
@@ -359,7 +366,7 @@ class AuthInterceptor(_ServerInterceptor):
         roles = roles_for_method(self._policy, handler_call_details.method)
 
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> object:
-            return await authorize(context, roles, self._revocations())
+            return await authorize(context, roles, self._revocations(), cluster_id=self._cluster_id)
 
         return _guarded(handler, check)
 

@@ -565,7 +565,7 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, *,
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as error:
-        raise PKIError(f"certificate not issued by the cluster CA: {error or 'bad signature'}") from None
+        raise PKIError(f"certificate not issued by the cluster CA: {str(error) or 'bad signature'}") from None
     now = now or _utcnow()
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise PKIError(f"certificate valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "

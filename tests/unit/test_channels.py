@@ -343,7 +343,7 @@ async def guarded(cluster: Cluster) -> AsyncIterator[Guarded]:
     state = Guarded(port=0)
     policy = {"test.Whoami": {Role.WORKER, Role.MANAGER}, "/test.Whoami/Admin": {Role.ADMIN}}
     server = channels.new_server(interceptors=[
-        channels.AuthInterceptor(policy, lambda: state.revocations)])
+        channels.AuthInterceptor(policy, lambda: state.revocations, cluster_id=CLUSTER)])
     server.add_generic_rpc_handlers([
         grpc.method_handlers_generic_handler("test.Whoami", {
             "Who": grpc.unary_unary_rpc_method_handler(who),
@@ -391,3 +391,13 @@ async def test_interceptor_refuses_revoked_nodes(guarded: Guarded, cluster: Clus
     unauthenticated = grpc.StatusCode.UNAUTHENTICATED
     assert await _status(_call(guarded.port, cluster.worker, "/test.Whoami/Who")) == unauthenticated
     assert await _status(_call(guarded.port, cluster.worker, "/test.Whoami/Count")) == unauthenticated
+
+
+async def test_interceptor_refuses_another_clusters_certificate_from_a_shared_ca(
+        guarded: Guarded, cluster: Cluster) -> None:
+    # An external CA may sign for several clusters: the handshake passes, the O field does not.
+    stranger = pki.issue_identity(cluster.ca, node_id="node9", role=Role.WORKER, cluster_id="cluster-b")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _call(guarded.port, stranger, "/test.Whoami/Who")
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "for cluster 'cluster-b'" in (caught.value.details() or "")
