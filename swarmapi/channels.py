@@ -65,9 +65,11 @@ class LinkSettings:
     # Bounded messages: a malformed or hostile peer cannot make us allocate
     # more than this per message. Assignment sets for large nodes fit easily.
     max_message_bytes: int = 16 * 1024 * 1024
-    # Client pings after this much idle time and drops the link if no answer
-    # in keepalive_timeout: an agent notices a dead controller (or a silently
-    # dropped NAT/conntrack entry) in well under a heartbeat period x 3.
+    # Each side pings after this much idle time and drops the link if no
+    # answer comes within keepalive_timeout. This finds dead peers on quiet
+    # long-lived streams (an agent's session between assignments, a server's
+    # stream to a vanished client) and keeps NAT/conntrack entries alive;
+    # agent liveness itself is the dispatcher's heartbeat, which is faster.
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
 
@@ -87,8 +89,9 @@ def server_options(settings: LinkSettings) -> ChannelOptions:
         *_common_options(settings),
         # Accept the clients' keepalive pings: by default a server answers
         # pings more often than every 5 min with GOAWAY "too_many_pings".
+        # Half the client's period leaves room for timer jitter while the
+        # default strike limit still stops a peer that floods pings.
         ("grpc.http2.min_ping_interval_without_data_ms", int(settings.keepalive_time_s * 500)),
-        ("grpc.http2.max_ping_strikes", 0),
     ]
 
 
