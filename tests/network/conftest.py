@@ -1,4 +1,4 @@
-"""Fixtures for the data-plane tests: simulated hosts from tests/hosts.py.
+"""Fixtures for the data-plane tests: simulated hosts from cli/dev/hosts.py.
 
 They need root (network namespaces, netlink). CI runs them as root; elsewhere
 they are skipped when not root. In CI (CI set) nothing is skipped: a missing
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.hosts import Hosts, cleanup_stale
+from cli.dev.hosts import Hosts, cleanup_stale
 
 
 def require_root() -> None:

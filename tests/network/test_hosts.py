@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.runtime.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
-from tests.hosts import RUN_BASE, Hosts, cleanup_stale, connect_in, socket_in
+from cli.dev.hosts import RUN_BASE, Hosts, cleanup_stale, connect_in, socket_in
 from tests.network.conftest import require_root
 
 PORT = 7100

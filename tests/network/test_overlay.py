@@ -36,7 +36,7 @@ from agent.network import (
 )
 from agent.network.overlay import BRIDGE, VXLAN
 from agent.runtime.netns import ensure_netns_blocking, netns_path
-from tests.hosts import Host, Hosts, connect_in
+from cli.dev.hosts import Host, Hosts, connect_in
 
 REPO = Path(__file__).resolve().parents[2]
 NET = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
