@@ -21,6 +21,8 @@ Exit status:
 \b
 Environment:
   SWARMCTL_CONTROLLER  default for --controller (HOST:PORT)
+  XDG_CONFIG_HOME      where the context of `swarmctl dev up` is kept
+                       (swarmctl/context.json, default under ~/.config)
 
 \b
 Examples:
@@ -51,14 +53,16 @@ def root(
     ctx: typer.Context,
     controller: Annotated[str, typer.Option(
         "--controller", "-c", envvar=client.CONTROLLER_ENV, metavar="HOST:PORT",
-        help="Controller to talk to.")] = client.DEFAULT_CONTROLLER,
+        help="Controller to talk to [default: the context of `swarmctl dev up`, "
+             "else 127.0.0.1:2377].", show_default=False)] = "",
     timeout: Annotated[float, typer.Option(
         "--request-timeout", metavar="SECONDS", min=0.1,
         help="Deadline of each request (the wait of create, update and scale is their "
              "--timeout).")] = client.DEFAULT_TIMEOUT,
 ) -> None:
     """Control a swarm: services, nodes and networks."""
-    client.store_settings(ctx, client.Settings(controller=controller, timeout=timeout))
+    client.store_settings(ctx, client.Settings(controller=client.default_controller(controller),
+                                               timeout=timeout))
 
 
 def main() -> None:
