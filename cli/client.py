@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 
+from .dev.context import read_context
 from .errors import EXIT_FAILURE, CliError
 
 DEFAULT_CONTROLLER = "127.0.0.1:2377"
@@ -104,7 +105,16 @@ def settings_of(ctx: typer.Context) -> Settings:
     found = ctx.meta.get(_SETTINGS_KEY)
     if isinstance(found, Settings):
         return found
-    return Settings(controller=os.environ.get(CONTROLLER_ENV) or DEFAULT_CONTROLLER)
+    return Settings(controller=default_controller(os.environ.get(CONTROLLER_ENV)))
+
+
+def default_controller(given: str | None) -> str:
+    """--controller or SWARMCTL_CONTROLLER, else the current context (written by
+    `swarmctl dev up`), else 127.0.0.1:2377."""
+    if given:
+        return given
+    context = read_context()
+    return context.controller if context is not None else DEFAULT_CONTROLLER
 
 
 def open_controller(ctx: typer.Context) -> Controller:

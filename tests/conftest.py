@@ -9,6 +9,14 @@ from controller.store import EtcdClient, EtcdSettings, Store
 from tests.etcd_server import EtcdServer
 
 
+@pytest.fixture(autouse=True)
+def own_config_home(tmp_path_factory: pytest.TempPathFactory,
+                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """swarmctl reads the operator's context file (~/.config/swarmctl): tests
+    must neither see a real one nor write one."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture(scope="session")
 def etcd_server() -> Iterator[EtcdServer]:
     server = EtcdServer.start()

@@ -447,13 +447,12 @@ class ControlServicer(cgrpc.ControlServicer):
         if users:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"network {network.spec.name!r} is in use by service(s) {', '.join(users)}")
-        holders = [t for t in self._store.cache.tasks.values()
-                   if any(a.network_id == network.id for a in t.networks)
-                   or any(a.target == network.id for a in t.spec.networks)]
-        if holders:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                         f"network {network.spec.name!r} is still used by {len(holders)} task(s) "
-                         "of removed services, which are being stopped; try again shortly")
+        # Tasks of removed services may still hold addresses here while they
+        # stop. They do not block the removal (`service rm` then `network rm`
+        # just works): the sweep below deletes their address keys, their own
+        # releases later find nothing, and the dispatcher tells their nodes to
+        # drop the network. No new task can get an address here: the allocator
+        # serves only tasks of existing services, and none uses the network.
         # The delete compares the network's version, and every service write and
         # task allocation on it rewrites it: a concurrent new user makes this fail.
         await self._commit(context, [Delete("networks", network.id, network.meta.version),

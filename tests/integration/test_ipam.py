@@ -289,8 +289,8 @@ async def test_network_rm_refused_while_in_use(controller: Controller, control: 
 
 
 def peers_seen(sim_nodes: SimulatedCluster, network_id: str) -> dict[str, set[tuple[str, str]]]:
-    """Per node id: the (task id, vtep) peers its agent was last told of."""
-    return {node.session.node_id: {(p.task_id, p.vtep)
+    """Per node id: the (overlay address, vtep) peers its agent was last told of."""
+    return {node.session.node_id: {(str(p.ip), str(p.vtep))
                                    for p in node.worker.overlay.peers.get(network_id, [])}
             for node in sim_nodes.nodes if network_id in node.worker.overlay.networks()}
 
@@ -307,18 +307,18 @@ async def test_assignments_carry_networks_and_peers(
                  if t.status.state == pb.RUNNING]
         nodes = controller.store.cache.nodes
         up = {t.node_id for t in tasks if nodes[t.node_id].status.state != pb.NodeStatus.DOWN}
-        return {node_id: {(t.id, vtep[t.node_id]) for t in tasks
-                          if t.node_id != node_id and t.node_id in up} for node_id in up}
+        return {node_id: {(str(ipaddress.ip_interface(t.networks[0].addresses[0]).ip),
+                           vtep[t.node_id])
+                          for t in tasks if t.node_id != node_id and t.node_id in up}
+                for node_id in up}
 
     await eventually(lambda: len(expected()) == 3 and peers_seen(sim_nodes, network.id)
                      == expected(), message="every node sees the two others' tasks")
     agent = sim_nodes.nodes[0].worker.overlay
     assert agent.network_objects[network.id].vni == network.vni
+    assert str(agent.network_objects[network.id].subnet) == network.subnet
     peer = agent.peers[network.id][0]
-    task = controller.store.cache.tasks[peer.task_id]
-    assert peer.address == task.networks[0].addresses[0]
-    assert peer.mac == "02:42:" + ":".join(
-        f"{b:02x}" for b in ipaddress.ip_interface(peer.address).ip.packed)
+    assert peer.mac == "02:42:" + ":".join(f"{b:02x}" for b in peer.ip.packed)
 
     await control.ScaleService(cpb.ScaleServiceRequest(ref="web", replicas=2))
     await eventually(lambda: len(expected()) == 2 and peers_seen(sim_nodes, network.id)

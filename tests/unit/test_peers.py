@@ -4,8 +4,15 @@ sync with replace semantics."""
 
 from __future__ import annotations
 
-from agent.overlay_sync import RecordingOverlay, sync_networks
+from ipaddress import IPv4Address
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.network.model import Peer, mac_from_ip
+from agent.overlay_sync import RecordingOverlay, peers_of, sync_networks
 from controller.peers import OverlayIndex, PeerTable, build_peers, network_assignment, vtep
+from swarmapi.overlay import mac_for_ip
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -61,20 +68,33 @@ def test_vtep_strips_ports() -> None:
     assert vtep(node("n", "fd00::1")) == "fd00::1"
 
 
+@given(st.integers(0, (1 << 32) - 1))
+def test_controller_and_agent_derive_the_same_mac(address: int) -> None:
+    assert mac_for_ip(str(IPv4Address(address))) == mac_from_ip(IPv4Address(address))
+
+
+def test_peers_convert_for_the_data_plane_and_bad_ones_are_skipped() -> None:
+    entry = dpb.NetworkAssignment(network=NET, peers=[
+        dpb.OverlayPeer(task_id="b", address="10.0.0.3/24", mac="02:42:0a:00:00:03",
+                        vtep="192.168.1.2"),
+        dpb.OverlayPeer(task_id="c", address="10.0.0.4/24", vtep="host-c.example")])
+    assert peers_of(entry) == [Peer.create("10.0.0.3", "192.168.1.2")]
+
+
 async def test_sync_replaces_peers_and_complete_removes_the_rest() -> None:
     overlay = RecordingOverlay()
-    peer = dpb.OverlayPeer(task_id="b", address="10.0.0.3/24")
-    other = pb.Network(id="other")
+    peer = dpb.OverlayPeer(task_id="b", address="10.0.0.3/24", vtep="192.168.1.2")
+    other = pb.Network(id="other", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1")
     await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[
         dpb.NetworkAssignment(network=NET, peers=[peer]), dpb.NetworkAssignment(network=other)]))
-    assert overlay.networks() == {"net", "other"}
-    assert overlay.peers["net"] == [peer]
+    assert overlay.networks() == ["net", "other"]
+    assert overlay.peers["net"] == [Peer.create("10.0.0.3", "192.168.1.2")]
     await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[
         dpb.NetworkAssignment(network=NET)], removed_networks=["other"]))
-    assert overlay.networks() == {"net"}
+    assert overlay.networks() == ["net"]
     assert overlay.peers["net"] == []
     await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.COMPLETE))
-    assert overlay.networks() == set()
+    assert overlay.networks() == []
 
 
 def test_peer_table_rebuilds_only_after_a_change() -> None:
