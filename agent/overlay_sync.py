@@ -1,12 +1,12 @@
 """Driving the agent's overlay data plane (agent.network.OverlayManager) from
 the assignments stream.
 
-The dispatcher sends, per network the node's tasks use, the network and the
-complete set of its peers on other nodes (dispatcher.proto: Assignments
-.networks / .removed_networks). These functions turn a message into
-OverlayManager calls with its replace semantics: set_peers gets the whole
-peer set of a network and makes the FDB and neighbour entries match, so a
-lost or repeated message never leaves a stale entry behind.
+The dispatcher sends, per network the node's tasks use, the network and its
+peers on other nodes: the complete set first, then only what changed
+(dispatcher.proto: NetworkAssignment). PeerSets keeps the resulting set per
+network, and these functions hand it whole to the OverlayManager, whose
+set_peers has replace semantics (the FDB and neighbour entries are made to
+match), so no stale entry survives. A new session starts with complete sets.
 
 A worker calls add_networks before starting the message's tasks (their
 devices must exist to attach to), and removes networks_to_remove only after
@@ -39,26 +39,51 @@ class OverlayManager(Protocol):
     def networks(self) -> list[str]: ...
 
 
-def peers_of(entry: dpb.NetworkAssignment) -> list[Peer]:
-    """The entry's peers as the data plane takes them. A peer that does not
-    parse (a node advertising a hostname, say) is left out, with a warning,
-    rather than failing the whole network."""
-    peers: list[Peer] = []
-    for peer in entry.peers:
+class PeerSets:
+    """The peer set of each network as the dispatcher described it: complete
+    sets replace, deltas apply on top. One per agent (its worker's state)."""
+
+    def __init__(self) -> None:
+        self._sets: dict[str, dict[str, dpb.OverlayPeer]] = {}
+
+    def apply(self, entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
+        """The network's whole peer set after this entry, sorted by task id."""
+        network_id = entry.network.id
+        if entry.delta:
+            current = self._sets.setdefault(network_id, {})
+            for task_id in entry.removed_peers:
+                current.pop(task_id, None)
+        else:
+            current = self._sets[network_id] = {}
+        for peer in entry.peers:
+            current[peer.task_id] = peer
+        return [current[task_id] for task_id in sorted(current)]
+
+    def forget(self, network_id: str) -> None:
+        self._sets.pop(network_id, None)
+
+
+def peers_of(peers: Iterable[dpb.OverlayPeer], network_id: str = "") -> list[Peer]:
+    """Peers as the data plane takes them. One that does not parse (a node
+    advertising a hostname, say) is left out, with a warning, rather than
+    failing the whole network."""
+    result: list[Peer] = []
+    for peer in peers:
         try:
-            peers.append(Peer.create(str(IPv4Interface(peer.address).ip), peer.vtep, peer.mac))
+            result.append(Peer.create(str(IPv4Interface(peer.address).ip), peer.vtep, peer.mac))
         except ValueError as error:
-            log.warning("network %s: ignoring peer %s (task %s on %s): %s", entry.network.id,
+            log.warning("network %s: ignoring peer %s (task %s on %s): %s", network_id,
                         peer.address, peer.task_id, peer.vtep, error)
-    return peers
+    return result
 
 
-async def add_networks(manager: OverlayManager, assignments: dpb.Assignments) -> None:
+async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
+                       peer_sets: PeerSets) -> None:
     """Create (or keep) every network the message names and set its peers."""
     for entry in assignments.networks:
         network = OverlayNetwork.from_proto(entry.network)
         await manager.ensure_network(network)
-        await manager.set_peers(network, peers_of(entry))
+        await manager.set_peers(network, peers_of(peer_sets.apply(entry), network.network_id))
 
 
 def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) -> list[str]:
@@ -71,11 +96,13 @@ def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) ->
     return sorted(gone - named)
 
 
-async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments) -> None:
+async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments,
+                        peer_sets: PeerSets) -> None:
     """Both halves at once (for workers that run nothing, like the simulated one)."""
-    await add_networks(manager, assignments)
+    await add_networks(manager, assignments, peer_sets)
     for network_id in networks_to_remove(manager, assignments):
         await manager.remove_network(network_id)
+        peer_sets.forget(network_id)
 
 
 class RecordingOverlay:

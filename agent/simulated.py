@@ -20,7 +20,7 @@ from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from .overlay_sync import RecordingOverlay, sync_networks
+from .overlay_sync import PeerSets, RecordingOverlay, sync_networks
 from .session import AgentSession, ChannelFactory, SessionSettings, insecure_channels
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class FakeWorker:
         self.stopped = False  # a stopped fake node ignores everything (for failure tests)
         self.reject_images = frozenset(reject_images)
         self.overlay = RecordingOverlay()  # the networks and peers it was sent
+        self.peer_sets = PeerSets()
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
             return
-        await sync_networks(self.overlay, assignments)
+        await sync_networks(self.overlay, assignments, self.peer_sets)
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:

@@ -58,9 +58,10 @@ class _Session:
     dirty: dict[str, pb.Task | None] = field(default_factory=dict)
     # Networks whose assignment may have changed since the last message.
     dirty_networks: set[str] = field(default_factory=set)
-    # What the agent was last sent per network (serialised): unchanged ones are
-    # not sent again, and those it has are removed when no longer needed.
-    sent_networks: dict[str, bytes] = field(default_factory=dict)
+    # The peer-set version (PeerTable) the agent was last sent, per network: the
+    # next message carries only what changed after it, and the networks the
+    # agent has are removed when it no longer needs them.
+    sent_networks: dict[str, int] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -269,11 +270,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         for network_id in sorted(network_ids):
             network = cache.networks.get(network_id)
             if network is not None and network_id in uses:
-                peers = state.peers.peers(network_id, state.overlay, cache.nodes)
-                assignment = network_assignment(network, peers, session.node_id)
-                blob = assignment.SerializeToString(deterministic=True)
-                if session.sent_networks.get(network_id) != blob:
-                    session.sent_networks[network_id] = blob
+                table = state.peers.refresh(network_id, state.overlay, cache.nodes)
+                assignment = network_assignment(network, table, session.node_id,
+                                                session.sent_networks.get(network_id))
+                session.sent_networks[network_id] = table.version
+                if assignment is not None:
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
                 removed.append(network_id)

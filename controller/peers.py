@@ -5,16 +5,18 @@ VXLAN device needs as FDB and neighbour entries).
 `OverlayIndex` is kept up to date from task changes by the dispatcher. The
 peer list of a network is built (`build_peers`, pure) from the index and the
 nodes as they are when a message is sent, so a node going DOWN (or changing
-its address) only needs the affected networks marked dirty; `PeerTable`
-builds it once per change for all the sessions, and `network_assignment`
-cuts each node's own endpoints out of it.
+its address) only needs the affected networks marked dirty. `PeerTable`
+builds it once per change for all the sessions and logs what changed, and
+`network_assignment` gives each node the complete set the first time and
+only the changes after that (a large network would otherwise cost every node
+the whole set on every change), never its own endpoints.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from swarmapi.overlay import mac_for_ip
 from swarmapi.v1 import dispatcher_pb2 as dpb
@@ -115,35 +117,88 @@ def build_peers(members: Mapping[str, Endpoint], nodes: Mapping[str, pb.Node]) -
     return peers
 
 
-def network_assignment(network: pb.Network, peers: Peers, node_id: str) -> dpb.NetworkAssignment:
-    """The network and its peers as node_id must see them: all but its own
-    endpoints. The network goes without its store bookkeeping (meta,
-    allocation cursor), so that an unchanged assignment serialises the same
-    and is not sent again."""
-    result = dpb.NetworkAssignment(network=network)
-    result.network.ClearField("meta")
-    result.network.address_cursor = ""
-    result.peers.extend(peer for owner, peer in peers if owner != node_id)
-    return result
+@dataclass
+class NetworkPeers:
+    """One network's peer set, versioned, with the log of what changed.
+
+    `version` grows by one per rebuild that changed anything; `log` holds
+    (version, task id) for every change after `floor`. A session that last
+    received version v >= floor can be sent the changes after v; one below
+    the floor (or new) gets the complete set.
+    """
+
+    key: tuple[int, int]  # (index generation, nodes generation) it was built at
+    peers: dict[str, tuple[str, dpb.OverlayPeer]]  # task id -> (node id, peer)
+    version: int = 1
+    floor: int = 1
+    log: deque[tuple[int, str]] = field(default_factory=deque)
 
 
 class PeerTable:
-    """Peer lists built once per change and shared by every session: with the
-    full set resent on each change, building it per session made placing 2,000
-    tasks over 50 nodes several times slower."""
+    """Peer sets built once per change and shared by every session, with a
+    bounded change log so each session is sent only what changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_limit: int = 50_000) -> None:
         self.nodes_generation = 0  # bumped by the caller when a node's state or address changes
-        self._memo: dict[str, tuple[tuple[int, int], Peers]] = {}
+        self._log_limit = log_limit
+        self._tables: dict[str, NetworkPeers] = {}
 
-    def peers(self, network_id: str, index: OverlayIndex, nodes: Mapping[str, pb.Node]) -> Peers:
+    def refresh(self, network_id: str, index: OverlayIndex,
+                nodes: Mapping[str, pb.Node]) -> NetworkPeers:
+        """The network's current table, rebuilt (and its changes logged) when
+        its endpoints or the nodes changed since it was last built."""
         key = (index.generation[network_id], self.nodes_generation)
-        cached = self._memo.get(network_id)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        peers = build_peers(index.endpoints.get(network_id, {}), nodes)
-        self._memo[network_id] = (key, peers)
-        return peers
+        table = self._tables.get(network_id)
+        if table is not None and table.key == key:
+            return table
+        fresh = {peer.task_id: (owner, peer)
+                 for owner, peer in build_peers(index.endpoints.get(network_id, {}), nodes)}
+        if table is None:
+            table = self._tables[network_id] = NetworkPeers(key, fresh)
+            return table
+        changed = sorted(task_id for task_id in fresh.keys() | table.peers.keys()
+                         if fresh.get(task_id) != table.peers.get(task_id))
+        table.key, table.peers = key, fresh
+        if changed:
+            table.version += 1
+            table.log.extend((table.version, task_id) for task_id in changed)
+            while len(table.log) > self._log_limit:
+                table.floor = table.log.popleft()[0]
+        return table
 
     def forget(self, network_id: str) -> None:
-        self._memo.pop(network_id, None)
+        self._tables.pop(network_id, None)
+
+
+def _changed_since(table: NetworkPeers, version: int) -> set[str]:
+    changed: set[str] = set()
+    for logged, task_id in reversed(table.log):
+        if logged <= version:
+            break
+        changed.add(task_id)
+    return changed
+
+
+def network_assignment(network: pb.Network, table: NetworkPeers, node_id: str,
+                       since: int | None) -> dpb.NetworkAssignment | None:
+    """What node_id must be sent about the network, having last been sent
+    version `since` of its peers (None: never): the complete set minus its own
+    endpoints, or the changes after `since`; None when nothing changed. The
+    network goes without its store bookkeeping (meta, allocation cursor)."""
+    if since is not None and since >= table.version:
+        return None
+    result = dpb.NetworkAssignment(network=network)
+    result.network.ClearField("meta")
+    result.network.address_cursor = ""
+    if since is None or since < table.floor:
+        result.peers.extend(peer for task_id in sorted(table.peers)
+                            for owner, peer in (table.peers[task_id],) if owner != node_id)
+        return result
+    result.delta = True
+    for task_id in sorted(_changed_since(table, since)):
+        entry = table.peers.get(task_id)
+        if entry is not None and entry[0] != node_id:
+            result.peers.append(entry[1])
+        else:
+            result.removed_peers.append(task_id)
+    return result

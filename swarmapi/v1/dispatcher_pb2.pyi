@@ -147,11 +147,12 @@ class Assignments(_message.Message):
 
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAssignment]:
-        """Overlay networks the node's tasks use. Each entry carries the network's
-        complete peer set: the agent replaces what it has for that network
-        (OverlayManager.set_peers), never merges. In a COMPLETE message, networks
-        not named are to be removed; in an INCREMENTAL one, only changed networks
-        are named, and `removed_networks` lists those the node no longer needs.
+        """Overlay networks the node's tasks use, with their peers (see
+        NetworkAssignment: the first entry of a network in a session carries its
+        complete peer set, later ones what changed). In a COMPLETE message,
+        networks not named are to be removed; in an INCREMENTAL one, only changed
+        networks are named, and `removed_networks` lists those the node no longer
+        needs.
         """
 
     @_builtins.property
@@ -213,29 +214,44 @@ Global___OverlayPeer: _TypeAlias = OverlayPeer  # noqa: Y015
 
 @_typing.final
 class NetworkAssignment(_message.Message):
+    """A network and its peers: endpoints of its tasks on other nodes that are
+    assigned and not yet terminal, on nodes not DOWN. Without `delta`, `peers`
+    is the complete set (sorted by task id) and replaces what the agent has;
+    with it, `peers` were added or changed and `removed_peers` are gone, since
+    the previous assignment of this network in the same session. The agent
+    keeps the resulting set and hands it whole to its data plane
+    (OverlayManager.set_peers, replace semantics). Deltas keep a change on a
+    large network from resending every peer to every node.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NETWORK_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    REMOVED_PEERS_FIELD_NUMBER: _builtins.int
+    delta: _builtins.bool
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
         """id, spec, vni, subnet, gateway"""
 
     @_builtins.property
-    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayPeer]:
-        """Endpoints of this network's tasks on other nodes that are assigned and not
-        yet terminal, on nodes not DOWN. The complete set, sorted by task id.
-        """
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayPeer]: ...
+    @_builtins.property
+    def removed_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """task ids; only in a delta"""
 
     def __init__(
         self,
         *,
         network: _objects_pb2.Network | None = ...,
         peers: _abc.Iterable[Global___OverlayPeer] | None = ...,
+        delta: _builtins.bool = ...,
+        removed_peers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "peers", b"peers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "peers", b"peers", "removed_peers", b"removed_peers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
