@@ -41,13 +41,14 @@ class OverlayManager(Protocol):
 
 class PeerSets:
     """The peer set of each network as the dispatcher described it: complete
-    sets replace, deltas apply on top. One per agent (its worker's state)."""
+    sets replace, deltas apply on top. One per agent (its worker's state).
+    Peers are converted once, when they arrive, not on every message."""
 
     def __init__(self) -> None:
-        self._sets: dict[str, dict[str, dpb.OverlayPeer]] = {}
+        self._sets: dict[str, dict[str, Peer]] = {}
 
-    def apply(self, entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
-        """The network's whole peer set after this entry, sorted by task id."""
+    def apply(self, entry: dpb.NetworkAssignment) -> list[Peer]:
+        """The network's whole peer set after this entry, by task id."""
         network_id = entry.network.id
         if entry.delta:
             current = self._sets.setdefault(network_id, {})
@@ -56,25 +57,32 @@ class PeerSets:
         else:
             current = self._sets[network_id] = {}
         for peer in entry.peers:
-            current[peer.task_id] = peer
+            converted = _convert(peer, network_id)
+            if converted is None:
+                current.pop(peer.task_id, None)
+            else:
+                current[peer.task_id] = converted
         return [current[task_id] for task_id in sorted(current)]
 
     def forget(self, network_id: str) -> None:
         self._sets.pop(network_id, None)
 
 
-def peers_of(peers: Iterable[dpb.OverlayPeer], network_id: str = "") -> list[Peer]:
-    """Peers as the data plane takes them. One that does not parse (a node
+def _convert(peer: dpb.OverlayPeer, network_id: str) -> Peer | None:
+    """A peer as the data plane takes it. One that does not parse (a node
     advertising a hostname, say) is left out, with a warning, rather than
     failing the whole network."""
-    result: list[Peer] = []
-    for peer in peers:
-        try:
-            result.append(Peer.create(str(IPv4Interface(peer.address).ip), peer.vtep, peer.mac))
-        except ValueError as error:
-            log.warning("network %s: ignoring peer %s (task %s on %s): %s", network_id,
-                        peer.address, peer.task_id, peer.vtep, error)
-    return result
+    try:
+        return Peer.create(str(IPv4Interface(peer.address).ip), peer.vtep, peer.mac)
+    except ValueError as error:
+        log.warning("network %s: ignoring peer %s (task %s on %s): %s", network_id,
+                    peer.address, peer.task_id, peer.vtep, error)
+        return None
+
+
+def peers_of(peers: Iterable[dpb.OverlayPeer], network_id: str = "") -> list[Peer]:
+    """Peers as the data plane takes them, the unparseable left out."""
+    return [p for p in (_convert(peer, network_id) for peer in peers) if p is not None]
 
 
 async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
@@ -83,7 +91,7 @@ async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
     for entry in assignments.networks:
         network = OverlayNetwork.from_proto(entry.network)
         await manager.ensure_network(network)
-        await manager.set_peers(network, peers_of(peer_sets.apply(entry), network.network_id))
+        await manager.set_peers(network, peer_sets.apply(entry))
 
 
 def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) -> list[str]:

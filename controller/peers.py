@@ -3,9 +3,9 @@ use, and every endpoint of those networks on other nodes (the peers its
 VXLAN device needs as FDB and neighbour entries).
 
 `OverlayIndex` is kept up to date from task changes by the dispatcher. The
-peer list of a network is built (`build_peers`, pure) from the index and the
-nodes as they are when a message is sent, so a node going DOWN (or changing
-its address) only needs the affected networks marked dirty. `PeerTable`
+peers of a network are derived from the index and the nodes as they are when
+a message is sent, so a node going DOWN (or changing its address) only needs
+the affected networks marked dirty. `PeerTable`
 builds it once per change for all the sessions and logs what changed, and
 `network_assignment` gives each node the complete set the first time and
 only the changes after that (a large network would otherwise cost every node
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from swarmapi.overlay import mac_for_ip
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
+
+_CHANGES_LIMIT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +59,11 @@ class OverlayIndex:
     def __init__(self, tasks: Iterable[pb.Task] = ()) -> None:
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network -> task -> endpoint
         self._node_networks: dict[str, Counter[str]] = {}  # node -> network -> present tasks
-        # Bumped whenever a network's endpoints change: what PeerTable keys on.
-        self.generation: Counter[str] = Counter()
+        # Per network, the tasks whose endpoint changed since PeerTable last
+        # looked (it takes them with take_changes), so that it updates its
+        # tables by what changed instead of rebuilding them per message.
+        self._changes: dict[str, set[str]] = {}
+        self._overflowed: set[str] = set()
         for task in tasks:
             self.apply(None, task)
 
@@ -75,8 +80,25 @@ class OverlayIndex:
                 changed.add(network_id)
                 self.endpoints.setdefault(network_id, {})[endpoint.task_id] = endpoint
                 self._node_networks.setdefault(endpoint.node_id, Counter())[network_id] += 1
-        self.generation.update(changed)
+        task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        for network_id in changed:
+            pending = self._changes.setdefault(network_id, set())
+            pending.add(task_id)
+            if len(pending) > _CHANGES_LIMIT:
+                # Nobody has looked for a long time: "everything changed" is
+                # cheaper to keep than the list.
+                self._changes[network_id] = set()
+                self._overflowed.add(network_id)
         return changed
+
+    def take_changes(self, network_id: str) -> set[str] | None:
+        """The tasks whose endpoint on the network changed since the last call;
+        None when too many did to keep track (treat every endpoint as changed)."""
+        if network_id in self._overflowed:
+            self._overflowed.discard(network_id)
+            self._changes.pop(network_id, None)
+            return None
+        return self._changes.pop(network_id, set())
 
     def _remove(self, network_id: str, endpoint: Endpoint) -> None:
         members = self.endpoints.get(network_id, {})
@@ -96,46 +118,43 @@ class OverlayIndex:
         return set(self._node_networks.get(node_id, ()))
 
 
-Peers = list[tuple[str, dpb.OverlayPeer]]  # (node id, peer), sorted by task id
-
-
-def build_peers(members: Mapping[str, Endpoint], nodes: Mapping[str, pb.Node]) -> Peers:
-    """Every endpoint of a network on a node that exists, is not DOWN and has
-    an address, sorted by task id."""
-    peers: Peers = []
-    for task_id in sorted(members):
-        endpoint = members[task_id]
-        node = nodes.get(endpoint.node_id)
-        if node is None or node.status.state == pb.NodeStatus.DOWN:
-            continue
-        address = vtep(node)
-        if not address:
-            continue  # a node that never said where it is cannot be reached
-        peers.append((endpoint.node_id, dpb.OverlayPeer(
-            task_id=task_id, node_id=endpoint.node_id, address=endpoint.address,
-            mac=mac_for_ip(endpoint.address), vtep=address)))
-    return peers
-
-
 @dataclass
 class NetworkPeers:
     """One network's peer set, versioned, with the log of what changed.
 
-    `version` grows by one per rebuild that changed anything; `log` holds
+    `version` grows by one per refresh that changed anything; `log` holds
     (version, task id) for every change after `floor`. A session that last
     received version v >= floor can be sent the changes after v; one below
     the floor (or new) gets the complete set.
     """
 
-    key: tuple[int, int]  # (index generation, nodes generation) it was built at
+    nodes_generation: int  # of the nodes it was built against
     peers: dict[str, tuple[str, dpb.OverlayPeer]]  # task id -> (node id, peer)
     version: int = 1
     floor: int = 1
     log: deque[tuple[int, str]] = field(default_factory=deque)
 
 
+def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]
+          ) -> tuple[str, dpb.OverlayPeer] | None:
+    """The peer an endpoint is, or None when its node is gone, DOWN or has no
+    address (a node that never said where it is cannot be reached)."""
+    if endpoint is None:
+        return None
+    node = nodes.get(endpoint.node_id)
+    if node is None or node.status.state == pb.NodeStatus.DOWN:
+        return None
+    address = vtep(node)
+    if not address:
+        return None
+    return endpoint.node_id, dpb.OverlayPeer(
+        task_id=endpoint.task_id, node_id=endpoint.node_id, address=endpoint.address,
+        mac=mac_for_ip(endpoint.address), vtep=address)
+
+
 class PeerTable:
-    """Peer sets built once per change and shared by every session, with a
+    """Peer sets shared by every session, updated by what changed (the
+    index's changed tasks; every endpoint when a node changed), with a
     bounded change log so each session is sent only what changed."""
 
     def __init__(self, log_limit: int = 50_000) -> None:
@@ -145,20 +164,34 @@ class PeerTable:
 
     def refresh(self, network_id: str, index: OverlayIndex,
                 nodes: Mapping[str, pb.Node]) -> NetworkPeers:
-        """The network's current table, rebuilt (and its changes logged) when
-        its endpoints or the nodes changed since it was last built."""
-        key = (index.generation[network_id], self.nodes_generation)
+        """The network's current table, brought up to date."""
+        members = index.endpoints.get(network_id, {})
+        taken = index.take_changes(network_id)
         table = self._tables.get(network_id)
-        if table is not None and table.key == key:
-            return table
-        fresh = {peer.task_id: (owner, peer)
-                 for owner, peer in build_peers(index.endpoints.get(network_id, {}), nodes)}
         if table is None:
-            table = self._tables[network_id] = NetworkPeers(key, fresh)
+            peers = {}
+            for task_id, endpoint in members.items():
+                peer = _peer(endpoint, nodes)
+                if peer is not None:
+                    peers[task_id] = peer
+            table = self._tables[network_id] = NetworkPeers(self.nodes_generation, peers)
             return table
-        changed = sorted(task_id for task_id in fresh.keys() | table.peers.keys()
-                         if fresh.get(task_id) != table.peers.get(task_id))
-        table.key, table.peers = key, fresh
+        if taken is None or table.nodes_generation != self.nodes_generation:
+            # A node went down, came back or moved: any endpoint may differ.
+            changed_tasks = set(table.peers.keys() | members.keys())
+            table.nodes_generation = self.nodes_generation
+        else:
+            changed_tasks = taken
+        changed: list[str] = []
+        for task_id in sorted(changed_tasks):
+            peer = _peer(members.get(task_id), nodes)
+            if peer == table.peers.get(task_id):
+                continue
+            if peer is None:
+                del table.peers[task_id]
+            else:
+                table.peers[task_id] = peer
+            changed.append(task_id)
         if changed:
             table.version += 1
             table.log.extend((table.version, task_id) for task_id in changed)

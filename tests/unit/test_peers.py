@@ -181,4 +181,4 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
         full = network_assignment(NET, current, receiver, None)
         assert full is not None
         assert agents[receiver].apply(dpb.NetworkAssignment(network=NET, delta=True)) == \
-            list(full.peers)
+            peers_of(full.peers)
