@@ -7,6 +7,10 @@ for `HEARTBEAT_MISSES` periods is marked DOWN (and the orchestrator replaces
 its tasks). Status reports are coalesced per task (latest wins) and written in
 batched, fenced transactions.
 
+Assignments also carry the overlay networks the node's tasks use, with their
+peers on other nodes (peers.py): the complete set when a network first
+appears in a session, then deltas, coalesced over `network_flush_interval`.
+
 A follower refuses every call with FAILED_PRECONDITION and names the leader in
 the trailing metadata key `swarm-leader-addr`, so agents can follow it.
 """
@@ -44,9 +48,8 @@ _CAS_ATTEMPTS = 10
 class DispatcherSettings:
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD  # unless the cluster object sets one
     status_flush_interval: float = 0.02  # coalescing window for status writes
-    # Coalescing window for peer updates: a network's whole peer set is resent
-    # when it changes, so a burst of task placements must become one message
-    # per node, not one per transaction.
+    # Coalescing window for peer updates: a burst of task placements becomes one
+    # message per node, not one per transaction.
     network_flush_interval: float = 0.1
 
 

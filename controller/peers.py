@@ -5,11 +5,11 @@ VXLAN device needs as FDB and neighbour entries).
 `OverlayIndex` is kept up to date from task changes by the dispatcher. The
 peers of a network are derived from the index and the nodes as they are when
 a message is sent, so a node going DOWN (or changing its address) only needs
-the affected networks marked dirty. `PeerTable`
-builds it once per change for all the sessions and logs what changed, and
-`network_assignment` gives each node the complete set the first time and
-only the changes after that (a large network would otherwise cost every node
-the whole set on every change), never its own endpoints.
+the affected networks marked dirty. `PeerTable` keeps each network's peers,
+shared by all sessions and updated by what changed, with a versioned change
+log; `network_assignment` gives each node the complete set the first time
+and only the changes after that (a large network would otherwise cost every
+node the whole set on every change), never its own endpoints.
 """
 
 from __future__ import annotations
