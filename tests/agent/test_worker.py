@@ -284,7 +284,8 @@ async def test_task_runs_stops_and_is_removed(harness: Harness, busybox_ref: str
         pb.ACCEPTED, pb.PREPARING, pb.READY, pb.STARTING, pb.RUNNING]
     assert status.container.container_id == task.id
     pid = status.container.pid
-    assert pid > 0 and alive(pid)
+    assert pid > 0
+    assert alive(pid)
     assert (await worker.runtime.list())[task.id].pid == pid
 
     started = time.monotonic()
