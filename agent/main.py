@@ -3,7 +3,7 @@ assigned tasks as runc containers (conmon-monitored), reports their status.
 
     swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
         --advertise-addr 10.0.0.5 [--label zone=a]... [--registry-insecure HOST]... \\
-        [--hostname NAME]
+        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME]
 
 Everything the agent keeps lives under --state-dir:
 
@@ -63,6 +63,7 @@ class AgentConfig:
     labels: dict[str, str]
     insecure_registries: tuple[str, ...]
     cgroup_parent: str
+    bind_roots: tuple[Path, ...] = ()
     log_level: str = "INFO"
 
     @property
@@ -128,6 +129,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser.add_argument("--hostname", default="", help="node name (default: the host's)")
     parser.add_argument("--cgroup-parent", default="",
                         help="cgroup parent of the containers (default: derived from --state-dir)")
+    parser.add_argument("--bind-root", action="append", type=Path, default=[], metavar="DIR",
+                        help="host directory whose subtree bind mounts may use (repeatable; "
+                             "default: bind mounts refused, named volumes only)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     args = parser.parse_args(argv)
@@ -145,7 +149,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         controllers=tuple(args.controller), state_dir=state_dir,
         advertise_addr=args.advertise_addr, hostname=args.hostname or socket.gethostname(),
         labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
-        cgroup_parent=cgroup_parent, log_level=args.log_level)
+        cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
+        log_level=args.log_level)
 
 
 def _memory_bytes() -> int:
@@ -180,7 +185,7 @@ def runc_settings(config: AgentConfig) -> RuncSettings:
         # gets its sockets under /run instead (stable: named for the cgroup parent).
         socket_dir = Path("/run/swarm-agent") / config.cgroup_parent
     return RuncSettings(state_dir=config.runtime_dir, cgroup_parent=config.cgroup_parent,
-                        socket_dir=socket_dir)
+                        socket_dir=socket_dir, allowed_bind_roots=config.bind_roots)
 
 
 def _read_node_id(path: Path) -> str:

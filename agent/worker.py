@@ -146,8 +146,8 @@ def may_report(previous: int, new: int) -> bool:
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    # A removed task's container gets this long after its stop signal (the
-    # task's own grace period is not known any more when the task is gone).
+    # A container found at start whose task is not assigned any more gets this
+    # long after SIGTERM (its task's own stop signal and grace are unknown).
     removal_grace: float = DEFAULT_STOP_GRACE
 
 
@@ -252,14 +252,18 @@ class Worker:
         entry = self._entries.pop(task_id, None)
         if entry is None:
             return
-        loop = entry.loop
-        self._start_removal(task_id, loop)
+        self._start_removal(task_id, entry.loop, self._stop_signal(entry),
+                            stop_grace(entry.task.spec.container))
 
-    def _start_removal(self, task_id: str, loop: asyncio.Task[None] | None = None) -> None:
+    def _start_removal(self, task_id: str, loop: asyncio.Task[None] | None = None,
+                       signal: str = "SIGTERM", grace: float | None = None) -> None:
+        """Stop (if it still runs) and remove the container, in the background:
+        apply() must not wait out a grace period."""
         async def remove() -> None:
             if loop is not None:
                 await cancel_all([loop])
-            await self._remove_container(task_id)
+            await self._remove_container(task_id, signal,
+                                         self.settings.removal_grace if grace is None else grace)
 
         async def run() -> None:
             try:
@@ -270,9 +274,9 @@ class Worker:
         # Supervised: a failed removal (runc hiccup) is retried with backoff.
         self._removals[task_id] = start_supervised(f"remove-{task_id}", run)
 
-    async def _remove_container(self, task_id: str) -> None:
+    async def _remove_container(self, task_id: str, signal: str, grace: float) -> None:
         try:
-            await self.runtime.shutdown(task_id, "SIGTERM", self.settings.removal_grace)
+            await self.runtime.shutdown(task_id, signal, grace)
         except ContainerError as error:  # gone already, or unkillable: remove() insists
             log.debug("task %s: stop before removal: %s", task_id, error)
         await self.runtime.remove(task_id)
@@ -446,18 +450,25 @@ class Worker:
             return ProbeResult(False, f"could not run the check: {error}")
         return ProbeResult(code == 0, f"exit {code}")
 
+    @staticmethod
+    def _stop_signal(entry: _Entry) -> str:
+        container = entry.task.spec.container
+        if entry.image is None:  # adopted and never looked up: the image's is unknown
+            return container.stop_signal or "SIGTERM"
+        return stop_signal(container, entry.image.runtime_input().config)
+
     async def _stop(self, entry: _Entry) -> None:
         """Stop signal, the grace period, SIGKILL; records the exit."""
         task = entry.task
-        image_config = entry.image.runtime_input().config if entry.image else None
-        signal = (stop_signal(task.spec.container, image_config) if image_config
-                  else task.spec.container.stop_signal or "SIGTERM")
         try:
-            await self.runtime.shutdown(task.id, signal, stop_grace(task.spec.container))
+            await self.runtime.shutdown(task.id, self._stop_signal(entry),
+                                        stop_grace(task.spec.container))
+            code = await self.runtime.wait(task.id)  # the exit file is there by now
         except NoSuchContainer:
             entry.container = None
             return
-        entry.container = await self._observe(task.id)
+        previous = entry.container or ContainerState(id=task.id, status="stopped")
+        entry.container = replace(previous, status="stopped", pid=0, exit_code=code)
 
     async def _observe(self, task_id: str) -> ContainerState | None:
         return (await self.runtime.list()).get(task_id)
