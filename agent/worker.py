@@ -266,12 +266,12 @@ class Worker:
                                          self.settings.removal_grace if grace is None else grace)
 
         async def run() -> None:
-            try:
-                await remove()
-            finally:
-                self._removals.pop(task_id, None)
+            await remove()
+            # Forgotten only once done: a failed attempt is retried (supervised,
+            # with backoff) and stays visible to close() and wait_removals().
+            if self._removals.get(task_id) is asyncio.current_task():
+                del self._removals[task_id]
 
-        # Supervised: a failed removal (runc hiccup) is retried with backoff.
         self._removals[task_id] = start_supervised(f"remove-{task_id}", run)
 
     async def _remove_container(self, task_id: str, signal: str, grace: float) -> None:
