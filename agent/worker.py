@@ -50,6 +50,7 @@ from .runtime import (
 log = logging.getLogger(__name__)
 
 DEFAULT_STOP_GRACE = 10.0  # docker's and swarm's default stop grace period
+_KILLED = 128 + 9  # the exit code of a process killed by SIGKILL
 
 
 class ImageSource(Protocol):
@@ -351,7 +352,9 @@ class Worker:
                 return
             entry.container = ContainerState(id=task.id, status="running", pid=pid)
             tlog.info("running (pid %d)", pid)
-            self._set(entry, pb.RUNNING, "started")
+            checked = await self._health_plan(entry) is not None
+            self._set(entry, pb.RUNNING, "started",
+                      health=pb.TaskStatus.HEALTH_STARTING if checked else None)
         elif step is Step.MONITOR:
             await self._monitor(entry, tlog)
         elif step is Step.REPORT_EXIT:
@@ -415,8 +418,12 @@ class Worker:
                     entry.container = None
                     return
                 assert entry.container is not None
+                oom = False
+                if code == _KILLED:  # SIGKILL: was it the OOM killer? (conmon noted it)
+                    observed = await self._observe(task.id)
+                    oom = observed is not None and observed.oom_killed
                 entry.container = replace(entry.container, status="stopped", pid=0,
-                                          exit_code=code)
+                                          exit_code=code, oom_killed=oom)
                 return
             assert watching is not None
             tracker = watching.result()

@@ -280,6 +280,7 @@ async def test_task_runs_stops_and_is_removed(harness: Harness, busybox_ref: str
     task = make_task(busybox_ref, "sleep", "1000")
     await worker.apply(complete(task))
     status = await harness.reports.reach(task.id, pb.RUNNING)
+    assert status.health == pb.TaskStatus.NO_HEALTHCHECK
     assert harness.reports.states(task.id) == [
         pb.ACCEPTED, pb.PREPARING, pb.READY, pb.STARTING, pb.RUNNING]
     assert status.container.container_id == task.id
@@ -379,7 +380,7 @@ async def test_failing_health_check_fails_the_task(harness: Harness, busybox_ref
     assert status.err.startswith("unhealthy container: 2 consecutive failed health checks")
     assert not alive(pid)  # stopped, so that the replacement is the only one running
     healths = [s.health for s in harness.reports.by_task[task.id] if s.state == pb.RUNNING]
-    assert healths[-3:] == [STARTING, HEALTHY, UNHEALTHY]
+    assert healths == [STARTING, HEALTHY, UNHEALTHY]  # RUNNING is reported as starting
 
 
 async def test_health_check_from_the_image(harness: Harness, health_ref: str) -> None:
@@ -428,3 +429,13 @@ async def test_restart_adopts_running_containers_and_reads_exits(
     os.kill(pid, signal.SIGKILL)
     exited = await harness.reports.reach(keeps.id, pb.FAILED)
     assert exited.container.exit_code == 128 + signal.SIGKILL
+
+
+async def test_an_oom_kill_fails_the_task_and_says_so(harness: Harness, busybox_ref: str) -> None:
+    worker = await harness.worker()
+    task = make_task(busybox_ref, "sh", "-c", "a=xxxxxxxx; while true; do a=$a$a; done")
+    task.spec.resources.limits.memory_bytes = 16 * 1024 * 1024
+    await worker.apply(complete(task))
+    status = await harness.reports.reach(task.id, pb.COMPLETE)
+    assert (status.state, status.container.exit_code) == (pb.FAILED, 128 + signal.SIGKILL)
+    assert "OOM killer" in status.err
