@@ -162,6 +162,12 @@ async def test_services_run_as_real_containers(cluster: Cluster, busybox_ref: st
         assert containers[task.id] == task.status.container.pid
         assert _alive(task.status.container.pid)
     assert len({t.node_id for t in tasks}) == 2
+    # Two agents on one machine: each sees (and would remove) only its own containers.
+    nodes = {n.description.hostname: n.id
+             for n in (await control.ListNodes(cpb.ListNodesRequest())).nodes}
+    for hostname in ("node-a", "node-b"):
+        own = {t.id for t in tasks if t.node_id == nodes[hostname]}
+        assert set(await cluster.runtime(hostname).list()) == own
 
     # Scale down: the extra containers are stopped and removed.
     await control.ScaleService(cpb.ScaleServiceRequest(ref="web", replicas=1))

@@ -439,3 +439,40 @@ async def test_an_oom_kill_fails_the_task_and_says_so(harness: Harness, busybox_
     status = await harness.reports.reach(task.id, pb.COMPLETE)
     assert (status.state, status.container.exit_code) == (pb.FAILED, 128 + signal.SIGKILL)
     assert "OOM killer" in status.err
+
+
+async def test_a_prepared_container_is_started_after_a_restart(
+        harness: Harness, busybox_ref: str) -> None:
+    first = await harness.worker()
+    task = make_task(busybox_ref, "sleep", "1000", desired=pb.READY)  # prepare, don't start
+    await first.apply(complete(task))
+    ready = await harness.reports.reach(task.id, pb.READY)
+    await asyncio.sleep(0.1)
+    assert harness.reports.last(task.id).state == pb.READY
+    await first.close()
+    assert (await first.runtime.list())[task.id].status == "created"
+
+    second = await harness.worker()
+    await second.apply(complete(with_desired(task, pb.RUNNING, ready)))
+    running = await harness.reports.reach(task.id, pb.RUNNING)
+    assert alive(running.container.pid)
+    # Adopted, not made again: the states after READY only.
+    assert harness.reports.states(task.id)[-2:] == [pb.STARTING, pb.RUNNING]
+    assert harness.reports.states(task.id).count(pb.PREPARING) == 1
+
+
+async def test_a_complete_set_removes_what_it_leaves_out(harness: Harness,
+                                                         busybox_ref: str) -> None:
+    worker = await harness.worker()
+    kept, dropped = (make_task(busybox_ref, "sleep", "1000") for _ in range(2))
+    await worker.apply(complete(kept, dropped))
+    pid = (await harness.reports.reach(dropped.id, pb.RUNNING)).container.pid
+    await harness.reports.reach(kept.id, pb.RUNNING)
+    # A reconnect's complete set without `dropped` (reassigned meanwhile).
+    await worker.apply(complete(kept))
+    await worker.wait_removals()
+    assert not alive(pid)
+    assert isinstance(worker.runtime, RuncRuntime)
+    assert leftovers(worker.runtime, dropped.id) == []
+    assert set(worker.statuses()) == {kept.id}
+    assert harness.reports.last(kept.id).state == pb.RUNNING
