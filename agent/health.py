@@ -130,12 +130,14 @@ Probe = Callable[[], Awaitable[ProbeResult]]
 
 async def watch_health(plan: HealthPlan, probe: Probe, on_change: Callable[[int], None], *,
                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                       clock: Callable[[], float] = time.monotonic) -> HealthTracker:
+                       clock: Callable[[], float] = time.monotonic,
+                       initial: int = STARTING) -> HealthTracker:
     """Probe every interval (the first after one interval, as docker does)
     until the container is unhealthy; returns the tracker, whose reason() says
-    why. on_change gets every change of health state, the initial STARTING
-    included."""
-    tracker = HealthTracker(plan, started_at=clock())
+    why. on_change gets every change of health state, the initial one
+    included. initial HEALTHY (an adopted container known healthy) skips the
+    start period."""
+    tracker = HealthTracker(plan, started_at=clock(), state=initial)
     on_change(tracker.state)
     while True:
         await sleep(plan.interval)

@@ -37,7 +37,15 @@ from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from .health import UNHEALTHY, HealthPlan, ProbeResult, plan_health, watch_health
+from .health import (
+    HEALTHY,
+    STARTING,
+    UNHEALTHY,
+    HealthPlan,
+    ProbeResult,
+    plan_health,
+    watch_health,
+)
 from .images import Image, ImageError
 from .runtime import (
     ContainerError,
@@ -354,7 +362,7 @@ class Worker:
             tlog.info("running (pid %d)", pid)
             checked = await self._health_plan(entry) is not None
             self._set(entry, pb.RUNNING, "started",
-                      health=pb.TaskStatus.HEALTH_STARTING if checked else None)
+                      health=STARTING if checked else None)
         elif step is Step.MONITOR:
             await self._monitor(entry, tlog)
         elif step is Step.REPORT_EXIT:
@@ -400,12 +408,18 @@ class Worker:
     async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task
         plan = await self._health_plan(entry)
+        if entry.status.state < pb.RUNNING:
+            # Adopted running, but the last agent died before it could say so.
+            self._set(entry, pb.RUNNING, "started",
+                      health=STARTING if plan else None)
         waiting = asyncio.create_task(self.runtime.wait(task.id), name=f"wait-{task.id}")
         watching: asyncio.Task[Any] | None = None
         if plan is not None:
+            # An adopted container that was healthy stays so until probes say otherwise.
+            initial = HEALTHY if entry.status.health == HEALTHY else STARTING
             watching = asyncio.create_task(
                 watch_health(plan, lambda: self._probe(task.id, plan),
-                             lambda health: self._set_health(entry, health)),
+                             lambda health: self._set_health(entry, health), initial=initial),
                 name=f"health-{task.id}")
         try:
             await asyncio.wait({waiting, *([watching] if watching else [])},

@@ -39,6 +39,7 @@ from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.agent.conftest import require_root_and_tools
 from tests.agent.test_runtime import _teardown, leftovers
+from tests.etcd_server import free_port
 from tests.registry import PATH_ENV, RegistryServer, build_busybox_image
 from tests.waiting import eventually
 
@@ -476,3 +477,40 @@ async def test_a_complete_set_removes_what_it_leaves_out(harness: Harness,
     assert leftovers(worker.runtime, dropped.id) == []
     assert set(worker.statuses()) == {kept.id}
     assert harness.reports.last(kept.id).state == pb.RUNNING
+
+
+async def test_more_bad_input_is_rejected(harness: Harness, busybox_ref: str,
+                                          registry: RegistryServer) -> None:
+    worker = await harness.worker()
+    low_memory = make_task(busybox_ref, "sleep", "1000")
+    low_memory.spec.resources.limits.memory_bytes = 4 * 1024 * 1024
+    bind = make_task(busybox_ref, "sleep", "1000",
+                     mounts=[pb.Mount(type=pb.Mount.BIND, source="/etc", target="/host")])
+    down = make_task(f"127.0.0.1:{free_port()}/web:1", "sleep", "1000")
+    await worker.apply(complete(low_memory, bind, down))
+    for task, err in ((low_memory, "memory limit 4"),
+                      (bind, 'bind mount source "/etc" is not under an allowed root'),
+                      (down, "registry 127.0.0.1:")):
+        status = await harness.reports.reach(task.id, pb.REJECTED, timeout=60)
+        assert status.state == pb.REJECTED
+        assert status.err.startswith(err), status.err
+        assert isinstance(worker.runtime, RuncRuntime)
+        assert leftovers(worker.runtime, task.id) == []
+    assert "unreachable" in harness.reports.last(down.id).err
+
+
+async def test_adopted_running_container_is_reported_running_if_never_said(
+        harness: Harness, busybox_ref: str) -> None:
+    first = await harness.worker()
+    task = make_task(busybox_ref, "sleep", "1000")
+    await first.apply(complete(task))
+    pid = (await harness.reports.reach(task.id, pb.RUNNING)).container.pid
+    await first.close()
+    # The controller only heard STARTING: the agent died before the RUNNING report.
+    second = await harness.worker()
+    harness.reports.by_task.clear()
+    await second.apply(complete(with_desired(task, pb.RUNNING,
+                                             pb.TaskStatus(state=pb.STARTING))))
+    status = await harness.reports.reach(task.id, pb.RUNNING)
+    assert (status.state, status.container.pid) == (pb.RUNNING, pid)
+    assert harness.reports.states(task.id) == [pb.RUNNING]
