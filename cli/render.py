@@ -206,18 +206,10 @@ def task_error(task: pb.Task) -> str:
     return ""
 
 
-_HEALTH_WORDS = {pb.TaskStatus.HEALTH_STARTING: "health: starting",
-                 pb.TaskStatus.HEALTHY: "healthy", pb.TaskStatus.UNHEALTHY: "unhealthy"}
-
-
 def current_state(task: pb.Task, now: datetime) -> str:
-    """'Running 5 seconds ago', with the health as `docker ps` shows it when
-    the task has a health check: 'Running 5 seconds ago (healthy)'."""
     state = title_word(pb.TaskState.Name(task.status.state))
     when = ago(task.status.timestamp, now)
-    text = f"{state} {when}" if when else state
-    health = _HEALTH_WORDS.get(task.status.health)
-    return f"{text} ({health})" if health else text
+    return f"{state} {when}" if when else state
 
 
 def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: datetime,
