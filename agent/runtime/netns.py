@@ -7,8 +7,14 @@ crashed the child with SIGSEGV (seen here: "child process is dead, status:
 -11" from every container prepare inside `swarm-agent`, never in a plain test
 process). Instead a short-lived thread of our own unshares its network
 namespace (namespaces are per thread), bind-mounts it to /run/netns/NAME,
-sets lo up with an ioctl on a socket made inside it, and ends. `ip netns
-exec` is never used (it breaks runc, see DESIGN.md).
+sets lo up with an ioctl on a socket made inside it, and ends. Code that must
+work inside an existing namespace (netlink through pyroute2's IPRoute() with
+no netns argument, say) runs the same way: `run_in_netns_blocking`. A socket
+keeps the namespace it was made in, whichever thread uses it later.
+
+The async functions run in a worker thread; the `*_blocking` ones are for
+code that already runs in one. `ip netns exec` is never used (it breaks
+runc, see DESIGN.md).
 """
 
 from __future__ import annotations
@@ -23,7 +29,11 @@ import os
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 NETNS_DIR = Path("/run/netns")
 
@@ -76,61 +86,114 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
 
 
-def _in_new_netns(path: Path) -> None:
-    """Run in a thread of its own: unshare, bind to path, lo up, go back."""
-    libc = _libc()
-    tid = threading.get_native_id()
-    original = os.open(f"/proc/self/task/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+def _in_own_thread(name: str, function: Callable[[], T]) -> T:
+    """function() in a new thread, which ends with it: a thread whose network
+    namespace was changed never runs anything else."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
         try:
-            _check(libc.mount(f"/proc/self/task/{tid}/ns/net".encode(), str(path).encode(),
-                              b"none", ctypes.c_ulong(_MS_BIND), None),
-                   f"bind network namespace to {path}")
-            _loopback_up()
+            results.append(function())
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def _thread_netns() -> str:
+    return f"/proc/self/task/{threading.get_native_id()}/ns/net"
+
+
+def _enter_and_run(target: int, function: Callable[[], T]) -> T:
+    libc = _libc()
+    original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.setns(target, _CLONE_NEWNET), "setns")
+        try:
+            return function()
         finally:
-            # The thread ends right after; going back keeps it harmless anyway.
             _check(libc.setns(original, _CLONE_NEWNET), "setns back")
     finally:
         os.close(original)
 
 
-def _create(name: str) -> None:
+def run_in_netns_blocking(name: str, function: Callable[[], T]) -> T:
+    """function() run by a thread inside the named namespace, without a fork."""
+    def enter() -> T:
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _enter_and_run(fd, function)
+        finally:
+            os.close(fd)
+
+    return _in_own_thread(f"in-netns-{name}", enter)
+
+
+def _unshare_into(path: Path) -> None:
+    """In a thread of its own: a new namespace, bound to path, lo up."""
+    libc = _libc()
+    original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        try:
+            _check(libc.mount(_thread_netns().encode(), str(path).encode(), b"none",
+                              ctypes.c_ulong(_MS_BIND), None),
+                   f"bind network namespace to {path}")
+            _loopback_up()
+        finally:
+            _check(libc.setns(original, _CLONE_NEWNET), "setns back")
+    finally:
+        os.close(original)
+
+
+def _new(name: str) -> None:
     path = netns_path(name)
-    if path.exists():  # a leftover of an interrupted prepare
-        _remove(name)
     _share_netns_dir()
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            _in_new_netns(path)
-        except BaseException as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=target, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        _remove(name)
-        raise errors[0]
+    try:
+        _in_own_thread(f"netns-{name}", lambda: _unshare_into(path))
+    except BaseException:
+        remove_netns_blocking(name)
+        raise
 
 
-def _remove(name: str) -> None:
+def ensure_netns_blocking(name: str) -> bool:
+    """Create the namespace unless it exists; True when this call created it
+    (so a caller that fails later knows whether to remove it)."""
+    if netns_path(name).exists():
+        return False
+    _new(name)
+    return True
+
+
+def _create(name: str) -> None:
+    remove_netns_blocking(name)  # a leftover of an interrupted prepare
+    _new(name)
+
+
+def remove_netns_blocking(name: str) -> None:
+    """Remove the namespace's name; the kernel destroys it (and the devices
+    in it) once no process or open handle keeps it alive."""
     path = netns_path(name)
-    result = _libc().umount2(str(path).encode(), _MNT_DETACH)
-    if result != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+    if _libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
         code = ctypes.get_errno()
-        raise OSError(code, f"umount {path}: {os.strerror(code)}")
+        if code not in (errno.EINVAL, errno.ENOENT):  # not mounted, or no such path
+            raise OSError(code, f"umount {path}: {os.strerror(code)}")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 
 
 async def create_netns(name: str) -> Path:
+    """A fresh namespace: a leftover of the same name is replaced."""
     await asyncio.to_thread(_create, name)
     return netns_path(name)
 
 
 async def remove_netns(name: str) -> None:
-    await asyncio.to_thread(_remove, name)
+    await asyncio.to_thread(remove_netns_blocking, name)
