@@ -9,8 +9,7 @@ process). Instead a short-lived thread of our own unshares its network
 namespace (namespaces are per thread), bind-mounts it to /run/netns/NAME,
 sets lo up with an ioctl on a socket made inside it, and ends. Code that must
 work inside an existing namespace (netlink through pyroute2's IPRoute() with
-no netns argument, say) runs the same way: `run_in_netns_blocking`. A socket
-keeps the namespace it was made in, whichever thread uses it later.
+no netns argument, say) runs the same way: `run_in_netns_blocking`.
 
 The async functions run in a worker thread; the `*_blocking` ones are for
 code that already runs in one. `ip netns exec` is never used (it breaks
@@ -123,16 +122,23 @@ def _enter_and_run(target: int, function: Callable[[], T]) -> T:
         os.close(original)
 
 
-def run_in_netns_blocking(name: str, function: Callable[[], T]) -> T:
-    """function() run by a thread inside the named namespace, without a fork."""
+def run_in_netns_blocking(namespace: str, function: Callable[[], T]) -> T:
+    """function() run by a thread inside the namespace (a name under
+    /run/netns, or a path), without a fork.
+
+    Do ALL of a pyroute2 session inside function: IPRoute opens its netlink
+    socket lazily and per thread, so an IPRoute made here and used outside
+    talks to the caller's namespace (seen with pyroute2 0.9)."""
+    path = namespace if namespace.startswith("/") else str(netns_path(namespace))
+
     def enter() -> T:
-        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             return _enter_and_run(fd, function)
         finally:
             os.close(fd)
 
-    return _in_own_thread(f"in-netns-{name}", enter)
+    return _in_own_thread(f"in-netns-{os.path.basename(path)}", enter)
 
 
 def _unshare_into(path: Path) -> None:

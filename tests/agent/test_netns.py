@@ -49,6 +49,7 @@ async def test_create_enter_and_remove(name: str) -> None:
     assert netns.run_in_netns_blocking(name, _loopback_flags) & 1  # IFF_UP
     # pyroute2 without its netns= argument (which forks) works inside, on lo only.
     assert netns.run_in_netns_blocking(name, _links) == ["lo"]
+    assert netns.run_in_netns_blocking(str(path), _links) == ["lo"]  # by path too
     assert os.stat("/proc/thread-self/ns/net").st_ino == ours  # this thread never moved
 
     await netns.create_netns(name)  # a leftover is replaced by a fresh namespace
