@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
@@ -31,13 +31,22 @@ def _status(state: int, message: str) -> pb.TaskStatus:
     return status
 
 
-class FakeWorker:
-    """Pretends to run tasks: assigned -> RUNNING, desired shutdown -> SHUTDOWN."""
+def _has_healthcheck(task: pb.Task) -> bool:
+    test = list(task.spec.container.healthcheck.test)
+    return bool(test) and test != ["NONE"]
 
-    def __init__(self) -> None:
+
+class FakeWorker:
+    """Pretends to run tasks: assigned -> RUNNING (HEALTHY when the task has a health
+    check), desired shutdown -> SHUTDOWN. A task whose image is in `reject_images` is
+    REJECTED instead, as a real agent rejects an image it cannot pull: this is how tests
+    drive the restart supervisor and the CLI's convergence failures."""
+
+    def __init__(self, reject_images: Collection[str] = ()) -> None:
         self.session: AgentSession | None = None
         self.tasks: dict[str, pb.TaskStatus] = {}
         self.stopped = False  # a stopped fake node ignores everything (for failure tests)
+        self.reject_images = frozenset(reject_images)
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
@@ -51,8 +60,15 @@ class FakeWorker:
         for task in assignments.tasks:
             current = self.tasks.get(task.id)
             if task.desired_state <= pb.RUNNING:
-                if current is None:
-                    self._set(task.id, _status(pb.RUNNING, "started (simulated)"))
+                if current is None and task.spec.container.image in self.reject_images:
+                    status = _status(pb.REJECTED, "rejected (simulated)")
+                    status.err = f"image {task.spec.container.image} not found (simulated)"
+                    self._set(task.id, status)
+                elif current is None:
+                    status = _status(pb.RUNNING, "started (simulated)")
+                    if _has_healthcheck(task):
+                        status.health = pb.TaskStatus.HEALTHY
+                    self._set(task.id, status)
             elif current is None or current.state < pb.COMPLETE:
                 self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
 
@@ -68,8 +84,8 @@ class FakeWorker:
 class SimulatedNode:
     def __init__(self, index: int, controllers: Sequence[str], channels: ChannelFactory,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
-                 hostname_prefix: str = "sim") -> None:
-        self.worker = FakeWorker()
+                 hostname_prefix: str = "sim", reject_images: Collection[str] = ()) -> None:
+        self.worker = FakeWorker(reject_images)
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
             addresses=[f"127.0.0.{1 + index % 250}"],
@@ -98,10 +114,10 @@ class SimulatedCluster:
 
     def __init__(self, controllers: Sequence[str], count: int,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
-                 hostname_prefix: str = "sim") -> None:
+                 hostname_prefix: str = "sim", reject_images: Collection[str] = ()) -> None:
         self._channels = insecure_channels()
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
-                                    hostname_prefix) for i in range(count)]
+                                    hostname_prefix, reject_images) for i in range(count)]
 
     def start(self) -> None:
         for node in self.nodes:

@@ -1,7 +1,9 @@
 """The errors swarmctl reports: always one line on stderr, never a traceback.
 
 Exit codes: 0 success, 1 the controller refused or failed (or could not be
-reached), 2 bad input caught before anything was sent.
+reached), 2 bad input caught before anything was sent, 3 the change was
+accepted but the service did not converge (see cli/progress.py), 130 Ctrl-C
+while waiting for it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typer.core import TyperGroup
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_NOT_CONVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def one_line(text: str) -> str:
@@ -47,6 +51,20 @@ class BadFlag(BadInput):
         self.flag = flag
         self.reason = message
         super().__init__(f"{flag}: {message}")
+
+
+class NotConverged(CliError):
+    """The controller took the change, but the tasks did not all come to run (they
+    failed, the update paused or rolled back, or the wait timed out); exit status 3,
+    distinct from 1 so that a script can tell "refused" from "accepted, not healthy"."""
+
+    exit_code = EXIT_NOT_CONVERGED
+
+
+class Interrupted(CliError):
+    """Ctrl-C while waiting for convergence: the change stands and goes on without us."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class ReportingGroup(TyperGroup):

@@ -11,9 +11,12 @@ from .errors import ReportingGroup
 
 EPILOG = """\b
 Exit status:
-  0  success
+  0  success (for create, update and scale: the tasks run, unless -d was given)
   1  the controller refused the request, failed, or could not be reached
   2  bad usage or input (found before anything was sent)
+  3  the change was made but the service did not converge: its tasks failed,
+     its update paused or rolled back, or --timeout passed (see service ps)
+  130  interrupted (Ctrl-C) while waiting; the change goes on regardless
 
 \b
 Environment:
@@ -24,6 +27,7 @@ Examples:
   swarmctl node ls
   swarmctl service create web --image nginx:alpine --replicas 3 --publish 8080:80
   swarmctl service ps web
+  swarmctl service update -d web --image nginx:1.27
   swarmctl --controller 10.0.0.1:2377 service scale web=5"""
 
 app = typer.Typer(
@@ -49,7 +53,9 @@ def root(
         "--controller", "-c", envvar=client.CONTROLLER_ENV, metavar="HOST:PORT",
         help="Controller to talk to.")] = client.DEFAULT_CONTROLLER,
     timeout: Annotated[float, typer.Option(
-        metavar="SECONDS", min=0.1, help="Deadline of each request.")] = client.DEFAULT_TIMEOUT,
+        "--request-timeout", metavar="SECONDS", min=0.1,
+        help="Deadline of each request (the wait of create, update and scale is their "
+             "--timeout).")] = client.DEFAULT_TIMEOUT,
 ) -> None:
     """Control a swarm: services, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=controller, timeout=timeout))

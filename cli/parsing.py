@@ -27,6 +27,10 @@ _SCALE_RE = re.compile(r"^([^=\s]+)=(.*)$")
 _PROTOCOLS = {"tcp": pb.PortConfig.TCP, "udp": pb.PortConfig.UDP, "sctp": pb.PortConfig.SCTP}
 _PUBLISH_MODES = {"ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
 _MOUNT_TYPES = {"volume": pb.Mount.VOLUME, "bind": pb.Mount.BIND, "tmpfs": pb.Mount.TMPFS}
+# The controller's rule for a volume name (controller/api/validation.py), checked here too
+# so that a bad one is refused before anything is sent; tests/unit/test_cli.py keeps the
+# two in step.
+VOLUME_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*")
 _TRUE = {"", "1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
 
@@ -221,6 +225,13 @@ def mount(flag: str, text: str) -> pb.Mount:
     if not result.target.startswith("/"):
         raise BadFlag(flag, f"invalid {text!r}: the target {result.target!r} must be an "
                       "absolute path")
+    if (result.type == pb.Mount.VOLUME and result.source
+            and not VOLUME_NAME_RE.fullmatch(result.source)):
+        # No source at all is fine: an anonymous volume, made and removed with each
+        # container, as `docker service create --mount type=volume,target=/x` does.
+        raise BadFlag(flag, f"invalid {text!r}: a volume name is letters, digits, '_', '.' "
+                      "or '-', starting with a letter or digit; leave source out for an "
+                      "anonymous volume")
     if result.type == pb.Mount.BIND and not result.source.startswith("/"):
         raise BadFlag(flag, f"invalid {text!r}: a bind mount needs an absolute source=PATH")
     if result.type == pb.Mount.TMPFS and result.source:

@@ -206,6 +206,18 @@ def task_error(task: pb.Task) -> str:
     return ""
 
 
+_HEALTH_WORDS = {
+    pb.TaskStatus.HEALTH_STARTING: "starting",
+    pb.TaskStatus.HEALTHY: "healthy",
+    pb.TaskStatus.UNHEALTHY: "unhealthy",
+}
+
+
+def task_health(task: pb.Task) -> str:
+    """'healthy', 'unhealthy', 'starting', or '' for a task without a health check."""
+    return _HEALTH_WORDS.get(task.status.health, "")
+
+
 def current_state(task: pb.Task, now: datetime) -> str:
     state = title_word(pb.TaskState.Name(task.status.state))
     when = ago(task.status.timestamp, now)
@@ -235,10 +247,11 @@ def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: dat
             node,
             title_word(pb.TaskState.Name(task.desired_state)),
             current_state(task, now),
+            task_health(task),
             task_error(task),
         ])
-    return table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
-                 rows)
+    return table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH",
+                  "ERROR"], rows)
 
 
 # ---------------------------------------------------------------- nodes and networks
@@ -384,7 +397,8 @@ def service_details(service: pb.Service) -> str:
         lines.append((0, "Mounts", None))
         for item in container.mounts:
             kind = enum_word(pb.Mount.Type.Name(item.type))
-            source = f" {item.source}" if item.source else ""
+            source = f" {item.source}" if item.source else (
+                " (anonymous)" if item.type == pb.Mount.VOLUME else "")
             read_only = ", read-only" if item.read_only else ""
             lines.append((1, item.target, f"{kind}{source}{read_only}"))
     resources = _resources_lines("Limits", task.resources.limits, 1) + _resources_lines(

@@ -7,6 +7,7 @@ bad value is a one-line error naming the flag (exit 2) without a controller.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
@@ -16,10 +17,17 @@ import typer
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, parsing, render
+from . import client, parsing, progress, render
 from .client import fail_if, for_each
-from .errors import BadFlag, BadInput, ReportingGroup
-from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
+from .errors import BadFlag, BadInput, NotConverged, ReportingGroup
+from .options import (
+    DetachOpt,
+    InspectOutputOpt,
+    OutputOpt,
+    QuietOpt,
+    WaitTimeoutOpt,
+    examples,
+)
 
 app = typer.Typer(help="Manage services.", no_args_is_help=True, rich_markup_mode=None,
                   cls=ReportingGroup)
@@ -429,6 +437,8 @@ def _list(values: list[str] | None) -> list[str]:
     "swarmctl service create worker --image busybox --limit-memory 64M -- sleep 3600",
     "swarmctl service create agent --image busybox --mode global --constraint "
     "node.labels.zone==east top",
+    "swarmctl service create --timeout 5m big --image busybox --replicas 50",
+    "swarmctl service create -d cache --image redis:7",
 ))
 def create(
     ctx: typer.Context,
@@ -532,11 +542,10 @@ def create(
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
     entrypoint: Annotated[str | None, typer.Option(
         metavar="CMD", help="Replace the image's entrypoint.")] = None,
-    detach: Annotated[bool, typer.Option(
-        "--detach", "-d", help="Accepted for docker compatibility; swarmctl never waits.")
-                      ] = False,
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
-    """Create a service; prints its ID."""
+    """Create a service; prints its ID, then waits until its tasks run (unless -d)."""
     spec = service_spec_from_options(ServiceOptions(
         name=name, image=image, args=_list(command), replicas=replicas, mode=mode,
         env=_list(env), labels=_list(label), container_labels=_list(container_label),
@@ -559,9 +568,31 @@ def create(
         health_retries=health_retries, health_start_period=health_start_period,
         no_healthcheck=no_healthcheck, mounts=_list(mount), entrypoint=entrypoint,
     ))
+    timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
         response = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=spec))
-    typer.echo(response.service.id)
+        # The ID first, so that a script has it even when the wait then fails.
+        typer.echo(response.service.id)
+        if not detach:
+            _wait(ctl, [progress.baseline_of(response.service)], timeout)
+
+
+def _wait(ctl: client.Controller, baselines: list[progress.Baseline], timeout: float) -> None:
+    # sys.stderr is looked up now, not at import: test runners swap it per invocation.
+    progress.wait_until_converged(ctl, baselines, timeout=timeout, stream=sys.stderr)
+
+
+def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
+              with_tasks: bool = True) -> progress.Baseline:
+    """The service and (when we are going to wait) the tasks it has before a change, so
+    that only what follows the change is judged (see progress.Baseline)."""
+    service = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
+    tasks: list[pb.Task] = []
+    if with_tasks:
+        request = cpb.ListTasksRequest()
+        request.filters.service_ids.append(service.id)
+        tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
+    return progress.baseline_of(service, tasks, rollback=rollback)
 
 
 _SERVICE_FILTERS = ("name", "id", "label")
@@ -670,23 +701,38 @@ def ps(
 
 
 @app.command("scale", epilog=examples("swarmctl service scale web=5",
-                                       "swarmctl service scale web=3 worker=0"))
+                                       "swarmctl service scale web=3 worker=0",
+                                       "swarmctl service scale -d web=10"))
 def scale(
     ctx: typer.Context,
     pairs: Annotated[list[str], typer.Argument(metavar="SERVICE=REPLICAS")],
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
-    """Set the number of tasks of replicated services."""
+    """Set the number of tasks of replicated services, then wait for them (unless -d)."""
     wanted = [parsing.scale_argument(pair) for pair in pairs]
     replicas = dict(wanted)
+    timeout = progress.wait_timeout(wait_for)
 
     with client.open_controller(ctx) as ctl:
 
-        def scale_one(ref: str) -> None:
+        def scale_one(ref: str) -> progress.Baseline:
+            baseline = _baseline(ctl, ref, with_tasks=not detach)
             ctl.call(ctl.stub.ScaleService,
-                     cpb.ScaleServiceRequest(ref=ref, replicas=replicas[ref]))
+                     cpb.ScaleServiceRequest(ref=baseline.service_id, replicas=replicas[ref]))
             typer.echo(f"{ref} scaled to {replicas[ref]}")
+            return baseline
 
-        _, failed = for_each(list(replicas), scale_one)
+        scaled, failed = for_each(list(replicas), scale_one)
+        if scaled and not detach:
+            try:
+                _wait(ctl, scaled, timeout)
+            except NotConverged as error:
+                # Some refs were refused as well: show this line too, then exit 1 for
+                # the refusals (the more basic failure) below.
+                if not failed:
+                    raise
+                error.show()
     fail_if(failed)
 
 
@@ -695,6 +741,7 @@ def scale(
     "swarmctl service update web --env-add MODE=prod --limit-memory 256M",
     "swarmctl service update web --force",
     "swarmctl service update web --rollback",
+    "swarmctl service update -d web --replicas 10",
 ))
 def update(
     ctx: typer.Context,
@@ -773,11 +820,11 @@ def update(
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
                         ] = False,
-    detach: Annotated[bool, typer.Option(
-        "--detach", "-d", help="Accepted for docker compatibility; swarmctl never waits.")
-                      ] = False,
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
-    """Change a service: read it, apply the flags, write it back (retrying on conflict)."""
+    """Change a service: read it, apply the flags, write it back (retrying on conflict),
+    then wait until its tasks run the new spec (unless -d)."""
     options = ServiceUpdateOptions(
         image=image, replicas=replicas, args=args,
         env_add=_list(env_add), env_rm=_list(env_rm),
@@ -808,9 +855,13 @@ def update(
         force=force, rollback=rollback,
     )
     check_update_options(options)
+    timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
-        updated = update_service(ctl, service, options)
-    typer.echo(updated.spec.name)
+        baseline = _baseline(ctl, service, rollback=rollback, with_tasks=not detach)
+        updated = update_service(ctl, baseline.service_id, options)
+        typer.echo(updated.spec.name)
+        if not detach:
+            _wait(ctl, [baseline], timeout)
 
 
 def update_service(ctl: client.Controller, ref: str,

@@ -43,9 +43,9 @@ for _ in $(seq 100); do
 done
 set -x
 swarmctl node ls
-swarmctl service create --name web --replicas 3 busybox:latest httpd -f -p 80 >/dev/null 2>&1 \
-  || swarmctl service create web --image busybox:latest --replicas 3 -- httpd -f -p 80
+swarmctl service create web --image busybox:latest --replicas 3 -- httpd -f -p 80
 swarmctl service scale web=5
 sleep 2
 swarmctl service ps web
 swarmctl service ls
+set +x

@@ -279,11 +279,14 @@ def _check_mounts(container: pb.ContainerSpec, path: str) -> None:
             raise ValidationError(f"{where}.target", f"{_show(target)} is already mounted by "
                                   f"mounts[{targets[target]}]")
         targets[target] = index
-        if mount.type == pb.Mount.VOLUME and not _VOLUME_NAME_RE.fullmatch(mount.source):
-            got = f"got {_show(mount.source)}" if mount.source else "got none"
-            raise ValidationError(f"{where}.source", f"a volume mount needs a volume name of "
-                                  f"letters, digits, '_', '.' or '-', starting with a letter or "
-                                  f"digit ({got})")
+        # No source is an anonymous volume, as in docker (`--mount type=volume,target=/x`):
+        # the agent makes it per container and deletes it with the container.
+        if (mount.type == pb.Mount.VOLUME and mount.source
+                and not _VOLUME_NAME_RE.fullmatch(mount.source)):
+            raise ValidationError(f"{where}.source", f"a volume name is letters, digits, '_', "
+                                  f"'.' or '-', starting with a letter or digit (got "
+                                  f"{_show(mount.source)}); leave it out for an anonymous "
+                                  f"volume")
         if mount.type == pb.Mount.BIND and not mount.source.startswith("/"):
             raise ValidationError(f"{where}.source", f"a bind mount needs an absolute source "
                                   f"path (got {_show(mount.source)})")

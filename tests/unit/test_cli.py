@@ -1,23 +1,20 @@
 """swarmctl without a controller: the pure spec builders, argument parsing, the
-rendering of tables, JSON and YAML, and the command flows against a fake stub."""
+rendering of tables, JSON and YAML, convergence judging, and help. The commands
+themselves run against a live controller in tests/integration/test_cli.py."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-import grpc
 import pytest
 import yaml
 from google.protobuf.duration_pb2 import Duration
-from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
 
-from cli import client, parsing, render
+from cli import client, parsing, progress, render
 from cli.errors import BadFlag, BadInput
 from cli.main import app
 from cli.network import network_spec_from_options
@@ -29,8 +26,7 @@ from cli.service import (
     service_spec_from_options,
     updated_service_spec,
 )
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
+from controller.api import validation
 from swarmapi.v1 import objects_pb2 as pb
 
 SECOND = 1_000_000_000
@@ -244,6 +240,28 @@ def test_create_bad_value_is_one_line_naming_the_flag(flag: str, value: str, why
     assert_one_line_error(result, f"swarmctl: {flag}: ", why)
 
 
+def test_anonymous_volume_and_the_volume_name_rule_match_the_controller() -> None:
+    anonymous = parsing.mount("--mount", "type=volume,target=/cache")
+    assert (anonymous.type, anonymous.source, anonymous.target) == (pb.Mount.VOLUME, "",
+                                                                   "/cache")
+    # The CLI refuses exactly the names the controller refuses.
+    assert parsing.VOLUME_NAME_RE.pattern == validation._VOLUME_NAME_RE.pattern
+    for name in ("data", "d.v1", "0-x", "a_b"):
+        parsing.mount("--mount", f"source={name},target=/d")
+        validation.normalize_service_spec(_with_mount(name), {})
+    for name in ("/srv", "-x", ".hidden", "a b"):
+        with pytest.raises(BadFlag, match="a volume name is"):
+            parsing.mount("--mount", f"source={name},target=/d")
+        with pytest.raises(validation.ValidationError, match="a volume name is"):
+            validation.normalize_service_spec(_with_mount(name), {})
+
+
+def _with_mount(source: str) -> pb.ServiceSpec:
+    spec = service_spec_from_options(ServiceOptions(name="web", image="busybox"))
+    spec.task.container.mounts.add(type=pb.Mount.VOLUME, source=source, target="/d")
+    return spec
+
+
 @pytest.mark.usefixtures("no_controller")
 def test_create_without_image_is_a_usage_error() -> None:
     assert_one_line_error(invoke("service", "create", "web"), "--image")
@@ -445,7 +463,7 @@ def test_tasks_table_shows_node_state_and_pending_reason() -> None:
     text = render.tasks_table(tasks, {"n" * 25: "node-1"}, NOW)
     lines = text.splitlines()
     assert lines[0].split() == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT",
-                                "STATE", "ERROR"]
+                                "STATE", "HEALTH", "ERROR"]
     assert "web.1" in lines[1]
     assert "node-1" in lines[1]
     assert "Running 2 minutes ago" in lines[1]
@@ -530,223 +548,7 @@ def test_service_details_are_human_readable() -> None:
     assert "1GiB" in node_text
 
 
-# ---------------------------------------------------------------- commands, against a fake stub
-
-
-class FakeRpcError(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-class FakeStub:
-    """Answers each method from `handlers`; records (method, request)."""
-
-    def __init__(self, **handlers: Callable[[Any], Message]) -> None:
-        self.handlers = handlers
-        self.calls: list[tuple[str, Any]] = []
-
-    def __getattr__(self, method: str) -> Callable[..., Message]:
-        def call(request: Any, timeout: float | None = None) -> Message:
-            assert timeout, "every RPC has a deadline"
-            self.calls.append((method, request))
-            if method not in self.handlers:
-                raise AssertionError(f"unexpected call {method}")
-            return self.handlers[method](request)
-        return call
-
-    def requests(self, method: str) -> list[Any]:
-        return [request for name, request in self.calls if name == method]
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeStub]:
-    def install(**handlers: Callable[[Any], Message]) -> FakeStub:
-        stub = FakeStub(**handlers)
-
-        def connect(target: str, *, timeout: float = client.DEFAULT_TIMEOUT) -> client.Controller:
-            return client.Controller(target=target, stub=cast(cgrpc.ControlStub, stub),
-                                     timeout=timeout)
-
-        monkeypatch.setattr(client, "connect", connect)
-        return stub
-
-    return install
-
-
-def fail(code: grpc.StatusCode, details: str) -> Callable[[Any], Message]:
-    def handler(request: Any) -> Message:
-        raise FakeRpcError(code, details)
-    return handler
-
-
-def test_create_sends_the_spec_and_prints_the_id(fake: Callable[..., FakeStub]) -> None:
-    stub = fake(CreateService=lambda r: cpb.ServiceResponse(service=pb.Service(id="abc",
-                                                                               spec=r.spec)))
-    result = invoke("service", "create", "web", "--image", "busybox", "--replicas", "2",
-                    "--limit-memory", "64M", "--", "sleep", "-n", "100")
-    assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "abc"
-    (request,) = stub.requests("CreateService")
-    assert request.spec.replicated.replicas == 2
-    assert list(request.spec.task.container.args) == ["sleep", "-n", "100"]
-    assert request.spec.task.resources.limits.memory_bytes == 64 * 1024**2
-    # A command without dashes needs no `--`, and options may follow it.
-    result = invoke("service", "create", "w2", "sleep", "100", "--image", "busybox",
-                    "-p", "published=8080,target=80,mode=host")
-    assert result.exit_code == 0, result.output
-    request = stub.requests("CreateService")[-1]
-    assert list(request.spec.task.container.args) == ["sleep", "100"]
-    assert request.spec.endpoint.ports[0].publish_mode == pb.PortConfig.HOST
-
-
-def test_server_errors_are_one_line_exit_1(fake: Callable[..., FakeStub]) -> None:
-    fake(CreateService=fail(grpc.StatusCode.INVALID_ARGUMENT,
-                            "spec.task.container.image: must not be empty\n(second line)"))
-    result = invoke("service", "create", "web", "--image", "x")
-    assert_one_line_error(result, "swarmctl: spec.task.container.image: must not be empty "
-                                  "(second line)", exit_code=1)
-
-
-def test_unreachable_controller_names_it(fake: Callable[..., FakeStub]) -> None:
-    fake(ListServices=fail(grpc.StatusCode.UNAVAILABLE, "connection refused"))
-    result = invoke("--controller", "10.9.9.9:2377", "service", "ls")
-    assert_one_line_error(result, "swarmctl: cannot reach controller at 10.9.9.9:2377: "
-                                  "connection refused", exit_code=1)
-
-
-def test_controller_from_environment(fake: Callable[..., FakeStub]) -> None:
-    fake(ListNodes=fail(grpc.StatusCode.UNAVAILABLE, "down"))
-    result = CliRunner().invoke(app, ["node", "ls"], env={"SWARMCTL_CONTROLLER": "h:1"})
-    assert_one_line_error(result, "cannot reach controller at h:1", exit_code=1)
-
-
-def test_update_retries_after_a_version_conflict(fake: Callable[..., FakeStub]) -> None:
-    versions = iter([3, 4])
-    attempts: list[int] = []
-
-    def get(request: Any) -> Message:
-        return cpb.ServiceResponse(service=pb.Service(
-            id="sid", spec=current_spec(), meta=pb.Meta(version=next(versions))))
-
-    def update(request: Any) -> Message:
-        attempts.append(request.version)
-        if len(attempts) == 1:
-            raise FakeRpcError(grpc.StatusCode.ABORTED, "changed since it was read")
-        return cpb.ServiceResponse(service=pb.Service(id="sid", spec=request.spec))
-
-    stub = fake(GetService=get, UpdateService=update)
-    result = invoke("service", "update", "web", "--env-add", "Z=9", "--force")
-    assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "web"
-    assert attempts == [3, 4]
-    final = stub.requests("UpdateService")[-1]
-    assert final.service_id == "sid"
-    assert "Z=9" in final.spec.task.container.env
-    assert final.spec.task.force_update == 1
-
-
-def test_update_gives_up_after_three_retries(fake: Callable[..., FakeStub]) -> None:
-    stub = fake(GetService=lambda r: cpb.ServiceResponse(service=pb.Service(
-                    id="sid", spec=current_spec(), meta=pb.Meta(version=1))),
-                UpdateService=fail(grpc.StatusCode.ABORTED, "changed since it was read"))
-    result = invoke("service", "update", "web", "--image", "x")
-    assert_one_line_error(result, "changed since it was read", exit_code=1)
-    assert len(stub.requests("UpdateService")) == 4
-
-
-def test_update_rollback_sends_the_flag(fake: Callable[..., FakeStub]) -> None:
-    stub = fake(GetService=lambda r: cpb.ServiceResponse(service=pb.Service(
-                    id="sid", spec=current_spec(), meta=pb.Meta(version=5))),
-                UpdateService=lambda r: cpb.ServiceResponse(service=pb.Service(
-                    id="sid", spec=current_spec())))
-    assert invoke("service", "update", "web", "--rollback").exit_code == 0
-    (request,) = stub.requests("UpdateService")
-    assert request.rollback
-    assert request.version == 5
-    assert not request.HasField("spec")
-
-
-def test_scale_each_pair_and_report_failures(fake: Callable[..., FakeStub]) -> None:
-    def scale(request: Any) -> Message:
-        if request.ref == "ghost":
-            raise FakeRpcError(grpc.StatusCode.NOT_FOUND, "service 'ghost' not found")
-        return cpb.ServiceResponse()
-
-    stub = fake(ScaleService=scale)
-    result = invoke("service", "scale", "web=3", "ghost=1", "db=0")
-    assert result.exit_code == 1
-    assert result.stdout.splitlines() == ["web scaled to 3", "db scaled to 0"]
-    assert result.stderr.strip() == "swarmctl: service 'ghost' not found"
-    assert [(r.ref, r.replicas) for r in stub.requests("ScaleService")] == [
-        ("web", 3), ("ghost", 1), ("db", 0)]
-
-
-def test_ps_resolves_services_and_shows_hostnames(fake: Callable[..., FakeStub]) -> None:
-    service = sample_service()
-    stub = fake(
-        GetService=lambda r: cpb.ServiceResponse(service=service),
-        ListTasks=lambda r: cpb.ListTasksResponse(tasks=[
-            sample_task(1, pb.RUNNING, node="n" * 25),
-            sample_task(2, pb.PENDING, message="no suitable node (1 node drained)")]),
-        ListNodes=lambda r: cpb.ListNodesResponse(nodes=[
-            pb.Node(id="n" * 25, description=pb.NodeDescription(hostname="node-1"))]),
-    )
-    result = invoke("service", "ps", "web", "--filter", "desired-state=running")
-    assert result.exit_code == 0, result.output
-    assert "node-1" in result.stdout
-    assert "no suitable node (1 node drained)" in result.stdout
-    (request,) = stub.requests("ListTasks")
-    assert list(request.filters.service_ids) == [service.id]
-    assert list(request.filters.desired_states) == [pb.RUNNING]
-    assert stub.requests("GetService")[0].ref == "web"
-
-
-def test_listing_json_and_yaml(fake: Callable[..., FakeStub]) -> None:
-    node = pb.Node(id="n1", description=pb.NodeDescription(hostname="h1"))
-    fake(ListNodes=lambda r: cpb.ListNodesResponse(nodes=[node]))
-    as_json = json.loads(invoke("node", "ls", "-o", "json").stdout)
-    assert as_json == [{"id": "n1", "description": {"hostname": "h1"}}]
-    assert yaml.safe_load(invoke("node", "ls", "--output", "yaml").stdout) == as_json
-    assert invoke("node", "ls", "-q").stdout.split() == ["n1"]
-
-
-def test_inspect_reports_missing_refs_and_exits_1(fake: Callable[..., FakeStub]) -> None:
-    def get(request: Any) -> Message:
-        if request.ref == "front":
-            return cpb.NetworkResponse(network=pb.Network(id="w1", spec=pb.NetworkSpec(
-                name="front")))
-        raise FakeRpcError(grpc.StatusCode.NOT_FOUND, f"network {request.ref!r} not found")
-
-    fake(GetNetwork=get)
-    result = invoke("network", "inspect", "front", "ghost")
-    assert result.exit_code == 1
-    assert [n["id"] for n in json.loads(result.stdout)] == ["w1"]
-    assert result.stderr.strip() == "swarmctl: network 'ghost' not found"
-
-
-def test_node_rm_and_update(fake: Callable[..., FakeStub]) -> None:
-    stub = fake(
-        RemoveNode=lambda r: cpb.RemoveResponse(id="n1"),
-        GetNode=lambda r: cpb.NodeResponse(node=pb.Node(id="n1", meta=pb.Meta(version=9))),
-        UpdateNode=lambda r: cpb.NodeResponse(node=pb.Node(id="n1")),
-    )
-    assert invoke("node", "rm", "--force", "h1").stdout.strip() == "h1"
-    assert stub.requests("RemoveNode")[0].force
-    assert invoke("node", "update", "--availability", "drain", "h1").exit_code == 0
-    (request,) = stub.requests("UpdateNode")
-    assert (request.node_id, request.version, request.spec.availability) == (
-        "n1", 9, pb.NodeSpec.DRAIN)
-
-
-# ---------------------------------------------------------------- help and a real channel
+# ---------------------------------------------------------------- help
 
 
 @pytest.mark.parametrize("command", [
@@ -765,29 +567,161 @@ def test_root_help_documents_exit_codes() -> None:
     text = invoke("--help").stdout
     assert "Exit status:" in text
     assert "SWARMCTL_CONTROLLER" in text
-    for line in ("0  success", "1  the controller", "2  bad usage"):
+    for line in ("0  success", "1  the controller", "2  bad usage", "3  the change was made"):
         assert line in text
 
 
-def _not_found(request: cpb.GetRequest, context: grpc.ServicerContext) -> cpb.ServiceResponse:
-    context.abort(grpc.StatusCode.NOT_FOUND, f"service {request.ref!r} not found")
-    raise AssertionError("unreachable")
+# ---------------------------------------------------------------- convergence, judged
 
 
-def test_real_channel_errors_become_one_line() -> None:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    handler = grpc.unary_unary_rpc_method_handler(
-        _not_found, request_deserializer=cpb.GetRequest.FromString,
-        response_serializer=cpb.ServiceResponse.SerializeToString)
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("swarm.v1.Control", {"GetService": handler})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with client.connect(f"127.0.0.1:{port}", timeout=5) as ctl, \
-                pytest.raises(client.RpcFailure) as caught:
-            ctl.call(ctl.stub.GetService, cpb.GetRequest(ref="nope"))
-        assert caught.value.code == grpc.StatusCode.NOT_FOUND
-        assert caught.value.message == "service 'nope' not found"
-    finally:
-        server.stop(None)
+def wanted(replicas: int = 3, *, version: int = 2, restart: str | None = None,
+           max_attempts: str | None = None) -> pb.Service:
+    spec = service_spec_from_options(ServiceOptions(
+        name="web", image="busybox", replicas=str(replicas), restart_condition=restart,
+        restart_max_attempts=max_attempts))
+    return pb.Service(id="s" * 25, spec=spec, spec_version=version)
+
+
+def task(slot: int, state: int, *, version: int = 2, desired: int = pb.RUNNING,
+         node: str = "n1", task_id: str = "", err: str = "", message: str = "",
+         minute: int = 0) -> pb.Task:
+    return pb.Task(
+        id=task_id or f"t{slot}-{state}-{version}-{minute}", service_id="s" * 25,
+        service_name="web", slot=slot, node_id=node, spec_version=version,
+        desired_state=cast(pb.TaskState.ValueType, desired),
+        meta=pb.Meta(created_at=ts(NOW + timedelta(minutes=minute))),
+        status=pb.TaskStatus(state=cast(pb.TaskState.ValueType, state), err=err,
+                             message=message))
+
+
+NODES = [pb.Node(id=f"n{i}", description=pb.NodeDescription(hostname=f"host-{i}"),
+                 status=pb.NodeStatus(state=pb.NodeStatus.READY)) for i in (1, 2, 3)]
+
+
+def judge(service: pb.Service, tasks: list[pb.Task],
+          baseline: progress.Baseline | None = None) -> progress.Assessment:
+    return progress.assess(service, tasks, NODES, baseline or progress.baseline_of(service))
+
+
+def test_converged_when_every_wanted_task_runs_the_current_spec() -> None:
+    service = wanted(2)
+    done = judge(service, [task(1, pb.RUNNING), task(2, pb.RUNNING)])
+    assert (done.converged, done.failure, done.summary) == (True, None,
+                                                            "web: 2/2 tasks running")
+    assert [(t.name, t.state, t.node) for t in done.tasks] == [
+        ("web.1", "running", "host-1"), ("web.2", "running", "host-1")]
+    # An old-spec task still running, a missing one, or an extra one: not yet.
+    assert not judge(service, [task(1, pb.RUNNING), task(2, pb.RUNNING, version=1)]).converged
+    assert not judge(service, [task(1, pb.RUNNING)]).converged
+    extra = [task(1, pb.RUNNING), task(2, pb.RUNNING), task(3, pb.RUNNING)]
+    assert not judge(service, extra).converged
+    # A task being shut down (scale down) no longer counts.
+    extra[2].desired_state = pb.SHUTDOWN
+    assert judge(service, extra).converged
+
+
+def test_pending_task_shows_the_scheduler_reason() -> None:
+    waiting = judge(wanted(1), [task(1, pb.PENDING, node="", message="no suitable node (x)")])
+    assert not waiting.converged
+    assert waiting.failure is None
+    assert waiting.tasks[0].detail == "no suitable node (x)"
+    assert waiting.waiting_for == "web.1 pending: no suitable node (x)"
+
+
+def test_repeated_failures_of_a_slot_fail_the_wait() -> None:
+    service = wanted(1)
+    failures = [task(1, pb.REJECTED, minute=i, err=f"no image {i}") for i in range(3)]
+    assert judge(service, failures[:2]).failure is None
+    assert judge(service, failures).failure == "task web.1 failed 3 times: no image 2"
+    # Failures from before the command (and of an older spec) are not this command's.
+    before = progress.baseline_of(service, failures[:1])
+    assert judge(service, failures, before).failure is None
+    old = [task(1, pb.FAILED, version=1, minute=i) for i in range(5)]
+    assert judge(service, old).failure is None
+
+
+def test_restart_policy_lowers_the_failure_limit() -> None:
+    rejected = [task(1, pb.REJECTED, err="boom")]
+    assert judge(wanted(1, restart="none"), rejected).failure == "task web.1 failed once: boom"
+    twice = [task(1, pb.FAILED, minute=i, err="boom") for i in range(2)]
+    assert judge(wanted(1, max_attempts="1"), twice).failure == (
+        "task web.1 failed 2 times: boom")
+
+
+def test_a_new_paused_or_rolled_back_update_fails_the_wait() -> None:
+    service = wanted(1)
+    baseline = progress.baseline_of(service)
+    service.update_status.state = pb.UpdateStatus.PAUSED
+    service.update_status.message = "task x failed"
+    service.update_status.started_at.FromSeconds(100)
+    assert judge(service, [], baseline).failure == "update paused: task x failed"
+    # A pause that was there before the command is not its failure.
+    assert judge(service, [], progress.baseline_of(service)).failure is None
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
+    assert judge(service, [], baseline).failure is not None
+    # ... unless the command asked for the rollback.
+    asked = progress.baseline_of(wanted(1), rollback=True)
+    assert judge(service, [], asked).failure is None
+
+
+def test_global_service_wants_one_task_per_eligible_node() -> None:
+    spec = service_spec_from_options(ServiceOptions(
+        name="mon", image="busybox", mode="global", constraints=["node.labels.zone==a"]))
+    service = pb.Service(id="s" * 25, spec=spec, spec_version=1)
+    nodes = [pb.Node(id=n.id, description=n.description, status=n.status) for n in NODES]
+    nodes[0].spec.labels["zone"] = "a"
+    nodes[1].spec.labels["zone"] = "a"
+    nodes[1].spec.availability = pb.NodeSpec.DRAIN
+    nodes[2].spec.labels["zone"] = "b"
+    assert progress.eligible_nodes(spec, nodes) == {"n1"}
+    running = task(0, pb.RUNNING, version=1, node="n1")
+    done = progress.assess(service, [running], nodes, progress.baseline_of(service))
+    assert done.converged
+    # A paused node keeps its (old) task: it neither counts nor holds the wait up.
+    nodes[2].spec.labels["zone"] = "a"
+    nodes[2].spec.availability = pb.NodeSpec.PAUSE
+    kept = task(0, pb.RUNNING, version=0, node="n3")
+    assert progress.assess(service, [running, kept], nodes,
+                           progress.baseline_of(service)).converged
+    nodes[2].spec.availability = pb.NodeSpec.ACTIVE
+    assert not progress.assess(service, [running, kept], nodes,
+                               progress.baseline_of(service)).converged
+    assert done.tasks[0].name == "web.host-1"  # the task's service_name, then the host
+
+
+def test_progress_lines_and_redraw() -> None:
+    service = wanted(2)
+    assessment = judge(service, [task(1, pb.RUNNING),
+                                 task(2, pb.PENDING, node="", message="no suitable node")])
+    lines = progress.progress_lines([assessment], width=200)
+    assert lines[0] == "web: 1/2 tasks running"
+    assert lines[1].split() == ["web.1", "running", "host-1"]
+    assert lines[2].split()[:2] == ["web.2", "pending"]
+    assert lines[2].endswith("no suitable node")
+    assert all(len(line) < 30 for line in progress.progress_lines([assessment], width=30))
+
+    class Screen:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def write(self, text: str) -> None:
+            self.text += text
+
+        def flush(self) -> None:
+            pass
+
+    screen = Screen()
+    display = progress.LiveDisplay(screen)  # type: ignore[arg-type]
+    display.draw(["a", "b"])
+    display.draw(["c"])
+    # Second draw: back up the two lines drawn, clear, redraw.
+    assert screen.text == "\x1b[Ja\nb\n\x1b[2F\x1b[Jc\n"
+
+
+@pytest.mark.usefixtures("no_controller")
+@pytest.mark.parametrize("command", [["service", "create", "web", "--image", "x"],
+                                     ["service", "update", "web", "--image", "x"],
+                                     ["service", "scale", "web=2"]])
+def test_wait_timeout_is_checked_before_connecting(command: list[str]) -> None:
+    assert_one_line_error(invoke(*command, "--timeout", "soon"),
+                          "--timeout: invalid duration 'soon'")

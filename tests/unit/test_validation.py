@@ -140,8 +140,6 @@ INVALID_SERVICES: list[tuple[str, Mutation, str, str]] = [
      "spec.task.container.mounts[1].target", "already mounted by mounts[0]"),
     ("mount-type", lambda s: _mount(s, 9), "spec.task.container.mounts[0].type",
      "unknown value 9 (expected VOLUME, BIND or TMPFS)"),
-    ("volume-no-source", lambda s: _mount(s, pb.Mount.VOLUME),
-     "spec.task.container.mounts[0].source", "volume name"),
     ("volume-path-source", lambda s: _mount(s, pb.Mount.VOLUME, source="/srv"),
      "spec.task.container.mounts[0].source", "'/srv'"),
     ("bind-relative", lambda s: _mount(s, pb.Mount.BIND, source="srv"),
@@ -301,6 +299,8 @@ VALID_SERVICES: list[tuple[str, Mutation]] = [
     ("signal-number", lambda s: fields(s.task.container, stop_signal="9")),
     ("signal-lower", lambda s: fields(s.task.container, stop_signal="term")),
     ("volume", lambda s: _mount(s, pb.Mount.VOLUME, source="data.v1")),
+    # Anonymous, as docker's `--mount type=volume,target=/data`; swarmctl sends the same.
+    ("volume-anonymous", lambda s: _mount(s, pb.Mount.VOLUME)),
     ("bind", lambda s: _mount(s, pb.Mount.BIND, source="/srv")),
     ("tmpfs", lambda s: _mount(s, pb.Mount.TMPFS, size=MIB)),
     ("health-none", lambda s: s.task.container.healthcheck.test.append("NONE")),

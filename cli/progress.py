@@ -1,0 +1,304 @@
+"""Waiting for services to converge after `service create`, `update` and `scale`,
+as `docker service create` does in a terminal.
+
+A service has converged when every task it wants is RUNNING with the current task
+template (the service's spec_version) and no other task is meant to run. It has
+failed when, since the command began, one slot's tasks failed or were rejected
+FAILURE_LIMIT times (fewer when the restart policy gives up sooner), or its rolling
+update paused or rolled back. Otherwise it is still converging, until `--timeout`.
+
+The control API has no watch for clients, so this polls GetService, ListTasks and
+ListNodes every POLL_INTERVAL: three cheap reads that the controller answers from
+its cache.
+
+Progress goes to stderr so that stdout keeps only the result (the ID `create`
+prints, which scripts capture). On a terminal it is redrawn in place; anywhere
+else only one final line is written: the summary, or the error (exit status 3).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import grpc
+
+from controller.scheduler.constraints import first_unmet, parse_constraints
+from swarmapi import units
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import objects_pb2 as pb
+
+from . import parsing, render
+from .client import Controller, RpcFailure
+from .errors import BadFlag, Interrupted, NotConverged
+
+POLL_INTERVAL = 0.2  # seconds between polls: quick enough to look live, cheap to serve
+FAILURE_LIMIT = 3  # failed attempts of one slot, since the command began, that end the wait
+MAX_TASK_LINES = 20  # per service on a terminal; the rest is summarised
+DEFAULT_WAIT = "3m"
+
+_FAILED = (pb.FAILED, pb.REJECTED)
+_UPDATE_FAILURES = {
+    pb.UpdateStatus.PAUSED: "update paused",
+    pb.UpdateStatus.ROLLBACK_STARTED: "update failed and is rolling back",
+    pb.UpdateStatus.ROLLBACK_PAUSED: "update failed; its rollback paused",
+    pb.UpdateStatus.ROLLBACK_COMPLETED: "update failed and was rolled back",
+}
+
+
+def wait_timeout(text: str) -> float:
+    """`--timeout DURATION` of the waiting commands, in seconds; must be positive."""
+    nanos = parsing.duration("--timeout", text)
+    if nanos <= 0:
+        raise BadFlag("--timeout", f"invalid duration {text!r}: must be more than 0s")
+    return nanos / 1e9
+
+
+# ---------------------------------------------------------------- judging one poll
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What existed before this command's change, so that only what follows it counts:
+    tasks that failed yesterday, or an update that paused last week, are not this
+    command's failure."""
+
+    service_id: str
+    name: str
+    task_ids: frozenset[str] = frozenset()
+    update_state: int = pb.UpdateStatus.UNKNOWN
+    update_started: int = 0  # update_status.started_at in nanoseconds
+    rollback: bool = False  # the command asked for a rollback: rolling back is success
+
+
+def baseline_of(service: pb.Service, tasks: Iterable[pb.Task] = (), *,
+                rollback: bool = False) -> Baseline:
+    status = service.update_status
+    return Baseline(service_id=service.id, name=service.spec.name,
+                    task_ids=frozenset(task.id for task in tasks),
+                    update_state=status.state, update_started=status.started_at.ToNanoseconds(),
+                    rollback=rollback)
+
+
+def _update_failure(status: pb.UpdateStatus, baseline: Baseline) -> str | None:
+    """Why the rolling update this command started went wrong, if it did."""
+    if (status.state, status.started_at.ToNanoseconds()) == (baseline.update_state,
+                                                             baseline.update_started):
+        return None  # not a new update status: an older command's business
+    if baseline.rollback and status.state in (pb.UpdateStatus.ROLLBACK_STARTED,
+                                              pb.UpdateStatus.ROLLBACK_COMPLETED):
+        return None
+    if status.state not in _UPDATE_FAILURES:
+        return None
+    return _UPDATE_FAILURES[status.state] + (f": {status.message}" if status.message else "")
+
+
+@dataclass(frozen=True)
+class TaskLine:
+    """One task as the progress display shows it."""
+
+    name: str  # web.2, or web.HOSTNAME for a global service
+    state: str  # running, pending, ...
+    node: str
+    detail: str  # its error, or the scheduler's reason while it waits for a node
+
+
+@dataclass(frozen=True)
+class Assessment:
+    name: str
+    running: int
+    desired: int
+    converged: bool
+    failure: str | None
+    tasks: tuple[TaskLine, ...]
+    waiting_for: str = ""  # for a timeout message: the first reason a task is not running
+
+    @property
+    def summary(self) -> str:
+        return f"{self.name}: {self.running}/{self.desired} tasks running"
+
+
+def _slot(task: pb.Task) -> str:
+    return str(task.slot) if task.slot else task.node_id
+
+
+def _failure_limit(spec: pb.ServiceSpec) -> int:
+    """How many failures of one slot to wait through: the restart supervisor gives up
+    after max_attempts restarts, and never restarts with condition none."""
+    restart = spec.task.restart
+    if restart.condition == pb.RestartPolicy.NONE:
+        return 1
+    if restart.max_attempts:
+        return min(FAILURE_LIMIT, restart.max_attempts + 1)
+    return FAILURE_LIMIT
+
+
+def eligible_nodes(spec: pb.ServiceSpec, nodes: Iterable[pb.Node]) -> set[str]:
+    """IDs of the nodes a global service must run on, by the orchestrator's rule
+    (controller/orchestrator/global_.py): not down, active, meeting the constraints (by
+    the scheduler's own matcher, so that the two cannot disagree). A paused or down node
+    keeps its task as it is, so the wait does not count it either way."""
+    constraints = parse_constraints(spec.task.placement.constraints)
+    return {node.id for node in nodes
+            if node.status.state != pb.NodeStatus.DOWN
+            and node.spec.availability == pb.NodeSpec.ACTIVE
+            and first_unmet(constraints, node) is None}
+
+
+def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Node],
+           baseline: Baseline) -> Assessment:
+    """Where one service stands: converged, failed (and why), or still on its way."""
+    spec = service.spec
+    name = spec.name
+    hostnames = {node.id: node.description.hostname for node in nodes}
+    own = [task for task in tasks if task.service_id == service.id]
+    live = [task for task in own if task.desired_state <= pb.RUNNING]
+    if spec.WhichOneof("mode") == "global":
+        wanted = eligible_nodes(spec, nodes)
+        desired = len(wanted)
+        counted = [task for task in live if task.node_id in wanted]
+    else:
+        desired = spec.replicated.replicas
+        counted = live
+    running = [task for task in counted if task.spec_version >= service.spec_version
+               and task.status.state == pb.RUNNING]
+
+    failure = _update_failure(service.update_status, baseline)
+    failed: dict[str, list[pb.Task]] = {}
+    for task in own:
+        if (task.status.state in _FAILED and task.id not in baseline.task_ids
+                and task.spec_version >= service.spec_version):
+            failed.setdefault(_slot(task), []).append(task)
+    limit = _failure_limit(spec)
+    for attempts in failed.values():
+        if failure is None and len(attempts) >= limit:
+            last = max(attempts, key=lambda task: task.meta.created_at.ToNanoseconds())
+            times = "once" if len(attempts) == 1 else f"{len(attempts)} times"
+            why = last.status.err or last.status.message or "no reason given"
+            failure = f"task {_display_name(last, hostnames)} failed {times}: {why}"
+
+    lines = tuple(
+        TaskLine(name=_display_name(task, hostnames),
+                 state=render.enum_word(pb.TaskState.Name(task.status.state)),
+                 node=hostnames.get(task.node_id, task.node_id),
+                 detail=render.task_error(task) or render.task_health(task))
+        for task in sorted(live, key=lambda t: (t.slot, hostnames.get(t.node_id, t.node_id))))
+    waiting = next((f"{line.name} {line.state}" + (f": {line.detail}" if line.detail else "")
+                    for line in lines if line.state != "running"), "")
+    # Equal counts rule out both a missing task and an extra one (an old task that a
+    # start-first update has not stopped yet).
+    converged = failure is None and len(running) == desired == len(counted)
+    return Assessment(name=name, running=len(running), desired=desired, converged=converged,
+                      failure=failure, tasks=lines, waiting_for=waiting)
+
+
+def _display_name(task: pb.Task, hostnames: Mapping[str, str]) -> str:
+    if task.slot:
+        return f"{task.service_name}.{task.slot}"
+    return f"{task.service_name}.{hostnames.get(task.node_id, task.node_id[:12])}"
+
+
+# ---------------------------------------------------------------- showing it
+
+
+def progress_lines(assessments: Sequence[Assessment], width: int) -> list[str]:
+    """The terminal display: a summary per service, then one line per task; every line
+    cut to the terminal's width so that redrawing can count lines."""
+    lines: list[str] = []
+    for assessment in assessments:
+        lines.append(assessment.summary)
+        rows = [[task.name, task.state, task.node, task.detail]
+                for task in assessment.tasks[:MAX_TASK_LINES]]
+        if rows:
+            # render.table aligns the columns; its (blank) header line is dropped.
+            lines += ["  " + row for row in render.table(["", "", "", ""], rows).splitlines()[1:]]
+        if len(assessment.tasks) > MAX_TASK_LINES:
+            lines.append(f"  ... and {len(assessment.tasks) - MAX_TASK_LINES} more tasks")
+    return [line[:max(width - 1, 20)] for line in lines]
+
+
+class LiveDisplay:
+    """Redraws its block of lines in place with ANSI cursor movement."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.height = 0
+
+    def draw(self, lines: Sequence[str]) -> None:
+        # Up to the first line drawn last time, clear to the end of the screen, redraw.
+        up = f"\x1b[{self.height}F" if self.height else ""
+        self.stream.write(up + "\x1b[J" + "".join(f"{line}\n" for line in lines))
+        self.stream.flush()
+        self.height = len(lines)
+
+
+def interactive(stream: TextIO) -> bool:
+    """Progress only on a terminal that understands cursor movement."""
+    return stream.isatty() and os.environ.get("TERM", "") != "dumb"
+
+
+# ---------------------------------------------------------------- the wait
+
+
+def poll(ctl: Controller, baselines: Sequence[Baseline]) -> list[Assessment]:
+    services: list[pb.Service] = []
+    for baseline in baselines:
+        try:
+            services.append(ctl.call(ctl.stub.GetService,
+                                     cpb.GetRequest(ref=baseline.service_id)).service)
+        except RpcFailure as error:
+            if error.code != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise NotConverged(f"{baseline.name}: the service was removed while waiting for "
+                               "it") from None
+    request = cpb.ListTasksRequest()
+    request.filters.service_ids.extend(b.service_id for b in baselines)
+    tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
+    nodes = list(ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes)
+    return [assess(service, tasks, nodes, baseline)
+            for service, baseline in zip(services, baselines, strict=True)]
+
+
+def wait_until_converged(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float,
+                         stream: TextIO, clock: Callable[[], float] = time.monotonic,
+                         sleep: Callable[[float], None] = time.sleep) -> None:
+    """Poll until every service has converged; raise NotConverged when one fails or the
+    timeout passes. Writes progress to `stream` when it is a terminal, and one line at
+    the end otherwise (the error itself when it fails)."""
+    try:
+        _wait(ctl, baselines, timeout=timeout, stream=stream, clock=clock, sleep=sleep)
+    except KeyboardInterrupt:
+        # Docker's wording, in one line rather than a traceback: nothing is undone.
+        names = " ".join(baseline.name for baseline in baselines)
+        raise Interrupted("stopped waiting; the change was made and goes on in the "
+                          f"background (see: swarmctl service ps {names})") from None
+
+
+def _wait(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float, stream: TextIO,
+          clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+    started = clock()
+    display = LiveDisplay(stream) if interactive(stream) else None
+    while True:
+        assessments = poll(ctl, baselines)
+        if display is not None:
+            display.draw(progress_lines(assessments, shutil.get_terminal_size().columns))
+        failures = [f"{a.name}: {a.failure}" for a in assessments if a.failure]
+        if failures:
+            raise NotConverged("; ".join(failures))
+        elapsed = clock() - started
+        if all(a.converged for a in assessments):
+            summary = ", ".join(a.summary for a in assessments)
+            stream.write(f"{summary} (converged in {elapsed:.1f}s)\n")
+            stream.flush()
+            return
+        if elapsed >= timeout:
+            behind = [a for a in assessments if not a.converged]
+            reasons = "; ".join(a.summary + (f" ({a.waiting_for})" if a.waiting_for else "")
+                                for a in behind)
+            raise NotConverged(f"not converged after {units.format_duration(int(timeout * 1e9))}"
+                               f": {reasons}")
+        sleep(POLL_INTERVAL)
