@@ -31,7 +31,7 @@ from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
 from tests.agent.conftest import require_root_and_tools
-from tests.agent.test_runtime import _teardown
+from tests.agent.containers import teardown
 from tests.etcd_server import EtcdServer
 from tests.processes import Proc, start_agent, start_controller
 from tests.registry import RegistryServer
@@ -124,7 +124,7 @@ async def cluster(etcd_server: EtcdServer, etcd_prefix: str,
         for index, state_dir in enumerate(cluster.state_dirs):
             with contextlib.suppress(IndexError):
                 runtime = cluster.runtime(list(cluster.agents)[index])
-                await _teardown(runtime.settings)
+                await teardown(runtime.settings)
             shutil.rmtree(state_dir, ignore_errors=True)
 
 

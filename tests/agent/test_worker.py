@@ -38,7 +38,7 @@ from agent.worker import Observed, Step, Worker, exit_outcome, may_report, next_
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.agent.conftest import require_root_and_tools
-from tests.agent.test_runtime import _teardown, leftovers
+from tests.agent.containers import leftovers, teardown
 from tests.etcd_server import free_port
 from tests.registry import PATH_ENV, RegistryServer, build_busybox_image
 from tests.waiting import eventually
@@ -237,7 +237,7 @@ async def harness(settings: RuncSettings, tmp_path: Path) -> AsyncIterator[Harne
         yield harness
     finally:
         await harness.close()
-        extra = await _teardown(settings)
+        extra = await teardown(settings)
         assert not extra, f"the worker left things behind: {extra}"
 
 
