@@ -8,9 +8,24 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from agent.runtime import RuncRuntime, RuncSettings
 from agent.runtime import netns as netns_module
 from agent.runtime import rootfs as fs
+from tests.agent.conftest import require_root_and_tools
+
+
+def require_containers() -> None:
+    """Skip outside CI without root, the registry tools, runc or conmon; in
+    CI (CI set) everything is required, so a missing piece fails loudly."""
+    require_root_and_tools()
+    if os.environ.get("CI"):
+        return
+    defaults = RuncSettings(state_dir=Path("/nonexistent"))
+    for binary in (defaults.runc_path, defaults.conmon_path):
+        if not binary.exists():
+            pytest.skip(f"{binary} missing (apt-get install runc conmon)")
 
 
 def runc_sync(settings: RuncSettings, *args: str) -> str:

@@ -30,8 +30,7 @@ from agent.runtime import RuncRuntime
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
-from tests.agent.conftest import require_root_and_tools
-from tests.agent.containers import teardown
+from tests.agent.containers import require_containers, teardown
 from tests.etcd_server import EtcdServer
 from tests.processes import Proc, start_agent, start_controller
 from tests.registry import RegistryServer
@@ -110,7 +109,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture
 async def cluster(etcd_server: EtcdServer, etcd_prefix: str,
                   registry: RegistryServer) -> AsyncIterator[Cluster]:
-    require_root_and_tools()
+    require_containers()
     controller = start_controller(etcd_server.endpoint, etcd_prefix, heartbeat_period=0.5)
     channel = grpc.aio.insecure_channel(controller.addr)
     cluster = Cluster(controller, cgrpc.ControlStub(channel), [])

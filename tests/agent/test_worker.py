@@ -37,8 +37,7 @@ from agent.runtime import RuncRuntime, RuncSettings
 from agent.worker import Observed, Step, Worker, exit_outcome, may_report, next_step, stop_grace
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
-from tests.agent.conftest import require_root_and_tools
-from tests.agent.containers import leftovers, teardown
+from tests.agent.containers import leftovers, require_containers, teardown
 from tests.etcd_server import free_port
 from tests.registry import PATH_ENV, RegistryServer, build_busybox_image
 from tests.waiting import eventually
@@ -180,7 +179,7 @@ def health_ref(registry: RegistryServer) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Iterator[RuncSettings]:
-    require_root_and_tools()
+    require_containers()
     # Under /run and short: conmon's attach socket path must fit a sockaddr_un.
     state_dir = Path(tempfile.mkdtemp(prefix="swwk-", dir="/run"))
     yield RuncSettings(state_dir=state_dir, cgroup_parent=f"swwk-{uuid.uuid4().hex[:8]}")
