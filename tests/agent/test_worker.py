@@ -34,7 +34,16 @@ from agent.health import (
 )
 from agent.images import Healthcheck, ImageStore
 from agent.runtime import RuncRuntime, RuncSettings
-from agent.worker import Observed, Step, Worker, exit_outcome, may_report, next_step, stop_grace
+from agent.worker import (
+    Observed,
+    Step,
+    Worker,
+    WorkerSettings,
+    exit_outcome,
+    may_report,
+    next_step,
+    stop_grace,
+)
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.agent.containers import leftovers, require_containers, teardown
@@ -216,8 +225,9 @@ class Harness:
 
     async def worker(self) -> Worker:
         """A new worker over the same state (what an agent restart makes)."""
+        # A short grace for containers of unassigned tasks: sleep ignores SIGTERM.
         worker = Worker(RuncRuntime(self.settings), ImageStore(self.images_dir),
-                        report=self.reports)
+                        report=self.reports, settings=WorkerSettings(removal_grace=0.3))
         await worker.start()
         self.workers.append(worker)
         return worker
