@@ -350,10 +350,10 @@ async def test_bad_input_is_rejected_and_the_rest_runs(harness: Harness, busybox
     await harness.reports.reach(good.id, pb.RUNNING)
 
 
-async def test_one_pull_for_many_tasks(harness: Harness, registry: RegistryServer) -> None:
+async def test_one_pull_for_20_concurrent_tasks(harness: Harness, registry: RegistryServer) -> None:
     ref = build_busybox_image(registry.addr, name="many")
     worker = await harness.worker()
-    tasks = [make_task(ref, "sleep", "1000") for _ in range(8)]
+    tasks = [make_task(ref, "sleep", "1000") for _ in range(20)]
     await worker.apply(complete(*tasks))
     for task in tasks:
         await harness.reports.reach(task.id, pb.RUNNING)
