@@ -178,7 +178,7 @@ class _Entry:
         return Observed(self.status.state, None if status == "unknown" else status)
 
 
-class _TaskLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _TaskLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes each line with the task (and its service)."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
