@@ -89,3 +89,15 @@ def start_simulated_agents(controllers: Sequence[str], nodes: int,
         args += ["--controller", controller]
     process, log_path = _spawn(args)
     return Proc(process, log_path)
+
+
+def start_agent(controllers: Sequence[str], state_dir: str, *, hostname: str,
+                advertise_addr: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> Proc:
+    """A real `swarm-agent` (python -m agent.main); it needs root. Stopping
+    it (SIGTERM) leaves its containers running: the caller removes them."""
+    args = ["-m", "agent.main", "--state-dir", state_dir, "--advertise-addr", advertise_addr,
+            "--hostname", hostname, *extra_args]
+    for controller in controllers:
+        args += ["--controller", controller]
+    process, log_path = _spawn(args)
+    return Proc(process, log_path, extra={"state_dir": state_dir})
