@@ -194,6 +194,11 @@ def _read_node_id(path: Path) -> str:
     return ""
 
 
+def _registered(config: AgentConfig, worker: Worker, node_id: str) -> None:
+    worker.node_id = node_id
+    _write_node_id(config.node_id_file, node_id)
+
+
 def _write_node_id(path: Path, node_id: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(node_id + "\n")
@@ -209,11 +214,13 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     runtime = RuncRuntime(runc_settings(config))
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries)
     worker = Worker(runtime, images)
+    worker.node_id = _read_node_id(config.node_id_file)
+    worker.node_hostname = describe(config).hostname
     await worker.start()  # before the first assignment: know what to adopt
     session = AgentSession(
         config.controllers, describe(config), worker, insecure_channels(),
         node_id=_read_node_id(config.node_id_file), labels=config.labels,
-        on_registered=lambda node_id: _write_node_id(config.node_id_file, node_id),
+        on_registered=lambda node_id: _registered(config, worker, node_id),
         settings=SessionSettings())
     worker.report = session.report
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
@@ -228,6 +235,32 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         await images.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def purge(config: AgentConfig) -> int:
+    """Stop (SIGKILL, no grace) and remove every container of this agent's state
+    dir -- for tearing a node down for good, with the agent stopped. Returns how
+    many there were."""
+    runtime = RuncRuntime(runc_settings(config))
+    containers = await runtime.list()
+    for task_id in containers:
+        await runtime.shutdown(task_id, "SIGKILL", 0)
+        await runtime.remove(task_id)
+    root = runtime.settings.cgroup_root
+    for hierarchy in (sorted(root.iterdir()) if root.is_dir() else []):
+        with contextlib.suppress(OSError):
+            (hierarchy / config.cgroup_parent).rmdir()  # empty by now
+    return len(containers)
+
+
+def purge_state_dir(state_dir: Path, cgroup_parent: str = "") -> int:
+    """purge() for the agent that ran with this state dir (and cgroup parent, if
+    it was not the default)."""
+    state_dir = state_dir.absolute()
+    config = AgentConfig(controllers=(), state_dir=state_dir, advertise_addr="", hostname="",
+                         labels={}, insecure_registries=(),
+                         cgroup_parent=cgroup_parent or default_cgroup_parent(state_dir))
+    return asyncio.run(purge(config))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

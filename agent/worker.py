@@ -54,6 +54,7 @@ from .runtime import (
     Runtime,
     stop_signal,
 )
+from .templates import expand_task
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,9 @@ class Worker:
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
         self.settings = settings or WorkerSettings()
+        # This node, for the templates of task specs ({{.Node.Hostname}}...).
+        self.node_id = ""
+        self.node_hostname = ""
         self._entries: dict[str, _Entry] = {}
         # Containers found at start() whose task has not been assigned (yet).
         self._unclaimed: dict[str, ContainerState] = {}
@@ -392,7 +396,8 @@ class Worker:
         try:
             image = await self.images.ensure(reference)
             entry.image = image
-            await self.runtime.prepare(task, image.runtime_input())
+            await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
+                                       image.runtime_input())
         except (ImageError, ContainerError) as error:
             # Before start, nothing retried here would do better: let the
             # controller place the task again (RejectError: the spec cannot

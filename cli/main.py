@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from . import client, network, node, service
+from .dev import commands as dev_commands
 from .errors import ReportingGroup
 
 EPILOG = """\b
@@ -46,6 +47,7 @@ app = typer.Typer(
 app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(network.app, name="network")
+app.add_typer(dev_commands.app, name="dev")
 
 
 @app.callback()

@@ -191,6 +191,27 @@ class Hosts:
             ipr.link("set", index=index, state="up")
         return host
 
+    def attach_root(self, link: str, *, mtu: int = 1500) -> IPv4Interface:
+        """Give the root namespace a leg on the underlay (the subnet's first
+        address, on a veth named `link`), for the local cluster's etcd,
+        controller and registry and for the operator's swarmctl. The hosts
+        still have no route beyond the underlay. Removed with the underlay
+        namespace (a veth dies with its peer)."""
+        address = IPv4Interface(f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}")
+        with IPRoute() as root:
+            root.link("add", ifname=link, kind="veth", mtu=mtu,
+                      peer={"ifname": "root", "net_ns_fd": str(netns_path(self.underlay_netns)),
+                            "mtu": mtu})
+            (index,) = root.link_lookup(ifname=link)
+            root.addr("add", index=index, address=str(address.ip),
+                      prefixlen=address.network.prefixlen)
+            root.link("set", index=index, state="up")
+        with IPRoute(netns=self.underlay_netns, flags=0) as ul:
+            (port,) = ul.link_lookup(ifname="root")
+            (bridge,) = ul.link_lookup(ifname=UNDERLAY_BRIDGE)
+            ul.link("set", index=port, master=bridge, state="up")
+        return address
+
     def popen(self, netns: str | os.PathLike[str], argv: Sequence[str],
               **kwargs: Any) -> subprocess.Popen[bytes]:
         """Start a process in any namespace (a task's, say); teardown stops
@@ -232,8 +253,16 @@ class Hosts:
         for process in self.processes:
             _stop(process, 5.0)
         self.processes.clear()
-        for name in self.namespaces():
-            remove_netns_blocking(name)
+        remove_namespaces(self.prefix)
+
+
+def remove_namespaces(prefix: str) -> list[str]:
+    """Remove every namespace named prefix* (the kernel deletes their devices,
+    and with them the peers of their veths). Returns the names removed."""
+    names = _namespaces_with(prefix)
+    for name in names:
+        remove_netns_blocking(name)
+    return names
 
 
 def _namespaces_with(prefix: str) -> list[str]:
