@@ -141,6 +141,16 @@ def run_in_netns_blocking(namespace: str, function: Callable[[], T]) -> T:
     return _in_own_thread(f"in-netns-{os.path.basename(path)}", enter)
 
 
+def netlink_socket_in(namespace: str) -> socket.socket:
+    """A NETLINK_ROUTE socket inside a namespace (name or path), made without a
+    fork: a socket belongs to the namespace it was created in, whichever thread
+    uses it later. Hand it to pyroute2 as IPRoute(use_socket=...) and use that
+    IPRoute from one thread (pyroute2 checks); closing the IPRoute closes it.
+    SOCK_DGRAM, not RAW: pyroute2 builds an asyncio datagram endpoint on it."""
+    return run_in_netns_blocking(namespace, lambda: socket.socket(
+        socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
+
+
 def _unshare_into(path: Path) -> None:
     """In a thread of its own: a new namespace, bound to path, lo up."""
     libc = _libc()
