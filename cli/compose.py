@@ -574,11 +574,13 @@ class _Context:
 
 
 def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | None = None,
-                base_dir: Path | None = None, environ: Mapping[str, str] | None = None,
+                default_name: str | None = None, base_dir: Path | None = None,
+                environ: Mapping[str, str] | None = None,
                 read_text: Callable[[Path], str] = Path.read_text) -> Stack:
     """Parse and validate a whole stack file; StackError on the first problem.
 
-    The stack name is `stack_name`, or the file's top-level `name:`; `base_dir` is
+    The stack name is `stack_name`, or the file's top-level `name:`, or `default_name`
+    (load_stack passes the file's directory's name, as docker does); `base_dir` is
     where relative env_file and bind paths start (the file's directory)."""
     warnings: list[StackWarning] = []
     env = os.environ if environ is None else environ
@@ -603,6 +605,7 @@ def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | No
     name = stack_name
     if name is None and "name" in top:
         name = _string(top["name"], "name", allow_number=False)
+    name = name or default_name
     if not name:
         raise StackError(top_location, "name", "no stack name: give one (--stack NAME), or "
                          "set `name:` at the top of the file")
@@ -638,7 +641,8 @@ def load_stack(path: Path, *, stack_name: str | None = None,
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise StackError(None, "", f"cannot read {path}: {reason}") from None
-    return parse_stack(text, filename=str(path), stack_name=stack_name, base_dir=path.parent,
+    return parse_stack(text, filename=str(path), stack_name=stack_name,
+                       default_name=default_stack_name(path), base_dir=path.parent,
                        environ=environ)
 
 
