@@ -322,17 +322,23 @@ class _Reader:
             raise StackError(where, "", "invalid YAML: a recursive alias")
         inner = active | {id(node)}
         if isinstance(node, yaml.MappingNode):
+            written = {id(key_node) for key_node, _ in node.value}
             loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
             items: dict[str, Node] = {}
+            explicit: set[str] = set()
             for key_node, value_node in node.value:
                 key_where = self.at(key_node.start_mark)
                 if not isinstance(key_node, yaml.ScalarNode):
                     kind = "a list" if isinstance(key_node, yaml.SequenceNode) else "a mapping"
                     raise StackError(key_where, "", f"mapping keys must be strings, not {kind}")
                 key = _describe(self._scalar(loader, key_node))
-                if key in items:
+                # Keys merged in come first and are overridden by the mapping's own;
+                # only a key written twice in the mapping itself is an error.
+                if key in explicit and id(key_node) in written:
                     raise StackError(key_where, "", f"duplicate key {_quote(key)} (first at line "
                                      f"{items[key].location.line})")
+                if id(key_node) in written:
+                    explicit.add(key)
                 value = self._convert(loader, value_node, depth + 1, inner)
                 # An empty value (`web:`) has no text of its own: point at its key.
                 items[key] = Node(None, key_where) if value.value is None else value
@@ -444,8 +450,11 @@ def _integer(node: Node, path: str, *, maximum: int = _INT64_MAX, minimum: int =
         value = int(value)  # after interpolation: replicas: ${N}
     if not isinstance(value, int) or isinstance(value, bool):
         _fail(node, path, f"expected a whole number, got {_kind(value)} {_quote(node.value)}")
-    if not minimum <= value <= maximum:
-        _fail(node, path, f"must be between {minimum} and {maximum} (got {value})")
+    if value < minimum:
+        _fail(node, path, f"must not be negative (got {value})" if minimum == 0
+              else f"must be at least {minimum} (got {value})")
+    if value > maximum:
+        _fail(node, path, f"must be at most {maximum} (got {value})")
     return value
 
 
@@ -627,6 +636,7 @@ def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | No
     for key, node in _mapping(services_node, "services").items():
         services[key] = _service(context, key, node, declared_networks)
 
+    warnings.sort(key=lambda warning: warning.location or top_location)
     stack = Stack(name=name, file=filename, services=services, networks=context.networks,
                   volumes=context.volumes, warnings=warnings)
     _validate_with_controller_rules(stack)
@@ -745,8 +755,13 @@ def _top_volumes(context: _Context, node: Node | None) -> dict[str, StackVolume]
         for option, option_node in _mapping(value, path).items():
             where = f"{path}.{option}"
             if option == "external":
-                external = (True if isinstance(option_node.value, dict)
-                            else _boolean(option_node, where))
+                if isinstance(option_node.value, dict):  # legacy `external: {name: x}`
+                    external = True
+                    legacy = _mapping(option_node, where)
+                    if "name" in legacy:
+                        custom_name = _string(legacy["name"], f"{where}.name")
+                else:
+                    external = _boolean(option_node, where)
             elif option == "name":
                 custom_name = _string(option_node, where)
             elif option in ("driver", "driver_opts", "labels"):
@@ -756,7 +771,9 @@ def _top_volumes(context: _Context, node: Node | None) -> dict[str, StackVolume]
                              "node); ignored")
             elif not option.startswith("x-"):
                 _fail(option_node, where, "unknown key (expected external, name)")
-        volumes[key] = StackVolume(key=key, name=custom_name or context_name(context, key),
+        # As docker names them: an external volume keeps its own name.
+        default = key if external else context_name(context, key)
+        volumes[key] = StackVolume(key=key, name=custom_name or default,
                                    external=external, location=value.location)
     return volumes
 
@@ -1023,10 +1040,6 @@ def _tmpfs(node: Node, path: str) -> pb.Mount:
     return mount
 
 
-_PORT_RE = re.compile(r"(?:(?P<ip>.*):)?(?:(?P<published>[^:]*):)?(?P<target>[^:/]+)"
-                      r"(?:/(?P<protocol>[^/]*))?")
-
-
 def _port_range(text: str) -> tuple[int, int] | None:
     match = re.fullmatch(r"(\d{1,5})(?:-(\d{1,5}))?", text)
     if match is None:
@@ -1043,26 +1056,25 @@ def _ports(context: _Context, node: Node, path: str) -> list[pb.PortConfig]:
     if isinstance(node.value, dict):
         return [_port_long(context, node, path)]
     text = _string(node, path)
-    match = _PORT_RE.fullmatch(text.strip())
-    if match is None:
+    body, slash, protocol_text = text.strip().partition("/")
+    # [HOST_IP:][PUBLISHED:]TARGET, the IP possibly IPv6 in brackets: split from the right.
+    parts = body.rsplit(":", 2)
+    target_text = parts[-1]
+    published_text = parts[-2] if len(parts) >= 2 else ""
+    ip = parts[0] if len(parts) == 3 else ""
+    if len(parts) >= 2 and not published_text and not ip:
         _fail(node, path, f"invalid port {_quote(text)} (expected [PUBLISHED:]TARGET[/PROTOCOL], "
               "e.g. 8080:80)")
-    if match.group("ip") is not None and match.group("published") is None:
-        # "8080:80" puts 8080 in the ip group: the regex is greedy from the left.
-        published_text, ip = match.group("ip"), None
-    else:
-        published_text, ip = match.group("published"), match.group("ip")
     if ip:
         context.warn(node, path, f"binding to a host IP ({ip}) is not supported; published on "
                      "every address")
     protocol = pb.PortConfig.TCP
-    if match.group("protocol") is not None:
-        name = match.group("protocol").lower()
-        if name not in _PROTOCOLS:
+    if slash:
+        if protocol_text.lower() not in _PROTOCOLS:
             _fail(node, path, f"invalid port {_quote(text)}: unknown protocol "
-                  f"{_quote(match.group('protocol'))} (expected tcp, udp or sctp)")
-        protocol = _PROTOCOLS[name]
-    targets = _port_range(match.group("target"))
+                  f"{_quote(protocol_text)} (expected tcp, udp or sctp)")
+        protocol = _PROTOCOLS[protocol_text.lower()]
+    targets = _port_range(target_text)
     if targets is None:
         _fail(node, path, f"invalid port {_quote(text)} (expected a port from 1 to {_MAX_PORT}, "
               "e.g. 8080:80)")

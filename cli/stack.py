@@ -17,6 +17,7 @@ fills in never look like changes and applying the same file twice writes nothing
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,11 +28,12 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from controller.api.validation import ValidationError, normalize_network_spec, normalize_service_spec
 from controller.scheduler.constraints import first_unmet, parse_constraint
+from swarmapi import units
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -110,29 +112,50 @@ class PlanError(CliError):
 # ---------------------------------------------------------------- planning (pure)
 
 
-def _flatten(data: Any, prefix: str, out: dict[str, str]) -> None:
-    if isinstance(data, dict):
-        for key, value in data.items():
-            _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
-    elif isinstance(data, list):
-        for index, item in enumerate(data):
-            _flatten(item, f"{prefix}[{index}]", out)
-    else:
-        out[prefix] = render_value(data)
-
-
-def render_value(value: object) -> str:
+def _leaf(field: FieldDescriptor, value: Any) -> str:
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name if (
+            value in field.enum_type.values_by_number) else str(value)
     if isinstance(value, str):
-        return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"  # float32 fields: 0.1 is stored as 0.10000000149...
     return str(value)
 
 
+def _flatten(message: Message, prefix: str, out: dict[str, str]) -> None:
+    for descriptor, value in message.ListFields():
+        name = f"{prefix}.{descriptor.name}" if prefix else descriptor.name
+        if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
+            value_field = descriptor.message_type.fields_by_name["value"]
+            for key in sorted(value):
+                out[f"{name}.{key}"] = _leaf(value_field, value[key])
+        elif descriptor.is_repeated:
+            for index, item in enumerate(value):
+                if descriptor.message_type is not None:
+                    _flatten(item, f"{name}[{index}]", out)
+                else:
+                    out[f"{name}[{index}]"] = _leaf(descriptor, item)
+        elif descriptor.message_type is not None and descriptor.message_type.full_name == (
+                "google.protobuf.Duration"):
+            out[name] = units.format_duration(value.ToNanoseconds())
+        elif descriptor.message_type is not None:
+            before = len(out)
+            _flatten(value, name, out)
+            if len(out) == before:
+                out[name] = "{}"  # set but empty, e.g. the global mode
+        else:
+            out[name] = _leaf(descriptor, value)
+
+
 def flatten(message: Message) -> dict[str, str]:
-    """A message as {'task.container.image': '"busybox"', ...}, defaults left out."""
+    """A message as {'task.container.image': '"busybox"', ...}: every field that is
+    set, by proto path, in a form an operator can read (durations as 1m30s, enums by
+    name)."""
     out: dict[str, str] = {}
-    _flatten(MessageToDict(message, preserving_proto_field_name=True), "", out)
+    _flatten(message, "", out)
     return out
 
 
