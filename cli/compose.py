@@ -122,7 +122,10 @@ _PROTO_TO_COMPOSE = (
     ("spec.endpoint", "deploy.endpoint_mode"),
 )
 _NETWORK_PROTO_TO_COMPOSE = (("spec.name", "name"), ("spec.labels", "labels"),
-                             ("spec.driver", "driver"), ("spec.ipam", "ipam"))
+                             ("spec.driver", "driver"),
+                             ("spec.ipam.subnet", "ipam.config[0].subnet"),
+                             ("spec.ipam.gateway", "ipam.config[0].gateway"),
+                             ("spec.ipam", "ipam"))
 
 
 # ---------------------------------------------------------------- results and errors
@@ -191,11 +194,15 @@ class StackService:
 
     def locate(self, path: str) -> Location:
         """The location of `path`, or of its nearest written ancestor."""
-        while path:
-            if path in self.where:
-                return self.where[path]
-            path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
-        return self.location
+        return _locate(self.where, path, self.location)
+
+
+def _locate(where: Mapping[str, Location], path: str, default: Location) -> Location:
+    while path:
+        if path in where:
+            return where[path]
+        path = re.sub(r"(\.[^.\[]*|\[\d+\])$", "", path)
+    return default
 
 
 @dataclass
@@ -205,6 +212,7 @@ class StackNetwork:
     external: bool
     spec: pb.NetworkSpec | None  # None for an external network
     location: Location
+    where: dict[str, Location] = field(default_factory=dict)  # as StackService.where
 
 
 @dataclass
@@ -639,7 +647,8 @@ def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | No
     warnings.sort(key=lambda warning: warning.location or top_location)
     stack = Stack(name=name, file=filename, services=services, networks=context.networks,
                   volumes=context.volumes, warnings=warnings)
-    _validate_with_controller_rules(stack)
+    _validate_with_controller_rules(stack, {key: network for key, (_, network)
+                                            in declared_networks.items()})
     return stack
 
 
@@ -709,8 +718,10 @@ def _top_networks(context: _Context, node: Node | None) -> dict[str, tuple[Node,
         spec.labels[NAMESPACE_LABEL] = context.stack
         if "ipam" in options:
             _ipam(context, spec, options["ipam"], f"{path}.ipam")
-        declared[key] = (value, StackNetwork(key=key, name=spec.name, external=False, spec=spec,
-                                             location=value.location))
+        network = StackNetwork(key=key, name=spec.name, external=False, spec=spec,
+                               location=value.location)
+        _locations(value, "", network.where)
+        declared[key] = (value, network)
     return declared
 
 
@@ -1300,19 +1311,23 @@ def _compose_path(field_path: str, table: tuple[tuple[str, str], ...]) -> str:
     return ""
 
 
-def _validate_with_controller_rules(stack: Stack) -> None:
+def _validate_with_controller_rules(stack: Stack, declared: Mapping[str, StackNetwork]) -> None:
     """Run the controller's own validation over every spec, so that the server cannot
     refuse what the client accepted; errors point at the compose key."""
     placeholders: dict[str, pb.Network] = {}
-    for key, network in stack.networks.items():
+    for key, network in sorted({**declared, **stack.networks}.items()):
+        # Declared but unused networks too: docker does not create them, but a
+        # mistake in one is still a mistake in the file.
         if network.spec is not None:
             try:
                 network.spec = normalize_network_spec(network.spec)
             except ValidationError as error:
                 compose = _compose_path(error.field, _NETWORK_PROTO_TO_COMPOSE)
-                raise StackError(network.location,
+                raise StackError(_locate(network.where, compose, network.location),
                                  f"networks.{key}" + (f".{compose}" if compose else ""),
                                  error.problem) from None
+        if key not in stack.networks:
+            continue
         # Any ID will do: the check only needs names to resolve.
         placeholders[f"planned-{key}"] = pb.Network(
             id=f"planned-{key}", spec=network.spec or pb.NetworkSpec(name=network.name))

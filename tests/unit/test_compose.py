@@ -513,7 +513,10 @@ BAD = [
     (BASE + "    read_only: maybe\n",
      'f.yaml:5:16: services.web.read_only: expected true or false, got a string "maybe"'),
     (BASE + "    networks: [n]\nnetworks:\n  n:\n    driver: bridge\n",
-     "f.yaml:8:5: networks.n.driver: unsupported driver 'bridge' (only 'overlay' is supported)"),
+     "f.yaml:8:13: networks.n.driver: unsupported driver 'bridge' (only 'overlay' is supported)"),
+    (BASE + "networks:\n  unused:\n    ipam:\n      config:\n        - subnet: 10.0.0.1/24\n",
+     "f.yaml:9:19: networks.unused.ipam.config[0].subnet: invalid subnet '10.0.0.1/24': "
+     "10.0.0.1/24 has host bits set (expected e.g. 10.10.0.0/24)"),
     ("name: Bad Name\nservices:\n  web:\n    image: busybox\n",
      'f.yaml:1:7: name: invalid stack name "Bad Name": expected lowercase letters, digits, '
      "'-' or '_', starting with a letter or digit"),
