@@ -1113,7 +1113,7 @@ def _port_long(context: _Context, node: Node, path: str) -> pb.PortConfig:
         where = f"{path}.{name}"
         if name in ("target", "published"):
             text = _string(value, where)
-            if not text.isdigit() or not 1 <= int(text) <= _MAX_PORT:
+            if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= _MAX_PORT:
                 _fail(value, where, f"invalid port {_quote(text)} (expected 1 to {_MAX_PORT})")
             setattr(port, f"{name}_port", int(text))
         elif name == "protocol":

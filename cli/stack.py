@@ -511,9 +511,8 @@ def deploy_command(
 @dataclass
 class StackSummary:
     name: str
-    services: int = 0
-    networks: int = 0
-    service_names: list[str] = field(default_factory=list)
+    services: list[str] = field(default_factory=list)  # full names, sorted
+    networks: list[str] = field(default_factory=list)
 
 
 def summarize(services: Iterable[pb.Service], networks: Iterable[pb.Network]
@@ -523,13 +522,14 @@ def summarize(services: Iterable[pb.Service], networks: Iterable[pb.Network]
     for service in services:
         name = service.spec.labels.get(NAMESPACE_LABEL)
         if name:
-            entry = stacks.setdefault(name, StackSummary(name))
-            entry.services += 1
-            entry.service_names.append(service.spec.name)
+            stacks.setdefault(name, StackSummary(name)).services.append(service.spec.name)
     for network in networks:
         name = network.spec.labels.get(NAMESPACE_LABEL)
         if name:
-            stacks.setdefault(name, StackSummary(name)).networks += 1
+            stacks.setdefault(name, StackSummary(name)).networks.append(network.spec.name)
+    for entry in stacks.values():
+        entry.services.sort()
+        entry.networks.sort()
     return [stacks[name] for name in sorted(stacks)]
 
 
@@ -541,10 +541,10 @@ def list_stacks(ctx: typer.Context, output: OutputOpt = render.Output.table) -> 
     stacks = summarize(services, networks)
     if output is render.Output.table:
         typer.echo(render.table(["NAME", "SERVICES", "NETWORKS"],
-                                [[s.name, str(s.services), str(s.networks)] for s in stacks]))
+                                [[s.name, str(len(s.services)), str(len(s.networks))]
+                                 for s in stacks]))
         return
-    data = [{"name": s.name, "services": s.service_names, "networks": s.networks}
-            for s in stacks]
+    data = [{"name": s.name, "services": s.services, "networks": s.networks} for s in stacks]
     typer.echo(render.plain(output, data))
 
 

@@ -693,4 +693,5 @@ def test_stack_summaries() -> None:
     services.append(pb.Service(spec=pb.ServiceSpec(name="loose")))
     networks = [pb.Network(spec=pb.NetworkSpec(name="a_default", labels={NAMESPACE_LABEL: "a"}))]
     summaries = stack_cli.summarize(services, networks)
-    assert [(s.name, s.services, s.networks) for s in summaries] == [("a", 2, 1), ("b", 1, 0)]
+    assert [(s.name, s.services, s.networks) for s in summaries] == [
+        ("a", ["a_x", "a_z"], ["a_default"]), ("b", ["b_y"], [])]
