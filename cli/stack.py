@@ -113,6 +113,10 @@ class PlanError(CliError):
 
 
 def _leaf(field: FieldDescriptor, value: Any) -> str:
+    if field.name.endswith("_bytes") and isinstance(value, int):
+        return units.format_memory(value)
+    if field.name == "nano_cpus" and isinstance(value, int):
+        return f"{units.format_cpus(value)} CPUs"
     if field.enum_type is not None:
         return field.enum_type.values_by_number[value].name if (
             value in field.enum_type.values_by_number) else str(value)
@@ -231,9 +235,10 @@ def plan_stack(stack: Stack, services: Sequence[pb.Service], networks: Sequence[
             raise PlanError(f"{wanted_service.location}: services.{key}: {error}") from None
         current_service = current_services.get(name)
         if current_service is None:
+            # What the file says, without the defaults the controller will add.
             service_steps.append(ServiceStep(
                 name, Action.create, spec=wanted_service.spec,
-                changes=diff(None, _network_names(desired, names))))
+                changes=diff(None, wanted_service.spec)))
             continue
         if not _belongs(current_service.spec.labels, stack.name):
             raise PlanError(f"{wanted_service.location}: services.{key}: a service named "
