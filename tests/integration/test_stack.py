@@ -14,6 +14,7 @@ import yaml
 from cli.compose import NAMESPACE_LABEL
 from swarmapi.v1 import objects_pb2 as pb
 from tests.integration.live import (
+    BROKEN_IMAGE,
     NODES,
     LiveCluster,
     assert_one_line_error,
@@ -234,3 +235,32 @@ def test_stack_ls_services_ps_and_rm(live: LiveCluster, tmp_path: Path) -> None:
     assert set(services_of(live, "solo")) == {"solo_one"}
     assert_one_line_error(swarmctl(live, "stack", "ps", "shop"), "stack 'shop' not found",
                           exit_code=1)
+
+
+def test_external_networks_are_used_not_created(live: LiveCluster, tmp_path: Path) -> None:
+    text = ("name: ext\nservices:\n  app:\n    image: busybox\n    networks: [shared]\n"
+            "networks:\n  shared:\n    external: true\n")
+    file = write(tmp_path, text)
+    assert_one_line_error(swarmctl(live, "apply", "-f", file),
+                          "networks.shared: external network 'shared' not found", exit_code=1)
+    assert services_of(live, "ext") == {}
+    network_id = ok(swarmctl(live, "network", "create", "shared")).stdout.strip()
+    ok(swarmctl(live, "apply", "-f", file))
+    (app,) = services_of(live, "ext").values()
+    assert app.spec.task.networks[0].target == network_id
+    assert networks_of(live, "ext") == {}
+    # Removing the stack leaves the external network alone.
+    ok(swarmctl(live, "stack", "rm", "ext"))
+    assert [n.id for n in live.stored("networks")] == [network_id]
+
+
+def test_a_stack_that_does_not_converge_exits_3(live: LiveCluster, tmp_path: Path) -> None:
+    # Restart condition none: the first rejection is final, so the test is quick.
+    file = write(tmp_path, f"name: broken\nservices:\n  app:\n    image: {BROKEN_IMAGE}\n"
+                           "    deploy: {restart_policy: {condition: none}}\n")
+    result = swarmctl(live, "apply", "-f", file, "--timeout", "20s")
+    assert result.exit_code == 3, result.output
+    assert "service broken_app: created" in result.stdout
+    assert f"image {BROKEN_IMAGE} not found" in result.stderr
+    # -d returns at once; the service is unchanged anyway.
+    assert "unchanged" in ok(swarmctl(live, "apply", "-f", file, "-d")).stdout

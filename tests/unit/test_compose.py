@@ -10,9 +10,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from cli import stack as stack_cli
 from cli.compose import NAMESPACE_LABEL, Stack, StackError, load_stack, parse_stack
+from cli.main import app
 from cli.stack import Action, PlanError, plan_lines, plan_stack, unsatisfiable_constraints
 from controller.api.validation import normalize_network_spec, normalize_service_spec
 from swarmapi.v1 import objects_pb2 as pb
@@ -695,3 +697,29 @@ def test_stack_summaries() -> None:
     summaries = stack_cli.summarize(services, networks)
     assert [(s.name, s.services, s.networks) for s in summaries] == [
         ("a", ["a_x", "a_z"], ["a_default"]), ("b", ["b_y"], [])]
+
+
+# ---------------------------------------------------------------- the commands, offline
+
+
+@pytest.mark.parametrize("command", [["apply"], ["stack", "deploy"], ["stack", "ls"],
+                                     ["stack", "ps"], ["stack", "services"], ["stack", "rm"]])
+def test_every_stack_command_has_help_with_examples(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.output
+    assert "swarmctl " + " ".join(command) in result.output
+
+
+def test_a_bad_file_is_refused_before_connecting(tmp_path: Path) -> None:
+    file = tmp_path / "stack.yaml"
+    file.write_text(BASE + "    ports: [x]\n")
+    # Port 1 on 127.0.0.1: nothing listens, and nothing is tried before the file is valid.
+    result = CliRunner().invoke(app, ["--controller", "127.0.0.1:1", "apply", "-f", str(file)])
+    assert result.exit_code == 2
+    assert result.stderr == (f'swarmctl: {file}:5:13: services.web.ports[0]: invalid port "x" '
+                             "(expected a port from 1 to 65535, e.g. 8080:80)\n")
+    missing = CliRunner().invoke(app, ["apply", "-f", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2
+    assert "cannot read" in missing.stderr
+    assert "No such file or directory" in missing.stderr
