@@ -15,9 +15,10 @@ compose's schema. After building, every spec also goes through the controller's
 own `normalize_*` validation (controller/api/validation.py), so the client cannot
 accept a file that the server would refuse halfway through an apply.
 
-Left out on purpose (see the report of the `stacks` branch): nested interpolation
-(`${A:-${B}}`), `.env` files next to the stack file (docker stack deploy does not
-read them either), `extends`, secrets and configs.
+Not supported (yet): nested interpolation (`${A:-${B}}`), `.env` files next to the
+stack file (docker stack deploy does not read them either), `extends`, secrets and
+configs (warned about), volume drivers (volumes are each node's local directories).
+Only the first problem is reported: fix it and run again.
 """
 
 from __future__ import annotations
@@ -232,9 +233,6 @@ class Stack:
     volumes: dict[str, StackVolume]
     warnings: list[StackWarning]
 
-    def full_name(self, key: str) -> str:
-        return f"{self.name}_{key}"
-
 
 def _quote(value: object) -> str:
     """A user's value quoted for a one-line message, as in `invalid port "80a"`."""
@@ -333,7 +331,7 @@ class _Reader:
             written = {id(key_node) for key_node, _ in node.value}
             loader.flatten_mapping(node)  # resolves `<<: *anchor` merge keys
             items: dict[str, Node] = {}
-            explicit: set[str] = set()
+            explicit: dict[str, int] = {}  # key -> its line, for keys written here
             for key_node, value_node in node.value:
                 key_where = self.at(key_node.start_mark)
                 if not isinstance(key_node, yaml.ScalarNode):
@@ -344,9 +342,9 @@ class _Reader:
                 # only a key written twice in the mapping itself is an error.
                 if key in explicit and id(key_node) in written:
                     raise StackError(key_where, "", f"duplicate key {_quote(key)} (first at line "
-                                     f"{items[key].location.line})")
+                                     f"{explicit[key]})")
                 if id(key_node) in written:
-                    explicit.add(key)
+                    explicit[key] = key_where.line
                 value = self._convert(loader, value_node, depth + 1, inner)
                 # An empty value (`web:`) has no text of its own: point at its key.
                 items[key] = Node(None, key_where) if value.value is None else value
@@ -726,6 +724,7 @@ def _top_networks(context: _Context, node: Node | None) -> dict[str, tuple[Node,
 
 
 def context_name(context: _Context, key: str) -> str:
+    """STACK_KEY, as docker names a stack's services, networks and volumes."""
     return f"{context.stack}_{key}"
 
 

@@ -529,6 +529,8 @@ BAD = [
             "        reservations: {memory: 128M}\n",
      "f.yaml:7:9: services.web.deploy.resources: the reservation (128MiB) exceeds the limit "
      "(64MiB)"),
+    ("name: s\nservices:\n  web:\n    image: a\n  web:\n    image: b\n",
+     'f.yaml:5:3: duplicate key "web" (first at line 3)'),
     ("name: s\nservices: &a\n  web: *a\n", "f.yaml:2:11: invalid YAML: a recursive alias"),
     ("name: s\nservices:\n  ? [a]\n  : x\n", "f.yaml:3:5: mapping keys must be strings, not a list"),
     (BASE + "    deploy:\n      replica: 3\n",
