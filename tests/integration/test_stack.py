@@ -22,6 +22,7 @@ from tests.integration.live import (
     swarmctl,
     table_rows,
 )
+from tests.unit.test_compose import FULL
 
 pytestmark = pytest.mark.integration
 
@@ -264,3 +265,19 @@ def test_a_stack_that_does_not_converge_exits_3(live: LiveCluster, tmp_path: Pat
     assert f"image {BROKEN_IMAGE} not found" in result.stderr
     # -d returns at once; the service is unchanged anyway.
     assert "unchanged" in ok(swarmctl(live, "apply", "-f", file, "-d")).stdout
+
+
+def test_every_key_survives_a_round_trip_unchanged(live: LiveCluster, tmp_path: Path) -> None:
+    """Whatever the controller fills in or rewrites (defaults, network IDs, canonical
+    subnets) must not look like a change: the full example applies, then is unchanged."""
+    extra = ("  extra:\n    image: busybox\n    ports: ['80', '9000-9001:90-91/udp']\n"
+             "    healthcheck: {disable: true}\n")
+    text = FULL.replace("  shared:\n    external: true\n", "").replace(
+        "networks:\n  front:", extra + "networks:\n  front:")
+    file = write(tmp_path, text)
+    first = ok(swarmctl(live, "apply", "-f", file, "-d"))
+    assert first.stdout.count(": created") == 6, first.stdout
+    again = ok(swarmctl(live, "apply", "-f", file, "-d"))
+    assert again.stdout.count(": unchanged") == 6, again.stdout
+    dry = ok(swarmctl(live, "apply", "-f", file, "--dry-run"))
+    assert "would be" not in dry.stdout
