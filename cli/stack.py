@@ -10,6 +10,12 @@ A deploy is three steps, each separately testable:
    services that use them, removals last) and waits for convergence like
    `service create` does.
 
+Everything that can be checked without writing is checked before the first write
+(the file, names taken outside the stack, missing external networks, mode changes).
+What the control API cannot do atomically stays non-atomic: if the controller
+refuses a write midway (or goes away), the writes before it stand and the error
+says which; running apply again completes the rest.
+
 The plan compares the controller's own normalisation of the file's spec
 (controller/api/validation.py) with the stored spec, so that defaults the server
 fills in never look like changes and applying the same file twice writes nothing.
