@@ -282,7 +282,9 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> No
         agents.append(start(f"agent {node.host}", nsenter_argv(node.netns, [
             sys.executable, "-m", "agent.main", "--controller", state.controller,
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
-            "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry])))
+            "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
+            # The monitoring example reads the host's /proc through a bind mount.
+            "--bind-root", "/proc"])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state.controller) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):
