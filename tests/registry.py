@@ -19,9 +19,7 @@ import ctypes.util
 import hashlib
 import json
 import os
-import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -33,6 +31,7 @@ from typing import Any
 
 # The image builders live with the local cluster, which ships a demo image;
 # re-exported here for the tests.
+from cli.dev.daemons import stop_child
 from cli.dev.images import (
     BUSYBOX_APPLETS,
     BUSYBOX_BINARY,
@@ -56,6 +55,7 @@ from cli.dev.images import (
     whiteout_entry,
     write_image,
 )
+from cli.dev.registry import REGISTRY_BINARY, write_registry_config
 from tests.etcd_server import free_port
 
 __all__ = [
@@ -89,7 +89,6 @@ __all__ = [
     "write_image",
 ]
 
-REGISTRY_BINARY = "/usr/bin/docker-registry"
 
 
 def _no_proxy_opener() -> urllib.request.OpenerDirector:
@@ -155,25 +154,17 @@ class RegistryServer:
         directory = Path(tempfile.mkdtemp(prefix="swarm-registry-", dir=tmp_dir))
         try:
             port = free_port()
-            config: dict[str, Any] = {
-                "version": 0.1,
-                "log": {"level": "warn", "accesslog": {"disabled": True}},
-                "storage": {"filesystem": {"rootdirectory": str(directory / "storage")},
-                            "delete": {"enabled": True}},
-                "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
-            }
+            htpasswd = None
             if credentials is not None:
                 hashed = bcrypt_hash(credentials[1])
                 if hashed is None:
                     raise RuntimeError("no bcrypt in libcrypt: cannot write an htpasswd file")
-                (directory / "htpasswd").write_text(f"{credentials[0]}:{hashed}\n")
-                config["auth"] = {"htpasswd": {"realm": "swarm-test",
-                                               "path": str(directory / "htpasswd")}}
-            # JSON is YAML: the registry reads it as its config file.
-            (directory / "config.yml").write_text(json.dumps(config))
+                htpasswd = directory / "htpasswd"
+                htpasswd.write_text(f"{credentials[0]}:{hashed}\n")
+            config = write_registry_config(directory, f"127.0.0.1:{port}", htpasswd=htpasswd)
             log = open(directory / "registry.log", "wb")  # noqa: SIM115 - owned by the process
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}  # no REGISTRY_* overrides
-            process = subprocess.Popen([REGISTRY_BINARY, "serve", str(directory / "config.yml")],
+            process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)],
                                        stdout=log, stderr=subprocess.STDOUT, env=env)
             log.close()
         except BaseException:
@@ -213,13 +204,7 @@ class RegistryServer:
 
     def stop(self) -> None:
         """Stop the registry by its PID and remove its directory. Idempotent."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_child(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def blob_path(self, digest: str) -> Path:

@@ -60,6 +60,7 @@ from pyroute2.netlink.rtnl import ndmsg
 from agent.runtime.netns import (
     NETNS_DIR,
     ensure_netns_blocking,
+    netlink_socket_in,
     netns_path,
     remove_netns_blocking,
 )
@@ -123,9 +124,11 @@ class OverlaySettings:
 
 @contextlib.contextmanager
 def _ipr(namespace: str | None) -> Iterator[Any]:
-    """An IPRoute in a namespace (name or path; None: the current one).
-    flags=0: pyroute2 would otherwise CREATE a missing namespace."""
-    ipr = IPRoute() if namespace is None else IPRoute(netns=namespace, flags=0)
+    """An IPRoute in a namespace (name or path; None: the current one); a
+    missing namespace is FileNotFoundError, never created."""
+    # Never IPRoute(netns=...): it forks a helper, which crashes inside the
+    # agent (a process with gRPC's threads); see agent/runtime/netns.py.
+    ipr = IPRoute() if namespace is None else IPRoute(use_socket=netlink_socket_in(namespace))
     try:
         yield ipr
     finally:

@@ -1,36 +1,181 @@
 """Named network namespaces (/run/netns/NAME bind mounts, as `ip netns add`
-makes them) through pyroute2, with loopback up inside.
+makes them), with loopback up inside.
 
-pyroute2's synchronous API runs its own event loop, so the async functions run
-it in a worker thread; the `*_blocking` ones are for code that already runs in
-one (agent.network does). `ip netns exec` is never used (it breaks runc, see
-DESIGN.md).
+Nothing here forks. pyroute2's netns.create() and IPRoute(netns=...) fork a
+helper process, and a fork of the agent -- a process with gRPC's threads --
+crashed the child with SIGSEGV (seen here: "child process is dead, status:
+-11" from every container prepare inside `swarm-agent`, never in a plain test
+process). Instead a short-lived thread of our own unshares its network
+namespace (namespaces are per thread), bind-mounts it to /run/netns/NAME,
+sets lo up with an ioctl on a socket made inside it, and ends. Code that must
+work inside an existing namespace (netlink through pyroute2's IPRoute() with
+no netns argument, say) runs the same way: `run_in_netns_blocking`.
+
+The async functions run in a worker thread; the `*_blocking` ones are for
+code that already runs in one. `ip netns exec` is never used (it breaks
+runc, see DESIGN.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from pyroute2 import IPRoute, netns
+T = TypeVar("T")
 
 NETNS_DIR = Path("/run/netns")
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SHARED = 1 << 20
+_MNT_DETACH = 2
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+_IFREQ = "16sH14x"  # struct ifreq: name, then ifr_flags (short) in the union
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
 
 
 def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
-def _new(name: str) -> None:
-    netns.create(name)
+def _share_netns_dir() -> None:
+    """Make /run/netns a shared mount (as iproute2 does), so that the
+    namespace mounts below it propagate to mount namespaces made later."""
+    NETNS_DIR.mkdir(parents=True, exist_ok=True)
+    libc = _libc()
+    target = str(NETNS_DIR).encode()
+    if libc.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None) == 0:
+        return
+    # Not a mount point yet: bind it onto itself first.
+    _check(libc.mount(target, target, b"none", ctypes.c_ulong(_MS_BIND | _MS_REC), None),
+           f"bind {NETNS_DIR}")
+    _check(libc.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None),
+           f"make {NETNS_DIR} shared")
+
+
+def _loopback_up() -> None:
+    """lo up in the calling thread's network namespace."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack(_IFREQ, b"lo", 0)
+        flags = struct.unpack(_IFREQ, fcntl.ioctl(sock, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | _IFF_UP))
+
+
+def _in_own_thread(name: str, function: Callable[[], T]) -> T:
+    """function() in a new thread, which ends with it: a thread whose network
+    namespace was changed never runs anything else."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(function())
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def _thread_netns() -> str:
+    return f"/proc/self/task/{threading.get_native_id()}/ns/net"
+
+
+def _enter_and_run(target: int, function: Callable[[], T]) -> T:
+    libc = _libc()
+    original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        # flags=0: never let pyroute2 create a namespace as a side effect
-        with IPRoute(netns=name, flags=0) as ipr:
-            (index,) = ipr.link_lookup(ifname="lo")
-            ipr.link("set", index=index, state="up")
+        _check(libc.setns(target, _CLONE_NEWNET), "setns")
+        try:
+            return function()
+        finally:
+            _check(libc.setns(original, _CLONE_NEWNET), "setns back")
+    finally:
+        os.close(original)
+
+
+def run_in_netns_blocking(namespace: str, function: Callable[[], T]) -> T:
+    """function() run by a thread inside the namespace (a name under
+    /run/netns, or a path), without a fork.
+
+    Do ALL of a pyroute2 session inside function: IPRoute opens its netlink
+    socket lazily and per thread, so an IPRoute made here and used outside
+    talks to the caller's namespace (seen with pyroute2 0.9)."""
+    path = namespace if namespace.startswith("/") else str(netns_path(namespace))
+
+    def enter() -> T:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _enter_and_run(fd, function)
+        finally:
+            os.close(fd)
+
+    return _in_own_thread(f"in-netns-{os.path.basename(path)}", enter)
+
+
+def netlink_socket_in(namespace: str) -> socket.socket:
+    """A NETLINK_ROUTE socket inside a namespace (name or path), made without a
+    fork: a socket belongs to the namespace it was created in, whichever thread
+    uses it later. Hand it to pyroute2 as IPRoute(use_socket=...) and use that
+    IPRoute from one thread (pyroute2 checks); closing the IPRoute closes it.
+    SOCK_DGRAM, not RAW: pyroute2 builds an asyncio datagram endpoint on it."""
+    return run_in_netns_blocking(namespace, lambda: socket.socket(
+        socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
+
+
+def _unshare_into(path: Path) -> None:
+    """In a thread of its own: a new namespace, bound to path, lo up."""
+    libc = _libc()
+    original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        try:
+            _check(libc.mount(_thread_netns().encode(), str(path).encode(), b"none",
+                              ctypes.c_ulong(_MS_BIND), None),
+                   f"bind network namespace to {path}")
+            _loopback_up()
+        finally:
+            _check(libc.setns(original, _CLONE_NEWNET), "setns back")
+    finally:
+        os.close(original)
+
+
+def _new(name: str) -> None:
+    path = netns_path(name)
+    _share_netns_dir()
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    try:
+        _in_own_thread(f"netns-{name}", lambda: _unshare_into(path))
     except BaseException:
-        netns.remove(name)
+        remove_netns_blocking(name)
         raise
 
 
@@ -43,17 +188,21 @@ def ensure_netns_blocking(name: str) -> bool:
     return True
 
 
-def remove_netns_blocking(name: str) -> None:
-    """Remove the namespace's name; the kernel destroys it (and the devices
-    in it) once no process or open handle keeps it alive."""
-    if netns_path(name).exists():
-        with contextlib.suppress(FileNotFoundError):
-            netns.remove(name)
-
-
 def _create(name: str) -> None:
     remove_netns_blocking(name)  # a leftover of an interrupted prepare
     _new(name)
+
+
+def remove_netns_blocking(name: str) -> None:
+    """Remove the namespace's name; the kernel destroys it (and the devices
+    in it) once no process or open handle keeps it alive."""
+    path = netns_path(name)
+    if _libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOENT):  # not mounted, or no such path
+            raise OSError(code, f"umount {path}: {os.strerror(code)}")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 async def create_netns(name: str) -> Path:

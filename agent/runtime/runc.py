@@ -75,6 +75,7 @@ _UNKNOWN_EXIT = 255
 _SIGKILL = int(signal.SIGKILL)
 _MAX_NOFILE = 1_048_576
 _REMEMBERED_EXITS = 1024
+_LIST_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -607,7 +608,13 @@ class RuncRuntime:
         self._locks.pop(task_id, None)
 
     async def list(self) -> dict[str, ContainerState]:
-        code, out, err = await self._runc("list", "--format", "json")
+        for _ in range(_LIST_ATTEMPTS):
+            code, out, err = await self._runc("list", "--format", "json")
+            # `runc list` fails outright when a container's state directory
+            # goes away between its readdir and its stat (a concurrent
+            # delete, seen when scaling down 50 containers): just list again.
+            if code == 0 or "no such file or directory" not in err:
+                break
         if code != 0:
             raise ContainerError(f"runc list: {_runc_message(err)}")
         known = {entry["id"]: entry for entry in (json.loads(out or "null") or [])}

@@ -20,17 +20,16 @@ benchmarks: N network namespaces joined by an underlay bridge.
   Hosts.name()), and cleanup_stale() removes what runs whose process is gone
   left behind.
 
-Netlink work is done with pyroute2 (no `ip` commands), synchronously: call
-from a thread (asyncio.to_thread) when an event loop is running.
+Netlink work is done with pyroute2 (no `ip` commands), synchronously -- call
+from a thread (asyncio.to_thread) when an event loop is running -- and never
+with IPRoute(netns=...), which forks (see agent/runtime/netns.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -41,9 +40,17 @@ from types import TracebackType
 from typing import Any
 
 from pyroute2 import IPRoute
-from pyroute2 import netns as pr_netns
 
-from agent.runtime.netns import NETNS_DIR, ensure_netns_blocking, netns_path, remove_netns_blocking
+from agent.runtime.netns import (
+    NETNS_DIR,
+    ensure_netns_blocking,
+    netlink_socket_in,
+    netns_path,
+    remove_netns_blocking,
+    run_in_netns_blocking,
+)
+
+from .daemons import stop_child
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,12 @@ def new_run_prefix(base: str = RUN_BASE) -> str:
     """`swt-<pid>-<4 hex>-`: unique per run, and the pid tells cleanup_stale
     whether the run that made it is still alive."""
     return f"{base}{os.getpid()}-{secrets.token_hex(2)}-"
+
+
+def ipr_in(netns: str) -> IPRoute:
+    """An IPRoute inside a namespace, made without a fork (close it; use it from
+    one thread). A missing namespace is FileNotFoundError, never created."""
+    return IPRoute(use_socket=netlink_socket_in(netns))
 
 
 def nsenter_argv(netns: str | os.PathLike[str], argv: Sequence[str]) -> list[str]:
@@ -105,7 +118,7 @@ class Host:
     def ipr(self) -> IPRoute:
         """A pyroute2 IPRoute inside the host (close it; flags=0: never
         create the namespace as a side effect)."""
-        return IPRoute(netns=self.netns, flags=0)
+        return ipr_in(self.netns)
 
     def set_mtu(self, mtu: int) -> None:
         with self.ipr() as ipr:
@@ -114,20 +127,8 @@ class Host:
 
     def stop_processes(self, timeout: float = 5.0) -> None:
         for process in self.processes:
-            _stop(process, timeout)
+            stop_child(process, timeout)
         self.processes.clear()
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class Hosts:
@@ -163,7 +164,7 @@ class Hosts:
 
     def _make_underlay(self, mtu: int) -> None:
         ensure_netns_blocking(self.underlay_netns)
-        with IPRoute(netns=self.underlay_netns, flags=0) as ul:
+        with ipr_in(self.underlay_netns) as ul:
             ul.link("add", ifname=UNDERLAY_BRIDGE, kind="bridge", mtu=mtu)
             (index,) = ul.link_lookup(ifname=UNDERLAY_BRIDGE)
             ul.link("set", index=index, state="up")
@@ -178,7 +179,7 @@ class Hosts:
         host = Host(name=name, netns=self.prefix + name, address=address)
         ensure_netns_blocking(host.netns)  # with lo up
         self.hosts.append(host)
-        with IPRoute(netns=self.underlay_netns, flags=0) as ul:
+        with ipr_in(self.underlay_netns) as ul:
             # Both ends in one request: the host's end straight into its namespace.
             ul.link("add", ifname=name, kind="veth", mtu=mtu,
                     peer={"ifname": host.ifname, "net_ns_fd": host.path, "mtu": mtu})
@@ -190,6 +191,27 @@ class Hosts:
             ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
             ipr.link("set", index=index, state="up")
         return host
+
+    def attach_root(self, link: str, *, mtu: int = 1500) -> IPv4Interface:
+        """Give the root namespace a leg on the underlay (the subnet's first
+        address, on a veth named `link`), for the local cluster's etcd,
+        controller and registry and for the operator's swarmctl. The hosts
+        still have no route beyond the underlay. Removed with the underlay
+        namespace (a veth dies with its peer)."""
+        address = IPv4Interface(f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}")
+        with IPRoute() as root:
+            root.link("add", ifname=link, kind="veth", mtu=mtu,
+                      peer={"ifname": "root", "net_ns_fd": str(netns_path(self.underlay_netns)),
+                            "mtu": mtu})
+            (index,) = root.link_lookup(ifname=link)
+            root.addr("add", index=index, address=str(address.ip),
+                      prefixlen=address.network.prefixlen)
+            root.link("set", index=index, state="up")
+        with ipr_in(self.underlay_netns) as ul:
+            (port,) = ul.link_lookup(ifname="root")
+            (bridge,) = ul.link_lookup(ifname=UNDERLAY_BRIDGE)
+            ul.link("set", index=port, master=bridge, state="up")
+        return address
 
     def popen(self, netns: str | os.PathLike[str], argv: Sequence[str],
               **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -230,10 +252,18 @@ class Hosts:
         for host in self.hosts:
             host.stop_processes()
         for process in self.processes:
-            _stop(process, 5.0)
+            stop_child(process, 5.0)
         self.processes.clear()
-        for name in self.namespaces():
-            remove_netns_blocking(name)
+        remove_namespaces(self.prefix)
+
+
+def remove_namespaces(prefix: str) -> list[str]:
+    """Remove every namespace named prefix* (the kernel deletes their devices,
+    and with them the peers of their veths). Returns the names removed."""
+    names = _namespaces_with(prefix)
+    for name in names:
+        remove_netns_blocking(name)
+    return names
 
 
 def _namespaces_with(prefix: str) -> list[str]:
@@ -272,12 +302,11 @@ def cleanup_stale(base: str = RUN_BASE) -> list[str]:
 def socket_in(netns: str | os.PathLike[str], family: int = socket.AF_INET,
               kind: int = socket.SOCK_STREAM) -> socket.socket:
     """A socket created inside a network namespace (name or path), usable
-    from this process: pyroute2 makes it in a short-lived child that enters
-    the namespace and passes the descriptor back. Blocking."""
+    from any thread of this process (a socket stays in the namespace it was
+    made in). Blocking."""
     text = os.fspath(netns)
     path = text if "/" in text else str(netns_path(text))
-    # flags=0: never create a missing namespace as a side effect
-    sock: socket.socket = pr_netns.create_socket(path, family, kind, flags=0)
+    sock: socket.socket = run_in_netns_blocking(path, lambda: socket.socket(family, kind))
     return sock
 
 

@@ -98,10 +98,16 @@ class Context:
 
 def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Successor,
              now: float) -> pb.Task:
+    # Deterministic, so that two controllers racing to create the same task
+    # collide in etcd; the service's version is part of it because a slot's
+    # attempt count starts again once all its tasks are gone (scale down, then
+    # up): without it a new task could take a deleted one's ID and inherit its
+    # late status reports.
+    epoch = str(service.meta.version)
     if slot.node_id:
-        task_id = derived_id(service_id, "node", slot.node_id, str(next_task.attempt))
+        task_id = derived_id(service_id, epoch, "node", slot.node_id, str(next_task.attempt))
     else:
-        task_id = derived_id(service_id, "slot", str(slot.number), str(next_task.attempt))
+        task_id = derived_id(service_id, epoch, "slot", str(slot.number), str(next_task.attempt))
     task = pb.Task(id=task_id, service_id=service_id, service_name=service.spec.name,
                    slot=slot.number, node_id=slot.node_id, spec_version=service.spec_version,
                    desired_state=pb.RUNNING, attempt=next_task.attempt)

@@ -10,12 +10,10 @@ its fixture removes everything it made, also when the test fails.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,9 +32,11 @@ from agent.runtime import (
     RuncSettings,
     spec,
 )
-from agent.runtime import netns as netns_module
 from agent.runtime import rootfs as fs
 from swarmapi.v1 import objects_pb2 as pb
+from tests.agent.containers import leftovers
+from tests.agent.containers import runc_sync as _runc_sync
+from tests.agent.containers import teardown as _teardown
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 and not os.environ.get("CI"),
@@ -297,53 +297,12 @@ def settings(tmp_path: Path) -> Iterator[RuncSettings]:
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def _runc_sync(settings: RuncSettings, *args: str) -> str:
-    return subprocess.run([str(settings.runc_path), "--root", str(settings.runc_root_dir), *args],
-                          capture_output=True, text=True, check=True).stdout
-
-
-def _runc_ids(settings: RuncSettings) -> list[str]:
-    return _runc_sync(settings, "list", "-q").split()
-
-
 def _cmdline(pid: int) -> list[bytes]:
     return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
 
 
 def _parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
-
-
-async def _teardown(settings: RuncSettings) -> list[str]:
-    """Remove everything the test's runtime made; returns what needed more
-    than remove() (which should be nothing)."""
-    runtime = RuncRuntime(settings)
-    for task_id in await runtime.list():
-        with contextlib.suppress(Exception):
-            await runtime.remove(task_id)
-    extra = []
-    for point in fs.mounts_under(settings.state_dir):
-        extra.append(f"mount {point}")
-        fs.unmount(Path(point))
-    if netns_module.NETNS_DIR.is_dir():
-        for name in os.listdir(netns_module.NETNS_DIR):
-            if name.startswith(settings.netns_name_prefix):
-                extra.append(f"netns {name}")
-                await netns_module.remove_netns(name)
-    for task_id in _runc_ids(settings):
-        extra.append(f"runc container {task_id}")
-        _runc_sync(settings, "delete", "--force", task_id)
-    for hierarchy in settings.cgroup_root.iterdir():
-        parent = hierarchy / settings.cgroup_parent
-        if parent.is_dir():
-            for child in sorted((p for p in parent.rglob("*") if p.is_dir()),
-                                key=lambda p: len(p.parts), reverse=True):
-                extra.append(f"cgroup {child}")
-                with contextlib.suppress(OSError):
-                    child.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-    return extra
 
 
 @pytest.fixture
@@ -359,24 +318,6 @@ def _task(*command: str, **container: object) -> pb.Task:
     task = pb.Task(id=uuid.uuid4().hex[:25], service_id="svc")
     task.spec.container.CopyFrom(pb.ContainerSpec(command=list(command), **container))  # type: ignore[arg-type]
     return task
-
-
-def leftovers(runtime: RuncRuntime, task_id: str) -> list[str]:
-    """Everything a container can leave on the host."""
-    found = []
-    bundle = runtime.bundle_dir(task_id)
-    found += [f"mount {p}" for p in fs.mount_points()
-              if p.startswith(str(bundle)) or runtime.netns_name(task_id) in p]
-    if runtime.netns_path(task_id).exists():
-        found.append(f"netns {runtime.netns_path(task_id)}")
-    found += [f"cgroup {d}" for d in runtime.cgroup_dirs(task_id) if d.exists()]
-    if task_id in _runc_ids(runtime.settings):
-        found.append("runc state")
-    for path in (bundle, runtime.settings.exits_dir / task_id, runtime.log_path(task_id),
-                 runtime.settings.sockets_dir / task_id):
-        if os.path.lexists(path):
-            found.append(f"file {path}")
-    return found
 
 
 def log_entries(runtime: RuncRuntime, task_id: str) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -13,6 +14,9 @@ from controller.server import Controller, ControllerConfig
 from controller.store import EtcdSettings
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from tests.etcd_server import EtcdServer
+
+if TYPE_CHECKING:
+    from tests.integration.live import LiveCluster
 
 HEARTBEAT = 0.5  # seconds: a silent node is down after three of these
 
@@ -60,3 +64,16 @@ async def sim_nodes(controller: Controller) -> AsyncIterator[SimulatedCluster]:
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest.fixture
+def live(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[LiveCluster]:
+    """A fresh controller and nodes per test (under a second), in a key space of its own."""
+    # Imported here: tests/integration/live.py imports this module's settings.
+    from tests.integration.live import BROKEN_IMAGE, LiveCluster
+
+    cluster = LiveCluster(etcd_server, etcd_prefix, reject_images={BROKEN_IMAGE})
+    try:
+        yield cluster
+    finally:
+        cluster.close()

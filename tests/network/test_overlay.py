@@ -36,7 +36,7 @@ from agent.network import (
 )
 from agent.network.overlay import BRIDGE, VXLAN
 from agent.runtime.netns import ensure_netns_blocking, netns_path
-from cli.dev.hosts import Host, Hosts, connect_in
+from cli.dev.hosts import Host, Hosts, connect_in, ipr_in
 
 REPO = Path(__file__).resolve().parents[2]
 NET = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
@@ -123,7 +123,7 @@ async def unreachable(src: Task, dst: Task) -> bool:
 
 
 def dump(netns: str, what: str) -> list[Any]:
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with ipr_in(netns) as ipr:
         if what == "links":
             return [(m.get("ifname"), m.get(("linkinfo", "kind"))) for m in ipr.link("dump")]
         if what == "fdb":
@@ -146,20 +146,20 @@ def dump(netns: str, what: str) -> list[Any]:
 
 
 def ifindex(netns: str, ifname: str) -> int:
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with ipr_in(netns) as ipr:
         (index,) = ipr.link_lookup(ifname=ifname)
         return int(index)
 
 
 def add_address(netns: str, ifname: str, address: str) -> None:
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with ipr_in(netns) as ipr:
         (index,) = ipr.link_lookup(ifname=ifname)
         ip, prefixlen = address.split("/")
         ipr.addr("add", index=index, address=ip, prefixlen=int(prefixlen))
 
 
 def vxlan_local(netns: str) -> str:
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with ipr_in(netns) as ipr:
         (index,) = ipr.link_lookup(ifname=VXLAN)
         return str(ipr.link("get", index=index)[0].get(("linkinfo", "data", "vxlan_local")))
 
@@ -167,7 +167,7 @@ def vxlan_local(netns: str) -> str:
 def add_foreign(netns: str, ifname: str) -> None:
     """An interface someone else made (a veth within the namespace: this
     kernel has no dummy driver)."""
-    with IPRoute(netns=netns, flags=0) as ipr:
+    with ipr_in(netns) as ipr:
         ipr.link("add", ifname=ifname, kind="veth", peer="foreign")
 
 

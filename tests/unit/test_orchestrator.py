@@ -206,13 +206,24 @@ def running(svc: pb.Service, n: int, version: int | None = None) -> list[pb.Task
 # ---------------------------------------------------------------- replicated
 
 
+def test_a_slot_emptied_and_refilled_gets_a_new_task_id() -> None:
+    # Scale to 0 (tasks deleted) then back to 1: the service changed in between,
+    # so the new task must not take the deleted task's ID (late reports of the old
+    # task would land on it).
+    before = plan(service(1), []).create[0].id
+    rescaled = service(1)
+    rescaled.meta.version = 43
+    assert plan(rescaled, []).create[0].id != before
+    assert plan(service(1), []).create[0].id == before  # same state, same ID: races collide
+
+
 def test_creates_a_task_per_missing_slot_with_all_fields() -> None:
     svc = service(3, version=4)
     svc.endpoint.ports.add(target_port=80, published_port=30000)
     result = plan(svc, [task(svc, 2)])
     assert [t.slot for t in result.create] == [1, 3]
     new = result.create[0]
-    assert new.id == derived_id(SID, "slot", "1", "0")
+    assert new.id == derived_id(SID, "42", "slot", "1", "0")
     assert (new.service_id, new.service_name, new.node_id) == (SID, "web", "")
     assert new.spec == svc.spec.task
     assert new.spec_version == 4
@@ -300,7 +311,7 @@ def test_failed_task_is_restarted_after_the_default_delay() -> None:
     assert new.attempt == 1
     assert new.slot == 1
     assert [to_seconds(t) for t in new.restart_history] == [NOW - 2]
-    assert new.id == derived_id(SID, "slot", "1", "1")
+    assert new.id == derived_id(SID, "42", "slot", "1", "1")
     assert result.requeue_after is None
 
 
@@ -418,7 +429,7 @@ def test_global_one_task_per_eligible_node() -> None:
     result = plan(svc, [task(svc, node_id="b")], nodes)
     (new,) = result.create
     assert (new.node_id, new.slot) == ("a", 0)
-    assert new.id == derived_id(SID, "node", "a", "0")
+    assert new.id == derived_id(SID, "42", "node", "a", "0")
     assert not result.update
     assert not result.delete
 
@@ -459,7 +470,7 @@ def test_global_restart_per_node() -> None:
     failed = task(svc, node_id="a", state=pb.FAILED, exit_code=1, at=NOW - 10)
     (new,) = plan(svc, [failed], nodes).create
     assert (new.node_id, new.attempt) == ("a", 1)
-    assert new.id == derived_id(SID, "node", "a", "1")
+    assert new.id == derived_id(SID, "42", "node", "a", "1")
 
 
 def test_global_node_coming_back_gets_its_task_again() -> None:

@@ -1,0 +1,276 @@
+"""`swarm-agent`: one node's agent -- registers with the controllers, runs its
+assigned tasks as runc containers (conmon-monitored), reports their status.
+
+    swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
+        --advertise-addr 10.0.0.5 [--label zone=a]... [--registry-insecure HOST]... \\
+        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME]
+
+Everything the agent keeps lives under --state-dir:
+
+    node-id        the node ID the controller gave at registration (kept, so
+                   a restarted agent is the same node and adopts its containers)
+    runtime/       runc root, bundles, conmon exit files, logs, named volumes
+    images/        the image store (layers unpacked once, shared)
+
+The cgroup parent (and the network-namespace prefix derived from it) comes
+from the state dir's path unless --cgroup-parent says otherwise, so several
+agents on one machine, each with its own state dir, never touch each other's
+containers, and a restarted agent finds its own again.
+
+SIGTERM or SIGINT stops the agent cleanly and leaves the containers running;
+the next agent with the same state dir adopts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from swarmapi.loops import cancel_all, start_supervised
+from swarmapi.v1 import objects_pb2 as pb
+
+from .images import ImageStore
+from .runtime import RuncRuntime, RuncSettings
+from .session import AgentSession, SessionSettings, insecure_channels
+from .worker import Worker
+
+log = logging.getLogger("agent")
+
+AGENT_VERSION = "swarm-agent 0.1.0"
+_SUN_PATH_MAX = 107
+_LONGEST_SOCKET_SUFFIX = len("/") + 64 + len("/attach")  # conmon's socket under the dir
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    controllers: tuple[str, ...]
+    state_dir: Path
+    advertise_addr: str
+    hostname: str
+    labels: dict[str, str]
+    insecure_registries: tuple[str, ...]
+    cgroup_parent: str
+    bind_roots: tuple[Path, ...] = ()
+    log_level: str = "INFO"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.state_dir / "runtime"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def node_id_file(self) -> Path:
+        return self.state_dir / "node-id"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: scripts and humans both read it.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, val = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    return key.strip(), val
+
+
+def _ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
+
+
+def default_cgroup_parent(state_dir: Path) -> str:
+    """Stable per state dir, short (it prefixes netns names)."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return f"swarm-{digest}"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
+    parser = _Parser(prog="swarm-agent",
+                     description="Run a node agent: runs the tasks the controllers assign to "
+                                 "this node as runc containers.")
+    parser.add_argument("--controller", action="append", type=_host_port, required=True,
+                        metavar="HOST:PORT", help="a controller (repeatable; fails over)")
+    parser.add_argument("--state-dir", required=True, type=Path,
+                        help="where the agent keeps node ID, containers and images")
+    parser.add_argument("--advertise-addr", required=True, type=_ip,
+                        help="this node's address for the other nodes")
+    parser.add_argument("--label", action="append", type=_label, default=[], metavar="K=V",
+                        help="node label (repeatable)")
+    parser.add_argument("--registry-insecure", action="append", default=[], metavar="HOST",
+                        help="registry reachable over plain HTTP (repeatable; loopback always is)")
+    parser.add_argument("--hostname", default="", help="node name (default: the host's)")
+    parser.add_argument("--cgroup-parent", default="",
+                        help="cgroup parent of the containers (default: derived from --state-dir)")
+    parser.add_argument("--bind-root", action="append", type=Path, default=[], metavar="DIR",
+                        help="host directory whose subtree bind mounts may use (repeatable; "
+                             "default: bind mounts refused, named volumes only)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    args = parser.parse_args(argv)
+    state_dir: Path = args.state_dir.absolute()
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--state-dir {state_dir}: {error.strerror or error}")
+    cgroup_parent = args.cgroup_parent or default_cgroup_parent(state_dir)
+    try:
+        RuncSettings(state_dir=state_dir, cgroup_parent=cgroup_parent)
+    except ValueError as error:
+        parser.error(f"--cgroup-parent: {error}")
+    return AgentConfig(
+        controllers=tuple(args.controller), state_dir=state_dir,
+        advertise_addr=args.advertise_addr, hostname=args.hostname or socket.gethostname(),
+        labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
+        cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
+        log_level=args.log_level)
+
+
+def _memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def describe(config: AgentConfig) -> pb.NodeDescription:
+    return pb.NodeDescription(
+        hostname=config.hostname,
+        addresses=[config.advertise_addr],
+        resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000,
+                               memory_bytes=_memory_bytes()),
+        engine_labels=config.labels,
+        platform=pb.Platform(os=platform.system().lower(), architecture=platform.machine()),
+        advertise_addr=config.advertise_addr,
+        agent_version=AGENT_VERSION,
+    )
+
+
+def runc_settings(config: AgentConfig) -> RuncSettings:
+    socket_dir: Path | None = None
+    default_socket_dir = config.runtime_dir / "sock"
+    if len(str(default_socket_dir)) + _LONGEST_SOCKET_SUFFIX > _SUN_PATH_MAX:
+        # conmon's attach socket must fit a sockaddr_un: a deep state dir
+        # gets its sockets under /run instead (stable: named for the cgroup parent).
+        socket_dir = Path("/run/swarm-agent") / config.cgroup_parent
+    return RuncSettings(state_dir=config.runtime_dir, cgroup_parent=config.cgroup_parent,
+                        socket_dir=socket_dir, allowed_bind_roots=config.bind_roots)
+
+
+def _read_node_id(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        return path.read_text().strip()
+    return ""
+
+
+def _registered(config: AgentConfig, worker: Worker, node_id: str) -> None:
+    worker.node_id = node_id
+    _write_node_id(config.node_id_file, node_id)
+
+
+def _write_node_id(path: Path, node_id: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node_id + "\n")
+    os.replace(tmp, path)
+
+
+async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until `stop` is set (or SIGTERM/SIGINT)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runtime = RuncRuntime(runc_settings(config))
+    images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries)
+    worker = Worker(runtime, images)
+    worker.node_id = _read_node_id(config.node_id_file)
+    worker.node_hostname = describe(config).hostname
+    await worker.start()  # before the first assignment: know what to adopt
+    session = AgentSession(
+        config.controllers, describe(config), worker, insecure_channels(),
+        node_id=_read_node_id(config.node_id_file), labels=config.labels,
+        on_registered=lambda node_id: _registered(config, worker, node_id),
+        settings=SessionSettings())
+    worker.report = session.report
+    log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
+             config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
+    session_loop = start_supervised("agent-session", session.run)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down; containers keep running")
+        await cancel_all([session_loop])
+        await worker.close()
+        await images.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def purge(config: AgentConfig) -> int:
+    """Stop (SIGKILL, no grace) and remove every container of this agent's state
+    dir -- for tearing a node down for good, with the agent stopped. Returns how
+    many there were."""
+    runtime = RuncRuntime(runc_settings(config))
+    containers = await runtime.list()
+    for task_id in containers:
+        await runtime.shutdown(task_id, "SIGKILL", 0)
+        await runtime.remove(task_id)
+    root = runtime.settings.cgroup_root
+    for hierarchy in (sorted(root.iterdir()) if root.is_dir() else []):
+        with contextlib.suppress(OSError):
+            (hierarchy / config.cgroup_parent).rmdir()  # empty by now
+    return len(containers)
+
+
+def purge_state_dir(state_dir: Path, cgroup_parent: str = "") -> int:
+    """purge() for the agent that ran with this state dir (and cgroup parent, if
+    it was not the default)."""
+    state_dir = state_dir.absolute()
+    config = AgentConfig(controllers=(), state_dir=state_dir, advertise_addr="", hostname="",
+                         labels={}, insecure_registries=(),
+                         cgroup_parent=cgroup_parent or default_cgroup_parent(state_dir))
+    return asyncio.run(purge(config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_args(argv)
+    logging.basicConfig(level=config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
+    asyncio.run(run(config))
+
+
+if __name__ == "__main__":
+    main()

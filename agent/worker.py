@@ -1,0 +1,543 @@
+"""The worker: runs the tasks assigned to this node as containers, level-triggered.
+
+The session hands it assignments (first the COMPLETE set, then INCREMENTAL
+changes); the worker keeps one entry per assigned task and one supervised
+asyncio loop per entry. The loop looks at the whole state of its task -- the
+desired state from the latest assignment, the state it last reported, and
+what it knows of the container -- asks the pure `next_step` what to do, does
+that one step, and asks again. It never branches on what changed, so the
+normal path is also the recovery path: after an agent restart the same loop
+picks up an adopted container wherever it was.
+
+States only move forward (ASSIGNED -> ACCEPTED -> PREPARING -> READY ->
+STARTING -> RUNNING -> COMPLETE | FAILED, or SHUTDOWN when asked to stop,
+REJECTED when the task cannot run here). A report that would move a task
+backwards (possible when the controller saw a later state than a restarted
+agent can reproduce) is not sent.
+
+Restart safety: `start()` lists the runtime's containers before the first
+assignment; a container whose task is assigned is adopted as it is (a running
+one keeps running, same PID; one that exited meanwhile has its exit code from
+conmon's exit file). After each COMPLETE set, containers of tasks that are
+not in it are stopped and removed. `close()` stops the loops and leaves every
+container as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from swarmapi.loops import cancel_all, start_supervised
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import objects_pb2 as pb
+
+from .health import (
+    HEALTHY,
+    STARTING,
+    UNHEALTHY,
+    HealthPlan,
+    ProbeResult,
+    plan_health,
+    watch_health,
+)
+from .images import Image, ImageError
+from .runtime import (
+    ContainerError,
+    ContainerState,
+    NoSuchContainer,
+    Runtime,
+    stop_signal,
+)
+from .templates import expand_task
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STOP_GRACE = 10.0  # docker's and swarm's default stop grace period
+_KILLED = 128 + 9  # the exit code of a process killed by SIGKILL
+
+
+class ImageSource(Protocol):
+    """What the worker needs of the image store (agent.images.ImageStore)."""
+
+    async def ensure(self, reference: str) -> Image: ...
+
+
+Report = Callable[[str, pb.TaskStatus], None]
+
+
+# ================================================================ pure decisions
+
+
+class Step(enum.Enum):
+    WAIT = "wait"  # nothing to do until the assignment changes
+    DONE = "done"  # terminal, container not running: nothing more, ever (but removal)
+    ACCEPT = "accept"  # -> ACCEPTED
+    PREPARE = "prepare"  # -> PREPARING, pull, create the container -> READY
+    START = "start"  # -> STARTING, start -> RUNNING
+    MONITOR = "monitor"  # wait for the exit, run health checks
+    REPORT_EXIT = "report-exit"  # the container exited: -> COMPLETE | FAILED
+    LOST = "lost"  # the controller saw it started, but no container exists: -> FAILED
+    STOP = "stop"  # asked to stop: signal, grace, SIGKILL -> SHUTDOWN
+    SHUTDOWN = "shutdown"  # asked to stop, nothing runs: -> SHUTDOWN
+    KILL = "kill"  # terminal already, but its container still runs: stop it, no report
+
+
+_ALIVE = frozenset({"running", "paused"})
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the worker knows of a task: the state it (or, before it reported
+    anything, the controller) last recorded, and the container's status --
+    None when there is no container ("unknown", a bundle cut short by a crash,
+    counts as none: prepare clears it)."""
+
+    state: int
+    container: str | None = None
+
+
+def next_step(desired: int, observed: Observed) -> Step:
+    """The one thing to do next for a task. Pure; see Step."""
+    alive = observed.container in _ALIVE
+    created = observed.container == "created"
+    if observed.state >= pb.COMPLETE:
+        return Step.KILL if alive or created else Step.DONE
+    if desired > pb.RUNNING:  # SHUTDOWN, REMOVE...
+        return Step.STOP if alive or created else Step.SHUTDOWN
+    if alive:
+        return Step.MONITOR
+    if observed.container == "stopped":
+        return Step.REPORT_EXIT
+    if created:
+        return Step.START if desired >= pb.RUNNING else Step.WAIT
+    if observed.state >= pb.RUNNING:
+        return Step.LOST
+    if observed.state < pb.ACCEPTED:
+        return Step.ACCEPT
+    # Accepted, or preparing/starting when an agent restart lost the container.
+    return Step.PREPARE if desired >= pb.READY else Step.WAIT
+
+
+def exit_outcome(exit_code: int, oom_killed: bool = False) -> tuple[int, str, str]:
+    """(state, message, err) of a container that exited on its own."""
+    if exit_code == 0 and not oom_killed:
+        return pb.COMPLETE, "finished", ""
+    err = f"task: non-zero exit ({exit_code})"
+    if oom_killed:
+        err += ": killed by the OOM killer (memory limit reached)"
+    return pb.FAILED, err.removeprefix("task: "), err
+
+
+def stop_grace(container: pb.ContainerSpec) -> float:
+    if container.HasField("stop_grace_period"):
+        period = container.stop_grace_period
+        return max(0.0, period.seconds + period.nanos / 1e9)
+    return DEFAULT_STOP_GRACE
+
+
+def state_name(state: int) -> str:
+    return pb.TaskState.Name(pb.TaskState.ValueType(state))
+
+
+def may_report(previous: int, new: int) -> bool:
+    """States move forward only; the same state again (a health change, a
+    re-report) is fine."""
+    return new >= previous
+
+
+# ================================================================ the worker
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    # A container found at start whose task is not assigned any more gets this
+    # long after SIGTERM (its task's own stop signal and grace are unknown).
+    removal_grace: float = DEFAULT_STOP_GRACE
+
+
+@dataclass
+class _Entry:
+    task: pb.Task  # the latest assignment
+    status: pb.TaskStatus  # the latest status reported (or the controller's)
+    container: ContainerState | None = None
+    image: Image | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    loop: asyncio.Task[None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    def observed(self) -> Observed:
+        status = self.container.status if self.container is not None else None
+        return Observed(self.status.state, None if status == "unknown" else status)
+
+
+class _TaskLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes each line with the task (and its service)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"task {extra.get('task')} ({extra.get('service')}): {msg}", kwargs
+
+
+class Worker:
+    """Implements agent.session.Worker over an image store and a Runtime."""
+
+    def __init__(self, runtime: Runtime, images: ImageSource, report: Report | None = None,
+                 settings: WorkerSettings | None = None) -> None:
+        self.runtime = runtime
+        self.images = images
+        # Set by whoever wires the session in (the session needs the worker first).
+        self.report: Report = report or (lambda task_id, status: None)
+        self.settings = settings or WorkerSettings()
+        # This node, for the templates of task specs ({{.Node.Hostname}}...).
+        self.node_id = ""
+        self.node_hostname = ""
+        self._entries: dict[str, _Entry] = {}
+        # Containers found at start() whose task has not been assigned (yet).
+        self._unclaimed: dict[str, ContainerState] = {}
+        self._removals: dict[str, asyncio.Task[None]] = {}
+        self._started = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Find the containers an earlier agent left (before any assignment)."""
+        self._unclaimed = dict(await self.runtime.list())
+        self._started = True
+        if self._unclaimed:
+            log.info("found %d existing containers: %s", len(self._unclaimed),
+                     ", ".join(f"{c.id} ({c.status})" for c in self._unclaimed.values()))
+
+    async def close(self) -> None:
+        """Stop every loop; containers stay as they are (the next agent adopts
+        them). A removal cut short is finished by the next agent."""
+        loops = [entry.loop for entry in self._entries.values() if entry.loop is not None]
+        await cancel_all([*loops, *self._removals.values()])
+        self._removals.clear()
+
+    # ------------------------------------------------------------ the Worker protocol
+
+    async def apply(self, assignments: dpb.Assignments) -> None:
+        if not self._started:
+            await self.start()
+        if assignments.type == dpb.Assignments.COMPLETE:
+            wanted = {task.id for task in assignments.tasks}
+            for task_id in [t for t in self._entries if t not in wanted]:
+                self._remove(task_id)
+            # Containers of tasks no longer ours (reassigned while we were away).
+            for task_id in [t for t in self._unclaimed if t not in wanted]:
+                log.info("container %s belongs to no assigned task: removing it", task_id)
+                del self._unclaimed[task_id]
+                self._start_removal(task_id)
+        for task_id in assignments.removed:
+            self._remove(task_id)
+        for task in assignments.tasks:
+            self._upsert(task)
+
+    def statuses(self) -> dict[str, pb.TaskStatus]:
+        return {task_id: entry.status for task_id, entry in self._entries.items()}
+
+    # ------------------------------------------------------------ assignments
+
+    def _upsert(self, task: pb.Task) -> None:
+        entry = self._entries.get(task.id)
+        if entry is not None:
+            entry.task = task
+            entry.changed.set()
+            return
+        status = pb.TaskStatus()
+        status.CopyFrom(task.status)
+        entry = _Entry(task=task, status=status, container=self._unclaimed.pop(task.id, None))
+        if entry.container is not None:
+            log.info("task %s: adopting its %s container", task.id, entry.container.status)
+        self._entries[task.id] = entry
+        entry.loop = start_supervised(f"task-{task.id}", lambda: self._run(entry))
+
+    def _remove(self, task_id: str) -> None:
+        entry = self._entries.pop(task_id, None)
+        if entry is None:
+            return
+        self._start_removal(task_id, entry.loop, self._stop_signal(entry),
+                            stop_grace(entry.task.spec.container))
+
+    def _start_removal(self, task_id: str, loop: asyncio.Task[None] | None = None,
+                       signal: str = "SIGTERM", grace: float | None = None) -> None:
+        """Stop (if it still runs) and remove the container, in the background:
+        apply() must not wait out a grace period."""
+        async def remove() -> None:
+            if loop is not None:
+                await cancel_all([loop])
+            await self._remove_container(task_id, signal,
+                                         self.settings.removal_grace if grace is None else grace)
+
+        async def run() -> None:
+            await remove()
+            # Forgotten only once done: a failed attempt is retried (supervised,
+            # with backoff) and stays visible to close() and wait_removals().
+            if self._removals.get(task_id) is asyncio.current_task():
+                del self._removals[task_id]
+
+        self._removals[task_id] = start_supervised(f"remove-{task_id}", run)
+
+    async def _remove_container(self, task_id: str, signal: str, grace: float) -> None:
+        try:
+            await self.runtime.shutdown(task_id, signal, grace)
+        except ContainerError as error:  # gone already, or unkillable: remove() insists
+            log.debug("task %s: stop before removal: %s", task_id, error)
+        await self.runtime.remove(task_id)
+        log.info("task %s: container removed", task_id)
+
+    async def wait_removals(self) -> None:
+        """Until every removal started so far has finished (tests, shutdown)."""
+        while self._removals:
+            await asyncio.gather(*list(self._removals.values()), return_exceptions=True)
+
+    # ------------------------------------------------------------ the task loop
+
+    async def _run(self, entry: _Entry) -> None:
+        tlog = _TaskLog(log, {"task": entry.id, "service": entry.task.service_name})
+        removal = self._removals.get(entry.id)
+        if removal is not None:  # the same ID again while its old container goes away
+            await asyncio.gather(removal, return_exceptions=True)
+        while True:
+            entry.changed.clear()
+            step = next_step(entry.task.desired_state, entry.observed())
+            if step in (Step.WAIT, Step.DONE):
+                await entry.changed.wait()
+                continue
+            tlog.debug("step %s", step.value)
+            if step in (Step.PREPARE, Step.MONITOR):
+                await self._interruptible(entry, step, tlog)
+            else:
+                await self._do(entry, step, tlog)
+
+    async def _interruptible(self, entry: _Entry, step: Step, tlog: _TaskLog) -> None:
+        """Run a long step (a pull, a container's whole life) until it ends or
+        the assignment changes so that another step is due (e.g. a shutdown)."""
+        action = asyncio.create_task(self._do(entry, step, tlog), name=f"{step.value}-{entry.id}")
+        try:
+            while not action.done():
+                changed = asyncio.create_task(entry.changed.wait())
+                try:
+                    await asyncio.wait({action, changed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    changed.cancel()
+                if action.done():
+                    break
+                entry.changed.clear()
+                if next_step(entry.task.desired_state, entry.observed()) != step:
+                    tlog.info("%s interrupted: desired state is now %s", step.value,
+                              state_name(entry.task.desired_state))
+                    action.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await action
+                    return
+            action.result()
+        finally:
+            if not action.done():  # we were cancelled ourselves
+                action.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await action
+
+    async def _do(self, entry: _Entry, step: Step, tlog: _TaskLog) -> None:
+        task = entry.task
+        if step is Step.ACCEPT:
+            self._set(entry, pb.ACCEPTED, "accepted")
+        elif step is Step.PREPARE:
+            await self._prepare(entry, tlog)
+        elif step is Step.START:
+            self._set(entry, pb.STARTING, "starting")
+            try:
+                pid = await self.runtime.start(task.id)
+            except ContainerError as error:
+                tlog.warning("start failed: %s", error)
+                entry.container = await self._observe(task.id)
+                self._set(entry, pb.FAILED, "starting failed", err=str(error))
+                return
+            entry.container = ContainerState(id=task.id, status="running", pid=pid)
+            tlog.info("running (pid %d)", pid)
+            checked = await self._health_plan(entry) is not None
+            self._set(entry, pb.RUNNING, "started",
+                      health=STARTING if checked else None)
+        elif step is Step.MONITOR:
+            await self._monitor(entry, tlog)
+        elif step is Step.REPORT_EXIT:
+            assert entry.container is not None
+            code = entry.container.exit_code
+            if code is None:
+                code = await self.runtime.wait(task.id)
+                entry.container = replace(entry.container, exit_code=code)
+            state, message, err = exit_outcome(code, entry.container.oom_killed)
+            tlog.info("exited with %d", code)
+            self._set(entry, state, message, err=err)
+        elif step is Step.LOST:
+            self._set(entry, pb.FAILED, "container lost",
+                      err=f"container {task.id} no longer exists on this node")
+        elif step is Step.STOP:
+            await self._stop(entry)
+            self._set(entry, pb.SHUTDOWN, "shutdown")
+        elif step is Step.SHUTDOWN:
+            self._set(entry, pb.SHUTDOWN, "shutdown")
+        elif step is Step.KILL:
+            await self._stop(entry)
+
+    async def _prepare(self, entry: _Entry, tlog: _TaskLog) -> None:
+        task = entry.task
+        reference = task.spec.container.image
+        self._set(entry, pb.PREPARING, "preparing")
+        try:
+            image = await self.images.ensure(reference)
+            entry.image = image
+            await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
+                                       image.runtime_input())
+        except (ImageError, ContainerError) as error:
+            # Before start, nothing retried here would do better: let the
+            # controller place the task again (RejectError: the spec cannot
+            # run; ImageError: the image cannot be had; ContainerError: runc
+            # or conmon refused the container).
+            tlog.warning("rejected: %s", error)
+            entry.container = None
+            self._set(entry, pb.REJECTED, "rejected", err=str(error))
+            return
+        entry.container = ContainerState(id=task.id, status="created")
+        self._set(entry, pb.READY, "prepared")
+
+    async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
+        task = entry.task
+        plan = await self._health_plan(entry)
+        if entry.status.state < pb.RUNNING:
+            # Adopted running, but the last agent died before it could say so.
+            self._set(entry, pb.RUNNING, "started",
+                      health=STARTING if plan else None)
+        waiting = asyncio.create_task(self.runtime.wait(task.id), name=f"wait-{task.id}")
+        watching: asyncio.Task[Any] | None = None
+        if plan is not None:
+            # An adopted container that was healthy stays so until probes say otherwise.
+            initial = HEALTHY if entry.status.health == HEALTHY else STARTING
+            watching = asyncio.create_task(
+                watch_health(plan, lambda: self._probe(task.id, plan),
+                             lambda health: self._set_health(entry, health), initial=initial),
+                name=f"health-{task.id}")
+        try:
+            await asyncio.wait({waiting, *([watching] if watching else [])},
+                               return_when=asyncio.FIRST_COMPLETED)
+            if waiting.done():
+                try:
+                    code = waiting.result()
+                except NoSuchContainer:
+                    tlog.warning("container vanished")
+                    entry.container = None
+                    return
+                assert entry.container is not None
+                oom = False
+                if code == _KILLED:  # SIGKILL: was it the OOM killer? (conmon noted it)
+                    observed = await self._observe(task.id)
+                    oom = observed is not None and observed.oom_killed
+                entry.container = replace(entry.container, status="stopped", pid=0,
+                                          exit_code=code, oom_killed=oom)
+                return
+            assert watching is not None
+            tracker = watching.result()
+            tlog.warning("%s: stopping it", tracker.reason())
+            await asyncio.shield(self._stop(entry))
+            self._set(entry, pb.FAILED, "unhealthy container", err=tracker.reason(),
+                      health=UNHEALTHY)
+        finally:
+            for helper in (waiting, watching):
+                if helper is not None and not helper.done():
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await helper
+
+    async def _health_plan(self, entry: _Entry) -> HealthPlan | None:
+        container = entry.task.spec.container
+        if entry.image is None and container.healthcheck.test != ["NONE"]:
+            # An adopted container: the image is on disk (nothing is pulled
+            # unless it went away); its config may carry the health check.
+            with contextlib.suppress(ImageError):
+                entry.image = await self.images.ensure(container.image)
+        return plan_health(container.healthcheck if container.HasField("healthcheck") else None,
+                           entry.image.healthcheck if entry.image else None)
+
+    async def _probe(self, task_id: str, plan: HealthPlan) -> ProbeResult:
+        try:
+            code = await self.runtime.exec(task_id, plan.argv, plan.timeout)
+        except TimeoutError:
+            return ProbeResult(False, f"timed out after {plan.timeout:g}s")
+        except ContainerError as error:
+            return ProbeResult(False, f"could not run the check: {error}")
+        return ProbeResult(code == 0, f"exit {code}")
+
+    @staticmethod
+    def _stop_signal(entry: _Entry) -> str:
+        container = entry.task.spec.container
+        if entry.image is None:  # adopted and never looked up: the image's is unknown
+            return container.stop_signal or "SIGTERM"
+        return stop_signal(container, entry.image.runtime_input().config)
+
+    async def _stop(self, entry: _Entry) -> None:
+        """Stop signal, the grace period, SIGKILL; records the exit."""
+        task = entry.task
+        try:
+            await self.runtime.shutdown(task.id, self._stop_signal(entry),
+                                        stop_grace(task.spec.container))
+            code = await self.runtime.wait(task.id)  # the exit file is there by now
+        except NoSuchContainer:
+            entry.container = None
+            return
+        previous = entry.container or ContainerState(id=task.id, status="stopped")
+        entry.container = replace(previous, status="stopped", pid=0, exit_code=code)
+
+    async def _observe(self, task_id: str) -> ContainerState | None:
+        return (await self.runtime.list()).get(task_id)
+
+    # ------------------------------------------------------------ status
+
+    def _set(self, entry: _Entry, state: int, message: str, *, err: str = "",
+             health: int | None = None) -> None:
+        if not may_report(entry.status.state, state):
+            log.debug("task %s: not reporting %s after %s", entry.id, state_name(state),
+                      state_name(entry.status.state))
+            return
+        status = pb.TaskStatus(state=state, message=message, err=err)  # type: ignore[arg-type]
+        status.timestamp.GetCurrentTime()
+        container = entry.container
+        if container is not None:
+            status.container.container_id = entry.id
+            status.container.pid = container.pid if container.status in _ALIVE else 0
+            if container.exit_code is not None:
+                status.container.exit_code = container.exit_code
+        status.health = (health if health is not None  # type: ignore[assignment]
+                         else entry.status.health if state == pb.RUNNING
+                         else pb.TaskStatus.NO_HEALTHCHECK)
+        self._publish(entry, status)
+
+    def _set_health(self, entry: _Entry, health: int) -> None:
+        if entry.status.state != pb.RUNNING or entry.status.health == health:
+            return
+        status = pb.TaskStatus()
+        status.CopyFrom(entry.status)
+        status.health = health  # type: ignore[assignment]
+        status.timestamp.GetCurrentTime()
+        self._publish(entry, status)
+
+    def _publish(self, entry: _Entry, status: pb.TaskStatus) -> None:
+        entry.status = status
+        if self._entries.get(entry.id) is entry:
+            self.report(entry.id, status)
+
+    # ------------------------------------------------------------ introspection (tests)
+
+    def task_ids(self) -> Collection[str]:
+        return tuple(self._entries)
+
+    def containers(self) -> Mapping[str, ContainerState | None]:
+        return {task_id: entry.container for task_id, entry in self._entries.items()}

@@ -1,0 +1,348 @@
+"""The local cluster: `swarmctl dev up|status|down` on one Linux machine, as root.
+
+    root namespace     192.168.77.1  etcd :2379, swarm-controller :2377, registry :5000,
+         |                           and the operator's swarmctl
+    <prefix>ul         the underlay bridge (a namespace of its own: see hosts.py)
+         |
+    <prefix>h1..hN     192.168.77.11..  one simulated host each, running a real
+                                        swarm-agent (entered with nsenter --net)
+
+Everything a cluster makes is named after it and recorded in its state file
+(/var/lib/swarm-dev/NAME/cluster.json) as it is made, so that `down` -- or an
+`up` after a crash or a reboot -- finds and removes all of it: processes (by
+pid and start time), the agents' containers, mounts and cgroups, namespaces
+and links, files, and the swarmctl context.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from agent.runtime.rootfs import remove_tree
+
+from .context import Context, remove_context, write_context
+from .daemons import Daemon, alive, spawn, stop
+from .etcd import etcd_argv
+from .hosts import FIRST_HOST_OFFSET, Hosts, nsenter_argv, remove_namespaces
+from .images import PATH_ENV, build_image, busybox_entries
+from .registry import REGISTRY_BINARY, write_registry_config
+
+log = logging.getLogger(__name__)
+
+STATE_ROOT = Path("/var/lib/swarm-dev")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # it names links: 15 characters at most
+CONTROLLER_PORT, ETCD_PORT, ETCD_PEER_PORT, REGISTRY_PORT = 2377, 2379, 2380, 5000
+DEMO_IMAGE = "demo"
+
+# The demo image's web server: a page naming the task and the node that answered.
+DEMO_WEB = b"""#!/bin/sh
+mkdir -p /www
+echo "hello from ${TASK_NAME:-$(hostname)} on ${NODE_NAME:-an unnamed node}" > /www/index.html
+exec httpd -f -p "${PORT:-80}" -h /www
+"""
+
+
+class ClusterError(Exception):
+    """The local cluster cannot be brought up or down; the message says why."""
+
+
+@dataclass
+class NodeRecord:
+    host: str  # h1...
+    netns: str
+    address: str
+    state_dir: str
+
+
+@dataclass
+class ClusterState:
+    name: str
+    subnet: str
+    gateway: str = ""
+    daemons: list[Daemon] = field(default_factory=list)
+    nodes: list[NodeRecord] = field(default_factory=list)
+
+    @property
+    def controller(self) -> str:
+        return f"{self.gateway}:{CONTROLLER_PORT}"
+
+    @property
+    def registry(self) -> str:
+        return f"{self.gateway}:{REGISTRY_PORT}"
+
+    @property
+    def prefix(self) -> str:
+        return namespace_prefix(self.name)
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ClusterError(f"--name {name!r}: expected a lowercase letter then up to 9 "
+                           "lowercase letters or digits")
+    return name
+
+
+def namespace_prefix(name: str) -> str:
+    return f"swd-{name}-"
+
+
+def root_link(name: str) -> str:
+    return f"swd-{name}"
+
+
+def state_dir(name: str) -> Path:
+    return STATE_ROOT / name
+
+
+def _state_file(name: str) -> Path:
+    return state_dir(name) / "cluster.json"
+
+
+def save_state(state: ClusterState) -> None:
+    path = _state_file(state.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(asdict(state), indent=1))
+    partial.replace(path)
+
+
+def load_state(name: str) -> ClusterState | None:
+    try:
+        data = json.loads(_state_file(name).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ClusterError(f"{_state_file(name)}: unreadable ({error}); "
+                           f"run `swarmctl dev down --name {name}`") from None
+    return ClusterState(
+        name=data["name"], subnet=data["subnet"], gateway=data.get("gateway", ""),
+        daemons=[Daemon(**d) for d in data.get("daemons", [])],
+        nodes=[NodeRecord(**n) for n in data.get("nodes", [])])
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ClusterError("the local cluster needs root (namespaces, runc, cgroups): "
+                           "run it with sudo")
+
+
+def _wait(what: str, ready: Callable[[], bool], daemon: Daemon | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if daemon is not None and not alive(daemon):
+            raise ClusterError(f"{what} exited while starting; see {daemon.log}")
+        if time.monotonic() > deadline:
+            raise ClusterError(f"{what} not ready within {timeout:.0f}s"
+                               + (f"; see {daemon.log}" if daemon is not None else ""))
+        time.sleep(0.1)
+
+
+def _listening(host: str, port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+    return check
+
+
+def _registry_answers(addr: str) -> Callable[[], bool]:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def check() -> bool:
+        try:
+            with opener.open(f"http://{addr}/v2/", timeout=1):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+    return check
+
+
+def push_demo_image(registry: str) -> str:
+    """The demo image: Debian's static busybox and a web server script."""
+    entries = busybox_entries({"/bin/demo-web": DEMO_WEB})
+    # busybox_entries makes files 0644: the script must be executable.
+    for info, _ in entries:
+        if info.name == "bin/demo-web":
+            info.mode = 0o755
+    config = {"Cmd": ["/bin/demo-web"], "Env": [PATH_ENV], "ExposedPorts": {"80/tcp": {}}}
+    return build_image(registry, DEMO_IMAGE, "latest", [entries], config)
+
+
+def _ready_nodes(controller: str) -> int:
+    import grpc
+
+    from swarmapi.v1 import control_pb2 as cpb
+    from swarmapi.v1 import control_pb2_grpc as cgrpc
+    from swarmapi.v1 import objects_pb2 as pb
+
+    with grpc.insecure_channel(controller) as channel:
+        try:
+            response = cgrpc.ControlStub(channel).ListNodes(cpb.ListNodesRequest(), timeout=2)
+        except grpc.RpcError:
+            return -1
+    return sum(node.status.state == pb.NodeStatus.READY for node in response.nodes)
+
+
+def up(name: str, nodes: int, subnet: str, say: Callable[[str], None]) -> ClusterState:
+    """Bring the cluster up (after removing whatever an earlier run left)."""
+    _require_root()
+    validate_name(name)
+    if not 1 <= nodes <= 50:
+        raise ClusterError(f"--nodes {nodes}: expected 1 to 50")
+    try:
+        network = IPv4Network(subnet)
+    except ValueError as error:
+        raise ClusterError(f"--subnet {subnet!r}: {error}") from None
+    if network.num_addresses < FIRST_HOST_OFFSET + nodes + 2:
+        raise ClusterError(f"--subnet {subnet}: too small for {nodes} nodes")
+    existing = load_state(name)
+    if existing is not None and existing.daemons and all(alive(d) for d in existing.daemons):
+        raise ClusterError(f"cluster {name!r} is up already (swarmctl dev status / dev down)")
+    if existing is not None or _leftovers(name):
+        say(f"removing what an earlier run of {name!r} left")
+        down(name, say=lambda _: None)
+    for daemon_path in (REGISTRY_BINARY, "/usr/sbin/runc", "/usr/bin/conmon", "/usr/bin/skopeo"):
+        if not os.path.exists(daemon_path):
+            raise ClusterError(f"{daemon_path} missing: run deploy/setup.sh")
+    state = ClusterState(name=name, subnet=str(network))
+    save_state(state)
+    try:
+        _bring_up(state, nodes, say)
+    except BaseException:
+        say("start failed: removing what was made")
+        with contextlib.suppress(Exception):
+            down(name, say=lambda _: None)
+        raise
+    return state
+
+
+def _leftovers(name: str) -> bool:
+    prefix = namespace_prefix(name)
+    netns_dir = Path("/run/netns")
+    has_netns = netns_dir.is_dir() and any(n.startswith(prefix) for n in os.listdir(netns_dir))
+    return has_netns or state_dir(name).exists() or Path(f"/sys/class/net/{root_link(name)}").exists()
+
+
+def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> None:
+    directory = state_dir(state.name)
+    logs = directory / "logs"
+    say(f"creating {nodes} hosts on {state.subnet}")
+    hosts = Hosts.create(nodes, prefix=state.prefix, subnet=state.subnet)
+    state.gateway = str(hosts.attach_root(root_link(state.name)).ip)
+    state.nodes = [NodeRecord(host.name, host.netns, str(host.ip),
+                              str(directory / "nodes" / host.name)) for host in hosts]
+    save_state(state)
+    gateway = state.gateway
+
+    def start(role: str, argv: list[str], env: dict[str, str] | None = None) -> Daemon:
+        daemon = spawn(role, argv, logs / f"{role.replace(' ', '-')}.log", env)
+        state.daemons.append(daemon)
+        save_state(state)  # recorded before anything waits on it
+        return daemon
+
+    say("starting etcd")
+    etcd = start("etcd", etcd_argv(state.name, str(directory / "etcd"),
+                                   f"http://{gateway}:{ETCD_PORT}",
+                                   f"http://{gateway}:{ETCD_PEER_PORT}"))
+    _wait("etcd", _listening(gateway, ETCD_PORT), etcd, 30)
+
+    say("starting the registry and pushing the demo image")
+    (directory / "registry").mkdir(parents=True, exist_ok=True)
+    config = write_registry_config(directory / "registry", state.registry)
+    registry = start("registry", [REGISTRY_BINARY, "serve", str(config)],
+                     {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    _wait("registry", _registry_answers(state.registry), registry, 30)
+    image = push_demo_image(state.registry)
+    say(f"  {image}")
+
+    say("starting the controller")
+    controller = start("controller", [
+        sys.executable, "-m", "controller.main", "--listen", state.controller,
+        "--etcd", f"{gateway}:{ETCD_PORT}", "--heartbeat-period", "2"])
+    _wait("controller", _listening(gateway, CONTROLLER_PORT), controller, 30)
+
+    say(f"starting {nodes} agents")
+    agents = []
+    for node in state.nodes:
+        agents.append(start(f"agent {node.host}", nsenter_argv(node.netns, [
+            sys.executable, "-m", "agent.main", "--controller", state.controller,
+            "--state-dir", node.state_dir, "--advertise-addr", node.address,
+            "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
+            # The monitoring example reads the host's /proc through a bind mount.
+            "--bind-root", "/proc"])))
+    _wait(f"{nodes} nodes", lambda: _ready_nodes(state.controller) >= nodes, None, 60)
+    for agent in agents:
+        if not alive(agent):
+            raise ClusterError(f"{agent.role} exited; see {agent.log}")
+    write_context(Context(name=state.name, controller=state.controller))
+
+
+def down(name: str, say: Callable[[str], None]) -> None:
+    """Remove everything the cluster made; safe to repeat, and after a crash."""
+    _require_root()
+    validate_name(name)
+    state = load_state(name)
+    if state is not None:
+        # Agents first (they would restart what is removed), then their
+        # containers, then the control plane.
+        for daemon in state.daemons:
+            if daemon.role.startswith("agent") and stop(daemon):
+                say(f"stopped {daemon.role}")
+        for node in state.nodes:
+            count = purge_node(Path(node.state_dir))
+            if count:
+                say(f"removed {count} containers of {node.host}")
+        for daemon in state.daemons:
+            if not daemon.role.startswith("agent") and stop(daemon):
+                say(f"stopped {daemon.role}")
+    removed = remove_namespaces(namespace_prefix(name))
+    if removed:
+        say(f"removed {len(removed)} network namespaces")
+    _remove_link(root_link(name))
+    # Mounts an interrupted run left (container rootfs overlays), then the files.
+    remove_tree(state_dir(name))
+    remove_context(name)
+
+
+def purge_node(node_state_dir: Path) -> int:
+    """Stop and remove every container an agent with this state dir ran."""
+    if not node_state_dir.exists():
+        return 0
+    from agent.main import purge_state_dir  # the agent knows its own layout
+
+    return purge_state_dir(node_state_dir)
+
+
+def _remove_link(link: str) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=link)
+        if found:
+            with contextlib.suppress(NetlinkError):
+                ipr.link("del", index=found[0])
+
+
+def status(name: str) -> ClusterState:
+    validate_name(name)
+    state = load_state(name)
+    if state is None:
+        raise ClusterError(f"no cluster {name!r} (swarmctl dev up --name {name})")
+    return state
+

@@ -1,0 +1,89 @@
+"""`swarmctl dev up|status|down`: a local multi-host cluster on this machine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import grpc
+import typer
+
+from swarmapi.v1 import control_pb2 as cpb
+from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarmapi.v1 import objects_pb2 as pb
+
+from .. import render
+from ..errors import CliError, ReportingGroup
+from ..options import examples
+from . import cluster
+from .daemons import alive
+
+app = typer.Typer(help="A local multi-host cluster on this machine (root).",
+                  no_args_is_help=True, rich_markup_mode=None, cls=ReportingGroup)
+
+NameOpt = Annotated[str, typer.Option("--name", help="Name of the local cluster.")]
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+@app.command(epilog=examples("sudo swarmctl dev up", "sudo swarmctl dev up --nodes 5 --name big"))
+def up(
+    nodes: Annotated[int, typer.Option("--nodes", help="Number of simulated hosts.")] = 3,
+    name: NameOpt = "dev",
+    subnet: Annotated[str, typer.Option("--subnet", help="Underlay subnet of the hosts.")]
+        = "192.168.77.0/24",
+) -> None:
+    """Start etcd, a controller, a registry with the demo image and N agents, each on
+    a simulated host (a network namespace on a shared underlay), and make plain
+    swarmctl talk to it. Re-running after a crash or a reboot cleans up first."""
+    try:
+        state = cluster.up(name, nodes, subnet, _say)
+    except cluster.ClusterError as error:
+        raise CliError(str(error)) from None
+    typer.echo(f"cluster {name!r} is up: controller {state.controller}, "
+               f"registry {state.registry} (image {state.registry}/{cluster.DEMO_IMAGE}:latest)")
+    typer.echo("try: swarmctl node ls")
+
+
+@app.command(epilog=examples("swarmctl dev status"))
+def status(name: NameOpt = "dev") -> None:
+    """What runs where: the cluster's processes, its nodes and their tasks."""
+    try:
+        state = cluster.status(name)
+    except cluster.ClusterError as error:
+        raise CliError(str(error)) from None
+    typer.echo(render.table(("PROCESS", "PID", "STATE"), [
+        (d.role, str(d.pid), "running" if alive(d) else "gone") for d in state.daemons]))
+    typer.echo("")
+    with grpc.insecure_channel(state.controller) as channel:
+        stub = cgrpc.ControlStub(channel)
+        try:
+            nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=5).nodes
+            tasks = stub.ListTasks(cpb.ListTasksRequest(), timeout=5).tasks
+            services = stub.ListServices(cpb.ListServicesRequest(), timeout=5).services
+        except grpc.RpcError as error:
+            raise CliError(f"cannot reach controller at {state.controller}: "
+                           f"{error.details()}") from None
+    names = {s.id: s.spec.name for s in services}
+    running: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.status.state == pb.RUNNING:
+            running.setdefault(task.node_id, []).append(
+                f"{names.get(task.service_id, task.service_id[:12])}.{task.slot or task.node_id[:6]}")
+    typer.echo(render.table(("NODE", "ADDRESS", "STATUS", "RUNNING TASKS"), [
+        (n.description.hostname, n.status.addr,
+         render.title_word(pb.NodeStatus.State.Name(n.status.state)),
+         " ".join(sorted(running.get(n.id, []))) or "-")
+        for n in sorted(nodes, key=lambda n: n.description.hostname)]))
+
+
+@app.command(epilog=examples("sudo swarmctl dev down"))
+def down(name: NameOpt = "dev") -> None:
+    """Remove every process, container, namespace, link, mount, cgroup and file the
+    cluster made. Safe to repeat."""
+    try:
+        cluster.down(name, _say)
+    except cluster.ClusterError as error:
+        raise CliError(str(error)) from None
+    typer.echo(f"cluster {name!r} is down")
