@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +58,26 @@ def _figures(prefix: str, total: float, latencies: Sequence[float]) -> dict[str,
     return {f"{prefix}_seconds": round(total, 3),
             f"{prefix}_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
             f"{prefix}_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1)}
+
+
+async def _wait_pid_exit(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def make_layer(directory: Path) -> Path:
@@ -197,16 +216,7 @@ class Bench:
             pid = int(json.loads((self.raw_root / task_id / "state.json").read_text())
                       ["init_process_pid"])
             await self._run("kill", task_id, "KILL")
-            with contextlib.suppress(ProcessLookupError):
-                fd = os.pidfd_open(pid)
-                try:
-                    loop = asyncio.get_running_loop()
-                    gone = loop.create_future()
-                    loop.add_reader(fd, lambda f=gone: f.done() or f.set_result(None))
-                    await asyncio.wait_for(gone, 10)
-                    loop.remove_reader(fd)
-                finally:
-                    os.close(fd)
+            await asyncio.wait_for(_wait_pid_exit(pid), 10)
             code, err = await self._run("delete", task_id)
             if code != 0:
                 raise RuntimeError(f"runc delete: {err.decode(errors='replace').strip()}")
@@ -232,6 +242,9 @@ class Bench:
                 if name.startswith(self.settings.netns_name_prefix):
                     with contextlib.suppress(OSError):
                         await netns_module.remove_netns(name)
+        await asyncio.to_thread(self._remove_cgroups)
+
+    def _remove_cgroups(self) -> None:
         for hierarchy in Path("/sys/fs/cgroup").iterdir():
             for parent in (self.cgroup_parent, self.raw_parent):
                 directory = hierarchy / parent
@@ -288,7 +301,7 @@ def main() -> None:
         raise KeyboardInterrupt  # unwinds through run()'s cleanup
 
     signal.signal(signal.SIGTERM, terminate)
-    print(json.dumps(asyncio.run(run(args.containers, args.order))))
+    print(json.dumps(asyncio.run(run(args.containers, args.order,))))
 
 
 if __name__ == "__main__":

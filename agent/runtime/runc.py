@@ -473,6 +473,8 @@ class RuncRuntime:
         async def kill() -> None:
             # Kill and let conmon reap: `runc delete --force` of a live container
             # would poll for its death in 100 ms steps.
+            if self._read_exit_code(task_id) is not None and self._monitor_pid(task_id) is None:
+                return  # conmon recorded the exit and is gone: nothing to kill, no `runc state`
             state = await self._runc_state(task_id)
             if state is None or state.get("status") == "stopped":
                 return
