@@ -76,6 +76,7 @@ _SIGKILL = int(signal.SIGKILL)
 _MAX_NOFILE = 1_048_576
 _REMEMBERED_EXITS = 1024
 _LIST_ATTEMPTS = 5
+_LayerChains = list[tuple[Path, ...]]  # (the class's list() hides the builtin inside it)
 
 
 @dataclass(frozen=True)
@@ -634,6 +635,11 @@ class RuncRuntime:
                 monitor_pid=self._monitor_pid(task_id),
                 oom_killed=(self.bundle_dir(task_id) / "persist" / "oom").exists())
         return states
+
+    def mounted_layers(self) -> _LayerChains:
+        """The image layers (lowest first) of every container's rootfs mount
+        of this runtime, running or not: what the image collector must keep."""
+        return fs.overlay_lowers_under(self.settings.bundles_dir)
 
     async def exec(self, task_id: str, argv: Sequence[str],
                    timeout: float) -> int:
