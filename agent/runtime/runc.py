@@ -582,6 +582,8 @@ class RuncRuntime:
 
     async def shutdown(self, task_id: str, signal: str, grace: float) -> None:
         number = parse_signal(signal)
+        if self._read_exit_code(task_id) is not None and self._monitor_pid(task_id) is None:
+            return  # conmon recorded the exit: stopped, no need to ask runc
         state = await self._runc_state(task_id)
         if state is None or state.get("status") == "stopped":
             return
