@@ -625,12 +625,16 @@ class ImageGcSettings:
     container uses go, least recently used first, until the usage is at or
     below low_percent (or nothing more may go). Defaults: 80 % high, 60 % low
     of the store's filesystem, checked every 5 minutes and after every
-    container removal."""
+    container removal. An image asked for (ensure()) less than min_age
+    seconds ago stays, as the kubelet's image GC minimum age (default 2
+    minutes): it closes the window between a pull and the container that
+    uses it."""
 
     high_percent: float = 80.0
     low_percent: float = 60.0
     max_bytes: int | None = None
     interval: float = 300.0
+    min_age: float = 120.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.low_percent <= self.high_percent <= 100:
@@ -1167,6 +1171,7 @@ class ImageStore:
         layer chains of the containers' overlay mounts, which the runtime
         reports (RuncRuntime.mounted_layers()), so that a container being
         removed or not yet claimed after an agent restart keeps its image.
+        Without force, images asked for less than gc.min_age seconds ago stay.
         Every layer of in_use_layers stays too. Images being pulled and their
         layers stay. Invalid references in in_use are ignored. Returns the
         normalised references removed."""
@@ -1185,8 +1190,9 @@ class ImageStore:
         return await asyncio.shield(self._collect(wanted, wanted_digests, chains, force))
 
     def _gc_inputs(self, wanted: set[str], wanted_digests: set[str],
-                   chains: set[tuple[str, ...]]) -> tuple[list[GcImage], dict[str, int],
-                                                          set[str]]:
+                   chains: set[tuple[str, ...]], force: bool) -> tuple[list[GcImage],
+                                                                       dict[str, int], set[str]]:
+        young = float("inf") if force else time.time() - self.gc.min_age
         images = []
         for key, record in self._catalog.items():
             layers = tuple(_hex(d) for d in record.diff_ids)
@@ -1196,7 +1202,7 @@ class ImageStore:
             except OSError:
                 last_used = 0.0
             in_use = (record.reference in wanted or record.digest in wanted_digests
-                      or key in self._inflight or chain in chains)
+                      or key in self._inflight or chain in chains or last_used > young)
             images.append(GcImage(key, record.size, layers, last_used, in_use))
         sizes = {}
         for entry in self.layers_dir.iterdir():
@@ -1219,7 +1225,7 @@ class ImageStore:
                 return []
             target = 0 if force else int(capacity * self.gc.low_percent / 100)
             images, sizes, protected = await asyncio.to_thread(
-                self._gc_inputs, wanted, wanted_digests, chains)
+                self._gc_inputs, wanted, wanted_digests, chains, force)
             plan = plan_gc(images, sizes, protected, usage, -1 if force else target)
             doomed = {key: self._catalog[key] for key in plan.images}
             paths = [self.images_dir / key for key in plan.images]

@@ -19,7 +19,8 @@ holding the image store is more than --image-gc-high percent full (default
 most --image-gc-low percent full (default 60). With --image-gc-max-bytes N
 the store's own size is measured against N bytes instead. It runs every 5
 minutes and after every container removal; images of containers (running,
-created, being removed) and of pulls in progress are never removed.
+created, being removed), of pulls in progress and images asked for in the
+last 2 minutes are never removed.
 
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several

@@ -140,7 +140,7 @@ async def test_unused_images_go_oldest_first_until_under_the_low_mark(
     for name in ("old", "mid", "new", "used"):  # a clear LRU order
         key_dir = next(d for d in store.images_dir.iterdir()
                        if f'"{gc_images[name]}"' in (d / "image.json").read_text())
-        stamp = time.time() - 100 + ("old", "mid", "new", "used").index(name)
+        stamp = time.time() - 1000 + ("old", "mid", "new", "used").index(name)
         os.utime(key_dir / "image.json", (stamp, stamp))
     usage = await store.disk_usage()
     layout = {n: next(r.size for r in store._catalog.values() if r.reference == gc_images[n])
@@ -186,10 +186,17 @@ async def test_layers_mounted_by_containers_keep_their_image(
 async def test_a_pull_in_progress_is_not_broken(store: ImageStore,
                                                 gc_images: dict[str, str]) -> None:
     old = await store.ensure(gc_images["old"])
+    stamp = time.time() - 1000  # old enough to go
+    for key_dir in store.images_dir.iterdir():
+        os.utime(key_dir / "image.json", (stamp, stamp))
+    store.gc = ImageGcSettings(max_bytes=1, high_percent=0, low_percent=0)  # always collect
     pulling = asyncio.create_task(store.ensure(gc_images["mid"]))  # shares old's base layer
     removed: list[str] = []
-    while not pulling.done():
-        removed += await store.collect_garbage([], force=True)
+    await asyncio.sleep(0)  # the pull has begun
+    assert store._inflight
+    while not pulling.done():  # collections all through the pull, and just after it
+        # (then the new image is younger than min_age)
+        removed += await store.collect_garbage([])
         await asyncio.sleep(0.005)
     image = await pulling
     assert gc_images["old"] in removed
@@ -205,7 +212,7 @@ async def test_the_collector_loop_runs_when_kicked(tmp_path: Path, needs_root: N
                                                    gc_images: dict[str, str]) -> None:
     store = ImageStore(tmp_path / "images",
                        gc=ImageGcSettings(max_bytes=1, high_percent=0, low_percent=0,
-                                          interval=3600))
+                                          interval=3600, min_age=0))
     asked: list[int] = []
 
     async def in_use() -> InUse:

@@ -466,7 +466,7 @@ async def test_gc_removes_unused_images_and_keeps_used(store: ImageStore,
 
 async def test_gc_runs_above_threshold_and_matches_digests(tmp_path: Path, needs_root: None,
                                                            busybox_ref: str) -> None:
-    small = ImageStore(tmp_path / "small", gc=ImageGcSettings(max_bytes=1, low_percent=0))
+    small = ImageStore(tmp_path / "small", gc=ImageGcSettings(max_bytes=1, low_percent=0, min_age=0))
     try:
         image = await small.ensure(busybox_ref)
         assert await small.disk_usage() > 1
