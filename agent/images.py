@@ -45,7 +45,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_GC_THRESHOLD = 2 * 1024**3
 DEFAULT_REGISTRY = "docker.io"
 _DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io",
                                  "registry.hub.docker.com"})
@@ -617,6 +616,100 @@ class _Record:
 
 
 @dataclass(frozen=True)
+class ImageGcSettings:
+    """When images go. The store's size is measured against a capacity:
+    max_bytes when set (the store's own bytes: pulled OCI layouts plus the
+    regular files of the unpacked layers), else the filesystem holding the
+    store (its used bytes, whatever uses them, against its size -- as the
+    kubelet does). Above high_percent of the capacity, images that no
+    container uses go, least recently used first, until the usage is at or
+    below low_percent (or nothing more may go). Defaults: 80 % high, 60 % low
+    of the store's filesystem, checked every 5 minutes and after every
+    container removal. An image asked for (ensure()) less than min_age
+    seconds ago stays, as the kubelet's image GC minimum age (default 2
+    minutes): it closes the window between a pull and the container that
+    uses it."""
+
+    high_percent: float = 80.0
+    low_percent: float = 60.0
+    max_bytes: int | None = None
+    interval: float = 300.0
+    min_age: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_percent <= self.high_percent <= 100:
+            raise ValueError(f"image gc: need 0 <= low ({self.low_percent:g}%) <= high "
+                             f"({self.high_percent:g}%) <= 100")
+        if self.max_bytes is not None and self.max_bytes <= 0:
+            raise ValueError("image gc: max bytes must be positive")
+
+
+@dataclass(frozen=True)
+class GcImage:
+    """An image as the collector sees it: its catalog key, the bytes of its
+    own layout, its layers (diff-id hex, any order), when a container last
+    asked for it, and whether it must stay (a container uses it, or a pull of
+    it is in progress)."""
+
+    key: str
+    size: int
+    layers: tuple[str, ...]
+    last_used: float
+    in_use: bool
+
+
+@dataclass(frozen=True)
+class GcPlan:
+    images: tuple[str, ...]  # keys, in removal order
+    layers: tuple[str, ...]  # diff-id hex
+    freed: int  # bytes
+
+
+def plan_gc(images: Collection[GcImage], layer_sizes: Mapping[str, int],
+            protected_layers: Collection[str], usage: int, target: int) -> GcPlan:
+    """What to remove to bring `usage` down to `target` bytes (pure).
+
+    Layers on disk that no image references and nothing protects go first
+    (debris); then images not in use, least recently used first (ties by
+    key), each with the layers that no remaining image and nothing protected
+    has. Never an image in use, never a layer of an image in use or in
+    protected_layers. Stops as soon as usage - freed <= target; when even
+    everything removable is not enough, removes everything removable."""
+    protected = set(protected_layers)
+    for image in images:
+        if image.in_use:
+            protected.update(image.layers)
+    refs: Counter[str] = Counter()
+    for image in images:
+        refs.update(set(image.layers))
+    freed = 0
+    chosen_layers: list[str] = []
+
+    def take_layer(layer: str) -> None:
+        nonlocal freed
+        chosen_layers.append(layer)
+        freed += layer_sizes.get(layer, 0)
+
+    for layer in sorted(layer_sizes):
+        if usage - freed <= target:
+            break
+        if refs[layer] == 0 and layer not in protected:
+            take_layer(layer)
+    chosen_images: list[str] = []
+    candidates = sorted((i for i in images if not i.in_use), key=lambda i: (i.last_used, i.key))
+    for image in candidates:
+        if usage - freed <= target:
+            break
+        chosen_images.append(image.key)
+        freed += image.size
+        for layer in sorted(set(image.layers)):
+            refs[layer] -= 1
+            if refs[layer] == 0 and layer not in protected and layer in layer_sizes:
+                take_layer(layer)
+    return GcPlan(tuple(chosen_images), tuple(chosen_layers), freed)
+
+
+@dataclass(frozen=True)
 class _Pulled:
     record: _Record
     config: dict[str, Any]
@@ -688,7 +781,7 @@ class ImageStore:
     def __init__(self, root: Path, *, insecure_registries: Collection[str] = (),
                  credentials: Mapping[str, tuple[str, str]] | None = None,
                  platform: Platform | None = None,
-                 gc_threshold_bytes: int = DEFAULT_GC_THRESHOLD,
+                 gc: ImageGcSettings | None = None,
                  max_concurrent_pulls: int = 3,
                  pull_timeout: float = 600.0,
                  signature_policy: Path | None = None,
@@ -698,7 +791,8 @@ class ImageStore:
         self.layers_dir = self.root / "layers"
         self.tmp_dir = self.root / "tmp"
         self.platform = platform or Platform()
-        self.gc_threshold_bytes = gc_threshold_bytes
+        self.gc = gc or ImageGcSettings()
+        self.gc_runs = 0  # collections that removed something
         self.pull_timeout = pull_timeout
         self.signature_policy = signature_policy
         self.skopeo = skopeo
@@ -773,6 +867,7 @@ class ImageStore:
         cached = self._images.get(key)
         if cached is not None and key in self._catalog and all(
                 layer.is_dir() for layer in cached.layers):
+            self._touch(key)
             return cached
         task = self._inflight.get(key)
         if task is None:
@@ -796,7 +891,14 @@ class ImageStore:
         except OSError as error:  # the node's disk: full, read-only...
             raise ImageError(f"pulling {ref} failed: {error}") from error
         self._images[key] = image
+        self._touch(key)
         return image
+
+    def _touch(self, key: str) -> None:
+        """Mark the image used now (the mtime of its image.json: LRU order for
+        the collector, kept across agent restarts)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.images_dir / key / "image.json")
 
     def _load(self, key: str) -> Image | None:
         record = self._catalog.get(key)
@@ -1046,21 +1148,33 @@ class ImageStore:
             total += size
         return total
 
-    async def collect_garbage(self, in_use: Collection[str], *,
-                              force: bool = False) -> list[str]:
-        """Remove images no reference in `in_use` names, with their layers.
+    def _capacity(self) -> tuple[int, int]:
+        """(usage, capacity) in bytes, as ImageGcSettings says."""
+        if self.gc.max_bytes is not None:
+            return self._usage(), self.gc.max_bytes
+        info = os.statvfs(self.root)
+        total = info.f_blocks * info.f_frsize
+        return total - info.f_bfree * info.f_frsize, total
 
-        Runs only when the store's size (bytes of the pulled OCI layouts plus
-        the regular files of the unpacked layers) exceeds gc_threshold_bytes,
-        or with force=True; then every image that is not in use goes, not just
-        enough to get below the threshold. An image is in use when an entry of
-        in_use normalises to its reference, or is a digest reference whose
-        digest is the image's manifest digest. A layer goes only when no
-        remaining image has it, so layers shared with an image in use stay;
-        so do images and layers of pulls in progress. in_use must name the
-        image of every container on the node, running or not: their overlay
-        mounts use the layers. Invalid references in in_use are ignored.
-        Returns the normalised references removed."""
+    async def collect_garbage(self, in_use: Collection[str], *,
+                              in_use_layers: Collection[Sequence[Path]] = (),
+                              force: bool = False) -> list[str]:
+        """Remove images that no container uses, least recently used first,
+        with the layers no remaining image has (see ImageGcSettings).
+
+        Runs only when the usage is above the high watermark, or with
+        force=True; then frees until the usage is at or below the low
+        watermark (force: removes every image not in use). An image is in use
+        when an entry of in_use normalises to its reference, or is a digest
+        reference whose digest is the image's manifest digest, or when its
+        layer directories (lowest first) are one of in_use_layers -- the
+        layer chains of the containers' overlay mounts, which the runtime
+        reports (RuncRuntime.mounted_layers()), so that a container being
+        removed or not yet claimed after an agent restart keeps its image.
+        Without force, images asked for less than gc.min_age seconds ago stay.
+        Every layer of in_use_layers stays too. Images being pulled and their
+        layers stay. Invalid references in in_use are ignored. Returns the
+        normalised references removed."""
         await self._open()
         wanted: set[str] = set()
         wanted_digests: set[str] = set()
@@ -1072,34 +1186,99 @@ class ImageStore:
             wanted.add(str(ref))
             if ref.digest is not None:
                 wanted_digests.add(ref.digest)
-        return await asyncio.shield(self._collect(wanted, wanted_digests, force))
+        chains = {tuple(str(p) for p in chain) for chain in in_use_layers}
+        return await asyncio.shield(self._collect(wanted, wanted_digests, chains, force))
+
+    def _gc_inputs(self, wanted: set[str], wanted_digests: set[str],
+                   chains: set[tuple[str, ...]], force: bool) -> tuple[list[GcImage],
+                                                                       dict[str, int], set[str]]:
+        young = float("inf") if force else time.time() - self.gc.min_age
+        images = []
+        for key, record in self._catalog.items():
+            layers = tuple(_hex(d) for d in record.diff_ids)
+            chain = tuple(str(self.layers_dir / h) for h in layers)
+            try:
+                last_used = (self.images_dir / key / "image.json").stat().st_mtime
+            except OSError:
+                last_used = 0.0
+            in_use = (record.reference in wanted or record.digest in wanted_digests
+                      or key in self._inflight or chain in chains or last_used > young)
+            images.append(GcImage(key, record.size, layers, last_used, in_use))
+        sizes = {}
+        for entry in self.layers_dir.iterdir():
+            size = self._layer_sizes.get(entry.name)
+            if size is None:
+                size = self._layer_sizes[entry.name] = tree_size(entry)
+            sizes[entry.name] = size
+        protected = self._used_layers(exclude=self._catalog.keys())  # pulls in progress
+        prefix = str(self.layers_dir) + "/"
+        protected.update(p.removeprefix(prefix) for chain in chains for p in chain
+                         if p.startswith(prefix))
+        return images, sizes, protected
 
     async def _collect(self, wanted: set[str], wanted_digests: set[str],
-                       force: bool) -> list[str]:
+                       chains: set[tuple[str, ...]], force: bool) -> list[str]:
         async with self._state_lock:
-            if not force and await asyncio.to_thread(self._usage) <= self.gc_threshold_bytes:
+            usage, capacity = await asyncio.to_thread(self._capacity)
+            high = capacity * self.gc.high_percent / 100
+            if not force and usage <= high:
                 return []
-            doomed = {key: record for key, record in self._catalog.items()
-                      if record.reference not in wanted
-                      and record.digest not in wanted_digests
-                      and key not in self._inflight}
-            used = self._used_layers(exclude=doomed.keys())
-            on_disk = await asyncio.to_thread(lambda: [p.name for p in self.layers_dir.iterdir()])
-            unused_layers = [h for h in on_disk if h not in used]
-            paths = [self.images_dir / key for key in doomed]
-            paths += [self.layers_dir / h for h in unused_layers]
+            target = 0 if force else int(capacity * self.gc.low_percent / 100)
+            images, sizes, protected = await asyncio.to_thread(
+                self._gc_inputs, wanted, wanted_digests, chains, force)
+            plan = plan_gc(images, sizes, protected, usage, -1 if force else target)
+            doomed = {key: self._catalog[key] for key in plan.images}
+            paths = [self.images_dir / key for key in plan.images]
+            paths += [self.layers_dir / h for h in plan.layers]
             trash = await asyncio.to_thread(self._to_trash, paths)
             for key in doomed:
                 del self._catalog[key]
                 self._images.pop(key, None)
-            for hexdigest in unused_layers:
+            for hexdigest in plan.layers:
                 self._layer_sizes.pop(hexdigest, None)
         await asyncio.to_thread(_remove_path, trash)
         removed = sorted(record.reference for record in doomed.values())
-        if removed or unused_layers:
-            log.info("image gc removed %d images and %d layers", len(removed),
-                     len(unused_layers))
+        if removed or plan.layers:
+            self.gc_runs += 1
+            log.info("image gc: usage %d bytes above %.0f: removed %d images and %d layers "
+                     "(%d bytes), low mark %d", usage, high, len(removed), len(plan.layers),
+                     plan.freed, target)
+        elif not force:
+            log.warning("image gc: usage %d bytes above %.0f but nothing may go "
+                        "(every image in use)", usage, high)
         return removed
+
+
+InUse = tuple[Collection[str], Collection[Sequence[Path]]]
+
+
+class ImageGarbageCollector:
+    """The periodic collection: every gc.interval seconds and whenever kicked
+    (after a container is removed), asks `in_use` what the node's containers
+    use -- (image references, overlay layer chains) -- and collects. Run it
+    as a supervised loop (swarmapi.loops.start_supervised)."""
+
+    def __init__(self, store: ImageStore, in_use: Callable[[], Awaitable[InUse]]) -> None:
+        self.store = store
+        self.in_use = in_use
+        self._kicked = asyncio.Event()
+
+    def kick(self) -> None:
+        self._kicked.set()
+
+    async def collect_once(self) -> list[str]:
+        references, chains = await self.in_use()
+        return await self.store.collect_garbage(references, in_use_layers=chains)
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kicked.wait(), self.store.gc.interval)
+            self._kicked.clear()
+            try:
+                await self.collect_once()
+            except OSError as error:
+                log.warning("image gc failed: %s", error)
 
 
 def _remove_path(path: Path) -> None:

@@ -3,7 +3,8 @@ assigned tasks as runc containers (conmon-monitored), reports their status.
 
     swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
         --advertise-addr 10.0.0.5 [--label zone=a]... [--registry-insecure HOST]... \\
-        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME]
+        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
+        [--image-gc-high PCT] [--image-gc-low PCT] [--image-gc-max-bytes N]
 
 Everything the agent keeps lives under --state-dir:
 
@@ -11,6 +12,15 @@ Everything the agent keeps lives under --state-dir:
                    a restarted agent is the same node and adopts its containers)
     runtime/       runc root, bundles, conmon exit files, logs, named volumes
     images/        the image store (layers unpacked once, shared)
+
+Image garbage collection (agent.images.ImageGcSettings): when the filesystem
+holding the image store is more than --image-gc-high percent full (default
+80), images no container uses go, least recently used first, until it is at
+most --image-gc-low percent full (default 60). With --image-gc-max-bytes N
+the store's own size is measured against N bytes instead. It runs every 5
+minutes and after every container removal; images of containers (running,
+created, being removed), of pulls in progress and images asked for in the
+last 2 minutes are never removed.
 
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
@@ -35,14 +45,14 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import objects_pb2 as pb
 
-from .images import ImageStore
+from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
@@ -64,6 +74,7 @@ class AgentConfig:
     insecure_registries: tuple[str, ...]
     cgroup_parent: str
     bind_roots: tuple[Path, ...] = ()
+    image_gc: ImageGcSettings = field(default_factory=ImageGcSettings)
     log_level: str = "INFO"
 
     @property
@@ -106,6 +117,22 @@ def _ip(value: str) -> str:
         raise argparse.ArgumentTypeError(f"not an IP address: {value!r}") from None
 
 
+def _percent(value: str) -> float:
+    try:
+        number = float(value.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage, got {value!r}") from None
+    if not 0 <= number <= 100:
+        raise argparse.ArgumentTypeError(f"expected 0 to 100, got {value!r}")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {value!r}")
+    return int(value)
+
+
 def default_cgroup_parent(state_dir: Path) -> str:
     """Stable per state dir, short (it prefixes netns names)."""
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
@@ -132,6 +159,16 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser.add_argument("--bind-root", action="append", type=Path, default=[], metavar="DIR",
                         help="host directory whose subtree bind mounts may use (repeatable; "
                              "default: bind mounts refused, named volumes only)")
+    defaults = ImageGcSettings()
+    parser.add_argument("--image-gc-high", type=_percent, default=defaults.high_percent,
+                        metavar="PCT", help="collect unused images above this usage "
+                        f"(percent; default {defaults.high_percent:g})")
+    parser.add_argument("--image-gc-low", type=_percent, default=defaults.low_percent,
+                        metavar="PCT", help="... down to this usage "
+                        f"(percent; default {defaults.low_percent:g})")
+    parser.add_argument("--image-gc-max-bytes", type=_positive_int, default=None, metavar="N",
+                        help="measure the image store's own size against N bytes "
+                             "(default: the usage of its filesystem)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     args = parser.parse_args(argv)
@@ -142,6 +179,12 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         parser.error(f"--state-dir {state_dir}: {error.strerror or error}")
     cgroup_parent = args.cgroup_parent or default_cgroup_parent(state_dir)
     try:
+        image_gc = ImageGcSettings(high_percent=args.image_gc_high,
+                                   low_percent=args.image_gc_low,
+                                   max_bytes=args.image_gc_max_bytes)
+    except ValueError as error:
+        parser.error(f"--image-gc-low/--image-gc-high: {error}")
+    try:
         RuncSettings(state_dir=state_dir, cgroup_parent=cgroup_parent)
     except ValueError as error:
         parser.error(f"--cgroup-parent: {error}")
@@ -150,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         advertise_addr=args.advertise_addr, hostname=args.hostname or socket.gethostname(),
         labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
         cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
-        log_level=args.log_level)
+        log_level=args.log_level, image_gc=image_gc)
 
 
 def _memory_bytes() -> int:
@@ -212,8 +255,15 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runtime = RuncRuntime(runc_settings(config))
-    images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries)
+    images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
+                        gc=config.image_gc)
     worker = Worker(runtime, images)
+
+    async def in_use() -> InUse:
+        return worker.images_in_use(), await asyncio.to_thread(runtime.mounted_layers)
+
+    collector = ImageGarbageCollector(images, in_use)
+    worker.on_removed = lambda task_id: collector.kick()
     worker.node_id = _read_node_id(config.node_id_file)
     worker.node_hostname = describe(config).hostname
     await worker.start()  # before the first assignment: know what to adopt
@@ -226,11 +276,12 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     session_loop = start_supervised("agent-session", session.run)
+    gc_loop = start_supervised("image-gc", collector.run)
     try:
         await stop.wait()
     finally:
         log.info("shutting down; containers keep running")
-        await cancel_all([session_loop])
+        await cancel_all([session_loop, gc_loop])
         await worker.close()
         await images.close()
         for sig in (signal.SIGTERM, signal.SIGINT):

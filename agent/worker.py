@@ -205,6 +205,8 @@ class Worker:
         self._unclaimed: dict[str, ContainerState] = {}
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        # Called with the task ID once a container is removed (the image collector).
+        self.on_removed: Callable[[str], None] = lambda task_id: None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -294,6 +296,14 @@ class Worker:
             log.debug("task %s: stop before removal: %s", task_id, error)
         await self.runtime.remove(task_id)
         log.info("task %s: container removed", task_id)
+        self.on_removed(task_id)
+
+    def images_in_use(self) -> set[str]:
+        """The image references of every task this worker holds (its
+        containers' images must stay; removals and containers not claimed
+        yet are covered by the runtime's mounted layers)."""
+        return {entry.task.spec.container.image for entry in self._entries.values()
+                if entry.task.spec.container.image}
 
     async def wait_removals(self) -> None:
         """Until every removal started so far has finished (tests, shutdown)."""

@@ -63,6 +63,26 @@ def mounts_under(path: Path) -> list[str]:
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
+def overlay_lowers_under(path: Path) -> list[tuple[Path, ...]]:
+    """The lower directories (lowest first) of each overlay mounted at or
+    below path."""
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
+        for line in file:
+            mine, _, theirs = line.partition(" - ")
+            fields, others = mine.split(), theirs.split()
+            if len(fields) < 5 or len(others) < 3 or others[0] != "overlay":
+                continue
+            if not (_unescape_mountinfo(fields[4]) + "/").startswith(prefix):
+                continue
+            for option in others[2].split(","):
+                if option.startswith("lowerdir="):
+                    lowers = _unescape_mountinfo(option.removeprefix("lowerdir="))
+                    found.append(tuple(Path(p) for p in reversed(lowers.split(":"))))
+    return found
+
+
 def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
     """Mount the layers (lowest first) read-only under a writable upper dir."""
     for layer in layers:

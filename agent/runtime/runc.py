@@ -76,6 +76,7 @@ _SIGKILL = int(signal.SIGKILL)
 _MAX_NOFILE = 1_048_576
 _REMEMBERED_EXITS = 1024
 _LIST_ATTEMPTS = 5
+_LayerChains = list[tuple[Path, ...]]  # (the class's list() hides the builtin inside it)
 
 
 @dataclass(frozen=True)
@@ -473,6 +474,8 @@ class RuncRuntime:
         async def kill() -> None:
             # Kill and let conmon reap: `runc delete --force` of a live container
             # would poll for its death in 100 ms steps.
+            if self._read_exit_code(task_id) is not None and self._monitor_pid(task_id) is None:
+                return  # conmon recorded the exit and is gone: nothing to kill, no `runc state`
             state = await self._runc_state(task_id)
             if state is None or state.get("status") == "stopped":
                 return
@@ -579,6 +582,8 @@ class RuncRuntime:
 
     async def shutdown(self, task_id: str, signal: str, grace: float) -> None:
         number = parse_signal(signal)
+        if self._read_exit_code(task_id) is not None and self._monitor_pid(task_id) is None:
+            return  # conmon recorded the exit: stopped, no need to ask runc
         state = await self._runc_state(task_id)
         if state is None or state.get("status") == "stopped":
             return
@@ -632,6 +637,11 @@ class RuncRuntime:
                 monitor_pid=self._monitor_pid(task_id),
                 oom_killed=(self.bundle_dir(task_id) / "persist" / "oom").exists())
         return states
+
+    def mounted_layers(self) -> _LayerChains:
+        """The image layers (lowest first) of every container's rootfs mount
+        of this runtime, running or not: what the image collector must keep."""
+        return fs.overlay_lowers_under(self.settings.bundles_dir)
 
     async def exec(self, task_id: str, argv: Sequence[str],
                    timeout: float) -> int:

@@ -19,6 +19,7 @@ from agent.images import (
     Healthcheck,
     Image,
     ImageError,
+    ImageGcSettings,
     ImageStore,
     LayerError,
     Platform,
@@ -51,7 +52,7 @@ def needs_root() -> None:
 
 @pytest.fixture
 async def store(tmp_path: Path, needs_root: None) -> AsyncIterator[ImageStore]:
-    instance = ImageStore(tmp_path / "images")
+    instance = ImageStore(tmp_path / "images", gc=ImageGcSettings(max_bytes=2 * 1024**3))
     try:
         yield instance
     finally:
@@ -465,7 +466,7 @@ async def test_gc_removes_unused_images_and_keeps_used(store: ImageStore,
 
 async def test_gc_runs_above_threshold_and_matches_digests(tmp_path: Path, needs_root: None,
                                                            busybox_ref: str) -> None:
-    small = ImageStore(tmp_path / "small", gc_threshold_bytes=1)
+    small = ImageStore(tmp_path / "small", gc=ImageGcSettings(max_bytes=1, low_percent=0, min_age=0))
     try:
         image = await small.ensure(busybox_ref)
         assert await small.disk_usage() > 1

@@ -82,3 +82,24 @@ def test_missing_flags_from_the_command_line(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.startswith("swarm-agent: error: the following arguments are required:")
     assert result.stderr.count("\n") == 1
+
+
+def test_image_gc_flags(tmp_path: Path) -> None:
+    default = parse_args(_args(tmp_path)).image_gc
+    assert (default.high_percent, default.low_percent, default.max_bytes) == (80.0, 60.0, None)
+    config = parse_args(_args(tmp_path, "--image-gc-high", "90%", "--image-gc-low", "70",
+                              "--image-gc-max-bytes", "1000000"))
+    assert config.image_gc.high_percent == 90.0
+    assert config.image_gc.low_percent == 70.0
+    assert config.image_gc.max_bytes == 1_000_000
+
+
+@pytest.mark.parametrize("flags", [("--image-gc-high", "50", "--image-gc-low", "60"),
+                                   ("--image-gc-high", "101"), ("--image-gc-low", "x"),
+                                   ("--image-gc-max-bytes", "0")])
+def test_bad_image_gc_flags(tmp_path: Path, flags: tuple[str, ...],
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(_args(tmp_path, *flags))
+    assert exit_info.value.code == 2
+    assert "image-gc" in capsys.readouterr().err

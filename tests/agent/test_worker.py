@@ -523,3 +523,30 @@ async def test_adopted_running_container_is_reported_running_if_never_said(
     status = await harness.reports.reach(task.id, pb.RUNNING)
     assert (status.state, status.container.pid) == (pb.RUNNING, pid)
     assert harness.reports.states(task.id) == [pb.RUNNING]
+
+
+async def test_the_image_collector_learns_what_containers_use(harness: Harness,
+                                                              busybox_ref: str) -> None:
+    worker = await harness.worker()
+    removed: list[str] = []
+    worker.on_removed = removed.append
+    task = make_task(busybox_ref, "sleep", "1000")
+    await worker.apply(complete(task))
+    await harness.reports.reach(task.id, pb.RUNNING)
+    assert isinstance(worker.runtime, RuncRuntime)
+    assert isinstance(worker.images, ImageStore)
+    image = await worker.images.ensure(busybox_ref)
+    assert worker.images_in_use() == {busybox_ref}
+    assert worker.runtime.mounted_layers() == [image.layers]
+    # Even told of no reference, the mounted layers keep the image.
+    assert await worker.images.collect_garbage(
+        [], in_use_layers=worker.runtime.mounted_layers(), force=True) == []
+
+    await worker.apply(changed(removed=(task.id,)))
+    await worker.wait_removals()
+    assert removed == [task.id]
+    assert worker.images_in_use() == set()
+    assert worker.runtime.mounted_layers() == []
+    assert await worker.images.collect_garbage(
+        worker.images_in_use(), in_use_layers=worker.runtime.mounted_layers(),
+        force=True) == [busybox_ref]

@@ -1,0 +1,308 @@
+"""Container start and stop cost: the agent's runtime against raw runc.
+
+    python -m bench.containers --containers 50
+
+Builds a one-layer busybox rootfs (from Debian's busybox-static), then, in one
+run and in this order:
+
+* runtime: N containers (`sleep 3600`) prepared and started through
+  RuncRuntime, all at once (as the worker does for N new tasks): overlay
+  rootfs, a named network namespace with lo up, config.json, conmon as the
+  monitor, `runc start`. Then all N stopped (SIGKILL) and removed.
+* raw: N sequential `runc run -d` of equivalent bundles (the same rootfs,
+  read-only, `sleep 3600`, a new network namespace each, a cgroup under one
+  parent), then N sequential `runc kill KILL` + wait + `runc delete`.
+
+Prints one JSON line: seconds for each phase, the ratios runtime/raw, and the
+p50/p99 of the per-container latency (for the runtime phase the latency of one
+container's prepare+start inside the concurrent batch). Needs root, runc and
+conmon. Everything made (containers, mounts, netns, cgroups, directories) is
+removed at the end, also on failure or Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
+from agent.runtime import netns as netns_module
+from agent.runtime import rootfs as fs
+from swarmapi.v1 import objects_pb2 as pb
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "sleep", "true")
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _figures(prefix: str, total: float, latencies: Sequence[float]) -> dict[str, float]:
+    return {f"{prefix}_seconds": round(total, 3),
+            f"{prefix}_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
+            f"{prefix}_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1)}
+
+
+async def _wait_pid_exit(pid: int) -> None:
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not gone.done():
+            gone.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await gone
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def make_layer(directory: Path) -> Path:
+    layer = directory / "layer"
+    (layer / "bin").mkdir(parents=True)
+    (layer / "etc").mkdir()
+    for name in ("proc", "sys", "dev", "tmp"):
+        (layer / name).mkdir()
+    shutil.copy2(BUSYBOX, layer / "bin" / "busybox")
+    for applet in APPLETS:
+        (layer / "bin" / applet).symlink_to("busybox")
+    (layer / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (layer / "etc" / "group").write_text("root:x:0:\n")
+    return layer
+
+
+def raw_config(rootfs: Path, cgroups_path: str) -> dict[str, Any]:
+    """What `runc spec` gives, minus the terminal, plus a new netns and a
+    cgroup: the smallest honest container."""
+    caps = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+    return {
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": False, "user": {"uid": 0, "gid": 0},
+            "args": ["sleep", "3600"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": True},
+        "hostname": "raw",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+        ],
+        "linux": {
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": ["/proc/kcore", "/proc/keys", "/sys/firmware"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys"],
+        },
+    }
+
+
+class Bench:
+    def __init__(self, work: Path, count: int) -> None:
+        self.work = work
+        self.count = count
+        tag = uuid.uuid4().hex[:8]
+        self.cgroup_parent = f"bench-{tag}"
+        self.raw_parent = f"benchraw-{tag}"
+        self.settings = RuncSettings(state_dir=work / "rt", cgroup_parent=self.cgroup_parent)
+        self.raw_root = work / "rawroot"
+        self.raw_ids: list[str] = []
+        self.runtime: RuncRuntime | None = None
+
+    async def _run(self, *args: str) -> tuple[int, bytes]:
+        # stderr to a file, not a pipe: `runc run -d` hands its stdio to the
+        # container, which would hold a pipe open for its whole life.
+        with tempfile.TemporaryFile(dir=self.work) as err:
+            process = await asyncio.create_subprocess_exec(
+                "runc", "--root", str(self.raw_root), *args, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=err)
+            code = await process.wait()
+            err.seek(0)
+            return code, err.read()
+
+    async def runtime_phase(self, layer: Path) -> dict[str, float]:
+        runtime = self.runtime = RuncRuntime(self.settings)
+        image = ImageInput(layers=(layer,), config=ImageConfig(cmd=("sleep", "3600")))
+        tasks = []
+        for _ in range(self.count):
+            task = pb.Task(id=uuid.uuid4().hex[:25], service_id="bench")
+            tasks.append(task)
+
+        async def up(task: pb.Task) -> float:
+            started = time.perf_counter()
+            await runtime.prepare(task, image)
+            await runtime.start(task.id)
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        up_latencies = await asyncio.gather(*(up(t) for t in tasks))
+        up_total = time.perf_counter() - started
+        states = await runtime.list()
+        running = sum(s.status == "running" for s in states.values())
+        if running != self.count:
+            raise RuntimeError(f"only {running} of {self.count} runtime containers running")
+
+        async def down(task: pb.Task) -> float:
+            started = time.perf_counter()
+            await runtime.shutdown(task.id, "SIGKILL", 10)
+            await runtime.remove(task.id)
+            return time.perf_counter() - started
+
+        started = time.perf_counter()
+        down_latencies = await asyncio.gather(*(down(t) for t in tasks))
+        down_total = time.perf_counter() - started
+        return {**_figures("runtime_start", up_total, up_latencies),
+                **_figures("runtime_stop", down_total, down_latencies)}
+
+    async def raw_phase(self, layer: Path) -> dict[str, float]:
+        self.raw_root.mkdir()
+        bundles = self.work / "raw"
+        ids = [uuid.uuid4().hex[:25] for _ in range(self.count)]
+        for task_id in ids:  # bundles written beforehand: the runtime's config is not timed
+            bundle = bundles / task_id
+            bundle.mkdir(parents=True)
+            (bundle / "config.json").write_text(json.dumps(
+                raw_config(layer, f"/{self.raw_parent}/{task_id}")))
+        up_latencies = []
+        started = time.perf_counter()
+        for task_id in ids:
+            one = time.perf_counter()
+            self.raw_ids.append(task_id)
+            code, err = await self._run("run", "-d", "-b", str(bundles / task_id), task_id)
+            if code != 0:
+                raise RuntimeError(f"runc run: {err.decode(errors='replace').strip()}")
+            up_latencies.append(time.perf_counter() - one)
+        up_total = time.perf_counter() - started
+
+        down_latencies = []
+        started = time.perf_counter()
+        for task_id in ids:
+            one = time.perf_counter()
+            pid = int(json.loads((self.raw_root / task_id / "state.json").read_text())
+                      ["init_process_pid"])
+            await self._run("kill", task_id, "KILL")
+            await asyncio.wait_for(_wait_pid_exit(pid), 10)
+            code, err = await self._run("delete", task_id)
+            if code != 0:
+                raise RuntimeError(f"runc delete: {err.decode(errors='replace').strip()}")
+            self.raw_ids.remove(task_id)
+            down_latencies.append(time.perf_counter() - one)
+        down_total = time.perf_counter() - started
+        return {**_figures("raw_start", up_total, up_latencies),
+                **_figures("raw_stop", down_total, down_latencies)}
+
+    async def cleanup(self) -> None:
+        runtime = self.runtime or RuncRuntime(self.settings)
+        for task_id in await runtime.list():
+            with contextlib.suppress(Exception):
+                await runtime.remove(task_id)
+        if self.raw_root.is_dir():
+            for task_id in list(self.raw_ids):
+                await self._run("delete", "--force", task_id)
+        for point in fs.mounts_under(self.work):
+            with contextlib.suppress(OSError):
+                fs.unmount(Path(point))
+        if netns_module.NETNS_DIR.is_dir():
+            for name in os.listdir(netns_module.NETNS_DIR):
+                if name.startswith(self.settings.netns_name_prefix):
+                    with contextlib.suppress(OSError):
+                        await netns_module.remove_netns(name)
+        await asyncio.to_thread(self._remove_cgroups)
+
+    def _remove_cgroups(self) -> None:
+        for hierarchy in Path("/sys/fs/cgroup").iterdir():
+            for parent in (self.cgroup_parent, self.raw_parent):
+                directory = hierarchy / parent
+                if directory.is_dir() and not hierarchy.is_symlink():
+                    for child in sorted((p for p in directory.rglob("*") if p.is_dir()),
+                                        key=lambda p: len(p.parts), reverse=True):
+                        with contextlib.suppress(OSError):
+                            child.rmdir()
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()
+
+
+async def run(count: int, order: str) -> dict[str, object]:
+    # Under /run and short: conmon's attach socket path must fit a sockaddr_un.
+    work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
+    bench = Bench(work, count)
+    try:
+        layer = make_layer(work)
+        figures: dict[str, float] = {}
+        phases = [bench.runtime_phase, bench.raw_phase]
+        if order == "raw-first":
+            phases.reverse()
+        for phase in phases:
+            figures.update(await phase(layer))
+        return {
+            "bench": "containers",
+            "containers": count,
+            **figures,
+            "start_ratio": round(figures["runtime_start_seconds"]
+                                 / figures["raw_start_seconds"], 2),
+            "stop_ratio": round(figures["runtime_stop_seconds"]
+                                / figures["raw_stop_seconds"], 2),
+            "order": order,
+            "cpus": os.cpu_count(),
+            "load_1m": round(os.getloadavg()[0], 2),
+        }
+    finally:
+        try:
+            await asyncio.shield(bench.cleanup())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.containers")
+    parser.add_argument("--containers", type=int, default=50)
+    parser.add_argument("--order", choices=("runtime-first", "raw-first"),
+                        default="runtime-first")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench.containers needs root (runc, overlayfs, network namespaces)")
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds through run()'s cleanup
+
+    signal.signal(signal.SIGTERM, terminate)
+    print(json.dumps(asyncio.run(run(args.containers, args.order,))))
+
+
+if __name__ == "__main__":
+    main()
