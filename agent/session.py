@@ -53,7 +53,7 @@ class SessionSettings:
 
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
-SessionService = Callable[[dgrpc.DispatcherAsyncStub, str, str], Awaitable[None]]
+SessionService = Callable[["dgrpc.DispatcherAsyncStub", str, str], Awaitable[None]]
 """Runs beside an open session (stub, node ID, session ID) until cancelled when
 the session ends -- e.g. agent.logs.LogPublisher.serve. It is supervised: a
 crash is logged and it is started again; its ending does not end the session."""
