@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from swarmapi.v1 import control_pb2 as cpb
@@ -71,11 +71,10 @@ async def _prefixes(cluster: Cluster, tasks: Sequence[pb.Task]) -> dict[str, str
     return {t.id: f"{t.service_name}.{t.slot}.{t.id[:12]}@{nodes[t.node_id]}" for t in tasks}
 
 
-async def _until(what: str, check: object, timeout: float = 20.0) -> None:
+async def _until(what: str, check: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        result = await asyncio.to_thread(check)  # type: ignore[arg-type]
-        if result:
+        if await asyncio.to_thread(check):
             return
         assert time.monotonic() < deadline, f"{what} not reached in {timeout}s"
         await asyncio.sleep(0.2)
