@@ -92,6 +92,7 @@ class _Subscription:
     publishers: dict[str, asyncio.Task[object]] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     aborted: str = ""
+    received: int = 0  # lines from the agents so far
 
     @property
     def follow(self) -> bool:
@@ -257,7 +258,8 @@ class LogBroker:
                 listener.push(lpb.SubscriptionMessage(id=subscription.id, close=True))
         for publisher in subscription.publishers.values():
             publisher.cancel()
-        log.info("log subscription %s closed", subscription.id)
+        log.info("log subscription %s closed (%d lines received)", subscription.id,
+                 subscription.received)
 
     # ------------------------------------------------------------ the agents' side
 
@@ -349,6 +351,7 @@ class LogBroker:
             line.context.service_id = subscription.service_id
             newest = max(newest, line.timestamp.ToNanoseconds())
         subscription.newest[node_id] = newest
+        subscription.received += len(message.messages)
         return list(message.messages)
 
     # ------------------------------------------------------------ followed services
