@@ -168,7 +168,7 @@ async def test_a_slow_reader_holds_the_agent_back_and_leaving_ends_everything(
         service = await create(control, "big", 1, controller)
         (task,) = assigned(controller, service.id)
         line = "x" * 1000
-        total = 40_000  # about 40 MB of log
+        total = 24_000  # about 24 MB of log
         a.write(task.id, k8s_lines([line] * total))
         received = 0
         call = control.ServiceLogs(logs_request("big"))
@@ -295,6 +295,8 @@ async def test_a_follower_sends_swarmctl_to_the_leader(controller: Controller,
             service = await create(control, "web", 1, controller)
             (task,) = assigned(controller, service.id)
             a.write(task.id, k8s_lines(["hello"]))
+            await until("the follower knows the task",
+                        lambda: task.id in follower.store.cache.tasks)
             with pytest.raises(grpc.aio.AioRpcError) as redirected:
                 await collect(cgrpc.ControlStub(channel), logs_request("web"))
             assert redirected.value.code() == grpc.StatusCode.FAILED_PRECONDITION
