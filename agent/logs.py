@@ -19,7 +19,7 @@ asyncio task and one PublishLogs stream to the leader:
 Bounded: lines are cut at 16 KiB, batches at `batch_bytes`; each write waits
 for the stream (gRPC flow control), so a slow reader at the far end slows the
 file reading down instead of filling memory; at most `max_subscriptions` run
-at once (more are answered with an immediate, empty close).
+at once (more are answered with an error, which the caller sees as a warning).
 """
 
 from __future__ import annotations
@@ -200,11 +200,18 @@ class LogPublisher:
         try:
             await self._write(call, lpb.PublishLogsMessage(
                 node_id=node_id, session_id=session_id, subscription_id=subscription.id,
-                close=refused))
+                error=f"too many log streams on this node (at most "
+                      f"{self.settings.max_subscriptions})" if refused else ""))
             if refused:
                 await call.done_writing()
                 return
-            await self._stream(call, node_id, subscription)
+            try:
+                await self._stream(call, node_id, subscription)
+            except OSError as error:
+                log.warning("log subscription %s: %s", subscription.id, error)
+                await self._write(call, lpb.PublishLogsMessage(
+                    error=f"cannot read the logs: {error.strerror or error}"))
+                await call.done_writing()
         finally:
             if not call.done():
                 call.cancel()

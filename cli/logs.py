@@ -12,6 +12,8 @@ stdout lines go to stdout, its stderr lines to stderr.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,7 +29,7 @@ from swarmapi.v1 import logs_pb2 as lpb
 from swarmapi.v1 import objects_pb2 as pb
 
 from . import client, render
-from .errors import EXIT_INTERRUPTED, BadFlag, CliError
+from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadFlag, CliError
 
 LEADER_METADATA_KEY = "swarm-leader-addr"
 _NS = 1_000_000_000
@@ -265,3 +267,12 @@ def stream_logs(ctl: client.Controller, ref: str, options: lpb.LogOptions, fmt: 
         for call in calls:
             call.cancel()
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:
+        # `swarmctl service logs web | head`: the reader left; so do we, quietly.
+        for call in calls:
+            call.cancel()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (stdout, stderr):
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        raise SystemExit(EXIT_FAILURE) from None

@@ -314,6 +314,10 @@ class LogBroker:
                     batch = self._checked(subscription, node_id, allowed, message)
                     await subscription.queue.put(batch)
                     subscription.wake.set()
+                if message.error:
+                    subscription.fail(node_id, f"the node cannot send its logs: "
+                                               f"{message.error[:200]}")
+                    break
                 if message.close:
                     closed = True
                     break

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16swarmapi/v1/logs.proto\x12\x08swarm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\nLogContext\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"\xa6\x01\n\nLogMessage\x12%\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x14.swarm.v1.LogContext\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06stream\x18\x03 \x01(\x0e\x32\x13.swarm.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"c\n\nLogOptions\x12\x0e\n\x06\x66ollow\x18\x01 \x01(\x08\x12\x11\n\x04tail\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"L\n\x12ServiceLogsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.swarm.v1.LogOptions\"0\n\x0cNodeLogError\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"i\n\x12ServiceLogsMessage\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.swarm.v1.LogMessage\x12+\n\x0bnode_errors\x18\x02 \x03(\x0b\x32\x16.swarm.v1.NodeLogError\"A\n\x1aListenSubscriptionsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"}\n\x13SubscriptionMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12%\n\x07options\x18\x03 \x01(\x0b\x32\x14.swarm.v1.LogOptions\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\x12\x12\n\nservice_id\x18\x05 \x01(\t\"\x89\x01\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12&\n\x08messages\x18\x04 \x03(\x0b\x32\x14.swarm.v1.LogMessage\x12\r\n\x05\x63lose\x18\x05 \x01(\x08\"\x15\n\x13PublishLogsResponse*Q\n\tLogStream\x12\x16\n\x12LOG_STREAM_UNKNOWN\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16swarmapi/v1/logs.proto\x12\x08swarm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\nLogContext\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"\xa6\x01\n\nLogMessage\x12%\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x14.swarm.v1.LogContext\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x06stream\x18\x03 \x01(\x0e\x32\x13.swarm.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0f\n\x07partial\x18\x05 \x01(\x08\"c\n\nLogOptions\x12\x0e\n\x06\x66ollow\x18\x01 \x01(\x08\x12\x11\n\x04tail\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x07\n\x05_tail\"L\n\x12ServiceLogsRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.swarm.v1.LogOptions\"0\n\x0cNodeLogError\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"i\n\x12ServiceLogsMessage\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.swarm.v1.LogMessage\x12+\n\x0bnode_errors\x18\x02 \x03(\x0b\x32\x16.swarm.v1.NodeLogError\"A\n\x1aListenSubscriptionsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"}\n\x13SubscriptionMessage\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12%\n\x07options\x18\x03 \x01(\x0b\x32\x14.swarm.v1.LogOptions\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\x12\x12\n\nservice_id\x18\x05 \x01(\t\"\x98\x01\n\x12PublishLogsMessage\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12&\n\x08messages\x18\x04 \x03(\x0b\x32\x14.swarm.v1.LogMessage\x12\r\n\x05\x63lose\x18\x05 \x01(\x08\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"\x15\n\x13PublishLogsResponse*Q\n\tLogStream\x12\x16\n\x12LOG_STREAM_UNKNOWN\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'swarmapi.v1.logs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOGSTREAM']._serialized_start=999
-  _globals['_LOGSTREAM']._serialized_end=1080
+  _globals['_LOGSTREAM']._serialized_start=1014
+  _globals['_LOGSTREAM']._serialized_end=1095
   _globals['_LOGCONTEXT']._serialized_start=69
   _globals['_LOGCONTEXT']._serialized_end=135
   _globals['_LOGMESSAGE']._serialized_start=138
@@ -51,7 +51,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIPTIONMESSAGE']._serialized_start=709
   _globals['_SUBSCRIPTIONMESSAGE']._serialized_end=834
   _globals['_PUBLISHLOGSMESSAGE']._serialized_start=837
-  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=974
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=976
-  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=997
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=989
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_start=991
+  _globals['_PUBLISHLOGSRESPONSE']._serialized_end=1012
 # @@protoc_insertion_point(module_scope)

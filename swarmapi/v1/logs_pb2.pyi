@@ -287,7 +287,8 @@ Global___SubscriptionMessage: _TypeAlias = SubscriptionMessage  # noqa: Y015
 class PublishLogsMessage(_message.Message):
     """The first message of a PublishLogs stream names the node, its session
     and the subscription; every message may carry lines; the last has `close`
-    when the agent has sent everything there is (never when following).
+    when the agent has sent everything there is (never when following), or
+    `error` when it cannot go on (then the caller is warned).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -297,10 +298,12 @@ class PublishLogsMessage(_message.Message):
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     CLOSE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
     subscription_id: _builtins.str
     close: _builtins.bool
+    error: _builtins.str
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogMessage]: ...
     def __init__(
@@ -311,10 +314,11 @@ class PublishLogsMessage(_message.Message):
         subscription_id: _builtins.str = ...,
         messages: _abc.Iterable[Global___LogMessage] | None = ...,
         close: _builtins.bool = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "messages", b"messages", "node_id", b"node_id", "session_id", b"session_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["close", b"close", "error", b"error", "messages", b"messages", "node_id", b"node_id", "session_id", b"session_id", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,10 +50,11 @@ def k8s_lines(texts: Sequence[str], stream: str = "stdout") -> bytes:
 class Node:
     """A node whose 'containers' are log files in a directory."""
 
-    def __init__(self, addr: str, name: str, log_dir: Path, *, publish: bool = True) -> None:
+    def __init__(self, addr: str, name: str, log_dir: Path, *, publish: bool = True,
+                 log_settings: LogSettings = FAST_LOGS) -> None:
         self.log_dir = log_dir
         self.worker = FakeWorker()
-        self.publisher = LogPublisher(lambda task_id: log_dir / f"{task_id}.log", FAST_LOGS)
+        self.publisher = LogPublisher(lambda task_id: log_dir / f"{task_id}.log", log_settings)
         description = pb.NodeDescription(hostname=name, advertise_addr="127.0.0.1",
                                          resources=pb.Resources(nano_cpus=10**9,
                                                                 memory_bytes=1 << 30))
@@ -160,6 +161,21 @@ async def test_lines_of_every_task_then_the_end(controller: Controller,
         with pytest.raises(grpc.aio.AioRpcError) as negative:
             await collect(control, logs_request("web", tail=-1))
         assert negative.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_agent_at_its_limit_says_so(controller: Controller,
+                                             control: cgrpc.ControlAsyncStub,
+                                             tmp_path: Path) -> None:
+    full = replace(FAST_LOGS, max_subscriptions=0)
+    async with nodes(controller, tmp_path, ["a"], log_settings=full) as (a,):
+        service = await create(control, "web", 1, controller)
+        (task,) = assigned(controller, service.id)
+        a.write(task.id, k8s_lines(["hello"]))
+        lines, errors = await collect(control, logs_request("web"))
+        assert lines == []
+        assert [(e.node_id, e.message) for e in errors] == [
+            (a.session.node_id, "the node cannot send its logs: too many log streams on this "
+                                "node (at most 0)")]
 
 
 async def test_a_slow_reader_holds_the_agent_back_and_leaving_ends_everything(
