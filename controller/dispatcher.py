@@ -346,7 +346,6 @@ class Dispatcher(dgrpc.DispatcherServicer):
             if failed:
                 state.status_ready.set()
 
-
     # ------------------------------------------------------------ logs (controller/logbroker.py)
 
     async def _log_broker(self, context: grpc.aio.ServicerContext[object, object]) -> LogBroker:
