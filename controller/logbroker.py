@@ -22,7 +22,9 @@ answering after `answer_timeout` is reported and given up (the caller prints
 these as warnings). With follow, the broker also adds the service's new tasks
 (a replaced or scaled-up task) to the subscription, and a node that
 (re)connects gets the subscription again, resuming after the newest line
-already received from it. When the caller goes away (its call is
+already received from it (one time per node, not per task: a line another
+of its tasks wrote during the agent's last polling pass, older than that,
+can be missed). When the caller goes away (its call is
 cancelled), the subscription is closed: the agents are told to stop, and
 their publishing streams are ended.
 """
