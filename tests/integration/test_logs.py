@@ -42,9 +42,15 @@ FAST_LOGS = LogSettings(poll_interval=0.05, retry_initial=0.05, retry_max=0.2)
 
 
 def k8s_lines(texts: Sequence[str], stream: str = "stdout") -> bytes:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    return b"".join(f"{stamp}.{i:09d}+00:00 {stream} F {text}\n".encode()
+    """Records as conmon writes them, stamped now (a nanosecond apart)."""
+    now = time.time_ns()
+    return b"".join(f"{_stamp(now + i)} {stream} F {text}\n".encode()
                     for i, text in enumerate(texts))
+
+
+def _stamp(nanos: int) -> str:
+    seconds, fraction = divmod(nanos, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}+00:00"
 
 
 class Node:
@@ -53,16 +59,29 @@ class Node:
     def __init__(self, addr: str, name: str, log_dir: Path, *, publish: bool = True,
                  log_settings: LogSettings = FAST_LOGS) -> None:
         self.log_dir = log_dir
+        self.addr = addr
         self.worker = FakeWorker()
         self.publisher = LogPublisher(lambda task_id: log_dir / f"{task_id}.log", log_settings)
-        description = pb.NodeDescription(hostname=name, advertise_addr="127.0.0.1",
-                                         resources=pb.Resources(nano_cpus=10**9,
-                                                                memory_bytes=1 << 30))
-        self.session = AgentSession([addr], description, self.worker, insecure_channels(),
-                                    settings=FAST_SESSION,
-                                    services=[("logs", self.publisher.serve)] if publish else [])
-        self.worker.session = self.session
+        self.description = pb.NodeDescription(hostname=name, advertise_addr="127.0.0.1",
+                                              resources=pb.Resources(nano_cpus=10**9,
+                                                                     memory_bytes=1 << 30))
+        self.publish = publish
+        self.session = self._session("")
         self.loop = start_supervised(f"node-{name}", self.session.run)
+
+    def _session(self, node_id: str) -> AgentSession:
+        session = AgentSession([self.addr], self.description, self.worker, insecure_channels(),
+                               node_id=node_id, settings=FAST_SESSION,
+                               services=[("logs", self.publisher.serve)] if self.publish else [])
+        self.worker.session = session
+        return session
+
+    async def reconnect(self) -> None:
+        """A new session of the same node (as after a network blip)."""
+        await cancel_all([self.loop])
+        self.session = self._session(self.session.node_id)
+        self.loop = start_supervised("node-again", self.session.run)
+        await asyncio.wait_for(self.session.connected.wait(), 10)
 
     def write(self, task_id: str, data: bytes) -> None:
         with (self.log_dir / f"{task_id}.log").open("ab") as file:
@@ -233,6 +252,33 @@ async def test_followed_service_gains_a_task(controller: Controller,
             call.cancel()
             await cancel_all([reader])
         await until("subscription dropped", lambda: controller.logs.subscriptions == 0)
+
+
+async def test_a_followed_node_that_reconnects_resumes_without_repeating(
+        controller: Controller, control: cgrpc.ControlAsyncStub, tmp_path: Path) -> None:
+    async with nodes(controller, tmp_path, ["a"]) as (a,):
+        service = await create(control, "web", 1, controller)
+        (task,) = assigned(controller, service.id)
+        a.write(task.id, k8s_lines(["one", "two"]))
+        call = control.ServiceLogs(logs_request("web", follow=True))
+        seen: list[bytes] = []
+
+        async def read() -> None:
+            async for message in call:
+                seen.extend(m.data for m in message.messages)
+
+        reader = asyncio.create_task(read())
+        try:
+            await until("the first lines", lambda: seen == [b"one", b"two"])
+            await a.reconnect()
+            await until("subscribed again", lambda: a.publisher.active == 1)
+            a.write(task.id, k8s_lines(["three"]))
+            await until("the line after the reconnect", lambda: len(seen) >= 3)
+            await asyncio.sleep(0.2)
+            assert seen == [b"one", b"two", b"three"]
+        finally:
+            call.cancel()
+            await cancel_all([reader])
 
 
 async def test_nodes_that_are_down_or_silent_are_named(etcd_server: EtcdServer, etcd_prefix: str,
