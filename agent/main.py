@@ -53,6 +53,7 @@ from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import objects_pb2 as pb
 
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
+from .logs import LogPublisher
 from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
@@ -271,7 +272,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         config.controllers, describe(config), worker, insecure_channels(),
         node_id=_read_node_id(config.node_id_file), labels=config.labels,
         on_registered=lambda node_id: _registered(config, worker, node_id),
-        settings=SessionSettings())
+        settings=SessionSettings(),
+        services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)])
     worker.report = session.report
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))

@@ -13,15 +13,16 @@ The session knows nothing about containers: it drives a Worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 
-from swarmapi.loops import cancel_all
+from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
 from swarmapi.v1 import objects_pb2 as pb
@@ -52,6 +53,10 @@ class SessionSettings:
 
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
+SessionService = Callable[["dgrpc.DispatcherAsyncStub", str, str], Awaitable[None]]
+"""Runs beside an open session (stub, node ID, session ID) until cancelled when
+the session ends -- e.g. agent.logs.LogPublisher.serve. It is supervised: a
+crash is logged and it is started again; its ending does not end the session."""
 
 
 def insecure_channels() -> ChannelFactory:
@@ -77,7 +82,8 @@ class AgentSession:
                  worker: Worker, channels: ChannelFactory, *,
                  node_id: str = "", labels: dict[str, str] | None = None,
                  on_registered: Callable[[str], None] | None = None,
-                 settings: SessionSettings | None = None) -> None:
+                 settings: SessionSettings | None = None,
+                 services: Sequence[tuple[str, SessionService]] = ()) -> None:
         if not controllers:
             raise ValueError("at least one controller address is needed")
         self._controllers = list(controllers)
@@ -89,6 +95,7 @@ class AgentSession:
         self._labels = labels or {}
         self._on_registered = on_registered
         self.settings = settings or SessionSettings()
+        self._services = list(services)  # (name, service) run beside each session
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_ready = asyncio.Event()
         self.connected = asyncio.Event()
@@ -143,6 +150,7 @@ class AgentSession:
         stream = stub.Session(dpb.SessionRequest(node_id=self.node_id,
                                                  description=self.description))
         helpers: list[asyncio.Task[None]] = []
+        services: list[asyncio.Task[None]] = []
         try:
             first = await stream.read()
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
@@ -159,6 +167,9 @@ class AgentSession:
                 asyncio.create_task(self._heartbeats(stub, period), name="heartbeat"),
                 asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
             ]
+            node_id, session_id = self.node_id, self.session_id
+            services = [start_supervised(name, functools.partial(service, stub, node_id, session_id))
+                        for name, service in self._services]
             self.connected.set()
             log.info("session %s with %s open", self.session_id, addr)
             await self.worker.apply(first.assignments)
@@ -172,6 +183,7 @@ class AgentSession:
         finally:
             stream.cancel()
             await cancel_all(helpers)
+            await cancel_all(services)
 
     async def _follow(self, stream: Any) -> None:
         # read() only: grpc.aio forbids mixing read() with iteration on one call.

@@ -18,6 +18,7 @@ the trailing metadata key `swarm-leader-addr`, so agents can follow it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,10 +30,12 @@ from google.protobuf.duration_pb2 import Duration
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
+from swarmapi.v1 import logs_pb2 as lpb
 from swarmapi.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .leadership import Leadership
+from .logbroker import LogBroker, PublishRefused
 from .peers import OverlayIndex, PeerTable, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
@@ -109,6 +112,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._clock = clock
         self._state: _LeaderState | None = None
         store.cache.subscribe(self._on_change)
+        self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
 
     # ------------------------------------------------------------ leading
 
@@ -417,3 +421,37 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 state.pending_status.setdefault(retry.id, (retry.node_id, retry.status))
             if failed:
                 state.status_ready.set()
+
+    # ------------------------------------------------------------ logs (controller/logbroker.py)
+
+    async def _log_broker(self, context: grpc.aio.ServicerContext[object, object]) -> LogBroker:
+        if self.logs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no logs")
+        assert self.logs is not None
+        return self.logs
+
+    async def ListenSubscriptions(self, request: lpb.ListenSubscriptionsRequest,
+                                  context: grpc.aio.ServicerContext[object, object]
+                                  ) -> AsyncIterator[lpb.SubscriptionMessage]:
+        state = await self._leader_state(context)
+        await self._check_session(state, request.node_id, request.session_id, context)
+        broker = await self._log_broker(context)
+        async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
+            async for message in messages:
+                yield message
+
+    async def PublishLogs(self, request_iterator: AsyncIterator[lpb.PublishLogsMessage],
+                          context: grpc.aio.ServicerContext[object, object]
+                          ) -> lpb.PublishLogsResponse:
+        state = await self._leader_state(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return lpb.PublishLogsResponse()
+        await self._check_session(state, first.node_id, first.session_id, context)
+        broker = await self._log_broker(context)
+        try:
+            await broker.publish(first.node_id, first, aiter(request_iterator))
+        except PublishRefused as error:
+            log.warning("node %s: log messages refused: %s", first.node_id, error)
+            await context.abort(error.code, str(error))
+        return lpb.PublishLogsResponse()

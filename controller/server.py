@@ -22,6 +22,7 @@ from .allocator.reconciler import Allocator
 from .api.control import ControlServicer
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
+from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.reconciler import Orchestrator
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
@@ -40,6 +41,7 @@ class ControllerConfig:
     prefix: str = "/swarm/"
     leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
+    logs: LogBrokerSettings = field(default_factory=LogBrokerSettings)
     # Settings of a cluster initialised by this controller.
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
@@ -77,6 +79,7 @@ class Controller:
         self.allocator = Allocator(self.store, self.addresses)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
+        self.logs = LogBroker(self.store, config.logs)
 
     async def start(self) -> None:
         self.port = self._server.add_insecure_port(self.config.listen)
@@ -87,9 +90,9 @@ class Controller:
             f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}")
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
-        cgrpc.add_ControlServicer_to_server(ControlServicer(self.store, self.leadership,
-                                                            self.addresses),
-                                            self._server)
+        self.dispatcher.logs = self.logs
+        cgrpc.add_ControlServicer_to_server(
+            ControlServicer(self.store, self.leadership, self.addresses, self.logs), self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))
         await self.store.cache.synced.wait()
@@ -116,6 +119,7 @@ class Controller:
             start_supervised("allocator", lambda: self.allocator.run(guard)),
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
+            start_supervised("log-broker", self.logs.serve_as_leader),
         ]
         try:
             await asyncio.gather(*loops)

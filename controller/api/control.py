@@ -9,15 +9,17 @@ ABORTED for the caller to read again, an unreachable etcd is UNAVAILABLE.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
 import grpc
 
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarmapi.v1 import logs_pb2 as lpb
 from swarmapi.v1 import objects_pb2 as pb
 
 from ..allocator.claims import (
@@ -37,8 +39,10 @@ from ..allocator.networks import (
     plan_vips,
     pool_settings,
 )
+from ..dispatcher import LEADER_METADATA_KEY
 from ..ids import new_id
 from ..leadership import Leadership
+from ..logbroker import LogBroker, SubscriptionRefused
 from ..store import (
     Conflict,
     Create,
@@ -110,7 +114,7 @@ def _template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
 
 class ControlServicer(cgrpc.ControlServicer):
     def __init__(self, store: Store, leadership: Leadership,
-                 addresses: AddressIndex | None = None) -> None:
+                 addresses: AddressIndex | None = None, logs: LogBroker | None = None) -> None:
         self._store = store
         self._leadership = leadership
         self._addresses = addresses or AddressIndex(store.cache)
@@ -118,6 +122,7 @@ class ControlServicer(cgrpc.ControlServicer):
         # the same lowest free subnet and VNI from the same cache, and all but
         # one lose. Races with other controllers are left to the claims.
         self._network_lock = asyncio.Lock()
+        self._logs = logs
 
     async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
         try:
@@ -502,3 +507,28 @@ class ControlServicer(cgrpc.ControlServicer):
         if not clusters:
             await _abort(context, grpc.StatusCode.NOT_FOUND, "the cluster is not initialised")
         return cpb.ClusterResponse(cluster=clusters[0], leader_addr=self._leadership.leader_addr)
+
+    # ------------------------------------------------------------ logs
+
+    async def ServiceLogs(self, request: lpb.ServiceLogsRequest,
+                          context: Context) -> AsyncIterator[lpb.ServiceLogsMessage]:
+        """The service's logs, from the leader's log broker (controller/logbroker.py).
+        A follower does not proxy: it names the leader, as the dispatcher does."""
+        service = await self._resolve(context, request.service, self._store.cache.services,
+                                      lambda s: s.spec.name, "service")
+        options = request.options
+        if options.HasField("tail") and options.tail < 0:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                         "options.tail: must not be negative (unset for all lines)")
+        broker = self._logs
+        if broker is None or not broker.leading:
+            leader = self._leadership.leader_addr
+            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"logs are served by the leader; the leader is {leader or 'unknown'}")
+        try:
+            async with contextlib.aclosing(broker.subscribe(service, options)) as messages:
+                async for message in messages:
+                    yield message
+        except SubscriptionRefused as error:
+            await _abort(context, error.code, str(error))

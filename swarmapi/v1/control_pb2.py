@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from swarmapi.v1 import logs_pb2 as swarmapi_dot_v1_dot_logs__pb2
 from swarmapi.v1 import objects_pb2 as swarmapi_dot_v1_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19swarmapi/v1/control.proto\x12\x08swarm.v1\x1a\x19swarmapi/v1/objects.proto\"\x19\n\nGetRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x1c\n\rRemoveRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x1c\n\x0eRemoveResponse\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x14\x43reateServiceRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.swarm.v1.ServiceSpec\"5\n\x0fServiceResponse\x12\"\n\x07service\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Service\"\xef\x01\n\x13ListServicesRequest\x12\x36\n\x07\x66ilters\x18\x01 \x01(\x0b\x32%.swarm.v1.ListServicesRequest.Filters\x1a\x9f\x01\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\x12\x41\n\x06labels\x18\x03 \x03(\x0b\x32\x31.swarm.v1.ListServicesRequest.Filters.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x14ListServicesResponse\x12#\n\x08services\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Service\"r\n\x14UpdateServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.swarm.v1.ServiceSpec\x12\x10\n\x08rollback\x18\x04 \x01(\x08\"4\n\x13ScaleServiceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x03\"\x8e\x02\n\x10ListNodesRequest\x12\x33\n\x07\x66ilters\x18\x01 \x01(\x0b\x32\".swarm.v1.ListNodesRequest.Filters\x1a\xc4\x01\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\x12>\n\x06labels\x18\x03 \x03(\x0b\x32..swarm.v1.ListNodesRequest.Filters.LabelsEntry\x12&\n\x05roles\x18\x04 \x03(\x0e\x32\x17.swarm.v1.NodeSpec.Role\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0cNodeResponse\x12\x1c\n\x04node\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Node\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.swarm.v1.Node\"W\n\x11UpdateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.swarm.v1.NodeSpec\"/\n\x11RemoveNodeRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\";\n\x14\x43reateNetworkRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.swarm.v1.NetworkSpec\"5\n\x0fNetworkResponse\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\"|\n\x13ListNetworksRequest\x12\x36\n\x07\x66ilters\x18\x01 \x01(\x0b\x32%.swarm.v1.ListNetworksRequest.Filters\x1a-\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\";\n\x14ListNetworksResponse\x12#\n\x08networks\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Network\",\n\x0cTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Task\"\xcb\x01\n\x10ListTasksRequest\x12\x33\n\x07\x66ilters\x18\x01 \x01(\x0b\x32\".swarm.v1.ListTasksRequest.Filters\x1a\x81\x01\n\x07\x46ilters\x12\x13\n\x0bservice_ids\x18\x01 \x03(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12+\n\x0e\x64\x65sired_states\x18\x03 \x03(\x0e\x32\x13.swarm.v1.TaskState\x12\r\n\x05slots\x18\x04 \x03(\x04\x12\x13\n\x0bid_prefixes\x18\x05 \x03(\t\"2\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.swarm.v1.Task\"\x13\n\x11GetClusterRequest\"J\n\x0f\x43lusterResponse\x12\"\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Cluster\x12\x13\n\x0bleader_addr\x18\x02 \x01(\t2\xa7\t\n\x07\x43ontrol\x12J\n\rCreateService\x12\x1e.swarm.v1.CreateServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12=\n\nGetService\x12\x14.swarm.v1.GetRequest\x1a\x19.swarm.v1.ServiceResponse\x12M\n\x0cListServices\x12\x1d.swarm.v1.ListServicesRequest\x1a\x1e.swarm.v1.ListServicesResponse\x12J\n\rUpdateService\x12\x1e.swarm.v1.UpdateServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12H\n\x0cScaleService\x12\x1d.swarm.v1.ScaleServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12\x42\n\rRemoveService\x12\x17.swarm.v1.RemoveRequest\x1a\x18.swarm.v1.RemoveResponse\x12\x37\n\x07GetNode\x12\x14.swarm.v1.GetRequest\x1a\x16.swarm.v1.NodeResponse\x12\x44\n\tListNodes\x12\x1a.swarm.v1.ListNodesRequest\x1a\x1b.swarm.v1.ListNodesResponse\x12\x41\n\nUpdateNode\x12\x1b.swarm.v1.UpdateNodeRequest\x1a\x16.swarm.v1.NodeResponse\x12\x43\n\nRemoveNode\x12\x1b.swarm.v1.RemoveNodeRequest\x1a\x18.swarm.v1.RemoveResponse\x12J\n\rCreateNetwork\x12\x1e.swarm.v1.CreateNetworkRequest\x1a\x19.swarm.v1.NetworkResponse\x12=\n\nGetNetwork\x12\x14.swarm.v1.GetRequest\x1a\x19.swarm.v1.NetworkResponse\x12M\n\x0cListNetworks\x12\x1d.swarm.v1.ListNetworksRequest\x1a\x1e.swarm.v1.ListNetworksResponse\x12\x42\n\rRemoveNetwork\x12\x17.swarm.v1.RemoveRequest\x1a\x18.swarm.v1.RemoveResponse\x12\x37\n\x07GetTask\x12\x14.swarm.v1.GetRequest\x1a\x16.swarm.v1.TaskResponse\x12\x44\n\tListTasks\x12\x1a.swarm.v1.ListTasksRequest\x1a\x1b.swarm.v1.ListTasksResponse\x12\x44\n\nGetCluster\x12\x1b.swarm.v1.GetClusterRequest\x1a\x19.swarm.v1.ClusterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19swarmapi/v1/control.proto\x12\x08swarm.v1\x1a\x16swarmapi/v1/logs.proto\x1a\x19swarmapi/v1/objects.proto\"\x19\n\nGetRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x1c\n\rRemoveRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"\x1c\n\x0eRemoveResponse\x12\n\n\x02id\x18\x01 \x01(\t\";\n\x14\x43reateServiceRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.swarm.v1.ServiceSpec\"5\n\x0fServiceResponse\x12\"\n\x07service\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Service\"\xef\x01\n\x13ListServicesRequest\x12\x36\n\x07\x66ilters\x18\x01 \x01(\x0b\x32%.swarm.v1.ListServicesRequest.Filters\x1a\x9f\x01\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\x12\x41\n\x06labels\x18\x03 \x03(\x0b\x32\x31.swarm.v1.ListServicesRequest.Filters.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x14ListServicesResponse\x12#\n\x08services\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Service\"r\n\x14UpdateServiceRequest\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.swarm.v1.ServiceSpec\x12\x10\n\x08rollback\x18\x04 \x01(\x08\"4\n\x13ScaleServiceRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x03\"\x8e\x02\n\x10ListNodesRequest\x12\x33\n\x07\x66ilters\x18\x01 \x01(\x0b\x32\".swarm.v1.ListNodesRequest.Filters\x1a\xc4\x01\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\x12>\n\x06labels\x18\x03 \x03(\x0b\x32..swarm.v1.ListNodesRequest.Filters.LabelsEntry\x12&\n\x05roles\x18\x04 \x03(\x0e\x32\x17.swarm.v1.NodeSpec.Role\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\",\n\x0cNodeResponse\x12\x1c\n\x04node\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Node\"2\n\x11ListNodesResponse\x12\x1d\n\x05nodes\x18\x01 \x03(\x0b\x32\x0e.swarm.v1.Node\"W\n\x11UpdateNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12 \n\x04spec\x18\x03 \x01(\x0b\x32\x12.swarm.v1.NodeSpec\"/\n\x11RemoveNodeRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\";\n\x14\x43reateNetworkRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.swarm.v1.NetworkSpec\"5\n\x0fNetworkResponse\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\"|\n\x13ListNetworksRequest\x12\x36\n\x07\x66ilters\x18\x01 \x01(\x0b\x32%.swarm.v1.ListNetworksRequest.Filters\x1a-\n\x07\x46ilters\x12\r\n\x05names\x18\x01 \x03(\t\x12\x13\n\x0bid_prefixes\x18\x02 \x03(\t\";\n\x14ListNetworksResponse\x12#\n\x08networks\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Network\",\n\x0cTaskResponse\x12\x1c\n\x04task\x18\x01 \x01(\x0b\x32\x0e.swarm.v1.Task\"\xcb\x01\n\x10ListTasksRequest\x12\x33\n\x07\x66ilters\x18\x01 \x01(\x0b\x32\".swarm.v1.ListTasksRequest.Filters\x1a\x81\x01\n\x07\x46ilters\x12\x13\n\x0bservice_ids\x18\x01 \x03(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\x12+\n\x0e\x64\x65sired_states\x18\x03 \x03(\x0e\x32\x13.swarm.v1.TaskState\x12\r\n\x05slots\x18\x04 \x03(\x04\x12\x13\n\x0bid_prefixes\x18\x05 \x03(\t\"2\n\x11ListTasksResponse\x12\x1d\n\x05tasks\x18\x01 \x03(\x0b\x32\x0e.swarm.v1.Task\"\x13\n\x11GetClusterRequest\"J\n\x0f\x43lusterResponse\x12\"\n\x07\x63luster\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Cluster\x12\x13\n\x0bleader_addr\x18\x02 \x01(\t2\xf4\t\n\x07\x43ontrol\x12J\n\rCreateService\x12\x1e.swarm.v1.CreateServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12=\n\nGetService\x12\x14.swarm.v1.GetRequest\x1a\x19.swarm.v1.ServiceResponse\x12M\n\x0cListServices\x12\x1d.swarm.v1.ListServicesRequest\x1a\x1e.swarm.v1.ListServicesResponse\x12J\n\rUpdateService\x12\x1e.swarm.v1.UpdateServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12H\n\x0cScaleService\x12\x1d.swarm.v1.ScaleServiceRequest\x1a\x19.swarm.v1.ServiceResponse\x12\x42\n\rRemoveService\x12\x17.swarm.v1.RemoveRequest\x1a\x18.swarm.v1.RemoveResponse\x12\x37\n\x07GetNode\x12\x14.swarm.v1.GetRequest\x1a\x16.swarm.v1.NodeResponse\x12\x44\n\tListNodes\x12\x1a.swarm.v1.ListNodesRequest\x1a\x1b.swarm.v1.ListNodesResponse\x12\x41\n\nUpdateNode\x12\x1b.swarm.v1.UpdateNodeRequest\x1a\x16.swarm.v1.NodeResponse\x12\x43\n\nRemoveNode\x12\x1b.swarm.v1.RemoveNodeRequest\x1a\x18.swarm.v1.RemoveResponse\x12J\n\rCreateNetwork\x12\x1e.swarm.v1.CreateNetworkRequest\x1a\x19.swarm.v1.NetworkResponse\x12=\n\nGetNetwork\x12\x14.swarm.v1.GetRequest\x1a\x19.swarm.v1.NetworkResponse\x12M\n\x0cListNetworks\x12\x1d.swarm.v1.ListNetworksRequest\x1a\x1e.swarm.v1.ListNetworksResponse\x12\x42\n\rRemoveNetwork\x12\x17.swarm.v1.RemoveRequest\x1a\x18.swarm.v1.RemoveResponse\x12\x37\n\x07GetTask\x12\x14.swarm.v1.GetRequest\x1a\x16.swarm.v1.TaskResponse\x12\x44\n\tListTasks\x12\x1a.swarm.v1.ListTasksRequest\x1a\x1b.swarm.v1.ListTasksResponse\x12\x44\n\nGetCluster\x12\x1b.swarm.v1.GetClusterRequest\x1a\x19.swarm.v1.ClusterResponse\x12K\n\x0bServiceLogs\x12\x1c.swarm.v1.ServiceLogsRequest\x1a\x1c.swarm.v1.ServiceLogsMessage0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,64 +37,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSERVICESREQUEST_FILTERS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._loaded_options = None
   _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_GETREQUEST']._serialized_start=66
-  _globals['_GETREQUEST']._serialized_end=91
-  _globals['_REMOVEREQUEST']._serialized_start=93
-  _globals['_REMOVEREQUEST']._serialized_end=121
-  _globals['_REMOVERESPONSE']._serialized_start=123
-  _globals['_REMOVERESPONSE']._serialized_end=151
-  _globals['_CREATESERVICEREQUEST']._serialized_start=153
-  _globals['_CREATESERVICEREQUEST']._serialized_end=212
-  _globals['_SERVICERESPONSE']._serialized_start=214
-  _globals['_SERVICERESPONSE']._serialized_end=267
-  _globals['_LISTSERVICESREQUEST']._serialized_start=270
-  _globals['_LISTSERVICESREQUEST']._serialized_end=509
-  _globals['_LISTSERVICESREQUEST_FILTERS']._serialized_start=350
-  _globals['_LISTSERVICESREQUEST_FILTERS']._serialized_end=509
-  _globals['_LISTSERVICESREQUEST_FILTERS_LABELSENTRY']._serialized_start=464
-  _globals['_LISTSERVICESREQUEST_FILTERS_LABELSENTRY']._serialized_end=509
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=511
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=570
-  _globals['_UPDATESERVICEREQUEST']._serialized_start=572
-  _globals['_UPDATESERVICEREQUEST']._serialized_end=686
-  _globals['_SCALESERVICEREQUEST']._serialized_start=688
-  _globals['_SCALESERVICEREQUEST']._serialized_end=740
-  _globals['_LISTNODESREQUEST']._serialized_start=743
-  _globals['_LISTNODESREQUEST']._serialized_end=1013
-  _globals['_LISTNODESREQUEST_FILTERS']._serialized_start=817
-  _globals['_LISTNODESREQUEST_FILTERS']._serialized_end=1013
-  _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._serialized_start=464
-  _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._serialized_end=509
-  _globals['_NODERESPONSE']._serialized_start=1015
-  _globals['_NODERESPONSE']._serialized_end=1059
-  _globals['_LISTNODESRESPONSE']._serialized_start=1061
-  _globals['_LISTNODESRESPONSE']._serialized_end=1111
-  _globals['_UPDATENODEREQUEST']._serialized_start=1113
-  _globals['_UPDATENODEREQUEST']._serialized_end=1200
-  _globals['_REMOVENODEREQUEST']._serialized_start=1202
-  _globals['_REMOVENODEREQUEST']._serialized_end=1249
-  _globals['_CREATENETWORKREQUEST']._serialized_start=1251
-  _globals['_CREATENETWORKREQUEST']._serialized_end=1310
-  _globals['_NETWORKRESPONSE']._serialized_start=1312
-  _globals['_NETWORKRESPONSE']._serialized_end=1365
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=1367
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=1491
-  _globals['_LISTNETWORKSREQUEST_FILTERS']._serialized_start=350
-  _globals['_LISTNETWORKSREQUEST_FILTERS']._serialized_end=395
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1493
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1552
-  _globals['_TASKRESPONSE']._serialized_start=1554
-  _globals['_TASKRESPONSE']._serialized_end=1598
-  _globals['_LISTTASKSREQUEST']._serialized_start=1601
-  _globals['_LISTTASKSREQUEST']._serialized_end=1804
-  _globals['_LISTTASKSREQUEST_FILTERS']._serialized_start=1675
-  _globals['_LISTTASKSREQUEST_FILTERS']._serialized_end=1804
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1806
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1856
-  _globals['_GETCLUSTERREQUEST']._serialized_start=1858
-  _globals['_GETCLUSTERREQUEST']._serialized_end=1877
-  _globals['_CLUSTERRESPONSE']._serialized_start=1879
-  _globals['_CLUSTERRESPONSE']._serialized_end=1953
-  _globals['_CONTROL']._serialized_start=1956
-  _globals['_CONTROL']._serialized_end=3147
+  _globals['_GETREQUEST']._serialized_start=90
+  _globals['_GETREQUEST']._serialized_end=115
+  _globals['_REMOVEREQUEST']._serialized_start=117
+  _globals['_REMOVEREQUEST']._serialized_end=145
+  _globals['_REMOVERESPONSE']._serialized_start=147
+  _globals['_REMOVERESPONSE']._serialized_end=175
+  _globals['_CREATESERVICEREQUEST']._serialized_start=177
+  _globals['_CREATESERVICEREQUEST']._serialized_end=236
+  _globals['_SERVICERESPONSE']._serialized_start=238
+  _globals['_SERVICERESPONSE']._serialized_end=291
+  _globals['_LISTSERVICESREQUEST']._serialized_start=294
+  _globals['_LISTSERVICESREQUEST']._serialized_end=533
+  _globals['_LISTSERVICESREQUEST_FILTERS']._serialized_start=374
+  _globals['_LISTSERVICESREQUEST_FILTERS']._serialized_end=533
+  _globals['_LISTSERVICESREQUEST_FILTERS_LABELSENTRY']._serialized_start=488
+  _globals['_LISTSERVICESREQUEST_FILTERS_LABELSENTRY']._serialized_end=533
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=535
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=594
+  _globals['_UPDATESERVICEREQUEST']._serialized_start=596
+  _globals['_UPDATESERVICEREQUEST']._serialized_end=710
+  _globals['_SCALESERVICEREQUEST']._serialized_start=712
+  _globals['_SCALESERVICEREQUEST']._serialized_end=764
+  _globals['_LISTNODESREQUEST']._serialized_start=767
+  _globals['_LISTNODESREQUEST']._serialized_end=1037
+  _globals['_LISTNODESREQUEST_FILTERS']._serialized_start=841
+  _globals['_LISTNODESREQUEST_FILTERS']._serialized_end=1037
+  _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._serialized_start=488
+  _globals['_LISTNODESREQUEST_FILTERS_LABELSENTRY']._serialized_end=533
+  _globals['_NODERESPONSE']._serialized_start=1039
+  _globals['_NODERESPONSE']._serialized_end=1083
+  _globals['_LISTNODESRESPONSE']._serialized_start=1085
+  _globals['_LISTNODESRESPONSE']._serialized_end=1135
+  _globals['_UPDATENODEREQUEST']._serialized_start=1137
+  _globals['_UPDATENODEREQUEST']._serialized_end=1224
+  _globals['_REMOVENODEREQUEST']._serialized_start=1226
+  _globals['_REMOVENODEREQUEST']._serialized_end=1273
+  _globals['_CREATENETWORKREQUEST']._serialized_start=1275
+  _globals['_CREATENETWORKREQUEST']._serialized_end=1334
+  _globals['_NETWORKRESPONSE']._serialized_start=1336
+  _globals['_NETWORKRESPONSE']._serialized_end=1389
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=1391
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=1515
+  _globals['_LISTNETWORKSREQUEST_FILTERS']._serialized_start=374
+  _globals['_LISTNETWORKSREQUEST_FILTERS']._serialized_end=419
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1517
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1576
+  _globals['_TASKRESPONSE']._serialized_start=1578
+  _globals['_TASKRESPONSE']._serialized_end=1622
+  _globals['_LISTTASKSREQUEST']._serialized_start=1625
+  _globals['_LISTTASKSREQUEST']._serialized_end=1828
+  _globals['_LISTTASKSREQUEST_FILTERS']._serialized_start=1699
+  _globals['_LISTTASKSREQUEST_FILTERS']._serialized_end=1828
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1830
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1880
+  _globals['_GETCLUSTERREQUEST']._serialized_start=1882
+  _globals['_GETCLUSTERREQUEST']._serialized_end=1901
+  _globals['_CLUSTERRESPONSE']._serialized_start=1903
+  _globals['_CLUSTERRESPONSE']._serialized_end=1977
+  _globals['_CONTROL']._serialized_start=1980
+  _globals['_CONTROL']._serialized_end=3248
 # @@protoc_insertion_point(module_scope)

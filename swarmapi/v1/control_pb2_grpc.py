@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from swarmapi.v1 import control_pb2 as swarmapi_dot_v1_dot_control__pb2
+from swarmapi.v1 import logs_pb2 as swarmapi_dot_v1_dot_logs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -119,6 +120,11 @@ class ControlStub:
                 request_serializer=swarmapi_dot_v1_dot_control__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=swarmapi_dot_v1_dot_control__pb2.ClusterResponse.FromString,
                 _registered_method=True)
+        self.ServiceLogs = channel.unary_stream(
+                '/swarm.v1.Control/ServiceLogs',
+                request_serializer=swarmapi_dot_v1_dot_logs__pb2.ServiceLogsRequest.SerializeToString,
+                response_deserializer=swarmapi_dot_v1_dot_logs__pb2.ServiceLogsMessage.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -226,6 +232,15 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ServiceLogs(self, request, context):
+        """The output of a service's tasks (see logs.proto). Served by the leader;
+        another controller refuses with FAILED_PRECONDITION and names the leader
+        in the trailing metadata key `swarm-leader-addr`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +328,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetCluster,
                     request_deserializer=swarmapi_dot_v1_dot_control__pb2.GetClusterRequest.FromString,
                     response_serializer=swarmapi_dot_v1_dot_control__pb2.ClusterResponse.SerializeToString,
+            ),
+            'ServiceLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.ServiceLogs,
+                    request_deserializer=swarmapi_dot_v1_dot_logs__pb2.ServiceLogsRequest.FromString,
+                    response_serializer=swarmapi_dot_v1_dot_logs__pb2.ServiceLogsMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -774,6 +794,33 @@ class Control:
             '/swarm.v1.Control/GetCluster',
             swarmapi_dot_v1_dot_control__pb2.GetClusterRequest.SerializeToString,
             swarmapi_dot_v1_dot_control__pb2.ClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ServiceLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.Control/ServiceLogs',
+            swarmapi_dot_v1_dot_logs__pb2.ServiceLogsRequest.SerializeToString,
+            swarmapi_dot_v1_dot_logs__pb2.ServiceLogsMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,7 @@ watch cache, writes are compare-and-swap transactions in etcd.
 from collections import abc as _abc
 from grpc import aio as _aio
 from swarmapi.v1 import control_pb2 as _control_pb2
+from swarmapi.v1 import logs_pb2 as _logs_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -51,6 +52,11 @@ class ControlStub:
     GetTask: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.TaskResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]
+    ServiceLogs: _grpc.UnaryStreamMultiCallable[_logs_pb2.ServiceLogsRequest, _logs_pb2.ServiceLogsMessage]
+    """The output of a service's tasks (see logs.proto). Served by the leader;
+    another controller refuses with FAILED_PRECONDITION and names the leader
+    in the trailing metadata key `swarm-leader-addr`.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -72,6 +78,11 @@ class ControlAsyncStub(ControlStub):
     GetTask: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.TaskResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]  # type: ignore[assignment]
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
+    ServiceLogs: _aio.UnaryStreamMultiCallable[_logs_pb2.ServiceLogsRequest, _logs_pb2.ServiceLogsMessage]  # type: ignore[assignment]
+    """The output of a service's tasks (see logs.proto). Served by the leader;
+    another controller refuses with FAILED_PRECONDITION and names the leader
+    in the trailing metadata key `swarm-leader-addr`.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +203,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.GetClusterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ClusterResponse, _abc.Awaitable[_control_pb2.ClusterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ServiceLogs(
+        self,
+        request: _logs_pb2.ServiceLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_logs_pb2.ServiceLogsMessage], _abc.AsyncIterator[_logs_pb2.ServiceLogsMessage]]:
+        """The output of a service's tasks (see logs.proto). Served by the leader;
+        another controller refuses with FAILED_PRECONDITION and names the leader
+        in the trailing metadata key `swarm-leader-addr`.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from swarmapi.v1 import dispatcher_pb2 as swarmapi_dot_v1_dot_dispatcher__pb2
+from swarmapi.v1 import logs_pb2 as swarmapi_dot_v1_dot_logs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -54,6 +55,16 @@ class DispatcherStub:
                 request_serializer=swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusRequest.SerializeToString,
                 response_deserializer=swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusResponse.FromString,
                 _registered_method=True)
+        self.ListenSubscriptions = channel.unary_stream(
+                '/swarm.v1.Dispatcher/ListenSubscriptions',
+                request_serializer=swarmapi_dot_v1_dot_logs__pb2.ListenSubscriptionsRequest.SerializeToString,
+                response_deserializer=swarmapi_dot_v1_dot_logs__pb2.SubscriptionMessage.FromString,
+                _registered_method=True)
+        self.PublishLogs = channel.stream_unary(
+                '/swarm.v1.Dispatcher/PublishLogs',
+                request_serializer=swarmapi_dot_v1_dot_logs__pb2.PublishLogsMessage.SerializeToString,
+                response_deserializer=swarmapi_dot_v1_dot_logs__pb2.PublishLogsResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -86,6 +97,20 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListenSubscriptions(self, request, context):
+        """Log subscriptions for this node (see logs.proto), while its session is current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishLogs(self, request_iterator, context):
+        """The lines of one subscription, from this node's containers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -108,6 +133,16 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.UpdateTaskStatus,
                     request_deserializer=swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusRequest.FromString,
                     response_serializer=swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusResponse.SerializeToString,
+            ),
+            'ListenSubscriptions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListenSubscriptions,
+                    request_deserializer=swarmapi_dot_v1_dot_logs__pb2.ListenSubscriptionsRequest.FromString,
+                    response_serializer=swarmapi_dot_v1_dot_logs__pb2.SubscriptionMessage.SerializeToString,
+            ),
+            'PublishLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLogs,
+                    request_deserializer=swarmapi_dot_v1_dot_logs__pb2.PublishLogsMessage.FromString,
+                    response_serializer=swarmapi_dot_v1_dot_logs__pb2.PublishLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -218,6 +253,60 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/UpdateTaskStatus',
             swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusRequest.SerializeToString,
             swarmapi_dot_v1_dot_dispatcher__pb2.UpdateTaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListenSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/ListenSubscriptions',
+            swarmapi_dot_v1_dot_logs__pb2.ListenSubscriptionsRequest.SerializeToString,
+            swarmapi_dot_v1_dot_logs__pb2.SubscriptionMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/swarm.v1.Dispatcher/PublishLogs',
+            swarmapi_dot_v1_dot_logs__pb2.PublishLogsMessage.SerializeToString,
+            swarmapi_dot_v1_dot_logs__pb2.PublishLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

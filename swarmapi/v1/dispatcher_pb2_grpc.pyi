@@ -9,6 +9,7 @@ leader in the trailing metadata key `swarm-leader-addr`.
 from collections import abc as _abc
 from grpc import aio as _aio
 from swarmapi.v1 import dispatcher_pb2 as _dispatcher_pb2
+from swarmapi.v1 import logs_pb2 as _logs_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -42,6 +43,10 @@ class DispatcherStub:
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]
     UpdateTaskStatus: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]
+    ListenSubscriptions: _grpc.UnaryStreamMultiCallable[_logs_pb2.ListenSubscriptionsRequest, _logs_pb2.SubscriptionMessage]
+    """Log subscriptions for this node (see logs.proto), while its session is current."""
+    PublishLogs: _grpc.StreamUnaryMultiCallable[_logs_pb2.PublishLogsMessage, _logs_pb2.PublishLogsResponse]
+    """The lines of one subscription, from this node's containers."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -54,6 +59,10 @@ class DispatcherAsyncStub(DispatcherStub):
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.HeartbeatRequest, _dispatcher_pb2.HeartbeatResponse]  # type: ignore[assignment]
     UpdateTaskStatus: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.UpdateTaskStatusRequest, _dispatcher_pb2.UpdateTaskStatusResponse]  # type: ignore[assignment]
+    ListenSubscriptions: _aio.UnaryStreamMultiCallable[_logs_pb2.ListenSubscriptionsRequest, _logs_pb2.SubscriptionMessage]  # type: ignore[assignment]
+    """Log subscriptions for this node (see logs.proto), while its session is current."""
+    PublishLogs: _aio.StreamUnaryMultiCallable[_logs_pb2.PublishLogsMessage, _logs_pb2.PublishLogsResponse]  # type: ignore[assignment]
+    """The lines of one subscription, from this node's containers."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,5 +96,21 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         request: _dispatcher_pb2.UpdateTaskStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_dispatcher_pb2.UpdateTaskStatusResponse, _abc.Awaitable[_dispatcher_pb2.UpdateTaskStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListenSubscriptions(
+        self,
+        request: _logs_pb2.ListenSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_logs_pb2.SubscriptionMessage], _abc.AsyncIterator[_logs_pb2.SubscriptionMessage]]:
+        """Log subscriptions for this node (see logs.proto), while its session is current."""
+
+    @_abc_1.abstractmethod
+    def PublishLogs(
+        self,
+        request_iterator: _MaybeAsyncIterator[_logs_pb2.PublishLogsMessage],
+        context: _ServicerContext,
+    ) -> _typing.Union[_logs_pb2.PublishLogsResponse, _abc.Awaitable[_logs_pb2.PublishLogsResponse]]:
+        """The lines of one subscription, from this node's containers."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
