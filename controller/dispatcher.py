@@ -7,6 +7,12 @@ for `HEARTBEAT_MISSES` periods is marked DOWN (and the orchestrator replaces
 its tasks). Status reports are coalesced per task (latest wins) and written in
 batched, fenced transactions.
 
+With mutual TLS the node ID is the CN of the agent's certificate: Register
+binds it (the node object gets the certificate's ID), and an agent may open
+only its own session, heartbeat only for it and report status only for tasks
+assigned to it (PERMISSION_DENIED otherwise). Which roles may call at all is
+the server's AuthInterceptor's business (swarmapi.channels).
+
 A follower refuses every call with FAILED_PRECONDITION and names the leader in
 the trailing metadata key `swarm-leader-addr`, so agents can follow it.
 """
@@ -22,6 +28,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from swarmapi import pki
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
@@ -136,11 +143,32 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     # ------------------------------------------------------------ RPCs
 
+    @staticmethod
+    async def _certified_node(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+        """The node ID of the caller's certificate; None on an --insecure server."""
+        try:
+            peer = pki.peer_identity(context)
+        except pki.PKIError as error:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise AssertionError("unreachable") from None
+        return peer.node_id if peer is not None else None
+
+    async def _check_caller(self, node_id: str,
+                            context: grpc.aio.ServicerContext[object, object]) -> None:
+        certified = await self._certified_node(context)
+        if certified is not None and certified != node_id:
+            log.warning("node %s tried to act as node %s", certified, node_id)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"the certificate of node {certified} cannot act for node {node_id}")
+
     async def Register(self, request: dpb.RegisterRequest,
                        context: grpc.aio.ServicerContext[object, object]) -> dpb.RegisterResponse:
         state = await self._leader_state(context)
+        certified = await self._certified_node(context)
+        if certified is not None and certified in self._store.cache.nodes:
+            return dpb.RegisterResponse(node_id=certified)  # registered before: same node
         node = pb.Node(
-            id=new_id(),
+            id=certified or new_id(),
             spec=pb.NodeSpec(labels=request.labels, availability=pb.NodeSpec.ACTIVE),
             description=request.description,
             status=pb.NodeStatus(state=pb.NodeStatus.UNKNOWN),
@@ -157,6 +185,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                       ) -> AsyncIterator[dpb.SessionMessage]:
         state = await self._leader_state(context)
         node_id = request.node_id
+        await self._check_caller(node_id, context)
         if node_id not in self._store.cache.nodes:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not known; register again")
         session = _Session(node_id=node_id, session_id=new_id())
@@ -202,6 +231,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
         state = await self._leader_state(context)
+        await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         state.heartbeats[request.node_id] = self._clock()
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
@@ -210,8 +240,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
                                context: grpc.aio.ServicerContext[object, object]
                                ) -> dpb.UpdateTaskStatusResponse:
         state = await self._leader_state(context)
+        await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         tasks = self._store.cache.tasks
+        accepted: list[dpb.TaskStatusUpdate] = []
+        # All checked before any is queued: a refused batch changes nothing.
         for update in request.updates:
             task = tasks.get(update.task_id)
             if task is None:
@@ -221,6 +254,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                             request.node_id, update.task_id, task.node_id)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"task {update.task_id} is not assigned to node {request.node_id}")
+            accepted.append(update)
+        for update in accepted:
             state.pending_status[update.task_id] = (request.node_id, update.status)
         state.status_ready.set()
         return dpb.UpdateTaskStatusResponse()

@@ -7,18 +7,25 @@ import pytest
 
 from agent.session import SessionSettings
 from agent.simulated import SimulatedCluster
+from controller.ca import CASettings
 from controller.dispatcher import DispatcherSettings
 from controller.leadership import LeadershipSettings
 from controller.server import Controller, ControllerConfig
 from controller.store import EtcdSettings
+from swarmapi import channels, pki
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from tests.etcd_server import EtcdServer
 
 HEARTBEAT = 0.5  # seconds: a silent node is down after three of these
+# One key-encryption key for the whole run (mutual TLS is on, as in production).
+TEST_KEK = pki.generate_kek()
+TEST_CA = CASettings(kek=TEST_KEK, join_rate=1000.0, join_burst=1000)
 
 
-def controller_config(etcd_endpoint: str, prefix: str) -> ControllerConfig:
+def controller_config(etcd_endpoint: str, prefix: str, *, insecure: bool = False) -> ControllerConfig:
     return ControllerConfig(
+        insecure=insecure,
+        ca=TEST_CA,
         listen="127.0.0.1:0",
         etcd=EtcdSettings(endpoints=(etcd_endpoint,), timeout=2.0),
         prefix=prefix,
@@ -40,11 +47,28 @@ async def controller(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator
 
 @pytest.fixture
 async def control(controller: Controller) -> AsyncIterator[cgrpc.ControlAsyncStub]:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}")
+    channel = admin_channel(controller)
     try:
         yield cgrpc.ControlStub(channel)
     finally:
         await channel.close(None)
+
+
+def admin_channel(controller: Controller) -> grpc.aio.Channel:
+    """A mutual-TLS channel with an admin certificate of the controller's cluster."""
+    return channels.client_channel(f"127.0.0.1:{controller.port}",
+                                   controller.pki.admin_identity())
+
+
+def worker_token(controller: Controller) -> str:
+    return str(controller.pki.token(pki.Role.WORKER))
+
+
+def sim_cluster(controller: Controller, count: int, **kwargs: object) -> SimulatedCluster:
+    """Simulated nodes joined to the controller with its worker token."""
+    return SimulatedCluster([f"127.0.0.1:{controller.port}"], count,  # type: ignore[arg-type]
+                            join_token=worker_token(controller),
+                            join_addrs=[controller.join_addr], **kwargs)
 
 
 FAST_SESSION = SessionSettings(backoff_initial=0.05, backoff_max=0.5, status_flush_interval=0.02)
@@ -53,7 +77,7 @@ FAST_SESSION = SessionSettings(backoff_initial=0.05, backoff_max=0.5, status_flu
 @pytest.fixture
 async def sim_nodes(controller: Controller) -> AsyncIterator[SimulatedCluster]:
     """Three simulated nodes attached to the controller."""
-    cluster = SimulatedCluster([f"127.0.0.1:{controller.port}"], 3, settings=FAST_SESSION)
+    cluster = sim_cluster(controller, 3, settings=FAST_SESSION)
     cluster.start()
     try:
         await cluster.wait_connected(timeout=15)
