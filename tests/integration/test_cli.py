@@ -33,10 +33,11 @@ from cli.errors import Interrupted
 from cli.main import app
 from controller.server import Controller
 from controller.store.keys import KIND_TYPES, StoredObject, decode
+from swarmapi import pki
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer, free_port
-from tests.integration.conftest import FAST_SESSION, controller_config
+from tests.integration.conftest import FAST_SESSION, controller_config, sim_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -66,8 +67,8 @@ class LiveCluster:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
         controller = Controller(controller_config(endpoint, self.prefix))
         await controller.start()
-        nodes = SimulatedCluster([f"127.0.0.1:{controller.port}"], NODES, settings=FAST_SESSION,
-                                 reject_images=reject_images)
+        nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
+                            reject_images=reject_images)
         nodes.start()
         try:
             await nodes.wait_connected(timeout=15)
@@ -150,9 +151,13 @@ class LiveCluster:
 
 
 @pytest.fixture
-def live(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[LiveCluster]:
-    """A fresh controller and nodes per test (under a second), in a key space of its own."""
+def live(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveCluster]:
+    """A fresh controller and nodes per test (under a second), in a key space of its own;
+    swarmctl finds the admin certificate through SWARMCTL_TLS_DIR."""
     cluster = LiveCluster(etcd_server, etcd_prefix, reject_images={BROKEN_IMAGE})
+    cluster.controller.pki.admin_identity().save(tmp_path / "admin")
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(tmp_path / "admin"))
     try:
         yield cluster
     finally:
@@ -611,7 +616,11 @@ def test_errors_are_one_line_and_write_nothing(live: LiveCluster) -> None:
         assert live.snapshot() == before, f"{args} wrote to etcd"
 
 
-def test_unreachable_controller_is_one_line(etcd_server: EtcdServer) -> None:
+def test_unreachable_controller_is_one_line(etcd_server: EtcdServer, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = pki.create_root_ca("elsewhere")
+    pki.issue_admin_identity(ca, cluster_id="elsewhere").save(tmp_path)
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(tmp_path))
     port = free_port()  # bound, then closed: nothing listens there
     for args in (("service", "ls"), ("node", "ls"),
                  ("service", "create", "web", "--image", "busybox")):
