@@ -66,7 +66,7 @@ def join_token(
     settings = client.settings_of(ctx)
     with client.open_controller(ctx) as ctl:
         token = ctl.call(ctl.ca.GetJoinToken,
-                         capb.GetJoinTokenRequest(role=wanted, rotate=rotate)).token  # type: ignore[arg-type]
+                         capb.GetJoinTokenRequest(role=wanted, rotate=rotate)).token
     if quiet:
         typer.echo(token)
         return

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 
 import grpc
 import pytest
@@ -64,11 +64,14 @@ def worker_token(controller: Controller) -> str:
     return str(controller.pki.token(pki.Role.WORKER))
 
 
-def sim_cluster(controller: Controller, count: int, **kwargs: object) -> SimulatedCluster:
+def sim_cluster(controller: Controller, count: int, *, settings: SessionSettings | None = None,
+                hostname_prefix: str = "sim", reject_images: Collection[str] = ()
+                ) -> SimulatedCluster:
     """Simulated nodes joined to the controller with its worker token."""
-    return SimulatedCluster([f"127.0.0.1:{controller.port}"], count,  # type: ignore[arg-type]
+    return SimulatedCluster([f"127.0.0.1:{controller.port}"], count, settings=settings,
+                            hostname_prefix=hostname_prefix, reject_images=reject_images,
                             join_token=worker_token(controller),
-                            join_addrs=[controller.join_addr], **kwargs)
+                            join_addrs=[controller.join_addr])
 
 
 FAST_SESSION = SessionSettings(backoff_initial=0.05, backoff_max=0.5, status_flush_interval=0.02)
