@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import client, cluster, network, node, service
+from . import client, cluster, network, node, service, stack
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
 
@@ -32,12 +32,13 @@ Examples:
   swarmctl node ls
   swarmctl service create web --image nginx:alpine --replicas 3 --publish 8080:80
   swarmctl service ps web
+  swarmctl apply -f deploy/examples/web.yaml
   swarmctl service update -d web --image nginx:1.27
   swarmctl --controller 10.0.0.1:2377 service scale web=5"""
 
 app = typer.Typer(
     name="swarmctl",
-    help="Control a swarm: services, nodes and networks.",
+    help="Control a swarm: services, stacks, nodes and networks.",
     epilog=EPILOG,
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -50,6 +51,8 @@ app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(network.app, name="network")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(stack.app, name="stack")
+app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
 
 
@@ -72,7 +75,7 @@ def root(
         "--insecure", envvar=client.INSECURE_ENV,
         help="Plaintext gRPC to an --insecure controller (development only).")] = False,
 ) -> None:
-    """Control a swarm: services, nodes and networks."""
+    """Control a swarm: services, stacks, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=client.default_controller(controller),
                                                timeout=timeout, tls_dir=tls_dir,
                                                insecure=insecure))

@@ -48,6 +48,13 @@ def as_yaml(messages: Iterable[Message]) -> str:
     return yaml.safe_dump(to_data(messages), sort_keys=False, default_flow_style=False).rstrip("\n")
 
 
+def plain(output: Output, data: Any) -> str:
+    """Plain data (not API objects) in JSON or YAML, for listings computed client-side."""
+    if output is Output.yaml:
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+    return json.dumps(data, indent=2)
+
+
 def render(output: Output, messages: Sequence[Message], table: Callable[[], str]) -> str:
     """`table()` for table output, otherwise the objects themselves in JSON or YAML."""
     if output is Output.json:

@@ -12,6 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from cli.dev.daemons import stop_child
 from cli.dev.etcd import etcd_argv
 
 
@@ -59,13 +60,7 @@ class EtcdServer:
         raise RuntimeError("etcd did not start listening in time")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_child(self.process)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def pause(self) -> None:

@@ -8,8 +8,8 @@ KEK file (the first creates it with --init), each writes an admin identity
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from cli.dev.daemons import stop_child
 from swarmapi import channels, pki
 from swarmapi.v1 import ca_pb2 as capb
 from swarmapi.v1 import ca_pb2_grpc as cagrpc
@@ -61,14 +62,9 @@ class Proc:
             os.kill(self.process.pid, sig)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        os.unlink(self.log_path) if os.path.exists(self.log_path) else None
+        stop_child(self.process, timeout)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.log_path)
 
 
 def _spawn(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], str]:

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 # The image builders live with the local cluster, which ships a demo image;
 # re-exported here for the tests.
+from cli.dev.daemons import stop_child
 from cli.dev.images import (
     BUSYBOX_APPLETS,
     BUSYBOX_BINARY,
@@ -204,13 +204,7 @@ class RegistryServer:
 
     def stop(self) -> None:
         """Stop the registry by its PID and remove its directory. Idempotent."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_child(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def blob_path(self, digest: str) -> Path:

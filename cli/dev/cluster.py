@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import sys
 import time
@@ -37,6 +36,8 @@ from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agent.runtime.rootfs import remove_tree
 
 from .context import Context, remove_context, write_context
 from .daemons import Daemon, alive, spawn, stop
@@ -330,7 +331,8 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> No
             sys.executable, "-m", "agent.main", "--controller", state.controller,
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
-            *agent_security])))
+            # The monitoring example reads the host's /proc through a bind mount.
+            "--bind-root", "/proc", *agent_security])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):
@@ -367,8 +369,8 @@ def down(name: str, say: Callable[[str], None]) -> None:
     if removed:
         say(f"removed {len(removed)} network namespaces")
     _remove_link(root_link(name))
-    _unmount_under(state_dir(name))
-    shutil.rmtree(state_dir(name), ignore_errors=True)
+    # Mounts an interrupted run left (container rootfs overlays), then the files.
+    remove_tree(state_dir(name))
     remove_context(name)
 
 
@@ -390,21 +392,6 @@ def _remove_link(link: str) -> None:
         if found:
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", index=found[0])
-
-
-def _unmount_under(directory: Path) -> None:
-    """Mounts an interrupted run left (container rootfs overlays), deepest first."""
-    prefix = str(directory.resolve()) + "/"
-    try:
-        lines = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return
-    targets = [line.split()[1].encode().decode("unicode_escape") for line in lines]
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    for target in sorted((t for t in targets if t.startswith(prefix)), key=len, reverse=True):
-        libc.umount2(target.encode(), 2)  # MNT_DETACH
 
 
 def status(name: str) -> ClusterState:

@@ -86,3 +86,17 @@ def stop(daemon: Daemon, timeout: float = 10.0) -> bool:
         time.sleep(0.05)
     _reap(daemon.pid)
     return True
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a child this process started and still holds: SIGTERM, SIGKILL
+    after timeout, reaped either way. Idempotent."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()

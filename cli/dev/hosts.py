@@ -27,11 +27,9 @@ with IPRoute(netns=...), which forks (see agent/runtime/netns.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -51,6 +49,8 @@ from agent.runtime.netns import (
     remove_netns_blocking,
     run_in_netns_blocking,
 )
+
+from .daemons import stop_child
 
 log = logging.getLogger(__name__)
 
@@ -127,20 +127,8 @@ class Host:
 
     def stop_processes(self, timeout: float = 5.0) -> None:
         for process in self.processes:
-            _stop(process, timeout)
+            stop_child(process, timeout)
         self.processes.clear()
-
-
-def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 class Hosts:
@@ -264,7 +252,7 @@ class Hosts:
         for host in self.hosts:
             host.stop_processes()
         for process in self.processes:
-            _stop(process, 5.0)
+            stop_child(process, 5.0)
         self.processes.clear()
         remove_namespaces(self.prefix)
 

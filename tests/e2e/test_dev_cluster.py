@@ -96,6 +96,21 @@ def test_up_scale_status_down_leaves_nothing(name: str) -> None:
     assert read_context() is None
 
 
+def test_example_stacks_run_in_real_containers(name: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    state = cluster.up(name, 2, "192.168.94.0/24", say=lambda _: None)
+    monkeypatch.setenv("SWARM_REGISTRY", state.registry)  # the examples' image registry
+    examples = Path(__file__).resolve().parents[2] / "deploy" / "examples"
+    for example in ("web", "monitor", "placement"):
+        output = swarmctl("apply", "-f", str(examples / f"{example}.yaml"), "--timeout", "60s")
+        assert "tasks running" in output, output
+    services = swarmctl("service", "ls")
+    for service, replicas in (("web_web", "3/3"), ("web_kv", "1/1"),
+                              ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
+        assert any(line.split()[1:4:2] == [service, replicas]
+                   for line in services.splitlines()[1:]), services
+
+
 def test_up_after_a_crash_cleans_up_and_starts_again(name: str) -> None:
     first = cluster.up(name, 1, "192.168.92.0/24", say=lambda _: None)
     # A crash: the controller dies, swarmctl never runs `down`.

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
@@ -15,6 +17,9 @@ from controller.store import EtcdSettings
 from swarmapi import channels, pki
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from tests.etcd_server import EtcdServer
+
+if TYPE_CHECKING:
+    from tests.integration.live import LiveCluster
 
 HEARTBEAT = 0.5  # seconds: a silent node is down after three of these
 # One key-encryption key for the whole run (mutual TLS is on, as in production).
@@ -87,3 +92,20 @@ async def sim_nodes(controller: Controller) -> AsyncIterator[SimulatedCluster]:
         yield cluster
     finally:
         await cluster.stop()
+
+
+@pytest.fixture
+def live(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveCluster]:
+    """A fresh controller and nodes per test (under a second), in a key space of its own;
+    swarmctl finds the admin certificate through SWARMCTL_TLS_DIR."""
+    # Imported here: tests/integration/live.py imports this module's settings.
+    from tests.integration.live import BROKEN_IMAGE, LiveCluster
+
+    cluster = LiveCluster(etcd_server, etcd_prefix, reject_images={BROKEN_IMAGE})
+    cluster.controller.pki.admin_identity().save(tmp_path / "admin")
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(tmp_path / "admin"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
