@@ -128,6 +128,9 @@ class IdentityKeeper:
         self._clock = clock
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._retired: list[grpc.aio.Channel] = []
+        self.renewals = 0
+        # Never renew in a tight loop, even with very short certificates.
+        self.min_delay = 1.0
 
     @property
     def node_id(self) -> str:
@@ -154,10 +157,11 @@ class IdentityKeeper:
             delay = pki.renewal_delay(self.identity.cert, self._clock(), self._rng)
             if failures:
                 delay = min(delay, min(300.0, 2.0 ** failures))
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(delay, self.min_delay))
             addr = self._controllers[failures % len(self._controllers)]
             try:
                 self.replace(await renew(addr, self.identity))
+                self.renewals += 1
                 failures = 0
                 log.info("renewed the node certificate (expires %s)",
                          self.identity.cert.not_valid_after_utc)

@@ -433,3 +433,43 @@ async def test_node_rm_revocation_survives_a_controller_restart(
         assert status_of(caught) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         await second.stop()
+
+
+async def test_agents_renew_their_certificates_without_dropping_work(
+        etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    config = controller_config(etcd_server.endpoint, etcd_prefix)
+    # Certificates of a few seconds: renewal is due at once (min delay 1 s here).
+    short = Controller(config.__class__(**{**config.__dict__, "ca": CASettings(
+        kek=TEST_KEK, join_rate=1000.0, join_burst=1000,
+        node_cert_validity=dt.timedelta(seconds=30))}))
+    await short.start()
+    nodes = sim_cluster(short, 2, settings=FAST_SESSION)
+    try:
+        nodes.start()
+        await nodes.wait_connected(timeout=15)
+        keepers = [node.keeper for node in nodes.nodes]
+        assert all(keepers)
+        first = {k.node_id: k.identity.cert.serial_number for k in keepers if k}
+        renewals = [asyncio.create_task(k.renew_forever()) for k in keepers if k]
+        try:
+            await eventually(lambda: all(k is not None and k.renewals >= 1 for k in keepers),
+                             timeout=15, message="renewals")
+        finally:
+            for task in renewals:
+                task.cancel()
+            await asyncio.gather(*renewals, return_exceptions=True)
+        for keeper in keepers:
+            assert keeper is not None
+            assert keeper.identity.cert.serial_number != first[keeper.node_id]
+            assert keeper.identity.role is pki.Role.WORKER
+        async with admin_channel(short) as channel:
+            control = cgrpc.ControlStub(channel)
+            service = (await control.CreateService(
+                cpb.CreateServiceRequest(spec=web_spec(replicas=2)))).service
+        await eventually(lambda: sum(
+            t.status.state == pb.RUNNING
+            for t in short.store.cache.tasks_by_service.get(service.id, {}).values()) == 2)
+        assert sorted(short.store.cache.nodes) == sorted(first)  # same nodes, no re-registration
+    finally:
+        await nodes.stop()
+        await short.stop()
