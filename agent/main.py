@@ -2,14 +2,22 @@
 assigned tasks as runc containers (conmon-monitored), reports their status.
 
     swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
-        --advertise-addr 10.0.0.5 [--label zone=a]... [--registry-insecure HOST]... \\
-        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
+        --advertise-addr 10.0.0.5 --join-token SWMTKN-1-... [--label zone=a]... \\
+        [--registry-insecure HOST]... [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
         [--image-gc-high PCT] [--image-gc-low PCT] [--image-gc-max-bytes N]
+
+The first start needs --join-token (from `swarmctl cluster join-token worker`):
+the agent checks the controller's CA against the token, makes its key and
+gets its node certificate through the join port (--join-addr, default each
+controller's port + 1). Later starts use the identity kept in the state dir
+and need no token. --insecure (development only) talks plaintext instead.
 
 Everything the agent keeps lives under --state-dir:
 
-    node-id        the node ID the controller gave at registration (kept, so
-                   a restarted agent is the same node and adopts its containers)
+    certs/         node.key (0600, never leaves the node), node.crt, ca.crt;
+                   renewed at a random 50-80 % of the certificate's life
+    node-id        the node ID (the certificate's CN; kept, so a restarted
+                   agent is the same node and adopts its containers)
     runtime/       runc root, bundles, conmon exit files, logs, named volumes
     images/        the image store (layers unpacked once, shared)
 
@@ -49,9 +57,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from swarmapi import pki
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import objects_pb2 as pb
 
+from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .runtime import RuncRuntime, RuncSettings
@@ -77,6 +87,13 @@ class AgentConfig:
     bind_roots: tuple[Path, ...] = ()
     image_gc: ImageGcSettings = field(default_factory=ImageGcSettings)
     log_level: str = "INFO"
+    join_token: str = ""
+    join_addrs: tuple[str, ...] = ()  # default: each controller's port + 1
+    insecure: bool = False
+
+    @property
+    def certs_dir(self) -> Path:
+        return self.state_dir / "certs"
 
     @property
     def runtime_dir(self) -> Path:
@@ -170,6 +187,14 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser.add_argument("--image-gc-max-bytes", type=_positive_int, default=None, metavar="N",
                         help="measure the image store's own size against N bytes "
                              "(default: the usage of its filesystem)")
+    parser.add_argument("--join-token", default="", metavar="SWMTKN-1-...",
+                        help="join token (`swarmctl cluster join-token worker`); needed the "
+                             "first time, the identity is then kept in --state-dir/certs")
+    parser.add_argument("--join-addr", action="append", type=_host_port, default=[],
+                        metavar="HOST:PORT",
+                        help="a controller's join port (default: each --controller's port + 1)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext gRPC to --insecure controllers (development only)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     args = parser.parse_args(argv)
@@ -194,7 +219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         advertise_addr=args.advertise_addr, hostname=args.hostname or socket.gethostname(),
         labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
         cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
-        log_level=args.log_level, image_gc=image_gc)
+        log_level=args.log_level, image_gc=image_gc, join_token=args.join_token,
+        join_addrs=tuple(args.join_addr), insecure=args.insecure)
 
 
 def _memory_bytes() -> int:
@@ -249,12 +275,42 @@ def _write_node_id(path: Path, node_id: str) -> None:
     os.replace(tmp, path)
 
 
+async def load_or_join(config: AgentConfig) -> pki.NodeIdentity:
+    """The identity kept in the state dir, or a new one got with the join
+    token. Raises JoinError."""
+    if (config.certs_dir / "node.crt").exists():
+        try:
+            return pki.NodeIdentity.load(config.certs_dir)
+        except (OSError, pki.PKIError) as error:
+            raise JoinError(f"{config.certs_dir}: {error}") from None
+    if not config.join_token:
+        raise JoinError("this node has not joined a cluster yet: give --join-token "
+                        "(swarmctl cluster join-token worker), or --insecure for development")
+    identity = await join(config.join_addrs or [join_address(c) for c in config.controllers],
+                          config.join_token)
+    identity.save(config.certs_dir)
+    _write_node_id(config.node_id_file, identity.node_id)
+    return identity
+
+
 async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     """Run the agent until `stop` is set (or SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    keeper: IdentityKeeper | None = None
+    if config.insecure:
+        log.warning("INSECURE: --insecure: plaintext gRPC to the controllers, no node identity. "
+                    "Development only.")
+    else:
+        keeper = IdentityKeeper(await load_or_join(config), config.controllers,
+                                directory=config.certs_dir)
+        log.info("node %s (%s), certificate valid until %s", keeper.node_id,
+                 keeper.identity.role.value, keeper.identity.cert.not_valid_after_utc)
+    node_id = _read_node_id(config.node_id_file)
+    if keeper is not None and node_id != keeper.node_id:
+        node_id = ""  # registering binds the certificate's ID
     runtime = RuncRuntime(runc_settings(config))
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
                         gc=config.image_gc)
@@ -265,25 +321,30 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
 
     collector = ImageGarbageCollector(images, in_use)
     worker.on_removed = lambda task_id: collector.kick()
-    worker.node_id = _read_node_id(config.node_id_file)
+    worker.node_id = node_id
     worker.node_hostname = describe(config).hostname
     await worker.start()  # before the first assignment: know what to adopt
     session = AgentSession(
-        config.controllers, describe(config), worker, insecure_channels(),
-        node_id=_read_node_id(config.node_id_file), labels=config.labels,
+        config.controllers, describe(config), worker,
+        keeper.channel if keeper is not None else insecure_channels(),
+        node_id=node_id, labels=config.labels,
         on_registered=lambda node_id: _registered(config, worker, node_id),
         settings=SessionSettings(),
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)])
     worker.report = session.report
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
-    session_loop = start_supervised("agent-session", session.run)
-    gc_loop = start_supervised("image-gc", collector.run)
+    loops = [start_supervised("agent-session", session.run),
+             start_supervised("image-gc", collector.run)]
+    if keeper is not None:
+        loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
     try:
         await stop.wait()
     finally:
         log.info("shutting down; containers keep running")
-        await cancel_all([session_loop, gc_loop])
+        await cancel_all(loops)
+        if keeper is not None:
+            await keeper.close()
         await worker.close()
         await images.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -322,7 +383,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.geteuid() != 0:
         sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
-    asyncio.run(run(config))
+    try:
+        asyncio.run(run(config))
+    except JoinError as error:
+        sys.exit(f"swarm-agent: error: {error}")
 
 
 if __name__ == "__main__":

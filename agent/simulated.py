@@ -1,10 +1,14 @@
 """A simulated node agent, for control-plane tests and benchmarks: real
 sessions over the real dispatcher gRPC API, but a FAKE worker that runs no
 containers — it reports a task RUNNING as soon as it is assigned and SHUTDOWN
-when asked to stop. Hundreds of nodes run in one process over a few shared
-channels.
+when asked to stop. Hundreds of nodes run in one process.
 
-    python -m agent.simulated --controller 127.0.0.1:2377 --nodes 200
+Each node joins with the token as a real agent does and keeps its own
+certificate and channel (the node ID is the certificate's CN); the CA is
+fetched and checked against the token once for all of them. With
+join_token=None (--insecure) the nodes share plaintext channels.
+
+    python -m agent.simulated --controller 127.0.0.1:2377 --nodes 200 --join-token SWMTKN-1-...
 """
 
 from __future__ import annotations
@@ -14,12 +18,17 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 
+import grpc
+
+from swarmapi import pki
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
+from .identity import IdentityKeeper, fetch_ca, join_address, request_certificate
 from .overlay_sync import PeerSets, RecordingOverlay, sync_networks
 from .session import AgentSession, ChannelFactory, SessionSettings, insecure_channels
 
@@ -85,10 +94,20 @@ class FakeWorker:
         return dict(self.tasks)
 
 
+@dataclass(frozen=True)
+class JoinSettings:
+    """How simulated nodes join: the token, and where the join ports are."""
+
+    token: str
+    join_addrs: tuple[str, ...]
+
+
 class SimulatedNode:
-    def __init__(self, index: int, controllers: Sequence[str], channels: ChannelFactory,
+    def __init__(self, index: int, controllers: Sequence[str], channels: ChannelFactory | None,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
-                 hostname_prefix: str = "sim", reject_images: Collection[str] = ()) -> None:
+                 hostname_prefix: str = "sim", reject_images: Collection[str] = (),
+                 joining: JoinSettings | None = None,
+                 ca_pem: Callable[[], Awaitable[bytes]] | None = None) -> None:
         self.worker = FakeWorker(reject_images)
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
@@ -98,30 +117,86 @@ class SimulatedNode:
             platform=pb.Platform(os="linux", architecture="x86_64"),
             agent_version="simulated",
         )
-        self.session = AgentSession(controllers, description, self.worker, channels,
-                                    labels=labels, settings=settings)
+        self._controllers = list(controllers)
+        self._joining = joining
+        self._ca_pem = ca_pem
+        self.keeper: IdentityKeeper | None = None
+        self.session = AgentSession(controllers, description, self.worker,
+                                    channels or self._channel, labels=labels, settings=settings)
         self.worker.session = self.session
         self._task: asyncio.Task[None] | None = None
 
+    def _channel(self, addr: str) -> grpc.aio.Channel:
+        assert self.keeper is not None, "the node has not joined yet"
+        return self.keeper.channel(addr)
+
+    async def _join(self) -> None:
+        assert self._joining is not None
+        assert self._ca_pem is not None
+        ca_pem = await self._ca_pem()
+        failures = 0
+        while True:
+            addr = self._joining.join_addrs[failures % len(self._joining.join_addrs)]
+            try:
+                identity = await request_certificate(addr, self._joining.token, ca_pem)
+                break
+            except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
+                failures += 1
+                log.warning("%s cannot join through %s: %s", self.session.description.hostname,
+                            addr, error)
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** failures))
+        self.keeper = IdentityKeeper(identity, self._controllers)
+
+    async def _run(self) -> None:
+        if self._joining is not None and self.keeper is None:
+            await self._join()
+        await self.session.run()
+
     def start(self) -> None:
-        self._task = start_supervised(f"sim-node-{self.session.description.hostname}",
-                                      self.session.run)
+        self._task = start_supervised(f"sim-node-{self.session.description.hostname}", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
             await cancel_all([self._task])
             self._task = None
+        if self.keeper is not None:
+            await self.keeper.close()
 
 
 class SimulatedCluster:
-    """Many simulated nodes sharing a handful of channels."""
+    """Many simulated nodes: joined with `join_token` (mutual TLS, one channel
+    per node), or on shared plaintext channels when it is None."""
 
     def __init__(self, controllers: Sequence[str], count: int,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
-                 hostname_prefix: str = "sim", reject_images: Collection[str] = ()) -> None:
-        self._channels = insecure_channels()
+                 hostname_prefix: str = "sim", reject_images: Collection[str] = (), *,
+                 join_token: str | None = None, join_addrs: Sequence[str] = ()) -> None:
+        joining = None if join_token is None else JoinSettings(
+            join_token, tuple(join_addrs) or tuple(join_address(c) for c in controllers))
+        self._channels = insecure_channels() if joining is None else None
+        self._joining = joining
+        self._ca: asyncio.Future[bytes] | None = None
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
-                                    hostname_prefix, reject_images) for i in range(count)]
+                                    hostname_prefix, reject_images, joining, self._ca_pem)
+                      for i in range(count)]
+
+    async def _ca_pem(self) -> bytes:
+        """The cluster CA, fetched and checked against the token once for all nodes."""
+        if self._ca is None:
+            self._ca = asyncio.ensure_future(self._fetch_ca())
+        return await asyncio.shield(self._ca)
+
+    async def _fetch_ca(self) -> bytes:
+        assert self._joining is not None
+        token = pki.parse_join_token(self._joining.token)
+        for attempt in range(50):
+            for addr in self._joining.join_addrs:
+                try:
+                    return await fetch_ca(addr, token)
+                except OSError as error:
+                    log.warning("cannot fetch the CA from %s: %s", addr, error)
+            await asyncio.sleep(min(2.0, 0.05 * 2 ** attempt))
+        raise OSError("no join port answered")
 
     def start(self) -> None:
         for node in self.nodes:
@@ -138,7 +213,13 @@ class SimulatedCluster:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    cluster = SimulatedCluster(args.controller, args.nodes, hostname_prefix=args.hostname_prefix)
+    if args.insecure:
+        log.warning("INSECURE: simulated nodes use plaintext gRPC (--insecure)")
+    elif not args.join_token:
+        raise SystemExit("python -m agent.simulated: --join-token is required (or --insecure)")
+    cluster = SimulatedCluster(args.controller, args.nodes, hostname_prefix=args.hostname_prefix,
+                               join_token=None if args.insecure else args.join_token,
+                               join_addrs=args.join_addr)
     cluster.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,6 +238,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--controller", action="append", required=True)
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--hostname-prefix", default="sim")
+    parser.add_argument("--join-token", default="", help="worker join token (SWMTKN-1-...)")
+    parser.add_argument("--join-addr", action="append", default=[],
+                        help="controller join port HOST:PORT (default: each --controller's port + 1)")
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(args))

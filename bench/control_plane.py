@@ -8,6 +8,9 @@ Times from the `ScaleService` call until every task is stored as RUNNING, and
 prints one JSON line. With --network the service is attached to an overlay
 network (a /16), so every task also goes through the allocator (NEW ->
 PENDING, one address each) and every node is sent the network's peers.
+Mutual TLS is on (as in production): the nodes join
+with the worker token, each with its own certificate and connection;
+--insecure measures plaintext for comparison.
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ import sys
 import tempfile
 import time
 
-import grpc
-
+from controller.ca import CASettings
 from controller.server import Controller, ControllerConfig
 from controller.store import Change, EtcdSettings
+from swarmapi import channels, pki
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
@@ -38,18 +41,25 @@ def _is_running(task: object) -> bool:
         and task.desired_state == pb.RUNNING
 
 
-async def run(nodes: int, tasks: int, fsync: bool, network: bool = False) -> dict[str, object]:
+async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
+              insecure: bool = False) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: subprocess.Popen[bytes] | None = None
     controller = Controller(ControllerConfig(
-        listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/"))
+        listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/",
+        insecure=insecure,
+        # One address joins every node: no per-peer join limit here.
+        ca=CASettings(kek=pki.generate_kek(), join_rate=1e6, join_burst=1_000_000)))
     try:
         await controller.start()
         addr = f"127.0.0.1:{controller.port}"
+        security = ["--insecure"] if insecure else [
+            "--join-token", str(controller.pki.token(pki.Role.WORKER)),
+            "--join-addr", controller.join_addr]
         with tempfile.TemporaryFile() as agent_log:
             agents = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
                 [sys.executable, "-m", "agent.simulated", "--controller", addr,
-                 "--nodes", str(nodes)], stdout=agent_log, stderr=subprocess.STDOUT)
+                 "--nodes", str(nodes), *security], stdout=agent_log, stderr=subprocess.STDOUT)
             cache = controller.store.cache
             deadline = time.monotonic() + 120
             while sum(n.status.state == pb.NodeStatus.READY for n in cache.nodes.values()) < nodes:
@@ -57,7 +67,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False) -> dic
                     raise RuntimeError("simulated nodes did not all become ready")
                 await asyncio.sleep(0.1)
 
-            async with grpc.aio.insecure_channel(addr) as channel:
+            identity = None if insecure else controller.pki.admin_identity()
+            async with channels.client_channel(addr, identity, insecure=insecure) as channel:
                 control = cgrpc.ControlStub(channel)
                 spec = pb.ServiceSpec(name="bench", replicated=pb.ReplicatedService(replicas=0))
                 spec.task.container.image = "busybox:latest"
@@ -101,6 +112,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False) -> dic
                 "network": network,
                 "allocator_passes": controller.allocator.passes,
                 "etcd_fsync": fsync,
+                "mtls": not insecure,
                 "controller_max_rss_mib": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "cpus": os.cpu_count(),
@@ -121,9 +133,12 @@ def main() -> None:
                         help="run etcd with --unsafe-no-fsync (not how production runs)")
     parser.add_argument("--network", action="store_true",
                         help="attach the service to an overlay network (IPAM and peers)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext gRPC instead of mutual TLS (for comparison)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network))))
+    print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network,
+                                     args.insecure))))
 
 
 if __name__ == "__main__":

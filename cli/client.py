@@ -1,8 +1,11 @@
 """The connection to a controller: the one place where a channel is made.
 
-`connect()` is where transport security slots in (mutual TLS later); every
-command goes through it and through `Controller.call`, which puts a deadline
-on each RPC and turns gRPC failures into one-line errors.
+`connect()` opens a mutual-TLS channel (swarmapi.channels) with the
+operator's admin identity: node.crt, node.key and ca.crt in --tls-dir
+(SWARMCTL_TLS_DIR), else the paths in the context of `swarmctl dev up`.
+`--insecure` talks plaintext to an --insecure controller (development only).
+Every command goes through `Controller.call`, which puts a deadline on each
+RPC and turns gRPC failures into one-line errors.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
@@ -17,6 +21,8 @@ import grpc
 import typer
 from google.protobuf.message import Message
 
+from swarmapi import channels, pki
+from swarmapi.v1 import ca_pb2_grpc as cagrpc
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 
 from .dev.context import read_context
@@ -25,6 +31,8 @@ from .errors import EXIT_FAILURE, CliError
 DEFAULT_CONTROLLER = "127.0.0.1:2377"
 DEFAULT_TIMEOUT = 10.0
 CONTROLLER_ENV = "SWARMCTL_CONTROLLER"
+TLS_DIR_ENV = "SWARMCTL_TLS_DIR"
+INSECURE_ENV = "SWARMCTL_INSECURE"
 _SETTINGS_KEY = "swarmctl.settings"
 
 Req = TypeVar("Req", bound=Message)
@@ -37,6 +45,8 @@ class Settings:
 
     controller: str = DEFAULT_CONTROLLER
     timeout: float = DEFAULT_TIMEOUT
+    tls_dir: str = ""  # the admin identity; default: the context's
+    insecure: bool = False
 
 
 class RpcFailure(CliError):
@@ -52,7 +62,10 @@ def describe_rpc_error(error: grpc.RpcError, target: str, timeout: float) -> Rpc
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
     details = (error.details() if callable(getattr(error, "details", None)) else None) or ""
     details = details.strip() or code.name.lower().replace("_", " ")
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake" in details.lower():
+        message = (f"cannot reach controller at {target}: TLS handshake failed (is the admin "
+                   f"certificate of this cluster, unexpired and not revoked?): {details}")
+    elif code == grpc.StatusCode.UNAVAILABLE:
         message = f"cannot reach controller at {target}: {details}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"controller at {target} did not answer within {timeout:g}s"
@@ -77,6 +90,12 @@ class Controller:
         except grpc.RpcError as error:
             raise describe_rpc_error(error, self.target, self.timeout) from None
 
+    @property
+    def ca(self) -> cagrpc.CAAdminStub:
+        """The CA administration API on the same channel."""
+        assert self.channel is not None
+        return cagrpc.CAAdminStub(self.channel)
+
     def close(self) -> None:
         if self.channel is not None:
             self.channel.close()
@@ -89,9 +108,31 @@ class Controller:
         self.close()
 
 
-def connect(target: str, *, timeout: float = DEFAULT_TIMEOUT) -> Controller:
-    """Open a channel to the controller at HOST:PORT. Transport security goes here."""
-    channel = grpc.insecure_channel(target)
+def admin_identity(tls_dir: str = "") -> pki.NodeIdentity:
+    """The operator's identity: --tls-dir / SWARMCTL_TLS_DIR, else the context's."""
+    tls_dir = tls_dir or os.environ.get(TLS_DIR_ENV, "")
+    try:
+        if tls_dir:
+            return pki.NodeIdentity.load(Path(tls_dir))
+        context = read_context()
+        if context is not None and context.cert:
+            return pki.NodeIdentity(key_pem=Path(context.key).read_bytes(),
+                                    cert_pem=Path(context.cert).read_bytes(),
+                                    ca_pem=Path(context.ca).read_bytes())
+    except (OSError, pki.PKIError) as error:
+        raise CliError(f"cannot read the admin certificate: {error}") from None
+    raise CliError("no admin certificate: pass --tls-dir DIR (node.crt, node.key, ca.crt, as "
+                   "written by `swarm-controller --admin-out DIR`) or set SWARMCTL_TLS_DIR; "
+                   "`swarmctl dev up` sets one in its context")
+
+
+def connect(target: str, *, timeout: float = DEFAULT_TIMEOUT, tls_dir: str = "",
+            insecure: bool = False) -> Controller:
+    """Open a mutual-TLS channel to the controller at HOST:PORT (plaintext with
+    insecure=True). Raises CliError without an admin identity."""
+    insecure = insecure or os.environ.get(INSECURE_ENV, "") not in ("", "0")
+    identity = None if insecure else admin_identity(tls_dir)
+    channel = channels.blocking_client_channel(target, identity, insecure=insecure)
     return Controller(target=target, stub=cgrpc.ControlStub(channel), timeout=timeout,
                       channel=channel)
 
@@ -120,7 +161,8 @@ def default_controller(given: str | None) -> str:
 def open_controller(ctx: typer.Context) -> Controller:
     """Connect as the global options say. Call only after all input has been parsed."""
     settings = settings_of(ctx)
-    return connect(settings.controller, timeout=settings.timeout)
+    return connect(settings.controller, timeout=settings.timeout, tls_dir=settings.tls_dir,
+                   insecure=settings.insecure)
 
 
 T = TypeVar("T")

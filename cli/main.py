@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from . import client, network, node, service, stack
+from . import client, cluster, network, node, service, stack
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
 
@@ -22,6 +22,8 @@ Exit status:
 \b
 Environment:
   SWARMCTL_CONTROLLER  default for --controller (HOST:PORT)
+  SWARMCTL_TLS_DIR     default for --tls-dir (the admin certificate)
+  SWARMCTL_INSECURE    1: as --insecure
   XDG_CONFIG_HOME      where the context of `swarmctl dev up` is kept
                        (swarmctl/context.json, default under ~/.config)
 
@@ -48,6 +50,7 @@ app = typer.Typer(
 app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(network.app, name="network")
+app.add_typer(cluster.app, name="cluster")
 app.add_typer(stack.app, name="stack")
 app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
@@ -64,10 +67,18 @@ def root(
         "--request-timeout", metavar="SECONDS", min=0.1,
         help="Deadline of each request (the wait of create, update and scale is their "
              "--timeout).")] = client.DEFAULT_TIMEOUT,
+    tls_dir: Annotated[str, typer.Option(
+        "--tls-dir", envvar=client.TLS_DIR_ENV, metavar="DIR",
+        help="Admin identity: node.crt, node.key, ca.crt (as `swarm-controller --admin-out` "
+             "writes) [default: the context of `swarmctl dev up`].", show_default=False)] = "",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", envvar=client.INSECURE_ENV,
+        help="Plaintext gRPC to an --insecure controller (development only).")] = False,
 ) -> None:
     """Control a swarm: services, stacks, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=client.default_controller(controller),
-                                               timeout=timeout))
+                                               timeout=timeout, tls_dir=tls_dir,
+                                               insecure=insecure))
 
 
 def main() -> None:

@@ -11,6 +11,12 @@ Assignments also carry the overlay networks the node's tasks use, with their
 peers on other nodes (peers.py): the complete set when a network first
 appears in a session, then deltas, coalesced over `network_flush_interval`.
 
+With mutual TLS the node ID is the CN of the agent's certificate: Register
+binds it (the node object gets the certificate's ID), and an agent may open
+only its own session, heartbeat only for it and report status only for tasks
+assigned to it (PERMISSION_DENIED otherwise). Which roles may call at all is
+the server's AuthInterceptor's business (swarmapi.channels).
+
 A follower refuses every call with FAILED_PRECONDITION and names the leader in
 the trailing metadata key `swarm-leader-addr`, so agents can follow it.
 """
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from swarmapi import pki
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
@@ -156,11 +163,32 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     # ------------------------------------------------------------ RPCs
 
+    @staticmethod
+    async def _certified_node(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+        """The node ID of the caller's certificate; None on an --insecure server."""
+        try:
+            peer = pki.peer_identity(context)
+        except pki.PKIError as error:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise AssertionError("unreachable") from None
+        return peer.node_id if peer is not None else None
+
+    async def _check_caller(self, node_id: str,
+                            context: grpc.aio.ServicerContext[object, object]) -> None:
+        certified = await self._certified_node(context)
+        if certified is not None and certified != node_id:
+            log.warning("node %s tried to act as node %s", certified, node_id)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"the certificate of node {certified} cannot act for node {node_id}")
+
     async def Register(self, request: dpb.RegisterRequest,
                        context: grpc.aio.ServicerContext[object, object]) -> dpb.RegisterResponse:
         state = await self._leader_state(context)
+        certified = await self._certified_node(context)
+        if certified is not None and certified in self._store.cache.nodes:
+            return dpb.RegisterResponse(node_id=certified)  # registered before: same node
         node = pb.Node(
-            id=new_id(),
+            id=certified or new_id(),
             spec=pb.NodeSpec(labels=request.labels, availability=pb.NodeSpec.ACTIVE),
             description=request.description,
             status=pb.NodeStatus(state=pb.NodeStatus.UNKNOWN),
@@ -177,6 +205,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                       ) -> AsyncIterator[dpb.SessionMessage]:
         state = await self._leader_state(context)
         node_id = request.node_id
+        await self._check_caller(node_id, context)
         if node_id not in self._store.cache.nodes:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not known; register again")
         session = _Session(node_id=node_id, session_id=new_id())
@@ -234,6 +263,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
         state = await self._leader_state(context)
+        await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         state.heartbeats[request.node_id] = self._clock()
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
@@ -242,8 +272,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
                                context: grpc.aio.ServicerContext[object, object]
                                ) -> dpb.UpdateTaskStatusResponse:
         state = await self._leader_state(context)
+        await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         tasks = self._store.cache.tasks
+        accepted: list[dpb.TaskStatusUpdate] = []
+        # All checked before any is queued: a refused batch changes nothing.
         for update in request.updates:
             task = tasks.get(update.task_id)
             if task is None:
@@ -253,6 +286,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                             request.node_id, update.task_id, task.node_id)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     f"task {update.task_id} is not assigned to node {request.node_id}")
+            accepted.append(update)
+        for update in accepted:
             state.pending_status[update.task_id] = (request.node_id, update.status)
         state.status_ready.set()
         return dpb.UpdateTaskStatusResponse()
@@ -434,6 +469,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                                   context: grpc.aio.ServicerContext[object, object]
                                   ) -> AsyncIterator[lpb.SubscriptionMessage]:
         state = await self._leader_state(context)
+        await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         broker = await self._log_broker(context)
         async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
@@ -447,6 +483,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return lpb.PublishLogsResponse()
+        await self._check_caller(first.node_id, context)
         await self._check_session(state, first.node_id, first.session_id, context)
         broker = await self._log_broker(context)
         try:

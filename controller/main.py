@@ -1,15 +1,34 @@
-"""`swarm-controller`: run one controller until SIGTERM or SIGINT."""
+"""`swarm-controller`: run one controller until SIGTERM or SIGINT.
+
+Security (mutual TLS is the default; see deploy/PRODUCTION.md):
+
+    swarm-controller --init --kek-file /etc/swarm/kek --admin-out /etc/swarm/admin ...
+
+--kek-file is the key that encrypts the cluster CA's key in etcd; every
+controller of a cluster needs the same file (mode 0600). With --init a missing
+file is created (random, 0600); without --init it must exist, so a typo in
+the path never silently starts a second, unrelated CA key. The first
+controller of a cluster creates the CA (or takes --external-ca-cert/-key).
+--admin-out DIR writes an admin client identity for swarmctl (node.key,
+node.crt, ca.crt). --insecure serves plaintext gRPC, for development only.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import ipaddress
 import logging
+import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
+
+from swarmapi import pki
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
+from .ca import CASettings
 from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
 from .server import Controller, ControllerConfig
@@ -40,6 +59,25 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                              "cluster (repeatable; default 10.0.0.0/8)")
     parser.add_argument("--default-addr-pool-mask-length", type=int, default=24, metavar="N",
                         help="prefix length of each network taken from the pools (default 24)")
+    security = parser.add_argument_group("security (mutual TLS unless --insecure)")
+    security.add_argument("--insecure", action="store_true",
+                          help="plaintext gRPC without authentication: development only")
+    security.add_argument("--init", action="store_true",
+                          help="initialising a cluster: create --kek-file if it does not exist")
+    security.add_argument("--kek-file", default="",
+                          help="key-encryption key of the CA key in etcd (mode 0600; the same "
+                               "file on every controller)")
+    security.add_argument("--external-ca-cert", default="",
+                          help="PEM certificate of an external root CA for a new cluster")
+    security.add_argument("--external-ca-key", default="", help="its PEM private key (ECDSA)")
+    security.add_argument("--admin-out", default="",
+                          help="write an admin identity for swarmctl into this directory")
+    security.add_argument("--join-listen", default="",
+                          help="join service address (default: the --listen port + 1)")
+    security.add_argument("--cert-validity-days", type=float, default=90.0,
+                          help="validity of node certificates, for a new cluster (default 90)")
+    security.add_argument("--join-rate", type=float, default=2.0,
+                          help="joins per second allowed per peer address (burst 20)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
@@ -50,8 +88,20 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--lease-ttl: must be at least 1")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
                            args.default_addr_pool_mask_length)
+    ca = CASettings(node_cert_validity=dt.timedelta(days=args.cert_validity_days),
+                    join_rate=args.join_rate)
+    if args.insecure:
+        logging.getLogger(__name__).warning(
+            "INSECURE: --insecure serves plaintext gRPC without authentication; anyone who can "
+            "reach this controller controls the cluster. Development only.")
+    else:
+        ca = _security(parser, args, ca)
     return ControllerConfig(
         listen=args.listen,
+        insecure=args.insecure,
+        ca=ca,
+        join_listen=args.join_listen,
+        admin_out=args.admin_out,
         advertise_addr=args.advertise_addr,
         etcd=EtcdSettings(endpoints=tuple(args.etcd or ["127.0.0.1:2379"]),
                           ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key),
@@ -79,6 +129,35 @@ def _address_pools(parser: argparse.ArgumentParser, pools: list[str], size: int)
             parser.error(f"--default-addr-pool: {pool} is smaller than one /{size} network")
         result.append(str(pool))
     return tuple(result)
+
+
+def _security(parser: argparse.ArgumentParser, args: argparse.Namespace,
+              ca: CASettings) -> CASettings:
+    if not args.kek_file:
+        parser.error("--kek-file is required (with --init to create it), or --insecure")
+    kek_path = Path(args.kek_file)
+    if not kek_path.exists():
+        if not args.init:
+            parser.error(f"--kek-file {kek_path}: does not exist (use --init to create it "
+                         "when initialising a cluster)")
+        kek_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(kek_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pki.generate_kek() + b"\n")
+        logging.getLogger(__name__).info("created the key-encryption key %s", kek_path)
+    try:
+        kek = pki.load_kek(kek_path)
+    except (OSError, pki.PKIError) as error:
+        parser.error(f"--kek-file: {error}")
+    if bool(args.external_ca_cert) != bool(args.external_ca_key):
+        parser.error("--external-ca-cert and --external-ca-key go together")
+    try:
+        cert = Path(args.external_ca_cert).read_bytes() if args.external_ca_cert else b""
+        key = Path(args.external_ca_key).read_bytes() if args.external_ca_key else b""
+    except OSError as error:
+        parser.error(f"external CA: {error}")
+    return CASettings(kek=kek, external_ca_cert=cert, external_ca_key=key,
+                      node_cert_validity=ca.node_cert_validity, join_rate=ca.join_rate)
 
 
 async def serve(config: ControllerConfig) -> None:

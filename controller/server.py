@@ -1,17 +1,26 @@
 """One controller process: the watch cache, the gRPC server (control API for
 everyone, dispatcher API served by the leader), and the leader's loops
-(orchestrator, allocator, scheduler, dispatcher), all supervised and cancellable."""
+(orchestrator, allocator, scheduler, dispatcher), all supervised and cancellable.
+
+Transport security (see controller/ca.py, swarmapi/channels.py): by default
+the control port is mutual TLS with every call authorized by role
+(ca.POLICY) and checked against the revoked nodes, and a second port (the
+join port, control port + 1) serves only CAJoin over server-only TLS.
+`insecure=True` serves plaintext without a join port, for development."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from swarmapi import channels
 from swarmapi.loops import cancel_all, start_supervised
+from swarmapi.v1 import ca_pb2_grpc as cagrpc
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
 from swarmapi.v1 import objects_pb2 as pb
@@ -20,6 +29,15 @@ from .allocator.index import AddressIndex
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import ControlServicer
+from .ca import (
+    POLICY,
+    CAAdminServicer,
+    CASettings,
+    ClusterPKI,
+    ControllerIdentity,
+    JoinServicer,
+    NodeCAServicer,
+)
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
@@ -47,6 +65,14 @@ class ControllerConfig:
     task_history_limit: int = 5
     address_pools: tuple[str, ...] = DEFAULT_POOLS  # where networks without --subnet get one
     subnet_size: int = DEFAULT_SUBNET_SIZE
+    # Transport security: mutual TLS unless insecure (development only).
+    insecure: bool = False
+    ca: CASettings = field(default_factory=CASettings)
+    # The join port; default: the control port + 1 (an ephemeral port when
+    # the control port is 0, as in tests).
+    join_listen: str = ""
+    # Write an admin identity for swarmctl here at start (--admin-out).
+    admin_out: str = ""
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -67,10 +93,11 @@ class Controller:
         self.etcd = EtcdClient.open(config.etcd)
         self.store = Store(self.etcd, config.prefix)
         self.port = 0
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ])
+        self.join_port = 0
+        self.pki = ClusterPKI(self.store, CLUSTER_ID, config.ca)
+        self.identity: ControllerIdentity | None = None
+        self._server: grpc.aio.Server | None = None
+        self._join_server: grpc.aio.Server | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
         self.orchestrator = Orchestrator(self.store)
@@ -82,10 +109,33 @@ class Controller:
         self.logs = LogBroker(self.store, config.logs)
 
     async def start(self) -> None:
-        self.port = self._server.add_insecure_port(self.config.listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self._loops.append(start_supervised("watch-cache", self.store.cache.run))
+        await self.store.cache.synced.wait()
+        await self._ensure_cluster()
         host = self.config.listen.rsplit(":", 1)[0]
+        if not self.config.insecure:
+            await self.pki.ensure()
+            advertised_host = self.config.advertise_addr.rsplit(":", 1)[0]
+            addresses = tuple(h.strip("[]") for h in {host, advertised_host}
+                              if h and h not in ("0.0.0.0", "[::]"))
+            self.identity = ControllerIdentity(self.pki, addresses)
+            identity = self.identity
+            self._loops.append(start_supervised("controller-certificate",
+                                                identity.renew_forever))
+            if self.config.admin_out:
+                self.pki.admin_identity().save(Path(self.config.admin_out))
+                log.info("wrote an admin identity for swarmctl to %s", self.config.admin_out)
+        settings = channels.LinkSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+        if self.config.insecure:
+            self._server = channels.new_server(settings)
+        else:
+            # The cluster's own ID is checked too: an external CA may sign for others.
+            self._server = channels.new_server(settings, interceptors=[channels.AuthInterceptor(
+                POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid)])
+            self._join_server = channels.new_server(settings)
+        self.port = channels.listen(self._server, self.config.listen,
+                                    self.identity.current if self.identity else None,
+                                    insecure=self.config.insecure)
         advertise = self.config.advertise_addr or (
             f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}")
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
@@ -94,9 +144,18 @@ class Controller:
         cgrpc.add_ControlServicer_to_server(
             ControlServicer(self.store, self.leadership, self.addresses, self.logs), self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
-        self._loops.append(start_supervised("watch-cache", self.store.cache.run))
-        await self.store.cache.synced.wait()
-        await self._ensure_cluster()
+        if self._join_server is not None and self.identity is not None:
+            cagrpc.add_NodeCAServicer_to_server(NodeCAServicer(self.pki), self._server)
+            cagrpc.add_CAAdminServicer_to_server(CAAdminServicer(self.pki), self._server)
+            cagrpc.add_CAJoinServicer_to_server(JoinServicer(self.pki), self._join_server)
+            join_addr = self.config.join_listen or (
+                f"{host}:{self.port + 1}" if self.config.listen.rsplit(":", 1)[1] != "0"
+                else f"{host}:0")
+            self.join_port = channels.join_listen(self._join_server, join_addr,
+                                                  self.identity.current)
+            await self._join_server.start()
+            log.info("join service on %s (server-only TLS)", join_addr.rsplit(":", 1)[0] +
+                     f":{self.join_port}")
         await self._server.start()
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
@@ -126,8 +185,15 @@ class Controller:
         finally:
             await cancel_all(loops)
 
+    @property
+    def join_addr(self) -> str:
+        return f"127.0.0.1:{self.join_port}"
+
     async def stop(self, grace: float = 1.0) -> None:
-        await self._server.stop(grace)
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._join_server is not None:
+            await self._join_server.stop(grace)
         await cancel_all(reversed(self._loops))
         self._loops.clear()
         await self.etcd.close()

@@ -1,7 +1,7 @@
 """The local cluster: `swarmctl dev up|status|down` on one Linux machine, as root.
 
-    root namespace     192.168.77.1  etcd :2379, swarm-controller :2377, registry :5000,
-         |                           and the operator's swarmctl
+    root namespace     192.168.77.1  etcd :2379, swarm-controller :2377 (join port
+         |                           :2378), registry :5000, and the operator's swarmctl
     <prefix>ul         the underlay bridge (a namespace of its own: see hosts.py)
          |
     <prefix>h1..hN     192.168.77.11..  one simulated host each, running a real
@@ -12,6 +12,11 @@ Everything a cluster makes is named after it and recorded in its state file
 `up` after a crash or a reboot -- finds and removes all of it: processes (by
 pid and start time), the agents' containers, mounts and cgroups, namespaces
 and links, files, and the swarmctl context.
+
+Mutual TLS is on, as in production: the controller starts with --init (its
+KEK in secrets/kek) and writes an admin identity (admin/), the agents join
+with the worker token, and the swarmctl context names the admin identity.
+`insecure=True` (`dev up --insecure`) runs everything in plaintext instead.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.runtime.rootfs import remove_tree
 
@@ -39,6 +45,9 @@ from .etcd import etcd_argv
 from .hosts import FIRST_HOST_OFFSET, Hosts, nsenter_argv, remove_namespaces
 from .images import PATH_ENV, build_image, busybox_entries
 from .registry import REGISTRY_BINARY, write_registry_config
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,7 @@ class ClusterState:
     gateway: str = ""
     daemons: list[Daemon] = field(default_factory=list)
     nodes: list[NodeRecord] = field(default_factory=list)
+    insecure: bool = False
 
     @property
     def controller(self) -> str:
@@ -130,7 +140,8 @@ def load_state(name: str) -> ClusterState | None:
     return ClusterState(
         name=data["name"], subnet=data["subnet"], gateway=data.get("gateway", ""),
         daemons=[Daemon(**d) for d in data.get("daemons", [])],
-        nodes=[NodeRecord(**n) for n in data.get("nodes", [])])
+        nodes=[NodeRecord(**n) for n in data.get("nodes", [])],
+        insecure=bool(data.get("insecure", False)))
 
 
 def _require_root() -> None:
@@ -183,14 +194,46 @@ def push_demo_image(registry: str) -> str:
     return build_image(registry, DEMO_IMAGE, "latest", [entries], config)
 
 
-def _ready_nodes(controller: str) -> int:
-    import grpc
+def admin_dir(name: str) -> Path:
+    """The admin identity the controller writes (--admin-out) for swarmctl."""
+    return state_dir(name) / "admin"
 
+
+def control_channel(state: ClusterState) -> grpc.Channel:
+    """A channel to the cluster's controller with its admin identity."""
+    from swarmapi import channels
+    from swarmapi.pki import NodeIdentity
+
+    identity = None if state.insecure else NodeIdentity.load(admin_dir(state.name))
+    return channels.blocking_client_channel(state.controller, identity, insecure=state.insecure)
+
+
+def _worker_token(state: ClusterState) -> str:
+    from swarmapi.v1 import ca_pb2 as capb
+    from swarmapi.v1 import ca_pb2_grpc as cagrpc
+
+    with control_channel(state) as channel:
+        return cagrpc.CAAdminStub(channel).GetJoinToken(
+            capb.GetJoinTokenRequest(role=capb.JOIN_ROLE_WORKER), timeout=10).token
+
+
+def _give_to_sudo_user(directory: Path) -> None:
+    """`sudo swarmctl dev up` makes the admin identity; the operator's own
+    swarmctl (not root) is to use it."""
+    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
+    if not uid.isdigit() or not gid.isdigit():
+        return
+    for path in (directory, *directory.iterdir()):
+        with contextlib.suppress(OSError):
+            os.chown(path, int(uid), int(gid))
+
+
+def _ready_nodes(state: ClusterState) -> int:
     from swarmapi.v1 import control_pb2 as cpb
     from swarmapi.v1 import control_pb2_grpc as cgrpc
     from swarmapi.v1 import objects_pb2 as pb
 
-    with grpc.insecure_channel(controller) as channel:
+    with control_channel(state) as channel:
         try:
             response = cgrpc.ControlStub(channel).ListNodes(cpb.ListNodesRequest(), timeout=2)
         except grpc.RpcError:
@@ -198,7 +241,8 @@ def _ready_nodes(controller: str) -> int:
     return sum(node.status.state == pb.NodeStatus.READY for node in response.nodes)
 
 
-def up(name: str, nodes: int, subnet: str, say: Callable[[str], None]) -> ClusterState:
+def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
+       insecure: bool = False) -> ClusterState:
     """Bring the cluster up (after removing whatever an earlier run left)."""
     _require_root()
     validate_name(name)
@@ -219,7 +263,7 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None]) -> Cluste
     for daemon_path in (REGISTRY_BINARY, "/usr/sbin/runc", "/usr/bin/conmon", "/usr/bin/skopeo"):
         if not os.path.exists(daemon_path):
             raise ClusterError(f"{daemon_path} missing: run deploy/setup.sh")
-    state = ClusterState(name=name, subnet=str(network))
+    state = ClusterState(name=name, subnet=str(network), insecure=insecure)
     save_state(state)
     try:
         _bring_up(state, nodes, say)
@@ -270,11 +314,15 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> No
     image = push_demo_image(state.registry)
     say(f"  {image}")
 
-    say("starting the controller")
+    say("starting the controller" + (" (INSECURE: plaintext)" if state.insecure else ""))
+    security = ["--insecure"] if state.insecure else [
+        "--init", "--kek-file", str(directory / "secrets" / "kek"),
+        "--admin-out", str(admin_dir(state.name))]
     controller = start("controller", [
         sys.executable, "-m", "controller.main", "--listen", state.controller,
-        "--etcd", f"{gateway}:{ETCD_PORT}", "--heartbeat-period", "2"])
+        "--etcd", f"{gateway}:{ETCD_PORT}", "--heartbeat-period", "2", *security])
     _wait("controller", _listening(gateway, CONTROLLER_PORT), controller, 30)
+    agent_security = ["--insecure"] if state.insecure else ["--join-token", _worker_token(state)]
 
     say(f"starting {nodes} agents")
     agents = []
@@ -284,12 +332,19 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> No
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
-            "--bind-root", "/proc"])))
-    _wait(f"{nodes} nodes", lambda: _ready_nodes(state.controller) >= nodes, None, 60)
+            "--bind-root", "/proc", *agent_security])))
+    _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):
             raise ClusterError(f"{agent.role} exited; see {agent.log}")
-    write_context(Context(name=state.name, controller=state.controller))
+    if state.insecure:
+        write_context(Context(name=state.name, controller=state.controller))
+    else:
+        admin = admin_dir(state.name)
+        _give_to_sudo_user(admin)
+        write_context(Context(name=state.name, controller=state.controller,
+                              cert=str(admin / "node.crt"), key=str(admin / "node.key"),
+                              ca=str(admin / "ca.crt")))
 
 
 def down(name: str, say: Callable[[str], None]) -> None:

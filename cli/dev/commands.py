@@ -33,12 +33,15 @@ def up(
     name: NameOpt = "dev",
     subnet: Annotated[str, typer.Option("--subnet", help="Underlay subnet of the hosts.")]
         = "192.168.77.0/24",
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Plaintext gRPC, no certificates (development only; mutual TLS "
+                           "with join tokens is the default).")] = False,
 ) -> None:
     """Start etcd, a controller, a registry with the demo image and N agents, each on
     a simulated host (a network namespace on a shared underlay), and make plain
     swarmctl talk to it. Re-running after a crash or a reboot cleans up first."""
     try:
-        state = cluster.up(name, nodes, subnet, _say)
+        state = cluster.up(name, nodes, subnet, _say, insecure=insecure)
     except cluster.ClusterError as error:
         raise CliError(str(error)) from None
     typer.echo(f"cluster {name!r} is up: controller {state.controller}, "
@@ -56,7 +59,7 @@ def status(name: NameOpt = "dev") -> None:
     typer.echo(render.table(("PROCESS", "PID", "STATE"), [
         (d.role, str(d.pid), "running" if alive(d) else "gone") for d in state.daemons]))
     typer.echo("")
-    with grpc.insecure_channel(state.controller) as channel:
+    with cluster.control_channel(state) as channel:
         stub = cgrpc.ControlStub(channel)
         try:
             nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=5).nodes

@@ -2,7 +2,11 @@
 SWARMCTL_CONTROLLER says: the context file that `swarmctl dev up` writes.
 
     $XDG_CONFIG_HOME/swarmctl/context.json   (default ~/.config/...)
-    {"name": "dev", "controller": "192.168.77.1:2377"}
+    {"name": "dev", "controller": "192.168.77.1:2377",
+     "cert": ".../admin/node.crt", "key": ".../admin/node.key", "ca": ".../admin/ca.crt"}
+
+cert/key/ca are the admin identity swarmctl presents (mutual TLS); empty for
+an --insecure cluster.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from pathlib import Path
 class Context:
     name: str
     controller: str
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
 
 
 def context_path() -> Path:
@@ -30,7 +37,9 @@ def read_context() -> Context | None:
     broken file must not stop --controller from working)."""
     try:
         data = json.loads(context_path().read_text())
-        return Context(name=str(data["name"]), controller=str(data["controller"]))
+        return Context(name=str(data["name"]), controller=str(data["controller"]),
+                       cert=str(data.get("cert", "")), key=str(data.get("key", "")),
+                       ca=str(data.get("ca", "")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

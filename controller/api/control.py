@@ -39,6 +39,7 @@ from ..allocator.networks import (
     plan_vips,
     pool_settings,
 )
+from ..ca import revoke_node_ops
 from ..dispatcher import LEADER_METADATA_KEY
 from ..ids import new_id
 from ..leadership import Leadership
@@ -377,7 +378,9 @@ class ControlServicer(cgrpc.ControlServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"node {node.description.hostname or node.id} is not down and can't be "
                          "removed; drain it first or use --force")
-        await self._commit(context, [Delete("nodes", node.id, node.meta.version)],
+        # The removed node's certificates are revoked in the same transaction.
+        await self._commit(context, [Delete("nodes", node.id, node.meta.version),
+                                     *revoke_node_ops(self._store, node.id)],
                            f"remove node {node.id}")
         return cpb.RemoveResponse(id=node.id)
 
@@ -506,7 +509,11 @@ class ControlServicer(cgrpc.ControlServicer):
         clusters = list(self._store.cache.clusters.values())
         if not clusters:
             await _abort(context, grpc.StatusCode.NOT_FOUND, "the cluster is not initialised")
-        return cpb.ClusterResponse(cluster=clusters[0], leader_addr=self._leadership.leader_addr)
+        cluster = pb.Cluster()
+        cluster.CopyFrom(clusters[0])
+        if cluster.HasField("ca"):
+            cluster.ca.ClearField("encrypted_ca_key")  # sealed, but no client needs it
+        return cpb.ClusterResponse(cluster=cluster, leader_addr=self._leadership.leader_addr)
 
     # ------------------------------------------------------------ logs
 

@@ -1549,22 +1549,103 @@ class Cluster(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    CA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
     def spec(self) -> Global___ClusterSpec: ...
+    @_builtins.property
+    def ca(self) -> Global___ClusterCA:
+        """The cluster PKI (see controller/ca.py); unset on an --insecure cluster."""
+
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         meta: Global___Meta | None = ...,
         spec: Global___ClusterSpec | None = ...,
+        ca: Global___ClusterCA | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ca", b"ca", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca", b"ca", "id", b"id", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cluster: _TypeAlias = Cluster  # noqa: Y015
+
+@_typing.final
+class ClusterCA(_message.Message):
+    """The cluster's root CA and join tokens, kept on the Cluster object. The CA
+    key is encrypted with the controllers' key-encryption key (KEK); the token
+    secrets are what `swarmctl cluster join-token` shows and rotates.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CA_CERT_PEM_FIELD_NUMBER: _builtins.int
+    ENCRYPTED_CA_KEY_FIELD_NUMBER: _builtins.int
+    WORKER_TOKEN_SECRET_FIELD_NUMBER: _builtins.int
+    CONTROLLER_TOKEN_SECRET_FIELD_NUMBER: _builtins.int
+    NODE_CERT_VALIDITY_FIELD_NUMBER: _builtins.int
+    REVOKED_NODES_FIELD_NUMBER: _builtins.int
+    EXTERNAL_FIELD_NUMBER: _builtins.int
+    CLUSTER_UID_FIELD_NUMBER: _builtins.int
+    ca_cert_pem: _builtins.bytes
+    encrypted_ca_key: _builtins.bytes
+    """swarmapi.pki.encrypt_ca_key blob"""
+    worker_token_secret: _builtins.str
+    controller_token_secret: _builtins.str
+    external: _builtins.bool
+    """the CA was given (--external-ca-cert), not created"""
+    cluster_uid: _builtins.str
+    """The O of every certificate the cluster issues (the CA may be shared)."""
+    @_builtins.property
+    def node_cert_validity(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def revoked_nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevokedNode]:
+        """Removed nodes: their certificates are refused until they expire."""
+
+    def __init__(
+        self,
+        *,
+        ca_cert_pem: _builtins.bytes = ...,
+        encrypted_ca_key: _builtins.bytes = ...,
+        worker_token_secret: _builtins.str = ...,
+        controller_token_secret: _builtins.str = ...,
+        node_cert_validity: _duration_pb2.Duration | None = ...,
+        revoked_nodes: _abc.Iterable[Global___RevokedNode] | None = ...,
+        external: _builtins.bool = ...,
+        cluster_uid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node_cert_validity", b"node_cert_validity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_pem", b"ca_cert_pem", "cluster_uid", b"cluster_uid", "controller_token_secret", b"controller_token_secret", "encrypted_ca_key", b"encrypted_ca_key", "external", b"external", "node_cert_validity", b"node_cert_validity", "revoked_nodes", b"revoked_nodes", "worker_token_secret", b"worker_token_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterCA: _TypeAlias = ClusterCA  # noqa: Y015
+
+@_typing.final
+class RevokedNode(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokedNode: _TypeAlias = RevokedNode  # noqa: Y015

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
-import grpc
 import pytest
 
 from agent.main import parse_args, runc_settings
@@ -32,7 +31,7 @@ from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
 from tests.agent.containers import require_containers, teardown
 from tests.etcd_server import EtcdServer
-from tests.processes import Proc, start_agent, start_controller
+from tests.processes import Proc, admin_channel, start_agent, start_controller, worker_token
 from tests.registry import RegistryServer
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -46,6 +45,7 @@ class Cluster:
     controller: Proc
     control: Control
     state_dirs: list[str]
+    join_token: str = ""
     agents: dict[str, Proc] = field(default_factory=dict)  # hostname -> process
 
     def start_agent(self, hostname: str) -> Proc:
@@ -53,7 +53,8 @@ class Cluster:
             list(self.agents).index(hostname)
         if index >= len(self.state_dirs):
             self.state_dirs.append(tempfile.mkdtemp(prefix="swe2e-", dir="/run"))
-        proc = start_agent([self.controller.addr], self.state_dirs[index], hostname=hostname)
+        proc = start_agent([self.controller], self.state_dirs[index], hostname=hostname,
+                           join_token=self.join_token)
         self.agents[hostname] = proc
         return proc
 
@@ -111,8 +112,9 @@ async def cluster(etcd_server: EtcdServer, etcd_prefix: str,
                   registry: RegistryServer) -> AsyncIterator[Cluster]:
     require_containers()
     controller = start_controller(etcd_server.endpoint, etcd_prefix, heartbeat_period=0.5)
-    channel = grpc.aio.insecure_channel(controller.addr)
-    cluster = Cluster(controller, cgrpc.ControlStub(channel), [])
+    channel = admin_channel(controller)
+    cluster = Cluster(controller, cgrpc.ControlStub(channel), [],
+                      join_token=await worker_token(controller))
     try:
         yield cluster
     finally:

@@ -53,15 +53,22 @@ class Output:
         return found
 
 
+def _cli_env(cluster: Cluster) -> dict[str, str]:
+    # swarmctl talks mutual TLS with the admin identity the controller wrote.
+    return {**os.environ, "SWARMCTL_TLS_DIR": cluster.controller.extra["admin"]}
+
+
 def swarmctl(cluster: Cluster, *args: str, timeout: float = 30.0) -> Output:
     result = subprocess.run([*CLI, "--controller", cluster.controller.addr, *args],
-                            capture_output=True, text=True, timeout=timeout)
+                            capture_output=True, text=True, timeout=timeout,
+                            env=_cli_env(cluster))
     return Output(result.returncode, result.stdout, result.stderr)
 
 
 def start_swarmctl(cluster: Cluster, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*CLI, "--controller", cluster.controller.addr, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=_cli_env(cluster))
 
 
 async def _prefixes(cluster: Cluster, tasks: Sequence[pb.Task]) -> dict[str, str]:

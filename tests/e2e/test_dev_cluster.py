@@ -66,6 +66,9 @@ def test_up_scale_status_down_leaves_nothing(name: str) -> None:
     state = cluster.up(name, 2, "192.168.91.0/24", say=lambda _: None)
     assert read_context() is not None
     assert read_context().controller == state.controller  # type: ignore[union-attr]
+    assert read_context().cert  # type: ignore[union-attr]  # mutual TLS with an admin identity
+    assert "Fingerprint (SHA-256)" in swarmctl("cluster", "inspect")
+    assert swarmctl("cluster", "join-token", "-q", "worker").startswith("SWMTKN-1-")
     image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
     swarmctl("service", "create", "web", "--image", image, "--replicas", "2", "--timeout", "60s")
     swarmctl("service", "scale", "web=4", "--timeout", "60s")

@@ -25,7 +25,7 @@ from controller.server import Controller
 from controller.store.keys import KIND_TYPES, StoredObject, decode
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
-from tests.integration.conftest import FAST_SESSION, controller_config
+from tests.integration.conftest import FAST_SESSION, controller_config, sim_cluster
 
 T = TypeVar("T")
 BROKEN_IMAGE = "registry.invalid/broken:1"  # the simulated nodes reject it, as if unpullable
@@ -52,8 +52,8 @@ class LiveCluster:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
         controller = Controller(controller_config(endpoint, self.prefix))
         await controller.start()
-        nodes = SimulatedCluster([f"127.0.0.1:{controller.port}"], NODES, settings=FAST_SESSION,
-                                 reject_images=reject_images)
+        nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
+                            reject_images=reject_images)
         nodes.start()
         try:
             await nodes.wait_connected(timeout=15)

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from cli import client, progress
 from cli.errors import Interrupted
 from cli.main import app
+from swarmapi import pki
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer, free_port
@@ -470,7 +471,11 @@ def test_errors_are_one_line_and_write_nothing(live: LiveCluster) -> None:
         assert live.snapshot() == before, f"{args} wrote to etcd"
 
 
-def test_unreachable_controller_is_one_line(etcd_server: EtcdServer) -> None:
+def test_unreachable_controller_is_one_line(etcd_server: EtcdServer, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = pki.create_root_ca("elsewhere")
+    pki.issue_admin_identity(ca, cluster_id="elsewhere").save(tmp_path)
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(tmp_path))
     port = free_port()  # bound, then closed: nothing listens there
     for args in (("service", "ls"), ("node", "ls"),
                  ("service", "create", "web", "--image", "busybox")):
@@ -482,3 +487,33 @@ def test_unreachable_controller_is_one_line(etcd_server: EtcdServer) -> None:
     result = CliRunner().invoke(app, ["node", "ls"],
                                 env={"SWARMCTL_CONTROLLER": f"127.0.0.1:{port}"})
     assert_one_line_error(result, f"cannot reach controller at 127.0.0.1:{port}", exit_code=1)
+
+
+def test_cluster_inspect_and_join_tokens(live: LiveCluster) -> None:
+    shown = ok(swarmctl(live, "cluster", "inspect")).stdout
+    fingerprint = pki.fingerprint(live.controller.pki.ca.cert)
+    assert fingerprint in shown
+    assert "90d" in shown or "2160h" in shown, shown
+    data = json.loads(ok(swarmctl(live, "cluster", "inspect", "-o", "json")).stdout)
+    assert data[0]["fingerprint"] == fingerprint
+    worker = ok(swarmctl(live, "cluster", "join-token", "-q", "worker")).stdout.strip()
+    assert worker == str(live.controller.pki.token(pki.Role.WORKER))
+    assert f"swarm-agent --join-token {worker}" in ok(
+        swarmctl(live, "cluster", "join-token", "worker")).stdout
+    controller_token = ok(swarmctl(live, "cluster", "join-token", "-q", "controller")).stdout
+    assert controller_token.strip() != worker
+    rotated = ok(swarmctl(live, "cluster", "join-token", "--rotate", "-q", "worker")).stdout
+    assert rotated.strip() != worker
+    assert rotated.strip().startswith("SWMTKN-1-")
+    assert_one_line_error(swarmctl(live, "cluster", "join-token", "boss"),
+                          "swarmctl: invalid role 'boss'", exit_code=2)
+
+
+def test_without_an_admin_certificate_swarmctl_says_what_to_do(
+        live: LiveCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWARMCTL_TLS_DIR")
+    assert_one_line_error(swarmctl(live, "node", "ls"), "swarmctl: no admin certificate",
+                          exit_code=1)
+    result = swarmctl(live, "--insecure", "node", "ls")  # a TLS controller refuses plaintext
+    assert_one_line_error(result, f"swarmctl: cannot reach controller at {live.addr}",
+                          exit_code=1)

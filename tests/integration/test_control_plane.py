@@ -14,7 +14,7 @@ from controller.server import Controller
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
-from tests.integration.conftest import FAST_SESSION, HEARTBEAT
+from tests.integration.conftest import FAST_SESSION, HEARTBEAT, sim_cluster
 from tests.waiting import eventually
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -149,8 +149,7 @@ async def test_global_service_follows_nodes(
     service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
     await eventually(lambda: len(running(controller, service.id)) == 3)
     assert sorted(per_node(running(controller, service.id)).values()) == [1, 1, 1]
-    joiner = SimulatedCluster([f"127.0.0.1:{controller.port}"], 1, settings=FAST_SESSION,
-                              hostname_prefix="late")
+    joiner = sim_cluster(controller, 1, settings=FAST_SESSION, hostname_prefix="late")
     joiner.start()
     try:
         await eventually(lambda: len(running(controller, service.id)) == 4,

@@ -374,11 +374,11 @@ async def test_service_update_allocates_and_releases_vips(
 async def test_networks_created_concurrently_on_two_controllers_never_collide(
         controller: Controller, control: Control, etcd_server: EtcdServer,
         etcd_prefix: str) -> None:
-    from tests.integration.conftest import controller_config
+    from tests.integration.conftest import admin_channel, controller_config
 
     other = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
     await other.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{other.port}")
+    channel = admin_channel(other)
     try:
         stubs = [control, cgrpc.ControlStub(channel)]
         created = await asyncio.gather(*(

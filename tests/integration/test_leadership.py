@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 from controller.store import EtcdClient, EtcdSettings
@@ -14,7 +13,13 @@ from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
-from tests.processes import Proc, start_controller, start_simulated_agents
+from tests.processes import (
+    Proc,
+    admin_channel,
+    start_controller,
+    start_simulated_agents,
+    worker_token,
+)
 from tests.waiting import eventually_async
 
 
@@ -50,10 +55,10 @@ async def test_handover_when_the_leader_dies(
     first = await leader_of(etcd_server, etcd_prefix)
     follower = next(a for a in addrs if a != first)
 
-    agents = start_simulated_agents(list(addrs), 2)
+    agents = start_simulated_agents(two_controllers, 2, await worker_token(two_controllers[0]))
     try:
         # Agents may dial the follower first: it points them at the leader.
-        async with grpc.aio.insecure_channel(follower) as channel:
+        async with admin_channel(addrs[follower]) as channel:
             control = cgrpc.ControlStub(channel)
 
             async def nodes_ready() -> bool:

@@ -41,6 +41,33 @@ pytestmark = pytest.mark.integration
 FAST_LOGS = LogSettings(poll_interval=0.05, retry_initial=0.05, retry_max=0.2)
 
 
+# These tests are about the log broker; the in-process agents speak plaintext,
+# so the controllers here run --insecure (mutual TLS has tests of its own:
+# test_security.py, and tests/agent/test_logs_e2e.py runs logs over mTLS).
+@pytest.fixture
+async def controller(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Controller]:
+    instance = Controller(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True))
+    await instance.start()
+    try:
+        yield instance
+    finally:
+        await instance.stop()
+
+
+@pytest.fixture
+async def control(controller: Controller) -> AsyncIterator[cgrpc.ControlAsyncStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{controller.port}")
+    try:
+        yield cgrpc.ControlStub(channel)
+    finally:
+        await channel.close(None)
+
+
+@pytest.fixture(autouse=True)
+def plaintext_swarmctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWARMCTL_INSECURE", "1")
+
+
 def k8s_lines(texts: Sequence[str], stream: str = "stdout") -> bytes:
     """Records as conmon writes them, stamped now (a nanosecond apart)."""
     now = time.time_ns()
@@ -283,7 +310,7 @@ async def test_a_followed_node_that_reconnects_resumes_without_repeating(
 
 async def test_nodes_that_are_down_or_silent_are_named(etcd_server: EtcdServer, etcd_prefix: str,
                                                        tmp_path: Path) -> None:
-    config = replace(controller_config(etcd_server.endpoint, etcd_prefix),
+    config = replace(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True),
                      logs=LogBrokerSettings(answer_timeout=0.5))
     controller = Controller(config)
     await controller.start()
@@ -348,7 +375,7 @@ async def test_a_follower_sends_swarmctl_to_the_leader(controller: Controller,
                                                        control: cgrpc.ControlAsyncStub,
                                                        etcd_server: EtcdServer, etcd_prefix: str,
                                                        tmp_path: Path) -> None:
-    follower = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    follower = Controller(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True))
     await follower.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{follower.port}")
     try:

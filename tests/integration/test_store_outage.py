@@ -13,7 +13,7 @@ from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
 from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
-from tests.integration.conftest import controller_config
+from tests.integration.conftest import admin_channel, controller_config
 from tests.waiting import eventually_async
 
 
@@ -40,7 +40,7 @@ async def lone_controller(own_etcd: EtcdServer) -> AsyncIterator[Controller]:
 
 async def test_reads_survive_and_writes_recover(own_etcd: EtcdServer,
                                                 lone_controller: Controller) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{lone_controller.port}") as channel:
+    async with admin_channel(lone_controller) as channel:
         control = cgrpc.ControlStub(channel)
         spec = pb.ServiceSpec(name="web", replicated=pb.ReplicatedService(replicas=1))
         spec.task.container.image = "busybox"

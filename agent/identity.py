@@ -1,0 +1,175 @@
+"""The node's identity in the cluster: joining with a token, keeping the key
+and certificate in the state dir, renewing before expiry, and the mutual-TLS
+channels the session uses.
+
+Joining (`join`), as in Docker Swarm:
+
+1. read the certificates the controller's join port presents, unverified
+   (`channels.fetch_offered_chain`), and keep the CA whose digest the token
+   pins (`pki.find_ca_for_token`): a wrong cluster or a man in the middle is
+   refused before anything is sent;
+2. make a key (it never leaves the node) and a CSR;
+3. send token and CSR over TLS verified against that CA; the controller
+   answers with the node certificate (node ID in CN, role in OU).
+
+Renewal (`IdentityKeeper.renew_forever`) makes a new key and asks the
+controller over the mutual-TLS port, at a random 50-80 % of the
+certificate's life. Sessions in progress keep their channel; new ones use the
+new certificate, so running tasks are never disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import grpc
+
+from swarmapi import channels, pki
+from swarmapi.pki import NodeIdentity
+from swarmapi.v1 import ca_pb2 as capb
+from swarmapi.v1 import ca_pb2_grpc as cagrpc
+
+log = logging.getLogger(__name__)
+
+_RPC_TIMEOUT = 10.0
+_FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
+          grpc.StatusCode.PERMISSION_DENIED)
+
+
+class JoinError(Exception):
+    """The node cannot join: the token or the controller's CA is wrong."""
+
+
+def join_address(controller: str) -> str:
+    """The default join port of a controller: its control port + 1."""
+    host, _, port = controller.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
+async def fetch_ca(join_addr: str, token: pki.JoinToken, *, timeout: float = 10.0) -> bytes:
+    """The controller's CA certificate (PEM), checked against the token's
+    digest before it is trusted. Raises pki.CAMismatch, OSError."""
+    offered = await asyncio.to_thread(channels.fetch_offered_chain, join_addr, timeout=timeout)
+    return pki.cert_to_pem(pki.find_ca_for_token(offered, token))
+
+
+async def request_certificate(join_addr: str, token: str, ca_pem: bytes, *,
+                              role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
+    """Send the token and a CSR for a new key to a controller verified against
+    ca_pem; the new identity. Raises grpc.aio.AioRpcError, pki.PKIError."""
+    key = pki.generate_key()
+    async with channels.client_channel(join_addr, None, ca_pem=ca_pem) as channel:
+        response = await cagrpc.CAJoinStub(channel).IssueNodeCertificate(
+            capb.IssueNodeCertificateRequest(token=token, csr_pem=pki.make_csr(key), role=role),  # type: ignore[arg-type]
+            timeout=_RPC_TIMEOUT)
+    pki.verify_issued_by(pki.cert_from_pem(response.certificate_pem), pki.cert_from_pem(ca_pem))
+    return NodeIdentity(key_pem=pki.key_to_pem(key), cert_pem=response.certificate_pem,
+                        ca_pem=ca_pem)
+
+
+async def join(join_addrs: Sequence[str], token_text: str, *, attempts: int = 5,
+               role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
+    """Join through the first controller that answers. Raises JoinError for a
+    refusal that retrying cannot fix (bad token, CA mismatch)."""
+    try:
+        token = pki.parse_join_token(token_text)
+    except pki.InvalidJoinToken as error:
+        raise JoinError(str(error)) from None
+    last = ""
+    for attempt in range(attempts):
+        for addr in join_addrs:
+            try:
+                ca_pem = await fetch_ca(addr, token)
+                identity = await request_certificate(addr, token_text, ca_pem, role=role)
+            except pki.CAMismatch as error:
+                raise JoinError(f"{addr}: {error}") from None
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _FATAL:
+                    raise JoinError(f"{addr} refused to join this node: {error.details()}") from None
+                last = f"{addr}: {error.code().name} {error.details()}"
+            except (OSError, pki.PKIError) as error:
+                last = f"{addr}: {error}"
+            else:
+                log.info("joined the cluster as %s %s", identity.role.value, identity.node_id)
+                return identity
+            log.warning("cannot join through %s", last)
+        await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+    raise JoinError(f"no controller let this node join; last error: {last}")
+
+
+async def renew(controller: str, identity: NodeIdentity) -> NodeIdentity:
+    key = pki.generate_key()
+    async with channels.client_channel(controller, identity) as channel:
+        response = await cagrpc.NodeCAStub(channel).RenewNodeCertificate(
+            capb.RenewNodeCertificateRequest(csr_pem=pki.make_csr(key)), timeout=_RPC_TIMEOUT)
+    renewed = NodeIdentity(key_pem=pki.key_to_pem(key), cert_pem=response.certificate_pem,
+                           ca_pem=response.ca_pem or identity.ca_pem)
+    pki.verify_issued_by(renewed.cert, pki.cert_from_pem(renewed.ca_pem))
+    if renewed.node_id != identity.node_id:
+        raise pki.PKIError(f"renewal returned node {renewed.node_id}, not {identity.node_id}")
+    return renewed
+
+
+class IdentityKeeper:
+    """The current identity, its channels, and its renewal."""
+
+    def __init__(self, identity: NodeIdentity, controllers: Sequence[str], *,
+                 directory: Path | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self.identity = identity
+        self._controllers = list(controllers)
+        self._directory = directory
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._retired: list[grpc.aio.Channel] = []
+        self.renewals = 0
+        # Never renew in a tight loop, even with very short certificates.
+        self.min_delay = 1.0
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id
+
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        """The session's ChannelFactory: one cached mutual-TLS channel per
+        controller, made anew after a renewal."""
+        found = self._channels.get(addr)
+        if found is None:
+            found = self._channels[addr] = channels.client_channel(addr, self.identity)
+        return found
+
+    def replace(self, identity: NodeIdentity) -> None:
+        if self._directory is not None:
+            identity.save(self._directory)
+        self.identity = identity
+        self._retired.extend(self._channels.values())  # sessions on them carry on
+        self._channels = {}
+
+    async def renew_forever(self) -> None:
+        failures = 0
+        while True:
+            delay = pki.renewal_delay(self.identity.cert, self._clock(), self._rng)
+            if failures:
+                delay = min(delay, min(300.0, 2.0 ** failures))
+            await asyncio.sleep(max(delay, self.min_delay))
+            addr = self._controllers[failures % len(self._controllers)]
+            try:
+                self.replace(await renew(addr, self.identity))
+                self.renewals += 1
+                failures = 0
+                log.info("renewed the node certificate (expires %s)",
+                         self.identity.cert.not_valid_after_utc)
+            except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
+                failures += 1
+                log.warning("certificate renewal through %s failed: %s", addr, error)
+
+    async def close(self) -> None:
+        for channel in [*self._channels.values(), *self._retired]:
+            await channel.close(None)
+        self._channels, self._retired = {}, []
