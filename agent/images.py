@@ -808,7 +808,7 @@ class ImageStore:
         self._credentials = {_registry_key(k): v for k, v in (credentials or {}).items()}
         self._pull_slots = asyncio.Semaphore(max_concurrent_pulls)
         self._state_lock = asyncio.Lock()  # catalog and directory changes, GC decisions
-        self._open_lock = asyncio.Lock()
+        self._opening: asyncio.Future[None] | None = None
         self._opened = False
         self._catalog: dict[str, _Record] = {}  # key -> record, mirrors images/
         self._images: dict[str, Image] = {}  # key -> loaded Image
@@ -822,10 +822,21 @@ class ImageStore:
     async def _open(self) -> None:
         if self._opened:
             return
-        async with self._open_lock:
-            if not self._opened:
-                self._catalog = await asyncio.to_thread(self._open_sync)
-                self._opened = True
+        # Once, whoever asks first, and never abandoned half-way: a waiter
+        # cancelled during the open used to let the next caller start a second
+        # _open_sync while the first thread still ran -- and that one's sweep
+        # of tmp/ removed the second caller's fresh pull directory.
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open_once())
+        await asyncio.shield(self._opening)
+
+    async def _open_once(self) -> None:
+        try:
+            self._catalog = await asyncio.to_thread(self._open_sync)
+            self._opened = True
+        except BaseException:
+            self._opening = None  # let a later call try again
+            raise
 
     def _open_sync(self) -> dict[str, _Record]:
         for directory in (self.images_dir, self.layers_dir, self.tmp_dir):
