@@ -46,7 +46,13 @@ FAST_LOGS = LogSettings(poll_interval=0.05, retry_initial=0.05, retry_max=0.2)
 # test_security.py, and tests/agent/test_logs_e2e.py runs logs over mTLS).
 @pytest.fixture
 async def controller(etcd_server: EtcdServer, etcd_prefix: str) -> AsyncIterator[Controller]:
-    instance = Controller(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True))
+    # A generous answer deadline: on a loaded CI machine an in-process agent may
+    # take seconds to open its subscription stream, and these tests assert what
+    # the agent answers, not the deadline (test_nodes_that_are_down_or_silent_are_named
+    # sets its own short one).
+    config = replace(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True),
+                     logs=LogBrokerSettings(answer_timeout=30.0))
+    instance = Controller(config)
     await instance.start()
     try:
         yield instance
