@@ -1,6 +1,7 @@
 """Container start and stop cost: the agent's runtime against raw runc.
 
     python -m bench.containers --containers 50
+    python -m bench.containers --replicas 50     # end to end: scale through the controller
 
 Builds a one-layer busybox rootfs (from Debian's busybox-static), then, in one
 run and in this order:
@@ -288,9 +289,34 @@ async def run(count: int, order: str) -> dict[str, object]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+async def run_replicas(count: int) -> dict[str, object]:
+    from bench.scale import scale_through_controller
+
+    end_to_end = await asyncio.to_thread(scale_through_controller, count)
+    work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
+    bench = Bench(work, count)
+    try:
+        raw = await bench.raw_phase(make_layer(work))
+    finally:
+        try:
+            await asyncio.shield(bench.cleanup())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    raw_seconds = raw["raw_start_seconds"]
+    return {
+        "bench": "containers", "replicas": count, **end_to_end,
+        "raw_runc_seconds": raw_seconds,
+        "ratio": round(end_to_end["seconds_to_running"] / raw_seconds, 2),
+        "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.containers")
     parser.add_argument("--containers", type=int, default=50)
+    parser.add_argument("--replicas", type=int, default=0,
+                        help="end to end instead: a one-node local cluster, `scale web=N` "
+                             "until N RUNNING, beside N raw `runc run -d` (bench/scale.py)")
     parser.add_argument("--order", choices=("runtime-first", "raw-first"),
                         default="runtime-first")
     args = parser.parse_args()
@@ -301,7 +327,10 @@ def main() -> None:
         raise KeyboardInterrupt  # unwinds through run()'s cleanup
 
     signal.signal(signal.SIGTERM, terminate)
-    print(json.dumps(asyncio.run(run(args.containers, args.order,))))
+    if args.replicas:
+        print(json.dumps(asyncio.run(run_replicas(args.replicas))))
+    else:
+        print(json.dumps(asyncio.run(run(args.containers, args.order,))))
 
 
 if __name__ == "__main__":
