@@ -54,6 +54,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import NoReturn
 
@@ -64,7 +65,9 @@ from swarmapi.v1 import objects_pb2 as pb
 from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
+from .network import OverlayManager, OverlaySettings
 from .runtime import RuncRuntime, RuncSettings
+from .runtime.netns import NETNS_DIR, remove_netns_blocking
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
 
@@ -314,7 +317,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     runtime = RuncRuntime(runc_settings(config))
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
                         gc=config.image_gc)
-    worker = Worker(runtime, images)
+    overlay = OverlayManager(overlay_settings(config))
+    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path)
 
     async def in_use() -> InUse:
         return worker.images_in_use(), await asyncio.to_thread(runtime.mounted_layers)
@@ -351,6 +355,13 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             loop.remove_signal_handler(sig)
 
 
+def overlay_settings(config: AgentConfig) -> OverlaySettings:
+    """Overlay namespaces are named per agent (the namespace directory is
+    machine-wide, and several agents may share a machine)."""
+    return OverlaySettings(advertise_addr=IPv4Address(config.advertise_addr or "127.0.0.1"),
+                           netns_prefix=f"ov-{config.cgroup_parent}-")
+
+
 async def purge(config: AgentConfig) -> int:
     """Stop (SIGKILL, no grace) and remove every container of this agent's state
     dir -- for tearing a node down for good, with the agent stopped. Returns how
@@ -360,6 +371,12 @@ async def purge(config: AgentConfig) -> int:
     for task_id in containers:
         await runtime.shutdown(task_id, "SIGKILL", 0)
         await runtime.remove(task_id)
+    # This agent's overlay namespaces (their devices go with them).
+    prefix = overlay_settings(config).netns_prefix
+    if NETNS_DIR.is_dir():
+        for name in sorted(os.listdir(NETNS_DIR)):
+            if name.startswith(prefix):
+                await asyncio.to_thread(remove_netns_blocking, name)
     root = runtime.settings.cgroup_root
     for hierarchy in (sorted(root.iterdir()) if root.is_dir() else []):
         with contextlib.suppress(OSError):

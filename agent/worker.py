@@ -31,6 +31,8 @@ import enum
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Interface
+from pathlib import Path
 from typing import Any, Protocol
 
 from swarmapi.loops import cancel_all, start_supervised
@@ -47,10 +49,14 @@ from .health import (
     watch_health,
 )
 from .images import Image, ImageError
+from .network.model import OverlayNetwork
+from .network.overlay import OverlayError, OverlayManager
+from .overlay_sync import PeerSets, add_networks, networks_to_remove
 from .runtime import (
     ContainerError,
     ContainerState,
     NoSuchContainer,
+    RejectError,
     Runtime,
     stop_signal,
 )
@@ -191,9 +197,17 @@ class Worker:
     """Implements agent.session.Worker over an image store and a Runtime."""
 
     def __init__(self, runtime: Runtime, images: ImageSource, report: Report | None = None,
-                 settings: WorkerSettings | None = None) -> None:
+                 settings: WorkerSettings | None = None,
+                 overlay: OverlayManager | None = None,
+                 netns_path: Callable[[str], Path] | None = None) -> None:
         self.runtime = runtime
         self.images = images
+        # The overlay data plane, and where a task's network namespace is (to
+        # attach it); without them tasks get loopback only.
+        self.overlay = overlay
+        self._netns_path = netns_path
+        self._peer_sets = PeerSets()
+        self._networks: dict[str, OverlayNetwork] = {}
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
         self.settings = settings or WorkerSettings()
@@ -230,6 +244,14 @@ class Worker:
     async def apply(self, assignments: dpb.Assignments) -> None:
         if not self._started:
             await self.start()
+        if self.overlay is not None:
+            # Networks first: the message's new tasks attach to them.
+            for entry in assignments.networks:
+                self._networks[entry.network.id] = OverlayNetwork.from_proto(entry.network)
+            try:
+                await add_networks(self.overlay, assignments, self._peer_sets)
+            except (OverlayError, ValueError, OSError) as error:
+                log.error("overlay networks: %s", error)
         if assignments.type == dpb.Assignments.COMPLETE:
             wanted = {task.id for task in assignments.tasks}
             for task_id in [t for t in self._entries if t not in wanted]:
@@ -243,6 +265,26 @@ class Worker:
             self._remove(task_id)
         for task in assignments.tasks:
             self._upsert(task)
+        if self.overlay is not None:
+            await self._remove_unused_networks(assignments)
+
+    async def _remove_unused_networks(self, assignments: dpb.Assignments) -> None:
+        """Networks the controller no longer names, once no local task of ours
+        is attached (a task still stopping keeps its network; a later complete
+        set, or the agent's purge, removes it)."""
+        assert self.overlay is not None
+        in_use = {attachment.network_id for entry in self._entries.values()
+                  for attachment in entry.task.networks}
+        for network_id in networks_to_remove(self.overlay, assignments):
+            if network_id in in_use:
+                continue
+            try:
+                await self.overlay.remove_network(network_id)
+            except (OverlayError, OSError) as error:
+                log.error("removing overlay network %s: %s", network_id, error)
+                continue
+            self._peer_sets.forget(network_id)
+            self._networks.pop(network_id, None)
 
     def statuses(self) -> dict[str, pb.TaskStatus]:
         return {task_id: entry.status for task_id, entry in self._entries.items()}
@@ -408,6 +450,7 @@ class Worker:
             entry.image = image
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
                                        image.runtime_input())
+            await self._attach_networks(task)
         except (ImageError, ContainerError) as error:
             # Before start, nothing retried here would do better: let the
             # controller place the task again (RejectError: the spec cannot
@@ -419,6 +462,30 @@ class Worker:
             return
         entry.container = ContainerState(id=task.id, status="created")
         self._set(entry, pb.READY, "prepared")
+
+    async def _attach_networks(self, task: pb.Task) -> None:
+        """The task's namespace onto each of its networks (eth0, eth1... in the
+        order of the spec; the default route on the first). A failure removes
+        the prepared container and rejects the task."""
+        if not task.networks:
+            return
+        try:
+            if self.overlay is None or self._netns_path is None:
+                raise RejectError("this agent has no overlay networking")
+            for index, attachment in enumerate(task.networks):
+                network = self._networks.get(attachment.network_id)
+                if network is None or not attachment.addresses:
+                    raise RejectError(f"network {attachment.network_id}: not assigned to this "
+                                      "node, or no address allocated")
+                await self.overlay.attach(self._netns_path(task.id), network,
+                                          IPv4Interface(attachment.addresses[0]),
+                                          ifname=f"eth{index}", default_route=index == 0)
+        except (OverlayError, ValueError, OSError) as error:
+            await self.runtime.remove(task.id)
+            raise RejectError(f"network attachment: {error}") from error
+        except RejectError:
+            await self.runtime.remove(task.id)
+            raise
 
     async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task

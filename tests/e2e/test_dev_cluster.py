@@ -4,6 +4,7 @@ running runc containers; then nothing left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -44,13 +45,13 @@ def swarmctl(*args: str) -> str:
     return result.output
 
 
-def page(netns: str, attempts: int = 50) -> str:
+def page(netns: str, url: str = "http://127.0.0.1:80/", attempts: int = 50) -> str:
     """The demo page from inside a task's namespace (httpd may still be starting)."""
     for _ in range(attempts):
         result = subprocess.run(
             # (no -T: busybox 1.35 wget segfaults with it)
             ["nsenter", f"--net=/run/netns/{netns}", "busybox", "wget", "-qO-",
-             "http://127.0.0.1:80/"], capture_output=True, text=True, timeout=20, check=False)
+             url], capture_output=True, text=True, timeout=20, check=False)
         if result.returncode == 0:
             return result.stdout
         time.sleep(0.1)
@@ -109,6 +110,29 @@ def test_example_stacks_run_in_real_containers(name: str,
                               ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
         assert any(line.split()[1:4:2] == [service, replicas]
                    for line in services.splitlines()[1:]), services
+
+
+def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
+    state = cluster.up(name, 2, "192.168.95.0/24", say=lambda _: None)
+    image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
+    swarmctl("network", "create", "backend")
+    swarmctl("service", "create", "web", "--image", image, "--replicas", "2", "--network",
+             "backend", "--max-replicas-per-node", "1", "--env", "TASK_NAME={{.Task.Name}}",
+             "--env", "NODE_NAME={{.Node.Hostname}}", "--timeout", "60s")
+    tasks = json.loads(swarmctl("service", "ps", "web", "-o", "json"))
+    assert len(tasks) == 2
+    addresses = {t["id"]: t["networks"][0]["addresses"][0].split("/")[0] for t in tasks}
+    namespaces = {task_id: next(n for n in netns_with("swarm-") if n.endswith(task_id))
+                  for task_id in addresses}
+    (a, b) = sorted(addresses)
+    # Each container fetches the other's page over VXLAN between the two hosts.
+    assert page(namespaces[a], f"http://{addresses[b]}/").startswith("hello from web.")
+    assert f".{b} on {name}-h" in page(namespaces[a], f"http://{addresses[b]}/")
+    assert f".{a} on {name}-h" in page(namespaces[b], f"http://{addresses[a]}/")
+    overlay_prefixes = [f"ov-{default_cgroup_parent(Path(n.state_dir))}-" for n in state.nodes]
+    assert all(netns_with(prefix) for prefix in overlay_prefixes)
+    cluster.down(name, say=lambda _: None)
+    assert not any(netns_with(prefix) for prefix in overlay_prefixes)
 
 
 def test_up_after_a_crash_cleans_up_and_starts_again(name: str) -> None:

@@ -132,6 +132,12 @@ async def nodes(controller: Controller, tmp_path: Path, names: Sequence[str],
         async with asyncio.timeout(15):
             for node in made:
                 await node.session.connected.wait()
+        # And each node's log-subscription stream is open at the leader (it
+        # follows the session; under load it may lag the session by seconds).
+        if kwargs.get("publish", True):
+            await until("every node listens for log subscriptions",
+                        lambda: all(n.session.node_id in controller.logs._listeners
+                                    for n in made), timeout=30)
         yield made
     finally:
         await cancel_all([node.loop for node in made])
@@ -171,7 +177,7 @@ async def collect(control: cgrpc.ControlAsyncStub, request: lpb.ServiceLogsReque
                   ) -> tuple[list[lpb.LogMessage], list[lpb.NodeLogError]]:
     lines: list[lpb.LogMessage] = []
     errors: list[lpb.NodeLogError] = []
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(30):
         async for message in control.ServiceLogs(request):
             lines.extend(message.messages)
             errors.extend(message.node_errors)
