@@ -204,6 +204,9 @@ class LogPublisher:
                       f"{self.settings.max_subscriptions})" if refused else ""))
             if refused:
                 await call.done_writing()
+                # Wait for the controller's answer: cancelling the call (below)
+                # before it has read the refusal would lose it.
+                await call
                 return
             try:
                 await self._stream(call, node_id, subscription)
@@ -212,6 +215,7 @@ class LogPublisher:
                 await self._write(call, lpb.PublishLogsMessage(
                     error=f"cannot read the logs: {error.strerror or error}"))
                 await call.done_writing()
+                await call  # as above: the error must reach the controller
         finally:
             if not call.done():
                 call.cancel()

@@ -41,6 +41,7 @@ from typing import Any
 from agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
 from agent.runtime import netns as netns_module
 from agent.runtime import rootfs as fs
+from agent.runtime.runc import wait_pid_exit
 from swarmapi.v1 import objects_pb2 as pb
 
 BUSYBOX = Path("/bin/busybox")
@@ -59,26 +60,6 @@ def _figures(prefix: str, total: float, latencies: Sequence[float]) -> dict[str,
     return {f"{prefix}_seconds": round(total, 3),
             f"{prefix}_p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
             f"{prefix}_p99_ms": round(_percentile(latencies, 0.99) * 1000, 1)}
-
-
-async def _wait_pid_exit(pid: int) -> None:
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    loop = asyncio.get_running_loop()
-    gone: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        if not gone.done():
-            gone.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await gone
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
 
 
 def make_layer(directory: Path) -> Path:
@@ -217,7 +198,7 @@ class Bench:
             pid = int(json.loads((self.raw_root / task_id / "state.json").read_text())
                       ["init_process_pid"])
             await self._run("kill", task_id, "KILL")
-            await asyncio.wait_for(_wait_pid_exit(pid), 10)
+            await asyncio.wait_for(wait_pid_exit(pid), 10)
             code, err = await self._run("delete", task_id)
             if code != 0:
                 raise RuntimeError(f"runc delete: {err.decode(errors='replace').strip()}")

@@ -23,7 +23,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import functools
 import os
 import socket
 import struct
@@ -31,6 +30,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from .libc import check, libc
 
 T = TypeVar("T")
 
@@ -47,17 +48,6 @@ _IFF_UP = 0x1
 _IFREQ = "16sH14x"  # struct ifreq: name, then ifr_flags (short) in the union
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
-
-
 def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
@@ -66,14 +56,14 @@ def _share_netns_dir() -> None:
     """Make /run/netns a shared mount (as iproute2 does), so that the
     namespace mounts below it propagate to mount namespaces made later."""
     NETNS_DIR.mkdir(parents=True, exist_ok=True)
-    libc = _libc()
+    lib = libc()
     target = str(NETNS_DIR).encode()
-    if libc.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None) == 0:
+    if lib.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None) == 0:
         return
     # Not a mount point yet: bind it onto itself first.
-    _check(libc.mount(target, target, b"none", ctypes.c_ulong(_MS_BIND | _MS_REC), None),
+    check(lib.mount(target, target, b"none", ctypes.c_ulong(_MS_BIND | _MS_REC), None),
            f"bind {NETNS_DIR}")
-    _check(libc.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None),
+    check(lib.mount(b"none", target, b"none", ctypes.c_ulong(_MS_SHARED | _MS_REC), None),
            f"make {NETNS_DIR} shared")
 
 
@@ -110,14 +100,14 @@ def _thread_netns() -> str:
 
 
 def _enter_and_run(target: int, function: Callable[[], T]) -> T:
-    libc = _libc()
+    lib = libc()
     original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(libc.setns(target, _CLONE_NEWNET), "setns")
+        check(lib.setns(target, _CLONE_NEWNET), "setns")
         try:
             return function()
         finally:
-            _check(libc.setns(original, _CLONE_NEWNET), "setns back")
+            check(lib.setns(original, _CLONE_NEWNET), "setns back")
     finally:
         os.close(original)
 
@@ -153,17 +143,17 @@ def netlink_socket_in(namespace: str) -> socket.socket:
 
 def _unshare_into(path: Path) -> None:
     """In a thread of its own: a new namespace, bound to path, lo up."""
-    libc = _libc()
+    lib = libc()
     original = os.open(_thread_netns(), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        check(lib.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         try:
-            _check(libc.mount(_thread_netns().encode(), str(path).encode(), b"none",
+            check(lib.mount(_thread_netns().encode(), str(path).encode(), b"none",
                               ctypes.c_ulong(_MS_BIND), None),
                    f"bind network namespace to {path}")
             _loopback_up()
         finally:
-            _check(libc.setns(original, _CLONE_NEWNET), "setns back")
+            check(lib.setns(original, _CLONE_NEWNET), "setns back")
     finally:
         os.close(original)
 
@@ -197,7 +187,7 @@ def remove_netns_blocking(name: str) -> None:
     """Remove the namespace's name; the kernel destroys it (and the devices
     in it) once no process or open handle keeps it alive."""
     path = netns_path(name)
-    if _libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
+    if libc().umount2(str(path).encode(), _MNT_DETACH) != 0:
         code = ctypes.get_errno()
         if code not in (errno.EINVAL, errno.ENOENT):  # not mounted, or no such path
             raise OSError(code, f"umount {path}: {os.strerror(code)}")

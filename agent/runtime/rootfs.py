@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import os
 import shutil
 import stat
@@ -17,21 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .base import ContainerError, RejectError
+from .libc import check, libc
 
 _MNT_DETACH = 2
 _MAX_SYMLINKS = 40
 _MAX_MOUNT_DATA = 4095  # the kernel copies at most one page of mount options
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, f"{what}: {os.strerror(code)}")
 
 
 # ---------------------------------------------------------------- mounts
@@ -97,20 +86,20 @@ def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path)
         raise ContainerError(f"{len(layers)} layers make overlayfs options of {len(data)} "
                              f"bytes, more than the kernel's {_MAX_MOUNT_DATA}")
     target.mkdir(exist_ok=True)
-    _check(_libc().mount(b"overlay", str(target).encode(), b"overlay", ctypes.c_ulong(0),
+    check(libc().mount(b"overlay", str(target).encode(), b"overlay", ctypes.c_ulong(0),
                          data.encode()), f"mount overlay on {target}")
 
 
 def unmount(target: Path) -> None:
     """Unmount, lazily if it is busy; no error if it is not mounted."""
-    result = _libc().umount2(str(target).encode(), 0)
+    result = libc().umount2(str(target).encode(), 0)
     if result == 0:
         return
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
         return
     if code == errno.EBUSY:
-        _check(_libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
+        check(libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
         return
     raise OSError(code, f"umount {target}: {os.strerror(code)}")
 

@@ -147,7 +147,7 @@ def _runc_message(text: str) -> str:
     return "; ".join(messages) if messages else text.strip()
 
 
-async def _wait_pid_exit(pid: int) -> None:
+async def wait_pid_exit(pid: int) -> None:
     """Until the process (any process, not only a child) has exited."""
     try:
         fd = os.pidfd_open(pid)
@@ -449,7 +449,7 @@ class RuncRuntime:
         if pid is None:
             return
         try:
-            await asyncio.wait_for(_wait_pid_exit(pid), _MONITOR_EXIT_WAIT)
+            await asyncio.wait_for(wait_pid_exit(pid), _MONITOR_EXIT_WAIT)
         except TimeoutError:
             log.warning("task %s: conmon %d did not exit; killing it", task_id, pid)
             if self._monitor_pid(task_id) == pid:
@@ -565,7 +565,7 @@ class RuncRuntime:
                 return code
             monitor = self._monitor_pid(task_id)
             if monitor is not None:
-                await _wait_pid_exit(monitor)
+                await wait_pid_exit(monitor)
                 continue
             code = self._read_exit_code(task_id)  # it may have just finished
             if code is not None:
@@ -576,7 +576,7 @@ class RuncRuntime:
             pid = int(state.get("pid", 0)) if state else 0
             if pid > 0 and state and state.get("status") in ("created", "running", "paused"):
                 log.warning("task %s: conmon is gone; watching pid %d directly", task_id, pid)
-                await _wait_pid_exit(pid)
+                await wait_pid_exit(pid)
             log.warning("task %s: exit code unknown (no conmon exit file)", task_id)
             return _UNKNOWN_EXIT
 
