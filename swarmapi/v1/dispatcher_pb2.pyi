@@ -176,8 +176,11 @@ Global___Assignments: _TypeAlias = Assignments  # noqa: Y015
 
 @_typing.final
 class OverlayPeer(_message.Message):
-    """A task's endpoint on another node: what the agent needs for a static FDB
-    entry (mac -> vtep) and a permanent neighbour entry (address -> mac).
+    """An endpoint on an overlay network: what the agent needs for a static FDB
+    entry (mac -> vtep) and a permanent neighbour entry (address -> mac) when it
+    is on another node, and for service discovery and load balancing (DNS
+    answers, VIP and routing-mesh backends) wherever it is. The node's own
+    endpoints are included; its data plane skips those on its own VTEP.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -187,7 +190,11 @@ class OverlayPeer(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     MAC_FIELD_NUMBER: _builtins.int
     VTEP_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    TASK_NAME_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    """for a node's own endpoint (ingress): "node:" + node id"""
     node_id: _builtins.str
     address: _builtins.str
     """CIDR form, as in NetworkAttachment.addresses"""
@@ -195,6 +202,16 @@ class OverlayPeer(_message.Message):
     """derived from the address: swarmapi.overlay.mac_for_ip"""
     vtep: _builtins.str
     """the peer node's advertise (underlay) address"""
+    service_id: _builtins.str
+    """empty for a node's own endpoint"""
+    task_name: _builtins.str
+    """SERVICE.SLOT.TASKID (global services: SERVICE.NODEID.TASKID), as docker
+    names tasks; resolvable by DNS.
+    """
+    ready: _builtins.bool
+    """RUNNING and not unhealthy or still starting its health check: answered
+    by DNS (tasks.SERVICE, dnsrr) and used as a load-balancing backend.
+    """
     def __init__(
         self,
         *,
@@ -203,19 +220,62 @@ class OverlayPeer(_message.Message):
         address: _builtins.str = ...,
         mac: _builtins.str = ...,
         vtep: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        task_name: _builtins.str = ...,
+        ready: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "node_id", b"node_id", "task_id", b"task_id", "vtep", b"vtep"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "mac", b"mac", "node_id", b"node_id", "ready", b"ready", "service_id", b"service_id", "task_id", b"task_id", "task_name", b"task_name", "vtep", b"vtep"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OverlayPeer: _TypeAlias = OverlayPeer  # noqa: Y015
 
 @_typing.final
+class ServiceRecord(_message.Message):
+    """A service attached to a network, as its tasks' peers see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    VIP_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    mode: _objects_pb2.EndpointSpec.Mode.ValueType
+    vip: _builtins.str
+    """CIDR form, on this network; empty in dnsrr mode"""
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.PortConfig]:
+        """The service's ports published in ingress mode (routing mesh); filled in
+        on the ingress network only.
+        """
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        mode: _objects_pb2.EndpointSpec.Mode.ValueType = ...,
+        vip: _builtins.str = ...,
+        ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "mode", b"mode", "name", b"name", "ports", b"ports", "vip", b"vip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceRecord: _TypeAlias = ServiceRecord  # noqa: Y015
+
+@_typing.final
 class NetworkAssignment(_message.Message):
-    """A network and its peers: endpoints of its tasks on other nodes that are
-    assigned and not yet terminal, on nodes not DOWN. Without `delta`, `peers`
+    """A network and its peers: endpoints of its tasks that are assigned and not
+    yet terminal, on nodes not DOWN (and, on the ingress network, every node's
+    own routing-mesh endpoint). Without `delta`, `peers`
     is the complete set (sorted by task id) and replaces what the agent has;
     with it, `peers` were added or changed and `removed_peers` are gone, since
     the previous assignment of this network in the same session. The agent
@@ -230,7 +290,13 @@ class NetworkAssignment(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     REMOVED_PEERS_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    NODE_ADDRESS_FIELD_NUMBER: _builtins.int
     delta: _builtins.bool
+    node_address: _builtins.str
+    """This node's own address on the network, when the node itself is an
+    endpoint (the ingress network: the routing mesh's source address). CIDR.
+    """
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
         """id, spec, vni, subnet, gateway"""
@@ -241,6 +307,12 @@ class NetworkAssignment(_message.Message):
     def removed_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """task ids; only in a delta"""
 
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRecord]:
+        """The services attached to the network: the complete set in every entry
+        (services are few; their tasks are the many).
+        """
+
     def __init__(
         self,
         *,
@@ -248,10 +320,12 @@ class NetworkAssignment(_message.Message):
         peers: _abc.Iterable[Global___OverlayPeer] | None = ...,
         delta: _builtins.bool = ...,
         removed_peers: _abc.Iterable[_builtins.str] | None = ...,
+        services: _abc.Iterable[Global___ServiceRecord] | None = ...,
+        node_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "peers", b"peers", "removed_peers", b"removed_peers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "node_address", b"node_address", "peers", b"peers", "removed_peers", b"removed_peers", "services", b"services"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -333,6 +333,7 @@ class Node(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ATTACHMENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
@@ -342,6 +343,12 @@ class Node(_message.Message):
     def description(self) -> Global___NodeDescription: ...
     @_builtins.property
     def status(self) -> Global___NodeStatus: ...
+    @_builtins.property
+    def attachments(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachment]:
+        """The node's own endpoints on networks, set by the allocator: its address
+        on the ingress network (the routing mesh's source address on this node).
+        """
+
     def __init__(
         self,
         *,
@@ -350,10 +357,11 @@ class Node(_message.Message):
         spec: Global___NodeSpec | None = ...,
         description: Global___NodeDescription | None = ...,
         status: Global___NodeStatus | None = ...,
+        attachments: _abc.Iterable[Global___NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "description", b"description", "id", b"id", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1361,10 +1369,16 @@ class NetworkSpec(_message.Message):
     IPAM_FIELD_NUMBER: _builtins.int
     INTERNAL_FIELD_NUMBER: _builtins.int
     ATTACHABLE_FIELD_NUMBER: _builtins.int
+    INGRESS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     driver: _builtins.str
     internal: _builtins.bool
     attachable: _builtins.bool
+    ingress: _builtins.bool
+    """The routing mesh's network: one per cluster, created by the controller,
+    joined by every node and by the tasks of services publishing ports in
+    ingress mode.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -1378,10 +1392,11 @@ class NetworkSpec(_message.Message):
         ipam: Global___IPAMConfig | None = ...,
         internal: _builtins.bool = ...,
         attachable: _builtins.bool = ...,
+        ingress: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ipam", b"ipam"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachable", b"attachable", "driver", b"driver", "internal", b"internal", "ipam", b"ipam", "labels", b"labels", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachable", b"attachable", "driver", b"driver", "ingress", b"ingress", "internal", b"internal", "ipam", b"ipam", "labels", b"labels", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
