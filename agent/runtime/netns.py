@@ -141,6 +141,16 @@ def netlink_socket_in(namespace: str) -> socket.socket:
         socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE))
 
 
+def socket_in(namespace: str | os.PathLike[str], family: int = socket.AF_INET,
+              kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside a network namespace (name or path), usable
+    from any thread of this process: a socket stays in the namespace it was
+    made in (a listener there, an upstream connection from there). Blocking."""
+    text = os.fspath(namespace)
+    path = text if "/" in text else str(netns_path(text))
+    return run_in_netns_blocking(path, lambda: socket.socket(family, kind))
+
+
 def _unshare_into(path: Path) -> None:
     """In a thread of its own: a new namespace, bound to path, lo up."""
     lib = libc()

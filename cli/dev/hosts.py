@@ -47,7 +47,7 @@ from agent.runtime.netns import (
     netlink_socket_in,
     netns_path,
     remove_netns_blocking,
-    run_in_netns_blocking,
+    socket_in,
 )
 
 from .daemons import stop_child
@@ -297,17 +297,6 @@ def cleanup_stale(base: str = RUN_BASE) -> list[str]:
     if removed:
         log.info("removed %d stale namespaces: %s", len(removed), " ".join(removed))
     return removed
-
-
-def socket_in(netns: str | os.PathLike[str], family: int = socket.AF_INET,
-              kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A socket created inside a network namespace (name or path), usable
-    from any thread of this process (a socket stays in the namespace it was
-    made in). Blocking."""
-    text = os.fspath(netns)
-    path = text if "/" in text else str(netns_path(text))
-    sock: socket.socket = run_in_netns_blocking(path, lambda: socket.socket(family, kind))
-    return sock
 
 
 def connect_in(netns: str | os.PathLike[str], address: tuple[str, int], *, timeout: float = 1.0,
