@@ -46,17 +46,24 @@ class PeerSets:
 
     def __init__(self) -> None:
         self._sets: dict[str, dict[str, Peer]] = {}
+        # The peers as sent (service, task name, readiness: what service
+        # discovery needs and the data plane does not).
+        self._raw: dict[str, dict[str, dpb.OverlayPeer]] = {}
 
     def apply(self, entry: dpb.NetworkAssignment) -> list[Peer]:
         """The network's whole peer set after this entry, by task id."""
         network_id = entry.network.id
         if entry.delta:
             current = self._sets.setdefault(network_id, {})
+            raw = self._raw.setdefault(network_id, {})
             for task_id in entry.removed_peers:
                 current.pop(task_id, None)
+                raw.pop(task_id, None)
         else:
             current = self._sets[network_id] = {}
+            raw = self._raw[network_id] = {}
         for peer in entry.peers:
+            raw[peer.task_id] = peer
             converted = _convert(peer, network_id)
             if converted is None:
                 current.pop(peer.task_id, None)
@@ -64,8 +71,14 @@ class PeerSets:
                 current[peer.task_id] = converted
         return [current[task_id] for task_id in sorted(current)]
 
+    def endpoints(self, network_id: str) -> list[dpb.OverlayPeer]:
+        """The network's peers as the dispatcher sent them, by task id."""
+        raw = self._raw.get(network_id, {})
+        return [raw[task_id] for task_id in sorted(raw)]
+
     def forget(self, network_id: str) -> None:
         self._sets.pop(network_id, None)
+        self._raw.pop(network_id, None)
 
 
 def _convert(peer: dpb.OverlayPeer, network_id: str) -> Peer | None:

@@ -1,0 +1,121 @@
+"""VIP load balancing without IPVS (this kernel has none): kube-proxy's idea
+with nftables, inside each task's own network namespace.
+
+A task on overlay networks gets one table, `ip swarm-lb`, in its namespace:
+
+    chain vip-dnat   (nat, output hook)     each VIP with ready backends:
+        ip daddr VIP dnat to numgen random mod N map { 0 : B0, 1 : B1, ... }
+    chain vip-reject (filter, output hook)  each VIP without any:
+        tcp: reset; anything else: ICMP port unreachable
+
+The choice is made per connection (conntrack remembers it, and reverses it
+on the replies), at the source, so a backend sees the client's own address
+and answers it directly: no SNAT, no hairpin, no state anywhere but the
+client's namespace. Only locally generated traffic is balanced, which is all
+a task sends; published ports (the routing mesh) are another component's.
+A VIP with no ready backend fails fast (reset / unreachable) instead of
+sending SYNs to an address nobody owns until the client's timeout.
+
+Every change replaces the whole table in one `nft -f -` transaction (add
+the table, delete it, define it again: the kernel applies the batch
+atomically, so no connection ever sees a half-made table; the leading add
+makes the delete valid when the table does not exist yet). The table lives
+and dies with the namespace; nothing needs removing when a task goes.
+
+nft runs inside the namespace through `nsenter --net=PATH`: pyroute2 0.9's
+nftables support builds only a few expressions (no numgen, no maps with
+data, no NAT statements) and no batch transaction, so its messages would be
+hand-assembled bytecode; the nft tool (Debian's nftables, installed by
+deploy/setup.sh) is the well-kept way to write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from ipaddress import IPv4Address
+
+TABLE = "swarm-lb"
+NFT = "nft"
+NSENTER = "nsenter"
+APPLY_TIMEOUT = 10.0  # seconds: nft answers in milliseconds; this catches a wedged one
+
+# Below the filter hook (0) and at the usual destination-NAT priority, so
+# the DNAT happens before any filtering of the output path.
+_NAT_PRIORITY = -100
+_FILTER_PRIORITY = 0
+
+
+class LoadBalancerError(Exception):
+    pass
+
+
+Backends = Mapping[IPv4Address, Sequence[IPv4Address]]
+
+
+def ruleset(backends: Backends) -> str:
+    """The nft script that makes the table exactly `backends` (VIP -> its
+    ready backend addresses). Deterministic: the same backends give the same
+    text, so callers compare texts to skip needless applies."""
+    lines = [f"table ip {TABLE}", f"delete table ip {TABLE}"]
+    if not backends:
+        return "\n".join(lines) + "\n"  # no VIP: no table
+    dnat: list[str] = []
+    reject: list[str] = []
+    for vip in sorted(backends):
+        targets = sorted(set(backends[vip]))
+        if not targets:
+            reject.append(f"    ip daddr {vip} meta l4proto tcp reject with tcp reset")
+            reject.append(f"    ip daddr {vip} reject with icmp type port-unreachable")
+        elif len(targets) == 1:
+            dnat.append(f"    ip daddr {vip} dnat to {targets[0]}")
+        else:
+            choices = ", ".join(f"{index} : {target}" for index, target in enumerate(targets))
+            dnat.append(f"    ip daddr {vip} dnat to numgen random mod {len(targets)} "
+                        f"map {{ {choices} }}")
+    lines += [
+        f"table ip {TABLE} {{",
+        "  chain vip-dnat {",
+        f"    type nat hook output priority {_NAT_PRIORITY}; policy accept;",
+        *dnat,
+        "  }",
+        "  chain vip-reject {",
+        f"    type filter hook output priority {_FILTER_PRIORITY}; policy accept;",
+        *reject,
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def apply(netns: str | os.PathLike[str], script: str,
+                timeout: float = APPLY_TIMEOUT) -> None:
+    """Load an nft script in the namespace at `netns` (a path), as one
+    transaction. Raises LoadBalancerError with nft's message."""
+    process = await asyncio.create_subprocess_exec(
+        NSENTER, f"--net={os.fspath(netns)}", NFT, "-f", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(script.encode()), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        message = " ".join(err.decode(errors="replace").split())[:500]
+        raise LoadBalancerError(f"nft in {os.fspath(netns)} failed "
+                                f"(exit {process.returncode}): {message}")
+
+
+async def listing(netns: str | os.PathLike[str]) -> str:
+    """The table as nft lists it ('' when there is none): for inspection
+    and tests."""
+    process = await asyncio.create_subprocess_exec(
+        NSENTER, f"--net={os.fspath(netns)}", NFT, "list", "table", "ip", TABLE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    out, _ = await asyncio.wait_for(process.communicate(), APPLY_TIMEOUT)
+    return out.decode() if process.returncode == 0 else ""
