@@ -338,6 +338,7 @@ def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
         assert f"web.{slot}" in screen
     assert "running" in screen
     assert "converged in" in screen
+    assert "\x1b[32m  web." in screen  # a running task, green on a terminal
 
 
 # ---------------------------------------------------------------- nodes and networks
