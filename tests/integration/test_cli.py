@@ -304,6 +304,7 @@ def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
     """The `swarmctl` entry point in a process of its own, its stderr a pseudo-terminal."""
     main_fd, child_fd = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
     process = subprocess.Popen(
         [sys.executable, "-c", "from cli.main import main; main()", "--controller", live.addr,
          "service", "create", "web", "--image", "busybox", "--replicas", "3",
