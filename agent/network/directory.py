@@ -15,10 +15,10 @@ embedded DNS answers on swarm overlays:
                    debug it while its health check still fails)
 
 Service names are answered as they are, so a stack's services as
-STACK_SERVICE. On a network of a stack (labelled com.docker.stack.namespace
-STACK) its services also answer to SERVICE alone, as compose's service key
-is an alias on the stack's networks under docker; service IDs are not names
-(docker does not answer them either).
+STACK_SERVICE, and so are their aliases on the network (ServiceRecord.aliases:
+a stack service's short name on the stack's networks, compose `aliases`),
+also as tasks.ALIAS; a full name wins over an alias. Service IDs are not
+names (docker does not answer them either).
 
 A task asks with its networks in attachment order (eth0 first); the first
 of them that knows the name answers, with addresses on that network only
@@ -42,7 +42,6 @@ from ipaddress import IPv4Address, IPv4Interface
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
-STACK_LABEL = "com.docker.stack.namespace"
 TASKS_PREFIX = "tasks."
 
 
@@ -70,6 +69,7 @@ class ServiceEntry:
     name: str
     vip: IPv4Address | None  # None: dnsrr mode (or no VIP allocated yet)
     dnsrr: bool = False
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,6 @@ class NetworkRecords:
     network_id: str
     services: tuple[ServiceEntry, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
-    stack: str = ""  # the stack the network belongs to (its label), if any
     names: Mapping[str, tuple[IPv4Address, ...]] = field(init=False, repr=False,
                                                             compare=False)
     vips: Mapping[IPv4Address, tuple[IPv4Address, ...]] = field(init=False, repr=False,
@@ -98,7 +97,8 @@ class NetworkRecords:
             backends = tuple(sorted(ready.get(service.id, ())))
             own = (backends if service.dnsrr
                    else (service.vip,) if service.vip is not None else ())
-            for table, name in ((names, service.name), (aliases, self._alias(service.name))):
+            for table, name in ((names, service.name),
+                                *((aliases, alias) for alias in service.aliases)):
                 if name:
                     table.setdefault(normalize(name), own)
                     table.setdefault(TASKS_PREFIX + normalize(name), backends)
@@ -112,12 +112,6 @@ class NetworkRecords:
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "vips", vips)
 
-    def _alias(self, service_name: str) -> str:
-        prefix = self.stack + "_"
-        if self.stack and service_name.startswith(prefix) and len(service_name) > len(prefix):
-            return service_name[len(prefix):]
-        return ""
-
 
 def records_from_assignment(network: pb.Network, services: Iterable[dpb.ServiceRecord],
                             peers: Iterable[dpb.OverlayPeer]) -> NetworkRecords:
@@ -130,15 +124,15 @@ def records_from_assignment(network: pb.Network, services: Iterable[dpb.ServiceR
     for record in services:
         vip = _ip(record.vip)
         dnsrr = record.mode == pb.EndpointSpec.DNSRR
-        entries.append(ServiceEntry(record.id, record.name, None if dnsrr else vip, dnsrr))
+        entries.append(ServiceEntry(record.id, record.name, None if dnsrr else vip, dnsrr,
+                                    tuple(record.aliases)))
     endpoints = []
     for peer in peers:
         ip = _ip(peer.address)
         if ip is not None:
             endpoints.append(Endpoint(peer.task_id, peer.service_id, peer.task_name, ip,
                                       peer.ready))
-    return NetworkRecords(network.id, tuple(entries), tuple(endpoints),
-                          network.spec.labels.get(STACK_LABEL, ""))
+    return NetworkRecords(network.id, tuple(entries), tuple(endpoints))
 
 
 def _ip(value: str) -> IPv4Address | None:

@@ -32,18 +32,17 @@ from swarmapi.v1 import objects_pb2 as pb
 A = IPv4Address
 
 
-def network(network_id: str, subnet: str, *, stack: str = "", ingress: bool = False) -> pb.Network:
+def network(network_id: str, subnet: str, *, ingress: bool = False) -> pb.Network:
     result = pb.Network(id=network_id, vni=4096, subnet=subnet,
                         gateway=subnet.replace("0/24", "1"))
     result.spec.name = network_id
     result.spec.ingress = ingress
-    if stack:
-        result.spec.labels["com.docker.stack.namespace"] = stack
     return result
 
 
-def service(service_id: str, name: str, vip: str = "", dnsrr: bool = False) -> dpb.ServiceRecord:
-    return dpb.ServiceRecord(id=service_id, name=name, vip=vip,
+def service(service_id: str, name: str, vip: str = "", dnsrr: bool = False,
+            aliases: tuple[str, ...] = ()) -> dpb.ServiceRecord:
+    return dpb.ServiceRecord(id=service_id, name=name, vip=vip, aliases=list(aliases),
                              mode=pb.EndpointSpec.DNSRR if dnsrr else pb.EndpointSpec.VIP)
 
 
@@ -62,7 +61,7 @@ def entry(net: pb.Network, services: list[dpb.ServiceRecord], peers: list[dpb.Ov
 
 FRONT = network("front", "10.1.0.0/24")
 BACK = network("back", "10.2.0.0/24")
-STACK = network("shop_default", "10.3.0.0/24", stack="shop")
+STACK = network("shop_default", "10.3.0.0/24")
 
 
 def directory() -> ServiceDirectory:
@@ -85,8 +84,9 @@ def directory() -> ServiceDirectory:
         peer("t6", "s-db", "10.2.0.16/24", name="db.1.t6"),
         peer("t1b", "s-web", "10.2.0.11/24", name="web.1.t1"),
     ]))
-    result.set(records_from_assignment(STACK, [service("s-api", "shop_api", "10.3.0.2/24"),
-                                               service("s-x", "shop_web", "10.3.0.4/24")],
+    result.set(records_from_assignment(STACK, [
+        service("s-api", "shop_api", "10.3.0.2/24", aliases=("api", "backend")),
+        service("s-x", "shop_web", "10.3.0.4/24", aliases=("web", "shop_api"))],
                                        [peer("t7", "s-api", "10.3.0.17/24", name="shop_api.1.t7")]))
     return result
 
@@ -107,8 +107,9 @@ def directory() -> ServiceDirectory:
     ("web.1.t1", ["back"], Outcome.FOUND, ["10.2.0.11"]),  # its address on that network
     ("example.org", ["front", "back"], Outcome.UNKNOWN, []),
     ("s-web", ["front"], Outcome.UNKNOWN, []),  # service IDs are not names (as docker)
-    ("shop_api", ["shop_default"], Outcome.FOUND, ["10.3.0.2"]),  # STACK_SERVICE as it is
-    ("api", ["shop_default"], Outcome.FOUND, ["10.3.0.2"]),  # and the compose alias
+    ("shop_api", ["shop_default"], Outcome.FOUND, ["10.3.0.2"]),  # a name wins over an alias
+    ("api", ["shop_default"], Outcome.FOUND, ["10.3.0.2"]),  # and its aliases
+    ("Backend", ["shop_default"], Outcome.FOUND, ["10.3.0.2"]),
     ("tasks.api", ["shop_default"], Outcome.FOUND, ["10.3.0.17"]),
     ("web", ["shop_default"], Outcome.FOUND, ["10.3.0.4"]),  # alias of shop_web
     ("web", ["front", "shop_default"], Outcome.FOUND, ["10.1.0.2"]),  # first network wins
