@@ -207,7 +207,7 @@ def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None
     names = {t["id"]: f"web.{t['slot']}.{t['id']}" for t in tasks}
     (client,) = json.loads(swarmctl("service", "ps", "client", "-o", "json"))
     pid = int(client["status"]["container"]["pid"])
-    inspect = json.loads(swarmctl("service", "inspect", "web", "-o", "json"))
+    (inspect,) = json.loads(swarmctl("service", "inspect", "web", "-o", "json"))
     vip = inspect["endpoint"]["virtual_ips"][0]["addr"].split("/")[0]
 
     # The container's resolv.conf points at the embedded DNS.
