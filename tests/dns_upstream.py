@@ -19,11 +19,12 @@ import dns.rrset
 
 
 class UpstreamDns:
-    def __init__(self, records: Mapping[str, str], host: str = "127.0.0.1") -> None:
+    def __init__(self, records: Mapping[str, str], host: str = "127.0.0.1",
+                 port: int = 0) -> None:
         self.records = {name.rstrip(".").lower(): address for name, address in records.items()}
         self.asked: list[str] = []
         self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((host, 0))
+        self._udp.bind((host, port))
         self.host, self.port = self._udp.getsockname()
         self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -182,7 +182,7 @@ def test_service_names_and_vips_from_a_container(name: str) -> None:
     state = cluster.up(name, 3, subnet, say=lambda _: None,
                        dns_forwarders=[f"{gateway}:{port}"])
     assert state.gateway == gateway
-    upstream = UpstreamDns({"upstream.test": "192.0.2.7"}, host=gateway)
+    upstream = UpstreamDns({"upstream.test": "192.0.2.7"}, host=gateway, port=port)
     try:
         _check_discovery(state, upstream)
     finally:
