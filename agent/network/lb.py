@@ -94,10 +94,14 @@ async def apply(netns: str | os.PathLike[str], script: str,
                 timeout: float = APPLY_TIMEOUT) -> None:
     """Load an nft script in the namespace at `netns` (a path), as one
     transaction. Raises LoadBalancerError with nft's message."""
-    process = await asyncio.create_subprocess_exec(
-        NSENTER, f"--net={os.fspath(netns)}", NFT, "-f", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            NSENTER, f"--net={os.fspath(netns)}", NFT, "-f", "-",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError as error:
+        raise LoadBalancerError(f"{error.filename or NSENTER} not found: the agent needs "
+                                "nsenter (util-linux) and nft (nftables; deploy/setup.sh)") from None
     try:
         _, err = await asyncio.wait_for(process.communicate(script.encode()), timeout)
     except BaseException:

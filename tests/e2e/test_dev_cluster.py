@@ -21,6 +21,7 @@ from agent.main import default_cgroup_parent
 from cli.dev import cluster
 from cli.dev.context import read_context
 from cli.dev.daemons import alive
+from cli.dev.hosts import ipr_in
 from cli.main import app
 from tests.dns_upstream import UpstreamDns
 
@@ -251,6 +252,20 @@ def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None
     pages = {in_container(pid, "wget", "-qO-", "http://web/").stdout.split(" on ")[0]
              for _ in range(15)}
     assert pages == {f"hello from {survivor}"}, pages
+    # Nothing keeps the stopped tasks' namespaces alive (the agent's DNS
+    # sockets in them are closed): their veths are gone from every host,
+    # only the survivor's and the client's remain.
+    (front,) = json.loads(swarmctl("network", "inspect", "front", "-o", "json"))
+    overlays = [f"ov-{default_cgroup_parent(Path(n.state_dir))}-{front['id']}"
+                for n in state.nodes]
+    assert poll(lambda: sum(veths(ns) for ns in overlays) == 2, timeout=20)
+
+
+def veths(netns: str) -> int:
+    if not Path(f"/run/netns/{netns}").exists():
+        return 0
+    with ipr_in(netns) as ipr:
+        return sum(1 for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth")
 
 
 def test_up_after_a_crash_cleans_up_and_starts_again(name: str) -> None:
