@@ -197,8 +197,9 @@ def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None
     swarmctl("service", "create", "web", "--image", image, "--replicas", "3", "--network",
              "front", "--max-replicas-per-node", "1", "--env", "TASK_NAME={{.Task.Name}}",
              "--env", "NODE_NAME={{.Node.Hostname}}", "--timeout", "60s")
+    # On host 1 too, so that host 1's agent knows the name, and must not tell.
     swarmctl("service", "create", "hidden", "--image", image, "--network", "back",
-             "--timeout", "60s")
+             "--constraint", f"node.hostname=={state.name}-h1", "--timeout", "60s")
     # The client: a container on host 1 on the same network.
     swarmctl("service", "create", "client", "--image", image, "--network", "front",
              "--constraint", f"node.hostname=={state.name}-h1", "--timeout", "60s")
