@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from agent.main import default_cgroup_parent
 from cli.dev import cluster
 from cli.dev.context import read_context
-from cli.dev.daemons import alive
+from cli.dev.daemons import alive, spawn, stop
 from cli.dev.hosts import ipr_in
 from cli.main import app
 from tests.dns_upstream import UpstreamDns
@@ -241,6 +241,12 @@ def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None
             break
     assert seen == set(names.values()), seen
 
+    # The agent of host 1 restarts: the adopted client container gets its DNS
+    # responder and its table again (nothing answers while the agent is away).
+    restart_agent(state, "h1")
+    assert poll(lambda: resolved(in_container(pid, "nslookup", "web")) == [vip])
+    assert in_container(pid, "wget", "-qO-", "http://web/").stdout.startswith("hello from web.")
+
     # Scale down: the VIP stops choosing the tasks that went.
     swarmctl("service", "scale", "web=1", "--timeout", "60s")
     remaining = json.loads(swarmctl("service", "ps", "web", "-o", "json"))
@@ -260,6 +266,17 @@ def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None
     overlays = [f"ov-{default_cgroup_parent(Path(n.state_dir))}-{front['id']}"
                 for n in state.nodes]
     assert poll(lambda: sum(veths(ns) for ns in overlays) == 2, timeout=20)
+
+
+def restart_agent(state: cluster.ClusterState, host: str) -> None:
+    """Stop a host's agent (its containers keep running) and start it again
+    with the same command line, recorded in the cluster's state (so `down`
+    stops the new one)."""
+    old = next(d for d in state.daemons if d.role == f"agent {host}")
+    assert stop(old)
+    state.daemons.remove(old)
+    state.daemons.append(spawn(old.role, old.argv, Path(old.log)))
+    cluster.save_state(state)
 
 
 def veths(netns: str) -> int:
