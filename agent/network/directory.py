@@ -35,6 +35,7 @@ under docker.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
@@ -135,7 +136,10 @@ def records_from_assignment(network: pb.Network, services: Iterable[dpb.ServiceR
     return NetworkRecords(network.id, tuple(entries), tuple(endpoints))
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip(value: str) -> IPv4Address | None:
+    """An address in CIDR form parsed once: every delta of a network rebuilds
+    its records from all its peers, and parsing was most of that cost."""
     if not value:
         return None
     try:
