@@ -31,6 +31,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pyroute2.netlink.exceptions import NetlinkError
+
 from swarmapi.v1 import dispatcher_pb2 as dpb
 
 from .network import lb
@@ -51,6 +53,7 @@ class _Served:
     networks: tuple[str, ...]
     dns: TaskDns
     applied: str | None = None  # the nft script in force
+    backends: lb.Backends = field(default_factory=dict)  # what it balances
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -172,8 +175,20 @@ class Discovery:
 
     async def _sync(self, served: _Served) -> None:
         async with served.lock:
-            script = lb.ruleset(self.directory.backends(served.networks))
+            backends = self.directory.backends(served.networks)
+            script = lb.ruleset(backends)
             if script == served.applied:
                 return
             await lb.apply(served.netns, script)
             served.applied = script
+            gone = lb.gone_backends(served.backends, backends)
+            served.backends = backends
+            try:
+                flushed = await lb.flush_udp(served.netns, gone)
+            except (OSError, NetlinkError) as error:  # the table is right; flows may linger
+                log.warning("task %s: forgetting UDP flows to gone backends: %s",
+                            served.task_id, error)
+            else:
+                if flushed:
+                    log.debug("task %s: %d UDP flows to gone backends forgotten",
+                              served.task_id, flushed)

@@ -16,6 +16,14 @@ a task sends; published ports (the routing mesh) are another component's.
 A VIP with no ready backend fails fast (reset / unreachable) instead of
 sending SYNs to an address nobody owns until the client's timeout.
 
+A connection keeps its backend while conntrack remembers it. For TCP that
+is right (an established connection finishes where it started), but a UDP
+"connection" lives as long as the client keeps sending: one whose backend
+left would never move. So when a backend leaves a VIP, the UDP entries from
+this namespace to that VIP which it answered are deleted (as kube-proxy
+does), through conntrack netlink (pyroute2) inside the namespace, and the
+next datagram is balanced again.
+
 Every change replaces the whole table in one `nft -f -` transaction (add
 the table, delete it, define it again: the kernel applies the batch
 atomically, so no connection ever sees a half-made table; the leading add
@@ -33,9 +41,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Collection, Mapping, Sequence
 from ipaddress import IPv4Address
+
+from pyroute2 import Conntrack
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+from agent.runtime.netns import run_in_netns_blocking
 
 TABLE = "swarm-lb"
 NFT = "nft"
@@ -123,3 +138,39 @@ async def listing(netns: str | os.PathLike[str]) -> str:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
     out, _ = await asyncio.wait_for(process.communicate(), APPLY_TIMEOUT)
     return out.decode() if process.returncode == 0 else ""
+
+
+def gone_backends(before: Backends, after: Backends) -> dict[IPv4Address, set[IPv4Address]]:
+    """Per VIP, the backends that left it (a VIP that went altogether: all)."""
+    gone: dict[IPv4Address, set[IPv4Address]] = {}
+    for vip, old in before.items():
+        left = set(old) - set(after.get(vip, ()))
+        if left:
+            gone[vip] = left
+    return gone
+
+
+def _flush_udp(gone: Mapping[IPv4Address, Collection[IPv4Address]]) -> int:
+    """In the namespace's thread: delete the UDP conntrack entries to a VIP
+    that one of its gone backends answered. Returns how many."""
+    wanted = {str(vip): {str(backend) for backend in backends} for vip, backends in gone.items()}
+    conntrack = Conntrack()
+    try:
+        stale = [entry for entry in conntrack.dump_entries(
+                     tuple_orig=NFCTAttrTuple(proto=socket.IPPROTO_UDP))
+                 if entry.tuple_reply.saddr in wanted.get(str(entry.tuple_orig.daddr), ())]
+        for entry in stale:
+            conntrack.delete(entry)
+        return len(stale)
+    finally:
+        conntrack.close()
+
+
+async def flush_udp(netns: str | os.PathLike[str],
+                    gone: Mapping[IPv4Address, Collection[IPv4Address]]) -> int:
+    """Forget the UDP flows of the namespace to backends that left their VIP
+    (see the module doc). Raises OSError when the namespace is gone."""
+    if not gone:
+        return 0
+    return await asyncio.to_thread(run_in_netns_blocking, os.fspath(netns),
+                                   functools.partial(_flush_udp, gone))

@@ -48,9 +48,17 @@ OTHER = pb.Network(id="dnet2", vni=4302, subnet="10.32.0.0/24", gateway="10.32.0
 OTHER.spec.name = "back"
 VIP = "10.31.0.2"
 
-# Answers each connection with the address it was reached on, then closes.
+# Answers each TCP connection and each UDP datagram with its own address
+# (given as argv[1]), then closes.
 NAME_SERVER = f"""
-import socket
+import socket, sys, threading
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind((sys.argv[1], {PORT}))
+def answer_udp():
+    while True:
+        _, client = udp.recvfrom(100)
+        udp.sendto(sys.argv[1].encode(), client)
+threading.Thread(target=answer_udp, daemon=True).start()
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("0.0.0.0", {PORT}))
@@ -131,6 +139,12 @@ def fetch(netns: str, address: str) -> str:
         return sock.recv(100).decode()
 
 
+def udp_ask(sock: socket.socket, address: str) -> str:
+    """Who answers a datagram to address:PORT from this (one) UDP socket."""
+    sock.sendto(b"?", (address, PORT))
+    return sock.recv(100).decode()
+
+
 def socket_fds() -> int:
     count = 0
     for fd in os.listdir("/proc/self/fd"):
@@ -183,7 +197,8 @@ class Setup:
                 await manager.set_peers(OverlayNetwork.from_proto(network), [
                     Peer(f.address.ip, f.host.ip) for f in fakes if f.network is network])
         for backend in (self.b1, self.b2):
-            process = self.hosts.popen(backend.netns, [sys.executable, "-c", NAME_SERVER],
+            process = self.hosts.popen(backend.netns, [sys.executable, "-c", NAME_SERVER,
+                                                       str(backend.address.ip)],
                                        stdout=subprocess.PIPE)
             self.servers.append(process)
             assert process.stdout is not None
@@ -276,13 +291,34 @@ async def test_vip_balances_over_ready_backends_and_rejects_without_any(setup: S
         seen = [await asyncio.to_thread(fetch, client.path, VIP) for _ in range(40)]
         assert set(seen) == {"10.31.0.11", "10.31.0.12"}, seen
 
-        # b2 is no longer ready: after the next pass only b1 is chosen.
-        passes = discovery.passes
-        discovery.apply(assignment([web_entry([b2.peer(ready=False)], delta=True)],
+        # A UDP flow sticks to the backend it got (conntrack)...
+        flow = socket_in(client.path, socket.AF_INET, socket.SOCK_DGRAM)
+        flow.settimeout(3)
+        try:
+            first = await asyncio.to_thread(udp_ask, flow, VIP)
+            assert first in ("10.31.0.11", "10.31.0.12")
+            for _ in range(5):
+                assert await asyncio.to_thread(udp_ask, flow, VIP) == first
+            leaving = b1 if first == "10.31.0.11" else b2
+            staying = b2 if leaving is b1 else b1
+
+            # ... until its backend is no longer ready: after the next pass,
+            # new connections and that same flow go to the other one.
+            passes = discovery.passes
+            discovery.apply(assignment([web_entry([leaving.peer(ready=False)], delta=True)],
+                                       complete=False))
+            await wait_for(lambda: discovery.passes > passes)
+            assert await asyncio.to_thread(udp_ask, flow, VIP) == str(staying.address.ip)
+            seen = [await asyncio.to_thread(fetch, client.path, VIP) for _ in range(20)]
+            assert set(seen) == {str(staying.address.ip)}
+        finally:
+            flow.close()
+        # Both ready again, then b2 not: the rest of the test expects b1.
+        discovery.apply(assignment([web_entry([b1.peer(), b2.peer(ready=False)], delta=True)],
                                    complete=False))
-        await wait_for(lambda: discovery.passes > passes)
-        seen = [await asyncio.to_thread(fetch, client.path, VIP) for _ in range(20)]
-        assert set(seen) == {"10.31.0.11"}
+        assert await discovery.sync_all() == 0  # settled now, whether or not that changed it
+        assert {await asyncio.to_thread(fetch, client.path, VIP) for _ in range(10)} == \
+            {"10.31.0.11"}
 
         # b1 gone too: the VIP refuses at once rather than letting SYNs hang.
         passes = discovery.passes

@@ -25,7 +25,7 @@ from agent.network.dns import (
     to_udp_wire,
     upstreams_from_resolv_conf,
 )
-from agent.network.lb import ruleset
+from agent.network.lb import gone_backends, ruleset
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -274,6 +274,14 @@ def test_ruleset_dnats_each_vip_and_rejects_those_without_backends() -> None:
     # Deterministic: the same backends in any order give the same text.
     assert text == ruleset({A("10.1.0.4"): [A("10.1.0.14")], A("10.1.0.3"): [],
                             A("10.1.0.2"): [A("10.1.0.11"), A("10.1.0.12")]})
+
+
+def test_gone_backends_are_those_that_left_their_vip() -> None:
+    before = {A("10.1.0.2"): (A("10.1.0.11"), A("10.1.0.12")), A("10.1.0.3"): (A("10.1.0.13"),)}
+    assert gone_backends(before, {A("10.1.0.2"): (A("10.1.0.12"), A("10.1.0.14"))}) == {
+        A("10.1.0.2"): {A("10.1.0.11")}, A("10.1.0.3"): {A("10.1.0.13")}}
+    assert gone_backends(before, before) == {}
+    assert gone_backends({}, before) == {}
 
 
 # ---------------------------------------------------------------- upstreams
