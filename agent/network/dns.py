@@ -381,9 +381,10 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 def _bound_sockets(netns: str | os.PathLike[str], address: str,
                    port: int) -> tuple[socket.socket, socket.socket]:
     """A UDP and a listening TCP socket on address:port inside the namespace."""
-    udp = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
+    udp: socket.socket | None = None
     tcp: socket.socket | None = None
     try:
+        udp = socket_in(netns, socket.AF_INET, socket.SOCK_DGRAM)
         tcp = socket_in(netns, socket.AF_INET, socket.SOCK_STREAM)
         tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         udp.bind((address, port))
@@ -392,9 +393,9 @@ def _bound_sockets(netns: str | os.PathLike[str], address: str,
         udp.setblocking(False)
         tcp.setblocking(False)
     except OSError as error:
-        udp.close()
-        if tcp is not None:
-            tcp.close()
+        for made in (udp, tcp):
+            if made is not None:
+                made.close()
         raise DnsError(f"DNS sockets on {address}:{port} in {os.fspath(netns)}: "
                        f"{error.strerror or error}") from error
     return udp, tcp

@@ -363,6 +363,17 @@ async def test_dns_without_upstreams_refuses_and_a_dead_upstream_fails_fast(
         # A second responder on the same address is refused with a clear error.
         with pytest.raises(DnsError, match=r"127\.0\.0\.11:53"):
             await TaskDns("t-dup", [], refusing._resolve, Forwarder([])).start(path)
+        # Discovery.serve in the same place, or in a namespace that does not
+        # exist: a one-line DnsError, nothing served, no socket left open.
+        discovery = Discovery(Forwarder([]))
+        sockets = socket_fds()
+        for where, message in ((path, "Address already in use"),
+                               (path + "-missing", "No such file")):
+            with pytest.raises(DnsError, match=message) as error:
+                await discovery.serve("t-bad", where, [])
+            assert "\n" not in str(error.value)
+            assert discovery.serving() == []
+        assert socket_fds() == sockets
     finally:
         await refusing.close()
     # An upstream nobody listens on (a closed loopback port): SERVFAIL, within the deadline.
