@@ -8,7 +8,8 @@ The worker calls, for each task on overlay networks:
   await serve(task, netns)    once its namespace is attached, before its
                               process starts (and again, idempotently, for a
                               container adopted after an agent restart): the
-                              DNS sockets, and the load-balancing table, so
+                              DNS sockets, and the task's nftables table (the
+                              redirect of 127.0.0.11:53 to them, the VIPs), so
                               that the first lookup and connection work
   release(task_id)            when its container has stopped (synchronous)
 
@@ -52,6 +53,7 @@ class _Served:
     netns: str
     networks: tuple[str, ...]
     dns: TaskDns
+    redirect: lb.DnsRedirect | None = None
     applied: str | None = None  # the nft script in force
     backends: lb.Backends = field(default_factory=dict)  # what it balances
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -110,17 +112,18 @@ class Discovery:
             return
         path = os.fspath(netns)
         responder = TaskDns(task_id, networks, self.resolve, self.forwarder)
-        await responder.start(path, self._dns_address, self._dns_port)
-        served = _Served(task_id, path, tuple(networks), responder)
+        await responder.start(path, self._dns_address, 0)  # ephemeral ports: see dns.py
+        served = _Served(task_id, path, tuple(networks), responder, lb.DnsRedirect(
+            self._dns_address, self._dns_port, responder.udp_port, responder.tcp_port))
         self._served[task_id] = served
         try:
             await self._sync(served)
         except BaseException:
             self.release(task_id)
             raise
-        log.info("task %s: DNS on %s:%d, load balancing for %d VIPs", task_id,
-                 self._dns_address, self._dns_port,
-                 len(self.directory.backends(served.networks)))
+        log.info("task %s: DNS on %s:%d (udp %d, tcp %d), load balancing for %d VIPs",
+                 task_id, self._dns_address, self._dns_port, responder.udp_port,
+                 responder.tcp_port, len(self.directory.backends(served.networks)))
 
     def release(self, task_id: str) -> None:
         """Stop serving a task: its sockets close now (they would keep its
@@ -176,7 +179,7 @@ class Discovery:
     async def _sync(self, served: _Served) -> None:
         async with served.lock:
             backends = self.directory.backends(served.networks)
-            script = lb.ruleset(backends)
+            script = lb.ruleset(backends, served.redirect)
             if script == served.applied:
                 return
             await lb.apply(served.netns, script)

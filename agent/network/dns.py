@@ -3,11 +3,14 @@
 ndots:0`, as under docker).
 
 Per task, a UDP and a TCP socket are made INSIDE the task's network
-namespace (agent.runtime.netns.socket_in) and bound to 127.0.0.11:53 on its
+namespace (agent.runtime.netns.socket_in) and bound to 127.0.0.11 on its
 loopback, which is up in every task namespace; the agent serves them all
 from its own asyncio loop. The socket a query arrives on says which task
 asks, so the answer is limited to that task's networks (directory.py: the
-first of its networks that knows the name answers).
+first of its networks that knows the name answers). As docker does, the
+sockets take ephemeral ports and the task's nftables table (lb.py) sends
+127.0.0.11:53 to them, so a container may run a DNS server of its own on
+port 53 (a bind of 0.0.0.0:53 would otherwise fail).
 
     names of ours          A: the addresses; AAAA and other types: NOERROR,
                            no records (the name exists, IPv4 only)
@@ -254,6 +257,8 @@ class TaskDns:
         self._server: asyncio.Server | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
+        self.udp_port = 0  # where it listens, once started (port 0: ephemeral)
+        self.tcp_port = 0
 
     def _resolution(self, name: str) -> Resolution:
         return self._resolve(name, self.networks)
@@ -261,6 +266,7 @@ class TaskDns:
     async def start(self, netns: str | os.PathLike[str],
                     address: str = ADDRESS, port: int = PORT) -> None:
         udp, tcp = await asyncio.to_thread(_bound_sockets, netns, address, port)
+        self.udp_port, self.tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
         loop = asyncio.get_running_loop()
         try:
             self._transport, _ = await loop.create_datagram_endpoint(

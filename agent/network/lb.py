@@ -3,7 +3,8 @@ with nftables, inside each task's own network namespace.
 
 A task on overlay networks gets one table, `ip swarm-lb`, in its namespace:
 
-    chain vip-dnat   (nat, output hook)     each VIP with ready backends:
+    chain vip-dnat   (nat, output hook)     the embedded DNS (dns.py): 127.0.0.11
+        :53 to the ports the agent's sockets have; each VIP with ready backends:
         ip daddr VIP dnat to numgen random mod N map { 0 : B0, 1 : B1, ... }
     chain vip-reject (filter, output hook)  each VIP without any:
         tcp: reset; anything else: ICMP port unreachable
@@ -45,6 +46,7 @@ import functools
 import os
 import socket
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from pyroute2 import Conntrack
@@ -70,15 +72,32 @@ class LoadBalancerError(Exception):
 Backends = Mapping[IPv4Address, Sequence[IPv4Address]]
 
 
-def ruleset(backends: Backends) -> str:
+@dataclass(frozen=True)
+class DnsRedirect:
+    """Queries to address:port (what resolv.conf names) go to the ports the
+    DNS sockets really have."""
+
+    address: str
+    port: int
+    udp_port: int
+    tcp_port: int
+
+
+def ruleset(backends: Backends, dns: DnsRedirect | None = None) -> str:
     """The nft script that makes the table exactly `backends` (VIP -> its
-    ready backend addresses). Deterministic: the same backends give the same
-    text, so callers compare texts to skip needless applies."""
+    ready backend addresses), with the DNS redirect. Deterministic: the same
+    input gives the same text, so callers compare texts to skip needless
+    applies."""
     lines = [f"table ip {TABLE}", f"delete table ip {TABLE}"]
-    if not backends:
-        return "\n".join(lines) + "\n"  # no VIP: no table
+    if not backends and dns is None:
+        return "\n".join(lines) + "\n"  # nothing to do: no table
     dnat: list[str] = []
     reject: list[str] = []
+    if dns is not None:
+        dnat.append(f"    ip daddr {dns.address} udp dport {dns.port} "
+                    f"dnat to {dns.address}:{dns.udp_port}")
+        dnat.append(f"    ip daddr {dns.address} tcp dport {dns.port} "
+                    f"dnat to {dns.address}:{dns.tcp_port}")
     for vip in sorted(backends):
         targets = sorted(set(backends[vip]))
         if not targets:

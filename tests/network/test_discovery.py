@@ -231,6 +231,14 @@ async def test_dns_answers_the_askers_networks_and_forwards_the_rest(
     await discovery.serve(client.task_id, client.path, [NET.id])
     try:
         ns = client.path
+        # The container may run its own DNS server on port 53: the agent's
+        # sockets have other ports, 127.0.0.11:53 is redirected to them.
+        for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+            with socket_in(ns, socket.AF_INET, kind) as own:
+                own.bind(("0.0.0.0", 53))
+                answer = await asyncio.to_thread(query, ns, "web", "A",
+                                                 kind == socket.SOCK_STREAM)
+                assert addresses(answer) == [VIP]
         web = await asyncio.to_thread(query, ns, "web")
         assert addresses(web) == [VIP]
         assert web.answer[0].ttl == 0
@@ -363,16 +371,14 @@ async def test_dns_without_upstreams_refuses_and_a_dead_upstream_fails_fast(
         # A second responder on the same address is refused with a clear error.
         with pytest.raises(DnsError, match=r"127\.0\.0\.11:53"):
             await TaskDns("t-dup", [], refusing._resolve, Forwarder([])).start(path)
-        # Discovery.serve in the same place, or in a namespace that does not
-        # exist: a one-line DnsError, nothing served, no socket left open.
+        # Discovery.serve in a namespace that does not exist: a one-line
+        # DnsError, nothing served, no socket left open.
         discovery = Discovery(Forwarder([]))
         sockets = socket_fds()
-        for where, message in ((path, "Address already in use"),
-                               (path + "-missing", "No such file")):
-            with pytest.raises(DnsError, match=message) as error:
-                await discovery.serve("t-bad", where, [])
-            assert "\n" not in str(error.value)
-            assert discovery.serving() == []
+        with pytest.raises(DnsError, match="No such file") as error:
+            await discovery.serve("t-bad", path + "-missing", [])
+        assert "\n" not in str(error.value)
+        assert discovery.serving() == []
         assert socket_fds() == sockets
     finally:
         await refusing.close()

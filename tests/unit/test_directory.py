@@ -25,7 +25,7 @@ from agent.network.dns import (
     to_udp_wire,
     upstreams_from_resolv_conf,
 )
-from agent.network.lb import gone_backends, ruleset
+from agent.network.lb import DnsRedirect, gone_backends, ruleset
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
@@ -271,6 +271,9 @@ def test_ruleset_dnats_each_vip_and_rejects_those_without_backends() -> None:
     assert "ip daddr 10.1.0.3 meta l4proto tcp reject with tcp reset" in lines
     assert "ip daddr 10.1.0.3 reject with icmp type port-unreachable" in lines
     assert ruleset({}) == "table ip swarm-lb\ndelete table ip swarm-lb\n"  # no VIP: no table
+    with_dns = ruleset({}, DnsRedirect("127.0.0.11", 53, 40001, 40002))
+    assert "ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40001" in with_dns
+    assert "ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:40002" in with_dns
     # Deterministic: the same backends in any order give the same text.
     assert text == ruleset({A("10.1.0.4"): [A("10.1.0.14")], A("10.1.0.3"): [],
                             A("10.1.0.2"): [A("10.1.0.11"), A("10.1.0.12")]})
