@@ -111,7 +111,8 @@ class Discovery:
         if task_id in self._served:
             return
         path = os.fspath(netns)
-        responder = TaskDns(task_id, networks, self.resolve, self.forwarder)
+        responder = TaskDns(task_id, networks, self.resolve, self.forwarder,
+                            self.directory.name_of)
         await responder.start(path, self._dns_address, 0)  # ephemeral ports: see dns.py
         served = _Served(task_id, path, tuple(networks), responder, lb.DnsRedirect(
             self._dns_address, self._dns_port, responder.udp_port, responder.tcp_port))

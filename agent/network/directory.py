@@ -13,6 +13,8 @@ embedded DNS answers on swarm overlays:
     TASK NAME      SERVICE.SLOT.TASKID: the task's address (ready or not: a
                    task is addressed by name to reach that one task, e.g. to
                    debug it while its health check still fails)
+    reverse        a task's address -> its task name, a VIP -> its service's
+                   name (PTR), as docker answers reverse lookups
 
 Service names are answered as they are, so a stack's services as
 STACK_SERVICE, and so are their aliases on the network (ServiceRecord.aliases:
@@ -85,6 +87,7 @@ class NetworkRecords:
                                                             compare=False)
     vips: Mapping[IPv4Address, tuple[IPv4Address, ...]] = field(init=False, repr=False,
                                                             compare=False)
+    reverse: Mapping[IPv4Address, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ready: dict[str, list[IPv4Address]] = {}
@@ -112,6 +115,12 @@ class NetworkRecords:
             names.setdefault(name, addresses)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "vips", vips)
+        reverse = {endpoint.ip: endpoint.task_name for endpoint in self.endpoints
+                   if endpoint.task_name}
+        for service in self.services:
+            if service.vip is not None and not service.dnsrr:
+                reverse.setdefault(service.vip, service.name)
+        object.__setattr__(self, "reverse", reverse)
 
 
 def records_from_assignment(network: pb.Network, services: Iterable[dpb.ServiceRecord],
@@ -195,6 +204,17 @@ class ServiceDirectory:
         if any(key in records.names for records in self._networks.values()):
             return Resolution(Outcome.HIDDEN)
         return Resolution(Outcome.UNKNOWN)
+
+    def name_of(self, address: IPv4Address, networks: Sequence[str]) -> tuple[Outcome, str]:
+        """The reverse of resolve: the name an address of the asker's
+        networks has (FOUND), or HIDDEN / UNKNOWN as for names."""
+        for network_id in networks:
+            records = self._networks.get(network_id)
+            if records is not None and address in records.reverse:
+                return Outcome.FOUND, records.reverse[address]
+        if any(address in records.reverse for records in self._networks.values()):
+            return Outcome.HIDDEN, ""
+        return Outcome.UNKNOWN, ""
 
     def backends(self, networks: Iterable[str]) -> dict[IPv4Address, tuple[IPv4Address, ...]]:
         """Every VIP on these networks and its ready backends (on the VIP's

@@ -14,6 +14,7 @@ port 53 (a bind of 0.0.0.0:53 would otherwise fail).
 
     names of ours          A: the addresses; AAAA and other types: NOERROR,
                            no records (the name exists, IPv4 only)
+    addresses of ours      PTR (in-addr.arpa): the task's name, a VIP's service
     ours, not shared       NXDOMAIN (never forwarded)
     anything else          forwarded to the upstream resolvers, from the
                            AGENT's namespace (so a loopback resolver of the
@@ -54,15 +55,18 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Address
 
 import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.reversename
 import dns.rrset
 
 from agent.runtime.netns import socket_in
@@ -131,8 +135,11 @@ def upstreams_from_resolv_conf(text: str) -> list[Upstream]:
 # ---------------------------------------------------------------- pure answers
 
 
-def local_answer(query: dns.message.Message,
-                 resolve: Callable[[str], Resolution]) -> dns.message.Message | None:
+Reverse = Callable[[IPv4Address], tuple[Outcome, str]]
+
+
+def local_answer(query: dns.message.Message, resolve: Callable[[str], Resolution],
+                 reverse: Reverse | None = None) -> dns.message.Message | None:
     """The response to a query, or None when it is to be forwarded."""
     if query.opcode() != dns.opcode.QUERY:
         return _error(query, dns.rcode.NOTIMP)
@@ -141,6 +148,8 @@ def local_answer(query: dns.message.Message,
     question = query.question[0]
     if question.rdclass != dns.rdataclass.IN:
         return None
+    if reverse is not None and question.name.is_subdomain(_IN_ADDR_ARPA):
+        return _reverse_answer(query, question, reverse)
     resolution = resolve(question.name.to_text())
     if resolution.outcome is Outcome.UNKNOWN:
         return None
@@ -155,6 +164,28 @@ def local_answer(query: dns.message.Message,
         response.answer.append(dns.rrset.from_text_list(
             question.name, TTL, dns.rdataclass.IN, dns.rdatatype.A,
             [str(address) for address in addresses]))
+    return response
+
+
+_IN_ADDR_ARPA = dns.name.from_text("in-addr.arpa.")
+
+
+def _reverse_answer(query: dns.message.Message, question: dns.rrset.RRset,
+                    reverse: Reverse) -> dns.message.Message | None:
+    try:
+        address = IPv4Address(dns.reversename.to_address(question.name))
+    except (dns.exception.SyntaxError, ValueError):
+        return None  # a partial name (a zone, not an address): not ours
+    outcome, name = reverse(address)
+    if outcome is Outcome.UNKNOWN:
+        return None
+    response = dns.message.make_response(query, recursion_available=True)
+    response.flags |= dns.flags.AA
+    if outcome is Outcome.HIDDEN:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    elif question.rdtype in (dns.rdatatype.PTR, dns.rdatatype.ANY):
+        response.answer.append(dns.rrset.from_text(
+            question.name, TTL, dns.rdataclass.IN, dns.rdatatype.PTR, name + "."))
     return response
 
 
@@ -241,6 +272,7 @@ class Forwarder:
 
 
 Resolver = Callable[[str, Sequence[str]], Resolution]
+ReverseResolver = Callable[[IPv4Address, Sequence[str]], tuple[Outcome, str]]
 
 
 class TaskDns:
@@ -248,10 +280,11 @@ class TaskDns:
     in-flight queries."""
 
     def __init__(self, task_id: str, networks: Sequence[str], resolve: Resolver,
-                 forwarder: Forwarder) -> None:
+                 forwarder: Forwarder, reverse: ReverseResolver | None = None) -> None:
         self.task_id = task_id
         self.networks = tuple(networks)
         self._resolve = resolve
+        self._reverse = reverse
         self._forwarder = forwarder
         self._transport: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
@@ -262,6 +295,11 @@ class TaskDns:
 
     def _resolution(self, name: str) -> Resolution:
         return self._resolve(name, self.networks)
+
+    def _reverse_of(self, address: IPv4Address) -> tuple[Outcome, str]:
+        if self._reverse is None:
+            return Outcome.UNKNOWN, ""
+        return self._reverse(address, self.networks)
 
     async def start(self, netns: str | os.PathLike[str],
                     address: str = ADDRESS, port: int = PORT) -> None:
@@ -310,7 +348,7 @@ class TaskDns:
             return
         if query.flags & dns.flags.QR:
             return
-        response = local_answer(query, self._resolution)
+        response = local_answer(query, self._resolution, self._reverse_of)
         if response is not None:
             self._send(to_udp_wire(response, udp_payload(query)), client)
             return
@@ -366,7 +404,7 @@ class TaskDns:
             return error_for_wire(data, dns.rcode.FORMERR)
         if query.flags & dns.flags.QR:
             return None
-        response = local_answer(query, self._resolution)
+        response = local_answer(query, self._resolution, self._reverse_of)
         if response is None:
             response = await self._forwarder.forward(query, tcp=True)
             response.id = query.id

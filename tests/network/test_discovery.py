@@ -246,6 +246,9 @@ async def test_dns_answers_the_askers_networks_and_forwards_the_rest(
         assert addresses(await asyncio.to_thread(query, ns, "tasks.web")) == ["10.31.0.11"]
         assert addresses(await asyncio.to_thread(query, ns, "web.1.b2")) == ["10.31.0.12"]
         assert addresses(await asyncio.to_thread(query, ns, "client")) == ["10.31.0.10"]
+        ptr = await asyncio.to_thread(query, ns, "11.0.31.10.in-addr.arpa", "PTR")
+        assert [item.target.to_text() for rrset in ptr.answer for item in rrset] == \
+            ["web.1.b1."]
         over_tcp = await asyncio.to_thread(query, ns, "tasks.web", "A", True)
         assert addresses(over_tcp) == ["10.31.0.11"]
         aaaa = await asyncio.to_thread(query, ns, "web", "AAAA")

@@ -12,6 +12,7 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 
 from agent.discovery import Discovery
@@ -221,6 +222,32 @@ def test_dns_answers_from_the_directory() -> None:
     assert ask("example.org") is None  # to be forwarded
     assert ask("tasks.empty") is not None
     assert addresses(ask("tasks.empty")) == []
+
+
+@pytest.mark.parametrize(("address", "networks", "rcode", "name"), [
+    ("10.1.0.12", ("front",), dns.rcode.NOERROR, "web.2.t2."),  # a task: its name
+    ("10.1.0.2", ("front",), dns.rcode.NOERROR, "web."),  # a VIP: its service
+    ("10.2.0.16", ("front",), dns.rcode.NXDOMAIN, ""),  # on a network not shared
+    ("10.2.0.16", ("front", "back"), dns.rcode.NOERROR, "db.1.t6."),
+])
+def test_reverse_lookups_of_our_addresses(address: str, networks: tuple[str, ...],
+                                          rcode: dns.rcode.Rcode, name: str) -> None:
+    d = directory()
+    query = dns.message.make_query(dns.reversename.from_address(address), "PTR")
+    response = local_answer(query, lambda n: d.resolve(n, networks),
+                            lambda a: d.name_of(a, networks))
+    assert response is not None
+    assert response.rcode() == rcode
+    assert [item.target.to_text() for rrset in response.answer for item in rrset] == \
+        ([name] if name else [])
+
+
+def test_reverse_lookups_of_other_addresses_are_forwarded() -> None:
+    d = directory()
+    for name in (dns.reversename.from_address("192.0.2.1"), "1.0.10.in-addr.arpa."):
+        query = dns.message.make_query(name, "PTR")
+        assert local_answer(query, lambda n: d.resolve(n, ["front"]),
+                            lambda a: d.name_of(a, ["front"])) is None
 
 
 def test_dns_refuses_what_it_does_not_do() -> None:
