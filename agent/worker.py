@@ -250,8 +250,6 @@ class Worker:
     async def apply(self, assignments: dpb.Assignments) -> None:
         if not self._started:
             await self.start()
-        if self.discovery is not None:
-            self.discovery.apply(assignments)
         if self.overlay is not None:
             # Networks first: the message's new tasks attach to them.
             for entry in assignments.networks:
@@ -260,6 +258,10 @@ class Worker:
                 await add_networks(self.overlay, assignments, self._peer_sets)
             except (OverlayError, ValueError, OSError) as error:
                 log.error("overlay networks: %s", error)
+        if self.discovery is not None:
+            # After the data plane: a name or VIP backend is handed out only
+            # once its FDB and neighbour entries are in place.
+            self.discovery.apply(assignments)
         if assignments.type == dpb.Assignments.COMPLETE:
             wanted = {task.id for task in assignments.tasks}
             for task_id in [t for t in self._entries if t not in wanted]:
