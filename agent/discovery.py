@@ -3,7 +3,8 @@ the ServiceDirectory fed from the dispatcher's assignments, a DNS responder
 and an nftables load-balancing table in each served task's namespace.
 
 The worker calls, for each task on overlay networks:
-  apply(assignments)          with every message, before its tasks start
+  apply(assignments)          with every message, after the overlay data
+                              plane took its peers and before its tasks start
                               (pure bookkeeping; DNS answers change at once)
   await serve(task, netns)    once its namespace is attached, before its
                               process starts (and again, idempotently, for a
@@ -19,9 +20,11 @@ recomputes each task's table from the directory as it is then, and applies
 it only when its text changed), a bounded number of nft processes at once.
 
 Latency from a peer becoming ready on another host to an answer here:
-the controller's assignment message -> apply() (DNS answers from then on)
--> the next pass of run() (the VIP's backends in every local task's table:
-one `nft -f` per task whose table changed, about ten milliseconds each).
+the controller's assignment message -> the worker: the data plane's FDB
+and neighbour entries, then apply() (DNS answers from then on, well under
+a millisecond later) -> the next pass of run() (the VIP's backends in every
+local task's table: one `nft -f` per task whose table changed, 15-30 ms
+each, LB_CONCURRENCY at once; bench.discovery measures both).
 """
 
 from __future__ import annotations
