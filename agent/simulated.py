@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -58,11 +59,15 @@ class FakeWorker:
         self.stopped = False  # a stopped fake node ignores everything (for failure tests)
         self.reject_images = frozenset(reject_images)
         self.overlay = RecordingOverlay()  # the networks and peers it was sent
-        self.peer_sets = PeerSets()
+        self.peer_sets = PeerSets()  # with the endpoints as sent and the service records
+        # The latest network entries as they came (complete or delta), for tests
+        # that check what was sent, not only what resulted.
+        self.received: deque[dpb.NetworkAssignment] = deque(maxlen=256)
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
             return
+        self.received.extend(assignments.networks)
         await sync_networks(self.overlay, assignments, self.peer_sets)
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
