@@ -63,6 +63,10 @@ class FakeWorker:
         # The latest network entries as they came (complete or delta), for tests
         # that check what was sent, not only what resulted.
         self.received: deque[dpb.NetworkAssignment] = deque(maxlen=256)
+        # Seconds a task takes to stop once told to (a real one has its grace
+        # period): tests of what waits for stopping tasks set it.
+        self.stop_delay = 0.0
+        self._stopping: set[str] = set()
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
@@ -88,7 +92,18 @@ class FakeWorker:
                         status.health = pb.TaskStatus.HEALTHY
                     self._set(task.id, status)
             elif current is None or current.state < pb.COMPLETE:
-                self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
+                if not self.stop_delay:
+                    self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
+                elif task.id not in self._stopping:
+                    self._stopping.add(task.id)
+                    asyncio.get_running_loop().call_later(self.stop_delay, self._stopped,
+                                                          task.id)
+
+    def _stopped(self, task_id: str) -> None:
+        self._stopping.discard(task_id)
+        current = self.tasks.get(task_id)
+        if not self.stopped and (current is None or current.state < pb.COMPLETE):
+            self._set(task_id, _status(pb.SHUTDOWN, "shut down (simulated)"))
 
     def _set(self, task_id: str, status: pb.TaskStatus) -> None:
         self.tasks[task_id] = status

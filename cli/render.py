@@ -288,11 +288,14 @@ def networks_table(networks: Sequence[pb.Network]) -> str:
             network.spec.driver,
             network.subnet or network.spec.ipam.subnet,
             network.gateway or network.spec.ipam.gateway,
+            str(network.spec.internal).lower(),
+            str(network.spec.attachable).lower(),
             labels(network.spec.labels),
         ]
         for network in networks
     ]
-    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "LABELS"], rows)
+    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ATTACHABLE",
+                  "LABELS"], rows)
 
 
 # ---------------------------------------------------------------- inspect, human-readable

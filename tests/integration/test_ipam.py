@@ -275,6 +275,9 @@ async def test_network_rm_refused_while_in_use(controller: Controller, control: 
     service = (await control.CreateService(cpb.CreateServiceRequest(
         spec=service_spec("api", 2, "shared")))).service
     await control.CreateService(cpb.CreateServiceRequest(spec=service_spec("db", 1, "shared")))
+    # Settled first: tasks still being allocated would write meanwhile.
+    await eventually(lambda: sum(t.status.state == pb.RUNNING
+                                 for t in controller.store.cache.tasks.values()) == 3)
     before = set(await etcd_keys(controller))
     details = await refused(control.RemoveNetwork(cpb.RemoveRequest(ref="shared")),
                             grpc.StatusCode.FAILED_PRECONDITION)
