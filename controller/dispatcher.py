@@ -7,9 +7,14 @@ for `HEARTBEAT_MISSES` periods is marked DOWN (and the orchestrator replaces
 its tasks). Status reports are coalesced per task (latest wins) and written in
 batched, fenced transactions.
 
-Assignments also carry the overlay networks the node's tasks use, with their
-peers on other nodes (peers.py): the complete set when a network first
-appears in a session, then deltas, coalesced over `network_flush_interval`.
+Assignments also carry the overlay networks the node's tasks use, with every
+endpoint on them (its own too: DNS and load balancing need local tasks; its
+data plane skips its own VTEP) and the services attached to them (peers.py):
+the complete peer set when a network first appears in a session, then deltas
+(a task becoming ready or unhealthy is one peer to each node on the network),
+coalesced over `network_flush_interval`. A service change that alters a
+network's records (created, removed, renamed, attached, a VIP allocated)
+resends that network's records to the nodes that have it.
 
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
@@ -43,7 +48,7 @@ from swarmapi.v1 import objects_pb2 as pb
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
-from .peers import OverlayIndex, PeerTable, network_assignment, vtep
+from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
 log = logging.getLogger(__name__)
@@ -91,6 +96,7 @@ class _LeaderState:
     pending_status: dict[str, tuple[str, pb.TaskStatus]] = field(default_factory=dict)
     status_ready: asyncio.Event = field(default_factory=asyncio.Event)
     overlay: OverlayIndex = field(default_factory=OverlayIndex)
+    services: ServiceIndex = field(default_factory=ServiceIndex)
     peers: PeerTable = field(default_factory=PeerTable)
 
 
@@ -132,7 +138,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     async def serve_as_leader(self, guard: Guard) -> None:
         """Run the leader's side (node monitor, status writer) until cancelled."""
-        state = _LeaderState(guard=guard, overlay=OverlayIndex(self._store.cache.tasks.values()))
+        cache = self._store.cache
+        state = _LeaderState(guard=guard, overlay=OverlayIndex(cache.tasks.values()),
+                             services=ServiceIndex(cache.services.values()))
         now = self._clock()
         # Every node gets a full grace period to find the new leader.
         for node in self._store.cache.nodes.values():
@@ -312,8 +320,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
         for network_id in sorted(network_ids):
             network = cache.networks.get(network_id)
             if network is not None and network_id in uses:
-                table = state.peers.refresh(network_id, state.overlay, cache.nodes)
-                assignment = network_assignment(network, table, session.node_id,
+                table = state.peers.refresh(network_id, state.overlay, state.services,
+                                            cache.nodes)
+                assignment = network_assignment(network, table,
                                                 session.sent_networks.get(network_id))
                 session.sent_networks[network_id] = table.version
                 if assignment is not None:
@@ -336,6 +345,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
     def _on_change(self, change: Change) -> None:
         state = self._state
         if state is None:
+            return
+        if change.kind == "services":
+            old_service: pb.Service | None = change.old  # type: ignore[assignment]
+            new_service: pb.Service | None = change.new  # type: ignore[assignment]
+            self._mark_networks(state, state.services.apply(old_service, new_service))
             return
         if change.kind == "networks":
             if change.new is None:
