@@ -58,6 +58,7 @@ import ipaddress
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -75,7 +76,7 @@ from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
-from .network import OverlayManager, OverlaySettings
+from .network import OverlayManager, OverlaySettings, lb
 from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
 from .runtime import RuncRuntime, RuncSettings
 from .runtime.netns import NETNS_DIR, remove_netns_blocking
@@ -353,6 +354,11 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                         gc=config.image_gc)
     overlay = OverlayManager(overlay_settings(config))
     discovery = Discovery(Forwarder(dns_upstreams(config)))
+    for tool in (lb.NSENTER, lb.NFT):
+        if shutil.which(tool) is None:
+            log.warning("%s not found: tasks on overlay networks will be rejected (service "
+                        "discovery needs nsenter and nftables; deploy/setup.sh installs them)",
+                        tool)
     worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path,
                     discovery=discovery)
 
