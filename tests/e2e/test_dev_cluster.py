@@ -4,6 +4,7 @@ running runc containers; then nothing left behind."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -114,6 +115,16 @@ def test_example_stacks_run_in_real_containers(name: str,
                               ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
         assert any(line.split()[1:4:2] == [service, replicas]
                    for line in services.splitlines()[1:]), services
+    # A web task finds its backend by the stack's short name and by the
+    # compose alias, both the service's VIP, and reaches it through the VIP.
+    (kv,) = json.loads(swarmctl("service", "inspect", "web_kv", "-o", "json"))
+    kv_vip = kv["endpoint"]["virtual_ips"][0]["addr"].split("/")[0]
+    web_task = json.loads(swarmctl("service", "ps", "web_web", "-o", "json"))[0]
+    pid = int(web_task["status"]["container"]["pid"])
+    for alias in ("kv", "store", "web_kv"):
+        assert poll(functools.partial(answers, pid, alias, [kv_vip])), alias
+    reply = in_container(pid, "sh", "-c", "echo colour=blue | nc -w 3 kv 7000")
+    assert "colour=blue" in reply.stdout, reply
 
 
 def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
@@ -159,6 +170,10 @@ def in_container(pid: int, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["nsenter", f"--target={pid}", "--mount", "--net", "--uts", "--root",
                            "--wd", "/bin/busybox", *argv],
                           capture_output=True, text=True, timeout=30, check=False)
+
+
+def answers(pid: int, name: str, addresses: list[str]) -> bool:
+    return resolved(in_container(pid, "nslookup", name)) == addresses
 
 
 def resolved(result: subprocess.CompletedProcess[str]) -> list[str]:
