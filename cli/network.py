@@ -26,14 +26,17 @@ _NETWORK_FILTERS = ("name", "id")
 def network_spec_from_options(name: str, *, driver: str = DEFAULT_DRIVER,
                               subnet: str | None = None, gateway: str | None = None,
                               attachable: bool = False, internal: bool = False,
+                              ingress: bool = False,
                               labels: Sequence[str] = ()) -> pb.NetworkSpec:
     """The NetworkSpec `network create` sends; raises BadFlag for a bad value."""
     if not name.strip():
         raise BadInput("a network name is required")
     if not driver.strip():
         raise BadFlag("--driver", "must not be empty")
+    if ingress and (attachable or internal):
+        raise BadFlag("--ingress", "cannot go with --attachable or --internal")
     spec = pb.NetworkSpec(name=name, driver=driver.strip(), attachable=attachable,
-                          internal=internal)
+                          internal=internal, ingress=ingress)
     if subnet is not None:
         spec.ipam.subnet = parsing.cidr("--subnet", subnet)
     if gateway is not None:
@@ -51,6 +54,7 @@ def network_spec_from_options(name: str, *, driver: str = DEFAULT_DRIVER,
 @app.command("create", epilog=examples(
     "swarmctl network create backend",
     "swarmctl network create --subnet 10.20.0.0/24 --gateway 10.20.0.1 --attachable front",
+    "swarmctl network create --ingress --subnet 10.255.0.0/24 ingress",
 ))
 def create(
     ctx: typer.Context,
@@ -65,13 +69,16 @@ def create(
                                              help="Let standalone containers attach.")] = False,
     internal: Annotated[bool, typer.Option("--internal",
                                            help="No access to outside networks.")] = False,
+    ingress: Annotated[bool, typer.Option(
+        "--ingress", help="The routing mesh's network (one per cluster; the leader makes one "
+                          "named 'ingress' when the cluster has none).")] = False,
     label: Annotated[list[str] | None, typer.Option(
         "--label", metavar="K=V", help="Network label (repeatable).")] = None,
 ) -> None:
     """Create an overlay network; prints its ID."""
     spec = network_spec_from_options(name, driver=driver, subnet=subnet, gateway=gateway,
                                      attachable=attachable, internal=internal,
-                                     labels=label or [])
+                                     ingress=ingress, labels=label or [])
     with client.open_controller(ctx) as ctl:
         response = ctl.call(ctl.stub.CreateNetwork, cpb.CreateNetworkRequest(spec=spec))
     typer.echo(response.network.id)

@@ -43,6 +43,7 @@ from swarmapi.v1 import objects_pb2 as pb
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
+from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
 from .peers import OverlayIndex, PeerTable, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
@@ -75,6 +76,8 @@ class _Session:
     # next message carries only what changed after it, and the networks the
     # agent has are removed when it no longer needs them.
     sent_networks: dict[str, int] = field(default_factory=dict)
+    # What it was last told of the routing mesh besides the peers (mesh.py).
+    sent_mesh: bytes | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -133,6 +136,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
     async def serve_as_leader(self, guard: Guard) -> None:
         """Run the leader's side (node monitor, status writer) until cancelled."""
         state = _LeaderState(guard=guard, overlay=OverlayIndex(self._store.cache.tasks.values()))
+        for node in self._store.cache.nodes.values():
+            state.overlay.apply_node(None, node)  # its own (ingress) endpoint
         now = self._clock()
         # Every node gets a full grace period to find the new leader.
         for node in self._store.cache.nodes.values():
@@ -316,11 +321,26 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 assignment = network_assignment(network, table, session.node_id,
                                                 session.sent_networks.get(network_id))
                 session.sent_networks[network_id] = table.version
+                if network.spec.ingress:
+                    assignment = self._with_mesh(session, network, assignment)
                 if assignment is not None:
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
                 removed.append(network_id)
+                if network is None or network.spec.ingress:
+                    session.sent_mesh = None
         return updates, removed
+
+    def _with_mesh(self, session: _Session, network: pb.Network,
+                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+        """The ingress entry with the node's address and the published services."""
+        cache = self._store.cache
+        node = cache.nodes.get(session.node_id)
+        records = ingress_records(cache.services.values())
+        fingerprint = mesh_fingerprint(node, network, records)
+        changed = fingerprint != session.sent_mesh
+        session.sent_mesh = fingerprint
+        return complete_ingress(assignment, network, node, records, changed)
 
     def _mark_networks(self, state: _LeaderState, network_ids: set[str]) -> None:
         """Tell the sessions that have (or need) these networks to look again."""
@@ -342,9 +362,17 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 state.peers.forget(change.object_id)
             self._mark_networks(state, {change.object_id})
             return
+        if change.kind == "services":
+            if affects_mesh(change.old, change.new):  # type: ignore[arg-type]
+                self._mark_networks(state, {n.id for n in self._store.cache.networks.values()
+                                            if n.spec.ingress})
+            return
         if change.kind == "nodes":
             old_node: pb.Node | None = change.old  # type: ignore[assignment]
             new_node: pb.Node | None = change.new  # type: ignore[assignment]
+            # Its own (ingress) endpoint: the network is assigned to it, and
+            # every node on it learns where the endpoint is.
+            self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
             # Its endpoints appear in (or leave) every peer list when it goes
             # down, comes back, moves or is removed.
             if old_node is None or new_node is None \
