@@ -46,26 +46,39 @@ class PeerSets:
 
     def __init__(self) -> None:
         self._sets: dict[str, dict[str, Peer]] = {}
+        # The same peers as sent (service, readiness: what load balancing needs).
+        self._sent: dict[str, dict[str, dpb.OverlayPeer]] = {}
 
     def apply(self, entry: dpb.NetworkAssignment) -> list[Peer]:
         """The network's whole peer set after this entry, by task id."""
         network_id = entry.network.id
         if entry.delta:
             current = self._sets.setdefault(network_id, {})
+            sent = self._sent.setdefault(network_id, {})
             for task_id in entry.removed_peers:
                 current.pop(task_id, None)
+                sent.pop(task_id, None)
         else:
             current = self._sets[network_id] = {}
+            sent = self._sent[network_id] = {}
         for peer in entry.peers:
             converted = _convert(peer, network_id)
             if converted is None:
                 current.pop(peer.task_id, None)
+                sent.pop(peer.task_id, None)
             else:
                 current[peer.task_id] = converted
+                sent[peer.task_id] = peer
         return [current[task_id] for task_id in sorted(current)]
+
+    def peers(self, network_id: str) -> list[dpb.OverlayPeer]:
+        """The network's peers as the dispatcher sent them (the parseable ones)."""
+        sent = self._sent.get(network_id, {})
+        return [sent[task_id] for task_id in sorted(sent)]
 
     def forget(self, network_id: str) -> None:
         self._sets.pop(network_id, None)
+        self._sent.pop(network_id, None)
 
 
 def _convert(peer: dpb.OverlayPeer, network_id: str) -> Peer | None:

@@ -59,11 +59,15 @@ class FakeWorker:
         self.reject_images = frozenset(reject_images)
         self.overlay = RecordingOverlay()  # the networks and peers it was sent
         self.peer_sets = PeerSets()
+        # The last entry of each network (node address, services), for tests.
+        self.entries: dict[str, dpb.NetworkAssignment] = {}
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
             return
         await sync_networks(self.overlay, assignments, self.peer_sets)
+        for entry in assignments.networks:
+            self.entries[entry.network.id] = entry
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:

@@ -74,6 +74,9 @@ class ControllerConfig:
     join_listen: str = ""
     # Write an admin identity for swarmctl here at start (--admin-out).
     admin_out: str = ""
+    # The leader makes the routing mesh's `ingress` network when the cluster
+    # has none (as `docker swarm init`); tests of other parts turn it off.
+    create_ingress: bool = True
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -105,7 +108,7 @@ class Controller:
         # Addresses in use per network, shared by the allocator and the API.
         self.addresses = AddressIndex(self.store.cache)
         self.allocator = Allocator(self.store, self.addresses)
-        self.ingress = IngressKeeper(self.store, self.addresses)
+        self.ingress = IngressKeeper(self.store, self.addresses, create=config.create_ingress)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
         self.logs = LogBroker(self.store, config.logs)

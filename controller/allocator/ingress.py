@@ -108,9 +108,11 @@ class IngressKeeper:
     """The leader's loop: the ingress network exists (made once per
     leadership when absent), every node has its address on it."""
 
-    def __init__(self, store: Store, addresses: Mapping[str, AbstractSet[int]]) -> None:
+    def __init__(self, store: Store, addresses: Mapping[str, AbstractSet[int]], *,
+                 create: bool = True) -> None:
         self._store = store
         self._addresses = addresses
+        self._create = create  # make the network when absent (else only node addresses)
         self._wake = asyncio.Event()
 
     def _on_change(self, change: Change) -> None:
@@ -125,7 +127,8 @@ class IngressKeeper:
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
         try:
-            await self.ensure_network(guard)
+            if self._create:
+                await self.ensure_network(guard)
             self._wake.set()
             while True:
                 await self._wake.wait()
