@@ -261,7 +261,7 @@ class Worker:
                     if entry.network.spec.ingress:
                         try:
                             await self.ports.set_ingress(
-                                entry, self._peer_sets.peers(entry.network.id))
+                                entry, self._peer_sets.endpoints(entry.network.id))
                         except (OverlayError, ValueError, OSError) as error:
                             log.error("routing mesh: %s", error)
         if assignments.type == dpb.Assignments.COMPLETE:

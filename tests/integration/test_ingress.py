@@ -110,7 +110,7 @@ async def test_leader_makes_the_ingress_network_and_gives_every_node_an_address(
     def told(node: object) -> bool:
         node_id = node.session.node_id  # type: ignore[attr-defined]
         entry = node.worker.entries.get(ingress.id)  # type: ignore[attr-defined]
-        peers = {p.address for p in node.worker.peer_sets.peers(ingress.id)}  # type: ignore[attr-defined]
+        peers = {p.address for p in node.worker.peer_sets.endpoints(ingress.id)}  # type: ignore[attr-defined]
         return entry is not None and entry.node_address == addresses[node_id] and \
             {a for nid, a in addresses.items() if nid != node_id} <= peers
 
@@ -143,7 +143,7 @@ async def test_published_ports_reach_every_node_and_clash_by_name(
                                  for n in nodes.nodes))
     task_addresses = {t.networks[0].addresses[0] for t in running()}
     for node in nodes.nodes:
-        seen = {p.address for p in node.worker.peer_sets.peers(ingress.id)}
+        seen = {p.address for p in node.worker.peer_sets.endpoints(ingress.id)}
         local = {t.networks[0].addresses[0] for t in running()
                  if t.node_id == node.session.node_id}
         assert task_addresses - local <= seen
@@ -213,7 +213,7 @@ async def test_a_removed_node_releases_its_ingress_address(
     assert not any(k.endswith("/" + address.split("/")[0]) for k in keys)
     # The other nodes stop hearing of its endpoint.
     await eventually(lambda: all(
-        address not in {p.address for p in n.worker.peer_sets.peers(ingress.id)}
+        address not in {p.address for p in n.worker.peer_sets.endpoints(ingress.id)}
         for n in nodes.nodes[1:]))
 
 
