@@ -114,6 +114,9 @@ def test_example_stacks_run_in_real_containers(name: str,
                               ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
         assert any(line.split()[1:4:2] == [service, replicas]
                    for line in services.splitlines()[1:]), services
+    # The web example publishes 8080: its page answers through every host (demo.sh).
+    for node in state.nodes:
+        assert answers(node.address.split("/")[0], 8080).startswith("hello from web_web.")
 
 
 def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
