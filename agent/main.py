@@ -30,6 +30,12 @@ minutes and after every container removal; images of containers (running,
 created, being removed), of pulls in progress and images asked for in the
 last 2 minutes are never removed.
 
+Published ports (agent/published.py): the agent listens on each port
+published in ingress mode on all the host's addresses and forwards each
+connection (userspace TCP proxy) through its ingress sandbox namespace to a
+ready task of the service on any node; host-mode ports only where a task
+runs, into the task's namespace. A port in use is logged and retried.
+
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
 agents on one machine, each with its own state dir, never touch each other's
