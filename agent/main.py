@@ -32,7 +32,7 @@ last 2 minutes are never removed.
 
 Published ports (agent/published.py): the agent listens on each port
 published in ingress mode on all the host's addresses and forwards each
-connection (userspace TCP proxy) through its ingress sandbox namespace to a
+connection (userspace proxy, TCP and UDP) through its ingress sandbox to a
 ready task of the service on any node; host-mode ports only where a task
 runs, into the task's namespace. A port in use is logged and retried.
 

@@ -14,7 +14,8 @@ Host mode, only where a task of the service runs: the same listener, the
 upstream socket made in the TASK's namespace, connecting to the task's
 address there (127.0.0.1 when it has no network) on the target port.
 
-Only TCP is proxied: a UDP port is reported as not served (failures), not
+TCP and UDP are proxied (UDP as flows per client address, see
+agent.network.proxy); an SCTP port is reported as not served (failures), not
 silently ignored. A port that cannot be had (something else listens there)
 is logged, kept in `failures` with the reason, and retried every
 `retry_interval`; the agent goes on.
@@ -36,12 +37,14 @@ from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
 from .network.model import OverlayNetwork
-from .network.proxy import Backend, PortProxy
+from .network.proxy import Backend, PortProxy, UdpPortProxy
 from .runtime.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
 
 log = logging.getLogger(__name__)
 
 PortKey = tuple[int, int]  # (PortConfig.Protocol, published port)
+_PROXIES: dict[int, type[PortProxy] | type[UdpPortProxy]] = {
+    pb.PortConfig.TCP: PortProxy, pb.PortConfig.UDP: UdpPortProxy}
 SANDBOX = "ingress"
 
 
@@ -120,9 +123,10 @@ class PublishedPorts:
         self._peers: list[dpb.OverlayPeer] = []
         self._ingress_routes: dict[PortKey, Route] = {}
         self._host_routes: dict[PortKey, Route] = {}
-        self._proxies: dict[PortKey, PortProxy] = {}
+        self._proxies: dict[PortKey, PortProxy | UdpPortProxy] = {}
         self.failures: dict[PortKey, str] = {}
         self._wake = asyncio.Event()
+        self._reconciling = asyncio.Lock()
 
     # ------------------------------------------------------------ from the worker
 
@@ -183,7 +187,12 @@ class PublishedPorts:
                                 str(netns_path(self.sandbox)))
 
     async def reconcile(self) -> None:
-        """Open the listeners wanted, close the others (their connections too)."""
+        """Open the listeners wanted, close the others (their connections too).
+        One at a time: a second caller waits, then sees what the first did."""
+        async with self._reconciling:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         wanted = self.wanted()
         for key in [k for k in self._proxies if k not in wanted]:
             proxy = self._proxies.pop(key)
@@ -194,14 +203,15 @@ class PublishedPorts:
         for key in sorted(wanted):
             if key in self._proxies:
                 continue
-            if key[0] != pb.PortConfig.TCP:
+            kind = _PROXIES.get(key[0])
+            if kind is None:
                 if key not in self.failures:
-                    self.failures[key] = "only TCP ports are published by this agent"
+                    self.failures[key] = "only TCP and UDP ports are published by this agent"
                     log.error("published port %s: not served: %s", port_text(key),
                               self.failures[key])
                 continue
-            proxy = PortProxy(key[1], functools.partial(self._backends, key), host=self._host,
-                              name=f"published port {port_text(key)}")
+            proxy = kind(key[1], functools.partial(self._backends, key), host=self._host,
+                         name=f"published port {port_text(key)}")
             try:
                 await proxy.start()
             except OSError as error:
@@ -221,13 +231,14 @@ class PublishedPorts:
             await self.reconcile()
             self._wake.clear()
             retry = self._retry_interval if any(
-                k[0] == pb.PortConfig.TCP for k in self.failures) else None
+                k[0] in _PROXIES for k in self.failures) else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), retry)
 
     async def close(self) -> None:
         """Close every listener and connection (the sandbox stays: the next
         agent reuses it; purge removes it)."""
-        proxies, self._proxies = list(self._proxies.values()), {}
-        for proxy in proxies:
-            await proxy.close()
+        async with self._reconciling:
+            proxies, self._proxies = list(self._proxies.values()), {}
+            for proxy in proxies:
+                await proxy.close()

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from agent.network import OverlayNetwork, Peer
+from agent.network import OverlayNetwork, Peer, proxy
 from agent.network.proxy import Backend
 from agent.published import PublishedPorts, Route
 from agent.runtime.netns import ensure_netns_blocking, netns_path
@@ -28,7 +28,8 @@ from tests.network.test_overlay import NET, Task, manager, new_task
 
 TARGET = 7000
 # Says its name on each connection, then echoes until the client's EOF,
-# then closes: a half-close must pass through the proxy both ways.
+# then closes: a half-close must pass through the proxy both ways. On UDP
+# the same port answers each datagram with its name and the datagram.
 NAMED_ECHO = f"""
 import socket, sys, threading
 srv = socket.socket()
@@ -41,6 +42,13 @@ def serve(conn):
         conn.sendall(sys.argv[1].encode() + b"\\n")
         while data := conn.recv(65536):
             conn.sendall(data)
+def datagrams():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", {TARGET}))
+    while True:
+        data, client = udp.recvfrom(65536)
+        udp.sendto(sys.argv[1].encode() + b"\\n" + data, client)
+threading.Thread(target=datagrams, daemon=True).start()
 while True:
     conn, _ = srv.accept()
     threading.Thread(target=serve, args=(conn,), daemon=True).start()
@@ -69,6 +77,16 @@ def exchange(port: int, payload: bytes, timeout: float = 5.0) -> tuple[str, byte
     return name.decode(), echoed
 
 
+def datagram(port: int, payload: bytes, timeout: float = 3.0) -> tuple[str, bytes]:
+    """Through the published UDP port, from a new source port (a new flow)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, ("127.0.0.1", port))
+        answer, _ = sock.recvfrom(65536)
+    name, _, echoed = answer.partition(b"\n")
+    return name.decode(), echoed
+
+
 def ingress_entry(network: OverlayNetwork, node_address: str, port: int,
                   peers: list[dpb.OverlayPeer]) -> dpb.NetworkAssignment:
     entry = dpb.NetworkAssignment(node_address=node_address, peers=peers)
@@ -76,7 +94,9 @@ def ingress_entry(network: OverlayNetwork, node_address: str, port: int,
         id=network.network_id, vni=network.vni, subnet=str(network.subnet),
         gateway=str(network.gateway), spec=pb.NetworkSpec(name="ingress", ingress=True)))
     entry.services.add(id=SERVICE, name="web", ports=[pb.PortConfig(
-        published_port=port, target_port=TARGET, publish_mode=pb.PortConfig.INGRESS)])
+        published_port=port, target_port=TARGET, publish_mode=pb.PortConfig.INGRESS),
+        pb.PortConfig(published_port=port, target_port=TARGET, protocol=pb.PortConfig.UDP,
+                      publish_mode=pb.PortConfig.INGRESS)])
     return entry
 
 
@@ -108,7 +128,7 @@ async def test_ingress_port_reaches_ready_tasks_on_other_hosts_over_the_overlay(
     try:
         await ports.set_ingress(ingress_entry(NET, node1, port, all_peers), all_peers)
         await ports.reconcile()
-        assert ports.listening() == [(pb.PortConfig.TCP, port)]
+        assert ports.listening() == [(pb.PortConfig.TCP, port), (pb.PortConfig.UDP, port)]
         # The sandbox is a namespace under the overlay prefix, not a network.
         assert netns_path(ports.sandbox).exists()
         assert NET.network_id in managers[0].networks()
@@ -121,6 +141,13 @@ async def test_ingress_port_reaches_ready_tasks_on_other_hosts_over_the_overlay(
             assert echoed == payload
             seen[name] += 1
         assert set(seen) == {t2.netns, t3.netns}, seen  # random choice reaches both
+        # UDP: each client address a flow to a random task, over the same overlay.
+        seen.clear()
+        for _ in range(24):
+            name, echoed = await asyncio.to_thread(datagram, port, b"q" * 1200)
+            assert echoed == b"q" * 1200
+            seen[name] += 1
+        assert set(seen) == {t2.netns, t3.netns}, seen
 
         # A task that is not ready gets no connections.
         ready_only = [peer(t2), peer(t3, ready=False), sandbox_peer]
@@ -154,7 +181,8 @@ async def test_ingress_port_reaches_ready_tasks_on_other_hosts_over_the_overlay(
 
 
 async def test_host_mode_port_in_use_is_reported_retried_and_then_served(
-        hosts2: Hosts) -> None:
+        hosts2: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proxy, "UDP_IDLE", 0.4)  # UDP flows end after this without traffic
     # A task with no network: reached on its own loopback, inside its namespace.
     task_ns = hosts2.name("task-host-mode")
     await asyncio.to_thread(ensure_netns_blocking, task_ns)
@@ -165,26 +193,35 @@ async def test_host_mode_port_in_use_is_reported_retried_and_then_served(
     blocker.listen(1)
     ports = PublishedPorts(None, "unused", host="127.0.0.1", retry_interval=0.2)
     backend = Backend(str(netns_path(task_ns)), "127.0.0.1", TARGET)
-    udp_port = free_port()
+    sctp_port = free_port()
     ports.set_host_routes({(pb.PortConfig.TCP, port): Route(backends=(backend,)),
-                           (pb.PortConfig.UDP, udp_port): Route(backends=(backend,))})
+                           (pb.PortConfig.UDP, port): Route(backends=(backend,)),
+                           (pb.PortConfig.SCTP, sctp_port): Route(backends=(backend,))})
     run = asyncio.create_task(ports.run())
     try:
         await asyncio.sleep(0.1)
         # Something else has the port: reported, not fatal.
-        assert ports.listening() == []
+        assert ports.listening() == [(pb.PortConfig.UDP, port)]
         assert "Address already in use" in ports.failures[(pb.PortConfig.TCP, port)]
-        assert ports.failures[(pb.PortConfig.UDP, udp_port)] == \
-            "only TCP ports are published by this agent"
+        assert ports.failures[(pb.PortConfig.SCTP, sctp_port)] == \
+            "only TCP and UDP ports are published by this agent"
         blocker.close()
         for _ in range(50):  # retried by the loop
-            if ports.listening():
+            if len(ports.listening()) == 2:
                 break
             await asyncio.sleep(0.1)
-        assert ports.listening() == [(pb.PortConfig.TCP, port)]
+        assert ports.listening() == [(pb.PortConfig.TCP, port), (pb.PortConfig.UDP, port)]
         assert (pb.PortConfig.TCP, port) not in ports.failures
         name, echoed = await asyncio.to_thread(exchange, port, b"hello" * 1000)
         assert (name, echoed) == ("task-a", b"hello" * 1000)
+        assert await asyncio.to_thread(datagram, port, b"dgram") == ("task-a", b"dgram")
+        udp = ports._proxies[(pb.PortConfig.UDP, port)]
+        assert udp.connections == 1  # the flow of that client address
+        for _ in range(30):
+            if not udp.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert udp.connections == 0  # closed once idle
         # No backend (the task stopped): the connection is refused, the port stays.
         ports.set_host_routes({(pb.PortConfig.TCP, port): Route(backends=(
             Backend(str(netns_path(task_ns)), "127.0.0.1", TARGET + 1),))})
