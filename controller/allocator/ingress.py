@@ -39,6 +39,7 @@ INGRESS_NAME = "ingress"
 NO_INGRESS_MESSAGE = ("the service publishes ports in ingress mode, but the cluster has no "
                       "ingress network")
 _NODES_PER_TXN = 50  # two operations each, and the network's cursor
+_CONFLICTS_PER_PASS = 20
 
 
 def find_ingress(networks: Iterable[pb.Network]) -> pb.Network | None:
@@ -167,7 +168,7 @@ class IngressKeeper:
             return
 
     async def _pass(self, guard: Guard | None) -> None:
-        while True:
+        for _ in range(_CONFLICTS_PER_PASS):
             cache = self._store.cache
             ingress = find_ingress(cache.networks.values())
             plan = plan_node_attachments(cache.nodes.values(), ingress, self._addresses,
@@ -188,7 +189,7 @@ class IngressKeeper:
             try:
                 await self._store.commit(ops, guard=guard)
             except Conflict:
-                # A node or the network changed meanwhile (a heartbeat's
+                # A node or the network changed meanwhile (the dispatcher's
                 # status write, say): plan again from the refreshed cache.
                 await asyncio.sleep(0.02)
                 continue
@@ -201,3 +202,4 @@ class IngressKeeper:
                      len(plan.released))
             if plan.problem:
                 return
+        self._wake.set()  # still conflicting: another pass after the others have written
