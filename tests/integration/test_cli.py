@@ -445,7 +445,10 @@ def test_published_ports_clash_and_hold_the_ingress_network(live: LiveCluster) -
         result = swarmctl(live, *args)
         assert_one_line_error(result, message, exit_code=code)
         assert live.snapshot() == before
-    ok(swarmctl(live, "service", "rm", "web"))
+    # A port given without a number gets one of the dynamic range, shown as allocated.
+    ok(swarmctl(live, "service", "create", "auto", "--image", "busybox", "--publish", "80"))
+    assert "*:30000->80/tcp" in ok(swarmctl(live, "service", "ls")).stdout
+    ok(swarmctl(live, "service", "rm", "web", "auto"))
     ok(swarmctl(live, "network", "rm", "ingress"))
     before = live.snapshot()
     result = swarmctl(live, "service", "create", "web", "--image", "busybox", "--publish", "8080:80")
