@@ -233,3 +233,34 @@ async def test_bad_published_ports_are_refused(mesh: Controller, ctl: Control) -
                             grpc.StatusCode.INVALID_ARGUMENT)
     assert details.startswith("spec.task.networks[0].target: network 'ingress' is the ingress")
     assert set(await etcd_keys(mesh)) == before
+
+
+async def test_ports_added_and_removed_by_an_update(
+        mesh: Controller, ctl: Control, nodes: SimulatedCluster) -> None:
+    await eventually(lambda: find_ingress(mesh.store.cache.networks.values()) is not None)
+    ingress = ingress_of(mesh)
+    plain = pb.ServiceSpec(name="api", replicated=pb.ReplicatedService(replicas=2))
+    plain.task.container.image = "busybox:latest"
+    service = (await ctl.CreateService(cpb.CreateServiceRequest(spec=plain))).service
+
+    def attached(want: bool) -> bool:
+        tasks = [t for t in mesh.store.cache.tasks_by_service.get(service.id, {}).values()
+                 if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING]
+        return len(tasks) == 2 and all(
+            (ingress.id in {a.network_id for a in t.networks}) == want for t in tasks)
+
+    await eventually(lambda: attached(False), timeout=15)
+    with_port = pb.ServiceSpec()
+    with_port.CopyFrom(plain)
+    with_port.endpoint.ports.append(published(8090, 80))
+    current = mesh.store.cache.services[service.id]
+    await ctl.UpdateService(cpb.UpdateServiceRequest(service_id=service.id,
+                                                     version=current.meta.version, spec=with_port))
+    assert set((await ipam_keys(mesh, "port/")).values()) == {service.id}
+    # The rolling update replaces the tasks: the new ones join the ingress network.
+    await eventually(lambda: attached(True), timeout=20)
+    current = mesh.store.cache.services[service.id]
+    await ctl.UpdateService(cpb.UpdateServiceRequest(service_id=service.id,
+                                                     version=current.meta.version, spec=plain))
+    assert await ipam_keys(mesh, "port/") == {}
+    await eventually(lambda: attached(False), timeout=20)
