@@ -15,8 +15,9 @@ sandbox attached to the overlay. Then, in one run, the same client sends
 
 Both cross the same VXLAN; the difference is the proxy (two more socket
 copies through one Python process). Prints one JSON line: MiB/s of each
-(best of --runs), `proxy_ratio` (proxied/direct), and the latency of a
-64-byte round trip through each (p50, in ms). Needs root. Everything made is
+(best of --runs), `proxy_ratio` (proxied/direct), the latency of a
+64-byte round trip through each (p50, in ms), and new connections per
+second (each one round trip; the direct ones are made in the sandbox too). Needs root. Everything made is
 removed at the end, also on failure.
 """
 
@@ -105,6 +106,19 @@ def round_trips(connect: Callable[[], socket.socket], count: int = 200) -> float
     return statistics.median(times) * 1000
 
 
+def connection_rate(connect: Callable[[], socket.socket], count: int = 300) -> float:
+    """New connections per second, each carrying one 64-byte round trip."""
+    message = b"ping".ljust(64, b".")
+    started = time.perf_counter()
+    for _ in range(count):
+        with connect() as sock:
+            sock.sendall(message)
+            received = b""
+            while len(received) < len(message):
+                received += sock.recv(64)
+    return count / (time.perf_counter() - started)
+
+
 async def run(mib: int, runs: int) -> dict[str, object]:
     hosts = await asyncio.to_thread(Hosts.create, 2)
     ports: PublishedPorts | None = None
@@ -157,6 +171,8 @@ async def run(mib: int, runs: int) -> dict[str, object]:
                 best[name] = min(best[name], await asyncio.to_thread(send, connect, size))
         latency = {name: await asyncio.to_thread(round_trips, connect)
                    for name, connect in (("direct", direct), ("proxied", proxied))}
+        rates = {name: await asyncio.to_thread(connection_rate, connect)
+                 for name, connect in (("direct", direct), ("proxied", proxied))}
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         rate = {name: mib / seconds for name, seconds in best.items()}
@@ -165,7 +181,9 @@ async def run(mib: int, runs: int) -> dict[str, object]:
                 "proxied_mib_s": round(rate["proxied"], 1),
                 "proxy_ratio": round(rate["proxied"] / rate["direct"], 3),
                 "rtt_p50_ms_direct": round(latency["direct"], 3),
-                "rtt_p50_ms_proxied": round(latency["proxied"], 3)}
+                "rtt_p50_ms_proxied": round(latency["proxied"], 3),
+                "connections_per_s_direct": round(rates["direct"]),
+                "connections_per_s_proxied": round(rates["proxied"])}
     finally:
         if ports is not None:
             await ports.close()
