@@ -71,11 +71,20 @@ def ingress_routes(records: Iterable[dpb.ServiceRecord]) -> dict[PortKey, Route]
     return routes
 
 
-def ingress_backends(peers: Iterable[dpb.OverlayPeer], service_id: str, target_port: int,
+def ready_addresses(peers: Iterable[dpb.OverlayPeer]) -> dict[str, list[str]]:
+    """Service id -> the overlay addresses of its ready tasks (computed once
+    per assignment, not per connection)."""
+    found: dict[str, list[str]] = {}
+    for peer in peers:
+        if peer.service_id and peer.ready:
+            found.setdefault(peer.service_id, []).append(str(IPv4Interface(peer.address).ip))
+    return found
+
+
+def ingress_backends(ready: dict[str, list[str]], service_id: str, target_port: int,
                      sandbox: str) -> list[Backend]:
     """The service's ready tasks, as reached from the ingress sandbox."""
-    return [Backend(sandbox, str(IPv4Interface(p.address).ip), target_port)
-            for p in peers if p.service_id == service_id and p.ready]
+    return [Backend(sandbox, address, target_port) for address in ready.get(service_id, ())]
 
 
 def host_routes(tasks: Iterable[tuple[pb.Task, int]],
@@ -120,7 +129,7 @@ class PublishedPorts:
         self._retry_interval = retry_interval
         self._ingress_id = ""
         self._attached: tuple[str, str] | None = None  # (network id, address) of the sandbox
-        self._peers: list[dpb.OverlayPeer] = []
+        self._ready: dict[str, list[str]] = {}  # service -> ready task addresses
         self._ingress_routes: dict[PortKey, Route] = {}
         self._host_routes: dict[PortKey, Route] = {}
         self._proxies: dict[PortKey, PortProxy | UdpPortProxy] = {}
@@ -147,7 +156,7 @@ class PublishedPorts:
                                            IPv4Interface(entry.node_address), ifname="eth0")
                 self._attached = wanted
                 log.info("ingress sandbox %s attached as %s", self.sandbox, entry.node_address)
-        self._peers = list(peers)
+        self._ready = ready_addresses(peers)
         routes = ingress_routes(entry.services) if self._attached else {}
         if routes != self._ingress_routes:
             self._ingress_routes = routes
@@ -158,7 +167,7 @@ class PublishedPorts:
         if network_id != self._ingress_id:
             return
         self._ingress_id = ""
-        self._peers = []
+        self._ready = {}
         self._ingress_routes = {}
         self._attached = None
         await asyncio.to_thread(remove_netns_blocking, self.sandbox)
@@ -183,7 +192,7 @@ class PublishedPorts:
             return []
         if route.backends:
             return list(route.backends)
-        return ingress_backends(self._peers, route.service_id, route.target_port,
+        return ingress_backends(self._ready, route.service_id, route.target_port,
                                 str(netns_path(self.sandbox)))
 
     async def reconcile(self) -> None:

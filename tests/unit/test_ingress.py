@@ -11,7 +11,7 @@ import pytest
 from agent.network import OverlaySettings
 from agent.network.model import is_network_id
 from agent.network.proxy import Backend, pick
-from agent.published import host_routes, ingress_backends, ingress_routes
+from agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
 from controller.allocator.ingress import NO_INGRESS_MESSAGE, node_address, plan_node_attachments
 from controller.allocator.networks import AllocationError
 from controller.allocator.ports import DYNAMIC_FIRST, plan_ports, publishes_ingress
@@ -175,7 +175,7 @@ def test_listeners_and_backends_follow_services_readiness_and_running_tasks() ->
              dpb.OverlayPeer(task_id="t2", address="10.0.0.4/24", service_id="web"),
              dpb.OverlayPeer(task_id="node:n1", address="10.0.0.2/24"),
              dpb.OverlayPeer(task_id="t3", address="10.0.0.5/24", service_id="api", ready=True)]
-    assert ingress_backends(peers, "web", 80, "/run/netns/sb") == [
+    assert ingress_backends(ready_addresses(peers), "web", 80, "/run/netns/sb") == [
         Backend("/run/netns/sb", "10.0.0.3", 80)]
 
     def task(task_id: str, *addresses: str) -> pb.Task:
