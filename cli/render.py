@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from swarmapi import units
+from swarmapi.naming import slot_name
 from swarmapi.v1 import objects_pb2 as pb
 
 SHORT_ID = 12
@@ -200,11 +201,6 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
     return table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
 
 
-def task_name(task: pb.Task) -> str:
-    """'web.3' for a replicated task, 'web.<node id>' for a global one."""
-    return f"{task.service_name}.{task.slot if task.slot else task.node_id}"
-
-
 def task_error(task: pb.Task) -> str:
     """The error, or for a task still waiting for a node, the scheduler's reason."""
     if task.status.err:
@@ -245,7 +241,7 @@ def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: dat
     previous: tuple[str, int, str] | None = None
     for task in ordered:
         key = slot_key(task)
-        name = task_name(task) if key != previous else f" \\_ {task_name(task)}"
+        name = slot_name(task) if key != previous else f" \\_ {slot_name(task)}"
         previous = key
         node = hostnames.get(task.node_id, task.node_id)
         rows.append([
@@ -293,11 +289,14 @@ def networks_table(networks: Sequence[pb.Network]) -> str:
             network.spec.driver,
             network.subnet or network.spec.ipam.subnet,
             network.gateway or network.spec.ipam.gateway,
+            str(network.spec.internal).lower(),
+            str(network.spec.attachable).lower(),
             labels(network.spec.labels),
         ]
         for network in networks
     ]
-    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "LABELS"], rows)
+    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ATTACHABLE",
+                  "LABELS"], rows)
 
 
 # ---------------------------------------------------------------- inspect, human-readable

@@ -116,6 +116,27 @@ def used_by_network(tasks: Iterable[pb.Task], services: Iterable[pb.Service],
     return used
 
 
+def stopping_holders(network_id: str, tasks: Iterable[pb.Task],
+                     nodes: Mapping[str, pb.Node]) -> list[pb.Task]:
+    """The tasks that hold an address on the network and have not ended yet
+    (a removed service's tasks while they stop): removing the network under
+    them would tear their nodes' devices down while they still answer.
+    Ended tasks (history) do not count, nor tasks on nodes that are DOWN or
+    gone: they would never report, and their nodes drop the network when the
+    assignments no longer name it."""
+    result = []
+    for task in tasks:
+        if task.status.state >= pb.COMPLETE:
+            continue
+        if task.node_id:
+            node = nodes.get(task.node_id)
+            if node is None or node.status.state == pb.NodeStatus.DOWN:
+                continue
+        if any(a.network_id == network_id and a.addresses for a in task.networks):
+            result.append(task)
+    return result
+
+
 class Pool:
     """A network's allocation state during one planning pass: a copy of the
     network whose cursor moves as addresses are handed out, and the used set

@@ -43,6 +43,7 @@ from ..allocator.networks import (
     allocate_network,
     plan_vips,
     pool_settings,
+    stopping_holders,
 )
 from ..allocator.ports import PortPlan, ingress_ports, plan_ports
 from ..ca import revoke_node_ops
@@ -73,6 +74,9 @@ from .validation import (
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
+# Trailing metadata of a FAILED_PRECONDITION that resolves itself: retrying
+# later may succeed (control.proto: RemoveNetwork).
+RETRY_METADATA_KEY = "swarm-retry"
 T = TypeVar("T")
 _SCALE_ATTEMPTS = 10
 # Writes that allocate (networks, VIPs) retry when they lost a race on a network
@@ -501,20 +505,30 @@ class ControlServicer(cgrpc.ControlServicer):
                             context: Context) -> cpb.RemoveResponse:
         network = await self._resolve(context, request.ref, self._store.cache.networks,
                                       lambda n: n.spec.name, "network")
-        users = sorted(s.spec.name for s in self._store.cache.services.values()
+        cache = self._store.cache
+        users = sorted(s.spec.name for s in cache.services.values()
                        if any(a.target == network.id for a in s.spec.task.networks)
                        or (network.spec.ingress and ingress_ports(s.spec.endpoint.ports)))
         if users:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"network {network.spec.name!r} is in use by service(s) {', '.join(users)}")
-        # Tasks of removed services may still hold addresses here while they
-        # stop. They do not block the removal (`service rm` then `network rm`
-        # just works): the sweep below deletes their address keys, their own
-        # releases later find nothing, and the dispatcher tells their nodes to
-        # drop the network. No new task can get an address here: the allocator
-        # serves only tasks of existing services, and none uses the network.
-        # The delete compares the network's version, and every service write and
-        # task allocation on it rewrites it: a concurrent new user makes this fail.
+        # Tasks of removed services hold their addresses while they stop: the
+        # network stays until they have (their nodes still have its devices).
+        # Refused with a hint the caller may retry on (swarmctl waits).
+        stopping = stopping_holders(network.id, cache.tasks.values(), cache.nodes)
+        if stopping:
+            context.set_trailing_metadata(((RETRY_METADATA_KEY, "endpoints"),))
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"network {network.spec.name!r} still has {len(stopping)} task(s) "
+                         "holding addresses on it while they stop (of removed or updated "
+                         "services); retry when they have stopped")
+        # Ended tasks kept as history may still hold addresses here: the sweep
+        # below deletes their address keys (their own releases later find
+        # nothing), and the dispatcher tells nodes to drop the network. No new
+        # task can get an address here: the allocator serves only tasks of
+        # existing services, and none uses the network. The delete compares
+        # the network's version, and every service write and task allocation
+        # on it rewrites it: a concurrent new user makes this fail.
         await self._commit(context, [Delete("networks", network.id, network.meta.version),
                                      ReleaseName("networks", network.spec.name),
                                      *release_network(self._store.keys, network)],
