@@ -13,7 +13,7 @@ import typer
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, parsing, progress, render
+from . import client, completion, parsing, progress, render
 from .client import Controller, RpcFailure, fail_if, for_each
 from .errors import BadFlag, BadInput, ReportingGroup
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
@@ -142,7 +142,7 @@ def list_networks(
 @app.command("inspect", epilog=examples("swarmctl network inspect backend"))
 def inspect(
     ctx: typer.Context,
-    networks: Annotated[list[str], typer.Argument(metavar="NETWORK",
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK", autocompletion=completion.networks,
                                                   help="Names, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
 ) -> None:
@@ -159,7 +159,8 @@ def inspect(
                                    "swarmctl network rm --timeout 2m front back"))
 def remove(
     ctx: typer.Context,
-    networks: Annotated[list[str], typer.Argument(metavar="NETWORK")],
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK",
+                                                  autocompletion=completion.networks)],
     wait_for: Annotated[str, typer.Option(
         "--timeout", metavar="DURATION",
         help="Wait this long for tasks still stopping on a network (a service just "

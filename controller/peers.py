@@ -150,14 +150,16 @@ class OverlayIndex:
 def service_records(service: pb.Service | None) -> dict[str, dpb.ServiceRecord]:
     """The service's record on each network it attaches to (spec.task.networks
     targets, IDs once validated): its VIP there (empty in dnsrr mode and until
-    allocated, which is in the same write as the service)."""
+    allocated, which is in the same write as the service), and its aliases
+    there (a stack service's short name, compose `aliases`)."""
     if service is None:
         return {}
     vips = {vip.network_id: vip.addr for vip in service.endpoint.virtual_ips}
     mode = service.spec.endpoint.mode
     return {attachment.target: dpb.ServiceRecord(
                 id=service.id, name=service.spec.name, mode=mode,
-                vip=vips.get(attachment.target, "") if mode == pb.EndpointSpec.VIP else "")
+                vip=vips.get(attachment.target, "") if mode == pb.EndpointSpec.VIP else "",
+                aliases=[a for a in dict.fromkeys(attachment.aliases) if a != service.spec.name])
             for attachment in service.spec.task.networks}
 
 

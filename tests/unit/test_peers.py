@@ -136,6 +136,11 @@ def test_service_records_per_network() -> None:
     dnsrr = service_records(service("s2", "db", "net", mode=pb.EndpointSpec.DNSRR))
     assert (dnsrr["net"].mode, dnsrr["net"].vip) == (pb.EndpointSpec.DNSRR, "")
     assert service_records(None) == {}
+    # A stack service answers to its short name on the stack's networks too
+    # (compose.py adds it as the first alias); its own name is not repeated.
+    stacked = service("s3", "shop_kv", "net")
+    stacked.spec.task.networks[0].aliases.extend(["kv", "store", "kv", "shop_kv"])
+    assert list(service_records(stacked)["net"].aliases) == ["kv", "store"]
 
 
 def test_service_changes_resend_the_records_without_peers() -> None:
