@@ -31,6 +31,12 @@ minutes and after every container removal; images of containers (running,
 created, being removed), of pulls in progress and images asked for in the
 last 2 minutes are never removed.
 
+Published ports (agent/published.py): the agent listens on each port
+published in ingress mode on all the host's addresses and forwards each
+connection (userspace proxy, TCP and UDP) through its ingress sandbox to a
+ready task of the service on any node; host-mode ports only where a task
+runs, into the task's namespace. A port in use is logged and retried.
+
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
 agents on one machine, each with its own state dir, never touch each other's
@@ -78,6 +84,7 @@ from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .network import OverlayManager, OverlaySettings, lb
 from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
+from .published import SANDBOX, PublishedPorts
 from .runtime import RuncRuntime, RuncSettings
 from .runtime.netns import NETNS_DIR, remove_netns_blocking
 from .session import AgentSession, SessionSettings, insecure_channels
@@ -359,7 +366,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
             log.warning("%s not found: tasks on overlay networks will be rejected (service "
                         "discovery needs nsenter and nftables; deploy/setup.sh installs them)",
                         tool)
-    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path,
+    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX))
+    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports,
                     discovery=discovery)
 
     async def in_use() -> InUse:
@@ -382,6 +390,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),
              start_supervised("image-gc", collector.run),
+             start_supervised("published-ports", ports.run),
              start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
@@ -390,6 +399,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down; containers keep running")
         await cancel_all(loops)
+        await ports.close()
         if keeper is not None:
             await keeper.close()
         await worker.close()
@@ -433,7 +443,8 @@ async def purge(config: AgentConfig) -> int:
     for task_id in containers:
         await runtime.shutdown(task_id, "SIGKILL", 0)
         await runtime.remove(task_id)
-    # This agent's overlay namespaces (their devices go with them).
+    # This agent's overlay namespaces (their devices go with them) and its
+    # ingress sandbox (same prefix).
     prefix = overlay_settings(config).netns_prefix
     if NETNS_DIR.is_dir():
         for name in sorted(os.listdir(NETNS_DIR)):

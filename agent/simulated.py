@@ -63,6 +63,8 @@ class FakeWorker:
         # The latest network entries as they came (complete or delta), for tests
         # that check what was sent, not only what resulted.
         self.received: deque[dpb.NetworkAssignment] = deque(maxlen=256)
+        # The last entry of each network (node address, services), for tests.
+        self.entries: dict[str, dpb.NetworkAssignment] = {}
         # Seconds a task takes to stop once told to (a real one has its grace
         # period): tests of what waits for stopping tasks set it.
         self.stop_delay = 0.0
@@ -73,6 +75,8 @@ class FakeWorker:
             return
         self.received.extend(assignments.networks)
         await sync_networks(self.overlay, assignments, self.peer_sets)
+        for entry in assignments.networks:
+            self.entries[entry.network.id] = entry
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:

@@ -55,14 +55,17 @@ def remove_when_free(ctl: Controller, ref: str, *, timeout: float, patience: flo
 def network_spec_from_options(name: str, *, driver: str = DEFAULT_DRIVER,
                               subnet: str | None = None, gateway: str | None = None,
                               attachable: bool = False, internal: bool = False,
+                              ingress: bool = False,
                               labels: Sequence[str] = ()) -> pb.NetworkSpec:
     """The NetworkSpec `network create` sends; raises BadFlag for a bad value."""
     if not name.strip():
         raise BadInput("a network name is required")
     if not driver.strip():
         raise BadFlag("--driver", "must not be empty")
+    if ingress and (attachable or internal):
+        raise BadFlag("--ingress", "cannot go with --attachable or --internal")
     spec = pb.NetworkSpec(name=name, driver=driver.strip(), attachable=attachable,
-                          internal=internal)
+                          internal=internal, ingress=ingress)
     if subnet is not None:
         spec.ipam.subnet = parsing.cidr("--subnet", subnet)
     if gateway is not None:
@@ -82,13 +85,17 @@ def network_spec_from_options(name: str, *, driver: str = DEFAULT_DRIVER,
     "swarmctl network create --subnet 10.20.0.0/24 --gateway 10.20.0.1 front",
     "swarmctl network create --internal --label tier=data db-net",
     "swarmctl network create --attachable --driver overlay tools",
+    "swarmctl network create --ingress --subnet 10.255.0.0/24 ingress",
 ) + """
 
 \b
 --internal: the network has no path out of the cluster; a service attached to
 it cannot publish ports (--publish is refused).
 --attachable: recorded and shown, for compatibility with docker; there are no
-standalone containers here to attach.""")
+standalone containers here to attach.
+--ingress: the routing mesh's network, which ports published in ingress mode
+use (one per cluster; the leader makes one named 'ingress' when the cluster
+has none, as `docker swarm init` does).""")
 def create(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the network.")],
@@ -105,13 +112,16 @@ def create(
     internal: Annotated[bool, typer.Option(
         "--internal", help="No path out of the cluster: its services cannot publish "
                            "ports.")] = False,
+    ingress: Annotated[bool, typer.Option(
+        "--ingress", help="The routing mesh's network (one per cluster; the leader makes one "
+                          "named 'ingress' when the cluster has none).")] = False,
     label: Annotated[list[str] | None, typer.Option(
         "--label", metavar="K=V", help="Network label (repeatable).")] = None,
 ) -> None:
     """Create an overlay network; prints its ID."""
     spec = network_spec_from_options(name, driver=driver, subnet=subnet, gateway=gateway,
                                      attachable=attachable, internal=internal,
-                                     labels=label or [])
+                                     ingress=ingress, labels=label or [])
     with client.open_controller(ctx) as ctl:
         response = ctl.call(ctl.stub.CreateNetwork, cpb.CreateNetworkRequest(spec=spec))
     typer.echo(response.network.id)

@@ -193,7 +193,8 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
             service_mode(service.spec),
             replicas(service, tasks),
             image_name(service.spec.task.container.image),
-            ", ".join(port(p) for p in service.spec.endpoint.ports),
+            # As allocated (a port given as 0 has its number), else as asked.
+            ", ".join(port(p) for p in service.endpoint.ports or service.spec.endpoint.ports),
         ]
         for service in services
     ]
@@ -415,8 +416,9 @@ def service_details(service: pb.Service) -> str:
         lines.append((0, "Networks", ", ".join(n.target for n in task.networks)))
     endpoint = spec.endpoint
     lines.append((0, "Endpoint Mode", enum_word(pb.EndpointSpec.Mode.Name(endpoint.mode))))
-    if endpoint.ports:
-        lines.append((0, "Ports", ", ".join(port(p) for p in endpoint.ports)))
+    ports = service.endpoint.ports or endpoint.ports  # as allocated, else as asked
+    if ports:
+        lines.append((0, "Ports", ", ".join(port(p) for p in ports)))
     for vip in service.endpoint.virtual_ips:
         lines.append((0, "Virtual IP", f"{vip.addr} ({vip.network_id})"))
     lines.append((0, "Created", timestamp(service.meta.created_at)))

@@ -48,6 +48,7 @@ from swarmapi.v1 import objects_pb2 as pb
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
+from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
 from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
@@ -80,6 +81,8 @@ class _Session:
     # next message carries only what changed after it, and the networks the
     # agent has are removed when it no longer needs them.
     sent_networks: dict[str, int] = field(default_factory=dict)
+    # What it was last told of the routing mesh besides the peers (mesh.py).
+    sent_mesh: bytes | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -141,6 +144,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         cache = self._store.cache
         state = _LeaderState(guard=guard, overlay=OverlayIndex(cache.tasks.values()),
                              services=ServiceIndex(cache.services.values()))
+        for node in cache.nodes.values():
+            state.overlay.apply_node(None, node)  # its own (ingress) endpoint
         now = self._clock()
         # Every node gets a full grace period to find the new leader.
         for node in self._store.cache.nodes.values():
@@ -325,19 +330,35 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 assignment = network_assignment(network, table,
                                                 session.sent_networks.get(network_id))
                 session.sent_networks[network_id] = table.version
+                if network.spec.ingress:
+                    assignment = self._with_mesh(session, network, assignment)
                 if assignment is not None:
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
                 removed.append(network_id)
+                if network is None or network.spec.ingress:
+                    session.sent_mesh = None
         return updates, removed
+
+    def _with_mesh(self, session: _Session, network: pb.Network,
+                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+        """The ingress entry with the node's address and the published services."""
+        cache = self._store.cache
+        node = cache.nodes.get(session.node_id)
+        records = ingress_records(cache.services.values())
+        fingerprint = mesh_fingerprint(node, network, records)
+        changed = fingerprint != session.sent_mesh
+        session.sent_mesh = fingerprint
+        return complete_ingress(assignment, network, node, records, changed)
 
     def _mark_networks(self, state: _LeaderState, network_ids: set[str]) -> None:
         """Tell the sessions that have (or need) these networks to look again."""
         if not network_ids:
             return
+        overlay = state.overlay
         for session in state.sessions.values():
-            uses = state.overlay.networks_of(session.node_id)
-            hit = {n for n in network_ids if n in uses or n in session.sent_networks}
+            hit = {n for n in network_ids
+                   if n in session.sent_networks or overlay.uses(session.node_id, n)}
             if hit:
                 session.dirty_networks |= hit
                 session.wake.set()
@@ -349,7 +370,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if change.kind == "services":
             old_service: pb.Service | None = change.old  # type: ignore[assignment]
             new_service: pb.Service | None = change.new  # type: ignore[assignment]
-            self._mark_networks(state, state.services.apply(old_service, new_service))
+            changed = state.services.apply(old_service, new_service)
+            if affects_mesh(old_service, new_service):  # the ingress entries' records
+                changed |= {n.id for n in self._store.cache.networks.values() if n.spec.ingress}
+            self._mark_networks(state, changed)
             return
         if change.kind == "networks":
             if change.new is None:
@@ -359,6 +383,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if change.kind == "nodes":
             old_node: pb.Node | None = change.old  # type: ignore[assignment]
             new_node: pb.Node | None = change.new  # type: ignore[assignment]
+            # Its own (ingress) endpoint: the network is assigned to it, and
+            # every node on it learns where the endpoint is.
+            self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
             # Its endpoints appear in (or leave) every peer list when it goes
             # down, comes back, moves or is removed.
             if old_node is None or new_node is None \

@@ -79,6 +79,18 @@ def vtep(node: pb.Node) -> str:
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
 
 
+NODE_ENDPOINT_PREFIX = "node:"
+
+
+def node_endpoints(node: pb.Node | None) -> dict[str, Endpoint]:
+    """The node's own endpoints by network id (its ingress address: the
+    routing mesh's source address), named "node:" + its id as peers."""
+    if node is None:
+        return {}
+    return {a.network_id: Endpoint(NODE_ENDPOINT_PREFIX + node.id, node.id, a.addresses[0])
+            for a in node.attachments if a.addresses}
+
+
 class OverlayIndex:
     def __init__(self, tasks: Iterable[pb.Task] = ()) -> None:
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network -> task -> endpoint
@@ -93,7 +105,19 @@ class OverlayIndex:
 
     def apply(self, old: pb.Task | None, new: pb.Task | None) -> set[str]:
         """Account a task change; returns the networks whose endpoints changed."""
-        before, after = endpoints(old), endpoints(new)
+        task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        return self._account(endpoints(old), endpoints(new), task_id)
+
+    def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> set[str]:
+        """Account a node change (its own endpoints); returns the networks
+        whose endpoints changed. A node with an endpoint on a network is
+        assigned that network, tasks or not (networks_of)."""
+        node_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        return self._account(node_endpoints(old), node_endpoints(new),
+                             NODE_ENDPOINT_PREFIX + node_id)
+
+    def _account(self, before: dict[str, Endpoint], after: dict[str, Endpoint],
+                 task_id: str) -> set[str]:
         changed: set[str] = set()
         for network_id, endpoint in before.items():
             if after.get(network_id) != endpoint:
@@ -104,7 +128,6 @@ class OverlayIndex:
                 changed.add(network_id)
                 self.endpoints.setdefault(network_id, {})[endpoint.task_id] = endpoint
                 self._node_networks.setdefault(endpoint.node_id, Counter())[network_id] += 1
-        task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
         for network_id in changed:
             pending = self._changes.setdefault(network_id, set())
             pending.add(task_id)
@@ -140,6 +163,11 @@ class OverlayIndex:
     def networks_of(self, node_id: str) -> set[str]:
         """The networks the node's present tasks use."""
         return set(self._node_networks.get(node_id, ()))
+
+    def uses(self, node_id: str, network_id: str) -> bool:
+        """Whether the node's present tasks use the network (networks_of
+        without building the set: asked per session on every change)."""
+        return network_id in self._node_networks.get(node_id, ())
 
 
 def service_records(service: pb.Service | None) -> dict[str, dpb.ServiceRecord]:

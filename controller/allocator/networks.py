@@ -95,9 +95,10 @@ def allocate_network(spec: pb.NetworkSpec, existing: Iterable[pb.Network],
 # ---------------------------------------------------------------- addresses in use
 
 
-def used_by_network(tasks: Iterable[pb.Task],
-                    services: Iterable[pb.Service]) -> dict[str, set[int]]:
-    """Every address held, per network: tasks' attachments and services' VIPs.
+def used_by_network(tasks: Iterable[pb.Task], services: Iterable[pb.Service],
+                    nodes: Iterable[pb.Node] = ()) -> dict[str, set[int]]:
+    """Every address held, per network: tasks' attachments, services' VIPs and
+    nodes' own attachments (ingress).
     The same set as the address keys in etcd, since both are always written
     (and released) in one transaction."""
     used: dict[str, set[int]] = {}
@@ -108,6 +109,10 @@ def used_by_network(tasks: Iterable[pb.Task],
     for service in services:
         for vip in service.endpoint.virtual_ips:
             used.setdefault(vip.network_id, set()).add(ipam.address_of(vip.addr))
+    for node in nodes:
+        for attachment in node.attachments:
+            bucket = used.setdefault(attachment.network_id, set())
+            bucket.update(ipam.address_of(cidr) for cidr in attachment.addresses)
     return used
 
 

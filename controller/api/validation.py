@@ -392,6 +392,10 @@ def _resolve_networks(task: pb.TaskSpec, networks: Mapping[str, pb.Network],
             network = resolve_ref(attachment.target, networks, lambda n: n.spec.name, "network")
         except LookupError as error:
             raise ValidationError(where, str(error.args[0])) from None
+        if network.spec.ingress:
+            raise ValidationError(where, f"network {_show(attachment.target)} is the ingress "
+                                  "network: tasks join it through ports published in ingress "
+                                  "mode (--publish), not by name")
         if network.id in seen:
             raise ValidationError(where, f"network {_show(attachment.target)} is already "
                                   f"attached by networks[{seen[network.id]}]")
@@ -549,4 +553,7 @@ def normalize_network_spec(spec: pb.NetworkSpec) -> pb.NetworkSpec:
                               f"(only {DEFAULT_NETWORK_DRIVER!r} is supported)")
     if out.HasField("ipam"):
         _check_ipam(out.ipam, "spec.ipam")
+    if out.ingress and (out.internal or out.attachable):
+        raise ValidationError("spec.ingress", "the ingress network can be neither internal nor "
+                              "attachable")
     return out

@@ -15,7 +15,9 @@ STOP_DELAY = 1.5  # seconds the simulated tasks take to stop in the removal test
 
 
 def networks(live: LiveCluster) -> dict[str, pb.Network]:
-    return {n.spec.name: n for n in live.stored("networks") if isinstance(n, pb.Network)}
+    """The stored networks but the routing mesh's (which the leader made)."""
+    return {n.spec.name: n for n in live.stored("networks") if isinstance(n, pb.Network)
+            and not n.spec.ingress}
 
 
 def slow_stops(live: LiveCluster) -> None:
