@@ -169,13 +169,15 @@ def peers_mismatch(view: View, network_id: str) -> str:
     for node_id in sorted(live):
         record = view.record(nodes[node_id])
         local = [t for t in tasks if t.node_id == node_id and t.status.state <= pb.RUNNING]
-        got = read_entries(overlay_netns(record, network_id))
+        netns = overlay_netns(record, network_id)
+        got = read_entries(netns)
         if not all(is_running(t) for t in local):
             problems.append(f"{record.host}: tasks not settled")
             continue
         if not local:
-            if got is not None:
-                problems.append(f"{record.host}: runs no task on the network but has {got}")
+            if netns_path(netns).exists():
+                problems.append(f"{record.host}: runs no task on the network but has its "
+                                f"namespace (entries {got})")
             continue
         remote = [t for t in tasks if is_running(t) and t.node_id in live and t.node_id != node_id]
         want = Entries(
