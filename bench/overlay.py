@@ -218,10 +218,12 @@ def main() -> None:
                              "(Gbit/s; 0: skip)")
     args = parser.parse_args()
     for flag, value, low in (("--rounds", args.rounds, 1), ("--seconds", args.seconds, 1),
-                             ("--streams", args.streams, 1), ("--mtu", args.mtu, 1330),
+                             ("--streams", args.streams, 1),
+                             # the smallest overlay MTU the agent accepts, plus VXLAN's 50
+                             ("--mtu", args.mtu, 1330),
                              ("--link-gbit", args.link_gbit, 0)):
         if value < low:
-            parser.error(f"{flag} {value}: expected at least {low}")
+            sys.exit(f"bench.overlay: {flag} {value}: expected at least {low}")
     if os.geteuid() != 0:
         sys.exit("bench.overlay needs root (network namespaces, netlink)")
     if shutil.which("iperf3") is None:
