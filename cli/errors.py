@@ -13,6 +13,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from . import colour
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -35,7 +37,9 @@ class CliError(Exception):
         super().__init__(self.message)
 
     def show(self) -> None:
-        typer.echo(f"swarmctl: {self.message}", err=True)
+        stderr = typer.get_text_stream("stderr")
+        prefix = colour.error("swarmctl:") if colour.enabled(stderr) else "swarmctl:"
+        typer.echo(f"{prefix} {self.message}", err=True)
 
 
 class BadInput(CliError):

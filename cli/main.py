@@ -44,7 +44,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     cls=ReportingGroup,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(service.app, name="service")

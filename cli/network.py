@@ -11,7 +11,7 @@ import typer
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, parsing, render
+from . import client, completion, parsing, render
 from .client import fail_if, for_each
 from .errors import BadFlag, BadInput, ReportingGroup
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
@@ -102,7 +102,7 @@ def list_networks(
 @app.command("inspect", epilog=examples("swarmctl network inspect backend"))
 def inspect(
     ctx: typer.Context,
-    networks: Annotated[list[str], typer.Argument(metavar="NETWORK",
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK", autocompletion=completion.networks,
                                                   help="Names, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
 ) -> None:
@@ -118,7 +118,7 @@ def inspect(
 @app.command("rm", epilog=examples("swarmctl network rm backend"))
 def remove(
     ctx: typer.Context,
-    networks: Annotated[list[str], typer.Argument(metavar="NETWORK")],
+    networks: Annotated[list[str], typer.Argument(metavar="NETWORK", autocompletion=completion.networks)],
 ) -> None:
     """Remove networks that no service uses."""
     with client.open_controller(ctx) as ctl:

@@ -10,7 +10,7 @@ import typer
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, parsing, render
+from . import client, completion, parsing, render
 from .client import fail_if, for_each
 from .errors import BadInput, ReportingGroup
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
@@ -84,7 +84,7 @@ def list_nodes(
                                          "swarmctl node inspect -o table node-1"))
 def inspect(
     ctx: typer.Context,
-    nodes: Annotated[list[str], typer.Argument(metavar="NODE",
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes,
                                                help="Hostnames, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
 ) -> None:
@@ -100,7 +100,7 @@ def inspect(
 @app.command("ps", epilog=examples("swarmctl node ps node-1"))
 def ps(
     ctx: typer.Context,
-    nodes: Annotated[list[str], typer.Argument(metavar="NODE")],
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes)],
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate IDs and images.")
                         ] = False,
     output: OutputOpt = render.Output.table,
@@ -126,7 +126,7 @@ def ps(
 ))
 def update(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(metavar="NODE")],
+    node: Annotated[str, typer.Argument(metavar="NODE", autocompletion=completion.nodes)],
     availability: Annotated[str | None, typer.Option(
         metavar="active|pause|drain", help="Whether new tasks may be placed on the node "
                                            "(drain also moves its tasks away).")] = None,
@@ -162,7 +162,7 @@ def update(
                                     "swarmctl node rm --force node-3"))
 def remove(
     ctx: typer.Context,
-    nodes: Annotated[list[str], typer.Argument(metavar="NODE")],
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes)],
     force: Annotated[bool, typer.Option("--force", "-f",
                                         help="Remove a node that is not down.")] = False,
 ) -> None:

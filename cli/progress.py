@@ -32,7 +32,7 @@ from swarmapi import units
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import parsing, render
+from . import colour, parsing, render
 from .client import Controller, RpcFailure
 from .errors import BadFlag, Interrupted, NotConverged
 
@@ -205,20 +205,29 @@ def _display_name(task: pb.Task, hostnames: Mapping[str, str]) -> str:
 # ---------------------------------------------------------------- showing it
 
 
-def progress_lines(assessments: Sequence[Assessment], width: int) -> list[str]:
+def progress_lines(assessments: Sequence[Assessment], width: int, *,
+                   coloured: bool = False) -> list[str]:
     """The terminal display: a summary per service, then one line per task; every line
-    cut to the terminal's width so that redrawing can count lines."""
+    cut to the terminal's width so that redrawing can count lines (colour is added
+    after the cut, so escape sequences are never cut nor counted)."""
+    def fit(line: str) -> str:
+        return line[:max(width - 1, 20)]
+
     lines: list[str] = []
     for assessment in assessments:
-        lines.append(assessment.summary)
-        rows = [[task.name, task.state, task.node, task.detail]
-                for task in assessment.tasks[:MAX_TASK_LINES]]
+        summary = fit(assessment.summary)
+        lines.append(colour.bold(summary) if coloured else summary)
+        shown = assessment.tasks[:MAX_TASK_LINES]
+        rows = [[task.name, task.state, task.node, task.detail] for task in shown]
         if rows:
             # render.table aligns the columns; its (blank) header line is dropped.
-            lines += ["  " + row for row in render.table(["", "", "", ""], rows).splitlines()[1:]]
+            aligned = render.table(["", "", "", ""], rows).splitlines()[1:]
+            for task, row in zip(shown, aligned, strict=True):
+                line = fit("  " + row)
+                lines.append(colour.for_state(line, task.state) if coloured else line)
         if len(assessment.tasks) > MAX_TASK_LINES:
-            lines.append(f"  ... and {len(assessment.tasks) - MAX_TASK_LINES} more tasks")
-    return [line[:max(width - 1, 20)] for line in lines]
+            lines.append(fit(f"  ... and {len(assessment.tasks) - MAX_TASK_LINES} more tasks"))
+    return lines
 
 
 class LiveDisplay:
@@ -285,7 +294,8 @@ def _wait(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float, str
     while True:
         assessments = poll(ctl, baselines)
         if display is not None:
-            display.draw(progress_lines(assessments, shutil.get_terminal_size().columns))
+            display.draw(progress_lines(assessments, shutil.get_terminal_size().columns,
+                                        coloured=colour.enabled(stream)))
         failures = [f"{a.name}: {a.failure}" for a in assessments if a.failure]
         if failures:
             raise NotConverged("; ".join(failures))

@@ -19,7 +19,7 @@ from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import logs_pb2 as lpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, logs, parsing, progress, render
+from . import client, completion, logs, parsing, progress, render
 from .client import fail_if, for_each
 from .errors import BadFlag, BadInput, NotConverged, ReportingGroup
 from .options import (
@@ -637,7 +637,7 @@ def _get_service(ctl: client.Controller) -> Callable[[str], pb.Service]:
                                          "swarmctl service inspect -o table web"))
 def inspect(
     ctx: typer.Context,
-    services: Annotated[list[str], typer.Argument(metavar="SERVICE",
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE", autocompletion=completion.services,
                                                   help="Names, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
 ) -> None:
@@ -665,7 +665,7 @@ def _node_matches(node_id: str, hostname: str, wanted: Sequence[str]) -> bool:
                                     "swarmctl service ps web --filter desired-state=running"))
 def ps(
     ctx: typer.Context,
-    services: Annotated[list[str], typer.Argument(metavar="SERVICE")],
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
     filters: Annotated[list[str] | None, typer.Option(
         "--filter", "-f", metavar="KEY=VALUE",
         help="desired-state=running|shutdown|..., node=NODE or id=PREFIX (repeatable).")
@@ -707,7 +707,8 @@ def ps(
                                        "swarmctl service scale -d web=10"))
 def scale(
     ctx: typer.Context,
-    pairs: Annotated[list[str], typer.Argument(metavar="SERVICE=REPLICAS")],
+    pairs: Annotated[list[str], typer.Argument(metavar="SERVICE=REPLICAS",
+                                                autocompletion=completion.service_scales)],
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
@@ -747,7 +748,7 @@ def scale(
 ))
 def update(
     ctx: typer.Context,
-    service: Annotated[str, typer.Argument(metavar="SERVICE")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
     image: Annotated[str | None, typer.Option(metavar="IMAGE", help="New image.")] = None,
     replicas: Annotated[str | None, typer.Option(metavar="N")] = None,
     args: Annotated[str | None, typer.Option(metavar="'CMD ARGS'",
@@ -886,7 +887,7 @@ def update_service(ctl: client.Controller, ref: str,
 @app.command("rm", epilog=examples("swarmctl service rm web", "swarmctl service rm web worker"))
 def remove(
     ctx: typer.Context,
-    services: Annotated[list[str], typer.Argument(metavar="SERVICE")],
+    services: Annotated[list[str], typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
 ) -> None:
     """Remove services (their tasks are shut down)."""
     with client.open_controller(ctx) as ctl:
@@ -920,7 +921,8 @@ docker."""
     "swarmctl service logs --raw web > web.log"))
 def service_logs(
     ctx: typer.Context,
-    service: Annotated[str, typer.Argument(metavar="SERVICE", help="Name, ID or ID prefix.")],
+    service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services,
+                                           help="Name, ID or ID prefix.")],
     follow: Annotated[bool, typer.Option("--follow", "-f",
                                          help="Keep printing new lines until interrupted.")
                       ] = False,

@@ -43,7 +43,7 @@ from swarmapi import units
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import objects_pb2 as pb
 
-from . import client, compose, progress, render
+from . import client, completion, compose, progress, render
 from .client import Controller, RpcFailure
 from .compose import NAMESPACE_LABEL, Stack, StackError
 from .errors import BadInput, CliError, ReportingGroup
@@ -570,7 +570,7 @@ def _require(ctl: Controller, name: str) -> tuple[list[pb.Service], list[pb.Netw
                                           "swarmctl stack services web -o yaml"))
 def stack_services(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME")],
+    name: Annotated[str, typer.Argument(metavar="NAME", autocompletion=completion.stacks)],
     output: OutputOpt = render.Output.table,
     quiet: QuietOpt = False,
 ) -> None:
@@ -592,7 +592,7 @@ def stack_services(
 @app.command("ps", epilog=examples("swarmctl stack ps web", "swarmctl stack ps web -o json"))
 def stack_ps(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME")],
+    name: Annotated[str, typer.Argument(metavar="NAME", autocompletion=completion.stacks)],
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate IDs and images.")
                         ] = False,
     output: OutputOpt = render.Output.table,
@@ -620,7 +620,7 @@ def stack_ps(
 @app.command("rm", epilog=examples("swarmctl stack rm web"))
 def remove(
     ctx: typer.Context,
-    names: Annotated[list[str], typer.Argument(metavar="NAME")],
+    names: Annotated[list[str], typer.Argument(metavar="NAME", autocompletion=completion.stacks)],
 ) -> None:
     """Remove stacks: their services, then their networks."""
     with client.open_controller(ctx) as ctl:

@@ -22,6 +22,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM files for etcd's client side: its certificate and key, and the CA
+    that client certificates must be signed by."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+    def argv(self) -> list[str]:
+        return ["--cert-file", self.cert_file, "--key-file", self.key_file,
+                "--trusted-ca-file", self.ca_file, "--client-cert-auth"]
+
+
 @dataclass
 class EtcdServer:
     process: subprocess.Popen[bytes]
@@ -33,15 +47,18 @@ class EtcdServer:
         return f"127.0.0.1:{self.client_port}"
 
     @classmethod
-    def start(cls, timeout: float = 20.0, fsync: bool = False) -> EtcdServer:
+    def start(cls, timeout: float = 20.0, fsync: bool = False,
+              tls: ServerTLS | None = None) -> EtcdServer:
+        """tls: serve clients over TLS and require a client certificate signed
+        by tls.ca_file (as a production etcd is run)."""
         data_dir = tempfile.mkdtemp(prefix="swarm-etcd-")
         client_port, peer_port = free_port(), free_port()
-        client_url = f"http://127.0.0.1:{client_port}"
+        client_url = f"{'https' if tls else 'http'}://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         log = open(os.path.join(data_dir, "etcd.log"), "wb")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(
             etcd_argv("test", os.path.join(data_dir, "data"), client_url, peer_url,
-                      fsync=fsync),
+                      fsync=fsync, extra=tls.argv() if tls else ()),
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

@@ -27,7 +27,7 @@ from swarmapi.v1 import logs_pb2 as swarmapi_dot_v1_dot_logs__pb2
 from swarmapi.v1 import objects_pb2 as swarmapi_dot_v1_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cswarmapi/v1/dispatcher.proto\x12\x08swarm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16swarmapi/v1/logs.proto\x1a\x19swarmapi/v1/objects.proto\"\xa7\x01\n\x0fRegisterRequest\x12.\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.swarm.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"Q\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\"\xd7\x01\n\x0b\x41ssignments\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.swarm.v1.Assignments.Type\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.swarm.v1.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12-\n\x08networks\x18\x04 \x03(\x0b\x32\x1b.swarm.v1.NetworkAssignment\x12\x18\n\x10removed_networks\x18\x05 \x03(\t\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"\x91\x01\n\x0bOverlayPeer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0c\n\x04vtep\x18\x05 \x01(\t\x12\x12\n\nservice_id\x18\x06 \x01(\t\x12\x11\n\ttask_name\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\"\x86\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.swarm.v1.EndpointSpec.Mode\x12\x0b\n\x03vip\x18\x04 \x01(\t\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.swarm.v1.PortConfig\"\xc4\x01\n\x11NetworkAssignment\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\x12$\n\x05peers\x18\x02 \x03(\x0b\x32\x15.swarm.v1.OverlayPeer\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x08\x12\x15\n\rremoved_peers\x18\x04 \x03(\t\x12)\n\x08services\x18\x05 \x03(\x0b\x32\x17.swarm.v1.ServiceRecord\x12\x14\n\x0cnode_address\x18\x06 \x01(\t\"\x85\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x15.swarm.v1.Assignments\"7\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.swarm.v1.TaskStatus\"k\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.swarm.v1.TaskStatusUpdate\"\x1a\n\x18UpdateTaskStatusResponse2\xdd\x03\n\nDispatcher\x12\x41\n\x08Register\x12\x19.swarm.v1.RegisterRequest\x1a\x1a.swarm.v1.RegisterResponse\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x18.swarm.v1.SessionMessage0\x01\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12Y\n\x10UpdateTaskStatus\x12!.swarm.v1.UpdateTaskStatusRequest\x1a\".swarm.v1.UpdateTaskStatusResponse\x12\\\n\x13ListenSubscriptions\x12$.swarm.v1.ListenSubscriptionsRequest\x1a\x1d.swarm.v1.SubscriptionMessage0\x01\x12L\n\x0bPublishLogs\x12\x1c.swarm.v1.PublishLogsMessage\x1a\x1d.swarm.v1.PublishLogsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cswarmapi/v1/dispatcher.proto\x12\x08swarm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x16swarmapi/v1/logs.proto\x1a\x19swarmapi/v1/objects.proto\"\xa7\x01\n\x0fRegisterRequest\x12.\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.swarm.v1.RegisterRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"Q\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\"\xd7\x01\n\x0b\x41ssignments\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.swarm.v1.Assignments.Type\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.swarm.v1.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12-\n\x08networks\x18\x04 \x03(\x0b\x32\x1b.swarm.v1.NetworkAssignment\x12\x18\n\x10removed_networks\x18\x05 \x03(\t\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"\x91\x01\n\x0bOverlayPeer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0c\n\x04vtep\x18\x05 \x01(\t\x12\x12\n\nservice_id\x18\x06 \x01(\t\x12\x11\n\ttask_name\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\"\x97\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.swarm.v1.EndpointSpec.Mode\x12\x0b\n\x03vip\x18\x04 \x01(\t\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.swarm.v1.PortConfig\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\"\xc4\x01\n\x11NetworkAssignment\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\x12$\n\x05peers\x18\x02 \x03(\x0b\x32\x15.swarm.v1.OverlayPeer\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x08\x12\x15\n\rremoved_peers\x18\x04 \x03(\t\x12)\n\x08services\x18\x05 \x03(\x0b\x32\x17.swarm.v1.ServiceRecord\x12\x14\n\x0cnode_address\x18\x06 \x01(\t\"\x85\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x15.swarm.v1.Assignments\"7\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.swarm.v1.TaskStatus\"k\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.swarm.v1.TaskStatusUpdate\"\x1a\n\x18UpdateTaskStatusResponse2\xdd\x03\n\nDispatcher\x12\x41\n\x08Register\x12\x19.swarm.v1.RegisterRequest\x1a\x1a.swarm.v1.RegisterResponse\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x18.swarm.v1.SessionMessage0\x01\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12Y\n\x10UpdateTaskStatus\x12!.swarm.v1.UpdateTaskStatusRequest\x1a\".swarm.v1.UpdateTaskStatusResponse\x12\\\n\x13ListenSubscriptions\x12$.swarm.v1.ListenSubscriptionsRequest\x1a\x1d.swarm.v1.SubscriptionMessage0\x01\x12L\n\x0bPublishLogs\x12\x1c.swarm.v1.PublishLogsMessage\x1a\x1d.swarm.v1.PublishLogsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,21 +51,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OVERLAYPEER']._serialized_start=634
   _globals['_OVERLAYPEER']._serialized_end=779
   _globals['_SERVICERECORD']._serialized_start=782
-  _globals['_SERVICERECORD']._serialized_end=916
-  _globals['_NETWORKASSIGNMENT']._serialized_start=919
-  _globals['_NETWORKASSIGNMENT']._serialized_end=1115
-  _globals['_SESSIONMESSAGE']._serialized_start=1118
-  _globals['_SESSIONMESSAGE']._serialized_end=1251
-  _globals['_HEARTBEATREQUEST']._serialized_start=1253
-  _globals['_HEARTBEATREQUEST']._serialized_end=1308
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1310
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1372
-  _globals['_TASKSTATUSUPDATE']._serialized_start=1374
-  _globals['_TASKSTATUSUPDATE']._serialized_end=1447
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1449
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1556
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1558
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1584
-  _globals['_DISPATCHER']._serialized_start=1587
-  _globals['_DISPATCHER']._serialized_end=2064
+  _globals['_SERVICERECORD']._serialized_end=933
+  _globals['_NETWORKASSIGNMENT']._serialized_start=936
+  _globals['_NETWORKASSIGNMENT']._serialized_end=1132
+  _globals['_SESSIONMESSAGE']._serialized_start=1135
+  _globals['_SESSIONMESSAGE']._serialized_end=1268
+  _globals['_HEARTBEATREQUEST']._serialized_start=1270
+  _globals['_HEARTBEATREQUEST']._serialized_end=1325
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1327
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1389
+  _globals['_TASKSTATUSUPDATE']._serialized_start=1391
+  _globals['_TASKSTATUSUPDATE']._serialized_end=1464
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1466
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=1573
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=1575
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=1601
+  _globals['_DISPATCHER']._serialized_start=1604
+  _globals['_DISPATCHER']._serialized_end=2081
 # @@protoc_insertion_point(module_scope)

@@ -243,6 +243,7 @@ class ServiceRecord(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     VIP_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     mode: _objects_pb2.EndpointSpec.Mode.ValueType
@@ -254,6 +255,13 @@ class ServiceRecord(_message.Message):
         on the ingress network only.
         """
 
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other names of the service on this network, answered like its name: the
+        short name a stack's service has on the stack's networks, compose
+        `aliases` (ServiceSpec.task.networks[].aliases).
+        """
+
     def __init__(
         self,
         *,
@@ -262,10 +270,11 @@ class ServiceRecord(_message.Message):
         mode: _objects_pb2.EndpointSpec.Mode.ValueType = ...,
         vip: _builtins.str = ...,
         ports: _abc.Iterable[_objects_pb2.PortConfig] | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "mode", b"mode", "name", b"name", "ports", b"ports", "vip", b"vip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "id", b"id", "mode", b"mode", "name", b"name", "ports", b"ports", "vip", b"vip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -304,6 +304,7 @@ def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
     """The `swarmctl` entry point in a process of its own, its stderr a pseudo-terminal."""
     main_fd, child_fd = pty.openpty()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", "COLUMNS": "120"}
+    env.pop("NO_COLOR", None)
     process = subprocess.Popen(
         [sys.executable, "-c", "from cli.main import main; main()", "--controller", live.addr,
          "service", "create", "web", "--image", "busybox", "--replicas", "3",
@@ -338,6 +339,7 @@ def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
         assert f"web.{slot}" in screen
     assert "running" in screen
     assert "converged in" in screen
+    assert "\x1b[32m  web." in screen  # a running task, green on a terminal
 
 
 # ---------------------------------------------------------------- nodes and networks
@@ -517,3 +519,46 @@ def test_without_an_admin_certificate_swarmctl_says_what_to_do(
     result = swarmctl(live, "--insecure", "node", "ls")  # a TLS controller refuses plaintext
     assert_one_line_error(result, f"swarmctl: cannot reach controller at {live.addr}",
                           exit_code=1)
+
+
+def _complete(live: LiveCluster, words: str) -> list[str]:
+    """What bash would offer after `words` (the protocol of the script that
+    `swarmctl --show-completion bash` prints), from the real entry point."""
+    argv = words.split(" ")
+    env = {**os.environ, "_SWARMCTL_COMPLETE": "complete_bash",
+           "COMP_WORDS": " ".join(["swarmctl", "--controller", live.addr, *argv]),
+           "COMP_CWORD": str(len(argv) + 2)}
+    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()"], env=env,
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert done.stderr == ""
+    return done.stdout.split()
+
+
+def test_shell_completion_offers_commands_and_the_clusters_names(live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "-d", "web", "--image", "busybox"))
+    ok(swarmctl(live, "service", "create", "-d", "worker", "--image", "busybox"))
+    ok(swarmctl(live, "network", "create", "backend"))
+
+    assert _complete(live, "serv") == ["service"]
+    assert "scale" in _complete(live, "service ")
+    assert _complete(live, "service scale w") == ["web=", "worker="]
+    assert _complete(live, "service ps wo") == ["worker"]
+    assert _complete(live, "network rm b") == ["backend"]
+    hostnames = sorted(live.node_ids())
+    assert hostnames
+    assert _complete(live, "node inspect ") == hostnames
+
+    # The shell waits on every TAB: an unreachable controller offers nothing,
+    # quietly and at once.
+    env = {**os.environ, "_SWARMCTL_COMPLETE": "complete_bash",
+           "COMP_WORDS": "swarmctl --controller 127.0.0.1:1 service ps ", "COMP_CWORD": "5"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()"], env=env,
+                          capture_output=True, text=True, timeout=30, check=True)
+    assert (done.stdout.split(), done.stderr) == ([], "")
+    assert time.monotonic() - started < 10
+
+    script = subprocess.run([sys.executable, "-c", "from cli.main import main; main()",
+                             "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"},
+                            capture_output=True, text=True, timeout=30)
+    assert "_SWARMCTL_COMPLETE=complete_bash" in script.stdout

@@ -4,7 +4,9 @@ themselves run against a live controller in tests/integration/test_cli.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -14,7 +16,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
 
-from cli import client, parsing, progress, render
+from cli import client, colour, parsing, progress, render
 from cli.errors import BadFlag, BadInput
 from cli.main import app
 from cli.network import network_spec_from_options
@@ -700,6 +702,14 @@ def test_progress_lines_and_redraw() -> None:
     assert lines[2].endswith("no suitable node")
     assert all(len(line) < 30 for line in progress.progress_lines([assessment], width=30))
 
+    # On a colour terminal: the same text, the running task green, the pending one
+    # yellow, escapes added after the cut to the width.
+    painted = progress.progress_lines([assessment], width=30, coloured=True)
+    plain = progress.progress_lines([assessment], width=30)
+    assert [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in painted] == plain
+    assert painted[1].startswith("\x1b[32m")
+    assert painted[2].startswith("\x1b[33m")
+
     class Screen:
         def __init__(self) -> None:
             self.text = ""
@@ -725,3 +735,23 @@ def test_progress_lines_and_redraw() -> None:
 def test_wait_timeout_is_checked_before_connecting(command: list[str]) -> None:
     assert_one_line_error(invoke(*command, "--timeout", "soon"),
                           "--timeout: invalid duration 'soon'")
+
+
+def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Stream(io.StringIO):
+        def __init__(self, tty: bool) -> None:
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert colour.enabled(Stream(tty=True))
+    assert not colour.enabled(Stream(tty=False))
+    monkeypatch.setenv("NO_COLOR", "")
+    assert not colour.enabled(Stream(tty=True))
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not colour.enabled(Stream(tty=True))
