@@ -24,7 +24,9 @@ runs on a warmer or quieter machine); medians are printed. Two settings:
 * at a line rate (`link_*`, --link-gbit, default 10): the underlay shaped to
   what a NIC of that speed delivers, so both paths are bound by the link, as on
   real machines; the ratio is then what VXLAN's headers cost (goal >= 0.85;
-  `link_header_bound_ratio` is the figure headers alone predict from the MTUs).
+  `link_header_bound_ratio` is the figure headers alone predict from the MTUs,
+  `link_underlay_of_line_rate` how close the underlay came to the line rate:
+  well below 1 means a loaded machine made the CPU the limit again).
 
 The tool is iperf3 (Debian `iperf3`, installed by deploy/setup.sh): the
 standard tool, in C, timing itself, so the figures compare with anyone's. A
@@ -178,6 +180,12 @@ def header_bound_ratio(overlay_mtu: int, underlay_mtu: int) -> float:
     return (overlay_mtu - 52) / (underlay_mtu - 52)
 
 
+def line_goodput(gbit: float, mtu: int) -> float:
+    """The most TCP payload a link of that rate carries (Gbit/s): the token
+    bucket counts whole Ethernet frames (MTU + 14), of which MTU - 52 is payload."""
+    return gbit * (mtu - 52) / (mtu + 14)
+
+
 def run(rounds: int, seconds: int, streams: int, mtu: int, link_gbit: float) -> dict[str, object]:
     with Hosts.create(2, subnet=UNDERLAY_SUBNET, mtu=mtu) as hosts:
         h1, h2 = hosts[0], hosts[1]
@@ -194,10 +202,17 @@ def run(rounds: int, seconds: int, streams: int, mtu: int, link_gbit: float) -> 
         }
         if link_gbit:
             shape(hosts, link_gbit)
+            link = measure_paths(paths, rounds, seconds, streams)
+            underlay = statistics.median(f["gbps"] for f in link["underlay"])
             figures.update({
                 "link_gbit": link_gbit,
-                **summarize("link_", measure_paths(paths, rounds, seconds, streams)),
+                **summarize("link_", link),
                 "link_header_bound_ratio": round(header_bound_ratio(overlay_mtu, underlay_mtu), 3),
+                # Near 1: the underlay path was link-bound, as intended; well
+                # below: the CPU was the limit (a loaded machine) and the
+                # link_ ratio says little.
+                "link_underlay_of_line_rate": round(
+                    underlay / line_goodput(link_gbit, underlay_mtu), 3),
             })
     return {**figures, "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.overlay import header_bound_ratio, summarize
+from bench.overlay import header_bound_ratio, line_goodput, summarize
 from tests.network.conftest import require_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +54,7 @@ def test_a_short_run_prints_both_paths_and_leaves_nothing() -> None:
     assert len(figures["overlay_gbps_rounds"]) == len(figures["underlay_gbps_rounds"]) == 1
     # Shaped to 1 Gbit/s, neither path gets (much) beyond the line rate.
     assert figures["link_underlay_gbps"] < 1.2
+    assert 0 < figures["link_underlay_of_line_rate"] < 1.2
     assert leftovers(process.pid) == []
     assert iperf3_servers() == before
 
@@ -75,6 +76,10 @@ def test_header_bound_ratio_is_the_mss_ratio() -> None:
     # MSS 1398 inside a 1450 overlay against 1448 on a 1500 underlay.
     assert header_bound_ratio(1450, 1500) == pytest.approx(1398 / 1448)
     assert header_bound_ratio(8950, 9000) > header_bound_ratio(1450, 1500)
+
+
+def test_line_goodput_counts_whole_frames() -> None:
+    assert line_goodput(10, 1500) == pytest.approx(10 * 1448 / 1514)
 
 
 def test_summarize_takes_medians_and_keeps_every_round() -> None:
