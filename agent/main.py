@@ -30,6 +30,12 @@ minutes and after every container removal; images of containers (running,
 created, being removed), of pulls in progress and images asked for in the
 last 2 minutes are never removed.
 
+Published ports (agent/published.py): the agent listens on each port
+published in ingress mode on all the host's addresses and forwards each
+connection (userspace proxy, TCP and UDP) through its ingress sandbox to a
+ready task of the service on any node; host-mode ports only where a task
+runs, into the task's namespace. A port in use is logged and retried.
+
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
 agents on one machine, each with its own state dir, never touch each other's
@@ -66,6 +72,7 @@ from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .network import OverlayManager, OverlaySettings
+from .published import SANDBOX, PublishedPorts
 from .runtime import RuncRuntime, RuncSettings
 from .runtime.netns import NETNS_DIR, remove_netns_blocking
 from .session import AgentSession, SessionSettings, insecure_channels
@@ -318,7 +325,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
                         gc=config.image_gc)
     overlay = OverlayManager(overlay_settings(config))
-    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path)
+    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX))
+    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports)
 
     async def in_use() -> InUse:
         return worker.images_in_use(), await asyncio.to_thread(runtime.mounted_layers)
@@ -339,7 +347,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),
-             start_supervised("image-gc", collector.run)]
+             start_supervised("image-gc", collector.run),
+             start_supervised("published-ports", ports.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
     try:
@@ -347,6 +356,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     finally:
         log.info("shutting down; containers keep running")
         await cancel_all(loops)
+        await ports.close()
         if keeper is not None:
             await keeper.close()
         await worker.close()
@@ -371,7 +381,8 @@ async def purge(config: AgentConfig) -> int:
     for task_id in containers:
         await runtime.shutdown(task_id, "SIGKILL", 0)
         await runtime.remove(task_id)
-    # This agent's overlay namespaces (their devices go with them).
+    # This agent's overlay namespaces (their devices go with them) and its
+    # ingress sandbox (same prefix).
     prefix = overlay_settings(config).netns_prefix
     if NETNS_DIR.is_dir():
         for name in sorted(os.listdir(NETNS_DIR)):

@@ -1,12 +1,15 @@
 """Driving the agent's overlay data plane (agent.network.OverlayManager) from
 the assignments stream.
 
-The dispatcher sends, per network the node's tasks use, the network and its
-peers on other nodes: the complete set first, then only what changed
-(dispatcher.proto: NetworkAssignment). PeerSets keeps the resulting set per
-network, and these functions hand it whole to the OverlayManager, whose
-set_peers has replace semantics (the FDB and neighbour entries are made to
-match), so no stale entry survives. A new session starts with complete sets.
+The dispatcher sends, per network the node's tasks use, the network, every
+endpoint on it (this node's own included) and the services attached to it:
+the complete peer set first, then only what changed (dispatcher.proto:
+NetworkAssignment). PeerSets keeps the resulting set per network (as the
+data plane takes it, and as sent, for service discovery), and these functions
+hand it whole to the OverlayManager, whose set_peers has replace semantics
+(the FDB and neighbour entries are made to match; it skips the endpoints on
+this host's own VTEP), so no stale entry survives. A new session starts with
+complete sets.
 
 A worker calls add_networks before starting the message's tasks (their
 devices must exist to attach to), and removes networks_to_remove only after
@@ -41,31 +44,51 @@ class OverlayManager(Protocol):
 
 class PeerSets:
     """The peer set of each network as the dispatcher described it: complete
-    sets replace, deltas apply on top. One per agent (its worker's state).
-    Peers are converted once, when they arrive, not on every message."""
+    sets replace, deltas apply on top; and its service records (every entry
+    carries them all). One per agent (its worker's state). Peers are
+    converted once, when they arrive, not on every message."""
 
     def __init__(self) -> None:
         self._sets: dict[str, dict[str, Peer]] = {}
+        self._sent: dict[str, dict[str, dpb.OverlayPeer]] = {}
+        self._services: dict[str, list[dpb.ServiceRecord]] = {}
 
     def apply(self, entry: dpb.NetworkAssignment) -> list[Peer]:
         """The network's whole peer set after this entry, by task id."""
         network_id = entry.network.id
         if entry.delta:
             current = self._sets.setdefault(network_id, {})
+            sent = self._sent.setdefault(network_id, {})
             for task_id in entry.removed_peers:
                 current.pop(task_id, None)
+                sent.pop(task_id, None)
         else:
             current = self._sets[network_id] = {}
+            sent = self._sent[network_id] = {}
         for peer in entry.peers:
+            sent[peer.task_id] = peer
             converted = _convert(peer, network_id)
             if converted is None:
                 current.pop(peer.task_id, None)
             else:
                 current[peer.task_id] = converted
+        self._services[network_id] = list(entry.services)
         return [current[task_id] for task_id in sorted(current)]
+
+    def endpoints(self, network_id: str) -> list[dpb.OverlayPeer]:
+        """The network's endpoints as sent (with service, task name and
+        readiness), by task id."""
+        sent = self._sent.get(network_id, {})
+        return [sent[task_id] for task_id in sorted(sent)]
+
+    def services(self, network_id: str) -> list[dpb.ServiceRecord]:
+        """The services attached to the network, as last sent."""
+        return list(self._services.get(network_id, ()))
 
     def forget(self, network_id: str) -> None:
         self._sets.pop(network_id, None)
+        self._sent.pop(network_id, None)
+        self._services.pop(network_id, None)
 
 
 def _convert(peer: dpb.OverlayPeer, network_id: str) -> Peer | None:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -58,12 +59,24 @@ class FakeWorker:
         self.stopped = False  # a stopped fake node ignores everything (for failure tests)
         self.reject_images = frozenset(reject_images)
         self.overlay = RecordingOverlay()  # the networks and peers it was sent
-        self.peer_sets = PeerSets()
+        self.peer_sets = PeerSets()  # with the endpoints as sent and the service records
+        # The latest network entries as they came (complete or delta), for tests
+        # that check what was sent, not only what resulted.
+        self.received: deque[dpb.NetworkAssignment] = deque(maxlen=256)
+        # The last entry of each network (node address, services), for tests.
+        self.entries: dict[str, dpb.NetworkAssignment] = {}
+        # Seconds a task takes to stop once told to (a real one has its grace
+        # period): tests of what waits for stopping tasks set it.
+        self.stop_delay = 0.0
+        self._stopping: set[str] = set()
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
             return
+        self.received.extend(assignments.networks)
         await sync_networks(self.overlay, assignments, self.peer_sets)
+        for entry in assignments.networks:
+            self.entries[entry.network.id] = entry
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:
@@ -83,7 +96,18 @@ class FakeWorker:
                         status.health = pb.TaskStatus.HEALTHY
                     self._set(task.id, status)
             elif current is None or current.state < pb.COMPLETE:
-                self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
+                if not self.stop_delay:
+                    self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
+                elif task.id not in self._stopping:
+                    self._stopping.add(task.id)
+                    asyncio.get_running_loop().call_later(self.stop_delay, self._stopped,
+                                                          task.id)
+
+    def _stopped(self, task_id: str) -> None:
+        self._stopping.discard(task_id)
+        current = self.tasks.get(task_id)
+        if not self.stopped and (current is None or current.state < pb.COMPLETE):
+            self._set(task_id, _status(pb.SHUTDOWN, "shut down (simulated)"))
 
     def _set(self, task_id: str, status: pb.TaskStatus) -> None:
         self.tasks[task_id] = status

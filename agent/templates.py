@@ -4,8 +4,8 @@ hostname, filled in on the node that runs the task, e.g.
     --env 'TASK_NAME={{.Task.Name}}' --hostname '{{.Node.Hostname}}-{{.Task.Slot}}'
 
 Supported: .Service.ID .Service.Name .Task.ID .Task.Name .Task.Slot
-.Node.ID .Node.Hostname (Task.Name is SERVICE.SLOT.TASKID, or SERVICE.NODEID.TASKID
-for a global service, as docker names them).
+.Node.ID .Node.Hostname (Task.Name is swarmapi.naming.task_name: SERVICE.SLOT.TASKID,
+or SERVICE.NODEID.TASKID for a global service, as docker names them).
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from swarmapi.naming import task_name
 from swarmapi.v1 import objects_pb2 as pb
 
 from .runtime.base import RejectError
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\.[A-Za-z.]*)\s*\}\}")
-
-
-def task_name(task: pb.Task) -> str:
-    return f"{task.service_name}.{task.slot or task.node_id}.{task.id}"
 
 
 def template_values(task: pb.Task, node_id: str, node_hostname: str) -> dict[str, str]:

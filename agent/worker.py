@@ -52,6 +52,7 @@ from .images import Image, ImageError
 from .network.model import OverlayNetwork
 from .network.overlay import OverlayError, OverlayManager
 from .overlay_sync import PeerSets, add_networks, networks_to_remove
+from .published import PublishedPorts, host_routes
 from .runtime import (
     ContainerError,
     ContainerState,
@@ -199,7 +200,8 @@ class Worker:
     def __init__(self, runtime: Runtime, images: ImageSource, report: Report | None = None,
                  settings: WorkerSettings | None = None,
                  overlay: OverlayManager | None = None,
-                 netns_path: Callable[[str], Path] | None = None) -> None:
+                 netns_path: Callable[[str], Path] | None = None,
+                 ports: PublishedPorts | None = None) -> None:
         self.runtime = runtime
         self.images = images
         # The overlay data plane, and where a task's network namespace is (to
@@ -208,6 +210,8 @@ class Worker:
         self._netns_path = netns_path
         self._peer_sets = PeerSets()
         self._networks: dict[str, OverlayNetwork] = {}
+        # Published ports (routing mesh and host mode); without it none are served.
+        self.ports = ports
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
         self.settings = settings or WorkerSettings()
@@ -252,6 +256,14 @@ class Worker:
                 await add_networks(self.overlay, assignments, self._peer_sets)
             except (OverlayError, ValueError, OSError) as error:
                 log.error("overlay networks: %s", error)
+            if self.ports is not None:
+                for entry in assignments.networks:
+                    if entry.network.spec.ingress:
+                        try:
+                            await self.ports.set_ingress(
+                                entry, self._peer_sets.endpoints(entry.network.id))
+                        except (OverlayError, ValueError, OSError) as error:
+                            log.error("routing mesh: %s", error)
         if assignments.type == dpb.Assignments.COMPLETE:
             wanted = {task.id for task in assignments.tasks}
             for task_id in [t for t in self._entries if t not in wanted]:
@@ -265,6 +277,7 @@ class Worker:
             self._remove(task_id)
         for task in assignments.tasks:
             self._upsert(task)
+        self._host_ports_changed()
         if self.overlay is not None:
             await self._remove_unused_networks(assignments)
 
@@ -285,6 +298,22 @@ class Worker:
                 continue
             self._peer_sets.forget(network_id)
             self._networks.pop(network_id, None)
+            if self.ports is not None:
+                try:
+                    await self.ports.ingress_removed(network_id)
+                except OSError as error:
+                    log.error("removing the ingress sandbox: %s", error)
+
+    def _host_ports_changed(self) -> None:
+        """Tell the published ports which of our tasks publish host-mode ports
+        and run (cheap: called on every status change)."""
+        if self.ports is None or self._netns_path is None:
+            return
+        netns_path = self._netns_path
+        self.ports.set_host_routes(host_routes(
+            ((entry.task, entry.status.state) for entry in self._entries.values()
+             if entry.task.endpoint.ports),
+            lambda task_id: str(netns_path(task_id))))
 
     def statuses(self) -> dict[str, pb.TaskStatus]:
         return {task_id: entry.status for task_id, entry in self._entries.items()}
@@ -610,6 +639,8 @@ class Worker:
         entry.status = status
         if self._entries.get(entry.id) is entry:
             self.report(entry.id, status)
+        if entry.task.endpoint.ports:
+            self._host_ports_changed()
 
     # ------------------------------------------------------------ introspection (tests)
 

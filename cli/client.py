@@ -49,12 +49,28 @@ class Settings:
     insecure: bool = False
 
 
-class RpcFailure(CliError):
-    """A failed RPC, reported in one line; keeps the status code for callers that retry."""
+# Trailing metadata the controller adds to a refusal that resolves itself
+# (control.proto: RemoveNetwork while tasks stop): retrying later succeeds.
+RETRY_METADATA_KEY = "swarm-retry"
 
-    def __init__(self, message: str, code: grpc.StatusCode) -> None:
+
+class RpcFailure(CliError):
+    """A failed RPC, reported in one line; keeps the status code (and whether the
+    controller said a later retry succeeds) for callers that retry."""
+
+    def __init__(self, message: str, code: grpc.StatusCode, retry: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.retry = retry  # the controller's swarm-retry hint, e.g. "endpoints"
+
+
+def _retry_hint(error: grpc.RpcError) -> str:
+    trailing = getattr(error, "trailing_metadata", None)
+    metadata = trailing() if callable(trailing) else None
+    for key, value in metadata or ():
+        if key == RETRY_METADATA_KEY and isinstance(value, str):
+            return value
+    return ""
 
 
 def describe_rpc_error(error: grpc.RpcError, target: str, timeout: float) -> RpcFailure:
@@ -71,7 +87,7 @@ def describe_rpc_error(error: grpc.RpcError, target: str, timeout: float) -> Rpc
         message = f"controller at {target} did not answer within {timeout:g}s"
     else:
         message = details
-    return RpcFailure(message, code)
+    return RpcFailure(message, code, _retry_hint(error))
 
 
 @dataclass

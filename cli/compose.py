@@ -1334,10 +1334,15 @@ def _validate_with_controller_rules(stack: Stack, declared: Mapping[str, StackNe
         try:
             normalize_service_spec(service.spec, placeholders)
         except ValidationError as error:
-            compose = _compose_path(error.field, _PROTO_TO_COMPOSE)
-            raise StackError(service.locate(compose),
-                             f"services.{key}" + (f".{compose}" if compose else ""),
-                             error.problem) from None
+            raise service_error(key, service, error) from None
+
+
+def service_error(key: str, service: StackService, error: ValidationError) -> StackError:
+    """The controller's validation error about a stack service, at the compose key
+    (and line) it comes from."""
+    compose = _compose_path(error.field, _PROTO_TO_COMPOSE)
+    return StackError(service.locate(compose),
+                      f"services.{key}" + (f".{compose}" if compose else ""), error.problem)
 
 
 def iter_messages(stack: Stack) -> Iterator[str]:

@@ -24,6 +24,7 @@ from typing import IO, Any
 import grpc
 
 from swarmapi import units
+from swarmapi.naming import slot_name
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import logs_pb2 as lpb
 from swarmapi.v1 import objects_pb2 as pb
@@ -132,7 +133,7 @@ class Names:
 def context_name(context: lpb.LogContext, names: Names, fmt: Format) -> str:
     """'web.1.<task id>@node-a' (docker's), or 'web.1@node-a' without task IDs."""
     task = names.task(context.task_id)
-    name = render.task_name(task) if task is not None else render.short_id(context.task_id,
+    name = slot_name(task) if task is not None else render.short_id(context.task_id,
                                                                            fmt.no_trunc)
     if fmt.task_ids and task is not None:
         name += "." + render.short_id(context.task_id, fmt.no_trunc)

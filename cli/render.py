@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from swarmapi import units
+from swarmapi.naming import slot_name
 from swarmapi.v1 import objects_pb2 as pb
 
 SHORT_ID = 12
@@ -192,16 +193,12 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
             service_mode(service.spec),
             replicas(service, tasks),
             image_name(service.spec.task.container.image),
-            ", ".join(port(p) for p in service.spec.endpoint.ports),
+            # As allocated (a port given as 0 has its number), else as asked.
+            ", ".join(port(p) for p in service.endpoint.ports or service.spec.endpoint.ports),
         ]
         for service in services
     ]
     return table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
-
-
-def task_name(task: pb.Task) -> str:
-    """'web.3' for a replicated task, 'web.<node id>' for a global one."""
-    return f"{task.service_name}.{task.slot if task.slot else task.node_id}"
 
 
 def task_error(task: pb.Task) -> str:
@@ -244,7 +241,7 @@ def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: dat
     previous: tuple[str, int, str] | None = None
     for task in ordered:
         key = slot_key(task)
-        name = task_name(task) if key != previous else f" \\_ {task_name(task)}"
+        name = slot_name(task) if key != previous else f" \\_ {slot_name(task)}"
         previous = key
         node = hostnames.get(task.node_id, task.node_id)
         rows.append([
@@ -292,11 +289,14 @@ def networks_table(networks: Sequence[pb.Network]) -> str:
             network.spec.driver,
             network.subnet or network.spec.ipam.subnet,
             network.gateway or network.spec.ipam.gateway,
+            str(network.spec.internal).lower(),
+            str(network.spec.attachable).lower(),
             labels(network.spec.labels),
         ]
         for network in networks
     ]
-    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "LABELS"], rows)
+    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ATTACHABLE",
+                  "LABELS"], rows)
 
 
 # ---------------------------------------------------------------- inspect, human-readable
@@ -416,8 +416,9 @@ def service_details(service: pb.Service) -> str:
         lines.append((0, "Networks", ", ".join(n.target for n in task.networks)))
     endpoint = spec.endpoint
     lines.append((0, "Endpoint Mode", enum_word(pb.EndpointSpec.Mode.Name(endpoint.mode))))
-    if endpoint.ports:
-        lines.append((0, "Ports", ", ".join(port(p) for p in endpoint.ports)))
+    ports = service.endpoint.ports or endpoint.ports  # as allocated, else as asked
+    if ports:
+        lines.append((0, "Ports", ", ".join(port(p) for p in ports)))
     for vip in service.endpoint.virtual_ips:
         lines.append((0, "Virtual IP", f"{vip.addr} ({vip.network_id})"))
     lines.append((0, "Created", timestamp(service.meta.created_at)))

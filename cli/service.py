@@ -508,7 +508,9 @@ def create(
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", metavar="PUBLISHED:TARGET[/PROTO]",
         help="Publish a port; also published=8080,target=80,protocol=tcp,mode=host "
-             "(repeatable).")] = None,
+             "(repeatable). Ingress mode (default): every node listens on PUBLISHED and "
+             "forwards to a ready task; mode=host: only nodes running a task. Forwarded by "
+             "the agent's userspace proxy (TCP and UDP).")] = None,
     network: Annotated[list[str] | None, typer.Option(
         metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
     endpoint_mode: Annotated[str | None, typer.Option(

@@ -47,14 +47,12 @@ from . import client, completion, compose, progress, render
 from .client import Controller, RpcFailure
 from .compose import NAMESPACE_LABEL, Stack, StackError
 from .errors import BadInput, CliError, ReportingGroup
+from .network import DEFAULT_REMOVE_WAIT, SERVICE_GONE_PATIENCE, remove_when_free
 from .options import DetachOpt, OutputOpt, QuietOpt, WaitTimeoutOpt, examples
 
 app = typer.Typer(help="Manage stacks: services and networks deployed from a compose file.",
                   no_args_is_help=True, rich_markup_mode=None, cls=ReportingGroup)
 
-# How long `stack rm` and `--prune` retry removing a network that the controller still
-# counts as in use: a just-removed service lingers in its cache for a moment.
-NETWORK_REMOVE_PATIENCE = 5.0
 
 
 class Action(StrEnum):
@@ -237,8 +235,10 @@ def plan_stack(stack: Stack, services: Sequence[pb.Service], networks: Sequence[
         name = wanted_service.spec.name
         try:
             desired = normalize_service_spec(wanted_service.spec, resolvable)
-        except ValidationError as error:  # parse_stack checked it: only a race gets here
-            raise PlanError(f"{wanted_service.location}: services.{key}: {error}") from None
+        except ValidationError as error:
+            # parse_stack checked it against the file's own networks: what gets here
+            # is about an external one (e.g. internal, and the service publishes).
+            raise PlanError(str(compose.service_error(key, wanted_service, error))) from None
         current_service = current_services.get(name)
         if current_service is None:
             # What the file says, without the defaults the controller will add.
@@ -349,23 +349,8 @@ def _wait_for_network(ctl: Controller, name: str, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def remove_network_when_free(ctl: Controller, name: str,
-                             patience: float = NETWORK_REMOVE_PATIENCE) -> None:
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            ctl.call(ctl.stub.RemoveNetwork, cpb.RemoveRequest(ref=name))
-            return
-        except RpcFailure as error:
-            if error.code == grpc.StatusCode.NOT_FOUND:
-                return
-            if error.code != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
 def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
-               with_tasks: bool) -> list[progress.Baseline]:
+               with_tasks: bool, network_timeout: float) -> list[progress.Baseline]:
     """Make the plan's writes; return the baselines to wait on (created and updated
     services). Networks come first, since services name them; removals come last."""
     baselines: list[progress.Baseline] = []
@@ -398,7 +383,8 @@ def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
             echo(f"service {service_step.name}: removed")
     for step in plan.networks:
         if step.action is Action.remove:
-            remove_network_when_free(ctl, step.name)
+            remove_when_free(ctl, step.name, timeout=network_timeout,
+                             patience=SERVICE_GONE_PATIENCE, missing_ok=True)
             echo(f"network {step.name}: removed")
     return baselines
 
@@ -453,7 +439,8 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
             typer.echo("\n".join(plan_lines(plan, dry_run=True, details=True)))
             return
         echo: Callable[[str], None] = typer.echo
-        baselines = apply_plan(ctl, plan, echo, with_tasks=not detach)
+        baselines = apply_plan(ctl, plan, echo, with_tasks=not detach,
+                               network_timeout=timeout)
         for note in plan.notes:
             typer.echo(f"note: {note}")
         if baselines and not detach:
@@ -617,12 +604,18 @@ def stack_ps(
         tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
 
 
-@app.command("rm", epilog=examples("swarmctl stack rm web"))
+@app.command("rm", epilog=examples("swarmctl stack rm web",
+                                   "swarmctl stack rm --timeout 2m web db"))
 def remove(
     ctx: typer.Context,
     names: Annotated[list[str], typer.Argument(metavar="NAME", autocompletion=completion.stacks)],
+    wait_for: Annotated[str, typer.Option(
+        "--timeout", metavar="DURATION",
+        help="Wait this long for the removed services' tasks to stop before removing "
+             "each network.")] = DEFAULT_REMOVE_WAIT,
 ) -> None:
-    """Remove stacks: their services, then their networks."""
+    """Remove stacks: their services, then (once those tasks have stopped) their networks."""
+    timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
         missing = 0
         for name in names:
@@ -635,6 +628,7 @@ def remove(
                 ctl.call(ctl.stub.RemoveService, cpb.RemoveRequest(ref=service.id))
                 typer.echo(f"service {service.spec.name}: removed")
             for network in sorted(networks, key=lambda n: n.spec.name):
-                remove_network_when_free(ctl, network.id)
+                remove_when_free(ctl, network.id, timeout=timeout,
+                                 patience=SERVICE_GONE_PATIENCE, missing_ok=True)
                 typer.echo(f"network {network.spec.name}: removed")
     client.fail_if(missing)

@@ -7,9 +7,14 @@ for `HEARTBEAT_MISSES` periods is marked DOWN (and the orchestrator replaces
 its tasks). Status reports are coalesced per task (latest wins) and written in
 batched, fenced transactions.
 
-Assignments also carry the overlay networks the node's tasks use, with their
-peers on other nodes (peers.py): the complete set when a network first
-appears in a session, then deltas, coalesced over `network_flush_interval`.
+Assignments also carry the overlay networks the node's tasks use, with every
+endpoint on them (its own too: DNS and load balancing need local tasks; its
+data plane skips its own VTEP) and the services attached to them (peers.py):
+the complete peer set when a network first appears in a session, then deltas
+(a task becoming ready or unhealthy is one peer to each node on the network),
+coalesced over `network_flush_interval`. A service change that alters a
+network's records (created, removed, renamed, attached, a VIP allocated)
+resends that network's records to the nodes that have it.
 
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
@@ -43,7 +48,8 @@ from swarmapi.v1 import objects_pb2 as pb
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
-from .peers import OverlayIndex, PeerTable, network_assignment, vtep
+from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
 from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
 
 log = logging.getLogger(__name__)
@@ -75,6 +81,8 @@ class _Session:
     # next message carries only what changed after it, and the networks the
     # agent has are removed when it no longer needs them.
     sent_networks: dict[str, int] = field(default_factory=dict)
+    # What it was last told of the routing mesh besides the peers (mesh.py).
+    sent_mesh: bytes | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -91,6 +99,7 @@ class _LeaderState:
     pending_status: dict[str, tuple[str, pb.TaskStatus]] = field(default_factory=dict)
     status_ready: asyncio.Event = field(default_factory=asyncio.Event)
     overlay: OverlayIndex = field(default_factory=OverlayIndex)
+    services: ServiceIndex = field(default_factory=ServiceIndex)
     peers: PeerTable = field(default_factory=PeerTable)
 
 
@@ -132,7 +141,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     async def serve_as_leader(self, guard: Guard) -> None:
         """Run the leader's side (node monitor, status writer) until cancelled."""
-        state = _LeaderState(guard=guard, overlay=OverlayIndex(self._store.cache.tasks.values()))
+        cache = self._store.cache
+        state = _LeaderState(guard=guard, overlay=OverlayIndex(cache.tasks.values()),
+                             services=ServiceIndex(cache.services.values()))
+        for node in cache.nodes.values():
+            state.overlay.apply_node(None, node)  # its own (ingress) endpoint
         now = self._clock()
         # Every node gets a full grace period to find the new leader.
         for node in self._store.cache.nodes.values():
@@ -312,15 +325,31 @@ class Dispatcher(dgrpc.DispatcherServicer):
         for network_id in sorted(network_ids):
             network = cache.networks.get(network_id)
             if network is not None and network_id in uses:
-                table = state.peers.refresh(network_id, state.overlay, cache.nodes)
-                assignment = network_assignment(network, table, session.node_id,
+                table = state.peers.refresh(network_id, state.overlay, state.services,
+                                            cache.nodes)
+                assignment = network_assignment(network, table,
                                                 session.sent_networks.get(network_id))
                 session.sent_networks[network_id] = table.version
+                if network.spec.ingress:
+                    assignment = self._with_mesh(session, network, assignment)
                 if assignment is not None:
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
                 removed.append(network_id)
+                if network is None or network.spec.ingress:
+                    session.sent_mesh = None
         return updates, removed
+
+    def _with_mesh(self, session: _Session, network: pb.Network,
+                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+        """The ingress entry with the node's address and the published services."""
+        cache = self._store.cache
+        node = cache.nodes.get(session.node_id)
+        records = ingress_records(cache.services.values())
+        fingerprint = mesh_fingerprint(node, network, records)
+        changed = fingerprint != session.sent_mesh
+        session.sent_mesh = fingerprint
+        return complete_ingress(assignment, network, node, records, changed)
 
     def _mark_networks(self, state: _LeaderState, network_ids: set[str]) -> None:
         """Tell the sessions that have (or need) these networks to look again."""
@@ -337,6 +366,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._state
         if state is None:
             return
+        if change.kind == "services":
+            old_service: pb.Service | None = change.old  # type: ignore[assignment]
+            new_service: pb.Service | None = change.new  # type: ignore[assignment]
+            changed = state.services.apply(old_service, new_service)
+            if affects_mesh(old_service, new_service):  # the ingress entries' records
+                changed |= {n.id for n in self._store.cache.networks.values() if n.spec.ingress}
+            self._mark_networks(state, changed)
+            return
         if change.kind == "networks":
             if change.new is None:
                 state.peers.forget(change.object_id)
@@ -345,6 +382,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if change.kind == "nodes":
             old_node: pb.Node | None = change.old  # type: ignore[assignment]
             new_node: pb.Node | None = change.new  # type: ignore[assignment]
+            # Its own (ingress) endpoint: the network is assigned to it, and
+            # every node on it learns where the endpoint is.
+            self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
             # Its endpoints appear in (or leave) every peer list when it goes
             # down, comes back, moves or is removed.
             if old_node is None or new_node is None \

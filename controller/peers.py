@@ -1,15 +1,18 @@
 """What each node must know about overlay networks: the networks its tasks
-use, and every endpoint of those networks on other nodes (the peers its
-VXLAN device needs as FDB and neighbour entries).
+use, every endpoint of those networks (its own included: DNS and load
+balancing need the local tasks too; the agent's data plane skips those on its
+own VTEP), and the services attached to them (their names and VIPs).
 
-`OverlayIndex` is kept up to date from task changes by the dispatcher. The
-peers of a network are derived from the index and the nodes as they are when
-a message is sent, so a node going DOWN (or changing its address) only needs
-the affected networks marked dirty. `PeerTable` keeps each network's peers,
-shared by all sessions and updated by what changed, with a versioned change
-log; `network_assignment` gives each node the complete set the first time
-and only the changes after that (a large network would otherwise cost every
-node the whole set on every change), never its own endpoints.
+`OverlayIndex` is kept up to date from task changes by the dispatcher, and
+`ServiceIndex` from service changes. The peers of a network are derived from
+the index and the nodes as they are when a message is sent, so a node going
+DOWN (or changing its address) only needs the affected networks marked dirty.
+`PeerTable` keeps each network's peers and service records, shared by all
+sessions and updated by what changed, with a versioned change log;
+`network_assignment` gives each node the complete set the first time and only
+the changes after that (a large network would otherwise cost every node the
+whole set on every change, and a readiness change is one peer to every node
+on the network). Service records are few: every entry carries all of them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from swarmapi.naming import task_name
 from swarmapi.overlay import mac_for_ip
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
@@ -27,9 +31,15 @@ _CHANGES_LIMIT = 100_000
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
+    """A task's endpoint on one network. Equality is what decides whether the
+    nodes on the network are told: a readiness change is a change."""
+
     task_id: str
     node_id: str
     address: str  # CIDR form
+    service_id: str = ""
+    task_name: str = ""
+    ready: bool = False
 
 
 def is_present(task: pb.Task | None) -> bool:
@@ -39,11 +49,25 @@ def is_present(task: pb.Task | None) -> bool:
     return task is not None and bool(task.node_id) and pb.ASSIGNED <= task.status.state <= pb.RUNNING
 
 
+_NOT_READY_HEALTH = (pb.TaskStatus.UNHEALTHY, pb.TaskStatus.HEALTH_STARTING)
+
+
+def is_ready(task: pb.Task) -> bool:
+    """Whether DNS answers the task and load balancing sends it connections:
+    RUNNING, not unhealthy nor still waiting for its first health check, and
+    not being stopped (a task told to shut down stops getting new
+    connections at once, before its container has stopped, as in docker)."""
+    return task.status.state == pb.RUNNING and task.desired_state <= pb.RUNNING \
+        and task.status.health not in _NOT_READY_HEALTH
+
+
 def endpoints(task: pb.Task | None) -> dict[str, Endpoint]:
     """The task's endpoints by network id; none when it is not present."""
     if task is None or not is_present(task):
         return {}
-    return {a.network_id: Endpoint(task.id, task.node_id, a.addresses[0])
+    name, ready = task_name(task), is_ready(task)
+    return {a.network_id: Endpoint(task.id, task.node_id, a.addresses[0], task.service_id,
+                                   name, ready)
             for a in task.networks if a.addresses}
 
 
@@ -53,6 +77,18 @@ def vtep(node: pb.Node) -> str:
     if addr.startswith("["):
         return addr[1:].partition("]")[0]
     return addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
+
+
+NODE_ENDPOINT_PREFIX = "node:"
+
+
+def node_endpoints(node: pb.Node | None) -> dict[str, Endpoint]:
+    """The node's own endpoints by network id (its ingress address: the
+    routing mesh's source address), named "node:" + its id as peers."""
+    if node is None:
+        return {}
+    return {a.network_id: Endpoint(NODE_ENDPOINT_PREFIX + node.id, node.id, a.addresses[0])
+            for a in node.attachments if a.addresses}
 
 
 class OverlayIndex:
@@ -69,7 +105,19 @@ class OverlayIndex:
 
     def apply(self, old: pb.Task | None, new: pb.Task | None) -> set[str]:
         """Account a task change; returns the networks whose endpoints changed."""
-        before, after = endpoints(old), endpoints(new)
+        task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        return self._account(endpoints(old), endpoints(new), task_id)
+
+    def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> set[str]:
+        """Account a node change (its own endpoints); returns the networks
+        whose endpoints changed. A node with an endpoint on a network is
+        assigned that network, tasks or not (networks_of)."""
+        node_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        return self._account(node_endpoints(old), node_endpoints(new),
+                             NODE_ENDPOINT_PREFIX + node_id)
+
+    def _account(self, before: dict[str, Endpoint], after: dict[str, Endpoint],
+                 task_id: str) -> set[str]:
         changed: set[str] = set()
         for network_id, endpoint in before.items():
             if after.get(network_id) != endpoint:
@@ -80,7 +128,6 @@ class OverlayIndex:
                 changed.add(network_id)
                 self.endpoints.setdefault(network_id, {})[endpoint.task_id] = endpoint
                 self._node_networks.setdefault(endpoint.node_id, Counter())[network_id] += 1
-        task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
         for network_id in changed:
             pending = self._changes.setdefault(network_id, set())
             pending.add(task_id)
@@ -118,25 +165,85 @@ class OverlayIndex:
         return set(self._node_networks.get(node_id, ()))
 
 
+def service_records(service: pb.Service | None) -> dict[str, dpb.ServiceRecord]:
+    """The service's record on each network it attaches to (spec.task.networks
+    targets, IDs once validated): its VIP there (empty in dnsrr mode and until
+    allocated, which is in the same write as the service), and its aliases
+    there (a stack service's short name, compose `aliases`)."""
+    if service is None:
+        return {}
+    vips = {vip.network_id: vip.addr for vip in service.endpoint.virtual_ips}
+    mode = service.spec.endpoint.mode
+    return {attachment.target: dpb.ServiceRecord(
+                id=service.id, name=service.spec.name, mode=mode,
+                vip=vips.get(attachment.target, "") if mode == pb.EndpointSpec.VIP else "",
+                aliases=[a for a in dict.fromkeys(attachment.aliases) if a != service.spec.name])
+            for attachment in service.spec.task.networks}
+
+
+class ServiceIndex:
+    """The services attached to each network, as records, kept up to date
+    from service changes; remembers which networks' records changed until
+    PeerTable takes them (take_changed)."""
+
+    def __init__(self, services: Iterable[pb.Service] = ()) -> None:
+        self._records: dict[str, dict[str, dpb.ServiceRecord]] = {}  # network -> service -> record
+        self._changed: set[str] = set()
+        for service in services:
+            self.apply(None, service)
+
+    def apply(self, old: pb.Service | None, new: pb.Service | None) -> set[str]:
+        """Account a service change; returns the networks whose records changed."""
+        before, after = service_records(old), service_records(new)
+        service_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
+        changed = {network_id for network_id in before.keys() | after.keys()
+                   if before.get(network_id) != after.get(network_id)}
+        for network_id in changed:
+            members = self._records.setdefault(network_id, {})
+            record = after.get(network_id)
+            if record is None:
+                members.pop(service_id, None)
+                if not members:
+                    del self._records[network_id]
+            else:
+                members[service_id] = record
+        self._changed |= changed
+        return changed
+
+    def records(self, network_id: str) -> list[dpb.ServiceRecord]:
+        """The network's service records, by name."""
+        members = self._records.get(network_id, {})
+        return sorted(members.values(), key=lambda r: (r.name, r.id))
+
+    def take_changed(self, network_id: str) -> bool:
+        """Whether the network's records changed since the last call."""
+        if network_id in self._changed:
+            self._changed.discard(network_id)
+            return True
+        return False
+
+
 @dataclass
 class NetworkPeers:
-    """One network's peer set, versioned, with the log of what changed.
+    """One network's peer set and service records, versioned, with the log of
+    what changed.
 
     `version` grows by one per refresh that changed anything; `log` holds
-    (version, task id) for every change after `floor`. A session that last
-    received version v >= floor can be sent the changes after v; one below
-    the floor (or new) gets the complete set.
+    (version, task id) for every peer change after `floor` (a version without
+    entries changed only the service records). A session that last received
+    version v >= floor can be sent the changes after v; one below the floor
+    (or new) gets the complete set.
     """
 
     nodes_generation: int  # of the nodes it was built against
-    peers: dict[str, tuple[str, dpb.OverlayPeer]]  # task id -> (node id, peer)
+    peers: dict[str, dpb.OverlayPeer]  # by task id
+    services: list[dpb.ServiceRecord]
     version: int = 1
     floor: int = 1
     log: deque[tuple[int, str]] = field(default_factory=deque)
 
 
-def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]
-          ) -> tuple[str, dpb.OverlayPeer] | None:
+def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]) -> dpb.OverlayPeer | None:
     """The peer an endpoint is, or None when its node is gone, DOWN or has no
     address (a node that never said where it is cannot be reached)."""
     if endpoint is None:
@@ -147,9 +254,10 @@ def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]
     address = vtep(node)
     if not address:
         return None
-    return endpoint.node_id, dpb.OverlayPeer(
+    return dpb.OverlayPeer(
         task_id=endpoint.task_id, node_id=endpoint.node_id, address=endpoint.address,
-        mac=mac_for_ip(endpoint.address), vtep=address)
+        mac=mac_for_ip(endpoint.address), vtep=address, service_id=endpoint.service_id,
+        task_name=endpoint.task_name, ready=endpoint.ready)
 
 
 class PeerTable:
@@ -162,11 +270,12 @@ class PeerTable:
         self._log_limit = log_limit
         self._tables: dict[str, NetworkPeers] = {}
 
-    def refresh(self, network_id: str, index: OverlayIndex,
+    def refresh(self, network_id: str, index: OverlayIndex, services: ServiceIndex,
                 nodes: Mapping[str, pb.Node]) -> NetworkPeers:
         """The network's current table, brought up to date."""
         members = index.endpoints.get(network_id, {})
         taken = index.take_changes(network_id)
+        services_changed = services.take_changed(network_id)
         table = self._tables.get(network_id)
         if table is None:
             peers = {}
@@ -174,7 +283,8 @@ class PeerTable:
                 peer = _peer(endpoint, nodes)
                 if peer is not None:
                     peers[task_id] = peer
-            table = self._tables[network_id] = NetworkPeers(self.nodes_generation, peers)
+            table = self._tables[network_id] = NetworkPeers(self.nodes_generation, peers,
+                                                            services.records(network_id))
             return table
         if taken is None or table.nodes_generation != self.nodes_generation:
             # A node went down, came back or moved: any endpoint may differ.
@@ -192,7 +302,12 @@ class PeerTable:
             else:
                 table.peers[task_id] = peer
             changed.append(task_id)
-        if changed:
+        records_moved = False
+        if services_changed:
+            records = services.records(network_id)
+            records_moved = records != table.services
+            table.services = records
+        if changed or records_moved:
             table.version += 1
             table.log.extend((table.version, task_id) for task_id in changed)
             while len(table.log) > self._log_limit:
@@ -212,26 +327,27 @@ def _changed_since(table: NetworkPeers, version: int) -> set[str]:
     return changed
 
 
-def network_assignment(network: pb.Network, table: NetworkPeers, node_id: str,
+def network_assignment(network: pb.Network, table: NetworkPeers,
                        since: int | None) -> dpb.NetworkAssignment | None:
-    """What node_id must be sent about the network, having last been sent
-    version `since` of its peers (None: never): the complete set minus its own
-    endpoints, or the changes after `since`; None when nothing changed. The
-    network goes without its store bookkeeping (meta, allocation cursor)."""
+    """What a node must be sent about the network, having last been sent
+    version `since` of its table (None: never): the complete peer set, or the
+    peer changes after `since`, with every service record either way; None
+    when nothing changed. The same for every node (its own endpoints are
+    peers too). The network goes without its store bookkeeping (meta,
+    allocation cursor)."""
     if since is not None and since >= table.version:
         return None
-    result = dpb.NetworkAssignment(network=network)
+    result = dpb.NetworkAssignment(network=network, services=table.services)
     result.network.ClearField("meta")
     result.network.address_cursor = ""
     if since is None or since < table.floor:
-        result.peers.extend(peer for task_id in sorted(table.peers)
-                            for owner, peer in (table.peers[task_id],) if owner != node_id)
+        result.peers.extend(table.peers[task_id] for task_id in sorted(table.peers))
         return result
     result.delta = True
     for task_id in sorted(_changed_since(table, since)):
-        entry = table.peers.get(task_id)
-        if entry is not None and entry[0] != node_id:
-            result.peers.append(entry[1])
+        peer = table.peers.get(task_id)
+        if peer is not None:
+            result.peers.append(peer)
         else:
             result.removed_peers.append(task_id)
     return result

@@ -26,6 +26,7 @@ from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
 from swarmapi.v1 import objects_pb2 as pb
 
 from .allocator.index import AddressIndex
+from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import ControlServicer
@@ -73,6 +74,9 @@ class ControllerConfig:
     join_listen: str = ""
     # Write an admin identity for swarmctl here at start (--admin-out).
     admin_out: str = ""
+    # The leader makes the routing mesh's `ingress` network when the cluster
+    # has none (as `docker swarm init`); tests of other parts turn it off.
+    create_ingress: bool = True
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -104,6 +108,7 @@ class Controller:
         # Addresses in use per network, shared by the allocator and the API.
         self.addresses = AddressIndex(self.store.cache)
         self.allocator = Allocator(self.store, self.addresses)
+        self.ingress = IngressKeeper(self.store, self.addresses, create=config.create_ingress)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
         self.logs = LogBroker(self.store, config.logs)
@@ -176,6 +181,7 @@ class Controller:
         loops = [
             start_supervised("orchestrator", lambda: self.orchestrator.run(guard)),
             start_supervised("allocator", lambda: self.allocator.run(guard)),
+            start_supervised("ingress", lambda: self.ingress.run(guard)),
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
             start_supervised("log-broker", self.logs.serve_as_leader),

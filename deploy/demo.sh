@@ -5,7 +5,8 @@
 # registry holding the demo image; apply the example web stack
 # (deploy/examples/web.yaml: services web_web and web_kv, as docker names a
 # stack's services), scale it with `swarmctl service scale web_web=5`, show
-# where it runs and fetch each task's page.
+# where it runs and fetch the page through the published port 8080 from every
+# host's address (the routing mesh), printing which task answered.
 # The cluster stays up for you to explore; `swarmctl dev down` removes it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,14 +24,33 @@ swarmctl service ps web_web
 swarmctl dev status
 set +x
 
-# Each task is a container in its own network namespace on its host; until
-# overlay networks and published ports land (issue 4) its page is fetched
-# from inside that namespace.
-web_tasks=$(swarmctl service ps web_web -o json | python -c 'import json,sys; print(" ".join(t["id"] for t in json.load(sys.stdin)))')
-for task in $web_tasks; do
-  netns=$(ip netns list | awk -v id="$task" '$1 ~ id {print $1}')
-  [ -n "$netns" ] || continue
-  nsenter --net="/run/netns/$netns" busybox wget -qO- http://127.0.0.1:80/ || echo "$task: (no answer)"
+# The web service publishes port 8080 through the routing mesh: every host
+# listens on its own address, hosts without a web task included, and forwards
+# each connection to a ready task wherever it runs (over the ingress overlay).
+# Fetch the page through the published port from every host: the page names
+# the task (and host) that answered.
+fetch() {  # GET / from this (the root) namespace: no proxy settings apply
+  python - "$1" "$2" <<'PY' 2>/dev/null
+import http.client, sys
+connection = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=3)
+connection.request("GET", "/")
+response = connection.getresponse()
+if response.status != 200:
+    sys.exit(1)
+print(response.read().decode().strip())
+PY
+}
+hosts=$(swarmctl node ls -o json | python -c 'import json,sys; print(" ".join(sorted(n["description"]["advertise_addr"] for n in json.load(sys.stdin))))')
+for host in $hosts; do
+  for _ in 1 2 3; do
+    page=""
+    for _ in $(seq 50); do   # the tasks' first health checks make them ready
+      page=$(fetch "$host" 8080 || true)
+      [ -n "$page" ] && break
+      sleep 0.2
+    done
+    echo "http://$host:8080/ -> ${page:-(no answer)}"
+  done
 done
 echo
 echo "The cluster is up: try 'swarmctl service ls'; remove it with 'swarmctl dev down'."

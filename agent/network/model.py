@@ -26,6 +26,12 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")  # IFNAMSIZ - 1
 
 
+def is_network_id(text: str) -> bool:
+    """Whether a name could be a network ID (anything else under the overlay
+    prefix is another kind of namespace, e.g. the ingress sandbox)."""
+    return bool(_ID_RE.match(text))
+
+
 def mac_from_ip(ip: IPv4Address | str) -> str:
     """The MAC Docker gives an IPv4 endpoint: 02:42 (locally administered,
     unicast) followed by the four address bytes. Deterministic, so every host

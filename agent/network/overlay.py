@@ -71,6 +71,7 @@ from .model import (
     OverlayNetwork,
     Peer,
     check_ifname,
+    is_network_id,
     mac_from_ip,
     normalize_mac,
     veth_name,
@@ -117,6 +118,12 @@ class OverlaySettings:
 
     def netns_name(self, network_id: str) -> str:
         return self.netns_prefix + network_id
+
+    def sandbox_name(self, purpose: str) -> str:
+        """A namespace of the agent's own under the same prefix (purged with
+        the overlay namespaces), never taken for a network's: '+' is in no
+        network ID."""
+        return f"{self.netns_prefix}{purpose}+sbox"
 
 
 # ---------------------------------------------------------------- netlink helpers
@@ -493,4 +500,5 @@ class OverlayManager:
         prefix = self.settings.netns_prefix
         if not NETNS_DIR.is_dir():
             return []
-        return sorted(entry[len(prefix):] for entry in os.listdir(NETNS_DIR) if entry.startswith(prefix))
+        return sorted(entry[len(prefix):] for entry in os.listdir(NETNS_DIR)
+                      if entry.startswith(prefix) and is_network_id(entry[len(prefix):]))

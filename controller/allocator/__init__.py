@@ -10,7 +10,8 @@ Who allocates what, and when:
 
 - network subnet, gateway, VNI: the control API, synchronously in
   CreateNetwork (bad or overlapping input is an error, nothing written);
-  released in RemoveNetwork, which is refused while services or tasks use it;
+  released in RemoveNetwork, which is refused while services use it or
+  tasks not yet ended hold addresses on it (networks.stopping_holders);
 - service VIPs (vip mode, one per attached network): the control API, in the
   same transaction as CreateService / UpdateService; released with the
   service (RemoveService) or when the network or vip mode is dropped;

@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from swarmapi.v1 import objects_pb2 as pb
 
-from ..store import Claim, Keys, Op, Release, RequireAbsent
+from ..store import Claim, Create, Keys, Op, Release, RequireAbsent, ReserveName
 from .ipam import address_of, ancestor_bits, subnet_bits
 
 
@@ -23,6 +23,31 @@ def task_owner(task_id: str) -> str:
 
 def vip_owner(service_id: str) -> str:
     return f"vip/{service_id}"
+
+
+def node_owner(node_id: str) -> str:
+    return f"node/{node_id}"
+
+
+def claim_port(keys: Keys, protocol: int, port: int, service_id: str) -> Claim:
+    """An ingress port, unique in the cluster (see allocator.ports)."""
+    return Claim(keys.port(protocol, port), service_id.encode())
+
+
+def release_port(keys: Keys, protocol: int, port: int) -> Release:
+    return Release(keys.port(protocol, port))
+
+
+def release_ports(keys: Keys, service: pb.Service) -> list[Op]:
+    """Releases of the service's ingress ports."""
+    return [release_port(keys, p.protocol, p.published_port) for p in service.endpoint.ports
+            if p.publish_mode == pb.PortConfig.INGRESS and p.published_port]
+
+
+def release_node(keys: Keys, node: pb.Node) -> list[Op]:
+    """Releases of the node's own addresses (its ingress endpoint)."""
+    return [release_address(keys, attachment.network_id, cidr)
+            for attachment in node.attachments for cidr in attachment.addresses]
 
 
 def claim_address(keys: Keys, network_id: str, address: int, owner: str) -> Claim:
@@ -60,6 +85,12 @@ def claim_network(keys: Keys, network: pb.Network) -> list[Op]:
     ]
     ops.extend(RequireAbsent(keys.subnet(bits)) for bits in ancestor_bits(subnet))
     return ops
+
+
+def network_ops(keys: Keys, network: pb.Network) -> list[Op]:
+    """A new network with its unique name and its claims, for one transaction."""
+    return [Create(network), ReserveName("networks", network.spec.name, network.id),
+            *claim_network(keys, network)]
 
 
 def release_network(keys: Keys, network: pb.Network) -> list[Op]:

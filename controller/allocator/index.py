@@ -14,9 +14,12 @@ from .ipam import address_of
 
 
 def held(obj: object) -> list[tuple[str, int]]:
-    """(network id, address) pairs a task's attachments or a service's VIPs hold."""
+    """(network id, address) pairs a task's attachments, a service's VIPs or a
+    node's own attachments (its ingress endpoint) hold."""
     if isinstance(obj, pb.Task):
         return [(a.network_id, address_of(cidr)) for a in obj.networks for cidr in a.addresses]
+    if isinstance(obj, pb.Node):
+        return [(a.network_id, address_of(cidr)) for a in obj.attachments for cidr in a.addresses]
     if isinstance(obj, pb.Service):
         return [(vip.network_id, address_of(vip.addr)) for vip in obj.endpoint.virtual_ips]
     return []
@@ -30,16 +33,16 @@ class AddressIndex(Mapping[str, KeysView[int]]):
 
     def __init__(self, cache: WatchCache) -> None:
         self._used: dict[str, Counter[int]] = {}
-        for obj in (*cache.tasks.values(), *cache.services.values()):
+        for obj in (*cache.tasks.values(), *cache.services.values(), *cache.nodes.values()):
             self._add(held(obj))
         self.unsubscribe: Callable[[], None] = cache.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind not in ("tasks", "services"):
+        if change.kind not in ("tasks", "services", "nodes"):
             return
         before, after = held(change.old), held(change.new)
         if before == after:
-            return  # the usual case: a status change
+            return  # the usual case: a status change or a heartbeat
         self._remove(before)
         self._add(after)
 

@@ -95,9 +95,10 @@ def allocate_network(spec: pb.NetworkSpec, existing: Iterable[pb.Network],
 # ---------------------------------------------------------------- addresses in use
 
 
-def used_by_network(tasks: Iterable[pb.Task],
-                    services: Iterable[pb.Service]) -> dict[str, set[int]]:
-    """Every address held, per network: tasks' attachments and services' VIPs.
+def used_by_network(tasks: Iterable[pb.Task], services: Iterable[pb.Service],
+                    nodes: Iterable[pb.Node] = ()) -> dict[str, set[int]]:
+    """Every address held, per network: tasks' attachments, services' VIPs and
+    nodes' own attachments (ingress).
     The same set as the address keys in etcd, since both are always written
     (and released) in one transaction."""
     used: dict[str, set[int]] = {}
@@ -108,7 +109,32 @@ def used_by_network(tasks: Iterable[pb.Task],
     for service in services:
         for vip in service.endpoint.virtual_ips:
             used.setdefault(vip.network_id, set()).add(ipam.address_of(vip.addr))
+    for node in nodes:
+        for attachment in node.attachments:
+            bucket = used.setdefault(attachment.network_id, set())
+            bucket.update(ipam.address_of(cidr) for cidr in attachment.addresses)
     return used
+
+
+def stopping_holders(network_id: str, tasks: Iterable[pb.Task],
+                     nodes: Mapping[str, pb.Node]) -> list[pb.Task]:
+    """The tasks that hold an address on the network and have not ended yet
+    (a removed service's tasks while they stop): removing the network under
+    them would tear their nodes' devices down while they still answer.
+    Ended tasks (history) do not count, nor tasks on nodes that are DOWN or
+    gone: they would never report, and their nodes drop the network when the
+    assignments no longer name it."""
+    result = []
+    for task in tasks:
+        if task.status.state >= pb.COMPLETE:
+            continue
+        if task.node_id:
+            node = nodes.get(task.node_id)
+            if node is None or node.status.state == pb.NodeStatus.DOWN:
+                continue
+        if any(a.network_id == network_id and a.addresses for a in task.networks):
+            result.append(task)
+    return result
 
 
 class Pool:

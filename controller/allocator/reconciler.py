@@ -32,8 +32,9 @@ _BATCH_WINDOW = 0.005
 
 def _cost(task: pb.Task) -> int:
     """Operations a task can add to a transaction: its update, a claim per
-    network, and at worst an update of each of its networks."""
-    return 1 + 2 * len(task.spec.networks)
+    network (the ingress network perhaps one more), and at worst an update of
+    each of its networks."""
+    return 1 + 2 * (len(task.spec.networks) + 1)
 
 
 def batches(tasks: Sequence[pb.Task], budget: int) -> list[list[pb.Task]]:

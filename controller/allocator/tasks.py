@@ -1,5 +1,6 @@
 """Pure planning of task addresses: NEW tasks get one address per attached
-network and move to PENDING, the state the scheduler picks up. No I/O."""
+network (and one on the ingress network when their service publishes ports
+in ingress mode) and move to PENDING, the state the scheduler picks up. No I/O."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from ..orchestrator.slots import ALLOCATING_MESSAGE, PENDING_MESSAGE
 from ..orchestrator.tasks import timestamp
+from .ingress import NO_INGRESS_MESSAGE, find_ingress
 from .networks import Pool, wants_vips
+from .ports import publishes_ingress
 
 __all__ = ["ALLOCATING_MESSAGE", "Promotion", "TaskPlan", "needs_allocation", "plan_tasks"]
 
@@ -54,6 +57,7 @@ def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
     VIPs are not allocated yet, a network is missing, or a subnet is full.
     Inputs are not modified; `used` is per network, as networks.used_by_network."""
     plan = TaskPlan()
+    ingress = find_ingress(networks.values())
     for task in tasks:
         service = services.get(task.service_id)
         if service is None:
@@ -61,9 +65,17 @@ def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
         if _missing_vips(task, service):
             plan.waiting[task.id] = WAITING_FOR_VIPS
             continue
+        targets = list(task.spec.networks)
+        if publishes_ingress(service.spec):
+            # The routing mesh reaches the task on the ingress network, after its own.
+            if ingress is None:
+                plan.waiting[task.id] = NO_INGRESS_MESSAGE
+                continue
+            if all(a.target != ingress.id for a in targets):
+                targets.append(pb.NetworkAttachmentConfig(target=ingress.id))
         taken: list[tuple[Pool, int, int | None]] = []
         problem = ""
-        for attachment in task.spec.networks:
+        for attachment in targets:
             network = networks.get(attachment.target)
             if network is None or not network.subnet:
                 problem = f"network {attachment.target} not found"
@@ -82,7 +94,7 @@ def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
                 pool.give_back(address, cursor)
             plan.waiting[task.id] = problem
             continue
-        plan.promoted.append(Promotion(_promote(task, service, taken, now),
+        plan.promoted.append(Promotion(_promote(task, service, targets, taken, now),
                                        [(pool.network.id, address) for pool, address, _ in taken]))
     # Networks nobody took an address from need no write.
     plan.pools = {nid: pool for nid, pool in plan.pools.items()
@@ -90,12 +102,12 @@ def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
     return plan
 
 
-def _promote(task: pb.Task, service: pb.Service, taken: Sequence[tuple[Pool, int, int | None]],
-             now: float) -> pb.Task:
+def _promote(task: pb.Task, service: pb.Service, targets: Sequence[pb.NetworkAttachmentConfig],
+             taken: Sequence[tuple[Pool, int, int | None]], now: float) -> pb.Task:
     result = pb.Task()
     result.CopyFrom(task)
     del result.networks[:]
-    for attachment, (pool, address, _) in zip(task.spec.networks, taken, strict=True):
+    for attachment, (pool, address, _) in zip(targets, taken, strict=True):
         result.networks.add(network_id=pool.network.id, addresses=[pool.subnet.cidr(address)],
                             aliases=attachment.aliases)
     # The VIPs may have been allocated after the task was made.

@@ -24,13 +24,18 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from ..allocator.claims import (
     claim_address,
-    claim_network,
+    claim_port,
+    network_ops,
     release_address,
     release_network,
+    release_node,
+    release_port,
+    release_ports,
     release_vips,
     vip_owner,
 )
 from ..allocator.index import AddressIndex
+from ..allocator.ingress import find_ingress
 from ..allocator.ipam import free_count, parse_subnet
 from ..allocator.networks import (
     AllocationError,
@@ -38,7 +43,9 @@ from ..allocator.networks import (
     allocate_network,
     plan_vips,
     pool_settings,
+    stopping_holders,
 )
+from ..allocator.ports import PortPlan, ingress_ports, plan_ports
 from ..ca import revoke_node_ops
 from ..dispatcher import LEADER_METADATA_KEY
 from ..ids import new_id
@@ -67,6 +74,9 @@ from .validation import (
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
+# Trailing metadata of a FAILED_PRECONDITION that resolves itself: retrying
+# later may succeed (control.proto: RemoveNetwork).
+RETRY_METADATA_KEY = "swarm-retry"
 T = TypeVar("T")
 _SCALE_ATTEMPTS = 10
 # Writes that allocate (networks, VIPs) retry when they lost a race on a network
@@ -160,12 +170,17 @@ class ControlServicer(cgrpc.ControlServicer):
                              f"spec.name: service {spec.name!r} already exists")
             service = pb.Service(id=service_id, spec=spec, spec_version=1)
             plan = await self._plan_vips(context, spec, [], replicas_needed(spec))
+            ports = await self._plan_ports(context, service_id, spec, [])
             ops: list[Op] = [Create(service), ReserveName("services", spec.name, service.id)]
             ops.extend(self._vip_ops(service, plan))
+            ops.extend(self._port_ops(service, ports))
             try:
                 await self._store.commit(ops)
             except Conflict:
                 if self._networks_moved(plan.networks):
+                    continue
+                if ports.claimed:  # perhaps a port race: the checks above tell, once seen
+                    await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
                     continue
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"spec.name: service {spec.name!r} already exists")
@@ -210,6 +225,36 @@ class ControlServicer(cgrpc.ControlServicer):
         ops.extend(claim_address(keys, network_id, address, vip_owner(service.id))
                    for network_id, address in plan.claimed)
         ops.extend(release_address(keys, vip.network_id, vip.addr) for vip in plan.released)
+        return ops
+
+    async def _plan_ports(self, context: Context, service_id: str, spec: pb.ServiceSpec,
+                          current: Sequence[pb.PortConfig]) -> PortPlan:
+        """The service's published ports (nothing is written here): a port
+        another service publishes is refused naming it; ingress ports need
+        the ingress network."""
+        ingress = ingress_ports(spec.endpoint.ports)
+        if ingress and find_ingress(self._store.cache.networks.values()) is None:
+            index = list(spec.endpoint.ports).index(ingress[0])
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"spec.endpoint.ports[{index}]: published in ingress mode (the routing "
+                         "mesh), but the cluster has no ingress network (create one: swarmctl "
+                         "network create --ingress ingress; or publish with mode=host)")
+        try:
+            return plan_ports(service_id, spec, current, self._store.cache.services.values())
+        except AllocationError as error:
+            code = (grpc.StatusCode.RESOURCE_EXHAUSTED if error.exhausted
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+            await _abort(context, code, str(error))
+
+    def _port_ops(self, service: pb.Service, plan: PortPlan) -> list[Op]:
+        """Record the plan on `service` (endpoint.ports); the claims and releases."""
+        keys = self._store.keys
+        service.endpoint.spec.CopyFrom(service.spec.endpoint)
+        del service.endpoint.ports[:]
+        service.endpoint.ports.extend(plan.ports)
+        ops: list[Op] = [claim_port(keys, protocol, port, service.id)
+                         for protocol, port in plan.claimed]
+        ops.extend(release_port(keys, protocol, port) for protocol, port in plan.released)
         return ops
 
     def _networks_moved(self, networks: Sequence[pb.Network]) -> bool:
@@ -276,7 +321,9 @@ class ControlServicer(cgrpc.ControlServicer):
         service.spec.CopyFrom(spec)
         for _ in range(_ALLOC_ATTEMPTS):
             plan = await self._plan_vips(context, spec, current.endpoint.virtual_ips, 0)
-            ops: list[Op] = [Update(service), *self._vip_ops(service, plan)]
+            ports = await self._plan_ports(context, service.id, spec, current.endpoint.ports)
+            ops: list[Op] = [Update(service), *self._vip_ops(service, plan),
+                             *self._port_ops(service, ports)]
             try:
                 await self._store.commit(ops)
             except Conflict:
@@ -324,10 +371,11 @@ class ControlServicer(cgrpc.ControlServicer):
                             context: Context) -> cpb.RemoveResponse:
         service = await self._resolve(context, request.ref, self._store.cache.services,
                                       lambda s: s.spec.name, "service")
-        # Its VIPs go with it; its tasks' addresses go with each task record.
+        # Its VIPs and ports go with it; its tasks' addresses go with each task record.
         await self._commit(context, [Delete("services", service.id, service.meta.version),
                                      ReleaseName("services", service.spec.name),
-                                     *release_vips(self._store.keys, service)],
+                                     *release_vips(self._store.keys, service),
+                                     *release_ports(self._store.keys, service)],
                            f"remove service {service.spec.name!r}")
         log.info("removed service %s (%s)", service.spec.name, service.id)
         return cpb.RemoveResponse(id=service.id)
@@ -378,9 +426,11 @@ class ControlServicer(cgrpc.ControlServicer):
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"node {node.description.hostname or node.id} is not down and can't be "
                          "removed; drain it first or use --force")
-        # The removed node's certificates are revoked in the same transaction.
+        # The removed node's certificates are revoked, and its own addresses
+        # (ingress) released, in the same transaction.
         await self._commit(context, [Delete("nodes", node.id, node.meta.version),
-                                     *revoke_node_ops(self._store, node.id)],
+                                     *revoke_node_ops(self._store, node.id),
+                                     *release_node(self._store.keys, node)],
                            f"remove node {node.id}")
         return cpb.RemoveResponse(id=node.id)
 
@@ -392,6 +442,12 @@ class ControlServicer(cgrpc.ControlServicer):
             spec = normalize_network_spec(request.spec)
         except ValidationError as error:
             await self._invalid(context, error)
+        if spec.ingress:
+            existing = find_ingress(self._store.cache.networks.values())
+            if existing is not None:
+                await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
+                             f"spec.ingress: the cluster already has an ingress network "
+                             f"({existing.spec.name!r}); there can be only one")
         async with self._network_lock:
             return await self._create_network(context, spec)
 
@@ -411,8 +467,7 @@ class ControlServicer(cgrpc.ControlServicer):
                 await _abort(context, code, str(error))
             network = pb.Network(id=network_id, spec=spec, vni=allocation.vni,
                                  subnet=allocation.subnet, gateway=allocation.gateway)
-            ops: list[Op] = [Create(network), ReserveName("networks", spec.name, network.id),
-                             *claim_network(self._store.keys, network)]
+            ops = network_ops(self._store.keys, network)
             try:
                 await self._store.commit(ops)
             except Conflict:
@@ -450,19 +505,30 @@ class ControlServicer(cgrpc.ControlServicer):
                             context: Context) -> cpb.RemoveResponse:
         network = await self._resolve(context, request.ref, self._store.cache.networks,
                                       lambda n: n.spec.name, "network")
-        users = sorted(s.spec.name for s in self._store.cache.services.values()
-                       if any(a.target == network.id for a in s.spec.task.networks))
+        cache = self._store.cache
+        users = sorted(s.spec.name for s in cache.services.values()
+                       if any(a.target == network.id for a in s.spec.task.networks)
+                       or (network.spec.ingress and ingress_ports(s.spec.endpoint.ports)))
         if users:
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"network {network.spec.name!r} is in use by service(s) {', '.join(users)}")
-        # Tasks of removed services may still hold addresses here while they
-        # stop. They do not block the removal (`service rm` then `network rm`
-        # just works): the sweep below deletes their address keys, their own
-        # releases later find nothing, and the dispatcher tells their nodes to
-        # drop the network. No new task can get an address here: the allocator
-        # serves only tasks of existing services, and none uses the network.
-        # The delete compares the network's version, and every service write and
-        # task allocation on it rewrites it: a concurrent new user makes this fail.
+        # Tasks of removed services hold their addresses while they stop: the
+        # network stays until they have (their nodes still have its devices).
+        # Refused with a hint the caller may retry on (swarmctl waits).
+        stopping = stopping_holders(network.id, cache.tasks.values(), cache.nodes)
+        if stopping:
+            context.set_trailing_metadata(((RETRY_METADATA_KEY, "endpoints"),))
+            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                         f"network {network.spec.name!r} still has {len(stopping)} task(s) "
+                         "holding addresses on it while they stop (of removed or updated "
+                         "services); retry when they have stopped")
+        # Ended tasks kept as history may still hold addresses here: the sweep
+        # below deletes their address keys (their own releases later find
+        # nothing), and the dispatcher tells nodes to drop the network. No new
+        # task can get an address here: the allocator serves only tasks of
+        # existing services, and none uses the network. The delete compares
+        # the network's version, and every service write and task allocation
+        # on it rewrites it: a concurrent new user makes this fail.
         await self._commit(context, [Delete("networks", network.id, network.meta.version),
                                      ReleaseName("networks", network.spec.name),
                                      *release_network(self._store.keys, network)],

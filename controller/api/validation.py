@@ -379,8 +379,11 @@ def _check_placement(spec: pb.ServiceSpec, path: str) -> None:
                               "applies to replicated services only, not to a global one")
 
 
-def _resolve_networks(task: pb.TaskSpec, networks: Mapping[str, pb.Network], path: str) -> None:
+def _resolve_networks(task: pb.TaskSpec, networks: Mapping[str, pb.Network],
+                      path: str) -> list[pb.Network]:
+    """The attached networks; their targets become IDs."""
     seen: dict[str, int] = {}
+    attached: list[pb.Network] = []
     for index, attachment in enumerate(task.networks):
         where = f"{path}[{index}].target"
         if not attachment.target:
@@ -389,11 +392,17 @@ def _resolve_networks(task: pb.TaskSpec, networks: Mapping[str, pb.Network], pat
             network = resolve_ref(attachment.target, networks, lambda n: n.spec.name, "network")
         except LookupError as error:
             raise ValidationError(where, str(error.args[0])) from None
+        if network.spec.ingress:
+            raise ValidationError(where, f"network {_show(attachment.target)} is the ingress "
+                                  "network: tasks join it through ports published in ingress "
+                                  "mode (--publish), not by name")
         if network.id in seen:
             raise ValidationError(where, f"network {_show(attachment.target)} is already "
                                   f"attached by networks[{seen[network.id]}]")
         seen[network.id] = index
         attachment.target = network.id
+        attached.append(network)
+    return attached
 
 
 def _update_config(spec: pb.ServiceSpec, which: str) -> None:
@@ -443,6 +452,19 @@ def _check_endpoint(endpoint: pb.EndpointSpec, path: str) -> None:
             published[key] = index
 
 
+def _check_internal(endpoint: pb.EndpointSpec, attached: list[pb.Network], path: str) -> None:
+    """An internal network has no path out of the cluster, and a published
+    port is one: a service on one publishes nothing (docker refuses it too)."""
+    if not endpoint.ports:
+        return
+    for network in attached:
+        if network.spec.internal:
+            raise ValidationError(path, f"cannot publish ports: network "
+                                  f"{_show(network.spec.name)} is internal (no path out of "
+                                  "the cluster); drop the published ports (--publish) or "
+                                  "the network")
+
+
 def normalize_service_spec(spec: pb.ServiceSpec,
                            networks: Mapping[str, pb.Network]) -> pb.ServiceSpec:
     """Validate a service spec; return a new one with the defaults filled in and the
@@ -461,11 +483,12 @@ def normalize_service_spec(spec: pb.ServiceSpec,
     _check_resources(task.resources, "spec.task.resources")
     _check_restart(task, "spec.task.restart")
     _check_placement(out, "spec.task.placement")
-    _resolve_networks(task, networks, "spec.task.networks")
+    attached = _resolve_networks(task, networks, "spec.task.networks")
     _update_config(out, "update")
     _update_config(out, "rollback")
     out.endpoint.SetInParent()  # unset: mode VIP, no ports
     _check_endpoint(out.endpoint, "spec.endpoint")
+    _check_internal(out.endpoint, attached, "spec.endpoint.ports")
     return out
 
 
@@ -530,4 +553,7 @@ def normalize_network_spec(spec: pb.NetworkSpec) -> pb.NetworkSpec:
                               f"(only {DEFAULT_NETWORK_DRIVER!r} is supported)")
     if out.HasField("ipam"):
         _check_ipam(out.ipam, "spec.ipam")
+    if out.ingress and (out.internal or out.attachable):
+        raise ValidationError("spec.ingress", "the ingress network can be neither internal nor "
+                              "attachable")
     return out

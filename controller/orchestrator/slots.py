@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from swarmapi.v1 import objects_pb2 as pb
 
+from ..allocator.ports import publishes_ingress
 from ..ids import derived_id
 from .restart import Successor, successor
 from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, timestamp
@@ -118,8 +119,9 @@ def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Succes
         task.endpoint.spec.CopyFrom(service.spec.endpoint)
     # A task on overlay networks starts NEW: the allocator gives it its
     # addresses and only then makes it PENDING, the state the scheduler takes.
-    # Without networks there is nothing to allocate, so it skips that write.
-    if task.spec.networks:
+    # Without networks (the ingress network counts: ports published in
+    # ingress mode) there is nothing to allocate, so it skips that write.
+    if task.spec.networks or publishes_ingress(service.spec):
         task.status.state = pb.NEW
         task.status.message = ALLOCATING_MESSAGE
     else:

@@ -6,6 +6,7 @@
     {prefix}ipam/addr/{network}/{ip} -> owner  an address handed out ("task/ID", "vip/ID")
     {prefix}ipam/vni/{vni} -> network id
     {prefix}ipam/subnet/{bits} -> network id   a subnet, named by its prefix bits
+    {prefix}ipam/port/{protocol}/{port} -> service id   a port published in ingress mode
 
 A stored object's meta.version is the key's mod_revision, filled in on read.
 """
@@ -67,6 +68,10 @@ class Keys:
 
     def subnet(self, bits: str) -> bytes:
         return self.ipam + b"subnet/" + bits.encode()
+
+    def port(self, protocol: int, port: int) -> bytes:
+        """A published (routing-mesh) port: protocol is PortConfig.Protocol."""
+        return self.ipam + b"port/" + str(protocol).encode() + b"/" + str(port).encode()
 
     def parse(self, key: bytes) -> tuple[str, str] | None:
         """(kind, id) of an object key; None for names, the leader key and strangers."""

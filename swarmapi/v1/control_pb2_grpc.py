@@ -209,7 +209,11 @@ class ControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveNetwork(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Refused (FAILED_PRECONDITION) while services use the network, and while
+        tasks that have not ended yet hold addresses on it (a removed service's
+        tasks while they stop): that refusal carries the trailing metadata key
+        `swarm-retry` (value "endpoints"): retrying later succeeds.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

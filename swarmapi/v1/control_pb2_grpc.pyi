@@ -49,6 +49,11 @@ class ControlStub:
     GetNetwork: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.NetworkResponse]
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNetworksRequest, _control_pb2.ListNetworksResponse]
     RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]
+    """Refused (FAILED_PRECONDITION) while services use the network, and while
+    tasks that have not ended yet hold addresses on it (a removed service's
+    tasks while they stop): that refusal carries the trailing metadata key
+    `swarm-retry` (value "endpoints"): retrying later succeeds.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.TaskResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]
@@ -75,6 +80,11 @@ class ControlAsyncStub(ControlStub):
     GetNetwork: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.NetworkResponse]  # type: ignore[assignment]
     ListNetworks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNetworksRequest, _control_pb2.ListNetworksResponse]  # type: ignore[assignment]
     RemoveNetwork: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while services use the network, and while
+    tasks that have not ended yet hold addresses on it (a removed service's
+    tasks while they stop): that refusal carries the trailing metadata key
+    `swarm-retry` (value "endpoints"): retrying later succeeds.
+    """
     GetTask: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.TaskResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]  # type: ignore[assignment]
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
@@ -181,7 +191,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.RemoveRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_control_pb2.RemoveResponse, _abc.Awaitable[_control_pb2.RemoveResponse]]: ...
+    ) -> _typing.Union[_control_pb2.RemoveResponse, _abc.Awaitable[_control_pb2.RemoveResponse]]:
+        """Refused (FAILED_PRECONDITION) while services use the network, and while
+        tasks that have not ended yet hold addresses on it (a removed service's
+        tasks while they stop): that refusal carries the trailing metadata key
+        `swarm-retry` (value "endpoints"): retrying later succeeds.
+        """
 
     @_abc_1.abstractmethod
     def GetTask(

@@ -4,9 +4,12 @@ running runc containers; then nothing left behind."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import secrets
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ from agent.main import default_cgroup_parent
 from cli.dev import cluster
 from cli.dev.context import read_context
 from cli.dev.daemons import alive
+from cli.dev.hosts import ipr_in
 from cli.main import app
 
 pytestmark = pytest.mark.timeout(240)
@@ -110,6 +114,9 @@ def test_example_stacks_run_in_real_containers(name: str,
                               ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
         assert any(line.split()[1:4:2] == [service, replicas]
                    for line in services.splitlines()[1:]), services
+    # The web example publishes 8080: its page answers through every host (demo.sh).
+    for node in state.nodes:
+        assert answers(node.address.split("/")[0], 8080).startswith("hello from web_web.")
 
 
 def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
@@ -160,3 +167,107 @@ def test_bad_input_is_one_line_and_makes_nothing() -> None:
         assert len(result.output.strip().splitlines()) == 1
     assert not cluster.state_dir("tbad").exists()
     assert netns_with("swd-tbad-") == []
+
+
+def fetch(address: str, port: int, timeout: float = 3.0) -> str:
+    """GET / from the root namespace to a host's advertise address (the
+    hosts' underlay: namespaces this test made). Raises OSError when nothing
+    answers."""
+    connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        connection.request("GET", "/")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
+
+
+def answers(address: str, port: int, attempts: int = 100) -> str:
+    """The page once it answers (the listener and its backends take a moment)."""
+    for _ in range(attempts):
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            text = fetch(address, port)
+            if text.startswith("hello from"):
+                return text
+        time.sleep(0.2)
+    raise AssertionError(f"nothing answered on {address}:{port}")
+
+
+def refused(address: str, port: int, attempts: int = 100) -> bool:
+    """Whether the port ends up closed (connection refused) on the host."""
+    for _ in range(attempts):
+        try:
+            with socket.create_connection((address, port), timeout=2):
+                pass
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def test_published_port_answers_on_every_host_and_host_mode_only_where_tasks_run(
+        name: str) -> None:
+    state = cluster.up(name, 3, "192.168.96.0/24", say=lambda _: None)
+    image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
+    assert "ingress" in swarmctl("network", "ls")  # made by the leader, as swarm init does
+    # Two replicas on three hosts: one host runs no task and must answer too.
+    swarmctl("service", "create", "web", "--image", image, "--replicas", "2",
+             "--max-replicas-per-node", "1", "--publish", "8080:80",
+             "--env", "TASK_NAME={{.Task.Name}}", "--env", "NODE_NAME={{.Node.Hostname}}",
+             "--timeout", "60s")
+    hosts = [node.address.split("/")[0] for node in state.nodes]
+    tasks = json.loads(swarmctl("service", "ps", "web", "-o", "json"))
+    task_nodes = {t["node_id"] for t in tasks}
+    assert len(task_nodes) == 2
+    answered: set[str] = set()
+    for address in hosts:
+        assert answers(address, 8080).startswith("hello from web.")
+        for _ in range(12):
+            answered.add(fetch(address, 8080).split(" on ")[0])
+    assert len(answered) == 2, answered  # both replicas answer, from every host
+
+    # Bad input: one line, nothing made.
+    result = CliRunner().invoke(app, ["service", "create", "other", "--image", image,
+                                      "--publish", "70000:80"])
+    assert result.exit_code == 2, result.output
+    result = CliRunner().invoke(app, ["service", "create", "other", "--image", image,
+                                      "--publish", "8080:81"])
+    assert result.exit_code == 1, result.output
+    assert "port 8080/tcp is already published by service 'web'" in result.output
+    assert "other" not in swarmctl("service", "ls")
+
+    # Host mode: only the node running the task listens.
+    swarmctl("service", "create", "direct", "--image", image, "--replicas", "1",
+             "--publish", "mode=host,published=8081,target=80",
+             "--env", "TASK_NAME={{.Task.Name}}", "--timeout", "60s")
+    (direct,) = json.loads(swarmctl("service", "ps", "direct", "-o", "json"))
+    node_hosts = {n["id"]: n["description"]["advertise_addr"]
+                  for n in json.loads(swarmctl("node", "ls", "-o", "json"))}
+    running_on = node_hosts[direct["node_id"]]
+    assert answers(running_on, 8081).startswith("hello from direct.")
+    for address in hosts:
+        if address != running_on:
+            assert refused(address, 8081, attempts=1), address
+
+    # Removed: nothing listens any more, the tasks' ingress endpoints are gone.
+    swarmctl("service", "rm", "web", "direct")
+    for address in hosts:
+        assert refused(address, 8080), address
+        assert refused(address, 8081), address
+    ingress = json.loads(swarmctl("network", "inspect", "ingress"))[0]["id"]
+    for node in state.nodes:
+        overlay = f"ov-{default_cgroup_parent(Path(node.state_dir))}-{ingress}"
+        deadline = time.monotonic() + 30
+        while veths(overlay) != 1 and time.monotonic() < deadline:  # the sandbox's only
+            time.sleep(0.2)
+        assert veths(overlay) == 1, overlay
+    prefixes = [f"ov-{default_cgroup_parent(Path(n.state_dir))}-" for n in state.nodes]
+    assert all(any(n.endswith("+sbox") for n in netns_with(p)) for p in prefixes)
+    cluster.down(name, say=lambda _: None)
+    assert not any(netns_with(prefix) for prefix in prefixes)
+
+
+def veths(netns: str) -> int:
+    with ipr_in(netns) as ipr:
+        return sum(1 for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth")

@@ -27,8 +27,12 @@ TEST_KEK = pki.generate_kek()
 TEST_CA = CASettings(kek=TEST_KEK, join_rate=1000.0, join_burst=1000)
 
 
-def controller_config(etcd_endpoint: str, prefix: str, *, insecure: bool = False) -> ControllerConfig:
+def controller_config(etcd_endpoint: str, prefix: str, *, insecure: bool = False,
+                      ingress: bool = False) -> ControllerConfig:
+    """ingress: whether the leader makes the ingress network (off: the tests
+    of other parts count networks, subnets and address keys from none)."""
     return ControllerConfig(
+        create_ingress=ingress,
         insecure=insecure,
         ca=TEST_CA,
         listen="127.0.0.1:0",

@@ -50,7 +50,8 @@ class LiveCluster:
     async def _start(self, endpoint: str, reject_images: Collection[str]
                      ) -> tuple[Controller, SimulatedCluster]:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
-        controller = Controller(controller_config(endpoint, self.prefix))
+        # As swarm-controller runs: with the ingress network (services publish ports).
+        controller = Controller(controller_config(endpoint, self.prefix, ingress=True))
         await controller.start()
         nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
                             reject_images=reject_images)

@@ -406,7 +406,8 @@ def test_network_create_ls_inspect_rm(live: LiveCluster) -> None:
     front = next(r for r in rows if r[1] == "front")
     assert front[:5] == [network_id[:12], "front", "overlay", "10.20.0.0/24", "10.20.0.1"]
     listed = json.loads(ok(swarmctl(live, "network", "ls", "-o", "json")).stdout)
-    assert sorted(n["spec"]["name"] for n in listed) == ["back", "front"]
+    # With the routing mesh's network, which the leader made.
+    assert sorted(n["spec"]["name"] for n in listed) == ["back", "front", "ingress"]
     assert yaml.safe_load(ok(swarmctl(live, "network", "ls", "-o", "yaml")).stdout) == listed
     (found,) = json.loads(ok(swarmctl(live, "network", "inspect", network_id[:5])).stdout)
     assert found["spec"]["labels"] == {"team": "a"}
@@ -419,7 +420,41 @@ def test_network_create_ls_inspect_rm(live: LiveCluster) -> None:
     ok(swarmctl(live, "service", "rm", "web"))
     assert ok(swarmctl(live, "network", "rm", "front", "back")).stdout.split() == [
         "front", "back"]
-    assert live.stored("networks") == []
+    assert [n.spec.name for n in live.stored("networks") if isinstance(n, pb.Network)] == [
+        "ingress"]
+
+
+def test_published_ports_clash_and_hold_the_ingress_network(live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "web", "--image", "busybox", "--publish", "8080:80"))
+    inspected = json.loads(ok(swarmctl(live, "service", "inspect", "web")).stdout)[0]
+    assert [(p.get("published_port"), p.get("target_port")) for p in
+            inspected["endpoint"]["ports"]] == [(8080, 80)]
+    before = live.snapshot()
+    for args, message, code in (
+            (("service", "create", "api", "--image", "busybox", "--publish", "8080:81"),
+             "swarmctl: spec.endpoint.ports[0].published_port: port 8080/tcp is already "
+             "published by service 'web' (mode ingress)", 1),
+            (("service", "create", "api", "--image", "busybox", "--publish",
+              "mode=host,published=8080,target=81"),
+             "swarmctl: spec.endpoint.ports[0].published_port: port 8080/tcp is already "
+             "published by service 'web' (mode ingress)", 1),
+            (("service", "create", "api", "--image", "busybox", "--publish", "70000:80"),
+             "swarmctl: --publish: ", 2),
+            (("network", "rm", "ingress"),
+             "swarmctl: network 'ingress' is in use by service(s) web", 1)):
+        result = swarmctl(live, *args)
+        assert_one_line_error(result, message, exit_code=code)
+        assert live.snapshot() == before
+    # A port given without a number gets one of the dynamic range, shown as allocated.
+    ok(swarmctl(live, "service", "create", "auto", "--image", "busybox", "--publish", "80"))
+    assert "*:30000->80/tcp" in ok(swarmctl(live, "service", "ls")).stdout
+    ok(swarmctl(live, "service", "rm", "web", "auto"))
+    ok(swarmctl(live, "network", "rm", "ingress"))
+    before = live.snapshot()
+    result = swarmctl(live, "service", "create", "web", "--image", "busybox", "--publish", "8080:80")
+    assert_one_line_error(result, "swarmctl: spec.endpoint.ports[0]: published in ingress mode "
+                          "(the routing mesh), but the cluster has no ingress network", exit_code=1)
+    assert live.snapshot() == before
 
 
 # ---------------------------------------------------------------- errors write nothing

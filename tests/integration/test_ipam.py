@@ -275,6 +275,9 @@ async def test_network_rm_refused_while_in_use(controller: Controller, control: 
     service = (await control.CreateService(cpb.CreateServiceRequest(
         spec=service_spec("api", 2, "shared")))).service
     await control.CreateService(cpb.CreateServiceRequest(spec=service_spec("db", 1, "shared")))
+    # Settled first: tasks still being allocated would write meanwhile.
+    await eventually(lambda: sum(t.status.state == pb.RUNNING
+                                 for t in controller.store.cache.tasks.values()) == 3)
     before = set(await etcd_keys(controller))
     details = await refused(control.RemoveNetwork(cpb.RemoveRequest(ref="shared")),
                             grpc.StatusCode.FAILED_PRECONDITION)
@@ -307,13 +310,14 @@ async def test_assignments_carry_networks_and_peers(
                  if t.status.state == pb.RUNNING]
         nodes = controller.store.cache.nodes
         up = {t.node_id for t in tasks if nodes[t.node_id].status.state != pb.NodeStatus.DOWN}
-        return {node_id: {(str(ipaddress.ip_interface(t.networks[0].addresses[0]).ip),
-                           vtep[t.node_id])
-                          for t in tasks if t.node_id != node_id and t.node_id in up}
-                for node_id in up}
+        # Every node is told of every endpoint, its own too (DNS and load
+        # balancing need them; its data plane skips its own VTEP).
+        endpoints = {(str(ipaddress.ip_interface(t.networks[0].addresses[0]).ip),
+                      vtep[t.node_id]) for t in tasks if t.node_id in up}
+        return dict.fromkeys(up, endpoints)
 
     await eventually(lambda: len(expected()) == 3 and peers_seen(sim_nodes, network.id)
-                     == expected(), message="every node sees the two others' tasks")
+                     == expected(), message="every node sees the three tasks")
     agent = sim_nodes.nodes[0].worker.overlay
     assert agent.network_objects[network.id].vni == network.vni
     assert str(agent.network_objects[network.id].subnet) == network.subnet

@@ -506,10 +506,18 @@ def test_nodes_and_networks_tables() -> None:
     lines = render.nodes_table([node]).splitlines()
     assert lines[0].split() == ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"]
     assert lines[1].split() == ["n" * 12, "node-1", "Ready", "Drain", "manager", "10.0.0.2"]
-    network = pb.Network(id="w" * 25, spec=pb.NetworkSpec(name="front", driver="overlay"),
+    network = pb.Network(id="w" * 25, spec=pb.NetworkSpec(name="front", driver="overlay",
+                                                          internal=True, labels={"a": "b"}),
                          subnet="10.0.1.0/24", gateway="10.0.1.1")
     lines = render.networks_table([network]).splitlines()
-    assert lines[1].split() == ["w" * 12, "front", "overlay", "10.0.1.0/24", "10.0.1.1"]
+    assert lines[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SUBNET", "GATEWAY",
+                                "INTERNAL", "ATTACHABLE", "LABELS"]
+    assert lines[1].split() == ["w" * 12, "front", "overlay", "10.0.1.0/24", "10.0.1.1",
+                                "true", "false", "a=b"]
+    details = [line.split() for line in render.network_details(network).splitlines()]
+    internal = next(d for d in details if d[0] == "Internal:")
+    attachable = next(d for d in details if d[0] == "Attachable:")
+    assert (internal, attachable) == (["Internal:", "true"], ["Attachable:", "false"])
 
 
 def test_json_and_yaml_are_lists_of_objects_with_proto_field_names() -> None:

@@ -119,7 +119,7 @@ networks:
         - subnet: 10.20.0.0/24
           gateway: 10.20.0.1
   back:
-    internal: true
+    internal: false  # web publishes ports: an internal network would refuse them
   shared:
     external: true
 volumes:
@@ -207,7 +207,11 @@ def test_every_supported_key_maps_into_the_spec() -> None:
     assert dict(front.labels) == {"owner": "team-a", NAMESPACE_LABEL: "shop"}
     back = networks["back"].spec
     assert back is not None
-    assert back.internal
+    assert not back.internal
+    private = parse(BASE + "    networks: [private]\nnetworks:\n"
+                           "  private: {internal: true, attachable: true}\n").networks["private"]
+    assert private.spec is not None
+    assert (private.spec.internal, private.spec.attachable) == (True, True)
     assert stack.volumes["certs"].external
     assert stack.volumes["certs"].name == "certs"
     assert stack.volumes["static"].name == "shop_static"
@@ -536,6 +540,13 @@ BAD = [
     (BASE + "    deploy:\n      replica: 3\n",
      "f.yaml:6:16: services.web.deploy.replica: unknown key (expected mode, replicas, labels, "
      "placement, resources, restart_policy, update_config, rollback_config or endpoint_mode)"),
+    (BASE + "    ports: ['8080:80']\n    networks: [back]\nnetworks:\n  back: {internal: true}\n",
+     "f.yaml:5:12: services.web.ports: cannot publish ports: network 's_back' is internal (no "
+     "path out of the cluster); drop the published ports (--publish) or the network"),
+    (BASE + "networks:\n  back: {internal: maybe}\n",
+     'f.yaml:6:20: networks.back.internal: expected true or false, got a string "maybe"'),
+    (BASE + "networks:\n  back: {attachable: 1}\n",
+     'f.yaml:6:22: networks.back.attachable: expected true or false, got a number "1"'),
 ]
 
 
@@ -664,6 +675,13 @@ def test_plan_refuses_what_it_cannot_do() -> None:
     ext = pb.Network(id="n1", spec=pb.NetworkSpec(name="ext"))
     with pytest.raises(PlanError, match="'s_web' already exists and is not part of stack 's'"):
         plan_stack(stack, [foreign], [ext])
+    # An external network is only known at the controller: internal there, no ports.
+    published = parse(BASE + "    networks: [ext]\n    ports: ['80:80']\n"
+                             "networks:\n  ext: {external: true}\n")
+    private = pb.Network(id="n1", spec=pb.NetworkSpec(name="ext", internal=True))
+    with pytest.raises(PlanError, match=r"^f\.yaml:6:12: services\.web\.ports: cannot publish "
+                                        "ports: network 'ext' is internal"):
+        plan_stack(published, [], [private])
     globally = parse(BASE + "    deploy: {mode: global}\n")
     networks = created_networks(globally)
     current = stored(parse(BASE), networks)

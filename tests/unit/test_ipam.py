@@ -17,6 +17,7 @@ from controller.allocator.networks import (
     allocate_network,
     plan_vips,
     pool_settings,
+    stopping_holders,
     used_by_network,
 )
 from controller.allocator.tasks import WAITING_FOR_VIPS, needs_allocation, plan_tasks
@@ -394,3 +395,22 @@ def test_address_index_follows_the_cache(steps: list[tuple[int, set[int] | None]
         cache.apply_committed([(key, task.SerializeToString())], [], revision)
         expected = {k: v for k, v in used_by_network(cache.tasks.values(), []).items() if v}
         assert {k: set(v) for k, v in index.items()} == expected
+
+
+def test_stopping_holders_are_unended_tasks_with_an_address_on_live_nodes() -> None:
+    def holder(task_id: str, state: int, node_id: str = "up", network_id: str = "net",
+               addresses: tuple[str, ...] = ("10.0.0.5/24",)) -> pb.Task:
+        task = pb.Task(id=task_id, node_id=node_id)
+        task.status.state = state  # type: ignore[assignment]
+        task.networks.add(network_id=network_id, addresses=addresses)
+        return task
+
+    nodes = {"up": pb.Node(id="up", status=pb.NodeStatus(state=pb.NodeStatus.READY)),
+             "down": pb.Node(id="down", status=pb.NodeStatus(state=pb.NodeStatus.DOWN))}
+    tasks = [holder("running", pb.RUNNING), holder("pending", pb.PENDING, node_id=""),
+             holder("ended", pb.SHUTDOWN), holder("failed", pb.FAILED),
+             holder("on-down-node", pb.RUNNING, node_id="down"),
+             holder("on-gone-node", pb.RUNNING, node_id="gone"),
+             holder("other-network", pb.RUNNING, network_id="other"),
+             holder("no-address", pb.NEW, addresses=())]
+    assert [t.id for t in stopping_holders("net", tasks, nodes)] == ["running", "pending"]

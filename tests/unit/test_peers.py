@@ -1,26 +1,39 @@
-"""What nodes are told about overlay networks: the endpoint index and the
-per-node assignment (peers on other nodes, not DOWN ones), and the agent-side
-sync with replace semantics."""
+"""What nodes are told about overlay networks: the endpoint index, the
+service records, the per-node assignment (every endpoint on nodes not DOWN,
+the node's own included, with readiness; the services with their VIPs), and
+the agent-side sync with replace semantics."""
 
 from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.network.model import Peer, mac_from_ip
 from agent.overlay_sync import PeerSets, RecordingOverlay, peers_of, sync_networks
-from controller.peers import OverlayIndex, PeerTable, network_assignment, vtep
+from controller.peers import (
+    OverlayIndex,
+    PeerTable,
+    ServiceIndex,
+    is_ready,
+    network_assignment,
+    service_records,
+    vtep,
+)
 from swarmapi.overlay import mac_for_ip
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
-         network_id: str = "net") -> pb.Task:
-    result = pb.Task(id=task_id, node_id=node_id, desired_state=pb.RUNNING)
+         network_id: str = "net", health: int = pb.TaskStatus.NO_HEALTHCHECK,
+         desired: int = pb.RUNNING) -> pb.Task:
+    result = pb.Task(id=task_id, node_id=node_id, desired_state=desired,  # type: ignore[arg-type]
+                     service_id="svc", service_name="web", slot=1)
     result.status.state = state  # type: ignore[assignment]
+    result.status.health = health  # type: ignore[assignment]
     result.networks.add(network_id=network_id, addresses=[address])
     return result
 
@@ -34,6 +47,18 @@ def node(node_id: str, addr: str, state: int = pb.NodeStatus.READY) -> pb.Node:
 
 NET = pb.Network(id="net", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1",
                  address_cursor="10.0.0.9")
+NO_SERVICES = ServiceIndex()
+
+
+def service(service_id: str, name: str, *networks: str, vips: dict[str, str] | None = None,
+            mode: int = pb.EndpointSpec.VIP) -> pb.Service:
+    result = pb.Service(id=service_id)
+    result.spec.name = name
+    result.spec.endpoint.mode = mode  # type: ignore[assignment]
+    result.spec.task.networks.extend(pb.NetworkAttachmentConfig(target=n) for n in networks)
+    result.endpoint.virtual_ips.extend(pb.VirtualIP(network_id=n, addr=a)
+                                       for n, a in (vips or {}).items())
+    return result
 
 
 def test_index_tracks_present_endpoints_and_node_networks() -> None:
@@ -42,26 +67,112 @@ def test_index_tracks_present_endpoints_and_node_networks() -> None:
     assert index.apply(None, task("t0", "n1", "10.0.0.9/24", pb.PENDING)) == set()
     assert index.apply(None, assigned) == {"net"}
     assert index.networks_of("n1") == {"net"}
+    preparing = task("t1", "n1", "10.0.0.2/24", pb.PREPARING)
+    assert index.apply(assigned, preparing) == set(), "same endpoint: nothing to tell"
     running = task("t1", "n1", "10.0.0.2/24", pb.RUNNING)
-    assert index.apply(assigned, running) == set(), "same endpoint: nothing to tell"
+    assert index.apply(preparing, running) == {"net"}, "it became ready"
+    assert index.endpoints["net"]["t1"].ready
+    assert index.endpoints["net"]["t1"].task_name == "web.1.t1"
     assert index.apply(running, task("t1", "n1", "10.0.0.2/24", pb.COMPLETE)) == {"net"}
     assert index.networks_of("n1") == set()
     assert not index.endpoints
 
 
-def test_assignment_lists_peers_on_other_live_nodes() -> None:
+@pytest.mark.parametrize(("state", "health", "desired", "ready"), [
+    (pb.RUNNING, pb.TaskStatus.NO_HEALTHCHECK, pb.RUNNING, True),
+    (pb.RUNNING, pb.TaskStatus.HEALTHY, pb.RUNNING, True),
+    (pb.RUNNING, pb.TaskStatus.HEALTH_STARTING, pb.RUNNING, False),
+    (pb.RUNNING, pb.TaskStatus.UNHEALTHY, pb.RUNNING, False),
+    (pb.STARTING, pb.TaskStatus.NO_HEALTHCHECK, pb.RUNNING, False),
+    (pb.RUNNING, pb.TaskStatus.HEALTHY, pb.SHUTDOWN, False),
+])
+def test_readiness(state: int, health: int, desired: int, ready: bool) -> None:
+    assert is_ready(task("t", "n1", "10.0.0.2/24", state, health=health, desired=desired)) is ready
+
+
+def test_a_health_change_is_a_delta_of_one_peer_to_every_node() -> None:
+    starting = task("a", "n1", "10.0.0.2/24", health=pb.TaskStatus.HEALTH_STARTING)
+    index = OverlayIndex([starting, task("b", "n2", "10.0.0.3/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    table = PeerTable()
+    first = table.refresh("net", index, NO_SERVICES, nodes)
+    assert [p.ready for p in first.peers.values()] == [False, True]
+    sent = first.version
+    assert index.apply(starting, task("a", "n1", "10.0.0.2/24",
+                                      health=pb.TaskStatus.HEALTHY)) == {"net"}
+    current = table.refresh("net", index, NO_SERVICES, nodes)
+    delta = network_assignment(NET, current, sent)
+    assert delta is not None
+    assert delta.delta
+    assert [(p.task_id, p.ready) for p in delta.peers] == [("a", True)]
+    assert not delta.removed_peers
+
+
+def test_assignment_lists_every_endpoint_on_live_nodes() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24"),
                           task("c", "n3", "10.0.0.4/24")])
     nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2:4789"),
              "n3": node("n3", "192.168.1.3", pb.NodeStatus.DOWN)}
-    got = network_assignment(NET, PeerTable().refresh("net", index, nodes), "n1", None)
+    got = network_assignment(NET, PeerTable().refresh("net", index, NO_SERVICES, nodes), None)
     assert got is not None
     assert not got.delta
-    assert [(p.task_id, p.address, p.mac, p.vtep) for p in got.peers] == \
-        [("b", "10.0.0.3/24", "02:42:0a:00:00:03", "192.168.1.2")]
+    assert [(p.task_id, p.address, p.mac, p.vtep, p.node_id) for p in got.peers] == [
+        ("a", "10.0.0.2/24", "02:42:0a:00:00:02", "192.168.1.1", "n1"),
+        ("b", "10.0.0.3/24", "02:42:0a:00:00:03", "192.168.1.2", "n2")]
+    assert [(p.service_id, p.task_name, p.ready) for p in got.peers] == [
+        ("svc", "web.1.a", True), ("svc", "web.1.b", True)]
     assert got.network.vni == 4096
     assert not got.network.address_cursor
     assert not got.network.HasField("meta")
+
+
+def test_service_records_per_network() -> None:
+    vip = service("s1", "api", "net", "other", vips={"net": "10.0.0.2/24"})
+    records = service_records(vip)
+    assert set(records) == {"net", "other"}
+    assert (records["net"].id, records["net"].name, records["net"].vip) == \
+        ("s1", "api", "10.0.0.2/24")
+    assert records["other"].vip == "", "not allocated yet"
+    dnsrr = service_records(service("s2", "db", "net", mode=pb.EndpointSpec.DNSRR))
+    assert (dnsrr["net"].mode, dnsrr["net"].vip) == (pb.EndpointSpec.DNSRR, "")
+    assert service_records(None) == {}
+    # A stack service answers to its short name on the stack's networks too
+    # (compose.py adds it as the first alias); its own name is not repeated.
+    stacked = service("s3", "shop_kv", "net")
+    stacked.spec.task.networks[0].aliases.extend(["kv", "store", "kv", "shop_kv"])
+    assert list(service_records(stacked)["net"].aliases) == ["kv", "store"]
+
+
+def test_service_changes_resend_the_records_without_peers() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
+    nodes = {"n1": node("n1", "192.168.1.1")}
+    services = ServiceIndex([service("s1", "web", "net")])
+    table = PeerTable()
+    first = table.refresh("net", index, services, nodes)
+    full = network_assignment(NET, first, None)
+    assert full is not None
+    assert [(r.name, r.vip) for r in full.services] == [("web", "")]
+    # The VIP arrives (the same write as the service): every node is told.
+    with_vip = service("s1", "web", "net", vips={"net": "10.0.0.9/24"})
+    assert services.apply(service("s1", "web", "net"), with_vip) == {"net"}
+    assert services.apply(None, service("s2", "api", "net", "elsewhere")) == {"net", "elsewhere"}
+    current = table.refresh("net", index, services, nodes)
+    assert current.version == 2
+    delta = network_assignment(NET, current, 1)
+    assert delta is not None
+    assert delta.delta
+    assert not delta.peers
+    assert not delta.removed_peers
+    assert [(r.name, r.vip) for r in delta.services] == [("api", ""), ("web", "10.0.0.9/24")]
+    # A change elsewhere (labels, replicas) changes no record: nothing to send.
+    relabelled = service("s1", "web", "net", vips={"net": "10.0.0.9/24"})
+    relabelled.spec.labels["a"] = "b"
+    assert services.apply(with_vip, relabelled) == set()
+    assert network_assignment(NET, table.refresh("net", index, services, nodes), 2) is None
+    assert services.apply(relabelled, None) == {"net"}
+    gone = network_assignment(NET, table.refresh("net", index, services, nodes), 2)
+    assert gone is not None
+    assert [r.name for r in gone.services] == ["api"]
 
 
 def test_vtep_strips_ports() -> None:
@@ -103,46 +214,47 @@ def test_peer_table_rebuilds_only_after_a_change() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
     nodes = {"n1": node("n1", "192.168.1.1")}
     table = PeerTable()
-    first = table.refresh("net", index, nodes)
+    first = table.refresh("net", index, NO_SERVICES, nodes)
     assert (first.version, list(first.peers)) == (1, ["a"])
-    assert table.refresh("net", index, nodes).version == 1, "nothing changed"
+    assert table.refresh("net", index, NO_SERVICES, nodes).version == 1, "nothing changed"
     index.apply(None, task("b", "n1", "10.0.0.3/24"))
-    assert table.refresh("net", index, nodes).version == 2
+    assert table.refresh("net", index, NO_SERVICES, nodes).version == 2
     nodes["n1"] = node("n1", "192.168.1.1", pb.NodeStatus.DOWN)
-    assert table.refresh("net", index, nodes).version == 2, "node changes are the caller's to signal"
+    assert table.refresh("net", index, NO_SERVICES, nodes).version == 2, \
+        "node changes are the caller's to signal"
     table.nodes_generation += 1
-    assert table.refresh("net", index, nodes).peers == {}
+    assert table.refresh("net", index, NO_SERVICES, nodes).peers == {}
 
 
 def test_nodes_get_the_full_set_then_deltas_then_nothing() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24")])
     nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
     table = PeerTable()
-    full = network_assignment(NET, table.refresh("net", index, nodes), "n1", None)
+    full = network_assignment(NET, table.refresh("net", index, NO_SERVICES, nodes), None)
     assert full is not None
-    assert [p.task_id for p in full.peers] == ["b"]
-    assert network_assignment(NET, table.refresh("net", index, nodes), "n1", 1) is None
+    assert [p.task_id for p in full.peers] == ["a", "b"]
+    assert network_assignment(NET, table.refresh("net", index, NO_SERVICES, nodes), 1) is None
     index.apply(task("b", "n2", "10.0.0.3/24"), None)
     index.apply(None, task("c", "n2", "10.0.0.4/24"))
-    index.apply(None, task("d", "n1", "10.0.0.5/24"))  # its own: never a peer
-    delta = network_assignment(NET, table.refresh("net", index, nodes), "n1", 1)
+    index.apply(None, task("d", "n1", "10.0.0.5/24"))  # n1's own: a peer too
+    delta = network_assignment(NET, table.refresh("net", index, NO_SERVICES, nodes), 1)
     assert delta is not None
     assert delta.delta
-    assert [p.task_id for p in delta.peers] == ["c"]
-    assert list(delta.removed_peers) == ["b", "d"]
+    assert [p.task_id for p in delta.peers] == ["c", "d"]
+    assert list(delta.removed_peers) == ["b"]
 
 
 def test_a_session_behind_the_trimmed_log_gets_the_full_set() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
     nodes = {"n1": node("n1", "192.168.1.1")}
     table = PeerTable(log_limit=2)
-    table.refresh("net", index, nodes)
+    table.refresh("net", index, NO_SERVICES, nodes)
     for i in range(3, 6):
         index.apply(None, task(f"t{i}", "n1", f"10.0.0.{i}/24"))
-        table.refresh("net", index, nodes)
-    current = table.refresh("net", index, nodes)
+        table.refresh("net", index, NO_SERVICES, nodes)
+    current = table.refresh("net", index, NO_SERVICES, nodes)
     assert current.floor > 1
-    behind = network_assignment(NET, current, "n9", 1)
+    behind = network_assignment(NET, current, 1)
     assert behind is not None
     assert not behind.delta
     assert len(behind.peers) == 4
@@ -172,13 +284,14 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
             state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
             nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
             table.nodes_generation += 1
-        current = table.refresh("net", index, nodes)
+        current = table.refresh("net", index, NO_SERVICES, nodes)
         receiver = ["n1", "n2", "n3"][number % 3]
-        entry = network_assignment(NET, current, receiver, sent[receiver])
+        entry = network_assignment(NET, current, sent[receiver])
         sent[receiver] = current.version
         if entry is not None:
             agents[receiver].apply(entry)
-        full = network_assignment(NET, current, receiver, None)
+        full = network_assignment(NET, current, None)
         assert full is not None
         assert agents[receiver].apply(dpb.NetworkAssignment(network=NET, delta=True)) == \
             peers_of(full.peers)
+        assert agents[receiver].endpoints("net") == list(full.peers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.runtime.base import RejectError
-from agent.templates import expand_task, task_name
+from agent.templates import expand_task
+from swarmapi.naming import slot_name, task_name
 from swarmapi.v1 import objects_pb2 as pb
 
 
@@ -31,6 +32,12 @@ def test_env_and_hostname_are_filled_in() -> None:
 def test_global_task_name_uses_the_node() -> None:
     t = pb.Task(id="t9", service_name="mon", node_id="n7")
     assert task_name(t) == "mon.n7.t9"
+    assert slot_name(t) == "mon.n7"
+
+
+def test_replicated_task_name_uses_the_slot() -> None:
+    t = pb.Task(id="t1x", service_name="web", slot=3, node_id="n1")
+    assert (task_name(t), slot_name(t)) == ("web.3.t1x", "web.3")
 
 
 def test_without_placeholders_the_task_is_returned_as_is() -> None:

@@ -33,6 +33,7 @@ NETWORKS = {
     "aaa111": pb.Network(id="aaa111", spec=pb.NetworkSpec(name="backend")),
     "aaa222": pb.Network(id="aaa222", spec=pb.NetworkSpec(name="frontend")),
     "bbb333": pb.Network(id="bbb333", spec=pb.NetworkSpec(name="aaa")),
+    "ccc444": pb.Network(id="ccc444", spec=pb.NetworkSpec(name="private", internal=True)),
 }
 
 
@@ -259,6 +260,14 @@ INVALID_SERVICES: list[tuple[str, Mutation, str, str]] = [
     ("dnsrr-ingress", lambda s: (fields(s.endpoint, mode=pb.EndpointSpec.DNSRR),
                                  _ports(s, pb.PortConfig(target_port=80, published_port=80))),
      "spec.endpoint.ports[0].publish_mode", "DNSRR"),
+    ("internal-publish", lambda s: (s.task.networks.add(target="backend"),
+                                    s.task.networks.add(target="private"),
+                                    _ports(s, pb.PortConfig(target_port=80, published_port=80))),
+     "spec.endpoint.ports", "cannot publish ports: network 'private' is internal"),
+    ("internal-publish-host", lambda s: (
+        s.task.networks.add(target="private"),
+        _ports(s, pb.PortConfig(target_port=80, publish_mode=pb.PortConfig.HOST))),
+     "spec.endpoint.ports", "(--publish)"),
 ]
 
 
@@ -326,6 +335,9 @@ VALID_SERVICES: list[tuple[str, Mutation]] = [
         pb.PortConfig(target_port=80, published_port=8080, protocol=pb.PortConfig.UDP),
         pb.PortConfig(target_port=81), pb.PortConfig(target_port=82),
         pb.PortConfig(target_port=65_535, published_port=65_535))),
+    ("internal-without-ports", lambda s: s.task.networks.add(target="private")),
+    ("ports-on-other-networks", lambda s: (s.task.networks.add(target="backend"),
+                                           _ports(s, pb.PortConfig(target_port=80)))),
     ("dnsrr-host-ports", lambda s: (fields(s.endpoint, mode=pb.EndpointSpec.DNSRR),
                                     _ports(s, pb.PortConfig(target_port=80, published_port=80,
                                                             publish_mode=pb.PortConfig.HOST)))),

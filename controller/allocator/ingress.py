@@ -1,0 +1,205 @@
+"""The routing mesh's network: the `ingress` overlay and every node's own
+address on it.
+
+As `docker swarm init` does, the leader creates the ingress network when
+the cluster has none (on gaining leadership; a removed one is not brought
+back until then, so `network rm ingress` sticks). Every node gets an address
+on it, kept in `Node.attachments`: the source address of the connections
+its routing-mesh proxy opens to the tasks, so their replies come back over
+the overlay. Tasks of services publishing ports in ingress mode get an
+address there too (allocator.tasks).
+
+Node addresses are allocated as task addresses are (create-only key owned
+by "node/ID", the network's cursor moved with a compare-and-swap), and
+released when the node is removed (control API, in the same transaction).
+Node objects are also written by the dispatcher (status): every write here
+compares the node's version, and a conflict is a new pass from the
+refreshed cache, never an overwrite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+
+from swarmapi.v1 import objects_pb2 as pb
+
+from ..ids import new_id
+from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
+from ..store.etcd import MAX_TXN_OPS
+from .claims import claim_address, network_ops, node_owner, release_address
+from .networks import AllocationError, Pool, allocate_network, pool_settings
+
+log = logging.getLogger(__name__)
+
+INGRESS_NAME = "ingress"
+NO_INGRESS_MESSAGE = ("the service publishes ports in ingress mode, but the cluster has no "
+                      "ingress network")
+_NODES_PER_TXN = 50  # two operations each, and the network's cursor
+_CONFLICTS_PER_PASS = 20
+
+
+def find_ingress(networks: Iterable[pb.Network]) -> pb.Network | None:
+    """The cluster's ingress network (there is at most one)."""
+    return next((n for n in networks if n.spec.ingress and n.subnet), None)
+
+
+def ingress_spec() -> pb.NetworkSpec:
+    return pb.NetworkSpec(name=INGRESS_NAME, driver="overlay", ingress=True)
+
+
+def node_address(node: pb.Node, network_id: str) -> str:
+    """The node's own address (CIDR) on the network; empty when it has none."""
+    for attachment in node.attachments:
+        if attachment.network_id == network_id and attachment.addresses:
+            return attachment.addresses[0]
+    return ""
+
+
+@dataclass
+class NodePlan:
+    nodes: list[pb.Node] = field(default_factory=list)  # new versions to write
+    claimed: dict[str, int] = field(default_factory=dict)  # node id -> address
+    released: list[tuple[str, str]] = field(default_factory=list)  # (network id, cidr)
+    pool: Pool | None = None
+    problem: str = ""  # why some nodes got nothing (subnet full)
+
+
+def plan_node_attachments(nodes: Iterable[pb.Node], ingress: pb.Network | None,
+                          used: Mapping[str, AbstractSet[int]], limit: int) -> NodePlan:
+    """Up to `limit` nodes to write: those without an address on the ingress
+    network get one; attachments on any other network (a removed ingress)
+    are dropped. Inputs are not modified."""
+    plan = NodePlan()
+    if ingress is not None:
+        plan.pool = Pool(ingress, used.get(ingress.id, ()))
+    for node in sorted(nodes, key=lambda n: n.id):
+        if len(plan.nodes) >= limit:
+            break
+        keep = [a for a in node.attachments if ingress is not None and a.network_id == ingress.id
+                and a.addresses]
+        stale = [a for a in node.attachments if a not in keep]
+        wanted = ingress is not None and not keep
+        if not stale and not wanted:
+            continue
+        updated = pb.Node()
+        updated.CopyFrom(node)
+        del updated.attachments[:]
+        updated.attachments.extend(keep)
+        plan.released.extend((a.network_id, cidr) for a in stale for cidr in a.addresses)
+        if wanted:
+            assert plan.pool is not None
+            assert ingress is not None
+            address = plan.pool.take()
+            if address is None:
+                plan.problem = plan.pool.exhausted_message()
+            else:
+                updated.attachments.add(network_id=ingress.id,
+                                        addresses=[plan.pool.subnet.cidr(address)])
+                plan.claimed[node.id] = address
+        if list(updated.attachments) != list(node.attachments):
+            plan.nodes.append(updated)
+    return plan
+
+
+class IngressKeeper:
+    """The leader's loop: the ingress network exists (made once per
+    leadership when absent), every node has its address on it."""
+
+    def __init__(self, store: Store, addresses: Mapping[str, AbstractSet[int]], *,
+                 create: bool = True) -> None:
+        self._store = store
+        self._addresses = addresses
+        self._create = create  # make the network when absent (else only node addresses)
+        self._wake = asyncio.Event()
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "networks":
+            self._wake.set()
+        elif change.kind == "nodes":
+            old: pb.Node | None = change.old  # type: ignore[assignment]
+            new: pb.Node | None = change.new  # type: ignore[assignment]
+            if new is not None and (old is None or list(old.attachments) != list(new.attachments)):
+                self._wake.set()
+
+    async def run(self, guard: Guard) -> None:
+        unsubscribe = self._store.cache.subscribe(self._on_change)
+        try:
+            if self._create:
+                await self.ensure_network(guard)
+            self._wake.set()
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await self._pass(guard)
+        finally:
+            unsubscribe()
+
+    async def ensure_network(self, guard: Guard | None) -> None:
+        """Create the ingress network unless there is one (or a network of
+        that name that is not one: left alone, with a warning)."""
+        for attempt in range(10):
+            cache = self._store.cache
+            if find_ingress(cache.networks.values()) is not None:
+                return
+            if any(n.spec.name == INGRESS_NAME for n in cache.networks.values()):
+                log.warning("a network named %r exists but is not an ingress network: the "
+                            "routing mesh has none", INGRESS_NAME)
+                return
+            try:
+                allocation = allocate_network(ingress_spec(), cache.networks.values(),
+                                              pool_settings(cache.clusters.values()))
+            except AllocationError as error:
+                log.error("cannot create the ingress network: %s", error)
+                return
+            network = pb.Network(id=new_id(), spec=ingress_spec(), vni=allocation.vni,
+                                 subnet=allocation.subnet, gateway=allocation.gateway)
+            try:
+                await self._store.commit(network_ops(self._store.keys, network), guard=guard)
+            except Conflict:
+                # A concurrent creation (the watch shows it) or a lost subnet race.
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
+            log.info("created the ingress network %s: subnet %s, VNI %d", network.id,
+                     network.subnet, network.vni)
+            return
+
+    async def _pass(self, guard: Guard | None) -> None:
+        for _ in range(_CONFLICTS_PER_PASS):
+            cache = self._store.cache
+            ingress = find_ingress(cache.networks.values())
+            plan = plan_node_attachments(cache.nodes.values(), ingress, self._addresses,
+                                         _NODES_PER_TXN)
+            if plan.problem:
+                log.error("ingress: %s", plan.problem)
+            if not plan.nodes:
+                return
+            keys = self._store.keys
+            ops: list[Op] = [Update(node) for node in plan.nodes]
+            if plan.pool is not None and plan.claimed:
+                ops.append(Update(plan.pool.network))
+            ops.extend(claim_address(keys, plan.pool.network.id, address, node_owner(node_id))
+                       for node_id, address in plan.claimed.items() if plan.pool is not None)
+            ops.extend(release_address(keys, network_id, cidr)
+                       for network_id, cidr in plan.released)
+            assert len(ops) < MAX_TXN_OPS
+            try:
+                await self._store.commit(ops, guard=guard)
+            except Conflict:
+                # A node or the network changed meanwhile (the dispatcher's
+                # status write, say): plan again from the refreshed cache.
+                await asyncio.sleep(0.02)
+                continue
+            except StoreUnavailable as error:
+                log.warning("ingress: cannot write node addresses: %s", error)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+                return
+            log.info("ingress: %d node address(es) allocated, %d released", len(plan.claimed),
+                     len(plan.released))
+            if plan.problem:
+                return
+        self._wake.set()  # still conflicting: another pass after the others have written

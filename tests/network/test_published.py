@@ -1,0 +1,242 @@
+"""Published ports on real kernel networking: the agent's listeners
+(agent.published.PublishedPorts) and userspace proxy, its ingress sandbox on
+a real VXLAN overlay between simulated hosts, and host-mode backends reached
+inside a task's namespace. The listeners are on the test's loopback; every
+backend is in a namespace the test made."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from agent.network import OverlayNetwork, Peer, proxy
+from agent.network.proxy import Backend
+from agent.published import PublishedPorts, Route
+from agent.runtime.netns import ensure_netns_blocking, netns_path
+from cli.dev.hosts import Hosts
+from swarmapi.overlay import mac_for_ip
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import objects_pb2 as pb
+from tests.etcd_server import free_port
+from tests.network.test_overlay import NET, Task, manager, new_task
+
+TARGET = 7000
+# Says its name on each connection, then echoes until the client's EOF,
+# then closes: a half-close must pass through the proxy both ways. On UDP
+# the same port answers each datagram with its name and the datagram.
+NAMED_ECHO = f"""
+import socket, sys, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", {TARGET}))
+srv.listen(64)
+print("ready", flush=True)
+def serve(conn):
+    with conn:
+        conn.sendall(sys.argv[1].encode() + b"\\n")
+        while data := conn.recv(65536):
+            conn.sendall(data)
+def datagrams():
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", {TARGET}))
+    while True:
+        data, client = udp.recvfrom(65536)
+        udp.sendto(sys.argv[1].encode() + b"\\n" + data, client)
+threading.Thread(target=datagrams, daemon=True).start()
+while True:
+    conn, _ = srv.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+SERVICE = "svc1"
+
+
+async def start_named_echo(hosts: Hosts, netns: str, name: str) -> None:
+    process = hosts.popen(netns, [sys.executable, "-c", NAMED_ECHO, name],
+                          stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 15)
+    assert line.strip() == b"ready", line
+
+
+def exchange(port: int, payload: bytes, timeout: float = 5.0) -> tuple[str, bytes]:
+    """Through the published port: (who answered, what came back after our
+    EOF), reading until the server's EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)  # half-close: the answer must still come
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    name, _, echoed = received.partition(b"\n")
+    return name.decode(), echoed
+
+
+def datagram(port: int, payload: bytes, timeout: float = 3.0) -> tuple[str, bytes]:
+    """Through the published UDP port, from a new source port (a new flow)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(payload, ("127.0.0.1", port))
+        answer, _ = sock.recvfrom(65536)
+    name, _, echoed = answer.partition(b"\n")
+    return name.decode(), echoed
+
+
+def ingress_entry(network: OverlayNetwork, node_address: str, port: int,
+                  peers: list[dpb.OverlayPeer]) -> dpb.NetworkAssignment:
+    entry = dpb.NetworkAssignment(node_address=node_address, peers=peers)
+    entry.network.CopyFrom(pb.Network(
+        id=network.network_id, vni=network.vni, subnet=str(network.subnet),
+        gateway=str(network.gateway), spec=pb.NetworkSpec(name="ingress", ingress=True)))
+    entry.services.add(id=SERVICE, name="web", ports=[pb.PortConfig(
+        published_port=port, target_port=TARGET, publish_mode=pb.PortConfig.INGRESS),
+        pb.PortConfig(published_port=port, target_port=TARGET, protocol=pb.PortConfig.UDP,
+                      publish_mode=pb.PortConfig.INGRESS)])
+    return entry
+
+
+def peer(task: Task, ready: bool = True, service_id: str = SERVICE) -> dpb.OverlayPeer:
+    return dpb.OverlayPeer(task_id=task.netns, address=str(task.address), vtep=str(task.host.ip),
+                           mac=mac_for_ip(str(task.address)), service_id=service_id, ready=ready)
+
+
+async def test_ingress_port_reaches_ready_tasks_on_other_hosts_over_the_overlay(
+        hosts3: Hosts) -> None:
+    managers = [manager(hosts3, host) for host in hosts3]
+    for mgr in managers:
+        await mgr.ensure_network(NET)
+    # Tasks on hosts 2 and 3; host 1 has none but serves the port.
+    t2, t3 = await new_task(hosts3, hosts3[1], 2), await new_task(hosts3, hosts3[2], 3)
+    for mgr, task in ((managers[1], t2), (managers[2], t3)):
+        await mgr.attach(task.path, NET, task.address, default_route=True)
+        await start_named_echo(hosts3, task.netns, task.netns)
+    node1 = "10.20.0.2/24"  # host 1's own ingress address
+    sandbox_peer = dpb.OverlayPeer(task_id="node:h1", address=node1, vtep=str(hosts3[0].ip),
+                                   mac=mac_for_ip(node1))
+    all_peers = [peer(t2), peer(t3), sandbox_peer]
+    for mgr in managers:  # what every agent's worker does with these peers
+        await mgr.set_peers(NET, [t2.peer(), t3.peer(), Peer.create("10.20.0.2", str(hosts3[0].ip))])
+    port = free_port()
+    ports = PublishedPorts(managers[0], managers[0].settings.sandbox_name("ingress"),
+                           host="127.0.0.1")
+    run = asyncio.create_task(ports.run())
+    try:
+        await ports.set_ingress(ingress_entry(NET, node1, port, all_peers), all_peers)
+        await ports.reconcile()
+        assert ports.listening() == [(pb.PortConfig.TCP, port), (pb.PortConfig.UDP, port)]
+        # The sandbox is a namespace under the overlay prefix, not a network.
+        assert netns_path(ports.sandbox).exists()
+        assert NET.network_id in managers[0].networks()
+        assert managers[0].networks() == [NET.network_id]
+
+        payload = bytes(range(256)) * 400  # 100 KiB: many frames over the VXLAN
+        seen: Counter[str] = Counter()
+        for _ in range(24):
+            name, echoed = await asyncio.to_thread(exchange, port, payload)
+            assert echoed == payload
+            seen[name] += 1
+        assert set(seen) == {t2.netns, t3.netns}, seen  # random choice reaches both
+        # UDP: each client address a flow to a random task, over the same overlay.
+        seen.clear()
+        for _ in range(24):
+            name, echoed = await asyncio.to_thread(datagram, port, b"q" * 1200)
+            assert echoed == b"q" * 1200
+            seen[name] += 1
+        assert set(seen) == {t2.netns, t3.netns}, seen
+
+        # A task that is not ready gets no connections.
+        ready_only = [peer(t2), peer(t3, ready=False), sandbox_peer]
+        await ports.set_ingress(ingress_entry(NET, node1, port, ready_only), ready_only)
+        for _ in range(8):
+            assert (await asyncio.to_thread(exchange, port, b"x"))[0] == t2.netns
+
+        # Unpublished: the listener goes, and so does a connection it carried.
+        held = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 5.0)
+        with held:
+            assert (await asyncio.to_thread(held.recv, 100)).startswith(t2.netns.encode())
+            empty = ingress_entry(NET, node1, port, ready_only)
+            del empty.services[:]
+            await ports.set_ingress(empty, ready_only)
+            await ports.reconcile()
+            assert ports.listening() == []
+            held.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # closed either way
+                assert await asyncio.to_thread(held.recv, 100) == b""
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 2.0)
+
+        # The ingress network goes: so does the sandbox.
+        await managers[0].remove_network(NET.network_id)
+        await ports.ingress_removed(NET.network_id)
+        assert not netns_path(ports.sandbox).exists()
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await ports.close()
+
+
+async def test_host_mode_port_in_use_is_reported_retried_and_then_served(
+        hosts2: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proxy, "UDP_IDLE", 0.4)  # UDP flows end after this without traffic
+    # A task with no network: reached on its own loopback, inside its namespace.
+    task_ns = hosts2.name("task-host-mode")
+    await asyncio.to_thread(ensure_netns_blocking, task_ns)
+    await start_named_echo(hosts2, task_ns, "task-a")
+    port = free_port()
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", port))
+    blocker.listen(1)
+    ports = PublishedPorts(None, "unused", host="127.0.0.1", retry_interval=0.2)
+    backend = Backend(str(netns_path(task_ns)), "127.0.0.1", TARGET)
+    sctp_port = free_port()
+    ports.set_host_routes({(pb.PortConfig.TCP, port): Route(backends=(backend,)),
+                           (pb.PortConfig.UDP, port): Route(backends=(backend,)),
+                           (pb.PortConfig.SCTP, sctp_port): Route(backends=(backend,))})
+    run = asyncio.create_task(ports.run())
+    try:
+        await asyncio.sleep(0.1)
+        # Something else has the port: reported, not fatal.
+        assert ports.listening() == [(pb.PortConfig.UDP, port)]
+        assert "Address already in use" in ports.failures[(pb.PortConfig.TCP, port)]
+        assert ports.failures[(pb.PortConfig.SCTP, sctp_port)] == \
+            "only TCP and UDP ports are published by this agent"
+        blocker.close()
+        for _ in range(50):  # retried by the loop
+            if len(ports.listening()) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert ports.listening() == [(pb.PortConfig.TCP, port), (pb.PortConfig.UDP, port)]
+        assert (pb.PortConfig.TCP, port) not in ports.failures
+        name, echoed = await asyncio.to_thread(exchange, port, b"hello" * 1000)
+        assert (name, echoed) == ("task-a", b"hello" * 1000)
+        assert await asyncio.to_thread(datagram, port, b"dgram") == ("task-a", b"dgram")
+        udp = ports._proxies[(pb.PortConfig.UDP, port)]
+        assert udp.connections == 1  # the flow of that client address
+        for _ in range(30):
+            if not udp.connections:
+                break
+            await asyncio.sleep(0.1)
+        assert udp.connections == 0  # closed once idle
+        # No backend (the task stopped): the connection is refused, the port stays.
+        ports.set_host_routes({(pb.PortConfig.TCP, port): Route(backends=(
+            Backend(str(netns_path(task_ns)), "127.0.0.1", TARGET + 1),))})
+        await asyncio.sleep(0.1)
+        try:
+            answered = await asyncio.to_thread(exchange, port, b"x")
+        except ConnectionResetError:
+            answered = ("", b"")
+        assert answered == ("", b"")
+        ports.set_host_routes({})
+        await asyncio.sleep(0.1)
+        assert ports.listening() == []
+        assert ports.failures == {}
+    finally:
+        blocker.close()
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        await ports.close()

@@ -1,0 +1,211 @@
+"""The routing mesh's pure decisions: published ports, node addresses on the
+ingress network, what the dispatcher adds to ingress entries, and which
+listeners and backends an agent derives from them."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address
+
+import pytest
+
+from agent.network import OverlaySettings
+from agent.network.model import is_network_id
+from agent.network.proxy import Backend, pick
+from agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
+from controller.allocator.ingress import NO_INGRESS_MESSAGE, node_address, plan_node_attachments
+from controller.allocator.networks import AllocationError
+from controller.allocator.ports import DYNAMIC_FIRST, plan_ports, publishes_ingress
+from controller.allocator.tasks import plan_tasks
+from controller.mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from controller.peers import OverlayIndex
+from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarmapi.v1 import objects_pb2 as pb
+
+TCP, UDP = pb.PortConfig.TCP, pb.PortConfig.UDP
+INGRESS, HOST = pb.PortConfig.INGRESS, pb.PortConfig.HOST
+
+
+def port(published: int, target: int = 80, mode: int = INGRESS, protocol: int = TCP
+         ) -> pb.PortConfig:
+    return pb.PortConfig(published_port=published, target_port=target,
+                         publish_mode=mode, protocol=protocol)  # type: ignore[arg-type]
+
+
+def service(service_id: str, *ports: pb.PortConfig) -> pb.Service:
+    result = pb.Service(id=service_id, spec=pb.ServiceSpec(name=service_id))
+    result.spec.endpoint.ports.extend(ports)
+    result.endpoint.ports.extend(ports)
+    return result
+
+
+def spec(*ports: pb.PortConfig) -> pb.ServiceSpec:
+    result = pb.ServiceSpec(name="new")
+    result.endpoint.ports.extend(ports)
+    return result
+
+
+INGRESS_NET = pb.Network(id="ing", subnet="10.0.0.0/29", gateway="10.0.0.1", vni=4096,
+                         spec=pb.NetworkSpec(name="ingress", ingress=True))
+
+
+# ---------------------------------------------------------------- published ports
+
+
+def test_explicit_ports_are_claimed_and_clashes_name_the_other_service() -> None:
+    others = [service("web", port(8080)), service("direct", port(9000, mode=HOST))]
+    plan = plan_ports("new", spec(port(8081), port(9000, mode=HOST), port(8080, protocol=UDP)),
+                      [], others)
+    assert [(p.published_port, p.publish_mode) for p in plan.ports] == [
+        (8081, INGRESS), (9000, HOST), (8080, INGRESS)]
+    # Ingress ports only are claimed cluster-wide (host ports are per node).
+    assert plan.claimed == [(TCP, 8081), (UDP, 8080)]
+    for wanted, clash in ((port(8080), "service 'web' (mode ingress)"),
+                          (port(8080, mode=HOST), "service 'web' (mode ingress)"),
+                          (port(9000), "service 'direct' (mode host)")):
+        with pytest.raises(AllocationError) as caught:
+            plan_ports("new", spec(port(1), wanted), [], others)
+        assert str(caught.value) == (f"spec.endpoint.ports[1].published_port: port "
+                                     f"{wanted.published_port}/tcp is already published by "
+                                     f"{clash}")
+    # Its own ports are no clash (an update), and the same service keeps them.
+    assert plan_ports("web", spec(port(8080)), others[0].endpoint.ports, others).claimed == []
+
+
+def test_dynamic_ports_take_the_lowest_free_and_are_kept() -> None:
+    others = [service("a", port(DYNAMIC_FIRST)), service("b", port(DYNAMIC_FIRST + 2, mode=HOST))]
+    plan = plan_ports("new", spec(port(0, 80), port(0, 81), port(DYNAMIC_FIRST + 1, 82)), [],
+                      others)
+    assert [p.published_port for p in plan.ports] == [DYNAMIC_FIRST + 3, DYNAMIC_FIRST + 4,
+                                                       DYNAMIC_FIRST + 1]
+    again = plan_ports("new", spec(port(0, 80), port(0, 81)), plan.ports, others)
+    assert [p.published_port for p in again.ports] == [DYNAMIC_FIRST + 3, DYNAMIC_FIRST + 4]
+    assert again.claimed == []
+    assert again.released == [(TCP, DYNAMIC_FIRST + 1)]
+    with pytest.raises(AllocationError, match="needs a published port number"):
+        plan_ports("new", spec(port(0, 80, mode=HOST)), [], [])
+
+
+def test_which_services_join_the_ingress_network() -> None:
+    assert publishes_ingress(spec(port(8080)))
+    assert not publishes_ingress(spec(port(8080, mode=HOST)))
+    assert not publishes_ingress(spec())
+    task = pb.Task(id="t1", service_id="web", status=pb.TaskStatus(state=pb.NEW),
+                   desired_state=pb.RUNNING)
+    web = service("web", port(8080))
+    # No ingress network: the task waits, saying why.
+    plan = plan_tasks([task], {}, {"web": web}, {}, 0.0)
+    assert plan.waiting == {"t1": NO_INGRESS_MESSAGE}
+    plan = plan_tasks([task], {"ing": INGRESS_NET}, {"web": web}, {"ing": {0x0A000002}}, 0.0)
+    (promoted,) = plan.promoted
+    assert [(a.network_id, list(a.addresses)) for a in promoted.task.networks] == [
+        ("ing", ["10.0.0.3/29"])]
+
+
+# ---------------------------------------------------------------- node addresses
+
+
+def node(node_id: str, *attachments: pb.NetworkAttachment) -> pb.Node:
+    return pb.Node(id=node_id, attachments=attachments)
+
+
+def test_nodes_without_an_ingress_address_get_one_and_stale_ones_go() -> None:
+    has = node("b", pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.2/29"]))
+    stale = node("c", pb.NetworkAttachment(network_id="gone", addresses=["10.9.0.2/24"]))
+    plan = plan_node_attachments([node("a"), has, stale], INGRESS_NET, {"ing": {0x0A000002}}, 10)
+    assert [(n.id, node_address(n, "ing")) for n in plan.nodes] == [
+        ("a", "10.0.0.3/29"), ("c", "10.0.0.4/29")]
+    assert plan.released == [("gone", "10.9.0.2/24")]
+    assert plan.pool is not None
+    assert plan.pool.network.address_cursor == "10.0.0.4"
+    # At most `limit` nodes per plan; no ingress network: every attachment goes.
+    assert len(plan_node_attachments([node("a"), node("d")], INGRESS_NET, {}, 1).nodes) == 1
+    plan = plan_node_attachments([has], None, {}, 10)
+    assert [list(n.attachments) for n in plan.nodes] == [[]]
+    assert plan.released == [("ing", "10.0.0.2/29")]
+
+
+def test_a_full_ingress_subnet_is_a_problem_not_a_crash() -> None:
+    used = {"ing": set(range(0x0A000002, 0x0A000007))}  # every host address of the /29
+    plan = plan_node_attachments([node("a")], INGRESS_NET, used, 10)
+    assert plan.nodes == []
+    assert "no free address on network 'ingress'" in plan.problem
+
+
+# ---------------------------------------------------------------- what nodes are told
+
+
+def test_a_nodes_own_endpoint_assigns_it_the_ingress_network() -> None:
+    index = OverlayIndex()
+    with_address = node("n1", pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.2/29"]))
+    assert index.apply_node(None, with_address) == {"ing"}
+    assert index.networks_of("n1") == {"ing"}
+    assert set(index.endpoints["ing"]) == {"node:n1"}
+    assert index.apply_node(with_address, with_address) == set()
+    assert index.apply_node(with_address, None) == {"ing"}
+    assert index.networks_of("n1") == set()
+
+
+def test_ingress_entries_carry_the_node_address_and_published_services() -> None:
+    web = service("web", port(8080), port(9000, mode=HOST))
+    records = ingress_records([web, service("plain")])
+    assert [(r.id, [p.published_port for p in r.ports]) for r in records] == [("web", [8080])]
+    assert affects_mesh(None, web)
+    assert not affects_mesh(service("plain"), service("plain", port(1, mode=HOST)))
+    me = node("n1", pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.2/29"]))
+    # No peer changed and nothing else did: nothing to send.
+    assert complete_ingress(None, INGRESS_NET, me, records, changed=False) is None
+    entry = complete_ingress(None, INGRESS_NET, me, records, changed=True)
+    assert entry is not None
+    assert entry.delta
+    assert entry.node_address == "10.0.0.2/29"
+    assert list(entry.services) == records
+    assert not entry.network.address_cursor
+    assert mesh_fingerprint(me, INGRESS_NET, records) != mesh_fingerprint(me, INGRESS_NET, [])
+
+
+# ---------------------------------------------------------------- the agent's side
+
+
+def test_listeners_and_backends_follow_services_readiness_and_running_tasks() -> None:
+    record = dpb.ServiceRecord(id="web", ports=[port(8080, 80), port(9000, 90, mode=HOST)])
+    routes = ingress_routes([record])
+    assert list(routes) == [(TCP, 8080)]
+    assert (routes[(TCP, 8080)].service_id, routes[(TCP, 8080)].target_port) == ("web", 80)
+    peers = [dpb.OverlayPeer(task_id="t1", address="10.0.0.3/24", service_id="web", ready=True),
+             dpb.OverlayPeer(task_id="t2", address="10.0.0.4/24", service_id="web"),
+             dpb.OverlayPeer(task_id="node:n1", address="10.0.0.2/24"),
+             dpb.OverlayPeer(task_id="t3", address="10.0.0.5/24", service_id="api", ready=True)]
+    assert ingress_backends(ready_addresses(peers), "web", 80, "/run/netns/sb") == [
+        Backend("/run/netns/sb", "10.0.0.3", 80)]
+
+    def task(task_id: str, *addresses: str) -> pb.Task:
+        result = pb.Task(id=task_id)
+        result.endpoint.ports.extend([port(9000, 90, mode=HOST), port(8080)])
+        for address in addresses:
+            result.networks.add(network_id="n", addresses=[address])
+        return result
+
+    routes = host_routes([(task("a", "10.1.0.5/24"), pb.RUNNING), (task("b"), pb.RUNNING),
+                          (task("c"), pb.STARTING)], lambda task_id: f"/ns/{task_id}")
+    assert list(routes) == [(TCP, 9000)]
+    assert routes[(TCP, 9000)].backends == (Backend("/ns/a", "10.1.0.5", 90),
+                                            Backend("/ns/b", "127.0.0.1", 90))
+
+
+def test_backends_are_picked_at_random_without_repeats() -> None:
+    backends = [Backend("ns", f"10.0.0.{n}", 80) for n in range(2, 12)]
+    first: set[str] = set()
+    for _ in range(50):
+        picked = pick(backends)
+        assert len(picked) == len(set(picked)) == 3
+        first.add(picked[0].address)
+    assert len(first) > 3
+    assert pick([]) == []
+
+
+def test_the_ingress_sandbox_is_never_taken_for_a_network() -> None:
+    name = OverlaySettings(advertise_addr=IPv4Address("10.0.0.1"),
+                           netns_prefix="ov-x-").sandbox_name("ingress")
+    assert name.startswith("ov-x-")
+    assert not is_network_id(name[len("ov-x-"):])
+    assert is_network_id("4tggkxp3sbtgwy433eywgfwgb")
