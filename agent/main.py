@@ -4,7 +4,8 @@ assigned tasks as runc containers (conmon-monitored), reports their status.
     swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
         --advertise-addr 10.0.0.5 --join-token SWMTKN-1-... [--label zone=a]... \\
         [--registry-insecure HOST]... [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
-        [--image-gc-high PCT] [--image-gc-low PCT] [--image-gc-max-bytes N]
+        [--image-gc-high PCT] [--image-gc-low PCT] [--image-gc-max-bytes N] \\
+        [--dns-forwarder IP[:PORT]... | --dns-forwarder none]
 
 The first start needs --join-token (from `swarmctl cluster join-token worker`):
 the agent checks the controller's CA against the token, makes its key and
@@ -41,6 +42,14 @@ from the state dir's path unless --cgroup-parent says otherwise, so several
 agents on one machine, each with its own state dir, never touch each other's
 containers, and a restarted agent finds its own again.
 
+Containers on overlay networks get a DNS responder at 127.0.0.11 in their
+namespace (service and task names of the networks they are on; see
+agent/network/dns.py) and nftables rules balancing the services' VIPs over
+their ready tasks (agent/network/lb.py). Names that are not the cluster's
+are forwarded, from the agent's namespace, to the nameservers of the
+agent's /etc/resolv.conf, or to each --dns-forwarder instead (in order;
+`none`: not forwarded, answered REFUSED).
+
 SIGTERM or SIGINT stops the agent cleanly and leaves the containers running;
 the next agent with the same state dir adopts them.
 """
@@ -55,6 +64,7 @@ import ipaddress
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -68,10 +78,12 @@ from swarmapi import pki
 from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import objects_pb2 as pb
 
+from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
-from .network import OverlayManager, OverlaySettings
+from .network import OverlayManager, OverlaySettings, lb
+from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
 from .published import SANDBOX, PublishedPorts
 from .runtime import RuncRuntime, RuncSettings
 from .runtime.netns import NETNS_DIR, remove_netns_blocking
@@ -100,6 +112,9 @@ class AgentConfig:
     join_token: str = ""
     join_addrs: tuple[str, ...] = ()  # default: each controller's port + 1
     insecure: bool = False
+    # Upstream resolvers for names that are not the cluster's; None: the
+    # nameservers of /etc/resolv.conf; empty: no forwarding.
+    dns_forwarders: tuple[Upstream, ...] | None = None
 
     @property
     def certs_dir(self) -> Path:
@@ -161,6 +176,15 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def _forwarder(value: str) -> Upstream | None:
+    if value.strip().lower() == "none":
+        return None
+    try:
+        return Upstream.parse(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def default_cgroup_parent(state_dir: Path) -> str:
     """Stable per state dir, short (it prefixes netns names)."""
     digest = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
@@ -203,6 +227,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser.add_argument("--join-addr", action="append", type=_host_port, default=[],
                         metavar="HOST:PORT",
                         help="a controller's join port (default: each --controller's port + 1)")
+    parser.add_argument("--dns-forwarder", action="append", type=_forwarder, default=[],
+                        metavar="IP[:PORT]",
+                        help="upstream resolver for names that are not the cluster's "
+                             "(repeatable, tried in order; `none`: do not forward; default: "
+                             "the nameservers of /etc/resolv.conf)")
     parser.add_argument("--insecure", action="store_true",
                         help="plaintext gRPC to --insecure controllers (development only)")
     parser.add_argument("--log-level", default="INFO",
@@ -220,6 +249,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                                    max_bytes=args.image_gc_max_bytes)
     except ValueError as error:
         parser.error(f"--image-gc-low/--image-gc-high: {error}")
+    forwarders: tuple[Upstream, ...] | None = None
+    if args.dns_forwarder:
+        if None in args.dns_forwarder and len(args.dns_forwarder) > 1:
+            parser.error("--dns-forwarder: `none` cannot be combined with resolvers")
+        forwarders = tuple(f for f in args.dns_forwarder if f is not None)
     try:
         RuncSettings(state_dir=state_dir, cgroup_parent=cgroup_parent)
     except ValueError as error:
@@ -230,7 +264,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
         cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
         log_level=args.log_level, image_gc=image_gc, join_token=args.join_token,
-        join_addrs=tuple(args.join_addr), insecure=args.insecure)
+        join_addrs=tuple(args.join_addr), insecure=args.insecure,
+        dns_forwarders=forwarders)
 
 
 def _memory_bytes() -> int:
@@ -325,8 +360,15 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
                         gc=config.image_gc)
     overlay = OverlayManager(overlay_settings(config))
+    discovery = Discovery(Forwarder(dns_upstreams(config)))
+    for tool in (lb.NSENTER, lb.NFT):
+        if shutil.which(tool) is None:
+            log.warning("%s not found: tasks on overlay networks will be rejected (service "
+                        "discovery needs nsenter and nftables; deploy/setup.sh installs them)",
+                        tool)
     ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX))
-    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports)
+    worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports,
+                    discovery=discovery)
 
     async def in_use() -> InUse:
         return worker.images_in_use(), await asyncio.to_thread(runtime.mounted_layers)
@@ -348,7 +390,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),
              start_supervised("image-gc", collector.run),
-             start_supervised("published-ports", ports.run)]
+             start_supervised("published-ports", ports.run),
+             start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
     try:
@@ -360,9 +403,28 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         if keeper is not None:
             await keeper.close()
         await worker.close()
+        await discovery.close()
         await images.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+def dns_upstreams(config: AgentConfig,
+                  resolv_conf: Path = Path("/etc/resolv.conf")) -> tuple[Upstream, ...]:
+    if config.dns_forwarders is not None:
+        upstreams = config.dns_forwarders
+    else:
+        try:
+            upstreams = tuple(upstreams_from_resolv_conf(resolv_conf.read_text()))
+        except OSError as error:
+            log.warning("%s: %s", resolv_conf, error.strerror or error)
+            upstreams = ()
+    if upstreams:
+        log.info("DNS: names that are not the cluster's go to %s",
+                 ", ".join(map(str, upstreams)))
+    else:
+        log.warning("DNS: no upstream resolver: names that are not the cluster's are refused")
+    return upstreams
 
 
 def overlay_settings(config: AgentConfig) -> OverlaySettings:

@@ -39,6 +39,7 @@ from swarmapi.loops import cancel_all, start_supervised
 from swarmapi.v1 import dispatcher_pb2 as dpb
 from swarmapi.v1 import objects_pb2 as pb
 
+from .discovery import Discovery
 from .health import (
     HEALTHY,
     STARTING,
@@ -49,6 +50,8 @@ from .health import (
     watch_health,
 )
 from .images import Image, ImageError
+from .network.dns import DnsError
+from .network.lb import LoadBalancerError
 from .network.model import OverlayNetwork
 from .network.overlay import OverlayError, OverlayManager
 from .overlay_sync import PeerSets, add_networks, networks_to_remove
@@ -201,7 +204,8 @@ class Worker:
                  settings: WorkerSettings | None = None,
                  overlay: OverlayManager | None = None,
                  netns_path: Callable[[str], Path] | None = None,
-                 ports: PublishedPorts | None = None) -> None:
+                 ports: PublishedPorts | None = None,
+                 discovery: Discovery | None = None) -> None:
         self.runtime = runtime
         self.images = images
         # The overlay data plane, and where a task's network namespace is (to
@@ -212,6 +216,8 @@ class Worker:
         self._networks: dict[str, OverlayNetwork] = {}
         # Published ports (routing mesh and host mode); without it none are served.
         self.ports = ports
+        # DNS and VIP load balancing for the tasks on overlay networks.
+        self.discovery = discovery
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
         self.settings = settings or WorkerSettings()
@@ -264,6 +270,10 @@ class Worker:
                                 entry, self._peer_sets.endpoints(entry.network.id))
                         except (OverlayError, ValueError, OSError) as error:
                             log.error("routing mesh: %s", error)
+        if self.discovery is not None:
+            # After the data plane: a name or VIP backend is handed out only
+            # once its FDB and neighbour entries are in place.
+            self.discovery.apply(assignments)
         if assignments.type == dpb.Assignments.COMPLETE:
             wanted = {task.id for task in assignments.tasks}
             for task_id in [t for t in self._entries if t not in wanted]:
@@ -361,6 +371,8 @@ class Worker:
         self._removals[task_id] = start_supervised(f"remove-{task_id}", run)
 
     async def _remove_container(self, task_id: str, signal: str, grace: float) -> None:
+        if self.discovery is not None:
+            self.discovery.release(task_id)
         try:
             await self.runtime.shutdown(task_id, signal, grace)
         except ContainerError as error:  # gone already, or unkillable: remove() insists
@@ -435,6 +447,7 @@ class Worker:
         elif step is Step.PREPARE:
             await self._prepare(entry, tlog)
         elif step is Step.START:
+            await self._serve(task, tlog)  # an adopted created container: not served yet
             self._set(entry, pb.STARTING, "starting")
             try:
                 pid = await self.runtime.start(task.id)
@@ -509,6 +522,12 @@ class Worker:
                 await self.overlay.attach(self._netns_path(task.id), network,
                                           IPv4Interface(attachment.addresses[0]),
                                           ifname=f"eth{index}", default_route=index == 0)
+            if self.discovery is not None:
+                await self.discovery.serve(task.id, self._netns_path(task.id),
+                                           [a.network_id for a in task.networks])
+        except (DnsError, LoadBalancerError) as error:
+            await self.runtime.remove(task.id)
+            raise RejectError(f"service discovery: {error}") from error
         except (OverlayError, ValueError, OSError) as error:
             await self.runtime.remove(task.id)
             raise RejectError(f"network attachment: {error}") from error
@@ -516,8 +535,21 @@ class Worker:
             await self.runtime.remove(task.id)
             raise
 
+    async def _serve(self, task: pb.Task, tlog: _TaskLog) -> None:
+        """DNS and load balancing for a container found prepared or running
+        (after an agent restart; idempotent otherwise). A failure is logged:
+        the container runs on, with the names and VIPs unanswered."""
+        if self.discovery is None or self._netns_path is None or not task.networks:
+            return
+        try:
+            await self.discovery.serve(task.id, self._netns_path(task.id),
+                                       [a.network_id for a in task.networks])
+        except (DnsError, LoadBalancerError, OSError) as error:
+            tlog.error("service discovery: %s", error)
+
     async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task
+        await self._serve(task, tlog)
         plan = await self._health_plan(entry)
         if entry.status.state < pb.RUNNING:
             # Adopted running, but the last agent died before it could say so.
@@ -637,6 +669,8 @@ class Worker:
 
     def _publish(self, entry: _Entry, status: pb.TaskStatus) -> None:
         entry.status = status
+        if status.state >= pb.COMPLETE and self.discovery is not None:
+            self.discovery.release(entry.id)  # its container has stopped
         if self._entries.get(entry.id) is entry:
             self.report(entry.id, status)
         if entry.task.endpoint.ports:

@@ -355,9 +355,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """Tell the sessions that have (or need) these networks to look again."""
         if not network_ids:
             return
+        overlay = state.overlay
         for session in state.sessions.values():
-            uses = state.overlay.networks_of(session.node_id)
-            hit = {n for n in network_ids if n in uses or n in session.sent_networks}
+            hit = {n for n in network_ids
+                   if n in session.sent_networks or overlay.uses(session.node_id, n)}
             if hit:
                 session.dirty_networks |= hit
                 session.wake.set()

@@ -17,6 +17,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from swarmapi.loops import cancel_requested
+
 from .store import Guard, Store, StoreUnavailable
 from .store import etcd as E
 
@@ -113,6 +115,10 @@ class Leadership:
         ttl = self.settings.lease_ttl
         last_ok = time.monotonic()
         while True:
+            # A cancel can surface as a call error, or be lost by wait_for when
+            # it races with the reply (Python 3.11): asked to stop is stop.
+            if cancel_requested():
+                raise asyncio.CancelledError
             await asyncio.sleep(ttl / 3)
             try:
                 remaining = await asyncio.wait_for(

@@ -164,6 +164,11 @@ class OverlayIndex:
         """The networks the node's present tasks use."""
         return set(self._node_networks.get(node_id, ()))
 
+    def uses(self, node_id: str, network_id: str) -> bool:
+        """Whether the node's present tasks use the network (networks_of
+        without building the set: asked per session on every change)."""
+        return network_id in self._node_networks.get(node_id, ())
+
 
 def service_records(service: pb.Service | None) -> dict[str, dpb.ServiceRecord]:
     """The service's record on each network it attaches to (spec.task.networks

@@ -41,6 +41,7 @@ print(response.read().decode().strip())
 PY
 }
 hosts=$(swarmctl node ls -o json | python -c 'import json,sys; print(" ".join(sorted(n["description"]["advertise_addr"] for n in json.load(sys.stdin))))')
+unanswered=0
 for host in $hosts; do
   for _ in 1 2 3; do
     page=""
@@ -50,7 +51,12 @@ for host in $hosts; do
       sleep 0.2
     done
     echo "http://$host:8080/ -> ${page:-(no answer)}"
+    [ -n "$page" ] || unanswered=$((unanswered + 1))
   done
 done
 echo
 echo "The cluster is up: try 'swarmctl service ls'; remove it with 'swarmctl dev down'."
+if [ "$unanswered" -gt 0 ]; then
+  echo "demo: $unanswered requests through the published port got no answer" >&2
+  exit 1
+fi

@@ -25,10 +25,23 @@ async def run_supervised(name: str, loop: Callable[[], Awaitable[None]], *,
         except asyncio.CancelledError:
             log.debug("loop %s cancelled", name)
             raise
-        except Exception:
+        except Exception as error:
+            if cancel_requested():  # the cancel surfaced as another error (see cancel_requested)
+                log.debug("loop %s cancelled (%s)", name, error)
+                raise asyncio.CancelledError from error
             log.exception("loop %s crashed; restarting in %.1fs", name, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_delay)
+
+
+def cancel_requested() -> bool:
+    """Whether the running task has been asked to stop. A loop that catches
+    errors to go on must check it: grpc.aio can report a call cancelled under
+    it as an AioRpcError (CANCELLED) rather than CancelledError, and Python
+    3.11's wait_for can lose a cancel that races with its result; going on
+    would leave the task running after cancel_all, waited for forever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def start_supervised(name: str, loop: Callable[[], Awaitable[None]],

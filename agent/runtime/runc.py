@@ -425,7 +425,8 @@ class RuncRuntime:
             host_resolv = ""
         (bundle / "hosts").write_text(hosts_file(hostname))
         (bundle / "hostname").write_text(hostname + "\n")
-        (bundle / "resolv.conf").write_text(resolv_conf(host_resolv))
+        (bundle / "resolv.conf").write_text(
+            resolv_conf(host_resolv, embedded_dns=bool(task.networks)))
         files = (("/etc/hosts", str(bundle / "hosts")),
                  ("/etc/hostname", str(bundle / "hostname")),
                  ("/etc/resolv.conf", str(bundle / "resolv.conf")))

@@ -403,16 +403,29 @@ def hosts_file(hostname: str, addresses: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolv_conf(host_text: str) -> str:
+EMBEDDED_DNS = "127.0.0.11"  # the agent's responder in a task's namespace (agent/network/dns.py)
+
+
+def resolv_conf(host_text: str, embedded_dns: bool = False) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from
-    the container's network namespace), as docker filters it."""
+    the container's network namespace), as docker filters it. With the
+    embedded DNS (a container on overlay networks), the host's search list
+    and options stay, the nameserver is 127.0.0.11 alone (it forwards what
+    is not the cluster's), and ndots:0 makes a bare name like `web` asked
+    as it is, first, as docker writes it."""
     kept = []
+    options: list[str] = []
     for line in host_text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and fields[0] == "nameserver" and (
-                fields[1].startswith("127.") or fields[1] == "::1"):
+                embedded_dns or fields[1].startswith("127.") or fields[1] == "::1"):
+            continue
+        if embedded_dns and fields and fields[0] == "options":
+            options += [o for o in fields[1:] if not o.startswith("ndots:")]
             continue
         kept.append(line)
+    if embedded_dns:
+        kept += [f"nameserver {EMBEDDED_DNS}", " ".join(["options", *options, "ndots:0"])]
     return "\n".join(kept).strip() + "\n"
 
 

@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -242,8 +242,11 @@ def _ready_nodes(state: ClusterState) -> int:
 
 
 def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
-       insecure: bool = False) -> ClusterState:
-    """Bring the cluster up (after removing whatever an earlier run left)."""
+       insecure: bool = False, dns_forwarders: Sequence[str] = ()) -> ClusterState:
+    """Bring the cluster up (after removing whatever an earlier run left).
+    dns_forwarders: the agents' upstream resolvers (IP[:PORT], reachable from
+    the hosts: the gateway's address); none by default, as the hosts have no
+    route out: names that are not the cluster's are refused at once."""
     _require_root()
     validate_name(name)
     if not 1 <= nodes <= 50:
@@ -266,7 +269,7 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
     state = ClusterState(name=name, subnet=str(network), insecure=insecure)
     save_state(state)
     try:
-        _bring_up(state, nodes, say)
+        _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",))
     except BaseException:
         say("start failed: removing what was made")
         with contextlib.suppress(Exception):
@@ -282,7 +285,8 @@ def _leftovers(name: str) -> bool:
     return has_netns or state_dir(name).exists() or Path(f"/sys/class/net/{root_link(name)}").exists()
 
 
-def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> None:
+def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
+              dns_forwarders: tuple[str, ...]) -> None:
     directory = state_dir(state.name)
     logs = directory / "logs"
     say(f"creating {nodes} hosts on {state.subnet}")
@@ -332,7 +336,8 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None]) -> No
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
-            "--bind-root", "/proc", *agent_security])))
+            "--bind-root", "/proc", *agent_security,
+            *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders)])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):

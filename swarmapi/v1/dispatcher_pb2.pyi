@@ -209,8 +209,10 @@ class OverlayPeer(_message.Message):
     names tasks; resolvable by DNS.
     """
     ready: _builtins.bool
-    """RUNNING and not unhealthy or still starting its health check: answered
-    by DNS (tasks.SERVICE, dnsrr) and used as a load-balancing backend.
+    """RUNNING, not unhealthy or still starting its health check, and not being
+    told to stop (it leaves DNS and the load balancers before it stops, as in
+    docker): answered by DNS (tasks.SERVICE, dnsrr) and used as a
+    load-balancing backend.
     """
     def __init__(
         self,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import pytest
 
-from agent.main import parse_args, runc_settings
+from agent.main import AgentConfig, parse_args, purge, runc_settings
 from agent.runtime import RuncRuntime
 from swarmapi.v1 import control_pb2 as cpb
 from swarmapi.v1 import control_pb2_grpc as cgrpc
@@ -58,12 +58,15 @@ class Cluster:
         self.agents[hostname] = proc
         return proc
 
+    def config(self, hostname: str) -> AgentConfig:
+        """The agent's configuration, as it parsed its arguments."""
+        state_dir = self.state_dirs[list(self.agents).index(hostname)]
+        return parse_args(["--controller", "127.0.0.1:1", "--state-dir", state_dir,
+                           "--advertise-addr", "127.0.0.1"])
+
     def runtime(self, hostname: str) -> RuncRuntime:
         """A runtime over the agent's own state (to look at its containers)."""
-        state_dir = self.state_dirs[list(self.agents).index(hostname)]
-        return RuncRuntime(runc_settings(parse_args(
-            ["--controller", "127.0.0.1:1", "--state-dir", state_dir,
-             "--advertise-addr", "127.0.0.1"])))
+        return RuncRuntime(runc_settings(self.config(hostname)))
 
     async def wait_ready(self, count: int, timeout: float = 30.0) -> None:
         """Until `count` nodes are READY."""
@@ -124,8 +127,11 @@ async def cluster(etcd_server: EtcdServer, etcd_prefix: str,
         controller.stop()
         for index, state_dir in enumerate(cluster.state_dirs):
             with contextlib.suppress(IndexError):
-                runtime = cluster.runtime(list(cluster.agents)[index])
-                await teardown(runtime.settings)
+                hostname = list(cluster.agents)[index]
+                # What `swarmctl node rm` tells an operator to run: the node's
+                # containers, overlay namespaces and ingress sandbox, cgroups.
+                await purge(cluster.config(hostname))
+                await teardown(cluster.runtime(hostname).settings)
             shutil.rmtree(state_dir, ignore_errors=True)
 
 

@@ -244,6 +244,14 @@ def test_resolv_conf_drops_loopback_nameservers() -> None:
     assert "127.0.0.1\tweb1" in spec.hosts_file("web1")
 
 
+def test_resolv_conf_of_a_container_on_networks_points_at_the_embedded_dns() -> None:
+    text = ("nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch example.org\n"
+            "options ndots:5 edns0\n")
+    assert spec.resolv_conf(text, embedded_dns=True) == (
+        "search example.org\nnameserver 127.0.0.11\noptions edns0 ndots:0\n")
+    assert spec.resolv_conf("", embedded_dns=True) == "nameserver 127.0.0.11\noptions ndots:0\n"
+
+
 def test_lookups_follow_symlinks_inside_the_rootfs(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "usr" / "bin").mkdir(parents=True)

@@ -5,6 +5,7 @@ running runc containers; then nothing left behind."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -12,7 +13,8 @@ import secrets
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,10 @@ from typer.testing import CliRunner
 from agent.main import default_cgroup_parent
 from cli.dev import cluster
 from cli.dev.context import read_context
-from cli.dev.daemons import alive
+from cli.dev.daemons import alive, spawn, stop
 from cli.dev.hosts import ipr_in
 from cli.main import app
+from tests.dns_upstream import UpstreamDns
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -117,6 +120,16 @@ def test_example_stacks_run_in_real_containers(name: str,
     # The web example publishes 8080: its page answers through every host (demo.sh).
     for node in state.nodes:
         assert answers(node.address.split("/")[0], 8080).startswith("hello from web_web.")
+    # A web task finds its backend by the stack's short name and by the
+    # compose alias, both the service's VIP, and reaches it through the VIP.
+    (kv,) = json.loads(swarmctl("service", "inspect", "web_kv", "-o", "json"))
+    kv_vip = kv["endpoint"]["virtual_ips"][0]["addr"].split("/")[0]
+    web_task = json.loads(swarmctl("service", "ps", "web_web", "-o", "json"))[0]
+    pid = int(web_task["status"]["container"]["pid"])
+    for alias in ("kv", "store", "web_kv"):
+        assert poll(functools.partial(resolves_to, pid, alias, [kv_vip])), alias
+    reply = in_container(pid, "sh", "-c", "echo colour=blue | nc -w 3 kv 7000")
+    assert "colour=blue" in reply.stdout, reply
 
 
 def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
@@ -140,6 +153,157 @@ def test_tasks_on_an_overlay_reach_each_other_across_hosts(name: str) -> None:
     assert all(netns_with(prefix) for prefix in overlay_prefixes)
     cluster.down(name, say=lambda _: None)
     assert not any(netns_with(prefix) for prefix in overlay_prefixes)
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP (the upstream listens on both)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("0.0.0.0", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("0.0.0.0", port))
+                except OSError:
+                    continue
+                return port
+
+
+def in_container(pid: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A command inside a task's container (its mount, network and root:
+    its own /etc/resolv.conf and busybox), as `docker exec` would run it."""
+    return subprocess.run(["nsenter", f"--target={pid}", "--mount", "--net", "--uts", "--root",
+                           "--wd", "/bin/busybox", *argv],
+                          capture_output=True, text=True, timeout=30, check=False)
+
+
+def resolves_to(pid: int, name: str, addresses: list[str]) -> bool:
+    return resolved(in_container(pid, "nslookup", name)) == addresses
+
+
+def resolved(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The addresses busybox nslookup printed (not the server's)."""
+    return sorted(line.split()[-1] for line in result.stdout.splitlines()
+                  if line.startswith("Address") and not line.rstrip().endswith(":53"))
+
+
+def poll(check: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def test_service_names_and_vips_from_a_container(name: str) -> None:
+    subnet = "192.168.96.0/24"
+    port = free_port()
+    gateway = str(next(IPv4Network(subnet).hosts()))
+    state = cluster.up(name, 3, subnet, say=lambda _: None,
+                       dns_forwarders=[f"{gateway}:{port}"])
+    assert state.gateway == gateway
+    upstream = UpstreamDns({"upstream.test": "192.0.2.7"}, host=gateway, port=port)
+    try:
+        _check_discovery(state, upstream)
+    finally:
+        upstream.close()
+
+
+def _check_discovery(state: cluster.ClusterState, upstream: UpstreamDns) -> None:
+    image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
+    swarmctl("network", "create", "front")
+    swarmctl("network", "create", "back")
+    swarmctl("service", "create", "web", "--image", image, "--replicas", "3", "--network",
+             "front", "--max-replicas-per-node", "1", "--env", "TASK_NAME={{.Task.Name}}",
+             "--env", "NODE_NAME={{.Node.Hostname}}", "--timeout", "60s")
+    # On host 1 too, so that host 1's agent knows the name, and must not tell.
+    swarmctl("service", "create", "hidden", "--image", image, "--network", "back",
+             "--constraint", f"node.hostname=={state.name}-h1", "--timeout", "60s")
+    # The client: a container on host 1 on the same network.
+    swarmctl("service", "create", "client", "--image", image, "--network", "front",
+             "--constraint", f"node.hostname=={state.name}-h1", "--timeout", "60s")
+    tasks = json.loads(swarmctl("service", "ps", "web", "-o", "json"))
+    assert len(tasks) == 3
+    by_address = {t["networks"][0]["addresses"][0].split("/")[0]: t for t in tasks}
+    names = {t["id"]: f"web.{t['slot']}.{t['id']}" for t in tasks}
+    (client,) = json.loads(swarmctl("service", "ps", "client", "-o", "json"))
+    pid = int(client["status"]["container"]["pid"])
+    (inspect,) = json.loads(swarmctl("service", "inspect", "web", "-o", "json"))
+    vip = inspect["endpoint"]["virtual_ips"][0]["addr"].split("/")[0]
+
+    # The container's resolv.conf points at the embedded DNS.
+    resolv = in_container(pid, "cat", "/etc/resolv.conf").stdout
+    assert "nameserver 127.0.0.11" in resolv
+    assert "ndots:0" in resolv
+    # SERVICE -> its VIP; tasks.SERVICE -> every ready task; a task name -> its address.
+    assert poll(lambda: resolved(in_container(pid, "nslookup", "web")) == [vip])
+    assert poll(lambda: resolved(in_container(pid, "nslookup", "tasks.web")) ==
+                sorted(by_address))
+    some = tasks[1]
+    assert resolved(in_container(pid, "nslookup", names[some["id"]])) == \
+        [some["networks"][0]["addresses"][0].split("/")[0]]
+    # A service on a network the client is not on: NXDOMAIN, never forwarded.
+    hidden = in_container(pid, "nslookup", "hidden")
+    assert hidden.returncode != 0
+    assert "NXDOMAIN" in hidden.stdout + hidden.stderr
+    assert "hidden" not in upstream.asked
+    # Anything else goes to the upstream (ours, on the cluster's gateway).
+    assert resolved(in_container(pid, "nslookup", "upstream.test")) == ["192.0.2.7"]
+    assert "upstream.test" in upstream.asked
+
+    # The VIP reaches every replica (wget by the service name, from the container).
+    seen: set[str] = set()
+    for _ in range(60):
+        page_text = in_container(pid, "wget", "-qO-", "http://web/").stdout
+        seen.add(page_text.split(" on ")[0].removeprefix("hello from "))
+        if len(seen) == 3:
+            break
+    assert seen == set(names.values()), seen
+
+    # The agent of host 1 restarts: the adopted client container gets its DNS
+    # responder and its table again (nothing answers while the agent is away).
+    restart_agent(state, "h1")
+    assert poll(lambda: resolved(in_container(pid, "nslookup", "web")) == [vip])
+    assert in_container(pid, "wget", "-qO-", "http://web/").stdout.startswith("hello from web.")
+
+    # Scale down: the VIP stops choosing the tasks that went.
+    swarmctl("service", "scale", "web=1", "--timeout", "60s")
+    remaining = json.loads(swarmctl("service", "ps", "web", "-o", "json"))
+    left = [t for t in remaining if t.get("desired_state") == "RUNNING"]
+    assert len(left) == 1
+    survivor = names[left[0]["id"]]
+    # The others stop within their grace period (httpd as PID 1 ignores SIGTERM).
+    assert poll(lambda: resolved(in_container(pid, "nslookup", "tasks.web")) ==
+                [left[0]["networks"][0]["addresses"][0].split("/")[0]], timeout=40)
+    pages = {in_container(pid, "wget", "-qO-", "http://web/").stdout.split(" on ")[0]
+             for _ in range(15)}
+    assert pages == {f"hello from {survivor}"}, pages
+    # Nothing keeps the stopped tasks' namespaces alive (the agent's DNS
+    # sockets in them are closed): their veths are gone from every host,
+    # only the survivor's and the client's remain.
+    (front,) = json.loads(swarmctl("network", "inspect", "front", "-o", "json"))
+    overlays = [f"ov-{default_cgroup_parent(Path(n.state_dir))}-{front['id']}"
+                for n in state.nodes]
+    assert poll(lambda: sum(veths(ns) for ns in overlays) == 2, timeout=20)
+
+
+def restart_agent(state: cluster.ClusterState, host: str) -> None:
+    """Stop a host's agent (its containers keep running) and start it again
+    with the same command line, recorded in the cluster's state (so `down`
+    stops the new one)."""
+    old = next(d for d in state.daemons if d.role == f"agent {host}")
+    assert stop(old)
+    state.daemons.remove(old)
+    state.daemons.append(spawn(old.role, old.argv, Path(old.log)))
+    cluster.save_state(state)
+
+
+def veths(netns: str) -> int:
+    if not Path(f"/run/netns/{netns}").exists():
+        return 0
+    with ipr_in(netns) as ipr:
+        return sum(1 for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth")
 
 
 def test_up_after_a_crash_cleans_up_and_starts_again(name: str) -> None:
@@ -266,8 +430,3 @@ def test_published_port_answers_on_every_host_and_host_mode_only_where_tasks_run
     assert all(any(n.endswith("+sbox") for n in netns_with(p)) for p in prefixes)
     cluster.down(name, say=lambda _: None)
     assert not any(netns_with(prefix) for prefix in prefixes)
-
-
-def veths(netns: str) -> int:
-    with ipr_in(netns) as ipr:
-        return sum(1 for link in ipr.link("dump") if link.get(("linkinfo", "kind")) == "veth")

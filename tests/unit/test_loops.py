@@ -1,0 +1,72 @@
+"""Supervised loops stop when cancelled, even when the cancellation reaches
+them as another error (grpc.aio can report a call cancelled under a task as
+AioRpcError CANCELLED): otherwise cancel_all would wait for them forever."""
+
+from __future__ import annotations
+
+import asyncio
+
+from swarmapi.loops import cancel_all, cancel_requested, start_supervised
+
+
+class CallFailed(Exception):
+    """What a client library raises instead of CancelledError."""
+
+
+async def call_that_converts_cancellation() -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        raise CallFailed("call cancelled") from None
+
+
+async def test_a_loop_whose_cancel_surfaces_as_an_error_still_stops() -> None:
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        while True:
+            rounds += 1
+            await call_that_converts_cancellation()
+
+    task = start_supervised("converting", loop, restart_delay=0.01)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done, "still running after its cancel"
+    assert task.cancelled()
+    assert rounds == 1, "not restarted after the cancel"
+
+
+async def test_a_loop_that_catches_errors_checks_cancel_requested() -> None:
+    seen: list[bool] = []
+
+    async def loop() -> None:
+        while True:
+            try:
+                await call_that_converts_cancellation()
+            except CallFailed:
+                seen.append(cancel_requested())
+                if seen[-1]:
+                    raise asyncio.CancelledError from None
+
+    task = start_supervised("checking", loop)
+    await asyncio.sleep(0.05)
+    assert not cancel_requested()
+    await cancel_all([task])
+    assert seen == [True]
+
+
+async def test_a_crash_without_a_cancel_restarts() -> None:
+    rounds = 0
+
+    async def loop() -> None:
+        nonlocal rounds
+        rounds += 1
+        if rounds < 3:
+            raise CallFailed("boom")
+
+    task = start_supervised("crashing", loop, restart_delay=0.01)
+    async with asyncio.timeout(5):
+        await task
+    assert rounds == 3
