@@ -26,6 +26,7 @@ from typing import Protocol
 from swarmapi.v1 import dispatcher_pb2 as dpb
 
 from .network.model import OverlayNetwork, Peer
+from .network.overlay import OverlayError
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +110,21 @@ def peers_of(peers: Iterable[dpb.OverlayPeer], network_id: str = "") -> list[Pee
 
 
 async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
-                       peer_sets: PeerSets) -> None:
-    """Create (or keep) every network the message names and set its peers."""
+                       peer_sets: PeerSets) -> dict[str, str]:
+    """Create (or keep) every network the message names and set its peers.
+    Each network on its own: one that cannot be set up here (an underlay MTU
+    too small, say) does not keep the others from being set up. Returns why
+    each failed one failed, by network id (its tasks are rejected with it)."""
+    failed: dict[str, str] = {}
     for entry in assignments.networks:
-        network = OverlayNetwork.from_proto(entry.network)
-        await manager.ensure_network(network)
-        await manager.set_peers(network, peer_sets.apply(entry))
+        try:
+            network = OverlayNetwork.from_proto(entry.network)
+            await manager.ensure_network(network)
+            await manager.set_peers(network, peer_sets.apply(entry))
+        except (OverlayError, ValueError, OSError) as error:
+            log.error("overlay network %s: %s", entry.network.id, error)
+            failed[entry.network.id] = str(error)
+    return failed
 
 
 def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) -> list[str]:
@@ -130,7 +140,7 @@ def networks_to_remove(manager: OverlayManager, assignments: dpb.Assignments) ->
 async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments,
                         peer_sets: PeerSets) -> None:
     """Both halves at once (for workers that run nothing, like the simulated one)."""
-    await add_networks(manager, assignments, peer_sets)
+    await add_networks(manager, assignments, peer_sets)  # failures are logged
     for network_id in networks_to_remove(manager, assignments):
         await manager.remove_network(network_id)
         peer_sets.forget(network_id)

@@ -214,6 +214,9 @@ class Worker:
         self._netns_path = netns_path
         self._peer_sets = PeerSets()
         self._networks: dict[str, OverlayNetwork] = {}
+        # Why a network could not be set up on this node, by id, until it can:
+        # its tasks are rejected with this reason.
+        self._network_errors: dict[str, str] = {}
         # Published ports (routing mesh and host mode); without it none are served.
         self.ports = ports
         # DNS and VIP load balancing for the tasks on overlay networks.
@@ -258,10 +261,12 @@ class Worker:
             # Networks first: the message's new tasks attach to them.
             for entry in assignments.networks:
                 self._networks[entry.network.id] = OverlayNetwork.from_proto(entry.network)
-            try:
-                await add_networks(self.overlay, assignments, self._peer_sets)
-            except (OverlayError, ValueError, OSError) as error:
-                log.error("overlay networks: %s", error)
+            failed = await add_networks(self.overlay, assignments, self._peer_sets)
+            for entry in assignments.networks:
+                if entry.network.id in failed:
+                    self._network_errors[entry.network.id] = failed[entry.network.id]
+                else:
+                    self._network_errors.pop(entry.network.id, None)
             if self.ports is not None:
                 for entry in assignments.networks:
                     if entry.network.spec.ingress:
@@ -307,6 +312,7 @@ class Worker:
                 log.error("removing overlay network %s: %s", network_id, error)
                 continue
             self._peer_sets.forget(network_id)
+            self._network_errors.pop(network_id, None)
             self._networks.pop(network_id, None)
             if self.ports is not None:
                 try:
@@ -516,6 +522,8 @@ class Worker:
                 raise RejectError("this agent has no overlay networking")
             for index, attachment in enumerate(task.networks):
                 network = self._networks.get(attachment.network_id)
+                if attachment.network_id in self._network_errors:
+                    raise RejectError(self._network_errors[attachment.network_id])
                 if network is None or not attachment.addresses:
                     raise RejectError(f"network {attachment.network_id}: not assigned to this "
                                       "node, or no address allocated")

@@ -51,13 +51,17 @@ class Setup:
             advertise_addr=host.ip, host_netns=host.netns, netns_prefix=hosts.name("ov-")))
         self.runtime = RuncRuntime(settings)
         self.discovery = Discovery(Forwarder([Upstream("127.0.0.1", upstream.port)]))
+        self.host = host
         self.states: dict[str, int] = {}
-        self.worker = Worker(self.runtime, ImageStore(images),
-                             report=lambda task_id, status: self.states.update(
-                                 {task_id: status.state}),
+        self.errors: dict[str, str] = {}
+        self.worker = Worker(self.runtime, ImageStore(images), report=self.report,
                              overlay=self.overlay, netns_path=self.runtime.netns_path,
                              discovery=self.discovery)
         self.vtep = str(host.ip)
+
+    def report(self, task_id: str, status: pb.TaskStatus) -> None:
+        self.states[task_id] = status.state
+        self.errors[task_id] = status.err
 
     def peer(self, task: pb.Task, ready: bool = True) -> dpb.OverlayPeer:
         return dpb.OverlayPeer(task_id=task.id, node_id="n1", vtep=self.vtep,
@@ -184,3 +188,14 @@ async def test_a_network_left_unassigned_is_forgotten(setup: Setup) -> None:
     setup.discovery.apply(dpb.Assignments(type=dpb.Assignments.COMPLETE))
     assert not setup.discovery.resolve("web", [NETWORK.id]).addresses
     assert setup.discovery.directory.networks() == []
+
+
+async def test_a_host_whose_underlay_is_too_small_rejects_the_task_saying_why(
+        setup: Setup, busybox_ref: str) -> None:
+    await asyncio.to_thread(setup.host.set_mtu, 1300)  # leaves 1250 for the overlay: < 1280
+    web = task(busybox_ref, "web", 1, "10.41.0.11/24", *WEB)
+    await setup.worker.apply(setup.assignments([web]))
+    await eventually(lambda: setup.states.get(web.id) == pb.REJECTED, 60, "the task rejected")
+    assert "underlay MTU 1300" in setup.errors[web.id]
+    assert setup.overlay.networks() == []  # nothing half made
+    assert setup.runtime.netns_path(web.id).exists() is False

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.network.model import Peer, mac_from_ip
-from agent.overlay_sync import PeerSets, RecordingOverlay, peers_of, sync_networks
+from agent.network.model import OverlayNetwork, Peer, mac_from_ip
+from agent.network.overlay import OverlayError
+from agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
 from controller.peers import (
     OverlayIndex,
     PeerTable,
@@ -208,6 +209,21 @@ async def test_sync_replaces_peers_and_complete_removes_the_rest() -> None:
     assert overlay.peers["net"] == []
     await sync_networks(overlay, dpb.Assignments(type=dpb.Assignments.COMPLETE), sets)
     assert overlay.networks() == []
+
+
+async def test_a_network_that_cannot_be_set_up_does_not_stop_the_others() -> None:
+    class RefusingOverlay(RecordingOverlay):
+        async def ensure_network(self, network: OverlayNetwork) -> None:
+            if network.network_id == "net":
+                raise OverlayError("network net: the underlay MTU 1300 leaves 1250 for the overlay")
+            await super().ensure_network(network)
+
+    overlay, sets = RefusingOverlay(), PeerSets()
+    other = pb.Network(id="other", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1")
+    failed = await add_networks(overlay, dpb.Assignments(networks=[
+        dpb.NetworkAssignment(network=NET), dpb.NetworkAssignment(network=other)]), sets)
+    assert failed == {"net": "network net: the underlay MTU 1300 leaves 1250 for the overlay"}
+    assert overlay.networks() == ["other"]
 
 
 def test_peer_table_rebuilds_only_after_a_change() -> None:
