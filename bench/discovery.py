@@ -2,6 +2,7 @@
 costs per DNS answer and per load-balancer update.
 
     python -m bench.discovery [--services 20] [--backends 5] [--queries 500] [--updates 50]
+    python -m bench.discovery --scale-ups 20 [--nodes 3]   # end to end: bench/discovery_cluster.py
 
 In one namespace made for the run (lo up, no other device: nothing leaves
 it), a Discovery serves a task on one network with S vip-mode services of B
@@ -25,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import statistics
 import time
@@ -114,7 +116,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backends", type=int, default=5)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--updates", type=int, default=50)
+    parser.add_argument("--scale-ups", type=int, default=0,
+                        help="end to end instead: a local cluster, a task added N times, from "
+                             "RUNNING until every other host resolves and reaches it "
+                             "(bench/discovery_cluster.py)")
+    parser.add_argument("--nodes", type=int, default=3, help="hosts of the --scale-ups cluster")
     args = parser.parse_args(argv)
+    if args.scale_ups:
+        for flag, low, top in (("scale-ups", 1, 200), ("nodes", 2, 10)):
+            if not low <= getattr(args, flag.replace("-", "_")) <= top:
+                parser.exit(2, f"python -m bench.discovery: error: --{flag}: expected {low} to {top}\n")
+        if os.geteuid() != 0:
+            parser.exit(1, "python -m bench.discovery: error: needs root (the local cluster)\n")
+        from bench.discovery_cluster import run_cluster
+
+        def terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # unwinds through run_cluster's `dev down`
+
+        signal.signal(signal.SIGTERM, terminate)
+        print(json.dumps(run_cluster(args.nodes, args.scale_ups)))
+        return
     # Addresses are 10.99.SERVICE.(10 + BACKEND): both must fit a byte.
     for flag, top in (("services", 250), ("backends", 240), ("queries", 100_000),
                       ("updates", 10_000)):

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   runc conmon busybox-static docker-registry skopeo   # containers and images
   iproute2 iptables nftables                           # host networking
+  iperf3                                               # bench/overlay.py: TCP throughput
   python3 python3-venv python3-pip                     # the project's interpreter
 )
 missing=()

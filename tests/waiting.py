@@ -23,3 +23,13 @@ async def eventually_async(condition: Callable[[], Awaitable[bool]], timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached within {timeout}s")
         await asyncio.sleep(0.05)
+
+
+def until(mismatch: Callable[[], str], timeout: float = 10.0, interval: float = 0.2) -> None:
+    """Blocking (for synchronous tests): poll until mismatch() returns '';
+    it describes what is still wrong, and the failure reports its last word."""
+    deadline = time.monotonic() + timeout
+    while problem := mismatch():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not settled within {timeout}s: {problem}")
+        time.sleep(interval)
