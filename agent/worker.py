@@ -54,7 +54,7 @@ from .network.dns import DnsError
 from .network.lb import LoadBalancerError
 from .network.model import OverlayNetwork
 from .network.overlay import OverlayError, OverlayManager
-from .overlay_sync import PeerSets, add_networks, networks_to_remove
+from .overlay_sync import PeerSets, add_networks, networks_to_remove, peers_of
 from .published import PublishedPorts, host_routes
 from .runtime import (
     ContainerError,
@@ -169,6 +169,11 @@ class WorkerSettings:
     # A container found at start whose task is not assigned any more gets this
     # long after SIGTERM (its task's own stop signal and grace are unknown).
     removal_grace: float = DEFAULT_STOP_GRACE
+    # How often the overlay networks are converged again to what the
+    # controller last said, between its messages: the kernel can take devices
+    # away behind the agent's back (a VXLAN device goes with its underlay
+    # device, e.g. a NIC rebuilt on a live host).
+    network_resync_period: float = 30.0
 
 
 @dataclass
@@ -232,6 +237,7 @@ class Worker:
         self._unclaimed: dict[str, ContainerState] = {}
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        self._resync: asyncio.Task[None] | None = None
         # Called with the task ID once a container is removed (the image collector).
         self.on_removed: Callable[[str], None] = lambda task_id: None
 
@@ -241,6 +247,8 @@ class Worker:
         """Find the containers an earlier agent left (before any assignment)."""
         self._unclaimed = dict(await self.runtime.list())
         self._started = True
+        if self.overlay is not None and self._resync is None:
+            self._resync = start_supervised("overlay-resync", self._resync_networks_forever)
         if self._unclaimed:
             log.info("found %d existing containers: %s", len(self._unclaimed),
                      ", ".join(f"{c.id} ({c.status})" for c in self._unclaimed.values()))
@@ -249,8 +257,32 @@ class Worker:
         """Stop every loop; containers stay as they are (the next agent adopts
         them). A removal cut short is finished by the next agent."""
         loops = [entry.loop for entry in self._entries.values() if entry.loop is not None]
+        if self._resync is not None:
+            loops.append(self._resync)
+            self._resync = None
         await cancel_all([*loops, *self._removals.values()])
         self._removals.clear()
+
+    async def _resync_networks_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.network_resync_period)
+            await self.resync_networks()
+
+    async def resync_networks(self) -> None:
+        """Converge each network this node has to what the controller last
+        said (its devices and its peers' entries); every step is idempotent,
+        so on a healthy host this changes nothing."""
+        assert self.overlay is not None
+        for network_id, network in list(self._networks.items()):
+            try:
+                await self.overlay.ensure_network(network)
+                # Peers read after the await: a message applied meanwhile is
+                # not undone (set_peers calls are served in call order).
+                await self.overlay.set_peers(network, peers_of(
+                    self._peer_sets.endpoints(network_id), network_id))
+                self._network_errors.pop(network_id, None)
+            except (OverlayError, ValueError, OSError) as error:
+                log.error("overlay network %s: converging again: %s", network_id, error)
 
     # ------------------------------------------------------------ the Worker protocol
 

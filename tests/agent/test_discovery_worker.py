@@ -199,3 +199,31 @@ async def test_a_host_whose_underlay_is_too_small_rejects_the_task_saying_why(
     assert "underlay MTU 1300" in setup.errors[web.id]
     assert setup.overlay.networks() == []  # nothing half made
     assert setup.runtime.netns_path(web.id).exists() is False
+
+
+async def test_a_vxlan_device_the_kernel_took_away_is_made_again(
+        setup: Setup, busybox_ref: str) -> None:
+    """A VXLAN device goes with its underlay device (a NIC rebuilt on a live
+    host); the worker's periodic resync makes it again, enslaved to the
+    network's bridge, with no message from the controller."""
+    web = task(busybox_ref, "web", 1, "10.41.0.11/24", *WEB)
+    await setup.worker.apply(setup.assignments([web]))
+    await eventually(lambda: setup.states.get(web.id) == pb.RUNNING, 60, "the task running")
+    netns = setup.overlay.netns_path(NETWORK.id)
+
+    def vxlan_on_bridge() -> bool:
+        with ipr_in(netns) as ipr:
+            (bridge,) = ipr.link_lookup(ifname="br0")
+            found = ipr.link_lookup(ifname="vxlan0")
+            return bool(found) and ipr.link("get", index=found[0])[0].get("master") == bridge
+
+    def delete_vxlan() -> None:
+        with ipr_in(netns) as ipr:
+            ipr.link("del", index=ipr.link_lookup(ifname="vxlan0")[0])
+
+    # pyroute2's blocking IPRoute runs its own loop: in threads, beside ours.
+    assert await asyncio.to_thread(vxlan_on_bridge)
+    await asyncio.to_thread(delete_vxlan)
+    assert not await asyncio.to_thread(vxlan_on_bridge)
+    await setup.worker.resync_networks()
+    assert await asyncio.to_thread(vxlan_on_bridge)
