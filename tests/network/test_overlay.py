@@ -35,7 +35,7 @@ from agent.network import (
     mac_from_ip,
 )
 from agent.network.overlay import BRIDGE, VXLAN
-from agent.runtime.netns import ensure_netns_blocking, netns_path
+from agent.runtime.netns import ensure_netns_blocking, netns_path, run_in_netns_blocking
 from cli.dev.hosts import Host, Hosts, connect_in, ipr_in
 
 REPO = Path(__file__).resolve().parents[2]
@@ -409,6 +409,24 @@ async def test_second_network_gets_its_own_namespace_and_devices(hosts2: Hosts) 
     names = sorted(str(link[0]) for link in await asyncio.to_thread(dump, task.path, "links"))
     assert names == ["eth1", "lo"]
     await mgr.remove_network(other.network_id)
+
+
+async def test_the_overlay_bridge_skips_the_netfilter_hooks(hosts2: Hosts) -> None:
+    """br_netfilter would send every bridged frame through iptables in the
+    overlay's namespace, which has no rules: switched off there, and only there."""
+    switch = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    if not await asyncio.to_thread(switch.exists) and not os.environ.get("CI"):
+        pytest.skip("this kernel has no br_netfilter (outside CI): nothing to switch off")
+    mgr = manager(hosts2, hosts2[0])
+    await mgr.ensure_network(NET)
+
+    def read_in(netns: str) -> str:
+        return run_in_netns_blocking(netns, lambda: switch.read_text().strip())
+
+    assert await asyncio.to_thread(read_in, mgr.netns_path(NET.network_id)) == "0"
+    # A new namespace starts with the hooks on: the host's is left as it was.
+    assert await asyncio.to_thread(read_in, hosts2[0].path) == "1"
+    await mgr.remove_network(NET.network_id)
 
 
 # ================================================================ bad input
