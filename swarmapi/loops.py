@@ -5,7 +5,6 @@ restarted with backoff when it fails, logged when it stops, cancelled cleanly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -50,10 +49,24 @@ def start_supervised(name: str, loop: Callable[[], Awaitable[None]],
 
 
 async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
-    """Cancel tasks and wait until every one has stopped."""
+    """Cancel tasks and wait until every one has stopped. A task that ended
+    with an error (rather than by the cancel) is logged, not raised: the
+    others are still waited for. The caller's own cancel is not swallowed:
+    it is raised once the tasks have stopped."""
     pending = [task for task in tasks if not task.done()]
     for task in pending:
         task.cancel()
+    if not pending:
+        return
+    cancelled = False
+    while True:
+        try:
+            await asyncio.wait(pending)
+            break
+        except asyncio.CancelledError:
+            cancelled = True  # finish the wait: "stopped" means stopped
     for task in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed while stopping: %s", task.get_name(), task.exception())
+    if cancelled:
+        raise asyncio.CancelledError

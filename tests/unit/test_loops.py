@@ -70,3 +70,31 @@ async def test_a_crash_without_a_cancel_restarts() -> None:
     async with asyncio.timeout(5):
         await task
     assert rounds == 3
+
+
+async def test_cancel_all_keeps_the_callers_cancel_and_waits_for_every_task() -> None:
+    stopped: list[str] = []
+
+    async def slow_to_stop(name: str) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.05)
+            stopped.append(name)
+
+    async def failing_on_stop() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise RuntimeError("broke while stopping") from None
+
+    tasks = [asyncio.create_task(slow_to_stop("a")), asyncio.create_task(failing_on_stop()),
+             asyncio.create_task(slow_to_stop("b"))]
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(cancel_all(tasks))
+    await asyncio.sleep(0.01)
+    caller.cancel()  # the caller's own stop, while it waits
+    await asyncio.wait([caller])
+    assert caller.cancelled(), "the caller's cancel must not be swallowed"
+    assert sorted(stopped) == ["a", "b"], "every task has stopped before cancel_all ends"
+    assert all(task.done() for task in tasks)
