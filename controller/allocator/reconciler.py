@@ -21,6 +21,7 @@ from swarmapi.v1 import objects_pb2 as pb
 
 from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
 from ..store.etcd import MAX_TXN_OPS
+from ..workset import WorkSet
 from .claims import claim_address, task_owner
 from .index import AddressIndex
 from .tasks import TaskPlan, needs_allocation, plan_tasks
@@ -60,9 +61,10 @@ class Allocator:
         self._store = store
         self._addresses = addresses or AddressIndex(store.cache)
         self._clock = clock
-        self._pending: set[str] = set()  # to look at
-        self._waiting: set[str] = set()  # looked at, could not be allocated
-        self._wake = asyncio.Event()
+        # parked: looked at, could not be allocated (full subnet, missing
+        # VIPs); looked at again when addresses are released or networks and
+        # services change.
+        self._work = WorkSet(_BATCH_WINDOW)
         self.passes = 0
 
     def _on_change(self, change: Change) -> None:
@@ -70,35 +72,20 @@ class Allocator:
             new: pb.Task | None = change.new  # type: ignore[assignment]
             old: pb.Task | None = change.old  # type: ignore[assignment]
             if needs_allocation(new):
-                if change.object_id not in self._waiting:
-                    self._pending.add(change.object_id)
-                    self._wake.set()
+                self._work.want(change.object_id)
             else:
-                self._pending.discard(change.object_id)
-                self._waiting.discard(change.object_id)
+                self._work.drop(change.object_id)
             if new is None and old is not None and old.networks:
-                self._retry_waiting()  # its addresses were released
+                self._work.retry_parked()  # its addresses were released
         elif change.kind in ("services", "networks"):
-            self._retry_waiting()
-
-    def _retry_waiting(self) -> None:
-        if self._waiting:
-            self._pending |= self._waiting
-            self._waiting.clear()
-            self._wake.set()
+            self._work.retry_parked()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
-        self._pending = {t.id for t in self._store.cache.tasks.values() if needs_allocation(t)}
-        self._waiting.clear()
-        self._wake.set()
+        self._work.reset(t.id for t in self._store.cache.tasks.values() if needs_allocation(t))
         try:
             while True:
-                await self._wake.wait()
-                await asyncio.sleep(_BATCH_WINDOW)
-                self._wake.clear()
-                todo, self._pending = self._pending, set()
-                await self._pass(todo, guard)
+                await self._pass(await self._work.next_batch(), guard)
         finally:
             unsubscribe()
 
@@ -117,7 +104,7 @@ class Allocator:
                               self._clock())
             ops = self._ops(plan, current)
             # Before the commit: writing a waiting task's reason must not queue it again.
-            self._waiting.update(plan.waiting)
+            self._work.park(plan.waiting)
             if plan.waiting:
                 log.info("allocator: %d tasks wait: %s", len(plan.waiting),
                          next(iter(plan.waiting.values())))
@@ -127,18 +114,13 @@ class Allocator:
                 await self._store.commit(ops, guard=guard)
             except Conflict:
                 log.info("allocator: a batch of %d tasks conflicted; re-planning", len(current))
-                self._retry([t.id for t in current])
+                self._work.retry(t.id for t in current)
                 continue
             except StoreUnavailable as error:
                 log.warning("allocator cannot write: %s", error)
-                self._retry([t.id for t in current])
+                self._work.retry(t.id for t in current)
                 await asyncio.sleep(0.5)
                 return
-
-    def _retry(self, task_ids: list[str]) -> None:
-        self._waiting.difference_update(task_ids)
-        self._pending.update(task_ids)
-        self._wake.set()
 
     def _ops(self, plan: TaskPlan, tasks: Sequence[pb.Task]) -> list[Op]:
         keys = self._store.keys

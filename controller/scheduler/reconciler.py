@@ -15,6 +15,7 @@ import logging
 from swarmapi.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, Op, Store, StoreUnavailable, Update
+from ..workset import WorkSet
 from .nodeinfo import build_node_infos
 from .scheduler import Scheduler
 
@@ -32,48 +33,32 @@ class SchedulerLoop:
     def __init__(self, store: Store, scheduler: Scheduler | None = None) -> None:
         self._store = store
         self._scheduler = scheduler or Scheduler()
-        self._pending: set[str] = set()  # not yet tried
-        self._unplaced: set[str] = set()  # tried, fit nowhere
-        self._wake = asyncio.Event()
+        # parked: tried, fit nowhere; tried again when nodes change or a
+        # task leaves a node.
+        self._work = WorkSet(_BATCH_WINDOW)
         self.passes = 0
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "nodes":
-            self._retry_unplaced()
+            self._work.retry_parked()
         elif change.kind == "tasks":
             old: pb.Task | None = change.old  # type: ignore[assignment]
             new: pb.Task | None = change.new  # type: ignore[assignment]
             if _waiting(new):
-                assert new is not None
-                if new.id not in self._unplaced:
-                    self._pending.add(new.id)
-                    self._wake.set()
+                self._work.want(change.object_id)
             else:
-                self._pending.discard(change.object_id)
-                self._unplaced.discard(change.object_id)
+                self._work.drop(change.object_id)
                 # A task leaving a node frees its resources and ports.
                 if old is not None and old.node_id and old.status.state <= pb.RUNNING and (
                         new is None or new.status.state > pb.RUNNING or not new.node_id):
-                    self._retry_unplaced()
-
-    def _retry_unplaced(self) -> None:
-        if self._unplaced:
-            self._pending |= self._unplaced
-            self._unplaced.clear()
-            self._wake.set()
+                    self._work.retry_parked()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
-        self._pending = {t.id for t in self._store.cache.tasks.values() if _waiting(t)}
-        self._unplaced.clear()
-        self._wake.set()
+        self._work.reset(t.id for t in self._store.cache.tasks.values() if _waiting(t))
         try:
             while True:
-                await self._wake.wait()
-                await asyncio.sleep(_BATCH_WINDOW)
-                self._wake.clear()
-                batch, self._pending = self._pending, set()
-                await self._pass(batch, guard)
+                await self._pass(await self._work.next_batch(), guard)
         finally:
             unsubscribe()
 
@@ -98,7 +83,7 @@ class SchedulerLoop:
                 task.status.timestamp.GetCurrentTime()
                 ops.append(Update(task))
             else:
-                self._unplaced.add(decision.task_id)
+                self._work.park([decision.task_id])
                 if current.status.message != decision.reason:
                     task = pb.Task()
                     task.CopyFrom(current)
@@ -113,8 +98,4 @@ class SchedulerLoop:
             failed = ops
             await asyncio.sleep(0.5)
         if failed:
-            for op in failed:
-                assert isinstance(op, Update)
-                self._unplaced.discard(op.obj.id)
-                self._pending.add(op.obj.id)
-            self._wake.set()
+            self._work.retry(op.obj.id for op in failed if isinstance(op, Update))
