@@ -518,6 +518,15 @@ def _cpus(node: Node, path: str) -> int:
     return nanos
 
 
+def _external(node: Node, path: str) -> tuple[bool, str | None]:
+    """A network's or volume's `external:`: a boolean, or the legacy form
+    `external: {name: x}` (external, under that name)."""
+    if isinstance(node.value, dict):
+        legacy = _mapping(node, path)
+        return True, _string(legacy["name"], f"{path}.name") if "name" in legacy else None
+    return _boolean(node, path), None
+
+
 def _strings(node: Node, path: str) -> list[str]:
     """A list of strings (numbers allowed, written as text)."""
     return [_string(item, f"{path}[{i}]") for i, item in enumerate(_list(node, path))]
@@ -679,13 +688,8 @@ def _top_networks(context: _Context, node: Node | None) -> dict[str, tuple[Node,
         for option, option_node in options.items():
             where = f"{path}.{option}"
             if option == "external":
-                if isinstance(option_node.value, dict):  # legacy `external: {name: x}`
-                    external = True
-                    ext = _mapping(option_node, where)
-                    if "name" in ext:
-                        custom_name = _string(ext["name"], f"{where}.name")
-                else:
-                    external = _boolean(option_node, where)
+                external, legacy_name = _external(option_node, where)
+                custom_name = legacy_name or custom_name
             elif option == "name":
                 custom_name = _string(option_node, where)
             elif option in ("driver_opts", "enable_ipv6") or option.startswith("x-"):
@@ -765,13 +769,8 @@ def _top_volumes(context: _Context, node: Node | None) -> dict[str, StackVolume]
         for option, option_node in _mapping(value, path).items():
             where = f"{path}.{option}"
             if option == "external":
-                if isinstance(option_node.value, dict):  # legacy `external: {name: x}`
-                    external = True
-                    legacy = _mapping(option_node, where)
-                    if "name" in legacy:
-                        custom_name = _string(legacy["name"], f"{where}.name")
-                else:
-                    external = _boolean(option_node, where)
+                external, legacy_name = _external(option_node, where)
+                custom_name = legacy_name or custom_name
             elif option == "name":
                 custom_name = _string(option_node, where)
             elif option in ("driver", "driver_opts", "labels"):

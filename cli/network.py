@@ -25,6 +25,12 @@ DEFAULT_DRIVER = "overlay"
 _NETWORK_FILTERS = ("name", "id")
 # How long `network rm` and `stack rm` wait for tasks still stopping on a network.
 DEFAULT_REMOVE_WAIT = "1m"
+# `network rm` and `stack rm`: a network is removed once the tasks of the
+# services just removed have stopped.
+RemoveWaitOpt = Annotated[str, typer.Option(
+    "--timeout", metavar="DURATION",
+    help="Wait this long for tasks still stopping on a network (a service just removed) "
+         "before giving up on removing it.")]
 # How long `stack rm` and `--prune` retry a network the controller still counts
 # as used by a service they just removed (it lingers in a cache for a moment).
 SERVICE_GONE_PATIENCE = 5.0
@@ -171,10 +177,7 @@ def remove(
     ctx: typer.Context,
     networks: Annotated[list[str], typer.Argument(metavar="NETWORK",
                                                   autocompletion=completion.networks)],
-    wait_for: Annotated[str, typer.Option(
-        "--timeout", metavar="DURATION",
-        help="Wait this long for tasks still stopping on a network (a service just "
-             "removed) before giving up.")] = DEFAULT_REMOVE_WAIT,
+    wait_for: RemoveWaitOpt = DEFAULT_REMOVE_WAIT,
 ) -> None:
     """Remove networks that no service uses (once the tasks that used them have stopped)."""
     timeout = progress.wait_timeout(wait_for)

@@ -47,7 +47,12 @@ from . import client, completion, compose, progress, render
 from .client import Controller, RpcFailure
 from .compose import NAMESPACE_LABEL, Stack, StackError
 from .errors import BadInput, CliError, ReportingGroup
-from .network import DEFAULT_REMOVE_WAIT, SERVICE_GONE_PATIENCE, remove_when_free
+from .network import (
+    DEFAULT_REMOVE_WAIT,
+    SERVICE_GONE_PATIENCE,
+    RemoveWaitOpt,
+    remove_when_free,
+)
 from .options import DetachOpt, OutputOpt, QuietOpt, WaitTimeoutOpt, examples
 
 app = typer.Typer(help="Manage stacks: services and networks deployed from a compose file.",
@@ -609,10 +614,7 @@ def stack_ps(
 def remove(
     ctx: typer.Context,
     names: Annotated[list[str], typer.Argument(metavar="NAME", autocompletion=completion.stacks)],
-    wait_for: Annotated[str, typer.Option(
-        "--timeout", metavar="DURATION",
-        help="Wait this long for the removed services' tasks to stop before removing "
-             "each network.")] = DEFAULT_REMOVE_WAIT,
+    wait_for: RemoveWaitOpt = DEFAULT_REMOVE_WAIT,
 ) -> None:
     """Remove stacks: their services, then (once those tasks have stopped) their networks."""
     timeout = progress.wait_timeout(wait_for)
