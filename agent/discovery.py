@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import dispatcher_pb2 as dpb
 
 from .network import lb
 from .network.directory import Resolution, ServiceDirectory, records_from_assignment

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .images import Healthcheck
 

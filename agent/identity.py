@@ -29,10 +29,10 @@ from pathlib import Path
 
 import grpc
 
-from swarmapi import channels, pki
-from swarmapi.pki import NodeIdentity
-from swarmapi.v1 import ca_pb2 as capb
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
+from swarm.api import channels, pki
+from swarm.api.pki import NodeIdentity
+from swarm.api.v1 import ca_pb2 as capb
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.runtime.base import ImageConfig, ImageInput
+from swarm.agent.runtime.base import ImageConfig, ImageInput
 
 log = logging.getLogger(__name__)
 
@@ -1267,7 +1267,7 @@ class ImageGarbageCollector:
     """The periodic collection: every gc.interval seconds and whenever kicked
     (after a container is removed), asks `in_use` what the node's containers
     use -- (image references, overlay layer chains) -- and collects. Run it
-    as a supervised loop (swarmapi.loops.start_supervised)."""
+    as a supervised loop (swarm.api.loops.start_supervised)."""
 
     def __init__(self, store: ImageStore, in_use: Callable[[], Awaitable[InUse]]) -> None:
         self.store = store

@@ -37,9 +37,9 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarmapi.loops import cancel_all
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import logs_pb2 as lpb
+from swarm.api.loops import cancel_all
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import logs_pb2 as lpb
 
 from .logfile import MAX_LINE, Line, LineAssembler, LogFile, tail_offset
 

@@ -74,9 +74,11 @@ from ipaddress import IPv4Address
 from pathlib import Path
 from typing import NoReturn
 
-from swarmapi import pki
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import objects_pb2 as pb
+import swarm
+from swarm.api import pki
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
 from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join, join_address
@@ -86,7 +88,6 @@ from .network import OverlayManager, OverlaySettings, lb
 from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
 from .published import SANDBOX, PublishedPorts
 from .runtime import RuncRuntime, RuncSettings
-from .runtime.netns import NETNS_DIR, remove_netns_blocking
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
 
@@ -195,6 +196,7 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser = _Parser(prog="swarm-agent",
                      description="Run a node agent: runs the tasks the controllers assign to "
                                  "this node as runc containers.")
+    parser.add_argument("--version", action="version", version=f"swarm-agent {swarm.__version__}")
     parser.add_argument("--controller", action="append", type=_host_port, required=True,
                         metavar="HOST:PORT", help="a controller (repeatable; fails over)")
     parser.add_argument("--state-dir", required=True, type=Path,
@@ -467,7 +469,26 @@ def purge_state_dir(state_dir: Path, cgroup_parent: str = "") -> int:
     return asyncio.run(purge(config))
 
 
+def purge_main(argv: Sequence[str]) -> None:
+    """`swarm-agent purge --state-dir DIR`: purge_state_dir, printing how many
+    containers there were."""
+    parser = argparse.ArgumentParser(
+        prog="swarm-agent purge",
+        description="Stop and remove every container, overlay namespace and cgroup of the agent "
+                    "that ran with this state dir (stop the agent first): a node torn down for good.")
+    parser.add_argument("--state-dir", required=True, type=Path, metavar="DIR")
+    parser.add_argument("--cgroup-parent", default="", help="if the agent ran with one")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        sys.exit("swarm-agent purge: error: must run as root")
+    print(purge_state_dir(args.state_dir, args.cgroup_parent))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["purge"]:
+        purge_main(argv[1:])
+        return
     config = parse_args(argv)
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

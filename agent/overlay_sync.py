@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Interface
 from typing import Protocol
 
-from swarmapi.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import dispatcher_pb2 as dpb
 
 from .network.model import OverlayNetwork, Peer
 from .network.overlay import OverlayError

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Protocol
 
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.host.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
 
 from .network.model import OverlayNetwork
 from .network.proxy import Backend, PortProxy, UdpPortProxy
-from .runtime.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
 
 log = logging.getLogger(__name__)
 

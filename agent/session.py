@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import grpc
 
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.metadata import LEADER_METADATA_KEY
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import objects_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-LEADER_METADATA_KEY = "swarm-leader-addr"
 _RPC_TIMEOUT = 10.0
 
 

@@ -8,7 +8,7 @@ certificate and channel (the node ID is the certificate's CN); the CA is
 fetched and checked against the token once for all of them. With
 join_token=None (--insecure) the nodes share plaintext channels.
 
-    python -m agent.simulated --controller 127.0.0.1:2377 --nodes 200 --join-token SWMTKN-1-...
+    python -m swarm.agent.simulated --controller 127.0.0.1:2377 --nodes 200 --join-token SWMTKN-1-...
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from swarmapi import pki
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import pki
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .identity import IdentityKeeper, fetch_ca, join_address, request_certificate
 from .overlay_sync import PeerSets, RecordingOverlay, sync_networks
@@ -240,7 +240,7 @@ async def _main(args: argparse.Namespace) -> None:
     if args.insecure:
         log.warning("INSECURE: simulated nodes use plaintext gRPC (--insecure)")
     elif not args.join_token:
-        raise SystemExit("python -m agent.simulated: --join-token is required (or --insecure)")
+        raise SystemExit("python -m swarm.agent.simulated: --join-token is required (or --insecure)")
     cluster = SimulatedCluster(args.controller, args.nodes, hostname_prefix=args.hostname_prefix,
                                join_token=None if args.insecure else args.join_token,
                                join_addrs=args.join_addr)
@@ -257,7 +257,7 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m agent.simulated",
+    parser = argparse.ArgumentParser(prog="python -m swarm.agent.simulated",
                                      description="Run simulated nodes (fake worker, real gRPC).")
     parser.add_argument("--controller", action="append", required=True)
     parser.add_argument("--nodes", type=int, default=10)

@@ -4,7 +4,7 @@ hostname, filled in on the node that runs the task, e.g.
     --env 'TASK_NAME={{.Task.Name}}' --hostname '{{.Node.Hostname}}-{{.Task.Slot}}'
 
 Supported: .Service.ID .Service.Name .Task.ID .Task.Name .Task.Slot
-.Node.ID .Node.Hostname (Task.Name is swarmapi.naming.task_name: SERVICE.SLOT.TASKID,
+.Node.ID .Node.Hostname (Task.Name is swarm.api.naming.task_name: SERVICE.SLOT.TASKID,
 or SERVICE.NODEID.TASKID for a global service, as docker names them).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from swarmapi.naming import task_name
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.naming import task_name
+from swarm.api.v1 import objects_pb2 as pb
 
 from .runtime.base import RejectError
 

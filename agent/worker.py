@@ -35,9 +35,9 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .discovery import Discovery
 from .health import (

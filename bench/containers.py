@@ -38,11 +38,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
-from agent.runtime import netns as netns_module
-from agent.runtime import rootfs as fs
-from agent.runtime.runc import wait_pid_exit
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
+from swarm.agent.runtime.runc import wait_pid_exit
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.host import mounts
+from swarm.host import netns as netns_module
 
 BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "true")
@@ -216,9 +216,9 @@ class Bench:
         if self.raw_root.is_dir():
             for task_id in list(self.raw_ids):
                 await self._run("delete", "--force", task_id)
-        for point in fs.mounts_under(self.work):
+        for point in mounts.mounts_under(self.work):
             with contextlib.suppress(OSError):
-                fs.unmount(Path(point))
+                mounts.unmount(Path(point))
         if netns_module.NETNS_DIR.is_dir():
             for name in os.listdir(netns_module.NETNS_DIR):
                 if name.startswith(self.settings.netns_name_prefix):

@@ -26,13 +26,13 @@ import sys
 import tempfile
 import time
 
-from controller.ca import CASettings
-from controller.server import Controller, ControllerConfig
-from controller.store import Change, EtcdSettings
-from swarmapi import channels, pki
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import channels, pki
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.ca import CASettings
+from swarm.controller.server import Controller, ControllerConfig
+from swarm.controller.store import Change, EtcdSettings
 from tests.etcd_server import EtcdServer
 
 
@@ -58,7 +58,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
             "--join-addr", controller.join_addr]
         with tempfile.TemporaryFile() as agent_log:
             agents = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
-                [sys.executable, "-m", "agent.simulated", "--controller", addr,
+                [sys.executable, "-m", "swarm.agent.simulated", "--controller", addr,
                  "--nodes", str(nodes), *security], stdout=agent_log, stderr=subprocess.STDOUT)
             cache = controller.store.cache
             deadline = time.monotonic() + 120

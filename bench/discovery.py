@@ -35,11 +35,11 @@ from collections.abc import Sequence
 import dns.message
 import dns.query
 
-from agent.discovery import Discovery
-from agent.network.dns import Forwarder
-from agent.runtime.netns import ensure_netns_blocking, netns_path, remove_netns_blocking, socket_in
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.discovery import Discovery
+from swarm.agent.network.dns import Forwarder
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.host.netns import ensure_netns_blocking, netns_path, remove_netns_blocking, socket_in
 
 NETWORK = pb.Network(id="benchnet", vni=4999, subnet="10.99.0.0/16", gateway="10.99.0.1")
 

@@ -35,13 +35,13 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 
-from agent.runtime.netns import NETNS_DIR, socket_in
 from bench.discovery import _percentiles  # one way to take them, as bench.discovery does
-from cli.dev import cluster
-from cli.dev.hosts import connect_in
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev import cluster
+from swarm.cli.dev.hosts import connect_in
+from swarm.host.netns import NETNS_DIR, socket_in
 
 SUBNET = "192.168.79.0/24"  # the underlay; distinct from the tests' and other benches'
 DNS_ADDRESS = ("127.0.0.11", 53)

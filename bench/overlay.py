@@ -55,9 +55,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Any
 
-from agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
-from agent.runtime.netns import ensure_netns_blocking, netns_path
-from cli.dev.hosts import Host, Hosts, ipr_in, nsenter_argv
+from swarm.agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
+from swarm.cli.dev.hosts import Host, Hosts, ipr_in, nsenter_argv
+from swarm.host.netns import ensure_netns_blocking, netns_path
 
 # Private ranges that exist only inside the run's namespaces; distinct from the
 # local cluster's default (192.168.77.0/24), so both can run at once.

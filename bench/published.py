@@ -34,13 +34,13 @@ import time
 from collections.abc import Callable
 from ipaddress import IPv4Interface
 
-from agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
-from agent.published import PublishedPorts
-from agent.runtime.netns import ensure_netns_blocking, netns_path, socket_in
-from cli.dev.hosts import Hosts
-from swarmapi.overlay import mac_for_ip
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
+from swarm.agent.published import PublishedPorts
+from swarm.api.overlay import mac_for_ip
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.hosts import Hosts
+from swarm.host.netns import ensure_netns_blocking, netns_path, socket_in
 
 NET = OverlayNetwork.create("benchingress", 4096, "10.30.0.0/24", "10.30.0.1")
 TASK = IPv4Interface("10.30.0.10/24")

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from cli.dev import cluster
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev import cluster
 
 SUBNET = "192.168.96.0/24"
 

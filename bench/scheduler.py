@@ -24,9 +24,9 @@ import random
 import resource
 import time
 
-from controller.scheduler.nodeinfo import NodeInfo, build_node_infos
-from controller.scheduler.scheduler import Decision, Scheduler
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.scheduler.nodeinfo import NodeInfo, build_node_infos
+from swarm.controller.scheduler.scheduler import Decision, Scheduler
 
 _GIB = 1 << 30
 _CPU = 1_000_000_000  # nano CPUs per CPU

@@ -1,6 +1,6 @@
 """The connection to a controller: the one place where a channel is made.
 
-`connect()` opens a mutual-TLS channel (swarmapi.channels) with the
+`connect()` opens a mutual-TLS channel (swarm.api.channels) with the
 operator's admin identity: node.crt, node.key and ca.crt in --tls-dir
 (SWARMCTL_TLS_DIR), else the paths in the context of `swarmctl dev up`.
 `--insecure` talks plaintext to an --insecure controller (development only).
@@ -21,9 +21,10 @@ import grpc
 import typer
 from google.protobuf.message import Message
 
-from swarmapi import channels, pki
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
-from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarm.api import channels, pki
+from swarm.api.metadata import RETRY_METADATA_KEY
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
+from swarm.api.v1 import control_pb2_grpc as cgrpc
 
 from .dev.context import read_context
 from .errors import EXIT_FAILURE, CliError
@@ -51,7 +52,6 @@ class Settings:
 
 # Trailing metadata the controller adds to a refusal that resolves itself
 # (control.proto: RemoveNetwork while tasks stop): retrying later succeeds.
-RETRY_METADATA_KEY = "swarm-retry"
 
 
 class RpcFailure(CliError):

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from swarmapi.v1 import ca_pb2 as capb
-from swarmapi.v1 import control_pb2 as cpb
+from swarm.api.v1 import ca_pb2 as capb
+from swarm.api.v1 import control_pb2 as cpb
 
 from . import client, render
 from .errors import BadInput, ReportingGroup

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 import typer
 
-from swarmapi.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2 as cpb
 
 from . import client
 from .compose import NAMESPACE_LABEL

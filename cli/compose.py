@@ -35,13 +35,13 @@ from typing import Any, NoReturn, TypeVar
 
 import yaml
 
-from controller.api.validation import (
+from swarm.api import units
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import (
     ValidationError,
     normalize_network_spec,
     normalize_service_spec,
 )
-from swarmapi import units
-from swarmapi.v1 import objects_pb2 as pb
 
 E = TypeVar("E", bound=int)
 

@@ -23,16 +23,16 @@ from typing import IO, Any
 
 import grpc
 
-from swarmapi import units
-from swarmapi.naming import slot_name
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import units
+from swarm.api.metadata import LEADER_METADATA_KEY
+from swarm.api.naming import slot_name
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from . import client, render
 from .errors import EXIT_FAILURE, EXIT_INTERRUPTED, BadFlag, CliError
 
-LEADER_METADATA_KEY = "swarm-leader-addr"
 _NS = 1_000_000_000
 _UNIX_RE = re.compile(r"^\d+(\.\d{1,9})?$")
 

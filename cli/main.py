@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+import swarm
+
 from . import client, cluster, network, node, service, stack
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
@@ -56,6 +58,12 @@ app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"swarmctl {swarm.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def root(
     ctx: typer.Context,
@@ -74,6 +82,9 @@ def root(
     insecure: Annotated[bool, typer.Option(
         "--insecure", envvar=client.INSECURE_ENV,
         help="Plaintext gRPC to an --insecure controller (development only).")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print swarmctl's version and exit.")] = False,
 ) -> None:
     """Control a swarm: services, stacks, nodes and networks."""
     client.store_settings(ctx, client.Settings(controller=client.default_controller(controller),

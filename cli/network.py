@@ -10,8 +10,8 @@ from typing import Annotated
 import grpc
 import typer
 
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from . import client, completion, parsing, progress, render
 from .client import Controller, RpcFailure, fail_if, for_each

@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
-from swarmapi import units
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import units
+from swarm.api.v1 import objects_pb2 as pb
 
 from .errors import BadFlag, BadInput
 

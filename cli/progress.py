@@ -27,10 +27,10 @@ from typing import TextIO
 
 import grpc
 
-from controller.scheduler.constraints import first_unmet, parse_constraints
-from swarmapi import units
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import units
+from swarm.api.constraints import first_unmet, parse_constraints
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from . import colour, parsing, render
 from .client import Controller, RpcFailure

@@ -16,9 +16,9 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarmapi import units
-from swarmapi.naming import slot_name
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import units
+from swarm.api.naming import slot_name
+from swarm.api.v1 import objects_pb2 as pb
 
 SHORT_ID = 12
 M = TypeVar("M", bound=Message)

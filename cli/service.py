@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from . import client, completion, logs, parsing, progress, render
 from .client import fail_if, for_each

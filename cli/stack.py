@@ -37,11 +37,11 @@ import typer
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from controller.api.validation import ValidationError, normalize_network_spec, normalize_service_spec
-from controller.scheduler.constraints import first_unmet, parse_constraint
-from swarmapi import units
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import units
+from swarm.api.constraints import first_unmet, parse_constraint
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import ValidationError, normalize_network_spec, normalize_service_spec
 
 from . import client, completion, compose, progress, render
 from .client import Controller, RpcFailure

@@ -37,12 +37,12 @@ from typing import Any, NoReturn
 
 import grpc
 
-from swarmapi import pki
-from swarmapi.channels import CONTROL_PLANE_POLICY
-from swarmapi.pki import CertificateAuthority, JoinToken, NodeIdentity, Revocations, Role
-from swarmapi.v1 import ca_pb2 as capb
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import pki
+from swarm.api.channels import CONTROL_PLANE_POLICY
+from swarm.api.pki import CertificateAuthority, JoinToken, NodeIdentity, Revocations, Role
+from swarm.api.v1 import ca_pb2 as capb
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
+from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .store import Conflict, Op, Store, Update

@@ -20,7 +20,7 @@ With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
 only its own session, heartbeat only for it and report status only for tasks
 assigned to it (PERMISSION_DENIED otherwise). Which roles may call at all is
-the server's AuthInterceptor's business (swarmapi.channels).
+the server's AuthInterceptor's business (swarm.api.channels).
 
 A follower refuses every call with FAILED_PRECONDITION and names the leader in
 the trailing metadata key `swarm-leader-addr`, so agents can follow it.
@@ -38,12 +38,13 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from swarmapi import pki
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import pki
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.metadata import LEADER_METADATA_KEY
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .leadership import Leadership
@@ -54,7 +55,6 @@ from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Upd
 
 log = logging.getLogger(__name__)
 
-LEADER_METADATA_KEY = "swarm-leader-addr"
 HEARTBEAT_MISSES = 3
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 _CAS_ATTEMPTS = 10

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from swarmapi.loops import cancel_requested
+from swarm.api.loops import cancel_requested
 
 from .store import Guard, Store, StoreUnavailable
 from .store import etcd as E

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .store import Change, Store

@@ -25,7 +25,8 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from swarmapi import pki
+import swarm
+from swarm.api import pki
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
 from .ca import CASettings
@@ -41,6 +42,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         description="Run a controller: keeps desired state in etcd, schedules tasks, "
                     "serves swarmctl and node agents. Several may run; one leads.",
     )
+    parser.add_argument("--version", action="version", version=f"swarm-controller {swarm.__version__}")
     parser.add_argument("--listen", default="0.0.0.0:2377", help="gRPC address (default %(default)s)")
     parser.add_argument("--advertise-addr", default="",
                         help="address agents and clients use to reach this controller")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .allocator.ingress import node_address
 from .allocator.ports import ingress_ports

@@ -21,10 +21,10 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from swarmapi.naming import task_name
-from swarmapi.overlay import mac_for_ip
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.naming import task_name
+from swarm.api.overlay import mac_for_ip
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 
 _CHANGES_LIMIT = 100_000
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
-from swarmapi import channels
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import channels
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import objects_pb2 as pb
 
 from .allocator.index import AddressIndex
 from .allocator.ingress import IngressKeeper

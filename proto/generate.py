@@ -1,4 +1,4 @@
-"""Generate the Python API package `swarmapi.v1` from proto/swarmapi/v1/*.proto.
+"""Generate the Python API package `swarm.api.v1` from proto/swarm/api/v1/*.proto.
 
 One command, run from anywhere:  python proto/generate.py
 tests/unit/test_generated_api.py fails when the committed output is stale.
@@ -17,7 +17,7 @@ REPO_ROOT = PROTO_ROOT.parent
 
 
 def proto_files() -> list[Path]:
-    return sorted((PROTO_ROOT / "swarmapi" / "v1").glob("*.proto"))
+    return sorted((PROTO_ROOT / "swarm" / "api" / "v1").glob("*.proto"))
 
 
 def generate(out_dir: Path) -> None:

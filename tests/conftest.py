@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from controller.store import EtcdClient, EtcdSettings, Store
+from swarm.controller.store import EtcdClient, EtcdSettings, Store
 from tests.etcd_server import EtcdServer
 
 

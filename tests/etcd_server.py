@@ -12,8 +12,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from cli.dev.daemons import stop_child
-from cli.dev.etcd import etcd_argv
+from swarm.cli.dev.daemons import stop_child
+from swarm.cli.dev.etcd import etcd_argv
 
 
 def free_port() -> int:

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from cli.dev.daemons import stop_child
-from swarmapi import channels, pki
-from swarmapi.v1 import ca_pb2 as capb
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
+from swarm.api import channels, pki
+from swarm.api.v1 import ca_pb2 as capb
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
+from swarm.cli.dev.daemons import stop_child
 from tests.etcd_server import free_port
 
 _SECRETS = tempfile.mkdtemp(prefix="swarm-test-secrets-")
@@ -82,7 +82,7 @@ def start_controller(etcd_endpoint: str, prefix: str, *, heartbeat_period: float
         "--init", "--kek-file", os.path.join(_SECRETS, prefix.strip("/") + ".kek"),
         "--admin-out", admin, "--join-listen", f"127.0.0.1:{join_port}", "--join-rate", "1000"]
     process, log_path = _spawn([
-        "-m", "controller.main", "--listen", f"127.0.0.1:{port}", "--etcd", etcd_endpoint,
+        "-m", "swarm.controller.main", "--listen", f"127.0.0.1:{port}", "--etcd", etcd_endpoint,
         "--prefix", prefix, "--heartbeat-period", str(heartbeat_period),
         "--lease-ttl", str(lease_ttl), *security])
     proc = Proc(process, log_path, port,
@@ -116,7 +116,7 @@ async def worker_token(controller: Proc) -> str:
 def start_simulated_agents(controllers: Sequence[Proc], nodes: int, join_token: str = "",
                            hostname_prefix: str = "sim") -> Proc:
     """Simulated nodes joining with join_token (plaintext when it is empty)."""
-    args = ["-m", "agent.simulated", "--nodes", str(nodes), "--hostname-prefix", hostname_prefix]
+    args = ["-m", "swarm.agent.simulated", "--nodes", str(nodes), "--hostname-prefix", hostname_prefix]
     args += ["--join-token", join_token] if join_token else ["--insecure"]
     for controller in controllers:
         args += ["--controller", controller.addr]
@@ -129,12 +129,12 @@ def start_simulated_agents(controllers: Sequence[Proc], nodes: int, join_token: 
 def start_agent(controllers: Sequence[Proc], state_dir: str, *, hostname: str,
                 advertise_addr: str = "127.0.0.1", join_token: str = "",
                 extra_args: Sequence[str] = ()) -> Proc:
-    """A real `swarm-agent` (python -m agent.main); it needs root. Stopping
+    """A real `swarm-agent` (python -m swarm.agent.main); it needs root. Stopping
     it (SIGTERM) leaves its containers running: the caller removes them.
     join_token is needed the first time a state dir is used (the identity is
     kept there, and the token may be given again); --insecure for
     controllers started insecure."""
-    args = ["-m", "agent.main", "--state-dir", state_dir, "--advertise-addr", advertise_addr,
+    args = ["-m", "swarm.agent.main", "--state-dir", state_dir, "--advertise-addr", advertise_addr,
             "--hostname", hostname, *extra_args]
     if join_token:
         args += ["--join-token", join_token]

@@ -31,8 +31,8 @@ from typing import Any
 
 # The image builders live with the local cluster, which ships a demo image;
 # re-exported here for the tests.
-from cli.dev.daemons import stop_child
-from cli.dev.images import (
+from swarm.cli.dev.daemons import stop_child
+from swarm.cli.dev.images import (
     BUSYBOX_APPLETS,
     BUSYBOX_BINARY,
     OCI_INDEX,
@@ -55,7 +55,7 @@ from cli.dev.images import (
     whiteout_entry,
     write_image,
 )
-from cli.dev.registry import REGISTRY_BINARY, write_registry_config
+from swarm.cli.dev.registry import REGISTRY_BINARY, write_registry_config
 from tests.etcd_server import free_port
 
 __all__ = [

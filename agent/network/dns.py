@@ -3,7 +3,7 @@
 ndots:0`, as under docker).
 
 Per task, a UDP and a TCP socket are made INSIDE the task's network
-namespace (agent.runtime.netns.socket_in) and bound to 127.0.0.11 on its
+namespace (swarm.host.netns.socket_in) and bound to 127.0.0.11 on its
 loopback, which is up in every task namespace; the agent serves them all
 from its own asyncio loop. The socket a query arrives on says which task
 asks, so the answer is limited to that task's networks (directory.py: the
@@ -69,7 +69,7 @@ import dns.rdatatype
 import dns.reversename
 import dns.rrset
 
-from agent.runtime.netns import socket_in
+from swarm.host.netns import socket_in
 
 from .directory import Outcome, Resolution
 

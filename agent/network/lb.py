@@ -52,7 +52,7 @@ from ipaddress import IPv4Address
 from pyroute2 import Conntrack
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-from agent.runtime.netns import run_in_netns_blocking
+from swarm.host.netns import run_in_netns_blocking
 
 TABLE = "swarm-lb"
 NFT = "nft"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 VXLAN_PORT = 4789  # IANA's VXLAN port; Docker, flannel and the kernel docs use it
 # Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8): what each frame costs

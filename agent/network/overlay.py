@@ -57,7 +57,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from agent.runtime.netns import (
+from swarm.host.netns import (
     NETNS_DIR,
     ensure_netns_blocking,
     netlink_socket_in,

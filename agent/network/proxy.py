@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent.runtime.netns import socket_in
+from swarm.host.netns import socket_in
 
 log = logging.getLogger(__name__)
 

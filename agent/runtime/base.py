@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 
 class ContainerError(Exception):

@@ -5,7 +5,6 @@ relative to the rootfs, never out of it), bind-mount sources and volumes.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
@@ -15,8 +14,11 @@ from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
+from swarm.host import mounts
+from swarm.host.libc import check, libc
+from swarm.host.mounts import unescape_mountinfo
+
 from .base import ContainerError, RejectError
-from .libc import check, libc
 
 _MNT_DETACH = 2
 _MAX_SYMLINKS = 40
@@ -24,32 +26,6 @@ _MAX_MOUNT_DATA = 4095  # the kernel copies at most one page of mount options
 
 
 # ---------------------------------------------------------------- mounts
-
-
-def _unescape_mountinfo(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mount_points() -> list[str]:
-    """Mount points of this process's mount namespace, in mount order."""
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
-        return [_unescape_mountinfo(line.split()[4]) for line in file if line.strip()]
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path, deepest first."""
-    prefix = str(path).rstrip("/")
-    found = [p for p in mount_points() if p == prefix or p.startswith(prefix + "/")]
-    return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
 
 
 def overlay_lowers_under(path: Path) -> list[tuple[Path, ...]]:
@@ -63,11 +39,11 @@ def overlay_lowers_under(path: Path) -> list[tuple[Path, ...]]:
             fields, others = mine.split(), theirs.split()
             if len(fields) < 5 or len(others) < 3 or others[0] != "overlay":
                 continue
-            if not (_unescape_mountinfo(fields[4]) + "/").startswith(prefix):
+            if not (unescape_mountinfo(fields[4]) + "/").startswith(prefix):
                 continue
             for option in others[2].split(","):
                 if option.startswith("lowerdir="):
-                    lowers = _unescape_mountinfo(option.removeprefix("lowerdir="))
+                    lowers = unescape_mountinfo(option.removeprefix("lowerdir="))
                     found.append(tuple(Path(p) for p in reversed(lowers.split(":"))))
     return found
 
@@ -90,33 +66,12 @@ def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path)
                          data.encode()), f"mount overlay on {target}")
 
 
-def unmount(target: Path) -> None:
-    """Unmount, lazily if it is busy; no error if it is not mounted."""
-    result = libc().umount2(str(target).encode(), 0)
-    if result == 0:
-        return
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
-        return
-    if code == errno.EBUSY:
-        check(libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
-        return
-    raise OSError(code, f"umount {target}: {os.strerror(code)}")
-
-
-def unmount_all_under(path: Path) -> None:
-    for point in mounts_under(path):
-        unmount(Path(point))
-
-
 def remove_tree(path: Path) -> None:
     """rm -rf, refusing to descend into anything still mounted below path."""
-    unmount_all_under(path)
-    still = mounts_under(path)
-    if still:
-        raise ContainerError(f"cannot remove {path}: still mounted: {', '.join(still)}")
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(path)
+    try:
+        mounts.remove_tree(path)
+    except mounts.StillMounted as error:
+        raise ContainerError(error.strerror) from error
 
 
 # ---------------------------------------------------------------- lookups in the rootfs

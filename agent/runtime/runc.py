@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.host import mounts
+from swarm.host.netns import create_netns, netns_path, remove_netns
 
 from . import rootfs as fs
 from .base import (
@@ -46,7 +48,6 @@ from .base import (
     ImageInput,
     NoSuchContainer,
 )
-from .netns import create_netns, netns_path, remove_netns
 from .spec import (
     DEFAULT_PATH,
     DEFAULT_PIDS_LIMIT,
@@ -498,7 +499,7 @@ class RuncRuntime:
         await step("stop conmon", lambda: self._stop_monitor(task_id))
         if failed_prepare and await self._runc_state(task_id) is not None:
             await step("runc delete", runc_delete)  # the create was still running
-        await step("unmount", lambda: fs.unmount_all_under(bundle))
+        await step("unmount", lambda: mounts.unmount_all_under(bundle))
         await step("remove netns", lambda: remove_netns(self.netns_name(task_id)))
         await step("remove cgroups", lambda: self._remove_cgroups(task_id))
         self._remember_exit(task_id)

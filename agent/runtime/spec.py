@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from swarmapi.units import format_memory
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import format_memory
+from swarm.api.v1 import objects_pb2 as pb
 
 from .base import ImageConfig, RejectError
 

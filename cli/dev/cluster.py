@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -37,7 +38,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.runtime.rootfs import remove_tree
+from swarm.host.mounts import remove_tree
 
 from .context import Context, remove_context, write_context
 from .daemons import Daemon, alive, spawn, stop
@@ -201,16 +202,16 @@ def admin_dir(name: str) -> Path:
 
 def control_channel(state: ClusterState) -> grpc.Channel:
     """A channel to the cluster's controller with its admin identity."""
-    from swarmapi import channels
-    from swarmapi.pki import NodeIdentity
+    from swarm.api import channels
+    from swarm.api.pki import NodeIdentity
 
     identity = None if state.insecure else NodeIdentity.load(admin_dir(state.name))
     return channels.blocking_client_channel(state.controller, identity, insecure=state.insecure)
 
 
 def _worker_token(state: ClusterState) -> str:
-    from swarmapi.v1 import ca_pb2 as capb
-    from swarmapi.v1 import ca_pb2_grpc as cagrpc
+    from swarm.api.v1 import ca_pb2 as capb
+    from swarm.api.v1 import ca_pb2_grpc as cagrpc
 
     with control_channel(state) as channel:
         return cagrpc.CAAdminStub(channel).GetJoinToken(
@@ -229,9 +230,9 @@ def _give_to_sudo_user(directory: Path) -> None:
 
 
 def _ready_nodes(state: ClusterState) -> int:
-    from swarmapi.v1 import control_pb2 as cpb
-    from swarmapi.v1 import control_pb2_grpc as cgrpc
-    from swarmapi.v1 import objects_pb2 as pb
+    from swarm.api.v1 import control_pb2 as cpb
+    from swarm.api.v1 import control_pb2_grpc as cgrpc
+    from swarm.api.v1 import objects_pb2 as pb
 
     with control_channel(state) as channel:
         try:
@@ -323,7 +324,7 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
         "--init", "--kek-file", str(directory / "secrets" / "kek"),
         "--admin-out", str(admin_dir(state.name))]
     controller = start("controller", [
-        sys.executable, "-m", "controller.main", "--listen", state.controller,
+        sys.executable, "-m", "swarm.controller.main", "--listen", state.controller,
         "--etcd", f"{gateway}:{ETCD_PORT}", "--heartbeat-period", "2", *security])
     _wait("controller", _listening(gateway, CONTROLLER_PORT), controller, 30)
     agent_security = ["--insecure"] if state.insecure else ["--join-token", _worker_token(state)]
@@ -332,7 +333,7 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
     agents = []
     for node in state.nodes:
         agents.append(start(f"agent {node.host}", nsenter_argv(node.netns, [
-            sys.executable, "-m", "agent.main", "--controller", state.controller,
+            sys.executable, "-m", "swarm.agent.main", "--controller", state.controller,
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
@@ -380,12 +381,15 @@ def down(name: str, say: Callable[[str], None]) -> None:
 
 
 def purge_node(node_state_dir: Path) -> int:
-    """Stop and remove every container an agent with this state dir ran."""
+    """Stop and remove every container an agent with this state dir ran: asked
+    of `swarm-agent purge`, since the agent knows its own layout."""
     if not node_state_dir.exists():
         return 0
-    from agent.main import purge_state_dir  # the agent knows its own layout
-
-    return purge_state_dir(node_state_dir)
+    done = subprocess.run([sys.executable, "-m", "swarm.agent.main", "purge", "--state-dir",
+                           str(node_state_dir)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ClusterError(f"purging {node_state_dir}: {done.stderr.strip() or done.returncode}")
+    return int(done.stdout.strip() or 0)
 
 
 def _remove_link(link: str) -> None:

@@ -7,9 +7,9 @@ from typing import Annotated
 import grpc
 import typer
 
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
 
 from .. import render
 from ..errors import CliError, ReportingGroup

@@ -41,7 +41,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
-from agent.runtime.netns import (
+from swarm.host.netns import (
     NETNS_DIR,
     ensure_netns_blocking,
     netlink_socket_in,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Claim, Create, Keys, Op, Release, RequireAbsent, ReserveName
 from .ipam import address_of, ancestor_bits, subnet_bits

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..ids import new_id
 from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update

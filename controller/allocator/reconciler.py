@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
 from ..store.etcd import MAX_TXN_OPS

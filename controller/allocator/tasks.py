@@ -8,15 +8,19 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import timestamp
+from swarm.api.v1 import objects_pb2 as pb
 
-from ..orchestrator.slots import ALLOCATING_MESSAGE, PENDING_MESSAGE
-from ..orchestrator.tasks import timestamp
 from .ingress import NO_INGRESS_MESSAGE, find_ingress
 from .networks import Pool, wants_vips
 from .ports import publishes_ingress
 
-__all__ = ["ALLOCATING_MESSAGE", "Promotion", "TaskPlan", "needs_allocation", "plan_tasks"]
+__all__ = ["ALLOCATING_MESSAGE", "PENDING_MESSAGE", "Promotion", "TaskPlan", "needs_allocation", "plan_tasks"]
+
+# The orchestrator creates tasks with these messages (NEW when they need
+# addresses, else straight to PENDING); the allocator owns the promotion.
+PENDING_MESSAGE = "pending task scheduling"
+ALLOCATING_MESSAGE = "waiting for network addresses"
 
 WAITING_FOR_VIPS = "waiting for the service's virtual IPs"
 

@@ -1,2 +1,3 @@
-"""The controller's API edge: the control servicer, and the pure validation and
-reference resolution it relies on."""
+"""The controller's API edge: the control servicer. The validation and reference
+resolution it relies on are shared with swarmctl (swarm.api.validation,
+swarm.api.refs)."""

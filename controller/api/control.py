@@ -17,10 +17,19 @@ from typing import NoReturn, TypeVar
 
 import grpc
 
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.metadata import LEADER_METADATA_KEY, RETRY_METADATA_KEY
+from swarm.api.refs import resolve_ref
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import (
+    ValidationError,
+    normalize_network_spec,
+    normalize_node_spec,
+    normalize_service_spec,
+    validate_replicas,
+)
 
 from ..allocator.claims import (
     claim_address,
@@ -47,7 +56,6 @@ from ..allocator.networks import (
 )
 from ..allocator.ports import PortPlan, ingress_ports, plan_ports
 from ..ca import revoke_node_ops
-from ..dispatcher import LEADER_METADATA_KEY
 from ..ids import new_id
 from ..leadership import Leadership
 from ..logbroker import LogBroker, SubscriptionRefused
@@ -62,21 +70,12 @@ from ..store import (
     StoreUnavailable,
     Update,
 )
-from .refs import resolve_ref
-from .validation import (
-    ValidationError,
-    normalize_network_spec,
-    normalize_node_spec,
-    normalize_service_spec,
-    validate_replicas,
-)
 
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[object, object]
 # Trailing metadata of a FAILED_PRECONDITION that resolves itself: retrying
 # later may succeed (control.proto: RemoveNetwork).
-RETRY_METADATA_KEY = "swarm-retry"
 T = TypeVar("T")
 _SCALE_ATTEMPTS = 10
 # Writes that allocate (networks, VIPs) retry when they lost a race on a network

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..allocator.claims import release_task
 from ..store import Change, Create, Delete, Guard, Keys, Op, Store, StoreUnavailable, Update

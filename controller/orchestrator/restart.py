@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import timestamp, to_seconds
+from swarm.api.v1 import objects_pb2 as pb
 
-from .tasks import end_time, ended_on_its_own, timestamp, to_seconds
+from .tasks import end_time, ended_on_its_own
 
 DEFAULT_RESTART_DELAY = 5.0
 

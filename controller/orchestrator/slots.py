@@ -24,16 +24,14 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import timestamp
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..allocator.ports import publishes_ingress
+from ..allocator.tasks import ALLOCATING_MESSAGE, PENDING_MESSAGE
 from ..ids import derived_id
 from .restart import Successor, successor
-from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, timestamp
-
-PENDING_MESSAGE = "pending task scheduling"
-# Kept in sync with allocator.tasks (which imports this module, not the reverse).
-ALLOCATING_MESSAGE = "waiting for network addresses"
+from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal
 
 
 class Role(enum.Enum):

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from swarmapi.v1 import objects_pb2 as pb
-
-from ..scheduler.constraints import Constraint, first_unmet, parse_constraints
+from swarm.api.constraints import Constraint, first_unmet, parse_constraints
+from swarm.api.units import to_seconds
+from swarm.api.v1 import objects_pb2 as pb
 
 
 def is_live(task: pb.Task) -> bool:
@@ -70,16 +67,6 @@ def is_removable(task: pb.Task, nodes: Mapping[str, pb.Node]) -> bool:
 def age_key(task: pb.Task) -> tuple[int, int, str]:
     """Oldest first. Attempts grow within a slot; creation time and ID break ties."""
     return task.attempt, task.meta.created_at.ToNanoseconds(), task.id
-
-
-def to_seconds(value: Timestamp | Duration) -> float:
-    return value.seconds + value.nanos / 1e9
-
-
-def timestamp(seconds: float) -> Timestamp:
-    result = Timestamp()
-    result.FromNanoseconds(round(seconds * 1e9))
-    return result
 
 
 def end_time(task: pb.Task) -> float:

@@ -31,10 +31,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import timestamp, to_seconds
+from swarm.api.v1 import objects_pb2 as pb
 
 from .slots import Context, Role, Slot
-from .tasks import end_time, ended_on_its_own, is_live, never_assigned, timestamp, to_seconds
+from .tasks import end_time, ended_on_its_own, is_live, never_assigned
 
 DEFAULT_MONITOR = 5.0
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import collections
 from typing import Protocol
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.constraints import Constraint, first_unmet, parse_constraint
+from swarm.api.v1 import objects_pb2 as pb
 
-from .constraints import Constraint, first_unmet, parse_constraint
 from .nodeinfo import HostPort, NodeInfo, host_ports, reservations
 
 _PROTOCOL_NAMES: dict[int, str] = {

@@ -11,7 +11,7 @@ import collections
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 HostPort = tuple[int, int]  # (PortConfig.Protocol, published port)
 _NO_PORTS: frozenset[HostPort] = frozenset()

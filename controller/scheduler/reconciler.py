@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, Op, Store, StoreUnavailable, Update
 from ..workset import WorkSet

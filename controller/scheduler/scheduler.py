@@ -21,9 +21,9 @@ import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.constraints import node_attribute
+from swarm.api.v1 import objects_pb2 as pb
 
-from .constraints import node_attribute
 from .filters import Filter
 from .nodeinfo import HostPort, NodeInfo, host_ports, reservations
 from .pipeline import NO_NODES, Pipeline, no_suitable_node

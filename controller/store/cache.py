@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 from .etcd import EtcdClient, KeyValue, StoreUnavailable
 from .keys import Keys, StoredObject, decode

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 
 StoredObject: TypeAlias = pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import RuncRuntime, RuncSettings
-from agent.runtime import netns as netns_module
-from agent.runtime import rootfs as fs
+from swarm.agent.runtime import RuncRuntime, RuncSettings
+from swarm.host import mounts
+from swarm.host import netns as netns_module
 from tests.agent.conftest import require_root_and_tools
 
 
@@ -45,9 +45,9 @@ async def teardown(settings: RuncSettings) -> list[str]:
         with contextlib.suppress(Exception):
             await runtime.remove(task_id)
     extra = []
-    for point in fs.mounts_under(settings.state_dir):
+    for point in mounts.mounts_under(settings.state_dir):
         extra.append(f"mount {point}")
-        fs.unmount(Path(point))
+        mounts.unmount(Path(point))
     if netns_module.NETNS_DIR.is_dir():
         for name in os.listdir(netns_module.NETNS_DIR):
             if name.startswith(settings.netns_name_prefix):
@@ -73,7 +73,7 @@ def leftovers(runtime: RuncRuntime, task_id: str) -> list[str]:
     """Everything a container can leave on the host."""
     found = []
     bundle = runtime.bundle_dir(task_id)
-    found += [f"mount {p}" for p in fs.mount_points()
+    found += [f"mount {p}" for p in mounts.mount_points()
               if p.startswith(str(bundle)) or runtime.netns_name(task_id) in p]
     if runtime.netns_path(task_id).exists():
         found.append(f"netns {runtime.netns_path(task_id)}")

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import pytest
 
-from agent.main import AgentConfig, parse_args, purge, runc_settings
-from agent.runtime import RuncRuntime
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.main import AgentConfig, parse_args, purge, runc_settings
+from swarm.agent.runtime import RuncRuntime
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.containers import require_containers, teardown
 from tests.etcd_server import EtcdServer
 from tests.processes import Proc, admin_channel, start_agent, start_controller, worker_token

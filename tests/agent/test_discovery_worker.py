@@ -20,16 +20,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.discovery import Discovery
-from agent.images import ImageStore
-from agent.network import OverlayManager, OverlaySettings
-from agent.network.dns import Forwarder, Upstream
-from agent.runtime import RuncRuntime, RuncSettings
-from agent.worker import Worker
-from cli.dev.hosts import Hosts, ipr_in
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.discovery import Discovery
+from swarm.agent.images import ImageStore
+from swarm.agent.network import OverlayManager, OverlaySettings
+from swarm.agent.network.dns import Forwarder, Upstream
+from swarm.agent.runtime import RuncRuntime, RuncSettings
+from swarm.agent.worker import Worker
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.hosts import Hosts, ipr_in
 from tests.agent.containers import require_containers, teardown
 from tests.dns_upstream import UpstreamDns
 from tests.waiting import eventually

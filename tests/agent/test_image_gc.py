@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.images import (
+from swarm.agent.images import (
     GcImage,
     ImageGarbageCollector,
     ImageGcSettings,
@@ -24,7 +24,8 @@ from agent.images import (
     InUse,
     plan_gc,
 )
-from agent.runtime import rootfs as fs
+from swarm.agent.runtime import rootfs as fs
+from swarm.host import mounts
 from tests.agent.conftest import require_root_and_tools
 from tests.registry import RegistryServer, build_image, busybox_entries, file_entry
 from tests.waiting import eventually
@@ -180,7 +181,7 @@ async def test_layers_mounted_by_containers_keep_their_image(
         assert all(layer.is_dir() for layer in used.layers)
         assert not other.layers[-1].exists()
     finally:
-        fs.unmount_all_under(bundle)
+        mounts.unmount_all_under(bundle)
 
 
 async def test_a_pull_in_progress_is_not_broken(store: ImageStore,

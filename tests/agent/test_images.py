@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.images import (
+from swarm.agent.images import (
     Healthcheck,
     Image,
     ImageError,

@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.test_agent_e2e import Cluster, cluster, running, service_spec
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
@@ -33,7 +33,7 @@ PRINTS = "for i in 1 2 3; do echo line $i; echo err $i >&2; done; sleep 0.3; ech
          "sleep 1000"
 TICKS = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"
 LINE_RE = re.compile(r"^(?:(\S+) )?(\S+)\s+\| (.*)$")
-CLI = [sys.executable, "-c", "from cli.main import main; main()"]
+CLI = [sys.executable, "-c", "from swarm.cli.main import main; main()"]
 
 
 @dataclass

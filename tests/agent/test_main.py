@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.main import default_cgroup_parent, describe, parse_args, runc_settings
+from swarm.agent.main import default_cgroup_parent, describe, parse_args, runc_settings
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
@@ -76,7 +76,7 @@ def test_bad_flags_give_one_clear_line(tmp_path: Path, args: list[str], message:
 
 
 def test_missing_flags_from_the_command_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "agent.main", "--controller", "h:1"],
+    result = subprocess.run([sys.executable, "-m", "swarm.agent.main", "--controller", "h:1"],
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 2
     assert result.stdout == ""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
-from agent.runtime import netns
+from swarm.host import netns
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="network namespaces need root (CI runs it as root)")

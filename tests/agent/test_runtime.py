@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime import (
+from swarm.agent.runtime import (
     ContainerError,
     ImageConfig,
     ImageInput,
@@ -32,8 +32,8 @@ from agent.runtime import (
     RuncSettings,
     spec,
 )
-from agent.runtime import rootfs as fs
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.runtime import rootfs as fs
+from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.containers import leftovers
 from tests.agent.containers import runc_sync as _runc_sync
 from tests.agent.containers import teardown as _teardown
@@ -603,8 +603,8 @@ async def test_exec_for_health_checks(runtime: RuncRuntime, image: ImageInput) -
 ADOPT_SCRIPT = """
 import asyncio, json, sys
 from pathlib import Path
-from agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
+from swarm.api.v1 import objects_pb2 as pb
 
 async def main():
     args = json.loads(sys.argv[1])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from agent.health import (
+from swarm.agent.health import (
     HEALTHY,
     STARTING,
     UNHEALTHY,
@@ -32,9 +32,9 @@ from agent.health import (
     plan_health,
     watch_health,
 )
-from agent.images import Healthcheck, ImageStore
-from agent.runtime import RuncRuntime, RuncSettings
-from agent.worker import (
+from swarm.agent.images import Healthcheck, ImageStore
+from swarm.agent.runtime import RuncRuntime, RuncSettings
+from swarm.agent.worker import (
     Observed,
     Step,
     Worker,
@@ -44,8 +44,8 @@ from agent.worker import (
     next_step,
     stop_grace,
 )
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.containers import leftovers, require_containers, teardown
 from tests.etcd_server import free_port
 from tests.registry import PATH_ENV, RegistryServer, build_busybox_image

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.dev.cluster import STATE_ROOT
+from swarm.cli.dev.cluster import STATE_ROOT
 
 REPO = Path(__file__).resolve().parents[2]
 

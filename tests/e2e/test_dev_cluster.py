@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.main import default_cgroup_parent
-from cli.dev import cluster
-from cli.dev.context import read_context
-from cli.dev.daemons import alive, spawn, stop
-from cli.dev.hosts import ipr_in
-from cli.main import app
+from swarm.agent.main import default_cgroup_parent
+from swarm.cli.dev import cluster
+from swarm.cli.dev.context import read_context
+from swarm.cli.dev.daemons import alive, spawn, stop
+from swarm.cli.dev.hosts import ipr_in
+from swarm.cli.main import app
 from tests.dns_upstream import UpstreamDns
 
 pytestmark = pytest.mark.timeout(240)

@@ -26,17 +26,17 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.main import default_cgroup_parent
-from agent.network import mac_from_ip
-from agent.network.overlay import VXLAN
-from agent.runtime.netns import netns_path
-from cli.dev import cluster
-from cli.dev.cluster import ClusterState, NodeRecord
-from cli.dev.daemons import alive
-from cli.dev.hosts import connect_in, ipr_in
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.main import default_cgroup_parent
+from swarm.agent.network import mac_from_ip
+from swarm.agent.network.overlay import VXLAN
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev import cluster
+from swarm.cli.dev.cluster import ClusterState, NodeRecord
+from swarm.cli.dev.daemons import alive
+from swarm.cli.dev.hosts import connect_in, ipr_in
+from swarm.host.netns import netns_path
 from tests.e2e.test_dev_cluster import netns_with, page, swarmctl
 from tests.waiting import until
 

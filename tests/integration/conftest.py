@@ -7,15 +7,15 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
-from agent.session import SessionSettings
-from agent.simulated import SimulatedCluster
-from controller.ca import CASettings
-from controller.dispatcher import DispatcherSettings
-from controller.leadership import LeadershipSettings
-from controller.server import Controller, ControllerConfig
-from controller.store import EtcdSettings
-from swarmapi import channels, pki
-from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarm.agent.session import SessionSettings
+from swarm.agent.simulated import SimulatedCluster
+from swarm.api import channels, pki
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.controller.ca import CASettings
+from swarm.controller.dispatcher import DispatcherSettings
+from swarm.controller.leadership import LeadershipSettings
+from swarm.controller.server import Controller, ControllerConfig
+from swarm.controller.store import EtcdSettings
 from tests.etcd_server import EtcdServer
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from typer.testing import CliRunner, Result
 
-from agent.simulated import SimulatedCluster
-from cli.main import app
-from controller.server import Controller
-from controller.store.keys import KIND_TYPES, StoredObject, decode
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.simulated import SimulatedCluster
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.main import app
+from swarm.controller.server import Controller
+from swarm.controller.store.keys import KIND_TYPES, StoredObject, decode
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import FAST_SESSION, controller_config, sim_cluster
 

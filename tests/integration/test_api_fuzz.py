@@ -17,10 +17,10 @@ import grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.server import Controller
-from swarmapi import channels
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
+from swarm.api import channels
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.controller.server import Controller
 from tests.integration.live import LiveCluster
 from tests.unit.test_validation import _wire
 

@@ -23,12 +23,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import client, progress
-from cli.errors import Interrupted
-from cli.main import app
-from swarmapi import pki
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api import pki
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import client, progress
+from swarm.cli.errors import Interrupted
+from swarm.cli.main import app
 from tests.etcd_server import EtcdServer, free_port
 from tests.integration.live import (
     BROKEN_IMAGE,
@@ -306,7 +306,7 @@ def test_progress_is_drawn_on_a_terminal(live: LiveCluster) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TERM": "xterm", "COLUMNS": "120"}
     env.pop("NO_COLOR", None)
     process = subprocess.Popen(
-        [sys.executable, "-c", "from cli.main import main; main()", "--controller", live.addr,
+        [sys.executable, "-c", "from swarm.cli.main import main; main()", "--controller", live.addr,
          "service", "create", "web", "--image", "busybox", "--replicas", "3",
          "--timeout", "20s"],
         stdout=subprocess.PIPE, stderr=child_fd, stdin=subprocess.DEVNULL, env=env)
@@ -563,7 +563,7 @@ def _complete(live: LiveCluster, words: str) -> list[str]:
     env = {**os.environ, "_SWARMCTL_COMPLETE": "complete_bash",
            "COMP_WORDS": " ".join(["swarmctl", "--controller", live.addr, *argv]),
            "COMP_CWORD": str(len(argv) + 2)}
-    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()"], env=env,
+    done = subprocess.run([sys.executable, "-c", "from swarm.cli.main import main; main()"], env=env,
                           capture_output=True, text=True, timeout=30, check=True)
     assert done.stderr == ""
     return done.stdout.split()
@@ -588,12 +588,12 @@ def test_shell_completion_offers_commands_and_the_clusters_names(live: LiveClust
     env = {**os.environ, "_SWARMCTL_COMPLETE": "complete_bash",
            "COMP_WORDS": "swarmctl --controller 127.0.0.1:1 service ps ", "COMP_CWORD": "5"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", "from cli.main import main; main()"], env=env,
+    done = subprocess.run([sys.executable, "-c", "from swarm.cli.main import main; main()"], env=env,
                           capture_output=True, text=True, timeout=30, check=True)
     assert (done.stdout.split(), done.stderr) == ([], "")
     assert time.monotonic() - started < 10
 
-    script = subprocess.run([sys.executable, "-c", "from cli.main import main; main()",
+    script = subprocess.run([sys.executable, "-c", "from swarm.cli.main import main; main()",
                              "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"},
                             capture_output=True, text=True, timeout=30)
     assert "_SWARMCTL_COMPLETE=complete_bash" in script.stdout

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, TypeAlias
 import grpc
 import pytest
 
-from agent.simulated import SimulatedCluster
-from controller.server import Controller
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.simulated import SimulatedCluster
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.server import Controller
 from tests.integration.conftest import FAST_SESSION, HEARTBEAT, sim_cluster
 from tests.waiting import eventually
 

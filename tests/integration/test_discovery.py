@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeAlias
 
-from agent.simulated import SimulatedCluster, SimulatedNode
-from controller.server import Controller
-from swarmapi.naming import task_name
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.simulated import SimulatedCluster, SimulatedNode
+from swarm.api.naming import task_name
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.server import Controller
 from tests.integration.test_ipam import create_network, service_spec
 from tests.waiting import eventually
 

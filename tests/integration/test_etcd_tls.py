@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.store.etcd import EtcdClient, EtcdSettings, StoreUnavailable, op_put
-from swarmapi import pki
+from swarm.api import pki
+from swarm.controller.store.etcd import EtcdClient, EtcdSettings, StoreUnavailable, op_put
 from tests.etcd_server import EtcdServer, ServerTLS
 
 

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, TypeAlias
 import grpc
 import pytest
 
-from agent.simulated import SimulatedCluster
-from controller.allocator.claims import claim_address, task_owner
-from controller.allocator.reconciler import Allocator
-from controller.server import Controller
-from controller.store import Claim, Conflict, Create, EtcdClient, EtcdSettings, Store
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.simulated import SimulatedCluster
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.allocator.claims import claim_address, task_owner
+from swarm.controller.allocator.reconciler import Allocator
+from swarm.controller.server import Controller
+from swarm.controller.store import Claim, Conflict, Create, EtcdClient, EtcdSettings, Store
 from tests.etcd_server import EtcdServer
 from tests.integration.test_store import running_cache
 from tests.waiting import eventually

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.store import EtcdClient, EtcdSettings
-from controller.store.keys import Keys
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.store import EtcdClient, EtcdSettings
+from swarm.controller.store.keys import Keys
 from tests.etcd_server import EtcdServer
 from tests.processes import (
     Proc,

@@ -20,19 +20,19 @@ from typing import Any
 import grpc
 import pytest
 
-from agent.logs import LogPublisher, LogSettings
-from agent.session import AgentSession, insecure_channels
-from agent.simulated import FakeWorker
-from cli import client
-from cli import logs as cli_logs
-from controller.logbroker import LogBrokerSettings
-from controller.server import Controller
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.logs import LogPublisher, LogSettings
+from swarm.agent.session import AgentSession, insecure_channels
+from swarm.agent.simulated import FakeWorker
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import client
+from swarm.cli import logs as cli_logs
+from swarm.controller.logbroker import LogBrokerSettings
+from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import FAST_SESSION, controller_config
 

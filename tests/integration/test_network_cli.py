@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
 from tests.integration.live import LiveCluster, assert_one_line_error, ok, swarmctl, table_rows
 
 STOP_DELAY = 1.5  # seconds the simulated tasks take to stop in the removal tests

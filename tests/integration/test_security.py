@@ -13,18 +13,18 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from agent.identity import JoinError, join, renew
-from agent.simulated import SimulatedCluster
-from controller.ca import CASettings, RateLimiter
-from controller.server import Controller
-from swarmapi import channels, pki
-from swarmapi.v1 import ca_pb2 as capb
-from swarmapi.v1 import ca_pb2_grpc as cagrpc
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import dispatcher_pb2_grpc as dgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.identity import JoinError, join, renew
+from swarm.agent.simulated import SimulatedCluster
+from swarm.api import channels, pki
+from swarm.api.v1 import ca_pb2 as capb
+from swarm.api.v1 import ca_pb2_grpc as cagrpc
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.ca import CASettings, RateLimiter
+from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import (
     FAST_SESSION,

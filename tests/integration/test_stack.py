@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli.compose import NAMESPACE_LABEL
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.compose import NAMESPACE_LABEL
 from tests.integration.live import (
     BROKEN_IMAGE,
     NODES,

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from controller.store import (
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.store import (
     Change,
     Conflict,
     Create,
@@ -21,7 +22,6 @@ from controller.store import (
     Store,
     Update,
 )
-from swarmapi.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
 from tests.waiting import eventually
 

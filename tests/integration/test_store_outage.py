@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import pytest
 
-from controller.server import Controller
-from swarmapi.v1 import control_pb2 as cpb
-from swarmapi.v1 import control_pb2_grpc as cgrpc
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import admin_channel, controller_config
 from tests.waiting import eventually_async

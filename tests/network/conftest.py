@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cli.dev.hosts import Hosts, cleanup_stale
+from swarm.cli.dev.hosts import Hosts, cleanup_stale
 
 
 def require_root() -> None:

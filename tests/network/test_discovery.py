@@ -29,16 +29,16 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from agent.discovery import Discovery
-from agent.network import OverlayManager, OverlayNetwork, OverlaySettings
-from agent.network import lb as lb_module
-from agent.network.dns import DnsError, Forwarder, TaskDns, Upstream
-from agent.network.model import Peer
-from agent.runtime.netns import ensure_netns_blocking, netns_path, socket_in
-from cli.dev.hosts import Host, Hosts
-from swarmapi.loops import cancel_all, start_supervised
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.discovery import Discovery
+from swarm.agent.network import OverlayManager, OverlayNetwork, OverlaySettings
+from swarm.agent.network import lb as lb_module
+from swarm.agent.network.dns import DnsError, Forwarder, TaskDns, Upstream
+from swarm.agent.network.model import Peer
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.hosts import Host, Hosts
+from swarm.host.netns import ensure_netns_blocking, netns_path, socket_in
 from tests.dns_upstream import UpstreamDns
 
 PORT = 7000

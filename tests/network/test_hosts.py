@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.runtime.netns import ensure_netns_blocking, netns_path, remove_netns_blocking, socket_in
-from cli.dev.hosts import RUN_BASE, Hosts, cleanup_stale, connect_in
+from swarm.cli.dev.hosts import RUN_BASE, Hosts, cleanup_stale, connect_in
+from swarm.host.netns import ensure_netns_blocking, netns_path, remove_netns_blocking, socket_in
 from tests.network.conftest import require_root
 
 PORT = 7100

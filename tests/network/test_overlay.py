@@ -26,7 +26,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.network import (
+from swarm.agent.network import (
     OverlayError,
     OverlayManager,
     OverlayNetwork,
@@ -34,9 +34,9 @@ from agent.network import (
     Peer,
     mac_from_ip,
 )
-from agent.network.overlay import BRIDGE, VXLAN
-from agent.runtime.netns import ensure_netns_blocking, netns_path, run_in_netns_blocking
-from cli.dev.hosts import Host, Hosts, connect_in, ipr_in
+from swarm.agent.network.overlay import BRIDGE, VXLAN
+from swarm.cli.dev.hosts import Host, Hosts, connect_in, ipr_in
+from swarm.host.netns import ensure_netns_blocking, netns_path, run_in_netns_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 NET = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
@@ -293,7 +293,7 @@ async def test_an_agent_inside_its_host_namespace_needs_no_host_netns(hosts2: Ho
     script = f"""
 import asyncio
 from ipaddress import IPv4Address, IPv4Interface
-from agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
+from swarm.agent.network import OverlayManager, OverlayNetwork, OverlaySettings, Peer
 net = OverlayNetwork.create("net1", 4096, "10.20.0.0/24", "10.20.0.1")
 mgr = OverlayManager(OverlaySettings(IPv4Address("{h1.ip}"), netns_prefix="{hosts2.name('h1-ov-')}"))
 async def main():

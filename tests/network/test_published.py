@@ -15,14 +15,14 @@ from collections import Counter
 
 import pytest
 
-from agent.network import OverlayNetwork, Peer, proxy
-from agent.network.proxy import Backend
-from agent.published import PublishedPorts, Route
-from agent.runtime.netns import ensure_netns_blocking, netns_path
-from cli.dev.hosts import Hosts
-from swarmapi.overlay import mac_for_ip
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.network import OverlayNetwork, Peer, proxy
+from swarm.agent.network.proxy import Backend
+from swarm.agent.published import PublishedPorts, Route
+from swarm.api.overlay import mac_for_ip
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.hosts import Hosts
+from swarm.host.netns import ensure_netns_blocking, netns_path
 from tests.etcd_server import free_port
 from tests.network.test_overlay import NET, Task, manager, new_task
 

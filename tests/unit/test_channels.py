@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 import pytest
 
-from swarmapi import channels, pki
-from swarmapi.pki import Role
+from swarm.api import channels, pki
+from swarm.api.pki import Role
 
 CLUSTER = "cluster-a"
 WHO = "/test.Whoami/Who"
@@ -221,7 +221,7 @@ async def test_revoked_serial_and_removed_node_are_refused(server: Server, clust
 async def test_role_not_allowed_is_permission_denied(server: Server, cluster: Cluster,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     server.allowed = frozenset({Role.ADMIN, Role.MANAGER})  # e.g. the control API
-    with caplog.at_level(logging.WARNING, logger="swarmapi.channels"):
+    with caplog.at_level(logging.WARNING, logger="swarm.api.channels"):
         error = await _refused(_who(server.port, cluster.worker))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error.details() == "swarm-worker node1 may not call this (needs swarm-admin, swarm-manager)"
@@ -230,7 +230,7 @@ async def test_role_not_allowed_is_permission_denied(server: Server, cluster: Cl
 
 
 async def test_insecure_call_has_no_identity(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="swarmapi.channels"):
+    with caplog.at_level(logging.WARNING, logger="swarm.api.channels"):
         async for running in _start(Server(cluster, cluster.controller), insecure=True):
             error = await _refused(_who(running.port, None, insecure=True))
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -317,7 +317,7 @@ def test_roles_for_method_prefers_the_method_and_denies_by_default() -> None:
 
 
 def test_control_plane_policy_names_real_services() -> None:
-    from swarmapi.v1 import control_pb2, dispatcher_pb2
+    from swarm.api.v1 import control_pb2, dispatcher_pb2
     services = {service.full_name for module in (control_pb2, dispatcher_pb2)
                 for service in module.DESCRIPTOR.services_by_name.values()}
     assert set(channels.CONTROL_PLANE_POLICY) == services

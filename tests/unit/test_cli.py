@@ -16,20 +16,20 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner
 
-from cli import client, colour, parsing, progress, render
-from cli.errors import BadFlag, BadInput
-from cli.main import app
-from cli.network import network_spec_from_options
-from cli.node import updated_node_spec
-from cli.service import (
+from swarm.api import validation
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import client, colour, parsing, progress, render
+from swarm.cli.errors import BadFlag, BadInput
+from swarm.cli.main import app
+from swarm.cli.network import network_spec_from_options
+from swarm.cli.node import updated_node_spec
+from swarm.cli.service import (
     ServiceOptions,
     ServiceUpdateOptions,
     check_update_options,
     service_spec_from_options,
     updated_service_spec,
 )
-from controller.api import validation
-from swarmapi.v1 import objects_pb2 as pb
 
 SECOND = 1_000_000_000
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)

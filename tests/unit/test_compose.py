@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli import stack as stack_cli
-from cli.compose import NAMESPACE_LABEL, Stack, StackError, load_stack, parse_stack
-from cli.main import app
-from cli.stack import Action, PlanError, plan_lines, plan_stack, unsatisfiable_constraints
-from controller.api.validation import normalize_network_spec, normalize_service_spec
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import normalize_network_spec, normalize_service_spec
+from swarm.cli import stack as stack_cli
+from swarm.cli.compose import NAMESPACE_LABEL, Stack, StackError, load_stack, parse_stack
+from swarm.cli.main import app
+from swarm.cli.stack import Action, PlanError, plan_lines, plan_stack, unsatisfiable_constraints
 
 SECOND = 1_000_000_000
 MIB = 1024 * 1024

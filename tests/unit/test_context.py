@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cli.client import DEFAULT_CONTROLLER, default_controller
-from cli.dev.context import Context, context_path, read_context, remove_context, write_context
+from swarm.cli.client import DEFAULT_CONTROLLER, default_controller
+from swarm.cli.dev.context import Context, context_path, read_context, remove_context, write_context
 
 
 def test_given_address_wins_over_the_context() -> None:

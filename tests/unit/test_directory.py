@@ -15,10 +15,10 @@ import dns.rdatatype
 import dns.reversename
 import pytest
 
-from agent.discovery import Discovery
-from agent.main import parse_args
-from agent.network.directory import Outcome, ServiceDirectory, normalize, records_from_assignment
-from agent.network.dns import (
+from swarm.agent.discovery import Discovery
+from swarm.agent.main import parse_args
+from swarm.agent.network.directory import Outcome, ServiceDirectory, normalize, records_from_assignment
+from swarm.agent.network.dns import (
     Forwarder,
     Upstream,
     error_for_wire,
@@ -26,9 +26,9 @@ from agent.network.dns import (
     to_udp_wire,
     upstreams_from_resolv_conf,
 )
-from agent.network.lb import DnsRedirect, gone_backends, ruleset
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.network.lb import DnsRedirect, gone_backends, ruleset
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
 
 A = IPv4Address
 

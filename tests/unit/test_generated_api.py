@@ -1,4 +1,4 @@
-"""The committed swarmapi/v1 modules are what `python proto/generate.py` makes
+"""The committed swarm/api/v1 modules are what `python proto/generate.py` makes
 from proto/ today: edit a .proto without regenerating and this fails."""
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     module.generate(tmp_path)
 
-    fresh = tmp_path / "swarmapi" / "v1"
-    committed = REPO / "swarmapi" / "v1"
+    fresh = tmp_path / "swarm" / "api" / "v1"
+    committed = REPO / "swarm" / "api" / "v1"
     generated = sorted(p.name for p in fresh.iterdir())
     assert generated, "the generator produced nothing"
     stale = [name for name in generated if not (committed / name).exists()

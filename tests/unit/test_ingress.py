@@ -8,18 +8,18 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from agent.network import OverlaySettings
-from agent.network.model import is_network_id
-from agent.network.proxy import Backend, pick
-from agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
-from controller.allocator.ingress import NO_INGRESS_MESSAGE, node_address, plan_node_attachments
-from controller.allocator.networks import AllocationError
-from controller.allocator.ports import DYNAMIC_FIRST, plan_ports, publishes_ingress
-from controller.allocator.tasks import plan_tasks
-from controller.mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
-from controller.peers import OverlayIndex
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.network import OverlaySettings
+from swarm.agent.network.model import is_network_id
+from swarm.agent.network.proxy import Backend, pick
+from swarm.agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.allocator.ingress import NO_INGRESS_MESSAGE, node_address, plan_node_attachments
+from swarm.controller.allocator.networks import AllocationError
+from swarm.controller.allocator.ports import DYNAMIC_FIRST, plan_ports, publishes_ingress
+from swarm.controller.allocator.tasks import plan_tasks
+from swarm.controller.mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from swarm.controller.peers import OverlayIndex
 
 TCP, UDP = pb.PortConfig.TCP, pb.PortConfig.UDP
 INGRESS, HOST = pb.PortConfig.INGRESS, pb.PortConfig.HOST

@@ -10,8 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.allocator import ipam
-from controller.allocator.networks import (
+from swarm.api.overlay import mac_for_ip
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.allocator import ipam
+from swarm.controller.allocator.networks import (
     AllocationError,
     PoolSettings,
     allocate_network,
@@ -20,9 +22,7 @@ from controller.allocator.networks import (
     stopping_holders,
     used_by_network,
 )
-from controller.allocator.tasks import WAITING_FOR_VIPS, needs_allocation, plan_tasks
-from swarmapi.overlay import mac_for_ip
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.controller.allocator.tasks import WAITING_FOR_VIPS, needs_allocation, plan_tasks
 
 
 def ip(text: str) -> int:
@@ -359,7 +359,7 @@ def test_planned_addresses_are_unique_and_all_or_nothing(
 
 
 def test_orchestrator_creates_tasks_on_networks_as_new() -> None:
-    from controller.orchestrator import OrchestratorSettings, plan_service
+    from swarm.controller.orchestrator import OrchestratorSettings, plan_service
 
     service = pb.Service(id="s", spec_version=1, spec=service_spec("a"))
     service.spec.replicated.replicas = 2
@@ -378,8 +378,8 @@ def test_orchestrator_creates_tasks_on_networks_as_new() -> None:
 def test_address_index_follows_the_cache(steps: list[tuple[int, set[int] | None]]) -> None:
     """Random task writes and deletions through the watch cache: the index
     always equals a full rescan."""
-    from controller.allocator.index import AddressIndex
-    from controller.store import Keys, WatchCache
+    from swarm.controller.allocator.index import AddressIndex
+    from swarm.controller.store import Keys, WatchCache
 
     keys = Keys("/t/")
     cache = WatchCache(None, keys)  # type: ignore[arg-type]  # never lists or watches here

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.logfile import (
+from swarm.agent.logfile import (
     STDERR,
     STDOUT,
     BadRecord,
@@ -24,10 +24,10 @@ from agent.logfile import (
     parse_timestamp,
     tail_offset,
 )
-from cli import logs as cli_logs
-from cli.errors import BadFlag
-from swarmapi.v1 import logs_pb2 as lpb
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import logs_pb2 as lpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import logs as cli_logs
+from swarm.cli.errors import BadFlag
 
 NS = 1_000_000_000
 T0 = 1_795_922_612  # 2026-11-29T03:23:32Z

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from swarmapi.loops import cancel_all, cancel_requested, start_supervised
+from swarm.api.loops import cancel_all, cancel_requested, start_supervised
 
 
 class CallFailed(Exception):

@@ -6,9 +6,9 @@ from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
-from agent.network import OverlayNetwork, OverlaySettings, Peer, mac_from_ip, veth_name
-from agent.network.model import check_ifname, normalize_mac
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.network import OverlayNetwork, OverlaySettings, Peer, mac_from_ip, veth_name
+from swarm.agent.network.model import check_ifname, normalize_mac
+from swarm.api.v1 import objects_pb2 as pb
 
 
 def test_mac_from_ip_is_dockers() -> None:

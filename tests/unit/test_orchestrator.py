@@ -12,10 +12,11 @@ from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.ids import derived_id
-from controller.orchestrator import OrchestratorSettings, ServicePlan, plan_service
-from controller.orchestrator.tasks import is_live, timestamp, to_seconds
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.units import timestamp, to_seconds
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.ids import derived_id
+from swarm.controller.orchestrator import OrchestratorSettings, ServicePlan, plan_service
+from swarm.controller.orchestrator.tasks import is_live
 
 NOW = 1_000_000.0
 SID = "svc"

@@ -11,10 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.network.model import OverlayNetwork, Peer, mac_from_ip
-from agent.network.overlay import OverlayError
-from agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
-from controller.peers import (
+from swarm.agent.network.model import OverlayNetwork, Peer, mac_from_ip
+from swarm.agent.network.overlay import OverlayError
+from swarm.agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
+from swarm.api.overlay import mac_for_ip
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.peers import (
     OverlayIndex,
     PeerTable,
     ServiceIndex,
@@ -23,9 +26,6 @@ from controller.peers import (
     service_records,
     vtep,
 )
-from swarmapi.overlay import mac_for_ip
-from swarmapi.v1 import dispatcher_pb2 as dpb
-from swarmapi.v1 import objects_pb2 as pb
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,

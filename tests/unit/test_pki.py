@@ -18,8 +18,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swarmapi import pki
-from swarmapi.pki import Role
+from swarm.api import pki
+from swarm.api.pki import Role
 
 CLUSTER = "cluster-a"
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.orchestrator.reconciler import _relevant
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.orchestrator.reconciler import _relevant
 
 
 def task(state: pb.TaskState.ValueType, *, node: str = "",

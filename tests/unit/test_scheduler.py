@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.scheduler.filters import (
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.scheduler.filters import (
     ConstraintFilter,
     HostPortFilter,
     MaxReplicasFilter,
     ReadyFilter,
     ResourceFilter,
 )
-from controller.scheduler.nodeinfo import NodeInfo, build_node_infos
-from controller.scheduler.scheduler import Decision, Scheduler, group_tasks
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.controller.scheduler.nodeinfo import NodeInfo, build_node_infos
+from swarm.controller.scheduler.scheduler import Decision, Scheduler, group_tasks
 
 CPU = 1_000_000_000
 GIB = 1 << 30

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.identity import join_address
-from agent.main import load_or_join, parse_args
-from cli.dev.context import Context, read_context, write_context
-from controller.ca import CASettings, CASetupError, build_cluster_ca, load_cluster_ca, revocations_of
-from controller.main import parse_args as controller_args
-from swarmapi import pki
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.identity import join_address
+from swarm.agent.main import load_or_join, parse_args
+from swarm.api import pki
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.context import Context, read_context, write_context
+from swarm.controller.ca import CASettings, CASetupError, build_cluster_ca, load_cluster_ca, revocations_of
+from swarm.controller.main import parse_args as controller_args
 
 KEK = pki.generate_kek()
 

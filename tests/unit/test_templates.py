@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from agent.runtime.base import RejectError
-from agent.templates import expand_task
-from swarmapi.naming import slot_name, task_name
-from swarmapi.v1 import objects_pb2 as pb
+from swarm.agent.runtime.base import RejectError
+from swarm.agent.templates import expand_task
+from swarm.api.naming import slot_name, task_name
+from swarm.api.v1 import objects_pb2 as pb
 
 
 def task(**container: object) -> pb.Task:

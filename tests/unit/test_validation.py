@@ -11,8 +11,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from controller.api.refs import Ambiguous, NotFound, resolve_ref
-from controller.api.validation import (
+from swarm.api.refs import Ambiguous, NotFound, resolve_ref
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import (
     ValidationError,
     image_reference_problem,
     normalize_network_spec,
@@ -21,7 +22,6 @@ from controller.api.validation import (
     signal_number,
     validate_replicas,
 )
-from swarmapi.v1 import objects_pb2 as pb
 
 Mutation = Callable[[pb.ServiceSpec], object]
 T = TypeVar("T")

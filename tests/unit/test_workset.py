@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from controller.workset import WorkSet
+from swarm.controller.workset import WorkSet
 
 
 async def test_a_burst_is_one_batch_and_parked_tasks_wait_for_a_change() -> None:
