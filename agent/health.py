@@ -25,14 +25,15 @@ from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
+from swarm.api.healthcheck import (
+    DEFAULT_INTERVAL,
+    DEFAULT_RETRIES,
+    DEFAULT_START_PERIOD,
+    DEFAULT_TIMEOUT,
+)
 from swarm.api.v1 import objects_pb2 as pb
 
 from .images import Healthcheck
-
-DEFAULT_INTERVAL = 30.0
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRIES = 3
-DEFAULT_START_PERIOD = 0.0
 
 STARTING = pb.TaskStatus.HEALTH_STARTING
 HEALTHY = pb.TaskStatus.HEALTHY

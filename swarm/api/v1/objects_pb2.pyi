@@ -1264,6 +1264,7 @@ class Task(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     RESTART_HISTORY_FIELD_NUMBER: _builtins.int
+    UPDATE_FAILURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -1275,6 +1276,12 @@ class Task(_message.Message):
     desired_state: Global___TaskState.ValueType
     attempt: _builtins.int
     """How many tasks of this slot ran before this one (restart supervisor)."""
+    update_failure: _builtins.str
+    """Set by the orchestrator when a task of a rolling update did not become
+    healthy in time (e.g. "not healthy within 12s"): it shuts the task down,
+    and the task then counts as failed (update failures, restart policy) as
+    if it had ended on its own, as docker's agent would have failed it.
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1306,10 +1313,11 @@ class Task(_message.Message):
         endpoint: Global___Endpoint | None = ...,
         attempt: _builtins.int = ...,
         restart_history: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        update_failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
