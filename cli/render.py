@@ -353,8 +353,10 @@ def service_details(service: pb.Service) -> str:
     if service.HasField("update_status") and service.update_status.state:
         lines += [
             (0, "UpdateStatus", None),
-            (1, "State", enum_word(pb.UpdateStatus.State.Name(service.update_status.state))),
+            # docker's words: updating, paused, rollback_started, rollback_completed...
+            (1, "State", pb.UpdateStatus.State.Name(service.update_status.state).lower()),
             (1, "Started", timestamp(service.update_status.started_at)),
+            (1, "Completed", timestamp(service.update_status.completed_at)),
             (1, "Message", service.update_status.message),
         ]
     placement = task.placement

@@ -886,6 +886,25 @@ def update_service(ctl: client.Controller, ref: str,
     return client.retry_on_conflict(read_modify_write)
 
 
+@app.command("rollback", epilog=examples("swarmctl service rollback web",
+                                          "swarmctl service rollback -d web"))
+def rollback(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
+) -> None:
+    """Go back to the service's previous spec (as `service update --rollback`), then
+    wait until its tasks run it (unless -d), with the rollback config."""
+    timeout = progress.wait_timeout(wait_for)
+    with client.open_controller(ctx) as ctl:
+        baseline = _baseline(ctl, service, rollback=True, with_tasks=not detach)
+        updated = update_service(ctl, baseline.service_id, ServiceUpdateOptions(rollback=True))
+        typer.echo(updated.spec.name)
+        if not detach:
+            _wait(ctl, [baseline], timeout)
+
+
 @app.command("rm", epilog=examples("swarmctl service rm web", "swarmctl service rm web worker"))
 def remove(
     ctx: typer.Context,

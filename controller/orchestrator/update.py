@@ -68,6 +68,7 @@ ROLLING_BACK = (pb.UpdateStatus.ROLLBACK_STARTED, pb.UpdateStatus.ROLLBACK_PAUSE
 UPDATE_STARTED_MESSAGE = "update in progress"
 UPDATE_COMPLETED_MESSAGE = "update completed"
 ROLLBACK_COMPLETED_MESSAGE = "rollback completed"
+ROLLED_BACK_PREFIX = "update rolled back"
 UNHEALTHY_REASON = "reported unhealthy"
 
 
@@ -171,7 +172,7 @@ def failed_service(service: pb.Service, tasks: Sequence[pb.Task], slot_count: in
         result.update_status.Clear()
         result.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
         result.update_status.started_at.CopyFrom(timestamp(now))
-        result.update_status.message = _failure_message("update rolled back", culprit, reason)
+        result.update_status.message = _failure_message(ROLLED_BACK_PREFIX, culprit, reason)
         return result
     result.update_status.state = pb.UpdateStatus.ROLLBACK_PAUSED if rolling_back \
         else pb.UpdateStatus.PAUSED
@@ -326,5 +327,11 @@ def progress(ctx: Context, slots: Sequence[Slot]) -> None:
     service.update_status.state = pb.UpdateStatus.ROLLBACK_COMPLETED if rolled_back \
         else pb.UpdateStatus.COMPLETED
     service.update_status.completed_at.CopyFrom(timestamp(ctx.now))
-    service.update_status.message = ROLLBACK_COMPLETED_MESSAGE if rolled_back \
-        else UPDATE_COMPLETED_MESSAGE
+    if not rolled_back:
+        service.update_status.message = UPDATE_COMPLETED_MESSAGE
+    elif service.update_status.message.startswith(ROLLED_BACK_PREFIX):
+        # Why it was rolled back stays readable in `service inspect`.
+        service.update_status.message = (
+            f"{ROLLBACK_COMPLETED_MESSAGE} ({service.update_status.message})")
+    else:
+        service.update_status.message = ROLLBACK_COMPLETED_MESSAGE

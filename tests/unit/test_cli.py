@@ -667,11 +667,43 @@ def test_a_new_paused_or_rolled_back_update_fails_the_wait() -> None:
     assert judge(service, [], baseline).failure == "update paused: task x failed"
     # A pause that was there before the command is not its failure.
     assert judge(service, [], progress.baseline_of(service)).failure is None
+    # A rollback after a failure is waited for (the service goes back to its old
+    # spec), then fails the wait with the reason.
     service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
-    assert judge(service, [], baseline).failure is not None
-    # ... unless the command asked for the rollback.
+    service.update_status.message = "update rolled back: task web.1 reported unhealthy"
+    rolling = judge(service, [task(1, pb.RUNNING)], baseline)
+    assert (rolling.failure, rolling.converged) == (None, False)
+    assert rolling.waiting_for == (
+        "update failed and is rolling back: update rolled back: task web.1 reported unhealthy")
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_COMPLETED
+    service.update_status.message = "rollback completed (update rolled back: task web.1 ...)"
+    assert judge(service, [task(1, pb.RUNNING)], baseline).failure == (
+        "update failed and was rolled back: rollback completed (update rolled back: "
+        "task web.1 ...)")
+    # ... unless the command asked for the rollback: then it is success.
     asked = progress.baseline_of(wanted(1), rollback=True)
-    assert judge(service, [], asked).failure is None
+    done = judge(service, [task(1, pb.RUNNING)], asked)
+    assert (done.failure, done.converged) == (None, True)
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
+    assert judge(service, [task(1, pb.RUNNING)], asked).converged is False
+
+
+def test_an_update_converges_once_healthy_and_complete() -> None:
+    service = wanted(2)
+    baseline = progress.baseline_of(service)
+    service.update_status.state = pb.UpdateStatus.UPDATING
+    service.update_status.started_at.FromSeconds(100)
+    starting = [task(1, pb.RUNNING), task(2, pb.RUNNING)]
+    starting[1].status.health = pb.TaskStatus.HEALTH_STARTING
+    judged = judge(service, starting, baseline)
+    assert (judged.converged, judged.running) == (False, 1)  # running, not healthy yet
+    assert judged.waiting_for == "web.2 running: starting"
+    starting[1].status.health = pb.TaskStatus.HEALTHY
+    judged = judge(service, starting, baseline)
+    # Every task is up, but the update still watches them for its monitor period.
+    assert (judged.converged, judged.waiting_for) == (False, "update in progress")
+    service.update_status.state = pb.UpdateStatus.COMPLETED
+    assert judge(service, starting, baseline).converged
 
 
 def test_global_service_wants_one_task_per_eligible_node() -> None:

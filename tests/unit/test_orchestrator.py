@@ -715,14 +715,17 @@ def test_failure_rolls_back_then_rollback_completes() -> None:
     assert rolled.update_status.message == (
         "update rolled back due to failure or early termination of task bad")
     # Planned against the restored spec in the same pass: slot 1 gets the old
-    # image back, slot 2 (rollback parallelism 0: all at once) is rolled too.
+    # image back; slot 2 still runs it, so it is adopted (version 3), not restarted.
     (new,) = result.create
     assert (new.slot, new.spec_version, new.spec.container.image) == (1, 3, "busybox:1")
-    assert sorted(t.slot for t in result.update) == [1, 2]
+    assert sorted((t.slot, t.spec_version, t.desired_state) for t in result.update) == [
+        (1, 2, pb.SHUTDOWN), (2, 3, pb.RUNNING)]
     svc, final, _ = settle(svc, tasks)
     assert versions(final) == [3, 3]
     assert svc.update_status.state == US.ROLLBACK_COMPLETED
-    assert svc.update_status.message == "rollback completed"
+    assert svc.update_status.message == (
+        "rollback completed (update rolled back due to failure or early termination of "
+        "task bad)")
 
 
 def test_rollback_failure_pauses_the_rollback() -> None:
