@@ -202,9 +202,12 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
 
 
 def task_error(task: pb.Task) -> str:
-    """The error, or for a task still waiting for a node, the scheduler's reason."""
+    """The error, why a rolling update gave up on the task (not healthy in time), or
+    for a task still waiting for a node, the scheduler's reason."""
     if task.status.err:
         return task.status.err
+    if task.update_failure:
+        return task.update_failure
     if task.status.state < pb.ASSIGNED and task.status.message:
         return task.status.message
     return ""

@@ -558,12 +558,40 @@ def test_service_details_are_human_readable() -> None:
     assert "1GiB" in node_text
 
 
+def test_service_details_show_the_update_status_as_docker_does() -> None:
+    service = sample_service()
+    status = service.update_status
+    status.state = pb.UpdateStatus.ROLLBACK_COMPLETED
+    status.started_at.FromSeconds(1_700_000_000)
+    status.completed_at.FromSeconds(1_700_000_030)
+    status.message = "rollback completed (update rolled back: task web.2 not healthy within 12s)"
+    lines = [line.split(":", 1) for line in render.service_details(service).splitlines()]
+    shown = {key.strip(): value.strip() for key, value in lines if value.strip()}
+    assert shown["State"] == "rollback_completed"
+    assert shown["Started"] == "2023-11-14T22:13:20Z"
+    assert shown["Completed"] == "2023-11-14T22:13:50Z"
+    assert shown["Message"] == status.message
+    status.state = pb.UpdateStatus.UPDATING
+    status.ClearField("completed_at")
+    text = render.service_details(service)
+    assert "Completed:" not in text
+    assert "updating" in text
+
+
+def test_a_task_given_up_by_the_update_shows_why() -> None:
+    given_up = sample_task(1, pb.SHUTDOWN, node="n" * 25)
+    given_up.desired_state = pb.SHUTDOWN
+    given_up.update_failure = "not healthy within 12s"
+    (line,) = render.tasks_table([given_up], {}, NOW).splitlines()[1:]
+    assert line.endswith("not healthy within 12s")
+
+
 # ---------------------------------------------------------------- help
 
 
 @pytest.mark.parametrize("command", [
     ["service", "create"], ["service", "ls"], ["service", "inspect"], ["service", "ps"],
-    ["service", "scale"], ["service", "update"], ["service", "rm"],
+    ["service", "scale"], ["service", "update"], ["service", "rollback"], ["service", "rm"],
     ["node", "ls"], ["node", "inspect"], ["node", "ps"], ["node", "update"], ["node", "rm"],
     ["network", "create"], ["network", "ls"], ["network", "inspect"], ["network", "rm"]])
 def test_every_command_help_shows_an_example(command: list[str]) -> None:
