@@ -83,10 +83,13 @@ def simulated_health(task: pb.Task) -> SimulatedHealth | None:
         return SimulatedHealth(pb.TaskStatus.HEALTH_STARTING, 0.0)
     kind, _, after = value.partition(":")
     finals = {"healthy-after": pb.TaskStatus.HEALTHY, "unhealthy-after": pb.TaskStatus.UNHEALTHY}
-    if kind not in finals or not after:
-        raise ValueError(f"{SIM_HEALTH_ENV}={value!r}: expected healthy, starting, "
-                         "healthy-after:DURATION or unhealthy-after:DURATION")
-    return SimulatedHealth(finals[kind], parse_duration(after) / 1e9)
+    try:
+        if kind not in finals:
+            raise ValueError("expected healthy, starting, healthy-after:DURATION or "
+                             "unhealthy-after:DURATION")
+        return SimulatedHealth(finals[kind], parse_duration(after) / 1e9)
+    except ValueError as error:
+        raise ValueError(f"{SIM_HEALTH_ENV}={value!r}: {error}") from None
 
 
 class FakeWorker:

@@ -1,6 +1,9 @@
 """Rolling updates and rollbacks, level-triggered and health-gated.
 
-A live task is out of date when its spec_version is older than the service's.
+A live task is out of date when its spec_version is older than the service's;
+one that already runs the service's current template (a rollback restoring the
+spec it was never moved off) is adopted instead (adopt: its spec_version is
+raised), as SwarmKit compares specs, so a rollback restarts only what it must.
 A new task is *up* once it is RUNNING and healthy (or RUNNING without a health
 check): the controller cannot see an image's health check, so it goes by the
 health the agent reports, HEALTH_STARTING from RUNNING until a probe first

@@ -400,6 +400,11 @@ async def test_health_check_from_the_image(harness: Harness, health_ref: str) ->
     status = await harness.reports.reach(task.id, pb.COMPLETE)
     assert (status.state, status.health) == (pb.FAILED, UNHEALTHY)
     assert "(last: exit 1)" in status.err
+    # A check only the image carries is reported too: RUNNING is "starting" until a
+    # probe decides (the controller's rolling updates wait on it; they cannot see it).
+    healths = [s.health for s in harness.reports.by_task[task.id] if s.state == pb.RUNNING]
+    assert healths[0] == STARTING
+    assert pb.TaskStatus.NO_HEALTHCHECK not in healths
 
 
 async def test_restart_adopts_running_containers_and_reads_exits(
