@@ -74,7 +74,12 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     constraints = ConstraintCache()
     slots = _slots(service, tasks, nodes, constraints)
     wanted = sum(slot.role is Role.WANTED for slot in slots)
-    gated = update.gate_failures(service, tasks, now)
+    # Only tasks the service still wants can fail its update (a slot scaled away
+    # is simply shut down).
+    wanted_ids = {task_id for slot in slots if slot.role is Role.WANTED
+                  for task_id in slot.task_ids}
+    gated = {task_id: reason for task_id, reason in update.gate_failures(service, tasks, now).items()
+             if task_id in wanted_ids}
     failed = update.failed_service(service, tasks, wanted, now, gated)
     if failed is not None and failed.spec_version != service.spec_version:
         slots = _slots(failed, tasks, nodes, constraints)  # rolled back: new spec

@@ -857,7 +857,7 @@ STATUSES = [US.UNKNOWN, US.UPDATING, US.PAUSED, US.COMPLETED, US.ROLLBACK_STARTE
 
 
 @st.composite
-def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
+def states(draw: st.DrawFn, *, healthy: bool = False, health: bool = False) -> tuple[
         pb.Service, list[pb.Task], dict[str, pb.Node]]:
     mode = draw(st.sampled_from(["replicated", "replicated", "global"]))
     version = draw(st.integers(1, 3))
@@ -870,6 +870,8 @@ def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
         failure_action=draw(st.sampled_from(list(pb.UpdateConfig.FailureAction.values()))),
         monitor=draw(st.sampled_from([0.0, 5.0])),
         delay=draw(st.sampled_from([0.0, 7.0])))
+    if health and draw(st.booleans()):
+        checked(svc)
     if draw(st.booleans()):
         svc.previous_spec.CopyFrom(svc.spec)
         svc.previous_spec.task.container.image = "busybox:0"
@@ -890,12 +892,16 @@ def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
                  version=draw(st.integers(1, version)), attempt=draw(st.integers(0, 3)),
                  at=NOW - draw(st.sampled_from([0, 3, 100])),
                  exit_code=draw(st.integers(0, 1)), task_id=f"t{index}")
+        if health and state == pb.RUNNING:
+            t.status.health = draw(st.sampled_from(list(pb.TaskStatus.Health.values())))
+        if health and draw(st.booleans()):
+            t.update_failure = "not healthy within 5s"
         tasks.append(t)
     return svc, tasks, nodes
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(states(), st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states(health=True), st.booleans())
 def test_planning_again_on_the_result_gives_an_empty_plan(
         state: tuple[pb.Service, list[pb.Task], dict[str, pb.Node]], removed: bool) -> None:
     svc, tasks, nodes = state
