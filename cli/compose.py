@@ -927,15 +927,13 @@ def _healthcheck(context: _Context, container: pb.ContainerSpec, node: Node, pat
         elif name == "disable":
             if _boolean(value, where):
                 health.test[:] = ["NONE"]
-        elif name in ("interval", "timeout", "start_period"):
+        elif name in ("interval", "timeout", "start_period", "start_interval"):
             getattr(health, name).FromNanoseconds(_duration(value, where))
         elif name == "retries":
             health.retries = _integer(value, where, maximum=_UINT32_MAX)
-        elif name == "start_interval":
-            context.warn(value, where, "not supported; ignored")
         else:
             _fail(value, where, "unknown key (expected test, interval, timeout, retries, "
-                  "start_period or disable)")
+                  "start_period, start_interval or disable)")
 
 
 def _volume(context: _Context, node: Node, path: str) -> pb.Mount:

@@ -3,10 +3,11 @@ decide, shared by the agent (which runs the checks) and the controller (whose
 rolling updates wait for them).
 
 Docker's defaults for a HealthConfig field left unset: interval 30 s, timeout
-30 s, 3 retries, no start period. A check decides within its start period plus
-`retries` probes of at most interval + timeout each: failures inside the start
-period do not count, and `retries` consecutive failures after it make the
-container unhealthy.
+30 s, 3 retries, no start period, a start interval of 5 s (the time between
+checks during the start period, until one succeeds: docker Engine 25+). A
+check decides within its start period plus `retries` probes of at most
+interval + timeout each: failures inside the start period do not count, and
+`retries` consecutive failures after it make the container unhealthy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ DEFAULT_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
 DEFAULT_START_PERIOD = 0.0
+DEFAULT_START_INTERVAL = 5.0  # docker's, between checks in the start period
 
 
 def has_healthcheck(config: pb.HealthConfig) -> bool:

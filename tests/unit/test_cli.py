@@ -79,7 +79,7 @@ def test_create_maps_every_flag() -> None:
         workdir="/srv", user="nobody", hostname="box", stop_signal="SIGINT",
         stop_grace_period="20s", read_only=True, init=True,
         health_cmd="wget -q localhost", health_interval="5s", health_timeout="2s",
-        health_retries="3", health_start_period="1s",
+        health_retries="3", health_start_period="1s", health_start_interval="500ms",
         mounts=["type=volume,source=data,target=/data,readonly", "type=tmpfs,target=/tmp,"
                                                                  "tmpfs-size=16M"],
         entrypoint="/bin/sh -c",
@@ -134,6 +134,7 @@ def test_create_maps_every_flag() -> None:
     assert list(health.test) == ["CMD-SHELL", "wget -q localhost"]
     assert (nanos(health.interval), nanos(health.timeout), health.retries,
             nanos(health.start_period)) == (5 * SECOND, 2 * SECOND, 3, SECOND)
+    assert nanos(health.start_interval) == SECOND // 2
     mounts = list(container.mounts)
     assert (mounts[0].type, mounts[0].source, mounts[0].target, mounts[0].read_only) == (
         pb.Mount.VOLUME, "data", "/data", True)

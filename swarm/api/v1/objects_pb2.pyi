@@ -424,6 +424,7 @@ class HealthConfig(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     START_PERIOD_FIELD_NUMBER: _builtins.int
+    START_INTERVAL_FIELD_NUMBER: _builtins.int
     retries: _builtins.int
     @_builtins.property
     def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -435,6 +436,13 @@ class HealthConfig(_message.Message):
     def timeout(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def start_period(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def start_interval(self) -> _duration_pb2.Duration:
+        """Between checks during the start period, until the first success (docker's
+        StartInterval, Engine 25+; unset: 5 s), so that a new task is seen
+        healthy soon after it is ready even with a long interval.
+        """
+
     def __init__(
         self,
         *,
@@ -443,10 +451,11 @@ class HealthConfig(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retries: _builtins.int = ...,
         start_period: _duration_pb2.Duration | None = ...,
+        start_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_interval", b"start_interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_interval", b"start_interval", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
