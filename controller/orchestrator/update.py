@@ -10,17 +10,19 @@ health the agent reports, HEALTH_STARTING from RUNNING until a probe first
 succeeds. The state of an update is read from the tasks on every pass, never
 kept:
 
-- a slot is *in flight* while its new task is not up, while its old task,
-  shut down by a stop-first update, is still stopping, or while its new task
-  failed and the slot waits for the restart (a slot holds its place until a
-  new task of it is up, or its restart policy gives up);
+- a slot is *in flight* while its new task is not up, or while its old task,
+  shut down by a stop-first update (or its new task, given up on by the
+  health gate), is still stopping;
 - a slot is *cooling* for `delay` after its new task came up (the status
   timestamp of a RUNNING task: the agent stamps each health change), so that
   each of the `parallelism` update "workers" waits `delay` between two slots,
   as SwarmKit's do;
-- at most `parallelism` slots are in flight or cooling, so never more than
-  `parallelism` new tasks are started but not up; free places go to out-of-
-  date slots, lowest slot (node ID) first, those not up first;
+- at most `parallelism` slots are in flight or cooling, so the update never
+  has more than `parallelism` new tasks started but not up; free places go to
+  out-of-date slots, lowest slot (node ID) first, those not up first. A slot
+  whose new task failed holds no place (SwarmKit's workers move on from a
+  failed task too): the restart supervisor restarts it, or (start-first) it
+  is retried after its restart delay;
 - stop-first shuts the old task down, and the slot's successor is created once
   it has stopped (slots.fill); start-first creates the successor at once, and
   the old task is shut down only when the new one is up (slots.deduplicate).
@@ -34,19 +36,21 @@ a failure like one that ended on its own (the restart policy applies to it as
 docker's agent would have failed it). A service without a health check has
 NO_HEALTHCHECK tasks, up when RUNNING, and behaves as before.
 
-Failures: while an update (or rollback) is in progress, every task of the new
-version that ended on its own or was given up on counts; when a new one is
-seen (a task still live, in the pass that shuts it down) and their number
-exceeds max_failure_ratio of the service's slots, the failure action runs:
-PAUSE stops the update (out-of-date tasks are then left as they are, the failed
-slot is still restarted by the restart supervisor), ROLLBACK restores
-previous_spec as a new spec version, CONTINUE carries on. The ratio is
-SwarmKit's (manager/orchestrator/update/updater.go): failures over the slots
-the update has to update, which for a whole-service update are all of its
-slots. Because a failed slot holds its place, a failing update has started at
-most `parallelism` new tasks when its first failure is seen. "Within
-`monitor` after it came up" is approximated by "before the update completes",
-and an update completes only `monitor` after its last new task came up.
+Failures: while an update (or rollback) is in progress, every slot with a task
+of the new version that ended on its own or was given up on counts once; when
+a new failure is seen (a task still live, in the pass that shuts it down) and
+the failed slots exceed max_failure_ratio of the service's slots, the failure
+action runs: PAUSE stops the update (out-of-date tasks are then left as they
+are, the failed slot is still restarted by the restart supervisor), ROLLBACK
+restores previous_spec as a new spec version, CONTINUE carries on. The ratio
+is SwarmKit's (manager/orchestrator/update/updater.go): failures of the tasks
+its workers started (one per slot) over the slots the update has to update,
+which for a whole-service update are all of its slots. With the default ratio
+0 the first failure applies the action in the pass that sees it, before any
+other slot starts: a failing update starts at most `parallelism` new tasks.
+"Within `monitor` after it came up" is approximated by "before the update
+completes", and an update completes only `monitor` after its last new task
+came up.
 """
 
 from __future__ import annotations
@@ -158,7 +162,10 @@ def failed_service(service: pb.Service, tasks: Sequence[pb.Task], slot_count: in
     if not fresh:
         return None
     config = update_settings(service)
-    if len(failures) <= config.max_failure_ratio * max(slot_count, 1):
+    # SwarmKit counts the failures of the tasks its workers started, one per
+    # slot (restarts are the restart supervisor's): failed slots, here.
+    failed_slots = {(task.slot, task.node_id if not task.slot else "") for task in failures}
+    if len(failed_slots) <= config.max_failure_ratio * max(slot_count, 1):
         return None
     if config.failure_action == pb.UpdateConfig.CONTINUE:
         return None
@@ -193,7 +200,6 @@ def _failure_message(what: str, culprit: pb.Task, reason: str | None) -> str:
 @dataclass
 class _Survey:
     candidates: list[tuple[Slot, pb.Task]] = field(default_factory=list)  # to start now
-    retries: list[Slot] = field(default_factory=list)  # start-first retries, due now
     waiting: bool = False  # slots held back by their restart delay
     busy: int = 0  # slots in flight or cooling
     in_flight: int = 0
@@ -226,25 +232,21 @@ def _survey(ctx: Context, slots: Sequence[Slot], delay: float) -> _Survey:
                 survey.busy += 1
                 survey.cooling_until.append(start + delay)
             continue
-        # No live new task: never updated, or its new tasks failed.
-        tried = any(task.spec_version >= version for task in ctx.tasks(slot))
+        # No live new task: never updated, or (start-first) its new task
+        # failed and the old one still runs. As SwarmKit's update workers move
+        # on from a task that failed, a failed slot holds no place: it is
+        # retried after its restart delay like any out-of-date slot (stop-
+        # first, fill() restarts it, and the restarted task is in flight).
+        if not live:
+            continue
         next_task = ctx.successor(slot)
         if next_task.not_before is None:
-            continue  # the restart policy gave up on it (or nothing to replace)
-        if tried:
-            # A failed slot keeps its place until a new task of it is up:
-            # stop-first, fill() restarts it after its delay; start-first (its
-            # old task still runs) retries here.
-            survey.busy += 1
-            survey.in_flight += 1
-            if next_task.not_before > ctx.now:
-                survey.waiting = True
-                ctx.wake_at.append(next_task.not_before)
-            elif live:
-                survey.retries.append(slot)
+            continue  # the restart policy gave up on it
+        if next_task.not_before > ctx.now:
+            survey.waiting = True
+            ctx.wake_at.append(next_task.not_before)
             continue
-        if live:
-            survey.candidates.append((slot, live[0]))
+        survey.candidates.append((slot, live[0]))
     survey.candidates.sort(key=lambda pair: (is_up(pair[1]), pair[0].sort_key))
     return survey
 
@@ -310,8 +312,6 @@ def progress(ctx: Context, slots: Sequence[Slot]) -> None:
         service.update_status.message = UPDATE_STARTED_MESSAGE
         status = pb.UpdateStatus.UPDATING
     _gate_wake_ups(ctx, slots, config.monitor)
-    for slot in survey.retries:  # already counted among the busy slots
-        ctx.create(slot, ctx.successor(slot))
     limit = config.parallelism or math.inf
     free = limit - survey.busy
     picked = survey.candidates[:max(0, int(min(free, len(survey.candidates))))]

@@ -680,10 +680,7 @@ def test_failure_continue_carries_on() -> None:
              task(svc, 2, version=1)]
     result = plan(svc, tasks)
     assert result.service is None
-    # The restart supervisor shuts the failed task down; the failed slot keeps the
-    # update's one place until its restarted task is up, so slot 2 waits (it did
-    # not before the health gate: a failing slot no longer lets a second one start).
-    assert sorted(t.slot for t in result.update) == [1]
+    assert sorted(t.slot for t in result.update) == [1, 2]  # restart supervisor + slot 2
     svc, final, _ = settle(svc, tasks)
     assert versions(final) == [2, 2]
     assert svc.update_status.state == US.COMPLETED
@@ -1072,6 +1069,9 @@ def test_failure_ratio_counts_failures_over_the_slots_to_update() -> None:
     one = [task(svc, 1, attempt=1, state=pb.FAILED, exit_code=1, task_id="f1"),
            *running(svc, 4, version=1)[1:]]
     assert plan(svc, one).service is None  # 1/4 is not more than 0.25
+    # Restarts failing again are the restart supervisor's: the slot counts once.
+    again = [*one, task(svc, 1, attempt=2, state=pb.FAILED, exit_code=1, task_id="f1b")]
+    assert plan(svc, again).service is None
     two = [*one, task(svc, 2, attempt=1, state=pb.FAILED, exit_code=1, task_id="f2")]
     result = plan(svc, two)
     assert result.service is not None
@@ -1142,9 +1142,10 @@ def test_an_update_never_has_more_than_parallelism_new_tasks_not_up(
         action: pb.UpdateConfig.FailureAction.ValueType, bad_mode: str, good_after: float,
         step: float, delay: float, restart_delay: float) -> None:
     """Whatever the health of the new version: at every moment of an update (or its
-    rollback) at most `parallelism` tasks of the new version are started but not up,
+    rollback) at most `parallelism` tasks the update started are started but not up,
     and a failing update starts at most `parallelism` bad tasks before its failure
-    action (max_failure_ratio 0) applies. A good update completes, all healthy."""
+    action (max_failure_ratio 0: pause or rollback) applies. A good update completes,
+    all healthy."""
     base = checked(service(replicas, image=GOOD, order=order, parallelism=parallelism,
                            failure_action=action, monitor=2, delay=delay,
                            restart_delay=restart_delay), interval=1, timeout=1, retries=2)
@@ -1165,8 +1166,11 @@ def test_an_update_never_has_more_than_parallelism_new_tasks_not_up(
         if state in (US.UPDATING, US.ROLLBACK_STARTED):
             limit = svc.spec.rollback.parallelism if state == US.ROLLBACK_STARTED \
                 else svc.spec.update.parallelism
+            # The update's own tasks; with CONTINUE a failed slot is also restarted by
+            # the restart supervisor (its task carries the failure in its history).
             starting = [t for t in tasks if is_live(t) and t.spec_version == svc.spec_version
-                        and not (t.status.state == pb.RUNNING and t.status.health == HEALTHY_)]
+                        and not (t.status.state == pb.RUNNING and t.status.health == HEALTHY_)
+                        and not t.restart_history]
             assert len(starting) <= limit, (state, [(t.slot, t.status.state) for t in starting])
         if state in (US.COMPLETED, US.PAUSED, US.ROLLBACK_COMPLETED) and result.is_empty() \
                 and (state != US.PAUSED or bad_before_action):
@@ -1187,3 +1191,27 @@ def test_an_update_never_has_more_than_parallelism_new_tasks_not_up(
                    for t in live(tasks))
     elif action == pb.UpdateConfig.PAUSE:
         assert final == US.PAUSED
+
+
+def test_a_tolerated_failure_ratio_moves_on_and_then_pauses() -> None:
+    """With max_failure_ratio 0.5 of 4 slots and a version that never gets healthy,
+    the update moves on from each failed slot (as SwarmKit's workers do) until a third
+    slot fails, then pauses: it neither hangs on the first slot nor starts more than
+    one slot at a time (parallelism 1)."""
+    base = checked(service(4, image=GOOD, parallelism=1, monitor=1, restart_delay=1,
+                           max_failure_ratio=0.5))
+    svc = updated(base, BAD)
+    tasks = [with_health(t, HEALTHY_) for t in running(base, 4, version=1)]
+    now = NOW
+    for _ in range(200):
+        svc, tasks = apply(svc, tasks, plan(svc, tasks, now=now))
+        if svc.update_status.state != US.UPDATING:
+            break
+        update_started = [t for t in tasks if is_live(t) and t.spec_version == 2
+                          and not t.restart_history and t.status.health != HEALTHY_]
+        assert len(update_started) <= 1
+        tasks = health_agent_step(tasks, now, "never", 0)
+        now += 0.5
+    assert svc.update_status.state == US.PAUSED
+    failed_slots = {t.slot for t in tasks if t.spec_version == 2 and t.update_failure}
+    assert failed_slots == {1, 2, 3}
