@@ -144,6 +144,7 @@ class Assessment:
     failure: str | None
     tasks: tuple[TaskLine, ...]
     waiting_for: str = ""  # for a timeout message: the first reason a task is not running
+    update: str = ""  # what the rolling update this command started still does
 
     @property
     def summary(self) -> str:
@@ -223,7 +224,7 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
     # start-first update has not stopped yet).
     converged = failure is None and not pending and len(running) == desired == len(counted)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
-                      failure=failure, tasks=lines, waiting_for=waiting)
+                      failure=failure, tasks=lines, waiting_for=waiting, update=pending)
 
 
 def _display_name(task: pb.Task, hostnames: Mapping[str, str]) -> str:
@@ -245,7 +246,8 @@ def progress_lines(assessments: Sequence[Assessment], width: int, *,
 
     lines: list[str] = []
     for assessment in assessments:
-        summary = fit(assessment.summary)
+        summary = fit(assessment.summary + (f" ({assessment.update})" if assessment.update
+                                            else ""))
         lines.append(colour.bold(summary) if coloured else summary)
         shown = assessment.tasks[:MAX_TASK_LINES]
         rows = [[task.name, task.state, task.node, task.detail] for task in shown]

@@ -731,6 +731,8 @@ def test_an_update_converges_once_healthy_and_complete() -> None:
     judged = judge(service, starting, baseline)
     # Every task is up, but the update still watches them for its monitor period.
     assert (judged.converged, judged.waiting_for) == (False, "update in progress")
+    assert progress.progress_lines([judged], width=200)[0] == (
+        "web: 2/2 tasks running (update in progress)")
     service.update_status.state = pb.UpdateStatus.COMPLETED
     assert judge(service, starting, baseline).converged
 
