@@ -2,7 +2,7 @@
 
 A deploy is three steps, each separately testable:
 
-1. parse: cli/compose.py turns the file into specs (no controller needed);
+1. parse: cli/compose/ turns the file into specs (no controller needed);
 2. plan: `plan_stack`, a pure function of the parsed stack and what the controller
    has now (the services and networks labelled with the stack), says what to
    create, update, leave alone and remove, field by field;

@@ -26,3 +26,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+
+# The production etcd (Debian's etcd-server, which deploy/install.sh installs
+# on etcd machines), unpacked for tests/install without installing the
+# package: that would enable and start an etcd service on this machine.
+if [ ! -x .venv/debian-etcd/usr/bin/etcd ]; then
+  download="$(mktemp -d)"
+  (cd "$download" && { apt-get download -q etcd-server || { apt-get update -q && apt-get download -q etcd-server; }; })
+  dpkg-deb -x "$download"/etcd-server_*.deb .venv/debian-etcd
+  rm -rf "$download"
+fi

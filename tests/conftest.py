@@ -15,6 +15,9 @@ def own_config_home(tmp_path_factory: pytest.TempPathFactory,
     """swarmctl reads the operator's context file (~/.config/swarmctl): tests
     must neither see a real one nor write one."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    # Under sudo, `dev up` also writes the invoking user's context: not from tests.
+    for variable in ("SUDO_USER", "SUDO_UID", "SUDO_GID"):
+        monkeypatch.delenv(variable, raising=False)
 
 
 @pytest.fixture(scope="session")

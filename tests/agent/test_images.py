@@ -1,4 +1,4 @@
-"""agent/images.py against a real registry (tests/registry.py), real skopeo
+"""agent/images/ against a real registry (tests/registry.py), real skopeo
 and real unpacking as root."""
 
 from __future__ import annotations

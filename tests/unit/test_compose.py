@@ -1,4 +1,4 @@
-"""Compose-format stack files -> specs (cli/compose.py), and deploy planning
+"""Compose-format stack files -> specs (cli/compose/), and deploy planning
 (cli/stack.py's pure functions), without a controller. The commands themselves run
 against a live control plane in tests/integration/test_stack.py."""
 
