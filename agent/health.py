@@ -4,12 +4,16 @@ Three layers, the first two pure:
 
 - `plan_health` merges the service's HealthConfig over the image config's
   Healthcheck field by field (docker's daemon/commit.go `merge`) and fills in
-  docker's defaults (interval 30 s, timeout 30 s, 3 retries, no start period);
+  docker's defaults (interval 30 s, timeout 30 s, 3 retries, no start period,
+  start interval 5 s);
   ["NONE"] or no test at all means no health check.
 - `HealthTracker` turns probe results into a health state: failures inside
   the start period do not count until a probe first succeeds; `retries`
   consecutive failures afterwards make the container UNHEALTHY.
-- `watch_health` runs the probe every interval until the container turns
+- `watch_health` runs the probe every interval (every start interval while the
+  container is still starting inside its start period, as docker Engine 25+
+  does, so that a long interval does not delay the first success) until the
+  container turns
   unhealthy. Time is injected (sleep, clock), so tests need not wait.
 
 The probe itself (a process inside the container, via Runtime.exec) is the
@@ -25,14 +29,16 @@ from dataclasses import dataclass
 
 from google.protobuf.duration_pb2 import Duration
 
+from swarm.api.healthcheck import (
+    DEFAULT_INTERVAL,
+    DEFAULT_RETRIES,
+    DEFAULT_START_INTERVAL,
+    DEFAULT_START_PERIOD,
+    DEFAULT_TIMEOUT,
+)
 from swarm.api.v1 import objects_pb2 as pb
 
 from .images import Healthcheck
-
-DEFAULT_INTERVAL = 30.0
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_RETRIES = 3
-DEFAULT_START_PERIOD = 0.0
 
 STARTING = pb.TaskStatus.HEALTH_STARTING
 HEALTHY = pb.TaskStatus.HEALTHY
@@ -49,6 +55,7 @@ class HealthPlan:
     timeout: float = DEFAULT_TIMEOUT
     retries: int = DEFAULT_RETRIES
     start_period: float = DEFAULT_START_PERIOD
+    start_interval: float = DEFAULT_START_INTERVAL
 
 
 def _seconds(duration: Duration) -> float:
@@ -75,6 +82,7 @@ def plan_health(spec: pb.HealthConfig | None, image: Healthcheck | None) -> Heal
     if spec is None:
         test, interval, timeout = image.test, image.interval, image.timeout
         retries, start_period = image.retries, image.start_period
+        start_interval = image.start_interval
     else:
         # Field by field: an unset (zero) field of the service inherits the image's.
         test = tuple(spec.test) or image.test
@@ -82,12 +90,14 @@ def plan_health(spec: pb.HealthConfig | None, image: Healthcheck | None) -> Heal
         timeout = _seconds(spec.timeout) or image.timeout
         retries = spec.retries or image.retries
         start_period = _seconds(spec.start_period) or image.start_period
+        start_interval = _seconds(spec.start_interval) or image.start_interval
     argv = _argv(test)
     if argv is None:
         return None
     return HealthPlan(argv=argv, interval=interval or DEFAULT_INTERVAL,
                       timeout=timeout or DEFAULT_TIMEOUT, retries=retries or DEFAULT_RETRIES,
-                      start_period=start_period or DEFAULT_START_PERIOD)
+                      start_period=start_period or DEFAULT_START_PERIOD,
+                      start_interval=start_interval or DEFAULT_START_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,12 @@ class HealthTracker:
                 self.state = UNHEALTHY
         return self.state
 
+    def next_interval(self, now: float) -> float:
+        """Seconds until the next probe (docker's getInterval)."""
+        if self.state == STARTING and now - self.started_at < self.plan.start_period:
+            return self.plan.start_interval
+        return self.plan.interval
+
     def reason(self) -> str:
         last = self.last.detail if self.last else "no probe ran"
         return (f"unhealthy container: {self.failures} consecutive failed health checks "
@@ -132,15 +148,16 @@ async def watch_health(plan: HealthPlan, probe: Probe, on_change: Callable[[int]
                        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                        clock: Callable[[], float] = time.monotonic,
                        initial: int = STARTING) -> HealthTracker:
-    """Probe every interval (the first after one interval, as docker does)
-    until the container is unhealthy; returns the tracker, whose reason() says
-    why. on_change gets every change of health state, the initial one
-    included. initial HEALTHY (an adopted container known healthy) skips the
-    start period."""
+    """Probe every interval (the first after one interval, as docker does;
+    every start interval while still starting inside the start period, as
+    docker Engine 25+ does) until the container is unhealthy; returns the
+    tracker, whose reason() says why. on_change gets every change of health
+    state, the initial one included. initial HEALTHY (an adopted container
+    known healthy) skips the start period."""
     tracker = HealthTracker(plan, started_at=clock(), state=initial)
     on_change(tracker.state)
     while True:
-        await sleep(plan.interval)
+        await sleep(tracker.next_interval(clock()))
         before = tracker.state
         state = tracker.record(await probe(), clock())
         if state != before:

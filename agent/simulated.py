@@ -3,6 +3,13 @@ sessions over the real dispatcher gRPC API, but a FAKE worker that runs no
 containers — it reports a task RUNNING as soon as it is assigned and SHUTDOWN
 when asked to stop. Hundreds of nodes run in one process.
 
+A task with a health check is reported HEALTHY at once, unless its container
+env sets the simulator's own knob SWARM_SIM_HEALTH (a real agent ignores it):
+`healthy-after:2s` (HEALTH_STARTING, then HEALTHY), `unhealthy-after:2s`
+(HEALTH_STARTING, then UNHEALTHY and FAILED, as a real agent fails an
+unhealthy container) or `starting` (HEALTH_STARTING for ever). Tests of
+health-gated updates use it.
+
 Each node joins with the token as a real agent does and keeps its own
 certificate and channel (the node ID is the certificate's CN); the CA is
 fetched and checked against the token once for all of them. With
@@ -26,6 +33,7 @@ import grpc
 
 from swarm.api import pki
 from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.units import parse_duration
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -45,6 +53,43 @@ def _status(state: int, message: str) -> pb.TaskStatus:
 def _has_healthcheck(task: pb.Task) -> bool:
     test = list(task.spec.container.healthcheck.test)
     return bool(test) and test != ["NONE"]
+
+
+SIM_HEALTH_ENV = "SWARM_SIM_HEALTH"
+
+
+@dataclass(frozen=True)
+class SimulatedHealth:
+    """How a simulated task's health goes: `final` (HEALTHY, UNHEALTHY, or
+    HEALTH_STARTING for ever) after `after` seconds of HEALTH_STARTING."""
+
+    final: int
+    after: float
+
+
+def simulated_health(task: pb.Task) -> SimulatedHealth | None:
+    """From the task's SWARM_SIM_HEALTH (None: no health check, so no health).
+    A value it does not understand raises ValueError naming it."""
+    if not _has_healthcheck(task):
+        return None
+    value = ""
+    for item in task.spec.container.env:
+        key, _, rest = item.partition("=")
+        if key == SIM_HEALTH_ENV:
+            value = rest
+    if value in ("", "healthy"):
+        return SimulatedHealth(pb.TaskStatus.HEALTHY, 0.0)
+    if value == "starting":
+        return SimulatedHealth(pb.TaskStatus.HEALTH_STARTING, 0.0)
+    kind, _, after = value.partition(":")
+    finals = {"healthy-after": pb.TaskStatus.HEALTHY, "unhealthy-after": pb.TaskStatus.UNHEALTHY}
+    try:
+        if kind not in finals:
+            raise ValueError("expected healthy, starting, healthy-after:DURATION or "
+                             "unhealthy-after:DURATION")
+        return SimulatedHealth(finals[kind], parse_duration(after) / 1e9)
+    except ValueError as error:
+        raise ValueError(f"{SIM_HEALTH_ENV}={value!r}: {error}") from None
 
 
 class FakeWorker:
@@ -91,10 +136,7 @@ class FakeWorker:
                     status.err = f"image {task.spec.container.image} not found (simulated)"
                     self._set(task.id, status)
                 elif current is None:
-                    status = _status(pb.RUNNING, "started (simulated)")
-                    if _has_healthcheck(task):
-                        status.health = pb.TaskStatus.HEALTHY
-                    self._set(task.id, status)
+                    self._start(task)
             elif current is None or current.state < pb.COMPLETE:
                 if not self.stop_delay:
                     self._set(task.id, _status(pb.SHUTDOWN, "shut down (simulated)"))
@@ -102,6 +144,41 @@ class FakeWorker:
                     self._stopping.add(task.id)
                     asyncio.get_running_loop().call_later(self.stop_delay, self._stopped,
                                                           task.id)
+
+    def _start(self, task: pb.Task) -> None:
+        status = _status(pb.RUNNING, "started (simulated)")
+        try:
+            health = simulated_health(task)
+        except ValueError as error:
+            status = _status(pb.REJECTED, "rejected (simulated)")
+            status.err = str(error)
+            self._set(task.id, status)
+            return
+        if health is None:
+            self._set(task.id, status)
+            return
+        if health.final == pb.TaskStatus.HEALTHY and not health.after:
+            status.health = pb.TaskStatus.HEALTHY
+            self._set(task.id, status)
+            return
+        status.health = pb.TaskStatus.HEALTH_STARTING
+        self._set(task.id, status)
+        if health.final != pb.TaskStatus.HEALTH_STARTING:
+            asyncio.get_running_loop().call_later(health.after, self._health_decided,
+                                                  task.id, health.final)
+
+    def _health_decided(self, task_id: str, health: int) -> None:
+        current = self.tasks.get(task_id)
+        if self.stopped or current is None or current.state != pb.RUNNING:
+            return
+        status = _status(pb.RUNNING, current.message)
+        status.health = health  # type: ignore[assignment]
+        self._set(task_id, status)
+        if health == pb.TaskStatus.UNHEALTHY:
+            failed = _status(pb.FAILED, "unhealthy container")
+            failed.err = "unhealthy container (simulated)"
+            failed.health = pb.TaskStatus.UNHEALTHY
+            self._set(task_id, failed)
 
     def _stopped(self, task_id: str) -> None:
         self._stopping.discard(task_id)

@@ -1,11 +1,15 @@
 """Waiting for services to converge after `service create`, `update` and `scale`,
 as `docker service create` does in a terminal.
 
-A service has converged when every task it wants is RUNNING with the current task
-template (the service's spec_version) and no other task is meant to run. It has
-failed when, since the command began, one slot's tasks failed or were rejected
+A service has converged when every task it wants is up with the current task
+template (the service's spec_version: RUNNING, and healthy when it has a health
+check), no other task is meant to run, and the rolling update this command started,
+if any, has completed (as docker's CLI waits out the update's monitor period). It
+has failed when, since the command began, one slot's tasks failed or were rejected
 FAILURE_LIMIT times (fewer when the restart policy gives up sooner), or its rolling
-update paused or rolled back. Otherwise it is still converging, until `--timeout`.
+update paused or was rolled back (the rollback is waited for: the command fails
+once the service is back on its old spec, or the rollback paused). Otherwise it
+is still converging, until `--timeout`.
 
 The control API has no watch for clients, so this polls GetService, ListTasks and
 ListNodes every POLL_INTERVAL: three cheap reads that the controller answers from
@@ -44,10 +48,11 @@ DEFAULT_WAIT = "3m"
 _FAILED = (pb.FAILED, pb.REJECTED)
 _UPDATE_FAILURES = {
     pb.UpdateStatus.PAUSED: "update paused",
-    pb.UpdateStatus.ROLLBACK_STARTED: "update failed and is rolling back",
     pb.UpdateStatus.ROLLBACK_PAUSED: "update failed; its rollback paused",
     pb.UpdateStatus.ROLLBACK_COMPLETED: "update failed and was rolled back",
 }
+_IN_PROGRESS = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
+_UP_HEALTH = (pb.TaskStatus.NO_HEALTHCHECK, pb.TaskStatus.HEALTHY)
 
 
 def wait_timeout(text: str) -> float:
@@ -84,17 +89,40 @@ def baseline_of(service: pb.Service, tasks: Iterable[pb.Task] = (), *,
                     rollback=rollback)
 
 
+def _is_new(status: pb.UpdateStatus, baseline: Baseline) -> bool:
+    """Whether the update status is not the one from before the command (an older
+    command's business)."""
+    return (status.state, status.started_at.ToNanoseconds()) != (baseline.update_state,
+                                                                 baseline.update_started)
+
+
 def _update_failure(status: pb.UpdateStatus, baseline: Baseline) -> str | None:
     """Why the rolling update this command started went wrong, if it did."""
-    if (status.state, status.started_at.ToNanoseconds()) == (baseline.update_state,
-                                                             baseline.update_started):
-        return None  # not a new update status: an older command's business
-    if baseline.rollback and status.state in (pb.UpdateStatus.ROLLBACK_STARTED,
-                                              pb.UpdateStatus.ROLLBACK_COMPLETED):
+    if not _is_new(status, baseline):
+        return None
+    if baseline.rollback and status.state == pb.UpdateStatus.ROLLBACK_COMPLETED:
         return None
     if status.state not in _UPDATE_FAILURES:
         return None
     return _UPDATE_FAILURES[status.state] + (f": {status.message}" if status.message else "")
+
+
+def _update_pending(status: pb.UpdateStatus, baseline: Baseline) -> str:
+    """What the rolling update this command started still does ('' when nothing):
+    updating, or rolling back (asked for, or after a failure)."""
+    if not _is_new(status, baseline) or status.state not in _IN_PROGRESS:
+        return ""
+    if status.state == pb.UpdateStatus.UPDATING:
+        return "update in progress"
+    if baseline.rollback:
+        return "rollback in progress"
+    return "update failed and is rolling back" + (f": {status.message}" if status.message
+                                                   else "")
+
+
+def is_up(task: pb.Task) -> bool:
+    """RUNNING, and healthy when it has a health check (the orchestrator's rule)."""
+    return task.status.state == pb.RUNNING and task.status.health in _UP_HEALTH
 
 
 @dataclass(frozen=True)
@@ -116,6 +144,7 @@ class Assessment:
     failure: str | None
     tasks: tuple[TaskLine, ...]
     waiting_for: str = ""  # for a timeout message: the first reason a task is not running
+    update: str = ""  # what the rolling update this command started still does
 
     @property
     def summary(self) -> str:
@@ -165,7 +194,7 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
         desired = spec.replicated.replicas
         counted = live
     running = [task for task in counted if task.spec_version >= service.spec_version
-               and task.status.state == pb.RUNNING]
+               and is_up(task)]
 
     failure = _update_failure(service.update_status, baseline)
     failed: dict[str, list[pb.Task]] = {}
@@ -187,13 +216,15 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
                  node=hostnames.get(task.node_id, task.node_id),
                  detail=render.task_error(task) or render.task_health(task))
         for task in sorted(live, key=lambda t: (t.slot, hostnames.get(t.node_id, t.node_id))))
+    pending = _update_pending(service.update_status, baseline)
     waiting = next((f"{line.name} {line.state}" + (f": {line.detail}" if line.detail else "")
-                    for line in lines if line.state != "running"), "")
+                    for line in lines if line.state != "running" or line.detail == "starting"),
+                   pending)
     # Equal counts rule out both a missing task and an extra one (an old task that a
     # start-first update has not stopped yet).
-    converged = failure is None and len(running) == desired == len(counted)
+    converged = failure is None and not pending and len(running) == desired == len(counted)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
-                      failure=failure, tasks=lines, waiting_for=waiting)
+                      failure=failure, tasks=lines, waiting_for=waiting, update=pending)
 
 
 def _display_name(task: pb.Task, hostnames: Mapping[str, str]) -> str:
@@ -215,7 +246,8 @@ def progress_lines(assessments: Sequence[Assessment], width: int, *,
 
     lines: list[str] = []
     for assessment in assessments:
-        summary = fit(assessment.summary)
+        summary = fit(assessment.summary + (f" ({assessment.update})" if assessment.update
+                                            else ""))
         lines.append(colour.bold(summary) if coloured else summary)
         shown = assessment.tasks[:MAX_TASK_LINES]
         rows = [[task.name, task.state, task.node, task.detail] for task in shown]

@@ -202,9 +202,12 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
 
 
 def task_error(task: pb.Task) -> str:
-    """The error, or for a task still waiting for a node, the scheduler's reason."""
+    """The error, why a rolling update gave up on the task (not healthy in time), or
+    for a task still waiting for a node, the scheduler's reason."""
     if task.status.err:
         return task.status.err
+    if task.update_failure:
+        return task.update_failure
     if task.status.state < pb.ASSIGNED and task.status.message:
         return task.status.message
     return ""
@@ -353,8 +356,10 @@ def service_details(service: pb.Service) -> str:
     if service.HasField("update_status") and service.update_status.state:
         lines += [
             (0, "UpdateStatus", None),
-            (1, "State", enum_word(pb.UpdateStatus.State.Name(service.update_status.state))),
+            # docker's words: updating, paused, rollback_started, rollback_completed...
+            (1, "State", pb.UpdateStatus.State.Name(service.update_status.state).lower()),
             (1, "Started", timestamp(service.update_status.started_at)),
+            (1, "Completed", timestamp(service.update_status.completed_at)),
             (1, "Message", service.update_status.message),
         ]
     placement = task.placement

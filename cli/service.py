@@ -96,6 +96,7 @@ class TaskOptions:
     health_timeout: str | None = None
     health_retries: str | None = None
     health_start_period: str | None = None
+    health_start_interval: str | None = None
     no_healthcheck: bool = False
     endpoint_mode: str | None = None
 
@@ -217,6 +218,7 @@ def _healthcheck(container: pb.ContainerSpec, options: TaskOptions) -> None:
         "--health-timeout": options.health_timeout,
         "--health-retries": options.health_retries,
         "--health-start-period": options.health_start_period,
+        "--health-start-interval": options.health_start_interval,
     }
     if options.no_healthcheck:
         clashing = [flag for flag, value in given.items() if value is not None]
@@ -244,6 +246,9 @@ def _healthcheck(container: pb.ContainerSpec, options: TaskOptions) -> None:
     if options.health_start_period is not None:
         health.start_period.FromNanoseconds(parsing.duration("--health-start-period",
                                                              options.health_start_period))
+    if options.health_start_interval is not None:
+        health.start_interval.FromNanoseconds(parsing.duration(
+            "--health-start-interval", options.health_start_interval))
 
 
 def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
@@ -539,6 +544,9 @@ def create(
         metavar="N", help="Failures in a row that make a task unhealthy.")] = None,
     health_start_period: Annotated[str | None, typer.Option(
         metavar="DURATION", help="Grace period before failures count.")] = None,
+    health_start_interval: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Time between checks during the start period, until one "
+                                 "succeeds (default 5s).")] = None,
     no_healthcheck: Annotated[bool, typer.Option(
         "--no-healthcheck", help="Disable the image's health check.")] = False,
     mount: Annotated[list[str] | None, typer.Option(
@@ -570,7 +578,8 @@ def create(
         stop_grace_period=stop_grace_period, read_only=read_only or None, init=init or None,
         health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
         health_retries=health_retries, health_start_period=health_start_period,
-        no_healthcheck=no_healthcheck, mounts=_list(mount), entrypoint=entrypoint,
+        health_start_interval=health_start_interval, no_healthcheck=no_healthcheck,
+        mounts=_list(mount), entrypoint=entrypoint,
     ))
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
@@ -820,6 +829,7 @@ def update(
     health_timeout: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
     health_retries: Annotated[str | None, typer.Option(metavar="N")] = None,
     health_start_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    health_start_interval: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
     no_healthcheck: Annotated[bool, typer.Option("--no-healthcheck")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
                                                         "nothing changed.")] = False,
@@ -856,8 +866,8 @@ def update(
         stop_grace_period=stop_grace_period, read_only=read_only, init=init,
         entrypoint=entrypoint, health_cmd=health_cmd, health_interval=health_interval,
         health_timeout=health_timeout, health_retries=health_retries,
-        health_start_period=health_start_period, no_healthcheck=no_healthcheck,
-        force=force, rollback=rollback,
+        health_start_period=health_start_period, health_start_interval=health_start_interval,
+        no_healthcheck=no_healthcheck, force=force, rollback=rollback,
     )
     check_update_options(options)
     timeout = progress.wait_timeout(wait_for)
@@ -884,6 +894,25 @@ def update_service(ctl: client.Controller, ref: str,
         return ctl.call(ctl.stub.UpdateService, request).service
 
     return client.retry_on_conflict(read_modify_write)
+
+
+@app.command("rollback", epilog=examples("swarmctl service rollback web",
+                                          "swarmctl service rollback -d web"))
+def rollback(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
+) -> None:
+    """Go back to the service's previous spec (as `service update --rollback`), then
+    wait until its tasks run it (unless -d), with the rollback config."""
+    timeout = progress.wait_timeout(wait_for)
+    with client.open_controller(ctx) as ctl:
+        baseline = _baseline(ctl, service, rollback=True, with_tasks=not detach)
+        updated = update_service(ctl, baseline.service_id, ServiceUpdateOptions(rollback=True))
+        typer.echo(updated.spec.name)
+        if not detach:
+            _wait(ctl, [baseline], timeout)
 
 
 @app.command("rm", epilog=examples("swarmctl service rm web", "swarmctl service rm web worker"))

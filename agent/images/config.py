@@ -20,6 +20,7 @@ class Healthcheck:
     timeout: float = 0.0
     start_period: float = 0.0
     retries: int = 0
+    start_interval: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def image_from_config(reference: str, digest: str, layers: tuple[Path, ...],
             test=_strings(health.get("Test")), interval=_seconds(health.get("Interval")),
             timeout=_seconds(health.get("Timeout")),
             start_period=_seconds(health.get("StartPeriod")),
+            start_interval=_seconds(health.get("StartInterval")),
             retries=retries if isinstance(retries, int) and retries > 0 else 0)
     ports = container.get("ExposedPorts")
     labels = container.get("Labels")

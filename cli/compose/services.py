@@ -184,15 +184,13 @@ def _healthcheck(context: Context, container: pb.ContainerSpec, node: Node, path
         elif name == "disable":
             if as_boolean(value, where):
                 health.test[:] = ["NONE"]
-        elif name in ("interval", "timeout", "start_period"):
+        elif name in ("interval", "timeout", "start_period", "start_interval"):
             getattr(health, name).FromNanoseconds(as_duration(value, where))
         elif name == "retries":
             health.retries = as_integer(value, where, maximum=UINT32_MAX)
-        elif name == "start_interval":
-            context.warn(value, where, "not supported; ignored")
         else:
             fail(value, where, "unknown key (expected test, interval, timeout, retries, "
-                  "start_period or disable)")
+                  "start_period, start_interval or disable)")
 
 
 def _volume(context: Context, node: Node, path: str) -> pb.Mount:

@@ -4,10 +4,14 @@ is given), inputs never modified.
 
 One pass does, in order:
 
-1. update failures (update.failed_service): pause the update or roll the
+1. the health gate and update failures (update.gate_failures,
+   update.failed_service): new tasks not healthy in time are given up on (shut
+   down, marked as failed); too many failures pause the update or roll the
    service back; a rollback is planned in the same pass against the restored
    spec;
-2. slots (replicated.replicated_slots / global_.global_slots);
+2. slots (replicated.replicated_slots / global_.global_slots); live tasks of
+   an older version already running the current template are adopted
+   (update.adopt: a rollback restarts only what it must);
 3. supervision (slots.supervise): live tasks that ended, that are on a lost,
    drained or (replicated) constraint-failing node, or in an UNWANTED slot are
    shut down;
@@ -70,12 +74,21 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     constraints = ConstraintCache()
     slots = _slots(service, tasks, nodes, constraints)
     wanted = sum(slot.role is Role.WANTED for slot in slots)
-    failed = update.failed_service(service, tasks, wanted, now)
+    # Only tasks the service still wants can fail its update (a slot scaled away
+    # is simply shut down).
+    wanted_ids = {task_id for slot in slots if slot.role is Role.WANTED
+                  for task_id in slot.task_ids}
+    gated = {task_id: reason for task_id, reason in update.gate_failures(service, tasks, now).items()
+             if task_id in wanted_ids}
+    failed = update.failed_service(service, tasks, wanted, now, gated)
     if failed is not None and failed.spec_version != service.spec_version:
         slots = _slots(failed, tasks, nodes, constraints)  # rolled back: new spec
     ctx = Context(service=failed or service, service_id=service_id, nodes=nodes, now=now,
                   work=Working(tasks), constraints=constraints,
                   service_changed=failed is not None)
+    for task_id, reason in gated.items():
+        ctx.work.fail(task_id, reason)
+    update.adopt(ctx, slots)
 
     is_global = ctx.service.spec.WhichOneof("mode") == "global"
     must_move = (lambda task: False) if is_global else partial(replicated.must_move, ctx)

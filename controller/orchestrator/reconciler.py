@@ -38,9 +38,10 @@ def _node_usable(node: pb.Node | None) -> bool:
 def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | None,
               node: pb.Node | None) -> bool:
     """Whether a task change can alter a plan. Agent progress (ACCEPTED..STARTING)
-    cannot; reaching RUNNING matters only to a rolling update (the next batch, a
-    start-first predecessor). Re-planning a 10k-task service on every RUNNING
-    report made convergence quadratic."""
+    cannot; reaching RUNNING, and a running task's health changing (healthy: it
+    is up; unhealthy: a failure), matter only to a rolling update (the next
+    batch, a start-first predecessor, the health gate). Re-planning a 10k-task
+    service on every RUNNING report made convergence quadratic."""
     if old is None or new is None:
         return True
     if old.desired_state != new.desired_state:
@@ -51,7 +52,8 @@ def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | No
     before, after = old.status.state, new.status.state
     if (before >= pb.COMPLETE) != (after >= pb.COMPLETE):
         return True
-    if not before < pb.RUNNING <= after:
+    health_changed = after == pb.RUNNING and old.status.health != new.status.health
+    if not (before < pb.RUNNING <= after or health_changed):
         return False
     return service is None or service.update_status.state in _ROLLING \
         or new.spec_version != service.spec_version

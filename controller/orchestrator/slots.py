@@ -12,10 +12,12 @@ slots 1..replicas, global ones a slot per node. A slot is
 
 Per pass, every slot is supervised (a live task that has ended is shut down,
 and so is every live task of an UNWANTED slot), de-duplicated (one live task,
-except the pair of a start-first update), and a WANTED slot without a live task
-is given its successor (restart.successor) unless one of its out-of-date tasks
-is still stopping (the second half of a stop-first update: old and new never
-run side by side).
+the up one first, except the pair of a start-first update until the new task
+is up), and a WANTED slot without a live task is given its successor
+(restart.successor) unless one of its out-of-date tasks is still stopping (the
+second half of a stop-first update: old and new never run side by side), or
+its latest task, given up on by the update's health gate, is (its restart
+counts from its stop, as from a failure).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ..allocator.ports import publishes_ingress
 from ..allocator.tasks import ALLOCATING_MESSAGE, PENDING_MESSAGE
 from ..ids import derived_id
 from .restart import Successor, successor
-from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal
+from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, is_up
 
 
 class Role(enum.Enum):
@@ -138,31 +140,44 @@ def supervise(ctx: Context, slot: Slot, must_move: Callable[[pb.Task], bool]) ->
             ctx.work.shut_down(task.id)
 
 
-def _best_first(task: pb.Task) -> tuple[bool, int, tuple[int, int, str]]:
-    return task.status.state == pb.RUNNING, task.spec_version, age_key(task)
+def _best_first(task: pb.Task) -> tuple[bool, bool, int, tuple[int, int, str]]:
+    return is_up(task), task.status.state == pb.RUNNING, task.spec_version, age_key(task)
 
 
 def deduplicate(ctx: Context, slot: Slot) -> None:
-    """Leave one live task: the running, newest one. A start-first update's pair
-    (an out-of-date task and its not-yet-running replacement) is left alone;
-    once the replacement runs, it is the best and the old task is shut down."""
+    """Leave one live task: the up (running and healthy), newest one. A
+    start-first update's pair (an out-of-date task and its replacement, not up
+    yet) is left alone; once the replacement is up, it is the best and the old
+    task is shut down. A rollback keeps the old task that is up over a newer
+    one still starting."""
     live = ctx.live(slot)
     if len(live) < 2:
         return
     version = ctx.service.spec_version
     if len(live) == 2:
         old, new = sorted(live, key=lambda task: task.spec_version)
-        if old.spec_version < version <= new.spec_version and new.status.state < pb.RUNNING:
+        if old.spec_version < version <= new.spec_version and not is_up(new):
             return
     live.sort(key=_best_first, reverse=True)
     for task in live[1:]:
         ctx.work.shut_down(task.id)
 
 
+def awaiting_stop(ctx: Context, slot: Slot) -> bool:
+    """Whether the slot's latest task was given up on by the health gate and
+    has not stopped yet: its restart (policy, delay) counts from its stop."""
+    latest = ctx.latest(slot)
+    return latest is not None and bool(latest.update_failure) \
+        and not is_stopped(latest, ctx.nodes)
+
+
 def fill(ctx: Context, slot: Slot) -> None:
     """Give a WANTED slot without a live task its next task, now or when its
     restart delay has passed (then ask to be planned again)."""
     if ctx.live(slot):
+        return
+    if awaiting_stop(ctx, slot):
+        slot.stopping = True  # its restart waits for the task given up on to stop
         return
     version = ctx.service.spec_version
     if any(task.spec_version < version and not is_stopped(task, ctx.nodes)

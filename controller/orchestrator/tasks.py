@@ -7,7 +7,12 @@ Vocabulary used throughout the orchestrator:
 - *ended on its own*: terminal in any state but SHUTDOWN. The agent reports
   SHUTDOWN when it stopped a task because the controller asked (desired
   SHUTDOWN), and COMPLETE / FAILED / REJECTED / ORPHANED otherwise, so this is
-  how the planners tell a failure from a shutdown they ordered, pass after pass;
+  how the planners tell a failure from a shutdown they ordered, pass after pass.
+  A task the orchestrator shut down because it did not become healthy in time
+  (`update_failure` set) counts as ended on its own once it is terminal: docker's
+  agent would have failed it;
+- *up*: RUNNING and healthy, or RUNNING without a health check (the health the
+  agent reports: HEALTH_STARTING from RUNNING until the first probe succeeds);
 - *node lost*: the task's node is gone or DOWN (its agent cannot report);
 - *stopped*: nothing runs it any more, or nothing ever will: terminal, never
   assigned (no agent knows it), or its node is lost or drained.
@@ -31,7 +36,14 @@ def is_terminal(task: pb.Task) -> bool:
 
 
 def ended_on_its_own(task: pb.Task) -> bool:
-    return is_terminal(task) and task.status.state != pb.SHUTDOWN
+    return is_terminal(task) and (task.status.state != pb.SHUTDOWN or bool(task.update_failure))
+
+
+_UP_HEALTH = (pb.TaskStatus.NO_HEALTHCHECK, pb.TaskStatus.HEALTHY)
+
+
+def is_up(task: pb.Task) -> bool:
+    return task.status.state == pb.RUNNING and task.status.health in _UP_HEALTH
 
 
 def never_assigned(task: pb.Task) -> bool:
@@ -123,6 +135,17 @@ class Working:
         """desired_state SHUTDOWN for a live task (a no-op for one that is not)."""
         if is_live(self.tasks[task_id]):
             self._writable(task_id).desired_state = pb.SHUTDOWN
+
+    def fail(self, task_id: str, reason: str) -> None:
+        """Give up on a live task that did not come up in time: shut it down,
+        marked so that it counts as a failure (tasks.ended_on_its_own)."""
+        task = self._writable(task_id)
+        task.update_failure = reason
+        task.desired_state = pb.SHUTDOWN
+
+    def adopt(self, task_id: str, spec_version: int) -> None:
+        """A live task already running the current template: up to date."""
+        self._writable(task_id).spec_version = spec_version
 
     def create(self, task: pb.Task) -> None:
         self.tasks[task.id] = task

@@ -1,41 +1,70 @@
-"""Rolling updates and rollbacks, level-triggered.
+"""Rolling updates and rollbacks, level-triggered and health-gated.
 
-A live task is out of date when its spec_version is older than the service's.
-The state of an update is read from the tasks on every pass, never kept:
+A live task is out of date when its spec_version is older than the service's;
+one that already runs the service's current template (a rollback restoring the
+spec it was never moved off) is adopted instead (adopt: its spec_version is
+raised), as SwarmKit compares specs, so a rollback restarts only what it must.
+A new task is *up* once it is RUNNING and healthy (or RUNNING without a health
+check): the controller cannot see an image's health check, so it goes by the
+health the agent reports, HEALTH_STARTING from RUNNING until a probe first
+succeeds. The state of an update is read from the tasks on every pass, never
+kept:
 
-- a slot is *in flight* while its new task has not reached RUNNING, or while
-  its old task, shut down by a stop-first update, is still stopping;
-- a slot is *cooling* for `delay` after its new task started RUNNING (the
-  RUNNING status timestamp), so that each of the `parallelism` update "workers"
-  waits `delay` between two slots, as SwarmKit's do;
-- at most `parallelism` slots are in flight or cooling; free places go to out-
-  of-date slots, lowest slot (node ID) first, those not running first;
+- a slot is *in flight* while its new task is not up, or while its old task,
+  shut down by a stop-first update (or its new task, given up on by the
+  health gate), is still stopping;
+- a slot is *cooling* for `delay` after its new task came up (the status
+  timestamp of a RUNNING task: the agent stamps each health change), so that
+  each of the `parallelism` update "workers" waits `delay` between two slots,
+  as SwarmKit's do;
+- at most `parallelism` slots are in flight or cooling, so the update never
+  has more than `parallelism` new tasks started but not up; free places go to
+  out-of-date slots, lowest slot (node ID) first, those not up first. A slot
+  whose new task failed holds no place (SwarmKit's workers move on from a
+  failed task too): the restart supervisor restarts it, or (start-first) it
+  is retried after its restart delay;
 - stop-first shuts the old task down, and the slot's successor is created once
   it has stopped (slots.fill); start-first creates the successor at once, and
-  the old task is shut down when the new one runs (slots.deduplicate).
+  the old task is shut down only when the new one is up (slots.deduplicate).
 
-Failures: while an update (or rollback) is in progress, every task of the new
-version that ended on its own counts; when a new one is seen (a task that
-ended while still live, in the pass that shuts it down) and their number
-exceeds max_failure_ratio of the service's slots, the failure action runs: PAUSE
-stops the update (out-of-date tasks are then left as they are, the failed
-slot is still restarted by the restart supervisor), ROLLBACK restores
-previous_spec as a new spec version, CONTINUE carries on. "Within `monitor`
-after it started" is approximated by "before the update completes", and an
-update completes only `monitor` after its last new task started.
+The health gate (gate_failures): while an update (or rollback) is in progress,
+a RUNNING task of the new version reported UNHEALTHY, or not up within
+max(monitor, start_period + retries x (interval + timeout)) of starting (the
+window in which its agent must decide; docker's defaults for unset fields) is
+given up on: marked with update_failure and shut down, and from then on it is
+a failure like one that ended on its own (the restart policy applies to it as
+docker's agent would have failed it). A service without a health check has
+NO_HEALTHCHECK tasks, up when RUNNING, and behaves as before.
+
+Failures: while an update (or rollback) is in progress, every slot with a task
+of the new version that ended on its own or was given up on counts once; when
+a new failure is seen (a task still live, in the pass that shuts it down) and
+the failed slots exceed max_failure_ratio of the service's slots, the failure
+action runs: PAUSE stops the update (out-of-date tasks are then left as they
+are, the failed slot is still restarted by the restart supervisor), ROLLBACK
+restores previous_spec as a new spec version, CONTINUE carries on. The ratio
+is SwarmKit's (manager/orchestrator/update/updater.go): failures of the tasks
+its workers started (one per slot) over the slots the update has to update,
+which for a whole-service update are all of its slots. With the default ratio
+0 the first failure applies the action in the pass that sees it, before any
+other slot starts: a failing update starts at most `parallelism` new tasks.
+"Within `monitor` after it came up" is approximated by "before the update
+completes", and an update completes only `monitor` after its last new task
+came up.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from swarm.api.healthcheck import decision_window
 from swarm.api.units import timestamp, to_seconds
 from swarm.api.v1 import objects_pb2 as pb
 
-from .slots import Context, Role, Slot
-from .tasks import end_time, ended_on_its_own, is_live, never_assigned
+from .slots import Context, Role, Slot, awaiting_stop
+from .tasks import end_time, ended_on_its_own, is_live, is_up, never_assigned
 
 DEFAULT_MONITOR = 5.0
 
@@ -46,6 +75,8 @@ ROLLING_BACK = (pb.UpdateStatus.ROLLBACK_STARTED, pb.UpdateStatus.ROLLBACK_PAUSE
 UPDATE_STARTED_MESSAGE = "update in progress"
 UPDATE_COMPLETED_MESSAGE = "update completed"
 ROLLBACK_COMPLETED_MESSAGE = "rollback completed"
+ROLLED_BACK_PREFIX = "update rolled back"
+UNHEALTHY_REASON = "reported unhealthy"
 
 
 @dataclass(frozen=True)
@@ -75,31 +106,74 @@ def update_settings(service: pb.Service) -> UpdateSettings:
     )
 
 
+def gate_window(task: pb.Task, monitor: float) -> float:
+    """How long a new task may take from RUNNING to up before the update gives
+    up on it."""
+    return max(monitor, decision_window(task.spec.container.healthcheck))
+
+
+def gate_failures(service: pb.Service, tasks: Sequence[pb.Task],
+                  now: float) -> dict[str, str]:
+    """The live tasks of the new version that the update in progress gives up
+    on, by ID, with why: RUNNING but reported unhealthy, or not up within their
+    gate_window of starting."""
+    if service.update_status.state not in IN_PROGRESS:
+        return {}
+    monitor = update_settings(service).monitor
+    found: dict[str, str] = {}
+    for task in tasks:
+        if task.spec_version != service.spec_version or not is_live(task) \
+                or task.status.state != pb.RUNNING or is_up(task):
+            continue
+        if task.status.health == pb.TaskStatus.UNHEALTHY:
+            found[task.id] = UNHEALTHY_REASON
+            continue
+        window = gate_window(task, monitor)
+        if end_time(task) + window <= now:
+            found[task.id] = f"not healthy within {window:g}s"
+    return found
+
+
+def _is_failure(task: pb.Task) -> bool:
+    return ended_on_its_own(task) or bool(task.update_failure)
+
+
+def task_name(task: pb.Task) -> str:
+    """web.2, or web.NODEID for a global service's task, as docker names tasks."""
+    return f"{task.service_name}.{task.slot or task.node_id}"
+
+
 def failed_service(service: pb.Service, tasks: Sequence[pb.Task], slot_count: int,
-                   now: float) -> pb.Service | None:
+                   now: float, gated: dict[str, str] | None = None) -> pb.Service | None:
     """The service paused or rolled back because of its update's failures, or
     None when the update is not in progress, has no failures beyond its
-    max_failure_ratio, or its failure action is CONTINUE."""
+    max_failure_ratio, or its failure action is CONTINUE. `gated`: the tasks
+    gate_failures gives up on in this pass (they count as failures)."""
     status = service.update_status.state
     if status not in IN_PROGRESS:
         return None
-    failures = [task for task in tasks
-                if task.spec_version == service.spec_version and ended_on_its_own(task)]
+    gated = gated or {}
+    failures = [task for task in tasks if task.spec_version == service.spec_version
+                and (_is_failure(task) or task.id in gated)]
     # Only a failure not yet handled (its task still live) triggers the action,
     # so that it runs once, and only for failures seen while the update is in
     # progress; the ones handled before count towards the ratio.
-    if not any(is_live(task) for task in failures):
+    fresh = [task for task in failures if is_live(task)]
+    if not fresh:
         return None
     config = update_settings(service)
-    if len(failures) <= config.max_failure_ratio * max(slot_count, 1):
+    # SwarmKit counts the failures of the tasks its workers started, one per
+    # slot (restarts are the restart supervisor's): failed slots, here.
+    failed_slots = {(task.slot, task.node_id if not task.slot else "") for task in failures}
+    if len(failed_slots) <= config.max_failure_ratio * max(slot_count, 1):
         return None
     if config.failure_action == pb.UpdateConfig.CONTINUE:
         return None
-    culprit = max((task for task in failures if is_live(task)),
-                  key=lambda task: (end_time(task), task.id)).id
+    culprit = max(fresh, key=lambda task: (end_time(task), task.id))
     result = pb.Service()
     result.CopyFrom(service)
     rolling_back = status == pb.UpdateStatus.ROLLBACK_STARTED
+    reason = gated.get(culprit.id)
     if config.failure_action == pb.UpdateConfig.ROLLBACK and not rolling_back \
             and service.HasField("previous_spec"):
         result.spec.CopyFrom(service.previous_spec)
@@ -108,65 +182,91 @@ def failed_service(service: pb.Service, tasks: Sequence[pb.Task], slot_count: in
         result.update_status.Clear()
         result.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
         result.update_status.started_at.CopyFrom(timestamp(now))
-        result.update_status.message = (
-            f"update rolled back due to failure or early termination of task {culprit}")
+        result.update_status.message = _failure_message(ROLLED_BACK_PREFIX, culprit, reason)
         return result
     result.update_status.state = pb.UpdateStatus.ROLLBACK_PAUSED if rolling_back \
         else pb.UpdateStatus.PAUSED
-    result.update_status.message = (
-        f"{'rollback' if rolling_back else 'update'} paused due to failure or early "
-        f"termination of task {culprit}")
+    result.update_status.message = _failure_message(
+        "rollback paused" if rolling_back else "update paused", culprit, reason)
     return result
+
+
+def _failure_message(what: str, culprit: pb.Task, reason: str | None) -> str:
+    if reason is None:  # docker's words, for a task that ended on its own
+        return f"{what} due to failure or early termination of task {culprit.id}"
+    return f"{what}: task {task_name(culprit)} {reason} (task {culprit.id})"
 
 
 @dataclass
 class _Survey:
-    candidates: list[tuple[Slot, pb.Task]]  # out-of-date slots free to update now
-    waiting: bool  # out-of-date slots held back by their restart delay
-    busy: int  # slots in flight or cooling
-    in_flight: int
-    cooling_until: list[float]
-    last_start: float | None
+    candidates: list[tuple[Slot, pb.Task]] = field(default_factory=list)  # to start now
+    waiting: bool = False  # slots held back by their restart delay
+    busy: int = 0  # slots in flight or cooling
+    in_flight: int = 0
+    cooling_until: list[float] = field(default_factory=list)
+    last_start: float | None = None  # when the last new task came up
 
 
 def _survey(ctx: Context, slots: Sequence[Slot], delay: float) -> _Survey:
     version = ctx.service.spec_version
-    survey = _Survey([], False, 0, 0, [], None)
+    survey = _Survey()
     for slot in slots:
         if slot.role is not Role.WANTED:
             continue
-        if slot.stopping:
+        if slot.stopping or awaiting_stop(ctx, slot):
             survey.busy += 1
             survey.in_flight += 1
             continue
         live = ctx.live(slot)
         new = [task for task in live if task.spec_version >= version]
-        if any(task.status.state < pb.RUNNING for task in new):
+        up = [task for task in new if is_up(task)]
+        if new and not up:
             survey.busy += 1
             survey.in_flight += 1
             continue
-        started = [end_time(task) for task in new if task.status.state == pb.RUNNING]
-        if started:
-            start = max(started)
+        if up:
+            start = max(end_time(task) for task in up)
             survey.last_start = start if survey.last_start is None \
                 else max(survey.last_start, start)
             if start + delay > ctx.now:
                 survey.busy += 1
                 survey.cooling_until.append(start + delay)
-        if live and not new:
-            # A slot whose start-first replacements keep failing waits for its
-            # restart delay, and gives up with its restart policy.
-            next_task = ctx.successor(slot)
-            if next_task.not_before is None:
-                continue
-            if next_task.not_before > ctx.now:
-                survey.waiting = True
-                ctx.wake_at.append(next_task.not_before)
-                continue
-            survey.candidates.append((slot, live[0]))
-    survey.candidates.sort(key=lambda pair: (pair[1].status.state == pb.RUNNING,
-                                             pair[0].sort_key))
+            continue
+        # No live new task: never updated, or (start-first) its new task
+        # failed and the old one still runs. As SwarmKit's update workers move
+        # on from a task that failed, a failed slot holds no place: it is
+        # retried after its restart delay like any out-of-date slot (stop-
+        # first, fill() restarts it, and the restarted task is in flight).
+        if not live:
+            continue
+        next_task = ctx.successor(slot)
+        if next_task.not_before is None:
+            continue  # the restart policy gave up on it
+        if next_task.not_before > ctx.now:
+            survey.waiting = True
+            ctx.wake_at.append(next_task.not_before)
+            continue
+        survey.candidates.append((slot, live[0]))
+    survey.candidates.sort(key=lambda pair: (is_up(pair[1]), pair[0].sort_key))
     return survey
+
+
+def _runs_template(task: pb.Task, spec: pb.ServiceSpec) -> bool:
+    return task.spec == spec.task and task.endpoint.spec == spec.endpoint
+
+
+def adopt(ctx: Context, slots: Sequence[Slot]) -> None:
+    """Live tasks of an older version that already run the current template
+    (a rollback restoring the spec they were never moved off, an update back to
+    it) are up to date, as in SwarmKit (whose IsTaskDirty compares specs): their
+    spec_version is raised, and nothing is restarted."""
+    version = ctx.service.spec_version
+    for slot in slots:
+        if slot.role is Role.UNWANTED:
+            continue
+        for task in ctx.live(slot):
+            if task.spec_version < version and _runs_template(task, ctx.service.spec):
+                ctx.work.adopt(task.id, version)
 
 
 def _replace(ctx: Context, slot: Slot, old: pb.Task,
@@ -180,6 +280,16 @@ def _replace(ctx: Context, slot: Slot, old: pb.Task,
         ctx.create(slot, next_task)
     else:
         slot.stopping = True
+
+
+def _gate_wake_ups(ctx: Context, slots: Sequence[Slot], monitor: float) -> None:
+    """Plan again when a starting new task's gate window ends."""
+    version = ctx.service.spec_version
+    for slot in slots:
+        for task in ctx.live(slot):
+            if task.spec_version == version and task.status.state == pb.RUNNING \
+                    and not is_up(task):
+                ctx.wake_at.append(end_time(task) + gate_window(task, monitor))
 
 
 def progress(ctx: Context, slots: Sequence[Slot]) -> None:
@@ -201,6 +311,7 @@ def progress(ctx: Context, slots: Sequence[Slot]) -> None:
         service.update_status.started_at.CopyFrom(timestamp(ctx.now))
         service.update_status.message = UPDATE_STARTED_MESSAGE
         status = pb.UpdateStatus.UPDATING
+    _gate_wake_ups(ctx, slots, config.monitor)
     limit = config.parallelism or math.inf
     free = limit - survey.busy
     picked = survey.candidates[:max(0, int(min(free, len(survey.candidates))))]
@@ -219,5 +330,11 @@ def progress(ctx: Context, slots: Sequence[Slot]) -> None:
     service.update_status.state = pb.UpdateStatus.ROLLBACK_COMPLETED if rolled_back \
         else pb.UpdateStatus.COMPLETED
     service.update_status.completed_at.CopyFrom(timestamp(ctx.now))
-    service.update_status.message = ROLLBACK_COMPLETED_MESSAGE if rolled_back \
-        else UPDATE_COMPLETED_MESSAGE
+    if not rolled_back:
+        service.update_status.message = UPDATE_COMPLETED_MESSAGE
+    elif service.update_status.message.startswith(ROLLED_BACK_PREFIX):
+        # Why it was rolled back stays readable in `service inspect`.
+        service.update_status.message = (
+            f"{ROLLBACK_COMPLETED_MESSAGE} ({service.update_status.message})")
+    else:
+        service.update_status.message = ROLLBACK_COMPLETED_MESSAGE

@@ -316,7 +316,7 @@ def _check_healthcheck(health: pb.HealthConfig, path: str) -> None:
         if kind == "CMD-SHELL" and (len(rest) != 1 or not rest[0].strip()):
             raise ValidationError(f"{path}.test", f"CMD-SHELL needs exactly one non-empty shell "
                                   f"command after it (got {len(rest)} element(s))")
-    for name in ("interval", "timeout", "start_period"):
+    for name in ("interval", "timeout", "start_period", "start_interval"):
         _duration(health, name, path)
 
 

@@ -134,7 +134,12 @@ def test_health_plan_merges_the_spec_over_the_image() -> None:
     assert plan_health(pb.HealthConfig(test=["NONE"]), image) is None
     assert plan_health(None, None) is None
     assert plan_health(pb.HealthConfig(test=["CMD", "true"]), None) == HealthPlan(
-        ("true",), 30, 30, 3, 0)
+        ("true",), 30, 30, 3, 0, 5)
+    # The start interval (docker Engine 25+): the service's, else the image's, else 5 s.
+    timed = Healthcheck(test=("CMD", "check"), start_interval=2)
+    assert plan_health(None, timed) == HealthPlan(("check",), 30, 30, 3, 0, 2)
+    assert plan_health(pb.HealthConfig(start_interval=_seconds(0.5)), timed) == HealthPlan(
+        ("check",), 30, 30, 3, 0, 0.5)
 
 
 def test_health_tracker_counts_consecutive_failures_after_the_start_period() -> None:
@@ -172,6 +177,26 @@ async def test_watch_health_with_injected_time() -> None:
     assert seen == [STARTING, HEALTHY, UNHEALTHY]
     assert now[0] == 120  # four probes, one interval each, the first after one interval
     assert tracker.failures == 3
+
+
+async def test_probes_come_every_start_interval_while_starting_in_the_start_period() -> None:
+    now = [0.0]
+    results = iter([False, False, True, False, False, False])
+    probed_at: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    async def probe() -> ProbeResult:
+        probed_at.append(now[0])
+        ok = next(results)
+        return ProbeResult(ok, "exit 0" if ok else "exit 1")
+
+    plan = HealthPlan(("x",), interval=30, timeout=1, retries=3, start_period=10,
+                      start_interval=2)
+    await watch_health(plan, probe, lambda _: None, sleep=sleep, clock=lambda: now[0])
+    # Every 2 s until the first success (at 6 s, in the start period); then every 30 s.
+    assert probed_at == [2, 4, 6, 36, 66, 96]
 
 
 # ================================================================ real tasks
@@ -400,6 +425,11 @@ async def test_health_check_from_the_image(harness: Harness, health_ref: str) ->
     status = await harness.reports.reach(task.id, pb.COMPLETE)
     assert (status.state, status.health) == (pb.FAILED, UNHEALTHY)
     assert "(last: exit 1)" in status.err
+    # A check only the image carries is reported too: RUNNING is "starting" until a
+    # probe decides (the controller's rolling updates wait on it; they cannot see it).
+    healths = [s.health for s in harness.reports.by_task[task.id] if s.state == pb.RUNNING]
+    assert healths[0] == STARTING
+    assert pb.TaskStatus.NO_HEALTHCHECK not in healths
 
 
 async def test_restart_adopts_running_containers_and_reads_exits(

@@ -179,8 +179,10 @@ def test_scale_several_services_and_wait(live: LiveCluster) -> None:
 
 
 def test_update_image_replicas_env_and_force(live: LiveCluster) -> None:
+    # The waits below last until each update's monitor period is over, as docker's do.
     ok(swarmctl(live, "service", "create", "web", "--image", "busybox:1", "--replicas", "2",
-                "-e", "A=1", "-e", "B=2", "--update-parallelism", "0"))
+                "-e", "A=1", "-e", "B=2", "--update-parallelism", "0",
+                "--update-monitor", "500ms", "--rollback-monitor", "500ms"))
     first = {t.id for t in live.running("web")}
     result = ok(swarmctl(live, "service", "update", "web", "--image", "busybox:2",
                          "--replicas", "3", "--env-add", "C=3", "--env-rm", "A",
@@ -485,6 +487,11 @@ BAD_INPUT = [
     (("service", "update", "ghost", "--image", "x"), "service 'ghost' not found", 1),
     (("service", "scale", "ghost=3"), "service 'ghost' not found", 1),
     (("service", "rm", "ghost"), "service 'ghost' not found", 1),
+    # api was never updated: nothing to go back to.
+    (("service", "rollback", "api"), "service 'api' has no previous spec to roll back to", 1),
+    (("service", "update", "api", "--rollback"),
+     "service 'api' has no previous spec to roll back to", 1),
+    (("service", "rollback", "ghost"), "service 'ghost' not found", 1),
     (("service", "update", "api", "--replicas", "-3"), "--replicas: invalid number '-3'", 2),
     (("node", "update", "--availability", "gone", "sim-0000"),
      "--availability: invalid value 'gone'", 2),

@@ -79,7 +79,7 @@ def test_create_maps_every_flag() -> None:
         workdir="/srv", user="nobody", hostname="box", stop_signal="SIGINT",
         stop_grace_period="20s", read_only=True, init=True,
         health_cmd="wget -q localhost", health_interval="5s", health_timeout="2s",
-        health_retries="3", health_start_period="1s",
+        health_retries="3", health_start_period="1s", health_start_interval="500ms",
         mounts=["type=volume,source=data,target=/data,readonly", "type=tmpfs,target=/tmp,"
                                                                  "tmpfs-size=16M"],
         entrypoint="/bin/sh -c",
@@ -134,6 +134,7 @@ def test_create_maps_every_flag() -> None:
     assert list(health.test) == ["CMD-SHELL", "wget -q localhost"]
     assert (nanos(health.interval), nanos(health.timeout), health.retries,
             nanos(health.start_period)) == (5 * SECOND, 2 * SECOND, 3, SECOND)
+    assert nanos(health.start_interval) == SECOND // 2
     mounts = list(container.mounts)
     assert (mounts[0].type, mounts[0].source, mounts[0].target, mounts[0].read_only) == (
         pb.Mount.VOLUME, "data", "/data", True)
@@ -558,12 +559,40 @@ def test_service_details_are_human_readable() -> None:
     assert "1GiB" in node_text
 
 
+def test_service_details_show_the_update_status_as_docker_does() -> None:
+    service = sample_service()
+    status = service.update_status
+    status.state = pb.UpdateStatus.ROLLBACK_COMPLETED
+    status.started_at.FromSeconds(1_700_000_000)
+    status.completed_at.FromSeconds(1_700_000_030)
+    status.message = "rollback completed (update rolled back: task web.2 not healthy within 12s)"
+    lines = [line.split(":", 1) for line in render.service_details(service).splitlines()]
+    shown = {key.strip(): value.strip() for key, value in lines if value.strip()}
+    assert shown["State"] == "rollback_completed"
+    assert shown["Started"] == "2023-11-14T22:13:20Z"
+    assert shown["Completed"] == "2023-11-14T22:13:50Z"
+    assert shown["Message"] == status.message
+    status.state = pb.UpdateStatus.UPDATING
+    status.ClearField("completed_at")
+    text = render.service_details(service)
+    assert "Completed:" not in text
+    assert "updating" in text
+
+
+def test_a_task_given_up_by_the_update_shows_why() -> None:
+    given_up = sample_task(1, pb.SHUTDOWN, node="n" * 25)
+    given_up.desired_state = pb.SHUTDOWN
+    given_up.update_failure = "not healthy within 12s"
+    (line,) = render.tasks_table([given_up], {}, NOW).splitlines()[1:]
+    assert line.endswith("not healthy within 12s")
+
+
 # ---------------------------------------------------------------- help
 
 
 @pytest.mark.parametrize("command", [
     ["service", "create"], ["service", "ls"], ["service", "inspect"], ["service", "ps"],
-    ["service", "scale"], ["service", "update"], ["service", "rm"],
+    ["service", "scale"], ["service", "update"], ["service", "rollback"], ["service", "rm"],
     ["node", "ls"], ["node", "inspect"], ["node", "ps"], ["node", "update"], ["node", "rm"],
     ["network", "create"], ["network", "ls"], ["network", "inspect"], ["network", "rm"]])
 def test_every_command_help_shows_an_example(command: list[str]) -> None:
@@ -667,11 +696,45 @@ def test_a_new_paused_or_rolled_back_update_fails_the_wait() -> None:
     assert judge(service, [], baseline).failure == "update paused: task x failed"
     # A pause that was there before the command is not its failure.
     assert judge(service, [], progress.baseline_of(service)).failure is None
+    # A rollback after a failure is waited for (the service goes back to its old
+    # spec), then fails the wait with the reason.
     service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
-    assert judge(service, [], baseline).failure is not None
-    # ... unless the command asked for the rollback.
+    service.update_status.message = "update rolled back: task web.1 reported unhealthy"
+    rolling = judge(service, [task(1, pb.RUNNING)], baseline)
+    assert (rolling.failure, rolling.converged) == (None, False)
+    assert rolling.waiting_for == (
+        "update failed and is rolling back: update rolled back: task web.1 reported unhealthy")
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_COMPLETED
+    service.update_status.message = "rollback completed (update rolled back: task web.1 ...)"
+    assert judge(service, [task(1, pb.RUNNING)], baseline).failure == (
+        "update failed and was rolled back: rollback completed (update rolled back: "
+        "task web.1 ...)")
+    # ... unless the command asked for the rollback: then it is success.
     asked = progress.baseline_of(wanted(1), rollback=True)
-    assert judge(service, [], asked).failure is None
+    done = judge(service, [task(1, pb.RUNNING)], asked)
+    assert (done.failure, done.converged) == (None, True)
+    service.update_status.state = pb.UpdateStatus.ROLLBACK_STARTED
+    assert judge(service, [task(1, pb.RUNNING)], asked).converged is False
+
+
+def test_an_update_converges_once_healthy_and_complete() -> None:
+    service = wanted(2)
+    baseline = progress.baseline_of(service)
+    service.update_status.state = pb.UpdateStatus.UPDATING
+    service.update_status.started_at.FromSeconds(100)
+    starting = [task(1, pb.RUNNING), task(2, pb.RUNNING)]
+    starting[1].status.health = pb.TaskStatus.HEALTH_STARTING
+    judged = judge(service, starting, baseline)
+    assert (judged.converged, judged.running) == (False, 1)  # running, not healthy yet
+    assert judged.waiting_for == "web.2 running: starting"
+    starting[1].status.health = pb.TaskStatus.HEALTHY
+    judged = judge(service, starting, baseline)
+    # Every task is up, but the update still watches them for its monitor period.
+    assert (judged.converged, judged.waiting_for) == (False, "update in progress")
+    assert progress.progress_lines([judged], width=200)[0] == (
+        "web: 2/2 tasks running (update in progress)")
+    service.update_status.state = pb.UpdateStatus.COMPLETED
+    assert judge(service, starting, baseline).converged
 
 
 def test_global_service_wants_one_task_per_eligible_node() -> None:

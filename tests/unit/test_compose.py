@@ -314,6 +314,11 @@ def test_healthcheck_test_forms(test: str, expected: list[str]) -> None:
     assert list(spec.task.container.healthcheck.test) == expected
 
 
+def test_healthcheck_start_interval() -> None:
+    spec = web("    healthcheck: {test: 'true', start_period: 30s, start_interval: 1s}\n")
+    assert spec.task.container.healthcheck.start_interval.ToMilliseconds() == 1000
+
+
 def test_healthcheck_disable() -> None:
     spec = web("    healthcheck: {disable: true}\n")
     assert list(spec.task.container.healthcheck.test) == ["NONE"]
@@ -389,7 +394,6 @@ def test_unsupported_keys_are_warnings_naming_the_key_and_line() -> None:
         "f.yaml:7:17: services.web.privileged: not supported by this orchestrator; ignored",
         "f.yaml:8:14: services.web.cap_add: not supported by this orchestrator; ignored",
         "f.yaml:9:14: services.web.devices: not supported by this orchestrator; ignored",
-        "f.yaml:11:49: services.web.healthcheck.start_interval: not supported; ignored",
         "f.yaml:13:3: secrets: not supported; ignored",
     ]
 

@@ -112,13 +112,20 @@ def task(svc: pb.Service, slot: int = 1, *, node_id: str = "n1",
          desired: pb.TaskState.ValueType = pb.RUNNING, version: int | None = None,
          attempt: int = 0, at: float = NOW - 100, exit_code: int = 0,
          history: Iterable[float] = (), task_id: str | None = None) -> pb.Task:
-    """A task as the orchestrator would have made it, at the given state."""
+    """A task as the orchestrator would have made it, at the given state. A task of
+    an older version runs the previous spec's template (or, without one, a template
+    of its own: the orchestrator adopts old tasks that run the current one)."""
     result = pb.Task(service_id=SID, service_name=svc.spec.name, node_id=node_id,
                      desired_state=desired, attempt=attempt,
                      spec_version=svc.spec_version if version is None else version)
     result.slot = 0 if svc.spec.WhichOneof("mode") == "global" else slot
     result.id = task_id or f"{result.slot or node_id}.{attempt}.v{result.spec_version}"
     result.spec.CopyFrom(svc.spec.task)
+    if result.spec_version < svc.spec_version:
+        if svc.HasField("previous_spec"):
+            result.spec.CopyFrom(svc.previous_spec.task)
+        else:
+            result.spec.force_update = 1000 + result.spec_version
     result.status.state = state
     result.status.timestamp.CopyFrom(timestamp(at))
     result.status.container.exit_code = exit_code
@@ -705,14 +712,17 @@ def test_failure_rolls_back_then_rollback_completes() -> None:
     assert rolled.update_status.message == (
         "update rolled back due to failure or early termination of task bad")
     # Planned against the restored spec in the same pass: slot 1 gets the old
-    # image back, slot 2 (rollback parallelism 0: all at once) is rolled too.
+    # image back; slot 2 still runs it, so it is adopted (version 3), not restarted.
     (new,) = result.create
     assert (new.slot, new.spec_version, new.spec.container.image) == (1, 3, "busybox:1")
-    assert sorted(t.slot for t in result.update) == [1, 2]
+    assert sorted((t.slot, t.spec_version, t.desired_state) for t in result.update) == [
+        (1, 2, pb.SHUTDOWN), (2, 3, pb.RUNNING)]
     svc, final, _ = settle(svc, tasks)
     assert versions(final) == [3, 3]
     assert svc.update_status.state == US.ROLLBACK_COMPLETED
-    assert svc.update_status.message == "rollback completed"
+    assert svc.update_status.message == (
+        "rollback completed (update rolled back due to failure or early termination of "
+        "task bad)")
 
 
 def test_rollback_failure_pauses_the_rollback() -> None:
@@ -844,7 +854,7 @@ STATUSES = [US.UNKNOWN, US.UPDATING, US.PAUSED, US.COMPLETED, US.ROLLBACK_STARTE
 
 
 @st.composite
-def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
+def states(draw: st.DrawFn, *, healthy: bool = False, health: bool = False) -> tuple[
         pb.Service, list[pb.Task], dict[str, pb.Node]]:
     mode = draw(st.sampled_from(["replicated", "replicated", "global"]))
     version = draw(st.integers(1, 3))
@@ -857,6 +867,8 @@ def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
         failure_action=draw(st.sampled_from(list(pb.UpdateConfig.FailureAction.values()))),
         monitor=draw(st.sampled_from([0.0, 5.0])),
         delay=draw(st.sampled_from([0.0, 7.0])))
+    if health and draw(st.booleans()):
+        checked(svc)
     if draw(st.booleans()):
         svc.previous_spec.CopyFrom(svc.spec)
         svc.previous_spec.task.container.image = "busybox:0"
@@ -877,12 +889,16 @@ def states(draw: st.DrawFn, *, healthy: bool = False) -> tuple[
                  version=draw(st.integers(1, version)), attempt=draw(st.integers(0, 3)),
                  at=NOW - draw(st.sampled_from([0, 3, 100])),
                  exit_code=draw(st.integers(0, 1)), task_id=f"t{index}")
+        if health and state == pb.RUNNING:
+            t.status.health = draw(st.sampled_from(list(pb.TaskStatus.Health.values())))
+        if health and draw(st.booleans()):
+            t.update_failure = "not healthy within 5s"
         tasks.append(t)
     return svc, tasks, nodes
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(states(), st.booleans())
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(states(health=True), st.booleans())
 def test_planning_again_on_the_result_gives_an_empty_plan(
         state: tuple[pb.Service, list[pb.Task], dict[str, pb.Node]], removed: bool) -> None:
     svc, tasks, nodes = state
@@ -925,3 +941,277 @@ def _per_slot(tasks: Iterable[pb.Task]) -> dict[tuple[int, str], list[pb.Task]]:
     for t in tasks:
         out.setdefault((t.slot, t.node_id if not t.slot else ""), []).append(t)
     return out
+
+
+# ---------------------------------------------------------------- the health gate
+
+STARTING_, HEALTHY_, UNHEALTHY_ = (pb.TaskStatus.HEALTH_STARTING, pb.TaskStatus.HEALTHY,
+                                   pb.TaskStatus.UNHEALTHY)
+
+
+def checked(svc: pb.Service, *, interval: float = 1, timeout: float = 1, retries: int = 2,
+            start_period: float = 0) -> pb.Service:
+    """The service with a health check in its task template."""
+    health = svc.spec.task.container.healthcheck
+    health.test[:] = ["CMD", "true"]
+    health.interval.CopyFrom(duration(interval))
+    health.timeout.CopyFrom(duration(timeout))
+    health.retries = retries
+    health.start_period.CopyFrom(duration(start_period))
+    return svc
+
+
+def with_health(t: pb.Task, health: pb.TaskStatus.Health.ValueType,
+                at: float | None = None) -> pb.Task:
+    t.status.health = health
+    if at is not None:
+        t.status.timestamp.CopyFrom(timestamp(at))
+    return t
+
+
+def test_start_first_stops_the_old_task_only_once_the_new_one_is_healthy() -> None:
+    svc = updated(checked(service(2, order=START_FIRST, monitor=0)), "busybox:2")
+    old1, old2 = task(svc, 1, version=1, task_id="old1"), task(svc, 2, version=1)
+    new1 = with_health(task(svc, 1, attempt=1, at=NOW - 1, task_id="new1"), STARTING_)
+    result = plan(svc, [old1, old2, new1])
+    # Running but still starting its health check: the old task stays, and no
+    # other slot starts (parallelism 1); planned again when its window ends.
+    assert result.is_empty()
+    assert result.requeue_after == pytest.approx(4 - 1)  # 2 x (1 s + 1 s), 1 s gone
+    healthy = with_health(task(svc, 1, attempt=1, at=NOW, task_id="new1"), HEALTHY_)
+    result = plan(svc, [old1, old2, healthy])
+    assert [(t.id, t.desired_state) for t in result.update] == [("old1", pb.SHUTDOWN)]
+    assert [t.slot for t in result.create] == [2]
+
+
+def test_stop_first_moves_to_the_next_slot_only_when_the_new_task_is_healthy() -> None:
+    svc = updated(checked(service(2, monitor=0)), "busybox:2")
+    gone = task(svc, 1, version=1, state=pb.SHUTDOWN, desired=pb.SHUTDOWN)
+    starting = with_health(task(svc, 1, attempt=1, at=NOW - 1), STARTING_)
+    assert plan(svc, [gone, starting, task(svc, 2, version=1)]).is_empty()
+    up = with_health(task(svc, 1, attempt=1, at=NOW), HEALTHY_)
+    result = plan(svc, [gone, up, task(svc, 2, version=1)])
+    assert [(t.slot, t.spec_version) for t in result.update] == [(2, 1)]
+
+
+def test_a_new_task_not_healthy_in_time_is_given_up_and_pauses_the_update() -> None:
+    # The window: max(monitor 3 s, start period 10 s + 2 x (1 s + 1 s)) = 14 s.
+    svc = updated(checked(service(2, monitor=3, restart_delay=2), start_period=10),
+                  "busybox:2")
+    gone = task(svc, 1, version=1, state=pb.SHUTDOWN, desired=pb.SHUTDOWN)
+    starting = with_health(task(svc, 1, attempt=1, at=NOW, task_id="slow"), STARTING_)
+    tasks = [gone, starting, task(svc, 2, version=1)]
+    early = plan(svc, tasks, now=NOW + 13.5)
+    assert early.is_empty()
+    assert early.requeue_after == pytest.approx(0.5)
+    result = plan(svc, tasks, now=NOW + 14)
+    (given_up,) = result.update
+    assert (given_up.id, given_up.desired_state) == ("slow", pb.SHUTDOWN)
+    assert given_up.update_failure == "not healthy within 14s"
+    assert result.service is not None
+    assert result.service.update_status.state == US.PAUSED
+    assert result.service.update_status.message == (
+        "update paused: task web.1 not healthy within 14s (task slow)")
+    assert not result.create  # its restart waits until it has stopped
+    svc, tasks = apply(svc, tasks, result)
+    assert plan(svc, tasks, now=NOW + 14).is_empty()
+    # Stopped: a failure for the restart policy (its delay counts from the stop).
+    tasks, _ = agent_step(tasks, HEALTHY, NOW + 15)
+    result = plan(svc, tasks, now=NOW + 15)
+    assert result.is_empty()
+    assert result.requeue_after == pytest.approx(2)
+    (restarted,) = plan(svc, tasks, now=NOW + 17).create
+    assert (restarted.slot, restarted.attempt, len(restarted.restart_history)) == (1, 2, 1)
+
+
+def test_an_unhealthy_new_task_is_a_failure_at_once() -> None:
+    svc = updated(checked(service(2, failure_action=pb.UpdateConfig.ROLLBACK, monitor=0)),
+                  "busybox:2")
+    old1 = task(svc, 1, version=1, task_id="old1")  # start-first: still running
+    svc.spec.update.order = START_FIRST
+    bad = with_health(task(svc, 1, attempt=1, task_id="bad"), UNHEALTHY_, at=NOW)
+    result = plan(svc, [old1, bad, task(svc, 2, version=1)])
+    rolled = result.service
+    assert rolled is not None
+    assert rolled.update_status.state == US.ROLLBACK_STARTED
+    assert rolled.update_status.message == (
+        "update rolled back: task web.1 reported unhealthy (task bad)")
+    updates = by_id(result.update)
+    assert updates["bad"].desired_state == pb.SHUTDOWN
+    assert updates["bad"].update_failure == "reported unhealthy"
+    # The old tasks run the restored template: adopted (version 3), not restarted.
+    assert {(t.id, t.spec_version, t.desired_state) for t in result.update} == {
+        ("bad", 2, pb.SHUTDOWN), ("old1", 3, pb.RUNNING), ("2.0.v1", 3, pb.RUNNING)}
+    assert not result.create
+
+
+def test_a_rollback_keeps_the_old_task_that_is_up_over_a_new_one_still_starting() -> None:
+    svc = checked(service(2, order=START_FIRST, failure_action=pb.UpdateConfig.ROLLBACK))
+    svc = updated(svc, "busybox:2")
+    tasks = [task(svc, 1, version=1, task_id="old1"),
+             with_health(task(svc, 1, attempt=1, task_id="starting"), STARTING_, at=NOW),
+             task(svc, 2, version=1, task_id="old2"),
+             task(svc, 2, attempt=1, state=pb.FAILED, exit_code=1, task_id="crashed")]
+    result = plan(svc, tasks)
+    assert result.service is not None
+    # Both old tasks run the restored template and are up: adopted, so the rollback
+    # has nothing to restart and completes in the same pass.
+    assert result.service.update_status.state == US.ROLLBACK_COMPLETED
+    shut = sorted(t.id for t in result.update if t.desired_state == pb.SHUTDOWN)
+    assert shut == ["crashed", "starting"]
+    assert not result.create
+
+
+def test_failure_ratio_counts_failures_over_the_slots_to_update() -> None:
+    # SwarmKit: failures / slots the update has to update > max_failure_ratio.
+    svc = updated(service(4, max_failure_ratio=0.25, parallelism=2, restart_delay=0),
+                  "busybox:2")
+    one = [task(svc, 1, attempt=1, state=pb.FAILED, exit_code=1, task_id="f1"),
+           *running(svc, 4, version=1)[1:]]
+    assert plan(svc, one).service is None  # 1/4 is not more than 0.25
+    # Restarts failing again are the restart supervisor's: the slot counts once.
+    again = [*one, task(svc, 1, attempt=2, state=pb.FAILED, exit_code=1, task_id="f1b")]
+    assert plan(svc, again).service is None
+    two = [*one, task(svc, 2, attempt=1, state=pb.FAILED, exit_code=1, task_id="f2")]
+    result = plan(svc, two)
+    assert result.service is not None
+    assert result.service.update_status.state == US.PAUSED
+
+
+def test_service_without_a_health_check_is_up_when_running() -> None:
+    svc = updated(service(2, order=START_FIRST, monitor=0), "busybox:2")
+    tasks = [task(svc, 1, version=1, task_id="old1"), task(svc, 2, version=1),
+             task(svc, 1, attempt=1, at=NOW)]  # NO_HEALTHCHECK, RUNNING
+    result = plan(svc, tasks)
+    assert [t.id for t in result.update] == ["old1"]
+    assert [t.slot for t in result.create] == [2]
+
+
+# ---------------------------------------------------------------- health-gate properties
+
+GOOD, BAD = "good:1", "bad:1"
+
+
+def health_agent_step(tasks: Sequence[pb.Task], now: float, bad_mode: str,
+                      good_after: float) -> list[pb.Task]:
+    """Scheduler and agents for tasks with a health check: a live task placed and
+    RUNNING (health starting); the good image becomes healthy `good_after` seconds
+    later; the bad one stays starting ("never") or turns unhealthy after 2 s and
+    fails ("unhealthy"); a task told to stop stops."""
+    out: list[pb.Task] = []
+    for t in tasks:
+        copy = pb.Task()
+        copy.CopyFrom(t)
+        age = now - to_seconds(copy.status.timestamp)
+        bad = copy.spec.container.image == BAD
+        if not is_live(copy):
+            if pb.ASSIGNED <= copy.status.state < pb.COMPLETE:
+                copy.status.state = pb.SHUTDOWN
+                copy.status.health = pb.TaskStatus.NO_HEALTHCHECK
+                copy.status.timestamp.CopyFrom(timestamp(now))
+        elif copy.status.state < pb.RUNNING:
+            copy.node_id = copy.node_id or "n1"
+            copy.status.state = pb.RUNNING
+            copy.status.health = STARTING_
+            copy.status.timestamp.CopyFrom(timestamp(now))
+        elif copy.status.state == pb.RUNNING and copy.status.health == UNHEALTHY_:
+            copy.status.state = pb.FAILED
+            copy.status.timestamp.CopyFrom(timestamp(now))
+        elif copy.status.state == pb.RUNNING and copy.status.health == STARTING_:
+            if not bad and age >= good_after:
+                copy.status.health = HEALTHY_
+                copy.status.timestamp.CopyFrom(timestamp(now))
+            elif bad and bad_mode == "unhealthy" and age >= 2:
+                copy.status.health = UNHEALTHY_
+                copy.status.timestamp.CopyFrom(timestamp(now))
+        out.append(copy)
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(replicas=st.integers(1, 5), parallelism=st.integers(1, 3),
+       order=st.sampled_from([STOP_FIRST, START_FIRST]),
+       action=st.sampled_from([pb.UpdateConfig.PAUSE, pb.UpdateConfig.ROLLBACK,
+                               pb.UpdateConfig.CONTINUE]),
+       bad_mode=st.sampled_from(["never", "unhealthy", "good"]),
+       # A good task's health is seen at most one step late: within its 4 s window.
+       good_after=st.sampled_from([0.0, 1.0, 1.5]), step=st.sampled_from([0.5, 1.0, 2.5]),
+       delay=st.sampled_from([0.0, 2.0]), restart_delay=st.sampled_from([0.0, 3.0]))
+def test_an_update_never_has_more_than_parallelism_new_tasks_not_up(
+        replicas: int, parallelism: int, order: pb.UpdateConfig.Order.ValueType,
+        action: pb.UpdateConfig.FailureAction.ValueType, bad_mode: str, good_after: float,
+        step: float, delay: float, restart_delay: float) -> None:
+    """Whatever the health of the new version: at every moment of an update (or its
+    rollback) at most `parallelism` tasks the update started are started but not up,
+    and a failing update starts at most `parallelism` bad tasks before its failure
+    action (max_failure_ratio 0: pause or rollback) applies. A good update completes,
+    all healthy."""
+    base = checked(service(replicas, image=GOOD, order=order, parallelism=parallelism,
+                           failure_action=action, monitor=2, delay=delay,
+                           restart_delay=restart_delay), interval=1, timeout=1, retries=2)
+    base.spec.rollback.CopyFrom(base.spec.update)
+    svc = updated(base, GOOD if bad_mode == "good" else BAD)
+    now = NOW
+    tasks = [with_health(t, HEALTHY_) for t in running(base, replicas, version=1)]
+    bad_before_action: set[str] = set()
+    # CONTINUE with a bad version restarts its first slots for ever: 60 rounds show it.
+    rounds = 60 if action == pb.UpdateConfig.CONTINUE and bad_mode != "good" else 200
+    for _ in range(rounds):
+        result = plan(svc, tasks, now=now)
+        svc, tasks = apply(svc, tasks, result)
+        state = svc.update_status.state
+        if state == US.UPDATING:
+            bad_before_action |= {t.id for t in result.create
+                                  if t.spec.container.image == BAD}
+        if state in (US.UPDATING, US.ROLLBACK_STARTED):
+            limit = svc.spec.rollback.parallelism if state == US.ROLLBACK_STARTED \
+                else svc.spec.update.parallelism
+            # The update's own tasks; with CONTINUE a failed slot is also restarted by
+            # the restart supervisor (its task carries the failure in its history).
+            starting = [t for t in tasks if is_live(t) and t.spec_version == svc.spec_version
+                        and not (t.status.state == pb.RUNNING and t.status.health == HEALTHY_)
+                        and not t.restart_history]
+            assert len(starting) <= limit, (state, [(t.slot, t.status.state) for t in starting])
+        if state in (US.COMPLETED, US.PAUSED, US.ROLLBACK_COMPLETED) and result.is_empty() \
+                and (state != US.PAUSED or bad_before_action):
+            break
+        tasks = health_agent_step(tasks, now, bad_mode, good_after)
+        now += step
+    final = svc.update_status.state
+    if action != pb.UpdateConfig.CONTINUE:  # CONTINUE has no failure action
+        assert len(bad_before_action) <= parallelism
+    if bad_mode == "good":
+        assert final == US.COMPLETED
+        assert all(t.status.health == HEALTHY_ for t in live(tasks))
+        assert [t.slot for t in live(tasks)] == list(range(1, replicas + 1))
+    elif action == pb.UpdateConfig.ROLLBACK:
+        assert final == US.ROLLBACK_COMPLETED
+        assert [t.slot for t in live(tasks)] == list(range(1, replicas + 1))
+        assert all(t.spec.container.image == GOOD and t.status.health == HEALTHY_
+                   for t in live(tasks))
+    elif action == pb.UpdateConfig.PAUSE:
+        assert final == US.PAUSED
+
+
+def test_a_tolerated_failure_ratio_moves_on_and_then_pauses() -> None:
+    """With max_failure_ratio 0.5 of 4 slots and a version that never gets healthy,
+    the update moves on from each failed slot (as SwarmKit's workers do) until a third
+    slot fails, then pauses: it neither hangs on the first slot nor starts more than
+    one slot at a time (parallelism 1)."""
+    base = checked(service(4, image=GOOD, parallelism=1, monitor=1, restart_delay=1,
+                           max_failure_ratio=0.5))
+    svc = updated(base, BAD)
+    tasks = [with_health(t, HEALTHY_) for t in running(base, 4, version=1)]
+    now = NOW
+    for _ in range(200):
+        svc, tasks = apply(svc, tasks, plan(svc, tasks, now=now))
+        if svc.update_status.state != US.UPDATING:
+            break
+        update_started = [t for t in tasks if is_live(t) and t.spec_version == 2
+                          and not t.restart_history and t.status.health != HEALTHY_]
+        assert len(update_started) <= 1
+        tasks = health_agent_step(tasks, now, "never", 0)
+        now += 0.5
+    assert svc.update_status.state == US.PAUSED
+    failed_slots = {t.slot for t in tasks if t.spec_version == 2 and t.update_failure}
+    assert failed_slots == {1, 2, 3}

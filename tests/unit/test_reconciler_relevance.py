@@ -53,3 +53,13 @@ def test_placement_matters_only_on_an_unusable_node() -> None:
     assert not _relevant(pending, assigned, service(), ready())
     assert _relevant(pending, assigned, service(), ready(pb.NodeSpec.DRAIN))
     assert _relevant(pending, assigned, service(), None)
+
+
+def test_health_of_a_running_task_matters_only_while_rolling() -> None:
+    starting, healthy = task(pb.RUNNING, node="n1"), task(pb.RUNNING, node="n1")
+    starting.status.health = pb.TaskStatus.HEALTH_STARTING
+    healthy.status.health = pb.TaskStatus.HEALTHY
+    assert not _relevant(starting, healthy, service(), ready())
+    assert _relevant(starting, healthy, service(pb.UpdateStatus.UPDATING), ready())
+    assert _relevant(starting, healthy, service(pb.UpdateStatus.ROLLBACK_STARTED), ready())
+    assert _relevant(starting, healthy, service(version=2), ready())

@@ -179,6 +179,8 @@ INVALID_SERVICES: list[tuple[str, Mutation, str, str]] = [
      "spec.task.container.healthcheck.timeout", "negative"),
     ("health-start-period", lambda s: _dur(s.task.container.healthcheck.start_period, -5),
      "spec.task.container.healthcheck.start_period", "negative"),
+    ("health-start-interval", lambda s: _dur(s.task.container.healthcheck.start_interval, -1),
+     "spec.task.container.healthcheck.start_interval", "negative"),
     ("limit-cpu-negative", lambda s: fields(s.task.resources.limits, nano_cpus=-1),
      "spec.task.resources.limits.nano_cpus", "negative"),
     ("reserve-memory-negative", lambda s: fields(s.task.resources.reservations,

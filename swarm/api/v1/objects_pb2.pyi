@@ -424,6 +424,7 @@ class HealthConfig(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRIES_FIELD_NUMBER: _builtins.int
     START_PERIOD_FIELD_NUMBER: _builtins.int
+    START_INTERVAL_FIELD_NUMBER: _builtins.int
     retries: _builtins.int
     @_builtins.property
     def test(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -435,6 +436,13 @@ class HealthConfig(_message.Message):
     def timeout(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def start_period(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def start_interval(self) -> _duration_pb2.Duration:
+        """Between checks during the start period, until the first success (docker's
+        StartInterval, Engine 25+; unset: 5 s), so that a new task is seen
+        healthy soon after it is ready even with a long interval.
+        """
+
     def __init__(
         self,
         *,
@@ -443,10 +451,11 @@ class HealthConfig(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retries: _builtins.int = ...,
         start_period: _duration_pb2.Duration | None = ...,
+        start_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "start_interval", b"start_interval", "start_period", b"start_period", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "retries", b"retries", "start_interval", b"start_interval", "start_period", b"start_period", "test", b"test", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1264,6 +1273,7 @@ class Task(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     RESTART_HISTORY_FIELD_NUMBER: _builtins.int
+    UPDATE_FAILURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -1275,6 +1285,12 @@ class Task(_message.Message):
     desired_state: Global___TaskState.ValueType
     attempt: _builtins.int
     """How many tasks of this slot ran before this one (restart supervisor)."""
+    update_failure: _builtins.str
+    """Set by the orchestrator when a task of a rolling update did not become
+    healthy in time (e.g. "not healthy within 12s"): it shuts the task down,
+    and the task then counts as failed (update failures, restart policy) as
+    if it had ended on its own, as docker's agent would have failed it.
+    """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
     @_builtins.property
@@ -1306,10 +1322,11 @@ class Task(_message.Message):
         endpoint: Global___Endpoint | None = ...,
         attempt: _builtins.int = ...,
         restart_history: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
+        update_failure: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
