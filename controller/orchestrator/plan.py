@@ -14,7 +14,8 @@ One pass does, in order:
 4. one live task per slot (slots.deduplicate);
 5. missing tasks (slots.fill, with restart.successor: restart policy and
    delay, stop-first ordering);
-6. the rolling update (update.progress);
+6. the rolling update (update.progress), which also moves the tasks a
+   rebalance marked (rebalance.follow words its status);
 7. history (history.reap).
 
 The plan does everything the state allows at once, so planning again on its
@@ -30,7 +31,7 @@ from functools import partial
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import global_, history, replicated, update
+from . import global_, history, rebalance, replicated, update
 from .slots import Context, Role, Slot, deduplicate, fill, supervise
 from .tasks import ConstraintCache, Working
 
@@ -70,7 +71,7 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     constraints = ConstraintCache()
     slots = _slots(service, tasks, nodes, constraints)
     wanted = sum(slot.role is Role.WANTED for slot in slots)
-    failed = update.failed_service(service, tasks, wanted, now)
+    failed = rebalance.after_failure(service, update.failed_service(service, tasks, wanted, now))
     if failed is not None and failed.spec_version != service.spec_version:
         slots = _slots(failed, tasks, nodes, constraints)  # rolled back: new spec
     ctx = Context(service=failed or service, service_id=service_id, nodes=nodes, now=now,
@@ -87,7 +88,9 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     for slot in slots:
         if slot.role is Role.WANTED:
             fill(ctx, slot)
+    rebalancing = rebalance.in_progress(ctx.service)
     update.progress(ctx, slots)
+    rebalance.follow(ctx, rebalancing)
     history.reap(ctx, slots, settings.task_history_limit)
     return _result(ctx)
 

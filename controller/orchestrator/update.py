@@ -35,7 +35,7 @@ from swarm.api.units import timestamp, to_seconds
 from swarm.api.v1 import objects_pb2 as pb
 
 from .slots import Context, Role, Slot
-from .tasks import end_time, ended_on_its_own, is_live, never_assigned
+from .tasks import end_time, ended_on_its_own, is_live, is_out_of_date, never_assigned
 
 DEFAULT_MONITOR = 5.0
 
@@ -140,7 +140,7 @@ def _survey(ctx: Context, slots: Sequence[Slot], delay: float) -> _Survey:
             survey.in_flight += 1
             continue
         live = ctx.live(slot)
-        new = [task for task in live if task.spec_version >= version]
+        new = [task for task in live if not is_out_of_date(task, version)]
         if any(task.status.state < pb.RUNNING for task in new):
             survey.busy += 1
             survey.in_flight += 1
