@@ -353,7 +353,7 @@ def test_the_status_message_counts_the_slots_still_moving() -> None:
     changed = {t.id: t for t in marked}
     assert sorted(changed) == sorted(m.task_id for m in result.moves)
     current = [changed.get(t.id, t) for t in tasks]
-    messages = []
+    messages: list[str] = []
     now = NOW
     for _ in range(40):
         svc, current = apply(svc, current, plan(svc, current, NODES3, now))
