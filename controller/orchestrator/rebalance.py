@@ -83,8 +83,10 @@ class RebalancePlan:
     counts: tuple[tuple[str, int], ...]
 
     def summary(self) -> str:
-        """'2 2 1 tasks on 3 nodes', as an operator would check it."""
-        spread = " ".join(str(count) for _, count in self.counts)
+        """'2 2 1 tasks on 3 eligible nodes' (fullest first), as an operator would
+        check it."""
+        spread = " ".join(str(count) for count in sorted(
+            (count for _, count in self.counts), reverse=True))
         return f"{spread or 0} tasks on {len(self.counts)} eligible nodes"
 
 
