@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from swarm.api.v1 import objects_pb2 as pb
@@ -58,25 +58,26 @@ def arrived(old: pb.Node | None, new: pb.Node | None) -> bool:
     return _usable(new) and not _usable(old)
 
 
-def next_service(store: Store, done: set[str]) -> tuple[pb.Service, list[pb.Task],
-                                                         rebalance.RebalancePlan] | None:
+def pick(services: Iterable[pb.Service], tasks_of: Mapping[str, Sequence[pb.Task]],
+         nodes: Mapping[str, pb.Node], cluster_tasks: Collection[pb.Task], done: set[str]
+         ) -> tuple[pb.Service, rebalance.RebalancePlan] | None:
     """The first service by name, not yet rebalanced in this episode, that can be
-    and needs to be; None when no rebalance may start now (one is running)."""
-    cache = store.cache
-    services = sorted(cache.services.values(), key=lambda s: s.spec.name)
-    if any(rebalance.in_progress(service) for service in services):
+    and needs to be; None when none does or one is rebalancing now. Services
+    found balanced join `done`. Pure but for `done`."""
+    ordered = sorted(services, key=lambda s: s.spec.name)
+    if any(rebalance.in_progress(service) for service in ordered):
         return None
-    for service in services:
+    for service in ordered:
         if service.id in done or service.spec.WhichOneof("mode") != "replicated":
             continue
-        tasks = list(cache.tasks_by_service.get(service.id, {}).values())
+        tasks = tasks_of.get(service.id, ())
         if rebalance.refusal(service, tasks) is not None \
                 or service.update_status.state == pb.UpdateStatus.PAUSED:
-            continue
-        plan = rebalance.plan_rebalance(service, tasks, cache.nodes, cache.tasks.values())
+            continue  # updating, or an update (or a rebalance) paused: the operator's call
+        plan = rebalance.plan_rebalance(service, tasks, nodes, cluster_tasks)
         if plan.moves:
-            return service, tasks, plan
-        done.add(service.id)  # balanced now: nothing to do for it in this episode
+            return service, plan
+        done.add(service.id)
     return None
 
 
@@ -115,16 +116,21 @@ class AutoRebalancer:
                 if any(rebalance.in_progress(s) for s in self._store.cache.services.values()):
                     await asyncio.sleep(tick)
                     continue
-                picked = next_service(self._store, self._done)
+                cache = self._store.cache
+                tasks_of = {service_id: list(tasks.values())
+                            for service_id, tasks in cache.tasks_by_service.items()}
+                picked = pick(cache.services.values(), tasks_of, cache.nodes,
+                              list(cache.tasks.values()), self._done)
                 if picked is None:
                     log.info("auto-rebalance: every replicated service is balanced")
                     self._quiet_until = None
                     continue
-                await self._start(guard, *picked)
+                service, plan = picked
+                await self._start(guard, service, tasks_of.get(service.id, []), plan)
         finally:
             unsubscribe()
 
-    async def _start(self, guard: Guard, service: pb.Service, tasks: list[pb.Task],
+    async def _start(self, guard: Guard, service: pb.Service, tasks: Sequence[pb.Task],
                      plan: rebalance.RebalancePlan) -> None:
         updated, marked = rebalance.start(service, tasks, plan, time.time())
         try:

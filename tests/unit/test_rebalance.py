@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.controller.orchestrator import rebalance
+from swarm.controller.orchestrator import autorebalance, rebalance
 from swarm.controller.orchestrator.rebalance import RebalancePlan, plan_rebalance
 from swarm.controller.orchestrator.tasks import is_live
 from swarm.controller.scheduler.nodeinfo import build_node_infos
@@ -408,3 +408,54 @@ def test_a_node_that_is_not_ready_is_no_target() -> None:
     nodes = cluster(node("n1"), node("n2", state=pb.NodeStatus.UNKNOWN))
     assert rebalance_plan(svc, spread(svc, {"n1": 2}), nodes).moves == ()
     assert nodes["n1"].status.state == READY
+
+
+# ---------------------------------------------------------------- --auto-rebalance's choices
+
+
+def named(name: str, replicas: int, **kwargs: object) -> pb.Service:
+    svc = service(replicas, **kwargs)  # type: ignore[arg-type]
+    svc.id = svc.spec.name = name
+    return svc
+
+
+def test_a_node_arrives_when_it_can_take_tasks() -> None:
+    assert autorebalance.arrived(None, node("n1"))
+    assert autorebalance.arrived(node("n1", state=DOWN), node("n1"))
+    assert autorebalance.arrived(node("n1", availability=DRAIN), node("n1"))
+    assert not autorebalance.arrived(node("n1"), node("n1"))  # a heartbeat
+    assert not autorebalance.arrived(node("n1"), node("n1", state=DOWN))
+    assert not autorebalance.arrived(None, node("n1", availability=PAUSE))
+
+
+def test_auto_picks_one_service_by_name_skipping_updates_and_global() -> None:
+    updating = named("a-updating", 4, status=US.UPDATING)
+    paused = named("b-paused", 4, status=US.PAUSED)
+    glob = named("c-global", 0, mode="global")
+    web, api = named("web", 4), named("d-api", 4)
+    tasks = {s.id: spread(s, {"n1": 4}) for s in (updating, paused, web, api)}
+    for svc in (updating, paused, web, api):
+        for t in tasks[svc.id]:
+            t.id, t.service_id = f"{svc.id}-{t.id}", svc.id  # IDs unique in the cluster
+    everything = [t for svc_tasks in tasks.values() for t in svc_tasks]
+    done: set[str] = set()
+    picked = autorebalance.pick([web, updating, glob, paused, api], tasks, NODES3, everything,
+                                done)
+    assert picked is not None
+    assert picked[0].spec.name == "d-api"
+    assert len(picked[1].moves) == 2
+    # Each service once per episode.
+    done.add("d-api")
+    picked = autorebalance.pick([web, updating, glob, paused, api], tasks, NODES3, everything,
+                                done)
+    assert picked is not None
+    assert picked[0].spec.name == "web"
+    # None while any service is rebalancing (one at a time).
+    rebalancing, _ = rebalance.start(web, tasks["web"], picked[1], NOW)
+    assert autorebalance.pick([rebalancing, api], tasks, NODES3, everything, set()) is None
+    # A balanced service joins `done`.
+    balanced = named("e-balanced", 3)
+    tasks["e-balanced"] = spread(balanced, {"n1": 1, "n2": 1, "n3": 1})
+    done = set()
+    assert autorebalance.pick([balanced], tasks, NODES3, tasks["e-balanced"], done) is None
+    assert done == {"e-balanced"}
