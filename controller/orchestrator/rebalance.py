@@ -377,6 +377,8 @@ def follow(ctx: Context, was_rebalancing: bool) -> None:
         service.ClearField("rebalance")
         return
     if status.state == pb.UpdateStatus.UPDATING:
-        message = moving_message(_moving_slots(ctx))
+        moving, moved = _moving_slots(ctx), ctx.service.rebalance.slots
+        message = moving_message(moving) if moving else (
+            f"{REBALANCING}: {moved} slot{'s' if moved != 1 else ''} moved, monitoring")
         if status.message != message:
             ctx.edit_service().update_status.message = message

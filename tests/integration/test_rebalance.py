@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 
@@ -147,6 +149,38 @@ def test_rebalance_after_nodes_join(live: LiveCluster, late_nodes: list[Simulate
     again = ok(swarmctl(live, "service", "rebalance", "web"))
     assert again.stdout == "web: already balanced: 1 1 1 1 1 1 tasks on 6 eligible nodes\n"
     assert live.snapshot() == before
+
+
+def test_rebalance_timeout_exits_3_detach_returns_and_inspect_shows_it(
+        live: LiveCluster, late_nodes: list[SimulatedCluster]) -> None:
+    for name in ("web", "api"):
+        ok(swarmctl(live, "service", "create", name, "--image", "busybox", "--replicas", "6",
+                    "--update-monitor", "30s", "--timeout", "20s"))
+    late_nodes.append(add_nodes(live, 3, "late"))
+
+    # The monitor period outlasts the wait: the rebalance goes on, swarmctl exits 3.
+    result = swarmctl(live, "service", "rebalance", "web", "--timeout", "300ms")
+    assert_one_line_error(result, "not converged after", exit_code=3)
+    assert len(result.stdout.splitlines()) == 3
+    inspect = ok(swarmctl(live, "service", "inspect", "web", "-o", "table")).stdout
+    assert re.search(r"State:\s+updating\n.*\n\s*Message:\s+rebalancing: "
+                     r"([1-3] slots? moving|3 slots moved, monitoring)\n", inspect), inspect
+    before = {k: v for k, v in live.snapshot().items() if b"/services/" in k}
+    again = swarmctl(live, "service", "rebalance", "web")
+    assert_one_line_error(again, "service 'web' is already rebalancing (rebalancing: ",
+                          exit_code=1)
+    assert {k: v for k, v in live.snapshot().items() if b"/services/" in k} == before
+
+    started = time.monotonic()
+    detached = ok(swarmctl(live, "service", "rebalance", "-d", "api"))
+    assert time.monotonic() - started < 5
+    assert len(detached.stdout.splitlines()) == 3
+    assert detached.stderr == ""
+    service = live.service("api")
+    assert service.update_status.state == pb.UpdateStatus.UPDATING
+    assert service.update_status.message.startswith("rebalancing: ")
+    assert service.rebalance.slots == 3
+    assert sum(bool(t.rebalance) for t in live.tasks("api")) == 3
 
 
 def test_rebalance_refusals_write_nothing(live: LiveCluster) -> None:

@@ -363,7 +363,8 @@ def test_the_status_message_counts_the_slots_still_moving() -> None:
         now += 1.0
     assert messages == ["rebalancing: 4 slots moving", "rebalancing: 3 slots moving",
                         "rebalancing: 2 slots moving", "rebalancing: 1 slot moving",
-                        "rebalancing: 0 slots moving", "rebalance completed: 4 slots moved"]
+                        "rebalancing: 4 slots moved, monitoring",
+                        "rebalance completed: 4 slots moved"]
 
 
 def test_a_failing_rebalance_pauses_even_with_failure_action_rollback() -> None:
