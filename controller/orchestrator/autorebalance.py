@@ -34,6 +34,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Conflict, Guard, Store, StoreUnavailable, Update
 from . import rebalance
+from .tasks import ConstraintCache
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ def pick(services: Iterable[pb.Service], tasks_of: Mapping[str, Sequence[pb.Task
     ordered = sorted(services, key=lambda s: s.spec.name)
     if any(rebalance.in_progress(service) for service in ordered):
         return None
+    constraints = ConstraintCache()
+    # Eligible nodes per constraint list: most services share a few (or none).
+    eligible: dict[tuple[str, ...], frozenset[str]] = {}
     for service in ordered:
         if service.id in done or service.spec.WhichOneof("mode") != "replicated":
             continue
@@ -74,6 +78,12 @@ def pick(services: Iterable[pb.Service], tasks_of: Mapping[str, Sequence[pb.Task
         if rebalance.refusal(service, tasks) is not None \
                 or service.update_status.state == pb.UpdateStatus.PAUSED:
             continue  # updating, or an update (or a rebalance) paused: the operator's call
+        key = tuple(service.spec.task.placement.constraints)
+        if key not in eligible:
+            eligible[key] = rebalance.eligible_node_ids(service, nodes, constraints)
+        if not rebalance.may_move(service, tasks, eligible[key]):
+            done.add(service.id)
+            continue
         plan = rebalance.plan_rebalance(service, tasks, nodes, cluster_tasks)
         if plan.moves:
             return service, plan

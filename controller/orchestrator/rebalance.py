@@ -44,8 +44,8 @@ tasks on a node of a small zone than on one of a big zone.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from swarm.api.constraints import node_attribute
@@ -56,7 +56,7 @@ from ..scheduler.filters import ConstraintFilter, ReadyFilter, default_filters
 from ..scheduler.nodeinfo import HostPort, NodeInfo, build_node_infos, host_ports, reservations
 from ..scheduler.pipeline import Pipeline
 from .slots import Context
-from .tasks import is_live
+from .tasks import ConstraintCache, is_live
 from .update import IN_PROGRESS, PAUSED, UPDATE_COMPLETED_MESSAGE
 
 # A rebalance is started in one transaction (the service and its marked
@@ -135,6 +135,32 @@ def refusal(service: pb.Service, tasks: Iterable[pb.Task]) -> str | None:
     if any(is_live(task) and task.spec_version < service.spec_version for task in tasks):
         return f"service {name!r} has tasks of an older spec: update it first"
     return None
+
+
+def eligible_node_ids(service: pb.Service, nodes: Mapping[str, pb.Node],
+                      constraints: ConstraintCache) -> frozenset[str]:
+    """The nodes the scheduler could place a task of the service on now, by its
+    static filters (ReadyFilter, ConstraintFilter)."""
+    texts = service.spec.task.placement.constraints
+    return frozenset(node_id for node_id, node in nodes.items()
+                     if node.status.state == pb.NodeStatus.READY
+                     and node.spec.availability == pb.NodeSpec.ACTIVE
+                     and constraints.satisfied(texts, node))
+
+
+def may_move(service: pb.Service, tasks: Iterable[pb.Task], eligible: Collection[str]) -> bool:
+    """A cheap necessary condition for a plan to move anything (the auto mode
+    asks it of every service before planning the few that pass): two eligible
+    nodes two tasks apart. With placement preferences, always (plan to know)."""
+    if any(pref.spread for pref in service.spec.task.placement.preferences):
+        return True
+    found = Counter(task.node_id for task in tasks
+                    if task.node_id in eligible and is_live(task)
+                    and task.status.state <= pb.RUNNING)
+    if not found:
+        return False
+    lowest = 0 if len(found) < len(eligible) else min(found.values())
+    return max(found.values()) - lowest >= 2
 
 
 def plan_rebalance(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str, pb.Node],

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.orchestrator import autorebalance, rebalance
 from swarm.controller.orchestrator.rebalance import RebalancePlan, plan_rebalance
-from swarm.controller.orchestrator.tasks import is_live
+from swarm.controller.orchestrator.tasks import ConstraintCache, is_live
 from swarm.controller.scheduler.nodeinfo import build_node_infos
 from swarm.controller.scheduler.scheduler import Scheduler
 from tests.unit.test_orchestrator import (
@@ -193,6 +193,9 @@ def test_plain_spread_is_within_one_minimal_and_idempotent(values: list[int]) ->
     svc = service(sum(values))
     tasks = spread(svc, {f"n{i}": v for i, v in enumerate(values)})
     result = rebalance_plan(svc, tasks, nodes)
+    # The auto mode's cheap pre-check never skips a service that needs moves.
+    eligible = rebalance.eligible_node_ids(svc, nodes, ConstraintCache())
+    assert rebalance.may_move(svc, tasks, eligible) == bool(result.moves)
     final = counts(after(tasks, result), nodes)
     assert max(final.values()) - min(final.values()) <= 1
     assert len(result.moves) == optimal_moves(values)
