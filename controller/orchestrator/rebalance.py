@@ -44,6 +44,7 @@ tasks on a node of a small zone than on one of a big zone.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -190,19 +191,90 @@ def plan_rebalance(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping
                    for state in sorted(states.values(), key=lambda s: (s.name, s.node.id)))
     pipeline = Pipeline(default_filters())
     pipeline.set_task(template)
-    moves: list[Move] = []
-    while len(moves) < limit:
-        move = _next_move(service.spec.name, preferences, list(states.values()), pipeline)
-        if move is None:
-            break
-        source, target, task, reason = move
-        source.real.remove(task)
+    planner = _Planner(service.spec.name, service_id, preferences, pipeline,
+                       _reserved(template), limit)
+    planner.balance(list(states.values()), 0)
+    return RebalancePlan(tuple(planner.moves), counts)
+
+
+class _Planner:
+    """Balances one group after the other, top level first (see the module
+    docstring): moves at one level change no total at the levels above, nor in
+    sibling groups, so each group is balanced once, fully, before its children."""
+
+    def __init__(self, name: str, service_id: str, preferences: Sequence[str],
+                 pipeline: Pipeline, reserved: tuple[int, int, frozenset[HostPort]],
+                 limit: int) -> None:
+        self.name, self.service_id, self.preferences = name, service_id, preferences
+        self.pipeline, self.reserved, self.limit = pipeline, reserved, limit
+        self.moves: list[Move] = []
+
+    def apply(self, source: _NodeState, target: _NodeState, reason: str) -> None:
+        task = source.real.pop()
         source.count -= 1
         source.info.remove_task(task)
         target.count += 1
-        target.info.account(f"rebalance:{task.id}", service_id, *_reserved(template))
-        moves.append(Move(task.slot, task.id, source.node.id, target.node.id, reason))
-    return RebalancePlan(tuple(moves), counts)
+        target.info.account(f"rebalance:{task.id}", self.service_id, *self.reserved)
+        self.moves.append(Move(task.slot, task.id, source.node.id, target.node.id, reason))
+
+    def balance(self, members: list[_NodeState], depth: int) -> None:
+        if depth == len(self.preferences):
+            self.balance_nodes(members)
+            return
+        while len(self.moves) < self.limit:
+            move = _move_within(self.name, self.preferences, depth, members, self.pipeline)
+            if move is None:
+                break
+            self.apply(*move)
+        children: dict[str, list[_NodeState]] = defaultdict(list)
+        for state in members:
+            children[state.path[depth]].append(state)
+        for key in sorted(children):
+            self.balance(children[key], depth + 1)
+
+    def balance_nodes(self, members: list[_NodeState]) -> None:
+        """Fullest node (with a task to move) to emptiest node that accepts,
+        until they are within one: two heaps with lazy deletion, so a plan over
+        thousands of nodes costs a few log-time steps per move."""
+        rank = {state.node.id: i for i, state in enumerate(
+            sorted(members, key=lambda s: s.node.id))}
+        by_id = {state.node.id: state for state in members}
+
+        def source_entry(state: _NodeState) -> tuple[int, int, int, str]:
+            return -state.count, -state.info.total_tasks, -rank[state.node.id], state.node.id
+
+        def target_entry(state: _NodeState) -> tuple[int, int, str]:
+            return _node_key(state)
+
+        sources = [source_entry(state) for state in members if state.real]
+        targets = [target_entry(state) for state in members]
+        heapq.heapify(sources)
+        heapq.heapify(targets)
+        refused: set[str] = set()
+        while len(self.moves) < self.limit and sources and targets:
+            source = by_id[sources[0][3]]
+            if not source.real or sources[0] != source_entry(source):
+                heapq.heappop(sources)  # stale, or nothing left to move from it
+                continue
+            target = by_id[targets[0][2]]
+            if target.node.id in refused or targets[0] != target_entry(target):
+                heapq.heappop(targets)
+                continue
+            if source.count - target.count < 2:
+                return
+            if not _accepts(target, self.pipeline):
+                # Full for this service (resources, ports, replicas per node):
+                # moves only add to it, so it stays full for this plan.
+                refused.add(target.node.id)
+                heapq.heappop(targets)
+                continue
+            reason = (f"node {source.name} has {source.count} tasks of {self.name}, "
+                      f"{target.name} has {target.count}")
+            self.apply(source, target, reason)
+            for state in (source, target):
+                if state.real:
+                    heapq.heappush(sources, source_entry(state))
+                heapq.heappush(targets, target_entry(state))
 
 
 def _reserved(task: pb.Task) -> tuple[int, int, frozenset[HostPort]]:
@@ -222,55 +294,34 @@ def _node_key(state: _NodeState) -> tuple[int, int, str]:
     return state.count, state.info.total_tasks, state.node.id
 
 
-def _next_move(name: str, preferences: Sequence[str], states: list[_NodeState],
-               pipeline: Pipeline
-               ) -> tuple[_NodeState, _NodeState, pb.Task, str] | None:
-    """The first imbalance, top level first: (source, target, task, reason)."""
-    for depth in range(len(preferences) + 1):
-        parents: dict[tuple[str, ...], list[_NodeState]] = defaultdict(list)
-        for state in states:
-            parents[state.path[:depth]].append(state)
-        for prefix in sorted(parents):
-            move = _move_within(name, preferences, depth, parents[prefix], pipeline)
-            if move is not None:
-                return move
-    return None
-
-
 def _move_within(name: str, preferences: Sequence[str], depth: int,
                  members: list[_NodeState], pipeline: Pipeline
-                 ) -> tuple[_NodeState, _NodeState, pb.Task, str] | None:
-    """One move between the children of one group (label values at `depth`, or
-    nodes below the last preference), when two differ by two tasks or more."""
-    at_nodes = depth == len(preferences)
+                 ) -> tuple[_NodeState, _NodeState, str] | None:
+    """One move between the label values at `depth` of one group, when two of
+    them differ by two tasks or more: (source node, target node, reason)."""
     groups: dict[str, list[_NodeState]] = defaultdict(list)
+    totals: dict[str, int] = defaultdict(int)
     for state in members:
-        groups[state.node.id if at_nodes else state.path[depth]].append(state)
-
-    def total(key: str) -> int:
-        return sum(state.count for state in groups[key])
-
-    accepting = {key: [s for s in group if _accepts(s, pipeline)] for key, group in groups.items()}
+        groups[state.path[depth]].append(state)
+        totals[state.path[depth]] += state.count
     sources = sorted((key for key, group in groups.items() if any(s.real for s in group)),
-                     key=lambda key: (-total(key), key))
-    targets = sorted((key for key in groups if accepting[key]), key=lambda key: (total(key), key))
+                     key=lambda key: (-totals[key], key))
+    targets = sorted(groups, key=lambda key: (totals[key], key))
+    accepting: dict[str, list[_NodeState]] = {}  # asked only as far as needed
     for source_key in sources:
         for target_key in targets:
-            if total(source_key) - total(target_key) < 2:
+            if totals[source_key] - totals[target_key] < 2:
                 break
+            if target_key not in accepting:
+                accepting[target_key] = [s for s in groups[target_key] if _accepts(s, pipeline)]
             source = _fullest(groups[source_key], depth + 1, len(preferences))
             target = _emptiest(accepting[target_key], depth + 1, len(preferences))
             if source is None or target is None:
                 continue
-            task = source.real[-1]
-            if at_nodes:
-                reason = (f"node {source.name} has {source.count} tasks of {name}, "
-                          f"{target.name} has {target.count}")
-            else:
-                key = preferences[depth]
-                reason = (f"{key}={source_key or '(none)'} has {total(source_key)} tasks of "
-                          f"{name}, {key}={target_key or '(none)'} has {total(target_key)}")
-            return source, target, task, reason
+            key = preferences[depth]
+            reason = (f"{key}={source_key or '(none)'} has {totals[source_key]} tasks of "
+                      f"{name}, {key}={target_key or '(none)'} has {totals[target_key]}")
+            return source, target, reason
     return None
 
 
