@@ -91,10 +91,6 @@ class RebalancePlan:
         return f"{spread or 0} tasks on {len(self.counts)} eligible nodes"
 
 
-class NotRebalanceable(Exception):
-    """The service cannot be rebalanced now; the message names why."""
-
-
 @dataclass
 class _NodeState:
     node: pb.Node
@@ -129,10 +125,11 @@ def refusal(service: pb.Service, tasks: Iterable[pb.Task]) -> str | None:
     status = service.update_status
     if in_progress(service):
         return f"service {name!r} is already rebalancing ({status.message})"
-    if status.state in IN_PROGRESS or (status.state in PAUSED and not _paused_rebalance(service)):
-        word = pb.UpdateStatus.State.Name(status.state).lower()
-        return (f"service {name!r} has an update {word} ({status.message}): rebalance once "
-                "it has completed or been rolled back")
+    wait = "rebalance once the update has completed or been rolled back"
+    if status.state in IN_PROGRESS:
+        return f"service {name!r} is being updated ({status.message}): {wait}"
+    if status.state in PAUSED and not _paused_rebalance(service):
+        return f"service {name!r} has a paused update ({status.message}): {wait}"
     if any(is_live(task) and task.spec_version < service.spec_version for task in tasks):
         return f"service {name!r} has tasks of an older spec: update it first"
     return None

@@ -211,8 +211,8 @@ def test_rebalance_is_refused_during_an_update(live: LiveCluster) -> None:
         pb.UpdateStatus.UPDATING, pb.UpdateStatus.PAUSED))
     before = {k: v for k, v in live.snapshot().items() if b"/services/" in k}
     result = swarmctl(live, "service", "rebalance", "web")
-    assert_one_line_error(result, "service 'web' has ", "rebalance once it has completed or been "
-                          "rolled back", exit_code=1)
+    assert_one_line_error(result, "service 'web' ", "rebalance once the update has completed or "
+                          "been rolled back", exit_code=1)
     assert {k: v for k, v in live.snapshot().items() if b"/services/" in k} == before
     assert not any(t.rebalance for t in live.tasks("web"))
 

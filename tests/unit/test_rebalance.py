@@ -162,8 +162,13 @@ def test_refusals() -> None:
     updating = service(3, status=US.UPDATING)
     updating.update_status.message = "update in progress"
     assert rebalance.refusal(updating, []) == (
-        "service 'web' has an update updating (update in progress): rebalance once it has "
+        "service 'web' is being updated (update in progress): rebalance once the update has "
         "completed or been rolled back")
+    paused = service(3, status=US.PAUSED)
+    paused.update_status.message = "update paused due to failure"
+    assert rebalance.refusal(paused, []) == (
+        "service 'web' has a paused update (update paused due to failure): rebalance once the "
+        "update has completed or been rolled back")
     svc = service(3, version=2)
     assert rebalance.refusal(svc, [task(svc, version=1)]) == (
         "service 'web' has tasks of an older spec: update it first")
