@@ -384,32 +384,44 @@ class ControlServicer(cgrpc.ControlServicer):
     async def RebalanceService(self, request: cpb.RebalanceServiceRequest,
                                context: Context) -> cpb.RebalanceServiceResponse:
         """Plan (orchestrator/rebalance.py), then start the rebalance in one
-        transaction; the orchestrator's update machinery carries it out."""
-        service = await self._resolve(context, request.ref, self._store.cache.services,
-                                      lambda s: s.spec.name, "service")
-        tasks = list(self._store.cache.tasks_by_service.get(service.id, {}).values())
-        why_not = rebalance.refusal(service, tasks)
-        if why_not is not None:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, why_not)
-        plan = rebalance.plan_rebalance(service, tasks, self._store.cache.nodes,
-                                        self._store.cache.tasks.values())
-        response = cpb.RebalanceServiceResponse(service=service)
-        response.moves.extend(
-            cpb.RebalanceMove(slot=move.slot, task_id=move.task_id, from_node=move.from_node,
-                              to_node=move.to_node, reason=move.reason)
-            for move in plan.moves)
-        if not plan.moves:
-            response.message = f"already balanced: {plan.summary()}"
+        transaction; the orchestrator's update machinery carries it out. A task
+        that changed meanwhile (a status report) means planning again."""
+        for _ in range(_SCALE_ATTEMPTS):
+            service = await self._resolve(context, request.ref, self._store.cache.services,
+                                          lambda s: s.spec.name, "service")
+            tasks = list(self._store.cache.tasks_by_service.get(service.id, {}).values())
+            why_not = rebalance.refusal(service, tasks)
+            if why_not is not None:
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, why_not)
+            plan = rebalance.plan_rebalance(service, tasks, self._store.cache.nodes,
+                                            self._store.cache.tasks.values())
+            response = cpb.RebalanceServiceResponse(service=service)
+            response.moves.extend(
+                cpb.RebalanceMove(slot=move.slot, task_id=move.task_id,
+                                  from_node=move.from_node, to_node=move.to_node,
+                                  reason=move.reason)
+                for move in plan.moves)
+            if not plan.moves:
+                response.message = f"already balanced: {plan.summary()}"
+                return response
+            if request.dry_run:
+                response.message = f"dry run: {plan.summary()}"
+                return response
+            updated, marked = rebalance.start(service, tasks, plan, time.time())
+            try:
+                await self._store.commit([Update(updated), *(Update(task) for task in marked)])
+            except Conflict:
+                await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
+                continue
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot rebalance service {service.spec.name!r}: the store is "
+                             f"unavailable ({error}); reads still work")
+            log.info("rebalancing service %s: %d slots move", service.spec.name,
+                     len(plan.moves))
+            response.service.CopyFrom(updated)
             return response
-        if request.dry_run:
-            response.message = f"dry run: {plan.summary()}"
-            return response
-        updated, marked = rebalance.start(service, tasks, plan, time.time())
-        await self._commit(context, [Update(updated), *(Update(task) for task in marked)],
-                           f"rebalance service {service.spec.name!r}")
-        log.info("rebalancing service %s: %d slots move", service.spec.name, len(plan.moves))
-        response.service.CopyFrom(updated)
-        return response
+        await _abort(context, grpc.StatusCode.ABORTED, "the service's tasks kept changing; try again")
 
     # ------------------------------------------------------------ nodes
 
