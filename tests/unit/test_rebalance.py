@@ -468,3 +468,18 @@ def test_auto_picks_one_service_by_name_skipping_updates_and_global() -> None:
     done = set()
     assert autorebalance.pick([balanced], tasks, NODES3, tasks["e-balanced"], done) is None
     assert done == {"e-balanced"}
+
+
+def test_the_benchmark_prints_one_json_line(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from bench import rebalance as bench
+
+    monkeypatch.setattr("sys.argv", ["bench.rebalance", "--nodes", "20", "--tasks", "100",
+                                     "--services", "3"])
+    bench.main()
+    (line,) = capsys.readouterr().out.splitlines()
+    figures = json.loads(line)
+    assert (figures["plan_moves"], figures["full_plan_moves"]) == (50, 50)
+    assert figures["auto_pick_services"] == 3
