@@ -483,3 +483,16 @@ def test_the_benchmark_prints_one_json_line(capsys: pytest.CaptureFixture[str],
     figures = json.loads(line)
     assert (figures["plan_moves"], figures["full_plan_moves"]) == (50, 50)
     assert figures["auto_pick_services"] == 3
+
+
+def test_swarm_controller_auto_rebalance_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.controller.main import parse_args
+
+    assert not parse_args(["--insecure"]).auto_rebalance.enabled
+    config = parse_args(["--insecure", "--auto-rebalance", "--auto-rebalance-interval", "2.5"])
+    assert config.auto_rebalance == autorebalance.AutoRebalanceSettings(enabled=True,
+                                                                        interval=2.5)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--insecure", "--auto-rebalance-interval", "0"])
+    assert exit_info.value.code == 2
+    assert "--auto-rebalance-interval: must be positive" in capsys.readouterr().err
