@@ -92,7 +92,7 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     update.progress(ctx, slots)
     rebalance.follow(ctx, rebalancing)
     history.reap(ctx, slots, settings.task_history_limit)
-    return _result(ctx)
+    return _result(ctx, service)
 
 
 def _slots(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str, pb.Node],
@@ -102,13 +102,15 @@ def _slots(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str, pb
     return replicated.replicated_slots(service, tasks)
 
 
-def _result(ctx: Context) -> ServicePlan:
+def _result(ctx: Context, original: pb.Service | None = None) -> ServicePlan:
+    # Edits that cancel out (the update's words, then the rebalance's) write nothing.
+    changed = ctx.service_changed and ctx.service != original
     wake = [at - ctx.now for at in ctx.wake_at]
     return ServicePlan(
         create=ctx.work.creates(),
         update=ctx.work.updates(),
         delete=sorted(ctx.work.deleted),
-        service=ctx.service if ctx.service_changed else None,
+        service=ctx.service if changed else None,
         requeue_after=max(min(wake), 0.0) if wake else None,
     )
 
