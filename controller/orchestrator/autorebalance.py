@@ -99,14 +99,16 @@ class AutoRebalancer:
         self._clock = clock
         self._quiet_until: float | None = None  # an episode is open
         self._last_start = -float("inf")
-        self._done: set[str] = set()
+        self._done: set[str] = set()  # services rebalanced (or balanced) this episode
+        self._episode = 0  # node arrivals so far
         self._wake = asyncio.Event()
         self.started: list[str] = []  # service names, in order (tests, logs)
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "nodes" and arrived(change.old, change.new):  # type: ignore[arg-type]
             self._quiet_until = self._clock() + self._settings.interval
-            self._done.clear()
+            self._episode += 1
+            self._done = set()
             self._wake.set()
 
     async def run(self, guard: Guard) -> None:
@@ -129,8 +131,15 @@ class AutoRebalancer:
                 cache = self._store.cache
                 tasks_of = {service_id: list(tasks.values())
                             for service_id, tasks in cache.tasks_by_service.items()}
-                picked = pick(cache.services.values(), tasks_of, cache.nodes,
-                              list(cache.tasks.values()), self._done)
+                # In a thread over a snapshot (the cache replaces objects, never
+                # changes them), so that the event loop is not held up by planning.
+                episode, done = self._episode, set(self._done)
+                picked = await asyncio.to_thread(
+                    pick, list(cache.services.values()), tasks_of, dict(cache.nodes),
+                    list(cache.tasks.values()), done)
+                if episode != self._episode:
+                    continue  # a node arrived meanwhile: a new episode, plan again
+                self._done = done
                 if picked is None:
                     log.info("auto-rebalance: every replicated service is balanced")
                     self._quiet_until = None
