@@ -78,15 +78,18 @@ class Baseline:
     update_state: int = pb.UpdateStatus.UNKNOWN
     update_started: int = 0  # update_status.started_at in nanoseconds
     rollback: bool = False  # the command asked for a rollback: rolling back is success
+    # The command started a rebalance: converged also means its update has ended
+    # (every task runs the current spec all along).
+    rebalance: bool = False
 
 
 def baseline_of(service: pb.Service, tasks: Iterable[pb.Task] = (), *,
-                rollback: bool = False) -> Baseline:
+                rollback: bool = False, rebalance: bool = False) -> Baseline:
     status = service.update_status
     return Baseline(service_id=service.id, name=service.spec.name,
                     task_ids=frozenset(task.id for task in tasks),
                     update_state=status.state, update_started=status.started_at.ToNanoseconds(),
-                    rollback=rollback)
+                    rollback=rollback, rebalance=rebalance)
 
 
 def _is_new(status: pb.UpdateStatus, baseline: Baseline) -> bool:
@@ -222,7 +225,8 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
                    pending)
     # Equal counts rule out both a missing task and an extra one (an old task that a
     # start-first update has not stopped yet).
-    converged = failure is None and not pending and len(running) == desired == len(counted)
+    converged = failure is None and not pending and len(running) == desired == len(counted) and not (
+        baseline.rebalance and service.update_status.state == pb.UpdateStatus.UPDATING)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
                       failure=failure, tasks=lines, waiting_for=waiting, update=pending)
 

@@ -1,4 +1,4 @@
-"""`swarmctl service ...`: create, ls, inspect, ps, scale, update, rm.
+"""`swarmctl service ...`: create, ls, inspect, ps, scale, update, rebalance, rm.
 
 The specs are built by pure functions (`service_spec_from_options`,
 `updated_service_spec`) that parse every flag before anything is sent, so a
@@ -596,7 +596,7 @@ def _wait(ctl: client.Controller, baselines: list[progress.Baseline], timeout: f
 
 
 def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
-              with_tasks: bool = True) -> progress.Baseline:
+              with_tasks: bool = True, rebalance: bool = False) -> progress.Baseline:
     """The service and (when we are going to wait) the tasks it has before a change, so
     that only what follows the change is judged (see progress.Baseline)."""
     service = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
@@ -605,7 +605,7 @@ def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
         request = cpb.ListTasksRequest()
         request.filters.service_ids.append(service.id)
         tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
-    return progress.baseline_of(service, tasks, rollback=rollback)
+    return progress.baseline_of(service, tasks, rollback=rollback, rebalance=rebalance)
 
 
 _SERVICE_FILTERS = ("name", "id", "label")
@@ -913,6 +913,53 @@ def rollback(
         typer.echo(updated.spec.name)
         if not detach:
             _wait(ctl, [baseline], timeout)
+
+
+@app.command("rebalance", epilog=examples(
+    "swarmctl service rebalance web --dry-run",
+    "swarmctl service rebalance web",
+    "swarmctl service rebalance -d web",
+))
+def rebalance(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print which slots would move where and why; change nothing.")
+                       ] = False,
+    detach: DetachOpt = False,
+    wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
+) -> None:
+    """Spread a replicated service's tasks over its eligible nodes again (after nodes
+    joined or came back), moving as few as possible, as a rolling update with the
+    service's update config (parallelism, delay, order, failure action); then wait
+    until the moved tasks run (unless -d)."""
+    timeout = progress.wait_timeout(wait_for)
+    with client.open_controller(ctx) as ctl:
+        baseline = _baseline(ctl, service, with_tasks=not (detach or dry_run), rebalance=True)
+        response = ctl.call(ctl.stub.RebalanceService, cpb.RebalanceServiceRequest(
+            ref=baseline.service_id, dry_run=dry_run))
+        name = response.service.spec.name
+        if not response.moves:
+            typer.echo(f"{name}: {response.message}")
+            return
+        nodes = ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes
+        hostnames = {node.id: node.description.hostname or node.id for node in nodes}
+        for line in rebalance_lines(name, response.moves, hostnames):
+            typer.echo(line)
+        if dry_run:
+            count = len(response.moves)
+            typer.echo(f"dry run: {count} slot{'s' if count != 1 else ''} would move "
+                       f"({response.message.removeprefix('dry run: ')}); nothing was changed")
+            return
+        if not detach:
+            _wait(ctl, [baseline], timeout)
+
+
+def rebalance_lines(name: str, moves: Sequence[cpb.RebalanceMove],
+                    hostnames: dict[str, str]) -> list[str]:
+    """'web.3: h1 -> h3 (node h1 has 3 tasks of web, h3 has 0)', a line per slot."""
+    return [f"{name}.{move.slot}: {hostnames.get(move.from_node, move.from_node)} -> "
+            f"{hostnames.get(move.to_node, move.to_node)} ({move.reason})" for move in moves]
 
 
 @app.command("rm", epilog=examples("swarmctl service rm web", "swarmctl service rm web worker"))

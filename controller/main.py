@@ -32,6 +32,7 @@ from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
 from .ca import CASettings
 from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
+from .orchestrator.autorebalance import DEFAULT_INTERVAL, AutoRebalanceSettings
 from .server import Controller, ControllerConfig
 from .store import EtcdSettings
 
@@ -61,6 +62,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                              "cluster (repeatable; default 10.0.0.0/8)")
     parser.add_argument("--default-addr-pool-mask-length", type=int, default=24, metavar="N",
                         help="prefix length of each network taken from the pools (default 24)")
+    parser.add_argument("--auto-rebalance", action="store_true",
+                        help="when a node joins or comes back, rebalance replicated services "
+                             "that are unbalanced, one at a time (off by default)")
+    parser.add_argument("--auto-rebalance-interval", type=float, default=DEFAULT_INTERVAL,
+                        metavar="SECONDS",
+                        help="quiet time after the last node arrival before rebalancing, and "
+                             "the least time between two rebalance starts (default %(default)s)")
     security = parser.add_argument_group("security (mutual TLS unless --insecure)")
     security.add_argument("--insecure", action="store_true",
                           help="plaintext gRPC without authentication: development only")
@@ -86,6 +94,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.heartbeat_period <= 0:
         parser.error("--heartbeat-period: must be positive")
+    if args.auto_rebalance_interval <= 0:
+        parser.error("--auto-rebalance-interval: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
@@ -113,6 +123,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         heartbeat_period=args.heartbeat_period,
         address_pools=pools,
         subnet_size=args.default_addr_pool_mask_length,
+        auto_rebalance=AutoRebalanceSettings(enabled=args.auto_rebalance,
+                                             interval=args.auto_rebalance_interval),
     )
 
 

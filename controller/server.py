@@ -42,6 +42,7 @@ from .ca import (
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
+from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
 from .orchestrator.reconciler import Orchestrator
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
@@ -77,6 +78,8 @@ class ControllerConfig:
     # The leader makes the routing mesh's `ingress` network when the cluster
     # has none (as `docker swarm init`); tests of other parts turn it off.
     create_ingress: bool = True
+    # --auto-rebalance: the leader rebalances services when nodes arrive.
+    auto_rebalance: AutoRebalanceSettings = field(default_factory=AutoRebalanceSettings)
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -110,6 +113,7 @@ class Controller:
         self.allocator = Allocator(self.store, self.addresses)
         self.ingress = IngressKeeper(self.store, self.addresses, create=config.create_ingress)
         self.scheduler = SchedulerLoop(self.store)
+        self.auto_rebalancer = AutoRebalancer(self.store, config.auto_rebalance)
         self.dispatcher: Dispatcher | None = None
         self.logs = LogBroker(self.store, config.logs)
 
@@ -186,6 +190,9 @@ class Controller:
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
             start_supervised("log-broker", self.logs.serve_as_leader),
         ]
+        if self.config.auto_rebalance.enabled:
+            rebalancer = self.auto_rebalancer
+            loops.append(start_supervised("auto-rebalance", lambda: rebalancer.run(guard)))
         try:
             await asyncio.gather(*loops)
         finally:

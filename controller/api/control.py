@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
@@ -59,6 +60,7 @@ from ..ca import revoke_node_ops
 from ..ids import new_id
 from ..leadership import Leadership
 from ..logbroker import LogBroker, SubscriptionRefused
+from ..orchestrator import rebalance
 from ..store import (
     Conflict,
     Create,
@@ -378,6 +380,52 @@ class ControlServicer(cgrpc.ControlServicer):
                            f"remove service {service.spec.name!r}")
         log.info("removed service %s (%s)", service.spec.name, service.id)
         return cpb.RemoveResponse(id=service.id)
+
+    async def RebalanceService(self, request: cpb.RebalanceServiceRequest,
+                               context: Context) -> cpb.RebalanceServiceResponse:
+        """Plan (orchestrator/rebalance.py), then start the rebalance in one
+        transaction; the orchestrator's update machinery carries it out. A task
+        that changed meanwhile (a status report) means planning again."""
+        for _ in range(_SCALE_ATTEMPTS):
+            service = await self._resolve(context, request.ref, self._store.cache.services,
+                                          lambda s: s.spec.name, "service")
+            tasks = list(self._store.cache.tasks_by_service.get(service.id, {}).values())
+            why_not = rebalance.refusal(service, tasks)
+            if why_not is not None:
+                await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, why_not)
+            # Planned in a thread over a snapshot (the cache's objects are replaced,
+            # never changed in place): a plan over 100,000 tasks takes about a
+            # second, which the event loop (leases, heartbeats) must not wait for.
+            plan = await asyncio.to_thread(
+                rebalance.plan_rebalance, service, tasks, dict(self._store.cache.nodes),
+                list(self._store.cache.tasks.values()))
+            response = cpb.RebalanceServiceResponse(service=service)
+            response.moves.extend(
+                cpb.RebalanceMove(slot=move.slot, task_id=move.task_id,
+                                  from_node=move.from_node, to_node=move.to_node,
+                                  reason=move.reason)
+                for move in plan.moves)
+            if not plan.moves:
+                response.message = f"already balanced: {plan.summary()}"
+                return response
+            if request.dry_run:
+                response.message = f"dry run: {plan.summary()}"
+                return response
+            updated, marked = rebalance.start(service, tasks, plan, time.time())
+            try:
+                await self._store.commit([Update(updated), *(Update(task) for task in marked)])
+            except Conflict:
+                await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
+                continue
+            except StoreUnavailable as error:
+                await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                             f"cannot rebalance service {service.spec.name!r}: the store is "
+                             f"unavailable ({error}); reads still work")
+            log.info("rebalancing service %s: %d slots move", service.spec.name,
+                     len(plan.moves))
+            response.service.CopyFrom(updated)
+            return response
+        await _abort(context, grpc.StatusCode.ABORTED, "the service's tasks kept changing; try again")
 
     # ------------------------------------------------------------ nodes
 

@@ -18,7 +18,8 @@ One pass does, in order:
 4. one live task per slot (slots.deduplicate);
 5. missing tasks (slots.fill, with restart.successor: restart policy and
    delay, stop-first ordering);
-6. the rolling update (update.progress);
+6. the rolling update (update.progress), which also moves the tasks a
+   rebalance marked (rebalance.follow words its status);
 7. history (history.reap).
 
 The plan does everything the state allows at once, so planning again on its
@@ -34,7 +35,7 @@ from functools import partial
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import global_, history, replicated, update
+from . import global_, history, rebalance, replicated, update
 from .slots import Context, Role, Slot, deduplicate, fill, supervise
 from .tasks import ConstraintCache, Working
 
@@ -80,7 +81,8 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
                   for task_id in slot.task_ids}
     gated = {task_id: reason for task_id, reason in update.gate_failures(service, tasks, now).items()
              if task_id in wanted_ids}
-    failed = update.failed_service(service, tasks, wanted, now, gated)
+    failed = rebalance.after_failure(service, update.failed_service(service, tasks, wanted, now,
+                                                                    gated))
     if failed is not None and failed.spec_version != service.spec_version:
         slots = _slots(failed, tasks, nodes, constraints)  # rolled back: new spec
     ctx = Context(service=failed or service, service_id=service_id, nodes=nodes, now=now,
@@ -100,9 +102,11 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
     for slot in slots:
         if slot.role is Role.WANTED:
             fill(ctx, slot)
+    rebalancing = rebalance.in_progress(ctx.service)
     update.progress(ctx, slots)
+    rebalance.follow(ctx, rebalancing)
     history.reap(ctx, slots, settings.task_history_limit)
-    return _result(ctx)
+    return _result(ctx, service)
 
 
 def _slots(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str, pb.Node],
@@ -112,13 +116,15 @@ def _slots(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str, pb
     return replicated.replicated_slots(service, tasks)
 
 
-def _result(ctx: Context) -> ServicePlan:
+def _result(ctx: Context, original: pb.Service | None = None) -> ServicePlan:
+    # Edits that cancel out (the update's words, then the rebalance's) write nothing.
+    changed = ctx.service_changed and ctx.service != original
     wake = [at - ctx.now for at in ctx.wake_at]
     return ServicePlan(
         create=ctx.work.creates(),
         update=ctx.work.updates(),
         delete=sorted(ctx.work.deleted),
-        service=ctx.service if ctx.service_changed else None,
+        service=ctx.service if changed else None,
         requeue_after=max(min(wake), 0.0) if wake else None,
     )
 

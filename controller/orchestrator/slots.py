@@ -33,7 +33,16 @@ from ..allocator.ports import publishes_ingress
 from ..allocator.tasks import ALLOCATING_MESSAGE, PENDING_MESSAGE
 from ..ids import derived_id
 from .restart import Successor, successor
-from .tasks import ConstraintCache, Working, age_key, is_live, is_stopped, is_terminal, is_up
+from .tasks import (
+    ConstraintCache,
+    Working,
+    age_key,
+    is_live,
+    is_out_of_date,
+    is_stopped,
+    is_terminal,
+    is_up,
+)
 
 
 class Role(enum.Enum):
@@ -155,8 +164,8 @@ def deduplicate(ctx: Context, slot: Slot) -> None:
         return
     version = ctx.service.spec_version
     if len(live) == 2:
-        old, new = sorted(live, key=lambda task: task.spec_version)
-        if old.spec_version < version <= new.spec_version and not is_up(new):
+        old, new = sorted(live, key=lambda task: not is_out_of_date(task, version))
+        if is_out_of_date(old, version) and not is_out_of_date(new, version) and not is_up(new):
             return
     live.sort(key=_best_first, reverse=True)
     for task in live[1:]:
@@ -180,7 +189,7 @@ def fill(ctx: Context, slot: Slot) -> None:
         slot.stopping = True  # its restart waits for the task given up on to stop
         return
     version = ctx.service.spec_version
-    if any(task.spec_version < version and not is_stopped(task, ctx.nodes)
+    if any(is_out_of_date(task, version) and not is_stopped(task, ctx.nodes)
            for task in ctx.tasks(slot)):
         slot.stopping = True  # stop-first: the replacement waits for the old task
         return

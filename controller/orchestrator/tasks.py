@@ -31,6 +31,12 @@ def is_live(task: pb.Task) -> bool:
     return task.desired_state <= pb.RUNNING
 
 
+def is_out_of_date(task: pb.Task, spec_version: int) -> bool:
+    """Whether a rolling update replaces the task: made from an older spec, or
+    marked by a rebalance to leave its node (orchestrator/rebalance.py)."""
+    return task.spec_version < spec_version or bool(task.rebalance)
+
+
 def is_terminal(task: pb.Task) -> bool:
     return task.status.state >= pb.COMPLETE
 

@@ -64,7 +64,7 @@ from swarm.api.units import timestamp, to_seconds
 from swarm.api.v1 import objects_pb2 as pb
 
 from .slots import Context, Role, Slot, awaiting_stop
-from .tasks import end_time, ended_on_its_own, is_live, is_up, never_assigned
+from .tasks import end_time, ended_on_its_own, is_live, is_out_of_date, is_up, never_assigned
 
 DEFAULT_MONITOR = 5.0
 
@@ -122,7 +122,8 @@ def gate_failures(service: pb.Service, tasks: Sequence[pb.Task],
     monitor = update_settings(service).monitor
     found: dict[str, str] = {}
     for task in tasks:
-        if task.spec_version != service.spec_version or not is_live(task) \
+        # (a task a rebalance moves off its node is an old one: never gated)
+        if task.spec_version != service.spec_version or task.rebalance or not is_live(task) \
                 or task.status.state != pb.RUNNING or is_up(task):
             continue
         if task.status.health == pb.TaskStatus.UNHEALTHY:
@@ -218,7 +219,7 @@ def _survey(ctx: Context, slots: Sequence[Slot], delay: float) -> _Survey:
             survey.in_flight += 1
             continue
         live = ctx.live(slot)
-        new = [task for task in live if task.spec_version >= version]
+        new = [task for task in live if not is_out_of_date(task, version)]
         up = [task for task in new if is_up(task)]
         if new and not up:
             survey.busy += 1

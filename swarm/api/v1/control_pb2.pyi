@@ -660,3 +660,94 @@ class ClusterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterResponse: _TypeAlias = ClusterResponse  # noqa: Y015
+
+@_typing.final
+class RebalanceServiceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REF_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    ref: _builtins.str
+    dry_run: _builtins.bool
+    """plan only: say what would move, write nothing"""
+    def __init__(
+        self,
+        *,
+        ref: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceServiceRequest: _TypeAlias = RebalanceServiceRequest  # noqa: Y015
+
+@_typing.final
+class RebalanceMove(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLOT_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    FROM_NODE_FIELD_NUMBER: _builtins.int
+    TO_NODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    slot: _builtins.int
+    task_id: _builtins.str
+    from_node: _builtins.str
+    """node IDs"""
+    to_node: _builtins.str
+    """the planner's choice; the scheduler places the successor"""
+    reason: _builtins.str
+    """e.g. "node h1 has 3 tasks of web, h3 has 0" """
+    def __init__(
+        self,
+        *,
+        slot: _builtins.int = ...,
+        task_id: _builtins.str = ...,
+        from_node: _builtins.str = ...,
+        to_node: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_node", b"from_node", "reason", b"reason", "slot", b"slot", "task_id", b"task_id", "to_node", b"to_node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceMove: _TypeAlias = RebalanceMove  # noqa: Y015
+
+@_typing.final
+class RebalanceServiceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """Why nothing moves, when nothing does (e.g. "already balanced: 2 2 1 tasks
+    on 3 nodes").
+    """
+    @_builtins.property
+    def service(self) -> _objects_pb2.Service:
+        """as written (or as read, when nothing was)"""
+
+    @_builtins.property
+    def moves(self) -> _containers.RepeatedCompositeFieldContainer[Global___RebalanceMove]:
+        """empty: already balanced"""
+
+    def __init__(
+        self,
+        *,
+        service: _objects_pb2.Service | None = ...,
+        moves: _abc.Iterable[Global___RebalanceMove] | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "moves", b"moves", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceServiceResponse: _TypeAlias = RebalanceServiceResponse  # noqa: Y015

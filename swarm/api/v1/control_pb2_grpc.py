@@ -125,6 +125,11 @@ class ControlStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsMessage.FromString,
                 _registered_method=True)
+        self.RebalanceService = channel.unary_unary(
+                '/swarm.v1.Control/RebalanceService',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -245,6 +250,16 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebalanceService(self, request, context):
+        """Spread a replicated service's tasks over its eligible nodes again, moving
+        as few as possible through the service's update config. Refused
+        (FAILED_PRECONDITION) for a global service and during an update; a
+        balanced service, or dry_run, writes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +352,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ServiceLogs,
                     request_deserializer=swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsMessage.SerializeToString,
+            ),
+            'RebalanceService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebalanceService,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -825,6 +845,33 @@ class Control:
             '/swarm.v1.Control/ServiceLogs',
             swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_logs__pb2.ServiceLogsMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebalanceService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/RebalanceService',
+            swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,12 @@ class ControlStub:
     another controller refuses with FAILED_PRECONDITION and names the leader
     in the trailing metadata key `swarm-leader-addr`.
     """
+    RebalanceService: _grpc.UnaryUnaryMultiCallable[_control_pb2.RebalanceServiceRequest, _control_pb2.RebalanceServiceResponse]
+    """Spread a replicated service's tasks over its eligible nodes again, moving
+    as few as possible through the service's update config. Refused
+    (FAILED_PRECONDITION) for a global service and during an update; a
+    balanced service, or dry_run, writes nothing.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -92,6 +98,12 @@ class ControlAsyncStub(ControlStub):
     """The output of a service's tasks (see logs.proto). Served by the leader;
     another controller refuses with FAILED_PRECONDITION and names the leader
     in the trailing metadata key `swarm-leader-addr`.
+    """
+    RebalanceService: _aio.UnaryUnaryMultiCallable[_control_pb2.RebalanceServiceRequest, _control_pb2.RebalanceServiceResponse]  # type: ignore[assignment]
+    """Spread a replicated service's tasks over its eligible nodes again, moving
+    as few as possible through the service's update config. Refused
+    (FAILED_PRECONDITION) for a global service and during an update; a
+    balanced service, or dry_run, writes nothing.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -228,6 +240,18 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         """The output of a service's tasks (see logs.proto). Served by the leader;
         another controller refuses with FAILED_PRECONDITION and names the leader
         in the trailing metadata key `swarm-leader-addr`.
+        """
+
+    @_abc_1.abstractmethod
+    def RebalanceService(
+        self,
+        request: _control_pb2.RebalanceServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RebalanceServiceResponse, _abc.Awaitable[_control_pb2.RebalanceServiceResponse]]:
+        """Spread a replicated service's tasks over its eligible nodes again, moving
+        as few as possible through the service's update config. Refused
+        (FAILED_PRECONDITION) for a global service and during an update; a
+        balanced service, or dry_run, writes nothing.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

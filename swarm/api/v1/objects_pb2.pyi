@@ -1114,6 +1114,7 @@ class Service(_message.Message):
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Incremented whenever the task template changes; tasks carry the version
@@ -1129,6 +1130,13 @@ class Service(_message.Message):
     def update_status(self) -> Global___UpdateStatus: ...
     @_builtins.property
     def endpoint(self) -> Global___Endpoint: ...
+    @_builtins.property
+    def rebalance(self) -> Global___RebalanceStatus:
+        """Set while a rebalance runs (controller/orchestrator/rebalance.py); cleared
+        when it completes. A rebalance is an update that replaces only the tasks
+        marked to move (Task.rebalance), so update_status tells how it goes.
+        """
+
     def __init__(
         self,
         *,
@@ -1139,14 +1147,45 @@ class Service(_message.Message):
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
         endpoint: Global___Endpoint | None = ...,
+        rebalance: Global___RebalanceStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class RebalanceStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_VERSION_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    spec_version: _builtins.int
+    """The spec version it was started at: a new spec (an update, a rollback)
+    supersedes it.
+    """
+    slots: _builtins.int
+    """slots it set out to move"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        spec_version: _builtins.int = ...,
+        slots: _builtins.int = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slots", b"slots", "spec_version", b"spec_version", "started_at", b"started_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebalanceStatus: _TypeAlias = RebalanceStatus  # noqa: Y015
 
 @_typing.final
 class ContainerStatus(_message.Message):
@@ -1274,6 +1313,7 @@ class Task(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     RESTART_HISTORY_FIELD_NUMBER: _builtins.int
     UPDATE_FAILURE_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -1290,6 +1330,11 @@ class Task(_message.Message):
     healthy in time (e.g. "not healthy within 12s"): it shuts the task down,
     and the task then counts as failed (update failures, restart policy) as
     if it had ended on its own, as docker's agent would have failed it.
+    """
+    rebalance: _builtins.str
+    """Set by a rebalance: why this task should leave its node (e.g. "node h1 has
+    3 tasks of web, h3 has 0"). The rolling-update machinery replaces a marked
+    task as it replaces an out-of-date one; the scheduler places its successor.
     """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
@@ -1323,10 +1368,11 @@ class Task(_message.Message):
         attempt: _builtins.int = ...,
         restart_history: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
         update_failure: _builtins.str = ...,
+        rebalance: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "rebalance", b"rebalance", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
