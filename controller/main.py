@@ -30,6 +30,7 @@ from swarm.api import pki
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
 from .ca import CASettings
+from .compaction import DEFAULT_INTERVAL, CompactionSettings
 from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
 from .server import Controller, ControllerConfig
@@ -52,6 +53,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
     parser.add_argument("--etcd-cert", default="", help="client certificate for etcd")
     parser.add_argument("--etcd-key", default="", help="client key for etcd")
     parser.add_argument("--prefix", default="/swarm/", help="etcd key prefix (default %(default)s)")
+    parser.add_argument("--etcd-compaction-interval", type=float, default=DEFAULT_INTERVAL,
+                        metavar="SECONDS",
+                        help="the leader compacts etcd's history this often, keeping one to two "
+                             "intervals (default %(default)s, as kube-apiserver; 0: never, "
+                             "when etcd runs with --auto-compaction-retention)")
     parser.add_argument("--heartbeat-period", type=float, default=5.0,
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
@@ -86,6 +92,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.heartbeat_period <= 0:
         parser.error("--heartbeat-period: must be positive")
+    if args.etcd_compaction_interval < 0:
+        parser.error("--etcd-compaction-interval: must be 0 (off) or positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
@@ -109,6 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                           ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key),
         prefix=args.prefix,
         leadership=LeadershipSettings(lease_ttl=args.lease_ttl),
+        compaction=CompactionSettings(interval=args.etcd_compaction_interval),
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),
         heartbeat_period=args.heartbeat_period,
         address_pools=pools,

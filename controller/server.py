@@ -39,6 +39,7 @@ from .ca import (
     JoinServicer,
     NodeCAServicer,
 )
+from .compaction import CompactionSettings, Compactor
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
@@ -61,6 +62,7 @@ class ControllerConfig:
     leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     logs: LogBrokerSettings = field(default_factory=LogBrokerSettings)
+    compaction: CompactionSettings = field(default_factory=CompactionSettings)
     # Settings of a cluster initialised by this controller.
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
@@ -112,6 +114,7 @@ class Controller:
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
         self.logs = LogBroker(self.store, config.logs)
+        self.compactor = Compactor(self.etcd, config.compaction)
 
     async def start(self) -> None:
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))
@@ -185,6 +188,7 @@ class Controller:
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
             start_supervised("log-broker", self.logs.serve_as_leader),
+            start_supervised("compactor", self.compactor.run),
         ]
         try:
             await asyncio.gather(*loops)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..ids import new_id
-from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
+from ..store import Change, Conflict, Guard, Op, Store, StoreError, Update
 from ..store.etcd import MAX_TXN_OPS
 from .claims import claim_address, network_ops, node_owner, release_address
 from .networks import AllocationError, Pool, allocate_network, pool_settings
@@ -193,7 +193,7 @@ class IngressKeeper:
                 # status write, say): plan again from the refreshed cache.
                 await asyncio.sleep(0.02)
                 continue
-            except StoreUnavailable as error:
+            except StoreError as error:
                 log.warning("ingress: cannot write node addresses: %s", error)
                 await asyncio.sleep(0.5)
                 self._wake.set()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
+from ..store import Change, Conflict, Guard, Op, Store, StoreRejected, StoreUnavailable, Update
 from ..store.etcd import MAX_TXN_OPS
 from ..workset import WorkSet
 from .claims import claim_address, task_owner
@@ -115,6 +115,12 @@ class Allocator:
             except Conflict:
                 log.info("allocator: a batch of %d tasks conflicted; re-planning", len(current))
                 self._work.retry(t.id for t in current)
+                continue
+            except StoreRejected as error:
+                # etcd refuses this batch as such: leave its tasks until they
+                # change, and go on with the other batches.
+                log.error("allocator: etcd refused a batch of %d tasks: %s", len(current), error)
+                self._work.park(t.id for t in current)
                 continue
             except StoreUnavailable as error:
                 log.warning("allocator cannot write: %s", error)

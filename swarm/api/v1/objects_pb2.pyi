@@ -1105,6 +1105,7 @@ class Service(_message.Message):
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    WRITE_ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Incremented whenever the task template changes; tasks carry the version
@@ -1120,6 +1121,12 @@ class Service(_message.Message):
     def update_status(self) -> Global___UpdateStatus: ...
     @_builtins.property
     def endpoint(self) -> Global___Endpoint: ...
+    @_builtins.property
+    def write_error(self) -> Global___WriteError:
+        """Set by the leader while etcd keeps refusing this service's task writes
+        (other services are served meanwhile); cleared once they succeed.
+        """
+
     def __init__(
         self,
         *,
@@ -1130,14 +1137,46 @@ class Service(_message.Message):
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
         endpoint: Global___Endpoint | None = ...,
+        write_error: Global___WriteError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class WriteError(_message.Message):
+    """Why the orchestrator cannot write a service's tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    attempts: _builtins.int
+    """failed attempts in a row"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """the first failure in a row"""
+
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "message", b"message", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteError: _TypeAlias = WriteError  # noqa: Y015
 
 @_typing.final
 class ContainerStatus(_message.Message):
