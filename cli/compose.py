@@ -52,6 +52,12 @@ _UINT32_MAX = 2**32 - 1
 _INT64_MAX = 2**63 - 1
 _MAX_PORT = 65_535
 _MAX_DEPTH = 100  # YAML nesting; deeper is refused rather than recursing further
+# The most values one file may expand to. Aliases share a node, so a small
+# file can name an exponential number of values ("billion laughs": 9 lines of
+# 10 aliases each are 10^9 values); expanding it would take minutes and
+# gigabytes. A real stack is a few thousand values. (Merge keys, `<<: *name`,
+# are no bomb: PyYAML 6's flatten_mapping keeps each merged key once.)
+_MAX_NODES = 50_000
 _STACK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _ENV_KEY_RE = re.compile(r"[^=\s]+")
 
@@ -286,6 +292,37 @@ _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
                          "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values node stands for once every alias is expanded, counted
+    once per distinct node (sizes memoizes by id): linear in the file, however
+    large the expansion. A recursive alias counts 0 here (_convert refuses it)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 0
+    total = 1 + sum(_expanded_size(child, sizes) for child in _children(node))
+    sizes[id(node)] = total
+    return total
+
+
+def _largest_within(root: yaml.Node, sizes: dict[int, int]) -> yaml.Node:
+    """The innermost node over _MAX_NODES: where the bomb is, to point at."""
+    node = root
+    while True:
+        over = [c for c in _children(node) if sizes.get(id(c), 0) > _MAX_NODES]
+        if not over:
+            return node
+        node = over[0]
+
+
 class _Reader:
     """Turns YAML text into Nodes, interpolating ${VAR} in string values."""
 
@@ -303,7 +340,16 @@ class _Reader:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
-            return None if root is None else self._convert(loader, root, 0, frozenset())
+            if root is None:
+                return None
+            sizes: dict[int, int] = {}
+            if _expanded_size(root, sizes) > _MAX_NODES:
+                bomb = _largest_within(root, sizes)
+                raise StackError(self.at(bomb.start_mark), "",
+                                 f"this value expands to {sizes[id(bomb)]} values through aliases "
+                                 f"(*name) of aliases, over the limit of {_MAX_NODES}: refused "
+                                 "as an alias bomb")
+            return self._convert(loader, root, 0, frozenset())
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             where = self.at(mark) if mark is not None else Location(self.filename, 1, 1)

@@ -62,11 +62,9 @@ class Compactor:
         for the next round (the current one, or `noted` again when etcd failed)."""
         try:
             current = await self._etcd.revision()
-            if noted and noted < current:
-                if await self._etcd.compact(noted, physical=False):
-                    self.compacted = noted
-                    log.info("compacted etcd history up to revision %d (now at %d)",
-                             noted, current)
+            if noted and noted < current and await self._etcd.compact(noted, physical=False):
+                self.compacted = noted
+                log.info("compacted etcd history up to revision %d (now at %d)", noted, current)
             return current
         except StoreError as error:
             log.warning("cannot compact etcd: %s", error)
