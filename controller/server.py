@@ -29,7 +29,7 @@ from .allocator.index import AddressIndex
 from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
-from .api.control import ControlServicer
+from .api.control import MAX_STALENESS, ControlServicer
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -63,6 +63,8 @@ class ControllerConfig:
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     logs: LogBrokerSettings = field(default_factory=LogBrokerSettings)
     compaction: CompactionSettings = field(default_factory=CompactionSettings)
+    # Reads are refused once the watch cache has not heard from etcd for this long.
+    max_read_staleness: float = MAX_STALENESS
     # Settings of a cluster initialised by this controller.
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
@@ -149,8 +151,9 @@ class Controller:
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
-        cgrpc.add_ControlServicer_to_server(
-            ControlServicer(self.store, self.leadership, self.addresses, self.logs), self._server)
+        control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
+        control.max_staleness = self.config.max_read_staleness
+        cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:
             cagrpc.add_NodeCAServicer_to_server(NodeCAServicer(self.pki), self._server)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
 from ..allocator.claims import release_task
 from ..store import (
@@ -164,8 +165,16 @@ class Orchestrator:
         broken: dict[str, str] = {}  # service -> why it failed this pass
         due = self._due(service_ids)
         for service_id in due:
+            service = cache.services.get(service_id)
+            if service is not None and service.spec.ByteSize() > MAX_SERVICE_SPEC_BYTES:
+                # Written before the limit (or past the API): its tasks would
+                # carry it into every status write. Left as it is until updated.
+                broken[service_id] = (f"the service spec is {service.spec.ByteSize()} bytes, over "
+                                      f"the limit of {MAX_SERVICE_SPEC_BYTES}: no task is made "
+                                      "or removed until it is updated below the limit")
+                continue
             try:
-                plan = plan_service(cache.services.get(service_id),
+                plan = plan_service(service,
                                     list(cache.tasks_by_service.get(service_id, {}).values()),
                                     cache.nodes, now, settings, service_id=service_id)
             except Exception as error:  # a bug must cost one service, not all

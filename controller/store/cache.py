@@ -62,6 +62,7 @@ class WatchCache:
         self.revision = 0
         self.synced = asyncio.Event()
         self._last_contact = 0.0  # time.monotonic() of the last list or watch response
+        self.lists = 0  # full lists so far: the first, then one per lost or compacted watch
         # Revisions of deleted keys, kept until the watch has passed them; a live
         # key's revision is its object's meta.version.
         self._tombstones: dict[bytes, int] = {}
@@ -118,6 +119,7 @@ class WatchCache:
         self.revision = max(self.revision, revision)
         self._list_revision = revision
         self._last_contact = time.monotonic()
+        self.lists += 1
         self.synced.set()
         log.info("watch cache listed %d keys at revision %d", len(kvs), revision)
 
