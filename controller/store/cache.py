@@ -10,10 +10,12 @@ watch has passed it).
 
 Freshness: every response of the watch (events, or the progress
 notifications the etcd client asks for when the stream is quiet) and every
-list proves the cache current at that moment; `staleness()` is the time since
-the last such proof. Readers that must not serve an old view (the control
-API) refuse when it exceeds their bound, instead of answering from a cache
-behind a half-open connection.
+list proves the connection to etcd alive at that moment; `staleness()` is the
+time since the last such proof. (A connected watch can still lag etcd while
+it catches up on a burst; that lag is etcd's delivery, not a lost link.)
+Readers that must not serve an old view (the control API) refuse when it
+exceeds their bound, instead of answering from a cache behind a half-open
+connection.
 
 Objects in the cache are shared with every reader: never mutate one; copy it
 (CopyFrom) and write the copy through the store.
@@ -129,11 +131,17 @@ class WatchCache:
                 log.warning("watch revision compacted (at %d); re-listing",
                             batch.compacted_revision)
                 return
+            self._last_contact = time.monotonic()
+            if not batch.events:
+                # A progress notification: it proves the stream alive, not the
+                # cache current. etcd 3.5 answers a progress request at its own
+                # revision even while this watch still catches up (etcd issue
+                # 15220), so its revision must not prune tombstones.
+                continue
             for is_delete, kv in batch.events:
                 self._apply(kv.key, None if is_delete else kv.value, kv.mod_revision)
             self._list_revision = max(self._list_revision, batch.revision)
             self.revision = max(self.revision, batch.revision)
-            self._last_contact = time.monotonic()
             self._prune_tombstones()
 
     def _prune_tombstones(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
-from swarm.controller.store import Create, ReserveName, Store, StoreRejected
+from swarm.controller.store import Create, Op, ReserveName, Store, StoreRejected
 from tests.integration.live import LiveCluster, assert_one_line_error, ok, swarmctl
 from tests.integration.test_store import task
 
@@ -95,9 +95,10 @@ async def test_transactions_are_split_by_bytes(store: Store) -> None:
     tasks = [task(f"fat{i:02d}") for i in range(40)]
     for each in tasks:
         each.spec.container.env.append(_env(100 * 1024))
-    rejected: list[object] = []
+    rejected: list[Op] = []
     failed = await store.commit_chunked([Create(t) for t in tasks], rejected=rejected)
-    assert failed == [] and rejected == []
+    assert failed == []
+    assert rejected == []
     _, kvs = await store.etcd.range_prefix(store.keys.prefix + b"tasks/")
     assert len(kvs) == 40
 
