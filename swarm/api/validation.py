@@ -468,7 +468,7 @@ def _check_internal(endpoint: pb.EndpointSpec, attached: list[pb.Network], path:
 # The largest service spec accepted (serialized). Every task record carries a
 # copy of the spec (and so does each of the 5 history tasks kept per slot), and
 # every status report rewrites its task: at 32 KiB a 20 KiB environment
-# fits, 1,000 replicas with their history stay under 200 MB (a tenth of
+# fits, 1,000 replicas with their history take about 200 MB (a tenth of
 # etcd's default 2 GiB quota), and a 1 MiB transaction still carries 30 task
 # writes, far from etcd's 1.5 MiB request limit. Larger data belongs in a
 # volume or an image, not in the spec.
