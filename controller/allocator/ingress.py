@@ -128,8 +128,16 @@ class IngressKeeper:
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
         try:
-            if self._create:
-                await self.ensure_network(guard)
+            delay = 0.5
+            while self._create:
+                try:
+                    await self.ensure_network(guard)
+                    break
+                except StoreError as error:  # etcd down or full: keep trying, no crash
+                    log.warning("ingress: cannot create the network (retrying in %.0fs): %s",
+                                delay, error)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
             self._wake.set()
             while True:
                 await self._wake.wait()

@@ -76,9 +76,8 @@ from ..store import (
     ReserveName,
     Store,
     StoreError,
-    StoreFull,
-    StoreRejected,
     Update,
+    store_status,
 )
 
 log = logging.getLogger(__name__)
@@ -101,16 +100,6 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
 
 
 MAX_STALENESS = 15.0  # seconds; see the module docstring
-
-
-def store_status(error: StoreError, what: str) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status a client gets when the store failed to do `what`."""
-    if isinstance(error, StoreFull):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot {what}: {error}"
-    if isinstance(error, StoreRejected):
-        return grpc.StatusCode.INVALID_ARGUMENT, f"cannot {what}: {error}"
-    return grpc.StatusCode.UNAVAILABLE, \
-        f"cannot {what}: the store is unavailable ({error}); reads still work"
 
 
 async def _store_failed(context: Context, error: StoreError, what: str) -> NoReturn:

@@ -9,6 +9,7 @@ from .etcd import (
     StoreFull,
     StoreRejected,
     StoreUnavailable,
+    store_status,
 )
 from .keys import Keys, StoredObject, kind_of
 from .store import (
@@ -29,8 +30,7 @@ from .store import (
 
 __all__ = [
     "NOSPACE_HINT", "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings",
-    "Guard", "Keys",
-    "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store", "StoreError", "StoreFull",
-    "StoreRejected", "StoreUnavailable",
-    "StoredObject", "Update", "WatchCache", "delete_op", "kind_of",
+    "Guard", "Keys", "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store",
+    "StoreError", "StoreFull", "StoreRejected", "StoreUnavailable", "StoredObject", "Update",
+    "WatchCache", "delete_op", "kind_of", "store_status",
 ]

@@ -123,6 +123,18 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
+def store_status(error: StoreError, what: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a client of the controller gets when the store failed
+    to do `what`: NOSPACE is RESOURCE_EXHAUSTED with what to do about it, a
+    request etcd refuses INVALID_ARGUMENT, anything else UNAVAILABLE."""
+    if isinstance(error, StoreFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot {what}: {error}"
+    if isinstance(error, StoreRejected):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"cannot {what}: {error}"
+    return grpc.StatusCode.UNAVAILABLE, \
+        f"cannot {what}: the store is unavailable ({error}); reads still work"
+
+
 def store_error(error: grpc.aio.AioRpcError) -> StoreError:
     """What an etcd RPC error means to the store (pure: unit-tested)."""
     code, details = error.code(), error.details() or ""

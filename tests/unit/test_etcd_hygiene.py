@@ -19,9 +19,9 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import MAX_SERVICE_SPEC_BYTES, ValidationError, normalize_service_spec
 from swarm.cli.compose import StackError, parse_stack
 from swarm.cli.main import app
-from swarm.controller.api.control import store_status
+from swarm.controller.main import parse_args
 from swarm.controller.orchestrator.reconciler import BACKOFF_MAX, backoff_delay
-from swarm.controller.store import StoreFull, StoreRejected, StoreUnavailable
+from swarm.controller.store import StoreFull, StoreRejected, StoreUnavailable, store_status
 from swarm.controller.store.etcd import store_error
 from swarm.controller.store.store import pack_groups
 
@@ -153,3 +153,12 @@ def test_swarmctl_refuses_a_bomb_with_exit_2_before_connecting(tmp_path: Path) -
     assert result.stderr == (f"swarmctl: {file}:6:7: this value expands to 111111 values "
                              "through aliases (*name) of aliases, over the limit of 50000: "
                              "refused as an alias bomb\n")
+
+
+def test_the_compaction_interval_is_a_controller_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--insecure"]).compaction.interval == 300.0  # kube-apiserver's 5 min
+    assert parse_args(["--insecure", "--etcd-compaction-interval", "0"]).compaction.interval == 0
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--insecure", "--etcd-compaction-interval", "-1"])
+    assert caught.value.code == 2
+    assert "--etcd-compaction-interval: must be 0 (off) or positive" in capsys.readouterr().err
