@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from swarm.api.loops import cancel_requested
 from swarm.api.v1 import objects_pb2 as pb
 
 from .etcd import EtcdClient, KeyValue, StoreError
@@ -102,6 +103,8 @@ class WatchCache:
                 await self._list()
                 await self._watch()
             except StoreError as error:
+                if cancel_requested():  # asked to stop: a cancel may surface as an error
+                    raise asyncio.CancelledError from error
                 log.warning("watch cache lost etcd, retrying: %s", error)
                 await asyncio.sleep(retry_delay)
 

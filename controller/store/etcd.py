@@ -37,6 +37,8 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from swarm.api.loops import cancel_requested
+
 log = logging.getLogger(__name__)
 
 # etcd's default --max-txn-ops: the most compares, and the most operations in a
@@ -135,6 +137,15 @@ def store_status(error: StoreError, what: str) -> tuple[grpc.StatusCode, str]:
         f"cannot {what}: the store is unavailable ({error}); reads still work"
 
 
+def _failure(error: grpc.aio.AioRpcError) -> BaseException:
+    """What to raise for a failed call. grpc.aio can report a call cancelled
+    under a cancelled task as CANCELLED rather than CancelledError: that is the
+    task's own cancel, and must not become a store error a loop retries."""
+    if error.code() == grpc.StatusCode.CANCELLED and cancel_requested():
+        return asyncio.CancelledError()
+    return store_error(error)
+
+
 def store_error(error: grpc.aio.AioRpcError) -> StoreError:
     """What an etcd RPC error means to the store (pure: unit-tested)."""
     code, details = error.code(), error.details() or ""
@@ -198,7 +209,7 @@ class EtcdClient:
             try:
                 response = await self._kv.Range(request, timeout=self.settings.timeout)
             except grpc.aio.AioRpcError as error:
-                raise store_error(error) from error
+                raise _failure(error) from error
             if revision == 0:
                 revision = response.header.revision
             found.extend(_kv(raw) for raw in response.kvs)
@@ -211,7 +222,7 @@ class EtcdClient:
             response = await self._kv.Range(rpc.RangeRequest(key=key),
                                             timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise store_error(error) from error
+            raise _failure(error) from error
         return response.header.revision, (_kv(response.kvs[0]) if response.kvs else None)
 
     async def txn(self, compare: Sequence[Any], success: Sequence[Any],
@@ -221,7 +232,7 @@ class EtcdClient:
         try:
             return await self._kv.Txn(request, timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise store_error(error) from error
+            raise _failure(error) from error
 
     async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Events under prefix from start_revision on, until the stream fails.
@@ -298,7 +309,7 @@ class EtcdClient:
         except grpc.aio.AioRpcError as error:
             if "required revision has been compacted" in (error.details() or ""):
                 return False
-            raise store_error(error) from error
+            raise _failure(error) from error
         return True
 
     async def revision(self) -> int:
@@ -311,7 +322,7 @@ class EtcdClient:
             response = await self._lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl),
                                                     timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise store_error(error) from error
+            raise _failure(error) from error
         return int(response.ID)
 
     async def lease_keepalive_once(self, lease_id: int) -> int:
@@ -322,7 +333,7 @@ class EtcdClient:
             async for reply in call:
                 return int(reply.TTL)
         except grpc.aio.AioRpcError as error:
-            raise store_error(error) from error
+            raise _failure(error) from error
         return 0
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -330,13 +341,16 @@ class EtcdClient:
             await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id),
                                           timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise store_error(error) from error
+            raise _failure(error) from error
 
 
 async def _next_or_none(queue: asyncio.Queue[Any], timeout: float) -> Any:
-    """The next item of queue, or None when none came within timeout."""
+    """The next item of queue, or None when none came within timeout.
+    (asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancel
+    that races with the result, and this runs in every watch.)"""
     try:
-        return await asyncio.wait_for(queue.get(), timeout)
+        async with asyncio.timeout(timeout):
+            return await queue.get()
     except TimeoutError:
         return None
 
