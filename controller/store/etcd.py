@@ -179,6 +179,10 @@ class EtcdClient:
                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                    ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
                    ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+                   # grpcio 1.85 does not act on keepalive_timeout by itself: an
+                   # unanswered ping closes the transport after the ping timeout
+                   # (default a minute; grpc/grpc#39239). Make them one.
+                   ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
                    # Ping only while calls are open (etcd's default enforcement
                    # policy refuses pings without streams), however long no data flowed.
                    ("grpc.keepalive_permit_without_calls", 0),

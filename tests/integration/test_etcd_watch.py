@@ -36,8 +36,9 @@ from tests.integration.test_store import running_cache, task
 from tests.waiting import eventually, eventually_async
 
 # Quick to notice silence in tests: a progress request after 1 s of quiet,
-# given up 1 s later; HTTP/2 pings every 5 s (etcd's minimum), dead after 1 s.
-QUICK = EtcdSettings(timeout=1.0, progress_interval=1.0, keepalive_time=5.0,
+# given up 1 s later; HTTP/2 pings after 6 s of silence (etcd refuses pings more
+# often than every 5 s), dead after 1 s.
+QUICK = EtcdSettings(timeout=1.0, progress_interval=1.0, keepalive_time=6.0,
                      keepalive_timeout=1.0)
 
 
@@ -266,3 +267,29 @@ async def test_a_controller_cut_off_from_etcd_stops_serving_stale_reads(
         finally:
             await controller.stop()
             await direct.close()
+
+
+async def test_keepalive_pings_notice_a_frozen_etcd_without_progress_requests(
+        own_etcd: EtcdServer, caplog: pytest.LogCaptureFixture) -> None:
+    # Progress requests effectively off: only the HTTP/2 keepalive can notice.
+    settings = replace(QUICK, endpoints=(own_etcd.endpoint,), progress_interval=600.0,
+                       timeout=600.0)
+    client = EtcdClient.open(settings)
+    store = Store(client, "/keepalive/")
+    try:
+        async with running_cache(store):
+            own_etcd.pause()
+            paused_at = time.monotonic()
+            await eventually(lambda: any("watch cache lost etcd" in r.getMessage()
+                                         for r in caplog.records), timeout=20,
+                             message="the keepalive noticing the silent connection")
+            noticed = time.monotonic() - paused_at
+            own_etcd.resume()
+            # A ping after keepalive_time of silence, dead keepalive_timeout later.
+            assert noticed < settings.keepalive_time + settings.keepalive_timeout + 3, noticed
+            await Store(client, "/keepalive/").create(task("after"))
+            await eventually(lambda: "after" in store.cache.tasks, timeout=15,
+                             message="the watch re-established")
+    finally:
+        own_etcd.resume()
+        await client.close()
