@@ -52,7 +52,9 @@ class Compactor:
         """Compact every interval, to the revision noted one interval before."""
         if self.settings.interval <= 0:
             return
-        noted = 0
+        # Note the revision at once: a new leader compacts after one interval,
+        # so leadership changing hands often cannot postpone compaction forever.
+        noted = await self.tick(0)
         while True:
             await asyncio.sleep(self.settings.interval)
             noted = await self.tick(noted)
