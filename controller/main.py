@@ -29,6 +29,7 @@ import swarm
 from swarm.api import pki
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
+from .api.control import MAX_STALENESS
 from .ca import CASettings
 from .compaction import DEFAULT_INTERVAL, CompactionSettings
 from .dispatcher import DispatcherSettings
@@ -58,6 +59,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         help="the leader compacts etcd's history this often, keeping one to two "
                              "intervals (default %(default)s, as kube-apiserver; 0: never, "
                              "when etcd runs with --auto-compaction-retention)")
+    parser.add_argument("--max-read-staleness", type=float, default=MAX_STALENESS,
+                        metavar="SECONDS",
+                        help="refuse reads (UNAVAILABLE) once the watch cache has not heard from "
+                             "etcd for this long (default %(default)s)")
     parser.add_argument("--heartbeat-period", type=float, default=5.0,
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
@@ -94,6 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--heartbeat-period: must be positive")
     if args.etcd_compaction_interval < 0:
         parser.error("--etcd-compaction-interval: must be 0 (off) or positive")
+    if args.max_read_staleness <= 0:
+        parser.error("--max-read-staleness: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
@@ -118,6 +125,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         prefix=args.prefix,
         leadership=LeadershipSettings(lease_ttl=args.lease_ttl),
         compaction=CompactionSettings(interval=args.etcd_compaction_interval),
+        max_read_staleness=args.max_read_staleness,
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),
         heartbeat_period=args.heartbeat_period,
         address_pools=pools,

@@ -162,3 +162,4 @@ def test_the_compaction_interval_is_a_controller_flag(capsys: pytest.CaptureFixt
         parse_args(["--insecure", "--etcd-compaction-interval", "-1"])
     assert caught.value.code == 2
     assert "--etcd-compaction-interval: must be 0 (off) or positive" in capsys.readouterr().err
+    assert parse_args(["--insecure", "--max-read-staleness", "30"]).max_read_staleness == 30
