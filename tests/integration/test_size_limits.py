@@ -36,6 +36,19 @@ def test_the_issue_case_converges_with_an_unrelated_service(live: LiveCluster) -
     assert not live.service("big").write_error.message
 
 
+def test_the_largest_spec_on_an_overlay_network_converges(live: LiveCluster) -> None:
+    # The allocator rewrites these tasks with their addresses, the largest a
+    # spec may be, in batches bounded by bytes as well as operations.
+    ok(swarmctl(live, "network", "create", "back", "--subnet", "10.211.0.0/24"))
+    ok(swarmctl(live, "service", "create", "-d", "wide", "--image", "busybox", "--replicas",
+                "120", "--network", "back", "--publish", "8080:80",
+                "--env", _env(MAX_SERVICE_SPEC_BYTES - 1024)))
+    live.eventually(lambda: len(live.running("wide")) == 120, timeout=120,
+                    message="120 tasks of the largest spec on an overlay network")
+    addresses = {a.addresses[0] for t in live.running("wide") for a in t.networks}
+    assert len(addresses) == 240  # one on "back" and one on "ingress" per task
+
+
 def test_a_spec_over_the_limit_is_refused_and_nothing_written(live: LiveCluster) -> None:
     before = live.snapshot()
     result = swarmctl(live, "service", "create", "-d", "huge", "--image", "busybox",

@@ -19,6 +19,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import MAX_SERVICE_SPEC_BYTES, ValidationError, normalize_service_spec
 from swarm.cli.compose import StackError, parse_stack
 from swarm.cli.main import app
+from swarm.controller.allocator.reconciler import batches
 from swarm.controller.main import parse_args
 from swarm.controller.orchestrator.reconciler import BACKOFF_MAX, backoff_delay
 from swarm.controller.store import StoreFull, StoreRejected, StoreUnavailable, store_status
@@ -91,6 +92,15 @@ def test_the_issue_case_is_packed_by_bytes() -> None:
     chunks = pack_groups([(1, 20 * 1024 + 200)] * 200, 127, 1024 * 1024)
     assert max(len(chunk) for chunk in chunks) <= 51
     assert sum(len(chunk) for chunk in chunks) == 200
+
+
+def test_allocator_batches_are_bounded_by_bytes_too() -> None:
+    task = pb.Task(id="t")
+    task.spec.container.env.append("BIG=" + "x" * 30_000)
+    chunks = batches([task] * 100, 127, 512 * 1024)
+    assert all(sum(t.ByteSize() for t in chunk) <= 512 * 1024 for chunk in chunks)
+    assert sum(len(chunk) for chunk in chunks) == 100
+    assert len(chunks) > 100 * 3 // 127  # the operations alone would allow fewer
 
 
 def _spec(env_bytes: int) -> pb.ServiceSpec:
