@@ -340,6 +340,15 @@ def _update_config_lines(title: str, config: pb.UpdateConfig) -> list[Line]:
     ]
 
 
+def write_error_line(service: pb.Service) -> str:
+    """One line on why the controller cannot write a service's tasks ("" if it can)."""
+    error = service.write_error
+    if not error.message:
+        return ""
+    return (f"service {service.spec.name}: the controller cannot write its tasks "
+            f"({error.attempts} attempts since {timestamp(error.since)}): {error.message}")
+
+
 def service_details(service: pb.Service) -> str:
     spec = service.spec
     task = spec.task
@@ -361,6 +370,13 @@ def service_details(service: pb.Service) -> str:
             (1, "Started", timestamp(service.update_status.started_at)),
             (1, "Completed", timestamp(service.update_status.completed_at)),
             (1, "Message", service.update_status.message),
+        ]
+    if service.write_error.message:
+        lines += [
+            (0, "WriteError", None),
+            (1, "Message", service.write_error.message),
+            (1, "Since", timestamp(service.write_error.since)),
+            (1, "Attempts", str(service.write_error.attempts)),
         ]
     placement = task.placement
     if placement.constraints or placement.preferences or placement.max_replicas_per_node:

@@ -710,6 +710,9 @@ def ps(
     elif found or output is not render.Output.table:
         typer.echo(render.render(output, tasks, lambda: render.tasks_table(
             tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
+    for service in found:  # the tasks shown may not be all there should be: say why
+        if render.write_error_line(service):
+            typer.echo(render.write_error_line(service), err=True)
     fail_if(failed)
 
 

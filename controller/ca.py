@@ -45,7 +45,7 @@ from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
-from .store import Conflict, Op, Store, Update
+from .store import Conflict, Op, Store, StoreError, Update, store_status
 from .store.cache import Change
 
 log = logging.getLogger(__name__)
@@ -426,6 +426,8 @@ class CAAdminServicer(cagrpc.CAAdminServicer):
                 token = await self._pki.rotate_token(role)
             except Conflict as error:
                 await _abort(context, grpc.StatusCode.ABORTED, f"cannot rotate the token: {error}")
+            except StoreError as error:
+                await _abort(context, *store_status(error, "rotate the token"))
         else:
             token = self._pki.token(role)
         return capb.JoinTokenResponse(token=str(token), role=request.role)

@@ -51,7 +51,17 @@ from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
 from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
 from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
-from .store import Change, Conflict, Create, Guard, Store, StoreUnavailable, Update
+from .store import (
+    Change,
+    Conflict,
+    Create,
+    Guard,
+    Op,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    Update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +218,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         )
         try:
             await self._store.commit([Create(node)], guard=state.guard)
-        except (Conflict, StoreUnavailable) as error:
+        except (Conflict, StoreError) as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not register node: {error}")
         log.info("registered node %s (%s)", node.id, request.description.hostname)
         return dpb.RegisterResponse(node_id=node.id)
@@ -230,7 +240,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         try:
             description = request.description if request.HasField("description") else None
             await self._mark_node(state, node_id, pb.NodeStatus.READY, "", description=description)
-        except (Conflict, StoreUnavailable) as error:
+        except (Conflict, StoreError) as error:
             del state.sessions[node_id]
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not open session: {error}")
         log.info("session %s opened for node %s", session.session_id, node_id)
@@ -459,11 +469,18 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if node is not None and node.status.state != pb.NodeStatus.DOWN:
                     log.warning("node %s missed %d heartbeats: marking it down",
                                 node_id, HEARTBEAT_MISSES)
-                    await self._mark_node(state, node_id, pb.NodeStatus.DOWN, "heartbeat failure")
+                    try:
+                        await self._mark_node(state, node_id, pb.NodeStatus.DOWN,
+                                              "heartbeat failure")
+                    except (Conflict, StoreError) as error:
+                        # Try again next round (unless it has come back meanwhile).
+                        log.warning("cannot mark node %s down: %s", node_id, error)
+                        state.heartbeats.setdefault(node_id, seen)
 
     # ------------------------------------------------------------ status
 
     async def _write_statuses(self, state: _LeaderState) -> None:
+        outage = 0.0
         while True:
             await state.status_ready.wait()
             state.status_ready.clear()
@@ -483,12 +500,22 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 ops.append(Update(task))
             if not ops:
                 continue
+            rejected: list[Op] = []
             try:
-                failed = await self._store.commit_chunked(ops, guard=state.guard)
+                failed = await self._store.commit_chunked(ops, guard=state.guard,
+                                                          rejected=rejected)
+                outage = 0.0
             except StoreUnavailable as error:
-                log.warning("cannot write task status: %s", error)
+                # etcd down or full (NOSPACE): keep every report the agents were
+                # told was taken, and write them once etcd takes writes again.
+                outage = min(5.0, max(0.5, outage * 2))
+                log.warning("cannot write %d task statuses (kept; retrying in %.1fs): %s",
+                            len(ops), outage, error)
                 failed = list(ops)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(outage)
+            for op in rejected:  # etcd refuses this task as such: no retry can help
+                if isinstance(op, Update):
+                    log.error("task %s: etcd refused its status write; dropped", op.obj.id)
             for op in failed:
                 assert isinstance(op, Update)
                 # Retry against the refreshed cache unless a newer report arrived.

@@ -19,7 +19,7 @@ from typing import Any
 
 from swarm.api.loops import cancel_requested
 
-from .store import Guard, Store, StoreUnavailable
+from .store import Guard, Store, StoreError, StoreUnavailable
 from .store import etcd as E
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Leadership:
         while True:
             try:
                 won = await self._campaign()
-            except StoreUnavailable as error:
+            except StoreError as error:  # unreachable, full (NOSPACE) or refused: try again
                 log.warning("cannot campaign: %s", error)
                 won = None
             if won is None:

@@ -29,10 +29,14 @@ import swarm
 from swarm.api import pki
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
+from .api.control import MAX_STALENESS
 from .ca import CASettings
+from .compaction import DEFAULT_INTERVAL as DEFAULT_COMPACTION_INTERVAL
+from .compaction import CompactionSettings
 from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
-from .orchestrator.autorebalance import DEFAULT_INTERVAL, AutoRebalanceSettings
+from .orchestrator.autorebalance import DEFAULT_INTERVAL as DEFAULT_REBALANCE_INTERVAL
+from .orchestrator.autorebalance import AutoRebalanceSettings
 from .server import Controller, ControllerConfig
 from .store import EtcdSettings
 
@@ -53,6 +57,15 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
     parser.add_argument("--etcd-cert", default="", help="client certificate for etcd")
     parser.add_argument("--etcd-key", default="", help="client key for etcd")
     parser.add_argument("--prefix", default="/swarm/", help="etcd key prefix (default %(default)s)")
+    parser.add_argument("--etcd-compaction-interval", type=float, default=DEFAULT_COMPACTION_INTERVAL,
+                        metavar="SECONDS",
+                        help="the leader compacts etcd's history this often, keeping one to two "
+                             "intervals (default %(default)s, as kube-apiserver; 0: never, "
+                             "when etcd runs with --auto-compaction-retention)")
+    parser.add_argument("--max-read-staleness", type=float, default=MAX_STALENESS,
+                        metavar="SECONDS",
+                        help="refuse reads (UNAVAILABLE) once the watch cache has not heard from "
+                             "etcd for this long (default %(default)s)")
     parser.add_argument("--heartbeat-period", type=float, default=5.0,
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
@@ -65,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
     parser.add_argument("--auto-rebalance", action="store_true",
                         help="when a node joins or comes back, rebalance replicated services "
                              "that are unbalanced, one at a time (off by default)")
-    parser.add_argument("--auto-rebalance-interval", type=float, default=DEFAULT_INTERVAL,
+    parser.add_argument("--auto-rebalance-interval", type=float, default=DEFAULT_REBALANCE_INTERVAL,
                         metavar="SECONDS",
                         help="quiet time after the last node arrival before rebalancing, and "
                              "the least time between two rebalance starts (default %(default)s)")
@@ -96,6 +109,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--heartbeat-period: must be positive")
     if args.auto_rebalance_interval <= 0:
         parser.error("--auto-rebalance-interval: must be positive")
+    if args.etcd_compaction_interval < 0:
+        parser.error("--etcd-compaction-interval: must be 0 (off) or positive")
+    if args.max_read_staleness <= 0:
+        parser.error("--max-read-staleness: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
@@ -119,6 +136,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                           ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key),
         prefix=args.prefix,
         leadership=LeadershipSettings(lease_ttl=args.lease_ttl),
+        compaction=CompactionSettings(interval=args.etcd_compaction_interval),
+        max_read_staleness=args.max_read_staleness,
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),
         heartbeat_period=args.heartbeat_period,
         address_pools=pools,

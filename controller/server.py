@@ -29,7 +29,7 @@ from .allocator.index import AddressIndex
 from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
-from .api.control import ControlServicer
+from .api.control import MAX_STALENESS, ControlServicer
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -39,6 +39,7 @@ from .ca import (
     JoinServicer,
     NodeCAServicer,
 )
+from .compaction import CompactionSettings, Compactor
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
@@ -62,6 +63,9 @@ class ControllerConfig:
     leadership: LeadershipSettings = field(default_factory=LeadershipSettings)
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     logs: LogBrokerSettings = field(default_factory=LogBrokerSettings)
+    compaction: CompactionSettings = field(default_factory=CompactionSettings)
+    # Reads are refused once the watch cache has not heard from etcd for this long.
+    max_read_staleness: float = MAX_STALENESS
     # Settings of a cluster initialised by this controller.
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
@@ -116,6 +120,7 @@ class Controller:
         self.auto_rebalancer = AutoRebalancer(self.store, config.auto_rebalance)
         self.dispatcher: Dispatcher | None = None
         self.logs = LogBroker(self.store, config.logs)
+        self.compactor = Compactor(self.etcd, config.compaction)
 
     async def start(self) -> None:
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))
@@ -150,8 +155,9 @@ class Controller:
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
-        cgrpc.add_ControlServicer_to_server(
-            ControlServicer(self.store, self.leadership, self.addresses, self.logs), self._server)
+        control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
+        control.max_staleness = self.config.max_read_staleness
+        cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:
             cagrpc.add_NodeCAServicer_to_server(NodeCAServicer(self.pki), self._server)
@@ -189,6 +195,7 @@ class Controller:
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
             start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
             start_supervised("log-broker", self.logs.serve_as_leader),
+            start_supervised("compactor", self.compactor.run),
         ]
         if self.config.auto_rebalance.enabled:
             rebalancer = self.auto_rebalancer

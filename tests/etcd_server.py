@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from swarm.cli.dev.daemons import stop_child
@@ -48,17 +49,23 @@ class EtcdServer:
 
     @classmethod
     def start(cls, timeout: float = 20.0, fsync: bool = False,
-              tls: ServerTLS | None = None) -> EtcdServer:
+              tls: ServerTLS | None = None, extra: Sequence[str] = (),
+              member_dir: str = "", peer_port: int = 0) -> EtcdServer:
         """tls: serve clients over TLS and require a client certificate signed
-        by tls.ca_file (as a production etcd is run)."""
+        by tls.ca_file (as a production etcd is run). extra: more etcd flags.
+        member_dir: an existing etcd data directory (one restored from a
+        snapshot with peer_port as its peer URL's port), moved into this
+        server's temporary directory."""
         data_dir = tempfile.mkdtemp(prefix="swarm-etcd-")
-        client_port, peer_port = free_port(), free_port()
+        client_port, peer_port = free_port(), peer_port or free_port()
+        if member_dir:
+            shutil.move(member_dir, os.path.join(data_dir, "data"))
         client_url = f"{'https' if tls else 'http'}://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         log = open(os.path.join(data_dir, "etcd.log"), "wb")  # noqa: SIM115 - owned by the process
         process = subprocess.Popen(
             etcd_argv("test", os.path.join(data_dir, "data"), client_url, peer_url,
-                      fsync=fsync, extra=tls.argv() if tls else ()),
+                      fsync=fsync, extra=[*(tls.argv() if tls else ()), *extra]),
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()

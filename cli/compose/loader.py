@@ -10,10 +10,41 @@ import yaml
 
 from .interpolation import interpolate
 from .model import Location, Node, StackError, StackWarning, describe, quote
-from .schema import MAX_DEPTH
+from .schema import MAX_DEPTH, MAX_NODES
 
 _PLAIN_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
                          "tag:yaml.org,2002:bool", "tag:yaml.org,2002:null"})
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values node stands for once every alias is expanded, counted
+    once per distinct node (sizes memoizes by id): linear in the file, however
+    large the expansion. A recursive alias counts 0 here (_convert refuses it)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 0
+    total = 1 + sum(_expanded_size(child, sizes) for child in _children(node))
+    sizes[id(node)] = total
+    return total
+
+
+def _largest_within(root: yaml.Node, sizes: dict[int, int]) -> yaml.Node:
+    """The innermost node over MAX_NODES: where the bomb is, to point at."""
+    node = root
+    while True:
+        over = [c for c in _children(node) if sizes.get(id(c), 0) > MAX_NODES]
+        if not over:
+            return node
+        node = over[0]
 
 
 class YamlReader:
@@ -33,7 +64,16 @@ class YamlReader:
         loader = yaml.SafeLoader(text)
         try:
             root = loader.get_single_node()
-            return None if root is None else self._convert(loader, root, 0, frozenset())
+            if root is None:
+                return None
+            sizes: dict[int, int] = {}
+            if _expanded_size(root, sizes) > MAX_NODES:
+                bomb = _largest_within(root, sizes)
+                raise StackError(self.at(bomb.start_mark), "",
+                                 f"this value expands to {sizes[id(bomb)]} values through aliases "
+                                 f"(*name) of aliases, over the limit of {MAX_NODES}: refused "
+                                 "as an alias bomb")
+            return self._convert(loader, root, 0, frozenset())
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             where = self.at(mark) if mark is not None else Location(self.filename, 1, 1)

@@ -22,6 +22,12 @@ UINT32_MAX = 2**32 - 1
 _INT64_MAX = 2**63 - 1
 MAX_PORT = 65_535
 MAX_DEPTH = 100  # YAML nesting; deeper is refused rather than recursing further
+# The most values one file may expand to. Aliases share a node, so a small
+# file can name an exponential number of values ("billion laughs": 9 lines of
+# 10 aliases each are 10^9 values); expanding it would take minutes and
+# gigabytes. A real stack is a few thousand values. (Merge keys, `<<: *name`,
+# are no bomb: PyYAML 6's flatten_mapping keeps each merged key once.)
+MAX_NODES = 50_000
 STACK_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
 ENV_KEY_RE = re.compile(r"[^=\s]+")
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..ids import new_id
-from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
+from ..store import Change, Conflict, Guard, Op, Store, StoreError, Update
 from ..store.etcd import MAX_TXN_OPS
 from .claims import claim_address, network_ops, node_owner, release_address
 from .networks import AllocationError, Pool, allocate_network, pool_settings
@@ -128,8 +128,16 @@ class IngressKeeper:
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
         try:
-            if self._create:
-                await self.ensure_network(guard)
+            delay = 0.5
+            while self._create:
+                try:
+                    await self.ensure_network(guard)
+                    break
+                except StoreError as error:  # etcd down or full: keep trying, no crash
+                    log.warning("ingress: cannot create the network (retrying in %.0fs): %s",
+                                delay, error)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
             self._wake.set()
             while True:
                 await self._wake.wait()
@@ -193,7 +201,7 @@ class IngressKeeper:
                 # status write, say): plan again from the refreshed cache.
                 await asyncio.sleep(0.02)
                 continue
-            except StoreUnavailable as error:
+            except StoreError as error:
                 log.warning("ingress: cannot write node addresses: %s", error)
                 await asyncio.sleep(0.5)
                 self._wake.set()

@@ -2,10 +2,12 @@
 
 Level-triggered like the scheduler: it keeps the set of NEW tasks to look at;
 each pass plans them (tasks.plan_tasks, pure) in batches that fit one
-transaction, and writes each batch atomically: the tasks (now PENDING, with
+transaction (by operations and bytes), and writes each batch atomically: the tasks (now PENDING, with
 their attachments), the create-only address keys, and the networks whose
 cursor moved (a compare-and-swap that serialises allocators on a network).
-A conflicting batch is re-planned from the refreshed cache. Tasks that must
+A conflicting batch is re-planned from the refreshed cache; a batch etcd
+refuses as such is written task by task, and only a task refused alone is
+left (parked until it changes). Tasks that must
 wait (full subnet, missing VIPs) keep the reason as their status message and
 are retried when addresses are released or networks and services change.
 """
@@ -19,8 +21,8 @@ from collections.abc import Callable, Sequence
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Conflict, Guard, Op, Store, StoreUnavailable, Update
-from ..store.etcd import MAX_TXN_OPS
+from ..store import Change, Conflict, Guard, Op, Store, StoreRejected, StoreUnavailable, Update
+from ..store.etcd import MAX_TXN_BYTES, MAX_TXN_OPS
 from ..workset import WorkSet
 from .claims import claim_address, task_owner
 from .index import AddressIndex
@@ -38,18 +40,22 @@ def _cost(task: pb.Task) -> int:
     return 1 + 2 * (len(task.spec.networks) + 1)
 
 
-def batches(tasks: Sequence[pb.Task], budget: int) -> list[list[pb.Task]]:
-    """Consecutive runs of tasks whose worst-case cost fits the budget."""
+def batches(tasks: Sequence[pb.Task], budget: int,
+            byte_budget: int = MAX_TXN_BYTES) -> list[list[pb.Task]]:
+    """Consecutive runs of tasks whose worst-case cost fits the budget, and
+    whose records fit byte_budget (each task is rewritten whole: with large
+    specs, bytes run out before operations do)."""
     result: list[list[pb.Task]] = []
     current: list[pb.Task] = []
-    spent = 0
+    spent = size = 0
     for task in tasks:
-        cost = _cost(task)
-        if current and spent + cost > budget:
+        cost, task_bytes = _cost(task), task.ByteSize()
+        if current and (spent + cost > budget or size + task_bytes > byte_budget):
             result.append(current)
-            current, spent = [], 0
+            current, spent, size = [], 0, 0
         current.append(task)
         spent += cost
+        size += task_bytes
     if current:
         result.append(current)
     return result
@@ -97,30 +103,53 @@ class Allocator:
             return
         self.passes += 1
         budget = MAX_TXN_OPS - 1  # the guard's compare
-        for batch in batches(tasks, budget):
-            # Re-read per batch: the previous batch's writes are in the cache.
-            current = [cache.tasks[t.id] for t in batch if needs_allocation(cache.tasks.get(t.id))]
-            plan = plan_tasks(current, cache.networks, cache.services, self._addresses,
-                              self._clock())
-            ops = self._ops(plan, current)
-            # Before the commit: writing a waiting task's reason must not queue it again.
-            self._work.park(plan.waiting)
-            if plan.waiting:
-                log.info("allocator: %d tasks wait: %s", len(plan.waiting),
-                         next(iter(plan.waiting.values())))
-            if not ops:
-                continue
-            try:
-                await self._store.commit(ops, guard=guard)
-            except Conflict:
-                log.info("allocator: a batch of %d tasks conflicted; re-planning", len(current))
-                self._work.retry(t.id for t in current)
-                continue
-            except StoreUnavailable as error:
-                log.warning("allocator cannot write: %s", error)
-                self._work.retry(t.id for t in current)
-                await asyncio.sleep(0.5)
+        # Half the store's byte budget: the networks and address claims come on top.
+        byte_budget = self._store.etcd.settings.max_txn_bytes // 2
+        for batch in batches(tasks, budget, byte_budget):
+            if not await self._allocate(batch, guard):
+                # etcd is unavailable: all of this pass again later (the tasks
+                # written already no longer need allocation and drop out).
+                self._work.retry(t.id for t in tasks)
                 return
+
+    async def _allocate(self, batch: list[pb.Task], guard: Guard | None) -> bool:
+        """Plan and write one batch; False when etcd is unavailable (end the pass)."""
+        cache = self._store.cache
+        # Re-read per batch: the previous batch's writes are in the cache.
+        current = [cache.tasks[t.id] for t in batch if needs_allocation(cache.tasks.get(t.id))]
+        plan = plan_tasks(current, cache.networks, cache.services, self._addresses,
+                          self._clock())
+        ops = self._ops(plan, current)
+        # Before the commit: writing a waiting task's reason must not queue it again.
+        self._work.park(plan.waiting)
+        if plan.waiting:
+            log.info("allocator: %d tasks wait: %s", len(plan.waiting),
+                     next(iter(plan.waiting.values())))
+        if not ops:
+            return True
+        try:
+            await self._store.commit(ops, guard=guard)
+        except Conflict:
+            log.info("allocator: a batch of %d tasks conflicted; re-planning", len(current))
+            self._work.retry(t.id for t in current)
+        except StoreRejected as error:
+            if len(current) > 1:
+                # etcd refuses the batch as such: find the task it refuses, one
+                # by one, so that the others are written.
+                for task in current:
+                    if not await self._allocate([task], guard):
+                        return False
+                return True
+            # This task alone is refused: leave it until it changes.
+            log.error("allocator: etcd refused the allocation of task %s: %s",
+                      current[0].id if current else "?", error)
+            self._work.park(t.id for t in current)
+        except StoreUnavailable as error:
+            log.warning("allocator cannot write: %s", error)
+            self._work.retry(t.id for t in current)
+            await asyncio.sleep(0.5)
+            return False
+        return True
 
     def _ops(self, plan: TaskPlan, tasks: Sequence[pb.Task]) -> list[Op]:
         keys = self._store.keys

@@ -3,7 +3,15 @@
 Reads are answered from the watch cache, so a controller that lost etcd keeps
 answering them. Writes validate the whole request first (nothing is written
 for a bad one), then commit one compare-and-swap transaction; a conflict is
-ABORTED for the caller to read again, an unreachable etcd is UNAVAILABLE.
+ABORTED for the caller to read again, an unreachable etcd is UNAVAILABLE,
+a full one (etcd's NOSPACE alarm) RESOURCE_EXHAUSTED with what to do about
+it, a request etcd refuses as such INVALID_ARGUMENT (store_status).
+
+Reads are refused (UNAVAILABLE) once the cache has not heard from etcd for
+max_staleness seconds: a controller behind a half-open connection serves a
+view at most that old, then sends clients to another controller. An idle
+healthy cache hears from etcd every few seconds (the watch's progress
+requests), so the bound only bites when etcd is really out of reach.
 """
 
 from __future__ import annotations
@@ -69,8 +77,9 @@ from ..store import (
     ReleaseName,
     ReserveName,
     Store,
-    StoreUnavailable,
+    StoreError,
     Update,
+    store_status,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +99,14 @@ _RACE_PAUSE = 0.05  # seconds, times a random factor in [0.5, 1.5) against lock-
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
     await context.abort(code, message)
     raise AssertionError("unreachable")  # abort raises
+
+
+MAX_STALENESS = 15.0  # seconds; see the module docstring
+
+
+async def _store_failed(context: Context, error: StoreError, what: str) -> NoReturn:
+    code, message = store_status(error, what)
+    await _abort(context, code, message)
 
 
 def _copy(obj: T) -> T:
@@ -135,16 +152,25 @@ class ControlServicer(cgrpc.ControlServicer):
         # one lose. Races with other controllers are left to the claims.
         self._network_lock = asyncio.Lock()
         self._logs = logs
+        self.max_staleness = MAX_STALENESS
 
     async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
         try:
             await self._store.commit(ops)
-        except StoreUnavailable as error:
-            await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                         f"cannot {what}: the store is unavailable ({error}); reads still work")
+        except StoreError as error:
+            await _store_failed(context, error, what)
         except Conflict:
             await _abort(context, grpc.StatusCode.ABORTED,
                          f"cannot {what}: it was changed concurrently; read it again and retry")
+
+    async def _fresh(self, context: Context) -> None:
+        """Refuse to read from a cache that has not heard from etcd for too long."""
+        staleness = self._store.cache.staleness()
+        if staleness > self.max_staleness:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE,
+                         f"this controller has not heard from etcd for {staleness:.0f}s "
+                         f"(limit {self.max_staleness:.0f}s), so its view may be stale; "
+                         "try another controller")
 
     async def _resolve(self, context: Context, ref: str, objects: Mapping[str, T],
                        name_of: Callable[[T], str], kind: str) -> T:
@@ -185,9 +211,8 @@ class ControlServicer(cgrpc.ControlServicer):
                     continue
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"spec.name: service {spec.name!r} already exists")
-            except StoreUnavailable as error:
-                await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                             f"cannot create service: the store is unavailable ({error})")
+            except StoreError as error:
+                await _store_failed(context, error, "create service")
             log.info("created service %s (%s)", service.spec.name, service.id)
             return cpb.ServiceResponse(service=service)
         await _abort(context, grpc.StatusCode.ABORTED,
@@ -266,12 +291,14 @@ class ControlServicer(cgrpc.ControlServicer):
                    for n in networks)
 
     async def GetService(self, request: cpb.GetRequest, context: Context) -> cpb.ServiceResponse:
+        await self._fresh(context)
         service = await self._resolve(context, request.ref, self._store.cache.services,
                                       lambda s: s.spec.name, "service")
         return cpb.ServiceResponse(service=service)
 
     async def ListServices(self, request: cpb.ListServicesRequest,
                            context: Context) -> cpb.ListServicesResponse:
+        await self._fresh(context)
         filters = request.filters
         services = _with_prefix(self._store.cache.services.values(), lambda s: s.id,
                                 filters.id_prefixes)
@@ -335,10 +362,8 @@ class ControlServicer(cgrpc.ControlServicer):
                 await _abort(context, grpc.StatusCode.ABORTED,
                              f"cannot update service {spec.name!r}: it was changed concurrently; "
                              "read it again and retry")
-            except StoreUnavailable as error:
-                await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                             f"cannot update service {spec.name!r}: the store is unavailable "
-                             f"({error}); reads still work")
+            except StoreError as error:
+                await _store_failed(context, error, f"update service {spec.name!r}")
             return cpb.ServiceResponse(service=service)
         await _abort(context, grpc.StatusCode.ABORTED,
                      "its networks kept changing concurrently; try again")
@@ -362,9 +387,8 @@ class ControlServicer(cgrpc.ControlServicer):
                 await self._store.commit([Update(service)])
             except Conflict:
                 continue
-            except StoreUnavailable as error:
-                await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                             f"cannot scale: the store is unavailable ({error})")
+            except StoreError as error:
+                await _store_failed(context, error, "scale")
             return cpb.ServiceResponse(service=service)
         await _abort(context, grpc.StatusCode.ABORTED, "service kept changing; try again")
 
@@ -417,10 +441,8 @@ class ControlServicer(cgrpc.ControlServicer):
             except Conflict:
                 await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
                 continue
-            except StoreUnavailable as error:
-                await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                             f"cannot rebalance service {service.spec.name!r}: the store is "
-                             f"unavailable ({error}); reads still work")
+            except StoreError as error:
+                await _store_failed(context, error, f"rebalance service {service.spec.name!r}")
             log.info("rebalancing service %s: %d slots move", service.spec.name,
                      len(plan.moves))
             response.service.CopyFrom(updated)
@@ -430,12 +452,14 @@ class ControlServicer(cgrpc.ControlServicer):
     # ------------------------------------------------------------ nodes
 
     async def GetNode(self, request: cpb.GetRequest, context: Context) -> cpb.NodeResponse:
+        await self._fresh(context)
         node = await self._resolve(context, request.ref, self._store.cache.nodes,
                                    lambda n: n.description.hostname, "node")
         return cpb.NodeResponse(node=node)
 
     async def ListNodes(self, request: cpb.ListNodesRequest,
                         context: Context) -> cpb.ListNodesResponse:
+        await self._fresh(context)
         filters = request.filters
         nodes = _with_prefix(self._store.cache.nodes.values(), lambda n: n.id, filters.id_prefixes)
         if filters.names:
@@ -524,9 +548,8 @@ class ControlServicer(cgrpc.ControlServicer):
                          spec.name)
                 await asyncio.sleep(_RACE_PAUSE * random.uniform(0.5, 1.5))
                 continue
-            except StoreUnavailable as error:
-                await _abort(context, grpc.StatusCode.UNAVAILABLE,
-                             f"cannot create network: the store is unavailable ({error})")
+            except StoreError as error:
+                await _store_failed(context, error, "create network")
             log.info("created network %s (%s): subnet %s, gateway %s, VNI %d", spec.name,
                      network.id, network.subnet, network.gateway, network.vni)
             return cpb.NetworkResponse(network=network)
@@ -534,12 +557,14 @@ class ControlServicer(cgrpc.ControlServicer):
                      f"network {spec.name!r} kept conflicting with concurrent creations; try again")
 
     async def GetNetwork(self, request: cpb.GetRequest, context: Context) -> cpb.NetworkResponse:
+        await self._fresh(context)
         network = await self._resolve(context, request.ref, self._store.cache.networks,
                                       lambda n: n.spec.name, "network")
         return cpb.NetworkResponse(network=network)
 
     async def ListNetworks(self, request: cpb.ListNetworksRequest,
                            context: Context) -> cpb.ListNetworksResponse:
+        await self._fresh(context)
         filters = request.filters
         networks = _with_prefix(self._store.cache.networks.values(), lambda n: n.id,
                                 filters.id_prefixes)
@@ -585,12 +610,14 @@ class ControlServicer(cgrpc.ControlServicer):
     # ------------------------------------------------------------ tasks
 
     async def GetTask(self, request: cpb.GetRequest, context: Context) -> cpb.TaskResponse:
+        await self._fresh(context)
         task = await self._resolve(context, request.ref, self._store.cache.tasks,
                                    lambda t: t.id, "task")
         return cpb.TaskResponse(task=task)
 
     async def ListTasks(self, request: cpb.ListTasksRequest,
                         context: Context) -> cpb.ListTasksResponse:
+        await self._fresh(context)
         filters = request.filters
         cache = self._store.cache
         if filters.service_ids:
@@ -619,6 +646,7 @@ class ControlServicer(cgrpc.ControlServicer):
 
     async def GetCluster(self, request: cpb.GetClusterRequest,
                          context: Context) -> cpb.ClusterResponse:
+        await self._fresh(context)
         clusters = list(self._store.cache.clusters.values())
         if not clusters:
             await _abort(context, grpc.StatusCode.NOT_FOUND, "the cluster is not initialised")

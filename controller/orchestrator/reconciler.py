@@ -7,6 +7,14 @@ and writes all resulting operations in chunked, fenced transactions. A
 conflicting chunk just marks its services dirty again: the failed transaction
 already refreshed the cache, so the next plan starts from the truth. A full
 pass runs when leadership is gained.
+
+Failures are isolated per service: a service whose plan raises, or whose
+writes etcd refuses as such (StoreRejected: too large, ...), is retried with
+its own back-off (1 s doubling to 60 s) and the reason is written into its
+`write_error` (shown by `service inspect` and `service ps`); every other
+service is planned and written as usual. etcd being unavailable or full
+(NOSPACE) concerns every service: the pass is retried with a back-off of its
+own, and nothing is lost because the next pass re-plans from the cache.
 """
 
 from __future__ import annotations
@@ -17,9 +25,23 @@ import time
 from collections.abc import Callable, Mapping
 
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
 from ..allocator.claims import release_task
-from ..store import Change, Create, Delete, Guard, Keys, Op, Store, StoreUnavailable, Update
+from ..store import (
+    Change,
+    Conflict,
+    Create,
+    Delete,
+    Guard,
+    Keys,
+    Op,
+    Store,
+    StoreError,
+    StoreRejected,
+    StoreUnavailable,
+    Update,
+)
 from .plan import OrchestratorSettings, ServicePlan, plan_service
 
 log = logging.getLogger(__name__)
@@ -28,6 +50,16 @@ _BATCH_WINDOW = 0.005  # let a burst of changes collapse into one pass
 
 
 _ROLLING = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
+
+BACKOFF_INITIAL = 1.0  # seconds before a failing service is tried again
+BACKOFF_MAX = 60.0
+_OUTAGE_MAX = 5.0  # the longest wait between passes while etcd is unavailable or full
+
+
+def backoff_delay(attempts: int, initial: float = BACKOFF_INITIAL,
+                  limit: float = BACKOFF_MAX) -> float:
+    """The wait after the attempts-th failure in a row (1, 2, 3, ...)."""
+    return float(min(limit, initial * 2 ** min(max(attempts - 1, 0), 30)))
 
 
 def _node_usable(node: pb.Node | None) -> bool:
@@ -66,6 +98,9 @@ class Orchestrator:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
+        # Failing services: service -> (failures in a row, not before (monotonic)).
+        self._failing: dict[str, tuple[int, float]] = {}
+        self._outage_delay = 0.0
 
     def settings(self) -> OrchestratorSettings:
         for cluster in self._store.cache.clusters.values():
@@ -129,31 +164,104 @@ class Orchestrator:
         settings = self.settings()
         groups: list[list[Op]] = []
         owner: list[str] = []  # per group: the service it belongs to
-        for service_id in service_ids:
-            plan = plan_service(cache.services.get(service_id),
-                                list(cache.tasks_by_service.get(service_id, {}).values()),
-                                cache.nodes, now, settings, service_id=service_id)
+        broken: dict[str, str] = {}  # service -> why it failed this pass
+        due = self._due(service_ids)
+        for service_id in due:
+            service = cache.services.get(service_id)
+            if service is not None and service.spec.ByteSize() > MAX_SERVICE_SPEC_BYTES:
+                # Written before the limit (or past the API): its tasks would
+                # carry it into every status write. Left as it is until updated.
+                broken[service_id] = (f"the service spec is {service.spec.ByteSize()} bytes, over "
+                                      f"the limit of {MAX_SERVICE_SPEC_BYTES}: no task is made "
+                                      "or removed until it is updated below the limit")
+                continue
+            try:
+                plan = plan_service(service,
+                                    list(cache.tasks_by_service.get(service_id, {}).values()),
+                                    cache.nodes, now, settings, service_id=service_id)
+            except Exception as error:  # a bug must cost one service, not all
+                log.exception("orchestrator: cannot plan service %s", service_id)
+                broken[service_id] = f"cannot plan: {error}"
+                continue
             if plan.requeue_after is not None:
                 asyncio.get_running_loop().call_later(plan.requeue_after, self.mark, service_id)
             for group in _plan_ops(plan, cache.tasks, self._store.keys):
                 owner.append(service_id)
                 groups.append(group)
-        if not groups:
-            return
-        try:
-            failed = await self._store.commit_groups(groups, guard=guard)
-        except StoreUnavailable as error:
-            log.warning("orchestrator cannot write: %s", error)
-            self._dirty |= service_ids
-            await asyncio.sleep(0.5)
-            self._wake.set()
-            return
-        if failed:
-            retry = {owner[i] for i in failed}
+        rejected: dict[int, StoreRejected] = {}
+        failed: list[int] = []
+        if groups:
+            try:
+                failed = await self._store.commit_groups(groups, guard=guard, rejected=rejected)
+            except StoreUnavailable as error:
+                self._outage_delay = min(_OUTAGE_MAX, max(0.5, self._outage_delay * 2))
+                log.warning("orchestrator cannot write (retrying in %.1fs): %s",
+                            self._outage_delay, error)
+                self._dirty |= service_ids
+                await asyncio.sleep(self._outage_delay)
+                self._wake.set()
+                return
+        self._outage_delay = 0.0
+        for index, refusal in rejected.items():
+            broken.setdefault(owner[index], f"etcd refused its task writes: {refusal}")
+        retry = {owner[i] for i in failed} - broken.keys()
+        if retry:
             log.info("orchestrator: %d writes conflicted; re-planning %d services",
                      len(failed), len(retry))
             self._dirty |= retry
             self._wake.set()
+        for service_id, reason in broken.items():
+            await self._failed(service_id, reason, guard)
+        for service_id in set(due) - broken.keys() - retry:
+            await self._succeeded(service_id, guard)
+
+    def _due(self, service_ids: set[str]) -> list[str]:
+        """The services to plan now: those backing off wait for their time."""
+        now = time.monotonic()
+        due = []
+        for service_id in service_ids:
+            failing = self._failing.get(service_id)
+            if failing is not None and failing[1] > now:
+                continue  # marked again when its back-off ends (_failed)
+            due.append(service_id)
+        return due
+
+    async def _failed(self, service_id: str, reason: str, guard: Guard) -> None:
+        attempts = self._failing.get(service_id, (0, 0.0))[0] + 1
+        delay = backoff_delay(attempts)
+        self._failing[service_id] = (attempts, time.monotonic() + delay)
+        asyncio.get_running_loop().call_later(delay, self.mark, service_id)
+        log.warning("orchestrator: service %s failed (%d in a row; again in %.0fs): %s",
+                    service_id, attempts, delay, reason)
+        current = self._store.cache.services.get(service_id)
+        if current is None:
+            return
+        service = pb.Service()
+        service.CopyFrom(current)
+        if not service.write_error.message:
+            service.write_error.since.GetCurrentTime()
+        service.write_error.message = reason
+        service.write_error.attempts = attempts
+        await self._write_service(service, guard)
+
+    async def _succeeded(self, service_id: str, guard: Guard) -> None:
+        self._failing.pop(service_id, None)
+        current = self._store.cache.services.get(service_id)
+        if current is None or not current.HasField("write_error"):
+            return
+        service = pb.Service()
+        service.CopyFrom(current)
+        service.ClearField("write_error")
+        log.info("orchestrator: service %s writes again", service_id)
+        await self._write_service(service, guard)
+
+    async def _write_service(self, service: pb.Service, guard: Guard) -> None:
+        """Record a service's write_error; best effort (the next pass tries again)."""
+        try:
+            await self._store.commit([Update(service)], guard=guard)
+        except (Conflict, StoreError) as error:
+            log.warning("orchestrator: cannot record the state of service %s: %s",
+                        service.id, error)
 
 
 def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task], keys: Keys) -> list[list[Op]]:

@@ -91,11 +91,15 @@ class SchedulerLoop:
                     ops.append(Update(task))
         if not ops:
             return
+        rejected: list[Op] = []
         try:
-            failed = await self._store.commit_chunked(ops, guard=guard)
+            failed = await self._store.commit_chunked(ops, guard=guard, rejected=rejected)
         except StoreUnavailable as error:
             log.warning("scheduler cannot write: %s", error)
             failed = ops
             await asyncio.sleep(0.5)
+        if rejected:  # etcd refuses these tasks as such: wait until they change
+            log.error("scheduler: etcd refused the writes of %d tasks", len(rejected))
+            self._work.park(op.obj.id for op in rejected if isinstance(op, Update))
         if failed:
             self._work.retry(op.obj.id for op in failed if isinstance(op, Update))

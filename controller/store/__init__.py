@@ -1,7 +1,16 @@
 """controller.store: etcd-backed objects with optimistic concurrency and a watch cache."""
 
 from .cache import Change, WatchCache
-from .etcd import EtcdClient, EtcdSettings, StoreUnavailable
+from .etcd import (
+    NOSPACE_HINT,
+    EtcdClient,
+    EtcdSettings,
+    StoreError,
+    StoreFull,
+    StoreRejected,
+    StoreUnavailable,
+    store_status,
+)
 from .keys import Keys, StoredObject, kind_of
 from .store import (
     Claim,
@@ -20,7 +29,8 @@ from .store import (
 )
 
 __all__ = [
-    "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings", "Guard", "Keys",
-    "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store", "StoreUnavailable",
-    "StoredObject", "Update", "WatchCache", "delete_op", "kind_of",
+    "NOSPACE_HINT", "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings",
+    "Guard", "Keys", "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store",
+    "StoreError", "StoreFull", "StoreRejected", "StoreUnavailable", "StoredObject", "Update",
+    "WatchCache", "delete_op", "kind_of", "store_status",
 ]

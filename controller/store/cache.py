@@ -8,6 +8,15 @@ for the watch. Each key only moves forward in revision, so a late watch event
 never undoes a newer write (deleted keys keep a tombstone revision until the
 watch has passed it).
 
+Freshness: every response of the watch (events, or the progress
+notifications the etcd client asks for when the stream is quiet) and every
+list proves the connection to etcd alive at that moment; `staleness()` is the
+time since the last such proof. (A connected watch can still lag etcd while
+it catches up on a burst; that lag is etcd's delivery, not a lost link.)
+Readers that must not serve an old view (the control API) refuse when it
+exceeds their bound, instead of answering from a cache behind a half-open
+connection.
+
 Objects in the cache are shared with every reader: never mutate one; copy it
 (CopyFrom) and write the copy through the store.
 """
@@ -16,13 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from swarm.api.loops import cancel_requested
 from swarm.api.v1 import objects_pb2 as pb
 
-from .etcd import EtcdClient, KeyValue, StoreUnavailable
+from .etcd import EtcdClient, KeyValue, StoreError
 from .keys import Keys, StoredObject, decode
 
 log = logging.getLogger(__name__)
@@ -53,6 +64,8 @@ class WatchCache:
         self.leader: KeyValue | None = None
         self.revision = 0
         self.synced = asyncio.Event()
+        self._last_contact = 0.0  # time.monotonic() of the last list or watch response
+        self.lists = 0  # full lists so far: the first, then one per lost or compacted watch
         # Revisions of deleted keys, kept until the watch has passed them; a live
         # key's revision is its object's meta.version.
         self._tombstones: dict[bytes, int] = {}
@@ -75,6 +88,12 @@ class WatchCache:
     def objects(self, kind: str) -> dict[str, StoredObject]:
         return self._by_kind[kind]
 
+    def staleness(self) -> float:
+        """Seconds since etcd last proved this cache current (inf before the first list)."""
+        if not self._last_contact:
+            return float("inf")
+        return time.monotonic() - self._last_contact
+
     # ------------------------------------------------------------ the loop
 
     async def run(self, retry_delay: float = 0.5) -> None:
@@ -83,7 +102,9 @@ class WatchCache:
             try:
                 await self._list()
                 await self._watch()
-            except StoreUnavailable as error:
+            except StoreError as error:
+                if cancel_requested():  # asked to stop: a cancel may surface as an error
+                    raise asyncio.CancelledError from error
                 log.warning("watch cache lost etcd, retrying: %s", error)
                 await asyncio.sleep(retry_delay)
 
@@ -102,6 +123,8 @@ class WatchCache:
                 self._apply(key, None, revision)
         self.revision = max(self.revision, revision)
         self._list_revision = revision
+        self._last_contact = time.monotonic()
+        self.lists += 1
         self.synced.set()
         log.info("watch cache listed %d keys at revision %d", len(kvs), revision)
 
@@ -111,6 +134,13 @@ class WatchCache:
                 log.warning("watch revision compacted (at %d); re-listing",
                             batch.compacted_revision)
                 return
+            self._last_contact = time.monotonic()
+            if not batch.events:
+                # A progress notification: it proves the stream alive, not the
+                # cache current. etcd 3.5 answers a progress request at its own
+                # revision even while this watch still catches up (etcd issue
+                # 15220), so its revision must not prune tombstones.
+                continue
             for is_delete, kv in batch.events:
                 self._apply(kv.key, None if is_delete else kv.value, kv.mod_revision)
             self._list_revision = max(self._list_revision, batch.revision)

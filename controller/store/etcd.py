@@ -1,5 +1,24 @@
 """A thin, typed connection to etcd's v3 gRPC API.
 
+Errors: every RPC error becomes one of three store errors, so no caller
+sees a raw grpc error. StoreUnavailable: etcd cannot be reached or did not
+answer in time (retry later). StoreFull, a kind of StoreUnavailable: etcd
+raised its NOSPACE alarm and refuses writes until an operator compacts,
+defragments and disarms it (reads still work; retry later, keep what is
+pending). StoreRejected: etcd refused this one request (too large, too many
+operations): sending it again will not help, the caller must isolate it.
+
+Liveness: the channel sends HTTP/2 keepalive pings (keepalive_time, at least
+etcd's --grpc-keepalive-min-time of 5 s or etcd closes the connection with
+"too_many_pings"), so a half-open connection (etcd frozen or a silent
+partition) fails every call within keepalive_time + keepalive_timeout
+(measured: 6.0 s with 5 + 1). A watch asks etcd for a progress notification
+whenever its stream has been quiet for progress_interval, and gives the
+stream up when nothing at all came back within timeout after that: a silent
+watch is noticed and re-established (the cache re-lists), and an idle but
+healthy one still proves, every progress_interval, that the link is alive
+(WatchCache.staleness).
+
 The etcd API bindings come from aetcd (`aetcd.rpc`: etcd's own protos,
 generated for current protobuf). We call the KV, Watch and Lease RPCs through
 them directly rather than through aetcd's high-level client because the store
@@ -10,6 +29,7 @@ compaction signal of a watch, and a failure branch of a transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -18,22 +38,54 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
+from swarm.api.loops import cancel_requested
+
 log = logging.getLogger(__name__)
 
 # etcd's default --max-txn-ops: the most compares, and the most operations in a
 # branch, one transaction may carry.
 MAX_TXN_OPS = 128
+# etcd's default --max-request-bytes is 1.5 MiB per request. Transactions are
+# packed up to 1 MiB of payload (keys and values): the rest is headroom for
+# the per-operation framing, the compares and the failure branch's reads.
+MAX_TXN_BYTES = 1024 * 1024
 _RANGE_PAGE = 1000
 
 
-class StoreUnavailable(Exception):
-    """etcd cannot be reached (or did not answer in time)."""
+class StoreError(Exception):
+    """etcd did not do what was asked (see the module docstring for the kinds)."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd cannot be reached (or did not answer in time): retry later."""
+
+
+class StoreFull(StoreUnavailable):
+    """etcd's NOSPACE alarm is raised: it refuses writes until compacted,
+    defragmented and disarmed. A kind of StoreUnavailable: retry later."""
+
+
+class StoreRejected(StoreError):
+    """etcd refused this request as such (too large, too many operations)."""
+
+
+NOSPACE_HINT = ("etcd is out of space (NOSPACE alarm) and refuses writes: compact, defragment "
+                "and disarm the alarm: etcdctl compact REV; etcdctl defrag; "
+                "etcdctl alarm disarm (see deploy/PRODUCTION.md)")
 
 
 @dataclass(frozen=True)
 class EtcdSettings:
     endpoints: Sequence[str] = ("127.0.0.1:2379",)
     timeout: float = 5.0
+    # Payload bytes packed into one transaction (see MAX_TXN_BYTES).
+    max_txn_bytes: int = MAX_TXN_BYTES
+    # HTTP/2 keepalive: a ping after this much silence on the connection,
+    # dead if not answered within keepalive_timeout.
+    keepalive_time: float = 10.0
+    keepalive_timeout: float = 5.0
+    # A watch stream quiet for this long asks etcd for a progress notification.
+    progress_interval: float = 5.0
     # TLS to etcd (PEM paths); all three or none.
     ca_file: str = ""
     cert_file: str = ""
@@ -74,11 +126,40 @@ def _kv(raw: Any) -> KeyValue:
     )
 
 
-def _unavailable(error: grpc.aio.AioRpcError) -> StoreUnavailable:
-    return StoreUnavailable(f"etcd unavailable: {error.code().name}: {error.details()}")
+def store_status(error: StoreError, what: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status a client of the controller gets when the store failed
+    to do `what`: NOSPACE is RESOURCE_EXHAUSTED with what to do about it, a
+    request etcd refuses INVALID_ARGUMENT, anything else UNAVAILABLE."""
+    if isinstance(error, StoreFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot {what}: {error}"
+    if isinstance(error, StoreRejected):
+        return grpc.StatusCode.INVALID_ARGUMENT, f"cannot {what}: {error}"
+    return grpc.StatusCode.UNAVAILABLE, \
+        f"cannot {what}: the store is unavailable ({error}); reads still work"
 
 
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+def _failure(error: grpc.aio.AioRpcError) -> BaseException:
+    """What to raise for a failed call. grpc.aio can report a call cancelled
+    under a cancelled task as CANCELLED rather than CancelledError: that is the
+    task's own cancel, and must not become a store error a loop retries."""
+    if error.code() == grpc.StatusCode.CANCELLED and cancel_requested():
+        return asyncio.CancelledError()
+    return store_error(error)
+
+
+def store_error(error: grpc.aio.AioRpcError) -> StoreError:
+    """What an etcd RPC error means to the store (pure: unit-tested)."""
+    code, details = error.code(), error.details() or ""
+    if "database space exceeded" in details or "NOSPACE" in details:
+        return StoreFull(f"{NOSPACE_HINT} (etcd said: {details})")
+    if code == grpc.StatusCode.INVALID_ARGUMENT or (
+            code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details):
+        # "request is too large", "too many operations in txn request", or the
+        # gRPC frame over etcd's limit (--max-request-bytes + 512 KiB).
+        return StoreRejected(f"etcd refused the request: {details}")
+    return StoreUnavailable(f"etcd unavailable: {code.name}: {details}")
+
+
 
 
 class EtcdClient:
@@ -96,7 +177,17 @@ class EtcdClient:
         hosts = ",".join(settings.endpoints)
         target = f"ipv4:{hosts}" if "," in hosts else hosts
         options = [("grpc.lb_policy_name", "round_robin"),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                   ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+                   ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+                   # grpcio 1.85 does not act on keepalive_timeout by itself: an
+                   # unanswered ping closes the transport after the ping timeout
+                   # (default a minute; grpc/grpc#39239). Make them one.
+                   ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
+                   # Ping only while calls are open (etcd's default enforcement
+                   # policy refuses pings without streams), however long no data flowed.
+                   ("grpc.keepalive_permit_without_calls", 0),
+                   ("grpc.http2.max_pings_without_data", 0)]
         if settings.ca_file:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(settings.ca_file),
@@ -123,9 +214,7 @@ class EtcdClient:
             try:
                 response = await self._kv.Range(request, timeout=self.settings.timeout)
             except grpc.aio.AioRpcError as error:
-                if error.code() in _RETRYABLE:
-                    raise _unavailable(error) from error
-                raise
+                raise _failure(error) from error
             if revision == 0:
                 revision = response.header.revision
             found.extend(_kv(raw) for raw in response.kvs)
@@ -138,9 +227,7 @@ class EtcdClient:
             response = await self._kv.Range(rpc.RangeRequest(key=key),
                                             timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            if error.code() in _RETRYABLE:
-                raise _unavailable(error) from error
-            raise
+            raise _failure(error) from error
         return response.header.revision, (_kv(response.kvs[0]) if response.kvs else None)
 
     async def txn(self, compare: Sequence[Any], success: Sequence[Any],
@@ -150,15 +237,16 @@ class EtcdClient:
         try:
             return await self._kv.Txn(request, timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            if error.code() in _RETRYABLE:
-                raise _unavailable(error) from error
-            raise
+            raise _failure(error) from error
 
     async def watch_prefix(self, prefix: bytes, start_revision: int) -> AsyncIterator[WatchBatch]:
         """Events under prefix from start_revision on, until the stream fails.
 
-        Raises StoreUnavailable when the connection is lost; yields a batch with
-        compacted_revision set (and stops) when start_revision was compacted.
+        Raises StoreUnavailable when the connection is lost or the stream stays
+        silent (no event, no progress notification) for progress_interval plus
+        timeout; yields a batch with compacted_revision set (and stops) when
+        start_revision was compacted. A batch without events is a progress
+        notification: everything up to its revision has been delivered.
         """
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=prefix, range_end=prefix_end(prefix), start_revision=start_revision,
@@ -172,8 +260,33 @@ class EtcdClient:
                 yield await requests.get()
 
         call = self._watch.Watch(request_stream())
+        # Responses are read by a task of their own, so a silent stream can be
+        # timed without cancelling a read in the middle of the call.
+        responses: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async for response in call:
+                    responses.put_nowait(response)
+                responses.put_nowait(StoreUnavailable("etcd ended the watch stream"))
+            except grpc.aio.AioRpcError as error:
+                responses.put_nowait(store_error(error))
+
+        reader = asyncio.create_task(read(), name="etcd-watch-reader")
+        settings = self.settings
         try:
-            async for response in call:
+            while True:
+                response = await _next_or_none(responses, settings.progress_interval)
+                if response is None:
+                    # Quiet: ask for progress; a live etcd answers at once.
+                    requests.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+                    response = await _next_or_none(responses, settings.timeout)
+                    if response is None:
+                        raise StoreUnavailable(
+                            f"the watch stream stayed silent for "
+                            f"{settings.progress_interval + settings.timeout:.0f}s")
+                if isinstance(response, Exception):
+                    raise response
                 if response.compact_revision:
                     yield WatchBatch(revision=response.header.revision,
                                      compacted_revision=response.compact_revision)
@@ -184,25 +297,37 @@ class EtcdClient:
                 for event in response.events:
                     batch.events.append((event.type == rpc.Event.DELETE, _kv(event.kv)))
                 yield batch
-        except grpc.aio.AioRpcError as error:
-            raise _unavailable(error) from error
         finally:
             call.cancel()
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
-    async def compact(self, revision: int) -> None:
-        """Drop history before revision (what etcd's auto-compaction does)."""
+    async def compact(self, revision: int, physical: bool = True) -> bool:
+        """Drop history before revision (what etcd's auto-compaction does).
+        physical: return only once the backend has dropped it. Returns False
+        when the revision was compacted already (by another controller or by
+        etcd's own auto-compaction): nothing to do."""
         try:
-            await self._kv.Compact(rpc.CompactionRequest(revision=revision, physical=True),
+            await self._kv.Compact(rpc.CompactionRequest(revision=revision, physical=physical),
                                    timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise _unavailable(error) from error
+            if "required revision has been compacted" in (error.details() or ""):
+                return False
+            raise _failure(error) from error
+        return True
+
+    async def revision(self) -> int:
+        """etcd's current revision (a linearizable read of one key's header)."""
+        revision, _ = await self.get(b"\0")
+        return revision
 
     async def lease_grant(self, ttl: int) -> int:
         try:
             response = await self._lease.LeaseGrant(rpc.LeaseGrantRequest(TTL=ttl),
                                                     timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise _unavailable(error) from error
+            raise _failure(error) from error
         return int(response.ID)
 
     async def lease_keepalive_once(self, lease_id: int) -> int:
@@ -213,7 +338,7 @@ class EtcdClient:
             async for reply in call:
                 return int(reply.TTL)
         except grpc.aio.AioRpcError as error:
-            raise _unavailable(error) from error
+            raise _failure(error) from error
         return 0
 
     async def lease_revoke(self, lease_id: int) -> None:
@@ -221,7 +346,18 @@ class EtcdClient:
             await self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id),
                                           timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
-            raise _unavailable(error) from error
+            raise _failure(error) from error
+
+
+async def _next_or_none(queue: asyncio.Queue[Any], timeout: float) -> Any:
+    """The next item of queue, or None when none came within timeout.
+    (asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancel
+    that races with the result, and this runs in every watch.)"""
+    try:
+        async with asyncio.timeout(timeout):
+            return await queue.get()
+    except TimeoutError:
+        return None
 
 
 def _read(path: str) -> bytes:

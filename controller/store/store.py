@@ -5,7 +5,9 @@ updates and deletes require the mod_revision the caller read (its
 meta.version). A conflict is reported, never overwritten; the caller reads
 again (from the cache, which the failed transaction has already refreshed)
 and retries. Many operations are split into transactions of at most etcd's
-128 operations.
+128 operations and about 1 MiB (etcd refuses requests over 1.5 MiB); one
+transaction that etcd refuses as such is found by sending its groups alone,
+so one oversized object fails alone (commit_groups' rejected).
 
 Objects handed to the store become the cached copies: do not mutate them
 after a commit.
@@ -22,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import etcd as E
 from .cache import WatchCache
-from .etcd import EtcdClient
+from .etcd import EtcdClient, StoreRejected
 from .keys import Keys, StoredObject, kind_of
 
 
@@ -133,49 +135,73 @@ class Store:
             raise ValueError(f"{len(ops)} operations exceed one transaction ({limit})")
         return await self._commit_chunk(ops, guard)
 
-    async def commit_chunked(self, ops: Sequence[Op], guard: Guard | None = None) -> list[Op]:
-        """Ops in transactions of at most 128; returns the ops of chunks that conflicted
-        (the cache already holds what etcd had instead, so a re-plan sees it)."""
-        size = E.MAX_TXN_OPS - (1 if guard else 0)
-        failed: list[Op] = []
-        for start in range(0, len(ops), size):
-            chunk = ops[start:start + size]
-            try:
-                await self._commit_chunk(chunk, guard)
-            except Conflict:
-                failed.extend(chunk)
-        return failed
+    async def commit_chunked(self, ops: Sequence[Op], guard: Guard | None = None,
+                             rejected: list[Op] | None = None) -> list[Op]:
+        """Ops in transactions of at most 128 operations and max_txn_bytes; returns
+        the ops of chunks that conflicted (the cache already holds what etcd had
+        instead, so a re-plan sees it). rejected: see commit_groups."""
+        refused: dict[int, StoreRejected] = {}
+        failed = await self.commit_groups([[op] for op in ops], guard,
+                                          refused if rejected is not None else None)
+        if rejected is not None:
+            rejected.extend(ops[i] for i in sorted(refused))
+        return [ops[i] for i in failed]
 
-    async def commit_groups(self, groups: Sequence[Sequence[Op]],
-                            guard: Guard | None = None) -> list[int]:
+    async def commit_groups(self, groups: Sequence[Sequence[Op]], guard: Guard | None = None,
+                            rejected: dict[int, StoreRejected] | None = None) -> list[int]:
         """Like commit_chunked, but each group is all-or-nothing: groups are packed
-        whole into transactions of at most 128 operations (a task's delete and
-        the release of its addresses must not be split). Returns the indexes of
-        the groups whose transaction conflicted."""
-        size = E.MAX_TXN_OPS - (1 if guard else 0)
-        failed: list[int] = []
-        chunk: list[Op] = []
-        members: list[int] = []
+        whole into transactions of at most 128 operations and max_txn_bytes of
+        payload (a task's delete and the release of its addresses must not be
+        split). Returns the indexes of the groups whose transaction conflicted.
 
-        async def flush() -> None:
-            if not chunk:
-                return
+        rejected: when etcd refuses a transaction as such (StoreRejected: too
+        large, ...), each of its groups is sent alone, and the groups etcd still
+        refuses are put here with the error instead of failing the rest (one bad
+        object must not stop the writes of every other). Without it the error
+        is raised. StoreUnavailable (and StoreFull) is always raised."""
+        ops_limit = E.MAX_TXN_OPS - (1 if guard else 0)
+        sizes = []
+        for group in groups:
+            if len(group) > ops_limit:
+                raise ValueError(
+                    f"a group of {len(group)} operations exceeds one transaction ({ops_limit})")
+            sizes.append((len(group), sum(self._payload_bytes(op) for op in group)))
+        failed: list[int] = []
+        for members in pack_groups(sizes, ops_limit, self.etcd.settings.max_txn_bytes):
+            chunk = [op for index in members for op in groups[index]]
             try:
                 await self._commit_chunk(chunk, guard)
             except Conflict:
                 failed.extend(members)
-            chunk.clear()
-            members.clear()
-
-        for index, group in enumerate(groups):
-            if len(group) > size:
-                raise ValueError(f"a group of {len(group)} operations exceeds one transaction ({size})")
-            if len(chunk) + len(group) > size:
-                await flush()
-            chunk.extend(group)
-            members.append(index)
-        await flush()
+            except StoreRejected as error:
+                if rejected is None:
+                    raise
+                if len(members) == 1:
+                    rejected[members[0]] = error
+                    continue
+                for index in members:  # find the culprits: each group alone
+                    try:
+                        await self._commit_chunk(groups[index], guard)
+                    except Conflict:
+                        failed.append(index)
+                    except StoreRejected as alone:
+                        rejected[index] = alone
         return failed
+
+    def _payload_bytes(self, op: Op) -> int:
+        """The key and value bytes an operation puts into a transaction."""
+        if isinstance(op, Create | Update):
+            return len(self.keys.of(op.obj)) + op.obj.ByteSize()
+        if isinstance(op, Claim):
+            return len(op.key) + len(op.value)
+        if isinstance(op, Delete):
+            return len(self.keys.object(op.kind, op.object_id))
+        if isinstance(op, ReserveName):
+            return len(self.keys.name(op.kind, op.name)) + len(op.object_id)
+        if isinstance(op, ReleaseName):
+            return len(self.keys.name(op.kind, op.name))
+        return len(op.key)
+
 
     async def _commit_chunk(self, ops: Sequence[Op], guard: Guard | None) -> int:
         compares: list[Any] = []
@@ -237,6 +263,26 @@ class Store:
                             kvs[0].create_revision) if kvs else None
             self.cache.apply_observed(key, kv, revision)
         raise Conflict(f"transaction of {len(ops)} operations conflicted at revision {revision}")
+
+
+def pack_groups(sizes: Sequence[tuple[int, int]], max_ops: int,
+                max_bytes: int) -> list[list[int]]:
+    """Pack groups, given as (operations, bytes), in order into transactions of at
+    most max_ops operations and max_bytes bytes; a group over max_bytes on its
+    own goes alone (etcd decides). Returns the group indexes per transaction."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    ops = size = 0
+    for index, (group_ops, group_bytes) in enumerate(sizes):
+        if current and (ops + group_ops > max_ops or size + group_bytes > max_bytes):
+            chunks.append(current)
+            current, ops, size = [], 0, 0
+        current.append(index)
+        ops += group_ops
+        size += group_bytes
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def delete_op(obj: StoredObject) -> Delete:

@@ -465,10 +465,29 @@ def _check_internal(endpoint: pb.EndpointSpec, attached: list[pb.Network], path:
                                   "the network")
 
 
+# The largest service spec accepted (serialized). Every task record carries a
+# copy of the spec (and so does each of the 5 history tasks kept per slot), and
+# every status report rewrites its task: at 32 KiB a 20 KiB environment
+# fits, 1,000 replicas with their history take about 200 MB (a tenth of
+# etcd's default 2 GiB quota), and a 1 MiB transaction still carries 30 task
+# writes, far from etcd's 1.5 MiB request limit. Larger data belongs in a
+# volume or an image, not in the spec.
+MAX_SERVICE_SPEC_BYTES = 32 * 1024
+
+
+def check_spec_size(size: int, limit: int = MAX_SERVICE_SPEC_BYTES,
+                    path: str = "spec") -> None:
+    if size > limit:
+        raise ValidationError(path, f"the service spec is {size} bytes ({size / 1024:.1f} KiB), "
+                              f"over the limit of {limit} bytes ({limit // 1024} KiB): keep "
+                              "large data in a volume or the image, not in env, args or labels")
+
+
 def normalize_service_spec(spec: pb.ServiceSpec,
                            networks: Mapping[str, pb.Network]) -> pb.ServiceSpec:
     """Validate a service spec; return a new one with the defaults filled in and the
     network targets resolved to IDs. Raises ValidationError on the first problem."""
+    check_spec_size(spec.ByteSize())
     out = pb.ServiceSpec()
     out.CopyFrom(spec)
     _check_name(out.name, "spec.name", "web")

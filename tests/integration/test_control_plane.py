@@ -69,7 +69,9 @@ async def test_create_scale_up_down_and_remove(
     await control.RemoveService(cpb.RemoveRequest(ref="web"))
     await eventually(lambda: not controller.store.cache.tasks_by_service.get(service.id),
                      message="tasks of the removed service deleted")
-    assert all(not node.worker.tasks for node in sim_nodes.nodes)
+    # The agents learn of the deletion from their sessions, a moment later.
+    await eventually(lambda: all(not node.worker.tasks for node in sim_nodes.nodes),
+                     timeout=5, message="the agents told to forget the tasks")
 
 
 async def test_silent_node_is_declared_down_and_its_tasks_move(

@@ -1115,6 +1115,7 @@ class Service(_message.Message):
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
+    WRITE_ERROR_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Incremented whenever the task template changes; tasks carry the version
@@ -1137,6 +1138,12 @@ class Service(_message.Message):
         marked to move (Task.rebalance), so update_status tells how it goes.
         """
 
+    @_builtins.property
+    def write_error(self) -> Global___WriteError:
+        """Set by the leader while etcd keeps refusing this service's task writes
+        (other services are served meanwhile); cleared once they succeed.
+        """
+
     def __init__(
         self,
         *,
@@ -1148,10 +1155,11 @@ class Service(_message.Message):
         update_status: Global___UpdateStatus | None = ...,
         endpoint: Global___Endpoint | None = ...,
         rebalance: Global___RebalanceStatus | None = ...,
+        write_error: Global___WriteError | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1186,6 +1194,37 @@ class RebalanceStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebalanceStatus: _TypeAlias = RebalanceStatus  # noqa: Y015
+
+@_typing.final
+class WriteError(_message.Message):
+    """Why the orchestrator cannot write a service's tasks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    attempts: _builtins.int
+    """failed attempts in a row"""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """the first failure in a row"""
+
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "message", b"message", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteError: _TypeAlias = WriteError  # noqa: Y015
 
 @_typing.final
 class ContainerStatus(_message.Message):
