@@ -109,6 +109,7 @@ _PROTO_TO_COMPOSE = (
     ("spec.task.container.mounts", "volumes"),
     ("spec.task.container.stop_signal", "stop_signal"),
     ("spec.task.container.stop_grace_period", "stop_grace_period"),
+    ("spec.task.container.drain_timeout", "x-drain-timeout"),
     ("spec.task.container.healthcheck", "healthcheck"),
     ("spec.task.container.labels", "labels"),
     ("spec.task.resources", "deploy.resources"),
@@ -824,6 +825,11 @@ def _service(context: _Context, key: str, node: Node,
     if "stop_grace_period" in fields:
         container.stop_grace_period.FromNanoseconds(
             _duration(fields["stop_grace_period"], f"{path}.stop_grace_period"))
+    # Drain before stop has no compose key (docker has no such bound): an
+    # extension field beside stop_grace_period, which docker ignores.
+    if "x-drain-timeout" in fields:
+        container.drain_timeout.FromNanoseconds(
+            _duration(fields["x-drain-timeout"], f"{path}.x-drain-timeout"))
     if "labels" in fields:
         for label, text in _key_value_pairs(fields["labels"], f"{path}.labels",
                                             environment=False, environ={}).items():

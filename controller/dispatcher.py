@@ -46,6 +46,7 @@ from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from .drain import Drain, NodeView, is_drained, is_stopping, starts_draining
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
@@ -83,6 +84,12 @@ class _Session:
     sent_networks: dict[str, int] = field(default_factory=dict)
     # What it was last told of the routing mesh besides the peers (mesh.py).
     sent_mesh: bytes | None = None
+    # Drain before stop (drain.py): the peer-set versions the agent confirmed
+    # having in force, whether it confirms at all, and the tasks of this node
+    # to tell that they are drained.
+    acked: dict[str, int] = field(default_factory=dict)
+    confirms: bool = False
+    drained: set[str] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -101,6 +108,7 @@ class _LeaderState:
     overlay: OverlayIndex = field(default_factory=OverlayIndex)
     services: ServiceIndex = field(default_factory=ServiceIndex)
     peers: PeerTable = field(default_factory=PeerTable)
+    drains: dict[str, Drain] = field(default_factory=dict)  # by task id
 
 
 def _assigned(task: pb.Task | None, node_id: str) -> bool:
@@ -255,8 +263,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
                     return
                 changed, session.dirty = session.dirty, {}
                 dirty_networks, session.dirty_networks = session.dirty_networks, set()
+                drained, session.drained = session.drained, set()
                 networks, removed_networks = self._network_updates(state, session, dirty_networks)
-                if not (changed or networks or removed_networks):
+                if not (changed or networks or removed_networks or drained):
                     continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
@@ -266,12 +275,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         removed=[tid for tid, t in changed.items() if t is None],
                         networks=networks,
                         removed_networks=removed_networks,
+                        drained=sorted(drained),
                     ),
                 )
         finally:
             if state.sessions.get(node_id) is session:
                 del state.sessions[node_id]
             log.info("session %s of node %s ended", session.session_id, node_id)
+            self._check_drains(state)  # its confirmations no longer count
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
@@ -279,6 +290,13 @@ class Dispatcher(dgrpc.DispatcherServicer):
         await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         state.heartbeats[request.node_id] = self._clock()
+        if request.applied:
+            session = state.sessions[request.node_id]
+            session.confirms = True
+            for applied in request.applied:
+                if applied.version > session.acked.get(applied.network_id, 0):
+                    session.acked[applied.network_id] = applied.version
+            self._check_drains(state)
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
@@ -333,8 +351,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if network.spec.ingress:
                     assignment = self._with_mesh(session, network, assignment)
                 if assignment is not None:
+                    assignment.version = table.version
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
+                session.acked.pop(network_id, None)
                 removed.append(network_id)
                 if network is None or network.spec.ingress:
                     session.sent_mesh = None
@@ -404,6 +424,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         old: pb.Task | None = change.old  # type: ignore[assignment]
         new: pb.Task | None = change.new  # type: ignore[assignment]
         self._mark_networks(state, state.overlay.apply(old, new))
+        if starts_draining(old, new):
+            assert new is not None
+            self._start_drain(state, new)
+        elif not is_stopping(new):
+            state.drains.pop(change.object_id, None)
         for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
             session = state.sessions.get(node_id)
             if session is None:
@@ -419,6 +444,36 @@ class Dispatcher(dgrpc.DispatcherServicer):
             else:
                 continue
             session.wake.set()
+
+    # ------------------------------------------------------------ drain before stop
+
+    def _start_drain(self, state: _LeaderState, task: pb.Task) -> None:
+        """The task was told to stop: the versions of its networks' peer
+        sets without it as a backend (brought up to date now) are what every
+        node must confirm before it is drained (drain.py)."""
+        cache = self._store.cache
+        required = {}
+        for attachment in task.networks:
+            if attachment.network_id in cache.networks:
+                table = state.peers.refresh(attachment.network_id, state.overlay,
+                                            state.services, cache.nodes)
+                required[attachment.network_id] = table.version
+        state.drains[task.id] = Drain(task.id, task.node_id, required)
+        self._check_drains(state)
+
+    def _check_drains(self, state: _LeaderState) -> None:
+        """Tell the nodes of the tasks now drained."""
+        if not state.drains:
+            return
+        views = [NodeView(s.sent_networks, s.acked, s.confirms) for s in state.sessions.values()]
+        for task_id, drain in list(state.drains.items()):
+            if not is_drained(drain, views):
+                continue
+            del state.drains[task_id]
+            session = state.sessions.get(drain.node_id)
+            if session is not None:
+                session.drained.add(task_id)
+                session.wake.set()
 
     # ------------------------------------------------------------ nodes
 
