@@ -132,6 +132,13 @@ class Load:
                     tally.reasons[reason] += 1
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
 
+    def wait(self, timeout: float | None = None) -> Tally:
+        """Until every thread has ended by itself (its bounds); the totals."""
+        for thread in self._threads:
+            thread.join(timeout)
+        self.ended = time.monotonic()
+        return self.total()
+
     def stop(self) -> Tally:
         """Stop every thread (each ends within one request's timeout) and
         return the totals."""
