@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -44,6 +45,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -227,6 +229,25 @@ SETUP: dict[str, Scenario] = {"node_drain": _before_node_drain}
 TEARDOWN: dict[str, Scenario] = {"node_drain": _after_node_drain}
 
 
+_DRAINED = re.compile(r"task (\w+) \(web\): drained from every node after ([\d.]+)s")
+_CUT_SHORT = re.compile(r"task (\w+) \(web\): not confirmed drained")
+
+
+def drains(state: cluster.ClusterState) -> tuple[dict[str, float], set[str]]:
+    """From the agents' logs: web's tasks drained before their stop signal
+    (confirmed by every node: task -> seconds waited) and those stopped by
+    the drain timeout instead."""
+    confirmed: dict[str, float] = {}
+    cut_short: set[str] = set()
+    for daemon in state.daemons:
+        if not daemon.role.startswith("agent"):
+            continue
+        text = Path(daemon.log).read_text(errors="replace")
+        confirmed.update((m[1], float(m[2])) for m in _DRAINED.finditer(text))
+        cut_short.update(m[1] for m in _CUT_SHORT.finditer(text))
+    return confirmed, cut_short
+
+
 @dataclass
 class Outcome:
     name: str
@@ -300,7 +321,16 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool) -> dict[str
                     print(f"{scenario_name} without drain: {outcome.seconds:.1f}s: "
                           f"{outcome.details}", file=sys.stderr)
             result["without_drain"] = compared
-        result.update({"cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)})
+        waits, cut_short = drains(state)
+        ordered = sorted(waits.values())
+        result.update({
+            # Tasks that waited for every node's confirmation before their
+            # stop signal, how long, and those the drain timeout stopped.
+            "drained_tasks": len(ordered),
+            "drain_wait_p50_ms": round(ordered[len(ordered) // 2] * 1000) if ordered else None,
+            "drain_wait_max_ms": round(ordered[-1] * 1000) if ordered else None,
+            "drain_timeouts": len(cut_short),
+            "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)})
         return result
     finally:
         try:

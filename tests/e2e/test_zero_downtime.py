@@ -17,7 +17,6 @@ the same way (bench.rollout.run_scenario with the module's stage).
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import tempfile
 from collections.abc import Iterator
@@ -37,12 +36,26 @@ SUBNET = "192.168.167.0/24"  # the underlay; distinct from the other tests' and 
 
 
 @pytest.fixture(scope="module")
-def stage() -> Iterator[rollout.Stage]:
+def config_home() -> Iterator[str]:
+    """Where the module's cluster keeps its swarmctl context."""
+    with tempfile.TemporaryDirectory(prefix="zero-downtime-") as config:
+        yield config
+
+
+@pytest.fixture(autouse=True)
+def cluster_context(config_home: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test talks to the module's cluster (tests/conftest.py gives
+    each test a config home of its own)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", config_home)
+
+
+@pytest.fixture(scope="module")
+def stage(config_home: str) -> Iterator[rollout.Stage]:
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("the local cluster needs root (namespaces, runc); CI runs it as root")
     name = "z" + secrets.token_hex(3)
-    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as config:
-        patch.setenv("XDG_CONFIG_HOME", config)  # the cluster's swarmctl context goes here
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CONFIG_HOME", config_home)
         state: cluster.ClusterState | None = None
         try:
             state = cluster.up(name, 3, SUBNET, say=lambda _: None)
@@ -62,30 +75,12 @@ def replicas(count: int) -> None:
     rollout.wait_stopped("web")
 
 
-_DRAINED = re.compile(r"task (\w+) \(web\): drained from every node after ([\d.]+)s")
-_CUT_SHORT = re.compile(r"task (\w+) \(web\): not confirmed drained")
-
-
-def drains(stage: rollout.Stage) -> tuple[dict[str, float], set[str]]:
-    """From the agents' logs: web tasks drained (confirmed, with the wait)
-    and those stopped by the bound instead."""
-    confirmed: dict[str, float] = {}
-    cut_short: set[str] = set()
-    for daemon in stage.state.daemons:
-        if not daemon.role.startswith("agent"):
-            continue
-        text = Path(daemon.log).read_text(errors="replace")
-        confirmed.update((m[1], float(m[2])) for m in _DRAINED.finditer(text))
-        cut_short.update(m[1] for m in _CUT_SHORT.finditer(text))
-    return confirmed, cut_short
-
-
 def check(stage: rollout.Stage, name: str, stopped_at_least: int) -> None:
-    before, _ = drains(stage)
+    before, _ = rollout.drains(stage.state)
     outcome = rollout.run_scenario(stage, name, rollout.SCENARIOS[name])
     assert outcome.tally.requests > 100, outcome.details
     assert outcome.tally.failures == 0, f"{name}: {outcome.details}"
-    after, cut_short = drains(stage)
+    after, cut_short = rollout.drains(stage.state)
     drained = {task: waited for task, waited in after.items() if task not in before}
     # Every stopped task waited for the nodes' confirmation, not the bound.
     assert len(drained) >= stopped_at_least, (name, drained)
