@@ -77,7 +77,7 @@ def test_create_maps_every_flag() -> None:
         publish=["8080:80", "53:53/udp", "published=9000,target=90,protocol=tcp,mode=host"],
         networks=["backend", "name=front,alias=www,alias=web"], endpoint_mode="dnsrr",
         workdir="/srv", user="nobody", hostname="box", stop_signal="SIGINT",
-        stop_grace_period="20s", read_only=True, init=True,
+        stop_grace_period="20s", drain_timeout="750ms", read_only=True, init=True,
         health_cmd="wget -q localhost", health_interval="5s", health_timeout="2s",
         health_retries="3", health_start_period="1s",
         mounts=["type=volume,source=data,target=/data,readonly", "type=tmpfs,target=/tmp,"
@@ -128,6 +128,7 @@ def test_create_maps_every_flag() -> None:
     assert (container.dir, container.user, container.hostname, container.stop_signal) == (
         "/srv", "nobody", "box", "SIGINT")
     assert nanos(container.stop_grace_period) == 20 * SECOND
+    assert nanos(container.drain_timeout) == 3 * SECOND // 4
     assert container.read_only
     assert container.init
     health = container.healthcheck
@@ -169,6 +170,8 @@ def test_create_no_healthcheck() -> None:
 
 
 BAD_CREATE_FLAGS = [
+    ("--drain-timeout", "-2s", "invalid duration"),
+    ("--drain-timeout", "1h", "at most 5m (got 1h)"),
     ("--replicas", "x", "invalid number"),
     ("--replicas", "-1", "at least 0"),
     ("--mode", "sometimes", "expected one of replicated, global"),
@@ -340,6 +343,8 @@ def test_update_rollback_stands_alone() -> None:
     (("--constraint-add", "zone"), "--constraint-add: "),
     (("--update-order", "sideways"), "--update-order: "),
     (("--rollback", "--force"), "--rollback: cannot be combined"),
+    (("--drain-timeout", "-1s"), "--drain-timeout: invalid duration"),
+    (("--drain-timeout", "10m"), "--drain-timeout: at most 5m (got 10m)"),
 ])
 def test_update_bad_value_before_connecting(args: tuple[str, ...], fragment: str) -> None:
     assert_one_line_error(invoke("service", "update", "web", *args), fragment)
