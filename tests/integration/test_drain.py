@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeAlias
 
+import grpc
 import pytest
 
 from swarm.agent.simulated import FakeWorker, SimulatedCluster, SimulatedNode
@@ -139,3 +140,29 @@ async def test_without_confirming_nodes_a_task_is_drained_at_once(
     await eventually(lambda: any(t.desired_state > pb.RUNNING
                                  for t in cache.tasks_by_service[web.id].values()), 10, "stop")
     assert state.drains == {}
+
+
+async def test_a_negative_or_absurd_drain_timeout_is_refused_and_nothing_changes(
+        controller: Controller, control: Control) -> None:
+    """Through the API (swarmctl refuses them before sending, exit 2:
+    tests/integration/test_cli.py): INVALID_ARGUMENT naming the field, and
+    the stored service is the same."""
+    spec = service_spec("api", 1)
+    service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
+    stored = controller.store.cache.services[service.id].meta.version
+    for seconds, problem in ((-1, "must not be negative"), (3600, "at most 5m")):
+        bad = pb.ServiceSpec()
+        bad.CopyFrom(service.spec)
+        bad.task.container.drain_timeout.seconds = seconds
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await control.UpdateService(cpb.UpdateServiceRequest(
+                service_id=service.id, version=service.meta.version, spec=bad))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "spec.task.container.drain_timeout" in (caught.value.details() or "")
+        assert problem in (caught.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await control.CreateService(cpb.CreateServiceRequest(spec=pb.ServiceSpec(
+                name="other", task=bad.task, replicated=pb.ReplicatedService(replicas=1))))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert controller.store.cache.services[service.id].meta.version == stored
+    assert [s.spec.name for s in controller.store.cache.services.values()] == ["api"]
