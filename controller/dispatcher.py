@@ -16,6 +16,12 @@ coalesced over `network_flush_interval`. A service change that alters a
 network's records (created, removed, renamed, attached, a VIP allocated)
 resends that network's records to the nodes that have it.
 
+Drain before stop (drain.py): each network entry carries its peer-set
+version; agents confirm the versions they have in force in an extra
+heartbeat, and once every confirming node that has a stopping task's
+networks has confirmed the version without it, the task's node is told
+(Assignments.drained) that its stop signal need wait no longer.
+
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
 only its own session, heartbeat only for it and report status only for tasks
