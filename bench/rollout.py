@@ -23,13 +23,17 @@ and two left for the features that come with them: failing_update (a
 failing update rolled back; `bad_tasks_started`) and rebalance, reported
 as null until they exist here.
 
-    python -m bench.rollout [--drain-timeout 2s] [--compare]
+    python -m bench.rollout [--drain-timeout 2s] [--compare] [--health] [--verbose]
 
 prints ONE JSON line: failed_requests per scenario and in total, requests in
 total, each scenario's duration (from the command until the service has
 converged and every task it stopped has stopped). With --compare the
 updates run a second time with --drain-timeout 0s (no wait for the drain:
 the agent stops a task as soon as it is told) to compare update durations.
+With --health web has a health check (1 s interval), so a new task is a
+backend only once healthy: a start-first update must then wait for that
+before stopping the old task (health-gated updates), or a one-replica
+update has no backend for a moment.
 """
 
 from __future__ import annotations
@@ -283,13 +287,20 @@ def drain_timeout(stage: Stage, value: str) -> None:
     swarmctl("service", "update", "web", "--drain-timeout", value, "--timeout", CONVERGE)
 
 
-def run(nodes: int, drain: str | None, compare: bool, verbose: bool) -> dict[str, object]:
+HEALTH = ("--health-cmd", "wget -q -O /dev/null http://127.0.0.1/", "--health-interval", "1s",
+          "--health-timeout", "2s", "--health-retries", "3")
+
+
+def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
+        health: bool = False) -> dict[str, object]:
     name = "r" + secrets.token_hex(3)
     # The cluster writes a swarmctl context: keep it away from the operator's.
     config_home = os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="bench-config-")
     try:
         state = cluster.up(name, nodes, SUBNET, say=lambda _: None)
-        stage = prepare(state, service_args=("--drain-timeout", drain) if drain else ())
+        service_args = (*(("--drain-timeout", drain) if drain else ()),
+                        *(HEALTH if health else ()))
+        stage = prepare(state, service_args=service_args)
         outcomes = []
         for scenario_name, scenario in SCENARIOS.items():
             outcome = run_scenario(stage, scenario_name, scenario)
@@ -298,7 +309,7 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool) -> dict[str
                 print(f"{scenario_name}: {outcome.seconds:.1f}s: {outcome.details}",
                       file=sys.stderr)
         result: dict[str, object] = {
-            "bench": "rollout", "nodes": nodes,
+            "bench": "rollout", "nodes": nodes, "health_check": health,
             "failed_requests": {o.name: o.tally.failures for o in outcomes},
             "failed_requests_total": sum(o.tally.failures for o in outcomes),
             "requests": sum(o.tally.requests for o in outcomes),
@@ -356,13 +367,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="web's drain bound (default: the service default)")
     parser.add_argument("--compare", action="store_true",
                         help="run the updates again with --drain-timeout 0s")
+    parser.add_argument("--health", action="store_true",
+                        help="give web a health check (1s interval): new tasks become "
+                        "backends only once healthy")
     parser.add_argument("--verbose", action="store_true", help="per-scenario lines on stderr")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.rollout: needs root (namespaces, runc)", file=sys.stderr)
         return 2
     try:
-        result = run(3, args.drain_timeout, args.compare, args.verbose)
+        result = run(3, args.drain_timeout, args.compare, args.verbose, args.health)
     except (RolloutError, cluster.ClusterError) as error:
         print(f"bench.rollout: {error}", file=sys.stderr)
         return 1
