@@ -282,6 +282,14 @@ def fetch_name(port: int) -> bytes:
         return received
 
 
+def answer_or_nothing(port: int) -> bytes:
+    """What comes back; nothing when the proxy closed or reset the connection."""
+    try:
+        return fetch_name(port)
+    except ConnectionResetError:
+        return b""
+
+
 async def test_a_backend_that_cannot_be_reached_costs_no_connection() -> None:
     """A backend that died between two updates (its port refuses) is left
     for another ready one; when every ready backend refuses, the set is
@@ -307,13 +315,52 @@ async def test_a_backend_that_cannot_be_reached_costs_no_connection() -> None:
         # Nothing ever answers: refused (a reset) within the deadline.
         backends[:] = [dead]
         began = loop.time()
-        try:
-            answer = await asyncio.to_thread(fetch_name, port)
-        except ConnectionResetError:
-            answer = b""
-        assert answer == b""  # closed or reset, without an answer
+        assert await asyncio.to_thread(answer_or_nothing, port) == b""
         assert loop.time() - began < proxy.CONNECT_DEADLINE + 2
         assert carrier.refused == 1
     finally:
         await carrier.close()
         good.close()
+
+
+async def test_a_connection_in_flight_outlives_its_backend_leaving_the_set() -> None:
+    """Drain before stop takes a task out of the routing mesh before its stop
+    signal; a connection it already carries goes on (until the process
+    ends: within its stop grace period), only new ones go elsewhere."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def echo() -> None:
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return
+        with connection:
+            while data := connection.recv(100):
+                connection.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    backends = [Backend(SELF_NETNS, "127.0.0.1", server.getsockname()[1])]
+    port = free_port()
+    carrier = proxy.PortProxy(port, lambda: backends, host="127.0.0.1")
+    await carrier.start()
+
+    def talk(sock: socket.socket, word: bytes) -> bytes:
+        sock.sendall(word)
+        return sock.recv(100)
+
+    try:
+        client = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 10)
+        with client:
+            assert await asyncio.to_thread(talk, client, b"before") == b"before"
+            backends.clear()  # the task left every node's set: drained
+            assert await asyncio.to_thread(talk, client, b"after") == b"after"
+            assert carrier.connections == 1
+        # A new connection finds no backend.
+        assert await asyncio.to_thread(answer_or_nothing, port) == b""
+    finally:
+        await carrier.close()
+        server.close()
