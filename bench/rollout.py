@@ -16,6 +16,7 @@ Scenarios (in this order, each waiting until the tasks it stopped have
 stopped, so their stop happened under load):
   start_first_update   service update web --env-add V=1        (3 replicas)
   stop_first_update    service update web --update-order stop-first --env-add V=2
+  rollback             service update web --rollback
   scale_down           service scale web=1
   one_replica_update   service update web --update-order start-first --env-add V=3
   node_drain           (scale web=3 first) node update --availability drain HOST3
@@ -182,6 +183,12 @@ def stop_first_update(stage: Stage) -> None:
              "--timeout", CONVERGE)
 
 
+def rollback(stage: Stage) -> None:
+    """Back to the spec before the last update (a rollback replaces tasks as
+    an update does, with the rollback config)."""
+    swarmctl("service", "update", "web", "--rollback", "--timeout", CONVERGE)
+
+
 def scale_down(stage: Stage) -> None:
     swarmctl("service", "scale", "web=1", "--timeout", CONVERGE)
 
@@ -225,6 +232,7 @@ def _after_node_drain(stage: Stage) -> None:
 SCENARIOS: dict[str, Scenario] = {
     "start_first_update": start_first_update,
     "stop_first_update": stop_first_update,
+    "rollback": rollback,
     "scale_down": scale_down,
     "one_replica_update": one_replica_update,
     "node_drain": node_drain,

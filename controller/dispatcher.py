@@ -96,6 +96,9 @@ class _Session:
     acked: dict[str, int] = field(default_factory=dict)
     confirms: bool = False
     drained: set[str] = field(default_factory=set)
+    # A task is waiting for this node (its removal to apply, or its drained
+    # word): the next message goes without the coalescing pause.
+    urgent: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -262,9 +265,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
             )
             while True:
                 await session.wake.wait()
-                if session.dirty_networks and not session.closed:
+                if session.dirty_networks and not session.closed and not session.urgent:
                     await asyncio.sleep(self.settings.network_flush_interval)
                 session.wake.clear()
+                session.urgent = False
                 if session.closed:
                     return
                 changed, session.dirty = session.dirty, {}
@@ -465,6 +469,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
                                             state.services, cache.nodes)
                 required[attachment.network_id] = table.version
         state.drains[task.id] = Drain(task.id, task.node_id, required)
+        # A stop waits for these messages: no coalescing pause for them (a
+        # burst of stops from one orchestrator pass still goes as one).
+        for session in state.sessions.values():
+            if any(network_id in session.dirty_networks for network_id in required):
+                session.urgent = True
         self._check_drains(state)
 
     def _check_drains(self, state: _LeaderState) -> None:
@@ -479,6 +488,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             session = state.sessions.get(drain.node_id)
             if session is not None:
                 session.drained.add(task_id)
+                session.urgent = True
                 session.wake.set()
 
     # ------------------------------------------------------------ nodes

@@ -1,8 +1,8 @@
 """Zero-downtime rollouts on the local cluster (issue 10): real agents and
 runc containers on 3 simulated hosts, under client load through the
 routing mesh from every host and through the VIP from inside a container
-(bench.load), while a service is updated start-first and stop-first, updated
-with one replica, scaled down, and moved off a drained node. Each asserts
+(bench.load), while a service is updated start-first and stop-first, rolled
+back, updated with one replica, scaled down, and moved off a drained node. Each asserts
 that no request failed, and the stopped tasks were drained before their
 stop signal (confirmed by every node, not cut short by the bound).
 
@@ -95,6 +95,11 @@ def test_start_first_update(stage: rollout.Stage) -> None:
 def test_stop_first_update(stage: rollout.Stage) -> None:
     replicas(3)
     check(stage, "stop_first_update", 3)
+
+
+def test_rollback(stage: rollout.Stage) -> None:
+    replicas(3)
+    check(stage, "rollback", 3)
 
 
 def test_scale_down(stage: rollout.Stage) -> None:
