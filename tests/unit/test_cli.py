@@ -768,3 +768,14 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch: pytest.M
     monkeypatch.delenv("NO_COLOR")
     monkeypatch.setenv("TERM", "dumb")
     assert not colour.enabled(Stream(tty=True))
+
+
+def test_service_details_show_the_stop_grace_period_and_the_drain_timeout() -> None:
+    service = pb.Service(id="s1", spec=pb.ServiceSpec(name="web"))
+    service.spec.task.container.image = "busybox"
+    service.spec.task.container.stop_grace_period.FromSeconds(5)
+    text = render.service_details(service)
+    assert "Drain timeout" not in text  # unset: the agent's default (2s)
+    service.spec.task.container.drain_timeout.FromMilliseconds(750)
+    lines = [line.split() for line in render.service_details(service).splitlines()]
+    assert ["Drain", "timeout:", "750ms"] in lines, lines
