@@ -52,7 +52,7 @@ from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from .drain import Drain, NodeView, is_drained, is_stopping, starts_draining
+from .drain import Drain, NodeView, holds, is_stopping, starts_draining
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
@@ -118,6 +118,7 @@ class _LeaderState:
     services: ServiceIndex = field(default_factory=ServiceIndex)
     peers: PeerTable = field(default_factory=PeerTable)
     drains: dict[str, Drain] = field(default_factory=dict)  # by task id
+    draining_for: dict[str, set[str]] = field(default_factory=dict)  # node -> its pending drains
 
 
 def _assigned(task: pb.Task | None, node_id: str) -> bool:
@@ -292,7 +293,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             if state.sessions.get(node_id) is session:
                 del state.sessions[node_id]
             log.info("session %s of node %s ended", session.session_id, node_id)
-            self._check_drains(state)  # its confirmations no longer count
+            if node_id not in state.sessions:  # not replaced: nothing to wait for there
+                self._release_node(state, node_id)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
@@ -306,7 +308,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             for applied in request.applied:
                 if applied.version > session.acked.get(applied.network_id, 0):
                     session.acked[applied.network_id] = applied.version
-            self._check_drains(state)
+            self._confirmed(state, session)
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
@@ -428,6 +430,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 state.heartbeats.pop(change.object_id, None)
                 if session is not None:
                     session.close()
+                self._release_node(state, change.object_id)
             return
         if change.kind != "tasks":
             return
@@ -437,8 +440,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(state, new)
-        elif not is_stopping(new):
-            state.drains.pop(change.object_id, None)
+        elif not is_stopping(new) and change.object_id in state.drains:
+            self._forget_drain(state, state.drains.pop(change.object_id))
         for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
             session = state.sessions.get(node_id)
             if session is None:
@@ -457,6 +460,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     # ------------------------------------------------------------ drain before stop
 
+    @staticmethod
+    def _view(session: _Session) -> NodeView:
+        return NodeView(session.sent_networks, session.acked, session.confirms)
+
     def _start_drain(self, state: _LeaderState, task: pb.Task) -> None:
         """The task was told to stop: the versions of its networks' peer
         sets without it as a backend (brought up to date now) are what every
@@ -468,28 +475,70 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 table = state.peers.refresh(attachment.network_id, state.overlay,
                                             state.services, cache.nodes)
                 required[attachment.network_id] = table.version
-        state.drains[task.id] = Drain(task.id, task.node_id, required)
-        # A stop waits for these messages: no coalescing pause for them (a
-        # burst of stops from one orchestrator pass still goes as one).
+        drain = Drain(task.id, task.node_id, required)
         for session in state.sessions.values():
+            if holds(required, self._view(session)):
+                drain.pending.add(session.node_id)
+                state.draining_for.setdefault(session.node_id, set()).add(task.id)
+            # A stop waits for these messages: no coalescing pause for them
+            # (a burst of stops from one orchestrator pass still goes as one).
             if any(network_id in session.dirty_networks for network_id in required):
                 session.urgent = True
-        self._check_drains(state)
+        previous = state.drains.pop(task.id, None)
+        if previous is not None:
+            self._forget_drain(state, previous)
+        if drain.pending:
+            state.drains[task.id] = drain
+        else:
+            self._drained(state, drain)
 
-    def _check_drains(self, state: _LeaderState) -> None:
-        """Tell the nodes of the tasks now drained."""
-        if not state.drains:
+    def _confirmed(self, state: _LeaderState, session: _Session) -> None:
+        """The node confirmed versions: the drains waiting for it that it
+        now satisfies no longer do."""
+        waiting = state.draining_for.get(session.node_id)
+        if not waiting:
             return
-        views = [NodeView(s.sent_networks, s.acked, s.confirms) for s in state.sessions.values()]
-        for task_id, drain in list(state.drains.items()):
-            if not is_drained(drain, views):
+        view = self._view(session)
+        for task_id in list(waiting):
+            drain = state.drains.get(task_id)
+            if drain is not None and holds(drain.required, view):
                 continue
-            del state.drains[task_id]
-            session = state.sessions.get(drain.node_id)
-            if session is not None:
-                session.drained.add(task_id)
-                session.urgent = True
-                session.wake.set()
+            waiting.discard(task_id)
+            if drain is not None:
+                self._node_done(state, drain, session.node_id)
+        if not waiting:
+            del state.draining_for[session.node_id]
+
+    def _release_node(self, state: _LeaderState, node_id: str) -> None:
+        """The node has no session any more: no drain waits for it."""
+        for task_id in state.draining_for.pop(node_id, set()):
+            drain = state.drains.get(task_id)
+            if drain is not None:
+                self._node_done(state, drain, node_id)
+
+    def _node_done(self, state: _LeaderState, drain: Drain, node_id: str) -> None:
+        drain.pending.discard(node_id)
+        if not drain.pending:
+            state.drains.pop(drain.task_id, None)
+            self._drained(state, drain)
+
+    @staticmethod
+    def _forget_drain(state: _LeaderState, drain: Drain) -> None:
+        for node_id in drain.pending:
+            waiting = state.draining_for.get(node_id)
+            if waiting is not None:
+                waiting.discard(drain.task_id)
+                if not waiting:
+                    del state.draining_for[node_id]
+
+    @staticmethod
+    def _drained(state: _LeaderState, drain: Drain) -> None:
+        """Tell the task's node its stop signal need wait no longer."""
+        session = state.sessions.get(drain.node_id)
+        if session is not None:
+            session.drained.add(drain.task_id)
+            session.urgent = True
+            session.wake.set()
 
     # ------------------------------------------------------------ nodes
 

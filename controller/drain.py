@@ -25,16 +25,20 @@ after a failover the agents' bound applies.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from swarm.api.v1 import objects_pb2 as pb
 
 
-@dataclass(frozen=True)
+@dataclass
 class Drain:
     task_id: str
     node_id: str  # where the task runs: who is told
     required: Mapping[str, int]  # network -> the peer-set version to confirm
+    # The nodes still to confirm (see holds), found when the drain began and
+    # shrinking as they confirm or go away: each confirmation looks only at
+    # the drains waiting for its node, not at every drain and every node.
+    pending: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,15 @@ def starts_draining(old: pb.Task | None, new: pb.Task | None) -> bool:
         and not is_stopping(old)
 
 
+def holds(required: Mapping[str, int], node: NodeView) -> bool:
+    """Whether the node has yet to confirm a drain: it confirms at all, was
+    sent one of the networks, and has not confirmed the required version."""
+    return node.confirms and any(
+        network_id in node.sent and node.acked.get(network_id, 0) < version
+        for network_id, version in required.items())
+
+
 def is_drained(drain: Drain, nodes: Iterable[NodeView]) -> bool:
     """Whether every confirming node that has one of the task's networks has
     confirmed the version without it."""
-    for node in nodes:
-        if not node.confirms:
-            continue
-        for network_id, version in drain.required.items():
-            if network_id in node.sent and node.acked.get(network_id, 0) < version:
-                return False
-    return True
+    return not any(holds(drain.required, node) for node in nodes)
