@@ -370,6 +370,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 removed.append(network_id)
                 if network is None or network.spec.ingress:
                     session.sent_mesh = None
+        if removed:  # a drain waiting for this node on those networks waits no more
+            self._confirmed(state, session)
         return updates, removed
 
     def _with_mesh(self, session: _Session, network: pb.Network,
