@@ -25,13 +25,17 @@ failing update rolled back; `bad_tasks_started`) and rebalance, reported
 as null until they exist here.
 
     python -m bench.rollout [--drain-timeout 2s] [--compare] [--health] [--verbose]
+    python -m bench.rollout --example [--drain-timeout 0s]
 
 prints ONE JSON line: failed_requests per scenario and in total, requests in
 total, each scenario's duration (from the command until the service has
 converged and every task it stopped has stopped). With --compare the
 updates run a second time with --drain-timeout 0s (no wait for the drain:
 the agent stops a task as soon as it is told) to compare update durations.
-With --health web has a health check (1 s interval), so a new task is a
+With --example it measures what issue 10 did instead: the example web
+stack (deploy/examples/web.yaml) scaled to 5, a client every 50 ms on port
+8080 of every host, one good update; --drain-timeout then replaces the
+example's x-drain-timeout. With --health web has a health check (1 s interval), so a new task is a
 backend only once healthy: a start-first update must then wait for that
 before stopping the old task (health-gated updates), or a one-replica
 update has no backend for a moment.
@@ -358,6 +362,58 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             shutil.rmtree(config_home, ignore_errors=True)
 
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "web.yaml"
+
+
+def run_example(drain: str | None, verbose: bool) -> dict[str, object]:
+    """The issue's own measurement: the example web stack (web_web, start-first,
+    a health check, its demo httpd) scaled to 5, a client every 50 ms on port
+    8080 of every host, and a good update (`--env-add V=2`)."""
+    name = "r" + secrets.token_hex(3)
+    config_home = os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="bench-config-")
+    stack = Path(config_home) / "web.yaml"
+    text = EXAMPLE.read_text()
+    if drain is not None:
+        text = re.sub(r"x-drain-timeout: \S+", f"x-drain-timeout: {drain}", text)
+    stack.write_text(text)
+    try:
+        state = cluster.up(name, 3, SUBNET, say=lambda _: None)
+        os.environ["SWARM_REGISTRY"] = state.registry
+        swarmctl("apply", "-f", str(stack), "--timeout", CONVERGE)
+        swarmctl("service", "scale", "web_web=5", "--timeout", CONVERGE)
+        targets = [Target(n.address.split("/")[0], PORT, label=f"mesh {n.host}")
+                   for n in state.nodes]
+        time.sleep(12)  # the example's health checks (10 s interval) make the tasks ready
+        load = Load(targets, interval=0.05, max_seconds=300, max_requests=6000)
+        with load:
+            time.sleep(1)
+            began = time.monotonic()
+            swarmctl("service", "update", "web_web", "--env-add", "V=2", "--timeout", "240s")
+            wait_stopped("web_web")
+            seconds = time.monotonic() - began
+            time.sleep(1)
+        if verbose:
+            print(f"example update: {seconds:.1f}s: {load.report()}", file=sys.stderr)
+        total = load.total()
+        # Connections the routing mesh had no ready backend for (an update
+        # that stopped old tasks before new ones were healthy), and backends
+        # it could not reach, from the agents' logs.
+        logs = [Path(d.log).read_text(errors="replace") for d in state.daemons
+                if d.role.startswith("agent")]
+        return {"bench": "rollout", "mode": "example_web_stack", "replicas": 5,
+                "mesh_no_backend_ready": sum(t.count("no backend ready") for t in logs),
+                "mesh_backend_unreachable": sum(t.count("unreachable (") for t in logs),
+                "drain_timeout": drain or "2s (the example's)",
+                "failed_requests": total.failures, "requests": total.requests,
+                "failure_reasons": dict(total.reasons), "seconds": round(seconds, 2),
+                "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)}
+    finally:
+        try:
+            cluster.down(name, say=lambda _: None)
+        finally:
+            shutil.rmtree(config_home, ignore_errors=True)
+
+
 def _again(name: str) -> Scenario:
     """The update scenario once more (a new environment value: new tasks)."""
     order = "start-first" if name == "start_first_update" else "stop-first"
@@ -378,13 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--health", action="store_true",
                         help="give web a health check (1s interval): new tasks become "
                         "backends only once healthy")
+    parser.add_argument("--example", action="store_true",
+                        help="instead: the example web stack (5 replicas) and one good "
+                        "update, as issue 10 measured it")
     parser.add_argument("--verbose", action="store_true", help="per-scenario lines on stderr")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.rollout: needs root (namespaces, runc)", file=sys.stderr)
         return 2
     try:
-        result = run(3, args.drain_timeout, args.compare, args.verbose, args.health)
+        result = run_example(args.drain_timeout, args.verbose) if args.example \
+            else run(3, args.drain_timeout, args.compare, args.verbose, args.health)
     except (RolloutError, cluster.ClusterError) as error:
         print(f"bench.rollout: {error}", file=sys.stderr)
         return 1
