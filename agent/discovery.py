@@ -74,6 +74,13 @@ class Discovery:
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(lb_concurrency)
         self.passes = 0  # completed load-balancer passes (tests, benchmarks)
+        # Drain before stop: directory changes are numbered, and a pass that
+        # applied every table without error records the number it started
+        # from, so the agent confirms to the controller only what its load
+        # balancers really have (settled()).
+        self._generation = 0
+        self._synced_generation = 0
+        self._synced = asyncio.Event()
 
     # ------------------------------------------------------------ the directory
 
@@ -96,7 +103,25 @@ class Discovery:
             self._peer_sets.forget(network_id)
             changed |= self.directory.remove(network_id)
         if changed:
+            self._generation += 1
             self._changed.set()
+
+    async def settled(self, timeout: float) -> bool:
+        """Whether every change applied so far is in every served task's
+        load-balancing table (DNS answers follow apply() at once), waiting
+        up to `timeout` for the passes to get there."""
+        target = self._generation
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._synced_generation < target:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return False
+            self._synced.clear()
+            try:
+                await asyncio.wait_for(self._synced.wait(), left)
+            except TimeoutError:
+                return False
+        return True
 
     def resolve(self, name: str, networks: Sequence[str]) -> Resolution:
         return self.directory.resolve(name, networks)
@@ -150,8 +175,12 @@ class Discovery:
         while True:
             await self._changed.wait()
             self._changed.clear()
+            generation = self._generation
             failed = await self.sync_all()
             self.passes += 1
+            if not failed:
+                self._synced_generation = max(self._synced_generation, generation)
+                self._synced.set()
             if failed:
                 await asyncio.sleep(RETRY_DELAY)
                 self._changed.set()

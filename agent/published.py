@@ -89,11 +89,13 @@ def ingress_backends(ready: dict[str, list[str]], service_id: str, target_port: 
 
 def host_routes(tasks: Iterable[tuple[pb.Task, int]],
                 netns_of: Callable[[str], str]) -> dict[PortKey, Route]:
-    """Host-mode ports of this node's RUNNING tasks (task, observed state):
-    each reached inside the task's namespace."""
+    """Host-mode ports of this node's RUNNING tasks (task, observed state)
+    that are not told to stop (drain before stop: no new connections while
+    they wait for their stop signal): each reached inside the task's
+    namespace."""
     found: dict[PortKey, list[Backend]] = {}
     for task, state in tasks:
-        if state != pb.RUNNING:
+        if state != pb.RUNNING or task.desired_state > pb.RUNNING:
             continue
         address = "127.0.0.1"
         for attachment in task.networks:

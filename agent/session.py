@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
@@ -44,12 +44,26 @@ class Worker(Protocol):
         ...
 
 
+@runtime_checkable
+class Settling(Protocol):
+    """A worker that can say when what it was given is in force everywhere
+    on this node (agent.worker.Worker): the session then confirms the
+    networks' versions to the controller, which tells a stopping task's
+    node when every node has let it go (drain before stop). Workers without
+    it (simulated nodes) confirm nothing and are not waited for."""
+
+    async def settled(self, timeout: float) -> bool: ...
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     status_flush_interval: float = 0.1  # reports are batched at least this often
     status_batch_max: int = 500
+    # How long a confirmation of applied networks waits for the load
+    # balancers; past it nothing is confirmed (the drain's bound applies).
+    settle_timeout: float = 5.0
 
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
@@ -101,6 +115,9 @@ class AgentSession:
         self.connected = asyncio.Event()
         self.session_id = ""
         self.leader = ""
+        # Network versions applied and not yet confirmed (drain before stop).
+        self._applied: dict[str, int] = {}
+        self._applied_ready = asyncio.Event()
 
     # ------------------------------------------------------------ reporting
 
@@ -163,16 +180,20 @@ class AgentSession:
             for task_id, status in self.worker.statuses().items():
                 self._pending.setdefault(task_id, status)
             self._pending_ready.set()
+            self._applied.clear()
             helpers = [
                 asyncio.create_task(self._heartbeats(stub, period), name="heartbeat"),
                 asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
             ]
+            if isinstance(self.worker, Settling):
+                helpers.append(asyncio.create_task(self._confirm_applied(stub, self.worker),
+                                                   name="applied-networks"))
             node_id, session_id = self.node_id, self.session_id
             services = [start_supervised(name, functools.partial(service, stub, node_id, session_id))
                         for name, service in self._services]
             self.connected.set()
             log.info("session %s with %s open", self.session_id, addr)
-            await self.worker.apply(first.assignments)
+            await self._apply(first.assignments)
             helpers.append(asyncio.create_task(self._follow(stream), name="assignments"))
             # Whichever stops first ends the session: the stream, or a refused heartbeat.
             done, _ = await asyncio.wait(helpers, return_when=asyncio.FIRST_COMPLETED)
@@ -191,7 +212,36 @@ class AgentSession:
             message = await stream.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
-            await self.worker.apply(message.assignments)
+            await self._apply(message.assignments)
+
+    async def _apply(self, assignments: dpb.Assignments) -> None:
+        await self.worker.apply(assignments)
+        versions = {entry.network.id: entry.version for entry in assignments.networks
+                    if entry.version}
+        if versions:
+            self._applied.update(versions)
+            self._applied_ready.set()
+
+    async def _confirm_applied(self, stub: dgrpc.DispatcherAsyncStub, worker: Settling) -> None:
+        """Confirm the network versions applied, once they are in force
+        (drain before stop), in an extra heartbeat; a burst of messages is
+        one confirmation."""
+        while True:
+            await self._applied_ready.wait()
+            self._applied_ready.clear()
+            applied = dict(self._applied)
+            if not await worker.settled(self.settings.settle_timeout):
+                log.info("load balancers not in step after %gs; not confirming networks "
+                         "yet", self.settings.settle_timeout)
+                self._applied_ready.set()  # again (discovery retries its failed passes)
+                continue
+            for network_id, version in applied.items():
+                if self._applied.get(network_id) == version:
+                    del self._applied[network_id]
+            await stub.Heartbeat(dpb.HeartbeatRequest(
+                node_id=self.node_id, session_id=self.session_id,
+                applied=[dpb.AppliedNetwork(network_id=n, version=v)
+                         for n, v in sorted(applied.items())]), timeout=_RPC_TIMEOUT)
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:

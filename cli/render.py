@@ -416,6 +416,8 @@ def service_details(service: pb.Service) -> str:
             lines.append((1, key, value))
     if container.HasField("stop_grace_period"):
         lines.append((1, "Stop grace period", duration(container.stop_grace_period)))
+    if container.HasField("drain_timeout"):
+        lines.append((1, "Drain timeout", duration(container.drain_timeout)))
     if container.read_only:
         lines.append((1, "Read only", "true"))
     if container.HasField("healthcheck"):

@@ -18,6 +18,7 @@ import typer
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import ValidationError, check_drain_timeout
 
 from . import client, completion, logs, parsing, progress, render
 from .client import fail_if, for_each
@@ -88,6 +89,7 @@ class TaskOptions:
     hostname: str | None = None
     stop_signal: str | None = None
     stop_grace_period: str | None = None
+    drain_timeout: str | None = None
     read_only: bool | None = None
     init: bool | None = None
     entrypoint: str | None = None
@@ -267,6 +269,13 @@ def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
     if options.stop_grace_period is not None:
         container.stop_grace_period.FromNanoseconds(
             parsing.duration("--stop-grace-period", options.stop_grace_period))
+    if options.drain_timeout is not None:
+        nanoseconds = parsing.duration("--drain-timeout", options.drain_timeout)
+        try:
+            check_drain_timeout(nanoseconds, "--drain-timeout")
+        except ValidationError as error:
+            raise BadFlag("--drain-timeout", error.problem) from None
+        container.drain_timeout.FromNanoseconds(nanoseconds)
     if options.read_only is not None:
         container.read_only = options.read_only
     if options.init is not None:
@@ -530,6 +539,9 @@ def create(
                                                     help="Signal that stops a task.")] = None,
     stop_grace_period: Annotated[str | None, typer.Option(
         metavar="DURATION", help="Wait before killing a task (default 10s).")] = None,
+    drain_timeout: Annotated[str | None, typer.Option(
+        metavar="DURATION", help="Longest a stopping task waits for every node to stop "
+        "sending it connections before its stop signal (default 2s; 0s: no wait).")] = None,
     read_only: Annotated[bool, typer.Option("--read-only",
                                             help="Read-only root filesystem.")] = False,
     init: Annotated[bool, typer.Option("--init", help="Run an init inside the container.")
@@ -575,7 +587,8 @@ def create(
         rollback_monitor=rollback_monitor, rollback_max_failure_ratio=rollback_max_failure_ratio,
         publish=_list(publish), networks=_list(network), endpoint_mode=endpoint_mode,
         workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
-        stop_grace_period=stop_grace_period, read_only=read_only or None, init=init or None,
+        stop_grace_period=stop_grace_period, drain_timeout=drain_timeout,
+        read_only=read_only or None, init=init or None,
         health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
         health_retries=health_retries, health_start_period=health_start_period,
         health_start_interval=health_start_interval, no_healthcheck=no_healthcheck,
@@ -823,6 +836,7 @@ def update(
     hostname: Annotated[str | None, typer.Option(metavar="NAME")] = None,
     stop_signal: Annotated[str | None, typer.Option(metavar="SIGNAL")] = None,
     stop_grace_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
+    drain_timeout: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
     read_only: Annotated[bool | None, typer.Option(
         "--read-only/--no-read-only", show_default=False)] = None,
     init: Annotated[bool | None, typer.Option("--init/--no-init", show_default=False)] = None,
@@ -866,7 +880,8 @@ def update(
         publish_add=_list(publish_add), publish_rm=_list(publish_rm),
         mount_add=_list(mount_add), mount_rm=_list(mount_rm), endpoint_mode=endpoint_mode,
         workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
-        stop_grace_period=stop_grace_period, read_only=read_only, init=init,
+        stop_grace_period=stop_grace_period, drain_timeout=drain_timeout,
+        read_only=read_only, init=init,
         entrypoint=entrypoint, health_cmd=health_cmd, health_interval=health_interval,
         health_timeout=health_timeout, health_retries=health_retries,
         health_start_period=health_start_period, health_start_interval=health_start_interval,

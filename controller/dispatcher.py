@@ -16,6 +16,12 @@ coalesced over `network_flush_interval`. A service change that alters a
 network's records (created, removed, renamed, attached, a VIP allocated)
 resends that network's records to the nodes that have it.
 
+Drain before stop (drain.py): each network entry carries its peer-set
+version; agents confirm the versions they have in force in an extra
+heartbeat, and once every confirming node that has a stopping task's
+networks has confirmed the version without it, the task's node is told
+(Assignments.drained) that its stop signal need wait no longer.
+
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
 only its own session, heartbeat only for it and report status only for tasks
@@ -46,6 +52,7 @@ from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from .drain import Drain, NodeView, holds, is_stopping, starts_draining
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
@@ -93,6 +100,15 @@ class _Session:
     sent_networks: dict[str, int] = field(default_factory=dict)
     # What it was last told of the routing mesh besides the peers (mesh.py).
     sent_mesh: bytes | None = None
+    # Drain before stop (drain.py): the peer-set versions the agent confirmed
+    # having in force, whether it confirms at all, and the tasks of this node
+    # to tell that they are drained.
+    acked: dict[str, int] = field(default_factory=dict)
+    confirms: bool = False
+    drained: set[str] = field(default_factory=set)
+    # A task is waiting for this node (its removal to apply, or its drained
+    # word): the next message goes without the coalescing pause.
+    urgent: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -111,6 +127,8 @@ class _LeaderState:
     overlay: OverlayIndex = field(default_factory=OverlayIndex)
     services: ServiceIndex = field(default_factory=ServiceIndex)
     peers: PeerTable = field(default_factory=PeerTable)
+    drains: dict[str, Drain] = field(default_factory=dict)  # by task id
+    draining_for: dict[str, set[str]] = field(default_factory=dict)  # node -> its pending drains
 
 
 def _assigned(task: pb.Task | None, node_id: str) -> bool:
@@ -258,15 +276,17 @@ class Dispatcher(dgrpc.DispatcherServicer):
             )
             while True:
                 await session.wake.wait()
-                if session.dirty_networks and not session.closed:
+                if session.dirty_networks and not session.closed and not session.urgent:
                     await asyncio.sleep(self.settings.network_flush_interval)
                 session.wake.clear()
+                session.urgent = False
                 if session.closed:
                     return
                 changed, session.dirty = session.dirty, {}
                 dirty_networks, session.dirty_networks = session.dirty_networks, set()
+                drained, session.drained = session.drained, set()
                 networks, removed_networks = self._network_updates(state, session, dirty_networks)
-                if not (changed or networks or removed_networks):
+                if not (changed or networks or removed_networks or drained):
                     continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
@@ -276,12 +296,15 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         removed=[tid for tid, t in changed.items() if t is None],
                         networks=networks,
                         removed_networks=removed_networks,
+                        drained=sorted(drained),
                     ),
                 )
         finally:
             if state.sessions.get(node_id) is session:
                 del state.sessions[node_id]
             log.info("session %s of node %s ended", session.session_id, node_id)
+            if node_id not in state.sessions:  # not replaced: nothing to wait for there
+                self._release_node(state, node_id)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
                         context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
@@ -289,6 +312,13 @@ class Dispatcher(dgrpc.DispatcherServicer):
         await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         state.heartbeats[request.node_id] = self._clock()
+        if request.applied:
+            session = state.sessions[request.node_id]
+            session.confirms = True
+            for applied in request.applied:
+                if applied.version > session.acked.get(applied.network_id, 0):
+                    session.acked[applied.network_id] = applied.version
+            self._confirmed(state, session)
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
@@ -343,11 +373,15 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if network.spec.ingress:
                     assignment = self._with_mesh(session, network, assignment)
                 if assignment is not None:
+                    assignment.version = table.version
                     updates.append(assignment)
             elif session.sent_networks.pop(network_id, None) is not None:
+                session.acked.pop(network_id, None)
                 removed.append(network_id)
                 if network is None or network.spec.ingress:
                     session.sent_mesh = None
+        if removed:  # a drain waiting for this node on those networks waits no more
+            self._confirmed(state, session)
         return updates, removed
 
     def _with_mesh(self, session: _Session, network: pb.Network,
@@ -408,12 +442,18 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 state.heartbeats.pop(change.object_id, None)
                 if session is not None:
                     session.close()
+                self._release_node(state, change.object_id)
             return
         if change.kind != "tasks":
             return
         old: pb.Task | None = change.old  # type: ignore[assignment]
         new: pb.Task | None = change.new  # type: ignore[assignment]
         self._mark_networks(state, state.overlay.apply(old, new))
+        if starts_draining(old, new):
+            assert new is not None
+            self._start_drain(state, new)
+        elif not is_stopping(new) and change.object_id in state.drains:
+            self._forget_drain(state, state.drains.pop(change.object_id))
         for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
             session = state.sessions.get(node_id)
             if session is None:
@@ -428,6 +468,88 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 session.dirty[change.object_id] = None
             else:
                 continue
+            session.wake.set()
+
+    # ------------------------------------------------------------ drain before stop
+
+    @staticmethod
+    def _view(session: _Session) -> NodeView:
+        return NodeView(session.sent_networks, session.acked, session.confirms)
+
+    def _start_drain(self, state: _LeaderState, task: pb.Task) -> None:
+        """The task was told to stop: the versions of its networks' peer
+        sets without it as a backend (brought up to date now) are what every
+        node must confirm before it is drained (drain.py)."""
+        cache = self._store.cache
+        required = {}
+        for attachment in task.networks:
+            if attachment.network_id in cache.networks:
+                table = state.peers.refresh(attachment.network_id, state.overlay,
+                                            state.services, cache.nodes)
+                required[attachment.network_id] = table.version
+        drain = Drain(task.id, task.node_id, required)
+        for session in state.sessions.values():
+            if holds(required, self._view(session)):
+                drain.pending.add(session.node_id)
+                state.draining_for.setdefault(session.node_id, set()).add(task.id)
+            # A stop waits for these messages: no coalescing pause for them
+            # (a burst of stops from one orchestrator pass still goes as one).
+            if any(network_id in session.dirty_networks for network_id in required):
+                session.urgent = True
+        previous = state.drains.pop(task.id, None)
+        if previous is not None:
+            self._forget_drain(state, previous)
+        if drain.pending:
+            state.drains[task.id] = drain
+        else:
+            self._drained(state, drain)
+
+    def _confirmed(self, state: _LeaderState, session: _Session) -> None:
+        """The node confirmed versions: the drains waiting for it that it
+        now satisfies no longer do."""
+        waiting = state.draining_for.get(session.node_id)
+        if not waiting:
+            return
+        view = self._view(session)
+        for task_id in list(waiting):
+            drain = state.drains.get(task_id)
+            if drain is not None and holds(drain.required, view):
+                continue
+            waiting.discard(task_id)
+            if drain is not None:
+                self._node_done(state, drain, session.node_id)
+        if not waiting:
+            del state.draining_for[session.node_id]
+
+    def _release_node(self, state: _LeaderState, node_id: str) -> None:
+        """The node has no session any more: no drain waits for it."""
+        for task_id in state.draining_for.pop(node_id, set()):
+            drain = state.drains.get(task_id)
+            if drain is not None:
+                self._node_done(state, drain, node_id)
+
+    def _node_done(self, state: _LeaderState, drain: Drain, node_id: str) -> None:
+        drain.pending.discard(node_id)
+        if not drain.pending:
+            state.drains.pop(drain.task_id, None)
+            self._drained(state, drain)
+
+    @staticmethod
+    def _forget_drain(state: _LeaderState, drain: Drain) -> None:
+        for node_id in drain.pending:
+            waiting = state.draining_for.get(node_id)
+            if waiting is not None:
+                waiting.discard(drain.task_id)
+                if not waiting:
+                    del state.draining_for[node_id]
+
+    @staticmethod
+    def _drained(state: _LeaderState, drain: Drain) -> None:
+        """Tell the task's node its stop signal need wait no longer."""
+        session = state.sessions.get(drain.node_id)
+        if session is not None:
+            session.drained.add(drain.task_id)
+            session.urgent = True
             session.wake.set()
 
     # ------------------------------------------------------------ nodes

@@ -12,7 +12,16 @@ Bounded: each direction has one CHUNK buffer and sends what it read before
 reading more, so a slow reader slows its writer instead of filling memory.
 A half-close (EOF one way) is passed on with shutdown(SHUT_WR), the other
 direction keeps flowing; a reset on either side resets both. Closing the
-proxy (the port no longer published) closes every connection it carries.
+proxy (the port no longer published) closes every connection it carries; a
+backend leaving the set does not: its established connections go on until
+they end (drain before stop gives them the task's stop grace period).
+
+A connection whose chosen backend cannot be reached (refused, reset during
+the handshake, unreachable, timed out) is carried to another ready backend
+(see PortProxy._connect): nothing was relayed yet, so the client loses
+nothing but a few milliseconds. Once bytes went upstream, a failure is passed
+on to the client, never replayed elsewhere: the backend may have acted on
+them (a POST), and only the client knows whether repeating is safe.
 
 UDP has no connections: each client address is a flow with its own
 upstream socket (made in the backend's namespace, connected to one backend
@@ -40,8 +49,11 @@ from swarm.host.netns import socket_in
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-CONNECT_TIMEOUT = 3.0
-CONNECT_TRIES = 3  # backends tried per connection before giving up on it
+CONNECT_TIMEOUT = 3.0  # one attempt to reach a backend
+CONNECT_DEADLINE = 5.0  # every attempt for one connection
+CONNECT_ATTEMPTS = 8
+RETRY_PAUSE = 0.1  # before asking again when every ready backend failed
+CONNECT_TRIES = 3  # UDP: backends tried per flow
 UDP_IDLE = 60.0
 UDP_FLOWS = 4096
 UDP_QUEUE = 64
@@ -181,18 +193,41 @@ class PortProxy:
                 upstream.close()
 
     async def _connect(self) -> socket.socket | None:
-        candidates = pick(self._backends())
-        if not candidates:
-            log.warning("%s: no backend ready; connection refused", self.name)
-            return None
-        for backend in candidates:
+        """An upstream socket to a ready backend, or None. A backend that
+        cannot be reached (refused, reset, unreachable, timed out: nothing
+        was relayed yet, so nothing is lost) is left for another ready one;
+        when every ready backend failed, the set is asked again after a
+        pause (a task that died is on its way out of it, its replacement on
+        its way in), all within CONNECT_DEADLINE."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_DEADLINE
+        failed: set[Backend] = set()
+        attempts = 0
+        while attempts < CONNECT_ATTEMPTS:
+            ready = list(self._backends())
+            if not ready:
+                if not attempts:
+                    log.warning("%s: no backend ready; connection refused", self.name)
+                    return None
+                break
+            fresh = [backend for backend in ready if backend not in failed]
+            if not fresh:
+                if deadline - loop.time() <= RETRY_PAUSE:
+                    break
+                await asyncio.sleep(RETRY_PAUSE)
+                failed.clear()
+                continue
+            backend = random.choice(fresh)
+            attempts += 1
             try:
-                return await open_upstream(backend)
+                return await open_upstream(
+                    backend, max(0.05, min(CONNECT_TIMEOUT, deadline - loop.time())))
             except (OSError, TimeoutError) as error:
+                failed.add(backend)
                 log.info("%s: backend %s:%d unreachable (%s)", self.name, backend.address,
                          backend.port, error or "timeout")
-        log.warning("%s: no backend reachable (%d tried); connection refused", self.name,
-                    len(candidates))
+        log.warning("%s: no backend reachable (%d tries); connection refused", self.name,
+                    attempts)
         return None
 
 

@@ -81,6 +81,11 @@ def convert_service(context: Context, key: str, node: Node,
     if "stop_grace_period" in fields:
         container.stop_grace_period.FromNanoseconds(
             as_duration(fields["stop_grace_period"], f"{path}.stop_grace_period"))
+    # Drain before stop has no compose key (docker has no such bound): an
+    # extension field beside stop_grace_period, which docker ignores.
+    if "x-drain-timeout" in fields:
+        container.drain_timeout.FromNanoseconds(
+            as_duration(fields["x-drain-timeout"], f"{path}.x-drain-timeout"))
     if "labels" in fields:
         for label, text in as_key_value_pairs(fields["labels"], f"{path}.labels",
                                             environment=False, environ={}).items():

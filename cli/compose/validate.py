@@ -26,6 +26,7 @@ _PROTO_TO_COMPOSE = (
     ("spec.task.container.mounts", "volumes"),
     ("spec.task.container.stop_signal", "stop_signal"),
     ("spec.task.container.stop_grace_period", "stop_grace_period"),
+    ("spec.task.container.drain_timeout", "x-drain-timeout"),
     ("spec.task.container.healthcheck", "healthcheck"),
     ("spec.task.container.labels", "labels"),
     ("spec.task.resources", "deploy.resources"),

@@ -259,9 +259,26 @@ def _check_container(container: pb.ContainerSpec, path: str) -> None:
         except ValueError as error:
             raise ValidationError(f"{path}.stop_signal", str(error)) from None
     _duration(container, "stop_grace_period", path, DEFAULT_STOP_GRACE_PERIOD_NS)
+    check_drain_timeout(_duration(container, "drain_timeout", path), f"{path}.drain_timeout")
     if container.HasField("healthcheck"):
         _check_healthcheck(container.healthcheck, f"{path}.healthcheck")
     _check_labels(container.labels, f"{path}.labels")
+
+
+# Drain before stop waits well under a second when every node answers; the
+# bound only matters when one does not, and a long one would hold every
+# rollout up by that much per task.
+MAX_DRAIN_TIMEOUT_NS = 5 * 60 * _SECOND
+
+
+def check_drain_timeout(nanoseconds: int, field: str) -> None:
+    """The drain bound (ContainerSpec.drain_timeout): 0 (no wait) to 5m."""
+    if nanoseconds < 0:
+        raise ValidationError(field, f"must not be negative (got {_fmt_duration(nanoseconds)})")
+    if nanoseconds > MAX_DRAIN_TIMEOUT_NS:
+        raise ValidationError(field, f"at most {_fmt_duration(MAX_DRAIN_TIMEOUT_NS)} (got "
+                              f"{_fmt_duration(nanoseconds)}): it bounds a wait that takes "
+                              "well under a second when every node answers")
 
 
 def _check_mounts(container: pb.ContainerSpec, path: str) -> None:

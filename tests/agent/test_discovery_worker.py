@@ -39,6 +39,7 @@ pytestmark = pytest.mark.timeout(180)
 NETWORK = pb.Network(id="wdnet", vni=4711, subnet="10.41.0.0/24", gateway="10.41.0.1")
 NETWORK.spec.name = "front"
 VIP = "10.41.0.2"
+WEB_RECORD = dpb.ServiceRecord(id="s-web", name="web", mode=pb.EndpointSpec.VIP, vip=f"{VIP}/24")
 WEB = ("sh", "-c", 'mkdir -p /www && echo "hello from $TASK" > /www/index.html && '
                    "exec httpd -f -p 80 -h /www")
 
@@ -71,9 +72,7 @@ class Setup:
 
     def assignments(self, tasks: list[pb.Task]) -> dpb.Assignments:
         entry = dpb.NetworkAssignment(network=NETWORK, peers=[self.peer(t) for t in tasks],
-                                      services=[dpb.ServiceRecord(
-                                          id="s-web", name="web", mode=pb.EndpointSpec.VIP,
-                                          vip=f"{VIP}/24")])
+                                      services=[WEB_RECORD])
         return dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
                                networks=[entry] if tasks else [])
 
@@ -227,3 +226,79 @@ async def test_a_vxlan_device_the_kernel_took_away_is_made_again(
     assert not await asyncio.to_thread(vxlan_on_bridge)
     await setup.worker.resync_networks()
     assert await asyncio.to_thread(vxlan_on_bridge)
+
+
+def stopping(task: pb.Task, drain_timeout: float) -> pb.Task:
+    """The task as the dispatcher sends it once told to stop."""
+    result = pb.Task()
+    result.CopyFrom(task)
+    result.desired_state = pb.SHUTDOWN
+    result.spec.container.drain_timeout.FromMilliseconds(int(drain_timeout * 1000))
+    return result
+
+
+def not_ready(setup: Setup, task: pb.Task) -> dpb.NetworkAssignment:
+    """The delta that takes the task out of DNS and the load balancers."""
+    return dpb.NetworkAssignment(network=NETWORK, delta=True, services=[WEB_RECORD],
+                                 peers=[setup.peer(task, ready=False)])
+
+
+async def test_a_stopping_task_waits_to_be_drained_within_its_bound(
+        setup: Setup, busybox_ref: str) -> None:
+    """Drain before stop in the worker: a task told to stop keeps running
+    until the controller says it is drained, or until its drain timeout;
+    settled() says when the load balancers have what was applied (the VIP
+    no longer leads to the stopping task)."""
+    loop = start_supervised("discovery-lb", setup.discovery.run)
+    try:
+        web1 = task(busybox_ref, "web", 1, "10.41.0.11/24", *WEB)
+        web2 = task(busybox_ref, "web", 2, "10.41.0.12/24", *WEB)
+        client = task(busybox_ref, "client", 1, "10.41.0.10/24", "sleep", "1000")
+        tasks = [web1, web2, client]
+        await setup.worker.apply(setup.assignments(tasks))
+        await eventually(lambda: all(setup.states.get(t.id) == pb.RUNNING for t in tasks), 60,
+                         "three tasks running")
+        containers = setup.worker.containers()
+        pid = containers[client.id].pid  # type: ignore[union-attr]
+        web2_pid = containers[web2.id].pid  # type: ignore[union-attr]
+
+        # web2 is told to stop, and is no longer a ready peer (one message).
+        started = asyncio.get_running_loop().time()
+        await setup.worker.apply(dpb.Assignments(
+            type=dpb.Assignments.INCREMENTAL, tasks=[stopping(web2, 1.5)],
+            networks=[not_ready(setup, web2)]))
+        assert await setup.worker.settled(10)
+        # In force: the VIP leads only to web1, while web2 still runs.
+        pages = {(await in_container(pid, "wget", "-qO-", "http://web/")).stdout.strip()
+                 for _ in range(10)}
+        assert pages == {"hello from web.1"}
+        assert setup.states[web2.id] == pb.RUNNING
+        assert await asyncio.to_thread(Path(f"/proc/{web2_pid}").exists)
+        # Never drained: its bound stops it (1.5 s, then the 0.2 s grace).
+        await eventually(lambda: setup.states.get(web2.id) == pb.SHUTDOWN, 20, "web2 stopped")
+        assert asyncio.get_running_loop().time() - started >= 1.5
+
+        # web1 has a long bound, but the controller says it is drained.
+        started = asyncio.get_running_loop().time()
+        await setup.worker.apply(dpb.Assignments(
+            type=dpb.Assignments.INCREMENTAL, tasks=[stopping(web1, 60)],
+            networks=[not_ready(setup, web1)]))
+        await asyncio.sleep(0.5)
+        assert setup.states[web1.id] == pb.RUNNING
+        await setup.worker.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL,
+                                                 drained=[web1.id]))
+        await eventually(lambda: setup.states.get(web1.id) == pb.SHUTDOWN, 20, "web1 stopped")
+        assert asyncio.get_running_loop().time() - started < 10
+
+        # A drain timeout of 0: no wait (the client, RUNNING on a network,
+        # would otherwise wait like any possible backend).
+        started = asyncio.get_running_loop().time()
+        await setup.worker.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL,
+                                                 tasks=[stopping(client, 0)]))
+        await eventually(lambda: setup.states.get(client.id) == pb.SHUTDOWN, 20,
+                         "client stopped")
+        assert asyncio.get_running_loop().time() - started < 1.5  # sleep: 0.2 s grace
+        await setup.worker.apply(setup.assignments([]))
+        await setup.worker.wait_removals()
+    finally:
+        await cancel_all([loop])

@@ -481,6 +481,10 @@ BAD_INPUT = [
     (("service", "create", "web", "--image", "busybox", "--timeout", "0s"),
      "--timeout: invalid duration '0s'", 2),
     (("service", "update", "api", "--limit-memory", "12q"), "--limit-memory: invalid size", 2),
+    (("service", "update", "api", "--drain-timeout", "-2s"), "--drain-timeout: invalid", 2),
+    (("service", "update", "api", "--drain-timeout", "6m"), "--drain-timeout: at most 5m", 2),
+    (("service", "create", "web", "--image", "busybox", "--drain-timeout", "1h"),
+     "--drain-timeout: at most 5m (got 1h)", 2),
     # Caught by the controller's validation, not the CLI's: still one line, nothing written.
     (("service", "create", "Bad_Name", "--image", "busybox"), "name", 1),
     (("service", "create", "web", "--image", "busybox", "--constraint", "node.colour==red"),

@@ -240,3 +240,127 @@ async def test_host_mode_port_in_use_is_reported_retried_and_then_served(
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
         await ports.close()
+
+
+# ---------------------------------------------------------------- connecting to a backend
+
+SELF_NETNS = "/proc/self/ns/net"  # the test's own namespace: loopback backends
+
+
+def loopback_server(name: bytes) -> socket.socket:
+    """Answers each connection with its name, then closes (in a thread)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(name)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fetch_name(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        received = b""
+        while chunk := sock.recv(100):
+            received += chunk
+        return received
+
+
+def answer_or_nothing(port: int) -> bytes:
+    """What comes back; nothing when the proxy closed or reset the connection."""
+    try:
+        return fetch_name(port)
+    except ConnectionResetError:
+        return b""
+
+
+async def test_a_backend_that_cannot_be_reached_costs_no_connection() -> None:
+    """A backend that died between two updates (its port refuses) is left
+    for another ready one; when every ready backend refuses, the set is
+    asked again after a pause (its replacement arrives): no client sees a
+    failure. Only when nothing answers within the deadline is it refused."""
+    good = loopback_server(b"good")
+    dead = Backend(SELF_NETNS, "127.0.0.1", unused_port())
+    alive_backend = Backend(SELF_NETNS, "127.0.0.1", good.getsockname()[1])
+    backends = [dead, alive_backend]
+    port = free_port()
+    carrier = proxy.PortProxy(port, lambda: backends, host="127.0.0.1")
+    await carrier.start()
+    try:
+        for _ in range(20):
+            assert await asyncio.to_thread(fetch_name, port) == b"good"
+        assert carrier.refused == 0
+        # Only the dead one is ready; its replacement becomes ready 0.3 s later.
+        backends[:] = [dead]
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, backends.append, alive_backend)
+        assert await asyncio.to_thread(fetch_name, port) == b"good"
+        assert carrier.refused == 0
+        # Nothing ever answers: refused (a reset) within the deadline.
+        backends[:] = [dead]
+        began = loop.time()
+        assert await asyncio.to_thread(answer_or_nothing, port) == b""
+        assert loop.time() - began < proxy.CONNECT_DEADLINE + 2
+        assert carrier.refused == 1
+    finally:
+        await carrier.close()
+        good.close()
+
+
+async def test_a_connection_in_flight_outlives_its_backend_leaving_the_set() -> None:
+    """Drain before stop takes a task out of the routing mesh before its stop
+    signal; a connection it already carries goes on (until the process
+    ends: within its stop grace period), only new ones go elsewhere."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def echo() -> None:
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return
+        with connection:
+            while data := connection.recv(100):
+                connection.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    backends = [Backend(SELF_NETNS, "127.0.0.1", server.getsockname()[1])]
+    port = free_port()
+    carrier = proxy.PortProxy(port, lambda: backends, host="127.0.0.1")
+    await carrier.start()
+
+    def talk(sock: socket.socket, word: bytes) -> bytes:
+        sock.sendall(word)
+        return sock.recv(100)
+
+    try:
+        client = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 10)
+        with client:
+            assert await asyncio.to_thread(talk, client, b"before") == b"before"
+            backends.clear()  # the task left every node's set: drained
+            assert await asyncio.to_thread(talk, client, b"after") == b"after"
+            assert carrier.connections == 1
+        # A new connection finds no backend.
+        assert await asyncio.to_thread(answer_or_nothing, port) == b""
+    finally:
+        await carrier.close()
+        server.close()

@@ -77,7 +77,7 @@ def test_create_maps_every_flag() -> None:
         publish=["8080:80", "53:53/udp", "published=9000,target=90,protocol=tcp,mode=host"],
         networks=["backend", "name=front,alias=www,alias=web"], endpoint_mode="dnsrr",
         workdir="/srv", user="nobody", hostname="box", stop_signal="SIGINT",
-        stop_grace_period="20s", read_only=True, init=True,
+        stop_grace_period="20s", drain_timeout="750ms", read_only=True, init=True,
         health_cmd="wget -q localhost", health_interval="5s", health_timeout="2s",
         health_retries="3", health_start_period="1s", health_start_interval="500ms",
         mounts=["type=volume,source=data,target=/data,readonly", "type=tmpfs,target=/tmp,"
@@ -128,6 +128,7 @@ def test_create_maps_every_flag() -> None:
     assert (container.dir, container.user, container.hostname, container.stop_signal) == (
         "/srv", "nobody", "box", "SIGINT")
     assert nanos(container.stop_grace_period) == 20 * SECOND
+    assert nanos(container.drain_timeout) == 3 * SECOND // 4
     assert container.read_only
     assert container.init
     health = container.healthcheck
@@ -170,6 +171,8 @@ def test_create_no_healthcheck() -> None:
 
 
 BAD_CREATE_FLAGS = [
+    ("--drain-timeout", "-2s", "invalid duration"),
+    ("--drain-timeout", "1h", "at most 5m (got 1h)"),
     ("--replicas", "x", "invalid number"),
     ("--replicas", "-1", "at least 0"),
     ("--mode", "sometimes", "expected one of replicated, global"),
@@ -341,6 +344,8 @@ def test_update_rollback_stands_alone() -> None:
     (("--constraint-add", "zone"), "--constraint-add: "),
     (("--update-order", "sideways"), "--update-order: "),
     (("--rollback", "--force"), "--rollback: cannot be combined"),
+    (("--drain-timeout", "-1s"), "--drain-timeout: invalid duration"),
+    (("--drain-timeout", "10m"), "--drain-timeout: at most 5m (got 10m)"),
 ])
 def test_update_bad_value_before_connecting(args: tuple[str, ...], fragment: str) -> None:
     assert_one_line_error(invoke("service", "update", "web", *args), fragment)
@@ -826,3 +831,14 @@ def test_colour_only_on_a_terminal_and_never_with_no_color(monkeypatch: pytest.M
     monkeypatch.delenv("NO_COLOR")
     monkeypatch.setenv("TERM", "dumb")
     assert not colour.enabled(Stream(tty=True))
+
+
+def test_service_details_show_the_stop_grace_period_and_the_drain_timeout() -> None:
+    service = pb.Service(id="s1", spec=pb.ServiceSpec(name="web"))
+    service.spec.task.container.image = "busybox"
+    service.spec.task.container.stop_grace_period.FromSeconds(5)
+    text = render.service_details(service)
+    assert "Drain timeout" not in text  # unset: the agent's default (2s)
+    service.spec.task.container.drain_timeout.FromMilliseconds(750)
+    lines = [line.split() for line in render.service_details(service).splitlines()]
+    assert ["Drain", "timeout:", "750ms"] in lines, lines

@@ -76,6 +76,7 @@ services:
       retries: 4
       start_period: 500ms
     stop_grace_period: 20s
+    x-drain-timeout: 3s
     stop_signal: SIGQUIT
     labels: ["com.example.role=web"]
     hostname: web-host
@@ -160,6 +161,7 @@ def test_every_supported_key_maps_into_the_spec() -> None:
     assert health.retries == 4
     assert health.start_period.ToNanoseconds() == SECOND // 2
     assert container.stop_grace_period.ToNanoseconds() == 20 * SECOND
+    assert container.drain_timeout.ToNanoseconds() == 3 * SECOND
     assert container.stop_signal == "SIGQUIT"
     assert dict(container.labels) == {"com.example.role": "web", NAMESPACE_LABEL: "shop"}
     assert (container.hostname, container.user, container.dir) == ("web-host", "101:101", "/srv")
@@ -471,6 +473,12 @@ BAD = [
      'f.yaml:6:28: services.web.ports[0].mode: invalid value "bridge" (expected ingress, host)'),
     (BASE + '    ports: ["8080:80", "8080:81"]\n',
      "f.yaml:5:12: services.web.ports: port 8080/tcp is already published by ports[0]"),
+    (BASE + "    x-drain-timeout: 10m\n",
+     "f.yaml:5:22: services.web.x-drain-timeout: at most 5m (got 10m): it bounds a wait that "
+     "takes well under a second when every node answers"),
+    (BASE + "    x-drain-timeout: soon\n",
+     'f.yaml:5:22: services.web.x-drain-timeout: invalid duration "soon" (expected '
+     "e.g. 10s, 1m30s, 500ms)"),
     (BASE + "    stop_grace_period: 10 seconds\n",
      'f.yaml:5:24: services.web.stop_grace_period: invalid duration "10 seconds" (expected '
      "e.g. 10s, 1m30s, 500ms)"),

@@ -136,6 +136,7 @@ class Assignments(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     REMOVED_NETWORKS_FIELD_NUMBER: _builtins.int
+    DRAINED_FIELD_NUMBER: _builtins.int
     type: Global___Assignments.Type.ValueType
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]:
@@ -157,6 +158,14 @@ class Assignments(_message.Message):
 
     @_builtins.property
     def removed_networks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def drained(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tasks of this node told to stop that every node which had them as a
+        backend has confirmed removing (HeartbeatRequest.applied): their stop
+        signal need not wait any longer (ContainerSpec.drain_timeout bounds the
+        wait when this never comes).
+        """
+
     def __init__(
         self,
         *,
@@ -165,10 +174,11 @@ class Assignments(_message.Message):
         removed: _abc.Iterable[_builtins.str] | None = ...,
         networks: _abc.Iterable[Global___NetworkAssignment] | None = ...,
         removed_networks: _abc.Iterable[_builtins.str] | None = ...,
+        drained: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["networks", b"networks", "removed", b"removed", "removed_networks", b"removed_networks", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "networks", b"networks", "removed", b"removed", "removed_networks", b"removed_networks", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -303,10 +313,15 @@ class NetworkAssignment(_message.Message):
     REMOVED_PEERS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     NODE_ADDRESS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     delta: _builtins.bool
     node_address: _builtins.str
     """This node's own address on the network, when the node itself is an
     endpoint (the ingress network: the routing mesh's source address). CIDR.
+    """
+    version: _builtins.int
+    """The version of the network's peer set this entry brings the node to;
+    the node confirms it has applied it (HeartbeatRequest.applied).
     """
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
@@ -333,10 +348,11 @@ class NetworkAssignment(_message.Message):
         removed_peers: _abc.Iterable[_builtins.str] | None = ...,
         services: _abc.Iterable[Global___ServiceRecord] | None = ...,
         node_address: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "node_address", b"node_address", "peers", b"peers", "removed_peers", b"removed_peers", "services", b"services"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "node_address", b"node_address", "peers", b"peers", "removed_peers", b"removed_peers", "services", b"services", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,21 +391,52 @@ class HeartbeatRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppliedNetwork]:
+        """The peer-set versions (NetworkAssignment.version) this node's DNS, load
+        balancers and routing mesh have applied; sent at once after applying a
+        message that carried networks, not only every period.
+        """
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
+        applied: _abc.Iterable[Global___AppliedNetwork] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class AppliedNetwork(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["network_id", b"network_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppliedNetwork: _TypeAlias = AppliedNetwork  # noqa: Y015
 
 @_typing.final
 class HeartbeatResponse(_message.Message):

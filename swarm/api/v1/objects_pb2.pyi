@@ -499,6 +499,7 @@ class ContainerSpec(_message.Message):
     READ_ONLY_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     INIT_FIELD_NUMBER: _builtins.int
+    DRAIN_TIMEOUT_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
@@ -526,6 +527,14 @@ class ContainerSpec(_message.Message):
     def healthcheck(self) -> Global___HealthConfig: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def drain_timeout(self) -> _duration_pb2.Duration:
+        """Drain before stop: the longest a task told to stop waits, out of DNS,
+        the VIP load balancers and the routing mesh, for every node that had it
+        as a backend to confirm it is gone before it gets its stop signal.
+        Unset: 2 s; 0: no wait.
+        """
+
     def __init__(
         self,
         *,
@@ -543,10 +552,11 @@ class ContainerSpec(_message.Message):
         read_only: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         init: _builtins.bool = ...,
+        drain_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_timeout", b"drain_timeout", "healthcheck", b"healthcheck", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "drain_timeout", b"drain_timeout", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
