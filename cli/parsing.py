@@ -17,6 +17,7 @@ from typing import TypeVar
 from swarm.api import units
 from swarm.api.v1 import objects_pb2 as pb
 
+from .choices import MOUNT_TYPES, PROTOCOLS, PUBLISH_MODES
 from .errors import BadFlag, BadInput
 
 T = TypeVar("T")
@@ -24,9 +25,6 @@ T = TypeVar("T")
 _COUNT_RE = re.compile(r"^\s*[+-]?\d+\s*$")
 _CONSTRAINT_RE = re.compile(r"^\s*([^=!\s]+)\s*(==|!=)\s*(\S.*?)\s*$")
 _SCALE_RE = re.compile(r"^([^=\s]+)=(.*)$")
-_PROTOCOLS = {"tcp": pb.PortConfig.TCP, "udp": pb.PortConfig.UDP, "sctp": pb.PortConfig.SCTP}
-_PUBLISH_MODES = {"ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
-_MOUNT_TYPES = {"volume": pb.Mount.VOLUME, "bind": pb.Mount.BIND, "tmpfs": pb.Mount.TMPFS}
 # The controller's rule for a volume name (controller/api/validation.py), checked here too
 # so that a bad one is refused before anything is sent; tests/unit/test_cli.py keeps the
 # two in step.
@@ -165,9 +163,9 @@ def port_config(flag: str, text: str) -> pb.PortConfig:
             elif key == "published":
                 port.published_port = _port_number(flag, value, "published")
             elif key == "protocol":
-                port.protocol = choice(flag, value, _PROTOCOLS)
+                port.protocol = choice(flag, value, PROTOCOLS)
             elif key == "mode":
-                port.publish_mode = choice(flag, value, _PUBLISH_MODES)
+                port.publish_mode = choice(flag, value, PUBLISH_MODES)
             elif key == "name":
                 port.name = value
             else:
@@ -178,7 +176,7 @@ def port_config(flag: str, text: str) -> pb.PortConfig:
         return port
     ports, _, protocol = text.strip().partition("/")
     if protocol:
-        port.protocol = choice(flag, protocol, _PROTOCOLS)
+        port.protocol = choice(flag, protocol, PROTOCOLS)
     published, sep, target = ports.rpartition(":")
     if sep and not published:
         raise BadFlag(flag, f"invalid {text!r}: expected [PUBLISHED:]TARGET[/PROTOCOL], "
@@ -210,7 +208,7 @@ def mount(flag: str, text: str) -> pb.Mount:
         if not value:
             raise BadFlag(flag, f"invalid {text!r}: {key!r} needs a value")
         if key == "type":
-            result.type = choice(flag, value, _MOUNT_TYPES)
+            result.type = choice(flag, value, MOUNT_TYPES)
         elif key in ("source", "src"):
             result.source = value
         elif key in ("target", "destination", "dst"):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +21,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError, check_drain_timeout
 
 from . import client, completion, logs, parsing, progress, render
+from .choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
 from .client import fail_if, for_each
 from .errors import BadFlag, BadInput, NotConverged, ReportingGroup
 from .options import (
@@ -31,6 +32,48 @@ from .options import (
     WaitTimeoutOpt,
     examples,
 )
+from .service_flags import (
+    DrainTimeoutOpt,
+    EndpointModeOpt,
+    EntrypointOpt,
+    HealthCmdOpt,
+    HealthIntervalOpt,
+    HealthRetriesOpt,
+    HealthStartIntervalOpt,
+    HealthStartPeriodOpt,
+    HealthTimeoutOpt,
+    HostnameOpt,
+    ImageOpt,
+    InitOpt,
+    LimitCpuOpt,
+    LimitMemoryOpt,
+    MaxReplicasPerNodeOpt,
+    NoHealthcheckOpt,
+    ReadOnlyOpt,
+    ReplicasOpt,
+    ReserveCpuOpt,
+    ReserveMemoryOpt,
+    RestartConditionOpt,
+    RestartDelayOpt,
+    RestartMaxAttemptsOpt,
+    RestartWindowOpt,
+    RollbackDelayOpt,
+    RollbackFailureActionOpt,
+    RollbackMaxFailureRatioOpt,
+    RollbackMonitorOpt,
+    RollbackOrderOpt,
+    RollbackParallelismOpt,
+    StopGracePeriodOpt,
+    StopSignalOpt,
+    UpdateDelayOpt,
+    UpdateFailureActionOpt,
+    UpdateMaxFailureRatioOpt,
+    UpdateMonitorOpt,
+    UpdateOrderOpt,
+    UpdateParallelismOpt,
+    UserOpt,
+    WorkdirOpt,
+)
 
 app = typer.Typer(help="Manage services.", no_args_is_help=True, rich_markup_mode=None,
                   cls=ReportingGroup)
@@ -39,18 +82,6 @@ DEFAULT_RESTART_DELAY_NS = 5_000_000_000
 DEFAULT_MONITOR_NS = 5_000_000_000
 
 _MODES = {"replicated": "replicated", "global": "global"}
-_RESTART_CONDITIONS = {
-    "any": pb.RestartPolicy.ANY,
-    "on-failure": pb.RestartPolicy.ON_FAILURE,
-    "none": pb.RestartPolicy.NONE,
-}
-_FAILURE_ACTIONS = {
-    "pause": pb.UpdateConfig.PAUSE,
-    "continue": pb.UpdateConfig.CONTINUE,
-    "rollback": pb.UpdateConfig.ROLLBACK,
-}
-_ORDERS = {"start-first": pb.UpdateConfig.START_FIRST, "stop-first": pb.UpdateConfig.STOP_FIRST}
-_ENDPOINT_MODES = {"vip": pb.EndpointSpec.VIP, "dnsrr": pb.EndpointSpec.DNSRR}
 _DESIRED_STATES = {name.lower(): value for name, value in pb.TaskState.items()}
 
 
@@ -101,6 +132,12 @@ class TaskOptions:
     health_start_interval: str | None = None
     no_healthcheck: bool = False
     endpoint_mode: str | None = None
+
+
+def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The TaskOptions flags out of a command's parameters, which are named as the
+    fields (the flags are declared once, in cli/service_flags.py)."""
+    return {option.name: values[option.name] for option in fields(TaskOptions)}
 
 
 @dataclass(kw_only=True)
@@ -167,10 +204,10 @@ def _update_config(spec: pb.ServiceSpec, which: str, values: Sequence[str | None
     if delay is not None:
         config.delay.FromNanoseconds(parsing.duration(f"{prefix}-delay", delay))
     if order is not None:
-        config.order = parsing.choice(f"{prefix}-order", order, _ORDERS)
+        config.order = parsing.choice(f"{prefix}-order", order, ORDERS)
     if failure_action is not None:
-        actions = _FAILURE_ACTIONS if which == "update" else {
-            key: value for key, value in _FAILURE_ACTIONS.items() if key != "rollback"}
+        actions = FAILURE_ACTIONS if which == "update" else {
+            key: value for key, value in FAILURE_ACTIONS.items() if key != "rollback"}
         config.failure_action = parsing.choice(f"{prefix}-failure-action", failure_action,
                                                actions)
     if monitor is not None:
@@ -202,7 +239,7 @@ def _restart(spec: pb.ServiceSpec, options: TaskOptions) -> None:
         restart.delay.FromNanoseconds(DEFAULT_RESTART_DELAY_NS)
     if options.restart_condition is not None:
         restart.condition = parsing.choice("--restart-condition", options.restart_condition,
-                                           _RESTART_CONDITIONS)
+                                           RESTART_CONDITIONS)
     if options.restart_delay is not None:
         restart.delay.FromNanoseconds(parsing.duration("--restart-delay", options.restart_delay))
     if options.restart_max_attempts is not None:
@@ -306,7 +343,7 @@ def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
         options.rollback_max_failure_ratio))
     if options.endpoint_mode is not None:
         spec.endpoint.mode = parsing.choice("--endpoint-mode", options.endpoint_mode,
-                                            _ENDPOINT_MODES)
+                                            ENDPOINT_MODES)
 
 
 def _merge_env(current: Sequence[str], remove: Sequence[str], add: Sequence[str],
@@ -463,10 +500,8 @@ def create(
         metavar="CMD", show_default=False,
         help="Command and arguments; they replace the image's CMD (put -- before them "
              "when they start with a dash).")] = None,
-    image: Annotated[str | None, typer.Option(metavar="IMAGE", help="Image to run (required).",
-                                              show_default=False)] = None,
-    replicas: Annotated[str | None, typer.Option(metavar="N",
-                                                 help="Number of tasks (default 1).")] = None,
+    image: ImageOpt = None,
+    replicas: ReplicasOpt = None,
     mode: Annotated[str | None, typer.Option(
         metavar="MODE", help="replicated (default) or global.")] = None,
     env: Annotated[list[str] | None, typer.Option(
@@ -481,44 +516,27 @@ def create(
     placement_pref: Annotated[list[str] | None, typer.Option(
         metavar="spread=node.labels.X", help="Spread tasks over a node label "
                                              "(repeatable).")] = None,
-    max_replicas_per_node: Annotated[str | None, typer.Option(
-        metavar="N", help="At most N tasks of this service per node.")] = None,
-    limit_cpu: Annotated[str | None, typer.Option(metavar="CPUS", help="CPU limit, e.g. 0.5.")
-                         ] = None,
-    limit_memory: Annotated[str | None, typer.Option(
-        metavar="SIZE", help="Memory limit, e.g. 512M.")] = None,
-    reserve_cpu: Annotated[str | None, typer.Option(metavar="CPUS",
-                                                    help="CPUs to reserve.")] = None,
-    reserve_memory: Annotated[str | None, typer.Option(metavar="SIZE",
-                                                       help="Memory to reserve.")] = None,
-    restart_condition: Annotated[str | None, typer.Option(
-        metavar="COND", help="Restart when: any (default), on-failure or none.")] = None,
-    restart_delay: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Delay between restarts (default 5s).")] = None,
-    restart_max_attempts: Annotated[str | None, typer.Option(
-        metavar="N", help="Give up after N restarts (0: never).")] = None,
-    restart_window: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Window in which restarts are counted.")] = None,
-    update_parallelism: Annotated[str | None, typer.Option(
-        metavar="N", help="Tasks updated at once (default 1; 0: all).")] = None,
-    update_delay: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Delay between update batches.")] = None,
-    update_order: Annotated[str | None, typer.Option(
-        metavar="ORDER", help="stop-first (default) or start-first.")] = None,
-    update_failure_action: Annotated[str | None, typer.Option(
-        metavar="ACTION", help="pause (default), continue or rollback.")] = None,
-    update_monitor: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="How long to watch each updated task (default 5s).")] = None,
-    update_max_failure_ratio: Annotated[str | None, typer.Option(
-        metavar="RATIO", help="Failure rate tolerated during an update.")] = None,
-    rollback_parallelism: Annotated[str | None, typer.Option(
-        metavar="N", help="The --update-* settings for rollbacks (default 1).")] = None,
-    rollback_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    rollback_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
-    rollback_failure_action: Annotated[str | None, typer.Option(
-        metavar="ACTION", help="pause (default) or continue.")] = None,
-    rollback_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    rollback_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
+    max_replicas_per_node: MaxReplicasPerNodeOpt = None,
+    limit_cpu: LimitCpuOpt = None,
+    limit_memory: LimitMemoryOpt = None,
+    reserve_cpu: ReserveCpuOpt = None,
+    reserve_memory: ReserveMemoryOpt = None,
+    restart_condition: RestartConditionOpt = None,
+    restart_delay: RestartDelayOpt = None,
+    restart_max_attempts: RestartMaxAttemptsOpt = None,
+    restart_window: RestartWindowOpt = None,
+    update_parallelism: UpdateParallelismOpt = None,
+    update_delay: UpdateDelayOpt = None,
+    update_order: UpdateOrderOpt = None,
+    update_failure_action: UpdateFailureActionOpt = None,
+    update_monitor: UpdateMonitorOpt = None,
+    update_max_failure_ratio: UpdateMaxFailureRatioOpt = None,
+    rollback_parallelism: RollbackParallelismOpt = None,
+    rollback_delay: RollbackDelayOpt = None,
+    rollback_order: RollbackOrderOpt = None,
+    rollback_failure_action: RollbackFailureActionOpt = None,
+    rollback_monitor: RollbackMonitorOpt = None,
+    rollback_max_failure_ratio: RollbackMaxFailureRatioOpt = None,
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", metavar="PUBLISHED:TARGET[/PROTO]",
         help="Publish a port; also published=8080,target=80,protocol=tcp,mode=host "
@@ -527,72 +545,43 @@ def create(
              "the agent's userspace proxy (TCP and UDP).")] = None,
     network: Annotated[list[str] | None, typer.Option(
         metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
-    endpoint_mode: Annotated[str | None, typer.Option(
-        metavar="MODE", help="vip (default) or dnsrr.")] = None,
-    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR",
-                                                help="Working directory.")] = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]",
-                                             help="User to run as.")] = None,
-    hostname: Annotated[str | None, typer.Option(metavar="NAME",
-                                                 help="Container hostname.")] = None,
-    stop_signal: Annotated[str | None, typer.Option(metavar="SIGNAL",
-                                                    help="Signal that stops a task.")] = None,
-    stop_grace_period: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Wait before killing a task (default 10s).")] = None,
-    drain_timeout: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Longest a stopping task waits for every node to stop "
-        "sending it connections before its stop signal (default 2s; 0s: no wait).")] = None,
-    read_only: Annotated[bool, typer.Option("--read-only",
-                                            help="Read-only root filesystem.")] = False,
-    init: Annotated[bool, typer.Option("--init", help="Run an init inside the container.")
-                    ] = False,
-    health_cmd: Annotated[str | None, typer.Option(
-        metavar="CMD", help="Health check command, run by a shell.")] = None,
-    health_interval: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Time between health checks.")] = None,
-    health_timeout: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Time a health check may take.")] = None,
-    health_retries: Annotated[str | None, typer.Option(
-        metavar="N", help="Failures in a row that make a task unhealthy.")] = None,
-    health_start_period: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Grace period before failures count.")] = None,
-    health_start_interval: Annotated[str | None, typer.Option(
-        metavar="DURATION", help="Time between checks during the start period, until one "
-                                 "succeeds (default 5s).")] = None,
-    no_healthcheck: Annotated[bool, typer.Option(
-        "--no-healthcheck", help="Disable the image's health check.")] = False,
+    endpoint_mode: EndpointModeOpt = None,
+    workdir: WorkdirOpt = None,
+    user: UserOpt = None,
+    hostname: HostnameOpt = None,
+    stop_signal: StopSignalOpt = None,
+    stop_grace_period: StopGracePeriodOpt = None,
+    drain_timeout: DrainTimeoutOpt = None,
+    read_only: ReadOnlyOpt = None,
+    init: InitOpt = None,
+    health_cmd: HealthCmdOpt = None,
+    health_interval: HealthIntervalOpt = None,
+    health_timeout: HealthTimeoutOpt = None,
+    health_retries: HealthRetriesOpt = None,
+    health_start_period: HealthStartPeriodOpt = None,
+    health_start_interval: HealthStartIntervalOpt = None,
+    no_healthcheck: NoHealthcheckOpt = False,
     mount: Annotated[list[str] | None, typer.Option(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
-    entrypoint: Annotated[str | None, typer.Option(
-        metavar="CMD", help="Replace the image's entrypoint.")] = None,
+    entrypoint: EntrypointOpt = None,
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
     """Create a service; prints its ID, then waits until its tasks run (unless -d)."""
     spec = service_spec_from_options(ServiceOptions(
-        name=name, image=image, args=_list(command), replicas=replicas, mode=mode,
-        env=_list(env), labels=_list(label), container_labels=_list(container_label),
-        constraints=_list(constraint), placement_prefs=_list(placement_pref),
-        max_replicas_per_node=max_replicas_per_node,
-        limit_cpu=limit_cpu, limit_memory=limit_memory, reserve_cpu=reserve_cpu,
-        reserve_memory=reserve_memory,
-        restart_condition=restart_condition, restart_delay=restart_delay,
-        restart_max_attempts=restart_max_attempts, restart_window=restart_window,
-        update_parallelism=update_parallelism, update_delay=update_delay,
-        update_order=update_order, update_failure_action=update_failure_action,
-        update_monitor=update_monitor, update_max_failure_ratio=update_max_failure_ratio,
-        rollback_parallelism=rollback_parallelism, rollback_delay=rollback_delay,
-        rollback_order=rollback_order, rollback_failure_action=rollback_failure_action,
-        rollback_monitor=rollback_monitor, rollback_max_failure_ratio=rollback_max_failure_ratio,
-        publish=_list(publish), networks=_list(network), endpoint_mode=endpoint_mode,
-        workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
-        stop_grace_period=stop_grace_period, drain_timeout=drain_timeout,
-        read_only=read_only or None, init=init or None,
-        health_cmd=health_cmd, health_interval=health_interval, health_timeout=health_timeout,
-        health_retries=health_retries, health_start_period=health_start_period,
-        health_start_interval=health_start_interval, no_healthcheck=no_healthcheck,
-        mounts=_list(mount), entrypoint=entrypoint,
+        name=name,
+        args=_list(command),
+        mode=mode,
+        env=_list(env),
+        labels=_list(label),
+        container_labels=_list(container_label),
+        constraints=_list(constraint),
+        placement_prefs=_list(placement_pref),
+        publish=_list(publish),
+        networks=_list(network),
+        mounts=_list(mount),
+        **task_options(locals()),
     ))
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
@@ -776,8 +765,8 @@ def scale(
 def update(
     ctx: typer.Context,
     service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
-    image: Annotated[str | None, typer.Option(metavar="IMAGE", help="New image.")] = None,
-    replicas: Annotated[str | None, typer.Option(metavar="N")] = None,
+    image: ImageOpt = None,
+    replicas: ReplicasOpt = None,
     args: Annotated[str | None, typer.Option(metavar="'CMD ARGS'",
                                              help="New command and arguments.")] = None,
     env_add: Annotated[list[str] | None, _multi(
@@ -800,27 +789,27 @@ def update(
         "spread=node.labels.X", "Add a placement preference")] = None,
     placement_pref_rm: Annotated[list[str] | None, _multi(
         "spread=node.labels.X", "Remove a placement preference")] = None,
-    max_replicas_per_node: Annotated[str | None, typer.Option(metavar="N")] = None,
-    limit_cpu: Annotated[str | None, typer.Option(metavar="CPUS")] = None,
-    limit_memory: Annotated[str | None, typer.Option(metavar="SIZE")] = None,
-    reserve_cpu: Annotated[str | None, typer.Option(metavar="CPUS")] = None,
-    reserve_memory: Annotated[str | None, typer.Option(metavar="SIZE")] = None,
-    restart_condition: Annotated[str | None, typer.Option(metavar="COND")] = None,
-    restart_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    restart_max_attempts: Annotated[str | None, typer.Option(metavar="N")] = None,
-    restart_window: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    update_parallelism: Annotated[str | None, typer.Option(metavar="N")] = None,
-    update_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    update_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
-    update_failure_action: Annotated[str | None, typer.Option(metavar="ACTION")] = None,
-    update_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    update_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
-    rollback_parallelism: Annotated[str | None, typer.Option(metavar="N")] = None,
-    rollback_delay: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    rollback_order: Annotated[str | None, typer.Option(metavar="ORDER")] = None,
-    rollback_failure_action: Annotated[str | None, typer.Option(metavar="ACTION")] = None,
-    rollback_monitor: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    rollback_max_failure_ratio: Annotated[str | None, typer.Option(metavar="RATIO")] = None,
+    max_replicas_per_node: MaxReplicasPerNodeOpt = None,
+    limit_cpu: LimitCpuOpt = None,
+    limit_memory: LimitMemoryOpt = None,
+    reserve_cpu: ReserveCpuOpt = None,
+    reserve_memory: ReserveMemoryOpt = None,
+    restart_condition: RestartConditionOpt = None,
+    restart_delay: RestartDelayOpt = None,
+    restart_max_attempts: RestartMaxAttemptsOpt = None,
+    restart_window: RestartWindowOpt = None,
+    update_parallelism: UpdateParallelismOpt = None,
+    update_delay: UpdateDelayOpt = None,
+    update_order: UpdateOrderOpt = None,
+    update_failure_action: UpdateFailureActionOpt = None,
+    update_monitor: UpdateMonitorOpt = None,
+    update_max_failure_ratio: UpdateMaxFailureRatioOpt = None,
+    rollback_parallelism: RollbackParallelismOpt = None,
+    rollback_delay: RollbackDelayOpt = None,
+    rollback_order: RollbackOrderOpt = None,
+    rollback_failure_action: RollbackFailureActionOpt = None,
+    rollback_monitor: RollbackMonitorOpt = None,
+    rollback_max_failure_ratio: RollbackMaxFailureRatioOpt = None,
     publish_add: Annotated[list[str] | None, _multi(
         "PUBLISHED:TARGET[/PROTO]", "Publish a port")] = None,
     publish_rm: Annotated[list[str] | None, typer.Option(
@@ -830,24 +819,23 @@ def update(
         "type=volume,source=X,target=/Y", "Add or replace a mount")] = None,
     mount_rm: Annotated[list[str] | None, typer.Option(
         metavar="TARGET", help="Remove the mount at this container path.")] = None,
-    endpoint_mode: Annotated[str | None, typer.Option(metavar="MODE")] = None,
-    workdir: Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR")] = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]")] = None,
-    hostname: Annotated[str | None, typer.Option(metavar="NAME")] = None,
-    stop_signal: Annotated[str | None, typer.Option(metavar="SIGNAL")] = None,
-    stop_grace_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    drain_timeout: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    read_only: Annotated[bool | None, typer.Option(
-        "--read-only/--no-read-only", show_default=False)] = None,
-    init: Annotated[bool | None, typer.Option("--init/--no-init", show_default=False)] = None,
-    entrypoint: Annotated[str | None, typer.Option(metavar="CMD")] = None,
-    health_cmd: Annotated[str | None, typer.Option(metavar="CMD")] = None,
-    health_interval: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    health_timeout: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    health_retries: Annotated[str | None, typer.Option(metavar="N")] = None,
-    health_start_period: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    health_start_interval: Annotated[str | None, typer.Option(metavar="DURATION")] = None,
-    no_healthcheck: Annotated[bool, typer.Option("--no-healthcheck")] = False,
+    endpoint_mode: EndpointModeOpt = None,
+    workdir: WorkdirOpt = None,
+    user: UserOpt = None,
+    hostname: HostnameOpt = None,
+    stop_signal: StopSignalOpt = None,
+    stop_grace_period: StopGracePeriodOpt = None,
+    drain_timeout: DrainTimeoutOpt = None,
+    read_only: ReadOnlyOpt = None,
+    init: InitOpt = None,
+    entrypoint: EntrypointOpt = None,
+    health_cmd: HealthCmdOpt = None,
+    health_interval: HealthIntervalOpt = None,
+    health_timeout: HealthTimeoutOpt = None,
+    health_retries: HealthRetriesOpt = None,
+    health_start_period: HealthStartPeriodOpt = None,
+    health_start_interval: HealthStartIntervalOpt = None,
+    no_healthcheck: NoHealthcheckOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
@@ -858,34 +846,24 @@ def update(
     """Change a service: read it, apply the flags, write it back (retrying on conflict),
     then wait until its tasks run the new spec (unless -d)."""
     options = ServiceUpdateOptions(
-        image=image, replicas=replicas, args=args,
-        env_add=_list(env_add), env_rm=_list(env_rm),
-        label_add=_list(label_add), label_rm=_list(label_rm),
+        args=args,
+        env_add=_list(env_add),
+        env_rm=_list(env_rm),
+        label_add=_list(label_add),
+        label_rm=_list(label_rm),
         container_label_add=_list(container_label_add),
         container_label_rm=_list(container_label_rm),
-        constraint_add=_list(constraint_add), constraint_rm=_list(constraint_rm),
+        constraint_add=_list(constraint_add),
+        constraint_rm=_list(constraint_rm),
         placement_pref_add=_list(placement_pref_add),
         placement_pref_rm=_list(placement_pref_rm),
-        max_replicas_per_node=max_replicas_per_node,
-        limit_cpu=limit_cpu, limit_memory=limit_memory, reserve_cpu=reserve_cpu,
-        reserve_memory=reserve_memory,
-        restart_condition=restart_condition, restart_delay=restart_delay,
-        restart_max_attempts=restart_max_attempts, restart_window=restart_window,
-        update_parallelism=update_parallelism, update_delay=update_delay,
-        update_order=update_order, update_failure_action=update_failure_action,
-        update_monitor=update_monitor, update_max_failure_ratio=update_max_failure_ratio,
-        rollback_parallelism=rollback_parallelism, rollback_delay=rollback_delay,
-        rollback_order=rollback_order, rollback_failure_action=rollback_failure_action,
-        rollback_monitor=rollback_monitor, rollback_max_failure_ratio=rollback_max_failure_ratio,
-        publish_add=_list(publish_add), publish_rm=_list(publish_rm),
-        mount_add=_list(mount_add), mount_rm=_list(mount_rm), endpoint_mode=endpoint_mode,
-        workdir=workdir, user=user, hostname=hostname, stop_signal=stop_signal,
-        stop_grace_period=stop_grace_period, drain_timeout=drain_timeout,
-        read_only=read_only, init=init,
-        entrypoint=entrypoint, health_cmd=health_cmd, health_interval=health_interval,
-        health_timeout=health_timeout, health_retries=health_retries,
-        health_start_period=health_start_period, health_start_interval=health_start_interval,
-        no_healthcheck=no_healthcheck, force=force, rollback=rollback,
+        publish_add=_list(publish_add),
+        publish_rm=_list(publish_rm),
+        mount_add=_list(mount_add),
+        mount_rm=_list(mount_rm),
+        force=force,
+        rollback=rollback,
+        **task_options(locals()),
     )
     check_update_options(options)
     timeout = progress.wait_timeout(wait_for)

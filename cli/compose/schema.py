@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from typing import NoReturn, TypeVar
 
 from swarm.api import units
-from swarm.api.v1 import objects_pb2 as pb
 
 from .model import Location, Node, StackError, kind_of, quote
 
@@ -56,22 +55,6 @@ UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.limits.pids", "resources.reserva
 TOP_LEVEL_KEYS = frozenset({"version", "name", "services", "networks", "volumes"})
 UNSUPPORTED_TOP_LEVEL_KEYS = frozenset({"secrets", "configs", "include"})
 
-PROTOCOLS: dict[str, pb.PortConfig.Protocol.ValueType] = {
-    "tcp": pb.PortConfig.TCP, "udp": pb.PortConfig.UDP, "sctp": pb.PortConfig.SCTP}
-PUBLISH_MODES: dict[str, pb.PortConfig.PublishMode.ValueType] = {
-    "ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
-RESTART_CONDITIONS: dict[str, pb.RestartPolicy.Condition.ValueType] = {
-    "any": pb.RestartPolicy.ANY, "on-failure": pb.RestartPolicy.ON_FAILURE,
-    "none": pb.RestartPolicy.NONE}
-FAILURE_ACTIONS: dict[str, pb.UpdateConfig.FailureAction.ValueType] = {
-    "pause": pb.UpdateConfig.PAUSE, "continue": pb.UpdateConfig.CONTINUE,
-    "rollback": pb.UpdateConfig.ROLLBACK}
-ORDERS: dict[str, pb.UpdateConfig.Order.ValueType] = {
-    "stop-first": pb.UpdateConfig.STOP_FIRST, "start-first": pb.UpdateConfig.START_FIRST}
-ENDPOINT_MODES: dict[str, pb.EndpointSpec.Mode.ValueType] = {
-    "vip": pb.EndpointSpec.VIP, "dnsrr": pb.EndpointSpec.DNSRR}
-MOUNT_TYPES: dict[str, pb.Mount.Type.ValueType] = {
-    "volume": pb.Mount.VOLUME, "bind": pb.Mount.BIND, "tmpfs": pb.Mount.TMPFS}
 
 
 def fail(node: Node, path: str, problem: str) -> NoReturn:

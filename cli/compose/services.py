@@ -10,20 +10,22 @@ from collections.abc import Mapping
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from .context import Context
-from .model import Location, Node, StackNetwork, StackService, quote
-from .schema import (
-    DEFAULT_NETWORK,
+from ..choices import (
     ENDPOINT_MODES,
-    ENV_KEY_RE,
     FAILURE_ACTIONS,
-    MAX_PORT,
     MOUNT_TYPES,
-    NAMESPACE_LABEL,
     ORDERS,
     PROTOCOLS,
     PUBLISH_MODES,
     RESTART_CONDITIONS,
+)
+from .context import Context
+from .model import Location, Node, StackNetwork, StackService, quote
+from .schema import (
+    DEFAULT_NETWORK,
+    ENV_KEY_RE,
+    MAX_PORT,
+    NAMESPACE_LABEL,
     SERVICE_KEYS,
     UINT32_MAX,
     UNSUPPORTED_DEPLOY_KEYS,

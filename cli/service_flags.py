@@ -1,0 +1,109 @@
+"""The flags `service create` and `service update` share, declared once (as
+SwarmKit's swarmctl declares them in its flagparser): one Annotated type per
+flag, named after the TaskOptions field it fills (cli/service.py). A flag
+added here and to TaskOptions is on both commands."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+ImageOpt = Annotated[
+    str | None,
+    typer.Option(metavar="IMAGE", help="Image to run (service create requires one).", show_default=False),
+]
+ReplicasOpt = Annotated[str | None, typer.Option(metavar="N", help="Number of tasks (default 1).")]
+MaxReplicasPerNodeOpt = Annotated[
+    str | None, typer.Option(metavar="N", help="At most N tasks of this service per node.")
+]
+LimitCpuOpt = Annotated[str | None, typer.Option(metavar="CPUS", help="CPU limit, e.g. 0.5.")]
+LimitMemoryOpt = Annotated[str | None, typer.Option(metavar="SIZE", help="Memory limit, e.g. 512M.")]
+ReserveCpuOpt = Annotated[str | None, typer.Option(metavar="CPUS", help="CPUs to reserve.")]
+ReserveMemoryOpt = Annotated[str | None, typer.Option(metavar="SIZE", help="Memory to reserve.")]
+RestartConditionOpt = Annotated[
+    str | None, typer.Option(metavar="COND", help="Restart when: any (default), on-failure or none.")
+]
+RestartDelayOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Delay between restarts (default 5s).")
+]
+RestartMaxAttemptsOpt = Annotated[
+    str | None, typer.Option(metavar="N", help="Give up after N restarts (0: never).")
+]
+RestartWindowOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Window in which restarts are counted.")
+]
+UpdateParallelismOpt = Annotated[
+    str | None, typer.Option(metavar="N", help="Tasks updated at once (default 1; 0: all).")
+]
+UpdateDelayOpt = Annotated[str | None, typer.Option(metavar="DURATION", help="Delay between update batches.")]
+UpdateOrderOpt = Annotated[
+    str | None, typer.Option(metavar="ORDER", help="stop-first (default) or start-first.")
+]
+UpdateFailureActionOpt = Annotated[
+    str | None, typer.Option(metavar="ACTION", help="pause (default), continue or rollback.")
+]
+UpdateMonitorOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="How long to watch each updated task (default 5s).")
+]
+UpdateMaxFailureRatioOpt = Annotated[
+    str | None, typer.Option(metavar="RATIO", help="Failure rate tolerated during an update.")
+]
+RollbackParallelismOpt = Annotated[
+    str | None, typer.Option(metavar="N", help="The --update-* settings for rollbacks (default 1).")
+]
+RollbackDelayOpt = Annotated[str | None, typer.Option(metavar="DURATION")]
+RollbackOrderOpt = Annotated[str | None, typer.Option(metavar="ORDER")]
+RollbackFailureActionOpt = Annotated[
+    str | None, typer.Option(metavar="ACTION", help="pause (default) or continue.")
+]
+RollbackMonitorOpt = Annotated[str | None, typer.Option(metavar="DURATION")]
+RollbackMaxFailureRatioOpt = Annotated[str | None, typer.Option(metavar="RATIO")]
+WorkdirOpt = Annotated[str | None, typer.Option("--workdir", "-w", metavar="DIR", help="Working directory.")]
+UserOpt = Annotated[str | None, typer.Option("--user", "-u", metavar="USER[:GROUP]", help="User to run as.")]
+HostnameOpt = Annotated[str | None, typer.Option(metavar="NAME", help="Container hostname.")]
+StopSignalOpt = Annotated[str | None, typer.Option(metavar="SIGNAL", help="Signal that stops a task.")]
+StopGracePeriodOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Wait before killing a task (default 10s).")
+]
+DrainTimeoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help="Longest a stopping task waits for every node to stop "
+        "sending it connections before its stop signal (default 2s; 0s: no wait).",
+    ),
+]
+ReadOnlyOpt = Annotated[
+    bool | None,
+    typer.Option("--read-only/--no-read-only", show_default=False, help="Read-only root filesystem."),
+]
+InitOpt = Annotated[
+    bool | None,
+    typer.Option("--init/--no-init", show_default=False, help="Run an init inside the container."),
+]
+EntrypointOpt = Annotated[str | None, typer.Option(metavar="CMD", help="Replace the image's entrypoint.")]
+HealthCmdOpt = Annotated[
+    str | None, typer.Option(metavar="CMD", help="Health check command, run by a shell.")
+]
+HealthIntervalOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Time between health checks.")
+]
+HealthTimeoutOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Time a health check may take.")
+]
+HealthRetriesOpt = Annotated[
+    str | None, typer.Option(metavar="N", help="Failures in a row that make a task unhealthy.")
+]
+HealthStartPeriodOpt = Annotated[
+    str | None, typer.Option(metavar="DURATION", help="Grace period before failures count.")
+]
+HealthStartIntervalOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="DURATION",
+        help="Time between checks during the start period, until one succeeds (default 5s).",
+    ),
+]
+NoHealthcheckOpt = Annotated[bool, typer.Option("--no-healthcheck", help="Disable the image's health check.")]
+EndpointModeOpt = Annotated[str | None, typer.Option(metavar="MODE", help="vip (default) or dnsrr.")]
