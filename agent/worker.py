@@ -1,10 +1,12 @@
 """The worker: runs the tasks assigned to this node as containers, level-triggered.
 
 The session hands it assignments (first the COMPLETE set, then INCREMENTAL
-changes); the worker keeps one entry per assigned task and one supervised
-asyncio loop per entry. The loop looks at the whole state of its task -- the
-desired state from the latest assignment, the state it last reported, and
-what it knows of the container -- asks the pure `next_step` what to do, does
+changes). Each message's dependencies (networks, the routing mesh, service
+records: agent/dependencies.py) are reconciled first, then its tasks: the
+worker keeps one entry per assigned task and one supervised asyncio loop per
+entry. The loop looks at the whole state of its task -- the desired state
+from the latest assignment, the state it last reported, and what it knows of
+the container -- asks the pure `next_step` (agent/steps.py) what to do, does
 that one step, and asks again. It never branches on what changed, so the
 normal path is also the recovery path: after an agent restart the same loop
 picks up an adopted container wherever it was.
@@ -27,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from .dependencies import NetworkDependencies
 from .discovery import Discovery
 from .health import (
     HEALTHY,
@@ -51,33 +52,33 @@ from .health import (
     watch_health,
 )
 from .images import Image, ImageError
-from .network.dns import DnsError
-from .network.lb import LoadBalancerError
-from .network.model import OverlayNetwork
-from .network.overlay import OverlayError, OverlayManager
-from .overlay_sync import PeerSets, add_networks, networks_to_remove, peers_of
-from .published import PublishedPorts, host_routes
+from .network.overlay import OverlayManager
+from .published import PublishedPorts
 from .runtime import (
     ContainerError,
     ContainerState,
     NoSuchContainer,
-    RejectError,
     Runtime,
     stop_signal,
+)
+from .steps import (
+    ALIVE,
+    DEFAULT_STOP_GRACE,
+    Observed,
+    Step,
+    drain_left,
+    drain_timeout,
+    exit_outcome,
+    may_report,
+    must_drain,
+    next_step,
+    state_name,
+    stop_grace,
 )
 from .templates import expand_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STOP_GRACE = 10.0  # docker's and swarm's default stop grace period
-# Drain before stop: the longest a task told to stop waits for every node to
-# confirm it no longer sends it connections (see must_drain). Two seconds is
-# several times what the confirmation takes on a busy host (the controller's
-# 0.1 s coalescing, each node's DNS, nft and proxy update, one heartbeat:
-# p50 0.1-0.15 s, max 0.4 s measured by bench.rollout at load 5) and short
-# enough that a rolling update of many slots is not held up for long by a
-# node that never answers.
-DEFAULT_DRAIN_TIMEOUT = 2.0
 _KILLED = 128 + 9  # the exit code of a process killed by SIGKILL
 
 
@@ -88,113 +89,6 @@ class ImageSource(Protocol):
 
 
 Report = Callable[[str, pb.TaskStatus], None]
-
-
-# ================================================================ pure decisions
-
-
-class Step(enum.Enum):
-    WAIT = "wait"  # nothing to do until the assignment changes
-    DONE = "done"  # terminal, container not running: nothing more, ever (but removal)
-    ACCEPT = "accept"  # -> ACCEPTED
-    PREPARE = "prepare"  # -> PREPARING, pull, create the container -> READY
-    START = "start"  # -> STARTING, start -> RUNNING
-    MONITOR = "monitor"  # wait for the exit, run health checks
-    REPORT_EXIT = "report-exit"  # the container exited: -> COMPLETE | FAILED
-    LOST = "lost"  # the controller saw it started, but no container exists: -> FAILED
-    STOP = "stop"  # asked to stop: signal, grace, SIGKILL -> SHUTDOWN
-    SHUTDOWN = "shutdown"  # asked to stop, nothing runs: -> SHUTDOWN
-    KILL = "kill"  # terminal already, but its container still runs: stop it, no report
-
-
-_ALIVE = frozenset({"running", "paused"})
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the worker knows of a task: the state it (or, before it reported
-    anything, the controller) last recorded, and the container's status --
-    None when there is no container ("unknown", a bundle cut short by a crash,
-    counts as none: prepare clears it)."""
-
-    state: int
-    container: str | None = None
-
-
-def next_step(desired: int, observed: Observed) -> Step:
-    """The one thing to do next for a task. Pure; see Step."""
-    alive = observed.container in _ALIVE
-    created = observed.container == "created"
-    if observed.state >= pb.COMPLETE:
-        return Step.KILL if alive or created else Step.DONE
-    if desired > pb.RUNNING:  # SHUTDOWN, REMOVE...
-        return Step.STOP if alive or created else Step.SHUTDOWN
-    if alive:
-        return Step.MONITOR
-    if observed.container == "stopped":
-        return Step.REPORT_EXIT
-    if created:
-        return Step.START if desired >= pb.RUNNING else Step.WAIT
-    if observed.state >= pb.RUNNING:
-        return Step.LOST
-    if observed.state < pb.ACCEPTED:
-        return Step.ACCEPT
-    # Accepted, or preparing/starting when an agent restart lost the container.
-    return Step.PREPARE if desired >= pb.READY else Step.WAIT
-
-
-def exit_outcome(exit_code: int, oom_killed: bool = False) -> tuple[int, str, str]:
-    """(state, message, err) of a container that exited on its own."""
-    if exit_code == 0 and not oom_killed:
-        return pb.COMPLETE, "finished", ""
-    err = f"task: non-zero exit ({exit_code})"
-    if oom_killed:
-        err += ": killed by the OOM killer (memory limit reached)"
-    return pb.FAILED, err.removeprefix("task: "), err
-
-
-def stop_grace(container: pb.ContainerSpec) -> float:
-    if container.HasField("stop_grace_period"):
-        period = container.stop_grace_period
-        return max(0.0, period.seconds + period.nanos / 1e9)
-    return DEFAULT_STOP_GRACE
-
-
-def drain_timeout(container: pb.ContainerSpec) -> float:
-    if container.HasField("drain_timeout"):
-        period = container.drain_timeout
-        return max(0.0, period.seconds + period.nanos / 1e9)
-    return DEFAULT_DRAIN_TIMEOUT
-
-
-_NOT_READY_HEALTH = (pb.TaskStatus.UNHEALTHY, pb.TaskStatus.HEALTH_STARTING)
-
-
-def must_drain(task: pb.Task, status: pb.TaskStatus) -> bool:
-    """Whether a task told to stop first waits to be drained: other nodes
-    may send it connections (it is on overlay networks, the ingress network
-    included) and it was a backend (RUNNING, and not unhealthy nor waiting for
-    its first health check: the controller's peers.is_ready without the
-    desired state). A task that never was a backend stops at once."""
-    return bool(task.networks) and status.state == pb.RUNNING \
-        and status.health not in _NOT_READY_HEALTH
-
-
-def drain_left(asked: float, now: float, bound: float, drained: bool) -> float:
-    """Seconds the stop signal still waits: none once the controller said
-    every node has let the task go, else until `bound` after the stop was
-    asked for."""
-    return 0.0 if drained else max(0.0, asked + bound - now)
-
-
-def state_name(state: int) -> str:
-    return pb.TaskState.Name(pb.TaskState.ValueType(state))
-
-
-def may_report(previous: int, new: int) -> bool:
-    """States move forward only; the same state again (a health change, a
-    re-report) is fine."""
-    return new >= previous
 
 
 # ================================================================ the worker
@@ -253,22 +147,12 @@ class Worker:
                  discovery: Discovery | None = None) -> None:
         self.runtime = runtime
         self.images = images
-        # The overlay data plane, and where a task's network namespace is (to
-        # attach it); without them tasks get loopback only.
-        self.overlay = overlay
-        self._netns_path = netns_path
-        self._peer_sets = PeerSets()
-        self._networks: dict[str, OverlayNetwork] = {}
-        # Why a network could not be set up on this node, by id, until it can:
-        # its tasks are rejected with this reason.
-        self._network_errors: dict[str, str] = {}
-        # Published ports (routing mesh and host mode); without it none are served.
-        self.ports = ports
-        # DNS and VIP load balancing for the tasks on overlay networks.
-        self.discovery = discovery
+        self.settings = settings or WorkerSettings()
+        self.dependencies = NetworkDependencies(
+            runtime, overlay, netns_path, ports, discovery,
+            resync_period=self.settings.network_resync_period)
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
-        self.settings = settings or WorkerSettings()
         # This node, for the templates of task specs ({{.Node.Hostname}}...).
         self.node_id = ""
         self.node_hostname = ""
@@ -277,7 +161,6 @@ class Worker:
         self._unclaimed: dict[str, ContainerState] = {}
         self._removals: dict[str, asyncio.Task[None]] = {}
         self._started = False
-        self._resync: asyncio.Task[None] | None = None
         # Called with the task ID once a container is removed (the image collector).
         self.on_removed: Callable[[str], None] = lambda task_id: None
         self.clock: Callable[[], float] = time.monotonic
@@ -288,8 +171,7 @@ class Worker:
         """Find the containers an earlier agent left (before any assignment)."""
         self._unclaimed = dict(await self.runtime.list())
         self._started = True
-        if self.overlay is not None and self._resync is None:
-            self._resync = start_supervised("overlay-resync", self._resync_networks_forever)
+        self.dependencies.start()
         if self._unclaimed:
             log.info("found %d existing containers: %s", len(self._unclaimed),
                      ", ".join(f"{c.id} ({c.status})" for c in self._unclaimed.values()))
@@ -298,60 +180,22 @@ class Worker:
         """Stop every loop; containers stay as they are (the next agent adopts
         them). A removal cut short is finished by the next agent."""
         loops = [entry.loop for entry in self._entries.values() if entry.loop is not None]
-        if self._resync is not None:
-            loops.append(self._resync)
-            self._resync = None
+        await self.dependencies.close()
         await cancel_all([*loops, *self._removals.values()])
         self._removals.clear()
 
-    async def _resync_networks_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.network_resync_period)
-            await self.resync_networks()
-
     async def resync_networks(self) -> None:
-        """Converge each network this node has to what the controller last
-        said (its devices and its peers' entries); every step is idempotent,
-        so on a healthy host this changes nothing."""
-        assert self.overlay is not None
-        for network_id, network in list(self._networks.items()):
-            try:
-                await self.overlay.ensure_network(network)
-                # Peers read after the await: a message applied meanwhile is
-                # not undone (set_peers calls are served in call order).
-                await self.overlay.set_peers(network, peers_of(
-                    self._peer_sets.endpoints(network_id), network_id))
-                self._network_errors.pop(network_id, None)
-            except (OverlayError, ValueError, OSError) as error:
-                log.error("overlay network %s: converging again: %s", network_id, error)
+        """NetworkDependencies.resync_networks (also run every
+        settings.network_resync_period)."""
+        await self.dependencies.resync_networks()
 
     # ------------------------------------------------------------ the Worker protocol
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if not self._started:
             await self.start()
-        if self.overlay is not None:
-            # Networks first: the message's new tasks attach to them.
-            for entry in assignments.networks:
-                self._networks[entry.network.id] = OverlayNetwork.from_proto(entry.network)
-            failed = await add_networks(self.overlay, assignments, self._peer_sets)
-            for entry in assignments.networks:
-                if entry.network.id in failed:
-                    self._network_errors[entry.network.id] = failed[entry.network.id]
-                else:
-                    self._network_errors.pop(entry.network.id, None)
-            if self.ports is not None:
-                for entry in assignments.networks:
-                    if entry.network.spec.ingress:
-                        try:
-                            await self.ports.set_ingress(
-                                entry, self._peer_sets.endpoints(entry.network.id))
-                        except (OverlayError, ValueError, OSError) as error:
-                            log.error("routing mesh: %s", error)
-        if self.discovery is not None:
-            # After the data plane: a name or VIP backend is handed out only
-            # once its FDB and neighbour entries are in place.
-            self.discovery.apply(assignments)
+        # Dependencies first: the message's new tasks attach to its networks.
+        await self.dependencies.apply(assignments)
         if assignments.type == dpb.Assignments.COMPLETE:
             wanted = {task.id for task in assignments.tasks}
             for task_id in [t for t in self._entries if t not in wanted]:
@@ -371,55 +215,23 @@ class Worker:
                 draining.drained = True
                 draining.changed.set()
         self._host_ports_changed()
-        if self.overlay is not None:
-            await self._remove_unused_networks(assignments)
-
-    async def _remove_unused_networks(self, assignments: dpb.Assignments) -> None:
-        """Networks the controller no longer names, once no local task of ours
-        is attached (a task still stopping keeps its network; a later complete
-        set, or the agent's purge, removes it)."""
-        assert self.overlay is not None
-        in_use = {attachment.network_id for entry in self._entries.values()
-                  for attachment in entry.task.networks}
-        for network_id in networks_to_remove(self.overlay, assignments):
-            if network_id in in_use:
-                continue
-            try:
-                await self.overlay.remove_network(network_id)
-            except (OverlayError, OSError) as error:
-                log.error("removing overlay network %s: %s", network_id, error)
-                continue
-            self._peer_sets.forget(network_id)
-            self._network_errors.pop(network_id, None)
-            self._networks.pop(network_id, None)
-            if self.ports is not None:
-                try:
-                    await self.ports.ingress_removed(network_id)
-                except OSError as error:
-                    log.error("removing the ingress sandbox: %s", error)
+        await self.dependencies.remove_unused(assignments, {
+            attachment.network_id for entry in self._entries.values()
+            for attachment in entry.task.networks})
 
     def _host_ports_changed(self) -> None:
         """Tell the published ports which of our tasks publish host-mode ports
         and run (cheap: called on every status change)."""
-        if self.ports is None or self._netns_path is None:
-            return
-        netns_path = self._netns_path
-        self.ports.set_host_routes(host_routes(
-            ((entry.task, entry.status.state) for entry in self._entries.values()
-             if entry.task.endpoint.ports),
-            lambda task_id: str(netns_path(task_id))))
+        self.dependencies.host_ports_changed(
+            (entry.task, entry.status.state) for entry in self._entries.values())
 
     def statuses(self) -> dict[str, pb.TaskStatus]:
         return {task_id: entry.status for task_id, entry in self._entries.items()}
 
     async def settled(self, timeout: float) -> bool:
-        """Whether what apply() was given is in force in DNS, the routing
-        mesh (both at once) and every load-balancing table (discovery's
-        passes), waiting up to `timeout`: the agent then confirms the
-        networks' versions to the controller (drain before stop)."""
-        if self.discovery is None:
-            return True
-        return await self.discovery.settled(timeout)
+        """Whether what apply() was given is in force on this node (see
+        NetworkDependencies.settled): the agent then confirms it (drain before stop)."""
+        return await self.dependencies.settled(timeout)
 
     # ------------------------------------------------------------ assignments
 
@@ -468,8 +280,7 @@ class Worker:
         self._removals[task_id] = start_supervised(f"remove-{task_id}", run)
 
     async def _remove_container(self, task_id: str, signal: str, grace: float) -> None:
-        if self.discovery is not None:
-            self.discovery.release(task_id)
+        self.dependencies.release(task_id)
         try:
             await self.runtime.shutdown(task_id, signal, grace)
         except ContainerError as error:  # gone already, or unkillable: remove() insists
@@ -544,7 +355,7 @@ class Worker:
         elif step is Step.PREPARE:
             await self._prepare(entry, tlog)
         elif step is Step.START:
-            await self._serve(task, tlog)  # an adopted created container: not served yet
+            await self.dependencies.serve(task, tlog)  # an adopted created container: not served yet
             self._set(entry, pb.STARTING, "starting")
             try:
                 pid = await self.runtime.start(task.id)
@@ -590,7 +401,7 @@ class Worker:
             entry.image = image
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
                                        image.runtime_input())
-            await self._attach_networks(task)
+            await self.dependencies.attach(task)
         except (ImageError, ContainerError) as error:
             # Before start, nothing retried here would do better: let the
             # controller place the task again (RejectError: the spec cannot
@@ -603,53 +414,9 @@ class Worker:
         entry.container = ContainerState(id=task.id, status="created")
         self._set(entry, pb.READY, "prepared")
 
-    async def _attach_networks(self, task: pb.Task) -> None:
-        """The task's namespace onto each of its networks (eth0, eth1... in the
-        order of the spec; the default route on the first). A failure removes
-        the prepared container and rejects the task."""
-        if not task.networks:
-            return
-        try:
-            if self.overlay is None or self._netns_path is None:
-                raise RejectError("this agent has no overlay networking")
-            for index, attachment in enumerate(task.networks):
-                network = self._networks.get(attachment.network_id)
-                if attachment.network_id in self._network_errors:
-                    raise RejectError(self._network_errors[attachment.network_id])
-                if network is None or not attachment.addresses:
-                    raise RejectError(f"network {attachment.network_id}: not assigned to this "
-                                      "node, or no address allocated")
-                await self.overlay.attach(self._netns_path(task.id), network,
-                                          IPv4Interface(attachment.addresses[0]),
-                                          ifname=f"eth{index}", default_route=index == 0)
-            if self.discovery is not None:
-                await self.discovery.serve(task.id, self._netns_path(task.id),
-                                           [a.network_id for a in task.networks])
-        except (DnsError, LoadBalancerError) as error:
-            await self.runtime.remove(task.id)
-            raise RejectError(f"service discovery: {error}") from error
-        except (OverlayError, ValueError, OSError) as error:
-            await self.runtime.remove(task.id)
-            raise RejectError(f"network attachment: {error}") from error
-        except RejectError:
-            await self.runtime.remove(task.id)
-            raise
-
-    async def _serve(self, task: pb.Task, tlog: _TaskLog) -> None:
-        """DNS and load balancing for a container found prepared or running
-        (after an agent restart; idempotent otherwise). A failure is logged:
-        the container runs on, with the names and VIPs unanswered."""
-        if self.discovery is None or self._netns_path is None or not task.networks:
-            return
-        try:
-            await self.discovery.serve(task.id, self._netns_path(task.id),
-                                       [a.network_id for a in task.networks])
-        except (DnsError, LoadBalancerError, OSError) as error:
-            tlog.error("service discovery: %s", error)
-
     async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task
-        await self._serve(task, tlog)
+        await self.dependencies.serve(task, tlog)
         plan = await self._health_plan(entry)
         if entry.status.state < pb.RUNNING:
             # Adopted running, but the last agent died before it could say so.
@@ -769,7 +536,7 @@ class Worker:
         container = entry.container
         if container is not None:
             status.container.container_id = entry.id
-            status.container.pid = container.pid if container.status in _ALIVE else 0
+            status.container.pid = container.pid if container.status in ALIVE else 0
             if container.exit_code is not None:
                 status.container.exit_code = container.exit_code
         status.health = (health if health is not None  # type: ignore[assignment]
@@ -788,8 +555,8 @@ class Worker:
 
     def _publish(self, entry: _Entry, status: pb.TaskStatus) -> None:
         entry.status = status
-        if status.state >= pb.COMPLETE and self.discovery is not None:
-            self.discovery.release(entry.id)  # its container has stopped
+        if status.state >= pb.COMPLETE:
+            self.dependencies.release(entry.id)  # its container has stopped
         if self._entries.get(entry.id) is entry:
             self.report(entry.id, status)
         if entry.task.endpoint.ports:

@@ -34,16 +34,8 @@ from swarm.agent.health import (
 )
 from swarm.agent.images import Healthcheck, ImageStore
 from swarm.agent.runtime import RuncRuntime, RuncSettings
-from swarm.agent.worker import (
-    Observed,
-    Step,
-    Worker,
-    WorkerSettings,
-    exit_outcome,
-    may_report,
-    next_step,
-    stop_grace,
-)
+from swarm.agent.steps import Observed, Step, exit_outcome, may_report, next_step, stop_grace
+from swarm.agent.worker import Worker, WorkerSettings
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.containers import leftovers, require_containers, teardown

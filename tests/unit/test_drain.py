@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from swarm.agent.worker import (
+from swarm.agent.steps import (
     DEFAULT_DRAIN_TIMEOUT,
     drain_left,
     drain_timeout,
