@@ -2,10 +2,20 @@
 stream, heartbeats and batched status reports, with failover.
 
 The session follows the leader: a follower's FAILED_PRECONDITION names it in
-trailing metadata, and any other failure moves on to the next controller
-after a jittered, growing backoff. On every (re)connect the controller sends
-the complete assignment set and the session re-reports every task's status,
-so nothing that happened while it was away is lost.
+trailing metadata. The controllers it knows are those it was started with and
+those the leader names in the session (every running controller), so a
+controller added later needs no restart, and an agent started with one
+address survives that controller's death.
+
+Failover is prompt, because the new leader marks a node DOWN after a few
+heartbeat periods without it: when the leader fails, every other known
+controller is tried at once, and only a whole round of unreachable
+controllers earns a (jittered, growing) backoff. A controller that knows of
+no leader yet (an election is under way), or names one that has just failed
+us (its lease has not run out yet), is asked again after a quarter of a
+heartbeat period, never after a grown backoff. On every (re)connect the
+controller sends the complete assignment set and the session re-reports every
+task's status, so nothing that happened while it was away is lost.
 
 The session knows nothing about containers: it drives a Worker.
 """
@@ -16,6 +26,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +42,9 @@ from swarm.api.v1 import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
+# A leader hint naming a controller that failed us this recently is not followed:
+# the dead leader's key lives on in etcd until its lease runs out.
+_DISTRUST_FAILED = 10.0
 
 
 class Worker(Protocol):
@@ -86,8 +100,11 @@ class AgentSession:
                  services: Sequence[tuple[str, SessionService]] = ()) -> None:
         if not controllers:
             raise ValueError("at least one controller address is needed")
-        self._controllers = list(controllers)
+        self._given = list(controllers)  # what it was started with
+        self._controllers = list(controllers)  # what it tries: learned, then given
         self._target = 0
+        self._failed: dict[str, float] = {}  # address -> when it last failed us
+        self._period = 5.0  # the heartbeat period of the last session
         self.description = description
         self.worker = worker
         self._channels = channels
@@ -101,6 +118,7 @@ class AgentSession:
         self.connected = asyncio.Event()
         self.session_id = ""
         self.leader = ""
+        self._opened = False  # the current attempt got as far as an open session
 
     # ------------------------------------------------------------ reporting
 
@@ -111,18 +129,53 @@ class AgentSession:
 
     # ------------------------------------------------------------ the loop
 
+    @property
+    def controllers(self) -> list[str]:
+        """The controllers this session knows, in the order it tries them."""
+        return list(self._controllers)
+
+    def learn_controllers(self, addrs: Sequence[str]) -> None:
+        """The leader's word on the running controllers; those the agent was
+        started with stay known after them (one may be a name for several)."""
+        if not addrs:
+            return
+        learned = list(dict.fromkeys(addrs))
+        learned += [a for a in self._given if a not in learned]
+        if learned != self._controllers:
+            log.info("controllers: %s", ", ".join(learned))
+            self._controllers = learned
+
+    def _seek_delay(self) -> float:
+        """How long to wait before asking again while a leader is being elected."""
+        return min(self.settings.backoff_max, max(0.05, self._period / 4)) \
+            * random.uniform(0.75, 1.25)
+
+    def _distrusted(self, addr: str) -> bool:
+        failed = self._failed.get(addr)
+        return failed is not None and time.monotonic() - failed < _DISTRUST_FAILED
+
     async def run(self) -> None:
         backoff = self.settings.backoff_initial
+        unreachable = 0  # controllers that failed in a row: a whole round earns a backoff
         while True:
             addr = self.leader or self._controllers[self._target % len(self._controllers)]
+            self._opened = False
             try:
                 await self._session(addr)
-                backoff = self.settings.backoff_initial  # the controller closed it cleanly
             except grpc.aio.AioRpcError as error:
                 hint = _leader_hint(error)
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION and hint and hint != addr:
-                    log.info("controller %s is not the leader; following %s", addr, hint)
-                    self.leader = hint
+                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    unreachable = 0
+                    self._failed.pop(addr, None)  # it answers
+                    if hint and hint != addr and not self._distrusted(hint):
+                        log.info("controller %s is not the leader; following %s", addr, hint)
+                        self.leader = hint
+                        continue
+                    # No leader yet, or one that just failed us: an election is
+                    # under way. Ask this controller again shortly.
+                    self.leader = ""
+                    self._target = self._index_of(addr)
+                    await asyncio.sleep(self._seek_delay())
                     continue
                 if error.code() == grpc.StatusCode.NOT_FOUND and "register" in (error.details() or ""):
                     log.warning("controller does not know node %s; registering again", self.node_id)
@@ -130,12 +183,28 @@ class AgentSession:
                     continue
                 log.warning("session with %s failed: %s %s", addr, error.code().name,
                             error.details())
+                self._failed[addr] = time.monotonic()
                 self.leader = ""
-                self._target += 1
+                self._target = self._index_of(addr) + 1
             finally:
                 self.connected.clear()
+            if self._opened:
+                # It was open: the leader went away. Try the others at once.
+                backoff = self.settings.backoff_initial
+                unreachable = 0
+                continue
+            unreachable += 1
+            if unreachable < len(self._controllers):
+                continue  # another controller may answer: no reason to wait
+            unreachable = 0
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, self.settings.backoff_max)
+
+    def _index_of(self, addr: str) -> int:
+        try:
+            return self._controllers.index(addr)
+        except ValueError:
+            return self._target
 
     async def _session(self, addr: str) -> None:
         stub = dgrpc.DispatcherStub(self._channels(addr))
@@ -158,7 +227,11 @@ class AgentSession:
             assert isinstance(first, dpb.SessionMessage)
             self.session_id = first.session_id
             self.leader = addr
+            self._opened = True
+            self._failed.pop(addr, None)
+            self.learn_controllers(first.controllers)
             period = first.heartbeat_period.ToNanoseconds() / 1e9 or 5.0
+            self._period = period
             # Re-report everything: a new leader may have missed reports.
             for task_id, status in self.worker.statuses().items():
                 self._pending.setdefault(task_id, status)
@@ -191,6 +264,7 @@ class AgentSession:
             message = await stream.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
+            self.learn_controllers(message.controllers)
             await self.worker.apply(message.assignments)
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:

@@ -83,6 +83,8 @@ class _Session:
     sent_networks: dict[str, int] = field(default_factory=dict)
     # What it was last told of the routing mesh besides the peers (mesh.py).
     sent_mesh: bytes | None = None
+    # The controller set changed since the last message.
+    controllers_dirty: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -128,6 +130,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._clock = clock
         self._state: _LeaderState | None = None
         store.cache.subscribe(self._on_change)
+        store.cache.controller_listeners.append(self._on_controllers)
         self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
 
     # ------------------------------------------------------------ leading
@@ -167,7 +170,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
     async def _leader_state(self, context: grpc.aio.ServicerContext[object, object]) -> _LeaderState:
         state = self._state
         if state is None:
-            leader = self._leadership.leader_addr
+            # Read from etcd, not the cache: a lagging cache would name a dead leader.
+            leader = await self._leadership.confirmed_leader()
             context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"this controller is not the leader; the leader is {leader or 'unknown'}")
@@ -245,6 +249,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 heartbeat_period=_duration(self.heartbeat_period()),
                 assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
                                             networks=networks),
+                controllers=self._controller_set(),
             )
             while True:
                 await session.wake.wait()
@@ -256,7 +261,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 changed, session.dirty = session.dirty, {}
                 dirty_networks, session.dirty_networks = session.dirty_networks, set()
                 networks, removed_networks = self._network_updates(state, session, dirty_networks)
-                if not (changed or networks or removed_networks):
+                controllers, session.controllers_dirty = session.controllers_dirty, False
+                if not (changed or networks or removed_networks or controllers):
                     continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
@@ -267,6 +273,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         networks=networks,
                         removed_networks=removed_networks,
                     ),
+                    controllers=self._controller_set() if controllers else (),
                 )
         finally:
             if state.sessions.get(node_id) is session:
@@ -311,6 +318,22 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if session is None or session.session_id != session_id:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"session {session_id} of node {node_id} is not current; open a new one")
+
+    # ------------------------------------------------------------ controllers
+
+    def _controller_set(self) -> list[str]:
+        """Every registered controller's address, this one's (the leader's) too."""
+        addrs = set(self._store.cache.controllers)
+        addrs.add(self._leadership.identity)
+        return sorted(addrs)
+
+    def _on_controllers(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        for session in state.sessions.values():
+            session.controllers_dirty = True
+            session.wake.set()
 
     # ------------------------------------------------------------ assignments
 

@@ -5,6 +5,12 @@ leader key leads while it keeps the lease alive. Its leadership is fenced: the
 leader's writes carry a Guard on the key's create_revision, so a leader that
 lost its lease (paused, partitioned) cannot write over its successor. A leader
 that cannot refresh its lease in time steps down before the lease runs out.
+
+A new leader plans on nothing older than its election: before its loops start
+it waits until the watch cache has seen etcd up to the election's revision (a
+read barrier; the cache of a follower may lag). And a follower names a leader
+to agents only after reading the leader key from etcd (`confirmed_leader`):
+a guess from a lagging cache sends agents to a dead controller.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 class LeadershipSettings:
     lease_ttl: int = 5  # seconds; a dead leader is replaced after about this long
     poll_interval: float = 0.5  # how often a follower looks for a vacant seat
+    barrier_timeout: float = 10.0  # a cache this far behind etcd: give the seat up
 
 
 class Leadership:
@@ -39,6 +46,8 @@ class Leadership:
         self.settings = settings or LeadershipSettings()
         self.guard: Guard | None = None
         self.changed = asyncio.Event()
+        self.since = 0.0  # monotonic time this controller last became leader
+        self._confirmed: tuple[float, str] = (-1.0, "")  # (when read, leader address)
 
     @property
     def is_leader(self) -> bool:
@@ -50,6 +59,25 @@ class Leadership:
             return self.identity
         leader = self._store.cache.leader
         return leader.value.decode() if leader is not None else ""
+
+    async def confirmed_leader(self, max_age: float = 0.25) -> str:
+        """The leader's address as etcd has it now ("" when the seat is vacant or
+        etcd cannot say). Read at most every max_age seconds: a crowd of agents
+        asking a follower at once costs etcd one read."""
+        if self.guard is not None:
+            return self.identity
+        read_at, leader = self._confirmed
+        now = time.monotonic()
+        if now - read_at <= max_age:
+            return leader
+        try:
+            _revision, kv = await asyncio.wait_for(
+                self._store.etcd.get(self._store.keys.leader), timeout=2.0)
+        except (StoreUnavailable, TimeoutError):
+            return ""
+        leader = kv.value.decode() if kv is not None else ""
+        self._confirmed = (now, leader)
+        return leader
 
     async def run(self, lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
         """Campaign forever; while leading, run lead(guard) (cancelled on loss)."""
@@ -83,11 +111,20 @@ class Leadership:
         revision = int(response.header.revision)
         self._store.cache.apply_committed([(key, self.identity.encode())], [], revision)
         log.info("elected leader as %s (revision %d)", self.identity, revision)
+        try:
+            # Everything committed before the election has a lower revision.
+            await self._store.cache.caught_up(revision, self.settings.barrier_timeout)
+        except TimeoutError:
+            log.warning("watch cache did not reach revision %d: giving up the seat", revision)
+            with contextlib.suppress(StoreUnavailable):
+                await etcd.lease_revoke(lease_id)
+            return None
         return Guard(key, revision), lease_id
 
     async def _lead(self, guard: Guard, lease_id: int,
                     lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
         self.guard = guard
+        self.since = time.monotonic()
         self.changed.set()
         self.changed.clear()
         work = asyncio.create_task(lead(guard), name="leader-work")

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+import swarm
 from swarm.api import channels
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
@@ -43,6 +44,7 @@ from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.reconciler import Orchestrator
+from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
 
@@ -111,6 +113,7 @@ class Controller:
         self.ingress = IngressKeeper(self.store, self.addresses, create=config.create_ingress)
         self.scheduler = SchedulerLoop(self.store)
         self.dispatcher: Dispatcher | None = None
+        self.registry: ControllerRegistry | None = None
         self.logs = LogBroker(self.store, config.logs)
 
     async def start(self) -> None:
@@ -162,6 +165,11 @@ class Controller:
             log.info("join service on %s (server-only TLS)", join_addr.rsplit(":", 1)[0] +
                      f":{self.join_port}")
         await self._server.start()
+        info = pb.ControllerInfo(addr=advertise, version=swarm.__version__)
+        info.started_at.GetCurrentTime()
+        registry = self.registry = ControllerRegistry(self.store, info,
+                                                      self.config.leadership.lease_ttl)
+        self._loops.append(start_supervised("controller-registry", registry.run))
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
@@ -202,4 +210,6 @@ class Controller:
             await self._join_server.stop(grace)
         await cancel_all(reversed(self._loops))
         self._loops.clear()
+        if self.registry is not None:
+            await self.registry.withdraw()
         await self.etcd.close()

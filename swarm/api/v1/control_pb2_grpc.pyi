@@ -62,6 +62,10 @@ class ControlStub:
     another controller refuses with FAILED_PRECONDITION and names the leader
     in the trailing metadata key `swarm-leader-addr`.
     """
+    ListControllers: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListControllersRequest, _control_pb2.ListControllersResponse]
+    """The running controllers (`swarmctl controller ls`): each registers itself
+    in etcd on a lease, so a dead one drops out within its lease TTL.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -92,6 +96,10 @@ class ControlAsyncStub(ControlStub):
     """The output of a service's tasks (see logs.proto). Served by the leader;
     another controller refuses with FAILED_PRECONDITION and names the leader
     in the trailing metadata key `swarm-leader-addr`.
+    """
+    ListControllers: _aio.UnaryUnaryMultiCallable[_control_pb2.ListControllersRequest, _control_pb2.ListControllersResponse]  # type: ignore[assignment]
+    """The running controllers (`swarmctl controller ls`): each registers itself
+    in etcd on a lease, so a dead one drops out within its lease TTL.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -228,6 +236,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         """The output of a service's tasks (see logs.proto). Served by the leader;
         another controller refuses with FAILED_PRECONDITION and names the leader
         in the trailing metadata key `swarm-leader-addr`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListControllers(
+        self,
+        request: _control_pb2.ListControllersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListControllersResponse, _abc.Awaitable[_control_pb2.ListControllersResponse]]:
+        """The running controllers (`swarmctl controller ls`): each registers itself
+        in etcd on a lease, so a dead one drops out within its lease TTL.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

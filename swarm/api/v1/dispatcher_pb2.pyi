@@ -349,21 +349,30 @@ class SessionMessage(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     @_builtins.property
     def heartbeat_period(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def assignments(self) -> Global___Assignments: ...
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses of every running controller, the leader's too: in the first
+        message, then whenever the set changes (empty: unchanged). An agent fails
+        over to these, so it needs no restart when controllers come and go.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_period: _duration_pb2.Duration | None = ...,
         assignments: Global___Assignments | None = ...,
+        controllers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "controllers", b"controllers", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

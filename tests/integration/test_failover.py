@@ -1,0 +1,132 @@
+"""A leader's death must not touch the data plane: real controller processes,
+a real etcd and simulated agents (their own process), the leader SIGKILLed.
+
+What an operator cares about: another controller leads within the lease TTL,
+no node is marked DOWN, no task is replaced or moved, no slot runs twice, and
+the new leader then acts on a change."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from tests.etcd_server import EtcdServer
+from tests.integration.test_leadership import leader_of
+from tests.processes import (
+    Proc,
+    admin_channel,
+    start_controller,
+    start_simulated_agents,
+    worker_token,
+)
+from tests.waiting import eventually_async
+
+LEASE_TTL = 2
+HEARTBEAT = 0.5  # a silent node is DOWN after 3 of these: well inside one failover
+
+
+@pytest.fixture
+def controllers(etcd_server: EtcdServer, etcd_prefix: str) -> Iterator[list[Proc]]:
+    procs: list[Proc] = []
+    try:
+        for _ in range(2):
+            procs.append(start_controller(etcd_server.endpoint, etcd_prefix, lease_ttl=LEASE_TTL,
+                                          heartbeat_period=HEARTBEAT))
+        yield procs
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def running_slots(tasks: list[pb.Task]) -> dict[int, list[str]]:
+    """Slot -> the tasks that run in it (observed RUNNING)."""
+    slots: dict[int, list[str]] = {}
+    for task in tasks:
+        if task.status.state == pb.RUNNING:
+            slots.setdefault(task.slot, []).append(task.id)
+    return slots
+
+
+@pytest.mark.parametrize("known", ["all", "one"])
+async def test_leader_kill_moves_no_task(etcd_server: EtcdServer, etcd_prefix: str,
+                                         controllers: list[Proc], known: str) -> None:
+    """known: the controllers the agents are started with -- all of them, or
+    only the leader (they learn the other from their session)."""
+    addrs = {proc.addr: proc for proc in controllers}
+
+    async def has_leader() -> bool:
+        return await leader_of(etcd_server, etcd_prefix) in addrs
+
+    await eventually_async(has_leader, timeout=10, message="a leader")
+    first = await leader_of(etcd_server, etcd_prefix)
+    follower = next(a for a in addrs if a != first)
+    given = list(controllers) if known == "all" else [addrs[first]]
+    agents = start_simulated_agents(given, 3, await worker_token(addrs[first]))
+    try:
+        async with admin_channel(addrs[follower]) as channel:
+            control = cgrpc.ControlStub(channel)
+
+            async def nodes_ready() -> bool:
+                nodes = (await control.ListNodes(cpb.ListNodesRequest())).nodes
+                return len(nodes) == 3 and all(
+                    n.status.state == pb.NodeStatus.READY for n in nodes)
+
+            await eventually_async(nodes_ready, timeout=15, message="3 nodes ready")
+            spec = pb.ServiceSpec(name="web", replicated=pb.ReplicatedService(replicas=12))
+            spec.task.container.image = "busybox"
+            await control.CreateService(cpb.CreateServiceRequest(spec=spec))
+
+            async def all_running() -> bool:
+                tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+                return sum(t.status.state == pb.RUNNING for t in tasks) == 12
+
+            await eventually_async(all_running, timeout=15, message="12 running")
+            before = {t.id: t.node_id for t in
+                      (await control.ListTasks(cpb.ListTasksRequest())).tasks}
+
+            killed = time.monotonic()
+            addrs[first].signal(signal.SIGKILL)  # no goodbye: the lease must expire
+
+            async def follower_leads() -> bool:
+                return await leader_of(etcd_server, etcd_prefix) == follower
+
+            await eventually_async(follower_leads, timeout=LEASE_TTL + 3,
+                                   message="the follower takes over")
+            took = time.monotonic() - killed
+            assert took <= LEASE_TTL + 1.0, f"failover took {took:.1f}s (lease {LEASE_TTL}s)"
+
+            # Watch for several DOWN thresholds after the election.
+            deadline = time.monotonic() + HEARTBEAT * 3 * 4
+            while time.monotonic() < deadline:
+                nodes = (await control.ListNodes(cpb.ListNodesRequest())).nodes
+                down = [n.description.hostname for n in nodes
+                        if n.status.state == pb.NodeStatus.DOWN]
+                assert not down, f"nodes marked DOWN after a leader kill: {down}"
+                tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+                now = {t.id: t.node_id for t in tasks}
+                assert now == before, "tasks were replaced or moved by a leader kill"
+                twice = {s: ids for s, ids in running_slots(list(tasks)).items() if len(ids) > 1}
+                assert not twice, f"slots running twice: {twice}"
+                await asyncio.sleep(0.1)
+
+            await eventually_async(nodes_ready, timeout=5, message="agents on the new leader")
+            await control.ScaleService(cpb.ScaleServiceRequest(ref="web", replicas=15))
+
+            async def fifteen_running() -> bool:
+                tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+                return sum(t.status.state == pb.RUNNING and t.desired_state == pb.RUNNING
+                           for t in tasks) == 15
+
+            await eventually_async(fifteen_running, timeout=10, message="the new leader schedules")
+            tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+            assert {t.id: t.node_id for t in tasks if t.id in before} == before
+            assert all(len(ids) == 1 for ids in running_slots(list(tasks)).values())
+    finally:
+        agents.stop()
