@@ -8,15 +8,19 @@ the new leader then acts on a change."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
 
 import pytest
+from typer.testing import CliRunner
 
+import swarm
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.main import app
 from tests.etcd_server import EtcdServer
 from tests.integration.test_leadership import leader_of
 from tests.processes import (
@@ -26,7 +30,7 @@ from tests.processes import (
     start_simulated_agents,
     worker_token,
 )
-from tests.waiting import eventually_async
+from tests.waiting import eventually_async, until
 
 LEASE_TTL = 2
 HEARTBEAT = 0.5  # a silent node is DOWN after 3 of these: well inside one failover
@@ -130,3 +134,47 @@ async def test_leader_kill_moves_no_task(etcd_server: EtcdServer, etcd_prefix: s
             assert all(len(ids) == 1 for ids in running_slots(list(tasks)).values())
     finally:
         agents.stop()
+
+
+def controller_ls(via: Proc, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", via.extra["admin"])
+    result = CliRunner().invoke(app, ["--controller", via.addr, "controller", "ls", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    rows: list[dict[str, object]] = json.loads(result.stdout)
+    return rows
+
+
+def test_controller_ls_follows_the_leader(etcd_server: EtcdServer, etcd_prefix: str,
+                                          controllers: list[Proc],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    addrs = {proc.addr: proc for proc in controllers}
+
+    def listed() -> str:
+        rows = controller_ls(controllers[1], monkeypatch)
+        leaders = [r["addr"] for r in rows if r["leader"] is True]
+        if sorted(str(r["addr"]) for r in rows) != sorted(addrs) or len(leaders) != 1:
+            return f"listed {rows}"
+        return ""
+
+    until(listed, timeout=10)
+    rows = controller_ls(controllers[1], monkeypatch)
+    assert all(r["version"] == swarm.__version__ for r in rows)
+    assert all(isinstance(r["uptime_s"], int) and 0 <= r["uptime_s"] < 120 for r in rows)
+    assert {r["leader"] for r in rows} == {True, False}  # JSON says false, not nothing
+    leader = next(str(r["addr"]) for r in rows if r["leader"])
+    survivor = next(p for a, p in addrs.items() if a != leader)
+    addrs[leader].signal(signal.SIGKILL)
+
+    def survivor_alone_leads() -> str:
+        rows = controller_ls(survivor, monkeypatch)
+        if [(r["addr"], r["leader"]) for r in rows] != [(survivor.addr, True)]:
+            return f"listed {rows}"
+        return ""
+
+    # The dead one's record lapses with its lease; the survivor is elected.
+    until(survivor_alone_leads, timeout=LEASE_TTL + 5)
+
+    table = CliRunner().invoke(app, ["--controller", survivor.addr, "controller", "ls"])
+    assert table.exit_code == 0, table.output
+    assert table.stdout.splitlines()[0].split() == ["ADDRESS", "LEADER", "VERSION", "UPTIME"]
+    assert survivor.addr in table.stdout and "yes" in table.stdout
