@@ -177,4 +177,5 @@ def test_controller_ls_follows_the_leader(etcd_server: EtcdServer, etcd_prefix: 
     table = CliRunner().invoke(app, ["--controller", survivor.addr, "controller", "ls"])
     assert table.exit_code == 0, table.output
     assert table.stdout.splitlines()[0].split() == ["ADDRESS", "LEADER", "VERSION", "UPTIME"]
-    assert survivor.addr in table.stdout and "yes" in table.stdout
+    assert survivor.addr in table.stdout
+    assert "yes" in table.stdout
