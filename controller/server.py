@@ -43,6 +43,7 @@ from .ca import (
 from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
+from .orchestrator.disruption import DisruptionSettings
 from .orchestrator.reconciler import Orchestrator
 from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
@@ -79,6 +80,8 @@ class ControllerConfig:
     # The leader makes the routing mesh's `ingress` network when the cluster
     # has none (as `docker swarm init`); tests of other parts turn it off.
     create_ingress: bool = True
+    # Mass-disconnect protection (orchestrator/disruption.py).
+    disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -106,7 +109,7 @@ class Controller:
         self._join_server: grpc.aio.Server | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
-        self.orchestrator = Orchestrator(self.store)
+        self.orchestrator = Orchestrator(self.store, disruption=config.disruption)
         # Addresses in use per network, shared by the allocator and the API.
         self.addresses = AddressIndex(self.store.cache)
         self.allocator = Allocator(self.store, self.addresses)
