@@ -230,7 +230,7 @@ def control_channel(state: ClusterState) -> grpc.Channel:
     return channels.blocking_client_channel(target, identity, insecure=state.insecure)
 
 
-def _worker_token(state: ClusterState) -> str:
+def worker_token(state: ClusterState) -> str:
     from swarm.api.v1 import ca_pb2 as capb
     from swarm.api.v1 import ca_pb2_grpc as cagrpc
 
@@ -350,7 +350,7 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
         # The first initialises the cluster (and its KEK) alone; the others share the KEK.
         controller = start(controller_role(state, index), controller_argv(state, index))
         _wait(controller.role, _listening(gateway, int(addr.rsplit(":", 1)[1])), controller, 30)
-    agent_security = ["--insecure"] if state.insecure else ["--join-token", _worker_token(state)]
+    agent_security = ["--insecure"] if state.insecure else ["--join-token", worker_token(state)]
 
     say(f"starting {nodes} agents")
     agents = []

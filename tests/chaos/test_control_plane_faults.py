@@ -1,0 +1,142 @@
+"""Faults of the control plane on a real HA local cluster (3 controllers, 3
+etcd members): SIGKILL the leader right after a scale and in the middle of a
+rolling update, SIGSTOP it past its lease, SIGKILL an etcd member. Each ends
+with the desired number of tasks running, no slot running twice and nothing
+lost; a leader's death moves no task and touches no container."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from typer.testing import CliRunner
+
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev import cluster
+from swarm.cli.main import app
+from tests.chaos.harness import HACluster
+
+pytestmark = pytest.mark.timeout(300)
+
+LEASE_TTL = 5.0  # the controllers' default
+
+
+def restore(ha: HACluster, role: str) -> None:
+    """Start the killed controller again and wait until it is registered."""
+    ha.restart(role)
+    ha.wait(lambda: len(ha.controller_list()) == 3, 30, "3 controllers registered")
+
+
+def test_dev_status_and_controller_ls_show_every_process(ha: HACluster) -> None:
+    result = CliRunner().invoke(app, ["dev", "status", "--name", ha.name, "-o", "json"])
+    assert result.exit_code == 0, result.output
+    processes = {p["role"]: p for p in json.loads(result.stdout)["processes"]}
+    gateway = ha.state_.gateway
+    for i, port in enumerate((2377, 2477, 2577)):
+        assert processes[f"controller {i + 1}"]["address"] == f"{gateway}:{port}"
+    for i, port in enumerate((2379, 2479, 2579)):
+        assert processes[f"etcd {i + 1}"]["address"] == f"{gateway}:{port}"
+    assert processes["agent h1"]["address"] == ha.state_.nodes[0].address.split("/")[0]
+    assert {"registry", "simulated agents"} <= set(processes)
+    assert all(p["running"] and isinstance(p["pid"], int) for p in processes.values())
+    controllers = ha.controller_list()
+    assert sorted(c.addr for c in controllers) == sorted(ha.state_.controller_addrs)
+    assert sum(c.leader for c in controllers) == 1
+
+
+def test_leader_killed_right_after_a_scale_to_60(ha: HACluster) -> None:
+    # Real containers on the real host: the data path must not notice.
+    web_image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"
+    ha.create("web", 2, image=web_image, constraints=[f"node.hostname=={ha.name}-h1"])
+    ha.create("big", 1)
+    ha.converge("web", 2, 90)
+    ha.converge("big", 1, 30)
+    web = {t.id: t.status.container.pid for t in ha.tasks("web") if t.status.state == pb.RUNNING}
+    assert all(web.values())
+    leader = ha.wait_leader()
+    role = ha.role_at(leader)
+
+    ha.scale("big", 60)
+    ha.signal(role, signal.SIGKILL)
+    killed = time.monotonic()
+    ha.wait_leader(other_than=leader, timeout=LEASE_TTL + 5)
+    elected = time.monotonic() - killed
+    ha.converge("big", 60, 60)
+    assert elected <= LEASE_TTL + 2, f"a new leader after {elected:.1f}s"
+    assert ha.down_nodes() == []
+    after = {t.id: t.status.container.pid for t in ha.tasks("web") if t.status.state == pb.RUNNING}
+    assert after == web, "the real containers were touched by a leader kill"
+    restore(ha, role)
+    ha.remove("big")
+    ha.remove("web")
+
+
+def test_leader_killed_in_the_middle_of_a_rolling_update(ha: HACluster) -> None:
+    ha.create("roll", 20)
+    ha.converge("roll", 20, 30)
+    service = ha.service("roll")
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(service.spec)
+    spec.task.container.image = "busybox:2"
+    spec.update.parallelism = 2
+    spec.update.delay.CopyFrom(Duration(nanos=300_000_000))
+    spec.update.monitor.CopyFrom(Duration(nanos=200_000_000))
+    ha.control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec), timeout=5)
+
+    def half_way() -> bool:
+        updated = sum(t.spec.container.image == "busybox:2" and t.status.state == pb.RUNNING
+                      for t in ha.tasks("roll"))
+        return 2 <= updated < 20
+
+    ha.wait(half_way, 30, "the update half way")
+    leader = ha.wait_leader()
+    role = ha.role_at(leader)
+    ha.signal(role, signal.SIGKILL)
+    ha.converge("roll", 20, 90, image="busybox:2")
+    assert ha.down_nodes() == []
+    restore(ha, role)
+    ha.remove("roll")
+
+
+def test_leader_stopped_past_its_lease_is_fenced_and_steps_down(ha: HACluster) -> None:
+    ha.create("pause", 5)
+    ha.converge("pause", 5, 30)
+    leader = ha.wait_leader()
+    role = ha.role_at(leader)
+    log = ha.daemon(role).log
+    ha.signal(role, signal.SIGSTOP)
+    try:
+        successor = ha.wait_leader(other_than=leader, timeout=LEASE_TTL + 10)
+        ha.scale("pause", 10)
+        ha.converge("pause", 10, 30)
+    finally:
+        ha.signal(role, signal.SIGCONT)
+    # Woken, it finds its lease gone: it steps down; its writes carry the old
+    # leader key's revision, so none of them lands.
+    ha.wait(lambda: "lost leadership" in Path(log).read_text(errors="replace"), 20,
+            "the old leader stepping down")
+    assert ha.leader() == successor
+    ha.wait(lambda: len(ha.controller_list()) == 3, 30, "it registers again as a follower")
+    ha.scale("pause", 12)
+    ha.converge("pause", 12, 30)
+    assert ha.down_nodes() == []
+    ha.remove("pause")
+
+
+def test_one_etcd_member_killed(ha: HACluster) -> None:
+    ha.create("kv", 5)
+    ha.converge("kv", 5, 30)
+    ha.signal("etcd 1", signal.SIGKILL)
+    ha.scale("kv", 15)
+    ha.converge("kv", 15, 60)
+    ha.restart("etcd 1")
+    ha.scale("kv", 20)
+    ha.converge("kv", 20, 60)
+    assert ha.down_nodes() == []
+    ha.remove("kv")
