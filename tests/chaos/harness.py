@@ -75,6 +75,7 @@ class HACluster:
     state: cluster.ClusterState | None = None
     _channel: grpc.Channel | None = None
     killed: list[str] = field(default_factory=list)
+    _turn: int = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -83,7 +84,7 @@ class HACluster:
                                 controllers=self.controllers, etcd_members=self.etcd_members)
         first = self.state.controller_addrs[0]
         host, port = first.rsplit(":", 1)
-        token = self._retry(lambda: cluster.worker_token(self.state_))
+        token = self.call(lambda: cluster.worker_token(self.state_))
         argv = [sys.executable, "-m", "swarm.agent.simulated", "--nodes", str(self.sim_nodes),
                 "--hostname-prefix", "sim", "--controller", first,
                 "--join-addr", f"{host}:{int(port) + 1}", "--join-token", token]
@@ -112,10 +113,23 @@ class HACluster:
     @property
     def control(self) -> cgrpc.ControlStub:
         if self._channel is None:
-            self._channel = cluster.control_channel(self.state_)
+            self._channel = self._open_channel()
         return cgrpc.ControlStub(self._channel)
 
-    def _retry(self, call: Callable[[], T], timeout: float = 30.0) -> T:
+    def _open_channel(self) -> grpc.Channel:
+        """A channel to one controller, the next one each time: a stopped
+        (SIGSTOP) controller accepts connections and never answers, and a
+        channel stays with a connection that is still open."""
+        from swarm.api import channels
+        from swarm.api.pki import NodeIdentity
+
+        addrs = self.state_.controller_addrs
+        addr = addrs[self._turn % len(addrs)]
+        self._turn += 1
+        identity = NodeIdentity.load(cluster.admin_dir(self.name))
+        return channels.blocking_client_channel(addr, identity)
+
+    def call(self, call: Callable[[], T], timeout: float = 30.0) -> T:
         """A call through whichever controller answers (one may just have died)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -124,16 +138,19 @@ class HACluster:
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     raise
+                if self._channel is not None:
+                    self._channel.close()
+                    self._channel = None  # try the next controller
                 time.sleep(0.2)
 
     def tasks(self, service: str) -> list[pb.Task]:
         service_id = self.service(service).id
         request = cpb.ListTasksRequest()
         request.filters.service_ids.append(service_id)
-        return list(self._retry(lambda: self.control.ListTasks(request, timeout=5)).tasks)
+        return list(self.call(lambda: self.control.ListTasks(request, timeout=5)).tasks)
 
     def service(self, name: str) -> pb.Service:
-        return self._retry(lambda: self.control.GetService(
+        return self.call(lambda: self.control.GetService(
             cpb.GetRequest(ref=name), timeout=5)).service
 
     def create(self, name: str, replicas: int, image: str = SIM_IMAGE,
@@ -142,11 +159,11 @@ class HACluster:
         spec.task.container.image = image
         spec.task.placement.constraints.extend(
             constraints or [f"node.hostname!={self.name}-h{i + 1}" for i in range(self.hosts)])
-        self._retry(lambda: self.control.CreateService(cpb.CreateServiceRequest(spec=spec),
+        self.call(lambda: self.control.CreateService(cpb.CreateServiceRequest(spec=spec),
                                                       timeout=5))
 
     def scale(self, name: str, replicas: int) -> None:
-        self._retry(lambda: self.control.ScaleService(
+        self.call(lambda: self.control.ScaleService(
             cpb.ScaleServiceRequest(ref=name, replicas=replicas), timeout=5))
 
     def remove(self, name: str) -> None:
@@ -154,15 +171,15 @@ class HACluster:
             self.control.RemoveService(cpb.RemoveRequest(ref=name), timeout=5)
 
     def controller_list(self) -> list[pb.ControllerInfo]:
-        return list(self._retry(lambda: self.control.ListControllers(
+        return list(self.call(lambda: self.control.ListControllers(
             cpb.ListControllersRequest(), timeout=5)).controllers)
 
     def _ready_nodes(self) -> int:
-        nodes = self._retry(lambda: self.control.ListNodes(cpb.ListNodesRequest(), timeout=5))
+        nodes = self.call(lambda: self.control.ListNodes(cpb.ListNodesRequest(), timeout=5))
         return sum(n.status.state == pb.NodeStatus.READY for n in nodes.nodes)
 
     def down_nodes(self) -> list[str]:
-        nodes = self._retry(lambda: self.control.ListNodes(cpb.ListNodesRequest(), timeout=5))
+        nodes = self.call(lambda: self.control.ListNodes(cpb.ListNodesRequest(), timeout=5))
         return [n.description.hostname for n in nodes.nodes
                 if n.status.state == pb.NodeStatus.DOWN]
 

@@ -86,8 +86,8 @@ def test_leader_killed_in_the_middle_of_a_rolling_update(ha: HACluster) -> None:
     spec.update.parallelism = 2
     spec.update.delay.CopyFrom(Duration(nanos=300_000_000))
     spec.update.monitor.CopyFrom(Duration(nanos=200_000_000))
-    ha.control.UpdateService(cpb.UpdateServiceRequest(
-        service_id=service.id, version=service.meta.version, spec=spec), timeout=5)
+    ha.call(lambda: ha.control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec), timeout=5))
 
     def half_way() -> bool:
         updated = sum(t.spec.container.image == "busybox:2" and t.status.state == pb.RUNNING
