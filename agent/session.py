@@ -13,7 +13,7 @@ controller is tried at once, and only a whole round of unreachable
 controllers earns a (jittered, growing) backoff. A controller that knows of
 no leader yet (an election is under way), or names one that has just failed
 us (its lease has not run out yet), is asked again after a quarter of a
-heartbeat period, never after a grown backoff. On every (re)connect the
+heartbeat period (at most 0.25 s), never after a grown backoff. On every (re)connect the
 controller sends the complete assignment set and the session re-reports every
 task's status, so nothing that happened while it was away is lost.
 
@@ -147,7 +147,7 @@ class AgentSession:
 
     def _seek_delay(self) -> float:
         """How long to wait before asking again while a leader is being elected."""
-        return min(self.settings.backoff_max, max(0.05, self._period / 4)) \
+        return min(self.settings.backoff_max, 0.25, max(0.05, self._period / 4)) \
             * random.uniform(0.75, 1.25)
 
     def _distrusted(self, addr: str) -> bool:

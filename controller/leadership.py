@@ -81,14 +81,20 @@ class Leadership:
 
     async def run(self, lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
         """Campaign forever; while leading, run lead(guard) (cancelled on loss)."""
+        changed = self._store.cache.leader_changed
         while True:
+            changed.clear()
             try:
                 won = await self._campaign()
             except StoreUnavailable as error:
                 log.warning("cannot campaign: %s", error)
                 won = None
             if won is None:
-                await asyncio.sleep(self.settings.poll_interval)
+                # Campaign as soon as the seat is seen vacant (the watch delivers
+                # the key's deletion), and look again every poll_interval anyway.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.poll_interval):
+                        await changed.wait()
                 continue
             guard, lease_id = won
             await self._lead(guard, lease_id, lead)

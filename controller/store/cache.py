@@ -53,6 +53,7 @@ class WatchCache:
         self.tasks_by_service: dict[str, dict[str, pb.Task]] = {}
         self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
         self.leader: KeyValue | None = None
+        self.leader_changed = asyncio.Event()  # set on every change of the leader key
         # The running controllers (controller/registry.py), by address, with
         # the revision each was written at; listeners of the set, called
         # after every change of it.
@@ -178,6 +179,7 @@ class WatchCache:
             if value is None:
                 self._bury(key, revision)
             self.leader = None if value is None else KeyValue(key, value, revision, 0)
+            self.leader_changed.set()
             return
         if key.startswith(self._keys.controllers):
             self._apply_controller(key, value, revision)

@@ -22,9 +22,12 @@ SUBNET = "192.168.183.0/24"  # no other test uses it
 
 
 @pytest.fixture(scope="module")
-def ha() -> Iterator[HACluster]:
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HACluster]:
     require_root()
     name = "c" + secrets.token_hex(3)
+    # `dev up` writes a swarmctl context: keep it away from the operator's.
+    saved = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
     made = HACluster(name, SUBNET, controllers=3, etcd_members=3, hosts=1, sim_nodes=10)
     try:
         made.up()
@@ -32,6 +35,10 @@ def ha() -> Iterator[HACluster]:
     finally:
         daemons = list(made.state.daemons) if made.state is not None else []
         made.down()
+        if saved is None:
+            os.environ.pop("XDG_CONFIG_HOME", None)
+        else:
+            os.environ["XDG_CONFIG_HOME"] = saved
         # `dev down` removes everything, also after the faults the tests made.
         assert not [d.role for d in daemons if alive(d)]
         run = Path("/run/netns")
