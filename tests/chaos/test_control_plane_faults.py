@@ -1,12 +1,15 @@
 """Faults of the control plane on a real HA local cluster (3 controllers, 3
 etcd members): SIGKILL the leader right after a scale and in the middle of a
-rolling update, SIGSTOP it past its lease, SIGKILL an etcd member. Each ends
+rolling update, SIGSTOP it past its lease, SIGKILL an etcd member, stop a
+majority of etcd for 30 s, SIGKILL the real agent while it creates
+containers. Each ends
 with the desired number of tasks running, no slot running twice and nothing
 lost; a leader's death moves no task and touches no container."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -140,3 +143,47 @@ def test_one_etcd_member_killed(ha: HACluster) -> None:
     ha.converge("kv", 20, 60)
     assert ha.down_nodes() == []
     ha.remove("kv")
+
+
+def test_etcd_majority_stopped_for_30s_moves_no_task(ha: HACluster) -> None:
+    """Two of three etcd members gone for 30 s: no quorum, no leader, no writes.
+    Once they are back, a leader is elected and nothing has moved: a
+    control-plane outage is not a reason to evict anyone."""
+    ha.create("steady", 10)
+    ha.converge("steady", 10, 30)
+    before = {t.id: t.node_id for t in ha.tasks("steady") if t.desired_state == pb.RUNNING}
+    for role in ("etcd 2", "etcd 3"):
+        ha.signal(role, signal.SIGKILL)
+    time.sleep(30)
+    for role in ("etcd 2", "etcd 3"):
+        ha.restart(role)
+    ha.wait_leader(timeout=30)
+    ha.converge("steady", 10, 60)
+    after = {t.id: t.node_id for t in ha.tasks("steady") if t.desired_state == pb.RUNNING}
+    assert after == before, "tasks moved after an etcd outage"
+    ha.wait(lambda: ha.down_nodes() == [], 20, "no node DOWN")
+    ha.scale("steady", 14)
+    ha.converge("steady", 14, 30)
+    ha.remove("steady")
+
+
+def test_agent_killed_while_creating_containers(ha: HACluster) -> None:
+    """SIGKILL the real agent just after its tasks are assigned (pulling,
+    creating), then start it again: the tasks run, each slot once, each in a
+    live container of its own."""
+    image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"
+    ha.create("made", 3, image=image, constraints=[f"node.hostname=={ha.name}-h1"])
+
+    def assigned() -> bool:
+        return len([t for t in ha.tasks("made") if t.status.state >= pb.ASSIGNED]) >= 3
+
+    ha.wait(assigned, 30, "3 tasks assigned")
+    ha.signal("agent h1", signal.SIGKILL)
+    ha.restart("agent h1")
+    ha.converge("made", 3, 90)
+    pids = [t.status.container.pid for t in ha.tasks("made")
+            if t.status.state == pb.RUNNING and t.desired_state == pb.RUNNING]
+    assert len(set(pids)) == 3
+    for pid in pids:
+        os.kill(pid, 0)  # alive
+    ha.remove("made")
