@@ -21,7 +21,9 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.main import app
+from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
+from tests.integration.conftest import FAST_SESSION, controller_config, sim_cluster
 from tests.integration.test_leadership import leader_of
 from tests.processes import (
     Proc,
@@ -30,7 +32,7 @@ from tests.processes import (
     start_simulated_agents,
     worker_token,
 )
-from tests.waiting import eventually_async, until
+from tests.waiting import eventually, eventually_async, until
 
 LEASE_TTL = 2
 HEARTBEAT = 0.5  # a silent node is DOWN after 3 of these: well inside one failover
@@ -179,3 +181,32 @@ def test_controller_ls_follows_the_leader(etcd_server: EtcdServer, etcd_prefix: 
     assert table.stdout.splitlines()[0].split() == ["ADDRESS", "LEADER", "VERSION", "UPTIME"]
     assert survivor.addr in table.stdout
     assert "yes" in table.stdout
+
+
+async def test_agents_learn_controllers_added_and_removed(etcd_server: EtcdServer,
+                                                          etcd_prefix: str) -> None:
+    """Agents started with one controller's address learn of a controller
+    started later, and forget one that stops, from their session."""
+    first = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await first.start()
+    second: Controller | None = None
+    nodes = sim_cluster(first, 2, settings=FAST_SESSION)
+    try:
+        nodes.start()
+        await nodes.wait_connected(timeout=15)
+        first_addr = f"127.0.0.1:{first.port}"
+        assert all(n.session.controllers == [first_addr] for n in nodes.nodes)
+        second = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+        await second.start()
+        both = sorted([first_addr, f"127.0.0.1:{second.port}"])
+        await eventually(lambda: all(sorted(n.session.controllers) == both for n in nodes.nodes),
+                         timeout=10, message="agents told of the second controller")
+        await second.stop()
+        second = None
+        await eventually(lambda: all(n.session.controllers == [first_addr] for n in nodes.nodes),
+                         timeout=10, message="agents told the second one left")
+    finally:
+        await nodes.stop()
+        if second is not None:
+            await second.stop()
+        await first.stop()
