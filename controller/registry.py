@@ -30,6 +30,7 @@ class ControllerRegistry:
         self.info = info
         self._ttl = ttl
         self._lease = 0
+        self.registered = asyncio.Event()  # set once the record is first written
 
     async def run(self) -> None:
         """Keep this controller's record in etcd until cancelled."""
@@ -41,6 +42,7 @@ class ControllerRegistry:
                 await etcd.txn([], [E.op_put(key, self.info.SerializeToString(),
                                              lease=self._lease)])
                 log.info("registered as controller %s", self.info.addr)
+                self.registered.set()
                 while True:
                     # A cancel may surface as a call error (grpc.aio): asked to stop is stop.
                     if cancel_requested():

@@ -11,6 +11,7 @@ join port, control port + 1) serves only CAJoin over server-only TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,11 @@ class Controller:
         registry = self.registry = ControllerRegistry(self.store, info,
                                                       self.config.leadership.lease_ttl)
         self._loops.append(start_supervised("controller-registry", registry.run))
+        # Listed (controller ls, agents' sessions) by the time start returns, as
+        # long as etcd answers; the loop keeps trying otherwise.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.leadership.lease_ttl):
+                await registry.registered.wait()
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
