@@ -388,6 +388,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         settings=SessionSettings(),
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)])
     worker.report = session.report
+    if keeper is not None:
+        keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),
