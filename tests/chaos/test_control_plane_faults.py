@@ -2,7 +2,7 @@
 etcd members): SIGKILL the leader right after a scale and in the middle of a
 rolling update, SIGSTOP it past its lease, SIGKILL an etcd member, stop a
 majority of etcd for 30 s, SIGKILL the real agent while it creates
-containers. Each ends
+containers, cut the real host's underlay for 20 s. Each ends
 with the desired number of tasks running, no slot running twice and nothing
 lost; a leader's death moves no task and touches no container."""
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -187,3 +188,46 @@ def test_agent_killed_while_creating_containers(ha: HACluster) -> None:
     for pid in pids:
         os.kill(pid, 0)  # alive
     ha.remove("made")
+
+
+def _nft_in(netns: str, script: str) -> None:
+    subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "nft", "-f", "-"], input=script,
+                   text=True, check=True, capture_output=True)
+
+
+def test_host_cut_off_for_20s_then_healed(ha: HACluster) -> None:
+    """The real host's underlay drops everything for 20 s (nftables in its
+    namespace): it goes DOWN, its task is replaced elsewhere (one node of
+    eleven is no mass disconnect); healed, it stops the old container, and
+    every slot runs once."""
+    image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"
+    replicas = ha.hosts + ha.sim_nodes  # spread: one per node, one on the real host
+    ha.create("cut", replicas, image=image, constraints=["node.role==worker"])
+    ha.converge("cut", replicas, 90)
+    host = f"{ha.name}-h1"
+    nodes = ha.call(lambda: ha.control.ListNodes(cpb.ListNodesRequest(), timeout=5)).nodes
+    real_node = next(n.id for n in nodes if n.description.hostname == host)
+    (old,) = [t for t in ha.tasks("cut") if t.node_id == real_node and t.status.state == pb.RUNNING]
+    netns = ha.state_.nodes[0].netns
+    _nft_in(netns, "table inet chaos {\n"
+                   " chain in { type filter hook input priority 0; policy drop; iif lo accept; }\n"
+                   " chain out { type filter hook output priority 0; policy drop; oif lo accept; }\n"
+                   "}\n")
+    cut = time.monotonic()
+    try:
+        ha.wait(lambda: host in ha.down_nodes(), 20, f"{host} DOWN")
+        ha.converge("cut", replicas, 40)  # the slot runs elsewhere meanwhile
+        time.sleep(max(0.0, 20 - (time.monotonic() - cut)))  # cut off for 20 s in all
+    finally:
+        _nft_in(netns, "delete table inet chaos\n")
+    ha.wait(lambda: ha.down_nodes() == [], 30, f"{host} back")
+
+    def old_stopped() -> bool:
+        task = next(t for t in ha.tasks("cut") if t.id == old.id)
+        return task.status.state > pb.RUNNING
+
+    ha.wait(old_stopped, 30, "the cut-off task stopped once its host is back")
+    ha.converge("cut", replicas, 30)
+    with pytest.raises(ProcessLookupError):
+        os.kill(old.status.container.pid, 0)
+    ha.remove("cut")
