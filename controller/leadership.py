@@ -11,6 +11,15 @@ it waits until the watch cache has seen etcd up to the election's revision (a
 read barrier; the cache of a follower may lag). And a follower names a leader
 to agents only after reading the leader key from etcd (`confirmed_leader`):
 a guess from a lagging cache sends agents to a dead controller.
+
+A leader whose process is gone need not hold the seat for the rest of its
+lease: a follower that finds the leader's address refusing connections (no
+process listens there) AND its lease not refreshed on time (a live leader
+refreshes every third of the TTL) deletes the leader key, if it is still that
+leader's, and campaigns at once. Both are required: a refused connection
+alone could be a wrong --advertise-addr, a late refresh alone a busy leader.
+A paused or partitioned leader refuses nothing, so its seat is taken only when
+its lease runs out; either way its writes are fenced.
 """
 
 from __future__ import annotations
@@ -90,6 +99,9 @@ class Leadership:
                 log.warning("cannot campaign: %s", error)
                 won = None
             if won is None:
+                with contextlib.suppress(StoreUnavailable):
+                    if await self._depose_if_gone():
+                        continue
                 # Campaign as soon as the seat is seen vacant (the watch delivers
                 # the key's deletion), and look again every poll_interval anyway.
                 with contextlib.suppress(TimeoutError):
@@ -98,6 +110,30 @@ class Leadership:
                 continue
             guard, lease_id = won
             await self._lead(guard, lease_id, lead)
+
+    async def _depose_if_gone(self) -> bool:
+        """Delete the leader key of a leader whose process is gone (see the
+        module's docstring); True when it was deleted."""
+        leader = self._store.cache.leader
+        if leader is None:
+            return False
+        addr = leader.value.decode()
+        if addr == self.identity or not await _refuses_connections(addr):
+            return False
+        etcd = self._store.etcd
+        key = self._store.keys.leader
+        _revision, kv = await etcd.get(key)
+        if kv is None or kv.value != leader.value or not kv.lease:
+            return False
+        remaining, granted = await etcd.lease_time_to_live(kv.lease)
+        if remaining > int(granted * 2 / 3) - 1:
+            return False  # refreshed on time: alive, whatever its address says
+        response = await etcd.txn([E.compare_mod_revision(key, kv.mod_revision)],
+                                  [E.op_delete(key)])
+        if response.succeeded:
+            log.warning("leader %s is gone (refuses connections, lease %ds of %ds left): "
+                        "taking over without waiting for its lease", addr, remaining, granted)
+        return bool(response.succeeded)
 
     async def _campaign(self) -> tuple[Guard, int] | None:
         if self._store.cache.leader is not None:
@@ -174,3 +210,20 @@ class Leadership:
             if remaining <= 0:
                 raise StoreUnavailable("lease expired")
             last_ok = time.monotonic()
+
+
+async def _refuses_connections(addr: str, timeout: float = 0.5) -> bool:
+    """Whether nothing listens at addr (HOST:PORT): a refused TCP connection.
+    A timeout or any other error says nothing (a paused process, a network)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False

@@ -210,3 +210,34 @@ async def test_agents_learn_controllers_added_and_removed(etcd_server: EtcdServe
         if second is not None:
             await second.stop()
         await first.stop()
+
+
+async def test_a_dead_leaders_seat_is_taken_before_its_lease_runs_out(
+        etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    """A SIGKILLed leader's address refuses connections and its lease is not
+    refreshed: a follower takes the seat without waiting out the lease."""
+    ttl = 5
+    procs = [start_controller(etcd_server.endpoint, etcd_prefix, lease_ttl=ttl,
+                              heartbeat_period=HEARTBEAT) for _ in range(2)]
+    try:
+        addrs = {proc.addr: proc for proc in procs}
+
+        async def has_leader() -> bool:
+            return await leader_of(etcd_server, etcd_prefix) in addrs
+
+        await eventually_async(has_leader, timeout=15, message="a leader")
+        first = await leader_of(etcd_server, etcd_prefix)
+        survivor = next(p for a, p in addrs.items() if a != first)
+        addrs[first].signal(signal.SIGKILL)
+        killed = time.monotonic()
+
+        async def survivor_leads() -> bool:
+            return await leader_of(etcd_server, etcd_prefix) == survivor.addr
+
+        await eventually_async(survivor_leads, timeout=ttl + 3, message="the survivor leads")
+        took = time.monotonic() - killed
+        assert "taking over without waiting for its lease" in survivor.log()
+        assert took < ttl, f"{took:.1f}s: no sooner than the lease"
+    finally:
+        for proc in procs:
+            proc.stop()
