@@ -13,7 +13,11 @@ controller is tried at once, and only a whole round of unreachable
 controllers earns a (jittered, growing) backoff. A controller that knows of
 no leader yet (an election is under way), or names one that has just failed
 us (its lease has not run out yet), is asked again after a quarter of a
-heartbeat period (at most 0.25 s), never after a grown backoff. On every (re)connect the
+heartbeat period (at most 0.25 s), never after a grown backoff. A hint naming
+a controller that failed us is followed only if that address accepts
+connections (a restarted controller may lead again); a leader that accepts a
+connection but sends nothing (a paused process) is given up after a few
+seconds. On every (re)connect the
 controller sends the complete assignment set and the session re-reports every
 task's status, so nothing that happened while it was away is lost.
 
@@ -33,6 +37,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from swarm.api.channels import refuses_connections
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.metadata import LEADER_METADATA_KEY
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -42,9 +47,10 @@ from swarm.api.v1 import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
-# A leader hint naming a controller that failed us this recently is not followed:
-# the dead leader's key lives on in etcd until its lease runs out.
-_DISTRUST_FAILED = 10.0
+_FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
+# A leader hint naming a controller that failed us this recently is checked
+# first: a dead leader's key lives on in etcd until its lease runs out.
+_DISTRUST_FAILED = 30.0
 
 
 class Worker(Protocol):
@@ -150,9 +156,13 @@ class AgentSession:
         return min(self.settings.backoff_max, 0.25, max(0.05, self._period / 4)) \
             * random.uniform(0.75, 1.25)
 
-    def _distrusted(self, addr: str) -> bool:
+    async def _distrusted(self, addr: str) -> bool:
+        """A hint not to follow: it names a controller that failed us lately
+        and whose address still refuses connections."""
         failed = self._failed.get(addr)
-        return failed is not None and time.monotonic() - failed < _DISTRUST_FAILED
+        if failed is None or time.monotonic() - failed >= _DISTRUST_FAILED:
+            return False
+        return await refuses_connections(addr)
 
     async def run(self) -> None:
         backoff = self.settings.backoff_initial
@@ -167,7 +177,7 @@ class AgentSession:
                 if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     unreachable = 0
                     self._failed.pop(addr, None)  # it answers
-                    if hint and hint != addr and not self._distrusted(hint):
+                    if hint and hint != addr and not await self._distrusted(hint):
                         log.info("controller %s is not the leader; following %s", addr, hint)
                         self.leader = hint
                         continue
@@ -183,9 +193,10 @@ class AgentSession:
                     continue
                 log.warning("session with %s failed: %s %s", addr, error.code().name,
                             error.details())
-                self._failed[addr] = time.monotonic()
-                self.leader = ""
-                self._target = self._index_of(addr) + 1
+                self._give_up(addr)
+            except TimeoutError:
+                log.warning("controller %s accepted a session but sent nothing", addr)
+                self._give_up(addr)
             finally:
                 self.connected.clear()
             if self._opened:
@@ -199,6 +210,11 @@ class AgentSession:
             unreachable = 0
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, self.settings.backoff_max)
+
+    def _give_up(self, addr: str) -> None:
+        self._failed[addr] = time.monotonic()
+        self.leader = ""
+        self._target = self._index_of(addr) + 1
 
     def _index_of(self, addr: str) -> int:
         try:
@@ -221,7 +237,9 @@ class AgentSession:
         helpers: list[asyncio.Task[None]] = []
         services: list[asyncio.Task[None]] = []
         try:
-            first = await stream.read()
+            # A paused controller accepts the connection and never answers.
+            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT, self._period)):
+                first = await stream.read()
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             assert isinstance(first, dpb.SessionMessage)

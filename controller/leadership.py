@@ -32,6 +32,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from swarm.api.channels import refuses_connections
 from swarm.api.loops import cancel_requested
 
 from .store import Guard, Store, StoreUnavailable
@@ -118,7 +119,7 @@ class Leadership:
         if leader is None:
             return False
         addr = leader.value.decode()
-        if addr == self.identity or not await _refuses_connections(addr):
+        if addr == self.identity or not await refuses_connections(addr):
             return False
         etcd = self._store.etcd
         key = self._store.keys.leader
@@ -211,19 +212,3 @@ class Leadership:
                 raise StoreUnavailable("lease expired")
             last_ok = time.monotonic()
 
-
-async def _refuses_connections(addr: str, timeout: float = 0.5) -> bool:
-    """Whether nothing listens at addr (HOST:PORT): a refused TCP connection.
-    A timeout or any other error says nothing (a paused process, a network)."""
-    host, _, port = addr.rpartition(":")
-    try:
-        async with asyncio.timeout(timeout):
-            _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-    except ConnectionRefusedError:
-        return True
-    except (OSError, TimeoutError, ValueError):
-        return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return False
