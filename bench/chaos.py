@@ -10,7 +10,7 @@ converged the scale (every slot RUNNING, none twice). The killed controller
 is started again before the next round.
 
     failover_s       median and max of those times (goal: max <= 5 with the
-                     default 5 s lease -- the lease alone takes up to 5 s)
+                     default 5 s lease)
     election_s       median and max from the SIGKILL until another leads
     lost_tasks       tasks RUNNING before a kill that were not RUNNING after
     duplicate_slots  slots with more than one RUNNING task after convergence
