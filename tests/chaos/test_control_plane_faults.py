@@ -1,15 +1,16 @@
 """Faults of the control plane on a real HA local cluster (3 controllers, 3
 etcd members): SIGKILL the leader right after a scale and in the middle of a
 rolling update, SIGSTOP it past its lease, SIGKILL an etcd member, stop a
-majority of etcd for 30 s, SIGKILL the real agent while it creates
-containers, cut the real host's underlay for 20 s. Each ends
-with the desired number of tasks running, no slot running twice and nothing
-lost; a leader's death moves no task and touches no container."""
+majority of etcd for 30 s, SIGKILL the real agent while it pulls and creates
+containers, cut the real host's underlay for 20 s. Each ends with the desired
+number of tasks running, no slot running twice and nothing lost; a leader's
+death moves no task and touches no container."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -22,6 +23,7 @@ from typer.testing import CliRunner
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.dev import cluster
+from swarm.cli.dev.images import PATH_ENV, build_busybox_image
 from swarm.cli.main import app
 from tests.chaos.harness import HACluster
 
@@ -168,11 +170,12 @@ def test_etcd_majority_stopped_for_30s_moves_no_task(ha: HACluster) -> None:
     ha.remove("steady")
 
 
-def test_agent_killed_while_creating_containers(ha: HACluster) -> None:
-    """SIGKILL the real agent just after its tasks are assigned (pulling,
-    creating), then start it again: the tasks run, each slot once, each in a
-    live container of its own."""
-    image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"
+def test_agent_killed_while_pulling_and_creating(ha: HACluster) -> None:
+    """SIGKILL the real agent just after its tasks are assigned (an image it
+    has never pulled: pulling, then creating), then start it again: the tasks
+    run, each slot once, each in a live container of its own."""
+    image = build_busybox_image(ha.state_.registry, "fresh" + secrets.token_hex(3),
+                                config={"Cmd": ["sleep", "3600"], "Env": [PATH_ENV]})
     ha.create("made", 3, image=image, constraints=[f"node.hostname=={ha.name}-h1"])
 
     def assigned() -> bool:
