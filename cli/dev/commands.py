@@ -12,7 +12,7 @@ from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 
 from .. import render
-from ..errors import CliError, ReportingGroup
+from ..errors import BadInput, CliError, ReportingGroup
 from ..options import OutputOpt, examples
 from . import cluster
 from .daemons import alive
@@ -46,6 +46,10 @@ def up(
     """Start etcd, controllers, a registry with the demo image and N agents, each on
     a simulated host (a network namespace on a shared underlay), and make plain
     swarmctl talk to it. Re-running after a crash or a reboot cleans up first."""
+    for flag, value, limit in (("--controllers", controllers, cluster.MAX_CONTROLLERS),
+                               ("--etcd-members", etcd_members, cluster.MAX_ETCD_MEMBERS)):
+        if not 1 <= value <= limit:
+            raise BadInput(f"{flag} {value}: expected 1 to {limit}")
     try:
         state = cluster.up(name, nodes, subnet, _say, insecure=insecure,
                            controllers=controllers, etcd_members=etcd_members)
