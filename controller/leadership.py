@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 class LeadershipSettings:
     lease_ttl: int = 5  # seconds; a dead leader is replaced after about this long
     poll_interval: float = 0.5  # how often a follower looks for a vacant seat
-    barrier_timeout: float = 10.0  # a cache this far behind etcd: give the seat up
 
 
 class Leadership:
@@ -56,7 +55,6 @@ class Leadership:
         self.settings = settings or LeadershipSettings()
         self.guard: Guard | None = None
         self.changed = asyncio.Event()
-        self.since = 0.0  # monotonic time this controller last became leader
         self._confirmed: tuple[float, str] = (-1.0, "")  # (when read, leader address)
 
     @property
@@ -81,8 +79,8 @@ class Leadership:
         if now - read_at <= max_age:
             return leader
         try:
-            _revision, kv = await asyncio.wait_for(
-                self._store.etcd.get(self._store.keys.leader), timeout=2.0)
+            async with asyncio.timeout(2.0):
+                _revision, kv = await self._store.etcd.get(self._store.keys.leader)
         except (StoreUnavailable, TimeoutError):
             return ""
         leader = kv.value.decode() if kv is not None else ""
@@ -155,8 +153,9 @@ class Leadership:
         self._store.cache.apply_committed([(key, self.identity.encode())], [], revision)
         log.info("elected leader as %s (revision %d)", self.identity, revision)
         try:
-            # Everything committed before the election has a lower revision.
-            await self._store.cache.caught_up(revision, self.settings.barrier_timeout)
+            # Everything committed before the election has a lower revision. The
+            # lease is first refreshed a third of its TTL into leading: wait no longer.
+            await self._store.cache.caught_up(revision, self.settings.lease_ttl / 3)
         except TimeoutError:
             log.warning("watch cache did not reach revision %d: giving up the seat", revision)
             with contextlib.suppress(StoreUnavailable):
@@ -167,7 +166,6 @@ class Leadership:
     async def _lead(self, guard: Guard, lease_id: int,
                     lead: Callable[[Guard], Coroutine[Any, Any, None]]) -> None:
         self.guard = guard
-        self.since = time.monotonic()
         self.changed.set()
         self.changed.clear()
         work = asyncio.create_task(lead(guard), name="leader-work")
@@ -211,4 +209,3 @@ class Leadership:
             if remaining <= 0:
                 raise StoreUnavailable("lease expired")
             last_ok = time.monotonic()
-
