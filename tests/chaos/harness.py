@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
@@ -74,7 +73,6 @@ class HACluster:
     sim_nodes: int = 10
     state: cluster.ClusterState | None = None
     _channel: grpc.Channel | None = None
-    killed: list[str] = field(default_factory=list)
     _turn: int = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -211,8 +209,6 @@ class HACluster:
         daemon = self.daemon(role)
         assert alive(daemon), f"{role} is not running"
         os.kill(daemon.pid, sig)
-        if sig == signal.SIGKILL:
-            self.killed.append(role)
 
     def restart(self, role: str) -> None:
         """Start a killed controller or etcd member again, with the same argv."""
