@@ -103,7 +103,8 @@ class AgentSession:
                  node_id: str = "", labels: dict[str, str] | None = None,
                  on_registered: Callable[[str], None] | None = None,
                  settings: SessionSettings | None = None,
-                 services: Sequence[tuple[str, SessionService]] = ()) -> None:
+                 services: Sequence[tuple[str, SessionService]] = (),
+                 conditions: Callable[[], Sequence[str]] | None = None) -> None:
         if not controllers:
             raise ValueError("at least one controller address is needed")
         self._given = list(controllers)  # what it was started with
@@ -119,6 +120,8 @@ class AgentSession:
         self._on_registered = on_registered
         self.settings = settings or SessionSettings()
         self._services = list(services)  # (name, service) run beside each session
+        # The node's conditions (agent/conditions.py), sent with every heartbeat.
+        self.conditions = conditions or (lambda: ())
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_ready = asyncio.Event()
         self.connected = asyncio.Event()
@@ -288,7 +291,8 @@ class AgentSession:
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:
             response = await stub.Heartbeat(
-                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id),
+                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
+                                     conditions=sorted(self.conditions())),
                 timeout=max(period, 1.0))
             period = response.period.ToNanoseconds() / 1e9 or period
             # Beat a little faster than the period so one late beat is not a miss.

@@ -286,6 +286,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         await self._check_caller(request.node_id, context)
         await self._check_session(state, request.node_id, request.session_id, context)
         state.heartbeats[request.node_id] = self._clock()
+        node = self._store.cache.nodes.get(request.node_id)
+        if node is not None and list(node.status.conditions) != list(request.conditions):
+            # Rare (a disk filling up or freed): written at once, beside the beat.
+            with contextlib.suppress(Conflict, StoreUnavailable):
+                await self._set_conditions(state, request.node_id, list(request.conditions))
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
@@ -465,6 +470,23 @@ class Dispatcher(dgrpc.DispatcherServicer):
             except Conflict:
                 continue
         raise Conflict(f"node {node_id} kept changing")
+
+    async def _set_conditions(self, state: _LeaderState, node_id: str,
+                              conditions: list[str]) -> None:
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._store.cache.nodes.get(node_id)
+            if current is None or list(current.status.conditions) == conditions:
+                return
+            node = pb.Node()
+            node.CopyFrom(current)
+            del node.status.conditions[:]
+            node.status.conditions.extend(conditions)
+            try:
+                await self._store.commit([Update(node)], guard=state.guard)
+                log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
+                return
+            except Conflict:
+                continue
 
     async def _monitor_nodes(self, state: _LeaderState) -> None:
         while True:
