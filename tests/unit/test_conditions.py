@@ -58,3 +58,13 @@ def test_the_scheduler_feeds_no_node_that_reports_a_condition() -> None:
         "no suitable node (1 node reports a condition (disk pressure))"
     assert condition.explain(2) == "2 nodes report a condition (disk pressure)"
     assert pb.NodeStatus().conditions == []  # none unless reported
+
+
+def test_node_ls_shows_a_condition_beside_the_state() -> None:
+    from swarm.cli import render
+
+    reporting = pb.Node(id="n" * 25, description=pb.NodeDescription(hostname="node-1"),
+                        status=pb.NodeStatus(state=pb.NodeStatus.READY, addr="10.0.0.2",
+                                             conditions=[DISK_PRESSURE]))
+    row = render.nodes_table([reporting]).splitlines()[1]
+    assert "Ready (disk-pressure)" in row
