@@ -265,13 +265,16 @@ def _ready_nodes(state: ClusterState) -> int:
 
 def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
        insecure: bool = False, dns_forwarders: Sequence[str] = (), controllers: int = 1,
-       etcd_members: int = 1, agent_args: Sequence[str] = ()) -> ClusterState:
+       etcd_members: int = 1, agent_args: Sequence[str] = (),
+       node_disk_bytes: int = 0) -> ClusterState:
     """Bring the cluster up (after removing whatever an earlier run left).
     dns_forwarders: the agents' upstream resolvers (IP[:PORT], reachable from
     the hosts: the gateway's address); none by default, as the hosts have no
     route out: names that are not the cluster's are refused at once.
     controllers, etcd_members: how many of each (an etcd cluster of that many
-    members). agent_args: more flags for every agent (tests)."""
+    members). agent_args: more flags for every agent (tests). node_disk_bytes:
+    give each agent's state dir a tmpfs of this size (a small disk that tests
+    can fill; 0: the state dirs are plain directories)."""
     _require_root()
     validate_name(name)
     if not 1 <= nodes <= 50:
@@ -299,7 +302,8 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
                          controllers=controllers, etcd_members=etcd_members)
     save_state(state)
     try:
-        _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",), tuple(agent_args))
+        _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",), tuple(agent_args),
+                  node_disk_bytes)
     except BaseException:
         say("start failed: removing what was made")
         with contextlib.suppress(Exception):
@@ -316,7 +320,8 @@ def _leftovers(name: str) -> bool:
 
 
 def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
-              dns_forwarders: tuple[str, ...], agent_args: tuple[str, ...] = ()) -> None:
+              dns_forwarders: tuple[str, ...], agent_args: tuple[str, ...] = (),
+              node_disk_bytes: int = 0) -> None:
     directory = state_dir(state.name)
     logs = directory / "logs"
     say(f"creating {nodes} hosts on {state.subnet}")
@@ -352,6 +357,12 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
         _wait(controller.role, _listening(gateway, int(addr.rsplit(":", 1)[1])), controller, 30)
     agent_security = ["--insecure"] if state.insecure else ["--join-token", worker_token(state)]
 
+    if node_disk_bytes:
+        for node in state.nodes:
+            # Removed by `down` with the rest of the state dir (mounts first).
+            Path(node.state_dir).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={node_disk_bytes}", "tmpfs",
+                            node.state_dir], check=True, capture_output=True)
     say(f"starting {nodes} agents")
     agents = []
     for node in state.nodes:

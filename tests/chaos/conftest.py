@@ -19,6 +19,8 @@ from swarm.cli.dev.daemons import alive
 from tests.chaos.harness import HACluster, require_root
 
 SUBNET = "192.168.183.0/24"  # no other test uses it
+DISK_BYTES = 128 << 20
+MIN_FREE = 32 << 20
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +30,9 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HACluster]:
     # `dev up` writes a swarmctl context: keep it away from the operator's.
     saved = os.environ.get("XDG_CONFIG_HOME")
     os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
-    made = HACluster(name, SUBNET, controllers=3, etcd_members=3, hosts=1, sim_nodes=10)
+    # The real host's state dir is a small file system the disk test fills.
+    made = HACluster(name, SUBNET, controllers=3, etcd_members=3, hosts=1, sim_nodes=10,
+                     node_disk_bytes=DISK_BYTES, agent_args=("--disk-min-free", str(MIN_FREE)))
     try:
         made.up()
         yield made

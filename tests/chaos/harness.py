@@ -71,6 +71,8 @@ class HACluster:
     etcd_members: int = 3
     hosts: int = 1
     sim_nodes: int = 10
+    node_disk_bytes: int = 0  # a tmpfs of this size as each real agent's state dir
+    agent_args: tuple[str, ...] = ()
     state: cluster.ClusterState | None = None
     _channel: grpc.Channel | None = None
     _turn: int = 0
@@ -79,7 +81,8 @@ class HACluster:
 
     def up(self) -> None:
         self.state = cluster.up(self.name, self.hosts, self.subnet, say=lambda _: None,
-                                controllers=self.controllers, etcd_members=self.etcd_members)
+                                controllers=self.controllers, etcd_members=self.etcd_members,
+                                agent_args=self.agent_args, node_disk_bytes=self.node_disk_bytes)
         first = self.state.controller_addrs[0]
         host, port = first.rsplit(":", 1)
         token = self.call(lambda: cluster.worker_token(self.state_))

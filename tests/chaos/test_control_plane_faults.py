@@ -2,7 +2,8 @@
 etcd members): SIGKILL the leader right after a scale and in the middle of a
 rolling update, SIGSTOP it past its lease, SIGKILL an etcd member, stop a
 majority of etcd for 30 s, SIGKILL the real agent while it pulls and creates
-containers, cut the real host's underlay for 20 s. Each ends with the desired
+containers, cut the real host's underlay for 20 s, fill the real host's disk.
+Each ends with the desired
 number of tasks running, no slot running twice and nothing lost; a leader's
 death moves no task and touches no container."""
 
@@ -25,6 +26,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.dev import cluster
 from swarm.cli.dev.images import PATH_ENV, build_busybox_image
 from swarm.cli.main import app
+from tests.chaos.conftest import MIN_FREE
 from tests.chaos.harness import HACluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -234,3 +236,37 @@ def test_host_cut_off_for_20s_then_healed(ha: HACluster) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(old.status.container.pid, 0)
     ha.remove("cut")
+
+
+def test_a_full_disk_stops_new_tasks_on_its_node(ha: HACluster) -> None:
+    """The real host's state dir is a small file system (conftest): filled, the
+    node reports disk-pressure and gets no new task; emptied, it is fed again."""
+    host = f"{ha.name}-h1"
+    state_dir = Path(ha.state_.nodes[0].state_dir)
+
+    def conditions() -> list[str]:
+        nodes = ha.call(lambda: ha.control.ListNodes(cpb.ListNodesRequest(), timeout=5)).nodes
+        return next(list(n.status.conditions) for n in nodes if n.description.hostname == host)
+
+    assert conditions() == []
+    stat = os.statvfs(state_dir)
+    free = stat.f_bavail * stat.f_frsize
+    filler = state_dir / "filler"
+    filler.write_bytes(b"\0" * max(0, free - (MIN_FREE // 2)))
+    try:
+        ha.wait(lambda: conditions() == ["disk-pressure"], 15, "disk-pressure reported")
+        replicas = ha.hosts + ha.sim_nodes
+        image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"  # the real host can pull it
+        ha.create("disk", replicas, image=image, constraints=["node.role==worker"])
+        ha.converge("disk", replicas, 30)
+        nodes = {t.node_id for t in ha.tasks("disk") if t.desired_state == pb.RUNNING}
+        real = next(n.id for n in ha.call(lambda: ha.control.ListNodes(
+            cpb.ListNodesRequest(), timeout=5)).nodes if n.description.hostname == host)
+        assert real not in nodes
+    finally:
+        filler.unlink()
+    ha.wait(lambda: conditions() == [], 15, "disk-pressure gone")
+    ha.scale("disk", 3 * (ha.hosts + ha.sim_nodes))
+    ha.converge("disk", 3 * (ha.hosts + ha.sim_nodes), 60)
+    assert any(t.node_id == real for t in ha.tasks("disk") if t.desired_state == pb.RUNNING)
+    ha.remove("disk")
