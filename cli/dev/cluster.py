@@ -378,12 +378,14 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
     for agent in agents:
         if not alive(agent):
             raise ClusterError(f"{agent.role} exited; see {agent.log}")
+    # Every controller, comma-separated: plain swarmctl uses any that answers.
+    controllers = ",".join(state.controller_addrs)
     if state.insecure:
-        write_context(Context(name=state.name, controller=state.controller))
+        write_context(Context(name=state.name, controller=controllers))
     else:
         admin = admin_dir(state.name)
         _give_to_sudo_user(admin)
-        write_context(Context(name=state.name, controller=state.controller,
+        write_context(Context(name=state.name, controller=controllers,
                               cert=str(admin / "node.crt"), key=str(admin / "node.key"),
                               ca=str(admin / "ca.crt")))
 

@@ -57,6 +57,21 @@ def test_dev_status_and_controller_ls_show_every_process(ha: HACluster) -> None:
     assert sum(c.leader for c in controllers) == 1
 
 
+def test_swarmctl_given_every_controller_survives_the_firsts_death(
+        ha: HACluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--controller A,B,C` (what `dev up` writes into the swarmctl context):
+    with the first one dead, swarmctl still answers through another."""
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(cluster.admin_dir(ha.name)))
+    ha.signal("controller 1", signal.SIGKILL)
+    try:
+        result = CliRunner().invoke(app, ["--controller", ",".join(ha.state_.controller_addrs),
+                                          "node", "ls", "-q"])
+        assert result.exit_code == 0, result.output
+        assert len(result.stdout.split()) == ha.hosts + ha.sim_nodes
+    finally:
+        restore(ha, "controller 1")
+
+
 def test_leader_killed_right_after_a_scale_to_60(ha: HACluster) -> None:
     # Real containers on the real host: the data path must not notice.
     web_image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"

@@ -41,3 +41,12 @@ def test_the_ith_controller_and_member_take_the_ith_hundred() -> None:
     assert "--admin-out" not in second
     assert [a for a in second if a.startswith("--etcd=")] == [
         f"--etcd={e}" for e in state.etcd_endpoints]
+
+
+def test_several_controllers_make_one_target() -> None:
+    from swarm.cli import client
+
+    assert client.grpc_target("10.0.0.1:2377") == "10.0.0.1:2377"
+    assert client.grpc_target("10.0.0.1:2377, 10.0.0.2:2377") == "ipv4:10.0.0.1:2377,10.0.0.2:2377"
+    assert client.controller_addrs("10.0.0.1:2377,10.0.0.2:2377") == ["10.0.0.1:2377",
+                                                                      "10.0.0.2:2377"]
