@@ -123,6 +123,8 @@ class IdentityKeeper:
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self.identity = identity
         self._controllers = list(controllers)
+        # Where to renew: the session's current controller set when followed.
+        self._source: Callable[[], Sequence[str]] | None = None
         self._directory = directory
         self._rng = rng or random.Random()
         self._clock = clock
@@ -135,6 +137,11 @@ class IdentityKeeper:
     @property
     def node_id(self) -> str:
         return self.identity.node_id
+
+    def follow(self, controllers: Callable[[], Sequence[str]]) -> None:
+        """Renew through these controllers (the session's, learned from the
+        leader) instead of those the agent was started with."""
+        self._source = controllers
 
     def channel(self, addr: str) -> grpc.aio.Channel:
         """The session's ChannelFactory: one cached mutual-TLS channel per
@@ -158,7 +165,9 @@ class IdentityKeeper:
             if failures:
                 delay = min(delay, min(300.0, 2.0 ** failures))
             await asyncio.sleep(max(delay, self.min_delay))
-            addr = self._controllers[failures % len(self._controllers)]
+            addrs = list(self._source() if self._source is not None else ()) \
+                or self._controllers
+            addr = addrs[failures % len(addrs)]
             try:
                 self.replace(await renew(addr, self.identity))
                 self.renewals += 1

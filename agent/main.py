@@ -80,6 +80,7 @@ from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
+from .conditions import ConditionSettings, conditions_of
 from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join, join_address
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
@@ -116,6 +117,7 @@ class AgentConfig:
     # Upstream resolvers for names that are not the cluster's; None: the
     # nameservers of /etc/resolv.conf; empty: no forwarding.
     dns_forwarders: tuple[Upstream, ...] | None = None
+    conditions: ConditionSettings = field(default_factory=ConditionSettings)
 
     @property
     def certs_dir(self) -> Path:
@@ -223,6 +225,11 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     parser.add_argument("--image-gc-max-bytes", type=_positive_int, default=None, metavar="N",
                         help="measure the image store's own size against N bytes "
                              "(default: the usage of its filesystem)")
+    parser.add_argument("--disk-min-free", type=_positive_int,
+                        default=ConditionSettings().min_free_bytes, metavar="BYTES",
+                        help="report disk-pressure (no new tasks) when the state dir's file "
+                             "system has less free than this, or less than 5 %% of its size "
+                             "(default 256 MiB)")
     parser.add_argument("--join-token", default="", metavar="SWMTKN-1-...",
                         help="join token (`swarmctl cluster join-token worker`); needed the "
                              "first time, the identity is then kept in --state-dir/certs")
@@ -267,7 +274,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         cgroup_parent=cgroup_parent, bind_roots=tuple(p.absolute() for p in args.bind_root),
         log_level=args.log_level, image_gc=image_gc, join_token=args.join_token,
         join_addrs=tuple(args.join_addr), insecure=args.insecure,
-        dns_forwarders=forwarders)
+        dns_forwarders=forwarders,
+        conditions=ConditionSettings(min_free_bytes=args.disk_min_free))
 
 
 def _memory_bytes() -> int:
@@ -386,8 +394,11 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         node_id=node_id, labels=config.labels,
         on_registered=lambda node_id: _registered(config, worker, node_id),
         settings=SessionSettings(),
-        services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)])
+        services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)],
+        conditions=lambda: conditions_of(config.state_dir, config.conditions))
     worker.report = session.report
+    if keeper is not None:
+        keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),

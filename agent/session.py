@@ -2,10 +2,24 @@
 stream, heartbeats and batched status reports, with failover.
 
 The session follows the leader: a follower's FAILED_PRECONDITION names it in
-trailing metadata, and any other failure moves on to the next controller
-after a jittered, growing backoff. On every (re)connect the controller sends
-the complete assignment set and the session re-reports every task's status,
-so nothing that happened while it was away is lost.
+trailing metadata. The controllers it knows are those it was started with and
+those the leader names in the session (every running controller), so a
+controller added later needs no restart, and an agent started with one
+address survives that controller's death.
+
+Failover is prompt, because the new leader marks a node DOWN after a few
+heartbeat periods without it: when the leader fails, every other known
+controller is tried at once, and only a whole round of unreachable
+controllers earns a (jittered, growing) backoff. A controller that knows of
+no leader yet (an election is under way), or names one that has just failed
+us (its lease has not run out yet), is asked again after a quarter of a
+heartbeat period (at most 0.25 s), never after a grown backoff. A hint naming
+a controller that failed us is followed only if that address accepts
+connections (a restarted controller may lead again); a leader that accepts a
+connection but sends nothing (a paused process) is given up after a few
+seconds. On every (re)connect the
+controller sends the complete assignment set and the session re-reports every
+task's status, so nothing that happened while it was away is lost.
 
 The session knows nothing about containers: it drives a Worker.
 """
@@ -16,12 +30,14 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
+from swarm.api.channels import refuses_connections
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.metadata import LEADER_METADATA_KEY
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -31,6 +47,10 @@ from swarm.api.v1 import objects_pb2 as pb
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
+_FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
+# A leader hint naming a controller that failed us this recently is checked
+# first: a dead leader's key lives on in etcd until its lease runs out.
+_DISTRUST_FAILED = 30.0
 
 
 class Worker(Protocol):
@@ -97,11 +117,15 @@ class AgentSession:
                  node_id: str = "", labels: dict[str, str] | None = None,
                  on_registered: Callable[[str], None] | None = None,
                  settings: SessionSettings | None = None,
-                 services: Sequence[tuple[str, SessionService]] = ()) -> None:
+                 services: Sequence[tuple[str, SessionService]] = (),
+                 conditions: Callable[[], Sequence[str]] | None = None) -> None:
         if not controllers:
             raise ValueError("at least one controller address is needed")
-        self._controllers = list(controllers)
+        self._given = list(controllers)  # what it was started with
+        self._controllers = list(controllers)  # what it tries: learned, then given
         self._target = 0
+        self._failed: dict[str, float] = {}  # address -> when it last failed us
+        self._period = 5.0  # the heartbeat period of the last session
         self.description = description
         self.worker = worker
         self._channels = channels
@@ -110,6 +134,8 @@ class AgentSession:
         self._on_registered = on_registered
         self.settings = settings or SessionSettings()
         self._services = list(services)  # (name, service) run beside each session
+        # The node's conditions (agent/conditions.py), sent with every heartbeat.
+        self.conditions = conditions or (lambda: ())
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_ready = asyncio.Event()
         self.connected = asyncio.Event()
@@ -118,6 +144,7 @@ class AgentSession:
         # Network versions applied and not yet confirmed (drain before stop).
         self._applied: dict[str, int] = {}
         self._applied_ready = asyncio.Event()
+        self._opened = False  # the current attempt got as far as an open session
 
     # ------------------------------------------------------------ reporting
 
@@ -128,18 +155,57 @@ class AgentSession:
 
     # ------------------------------------------------------------ the loop
 
+    @property
+    def controllers(self) -> list[str]:
+        """The controllers this session knows, in the order it tries them."""
+        return list(self._controllers)
+
+    def learn_controllers(self, addrs: Sequence[str]) -> None:
+        """The leader's word on the running controllers; those the agent was
+        started with stay known after them (one may be a name for several)."""
+        if not addrs:
+            return
+        learned = list(dict.fromkeys(addrs))
+        learned += [a for a in self._given if a not in learned]
+        if learned != self._controllers:
+            log.info("controllers: %s", ", ".join(learned))
+            self._controllers = learned
+
+    def _seek_delay(self) -> float:
+        """How long to wait before asking again while a leader is being elected."""
+        return min(self.settings.backoff_max, 0.25, max(0.05, self._period / 4)) \
+            * random.uniform(0.75, 1.25)
+
+    async def _distrusted(self, addr: str) -> bool:
+        """A hint not to follow: it names a controller that failed us lately
+        and whose address still refuses connections."""
+        failed = self._failed.get(addr)
+        if failed is None or time.monotonic() - failed >= _DISTRUST_FAILED:
+            return False
+        return await refuses_connections(addr)
+
     async def run(self) -> None:
         backoff = self.settings.backoff_initial
+        unreachable = 0  # controllers that failed in a row: a whole round earns a backoff
         while True:
             addr = self.leader or self._controllers[self._target % len(self._controllers)]
+            self._opened = False
             try:
                 await self._session(addr)
-                backoff = self.settings.backoff_initial  # the controller closed it cleanly
             except grpc.aio.AioRpcError as error:
                 hint = _leader_hint(error)
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION and hint and hint != addr:
-                    log.info("controller %s is not the leader; following %s", addr, hint)
-                    self.leader = hint
+                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    unreachable = 0
+                    self._failed.pop(addr, None)  # it answers
+                    if hint and hint != addr and not await self._distrusted(hint):
+                        log.info("controller %s is not the leader; following %s", addr, hint)
+                        self.leader = hint
+                        continue
+                    # No leader yet, or one that just failed us: an election is
+                    # under way. Ask this controller again shortly.
+                    self.leader = ""
+                    self._target = self._index_of(addr)
+                    await asyncio.sleep(self._seek_delay())
                     continue
                 if error.code() == grpc.StatusCode.NOT_FOUND and "register" in (error.details() or ""):
                     log.warning("controller does not know node %s; registering again", self.node_id)
@@ -147,12 +213,34 @@ class AgentSession:
                     continue
                 log.warning("session with %s failed: %s %s", addr, error.code().name,
                             error.details())
-                self.leader = ""
-                self._target += 1
+                self._give_up(addr)
+            except TimeoutError:
+                log.warning("controller %s accepted a session but sent nothing", addr)
+                self._give_up(addr)
             finally:
                 self.connected.clear()
+            if self._opened:
+                # It was open: the leader went away. Try the others at once.
+                backoff = self.settings.backoff_initial
+                unreachable = 0
+                continue
+            unreachable += 1
+            if unreachable < len(self._controllers):
+                continue  # another controller may answer: no reason to wait
+            unreachable = 0
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, self.settings.backoff_max)
+
+    def _give_up(self, addr: str) -> None:
+        self._failed[addr] = time.monotonic()
+        self.leader = ""
+        self._target = self._index_of(addr) + 1
+
+    def _index_of(self, addr: str) -> int:
+        try:
+            return self._controllers.index(addr)
+        except ValueError:
+            return self._target
 
     async def _session(self, addr: str) -> None:
         stub = dgrpc.DispatcherStub(self._channels(addr))
@@ -169,13 +257,19 @@ class AgentSession:
         helpers: list[asyncio.Task[None]] = []
         services: list[asyncio.Task[None]] = []
         try:
-            first = await stream.read()
+            # A paused controller accepts the connection and never answers.
+            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT, self._period)):
+                first = await stream.read()
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             assert isinstance(first, dpb.SessionMessage)
             self.session_id = first.session_id
             self.leader = addr
+            self._opened = True
+            self._failed.pop(addr, None)
+            self.learn_controllers(first.controllers)
             period = first.heartbeat_period.ToNanoseconds() / 1e9 or 5.0
+            self._period = period
             # Re-report everything: a new leader may have missed reports.
             for task_id, status in self.worker.statuses().items():
                 self._pending.setdefault(task_id, status)
@@ -212,6 +306,7 @@ class AgentSession:
             message = await stream.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
+            self.learn_controllers(message.controllers)
             await self._apply(message.assignments)
 
     async def _apply(self, assignments: dpb.Assignments) -> None:
@@ -241,12 +336,14 @@ class AgentSession:
             await stub.Heartbeat(dpb.HeartbeatRequest(
                 node_id=self.node_id, session_id=self.session_id,
                 applied=[dpb.AppliedNetwork(network_id=n, version=v)
-                         for n, v in sorted(applied.items())]), timeout=_RPC_TIMEOUT)
+                         for n, v in sorted(applied.items())],
+                conditions=sorted(self.conditions())), timeout=_RPC_TIMEOUT)
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:
             response = await stub.Heartbeat(
-                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id),
+                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
+                                     conditions=sorted(self.conditions())),
                 timeout=max(period, 1.0))
             period = response.period.ToNanoseconds() / 1e9 or period
             # Beat a little faster than the period so one late beat is not a miss.

@@ -247,6 +247,8 @@ class SimulatedNode:
                             addr, error)
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** failures))
         self.keeper = IdentityKeeper(identity, self._controllers)
+        session = self.session
+        self.keeper.follow(lambda: session.controllers)
 
     async def _run(self) -> None:
         if self._joining is not None and self.keeper is None:

@@ -142,13 +142,26 @@ def admin_identity(tls_dir: str = "") -> pki.NodeIdentity:
                    "`swarmctl dev up` sets one in its context")
 
 
+def controller_addrs(controller: str) -> list[str]:
+    """--controller as addresses: HOST:PORT, or several comma-separated."""
+    return [part.strip() for part in controller.split(",") if part.strip()]
+
+
+def grpc_target(controller: str) -> str:
+    """The gRPC target of --controller: several IPv4 HOST:PORT become one
+    target whose first answering address is used (any controller serves)."""
+    addrs = controller_addrs(controller)
+    return addrs[0] if len(addrs) == 1 else "ipv4:" + ",".join(addrs)
+
+
 def connect(target: str, *, timeout: float = DEFAULT_TIMEOUT, tls_dir: str = "",
             insecure: bool = False) -> Controller:
-    """Open a mutual-TLS channel to the controller at HOST:PORT (plaintext with
-    insecure=True). Raises CliError without an admin identity."""
+    """Open a mutual-TLS channel to the controller at HOST:PORT, or any of
+    several comma-separated IPv4 ones (plaintext with insecure=True). Raises
+    CliError without an admin identity."""
     insecure = insecure or os.environ.get(INSECURE_ENV, "") not in ("", "0")
     identity = None if insecure else admin_identity(tls_dir)
-    channel = channels.blocking_client_channel(target, identity, insecure=insecure)
+    channel = channels.blocking_client_channel(grpc_target(target), identity, insecure=insecure)
     return Controller(target=target, stub=cgrpc.ControlStub(channel), timeout=timeout,
                       channel=channel)
 

@@ -72,9 +72,10 @@ def join_token(
         return
     if rotate:
         typer.echo(f"Rotated the {role.lower()} join token; the previous one no longer works.\n")
+    controllers = " ".join(f"--controller {a}" for a in client.controller_addrs(settings.controller))
     typer.echo(f"To add a {role.lower()} to this cluster, run on the new node (as root):\n\n"
                f"    swarm-agent --join-token {token} \\\n"
-               f"        --controller {settings.controller} --state-dir /var/lib/swarm-agent \\\n"
+               f"        {controllers} --state-dir /var/lib/swarm-agent \\\n"
                f"        --advertise-addr NODE_IP\n\n"
                f"The node checks the controller's CA against the token before it sends it; "
                f"the join port is the controller's port + 1.")

@@ -9,6 +9,7 @@ import typer
 import swarm
 
 from . import client, cluster, network, node, service, stack
+from . import controller as controller_cmd
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
 
@@ -53,6 +54,7 @@ app.add_typer(service.app, name="service")
 app.add_typer(node.app, name="node")
 app.add_typer(network.app, name="network")
 app.add_typer(cluster.app, name="cluster")
+app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(stack.app, name="stack")
 app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")

@@ -274,7 +274,8 @@ def nodes_table(nodes: Sequence[pb.Node]) -> str:
         [
             short_id(node.id),
             node.description.hostname,
-            title_word(pb.NodeStatus.State.Name(node.status.state)),
+            title_word(pb.NodeStatus.State.Name(node.status.state))
+            + (f" ({','.join(node.status.conditions)})" if node.status.conditions else ""),
             title_word(pb.NodeSpec.Availability.Name(node.spec.availability)),
             enum_word(pb.NodeSpec.Role.Name(node.spec.role)),
             node_address(node),

@@ -109,6 +109,8 @@ class _Session:
     # A task is waiting for this node (its removal to apply, or its drained
     # word): the next message goes without the coalescing pause.
     urgent: bool = False
+    # The controller set changed since the last message.
+    controllers_dirty: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -156,6 +158,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._clock = clock
         self._state: _LeaderState | None = None
         store.cache.subscribe(self._on_change)
+        store.cache.controller_listeners.append(self._on_controllers)
         self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
 
     # ------------------------------------------------------------ leading
@@ -195,7 +198,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
     async def _leader_state(self, context: grpc.aio.ServicerContext[object, object]) -> _LeaderState:
         state = self._state
         if state is None:
-            leader = self._leadership.leader_addr
+            # Read from etcd, not the cache: a lagging cache would name a dead leader.
+            leader = await self._leadership.confirmed_leader()
             context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"this controller is not the leader; the leader is {leader or 'unknown'}")
@@ -273,6 +277,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 heartbeat_period=_duration(self.heartbeat_period()),
                 assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
                                             networks=networks),
+                controllers=self._controller_set(),
             )
             while True:
                 await session.wake.wait()
@@ -286,7 +291,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 dirty_networks, session.dirty_networks = session.dirty_networks, set()
                 drained, session.drained = session.drained, set()
                 networks, removed_networks = self._network_updates(state, session, dirty_networks)
-                if not (changed or networks or removed_networks or drained):
+                controllers, session.controllers_dirty = session.controllers_dirty, False
+                if not (changed or networks or removed_networks or drained or controllers):
                     continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
@@ -298,6 +304,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         removed_networks=removed_networks,
                         drained=sorted(drained),
                     ),
+                    controllers=self._controller_set() if controllers else (),
                 )
         finally:
             if state.sessions.get(node_id) is session:
@@ -319,6 +326,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if applied.version > session.acked.get(applied.network_id, 0):
                     session.acked[applied.network_id] = applied.version
             self._confirmed(state, session)
+        node = self._store.cache.nodes.get(request.node_id)
+        if node is not None and list(node.status.conditions) != list(request.conditions):
+            # Rare (a disk filling up or freed): written at once, beside the beat.
+            with contextlib.suppress(Conflict, StoreError):
+                await self._set_conditions(state, request.node_id, list(request.conditions))
         return dpb.HeartbeatResponse(period=_duration(self.heartbeat_period()))
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
@@ -351,6 +363,22 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if session is None or session.session_id != session_id:
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"session {session_id} of node {node_id} is not current; open a new one")
+
+    # ------------------------------------------------------------ controllers
+
+    def _controller_set(self) -> list[str]:
+        """Every registered controller's address, this one's (the leader's) too."""
+        addrs = set(self._store.cache.controllers)
+        addrs.add(self._leadership.identity)
+        return sorted(addrs)
+
+    def _on_controllers(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        for session in state.sessions.values():
+            session.controllers_dirty = True
+            session.wake.set()
 
     # ------------------------------------------------------------ assignments
 
@@ -574,6 +602,23 @@ class Dispatcher(dgrpc.DispatcherServicer):
             except Conflict:
                 continue
         raise Conflict(f"node {node_id} kept changing")
+
+    async def _set_conditions(self, state: _LeaderState, node_id: str,
+                              conditions: list[str]) -> None:
+        for _ in range(_CAS_ATTEMPTS):
+            current = self._store.cache.nodes.get(node_id)
+            if current is None or list(current.status.conditions) == conditions:
+                return
+            node = pb.Node()
+            node.CopyFrom(current)
+            del node.status.conditions[:]
+            node.status.conditions.extend(conditions)
+            try:
+                await self._store.commit([Update(node)], guard=state.guard)
+                log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
+                return
+            except Conflict:
+                continue
 
     async def _monitor_nodes(self, state: _LeaderState) -> None:
         while True:

@@ -37,6 +37,7 @@ from .dispatcher import DispatcherSettings
 from .leadership import LeadershipSettings
 from .orchestrator.autorebalance import DEFAULT_INTERVAL as DEFAULT_REBALANCE_INTERVAL
 from .orchestrator.autorebalance import AutoRebalanceSettings
+from .orchestrator.disruption import DisruptionSettings
 from .server import Controller, ControllerConfig
 from .store import EtcdSettings
 
@@ -70,6 +71,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
                         help="leadership lease in seconds: a dead leader is replaced after this")
+    parser.add_argument("--disconnect-threshold", type=float, default=1 / 3, metavar="FRACTION",
+                        help="more than this fraction of the nodes DOWN within two heartbeat "
+                             "periods is a mass disconnect: their tasks are replaced one node "
+                             "at a time (default 1/3)")
+    parser.add_argument("--disconnect-release-periods", type=float, default=2.0, metavar="N",
+                        help="in a mass disconnect, one node's tasks are replaced per N "
+                             "heartbeat periods (default %(default)s)")
     parser.add_argument("--default-addr-pool", action="append", default=[], metavar="CIDR",
                         help="address pool for networks created without --subnet, for a new "
                              "cluster (repeatable; default 10.0.0.0/8)")
@@ -115,6 +123,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--max-read-staleness: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
+    if not 0 < args.disconnect_threshold <= 1:
+        parser.error(f"--disconnect-threshold: must be above 0 and at most 1 "
+                     f"(got {args.disconnect_threshold})")
+    if args.disconnect_release_periods <= 0:
+        parser.error("--disconnect-release-periods: must be positive")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
                            args.default_addr_pool_mask_length)
     ca = CASettings(node_cert_validity=dt.timedelta(days=args.cert_validity_days),
@@ -140,6 +153,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         max_read_staleness=args.max_read_staleness,
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),
         heartbeat_period=args.heartbeat_period,
+        disruption=DisruptionSettings(threshold=args.disconnect_threshold,
+                                      release_periods=args.disconnect_release_periods),
         address_pools=pools,
         subnet_size=args.default_addr_pool_mask_length,
         auto_rebalance=AutoRebalanceSettings(enabled=args.auto_rebalance,

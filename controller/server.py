@@ -11,6 +11,7 @@ join port, control port + 1) serves only CAJoin over server-only TLS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+import swarm
 from swarm.api import channels
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
@@ -44,7 +46,9 @@ from .dispatcher import Dispatcher, DispatcherSettings
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
+from .orchestrator.disruption import DisruptionSettings
 from .orchestrator.reconciler import Orchestrator
+from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
 
@@ -84,6 +88,8 @@ class ControllerConfig:
     create_ingress: bool = True
     # --auto-rebalance: the leader rebalances services when nodes arrive.
     auto_rebalance: AutoRebalanceSettings = field(default_factory=AutoRebalanceSettings)
+    # Mass-disconnect protection (orchestrator/disruption.py).
+    disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -111,7 +117,7 @@ class Controller:
         self._join_server: grpc.aio.Server | None = None
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
-        self.orchestrator = Orchestrator(self.store)
+        self.orchestrator = Orchestrator(self.store, disruption=config.disruption)
         # Addresses in use per network, shared by the allocator and the API.
         self.addresses = AddressIndex(self.store.cache)
         self.allocator = Allocator(self.store, self.addresses)
@@ -119,6 +125,7 @@ class Controller:
         self.scheduler = SchedulerLoop(self.store)
         self.auto_rebalancer = AutoRebalancer(self.store, config.auto_rebalance)
         self.dispatcher: Dispatcher | None = None
+        self.registry: ControllerRegistry | None = None
         self.logs = LogBroker(self.store, config.logs)
         self.compactor = Compactor(self.etcd, config.compaction)
 
@@ -172,6 +179,16 @@ class Controller:
             log.info("join service on %s (server-only TLS)", join_addr.rsplit(":", 1)[0] +
                      f":{self.join_port}")
         await self._server.start()
+        info = pb.ControllerInfo(addr=advertise, version=swarm.__version__)
+        info.started_at.GetCurrentTime()
+        registry = self.registry = ControllerRegistry(self.store, info,
+                                                      self.config.leadership.lease_ttl)
+        self._loops.append(start_supervised("controller-registry", registry.run))
+        # Listed (controller ls, agents' sessions) by the time start returns, as
+        # long as etcd answers; the loop keeps trying otherwise.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.leadership.lease_ttl):
+                await registry.registered.wait()
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
@@ -216,4 +233,6 @@ class Controller:
             await self._join_server.stop(grace)
         await cancel_all(reversed(self._loops))
         self._loops.clear()
+        if self.registry is not None:
+            await self.registry.withdraw()
         await self.etcd.close()

@@ -75,7 +75,8 @@ def _spawn(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_controller(etcd_endpoint: str, prefix: str, *, heartbeat_period: float = 0.5,
-                     lease_ttl: int = 2, insecure: bool = False) -> Proc:
+                     lease_ttl: int = 2, insecure: bool = False,
+                     extra_args: Sequence[str] = ()) -> Proc:
     port, join_port = free_port(), free_port()
     admin = os.path.join(_SECRETS, f"admin-{port}")
     security = ["--insecure"] if insecure else [
@@ -84,7 +85,7 @@ def start_controller(etcd_endpoint: str, prefix: str, *, heartbeat_period: float
     process, log_path = _spawn([
         "-m", "swarm.controller.main", "--listen", f"127.0.0.1:{port}", "--etcd", etcd_endpoint,
         "--prefix", prefix, "--heartbeat-period", str(heartbeat_period),
-        "--lease-ttl", str(lease_ttl), *security])
+        "--lease-ttl", str(lease_ttl), *security, *extra_args])
     proc = Proc(process, log_path, port,
                 extra={} if insecure else {"admin": admin, "join": f"127.0.0.1:{join_port}"})
     try:

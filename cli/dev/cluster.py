@@ -1,7 +1,10 @@
 """The local cluster: `swarmctl dev up|status|down` on one Linux machine, as root.
 
     root namespace     192.168.77.1  etcd :2379, swarm-controller :2377 (join port
-         |                           :2378), registry :5000, and the operator's swarmctl
+         |                           :2378), registry :5000, and the operator's swarmctl;
+         |                           with --controllers N / --etcd-members M, the i-th
+         |                           controller and etcd member (from 0) on the port
+         |                           above + 100*i (:2477, :2479...)
     <prefix>ul         the underlay bridge (a namespace of its own: see hosts.py)
          |
     <prefix>h1..hN     192.168.77.11..  one simulated host each, running a real
@@ -55,6 +58,8 @@ log = logging.getLogger(__name__)
 STATE_ROOT = Path("/var/lib/swarm-dev")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # it names links: 15 characters at most
 CONTROLLER_PORT, ETCD_PORT, ETCD_PEER_PORT, REGISTRY_PORT = 2377, 2379, 2380, 5000
+PORT_STRIDE = 100  # the i-th controller or etcd member listens on the port above + 100*i
+MAX_CONTROLLERS = MAX_ETCD_MEMBERS = 7
 DEMO_IMAGE = "demo"
 
 # The demo image's web server: a page naming the task and the node that answered.
@@ -85,10 +90,22 @@ class ClusterState:
     daemons: list[Daemon] = field(default_factory=list)
     nodes: list[NodeRecord] = field(default_factory=list)
     insecure: bool = False
+    controllers: int = 1
+    etcd_members: int = 1
 
     @property
     def controller(self) -> str:
-        return f"{self.gateway}:{CONTROLLER_PORT}"
+        """The first controller: what the swarmctl context names."""
+        return self.controller_addrs[0]
+
+    @property
+    def controller_addrs(self) -> list[str]:
+        return [f"{self.gateway}:{CONTROLLER_PORT + PORT_STRIDE * i}"
+                for i in range(self.controllers)]
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [f"{self.gateway}:{ETCD_PORT + PORT_STRIDE * i}" for i in range(self.etcd_members)]
 
     @property
     def registry(self) -> str:
@@ -142,7 +159,8 @@ def load_state(name: str) -> ClusterState | None:
         name=data["name"], subnet=data["subnet"], gateway=data.get("gateway", ""),
         daemons=[Daemon(**d) for d in data.get("daemons", [])],
         nodes=[NodeRecord(**n) for n in data.get("nodes", [])],
-        insecure=bool(data.get("insecure", False)))
+        insecure=bool(data.get("insecure", False)),
+        controllers=int(data.get("controllers", 1)), etcd_members=int(data.get("etcd_members", 1)))
 
 
 def _require_root() -> None:
@@ -201,15 +219,18 @@ def admin_dir(name: str) -> Path:
 
 
 def control_channel(state: ClusterState) -> grpc.Channel:
-    """A channel to the cluster's controller with its admin identity."""
+    """A channel to the cluster's controllers with its admin identity: any one
+    that answers (every controller serves the control API)."""
     from swarm.api import channels
     from swarm.api.pki import NodeIdentity
 
     identity = None if state.insecure else NodeIdentity.load(admin_dir(state.name))
-    return channels.blocking_client_channel(state.controller, identity, insecure=state.insecure)
+    target = state.controller if state.controllers == 1 else \
+        "ipv4:" + ",".join(state.controller_addrs)
+    return channels.blocking_client_channel(target, identity, insecure=state.insecure)
 
 
-def _worker_token(state: ClusterState) -> str:
+def worker_token(state: ClusterState) -> str:
     from swarm.api.v1 import ca_pb2 as capb
     from swarm.api.v1 import ca_pb2_grpc as cagrpc
 
@@ -243,15 +264,25 @@ def _ready_nodes(state: ClusterState) -> int:
 
 
 def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
-       insecure: bool = False, dns_forwarders: Sequence[str] = ()) -> ClusterState:
+       insecure: bool = False, dns_forwarders: Sequence[str] = (), controllers: int = 1,
+       etcd_members: int = 1, agent_args: Sequence[str] = (),
+       node_disk_bytes: int = 0) -> ClusterState:
     """Bring the cluster up (after removing whatever an earlier run left).
     dns_forwarders: the agents' upstream resolvers (IP[:PORT], reachable from
     the hosts: the gateway's address); none by default, as the hosts have no
-    route out: names that are not the cluster's are refused at once."""
+    route out: names that are not the cluster's are refused at once.
+    controllers, etcd_members: how many of each (an etcd cluster of that many
+    members). agent_args: more flags for every agent (tests). node_disk_bytes:
+    give each agent's state dir a tmpfs of this size (a small disk that tests
+    can fill; 0: the state dirs are plain directories)."""
     _require_root()
     validate_name(name)
     if not 1 <= nodes <= 50:
         raise ClusterError(f"--nodes {nodes}: expected 1 to 50")
+    if not 1 <= controllers <= MAX_CONTROLLERS:
+        raise ClusterError(f"--controllers {controllers}: expected 1 to {MAX_CONTROLLERS}")
+    if not 1 <= etcd_members <= MAX_ETCD_MEMBERS:
+        raise ClusterError(f"--etcd-members {etcd_members}: expected 1 to {MAX_ETCD_MEMBERS}")
     try:
         network = IPv4Network(subnet)
     except ValueError as error:
@@ -267,10 +298,12 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
     for daemon_path in (REGISTRY_BINARY, "/usr/sbin/runc", "/usr/bin/conmon", "/usr/bin/skopeo"):
         if not os.path.exists(daemon_path):
             raise ClusterError(f"{daemon_path} missing: run deploy/setup.sh")
-    state = ClusterState(name=name, subnet=str(network), insecure=insecure)
+    state = ClusterState(name=name, subnet=str(network), insecure=insecure,
+                         controllers=controllers, etcd_members=etcd_members)
     save_state(state)
     try:
-        _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",))
+        _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",), tuple(agent_args),
+                  node_disk_bytes)
     except BaseException:
         say("start failed: removing what was made")
         with contextlib.suppress(Exception):
@@ -287,7 +320,8 @@ def _leftovers(name: str) -> bool:
 
 
 def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
-              dns_forwarders: tuple[str, ...]) -> None:
+              dns_forwarders: tuple[str, ...], agent_args: tuple[str, ...] = (),
+              node_disk_bytes: int = 0) -> None:
     directory = state_dir(state.name)
     logs = directory / "logs"
     say(f"creating {nodes} hosts on {state.subnet}")
@@ -304,11 +338,7 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
         save_state(state)  # recorded before anything waits on it
         return daemon
 
-    say("starting etcd")
-    etcd = start("etcd", etcd_argv(state.name, str(directory / "etcd"),
-                                   f"http://{gateway}:{ETCD_PORT}",
-                                   f"http://{gateway}:{ETCD_PEER_PORT}"))
-    _wait("etcd", _listening(gateway, ETCD_PORT), etcd, 30)
+    _start_etcd(state, start, say)
 
     say("starting the registry and pushing the demo image")
     (directory / "registry").mkdir(parents=True, exist_ok=True)
@@ -319,38 +349,90 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
     image = push_demo_image(state.registry)
     say(f"  {image}")
 
-    say("starting the controller" + (" (INSECURE: plaintext)" if state.insecure else ""))
-    security = ["--insecure"] if state.insecure else [
-        "--init", "--kek-file", str(directory / "secrets" / "kek"),
-        "--admin-out", str(admin_dir(state.name))]
-    controller = start("controller", [
-        sys.executable, "-m", "swarm.controller.main", "--listen", state.controller,
-        "--etcd", f"{gateway}:{ETCD_PORT}", "--heartbeat-period", "2", *security])
-    _wait("controller", _listening(gateway, CONTROLLER_PORT), controller, 30)
-    agent_security = ["--insecure"] if state.insecure else ["--join-token", _worker_token(state)]
+    say(f"starting {state.controllers} controller(s)"
+        + (" (INSECURE: plaintext)" if state.insecure else ""))
+    for index, addr in enumerate(state.controller_addrs):
+        # The first initialises the cluster (and its KEK) alone; the others share the KEK.
+        controller = start(controller_role(state, index), controller_argv(state, index))
+        _wait(controller.role, _listening(gateway, int(addr.rsplit(":", 1)[1])), controller, 30)
+    agent_security = ["--insecure"] if state.insecure else ["--join-token", worker_token(state)]
 
+    if node_disk_bytes:
+        for node in state.nodes:
+            # Removed by `down` with the rest of the state dir (mounts first).
+            Path(node.state_dir).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={node_disk_bytes}", "tmpfs",
+                            node.state_dir], check=True, capture_output=True)
     say(f"starting {nodes} agents")
     agents = []
     for node in state.nodes:
         agents.append(start(f"agent {node.host}", nsenter_argv(node.netns, [
-            sys.executable, "-m", "swarm.agent.main", "--controller", state.controller,
+            sys.executable, "-m", "swarm.agent.main",
+            *(f"--controller={addr}" for addr in state.controller_addrs),
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
             "--bind-root", "/proc", *agent_security,
-            *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders)])))
+            *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders), *agent_args])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):
             raise ClusterError(f"{agent.role} exited; see {agent.log}")
+    # Every controller, comma-separated: plain swarmctl uses any that answers.
+    controllers = ",".join(state.controller_addrs)
     if state.insecure:
-        write_context(Context(name=state.name, controller=state.controller))
+        write_context(Context(name=state.name, controller=controllers))
     else:
         admin = admin_dir(state.name)
         _give_to_sudo_user(admin)
-        write_context(Context(name=state.name, controller=state.controller,
+        write_context(Context(name=state.name, controller=controllers,
                               cert=str(admin / "node.crt"), key=str(admin / "node.key"),
                               ca=str(admin / "ca.crt")))
+
+
+def etcd_role(state: ClusterState, index: int) -> str:
+    return "etcd" if state.etcd_members == 1 else f"etcd {index + 1}"
+
+
+def controller_role(state: ClusterState, index: int) -> str:
+    return "controller" if state.controllers == 1 else f"controller {index + 1}"
+
+
+def etcd_member_argv(state: ClusterState, index: int) -> list[str]:
+    """Member index of the cluster's etcd; the same argv restarts it (chaos tests)."""
+    gateway = state.gateway
+    peers = [(f"{state.name}-e{i}", f"http://{gateway}:{ETCD_PEER_PORT + PORT_STRIDE * i}")
+             for i in range(state.etcd_members)]
+    data_dir = state_dir(state.name) / ("etcd" if state.etcd_members == 1 else f"etcd{index}")
+    client_url = f"http://{state.etcd_endpoints[index]}"
+    if state.etcd_members == 1:
+        return etcd_argv(state.name, str(data_dir), client_url, peers[0][1])
+    name, peer_url = peers[index]
+    return etcd_argv(name, str(data_dir), client_url, peer_url, initial_cluster=peers,
+                     token=f"swarm-dev-{state.name}")
+
+
+def controller_argv(state: ClusterState, index: int) -> list[str]:
+    """Controller index; the same argv restarts it (chaos tests)."""
+    directory = state_dir(state.name)
+    addr = state.controller_addrs[index]
+    security = ["--insecure"] if state.insecure else [
+        "--kek-file", str(directory / "secrets" / "kek"),
+        *(["--init", "--admin-out", str(admin_dir(state.name))] if index == 0 else [])]
+    return [sys.executable, "-m", "swarm.controller.main", "--listen", addr,
+            *(f"--etcd={endpoint}" for endpoint in state.etcd_endpoints),
+            "--heartbeat-period", "2", *security]
+
+
+def _start_etcd(state: ClusterState, start: Callable[[str, list[str]], Daemon],
+                say: Callable[[str], None]) -> None:
+    say(f"starting etcd ({state.etcd_members} member{'s' if state.etcd_members > 1 else ''})")
+    members = [start(etcd_role(state, i), etcd_member_argv(state, i))
+               for i in range(state.etcd_members)]
+    # Members of a new cluster answer once a quorum has met: start all, then wait.
+    for member, endpoint in zip(members, state.etcd_endpoints, strict=True):
+        host, port = endpoint.rsplit(":", 1)
+        _wait(member.role, _listening(host, int(port)), member, 30)
 
 
 def down(name: str, say: Callable[[str], None]) -> None:
@@ -401,6 +483,28 @@ def _remove_link(link: str) -> None:
         if found:
             with contextlib.suppress(NetlinkError):
                 ipr.link("del", index=found[0])
+
+
+def process_address(state: ClusterState, role: str) -> str:
+    """Where a process of the cluster listens (an agent: its host's address)."""
+    for i in range(state.etcd_members):
+        if role == etcd_role(state, i):
+            return state.etcd_endpoints[i]
+    for i, addr in enumerate(state.controller_addrs):
+        if role == controller_role(state, i):
+            return addr
+    if role == "registry":
+        return state.registry
+    for node in state.nodes:
+        if role == f"agent {node.host}":
+            return node.address.split("/")[0]
+    return ""
+
+
+def processes(state: ClusterState) -> list[dict[str, object]]:
+    """Every process the cluster runs: role, pid, address and whether it runs."""
+    return [{"role": d.role, "pid": d.pid, "address": process_address(state, d.role),
+             "running": alive(d), "log": d.log} for d in state.daemons]
 
 
 def status(name: str) -> ClusterState:

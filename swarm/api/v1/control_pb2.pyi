@@ -751,3 +751,38 @@ class RebalanceServiceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RebalanceServiceResponse: _TypeAlias = RebalanceServiceResponse  # noqa: Y015
+
+@_typing.final
+class ListControllersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListControllersRequest: _TypeAlias = ListControllersRequest  # noqa: Y015
+
+@_typing.final
+class ListControllersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.ControllerInfo]: ...
+    def __init__(
+        self,
+        *,
+        controllers: _abc.Iterable[_objects_pb2.ControllerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controllers", b"controllers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListControllersResponse: _TypeAlias = ListControllersResponse  # noqa: Y015

@@ -130,6 +130,11 @@ class ControlStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.FromString,
                 _registered_method=True)
+        self.ListControllers = channel.unary_unary(
+                '/swarm.v1.Control/ListControllers',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -260,6 +265,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListControllers(self, request, context):
+        """The running controllers (`swarmctl controller ls`): each registers itself
+        in etcd on a lease, so a dead one drops out within its lease TTL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -357,6 +370,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RebalanceService,
                     request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.SerializeToString,
+            ),
+            'ListControllers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListControllers,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -872,6 +890,33 @@ class Control:
             '/swarm.v1.Control/RebalanceService',
             swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_control__pb2.RebalanceServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListControllers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/ListControllers',
+            swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.FromString,
             options,
             channel_credentials,
             insecure,

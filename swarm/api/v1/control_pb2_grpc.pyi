@@ -68,6 +68,10 @@ class ControlStub:
     (FAILED_PRECONDITION) for a global service and during an update; a
     balanced service, or dry_run, writes nothing.
     """
+    ListControllers: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListControllersRequest, _control_pb2.ListControllersResponse]
+    """The running controllers (`swarmctl controller ls`): each registers itself
+    in etcd on a lease, so a dead one drops out within its lease TTL.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -104,6 +108,10 @@ class ControlAsyncStub(ControlStub):
     as few as possible through the service's update config. Refused
     (FAILED_PRECONDITION) for a global service and during an update; a
     balanced service, or dry_run, writes nothing.
+    """
+    ListControllers: _aio.UnaryUnaryMultiCallable[_control_pb2.ListControllersRequest, _control_pb2.ListControllersResponse]  # type: ignore[assignment]
+    """The running controllers (`swarmctl controller ls`): each registers itself
+    in etcd on a lease, so a dead one drops out within its lease TTL.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -252,6 +260,16 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         as few as possible through the service's update config. Refused
         (FAILED_PRECONDITION) for a global service and during an update; a
         balanced service, or dry_run, writes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListControllers(
+        self,
+        request: _control_pb2.ListControllersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListControllersResponse, _abc.Awaitable[_control_pb2.ListControllersResponse]]:
+        """The running controllers (`swarmctl controller ls`): each registers itself
+        in etcd on a lease, so a dead one drops out within its lease TTL.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

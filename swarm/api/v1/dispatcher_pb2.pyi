@@ -365,21 +365,30 @@ class SessionMessage(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     @_builtins.property
     def heartbeat_period(self) -> _duration_pb2.Duration: ...
     @_builtins.property
     def assignments(self) -> Global___Assignments: ...
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The addresses of every running controller, the leader's too: in the first
+        message, then whenever the set changes (empty: unchanged). An agent fails
+        over to these, so it needs no restart when controllers come and go.
+        """
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         heartbeat_period: _duration_pb2.Duration | None = ...,
         assignments: Global___Assignments | None = ...,
+        controllers: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "controllers", b"controllers", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,6 +401,7 @@ class HeartbeatRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
     @_builtins.property
@@ -401,16 +411,21 @@ class HeartbeatRequest(_message.Message):
         message that carried networks, not only every period.
         """
 
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The node's conditions now (NodeStatus.conditions), sorted."""
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         applied: _abc.Iterable[Global___AppliedNetwork] | None = ...,
+        conditions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "conditions", b"conditions", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

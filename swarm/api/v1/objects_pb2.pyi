@@ -303,11 +303,19 @@ class NodeStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_FIELD_NUMBER: _builtins.int
     ADDR_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     state: Global___NodeStatus.State.ValueType
     message: _builtins.str
     addr: _builtins.str
     @_builtins.property
     def last_heartbeat(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the agent reports about itself, e.g. "disk-pressure" (its state
+        directory's file system is nearly full): the scheduler places no new
+        tasks on a node with a condition.
+        """
+
     def __init__(
         self,
         *,
@@ -315,10 +323,11 @@ class NodeStatus(_message.Message):
         message: _builtins.str = ...,
         last_heartbeat: _timestamp_pb2.Timestamp | None = ...,
         addr: _builtins.str = ...,
+        conditions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "last_heartbeat", b"last_heartbeat", "message", b"message", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "conditions", b"conditions", "last_heartbeat", b"last_heartbeat", "message", b"message", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1776,3 +1785,40 @@ class RevokedNode(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokedNode: _TypeAlias = RevokedNode  # noqa: Y015
+
+@_typing.final
+class ControllerInfo(_message.Message):
+    """A running controller, as it registers itself in etcd (a key on a lease of
+    its own: it vanishes when the controller dies) and as `swarmctl controller
+    ls` shows it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDR_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    addr: _builtins.str
+    """the address agents and clients dial"""
+    version: _builtins.str
+    """swarm.__version__"""
+    leader: _builtins.bool
+    """filled in when listed, never stored"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        addr: _builtins.str = ...,
+        version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        leader: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addr", b"addr", "leader", b"leader", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControllerInfo: _TypeAlias = ControllerInfo  # noqa: Y015
