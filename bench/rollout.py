@@ -20,9 +20,11 @@ stopped, so their stop happened under load):
   scale_down           service scale web=1
   one_replica_update   service update web --update-order start-first --env-add V=3
   node_drain           (scale web=3 first) node update --availability drain HOST3
-and two left for the features that come with them: failing_update (a
-failing update rolled back; `bad_tasks_started`) and rebalance, reported
-as null until they exist here.
+  failing_update       service update web --health-cmd false ... --update-failure-action
+                       rollback (start-first, parallelism 1): exits 3, rolled back;
+                       `bad_tasks_started` counts the tasks of the failing spec seen
+  rebalance            (a host drained and emptied of web first) node update
+                       --availability active HOST; service rebalance web
 
     python -m bench.rollout [--drain-timeout 2s] [--compare] [--health] [--verbose]
     python -m bench.rollout --example [--drain-timeout 0s]
@@ -51,14 +53,19 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from typer.testing import CliRunner
 
 from bench.load import Load, Tally, Target
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.dev import cluster
 from swarm.cli.main import app
 from swarm.host.netns import NETNS_DIR
@@ -85,6 +92,13 @@ def swarmctl(*args: str) -> str:
         raise RolloutError(f"swarmctl {' '.join(args)}: exit {result.exit_code}: "
                            f"{result.output.strip()}")
     return result.output
+
+
+def swarmctl_status(*args: str) -> tuple[int, str]:
+    """swarmctl in this process: its exit code and its output (stdout, then
+    stderr), for a command whose failure is the point."""
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, (result.stdout + result.stderr).strip()
 
 
 def tasks(service: str) -> list[dict[str, object]]:
@@ -174,7 +188,8 @@ def prepare(state: cluster.ClusterState, *, service_args: tuple[str, ...] = ()) 
     return stage
 
 
-Scenario = Callable[[Stage], None]
+# A scenario may return figures of its own (Outcome.extra).
+Scenario = Callable[[Stage], dict[str, object] | None]
 
 
 def start_first_update(stage: Stage) -> None:
@@ -218,9 +233,13 @@ def wait_running(service: str, count: int, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _before_node_drain(stage: Stage) -> None:
+def _three_replicas(stage: Stage) -> None:
     swarmctl("service", "scale", "web=3", "--timeout", CONVERGE)
     wait_stopped("web")
+
+
+def _before_node_drain(stage: Stage) -> None:
+    _three_replicas(stage)
     # A node with a web task, not the client's (host 1).
     nodes = {str(n["id"]): str(n["description"]["hostname"])
              for n in json.loads(swarmctl("node", "ls", "-o", "json"))}
@@ -233,6 +252,111 @@ def _after_node_drain(stage: Stage) -> None:
     swarmctl("node", "update", "--availability", "active", stage.drained)
 
 
+class TaskWatcher:
+    """Every task of a service the controller lists, polled every 100 ms from a
+    thread while a command runs in this one (a bad task lives for a few
+    seconds, and the task history may reap it afterwards)."""
+
+    def __init__(self, state: cluster.ClusterState, service_id: str) -> None:
+        self.state, self.service_id = state, service_id
+        self.seen: dict[str, pb.Task] = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task watcher", daemon=True)
+
+    def _run(self) -> None:
+        with cluster.control_channel(self.state) as channel:
+            stub = cgrpc.ControlStub(channel)
+            while not self._stop.is_set():
+                try:
+                    self.seen.update((t.id, t) for t in _list_tasks(stub, self.service_id))
+                except grpc.RpcError:  # a poll missed is retried; counted
+                    self.errors += 1
+                self._stop.wait(0.1)
+
+    def __enter__(self) -> TaskWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+
+def _list_tasks(stub: cgrpc.ControlStub, service_id: str) -> list[pb.Task]:
+    request = cpb.ListTasksRequest()
+    request.filters.service_ids.append(service_id)
+    return list(stub.ListTasks(request, timeout=10).tasks)
+
+
+def ready(task: pb.Task) -> bool:
+    """Wanted, RUNNING, and healthy if its spec (or image) has a health check."""
+    return task.desired_state == pb.RUNNING and task.status.state == pb.RUNNING \
+        and task.status.health in (pb.TaskStatus.HEALTHY, pb.TaskStatus.NO_HEALTHCHECK)
+
+
+# The issue's failing update: a health check that always fails, rolled back
+# on the first failure (start-first, one slot at a time).
+FAILING = ("--health-cmd", "false", "--health-interval", "1s", "--health-retries", "2",
+           "--health-start-period", "0s", "--update-failure-action", "rollback",
+           "--update-order", "start-first", "--update-parallelism", "1")
+
+
+def failing_update(stage: Stage) -> dict[str, object]:
+    """A failing update rolled back: swarmctl's exit code and line, the bad
+    tasks started, and the service's state once every stopped task stopped."""
+    with cluster.control_channel(stage.state) as channel:
+        stub = cgrpc.ControlStub(channel)
+        before = stub.GetService(cpb.GetRequest(ref="web"), timeout=10).service
+        with TaskWatcher(stage.state, before.id) as watcher:
+            code, output = swarmctl_status("service", "update", "web", *FAILING,
+                                           "--timeout", CONVERGE)
+        wait_stopped("web")
+        after = stub.GetService(cpb.GetRequest(ref="web"), timeout=10).service
+        live = [t for t in _list_tasks(stub, before.id) if t.desired_state == pb.RUNNING]
+    bad = [t for t in watcher.seen.values()
+           if list(t.spec.container.healthcheck.test) == ["CMD-SHELL", "false"]]
+    return {"exit_code": code, "output": output, "bad_tasks_started": len(bad),
+            "parallelism": after.spec.update.parallelism,
+            "back_on_old_spec": after.spec == before.spec,
+            "update_state": pb.UpdateStatus.State.Name(after.update_status.state),
+            "replicas": after.spec.replicated.replicas,
+            "ready": sum(ready(t) and t.spec == before.spec.task for t in live),
+            "live": len(live)}
+
+
+def web_per_host(stage: Stage) -> dict[str, int]:
+    """Running web tasks per host (every host listed, also those with none)."""
+    nodes = {str(n["id"]): str(n["description"]["hostname"])
+             for n in json.loads(swarmctl("node", "ls", "-o", "json"))}
+    counts = dict.fromkeys(sorted(nodes.values()), 0)
+    for task in tasks("web"):
+        if _state(task, "desired_state") == "RUNNING" and _state(task, "state") == "RUNNING":
+            counts[nodes[str(task["node_id"])]] += 1
+    return counts
+
+
+def _before_rebalance(stage: Stage) -> None:
+    """Three replicas on two hosts, the third drained and empty: the host the
+    rebalance will add (node_drain's, when it ran before)."""
+    swarmctl("service", "scale", "web=3", "--timeout", CONVERGE)
+    wait_stopped("web")
+    if not stage.drained:
+        _before_node_drain(stage)
+    swarmctl("node", "update", "--availability", "drain", stage.drained)
+    wait_running("web", 3)
+    wait_stopped("web")
+
+
+def rebalance(stage: Stage) -> dict[str, object]:
+    """The host comes back (active) and web is rebalanced onto it."""
+    swarmctl("node", "update", "--availability", "active", stage.drained)
+    before = web_per_host(stage)
+    output = swarmctl("service", "rebalance", "web", "--timeout", CONVERGE)
+    wait_stopped("web")
+    return {"before": before, "after": web_per_host(stage), "output": output.strip()}
+
+
 SCENARIOS: dict[str, Scenario] = {
     "start_first_update": start_first_update,
     "stop_first_update": stop_first_update,
@@ -240,9 +364,13 @@ SCENARIOS: dict[str, Scenario] = {
     "scale_down": scale_down,
     "one_replica_update": one_replica_update,
     "node_drain": node_drain,
+    "failing_update": failing_update,
+    "rebalance": rebalance,
 }
-SETUP: dict[str, Scenario] = {"node_drain": _before_node_drain}
-TEARDOWN: dict[str, Scenario] = {"node_drain": _after_node_drain}
+SETUP: dict[str, Callable[[Stage], None]] = {"node_drain": _before_node_drain,
+                                              "failing_update": _three_replicas,
+                                              "rebalance": _before_rebalance}
+TEARDOWN: dict[str, Callable[[Stage], None]] = {"node_drain": _after_node_drain}
 
 
 _DRAINED = re.compile(r"task (\w+) \(web\): drained from every node after ([\d.]+)s")
@@ -285,13 +413,18 @@ def run_scenario(stage: Stage, name: str, scenario: Scenario, *, interval: float
     with load:
         time.sleep(settle)
         began = time.monotonic()
-        scenario(stage)
+        extra = scenario(stage) or {}
         wait_stopped("web")
         seconds = time.monotonic() - began
         time.sleep(settle)
     if name in TEARDOWN:
         TEARDOWN[name](stage)
-    return Outcome(name, load.total(), seconds, load.report())
+    return Outcome(name, load.total(), seconds, load.report(), extra)
+
+
+def outcome_of(outcomes: list[Outcome], name: str) -> Outcome:
+    (outcome,) = [o for o in outcomes if o.name == name]
+    return outcome
 
 
 def drain_timeout(stage: Stage, value: str) -> None:
@@ -318,8 +451,8 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             outcome = run_scenario(stage, scenario_name, scenario)
             outcomes.append(outcome)
             if verbose:
-                print(f"{scenario_name}: {outcome.seconds:.1f}s: {outcome.details}",
-                      file=sys.stderr)
+                print(f"{scenario_name}: {outcome.seconds:.1f}s: {outcome.details}"
+                      + (f" {outcome.extra}" if outcome.extra else ""), file=sys.stderr)
         result: dict[str, object] = {
             "bench": "rollout", "nodes": nodes, "health_check": health,
             "failed_requests": {o.name: o.tally.failures for o in outcomes},
@@ -328,11 +461,17 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             "seconds": {o.name: round(o.seconds, 2) for o in outcomes},
             "failure_reasons": {o.name: dict(o.tally.reasons) for o in outcomes
                                 if o.tally.failures},
-            # For the lead: the failing update's bad tasks and the rebalance.
-            "bad_tasks_started": None,
-            "failed_requests_failing_update": None,
-            "failed_requests_rebalance": None,
         }
+        failing, moved = outcome_of(outcomes, "failing_update"), outcome_of(outcomes, "rebalance")
+        result.update({
+            "bad_tasks_started": failing.extra["bad_tasks_started"],
+            "failing_update_exit_code": failing.extra["exit_code"],
+            "failing_update_rolled_back": failing.extra["back_on_old_spec"],
+            "failed_requests_failing_update": failing.tally.failures,
+            "failed_requests_rebalance": moved.tally.failures,
+            # Running web tasks per host before and after the rebalance.
+            "rebalance_per_host": [moved.extra["before"], moved.extra["after"]],
+        })
         if compare:
             drain_timeout(stage, "0s")
             compared = {}
