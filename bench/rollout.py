@@ -57,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -399,6 +400,10 @@ class Outcome:
     seconds: float  # the scenario's command until converged and stopped
     details: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    # The command until web's last task state change (the last new task up
+    # or the last old one stopped): `seconds` without the wait an update
+    # adds for its monitor period after its last new task came up.
+    settled: float | None = None
 
 
 def run_scenario(stage: Stage, name: str, scenario: Scenario, *, interval: float = 0.03,
@@ -412,14 +417,25 @@ def run_scenario(stage: Stage, name: str, scenario: Scenario, *, interval: float
                 max_requests=int(max_seconds / interval) + 1)
     with load:
         time.sleep(settle)
-        began = time.monotonic()
+        began, began_at = time.monotonic(), time.time()
         extra = scenario(stage) or {}
         wait_stopped("web")
         seconds = time.monotonic() - began
+        last = last_change("web")
         time.sleep(settle)
     if name in TEARDOWN:
         TEARDOWN[name](stage)
-    return Outcome(name, load.total(), seconds, load.report(), extra)
+    settled = last - began_at if last is not None and last >= began_at else None
+    return Outcome(name, load.total(), seconds, load.report(), extra, settled)
+
+
+def last_change(service: str) -> float | None:
+    """When (wall clock, as the agents stamp task states) the service's latest
+    task state change happened."""
+    stamps = [datetime.fromisoformat(str(status["timestamp"])).timestamp()
+              for task in tasks(service)
+              if isinstance(status := task.get("status"), dict) and "timestamp" in status]
+    return max(stamps, default=None)
 
 
 def outcome_of(outcomes: list[Outcome], name: str) -> Outcome:
@@ -451,7 +467,8 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             outcome = run_scenario(stage, scenario_name, scenario)
             outcomes.append(outcome)
             if verbose:
-                print(f"{scenario_name}: {outcome.seconds:.1f}s: {outcome.details}"
+                print(f"{scenario_name}: {outcome.seconds:.1f}s (settled "
+                      f"{outcome.settled}): {outcome.details}"
                       + (f" {outcome.extra}" if outcome.extra else ""), file=sys.stderr)
         result: dict[str, object] = {
             "bench": "rollout", "nodes": nodes, "health_check": health,
@@ -459,6 +476,8 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             "failed_requests_total": sum(o.tally.failures for o in outcomes),
             "requests": sum(o.tally.requests for o in outcomes),
             "seconds": {o.name: round(o.seconds, 2) for o in outcomes},
+            "settled_seconds": {o.name: round(o.settled, 2) for o in outcomes
+                                if o.settled is not None},
             "failure_reasons": {o.name: dict(o.tally.reasons) for o in outcomes
                                 if o.tally.failures},
         }
@@ -477,8 +496,11 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             compared = {}
             for scenario_name in ("start_first_update", "stop_first_update"):
                 outcome = run_scenario(stage, scenario_name, _again(scenario_name))
-                compared[scenario_name] = {"seconds": round(outcome.seconds, 2),
-                                           "failed_requests": outcome.tally.failures}
+                compared[scenario_name] = {
+                    "seconds": round(outcome.seconds, 2),
+                    "settled_seconds": None if outcome.settled is None
+                    else round(outcome.settled, 2),
+                    "failed_requests": outcome.tally.failures}
                 if verbose:
                     print(f"{scenario_name} without drain: {outcome.seconds:.1f}s: "
                           f"{outcome.details}", file=sys.stderr)
