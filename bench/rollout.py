@@ -223,6 +223,23 @@ def node_drain(stage: Stage) -> None:
     wait_running("web", 3)
 
 
+def health_update(stage: Stage) -> dict[str, object]:
+    """start-first to a spec with a health check (HEALTH): each new task is a
+    backend, and its old task is stopped, only once it is healthy. Not one
+    of SCENARIOS (bench.rollout --health runs them all with a check); the
+    e2e suite's cheap health-gated case. The health of web's live tasks."""
+    swarmctl("service", "update", "web", "--update-order", "start-first", *HEALTH,
+             "--env-add", f"H={secrets.token_hex(2)}", "--timeout", CONVERGE)
+    wait_stopped("web")
+    return {"health": sorted(_health(t) for t in tasks("web")
+                             if _state(t, "desired_state") == "RUNNING")}
+
+
+def _health(task: dict[str, object]) -> str:
+    status = task.get("status")  # JSON leaves the default (0) value out
+    return str(status.get("health", "NO_HEALTHCHECK")) if isinstance(status, dict) else ""
+
+
 def wait_running(service: str, count: int, timeout: float = 120.0) -> None:
     """Until `count` tasks of the service are wanted and RUNNING."""
     deadline = time.monotonic() + timeout

@@ -4,9 +4,10 @@ routing mesh from every host and through the VIP from inside a container
 (bench.load), while a service is updated start-first and stop-first, rolled
 back, updated with one replica, scaled down, moved off a drained node,
 updated to a health check that always fails (rolled back automatically),
-and rebalanced onto a host that came back. Each asserts that no request
-failed, and the stopped tasks were drained before their stop signal
-(confirmed by every node, not cut short by the bound).
+rebalanced onto a host that came back, and (one replica) updated to a spec
+with a health check. Each asserts that no request failed, and the stopped
+tasks were drained before their stop signal (confirmed by every node, not
+cut short by the bound).
 
 The web service's server exits at once on SIGTERM (bench.rollout.SERVER),
 as real servers do: a task stopped while another node still sends it
@@ -77,9 +78,10 @@ def replicas(count: int) -> None:
     rollout.wait_stopped("web")
 
 
-def check(stage: rollout.Stage, name: str, stopped_at_least: int) -> rollout.Outcome:
+def check(stage: rollout.Stage, name: str, stopped_at_least: int,
+          scenario: rollout.Scenario | None = None) -> rollout.Outcome:
     before, _ = rollout.drains(stage.state)
-    outcome = rollout.run_scenario(stage, name, rollout.SCENARIOS[name])
+    outcome = rollout.run_scenario(stage, name, scenario or rollout.SCENARIOS[name])
     assert outcome.tally.requests > 100, outcome.details
     assert outcome.tally.failures == 0, f"{name}: {outcome.details}"
     after, cut_short = rollout.drains(stage.state)
@@ -148,3 +150,13 @@ def test_rebalance_after_adding_a_host(stage: rollout.Stage) -> None:
     assert before[stage.drained] == 0, before
     assert sorted(before.values()) == [0, 1, 2], before
     assert list(after.values()) == [1, 1, 1], after
+
+
+def test_health_gated_one_replica_update(stage: rollout.Stage) -> None:
+    """bench.rollout --health's hardest case, kept cheap (the others run
+    there): one replica updated start-first to a spec with a health check
+    (1 s interval). The new task is a backend, and the old one is stopped,
+    only once the new one is healthy. Last: web keeps its health check."""
+    replicas(1)
+    outcome = check(stage, "health_update", 1, rollout.health_update)
+    assert outcome.extra["health"] == ["HEALTHY"], outcome.extra
