@@ -30,17 +30,20 @@ stopped, so their stop happened under load):
     python -m bench.rollout --example [--drain-timeout 0s] [--start-interval 1s]
 
 prints ONE JSON line: failed_requests per scenario and in total, requests in
-total, each scenario's duration (from the command until the service has
-converged and every task it stopped has stopped). With --compare the
-updates run a second time with --drain-timeout 0s (no wait for the drain:
-the agent stops a task as soon as it is told) to compare update durations.
-With --example it measures what issue 10 did instead: the example web
-stack (deploy/examples/web.yaml) scaled to 5, a client every 50 ms on port
-8080 of every host, one good update; --drain-timeout then replaces the
-example's x-drain-timeout. With --health web has a health check (1 s interval), so a new task is a
-backend only once healthy: a start-first update must then wait for that
-before stopping the old task (health-gated updates), or a one-replica
-update has no backend for a moment.
+total, each scenario's duration (`seconds`: from the command until the
+service has converged, an update's monitor period included, and every task
+it stopped has stopped; `settled_seconds`: until web's last task state
+change), the failing update's `bad_tasks_started`, exit code and whether it
+was rolled back, and the rebalance's tasks per host before and after. With
+--compare the updates run a second time with --drain-timeout 0s (no wait
+for the drain: the agent stops a task as soon as it is told) to compare
+update durations. With --health web has a health check (1 s interval), so
+a new task is a backend only once healthy, and the health gate waits for
+that before stopping an old task or moving to the next slot. With
+--example it measures what issue 10 did instead: the example web stack
+(deploy/examples/web.yaml) scaled to 5, a client every 50 ms on port 8080
+of every host, one good update; --drain-timeout then replaces the
+example's x-drain-timeout, --start-interval adds a health start interval.
 """
 
 from __future__ import annotations
