@@ -20,25 +20,30 @@ stopped, so their stop happened under load):
   scale_down           service scale web=1
   one_replica_update   service update web --update-order start-first --env-add V=3
   node_drain           (scale web=3 first) node update --availability drain HOST3
-and two left for the features that come with them: failing_update (a
-failing update rolled back; `bad_tasks_started`) and rebalance, reported
-as null until they exist here.
+  failing_update       service update web --health-cmd false ... --update-failure-action
+                       rollback (start-first, parallelism 1): exits 3, rolled back;
+                       `bad_tasks_started` counts the tasks of the failing spec seen
+  rebalance            (a host drained and emptied of web first) node update
+                       --availability active HOST; service rebalance web
 
     python -m bench.rollout [--drain-timeout 2s] [--compare] [--health] [--verbose]
-    python -m bench.rollout --example [--drain-timeout 0s]
+    python -m bench.rollout --example [--drain-timeout 0s] [--start-interval 1s]
 
 prints ONE JSON line: failed_requests per scenario and in total, requests in
-total, each scenario's duration (from the command until the service has
-converged and every task it stopped has stopped). With --compare the
-updates run a second time with --drain-timeout 0s (no wait for the drain:
-the agent stops a task as soon as it is told) to compare update durations.
-With --example it measures what issue 10 did instead: the example web
-stack (deploy/examples/web.yaml) scaled to 5, a client every 50 ms on port
-8080 of every host, one good update; --drain-timeout then replaces the
-example's x-drain-timeout. With --health web has a health check (1 s interval), so a new task is a
-backend only once healthy: a start-first update must then wait for that
-before stopping the old task (health-gated updates), or a one-replica
-update has no backend for a moment.
+total, each scenario's duration (`seconds`: from the command until the
+service has converged, an update's monitor period included, and every task
+it stopped has stopped; `settled_seconds`: until web's last task state
+change), the failing update's `bad_tasks_started`, exit code and whether it
+was rolled back, and the rebalance's tasks per host before and after. With
+--compare the updates run a second time with --drain-timeout 0s (no wait
+for the drain: the agent stops a task as soon as it is told) to compare
+update durations. With --health web has a health check (1 s interval), so
+a new task is a backend only once healthy, and the health gate waits for
+that before stopping an old task or moving to the next slot. With
+--example it measures what issue 10 did instead: the example web stack
+(deploy/examples/web.yaml) scaled to 5, a client every 50 ms on port 8080
+of every host, one good update; --drain-timeout then replaces the
+example's x-drain-timeout, --start-interval its health check's start_interval.
 """
 
 from __future__ import annotations
@@ -51,14 +56,20 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+import grpc
 from typer.testing import CliRunner
 
 from bench.load import Load, Tally, Target
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.dev import cluster
 from swarm.cli.main import app
 from swarm.host.netns import NETNS_DIR
@@ -85,6 +96,13 @@ def swarmctl(*args: str) -> str:
         raise RolloutError(f"swarmctl {' '.join(args)}: exit {result.exit_code}: "
                            f"{result.output.strip()}")
     return result.output
+
+
+def swarmctl_status(*args: str) -> tuple[int, str]:
+    """swarmctl in this process: its exit code and its output (stdout, then
+    stderr), for a command whose failure is the point."""
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, (result.stdout + result.stderr).strip()
 
 
 def tasks(service: str) -> list[dict[str, object]]:
@@ -174,7 +192,8 @@ def prepare(state: cluster.ClusterState, *, service_args: tuple[str, ...] = ()) 
     return stage
 
 
-Scenario = Callable[[Stage], None]
+# A scenario may return figures of its own (Outcome.extra).
+Scenario = Callable[[Stage], dict[str, object] | None]
 
 
 def start_first_update(stage: Stage) -> None:
@@ -207,6 +226,23 @@ def node_drain(stage: Stage) -> None:
     wait_running("web", 3)
 
 
+def health_update(stage: Stage) -> dict[str, object]:
+    """start-first to a spec with a health check (HEALTH): each new task is a
+    backend, and its old task is stopped, only once it is healthy. Not one
+    of SCENARIOS (bench.rollout --health runs them all with a check); the
+    e2e suite's cheap health-gated case. The health of web's live tasks."""
+    swarmctl("service", "update", "web", "--update-order", "start-first", *HEALTH,
+             "--env-add", f"H={secrets.token_hex(2)}", "--timeout", CONVERGE)
+    wait_stopped("web")
+    return {"health": sorted(_health(t) for t in tasks("web")
+                             if _state(t, "desired_state") == "RUNNING")}
+
+
+def _health(task: dict[str, object]) -> str:
+    status = task.get("status")  # JSON leaves the default (0) value out
+    return str(status.get("health", "NO_HEALTHCHECK")) if isinstance(status, dict) else ""
+
+
 def wait_running(service: str, count: int, timeout: float = 120.0) -> None:
     """Until `count` tasks of the service are wanted and RUNNING."""
     deadline = time.monotonic() + timeout
@@ -218,9 +254,13 @@ def wait_running(service: str, count: int, timeout: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _before_node_drain(stage: Stage) -> None:
+def _three_replicas(stage: Stage) -> None:
     swarmctl("service", "scale", "web=3", "--timeout", CONVERGE)
     wait_stopped("web")
+
+
+def _before_node_drain(stage: Stage) -> None:
+    _three_replicas(stage)
     # A node with a web task, not the client's (host 1).
     nodes = {str(n["id"]): str(n["description"]["hostname"])
              for n in json.loads(swarmctl("node", "ls", "-o", "json"))}
@@ -233,6 +273,111 @@ def _after_node_drain(stage: Stage) -> None:
     swarmctl("node", "update", "--availability", "active", stage.drained)
 
 
+class TaskWatcher:
+    """Every task of a service the controller lists, polled every 100 ms from a
+    thread while a command runs in this one (a bad task lives for a few
+    seconds, and the task history may reap it afterwards)."""
+
+    def __init__(self, state: cluster.ClusterState, service_id: str) -> None:
+        self.state, self.service_id = state, service_id
+        self.seen: dict[str, pb.Task] = {}
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="task watcher", daemon=True)
+
+    def _run(self) -> None:
+        with cluster.control_channel(self.state) as channel:
+            stub = cgrpc.ControlStub(channel)
+            while not self._stop.is_set():
+                try:
+                    self.seen.update((t.id, t) for t in _list_tasks(stub, self.service_id))
+                except grpc.RpcError:  # a poll missed is retried; counted
+                    self.errors += 1
+                self._stop.wait(0.1)
+
+    def __enter__(self) -> TaskWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(20)
+
+
+def _list_tasks(stub: cgrpc.ControlStub, service_id: str) -> list[pb.Task]:
+    request = cpb.ListTasksRequest()
+    request.filters.service_ids.append(service_id)
+    return list(stub.ListTasks(request, timeout=10).tasks)
+
+
+def ready(task: pb.Task) -> bool:
+    """Wanted, RUNNING, and healthy if its spec (or image) has a health check."""
+    return task.desired_state == pb.RUNNING and task.status.state == pb.RUNNING \
+        and task.status.health in (pb.TaskStatus.HEALTHY, pb.TaskStatus.NO_HEALTHCHECK)
+
+
+# The issue's failing update: a health check that always fails, rolled back
+# on the first failure (start-first, one slot at a time).
+FAILING = ("--health-cmd", "false", "--health-interval", "1s", "--health-retries", "2",
+           "--health-start-period", "0s", "--update-failure-action", "rollback",
+           "--update-order", "start-first", "--update-parallelism", "1")
+
+
+def failing_update(stage: Stage) -> dict[str, object]:
+    """A failing update rolled back: swarmctl's exit code and line, the bad
+    tasks started, and the service's state once every stopped task stopped."""
+    with cluster.control_channel(stage.state) as channel:
+        stub = cgrpc.ControlStub(channel)
+        before = stub.GetService(cpb.GetRequest(ref="web"), timeout=10).service
+        with TaskWatcher(stage.state, before.id) as watcher:
+            code, output = swarmctl_status("service", "update", "web", *FAILING,
+                                           "--timeout", CONVERGE)
+        wait_stopped("web")
+        after = stub.GetService(cpb.GetRequest(ref="web"), timeout=10).service
+        live = [t for t in _list_tasks(stub, before.id) if t.desired_state == pb.RUNNING]
+    bad = [t for t in watcher.seen.values()
+           if list(t.spec.container.healthcheck.test) == ["CMD-SHELL", "false"]]
+    return {"exit_code": code, "output": output, "bad_tasks_started": len(bad),
+            "parallelism": after.spec.update.parallelism,
+            "back_on_old_spec": after.spec == before.spec,
+            "update_state": pb.UpdateStatus.State.Name(after.update_status.state),
+            "replicas": after.spec.replicated.replicas,
+            "ready": sum(ready(t) and t.spec == before.spec.task for t in live),
+            "live": len(live)}
+
+
+def web_per_host(stage: Stage) -> dict[str, int]:
+    """Running web tasks per host (every host listed, also those with none)."""
+    nodes = {str(n["id"]): str(n["description"]["hostname"])
+             for n in json.loads(swarmctl("node", "ls", "-o", "json"))}
+    counts = dict.fromkeys(sorted(nodes.values()), 0)
+    for task in tasks("web"):
+        if _state(task, "desired_state") == "RUNNING" and _state(task, "state") == "RUNNING":
+            counts[nodes[str(task["node_id"])]] += 1
+    return counts
+
+
+def _before_rebalance(stage: Stage) -> None:
+    """Three replicas on two hosts, the third drained and empty: the host the
+    rebalance will add (node_drain's, when it ran before)."""
+    swarmctl("service", "scale", "web=3", "--timeout", CONVERGE)
+    wait_stopped("web")
+    if not stage.drained:
+        _before_node_drain(stage)
+    swarmctl("node", "update", "--availability", "drain", stage.drained)
+    wait_running("web", 3)
+    wait_stopped("web")
+
+
+def rebalance(stage: Stage) -> dict[str, object]:
+    """The host comes back (active) and web is rebalanced onto it."""
+    swarmctl("node", "update", "--availability", "active", stage.drained)
+    before = web_per_host(stage)
+    output = swarmctl("service", "rebalance", "web", "--timeout", CONVERGE)
+    wait_stopped("web")
+    return {"before": before, "after": web_per_host(stage), "output": output.strip()}
+
+
 SCENARIOS: dict[str, Scenario] = {
     "start_first_update": start_first_update,
     "stop_first_update": stop_first_update,
@@ -240,9 +385,13 @@ SCENARIOS: dict[str, Scenario] = {
     "scale_down": scale_down,
     "one_replica_update": one_replica_update,
     "node_drain": node_drain,
+    "failing_update": failing_update,
+    "rebalance": rebalance,
 }
-SETUP: dict[str, Scenario] = {"node_drain": _before_node_drain}
-TEARDOWN: dict[str, Scenario] = {"node_drain": _after_node_drain}
+SETUP: dict[str, Callable[[Stage], None]] = {"node_drain": _before_node_drain,
+                                              "failing_update": _three_replicas,
+                                              "rebalance": _before_rebalance}
+TEARDOWN: dict[str, Callable[[Stage], None]] = {"node_drain": _after_node_drain}
 
 
 _DRAINED = re.compile(r"task (\w+) \(web\): drained from every node after ([\d.]+)s")
@@ -271,6 +420,10 @@ class Outcome:
     seconds: float  # the scenario's command until converged and stopped
     details: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    # The command until web's last task state change (the last new task up
+    # or the last old one stopped): `seconds` without the wait an update
+    # adds for its monitor period after its last new task came up.
+    settled: float | None = None
 
 
 def run_scenario(stage: Stage, name: str, scenario: Scenario, *, interval: float = 0.03,
@@ -284,14 +437,30 @@ def run_scenario(stage: Stage, name: str, scenario: Scenario, *, interval: float
                 max_requests=int(max_seconds / interval) + 1)
     with load:
         time.sleep(settle)
-        began = time.monotonic()
-        scenario(stage)
+        began, began_at = time.monotonic(), time.time()
+        extra = scenario(stage) or {}
         wait_stopped("web")
         seconds = time.monotonic() - began
+        last = last_change("web")
         time.sleep(settle)
     if name in TEARDOWN:
         TEARDOWN[name](stage)
-    return Outcome(name, load.total(), seconds, load.report())
+    settled = last - began_at if last is not None and last >= began_at else None
+    return Outcome(name, load.total(), seconds, load.report(), extra, settled)
+
+
+def last_change(service: str) -> float | None:
+    """When (wall clock, as the agents stamp task states) the service's latest
+    task state change happened."""
+    stamps = [datetime.fromisoformat(str(status["timestamp"])).timestamp()
+              for task in tasks(service)
+              if isinstance(status := task.get("status"), dict) and "timestamp" in status]
+    return max(stamps, default=None)
+
+
+def outcome_of(outcomes: list[Outcome], name: str) -> Outcome:
+    (outcome,) = [o for o in outcomes if o.name == name]
+    return outcome
 
 
 def drain_timeout(stage: Stage, value: str) -> None:
@@ -318,28 +487,40 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
             outcome = run_scenario(stage, scenario_name, scenario)
             outcomes.append(outcome)
             if verbose:
-                print(f"{scenario_name}: {outcome.seconds:.1f}s: {outcome.details}",
-                      file=sys.stderr)
+                print(f"{scenario_name}: {outcome.seconds:.1f}s (settled "
+                      f"{outcome.settled}): {outcome.details}"
+                      + (f" {outcome.extra}" if outcome.extra else ""), file=sys.stderr)
         result: dict[str, object] = {
             "bench": "rollout", "nodes": nodes, "health_check": health,
             "failed_requests": {o.name: o.tally.failures for o in outcomes},
             "failed_requests_total": sum(o.tally.failures for o in outcomes),
             "requests": sum(o.tally.requests for o in outcomes),
             "seconds": {o.name: round(o.seconds, 2) for o in outcomes},
+            "settled_seconds": {o.name: round(o.settled, 2) for o in outcomes
+                                if o.settled is not None},
             "failure_reasons": {o.name: dict(o.tally.reasons) for o in outcomes
                                 if o.tally.failures},
-            # For the lead: the failing update's bad tasks and the rebalance.
-            "bad_tasks_started": None,
-            "failed_requests_failing_update": None,
-            "failed_requests_rebalance": None,
         }
+        failing, moved = outcome_of(outcomes, "failing_update"), outcome_of(outcomes, "rebalance")
+        result.update({
+            "bad_tasks_started": failing.extra["bad_tasks_started"],
+            "failing_update_exit_code": failing.extra["exit_code"],
+            "failing_update_rolled_back": failing.extra["back_on_old_spec"],
+            "failed_requests_failing_update": failing.tally.failures,
+            "failed_requests_rebalance": moved.tally.failures,
+            # Running web tasks per host before and after the rebalance.
+            "rebalance_per_host": [moved.extra["before"], moved.extra["after"]],
+        })
         if compare:
             drain_timeout(stage, "0s")
             compared = {}
             for scenario_name in ("start_first_update", "stop_first_update"):
                 outcome = run_scenario(stage, scenario_name, _again(scenario_name))
-                compared[scenario_name] = {"seconds": round(outcome.seconds, 2),
-                                           "failed_requests": outcome.tally.failures}
+                compared[scenario_name] = {
+                    "seconds": round(outcome.seconds, 2),
+                    "settled_seconds": None if outcome.settled is None
+                    else round(outcome.settled, 2),
+                    "failed_requests": outcome.tally.failures}
                 if verbose:
                     print(f"{scenario_name} without drain: {outcome.seconds:.1f}s: "
                           f"{outcome.details}", file=sys.stderr)
@@ -365,7 +546,8 @@ def run(nodes: int, drain: str | None, compare: bool, verbose: bool,
 EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "web.yaml"
 
 
-def run_example(drain: str | None, verbose: bool) -> dict[str, object]:
+def run_example(drain: str | None, verbose: bool,
+                start_interval: str | None = None) -> dict[str, object]:
     """The issue's own measurement: the example web stack (web_web, start-first,
     a health check, its demo httpd) scaled to 5, a client every 50 ms on port
     8080 of every host, and a good update (`--env-add V=2`)."""
@@ -375,6 +557,11 @@ def run_example(drain: str | None, verbose: bool) -> dict[str, object]:
     text = EXAMPLE.read_text()
     if drain is not None:
         text = re.sub(r"x-drain-timeout: \S+", f"x-drain-timeout: {drain}", text)
+    if start_interval is not None:
+        # Probes this often during the start period (docker's default 5 s):
+        # how soon a new task can be found healthy, which a health-gated
+        # update waits for, slot by slot.
+        text = re.sub(r"start_interval: \S+", f"start_interval: {start_interval}", text)
     stack.write_text(text)
     try:
         state = cluster.up(name, 3, SUBNET, say=lambda _: None)
@@ -404,6 +591,7 @@ def run_example(drain: str | None, verbose: bool) -> dict[str, object]:
                 "mesh_no_backend_ready": sum(t.count("no backend ready") for t in logs),
                 "mesh_backend_unreachable": sum(t.count("unreachable (") for t in logs),
                 "drain_timeout": drain or "2s (the example's)",
+                "health_start_interval": start_interval or "1s (the example's)",
                 "failed_requests": total.failures, "requests": total.requests,
                 "failure_reasons": dict(total.reasons), "seconds": round(seconds, 2),
                 "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2)}
@@ -437,13 +625,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--example", action="store_true",
                         help="instead: the example web stack (5 replicas) and one good "
                         "update, as issue 10 measured it")
+    parser.add_argument("--start-interval", default=None,
+                        help="with --example: the health check's start interval (default "
+                        "the example's 1s; docker's default is 5s)")
     parser.add_argument("--verbose", action="store_true", help="per-scenario lines on stderr")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.rollout: needs root (namespaces, runc)", file=sys.stderr)
         return 2
     try:
-        result = run_example(args.drain_timeout, args.verbose) if args.example \
+        result = run_example(args.drain_timeout, args.verbose, args.start_interval) \
+            if args.example \
             else run(3, args.drain_timeout, args.compare, args.verbose, args.health)
     except (RolloutError, cluster.ClusterError) as error:
         print(f"bench.rollout: {error}", file=sys.stderr)

@@ -283,10 +283,11 @@ def fetch_name(port: int) -> bytes:
 
 
 def answer_or_nothing(port: int) -> bytes:
-    """What comes back; nothing when the proxy closed or reset the connection."""
+    """What comes back; nothing when the proxy closed or reset the connection
+    (seen as a reset, or as EPIPE from connect() on a loaded machine)."""
     try:
         return fetch_name(port)
-    except ConnectionResetError:
+    except (ConnectionResetError, BrokenPipeError):
         return b""
 
 

@@ -476,6 +476,9 @@ BAD = [
     (BASE + "    x-drain-timeout: 10m\n",
      "f.yaml:5:22: services.web.x-drain-timeout: at most 5m (got 10m): it bounds a wait that "
      "takes well under a second when every node answers"),
+    (BASE + "    x-drain-timeout: -1s\n",
+     'f.yaml:5:22: services.web.x-drain-timeout: invalid duration "-1s" (expected '
+     "e.g. 10s, 1m30s, 500ms)"),
     (BASE + "    x-drain-timeout: soon\n",
      'f.yaml:5:22: services.web.x-drain-timeout: invalid duration "soon" (expected '
      "e.g. 10s, 1m30s, 500ms)"),
