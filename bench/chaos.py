@@ -12,7 +12,7 @@ slot RUNNING, none twice). The killed controller is started again before
 the next round. During each kill a bounded client load (bench.load) sends
 `GET /` on a new connection every 50 ms to port 8080 of the real host's
 address, from this (the root) namespace as deploy/demo.sh fetches: from
-LEAD seconds before the SIGKILL until the new leader has converged.
+1 s before the SIGKILL until the new leader has converged.
 
     failover_s       median and max of those times (goal: max <= 5 with the
                      default 5 s lease)
