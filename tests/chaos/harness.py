@@ -7,7 +7,12 @@ telling whether a service has converged with no slot running twice.
 Simulated agents carry the bulk of the tasks (60 real containers on a small
 machine is slow and not what a control-plane fault is about); the real hosts
 carry the services whose data path matters. The simulated agents are given
-one controller's address only: they learn the others from their session."""
+one controller's address only: they learn the others from their session.
+
+A service on the real hosts may publish a port through the routing mesh;
+`mesh_targets` are every real host's address and that port, reached from
+this (the root) namespace as deploy/demo.sh fetches, for a bench.load client
+load that tells whether a fault touched the data path."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import TypeVar
 
 import grpc
 
+from bench.load import Target, get
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
@@ -61,6 +67,11 @@ def mismatch(tasks: Sequence[pb.Task], replicas: int, image: str = "") -> str:
     if image and any(t.spec.container.image != image for t in running):
         return f"{sum(t.spec.container.image != image for t in running)} not yet on {image}"
     return ""
+
+
+def answering(target: Target) -> Callable[[], bool]:
+    """Whether the target answers one request now (the demo httpd's page)."""
+    return lambda: get(target, 2.0, b"hello from") == ""
 
 
 @dataclass
@@ -155,13 +166,40 @@ class HACluster:
             cpb.GetRequest(ref=name), timeout=5)).service
 
     def create(self, name: str, replicas: int, image: str = SIM_IMAGE,
-               constraints: Sequence[str] = ()) -> None:
+               constraints: Sequence[str] = (), publish: dict[int, int] | None = None) -> None:
+        """`publish`: published port -> target port, in ingress mode (the routing mesh)."""
         spec = pb.ServiceSpec(name=name, replicated=pb.ReplicatedService(replicas=replicas))
         spec.task.container.image = image
+        for published, target in (publish or {}).items():
+            spec.endpoint.ports.append(pb.PortConfig(published_port=published,
+                                                     target_port=target))
         spec.task.placement.constraints.extend(
             constraints or [f"node.hostname!={self.name}-h{i + 1}" for i in range(self.hosts)])
         self.call(lambda: self.control.CreateService(cpb.CreateServiceRequest(spec=spec),
                                                       timeout=5))
+
+    def create_web(self, name: str, replicas: int, port: int) -> list[Target]:
+        """The demo image's httpd on the real hosts, publishing `port` through
+        the routing mesh; returns the mesh targets once each answers."""
+        image = f"{self.state_.registry}/{cluster.DEMO_IMAGE}:latest"
+        # Not on a simulated node (they run nothing): all but those.
+        self.create(name, replicas, image=image, publish={port: 80},
+                    constraints=[f"node.hostname!=sim-{i:04d}" for i in range(self.sim_nodes)])
+        self.converge(name, replicas, 90)
+        targets = self.mesh_targets(port)
+        for target in targets:
+            self.wait(answering(target), 30, f"{target.name} answering")
+        return targets
+
+    def mesh_targets(self, port: int) -> list[Target]:
+        """Every real host's underlay address and `port`, from this namespace."""
+        return [Target(node.address.split("/")[0], port, label=f"mesh {node.host}")
+                for node in self.state_.nodes]
+
+    def container_pids(self, service: str) -> dict[str, int]:
+        """Task id -> container pid of the service's RUNNING tasks."""
+        return {t.id: t.status.container.pid for t in self.tasks(service)
+                if t.status.state == pb.RUNNING}
 
     def scale(self, name: str, replicas: int) -> None:
         self.call(lambda: self.control.ScaleService(

@@ -2,10 +2,11 @@
 etcd members): SIGKILL the leader right after a scale and in the middle of a
 rolling update, SIGSTOP it past its lease, SIGKILL an etcd member, stop a
 majority of etcd for 30 s, SIGKILL the real agent while it pulls and creates
-containers, cut the real host's underlay for 20 s, fill the real host's disk.
+containers, cut the real host's underlay for 20 s, fill the real host's disk,
+SIGKILL the leader while a client load goes through the routing mesh.
 Each ends with the desired
 number of tasks running, no slot running twice and nothing lost; a leader's
-death moves no task and touches no container."""
+death moves no task, touches no container and fails no request."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from typer.testing import CliRunner
 
+from bench.load import Load
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.dev import cluster
@@ -97,6 +99,37 @@ def test_leader_killed_right_after_a_scale_to_60(ha: HACluster) -> None:
     restore(ha, role)
     ha.remove("big")
     ha.remove("web")
+
+
+def test_leader_killed_under_load_through_the_routing_mesh(ha: HACluster) -> None:
+    """A client sends `GET /` every 50 ms to the real host's published port
+    (from the root namespace, through the routing mesh) from a second before
+    the leader's SIGKILL until the new leader has converged a scale and a
+    moment after: not one request fails and the real containers keep their
+    pids. A leader's death must not touch the data path."""
+    targets = ha.create_web("mesh", 2, 8081)
+    ha.create("busy", 5)
+    ha.converge("busy", 5, 30)
+    pids = ha.container_pids("mesh")
+    assert len(pids) == 2
+    assert all(pids.values())
+    leader = ha.wait_leader()
+    role = ha.role_at(leader)
+    with Load(targets, interval=0.05, max_seconds=60, max_requests=1200) as load:
+        time.sleep(1)
+        ha.scale("busy", 15)
+        ha.signal(role, signal.SIGKILL)
+        ha.wait_leader(other_than=leader, timeout=LEASE_TTL + 5)
+        ha.converge("busy", 15, 30)
+        time.sleep(2)  # the agents' sessions with the new leader settle
+    total = load.total()
+    assert total.requests >= 50, load.report()
+    assert total.failures == 0, load.report()
+    assert ha.container_pids("mesh") == pids, "the real containers were touched by a leader kill"
+    assert ha.down_nodes() == []
+    restore(ha, role)
+    ha.remove("busy")
+    ha.remove("mesh")
 
 
 def test_leader_killed_in_the_middle_of_a_rolling_update(ha: HACluster) -> None:
