@@ -23,6 +23,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Conflict, Guard, Op, Store, StoreRejected, StoreUnavailable, Update
 from ..store.etcd import MAX_TXN_BYTES, MAX_TXN_OPS
+from ..store.store import pack_groups
 from ..workset import WorkSet
 from .claims import claim_address, task_owner
 from .index import AddressIndex
@@ -45,20 +46,9 @@ def batches(tasks: Sequence[pb.Task], budget: int,
     """Consecutive runs of tasks whose worst-case cost fits the budget, and
     whose records fit byte_budget (each task is rewritten whole: with large
     specs, bytes run out before operations do)."""
-    result: list[list[pb.Task]] = []
-    current: list[pb.Task] = []
-    spent = size = 0
-    for task in tasks:
-        cost, task_bytes = _cost(task), task.ByteSize()
-        if current and (spent + cost > budget or size + task_bytes > byte_budget):
-            result.append(current)
-            current, spent, size = [], 0, 0
-        current.append(task)
-        spent += cost
-        size += task_bytes
-    if current:
-        result.append(current)
-    return result
+    sizes = [(_cost(task), task.ByteSize()) for task in tasks]
+    return [[tasks[index] for index in chunk]
+            for chunk in pack_groups(sizes, budget, byte_budget)]
 
 
 class Allocator:
