@@ -27,8 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from google.protobuf.duration_pb2 import Duration
-
 from swarm.api.healthcheck import (
     DEFAULT_INTERVAL,
     DEFAULT_RETRIES,
@@ -36,6 +34,7 @@ from swarm.api.healthcheck import (
     DEFAULT_START_PERIOD,
     DEFAULT_TIMEOUT,
 )
+from swarm.api.units import to_seconds
 from swarm.api.v1 import objects_pb2 as pb
 
 from .images import Healthcheck
@@ -56,10 +55,6 @@ class HealthPlan:
     retries: int = DEFAULT_RETRIES
     start_period: float = DEFAULT_START_PERIOD
     start_interval: float = DEFAULT_START_INTERVAL
-
-
-def _seconds(duration: Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
 
 
 def _argv(test: tuple[str, ...]) -> tuple[str, ...] | None:
@@ -86,11 +81,11 @@ def plan_health(spec: pb.HealthConfig | None, image: Healthcheck | None) -> Heal
     else:
         # Field by field: an unset (zero) field of the service inherits the image's.
         test = tuple(spec.test) or image.test
-        interval = _seconds(spec.interval) or image.interval
-        timeout = _seconds(spec.timeout) or image.timeout
+        interval = to_seconds(spec.interval) or image.interval
+        timeout = to_seconds(spec.timeout) or image.timeout
         retries = spec.retries or image.retries
-        start_period = _seconds(spec.start_period) or image.start_period
-        start_interval = _seconds(spec.start_interval) or image.start_interval
+        start_period = to_seconds(spec.start_period) or image.start_period
+        start_interval = to_seconds(spec.start_interval) or image.start_interval
     argv = _argv(test)
     if argv is None:
         return None

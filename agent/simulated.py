@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import grpc
 
 from swarm.api import pki
+from swarm.api.healthcheck import has_healthcheck
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.units import parse_duration
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -50,11 +51,6 @@ def _status(state: int, message: str) -> pb.TaskStatus:
     return status
 
 
-def _has_healthcheck(task: pb.Task) -> bool:
-    test = list(task.spec.container.healthcheck.test)
-    return bool(test) and test != ["NONE"]
-
-
 SIM_HEALTH_ENV = "SWARM_SIM_HEALTH"
 
 
@@ -70,7 +66,7 @@ class SimulatedHealth:
 def simulated_health(task: pb.Task) -> SimulatedHealth | None:
     """From the task's SWARM_SIM_HEALTH (None: no health check, so no health).
     A value it does not understand raises ValueError naming it."""
-    if not _has_healthcheck(task):
+    if not has_healthcheck(task.spec.container.healthcheck):
         return None
     value = ""
     for item in task.spec.container.env:

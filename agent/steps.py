@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from swarm.api.healthcheck import is_up
+from swarm.api.units import to_seconds
 from swarm.api.v1 import objects_pb2 as pb
 
 DEFAULT_STOP_GRACE = 10.0  # docker's and swarm's default stop grace period
@@ -81,21 +83,20 @@ def exit_outcome(exit_code: int, oom_killed: bool = False) -> tuple[int, str, st
     return pb.FAILED, err.removeprefix("task: "), err
 
 
+def _duration(container: pb.ContainerSpec, name: str, default: float) -> float:
+    """A duration field of the container spec in seconds (never negative); the
+    default when it is not set."""
+    if container.HasField(name):  # type: ignore[arg-type]
+        return max(0.0, to_seconds(getattr(container, name)))
+    return default
+
+
 def stop_grace(container: pb.ContainerSpec) -> float:
-    if container.HasField("stop_grace_period"):
-        period = container.stop_grace_period
-        return max(0.0, period.seconds + period.nanos / 1e9)
-    return DEFAULT_STOP_GRACE
+    return _duration(container, "stop_grace_period", DEFAULT_STOP_GRACE)
 
 
 def drain_timeout(container: pb.ContainerSpec) -> float:
-    if container.HasField("drain_timeout"):
-        period = container.drain_timeout
-        return max(0.0, period.seconds + period.nanos / 1e9)
-    return DEFAULT_DRAIN_TIMEOUT
-
-
-_NOT_READY_HEALTH = (pb.TaskStatus.UNHEALTHY, pb.TaskStatus.HEALTH_STARTING)
+    return _duration(container, "drain_timeout", DEFAULT_DRAIN_TIMEOUT)
 
 
 def must_drain(task: pb.Task, status: pb.TaskStatus) -> bool:
@@ -104,8 +105,7 @@ def must_drain(task: pb.Task, status: pb.TaskStatus) -> bool:
     included) and it was a backend (RUNNING, and not unhealthy nor waiting for
     its first health check: the controller's peers.is_ready without the
     desired state). A task that never was a backend stops at once."""
-    return bool(task.networks) and status.state == pb.RUNNING \
-        and status.health not in _NOT_READY_HEALTH
+    return bool(task.networks) and is_up(status)
 
 
 def drain_left(asked: float, now: float, bound: float, drained: bool) -> float:

@@ -67,6 +67,7 @@ import grpc
 from typer.testing import CliRunner
 
 from bench.load import Load, Tally, Target
+from swarm.api.healthcheck import is_up
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
@@ -312,8 +313,7 @@ def _list_tasks(stub: cgrpc.ControlStub, service_id: str) -> list[pb.Task]:
 
 def ready(task: pb.Task) -> bool:
     """Wanted, RUNNING, and healthy if its spec (or image) has a health check."""
-    return task.desired_state == pb.RUNNING and task.status.state == pb.RUNNING \
-        and task.status.health in (pb.TaskStatus.HEALTHY, pb.TaskStatus.NO_HEALTHCHECK)
+    return task.desired_state == pb.RUNNING and is_up(task.status)
 
 
 # The issue's failing update: a health check that always fails, rolled back

@@ -33,6 +33,7 @@ import grpc
 
 from swarm.api import units
 from swarm.api.constraints import first_unmet, parse_constraints
+from swarm.api.healthcheck import is_up
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -52,9 +53,6 @@ _UPDATE_FAILURES = {
     pb.UpdateStatus.ROLLBACK_COMPLETED: "update failed and was rolled back",
 }
 _IN_PROGRESS = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
-_UP_HEALTH = (pb.TaskStatus.NO_HEALTHCHECK, pb.TaskStatus.HEALTHY)
-
-
 def wait_timeout(text: str) -> float:
     """`--timeout DURATION` of the waiting commands, in seconds; must be positive."""
     nanos = parsing.duration("--timeout", text)
@@ -78,18 +76,15 @@ class Baseline:
     update_state: int = pb.UpdateStatus.UNKNOWN
     update_started: int = 0  # update_status.started_at in nanoseconds
     rollback: bool = False  # the command asked for a rollback: rolling back is success
-    # The command started a rebalance: converged also means its update has ended
-    # (every task runs the current spec all along).
-    rebalance: bool = False
 
 
 def baseline_of(service: pb.Service, tasks: Iterable[pb.Task] = (), *,
-                rollback: bool = False, rebalance: bool = False) -> Baseline:
+                rollback: bool = False) -> Baseline:
     status = service.update_status
     return Baseline(service_id=service.id, name=service.spec.name,
                     task_ids=frozenset(task.id for task in tasks),
                     update_state=status.state, update_started=status.started_at.ToNanoseconds(),
-                    rollback=rollback, rebalance=rebalance)
+                    rollback=rollback)
 
 
 def _is_new(status: pb.UpdateStatus, baseline: Baseline) -> bool:
@@ -121,11 +116,6 @@ def _update_pending(status: pb.UpdateStatus, baseline: Baseline) -> str:
         return "rollback in progress"
     return "update failed and is rolling back" + (f": {status.message}" if status.message
                                                    else "")
-
-
-def is_up(task: pb.Task) -> bool:
-    """RUNNING, and healthy when it has a health check (the orchestrator's rule)."""
-    return task.status.state == pb.RUNNING and task.status.health in _UP_HEALTH
 
 
 @dataclass(frozen=True)
@@ -197,7 +187,7 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
         desired = spec.replicated.replicas
         counted = live
     running = [task for task in counted if task.spec_version >= service.spec_version
-               and is_up(task)]
+               and is_up(task.status)]
 
     failure = _update_failure(service.update_status, baseline)
     failed: dict[str, list[pb.Task]] = {}
@@ -225,8 +215,8 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
                    pending)
     # Equal counts rule out both a missing task and an extra one (an old task that a
     # start-first update has not stopped yet).
-    converged = failure is None and not pending and len(running) == desired == len(counted) and not (
-        baseline.rebalance and service.update_status.state == pb.UpdateStatus.UPDATING)
+    # (A rebalance is an update too: pending until it has ended.)
+    converged = failure is None and not pending and len(running) == desired == len(counted)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
                       failure=failure, tasks=lines, waiting_for=waiting, update=pending)
 

@@ -598,7 +598,7 @@ def _wait(ctl: client.Controller, baselines: list[progress.Baseline], timeout: f
 
 
 def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
-              with_tasks: bool = True, rebalance: bool = False) -> progress.Baseline:
+              with_tasks: bool = True) -> progress.Baseline:
     """The service and (when we are going to wait) the tasks it has before a change, so
     that only what follows the change is judged (see progress.Baseline)."""
     service = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
@@ -607,7 +607,7 @@ def _baseline(ctl: client.Controller, ref: str, *, rollback: bool = False,
         request = cpb.ListTasksRequest()
         request.filters.service_ids.append(service.id)
         tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
-    return progress.baseline_of(service, tasks, rollback=rollback, rebalance=rebalance)
+    return progress.baseline_of(service, tasks, rollback=rollback)
 
 
 _SERVICE_FILTERS = ("name", "id", "label")
@@ -713,8 +713,8 @@ def ps(
         typer.echo(render.render(output, tasks, lambda: render.tasks_table(
             tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
     for service in found:  # the tasks shown may not be all there should be: say why
-        if render.write_error_line(service):
-            typer.echo(render.write_error_line(service), err=True)
+        if line := render.write_error_line(service):
+            typer.echo(line, err=True)
     fail_if(failed)
 
 
@@ -866,9 +866,16 @@ def update(
         **task_options(locals()),
     )
     check_update_options(options)
+    _update_and_wait(ctx, service, options, detach=detach, wait_for=wait_for)
+
+
+def _update_and_wait(ctx: typer.Context, ref: str, options: ServiceUpdateOptions, *,
+                     detach: bool, wait_for: str) -> None:
+    """update_service, print the service's name, then wait until its tasks run
+    the new spec (unless detach)."""
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
-        baseline = _baseline(ctl, service, rollback=rollback, with_tasks=not detach)
+        baseline = _baseline(ctl, ref, rollback=options.rollback, with_tasks=not detach)
         updated = update_service(ctl, baseline.service_id, options)
         typer.echo(updated.spec.name)
         if not detach:
@@ -902,13 +909,8 @@ def rollback(
 ) -> None:
     """Go back to the service's previous spec (as `service update --rollback`), then
     wait until its tasks run it (unless -d), with the rollback config."""
-    timeout = progress.wait_timeout(wait_for)
-    with client.open_controller(ctx) as ctl:
-        baseline = _baseline(ctl, service, rollback=True, with_tasks=not detach)
-        updated = update_service(ctl, baseline.service_id, ServiceUpdateOptions(rollback=True))
-        typer.echo(updated.spec.name)
-        if not detach:
-            _wait(ctl, [baseline], timeout)
+    _update_and_wait(ctx, service, ServiceUpdateOptions(rollback=True), detach=detach,
+                     wait_for=wait_for)
 
 
 @app.command("rebalance", epilog=examples(
@@ -931,7 +933,7 @@ def rebalance(
     until the moved tasks run (unless -d)."""
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
-        baseline = _baseline(ctl, service, with_tasks=not (detach or dry_run), rebalance=True)
+        baseline = _baseline(ctl, service, with_tasks=not (detach or dry_run))
         response = ctl.call(ctl.stub.RebalanceService, cpb.RebalanceServiceRequest(
             ref=baseline.service_id, dry_run=dry_run))
         name = response.service.spec.name

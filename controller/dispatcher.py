@@ -53,6 +53,7 @@ from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
 from .drain import Drain, NodeView, holds, is_stopping, starts_draining
+from .heartbeat import DEFAULT_HEARTBEAT_PERIOD, heartbeat_period
 from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
@@ -73,7 +74,6 @@ from .store import (
 log = logging.getLogger(__name__)
 
 HEARTBEAT_MISSES = 3
-DEFAULT_HEARTBEAT_PERIOD = 5.0
 _CAS_ATTEMPTS = 10
 
 
@@ -138,10 +138,6 @@ def _assigned(task: pb.Task | None, node_id: str) -> bool:
     return task is not None and task.node_id == node_id and task.status.state >= pb.ASSIGNED
 
 
-def seconds(duration: Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
-
-
 def _duration(value: float) -> Duration:
     result = Duration()
     result.FromNanoseconds(int(value * 1e9))
@@ -164,11 +160,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
     # ------------------------------------------------------------ leading
 
     def heartbeat_period(self) -> float:
-        for cluster in self._store.cache.clusters.values():
-            period = cluster.spec.dispatcher.heartbeat_period
-            if period.seconds or period.nanos:
-                return seconds(period)
-        return self.settings.heartbeat_period
+        return heartbeat_period(self._store.cache.clusters.values(),
+                                self.settings.heartbeat_period)
 
     async def serve_as_leader(self, guard: Guard) -> None:
         """Run the leader's side (node monitor, status writer) until cancelled."""

@@ -21,6 +21,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from swarm.api.healthcheck import is_up
 from swarm.api.naming import task_name
 from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -49,16 +50,12 @@ def is_present(task: pb.Task | None) -> bool:
     return task is not None and bool(task.node_id) and pb.ASSIGNED <= task.status.state <= pb.RUNNING
 
 
-_NOT_READY_HEALTH = (pb.TaskStatus.UNHEALTHY, pb.TaskStatus.HEALTH_STARTING)
-
-
 def is_ready(task: pb.Task) -> bool:
     """Whether DNS answers the task and load balancing sends it connections:
     RUNNING, not unhealthy nor still waiting for its first health check, and
     not being stopped (a task told to shut down stops getting new
     connections at once, before its container has stopped, as in docker)."""
-    return task.status.state == pb.RUNNING and task.desired_state <= pb.RUNNING \
-        and task.status.health not in _NOT_READY_HEALTH
+    return is_up(task.status) and task.desired_state <= pb.RUNNING
 
 
 def endpoints(task: pb.Task | None) -> dict[str, Endpoint]:

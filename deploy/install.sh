@@ -35,11 +35,12 @@ while [ $# -gt 0 ]; do
     *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+agent_packages=(runc conmon skopeo iproute2 iptables nftables)
 case "$role" in
-  agent) packages=(runc conmon skopeo iproute2 iptables nftables) ;;
+  agent) packages=("${agent_packages[@]}") ;;
   controller) packages=() ;;
   etcd) packages=(etcd-server) ;;
-  all) packages=(runc conmon skopeo iproute2 iptables nftables etcd-server) ;;
+  all) packages=("${agent_packages[@]}" etcd-server) ;;
   *) echo "install.sh: --role $role: expected agent, controller, etcd or all" >&2; exit 2 ;;
 esac
 if [ -n "$wheel" ] && [ ! -f "$wheel" ]; then

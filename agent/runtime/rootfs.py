@@ -20,7 +20,6 @@ from swarm.host.mounts import unescape_mountinfo
 
 from .base import ContainerError, RejectError
 
-_MNT_DETACH = 2
 _MAX_SYMLINKS = 40
 _MAX_MOUNT_DATA = 4095  # the kernel copies at most one page of mount options
 

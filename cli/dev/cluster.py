@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 from swarm.host.mounts import remove_tree
 
-from .context import Context, remove_context, write_context
+from .context import Context, invoking_user, remove_context, write_context
 from .daemons import Daemon, alive, spawn, stop
 from .etcd import etcd_argv
 from .hosts import FIRST_HOST_OFFSET, Hosts, nsenter_argv, remove_namespaces
@@ -224,9 +224,10 @@ def control_channel(state: ClusterState) -> grpc.Channel:
     from swarm.api import channels
     from swarm.api.pki import NodeIdentity
 
+    from ..client import grpc_target
+
     identity = None if state.insecure else NodeIdentity.load(admin_dir(state.name))
-    target = state.controller if state.controllers == 1 else \
-        "ipv4:" + ",".join(state.controller_addrs)
+    target = grpc_target(",".join(state.controller_addrs))
     return channels.blocking_client_channel(target, identity, insecure=state.insecure)
 
 
@@ -242,12 +243,12 @@ def worker_token(state: ClusterState) -> str:
 def _give_to_sudo_user(directory: Path) -> None:
     """`sudo swarmctl dev up` makes the admin identity; the operator's own
     swarmctl (not root) is to use it."""
-    uid, gid = os.environ.get("SUDO_UID", ""), os.environ.get("SUDO_GID", "")
-    if not uid.isdigit() or not gid.isdigit():
+    user = invoking_user()
+    if user is None:
         return
     for path in (directory, *directory.iterdir()):
         with contextlib.suppress(OSError):
-            os.chown(path, int(uid), int(gid))
+            os.chown(path, user.uid, user.gid)
 
 
 def _ready_nodes(state: ClusterState) -> int:

@@ -62,7 +62,8 @@ def sudo_user(environ: Mapping[str, str], euid: int,
     return SudoUser(Path(home) / ".config" / "swarmctl" / "context.json", int(uid), int(gid))
 
 
-def _invoking_user() -> SudoUser | None:
+def invoking_user() -> SudoUser | None:
+    """The user who ran this process through sudo, if anyone did."""
     return sudo_user(os.environ, os.geteuid(), lambda name: pwd.getpwnam(name).pw_dir)
 
 
@@ -91,7 +92,7 @@ def _write(path: Path, context: Context) -> list[Path]:
 def write_context(context: Context) -> Path:
     path = context_path()
     _write(path, context)
-    user = _invoking_user()
+    user = invoking_user()
     if user is not None and user.path != path:
         with contextlib.suppress(OSError):  # their home may be unwritable: root's copy stays
             for made in [*_write(user.path, context), user.path]:
@@ -101,7 +102,7 @@ def write_context(context: Context) -> Path:
 
 def remove_context(name: str) -> None:
     """Forget the context if it is `name`'s (another cluster's stays)."""
-    user = _invoking_user()
+    user = invoking_user()
     for path in (context_path(), *([user.path] if user is not None else [])):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             if json.loads(path.read_text())["name"] == name:

@@ -135,8 +135,7 @@ class Allocator:
                       current[0].id if current else "?", error)
             self._work.park(t.id for t in current)
         except StoreUnavailable as error:
-            log.warning("allocator cannot write: %s", error)
-            self._work.retry(t.id for t in current)
+            log.warning("allocator cannot write: %s", error)  # the caller retries the pass
             await asyncio.sleep(0.5)
             return False
         return True

@@ -31,6 +31,7 @@ the planner a view of the nodes in which a held node still looks READY.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def released(down_since: Mapping[str, float], already: frozenset[str] | set[str]
         if now - since < window:  # not judged before its burst is complete
             recheck = min(recheck if recheck is not None else math.inf, since + window)
             continue
-        burst = sum(1 for t in times if abs(t - since) <= window)
+        burst = bisect.bisect_right(times, since + window) - bisect.bisect_left(times, since - window)
         if burst <= limit and since - leader_since >= grace:
             release.add(node_id)
             continue

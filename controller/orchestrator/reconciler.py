@@ -32,6 +32,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
 from ..allocator.claims import release_task
+from ..heartbeat import heartbeat_period
 from ..store import (
     Change,
     Conflict,
@@ -103,6 +104,8 @@ class Orchestrator:
         self._clock = clock
         self.gate = DisruptionGate(disruption or DisruptionSettings())
         self._recheck: asyncio.TimerHandle | None = None
+        # Whether a node changed since the gate last looked (it scans them all).
+        self._nodes_changed = True
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
@@ -139,6 +142,7 @@ class Orchestrator:
             if _relevant(old, new, cache.services.get(service_id), placed_on):
                 self.mark(service_id)
         elif change.kind == "nodes":
+            self._nodes_changed = True
             # Global services depend on every node; replicated ones on the nodes
             # their tasks run on.
             for service in cache.services.values():
@@ -152,21 +156,17 @@ class Orchestrator:
         elif change.kind == "clusters":
             self._mark_all()
 
-    def _heartbeat_period(self) -> float:
-        for cluster in self._store.cache.clusters.values():
-            period = cluster.spec.dispatcher.heartbeat_period
-            if period.seconds or period.nanos:
-                return period.seconds + period.nanos / 1e9
-        return 5.0
-
     def _gate_tick(self) -> None:
         """Let the gate see the nodes; re-plan the services on nodes it releases."""
         cache = self._store.cache
         now = self._clock()
-        self.gate.observe(cache.nodes, now)
+        if self._nodes_changed:
+            self._nodes_changed = False
+            self.gate.observe(cache.nodes, now)
         if not self.gate.down_since:
             return
-        release, recheck = self.gate.decide(len(cache.nodes), now, self._heartbeat_period())
+        release, recheck = self.gate.decide(len(cache.nodes), now,
+                                            heartbeat_period(cache.clusters.values()))
         for node_id in release:
             log.warning("node %s is DOWN: replacing its tasks", node_id)
             for task in cache.tasks_by_node.get(node_id, {}).values():
@@ -185,6 +185,7 @@ class Orchestrator:
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
         self.gate.restart(self._clock())
+        self._nodes_changed = True
         self._mark_all()
         try:
             while True:

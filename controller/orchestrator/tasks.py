@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from swarm.api import healthcheck
 from swarm.api.constraints import Constraint, first_unmet, parse_constraints
 from swarm.api.units import to_seconds
 from swarm.api.v1 import objects_pb2 as pb
@@ -45,11 +46,8 @@ def ended_on_its_own(task: pb.Task) -> bool:
     return is_terminal(task) and (task.status.state != pb.SHUTDOWN or bool(task.update_failure))
 
 
-_UP_HEALTH = (pb.TaskStatus.NO_HEALTHCHECK, pb.TaskStatus.HEALTHY)
-
-
 def is_up(task: pb.Task) -> bool:
-    return task.status.state == pb.RUNNING and task.status.health in _UP_HEALTH
+    return healthcheck.is_up(task.status)
 
 
 def never_assigned(task: pb.Task) -> bool:

@@ -22,6 +22,16 @@ DEFAULT_RETRIES = 3
 DEFAULT_START_PERIOD = 0.0
 DEFAULT_START_INTERVAL = 5.0  # docker's, between checks in the start period
 
+_PASSING = (pb.TaskStatus.NO_HEALTHCHECK, pb.TaskStatus.HEALTHY)
+
+
+def is_up(status: pb.TaskStatus) -> bool:
+    """RUNNING, and healthy when it has a health check (not unhealthy, nor
+    still waiting for its first success). One rule for every side: what a
+    rolling update waits for (orchestrator, swarmctl's wait), what is a
+    backend (peers.is_ready) and what must be drained before it stops (agent)."""
+    return status.state == pb.RUNNING and status.health in _PASSING
+
 
 def has_healthcheck(config: pb.HealthConfig) -> bool:
     """Whether the service's own HealthConfig names a check (the image may carry

@@ -11,12 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from swarm.agent.main import default_cgroup_parent
 from swarm.cli.dev import cluster
-from swarm.cli.main import app
-from tests.e2e.test_dev_cluster import _require_root, netns_with, page
+from tests.e2e.test_dev_cluster import _require_root, netns_with, page, swarmctl
 from tests.waiting import until
 
 pytestmark = pytest.mark.timeout(240)
@@ -32,12 +30,6 @@ def name() -> Iterator[str]:
         yield name
     finally:
         cluster.down(name, say=lambda _: None)  # also when the test failed
-
-
-def swarmctl(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, f"swarmctl {' '.join(args)}: {result.output}"
-    return result.output
 
 
 def test_rebalance_spreads_over_a_host_that_came_back(name: str) -> None:

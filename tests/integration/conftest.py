@@ -113,3 +113,13 @@ def live(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path,
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer.start()  # a test's own: it freezes or kills it
+    try:
+        yield server
+    finally:
+        server.resume()
+        server.stop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import grpc
@@ -103,16 +103,6 @@ async def test_compacting_a_compacted_revision_is_no_error(store: Store) -> None
 
 
 # ---------------------------------------------------------------- silence
-
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer.start()  # its own: this test freezes it
-    try:
-        yield server
-    finally:
-        server.resume()
-        server.stop()
 
 
 async def test_a_watch_on_a_frozen_etcd_is_reestablished_and_catches_up(

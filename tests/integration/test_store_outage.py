@@ -3,7 +3,7 @@ UNAVAILABLE, and recovers by itself when etcd returns."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -15,16 +15,6 @@ from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import admin_channel, controller_config
 from tests.waiting import eventually_async
-
-
-@pytest.fixture
-def own_etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer.start()  # its own: this test freezes it
-    try:
-        yield server
-    finally:
-        server.resume()
-        server.stop()
 
 
 @pytest.fixture

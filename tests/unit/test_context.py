@@ -73,7 +73,7 @@ def test_dev_up_through_sudo_leaves_the_user_a_context_they_own(
     monkeypatch.setenv("SUDO_USER", "nobody")
     monkeypatch.setenv("SUDO_UID", str(nobody.pw_uid))
     monkeypatch.setenv("SUDO_GID", str(nobody.pw_gid))
-    monkeypatch.setattr(context, "_invoking_user", lambda: context.sudo_user(
+    monkeypatch.setattr(context, "invoking_user", lambda: context.sudo_user(
         os.environ, os.geteuid(), lambda name: str(home)))
     write_context(Context("dev", "192.168.77.1:2377"))
     theirs = home / ".config" / "swarmctl" / "context.json"
