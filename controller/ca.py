@@ -6,6 +6,8 @@ Where things are kept (the Cluster object's `ca` field, see objects.proto):
 - the root CA certificate and its key, encrypted with the controllers' KEK
   (`--kek-file`): every controller that has the KEK can sign, none keeps the
   CA key on disk;
+- the cluster data key, sealed under the same KEK, which seals secrets and
+  other payloads at rest (`ClusterPKI.data_key`);
 - the worker and controller join-token secrets (the token is
   SWMTKN-1-<CA digest>-<secret>, built from the CA certificate and a secret);
 - the revoked nodes (`swarmctl node rm` adds one in the same transaction as
@@ -113,6 +115,7 @@ def build_cluster_ca(settings: CASettings, *, now: dt.datetime | None = None
         node_cert_validity=_duration(settings.node_cert_validity),
         external=bool(settings.external_ca_cert),
         cluster_uid=uid,
+        sealed_data_key=pki.seal_data_key(pki.DataKey.generate(), settings.kek, cluster_id=uid),
     )
     return state, ca
 
@@ -124,6 +127,13 @@ def load_cluster_ca(state: pb.ClusterCA, kek: bytes) -> CertificateAuthority:
     try:
         key = pki.decrypt_ca_key(state.encrypted_ca_key, kek, cluster_id=state.cluster_uid)
         return CertificateAuthority(cert=pki.cert_from_pem(state.ca_cert_pem), key=key)
+    except pki.PKIError as error:
+        raise CASetupError(str(error)) from None
+
+
+def load_data_key(state: pb.ClusterCA, kek: bytes) -> pki.DataKey:
+    try:
+        return pki.open_data_key(state.sealed_data_key, kek, cluster_id=state.cluster_uid)
     except pki.PKIError as error:
         raise CASetupError(str(error)) from None
 
@@ -163,6 +173,7 @@ class ClusterPKI:
         self._cluster_id = cluster_id
         self.settings = settings
         self._ca: CertificateAuthority | None = None
+        self._data_key: pki.DataKey | None = None
         self._revocations = Revocations()
         store.cache.subscribe(self._on_change)
 
@@ -173,6 +184,13 @@ class ClusterPKI:
         if self._ca is None:
             raise CASetupError("the cluster CA is not loaded yet")
         return self._ca
+
+    @property
+    def data_key(self) -> pki.DataKey:
+        """Seals and opens payloads kept in etcd (secrets, credentials)."""
+        if self._data_key is None:
+            raise CASetupError("the cluster data key is not loaded yet")
+        return self._data_key
 
     def state(self) -> pb.ClusterCA:
         cluster = self._store.cache.clusters.get(self._cluster_id)
@@ -201,11 +219,17 @@ class ClusterPKI:
             current = self._store.cache.clusters.get(self._cluster_id)
             if current is None:
                 raise CASetupError(f"cluster {self._cluster_id} does not exist")
-            if current.HasField("ca"):
+            if current.HasField("ca") and current.ca.sealed_data_key:
                 self._ca = load_cluster_ca(current.ca, self.settings.kek)
                 self._check_external(current.ca)
+                self._data_key = load_data_key(current.ca, self.settings.kek)
                 self._revocations = revocations_of(current.ca)
                 return
+            if current.HasField("ca"):
+                # A cluster made before data keys existed: add one, once.
+                load_cluster_ca(current.ca, self.settings.kek)  # the KEK is the cluster's
+                await self._commit_data_key(current)
+                continue
             state, ca = build_cluster_ca(self.settings)
             cluster = pb.Cluster()
             cluster.CopyFrom(current)
@@ -215,10 +239,23 @@ class ClusterPKI:
             except Conflict:
                 continue  # another controller was first: load its CA
             self._ca = ca
+            self._data_key = load_data_key(state, self.settings.kek)
             log.info("created the cluster CA (%s, fingerprint %s)",
                      "external" if state.external else "self-signed", pki.fingerprint(ca.cert))
             return
         raise CASetupError("the cluster object kept changing while the CA was being created")
+
+    async def _commit_data_key(self, current: pb.Cluster) -> None:
+        cluster = pb.Cluster()
+        cluster.CopyFrom(current)
+        cluster.ca.sealed_data_key = pki.seal_data_key(
+            pki.DataKey.generate(), self.settings.kek, cluster_id=current.ca.cluster_uid)
+        try:
+            await self._store.commit([Update(cluster)])
+        except Conflict:
+            pass  # another controller was first: the caller reloads
+        else:
+            log.info("created the cluster data key")
 
     def _check_external(self, state: pb.ClusterCA) -> None:
         given = self.settings.external_ca_cert

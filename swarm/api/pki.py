@@ -9,7 +9,9 @@ The model, as in SwarmKit:
 
 - One self-signed root CA per cluster (ECDSA P-256). Its private key is kept
   in etcd encrypted with a key-encryption key (KEK) that only the controllers'
-  configuration holds (`encrypt_ca_key` / `decrypt_ca_key`).
+  configuration holds (`encrypt_ca_key` / `decrypt_ca_key`). Secrets and
+  other payloads are sealed with a cluster data key (`DataKey`), itself kept
+  in etcd sealed under the KEK (`seal_data_key`).
 - A node makes its own key (`generate_key`) and sends only a CSR
   (`make_csr`). The CA ignores the CSR's subject and writes the identity
   itself (`sign_node_certificate`): node ID in CN, role in OU, cluster ID in
@@ -247,22 +249,23 @@ def _derive(kek: bytes, salt: bytes, log2_n: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=2**log2_n, r=8, p=1).derive(kek)
 
 
-def encrypt_ca_key(key: PrivateKey, kek: bytes, *, cluster_id: str) -> bytes:
-    """The CA key sealed with AES-256-GCM under a key derived from the KEK.
+def seal_with_kek(plaintext: bytes, kek: bytes, *, aad: bytes) -> bytes:
+    """`plaintext` sealed with AES-256-GCM under a key derived from the KEK.
 
-    The cluster ID is authenticated (AAD), so a blob copied from another
-    cluster that happens to share a KEK does not decrypt here."""
+    `aad` is authenticated, not stored: it binds the blob to what it is for
+    (the cluster, the purpose), so a blob copied from another cluster or
+    another field does not open."""
     if len(kek) < _KEK_MIN_BYTES:
-        raise PKIError(f"the CA key-encryption key is too short ({len(kek)} bytes, "
+        raise PKIError(f"the key-encryption key is too short ({len(kek)} bytes, "
                        f"need at least {_KEK_MIN_BYTES})")
     salt, nonce = secrets.token_bytes(16), secrets.token_bytes(12)
-    sealed = AESGCM(_derive(kek, salt, _SCRYPT_LOG2_N)).encrypt(
-        nonce, key_to_pem(key), cluster_id.encode())
+    sealed = AESGCM(_derive(kek, salt, _SCRYPT_LOG2_N)).encrypt(nonce, plaintext, aad)
     fields = [_BLOB_PREFIX, str(_SCRYPT_LOG2_N), *(_b64(part) for part in (salt, nonce, sealed))]
     return "$".join(fields).encode()
 
 
-def decrypt_ca_key(blob: bytes, kek: bytes, *, cluster_id: str) -> PrivateKey:
+def open_with_kek(blob: bytes, kek: bytes, *, aad: bytes, what: str) -> bytes:
+    """The plaintext of a `seal_with_kek` blob; `what` names it in errors."""
     try:
         prefix, log2_n_text, *parts = blob.decode("ascii").split("$")
         if prefix != _BLOB_PREFIX or len(parts) != 3:
@@ -272,14 +275,77 @@ def decrypt_ca_key(blob: bytes, kek: bytes, *, cluster_id: str) -> PrivateKey:
             raise ValueError
         salt, nonce, sealed = (_unb64(part) for part in parts)
     except ValueError:
-        raise CAKeyDecryptionError(f"not an encrypted CA key (expected a {_BLOB_PREFIX} blob)") from None
+        raise CAKeyDecryptionError(f"not an encrypted {what} (expected a {_BLOB_PREFIX} blob)") from None
     try:
-        key_pem = AESGCM(_derive(kek, salt, log2_n)).decrypt(nonce, sealed, cluster_id.encode())
+        return AESGCM(_derive(kek, salt, log2_n)).decrypt(nonce, sealed, aad)
     except InvalidTag:
         raise CAKeyDecryptionError(
-            "cannot decrypt the CA key: wrong key-encryption key (check the controllers' KEK "
-            f"file), a different cluster than {cluster_id!r}, or the stored key was altered") from None
-    return key_from_pem(key_pem)
+            f"cannot decrypt the {what}: wrong key-encryption key (check the controllers' KEK "
+            f"file), a different cluster, or the stored {what} was altered") from None
+
+
+def encrypt_ca_key(key: PrivateKey, kek: bytes, *, cluster_id: str) -> bytes:
+    """The CA key sealed under the KEK, bound to the cluster ID (a blob copied
+    from another cluster that happens to share a KEK does not decrypt here)."""
+    return seal_with_kek(key_to_pem(key), kek, aad=cluster_id.encode())
+
+
+def decrypt_ca_key(blob: bytes, kek: bytes, *, cluster_id: str) -> PrivateKey:
+    return key_from_pem(open_with_kek(blob, kek, aad=cluster_id.encode(), what="CA key"))
+
+
+# ------------------------------------- payloads at rest (secrets, credentials)
+
+# Envelope encryption, as SwarmKit and Kubernetes' KMS provider do it: one
+# random data key per cluster encrypts payloads (fast: no KDF per payload);
+# the data key itself is kept in etcd sealed under the KEK, so rotating the
+# KEK re-seals 32 bytes, not every secret.
+_DATA_BLOB_PREFIX = b"swarm-data.v1$"
+DATA_KEY_BYTES = 32
+
+
+class SealedDataError(PKIError):
+    """A sealed payload does not open: altered, or sealed for something else."""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls) -> DataKey:
+        return cls(secrets.token_bytes(DATA_KEY_BYTES))
+
+    def seal(self, plaintext: bytes, *, context: str) -> bytes:
+        """AES-256-GCM; `context` (e.g. "secret/<id>") is authenticated, so a
+        blob moved to another object's record does not open there."""
+        nonce = secrets.token_bytes(12)
+        return _DATA_BLOB_PREFIX + nonce + AESGCM(self.key).encrypt(nonce, plaintext, context.encode())
+
+    def open(self, blob: bytes, *, context: str) -> bytes:
+        if not blob.startswith(_DATA_BLOB_PREFIX) or len(blob) < len(_DATA_BLOB_PREFIX) + 12 + 16:
+            raise SealedDataError(f"{context}: not a sealed payload")
+        body = blob[len(_DATA_BLOB_PREFIX):]
+        try:
+            return AESGCM(self.key).decrypt(body[:12], body[12:], context.encode())
+        except InvalidTag:
+            raise SealedDataError(f"{context}: the sealed payload does not open "
+                                  "(altered, or sealed by another cluster)") from None
+
+
+def _data_key_aad(cluster_id: str) -> bytes:
+    return f"{cluster_id}/data-key".encode()
+
+
+def seal_data_key(data_key: DataKey, kek: bytes, *, cluster_id: str) -> bytes:
+    return seal_with_kek(data_key.key, kek, aad=_data_key_aad(cluster_id))
+
+
+def open_data_key(blob: bytes, kek: bytes, *, cluster_id: str) -> DataKey:
+    key = open_with_kek(blob, kek, aad=_data_key_aad(cluster_id), what="cluster data key")
+    if len(key) != DATA_KEY_BYTES:
+        raise CAKeyDecryptionError("the cluster data key has the wrong length")
+    return DataKey(key)
 
 
 def _b64(data: bytes) -> str:

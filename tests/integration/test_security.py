@@ -24,7 +24,8 @@ from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings, RateLimiter
-from swarm.controller.server import Controller
+from swarm.controller.server import CLUSTER_ID, Controller
+from swarm.controller.store import Update
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import (
     FAST_SESSION,
@@ -473,3 +474,36 @@ async def test_agents_renew_their_certificates_without_dropping_work(
     finally:
         await nodes.stop()
         await short.stop()
+
+
+async def test_every_controller_shares_one_data_key_and_an_old_cluster_gets_one(
+        etcd_server: EtcdServer, etcd_prefix: str, controller: Controller) -> None:
+    """The data key that seals secrets is made once, with the CA, and kept
+    in etcd only sealed under the KEK; a cluster made before data keys
+    existed gets one from the first controller that starts."""
+    state = controller.pki.state()
+    assert state.sealed_data_key
+    assert controller.pki.data_key.key not in state.sealed_data_key
+    sealed = controller.pki.data_key.seal(b"payload", context="test/1")
+    # A cluster without a data key, as one made by an older version.
+    cluster = pb.Cluster()
+    cluster.CopyFrom(controller.store.cache.clusters[CLUSTER_ID])
+    cluster.ca.ClearField("sealed_data_key")
+    await controller.store.commit([Update(cluster)])
+    second = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await second.start()
+    try:
+        assert second.pki.data_key.open(second.pki.data_key.seal(b"x", context="c"),
+                                        context="c") == b"x"
+        assert second.pki.state().sealed_data_key  # written back for every controller
+        # A new key: what the old one sealed does not open with it.
+        with pytest.raises(pki.SealedDataError):
+            second.pki.data_key.open(sealed, context="test/1")
+    finally:
+        await second.stop()
+    third = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await third.start()
+    try:
+        assert third.pki.data_key == second.pki.data_key  # loaded, not made again
+    finally:
+        await third.stop()

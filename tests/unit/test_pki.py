@@ -127,6 +127,32 @@ def test_ca_key_refused_with_wrong_kek_cluster_or_tampering(ca: pki.CertificateA
         pki.encrypt_ca_key(ca.key, b"short", cluster_id=CLUSTER)
 
 
+def test_data_key_seals_payloads_bound_to_their_context() -> None:
+    key = pki.DataKey.generate()
+    blob = key.seal(b"hunter2", context="secret/abc")
+    assert b"hunter2" not in blob
+    assert key.open(blob, context="secret/abc") == b"hunter2"
+    assert key.seal(b"hunter2", context="secret/abc") != blob  # fresh nonce
+    with pytest.raises(pki.SealedDataError, match="does not open"):
+        key.open(blob, context="secret/other")
+    with pytest.raises(pki.SealedDataError, match="does not open"):
+        pki.DataKey.generate().open(blob, context="secret/abc")
+    with pytest.raises(pki.SealedDataError, match="not a sealed payload"):
+        key.open(b"hunter2", context="secret/abc")
+    assert "key=" not in repr(key)
+
+
+def test_data_key_is_kept_sealed_under_the_kek() -> None:
+    kek, key = pki.generate_kek(), pki.DataKey.generate()
+    blob = pki.seal_data_key(key, kek, cluster_id=CLUSTER)
+    assert key.key not in blob
+    assert pki.open_data_key(blob, kek, cluster_id=CLUSTER) == key
+    with pytest.raises(pki.CAKeyDecryptionError, match="cluster data key"):
+        pki.open_data_key(blob, pki.generate_kek(), cluster_id=CLUSTER)
+    with pytest.raises(pki.CAKeyDecryptionError):
+        pki.open_data_key(blob, kek, cluster_id="cluster-b")
+
+
 def test_kek_file_must_be_private(tmp_path: Path) -> None:
     path = tmp_path / "ca.kek"
     path.write_bytes(pki.generate_kek() + b"\n")

@@ -1728,6 +1728,7 @@ class ClusterCA(_message.Message):
     REVOKED_NODES_FIELD_NUMBER: _builtins.int
     EXTERNAL_FIELD_NUMBER: _builtins.int
     CLUSTER_UID_FIELD_NUMBER: _builtins.int
+    SEALED_DATA_KEY_FIELD_NUMBER: _builtins.int
     ca_cert_pem: _builtins.bytes
     encrypted_ca_key: _builtins.bytes
     """swarm.api.pki.encrypt_ca_key blob"""
@@ -1737,6 +1738,10 @@ class ClusterCA(_message.Message):
     """the CA was given (--external-ca-cert), not created"""
     cluster_uid: _builtins.str
     """The O of every certificate the cluster issues (the CA may be shared)."""
+    sealed_data_key: _builtins.bytes
+    """The cluster data key that seals secrets and registry credentials at
+    rest (swarm.api.pki.seal_data_key blob, under the KEK).
+    """
     @_builtins.property
     def node_cert_validity(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -1754,10 +1759,11 @@ class ClusterCA(_message.Message):
         revoked_nodes: _abc.Iterable[Global___RevokedNode] | None = ...,
         external: _builtins.bool = ...,
         cluster_uid: _builtins.str = ...,
+        sealed_data_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["node_cert_validity", b"node_cert_validity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_pem", b"ca_cert_pem", "cluster_uid", b"cluster_uid", "controller_token_secret", b"controller_token_secret", "encrypted_ca_key", b"encrypted_ca_key", "external", b"external", "node_cert_validity", b"node_cert_validity", "revoked_nodes", b"revoked_nodes", "worker_token_secret", b"worker_token_secret"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_cert_pem", b"ca_cert_pem", "cluster_uid", b"cluster_uid", "controller_token_secret", b"controller_token_secret", "encrypted_ca_key", b"encrypted_ca_key", "external", b"external", "node_cert_validity", b"node_cert_validity", "revoked_nodes", b"revoked_nodes", "sealed_data_key", b"sealed_data_key", "worker_token_secret", b"worker_token_secret"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
