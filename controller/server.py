@@ -32,6 +32,7 @@ from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import MAX_STALENESS, ControlServicer
+from .api.errors import ErrorInterceptor
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -147,12 +148,14 @@ class Controller:
                 self.pki.admin_identity().save(Path(self.config.admin_out))
                 log.info("wrote an admin identity for swarmctl to %s", self.config.admin_out)
         settings = channels.LinkSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+        # Refusals raised by handlers become statuses in one place (api/errors.py).
         if self.config.insecure:
-            self._server = channels.new_server(settings)
+            self._server = channels.new_server(settings, interceptors=[ErrorInterceptor()])
         else:
             # The cluster's own ID is checked too: an external CA may sign for others.
             self._server = channels.new_server(settings, interceptors=[channels.AuthInterceptor(
-                POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid)])
+                POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid),
+                ErrorInterceptor()])
             self._join_server = channels.new_server(settings)
         self.port = channels.listen(self._server, self.config.listen,
                                     self.identity.current if self.identity else None,

@@ -19,6 +19,7 @@ from .store import (
     Delete,
     Guard,
     Op,
+    Planned,
     Release,
     ReleaseName,
     RequireAbsent,
@@ -30,7 +31,7 @@ from .store import (
 
 __all__ = [
     "NOSPACE_HINT", "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings",
-    "Guard", "Keys", "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store",
+    "Guard", "Keys", "Op", "Planned", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store",
     "StoreError", "StoreFull", "StoreRejected", "StoreUnavailable", "StoredObject", "Update",
     "WatchCache", "delete_op", "kind_of", "store_status",
 ]

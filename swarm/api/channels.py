@@ -373,13 +373,18 @@ class AuthInterceptor(_ServerInterceptor):
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> object:
             return await authorize(context, roles, self._revocations(), cluster_id=self._cluster_id)
 
-        return _guarded(handler, check)
+        return rewrap(handler, lambda behaviour: _guard(behaviour, check))
 
 
-def _guarded(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler with `check(context)` awaited before the behaviour.
-    grpc.aio accepts both coroutine behaviours and async generators for
-    streaming responses; the wrapper keeps whichever the servicer used."""
+Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def rewrap(handler: grpc.RpcMethodHandler[Any, Any], adapt: Adapter) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with its behaviour replaced by `adapt(behaviour)`: how
+    a grpc.aio server interceptor wraps a call (authorization here, the
+    controller's error mapping). grpc.aio accepts both coroutine behaviours
+    and async generators for streaming responses; adapters keep whichever the
+    servicer used."""
     codecs: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
                               "response_serializer": handler.response_serializer}
     kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = [
@@ -390,7 +395,7 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.Rpc
     ]
     for behaviour, make in kinds:
         if behaviour is not None:
-            return make(_guard(behaviour, check), **codecs)
+            return make(adapt(behaviour), **codecs)
     raise TypeError(f"RPC method handler without a behaviour: {handler!r}")
 
 
