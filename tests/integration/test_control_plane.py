@@ -14,6 +14,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.server import Controller
+from swarm.controller.store import Update
 from tests.integration.conftest import FAST_SESSION, HEARTBEAT, sim_cluster
 from tests.waiting import eventually
 
@@ -220,6 +221,25 @@ async def test_stale_update_is_aborted(controller: Controller, control: Control)
     stored = controller.store.cache.services[service.id]
     assert stored.spec.replicated.replicas == 5
     assert stored.spec.task.container.image == "busybox:latest"
+
+
+async def test_an_update_over_status_changes_is_retried_on_the_controller(
+        controller: Controller, control: Control) -> None:
+    """A status write since the caller's read (the orchestrator's, as here)
+    is no conflict: the controller writes the update over it."""
+    service = (await control.CreateService(cpb.CreateServiceRequest(spec=web_spec()))).service
+    status_only = pb.Service()
+    status_only.CopyFrom(controller.store.cache.services[service.id])
+    status_only.update_status.message = "a status write meanwhile"
+    await controller.store.commit([Update(status_only)])
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(service.spec)
+    spec.task.container.image = "busybox:1.36"
+    updated = (await control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec))).service
+    assert updated.meta.version > status_only.meta.version
+    stored = controller.store.cache.services[service.id]
+    assert stored.spec.task.container.image == "busybox:1.36"
 
 
 async def test_rolling_update_replaces_every_task(
