@@ -46,7 +46,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
 from .store import Conflict, Op, Store, StoreError, Update, store_status
-from .store.cache import Change
+from .store.cache import Change, ClusterChange
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,10 @@ class ClusterPKI:
         return self._revocations
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "clusters" and change.object_id == self._cluster_id:
-            new = change.new
-            self._revocations = revocations_of(
-                new.ca if isinstance(new, pb.Cluster) and new.HasField("ca") else None)
+        match change:
+            case ClusterChange(object_id=cluster_id, new=new) if cluster_id == self._cluster_id:
+                self._revocations = revocations_of(
+                    new.ca if new is not None and new.HasField("ca") else None)
 
     async def ensure(self) -> None:
         """Load the cluster's CA, creating it first if the cluster has none

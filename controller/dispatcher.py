@@ -64,10 +64,14 @@ from .store import (
     Conflict,
     Create,
     Guard,
+    NetworkChange,
+    NodeChange,
     Op,
+    ServiceChange,
     Store,
     StoreError,
     StoreUnavailable,
+    TaskChange,
     Update,
 )
 
@@ -432,43 +436,39 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._state
         if state is None:
             return
-        if change.kind == "services":
-            old_service: pb.Service | None = change.old  # type: ignore[assignment]
-            new_service: pb.Service | None = change.new  # type: ignore[assignment]
-            changed = state.services.apply(old_service, new_service)
-            if affects_mesh(old_service, new_service):  # the ingress entries' records
-                changed |= {n.id for n in self._store.cache.networks.values() if n.spec.ingress}
-            self._mark_networks(state, changed)
-            return
-        if change.kind == "networks":
-            if change.new is None:
-                state.peers.forget(change.object_id)
-            self._mark_networks(state, {change.object_id})
-            return
-        if change.kind == "nodes":
-            old_node: pb.Node | None = change.old  # type: ignore[assignment]
-            new_node: pb.Node | None = change.new  # type: ignore[assignment]
-            # Its own (ingress) endpoint: the network is assigned to it, and
-            # every node on it learns where the endpoint is.
-            self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
-            # Its endpoints appear in (or leave) every peer list when it goes
-            # down, comes back, moves or is removed.
-            if old_node is None or new_node is None \
-                    or old_node.status.state != new_node.status.state \
-                    or vtep(old_node) != vtep(new_node):
-                state.peers.nodes_generation += 1
-                self._mark_networks(state, state.overlay.networks_of(change.object_id))
-            if new_node is None:
-                session = state.sessions.pop(change.object_id, None)
-                state.heartbeats.pop(change.object_id, None)
-                if session is not None:
-                    session.close()
-                self._release_node(state, change.object_id)
-            return
-        if change.kind != "tasks":
-            return
-        old: pb.Task | None = change.old  # type: ignore[assignment]
-        new: pb.Task | None = change.new  # type: ignore[assignment]
+        match change:
+            case ServiceChange(old=old_service, new=new_service):
+                changed = state.services.apply(old_service, new_service)
+                if affects_mesh(old_service, new_service):  # the ingress entries' records
+                    changed |= {n.id for n in self._store.cache.networks.values()
+                                if n.spec.ingress}
+                self._mark_networks(state, changed)
+            case NetworkChange(object_id=network_id, new=network):
+                if network is None:
+                    state.peers.forget(network_id)
+                self._mark_networks(state, {network_id})
+            case NodeChange(object_id=node_id, old=old_node, new=new_node):
+                # Its own (ingress) endpoint: the network is assigned to it, and
+                # every node on it learns where the endpoint is.
+                self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
+                # Its endpoints appear in (or leave) every peer list when it goes
+                # down, comes back, moves or is removed.
+                if old_node is None or new_node is None \
+                        or old_node.status.state != new_node.status.state \
+                        or vtep(old_node) != vtep(new_node):
+                    state.peers.nodes_generation += 1
+                    self._mark_networks(state, state.overlay.networks_of(node_id))
+                if new_node is None:
+                    session = state.sessions.pop(node_id, None)
+                    state.heartbeats.pop(node_id, None)
+                    if session is not None:
+                        session.close()
+                    self._release_node(state, node_id)
+            case TaskChange():
+                self._on_task_change(state, change)
+
+    def _on_task_change(self, state: _LeaderState, change: TaskChange) -> None:
+        old, new = change.old, change.new
         self._mark_networks(state, state.overlay.apply(old, new))
         if starts_draining(old, new):
             assert new is not None

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Conflict, Guard, Store, StoreUnavailable, Update
+from ..store import Change, Conflict, Guard, NodeChange, Store, StoreUnavailable, Update
 from . import rebalance
 from .tasks import ConstraintCache
 
@@ -105,11 +105,12 @@ class AutoRebalancer:
         self.started: list[str] = []  # service names, in order (tests, logs)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "nodes" and arrived(change.old, change.new):  # type: ignore[arg-type]
-            self._quiet_until = self._clock() + self._settings.interval
-            self._episode += 1
-            self._done = set()
-            self._wake.set()
+        match change:
+            case NodeChange(old=old, new=new) if arrived(old, new):
+                self._quiet_until = self._clock() + self._settings.interval
+                self._episode += 1
+                self._done = set()
+                self._wake.set()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
