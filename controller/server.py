@@ -167,6 +167,7 @@ class Controller:
         self.dispatcher.logs = self.logs
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
         control.max_staleness = self.config.max_read_staleness
+        control.dial = self._dial_controller  # a follower relays leader-only calls
         cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:
@@ -195,6 +196,13 @@ class Controller:
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
+
+    def _dial_controller(self, addr: str) -> grpc.aio.Channel:
+        """A channel to another controller, as this controller (its identity)."""
+        settings = channels.LinkSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+        if self.identity is None:
+            return channels.client_channel(addr, None, insecure=True, settings=settings)
+        return channels.client_channel(addr, self.identity.current(), settings=settings)
 
     async def _ensure_cluster(self) -> None:
         if CLUSTER_ID in self.store.cache.clusters:

@@ -18,6 +18,7 @@ by gRPC and answered UNKNOWN.
 | FailedPrecondition, NeedsIngress        | FAILED_PRECONDITION |
 | Exhausted, AllocationError (exhausted)  | RESOURCE_EXHAUSTED  |
 | Unavailable                             | UNAVAILABLE         |
+| Relayed (the leader's refusal)          | the leader's        |
 | StoreFailed (store unavailable, full,   | store_status: UNAVAILABLE, |
 | rejected)                               | RESOURCE_EXHAUSTED, INVALID_ARGUMENT |
 """
@@ -89,6 +90,14 @@ class StoreFailed(ApiError):
 
     def __init__(self, error: StoreError, what: str) -> None:
         code, message = store_status(error, what)
+        super().__init__(message)
+        self.code = code
+
+
+class Relayed(ApiError):
+    """The refusal of the controller a call was relayed to, passed on as it was."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
