@@ -67,6 +67,7 @@ from .store import (
     NetworkChange,
     NodeChange,
     Op,
+    Planned,
     ServiceChange,
     Store,
     StoreError,
@@ -577,41 +578,45 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     async def _mark_node(self, state: _LeaderState, node_id: str, status: int, message: str,
                          description: pb.NodeDescription | None = None) -> None:
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.cache.nodes.get(node_id)
-            if current is None:
-                return
-            node = pb.Node()
-            node.CopyFrom(current)
+        def mark(node: pb.Node) -> bool:
             node.status.state = status  # type: ignore[assignment]
             node.status.message = message
             node.status.last_heartbeat.GetCurrentTime()
             if description is not None:
                 node.description.CopyFrom(description)
                 node.status.addr = description.advertise_addr
-            try:
-                await self._store.commit([Update(node)], guard=state.guard)
-                return
-            except Conflict:
-                continue
-        raise Conflict(f"node {node_id} kept changing")
+            return True
+
+        await self._update_node(state, node_id, mark)
 
     async def _set_conditions(self, state: _LeaderState, node_id: str,
                               conditions: list[str]) -> None:
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.cache.nodes.get(node_id)
-            if current is None or list(current.status.conditions) == conditions:
-                return
-            node = pb.Node()
-            node.CopyFrom(current)
+        def set_conditions(node: pb.Node) -> bool:
+            if list(node.status.conditions) == conditions:
+                return False
             del node.status.conditions[:]
             node.status.conditions.extend(conditions)
-            try:
-                await self._store.commit([Update(node)], guard=state.guard)
-                log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
-                return
-            except Conflict:
-                continue
+            return True
+
+        if await self._update_node(state, node_id, set_conditions):
+            log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
+
+    async def _update_node(self, state: _LeaderState, node_id: str,
+                           change: Callable[[pb.Node], bool]) -> bool:
+        """The store's read-modify-write of a node's record, fenced by the
+        leader's guard: `change` edits a copy (False: nothing to write).
+        Whether it wrote; a node gone is not written."""
+
+        def step() -> Planned[bool]:
+            current = self._store.cache.nodes.get(node_id)
+            if current is None:
+                return Planned([], False)
+            node = pb.Node()
+            node.CopyFrom(current)
+            return Planned([Update(node)], True) if change(node) else Planned([], False)
+
+        return await self._store.read_modify_write(step, attempts=_CAS_ATTEMPTS,
+                                                   guard=state.guard)
 
     async def _monitor_nodes(self, state: _LeaderState) -> None:
         while True:

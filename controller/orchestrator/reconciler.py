@@ -33,6 +33,7 @@ from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
 from ..allocator.claims import release_task
 from ..heartbeat import heartbeat_period
+from ..scheduler.filters import takes_new_tasks
 from ..store import (
     Change,
     ClusterChange,
@@ -72,11 +73,6 @@ def backoff_delay(attempts: int, initial: float = BACKOFF_INITIAL,
     return float(min(limit, initial * 2 ** min(max(attempts - 1, 0), 30)))
 
 
-def _node_usable(node: pb.Node | None) -> bool:
-    return node is not None and node.status.state == pb.NodeStatus.READY \
-        and node.spec.availability == pb.NodeSpec.ACTIVE
-
-
 def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | None,
               node: pb.Node | None) -> bool:
     """Whether a task change can alter a plan. Agent progress (ACCEPTED..STARTING)
@@ -90,7 +86,7 @@ def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | No
         return True
     if old.node_id != new.node_id:
         # The scheduler's placement changes no plan unless the node went away meanwhile.
-        return not _node_usable(node)
+        return not takes_new_tasks(node)
     before, after = old.status.state, new.status.state
     if (before >= pb.COMPLETE) != (after >= pb.COMPLETE):
         return True

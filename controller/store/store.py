@@ -171,11 +171,12 @@ class Store:
         return decode(kind, kv.value, kv.mod_revision) if kv is not None else None
 
     async def read_modify_write(self, step: Step[R], *, attempts: int = RMW_ATTEMPTS,
-                                backoff: float = RMW_BACKOFF) -> R:
+                                backoff: float = RMW_BACKOFF, guard: Guard | None = None) -> R:
         """Run `step` (read the cache, plan purely: Planned) and commit its ops
-        in one transaction; on a Conflict run it again after backoff_delay, at
-        most `attempts` times, then raise the Conflict. Whatever `step` raises
-        (a refusal) propagates at once, as do store errors."""
+        in one transaction (fenced by `guard`); on a Conflict run it again after
+        backoff_delay, at most `attempts` times, then raise the Conflict.
+        Whatever `step` raises (a refusal) propagates at once, as do store
+        errors."""
         for attempt in range(attempts):
             planned = step()
             if inspect.isawaitable(planned):
@@ -183,7 +184,7 @@ class Store:
             if not planned.ops:
                 return planned.result
             try:
-                await self.commit(planned.ops)
+                await self.commit(planned.ops, guard)
             except Conflict:
                 if attempt + 1 >= attempts or not planned.retry():
                     raise
