@@ -33,7 +33,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -44,8 +44,17 @@ from swarm.api.v1 import ca_pb2 as capb
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import objects_pb2 as pb
 
+from .api.errors import (
+    ApiError,
+    ChangedConcurrently,
+    Exhausted,
+    InvalidArgument,
+    PermissionDenied,
+    StoreFailed,
+    Unauthenticated,
+)
 from .ids import new_id
-from .store import Conflict, Op, Store, StoreError, Update, store_status
+from .store import Conflict, Op, Store, StoreError, Update
 from .store.cache import Change, ClusterChange
 
 log = logging.getLogger(__name__)
@@ -312,10 +321,10 @@ class ControllerIdentity:
 # ---------------------------------------------------------------- servicers
 
 
-async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
-    log.warning("CA refused %s: %s: %s", context.peer(), code.name, details)
-    await context.abort(code, details)
-    raise AssertionError("unreachable")  # abort raises
+def _refused(context: Context, error: ApiError) -> ApiError:
+    """A refusal to raise (api/errors.py answers it), logged with the peer first."""
+    log.warning("CA refused %s: %s: %s", context.peer(), error.code.name, error)
+    return error
 
 
 def _peer_host(peer: str) -> str:
@@ -355,25 +364,25 @@ class JoinServicer(cagrpc.CAJoinServicer):
     async def IssueNodeCertificate(self, request: capb.IssueNodeCertificateRequest,
                                    context: Context) -> capb.NodeCertificateResponse:
         if not self._limiter.allow(_peer_host(context.peer())):
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         "too many join requests from this address; retry later")
+            raise _refused(context, Exhausted(
+                "too many join requests from this address; retry later"))
         try:
             token = pki.parse_join_token(request.token)
         except pki.InvalidJoinToken as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         try:
             role = self._pki.role_for(token)
         except pki.InvalidJoinToken as error:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise _refused(context, Unauthenticated(str(error))) from None
         wanted = _ROLE_OF_JOIN_ROLE.get(request.role)
         if wanted is not None and wanted is not role:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"the join token is for role {role.value}, not {wanted.value}")
+            raise _refused(context, PermissionDenied(
+                f"the join token is for role {role.value}, not {wanted.value}"))
         node_id = new_id()
         try:
             cert_pem = self._pki.sign(request.csr_pem, node_id=node_id, role=role)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         log.info("issued a %s certificate to new node %s (%s)", role.value, node_id, context.peer())
         return capb.NodeCertificateResponse(node_id=node_id, certificate_pem=cert_pem,
                                             ca_pem=self._pki.ca.cert_pem)
@@ -388,14 +397,13 @@ class NodeCAServicer(cagrpc.NodeCAServicer):
         try:
             peer = pki.peer_identity(context)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise _refused(context, Unauthenticated(str(error))) from None
         if peer is None:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         "renewal needs the certificate being renewed")
+            raise _refused(context, Unauthenticated("renewal needs the certificate being renewed"))
         try:
             cert_pem = self._pki.sign(request.csr_pem, node_id=peer.node_id, role=peer.role)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         log.info("renewed the certificate of %s %s", peer.role.value, peer.node_id)
         return capb.NodeCertificateResponse(node_id=peer.node_id, certificate_pem=cert_pem,
                                             ca_pem=self._pki.ca.cert_pem)
@@ -419,15 +427,15 @@ class CAAdminServicer(cagrpc.CAAdminServicer):
                            context: Context) -> capb.JoinTokenResponse:
         role = _ROLE_OF_JOIN_ROLE.get(request.role)
         if role is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "role must be worker or controller")
+            raise _refused(context, InvalidArgument("role must be worker or controller"))
         if request.rotate:
             try:
                 token = await self._pki.rotate_token(role)
             except Conflict as error:
-                await _abort(context, grpc.StatusCode.ABORTED, f"cannot rotate the token: {error}")
+                raise _refused(context, ChangedConcurrently(
+                    f"cannot rotate the token: {error}")) from None
             except StoreError as error:
-                await _abort(context, *store_status(error, "rotate the token"))
+                raise _refused(context, StoreFailed(error, "rotate the token")) from None
         else:
             token = self._pki.token(role)
         return capb.JoinTokenResponse(token=str(token), role=request.role)

@@ -156,7 +156,7 @@ class Controller:
             self._server = channels.new_server(settings, interceptors=[channels.AuthInterceptor(
                 POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid),
                 ErrorInterceptor()])
-            self._join_server = channels.new_server(settings)
+            self._join_server = channels.new_server(settings, interceptors=[ErrorInterceptor()])
         self.port = channels.listen(self._server, self.config.listen,
                                     self.identity.current if self.identity else None,
                                     insecure=self.config.insecure)

@@ -23,8 +23,8 @@ store failure answered as store_status says and a race lost for good ABORTED.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Mapping
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -60,6 +60,29 @@ def with_prefix(objects: Iterable[T], id_of: Callable[[T], str], prefixes: Itera
 def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
     return all(key in labels and (not value or labels[key] == value)
                for key, value in wanted.items())
+
+
+class Filters(Protocol):
+    """What every List request's filters have."""
+
+    @property
+    def id_prefixes(self) -> Sequence[str]: ...
+
+    @property
+    def names(self) -> Sequence[str]: ...
+
+
+def select(objects: Iterable[T], filters: Filters, id_of: Callable[[T], str],
+           name_of: Callable[[T], str], labels_of: Callable[[T], Mapping[str, str]] | None = None,
+           labels: Mapping[str, str] | None = None) -> list[T]:
+    """The objects a List request's filters keep: an ID prefix, a name, labels."""
+    found = with_prefix(objects, id_of, filters.id_prefixes)
+    if filters.names:
+        names = set(filters.names)
+        found = [obj for obj in found if name_of(obj) in names]
+    if labels and labels_of is not None:
+        found = [obj for obj in found if labels_match(labels_of(obj), labels)]
+    return found
 
 
 def same_spec(a: pb.Service | pb.Node, b: pb.Service | pb.Node) -> bool:

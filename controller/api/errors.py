@@ -18,6 +18,7 @@ by gRPC and answered UNKNOWN.
 | FailedPrecondition, NeedsIngress        | FAILED_PRECONDITION |
 | Exhausted, AllocationError (exhausted)  | RESOURCE_EXHAUSTED  |
 | Unavailable                             | UNAVAILABLE         |
+| Unauthenticated, PermissionDenied (CA)  | UNAUTHENTICATED, PERMISSION_DENIED |
 | Relayed (the leader's refusal)          | the leader's        |
 | StoreFailed (store unavailable, full,   | store_status: UNAVAILABLE, |
 | rejected)                               | RESOURCE_EXHAUSTED, INVALID_ARGUMENT |
@@ -26,14 +27,14 @@ by gRPC and answered UNKNOWN.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from swarm.api import refs
-from swarm.api.channels import rewrap
+from swarm.api.channels import Adapter, HandlerInterceptor
 from swarm.api.validation import ValidationError
 
 from ..allocator.endpoint import NeedsIngress
@@ -85,13 +86,12 @@ class Unavailable(ApiError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class StoreFailed(ApiError):
-    """The store could not do `what` (unavailable, full, or the request refused)."""
+class Unauthenticated(ApiError):
+    code = grpc.StatusCode.UNAUTHENTICATED
 
-    def __init__(self, error: StoreError, what: str) -> None:
-        code, message = store_status(error, what)
-        super().__init__(message)
-        self.code = code
+
+class PermissionDenied(ApiError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Relayed(ApiError):
@@ -100,6 +100,13 @@ class Relayed(ApiError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class StoreFailed(Relayed):
+    """The store could not do `what` (unavailable, full, or the request refused)."""
+
+    def __init__(self, error: StoreError, what: str) -> None:
+        super().__init__(*store_status(error, what))
 
 
 @dataclass(frozen=True)
@@ -160,20 +167,8 @@ def _mapping(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     return unary
 
 
-if TYPE_CHECKING:  # generic in grpc-stubs only
-    _ServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    _ServerInterceptor = grpc.aio.ServerInterceptor
-
-
-class ErrorInterceptor(_ServerInterceptor):
+class ErrorInterceptor(HandlerInterceptor):
     """Answers every call that raised a refusal with its status (status_of)."""
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
-            return handler
-        return rewrap(handler, _mapping)
+    def adapter(self, method: str) -> Adapter:
+        return _mapping

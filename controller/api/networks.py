@@ -25,7 +25,7 @@ from ..allocator.networks import allocate_network, pool_settings, stopping_holde
 from ..allocator.ports import ingress_ports
 from ..ids import new_id
 from ..store import Delete, Planned, ReleaseName
-from .base import Context, Handlers, network_name, with_prefix
+from .base import Context, Handlers, network_name, select
 from .errors import AlreadyExists, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,8 @@ class Networks(Handlers):
     async def ListNetworks(self, request: cpb.ListNetworksRequest,
                            context: Context) -> cpb.ListNetworksResponse:
         self._fresh()
-        filters = request.filters
-        networks = with_prefix(self._store.cache.networks.values(), lambda n: n.id,
-                               filters.id_prefixes)
-        if filters.names:
-            networks = [n for n in networks if n.spec.name in set(filters.names)]
+        networks = select(self._store.cache.networks.values(), request.filters, lambda n: n.id,
+                          network_name)
         networks.sort(key=lambda n: n.spec.name)
         return cpb.ListNetworksResponse(networks=networks)
 

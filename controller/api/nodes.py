@@ -16,7 +16,7 @@ from swarm.api.validation import normalize_node_spec
 from ..allocator.claims import release_node
 from ..ca import revoke_node_ops
 from ..store import Delete, Planned, Update
-from .base import Context, Handlers, copy, hostname, labels_match, with_prefix
+from .base import Context, Handlers, copy, hostname, select
 from .errors import ChangedConcurrently, FailedPrecondition, NotFound
 
 
@@ -30,11 +30,8 @@ class Nodes(Handlers):
                         context: Context) -> cpb.ListNodesResponse:
         self._fresh()
         filters = request.filters
-        nodes = with_prefix(self._store.cache.nodes.values(), lambda n: n.id, filters.id_prefixes)
-        if filters.names:
-            nodes = [n for n in nodes if n.description.hostname in set(filters.names)]
-        if filters.labels:
-            nodes = [n for n in nodes if labels_match(n.spec.labels, filters.labels)]
+        nodes = select(self._store.cache.nodes.values(), filters, lambda n: n.id, hostname,
+                       lambda n: n.spec.labels, filters.labels)
         if filters.roles:
             nodes = [n for n in nodes if n.spec.role in set(filters.roles)]
         nodes.sort(key=lambda n: (n.description.hostname, n.id))

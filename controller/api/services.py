@@ -25,7 +25,7 @@ from ..allocator.endpoint import endpoint_ops, plan_endpoint, replicas_needed
 from ..ids import new_id
 from ..orchestrator import rebalance
 from ..store import Create, Delete, Planned, ReleaseName, ReserveName, Update
-from .base import Context, Handlers, copy, labels_match, service_name, with_prefix
+from .base import Context, Handlers, copy, select, service_name
 from .errors import AlreadyExists, ChangedConcurrently, FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -93,12 +93,8 @@ class Services(Handlers):
                            context: Context) -> cpb.ListServicesResponse:
         self._fresh()
         filters = request.filters
-        services = with_prefix(self._store.cache.services.values(), lambda s: s.id,
-                               filters.id_prefixes)
-        if filters.names:
-            services = [s for s in services if s.spec.name in set(filters.names)]
-        if filters.labels:
-            services = [s for s in services if labels_match(s.spec.labels, filters.labels)]
+        services = select(self._store.cache.services.values(), filters, lambda s: s.id,
+                          service_name, lambda s: s.spec.labels, filters.labels)
         services.sort(key=lambda s: s.spec.name)
         return cpb.ListServicesResponse(services=services)
 

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias, TypeVar
+from typing import Generic, TypeAlias, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -46,43 +46,37 @@ log = logging.getLogger(__name__)
 # typed old/new (None: created, resp. deleted).
 
 
-@dataclass(frozen=True, slots=True)
-class NodeChange:
-    object_id: str
-    old: pb.Node | None
-    new: pb.Node | None
+T = TypeVar("T", pb.Node, pb.Service, pb.Task, pb.Network, pb.Cluster)
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceChange:
+class Changed(Generic[T]):
     object_id: str
-    old: pb.Service | None
-    new: pb.Service | None
+    old: T | None
+    new: T | None
 
 
-@dataclass(frozen=True, slots=True)
-class TaskChange:
-    object_id: str
-    old: pb.Task | None
-    new: pb.Task | None
+class NodeChange(Changed[pb.Node]):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class NetworkChange:
-    object_id: str
-    old: pb.Network | None
-    new: pb.Network | None
+class ServiceChange(Changed[pb.Service]):
+    __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ClusterChange:
-    object_id: str
-    old: pb.Cluster | None
-    new: pb.Cluster | None
+class TaskChange(Changed[pb.Task]):
+    __slots__ = ()
+
+
+class NetworkChange(Changed[pb.Network]):
+    __slots__ = ()
+
+
+class ClusterChange(Changed[pb.Cluster]):
+    __slots__ = ()
 
 
 Change: TypeAlias = NodeChange | ServiceChange | TaskChange | NetworkChange | ClusterChange
-T = TypeVar("T", pb.Node, pb.Service, pb.Task, pb.Network, pb.Cluster)
 
 
 def _as(kind: type[T], obj: StoredObject | None) -> T | None:

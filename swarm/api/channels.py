@@ -346,7 +346,27 @@ else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
-class AuthInterceptor(_ServerInterceptor):
+Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class HandlerInterceptor(_ServerInterceptor):
+    """A server interceptor that wraps the behaviour of every known method;
+    subclasses say how (`adapter`)."""
+
+    def adapter(self, method: str) -> Adapter:
+        raise NotImplementedError
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            return handler
+        return rewrap(handler, self.adapter(handler_call_details.method))
+
+
+class AuthInterceptor(HandlerInterceptor):
     """Authorizes every call before its handler runs (so a refused call
     changes nothing): a verified, unrevoked cluster certificate whose role
     the policy allows for the method. `revocations` is asked on each call;
@@ -361,22 +381,13 @@ class AuthInterceptor(_ServerInterceptor):
         self._revocations = revocations
         self._cluster_id = cluster_id
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
-            return handler
-        roles = roles_for_method(self._policy, handler_call_details.method)
+    def adapter(self, method: str) -> Adapter:
+        roles = roles_for_method(self._policy, method)
 
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> object:
             return await authorize(context, roles, self._revocations(), cluster_id=self._cluster_id)
 
-        return rewrap(handler, lambda behaviour: _guard(behaviour, check))
-
-
-Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+        return lambda behaviour: _guard(behaviour, check)
 
 
 def rewrap(handler: grpc.RpcMethodHandler[Any, Any], adapt: Adapter) -> grpc.RpcMethodHandler[Any, Any]:
