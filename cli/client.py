@@ -219,18 +219,3 @@ def fail_if(failed: int) -> None:
     """Exit 1 after partial output when some refs failed."""
     if failed:
         raise typer.Exit(EXIT_FAILURE)
-
-
-CONFLICT_RETRIES = 3
-
-
-def retry_on_conflict(action: Callable[[], T], retries: int = CONFLICT_RETRIES) -> T:
-    """Run a read-modify-write `action`; when the write lost a race (ABORTED: the object
-    changed since it was read) run it again, reading afresh, up to `retries` times."""
-    for _ in range(retries):
-        try:
-            return action()
-        except RpcFailure as error:
-            if error.code != grpc.StatusCode.ABORTED:
-                raise
-    return action()

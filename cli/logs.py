@@ -24,7 +24,6 @@ from typing import IO, Any
 import grpc
 
 from swarm.api import units
-from swarm.api.metadata import LEADER_METADATA_KEY
 from swarm.api.naming import slot_name
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
@@ -195,15 +194,6 @@ def binary(stream: Any) -> IO[bytes]:
     return getattr(stream, "buffer", stream)  # type: ignore[no-any-return]
 
 
-def _leader_hint(error: grpc.RpcError) -> str:
-    trailing = getattr(error, "trailing_metadata", None)
-    metadata: Any = trailing() if callable(trailing) else None
-    for key, value in metadata or ():
-        if key == LEADER_METADATA_KEY and isinstance(value, str):
-            return value
-    return ""
-
-
 def _initial_names(ctl: client.Controller, service: pb.Service) -> Names:
     request = cpb.ListTasksRequest()
     request.filters.service_ids.append(service.id)
@@ -229,25 +219,13 @@ def _initial_names(ctl: client.Controller, service: pb.Service) -> Names:
 
 def _messages(ctl: client.Controller, request: lpb.ServiceLogsRequest,
               calls: list[Any]) -> Iterator[lpb.ServiceLogsMessage]:
-    """The stream, from the leader: a follower's FAILED_PRECONDITION names
-    it, and the call is made again there (once)."""
+    """The stream (any controller serves it: a follower relays it from the leader)."""
     call = ctl.stub.ServiceLogs(request)
     calls.append(call)
     try:
         yield from call
-        return
     except grpc.RpcError as error:
-        leader = _leader_hint(error)
-        code = error.code() if callable(getattr(error, "code", None)) else None
-        if code != grpc.StatusCode.FAILED_PRECONDITION or not leader or leader == ctl.target:
-            raise client.describe_rpc_error(error, ctl.target, ctl.timeout) from None
-    with client.connect(leader, timeout=ctl.timeout) as leader_ctl:
-        call = leader_ctl.stub.ServiceLogs(request)
-        calls.append(call)
-        try:
-            yield from call
-        except grpc.RpcError as error:
-            raise client.describe_rpc_error(error, leader, ctl.timeout) from None
+        raise client.describe_rpc_error(error, ctl.target, ctl.timeout) from None
 
 
 def stream_logs(ctl: client.Controller, ref: str, options: lpb.LogOptions, fmt: Format,

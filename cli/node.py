@@ -148,13 +148,10 @@ def update(
         raise BadInput("nothing to change: give --availability, --role, --label-add or "
                        "--label-rm")
     with client.open_controller(ctx) as ctl:
-
-        def read_modify_write() -> None:
-            current = ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=node)).node
-            ctl.call(ctl.stub.UpdateNode, cpb.UpdateNodeRequest(
-                node_id=current.id, version=current.meta.version, spec=apply(current.spec)))
-
-        client.retry_on_conflict(read_modify_write)
+        # The controller retries over status changes; only a concurrent spec change conflicts.
+        current = ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=node)).node
+        ctl.call(ctl.stub.UpdateNode, cpb.UpdateNodeRequest(
+            node_id=current.id, version=current.meta.version, spec=apply(current.spec)))
     typer.echo(node)
 
 

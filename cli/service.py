@@ -843,7 +843,7 @@ def update(
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
-    """Change a service: read it, apply the flags, write it back (retrying on conflict),
+    """Change a service: read it, apply the flags, write it back,
     then wait until its tasks run the new spec (unless -d)."""
     options = ServiceUpdateOptions(
         args=args,
@@ -885,18 +885,15 @@ def _update_and_wait(ctx: typer.Context, ref: str, options: ServiceUpdateOptions
 def update_service(ctl: client.Controller, ref: str,
                    options: ServiceUpdateOptions) -> pb.Service:
     """GetService, apply the options to a copy of the spec, UpdateService at the version
-    read; on a version conflict (ABORTED) read again and retry, up to three times."""
-
-    def read_modify_write() -> pb.Service:
-        current = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
-        request = cpb.UpdateServiceRequest(service_id=current.id, version=current.meta.version)
-        if options.rollback:
-            request.rollback = True
-        else:
-            request.spec.CopyFrom(updated_service_spec(current.spec, options))
-        return ctl.call(ctl.stub.UpdateService, request).service
-
-    return client.retry_on_conflict(read_modify_write)
+    read: the controller retries over status changes meanwhile, and refuses (ABORTED) only
+    when the spec changed since."""
+    current = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
+    request = cpb.UpdateServiceRequest(service_id=current.id, version=current.meta.version)
+    if options.rollback:
+        request.rollback = True
+    else:
+        request.spec.CopyFrom(updated_service_spec(current.spec, options))
+    return ctl.call(ctl.stub.UpdateService, request).service
 
 
 @app.command("rollback", epilog=examples("swarmctl service rollback web",

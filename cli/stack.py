@@ -406,14 +406,9 @@ def _update(ctl: Controller, step: ServiceStep, *, with_tasks: bool) -> progress
         tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
     baseline = progress.baseline_of(current, tasks)
 
-    def write() -> None:
-        # On a conflict (someone wrote in between) read the version again: the file's
-        # spec is what is wanted whatever changed meanwhile.
-        latest = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=current.id)).service
-        ctl.call(ctl.stub.UpdateService, cpb.UpdateServiceRequest(
-            service_id=latest.id, version=latest.meta.version, spec=spec))
-
-    client.retry_on_conflict(write)
+    # No version: the file's spec is what is wanted whatever changed meanwhile
+    # (the controller retries over concurrent writes).
+    ctl.call(ctl.stub.UpdateService, cpb.UpdateServiceRequest(service_id=current.id, spec=spec))
     return baseline
 
 

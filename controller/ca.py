@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -46,9 +46,18 @@ from swarm.api.v1 import ca_pb2 as capb
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import objects_pb2 as pb
 
+from .api.errors import (
+    ApiError,
+    ChangedConcurrently,
+    Exhausted,
+    InvalidArgument,
+    PermissionDenied,
+    StoreFailed,
+    Unauthenticated,
+)
 from .ids import new_id
-from .store import Conflict, Op, Store, StoreError, Update, store_status
-from .store.cache import Change
+from .store import Conflict, Op, Store, StoreError, Update
+from .store.cache import Change, ClusterChange
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +216,10 @@ class ClusterPKI:
         return self._revocations
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "clusters" and change.object_id == self._cluster_id:
-            new = change.new
-            self._revocations = revocations_of(
-                new.ca if isinstance(new, pb.Cluster) and new.HasField("ca") else None)
+        match change:
+            case ClusterChange(object_id=cluster_id, new=new) if cluster_id == self._cluster_id:
+                self._revocations = revocations_of(
+                    new.ca if new is not None and new.HasField("ca") else None)
 
     async def ensure(self) -> None:
         """Load the cluster's CA, creating it first if the cluster has none
@@ -349,10 +358,10 @@ class ControllerIdentity:
 # ---------------------------------------------------------------- servicers
 
 
-async def _abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
-    log.warning("CA refused %s: %s: %s", context.peer(), code.name, details)
-    await context.abort(code, details)
-    raise AssertionError("unreachable")  # abort raises
+def _refused(context: Context, error: ApiError) -> ApiError:
+    """A refusal to raise (api/errors.py answers it), logged with the peer first."""
+    log.warning("CA refused %s: %s: %s", context.peer(), error.code.name, error)
+    return error
 
 
 def _peer_host(peer: str) -> str:
@@ -392,25 +401,25 @@ class JoinServicer(cagrpc.CAJoinServicer):
     async def IssueNodeCertificate(self, request: capb.IssueNodeCertificateRequest,
                                    context: Context) -> capb.NodeCertificateResponse:
         if not self._limiter.allow(_peer_host(context.peer())):
-            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                         "too many join requests from this address; retry later")
+            raise _refused(context, Exhausted(
+                "too many join requests from this address; retry later"))
         try:
             token = pki.parse_join_token(request.token)
         except pki.InvalidJoinToken as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         try:
             role = self._pki.role_for(token)
         except pki.InvalidJoinToken as error:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise _refused(context, Unauthenticated(str(error))) from None
         wanted = _ROLE_OF_JOIN_ROLE.get(request.role)
         if wanted is not None and wanted is not role:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED,
-                         f"the join token is for role {role.value}, not {wanted.value}")
+            raise _refused(context, PermissionDenied(
+                f"the join token is for role {role.value}, not {wanted.value}"))
         node_id = new_id()
         try:
             cert_pem = self._pki.sign(request.csr_pem, node_id=node_id, role=role)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         log.info("issued a %s certificate to new node %s (%s)", role.value, node_id, context.peer())
         return capb.NodeCertificateResponse(node_id=node_id, certificate_pem=cert_pem,
                                             ca_pem=self._pki.ca.cert_pem)
@@ -425,14 +434,13 @@ class NodeCAServicer(cagrpc.NodeCAServicer):
         try:
             peer = pki.peer_identity(context)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+            raise _refused(context, Unauthenticated(str(error))) from None
         if peer is None:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED,
-                         "renewal needs the certificate being renewed")
+            raise _refused(context, Unauthenticated("renewal needs the certificate being renewed"))
         try:
             cert_pem = self._pki.sign(request.csr_pem, node_id=peer.node_id, role=peer.role)
         except pki.PKIError as error:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise _refused(context, InvalidArgument(str(error))) from None
         log.info("renewed the certificate of %s %s", peer.role.value, peer.node_id)
         return capb.NodeCertificateResponse(node_id=peer.node_id, certificate_pem=cert_pem,
                                             ca_pem=self._pki.ca.cert_pem)
@@ -456,15 +464,15 @@ class CAAdminServicer(cagrpc.CAAdminServicer):
                            context: Context) -> capb.JoinTokenResponse:
         role = _ROLE_OF_JOIN_ROLE.get(request.role)
         if role is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
-                         "role must be worker or controller")
+            raise _refused(context, InvalidArgument("role must be worker or controller"))
         if request.rotate:
             try:
                 token = await self._pki.rotate_token(role)
             except Conflict as error:
-                await _abort(context, grpc.StatusCode.ABORTED, f"cannot rotate the token: {error}")
+                raise _refused(context, ChangedConcurrently(
+                    f"cannot rotate the token: {error}")) from None
             except StoreError as error:
-                await _abort(context, *store_status(error, "rotate the token"))
+                raise _refused(context, StoreFailed(error, "rotate the token")) from None
         else:
             token = self._pki.token(role)
         return capb.JoinTokenResponse(token=str(token), role=request.role)

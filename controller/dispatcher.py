@@ -64,10 +64,15 @@ from .store import (
     Conflict,
     Create,
     Guard,
+    NetworkChange,
+    NodeChange,
     Op,
+    Planned,
+    ServiceChange,
     Store,
     StoreError,
     StoreUnavailable,
+    TaskChange,
     Update,
 )
 
@@ -432,43 +437,39 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._state
         if state is None:
             return
-        if change.kind == "services":
-            old_service: pb.Service | None = change.old  # type: ignore[assignment]
-            new_service: pb.Service | None = change.new  # type: ignore[assignment]
-            changed = state.services.apply(old_service, new_service)
-            if affects_mesh(old_service, new_service):  # the ingress entries' records
-                changed |= {n.id for n in self._store.cache.networks.values() if n.spec.ingress}
-            self._mark_networks(state, changed)
-            return
-        if change.kind == "networks":
-            if change.new is None:
-                state.peers.forget(change.object_id)
-            self._mark_networks(state, {change.object_id})
-            return
-        if change.kind == "nodes":
-            old_node: pb.Node | None = change.old  # type: ignore[assignment]
-            new_node: pb.Node | None = change.new  # type: ignore[assignment]
-            # Its own (ingress) endpoint: the network is assigned to it, and
-            # every node on it learns where the endpoint is.
-            self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
-            # Its endpoints appear in (or leave) every peer list when it goes
-            # down, comes back, moves or is removed.
-            if old_node is None or new_node is None \
-                    or old_node.status.state != new_node.status.state \
-                    or vtep(old_node) != vtep(new_node):
-                state.peers.nodes_generation += 1
-                self._mark_networks(state, state.overlay.networks_of(change.object_id))
-            if new_node is None:
-                session = state.sessions.pop(change.object_id, None)
-                state.heartbeats.pop(change.object_id, None)
-                if session is not None:
-                    session.close()
-                self._release_node(state, change.object_id)
-            return
-        if change.kind != "tasks":
-            return
-        old: pb.Task | None = change.old  # type: ignore[assignment]
-        new: pb.Task | None = change.new  # type: ignore[assignment]
+        match change:
+            case ServiceChange(old=old_service, new=new_service):
+                changed = state.services.apply(old_service, new_service)
+                if affects_mesh(old_service, new_service):  # the ingress entries' records
+                    changed |= {n.id for n in self._store.cache.networks.values()
+                                if n.spec.ingress}
+                self._mark_networks(state, changed)
+            case NetworkChange(object_id=network_id, new=network):
+                if network is None:
+                    state.peers.forget(network_id)
+                self._mark_networks(state, {network_id})
+            case NodeChange(object_id=node_id, old=old_node, new=new_node):
+                # Its own (ingress) endpoint: the network is assigned to it, and
+                # every node on it learns where the endpoint is.
+                self._mark_networks(state, state.overlay.apply_node(old_node, new_node))
+                # Its endpoints appear in (or leave) every peer list when it goes
+                # down, comes back, moves or is removed.
+                if old_node is None or new_node is None \
+                        or old_node.status.state != new_node.status.state \
+                        or vtep(old_node) != vtep(new_node):
+                    state.peers.nodes_generation += 1
+                    self._mark_networks(state, state.overlay.networks_of(node_id))
+                if new_node is None:
+                    session = state.sessions.pop(node_id, None)
+                    state.heartbeats.pop(node_id, None)
+                    if session is not None:
+                        session.close()
+                    self._release_node(state, node_id)
+            case TaskChange():
+                self._on_task_change(state, change)
+
+    def _on_task_change(self, state: _LeaderState, change: TaskChange) -> None:
+        old, new = change.old, change.new
         self._mark_networks(state, state.overlay.apply(old, new))
         if starts_draining(old, new):
             assert new is not None
@@ -577,41 +578,45 @@ class Dispatcher(dgrpc.DispatcherServicer):
 
     async def _mark_node(self, state: _LeaderState, node_id: str, status: int, message: str,
                          description: pb.NodeDescription | None = None) -> None:
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.cache.nodes.get(node_id)
-            if current is None:
-                return
-            node = pb.Node()
-            node.CopyFrom(current)
+        def mark(node: pb.Node) -> bool:
             node.status.state = status  # type: ignore[assignment]
             node.status.message = message
             node.status.last_heartbeat.GetCurrentTime()
             if description is not None:
                 node.description.CopyFrom(description)
                 node.status.addr = description.advertise_addr
-            try:
-                await self._store.commit([Update(node)], guard=state.guard)
-                return
-            except Conflict:
-                continue
-        raise Conflict(f"node {node_id} kept changing")
+            return True
+
+        await self._update_node(state, node_id, mark)
 
     async def _set_conditions(self, state: _LeaderState, node_id: str,
                               conditions: list[str]) -> None:
-        for _ in range(_CAS_ATTEMPTS):
-            current = self._store.cache.nodes.get(node_id)
-            if current is None or list(current.status.conditions) == conditions:
-                return
-            node = pb.Node()
-            node.CopyFrom(current)
+        def set_conditions(node: pb.Node) -> bool:
+            if list(node.status.conditions) == conditions:
+                return False
             del node.status.conditions[:]
             node.status.conditions.extend(conditions)
-            try:
-                await self._store.commit([Update(node)], guard=state.guard)
-                log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
-                return
-            except Conflict:
-                continue
+            return True
+
+        if await self._update_node(state, node_id, set_conditions):
+            log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
+
+    async def _update_node(self, state: _LeaderState, node_id: str,
+                           change: Callable[[pb.Node], bool]) -> bool:
+        """The store's read-modify-write of a node's record, fenced by the
+        leader's guard: `change` edits a copy (False: nothing to write).
+        Whether it wrote; a node gone is not written."""
+
+        def step() -> Planned[bool]:
+            current = self._store.cache.nodes.get(node_id)
+            if current is None:
+                return Planned([], False)
+            node = pb.Node()
+            node.CopyFrom(current)
+            return Planned([Update(node)], True) if change(node) else Planned([], False)
+
+        return await self._store.read_modify_write(step, attempts=_CAS_ATTEMPTS,
+                                                   guard=state.guard)
 
     async def _monitor_nodes(self, state: _LeaderState) -> None:
         while True:

@@ -43,7 +43,7 @@ from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
 from .ids import new_id
-from .store import Change, Store
+from .store import Change, Store, TaskChange
 
 log = logging.getLogger(__name__)
 
@@ -363,10 +363,13 @@ class LogBroker:
     # ------------------------------------------------------------ followed services
 
     def _on_change(self, change: Change) -> None:
-        if change.kind != "tasks" or not self._subscriptions:
-            return
-        task = change.new
-        if not isinstance(task, pb.Task) or not _logs_of(task):
+        match change:
+            case TaskChange(new=task) if task is not None and self._subscriptions:
+                self._follow(task)
+
+    def _follow(self, task: pb.Task) -> None:
+        """A followed service's task that has logs: its node is told to send them."""
+        if not _logs_of(task):
             return
         for subscription in self._subscriptions.values():
             if not subscription.follow or subscription.service_id != task.service_id:

@@ -32,6 +32,7 @@ from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import MAX_STALENESS, ControlServicer
+from .api.errors import ErrorInterceptor
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -147,13 +148,15 @@ class Controller:
                 self.pki.admin_identity().save(Path(self.config.admin_out))
                 log.info("wrote an admin identity for swarmctl to %s", self.config.admin_out)
         settings = channels.LinkSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+        # Refusals raised by handlers become statuses in one place (api/errors.py).
         if self.config.insecure:
-            self._server = channels.new_server(settings)
+            self._server = channels.new_server(settings, interceptors=[ErrorInterceptor()])
         else:
             # The cluster's own ID is checked too: an external CA may sign for others.
             self._server = channels.new_server(settings, interceptors=[channels.AuthInterceptor(
-                POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid)])
-            self._join_server = channels.new_server(settings)
+                POLICY, self.pki.revocations, cluster_id=self.pki.cluster_uid),
+                ErrorInterceptor()])
+            self._join_server = channels.new_server(settings, interceptors=[ErrorInterceptor()])
         self.port = channels.listen(self._server, self.config.listen,
                                     self.identity.current if self.identity else None,
                                     insecure=self.config.insecure)
@@ -164,6 +167,7 @@ class Controller:
         self.dispatcher.logs = self.logs
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
         control.max_staleness = self.config.max_read_staleness
+        control.dial = self._dial_controller  # a follower relays leader-only calls
         cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:
@@ -192,6 +196,13 @@ class Controller:
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
+
+    def _dial_controller(self, addr: str) -> grpc.aio.Channel:
+        """A channel to another controller, as this controller (its identity)."""
+        settings = channels.LinkSettings(max_message_bytes=MAX_MESSAGE_BYTES)
+        if self.identity is None:
+            return channels.client_channel(addr, None, insecure=True, settings=settings)
+        return channels.client_channel(addr, self.identity.current(), settings=settings)
 
     async def _ensure_cluster(self) -> None:
         if CLUSTER_ID in self.store.cache.clusters:

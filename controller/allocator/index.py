@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, KeysView, Mapping
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, WatchCache
+from ..store import Change, NodeChange, ServiceChange, TaskChange, WatchCache
 from .ipam import address_of
 
 
@@ -38,9 +38,11 @@ class AddressIndex(Mapping[str, KeysView[int]]):
         self.unsubscribe: Callable[[], None] = cache.subscribe(self._on_change)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind not in ("tasks", "services", "nodes"):
-            return
-        before, after = held(change.old), held(change.new)
+        match change:
+            case TaskChange() | ServiceChange() | NodeChange():
+                before, after = held(change.old), held(change.new)
+            case _:
+                return
         if before == after:
             return  # the usual case: a status change or a heartbeat
         self._remove(before)

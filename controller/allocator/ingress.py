@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..ids import new_id
-from ..store import Change, Conflict, Guard, Op, Store, StoreError, Update
+from ..store import (
+    Change,
+    Conflict,
+    Guard,
+    NetworkChange,
+    NodeChange,
+    Op,
+    Store,
+    StoreError,
+    Update,
+)
 from ..store.etcd import MAX_TXN_OPS
 from .claims import claim_address, network_ops, node_owner, release_address
 from .networks import AllocationError, Pool, allocate_network, pool_settings
@@ -117,12 +127,11 @@ class IngressKeeper:
         self._wake = asyncio.Event()
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "networks":
-            self._wake.set()
-        elif change.kind == "nodes":
-            old: pb.Node | None = change.old  # type: ignore[assignment]
-            new: pb.Node | None = change.new  # type: ignore[assignment]
-            if new is not None and (old is None or list(old.attachments) != list(new.attachments)):
+        match change:
+            case NetworkChange():
+                self._wake.set()
+            case NodeChange(old=old, new=new) if new is not None and (
+                    old is None or list(old.attachments) != list(new.attachments)):
                 self._wake.set()
 
     async def run(self, guard: Guard) -> None:

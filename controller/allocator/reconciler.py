@@ -21,7 +21,19 @@ from collections.abc import Callable, Sequence
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Conflict, Guard, Op, Store, StoreRejected, StoreUnavailable, Update
+from ..store import (
+    Change,
+    Conflict,
+    Guard,
+    NetworkChange,
+    Op,
+    ServiceChange,
+    Store,
+    StoreRejected,
+    StoreUnavailable,
+    TaskChange,
+    Update,
+)
 from ..store.etcd import MAX_TXN_BYTES, MAX_TXN_OPS
 from ..store.store import pack_groups
 from ..workset import WorkSet
@@ -64,17 +76,16 @@ class Allocator:
         self.passes = 0
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "tasks":
-            new: pb.Task | None = change.new  # type: ignore[assignment]
-            old: pb.Task | None = change.old  # type: ignore[assignment]
-            if needs_allocation(new):
-                self._work.want(change.object_id)
-            else:
-                self._work.drop(change.object_id)
-            if new is None and old is not None and old.networks:
-                self._work.retry_parked()  # its addresses were released
-        elif change.kind in ("services", "networks"):
-            self._work.retry_parked()
+        match change:
+            case TaskChange(object_id=task_id, old=old, new=new):
+                if needs_allocation(new):
+                    self._work.want(task_id)
+                else:
+                    self._work.drop(task_id)
+                if new is None and old is not None and old.networks:
+                    self._work.retry_parked()  # its addresses were released
+            case ServiceChange() | NetworkChange():
+                self._work.retry_parked()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Conflict, Guard, Store, StoreUnavailable, Update
+from ..scheduler.filters import takes_new_tasks
+from ..store import Change, Conflict, Guard, NodeChange, Store, StoreUnavailable, Update
 from . import rebalance
 from .tasks import ConstraintCache
 
@@ -49,14 +50,9 @@ class AutoRebalanceSettings:
     interval: float = DEFAULT_INTERVAL
 
 
-def _usable(node: pb.Node | None) -> bool:
-    return node is not None and node.status.state == pb.NodeStatus.READY \
-        and node.spec.availability == pb.NodeSpec.ACTIVE
-
-
 def arrived(old: pb.Node | None, new: pb.Node | None) -> bool:
     """A node became able to take tasks: joined, came back READY, or set active."""
-    return _usable(new) and not _usable(old)
+    return takes_new_tasks(new) and not takes_new_tasks(old)
 
 
 def pick(services: Iterable[pb.Service], tasks_of: Mapping[str, Sequence[pb.Task]],
@@ -105,11 +101,12 @@ class AutoRebalancer:
         self.started: list[str] = []  # service names, in order (tests, logs)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "nodes" and arrived(change.old, change.new):  # type: ignore[arg-type]
-            self._quiet_until = self._clock() + self._settings.interval
-            self._episode += 1
-            self._done = set()
-            self._wake.set()
+        match change:
+            case NodeChange(old=old, new=new) if arrived(old, new):
+                self._quiet_until = self._clock() + self._settings.interval
+                self._episode += 1
+                self._done = set()
+                self._wake.set()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)

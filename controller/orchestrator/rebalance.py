@@ -53,7 +53,7 @@ from swarm.api.constraints import node_attribute
 from swarm.api.units import timestamp
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..scheduler.filters import ConstraintFilter, ReadyFilter, default_filters
+from ..scheduler.filters import ConstraintFilter, ReadyFilter, default_filters, takes_new_tasks
 from ..scheduler.nodeinfo import HostPort, NodeInfo, build_node_infos, host_ports, reservations
 from ..scheduler.pipeline import Pipeline
 from .slots import Context
@@ -141,9 +141,7 @@ def eligible_node_ids(service: pb.Service, nodes: Mapping[str, pb.Node],
     static filters (ReadyFilter, ConstraintFilter)."""
     texts = service.spec.task.placement.constraints
     return frozenset(node_id for node_id, node in nodes.items()
-                     if node.status.state == pb.NodeStatus.READY
-                     and node.spec.availability == pb.NodeSpec.ACTIVE
-                     and constraints.satisfied(texts, node))
+                     if takes_new_tasks(node) and constraints.satisfied(texts, node))
 
 
 def may_move(service: pb.Service, tasks: Iterable[pb.Task], eligible: Collection[str]) -> bool:

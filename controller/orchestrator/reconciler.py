@@ -33,18 +33,23 @@ from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
 from ..allocator.claims import release_task
 from ..heartbeat import heartbeat_period
+from ..scheduler.filters import takes_new_tasks
 from ..store import (
     Change,
+    ClusterChange,
     Conflict,
     Create,
     Delete,
     Guard,
     Keys,
+    NodeChange,
     Op,
+    ServiceChange,
     Store,
     StoreError,
     StoreRejected,
     StoreUnavailable,
+    TaskChange,
     Update,
 )
 from .disruption import DisruptionGate, DisruptionSettings, HeldView
@@ -68,11 +73,6 @@ def backoff_delay(attempts: int, initial: float = BACKOFF_INITIAL,
     return float(min(limit, initial * 2 ** min(max(attempts - 1, 0), 30)))
 
 
-def _node_usable(node: pb.Node | None) -> bool:
-    return node is not None and node.status.state == pb.NodeStatus.READY \
-        and node.spec.availability == pb.NodeSpec.ACTIVE
-
-
 def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | None,
               node: pb.Node | None) -> bool:
     """Whether a task change can alter a plan. Agent progress (ACCEPTED..STARTING)
@@ -86,7 +86,7 @@ def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | No
         return True
     if old.node_id != new.node_id:
         # The scheduler's placement changes no plan unless the node went away meanwhile.
-        return not _node_usable(node)
+        return not takes_new_tasks(node)
     before, after = old.status.state, new.status.state
     if (before >= pb.COMPLETE) != (after >= pb.COMPLETE):
         return True
@@ -132,29 +132,29 @@ class Orchestrator:
 
     def _on_change(self, change: Change) -> None:
         cache = self._store.cache
-        if change.kind == "services":
-            self.mark(change.object_id)
-        elif change.kind == "tasks":
-            old: pb.Task | None = change.old  # type: ignore[assignment]
-            new: pb.Task | None = change.new  # type: ignore[assignment]
-            service_id = (new or old).service_id  # type: ignore[union-attr]
-            placed_on = cache.nodes.get(new.node_id) if new is not None else None
-            if _relevant(old, new, cache.services.get(service_id), placed_on):
+        match change:
+            case ServiceChange(object_id=service_id):
                 self.mark(service_id)
-        elif change.kind == "nodes":
-            self._nodes_changed = True
-            # Global services depend on every node; replicated ones on the nodes
-            # their tasks run on.
-            for service in cache.services.values():
-                if service.spec.WhichOneof("mode") == "global":
-                    self._dirty.add(service.id)
-            for node in (change.old, change.new):
-                if node is not None:
-                    for task in cache.tasks_by_node.get(node.id, {}).values():
-                        self._dirty.add(task.service_id)
-            self._wake.set()
-        elif change.kind == "clusters":
-            self._mark_all()
+            case TaskChange(old=old, new=new):
+                task = new or old
+                assert task is not None, "a change has an old or a new object"
+                placed_on = cache.nodes.get(new.node_id) if new is not None else None
+                if _relevant(old, new, cache.services.get(task.service_id), placed_on):
+                    self.mark(task.service_id)
+            case NodeChange(old=old_node, new=new_node):
+                self._nodes_changed = True
+                # Global services depend on every node; replicated ones on the nodes
+                # their tasks run on.
+                for service in cache.services.values():
+                    if service.spec.WhichOneof("mode") == "global":
+                        self._dirty.add(service.id)
+                for node in (old_node, new_node):
+                    if node is not None:
+                        for placed in cache.tasks_by_node.get(node.id, {}).values():
+                            self._dirty.add(placed.service_id)
+                self._wake.set()
+            case ClusterChange():
+                self._mark_all()
 
     def _gate_tick(self) -> None:
         """Let the gate see the nodes; re-plan the services on nodes it releases."""

@@ -53,6 +53,15 @@ class Filter(Protocol):
         ...
 
 
+def takes_new_tasks(node: pb.Node | None) -> bool:
+    """The one rule of a usable node: READY, with availability ACTIVE (PAUSE
+    keeps what runs but refuses new tasks; DRAIN moves tasks away). The
+    scheduler's ReadyFilter, the orchestrator's re-planning, the rebalancer's
+    eligible nodes and the auto-rebalancer's "a node arrived" all ask it."""
+    return node is not None and node.status.state == pb.NodeStatus.READY \
+        and node.spec.availability == pb.NodeSpec.ACTIVE
+
+
 class ReadyFilter:
     """Only READY nodes with availability ACTIVE take new tasks.
 
@@ -66,9 +75,7 @@ class ReadyFilter:
         return True
 
     def check(self, info: NodeInfo) -> bool:
-        node = info.node
-        return (node.status.state == pb.NodeStatus.READY
-                and node.spec.availability == pb.NodeSpec.ACTIVE)
+        return takes_new_tasks(info.node)
 
     def explain(self, n_failed: int) -> str:
         return nodes_phrase(n_failed, "not available", "not available")

@@ -14,7 +14,7 @@ import logging
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..store import Change, Guard, Op, Store, StoreUnavailable, Update
+from ..store import Change, Guard, NodeChange, Op, Store, StoreUnavailable, TaskChange, Update
 from ..workset import WorkSet
 from .nodeinfo import build_node_infos
 from .scheduler import Scheduler
@@ -39,19 +39,18 @@ class SchedulerLoop:
         self.passes = 0
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "nodes":
-            self._work.retry_parked()
-        elif change.kind == "tasks":
-            old: pb.Task | None = change.old  # type: ignore[assignment]
-            new: pb.Task | None = change.new  # type: ignore[assignment]
-            if _waiting(new):
-                self._work.want(change.object_id)
-            else:
-                self._work.drop(change.object_id)
-                # A task leaving a node frees its resources and ports.
-                if old is not None and old.node_id and old.status.state <= pb.RUNNING and (
-                        new is None or new.status.state > pb.RUNNING or not new.node_id):
-                    self._work.retry_parked()
+        match change:
+            case NodeChange():
+                self._work.retry_parked()
+            case TaskChange(object_id=task_id, old=old, new=new):
+                if _waiting(new):
+                    self._work.want(task_id)
+                else:
+                    self._work.drop(task_id)
+                    # A task leaving a node frees its resources and ports.
+                    if old is not None and old.node_id and old.status.state <= pb.RUNNING and (
+                            new is None or new.status.state > pb.RUNNING or not new.node_id):
+                        self._work.retry_parked()
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)

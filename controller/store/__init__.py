@@ -1,6 +1,15 @@
 """controller.store: etcd-backed objects with optimistic concurrency and a watch cache."""
 
-from .cache import Change, WatchCache
+from .cache import (
+    Change,
+    ClusterChange,
+    NetworkChange,
+    NodeChange,
+    ServiceChange,
+    TaskChange,
+    WatchCache,
+    change_of,
+)
 from .etcd import (
     NOSPACE_HINT,
     EtcdClient,
@@ -19,6 +28,7 @@ from .store import (
     Delete,
     Guard,
     Op,
+    Planned,
     Release,
     ReleaseName,
     RequireAbsent,
@@ -29,8 +39,37 @@ from .store import (
 )
 
 __all__ = [
-    "NOSPACE_HINT", "Change", "Claim", "Conflict", "Create", "Delete", "EtcdClient", "EtcdSettings",
-    "Guard", "Keys", "Op", "Release", "ReleaseName", "RequireAbsent", "ReserveName", "Store",
-    "StoreError", "StoreFull", "StoreRejected", "StoreUnavailable", "StoredObject", "Update",
-    "WatchCache", "delete_op", "kind_of", "store_status",
+    "NOSPACE_HINT",
+    "Change",
+    "Claim",
+    "ClusterChange",
+    "Conflict",
+    "Create",
+    "Delete",
+    "EtcdClient",
+    "EtcdSettings",
+    "Guard",
+    "Keys",
+    "NetworkChange",
+    "NodeChange",
+    "Op",
+    "Planned",
+    "Release",
+    "ReleaseName",
+    "RequireAbsent",
+    "ReserveName",
+    "ServiceChange",
+    "Store",
+    "StoreError",
+    "StoreFull",
+    "StoreRejected",
+    "StoreUnavailable",
+    "StoredObject",
+    "TaskChange",
+    "Update",
+    "WatchCache",
+    "change_of",
+    "delete_op",
+    "kind_of",
+    "store_status",
 ]

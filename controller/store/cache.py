@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeAlias, TypeVar
 
 from google.protobuf.message import DecodeError
 
@@ -41,12 +42,63 @@ from .keys import Keys, StoredObject, decode
 log = logging.getLogger(__name__)
 
 
+# One record per kind of object, so listeners `match` on the class and get
+# typed old/new (None: created, resp. deleted).
+
+
+T = TypeVar("T", pb.Node, pb.Service, pb.Task, pb.Network, pb.Cluster)
+
+
 @dataclass(frozen=True, slots=True)
-class Change:
-    kind: str
+class Changed(Generic[T]):
     object_id: str
-    old: StoredObject | None
-    new: StoredObject | None
+    old: T | None
+    new: T | None
+
+
+class NodeChange(Changed[pb.Node]):
+    __slots__ = ()
+
+
+class ServiceChange(Changed[pb.Service]):
+    __slots__ = ()
+
+
+class TaskChange(Changed[pb.Task]):
+    __slots__ = ()
+
+
+class NetworkChange(Changed[pb.Network]):
+    __slots__ = ()
+
+
+class ClusterChange(Changed[pb.Cluster]):
+    __slots__ = ()
+
+
+Change: TypeAlias = NodeChange | ServiceChange | TaskChange | NetworkChange | ClusterChange
+
+
+def _as(kind: type[T], obj: StoredObject | None) -> T | None:
+    if obj is None or isinstance(obj, kind):
+        return obj
+    raise TypeError(f"a {type(obj).__name__} where a {kind.__name__} was expected")
+
+
+def change_of(object_id: str, old: StoredObject | None, new: StoredObject | None) -> Change:
+    """The typed record of a change of one object (old and new of one kind)."""
+    match new if new is not None else old:
+        case pb.Node():
+            return NodeChange(object_id, _as(pb.Node, old), _as(pb.Node, new))
+        case pb.Service():
+            return ServiceChange(object_id, _as(pb.Service, old), _as(pb.Service, new))
+        case pb.Task():
+            return TaskChange(object_id, _as(pb.Task, old), _as(pb.Task, new))
+        case pb.Network():
+            return NetworkChange(object_id, _as(pb.Network, old), _as(pb.Network, new))
+        case pb.Cluster():
+            return ClusterChange(object_id, _as(pb.Cluster, old), _as(pb.Cluster, new))
+    raise TypeError(f"no change record for {object_id!r}: {old!r} -> {new!r}")
 
 
 Listener = Callable[[Change], None]
@@ -233,9 +285,9 @@ class WatchCache:
             del store[object_id]
         else:
             store[object_id] = new
-        if kind == "tasks":
-            self._index_task(old, new)  # type: ignore[arg-type]
-        change = Change(kind, object_id, old, new)
+        change = change_of(object_id, old, new)
+        if isinstance(change, TaskChange):
+            self._index_task(change.old, change.new)
         for listener in list(self._listeners):
             listener(change)
 

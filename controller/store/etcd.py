@@ -223,9 +223,11 @@ class EtcdClient:
                 return revision, found
             start = response.kvs[-1].key + b"\0"
 
-    async def get(self, key: bytes) -> tuple[int, KeyValue | None]:
+    async def get(self, key: bytes, revision: int = 0) -> tuple[int, KeyValue | None]:
+        """The key now, or as it was at `revision` (StoreUnavailable, saying
+        "compacted", once that history is gone)."""
         try:
-            response = await self._kv.Range(rpc.RangeRequest(key=key),
+            response = await self._kv.Range(rpc.RangeRequest(key=key, revision=revision),
                                             timeout=self.settings.timeout)
         except grpc.aio.AioRpcError as error:
             raise _failure(error) from error

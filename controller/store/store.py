@@ -11,21 +11,34 @@ so one oversized object fails alone (commit_groups' rejected).
 
 Objects handed to the store become the cached copies: do not mutate them
 after a commit.
+
+`read_modify_write` is the one retried compare-and-swap: read (the cache),
+plan with a pure function, commit; on a conflict the cache already holds what
+won, so the next attempt plans from it, after a short randomised backoff,
+a bounded number of times.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import random
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, TypeAlias
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from . import etcd as E
 from .cache import WatchCache
 from .etcd import EtcdClient, StoreRejected
-from .keys import Keys, StoredObject, kind_of
+from .keys import Keys, StoredObject, decode, kind_of
+
+R = TypeVar("R")
+RMW_ATTEMPTS = 10
+RMW_BACKOFF = 0.02  # seconds before the second attempt; doubles, up to RMW_BACKOFF_MAX
+RMW_BACKOFF_MAX = 0.5
 
 
 class Conflict(Exception):
@@ -106,6 +119,31 @@ class Guard:
     create_revision: int
 
 
+def _always() -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Planned(Generic[R]):
+    """One attempt of a read-modify-write: what to write (nothing: just
+    return) and what the write returns."""
+
+    ops: Sequence[Op]
+    result: R
+    # Called after a conflict: whether another attempt may succeed. It may
+    # also raise, to give up with a reason of its own.
+    retry: Callable[[], bool] = field(default=_always)
+
+
+Step = Callable[[], "Planned[R] | Awaitable[Planned[R]]"]
+
+
+def backoff_delay(attempt: int, base: float = RMW_BACKOFF, cap: float = RMW_BACKOFF_MAX) -> float:
+    """The pause after failed attempt `attempt` (0, 1, ...): exponential,
+    capped, times a random factor in [0.5, 1.5) against lock-step retries."""
+    return min(cap, base * 2.0 ** attempt) * random.uniform(0.5, 1.5)
+
+
 def _now() -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(time.time_ns())
@@ -125,6 +163,35 @@ class Store:
 
     async def update(self, obj: StoredObject, *ops: Op) -> None:
         await self.commit([Update(obj), *ops])
+
+    async def read_at(self, kind: str, object_id: str, revision: int) -> StoredObject | None:
+        """The object as it was at `revision` (from etcd's history; raises
+        StoreUnavailable once compaction removed it)."""
+        _, kv = await self.etcd.get(self.keys.object(kind, object_id), revision)
+        return decode(kind, kv.value, kv.mod_revision) if kv is not None else None
+
+    async def read_modify_write(self, step: Step[R], *, attempts: int = RMW_ATTEMPTS,
+                                backoff: float = RMW_BACKOFF, guard: Guard | None = None) -> R:
+        """Run `step` (read the cache, plan purely: Planned) and commit its ops
+        in one transaction (fenced by `guard`); on a Conflict run it again after
+        backoff_delay, at most `attempts` times, then raise the Conflict.
+        Whatever `step` raises (a refusal) propagates at once, as do store
+        errors."""
+        for attempt in range(attempts):
+            planned = step()
+            if inspect.isawaitable(planned):
+                planned = await planned
+            if not planned.ops:
+                return planned.result
+            try:
+                await self.commit(planned.ops, guard)
+            except Conflict:
+                if attempt + 1 >= attempts or not planned.retry():
+                    raise
+                await asyncio.sleep(backoff_delay(attempt, backoff))
+                continue
+            return planned.result
+        raise ValueError(f"read_modify_write needs at least one attempt, got {attempts}")
 
     # ------------------------------------------------------------ batches
 

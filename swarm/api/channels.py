@@ -346,7 +346,27 @@ else:
     _ServerInterceptor = grpc.aio.ServerInterceptor
 
 
-class AuthInterceptor(_ServerInterceptor):
+Adapter = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+class HandlerInterceptor(_ServerInterceptor):
+    """A server interceptor that wraps the behaviour of every known method;
+    subclasses say how (`adapter`)."""
+
+    def adapter(self, method: str) -> Adapter:
+        raise NotImplementedError
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
+            return handler
+        return rewrap(handler, self.adapter(handler_call_details.method))
+
+
+class AuthInterceptor(HandlerInterceptor):
     """Authorizes every call before its handler runs (so a refused call
     changes nothing): a verified, unrevoked cluster certificate whose role
     the policy allows for the method. `revocations` is asked on each call;
@@ -361,25 +381,21 @@ class AuthInterceptor(_ServerInterceptor):
         self._revocations = revocations
         self._cluster_id = cluster_id
 
-    async def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: gRPC answers UNIMPLEMENTED
-            return handler
-        roles = roles_for_method(self._policy, handler_call_details.method)
+    def adapter(self, method: str) -> Adapter:
+        roles = roles_for_method(self._policy, method)
 
         async def check(context: grpc.aio.ServicerContext[Any, Any]) -> object:
             return await authorize(context, roles, self._revocations(), cluster_id=self._cluster_id)
 
-        return _guarded(handler, check)
+        return lambda behaviour: _guard(behaviour, check)
 
 
-def _guarded(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler with `check(context)` awaited before the behaviour.
-    grpc.aio accepts both coroutine behaviours and async generators for
-    streaming responses; the wrapper keeps whichever the servicer used."""
+def rewrap(handler: grpc.RpcMethodHandler[Any, Any], adapt: Adapter) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with its behaviour replaced by `adapt(behaviour)`: how
+    a grpc.aio server interceptor wraps a call (authorization here, the
+    controller's error mapping). grpc.aio accepts both coroutine behaviours
+    and async generators for streaming responses; adapters keep whichever the
+    servicer used."""
     codecs: dict[str, Any] = {"request_deserializer": handler.request_deserializer,
                               "response_serializer": handler.response_serializer}
     kinds: list[tuple[Any, Callable[..., grpc.RpcMethodHandler[Any, Any]]]] = [
@@ -390,7 +406,7 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any], check: Check) -> grpc.Rpc
     ]
     for behaviour, make in kinds:
         if behaviour is not None:
-            return make(_guard(behaviour, check), **codecs)
+            return make(adapt(behaviour), **codecs)
     raise TypeError(f"RPC method handler without a behaviour: {handler!r}")
 
 

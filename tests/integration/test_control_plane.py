@@ -14,6 +14,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.server import Controller
+from swarm.controller.store import Update
 from tests.integration.conftest import FAST_SESSION, HEARTBEAT, sim_cluster
 from tests.waiting import eventually
 
@@ -220,6 +221,53 @@ async def test_stale_update_is_aborted(controller: Controller, control: Control)
     stored = controller.store.cache.services[service.id]
     assert stored.spec.replicated.replicas == 5
     assert stored.spec.task.container.image == "busybox:latest"
+
+
+async def test_an_update_over_status_changes_is_retried_on_the_controller(
+        controller: Controller, control: Control) -> None:
+    """A status write since the caller's read (the orchestrator's, as here)
+    is no conflict: the controller writes the update over it."""
+    service = (await control.CreateService(cpb.CreateServiceRequest(spec=web_spec()))).service
+    status_only = pb.Service()
+    status_only.CopyFrom(controller.store.cache.services[service.id])
+    status_only.update_status.message = "a status write meanwhile"
+    await controller.store.commit([Update(status_only)])
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(service.spec)
+    spec.task.container.image = "busybox:1.36"
+    updated = (await control.UpdateService(cpb.UpdateServiceRequest(
+        service_id=service.id, version=service.meta.version, spec=spec))).service
+    assert updated.meta.version > status_only.meta.version
+    stored = controller.store.cache.services[service.id]
+    assert stored.spec.task.container.image == "busybox:1.36"
+
+
+async def test_a_node_update_conflicts_only_with_a_spec_change(
+        controller: Controller, control: Control, sim_nodes: SimulatedCluster) -> None:
+    """Nodes' status is written all the time (the dispatcher): an update at
+    the version read goes over it; another operator's spec change since is
+    ABORTED, and nothing is written."""
+    read = (await control.GetNode(cpb.GetRequest(ref="sim-0000"))).node
+    status_only = pb.Node()
+    status_only.CopyFrom(controller.store.cache.nodes[read.id])
+    status_only.status.message = "a status write meanwhile"
+    await controller.store.commit([Update(status_only)])
+    labelled = pb.NodeSpec()
+    labelled.CopyFrom(read.spec)
+    labelled.labels["zone"] = "a"
+    await control.UpdateNode(cpb.UpdateNodeRequest(node_id=read.id, version=read.meta.version,
+                                                   spec=labelled))
+    assert controller.store.cache.nodes[read.id].spec.labels["zone"] == "a"
+    paused = pb.NodeSpec()
+    paused.CopyFrom(read.spec)
+    paused.availability = pb.NodeSpec.PAUSE
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await control.UpdateNode(cpb.UpdateNodeRequest(node_id=read.id, version=read.meta.version,
+                                                       spec=paused))
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert caught.value.details() == "node 'sim-0000' changed since it was read; read it again"
+    stored = controller.store.cache.nodes[read.id]
+    assert (stored.spec.labels["zone"], stored.spec.availability) == ("a", pb.NodeSpec.ACTIVE)
 
 
 async def test_rolling_update_replaces_every_task(

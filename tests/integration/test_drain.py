@@ -127,25 +127,65 @@ async def scale_down_to_exclude(control: Control, service_id: str, victim: pb.Ta
         ref=service_id, replicas=victim.slot - 1 if victim.slot > 1 else 0))
 
 
+class RecordingWorker(FakeWorker):
+    """A simulated worker that confirms nothing (it has no `settled`), records
+    per message the tasks it is told to stop and the `drained` words, and
+    takes a while to stop a task."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stop_delay = 30.0
+        self.messages: list[tuple[set[str], set[str]]] = []  # (told to stop, drained)
+
+    async def apply(self, assignments: dpb.Assignments) -> None:
+        await super().apply(assignments)
+        self.messages.append(({t.id for t in assignments.tasks if t.desired_state > pb.RUNNING},
+                              set(assignments.drained)))
+
+
 async def test_without_confirming_nodes_a_task_is_drained_at_once(
-        controller: Controller, control: Control, sim_nodes: SimulatedCluster) -> None:
-    """Simulated nodes confirm nothing: nobody is waited for, and the
-    dispatcher says so with the first message after the stop."""
-    cache = controller.store.cache
-    await create_network(control, "plainnet")
-    web = (await control.CreateService(cpb.CreateServiceRequest(
-        spec=service_spec("web", 2, "plainnet")))).service
-    await eventually(lambda: sum(t.status.state == pb.RUNNING for t in
-                                 cache.tasks_by_service.get(web.id, {}).values()) == 2, 15,
-                     "2 running")
-    assert controller.dispatcher is not None
-    state = controller.dispatcher._state  # the leader's drains
-    assert state is not None
-    await scale_down_to_exclude(control, web.id, next(
-        t for t in cache.tasks_by_service[web.id].values() if t.slot == 2))
-    await eventually(lambda: any(t.desired_state > pb.RUNNING
-                                 for t in cache.tasks_by_service[web.id].values()), 10, "stop")
-    assert state.drains == {}
+        controller: Controller, control: Control) -> None:
+    """Nodes that confirm nothing are not waited for: the stopping task's node
+    is told it is drained in the message that tells it to stop, or the one
+    right after (never held back for a confirmation that cannot come)."""
+    cluster = sim_cluster(controller, 2, settings=FAST_SESSION)
+    workers = []
+    for node in cluster.nodes:
+        worker = RecordingWorker()
+        worker.session = node.session
+        node.worker = node.session.worker = worker
+        workers.append(worker)
+    cluster.start()
+    try:
+        await cluster.wait_connected(timeout=15)
+        cache = controller.store.cache
+        await create_network(control, "plainnet")
+        web = (await control.CreateService(cpb.CreateServiceRequest(
+            spec=service_spec("web", 2, "plainnet")))).service
+        await eventually(lambda: sum(t.status.state == pb.RUNNING for t in
+                                     cache.tasks_by_service.get(web.id, {}).values()) == 2, 15,
+                         "2 running")
+        victim = next(t for t in cache.tasks_by_service[web.id].values() if t.slot == 2)
+        owner = workers[[n.session.node_id for n in cluster.nodes].index(victim.node_id)]
+        await scale_down_to_exclude(control, web.id, victim)
+
+        def told_to_stop() -> int | None:
+            return next((i for i, (stopping, _) in enumerate(owner.messages)
+                         if victim.id in stopping), None)
+
+        await eventually(lambda: told_to_stop() is not None, 10, "the stop sent")
+        first = told_to_stop()
+        assert first is not None
+        await eventually(lambda: any(victim.id in drained
+                                     for _, drained in owner.messages[first:first + 2]),
+                         5, "drained with the stop")
+        assert cache.tasks[victim.id].status.state == pb.RUNNING, \
+            "told before the task stopped (it takes 30 s)"
+        assert controller.dispatcher is not None
+        assert controller.dispatcher._state is not None
+        assert victim.id not in controller.dispatcher._state.drains
+    finally:
+        await cluster.stop()
 
 
 async def test_a_negative_or_absurd_drain_timeout_is_refused_and_nothing_changes(

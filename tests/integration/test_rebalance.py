@@ -24,7 +24,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.orchestrator import rebalance
 from swarm.controller.orchestrator.autorebalance import AutoRebalanceSettings
 from swarm.controller.server import Controller
-from swarm.controller.store import Change
+from swarm.controller.store import Change, TaskChange
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import FAST_SESSION, admin_channel, controller_config, sim_cluster
 from tests.integration.live import LiveCluster, assert_one_line_error, ok, swarmctl
@@ -48,7 +48,7 @@ class Invariants:
         self.unsubscribe: Callable[[], None] = lambda: None
 
     def __call__(self, change: Change) -> None:
-        if change.kind != "tasks":
+        if not isinstance(change, TaskChange):
             return
         self.changes += 1
         tasks = self._cache.tasks_by_service.get(self._service_id, {}).values()

@@ -22,6 +22,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
+from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings, RateLimiter
 from swarm.controller.server import CLUSTER_ID, Controller
@@ -507,3 +508,34 @@ async def test_every_controller_shares_one_data_key_and_an_old_cluster_gets_one(
         assert third.pki.data_key == second.pki.data_key  # loaded, not made again
     finally:
         await third.stop()
+
+
+async def test_a_follower_relays_logs_as_itself_after_checking_the_caller(
+        controller: Controller, etcd_server: EtcdServer, etcd_prefix: str,
+        sim_nodes: SimulatedCluster) -> None:
+    """ServiceLogs is the leader's; a follower checks the caller as for any
+    call, then relays over the controllers' own mutual TLS."""
+    follower = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await follower.start()
+    try:
+        assert not follower.logs.leading
+        async with admin_channel(controller) as channel:
+            await cgrpc.ControlStub(channel).CreateService(
+                cpb.CreateServiceRequest(spec=web_spec(replicas=0)), timeout=5)
+        await eventually(lambda: any(s.spec.name == "web"
+                                     for s in follower.store.cache.services.values()))
+        async with admin_channel(follower) as channel:
+            relayed = [message async for message in cgrpc.ControlStub(channel).ServiceLogs(
+                lpb.ServiceLogsRequest(service="web"), timeout=10)]
+        assert [list(m.node_errors) for m in relayed if m.node_errors] == []
+        keeper = sim_nodes.nodes[0].keeper
+        assert keeper is not None
+        async with channels.client_channel(f"127.0.0.1:{follower.port}",
+                                           keeper.identity) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in cgrpc.ControlStub(channel).ServiceLogs(
+                        lpb.ServiceLogsRequest(service="web"), timeout=10):
+                    pass
+            assert status_of(caught) == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await follower.stop()

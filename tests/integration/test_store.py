@@ -18,6 +18,7 @@ from swarm.controller.store import (
     EtcdClient,
     EtcdSettings,
     Guard,
+    Planned,
     ReserveName,
     Store,
     Update,
@@ -180,3 +181,50 @@ async def test_update_of_absent_object_conflicts(store: Store) -> None:
     ghost.meta.version = 7
     with pytest.raises(Conflict):
         await store.commit([Update(ghost)])
+
+
+async def test_read_modify_write_retries_lost_races_until_all_land(store: Store) -> None:
+    """Twenty concurrent increments through the one retried compare-and-swap:
+    each lost race is planned again from the refreshed cache, none is lost."""
+    await store.create(task("counter"))
+
+    def bump() -> Planned[None]:
+        current = store.cache.tasks["counter"]
+        bumped = pb.Task()
+        bumped.CopyFrom(current)
+        bumped.slot += 1
+        return Planned([Update(bumped)], None)
+
+    await asyncio.gather(*(store.read_modify_write(bump, attempts=50, backoff=0.001)
+                           for _ in range(20)))
+    assert store.cache.tasks["counter"].slot == 20
+
+
+async def test_read_modify_write_is_bounded_and_a_refusal_stops_it(store: Store) -> None:
+    await store.create(task("fixed"))
+    stale = pb.Task()
+    stale.CopyFrom(store.cache.tasks["fixed"])
+    stale.meta.version -= 1  # always loses
+    attempts: list[int] = []
+
+    def losing() -> Planned[None]:
+        attempts.append(1)
+        return Planned([Update(stale)], None)
+
+    with pytest.raises(Conflict):
+        await store.read_modify_write(losing, attempts=3, backoff=0.001)
+    assert len(attempts) == 3
+
+    attempts.clear()
+
+    def refused_after_a_conflict() -> bool:
+        raise LookupError("given up")
+
+    def losing_for_good() -> Planned[None]:
+        attempts.append(1)
+        return Planned([Update(stale)], None, refused_after_a_conflict)
+
+    with pytest.raises(LookupError):
+        await store.read_modify_write(losing_for_good, attempts=3, backoff=0.001)
+    assert len(attempts) == 1
+    assert store.cache.tasks["fixed"].meta.version == stale.meta.version + 1, "nothing written"

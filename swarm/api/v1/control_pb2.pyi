@@ -221,8 +221,9 @@ class UpdateServiceRequest(_message.Message):
     ROLLBACK_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     version: _builtins.int
-    """The meta.version the caller read; a newer stored version is a conflict
-    (ABORTED) and the caller reads again.
+    """The meta.version the caller read (0: apply whatever changed meanwhile).
+    A spec changed since is a conflict (ABORTED) and the caller reads again;
+    status changes since are not (the controller retries over them).
     """
     rollback: _builtins.bool
     """Go back to previous_spec instead of applying `spec`."""
@@ -387,6 +388,7 @@ class UpdateNodeRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     version: _builtins.int
+    """As UpdateServiceRequest.version: only a concurrent spec change conflicts."""
     @_builtins.property
     def spec(self) -> _objects_pb2.NodeSpec: ...
     def __init__(

@@ -248,8 +248,8 @@ class ControlServicer:
 
     def ServiceLogs(self, request, context):
         """The output of a service's tasks (see logs.proto). Served by the leader;
-        another controller refuses with FAILED_PRECONDITION and names the leader
-        in the trailing metadata key `swarm-leader-addr`.
+        any other controller relays the call to it (UNAVAILABLE while there is
+        no leader, or leadership is moving: retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,8 +59,8 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]
     ServiceLogs: _grpc.UnaryStreamMultiCallable[_logs_pb2.ServiceLogsRequest, _logs_pb2.ServiceLogsMessage]
     """The output of a service's tasks (see logs.proto). Served by the leader;
-    another controller refuses with FAILED_PRECONDITION and names the leader
-    in the trailing metadata key `swarm-leader-addr`.
+    any other controller relays the call to it (UNAVAILABLE while there is
+    no leader, or leadership is moving: retry).
     """
     RebalanceService: _grpc.UnaryUnaryMultiCallable[_control_pb2.RebalanceServiceRequest, _control_pb2.RebalanceServiceResponse]
     """Spread a replicated service's tasks over its eligible nodes again, moving
@@ -100,8 +100,8 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _control_pb2.ClusterResponse]  # type: ignore[assignment]
     ServiceLogs: _aio.UnaryStreamMultiCallable[_logs_pb2.ServiceLogsRequest, _logs_pb2.ServiceLogsMessage]  # type: ignore[assignment]
     """The output of a service's tasks (see logs.proto). Served by the leader;
-    another controller refuses with FAILED_PRECONDITION and names the leader
-    in the trailing metadata key `swarm-leader-addr`.
+    any other controller relays the call to it (UNAVAILABLE while there is
+    no leader, or leadership is moving: retry).
     """
     RebalanceService: _aio.UnaryUnaryMultiCallable[_control_pb2.RebalanceServiceRequest, _control_pb2.RebalanceServiceResponse]  # type: ignore[assignment]
     """Spread a replicated service's tasks over its eligible nodes again, moving
@@ -246,8 +246,8 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_logs_pb2.ServiceLogsMessage], _abc.AsyncIterator[_logs_pb2.ServiceLogsMessage]]:
         """The output of a service's tasks (see logs.proto). Served by the leader;
-        another controller refuses with FAILED_PRECONDITION and names the leader
-        in the trailing metadata key `swarm-leader-addr`.
+        any other controller relays the call to it (UNAVAILABLE while there is
+        no leader, or leadership is moving: retry).
         """
 
     @_abc_1.abstractmethod
