@@ -116,7 +116,9 @@ EndpointModeOpt = Annotated[str | None, typer.Option(metavar="MODE", help="vip (
 
 
 def _repeatable(metavar: str, help: str) -> OptionInfo:
-    return typer.Option(metavar=metavar, help=f"{help} (repeatable).", show_default=False)
+    option: OptionInfo = typer.Option(metavar=metavar, help=f"{help} (repeatable).",
+                                      show_default=False)
+    return option
 
 
 CapAddOpt = Annotated[list[str] | None, _repeatable(
