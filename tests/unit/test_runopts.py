@@ -18,7 +18,7 @@ from swarm.agent.runtime import RejectError, spec
 from swarm.api import runopts
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError, normalize_service_spec
-from swarm.cli import client
+from swarm.cli import client, render
 from swarm.cli.errors import BadFlag
 from swarm.cli.main import app
 from swarm.cli.service import (
@@ -451,3 +451,17 @@ def test_with_the_embedded_dns_127_0_0_11_stays_the_nameserver() -> None:
 def test_extra_hosts_are_appended_to_etc_hosts() -> None:
     text = spec.hosts_file("web1", extra=["10.0.0.5 db.internal", "::1  v6 six"])
     assert text.endswith("127.0.0.1\tweb1\n10.0.0.5\tdb.internal\n::1\tv6\tsix\n")
+
+
+def test_inspect_table_shows_the_runtime_options() -> None:
+    service = pb.Service(id="s1", spec=service_spec_from_options(ServiceOptions(
+        name="web", image="busybox", cap_add=["NET_ADMIN"], sysctls=["net.core.somaxconn=9"],
+        ulimits=["nofile=1024:2048"], limit_pids="64", devices=["/dev/fuse"],
+        dns=["10.0.0.2"], hosts=["db:10.0.0.5"], tty=True)))
+    text = render.service_details(service)
+    for line in ("Capabilities added:", "CAP_NET_ADMIN", "Sysctls:", "net.core.somaxconn=9",
+                 "Ulimits:", "nofile=1024:2048", "Pids limit:", "64", "Devices:",
+                 "/dev/fuse:/dev/fuse:rwm", "DNS servers:", "10.0.0.2", "Hosts:",
+                 "10.0.0.5 db", "TTY:"):
+        assert line in text, (line, text)
+    assert "Capabilities dropped" not in text  # only what is set
