@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import client
+from swarm.cli.client import RpcFailure
 from tests.integration.live import LiveCluster, assert_one_line_error, ok, swarmctl
 
 pytestmark = pytest.mark.integration
@@ -92,3 +97,28 @@ def test_bad_runtime_options_are_one_line_exit_2_and_write_nothing(
     assert_one_line_error(result, f"{stack}:5:21: services.web.sysctls.kernel.panic: sysctl "
                           "'kernel.panic' is not namespaced", exit_code=2)
     assert live.snapshot() == before
+
+
+def test_the_controller_refuses_what_swarmctl_would_never_send(live: LiveCluster) -> None:
+    """Another client may send anything: the controller's validation names the
+    field (INVALID_ARGUMENT) and writes nothing."""
+    bad_containers = [
+        (pb.ContainerSpec(cap_add=["CAP_NOPE"]), "spec.task.container.cap_add[0]: unknown"),
+        (pb.ContainerSpec(sysctls={"kernel.panic": "1"}),
+         "spec.task.container.sysctls['kernel.panic']: sysctl 'kernel.panic' is not namespaced"),
+        (pb.ContainerSpec(ulimits=[pb.Ulimit(name="nofile", soft=10, hard=5)]),
+         "spec.task.container.ulimits[0]: ulimit nofile: the soft limit (10)"),
+        (pb.ContainerSpec(pids_limit=-1), "spec.task.container.pids_limit: must not be negative"),
+        (pb.ContainerSpec(devices=[pb.DeviceMapping(path_on_host="/dev/x", permissions="q")]),
+         "spec.task.container.devices[0]: invalid device permissions 'q'"),
+    ]
+    with client.connect(live.addr) as ctl:
+        for container, message in bad_containers:
+            container.image = "busybox"
+            spec = pb.ServiceSpec(name="web", task=pb.TaskSpec(container=container))
+            before = live.snapshot()
+            with pytest.raises(RpcFailure) as caught:
+                ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=spec))
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert str(caught.value).startswith(message), str(caught.value)
+            assert live.snapshot() == before
