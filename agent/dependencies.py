@@ -182,8 +182,9 @@ class NetworkDependencies:
                                           IPv4Interface(attachment.addresses[0]),
                                           ifname=f"eth{index}", default_route=index == 0)
             if self.discovery is not None:
-                await self.discovery.serve(task.id, self._netns_path(task.id),
-                                           [a.network_id for a in task.networks])
+                await self.discovery.serve(
+                    task.id, self._netns_path(task.id), [a.network_id for a in task.networks],
+                    task.spec.container.dns_config.nameservers)
         except (DnsError, LoadBalancerError) as error:
             await self.runtime.remove(task.id)
             raise RejectError(f"service discovery: {error}") from error
@@ -201,7 +202,8 @@ class NetworkDependencies:
         if self.discovery is None or self._netns_path is None or not task.networks:
             return
         try:
-            await self.discovery.serve(task.id, self._netns_path(task.id),
-                                       [a.network_id for a in task.networks])
+            await self.discovery.serve(
+                task.id, self._netns_path(task.id), [a.network_id for a in task.networks],
+                task.spec.container.dns_config.nameservers)
         except (DnsError, LoadBalancerError, OSError) as error:
             tlog.error("service discovery: %s", error)

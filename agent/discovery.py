@@ -41,7 +41,7 @@ from swarm.api.v1 import dispatcher_pb2 as dpb
 
 from .network import lb
 from .network.directory import Resolution, ServiceDirectory, records_from_assignment
-from .network.dns import ADDRESS, PORT, Forwarder, TaskDns
+from .network.dns import ADDRESS, PORT, Forwarder, TaskDns, Upstream
 from .overlay_sync import PeerSets
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,20 @@ class Discovery:
         return sorted(self._served)
 
     async def serve(self, task_id: str, netns: str | os.PathLike[str],
-                    networks: Sequence[str]) -> None:
+                    networks: Sequence[str], nameservers: Sequence[str] = ()) -> None:
         """DNS and load balancing for a task (idempotent). Raises DnsError
         (the sockets) or LoadBalancerError (the table); nothing is left
-        served then."""
+        served then. A task's own `nameservers` (--dns) are where its other
+        names go instead of the node's upstreams, as docker's embedded
+        resolver forwards to a container's --dns servers."""
         if task_id in self._served:
             return
         path = os.fspath(netns)
-        responder = TaskDns(task_id, networks, self.resolve, self.forwarder,
+        forwarder = self.forwarder
+        if nameservers:
+            forwarder = Forwarder([Upstream(server) for server in nameservers],
+                                  forwarder.try_timeout, forwarder.deadline)
+        responder = TaskDns(task_id, networks, self.resolve, forwarder,
                             self.directory.name_of)
         await responder.start(path, self._dns_address, 0)  # ephemeral ports: see dns.py
         served = _Served(task_id, path, tuple(networks), responder, lb.DnsRedirect(

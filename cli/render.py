@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from swarm.api import units
 from swarm.api.naming import slot_name
+from swarm.api.runopts import format_ulimit
 from swarm.api.v1 import objects_pb2 as pb
 
 SHORT_ID = 12
@@ -421,6 +422,7 @@ def service_details(service: pb.Service) -> str:
         lines.append((1, "Drain timeout", duration(container.drain_timeout)))
     if container.read_only:
         lines.append((1, "Read only", "true"))
+    lines += runtime_option_lines(container)
     if container.HasField("healthcheck"):
         health = container.healthcheck
         lines.append((1, "Healthcheck", " ".join(health.test) or "(from image)"))
@@ -505,3 +507,24 @@ def inspected(output: Output, objects: Sequence[M], describe: Callable[[M], str]
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def runtime_option_lines(container: pb.ContainerSpec) -> list[Line]:
+    """The runtime options of `service inspect -o table` (issue 13), each when set."""
+    dns = container.dns_config
+    found: list[tuple[str, str]] = [
+        ("Capabilities added", ", ".join(container.cap_add)),
+        ("Capabilities dropped", ", ".join(container.cap_drop)),
+        ("Sysctls", " ".join(f"{k}={v}" for k, v in sorted(container.sysctls.items()))),
+        ("Ulimits", " ".join(format_ulimit(u.name, u.soft, u.hard) for u in container.ulimits)),
+        ("Pids limit", str(container.pids_limit) if container.pids_limit else ""),
+        ("Devices", ", ".join(f"{d.path_on_host}:{d.path_in_container or d.path_on_host}:"
+                              f"{d.permissions or 'rwm'}" for d in container.devices)),
+        ("Groups", ", ".join(container.groups)),
+        ("DNS servers", ", ".join(dns.nameservers)),
+        ("DNS search", ", ".join(dns.search)),
+        ("DNS options", " ".join(dns.options)),
+        ("Hosts", ", ".join(container.hosts)),
+        ("TTY", "true" if container.tty else ""),
+    ]
+    return [(1, key, value) for key, value in found if value]

@@ -32,21 +32,51 @@ from .options import (
     WaitTimeoutOpt,
     examples,
 )
+from .runopts import (
+    RuntimeCreateOptions,
+    RuntimeTaskOptions,
+    RuntimeUpdateOptions,
+    apply_create_options,
+    apply_update_options,
+    check_stop_signal,
+    env_file_entries,
+)
 from .service_flags import (
+    CapAddOpt,
+    CapDropOpt,
+    DeviceAddOpt,
+    DeviceOpt,
+    DeviceRmOpt,
+    DnsAddOpt,
+    DnsOpt,
+    DnsOptionAddOpt,
+    DnsOptionOpt,
+    DnsOptionRmOpt,
+    DnsRmOpt,
+    DnsSearchAddOpt,
+    DnsSearchOpt,
+    DnsSearchRmOpt,
     DrainTimeoutOpt,
     EndpointModeOpt,
     EntrypointOpt,
+    EnvFileOpt,
+    GroupAddOpt,
+    GroupRmOpt,
     HealthCmdOpt,
     HealthIntervalOpt,
     HealthRetriesOpt,
     HealthStartIntervalOpt,
     HealthStartPeriodOpt,
     HealthTimeoutOpt,
+    HostAddOpt,
     HostnameOpt,
+    HostOpt,
+    HostRmOpt,
     ImageOpt,
     InitOpt,
     LimitCpuOpt,
     LimitMemoryOpt,
+    LimitPidsOpt,
     MaxReplicasPerNodeOpt,
     NoHealthcheckOpt,
     ReadOnlyOpt,
@@ -65,6 +95,13 @@ from .service_flags import (
     RollbackParallelismOpt,
     StopGracePeriodOpt,
     StopSignalOpt,
+    SysctlAddOpt,
+    SysctlOpt,
+    SysctlRmOpt,
+    TtyOpt,
+    UlimitAddOpt,
+    UlimitOpt,
+    UlimitRmOpt,
     UpdateDelayOpt,
     UpdateFailureActionOpt,
     UpdateMaxFailureRatioOpt,
@@ -89,8 +126,8 @@ _DESIRED_STATES = {name.lower(): value for name, value in pb.TaskState.items()}
 
 
 @dataclass(kw_only=True)
-class TaskOptions:
-    """Flags that `create` and `update` share, as typed. None (or False) means not given."""
+class TaskOptions(RuntimeTaskOptions):
+    """Flags that `create` and `update` share, as typed. None, False or [] means not given."""
 
     image: str | None = None
     replicas: str | None = None
@@ -136,12 +173,15 @@ class TaskOptions:
 
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
     """The TaskOptions flags out of a command's parameters, which are named as the
-    fields (the flags are declared once, in cli/service_flags.py)."""
-    return {option.name: values[option.name] for option in fields(TaskOptions)}
+    fields (the flags are declared once, in cli/service_flags.py); a repeatable
+    flag not given is None from typer, [] here."""
+    return {option.name: ([] if values[option.name] is None and option.default_factory is list
+                          else values[option.name])
+            for option in fields(TaskOptions)}
 
 
 @dataclass(kw_only=True)
-class ServiceOptions(TaskOptions):
+class ServiceOptions(TaskOptions, RuntimeCreateOptions):
     """Everything `service create` takes."""
 
     name: str
@@ -158,7 +198,7 @@ class ServiceOptions(TaskOptions):
 
 
 @dataclass(kw_only=True)
-class ServiceUpdateOptions(TaskOptions):
+class ServiceUpdateOptions(TaskOptions, RuntimeUpdateOptions):
     """Everything `service update` takes."""
 
     args: str | None = None
@@ -302,7 +342,7 @@ def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
     if options.hostname is not None:
         container.hostname = options.hostname
     if options.stop_signal is not None:
-        container.stop_signal = options.stop_signal
+        container.stop_signal = check_stop_signal(options.stop_signal)
     if options.stop_grace_period is not None:
         container.stop_grace_period.FromNanoseconds(
             parsing.duration("--stop-grace-period", options.stop_grace_period))
@@ -375,7 +415,9 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
     _apply_task_options(spec, options)
     container = spec.task.container
     container.args[:] = options.args
-    container.env[:] = _merge_env([], [], options.env, "--env")
+    container.env[:] = _merge_env(env_file_entries(options.env_files), [], options.env,
+                                  "--env")
+    apply_create_options(container, options, options)
     for item in options.labels:
         key, value = parsing.key_value("--label", item, value_required=False)
         spec.labels[key] = value
@@ -411,6 +453,7 @@ def updated_service_spec(current: pb.ServiceSpec,
     spec.CopyFrom(current)
     _apply_task_options(spec, options)
     container = spec.task.container
+    apply_update_options(container, options, options)
     if options.args is not None:
         container.args[:] = parsing.shell_words("--args", options.args)
     env_rm = [parsing.key_only("--env-rm", key) for key in options.env_rm]
@@ -565,6 +608,19 @@ def create(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
     entrypoint: EntrypointOpt = None,
+    cap_add: CapAddOpt = None,
+    cap_drop: CapDropOpt = None,
+    sysctl: SysctlOpt = None,
+    ulimit: UlimitOpt = None,
+    limit_pids: LimitPidsOpt = None,
+    device: DeviceOpt = None,
+    group_add: GroupAddOpt = None,
+    dns: DnsOpt = None,
+    dns_search: DnsSearchOpt = None,
+    dns_option: DnsOptionOpt = None,
+    host: HostOpt = None,
+    env_file: EnvFileOpt = None,
+    tty: TtyOpt = None,
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
@@ -581,6 +637,14 @@ def create(
         publish=_list(publish),
         networks=_list(network),
         mounts=_list(mount),
+        sysctls=_list(sysctl),
+        ulimits=_list(ulimit),
+        devices=_list(device),
+        dns=_list(dns),
+        dns_search=_list(dns_search),
+        dns_options=_list(dns_option),
+        hosts=_list(host),
+        env_files=_list(env_file),
         **task_options(locals()),
     ))
     timeout = progress.wait_timeout(wait_for)
@@ -836,6 +900,26 @@ def update(
     health_start_period: HealthStartPeriodOpt = None,
     health_start_interval: HealthStartIntervalOpt = None,
     no_healthcheck: NoHealthcheckOpt = False,
+    cap_add: CapAddOpt = None,
+    cap_drop: CapDropOpt = None,
+    sysctl_add: SysctlAddOpt = None,
+    sysctl_rm: SysctlRmOpt = None,
+    ulimit_add: UlimitAddOpt = None,
+    ulimit_rm: UlimitRmOpt = None,
+    limit_pids: LimitPidsOpt = None,
+    device_add: DeviceAddOpt = None,
+    device_rm: DeviceRmOpt = None,
+    group_add: GroupAddOpt = None,
+    group_rm: GroupRmOpt = None,
+    dns_add: DnsAddOpt = None,
+    dns_rm: DnsRmOpt = None,
+    dns_search_add: DnsSearchAddOpt = None,
+    dns_search_rm: DnsSearchRmOpt = None,
+    dns_option_add: DnsOptionAddOpt = None,
+    dns_option_rm: DnsOptionRmOpt = None,
+    host_add: HostAddOpt = None,
+    host_rm: HostRmOpt = None,
+    tty: TtyOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
@@ -861,6 +945,21 @@ def update(
         publish_rm=_list(publish_rm),
         mount_add=_list(mount_add),
         mount_rm=_list(mount_rm),
+        group_rm=_list(group_rm),
+        sysctl_add=_list(sysctl_add),
+        sysctl_rm=_list(sysctl_rm),
+        ulimit_add=_list(ulimit_add),
+        ulimit_rm=_list(ulimit_rm),
+        device_add=_list(device_add),
+        device_rm=_list(device_rm),
+        dns_add=_list(dns_add),
+        dns_rm=_list(dns_rm),
+        dns_search_add=_list(dns_search_add),
+        dns_search_rm=_list(dns_search_rm),
+        dns_option_add=_list(dns_option_add),
+        dns_option_rm=_list(dns_option_rm),
+        host_add=_list(host_add),
+        host_rm=_list(host_rm),
         force=force,
         rollback=rollback,
         **task_options(locals()),

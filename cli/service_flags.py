@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from typer.models import OptionInfo
 
 ImageOpt = Annotated[
     str | None,
@@ -107,3 +108,58 @@ HealthStartIntervalOpt = Annotated[
 ]
 NoHealthcheckOpt = Annotated[bool, typer.Option("--no-healthcheck", help="Disable the image's health check.")]
 EndpointModeOpt = Annotated[str | None, typer.Option(metavar="MODE", help="vip (default) or dnsrr.")]
+
+# ---------------------------------------------------------------- runtime options
+# (issue 13). As docker's flags: `service create` takes the plain forms, `service
+# update` the -add/-rm forms where docker has them; --cap-add/--cap-drop,
+# --group-add, --limit-pids, --tty and --stop-signal are the same on both.
+
+
+def _repeatable(metavar: str, help: str) -> OptionInfo:
+    option: OptionInfo = typer.Option(metavar=metavar, help=f"{help} (repeatable).",
+                                      show_default=False)
+    return option
+
+
+CapAddOpt = Annotated[list[str] | None, _repeatable(
+    "CAP", "Add a Linux capability, e.g. NET_ADMIN, or ALL")]
+CapDropOpt = Annotated[list[str] | None, _repeatable(
+    "CAP", "Drop a Linux capability, e.g. NET_RAW, or ALL")]
+GroupAddOpt = Annotated[list[str] | None, _repeatable(
+    "GROUP", "Add a supplementary group of the task's user (name or GID)")]
+GroupRmOpt = Annotated[list[str] | None, _repeatable("GROUP", "Remove a supplementary group")]
+LimitPidsOpt = Annotated[str | None, typer.Option(
+    metavar="N", help="Most processes the task may have (the pids cgroup; default: the "
+                      "node's, 4096).")]
+TtyOpt = Annotated[bool | None, typer.Option(
+    "--tty/--no-tty", "-t", show_default=False, help="Give the task a pseudo-terminal.")]
+SysctlOpt = Annotated[list[str] | None, _repeatable(
+    "NAME=VALUE", "Namespaced kernel parameter, e.g. net.core.somaxconn=1024")]
+SysctlAddOpt = Annotated[list[str] | None, _repeatable("NAME=VALUE", "Set a sysctl")]
+SysctlRmOpt = Annotated[list[str] | None, _repeatable("NAME", "Remove a sysctl")]
+UlimitOpt = Annotated[list[str] | None, _repeatable(
+    "NAME=SOFT[:HARD]", "Resource limit, e.g. nofile=1024:2048")]
+UlimitAddOpt = Annotated[list[str] | None, _repeatable("NAME=SOFT[:HARD]", "Set a ulimit")]
+UlimitRmOpt = Annotated[list[str] | None, _repeatable("NAME", "Remove a ulimit")]
+DeviceOpt = Annotated[list[str] | None, _repeatable(
+    "HOST[:CONTAINER[:PERMS]]", "Give the task a device of its node, e.g. /dev/fuse; a node "
+    "without it rejects the task")]
+DeviceAddOpt = Annotated[list[str] | None, _repeatable("HOST[:CONTAINER[:PERMS]]",
+                                                       "Add or replace a device")]
+DeviceRmOpt = Annotated[list[str] | None, _repeatable("CONTAINER", "Remove a device")]
+DnsOpt = Annotated[list[str] | None, _repeatable("IP", "DNS server")]
+DnsAddOpt = Annotated[list[str] | None, _repeatable("IP", "Add a DNS server")]
+DnsRmOpt = Annotated[list[str] | None, _repeatable("IP", "Remove a DNS server")]
+DnsSearchOpt = Annotated[list[str] | None, _repeatable("DOMAIN", "DNS search domain")]
+DnsSearchAddOpt = Annotated[list[str] | None, _repeatable("DOMAIN", "Add a DNS search domain")]
+DnsSearchRmOpt = Annotated[list[str] | None, _repeatable("DOMAIN",
+                                                         "Remove a DNS search domain")]
+DnsOptionOpt = Annotated[list[str] | None, _repeatable("OPT", "resolv.conf option, e.g. ndots:2")]
+DnsOptionAddOpt = Annotated[list[str] | None, _repeatable("OPT", "Add a resolv.conf option")]
+DnsOptionRmOpt = Annotated[list[str] | None, _repeatable("OPT", "Remove a resolv.conf option")]
+HostOpt = Annotated[list[str] | None, _repeatable(
+    "HOST:IP", "Add a line to /etc/hosts, e.g. db.internal:10.0.0.5")]
+HostAddOpt = Annotated[list[str] | None, _repeatable("HOST:IP", "Add an /etc/hosts line")]
+HostRmOpt = Annotated[list[str] | None, _repeatable("HOST[:IP]", "Remove /etc/hosts lines")]
+EnvFileOpt = Annotated[list[str] | None, _repeatable(
+    "FILE", "Read KEY=VALUE lines into the environment (before --env)")]

@@ -47,23 +47,28 @@ from .base import (
     ContainerStatus,
     ImageInput,
     NoSuchContainer,
+    RejectError,
 )
 from .spec import (
     DEFAULT_PATH,
     DEFAULT_PIDS_LIMIT,
     ContainerPlan,
+    DevicePlan,
     MountPlan,
     ProcessPlan,
     build_config,
+    capabilities_for,
     check_container_id,
     check_mounts,
     env_value,
     hostname_for,
     hosts_file,
     parse_signal,
+    plan_device,
     plan_process,
     plan_resources,
     resolv_conf,
+    resolve_groups,
     resolve_user,
 )
 
@@ -146,6 +151,17 @@ def _runc_message(text: str) -> str:
         except ValueError:
             messages.append(raw.replace('\\"', '"'))
     return "; ".join(messages) if messages else text.strip()
+
+
+def host_device(mapping: pb.DeviceMapping) -> DevicePlan:
+    """The node's device for a --device: a node without it rejects the task,
+    with docker's words."""
+    try:
+        found = os.stat(mapping.path_on_host)
+    except OSError as error:
+        raise RejectError(f"error gathering device information while adding custom device "
+                          f"{mapping.path_on_host!r}: {error.strerror or error}") from None
+    return plan_device(mapping, found.st_mode, found.st_rdev, found.st_uid, found.st_gid)
 
 
 async def wait_pid_exit(pid: int) -> None:
@@ -280,7 +296,7 @@ class RuncRuntime:
         except (OSError, ValueError):
             return None
 
-    async def _spawn_monitor(self, task_id: str, bundle: Path) -> int:
+    async def _spawn_monitor(self, task_id: str, bundle: Path, *, terminal: bool = False) -> int:
         """conmon + `runc create`; returns the container pid once CREATED."""
         settings = self.settings
         socket_link = settings.sockets_dir / task_id
@@ -302,6 +318,8 @@ class RuncRuntime:
         ]
         if settings.log_size_max > 0:
             args += ["--log-size-max", str(settings.log_size_max)]
+        if terminal:  # conmon holds the pty's master and logs what the task writes to it
+            args.append("--terminal")
         read_fd, write_fd = os.pipe()
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "_OCI_SYNCPIPE": str(write_fd)}
         try:
@@ -354,12 +372,14 @@ class RuncRuntime:
         hostname = hostname_for(task)
         process = plan_process(container, image.config, hostname)
         check_mounts(container.mounts)
-        resources = plan_resources(task.spec.resources, pids_limit=self.settings.pids_limit,
+        resources = plan_resources(task.spec.resources,
+                                   pids_limit=container.pids_limit or self.settings.pids_limit,
                                    cpu_count=self._cpu_count,
                                    swap_accounting=self._swap_accounting)
         binds = {index: fs.check_bind_source(mount.source, self.settings.allowed_bind_roots)
                  for index, mount in enumerate(container.mounts)
                  if mount.type == pb.Mount.BIND}
+        devices = tuple(host_device(mapping) for mapping in container.devices)
         async with self._lock(task_id):
             self._removed_exits.pop(task_id, None)
             if self.bundle_dir(task_id).exists() or self._exit_file(task_id).exists():
@@ -374,7 +394,7 @@ class RuncRuntime:
             created_volumes: list[Path] = []
             try:
                 await self._prepare(task, image, hostname, process, resources, binds,
-                                    created_volumes)
+                                    devices, created_volumes)
             except BaseException as error:
                 log.info("task %s: prepare failed (%s); cleaning up", task_id, error)
                 await asyncio.shield(self._cleanup(task_id, created_volumes,
@@ -383,7 +403,7 @@ class RuncRuntime:
 
     async def _prepare(self, task: pb.Task, image: ImageInput, hostname: str,
                        process: ProcessPlan, resources: dict[str, Any], binds: dict[int, Path],
-                       created_volumes: list[Path]) -> None:
+                       devices: tuple[DevicePlan, ...], created_volumes: list[Path]) -> None:
         task_id = task.id
         container = task.spec.container
         bundle = self.bundle_dir(task_id)
@@ -397,8 +417,9 @@ class RuncRuntime:
             layers = (bundle / "empty",)
         fs.mount_overlay(layers, bundle / "upper", bundle / "work", root)
 
-        user = resolve_user(process.user, fs.read_in_root(root, "/etc/passwd"),
-                            fs.read_in_root(root, "/etc/group"))
+        group_file = fs.read_in_root(root, "/etc/group")
+        user = resolve_groups(resolve_user(process.user, fs.read_in_root(root, "/etc/passwd"),
+                                           group_file), container.groups, group_file)
         fs.find_executable(root, process.args[0], env_value(process.env, "PATH") or "",
                            process.cwd)
 
@@ -424,10 +445,11 @@ class RuncRuntime:
             host_resolv = self.settings.host_resolv_conf.read_text()
         except OSError:
             host_resolv = ""
-        (bundle / "hosts").write_text(hosts_file(hostname))
+        (bundle / "hosts").write_text(hosts_file(hostname, extra=container.hosts))
         (bundle / "hostname").write_text(hostname + "\n")
         (bundle / "resolv.conf").write_text(
-            resolv_conf(host_resolv, embedded_dns=bool(task.networks)))
+            resolv_conf(host_resolv, embedded_dns=bool(task.networks),
+                        dns=container.dns_config))
         files = (("/etc/hosts", str(bundle / "hosts")),
                  ("/etc/hostname", str(bundle / "hostname")),
                  ("/etc/resolv.conf", str(bundle / "resolv.conf")))
@@ -438,10 +460,13 @@ class RuncRuntime:
             read_only=container.read_only, mounts=tuple(mounts), files=files,
             netns_path=str(netns), cgroups_path=self.cgroups_path(task_id),
             resources=resources, nofile_limit=self._nofile,
+            capabilities=tuple(capabilities_for(container)),
+            sysctls=tuple(sorted(container.sysctls.items())), ulimits=tuple(container.ulimits),
+            devices=devices, terminal=container.tty,
             annotations=(("swarm.task.id", task_id), ("swarm.service.id", task.service_id),
                          *self.settings.extra_annotations))
         (bundle / "config.json").write_text(json.dumps(build_config(plan), indent=1))
-        pid = await self._spawn_monitor(task_id, bundle)
+        pid = await self._spawn_monitor(task_id, bundle, terminal=container.tty)
         log.info("task %s: container created (pid %d)", task_id, pid)
 
     # ------------------------------------------------------------ cleanup

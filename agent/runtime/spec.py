@@ -10,13 +10,16 @@ result.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import signal as signal_module
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from swarm.api import runopts
 from swarm.api.units import format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -254,6 +257,27 @@ def resolve_user(user: str, passwd: str | None, group: str | None) -> User:
     return User(uid=entry.uid, gid=entry.gid, additional_gids=supplementary, home=entry.home)
 
 
+def resolve_groups(user: User, groups: Sequence[str], group: str | None) -> User:
+    """--group-add: names looked up in the rootfs's /etc/group (as docker does),
+    numbers taken as they are; added after the user's own supplementary groups."""
+    if not groups:
+        return user
+    entries = parse_group(group or "")
+    gids = list(user.additional_gids)
+    for name in groups:
+        if name.isdigit():
+            gid = int(name)
+        else:
+            found = next((g for g in entries if g.name == name), None)
+            if found is None:
+                raise RejectError(f"unable to find group {name}: no matching entries in "
+                                  "group file")
+            gid = found.gid
+        if gid not in gids:
+            gids.append(gid)
+    return User(uid=user.uid, gid=user.gid, additional_gids=tuple(gids), home=user.home)
+
+
 # ---------------------------------------------------------------- signals
 
 
@@ -324,6 +348,70 @@ def plan_resources(requirements: pb.ResourceRequirements, *, pids_limit: int, cp
     return resources
 
 
+# ---------------------------------------------------------------- runtime options
+
+RLIM_INFINITY = 2**64 - 1  # an OCI rlimit is a uint64
+
+
+def plan_rlimits(ulimits: Sequence[pb.Ulimit], nofile_default: int) -> list[dict[str, Any]]:
+    """process.rlimits: the task's ulimits; RLIMIT_NOFILE defaults to
+    `nofile_default` (soft = hard) unless the task sets it (0: inherit)."""
+    limits: dict[str, dict[str, Any]] = {}
+    if nofile_default > 0:
+        limits["RLIMIT_NOFILE"] = {"type": "RLIMIT_NOFILE", "hard": nofile_default,
+                                   "soft": nofile_default}
+    for ulimit in ulimits:
+        kind = runopts.ULIMITS.get(ulimit.name)
+        if kind is None:
+            raise RejectError(f"unknown ulimit {ulimit.name!r}")
+
+        def value(number: int) -> int:
+            return RLIM_INFINITY if number == runopts.UNLIMITED else number
+
+        limits[kind] = {"type": kind, "hard": value(ulimit.hard), "soft": value(ulimit.soft)}
+    return list(limits.values())
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """A host device as the container gets it (linux.devices and the device
+    cgroup's allow rule)."""
+
+    path: str  # in the container
+    kind: Literal["c", "b"]
+    major: int
+    minor: int
+    file_mode: int
+    uid: int
+    gid: int
+    permissions: str
+
+
+def plan_device(mapping: pb.DeviceMapping, st_mode: int, st_rdev: int, st_uid: int,
+                st_gid: int) -> DevicePlan:
+    """From the host device's stat (taken by the executor)."""
+    host = mapping.path_on_host
+    if stat.S_ISCHR(st_mode):
+        kind: Literal["c", "b"] = "c"
+    elif stat.S_ISBLK(st_mode):
+        kind = "b"
+    else:
+        raise RejectError(f"error gathering device information while adding custom device "
+                          f"{host!r}: not a device node")
+    target = mapping.path_in_container or host
+    if not target.startswith("/") or target.startswith(("/proc/", "/sys/")):
+        raise RejectError(f"invalid device path in the container {target!r}")
+    return DevicePlan(path=posixpath.normpath(target), kind=kind, major=os.major(st_rdev),
+                      minor=os.minor(st_rdev), file_mode=stat.S_IMODE(st_mode), uid=st_uid,
+                      gid=st_gid, permissions=mapping.permissions or runopts.DEVICE_PERMISSIONS)
+
+
+def capabilities_for(container: pb.ContainerSpec) -> list[str]:
+    """Docker's default set with the task's --cap-add/--cap-drop."""
+    return runopts.effective_capabilities(DEFAULT_CAPABILITIES, list(container.cap_add),
+                                          list(container.cap_drop))
+
+
 # ---------------------------------------------------------------- mounts
 
 
@@ -388,9 +476,10 @@ def _oci_mount(plan: MountPlan) -> dict[str, Any]:
 # ---------------------------------------------------------------- files
 
 
-def hosts_file(hostname: str, addresses: Sequence[str] = ()) -> str:
-    """/etc/hosts: localhost, and the hostname on the container's addresses
-    (loopback until it has others)."""
+def hosts_file(hostname: str, addresses: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+    """/etc/hosts: localhost, the hostname on the container's addresses
+    (loopback until it has others), then the service's extra hosts (`--host`,
+    compose extra_hosts: "IP NAME" lines), as docker appends them."""
     lines = [
         "127.0.0.1\tlocalhost",
         "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -400,32 +489,56 @@ def hosts_file(hostname: str, addresses: Sequence[str] = ()) -> str:
         "ff02::2\tip6-allrouters",
     ]
     lines += [f"{address}\t{hostname}" for address in (addresses or ("127.0.0.1",))]
+    lines += ["\t".join(line.split()) for line in extra]
     return "\n".join(lines) + "\n"
 
 
 EMBEDDED_DNS = "127.0.0.11"  # the agent's responder in a task's namespace (agent/network/dns.py)
 
 
-def resolv_conf(host_text: str, embedded_dns: bool = False) -> str:
+def resolv_conf(host_text: str, embedded_dns: bool = False,
+                dns: pb.DNSConfig | None = None) -> str:
     """The host's resolv.conf without loopback nameservers (unreachable from
     the container's network namespace), as docker filters it. With the
     embedded DNS (a container on overlay networks), the host's search list
     and options stay, the nameserver is 127.0.0.11 alone (it forwards what
     is not the cluster's), and ndots:0 makes a bare name like `web` asked
-    as it is, first, as docker writes it."""
+    as it is, first, as docker writes it.
+
+    The task's DNS config (`--dns`, `--dns-search`, `--dns-option`) replaces
+    the host's nameservers, search list and options, each on its own, as
+    docker's does; with the embedded DNS its nameservers are not written here
+    (127.0.0.11 stays, so the service names keep resolving) but are where the
+    responder forwards other names (agent/discovery.py), and an ndots the
+    task gives wins over ndots:0."""
+    dns = dns or pb.DNSConfig()
     kept = []
     options: list[str] = []
     for line in host_text.splitlines():
         fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver" and (
-                embedded_dns or fields[1].startswith("127.") or fields[1] == "::1"):
+        keyword = fields[0] if fields else ""
+        if len(fields) >= 2 and keyword == "nameserver" and (
+                embedded_dns or dns.nameservers or fields[1].startswith("127.")
+                or fields[1] == "::1"):
             continue
-        if embedded_dns and fields and fields[0] == "options":
-            options += [o for o in fields[1:] if not o.startswith("ndots:")]
+        if keyword in ("search", "domain") and dns.search:
+            continue
+        if keyword == "options" and (embedded_dns or dns.options):
+            if not dns.options:
+                options += [o for o in fields[1:] if not o.startswith("ndots:")]
             continue
         kept.append(line)
+    if dns.search:
+        kept.append("search " + " ".join(dns.search))
     if embedded_dns:
-        kept += [f"nameserver {EMBEDDED_DNS}", " ".join(["options", *options, "ndots:0"])]
+        options += list(dns.options)
+        if not any(o.startswith("ndots:") for o in dns.options):
+            options.append("ndots:0")
+        kept += [f"nameserver {EMBEDDED_DNS}", " ".join(["options", *options])]
+    else:
+        kept += [f"nameserver {server}" for server in dns.nameservers]
+        if dns.options:
+            kept.append("options " + " ".join(dns.options))
     return "\n".join(kept).strip() + "\n"
 
 
@@ -448,6 +561,11 @@ class ContainerPlan:
     resources: dict[str, Any]
     nofile_limit: int = 0  # RLIMIT_NOFILE (soft = hard); 0: inherit the monitor's
     annotations: tuple[tuple[str, str], ...] = ()
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    sysctls: tuple[tuple[str, str], ...] = ()
+    ulimits: tuple[pb.Ulimit, ...] = ()
+    devices: tuple[DevicePlan, ...] = ()
+    terminal: bool = False
 
 
 def _depth(path: str) -> int:
@@ -456,10 +574,10 @@ def _depth(path: str) -> int:
 
 def build_config(plan: ContainerPlan) -> dict[str, Any]:
     """The OCI runtime config for runc."""
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = list(plan.capabilities)
     root = plan.user.uid == 0
     process: dict[str, Any] = {
-        "terminal": False,
+        "terminal": plan.terminal,
         "user": {"uid": plan.user.uid, "gid": plan.user.gid},
         "args": list(plan.process.args),
         "env": list(plan.process.env),
@@ -472,9 +590,9 @@ def build_config(plan: ContainerPlan) -> dict[str, Any]:
         },
         "noNewPrivileges": False,
     }
-    if plan.nofile_limit > 0:
-        process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": plan.nofile_limit,
-                               "soft": plan.nofile_limit}]
+    rlimits = plan_rlimits(plan.ulimits, plan.nofile_limit)
+    if rlimits:
+        process["rlimits"] = rlimits
     if plan.user.additional_gids:
         process["user"]["additionalGids"] = list(plan.user.additional_gids)
 
@@ -506,6 +624,17 @@ def build_config(plan: ContainerPlan) -> dict[str, Any]:
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+    if plan.sysctls:
+        config["linux"]["sysctl"] = dict(plan.sysctls)
+    if plan.devices:
+        config["linux"]["devices"] = [
+            {"path": d.path, "type": d.kind, "major": d.major, "minor": d.minor,
+             "fileMode": d.file_mode, "uid": d.uid, "gid": d.gid} for d in plan.devices]
+        # After the deny-all rule: the device cgroup lets these through.
+        config["linux"]["resources"] = {**plan.resources, "devices": [
+            *plan.resources.get("devices", []),
+            *({"allow": True, "type": d.kind, "major": d.major, "minor": d.minor,
+               "access": d.permissions} for d in plan.devices)]}
     if plan.annotations:
         config["annotations"] = dict(plan.annotations)
     return config

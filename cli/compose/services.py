@@ -21,6 +21,7 @@ from ..choices import (
 )
 from .context import Context
 from .model import Location, Node, StackNetwork, StackService, quote
+from .runopts import convert_runtime_options, set_pids_limit
 from .schema import (
     DEFAULT_NETWORK,
     ENV_KEY_RE,
@@ -94,6 +95,7 @@ def convert_service(context: Context, key: str, node: Node,
             container.labels[label] = text or ""
     if "healthcheck" in fields:
         _healthcheck(context, container, fields["healthcheck"], f"{path}.healthcheck")
+    convert_runtime_options(container, fields, path)
     if "volumes" in fields:
         for index, item in enumerate(as_list(fields["volumes"], f"{path}.volumes")):
             container.mounts.append(_volume(context, item, f"{path}.volumes[{index}]"))
@@ -458,7 +460,7 @@ def _deploy(context: Context, spec: pb.ServiceSpec, node: Node, path: str) -> No
         elif name == "placement":
             _placement(context, spec.task.placement, value, where)
         elif name == "resources":
-            _resources(context, spec.task.resources, value, where)
+            _resources(context, spec.task, value, where)
         elif name == "restart_policy":
             _restart_policy(spec.task.restart, value, where)
         elif name in ("update_config", "rollback_config"):
@@ -493,8 +495,8 @@ def _placement(context: Context, placement: pb.Placement, node: Node, path: str)
                   "max_replicas_per_node)")
 
 
-def _resources(context: Context, resources: pb.ResourceRequirements, node: Node,
-               path: str) -> None:
+def _resources(context: Context, task: pb.TaskSpec, node: Node, path: str) -> None:
+    resources = task.resources
     for name, value in as_mapping(node, path).items():
         where = f"{path}.{name}"
         if name not in ("limits", "reservations"):
@@ -506,10 +508,13 @@ def _resources(context: Context, resources: pb.ResourceRequirements, node: Node,
                 target.nano_cpus = as_cpus(option_value, option_path)
             elif option == "memory":
                 target.memory_bytes = as_size(option_value, option_path)
+            elif option == "pids" and name == "limits":
+                set_pids_limit(task.container, option_value, option_path)
             elif f"resources.{name}.{option}" in UNSUPPORTED_DEPLOY_KEYS:
                 context.warn(option_value, option_path, "not supported; ignored")
             else:
-                fail(option_value, option_path, "unknown key (expected cpus or memory)")
+                fail(option_value, option_path, "unknown key (expected cpus, memory or pids)"
+                     if name == "limits" else "unknown key (expected cpus or memory)")
 
 
 def _restart_policy(restart: pb.RestartPolicy, node: Node, path: str) -> None:

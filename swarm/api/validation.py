@@ -18,7 +18,8 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
@@ -26,6 +27,7 @@ from google.protobuf.message import Message
 from swarm.api.units import format_duration, format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
+from . import runopts
 from .constraints import parse_constraint
 from .refs import resolve_ref
 
@@ -72,6 +74,8 @@ _SIGNALS = {
 }
 _SIGRTMIN, _SIGRTMAX = 34, 64
 _RT_SIGNAL_RE = re.compile(r"RTMIN(?:\+([0-9]{1,2}))?|RTMAX(?:-([0-9]{1,2}))?")
+
+T = TypeVar("T")
 
 _HEALTH_KINDS = ("NONE", "CMD", "CMD-SHELL")
 
@@ -263,6 +267,54 @@ def _check_container(container: pb.ContainerSpec, path: str) -> None:
     if container.HasField("healthcheck"):
         _check_healthcheck(container.healthcheck, f"{path}.healthcheck")
     _check_labels(container.labels, f"{path}.labels")
+    check_runtime_options(container, path)
+
+
+def _first_problem(items: Sequence[T], problem: Callable[[T], str | None],
+                   path: str) -> None:
+    for index, item in enumerate(items):
+        found = problem(item)
+        if found is not None:
+            raise ValidationError(f"{path}[{index}]", found)
+
+
+def check_runtime_options(container: pb.ContainerSpec, path: str) -> None:
+    """Capabilities, sysctls, ulimits, the pids limit, devices, groups, DNS and
+    extra hosts (swarm.api.runopts says what is acceptable)."""
+    _first_problem(container.cap_add, runopts.capability_problem, f"{path}.cap_add")
+    _first_problem(container.cap_drop, runopts.capability_problem, f"{path}.cap_drop")
+    for name, value in container.sysctls.items():
+        problem = runopts.sysctl_problem(name, value)
+        if problem is not None:
+            raise ValidationError(f"{path}.sysctls[{name!r}]", problem)
+    seen: dict[str, int] = {}
+    for index, ulimit in enumerate(container.ulimits):
+        problem = runopts.ulimit_problem(ulimit.name, ulimit.soft, ulimit.hard)
+        if problem is None and ulimit.name in seen:
+            problem = f"ulimit {ulimit.name} is already set by ulimits[{seen[ulimit.name]}]"
+        if problem is not None:
+            raise ValidationError(f"{path}.ulimits[{index}]", problem)
+        seen[ulimit.name] = index
+    if container.pids_limit < 0:
+        raise ValidationError(f"{path}.pids_limit", f"must not be negative (got "
+                              f"{container.pids_limit}); 0 means the node's default")
+    for index, device in enumerate(container.devices):
+        problem = runopts.device_problem(device.path_on_host, device.path_in_container,
+                                         device.permissions or runopts.DEVICE_PERMISSIONS)
+        if problem is not None:
+            raise ValidationError(f"{path}.devices[{index}]", problem)
+    _first_problem(container.groups, runopts.group_problem, f"{path}.groups")
+    dns = container.dns_config
+    if len(dns.nameservers) > runopts.MAX_NAMESERVERS:
+        raise ValidationError(f"{path}.dns_config.nameservers", f"at most "
+                              f"{runopts.MAX_NAMESERVERS} (got {len(dns.nameservers)})")
+    _first_problem(dns.nameservers, runopts.nameserver_problem, f"{path}.dns_config.nameservers")
+    if len(dns.search) > runopts.MAX_SEARCH_DOMAINS:
+        raise ValidationError(f"{path}.dns_config.search", f"at most "
+                              f"{runopts.MAX_SEARCH_DOMAINS} (got {len(dns.search)})")
+    _first_problem(dns.search, runopts.search_domain_problem, f"{path}.dns_config.search")
+    _first_problem(dns.options, runopts.dns_option_problem, f"{path}.dns_config.options")
+    _first_problem(container.hosts, runopts.host_entry_problem, f"{path}.hosts")
 
 
 # Drain before stop waits well under a second when every node answers; the

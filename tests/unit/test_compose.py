@@ -386,7 +386,7 @@ def test_an_unset_variable_is_a_warning_once_with_its_line() -> None:
 
 def test_unsupported_keys_are_warnings_naming_the_key_and_line() -> None:
     stack = parse(BASE + "    build: .\n    depends_on: [db]\n    privileged: true\n"
-                         "    cap_add: [NET_ADMIN]\n    devices: ['/dev/fuse']\n"
+                         "    shm_size: 64m\n    ipc: host\n"
                          "    x-custom: ignored silently\n"
                          "    healthcheck: {test: 'true', start_interval: 1s}\n"
                          "secrets:\n  key: {file: ./key}\nx-top: fine\n")
@@ -394,8 +394,8 @@ def test_unsupported_keys_are_warnings_naming_the_key_and_line() -> None:
         "f.yaml:5:12: services.web.build: not supported by this orchestrator; ignored",
         "f.yaml:6:17: services.web.depends_on: not supported by this orchestrator; ignored",
         "f.yaml:7:17: services.web.privileged: not supported by this orchestrator; ignored",
-        "f.yaml:8:14: services.web.cap_add: not supported by this orchestrator; ignored",
-        "f.yaml:9:14: services.web.devices: not supported by this orchestrator; ignored",
+        "f.yaml:8:15: services.web.shm_size: not supported by this orchestrator; ignored",
+        "f.yaml:9:10: services.web.ipc: not supported by this orchestrator; ignored",
         "f.yaml:13:3: secrets: not supported; ignored",
     ]
 
