@@ -81,6 +81,8 @@ from ..store import (
     Update,
     store_status,
 )
+from .configs import ConfigHandlers
+from .secrets import SecretHandlers, resolve_payload_references
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,7 @@ def _template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
         new.endpoint.SerializeToString(deterministic=True)
 
 
-class ControlServicer(cgrpc.ControlServicer):
+class ControlServicer(SecretHandlers, ConfigHandlers, cgrpc.ControlServicer):
     def __init__(self, store: Store, leadership: Leadership,
                  addresses: AddressIndex | None = None, logs: LogBroker | None = None) -> None:
         self._store = store
@@ -188,6 +190,7 @@ class ControlServicer(cgrpc.ControlServicer):
                             context: Context) -> cpb.ServiceResponse:
         try:
             spec = normalize_service_spec(request.spec, self._store.cache.networks)
+            spec = resolve_payload_references(spec, self._store.cache)
         except ValidationError as error:
             await self._invalid(context, error)
         service_id = new_id()
@@ -328,6 +331,7 @@ class ControlServicer(cgrpc.ControlServicer):
             wanted = request.spec
         try:
             spec = normalize_service_spec(wanted, self._store.cache.networks)
+            spec = resolve_payload_references(spec, self._store.cache)
         except ValidationError as error:
             await self._invalid(context, error)
         if spec.name != current.spec.name:

@@ -61,6 +61,8 @@ class WatchCache:
         self.tasks: dict[str, pb.Task] = {}
         self.networks: dict[str, pb.Network] = {}
         self.clusters: dict[str, pb.Cluster] = {}
+        self.secrets: dict[str, pb.Secret] = {}  # sealed: the cache never holds plaintext
+        self.configs: dict[str, pb.Config] = {}
         self.tasks_by_service: dict[str, dict[str, pb.Task]] = {}
         self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
         self.leader: KeyValue | None = None
@@ -88,6 +90,8 @@ class WatchCache:
             "tasks": self.tasks,  # type: ignore[dict-item]
             "networks": self.networks,  # type: ignore[dict-item]
             "clusters": self.clusters,  # type: ignore[dict-item]
+            "secrets": self.secrets,  # type: ignore[dict-item]
+            "configs": self.configs,  # type: ignore[dict-item]
         }
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
