@@ -32,7 +32,11 @@ from .options import (
     WaitTimeoutOpt,
     examples,
 )
+from .payload_refs import append_references, edit_references, parse_reference
 from .service_flags import (
+    ConfigAddOpt,
+    ConfigOpt,
+    ConfigRmOpt,
     DrainTimeoutOpt,
     EndpointModeOpt,
     EntrypointOpt,
@@ -63,6 +67,9 @@ from .service_flags import (
     RollbackMonitorOpt,
     RollbackOrderOpt,
     RollbackParallelismOpt,
+    SecretAddOpt,
+    SecretOpt,
+    SecretRmOpt,
     StopGracePeriodOpt,
     StopSignalOpt,
     UpdateDelayOpt,
@@ -155,6 +162,8 @@ class ServiceOptions(TaskOptions):
     publish: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -176,6 +185,10 @@ class ServiceUpdateOptions(TaskOptions):
     publish_rm: list[str] = field(default_factory=list)
     mount_add: list[str] = field(default_factory=list)
     mount_rm: list[str] = field(default_factory=list)
+    secret_add: list[str] = field(default_factory=list)
+    secret_rm: list[str] = field(default_factory=list)
+    config_add: list[str] = field(default_factory=list)
+    config_rm: list[str] = field(default_factory=list)
     force: bool = False
     rollback: bool = False
 
@@ -393,6 +406,10 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
         spec.task.networks.append(parsing.network_attachment("--network", item))
     for item in options.mounts:
         container.mounts.append(parsing.mount("--mount", item))
+    append_references(container, "secret",
+                      [parse_reference("secret", "--secret", item) for item in options.secrets])
+    append_references(container, "config",
+                      [parse_reference("config", "--config", item) for item in options.configs])
     return spec
 
 
@@ -462,6 +479,8 @@ def updated_service_spec(current: pb.ServiceSpec,
     if options.mount_rm or options.mount_add:
         del container.mounts[:]
         container.mounts.extend(mounts)
+    edit_references(container, "secret", options.secret_rm, options.secret_add)
+    edit_references(container, "config", options.config_rm, options.config_add)
     if options.force:
         spec.task.force_update += 1
     return spec
@@ -564,6 +583,8 @@ def create(
     mount: Annotated[list[str] | None, typer.Option(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
+    secret: SecretOpt = None,
+    config: ConfigOpt = None,
     entrypoint: EntrypointOpt = None,
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
@@ -581,6 +602,8 @@ def create(
         publish=_list(publish),
         networks=_list(network),
         mounts=_list(mount),
+        secrets=_list(secret),
+        configs=_list(config),
         **task_options(locals()),
     ))
     timeout = progress.wait_timeout(wait_for)
@@ -819,6 +842,10 @@ def update(
         "type=volume,source=X,target=/Y", "Add or replace a mount")] = None,
     mount_rm: Annotated[list[str] | None, typer.Option(
         metavar="TARGET", help="Remove the mount at this container path.")] = None,
+    secret_add: SecretAddOpt = None,
+    secret_rm: SecretRmOpt = None,
+    config_add: ConfigAddOpt = None,
+    config_rm: ConfigRmOpt = None,
     endpoint_mode: EndpointModeOpt = None,
     workdir: WorkdirOpt = None,
     user: UserOpt = None,
@@ -861,6 +888,10 @@ def update(
         publish_rm=_list(publish_rm),
         mount_add=_list(mount_add),
         mount_rm=_list(mount_rm),
+        secret_add=_list(secret_add),
+        secret_rm=_list(secret_rm),
+        config_add=_list(config_add),
+        config_rm=_list(config_rm),
         force=force,
         rollback=rollback,
         **task_options(locals()),

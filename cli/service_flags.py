@@ -107,3 +107,34 @@ HealthStartIntervalOpt = Annotated[
 ]
 NoHealthcheckOpt = Annotated[bool, typer.Option("--no-healthcheck", help="Disable the image's health check.")]
 EndpointModeOpt = Annotated[str | None, typer.Option(metavar="MODE", help="vip (default) or dnsrr.")]
+SecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        metavar="NAME|source=NAME,target=T,uid=U,gid=G,mode=0400",
+        help="Give the tasks a secret, read-only at /run/secrets/TARGET (default: its name) "
+        "(repeatable).",
+    ),
+]
+ConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        metavar="NAME|source=NAME,target=/PATH,uid=U,gid=G,mode=0444",
+        help="Give the tasks a config, read-only at TARGET (default: /NAME) (repeatable).",
+    ),
+]
+SecretAddOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="NAME|source=NAME,...", help="Add or replace a secret (repeatable)."),
+]
+SecretRmOpt = Annotated[
+    list[str] | None, typer.Option(metavar="NAME", help="Remove a secret (repeatable).")
+]
+ConfigAddOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="NAME|source=NAME,...", help="Add or replace a config (repeatable)."),
+]
+ConfigRmOpt = Annotated[
+    list[str] | None, typer.Option(metavar="NAME", help="Remove a config (repeatable).")
+]
