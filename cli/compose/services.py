@@ -19,8 +19,10 @@ from ..choices import (
     PUBLISH_MODES,
     RESTART_CONDITIONS,
 )
+from ..payload_refs import append_references
 from .context import Context
 from .model import Location, Node, StackNetwork, StackService, quote
+from .payloads import service_references
 from .schema import (
     DEFAULT_NETWORK,
     ENV_KEY_RE,
@@ -105,6 +107,10 @@ def convert_service(context: Context, key: str, node: Node,
     if "ports" in fields:
         for index, item in enumerate(as_list(fields["ports"], f"{path}.ports")):
             spec.endpoint.ports.extend(_ports(context, item, f"{path}.ports[{index}]"))
+    for kind in ("secret", "config"):
+        if f"{kind}s" in fields:
+            append_references(container, kind, service_references(
+                context, kind, fields[f"{kind}s"], f"{path}.{kind}s"))
     _service_networks(context, key, spec, fields.get("networks"), f"{path}.networks",
                       declared_networks)
     if "deploy" in fields:

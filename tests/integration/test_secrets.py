@@ -20,6 +20,7 @@ from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.compose.payloads import content_name
 from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import controller_config
@@ -302,4 +303,104 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(live: LiveCluster, tmp_pat
          "config 'nope' not found", 1),
     ):
         assert_one_line_error(swarmctl(live, *args), fragment, exit_code=code)
+    assert live.snapshot() == before
+
+
+# ------------------------------------------------------------ apply: rotation by content
+
+STACK_FILE = """
+name: shop
+services:
+  web:
+    image: busybox
+    deploy:
+      replicas: 2
+    secrets:
+      - db_password
+      - source: db_password
+        target: copy
+        uid: "33"
+        mode: 0400
+    configs:
+      - source: app_conf
+        target: /etc/app.conf
+secrets:
+  db_password:
+    file: ./pw.txt
+configs:
+  app_conf:
+    file: ./app.conf
+"""
+
+
+def _names(live: LiveCluster, kind: str) -> list[str]:
+    return sorted(obj.spec.name for obj in live.stored(kind)  # type: ignore[union-attr]
+                  if isinstance(obj, pb.Secret | pb.Config))
+
+
+def test_apply_rotates_a_changed_secret_and_removes_the_old_version(
+        live: LiveCluster, tmp_path: Path) -> None:
+    first, second = plaintext(), plaintext()
+    (tmp_path / "pw.txt").write_bytes(first)
+    (tmp_path / "app.conf").write_bytes(b"level=debug\n")
+    stack_file = tmp_path / "shop.yaml"
+    stack_file.write_text(STACK_FILE)
+    dry = ok(swarmctl(live, "apply", "-f", str(stack_file), "--dry-run")).stdout
+    old_name = content_name("shop_db_password", first)
+    assert f"secret {old_name}: would be created" in dry
+    assert first.decode() not in dry
+    assert live.stored("secrets") == []
+    ok(swarmctl(live, "apply", "-f", str(stack_file)))
+    assert _names(live, "secrets") == [old_name]
+    service = live.service("shop_web")
+    refs = service.spec.task.container.secrets
+    assert [(r.secret_name, r.file.name, r.file.uid, r.file.mode) for r in refs] == [
+        (old_name, "db_password", 0, 0o444), (old_name, "copy", 33, 0o400)]
+    assert service.spec.task.container.configs[0].file.name == "/etc/app.conf"
+    old_tasks = {t.id for t in live.running("shop_web")}
+    assert len(old_tasks) == 2
+    # The same file again: nothing changes.
+    before = live.snapshot()
+    again = ok(swarmctl(live, "apply", "-f", str(stack_file)))
+    assert "created" not in again.stdout
+    assert live.snapshot() == before
+    # A changed file: a new version, the service rolls to it, the old one goes.
+    (tmp_path / "pw.txt").write_bytes(second)
+    new_name = content_name("shop_db_password", second)
+    dry = ok(swarmctl(live, "apply", "-f", str(stack_file), "--dry-run")).stdout
+    assert f"secret {new_name}: would be created" in dry
+    assert "service shop_web: would be updated" in dry
+    assert second.decode() not in dry
+    result = ok(swarmctl(live, "apply", "-f", str(stack_file)))
+    assert f"secret {old_name}: removed" in result.stdout
+    assert _names(live, "secrets") == [new_name]
+    running = live.running("shop_web")
+    assert len(running) == 2
+    assert not {t.id for t in running} & old_tasks
+    assert {r.secret_name for t in running for r in t.spec.container.secrets} == {new_name}
+    values = live.run(all_values(live.controller))
+    assert not any(first in value or second in value for value in values)
+    # stack rm takes what the stack made.
+    ok(swarmctl(live, "stack", "rm", "shop"))
+    assert live.stored("secrets") == []
+    assert live.stored("configs") == []
+
+
+def test_apply_with_a_missing_secret_file_writes_nothing(live: LiveCluster,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "app.conf").write_bytes(b"x")
+    stack_file = tmp_path / "shop.yaml"
+    stack_file.write_text(STACK_FILE)
+    before = live.snapshot()
+    line = assert_one_line_error(swarmctl(live, "apply", "-f", str(stack_file)),
+                                 "secrets.db_password.file", "cannot read secret file "
+                                 '"./pw.txt"', exit_code=2)
+    assert "shop.yaml:" in line
+    (tmp_path / "pw.txt").write_bytes(b"")
+    assert_one_line_error(swarmctl(live, "apply", "-f", str(stack_file)),
+                          "the secret is empty", exit_code=2)
+    (tmp_path / "pw.txt").write_bytes(b"pw")
+    stack_file.write_text(STACK_FILE.replace("mode: 0400", "mode: 999"))
+    assert_one_line_error(swarmctl(live, "apply", "-f", str(stack_file)),
+                          "services.web.secrets[1].mode", "invalid mode 999", exit_code=2)
     assert live.snapshot() == before
