@@ -334,7 +334,7 @@ configs:
 
 
 def _names(live: LiveCluster, kind: str) -> list[str]:
-    return sorted(obj.spec.name for obj in live.stored(kind)  # type: ignore[union-attr]
+    return sorted(obj.spec.name for obj in live.stored(kind)
                   if isinstance(obj, pb.Secret | pb.Config))
 
 

@@ -389,14 +389,14 @@ def test_unsupported_keys_are_warnings_naming_the_key_and_line() -> None:
                          "    cap_add: [NET_ADMIN]\n    devices: ['/dev/fuse']\n"
                          "    x-custom: ignored silently\n"
                          "    healthcheck: {test: 'true', start_interval: 1s}\n"
-                         "secrets:\n  key: {file: ./key}\nx-top: fine\n")
+                         "include:\n  - other.yaml\nx-top: fine\n")
     assert [str(w) for w in stack.warnings] == [
         "f.yaml:5:12: services.web.build: not supported by this orchestrator; ignored",
         "f.yaml:6:17: services.web.depends_on: not supported by this orchestrator; ignored",
         "f.yaml:7:17: services.web.privileged: not supported by this orchestrator; ignored",
         "f.yaml:8:14: services.web.cap_add: not supported by this orchestrator; ignored",
         "f.yaml:9:14: services.web.devices: not supported by this orchestrator; ignored",
-        "f.yaml:13:3: secrets: not supported; ignored",
+        "f.yaml:13:3: include: not supported; ignored",
     ]
 
 
