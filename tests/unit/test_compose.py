@@ -442,8 +442,8 @@ BAD = [
      "f.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token (while "
      "scanning for the next token)"),
     (BASE + "servces: {}\n",
-     "f.yaml:5:10: servces: unknown top-level key (expected name, networks, services, version, "
-     "volumes, or x-* extensions)"),
+     "f.yaml:5:10: servces: unknown top-level key (expected configs, name, networks, secrets, "
+     "services, version, volumes, or x-* extensions)"),
     ("- a\n", "f.yaml:1:1: expected a mapping with `services:` at the top, got a list"),
     ("", "f.yaml:1:1: the file is empty: expected a `services:` mapping"),
     ("name: s\n", "f.yaml:1:1: services: required: at least one service"),
