@@ -45,7 +45,8 @@ class Payloads:
         self.asked.append(task_id)
         if self.refuse:
             raise grpc.aio.AioRpcError(grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(),
-                                       grpc.aio.Metadata(), details="not yours")
+                                       grpc.aio.Metadata(), details="not yours",
+                                       debug_error_string="")
         return dpb.TaskPayloadsResponse(
             secrets=[dpb.Payload(id="s1", name="pw", data=self.secret)],
             configs=[dpb.Payload(id="c1", name="conf", data=self.config)])
