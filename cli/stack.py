@@ -468,7 +468,7 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
                 typer.echo("note: unused secret and config versions are removed after a "
                            "rollout that was waited for (not with -d)")
         else:
-            stack_payloads.remove_unused(ctl, stack.name, echo)
+            stack_payloads.remove_unused(ctl, stack, echo)
 
 
 FileOpt = Annotated[Path, typer.Option(

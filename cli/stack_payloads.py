@@ -141,18 +141,21 @@ def stack_payloads(ctl: Controller, stack: str | None = None
 
 
 def unused(stack: str, services: Iterable[pb.Service], secrets: Iterable[pb.Secret],
-           configs: Iterable[pb.Config]) -> list[tuple[Kind, str]]:
-    """The stack's versions that no service's spec references (pure)."""
+           configs: Iterable[pb.Config], keep: Iterable[str] = ()) -> list[tuple[Kind, str]]:
+    """The stack's versions that no service's spec references and the file
+    does not declare (`keep`: the file's current names) (pure)."""
+    kept = set(keep)
     used_secrets: set[str] = set()
     used_configs: set[str] = set()
     for service in services:
         secret_ids, config_ids = payloads.referenced_ids(service.spec.task.container)
         used_secrets |= secret_ids
         used_configs |= config_ids
-    found: list[tuple[Kind, str]] = [("secret", s.spec.name) for s in secrets
-                                     if _belongs(s, stack) and s.id not in used_secrets]
+    found: list[tuple[Kind, str]] = [
+        ("secret", s.spec.name) for s in secrets
+        if _belongs(s, stack) and s.id not in used_secrets and s.spec.name not in kept]
     found += [("config", c.spec.name) for c in configs
-              if _belongs(c, stack) and c.id not in used_configs]
+              if _belongs(c, stack) and c.id not in used_configs and c.spec.name not in kept]
     return sorted(found)
 
 
@@ -173,8 +176,10 @@ def remove_payloads(ctl: Controller, names: Iterable[tuple[Kind, str]],
         echo(f"{kind} {name}: removed")
 
 
-def remove_unused(ctl: Controller, stack: str, echo: Callable[[str], None]) -> None:
-    """After a rollout: the stack's versions no service uses any more go."""
+def remove_unused(ctl: Controller, stack: Stack, echo: Callable[[str], None]) -> None:
+    """After a rollout: the stack's versions that no service uses any more and
+    the file no longer declares go."""
     services = list(ctl.call(ctl.stub.ListServices, cpb.ListServicesRequest()).services)
-    secrets, configs = stack_payloads(ctl, stack)
-    remove_payloads(ctl, unused(stack, services, secrets, configs), echo)
+    secrets, configs = stack_payloads(ctl, stack.name)
+    declared = [p.name for p in (*stack.secrets.values(), *stack.configs.values())]
+    remove_payloads(ctl, unused(stack.name, services, secrets, configs, declared), echo)

@@ -104,7 +104,7 @@ class PayloadServer:
         assert task is not None
         response = open_payloads(task, self._cache.secrets, self._cache.configs,
                                  self._data_key())
-        log.info("sent %d secret(s) and %d config(s) of task %s to node %s",
+        log.debug("sent %d secret(s) and %d config(s) of task %s to node %s",
                  len(response.secrets), len(response.configs), task_id, node_id)
         return response
 

@@ -272,6 +272,9 @@ def test_cli_secret_lifecycle_never_prints_the_data(live: LiveCluster, tmp_path:
     assert (ref.secret_name, ref.file.name, ref.file.mode, ref.file.uid) == (
         "db_pw", "db", 0o400, 33)
     live.eventually(lambda: len(live.running("web")) == 1, message="web running")
+    shown = ok(swarmctl(live, "service", "inspect", "-o", "table", "web")).stdout
+    assert "/run/secrets/db:" in shown
+    assert "db_pw (uid 33, gid 0, mode 0400)" in shown
     before = live.snapshot()
     assert_one_line_error(swarmctl(live, "secret", "rm", "db_pw"),
                           "in use by service(s) web", exit_code=1)

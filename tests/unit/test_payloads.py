@@ -198,3 +198,5 @@ def test_unused_versions_of_the_stack() -> None:
     service = pb.Service(spec=pb.ServiceSpec(name="shop_web"))
     service.spec.task.container.secrets.add(secret_id="new")
     assert unused("shop", [service], secrets, []) == [("secret", "shop_pw.aaaaaa")]
+    # Declared by the file but used by no service: kept (no create-remove churn).
+    assert unused("shop", [service], secrets, [], keep=["shop_pw.aaaaaa"]) == []
