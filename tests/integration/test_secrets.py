@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from swarm.agent.simulated import SimulatedCluster
 from swarm.api import channels, payloads
@@ -21,6 +22,7 @@ from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.compose.payloads import content_name
+from swarm.cli.main import app
 from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import controller_config
@@ -282,6 +284,19 @@ def test_cli_secret_lifecycle_never_prints_the_data(live: LiveCluster, tmp_path:
     ok(swarmctl(live, "service", "update", "-d", "web", "--secret-rm", "db_pw"))
     assert not live.service("web").spec.task.container.secrets
     assert ok(swarmctl(live, "secret", "rm", "db_pw")).stdout.strip() == "db_pw"
+
+
+def test_cli_reads_standard_input_and_filters_by_label(live: LiveCluster) -> None:
+    data = plaintext()
+    result = CliRunner().invoke(app, ["--controller", live.addr, "config", "create", "-l",
+                                      "tier=web", "from_stdin", "-"], input=data)
+    ok(result)
+    shown = ok(swarmctl(live, "config", "inspect", "--pretty", "from_stdin")).stdout
+    assert data.decode() in shown
+    assert_one_line_error(swarmctl(live, "secret", "create", "other", "-"),  # empty stdin
+                          "secret file -: the secret is empty", exit_code=2)
+    listed = ok(swarmctl(live, "config", "ls", "-q", "--filter", "label=tier=web")).stdout
+    assert listed.split() == [result.stdout.strip()]
 
 
 def test_cli_bad_input_is_one_line_and_writes_nothing(live: LiveCluster, tmp_path: Path) -> None:
