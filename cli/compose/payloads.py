@@ -122,6 +122,7 @@ def service_references(context: Context, kind: Kind, node: Node, path: str
     for index, item in enumerate(as_list(node, path)):
         where = f"{path}[{index}]"
         target, uid, gid, mode = "", 0, 0, 0
+        target_node = item
         if isinstance(item.value, dict):
             fields = as_mapping(item, where)
             if "source" not in fields:
@@ -130,7 +131,7 @@ def service_references(context: Context, kind: Kind, node: Node, path: str
             for option, value in fields.items():
                 at = f"{where}.{option}"
                 if option == "target":
-                    target = as_string(value, at)
+                    target, target_node = as_string(value, at), value
                 elif option in ("uid", "gid"):
                     number = as_integer(value, at, maximum=_MAX_ID)
                     uid, gid = (number, gid) if option == "uid" else (uid, number)
@@ -147,7 +148,7 @@ def service_references(context: Context, kind: Kind, node: Node, path: str
         try:
             target = payloads.normalize_target(kind, target, key, f"{where}.target")
         except ValidationError as error:
-            fail(item, f"{where}.target", error.problem)
+            fail(target_node, f"{where}.target", error.problem)
         file = pb.FileTarget(name=target, uid=uid, gid=gid, mode=mode)
         refs.append(pb.SecretReference(secret_name=payload.name, file=file) if kind == "secret"
                     else pb.ConfigReference(config_name=payload.name, file=file))

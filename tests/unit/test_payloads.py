@@ -6,7 +6,9 @@ agent's file plan (agent/payloads.py) and apply's version planning
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,9 +21,10 @@ from swarm.api import payloads, pki
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError
+from swarm.cli.compose import Stack, StackError, parse_stack
 from swarm.cli.errors import BadFlag
 from swarm.cli.payload_refs import edit_references, parse_reference
-from swarm.cli.stack_payloads import unused
+from swarm.cli.stack_payloads import PayloadPlanError, plan_payloads, step_lines, unused
 from swarm.controller.payloads import PayloadRefused, open_payloads, refusal
 
 
@@ -200,3 +203,78 @@ def test_unused_versions_of_the_stack() -> None:
     assert unused("shop", [service], secrets, []) == [("secret", "shop_pw.aaaaaa")]
     # Declared by the file but used by no service: kept (no create-remove churn).
     assert unused("shop", [service], secrets, [], keep=["shop_pw.aaaaaa"]) == []
+
+
+# ------------------------------------------------------------ compose and apply planning
+
+COMPOSE = """
+name: shop
+services:
+  web:
+    image: busybox
+    secrets: [db_password, tls]
+    configs:
+      - source: conf
+        target: /etc/app.conf
+        mode: "0440"
+secrets:
+  db_password:
+    file: ./pw.txt
+  tls:
+    external: true
+    name: prod_tls
+configs:
+  conf:
+    file: ./app.conf
+"""
+
+
+def _parse(tmp_path: Path, text: str = COMPOSE) -> Stack:
+    return parse_stack(text, filename="f.yaml", base_dir=tmp_path, environ={})
+
+
+def test_compose_names_versions_by_content(tmp_path: Path) -> None:
+    (tmp_path / "pw.txt").write_bytes(b"hunter2")
+    (tmp_path / "app.conf").write_bytes(b"x=1")
+    stack = _parse(tmp_path)
+    digest = hashlib.sha256(b"hunter2").hexdigest()[:6]
+    assert stack.secrets["db_password"].name == f"shop_db_password.{digest}"
+    assert stack.secrets["tls"].name == "prod_tls"
+    assert stack.secrets["tls"].external
+    container = stack.services["web"].spec.task.container
+    assert [(r.secret_name, r.file.name) for r in container.secrets] == [
+        (f"shop_db_password.{digest}", "db_password"), ("prod_tls", "tls")]
+    assert (container.configs[0].file.name, container.configs[0].file.mode) == (
+        "/etc/app.conf", 0o440)
+    assert "hunter2" not in repr(stack)
+    # Planning: the new version is to be created, the external one must exist.
+    with pytest.raises(PayloadPlanError, match="external secret 'prod_tls' not found"):
+        plan_payloads(stack, [], [])
+    steps = plan_payloads(stack, [pb.Secret(id="t", spec=pb.SecretSpec(name="prod_tls"))], [])
+    assert [(s.kind, s.name, s.create) for s in steps] == [
+        ("secret", f"shop_db_password.{digest}", True), ("config", stack.configs["conf"].name,
+                                                          True)]
+    assert step_lines(steps, dry_run=True) == [
+        f"secret shop_db_password.{digest}: would be created",
+        f"config {stack.configs['conf'].name}: would be created"]
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    ("file: ./pw.txt", "f.yaml:13:11: secrets.db_password.file: cannot read secret file "
+                       '"./missing.txt"'),
+    ("mode: \"0440\"", "f.yaml:10:15: services.web.configs[0].mode: invalid mode 999"),
+    ("secrets: [db_password, tls]", "f.yaml:6:28: services.web.secrets[1]: secret \"nope\" is "
+                                    "not declared in the top-level `secrets:`"),
+    ("target: /etc/app.conf", "f.yaml:9:17: services.web.configs[0].target: target "
+                              "'../../etc/x' has a '..' component"),
+])
+def test_compose_bad_input_is_one_line_at_its_key(tmp_path: Path, change: str,
+                                                   fragment: str) -> None:
+    (tmp_path / "pw.txt").write_bytes(b"hunter2")
+    (tmp_path / "app.conf").write_bytes(b"x=1")
+    replacement = {"file: ./pw.txt": "file: ./missing.txt", "mode: \"0440\"": "mode: 999",
+                   "secrets: [db_password, tls]": "secrets: [db_password, nope]",
+                   "target: /etc/app.conf": "target: ../../etc/x"}[change]
+    with pytest.raises(StackError) as caught:
+        _parse(tmp_path, COMPOSE.replace(change, replacement))
+    assert str(caught.value).startswith(fragment), str(caught.value)
