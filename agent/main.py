@@ -397,6 +397,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)],
         conditions=lambda: conditions_of(config.state_dir, config.conditions))
     worker.report = session.report
+    worker.fetch_payloads = session.task_payloads
     if keeper is not None:
         keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",

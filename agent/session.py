@@ -145,6 +145,7 @@ class AgentSession:
         self._applied: dict[str, int] = {}
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
+        self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
 
     # ------------------------------------------------------------ reporting
 
@@ -152,6 +153,21 @@ class AgentSession:
         """Queue a status; the latest one per task wins."""
         self._pending[task_id] = status
         self._pending_ready.set()
+
+    # ------------------------------------------------------------ payloads
+
+    async def task_payloads(self, task_id: str) -> dpb.TaskPayloadsResponse:
+        """One task's secrets and configs, from the controller of the open
+        session (controller/payloads.py). Raises AioRpcError; ContainerError-
+        free: the worker turns a failure into a rejected task."""
+        stub = self._stub
+        if stub is None or not self.connected.is_set():
+            await self.connected.wait()
+            stub = self._stub
+        assert stub is not None
+        return await stub.TaskPayloads(
+            dpb.TaskPayloadsRequest(node_id=self.node_id, task_id=task_id),
+            timeout=_RPC_TIMEOUT)
 
     # ------------------------------------------------------------ the loop
 
@@ -243,7 +259,8 @@ class AgentSession:
             return self._target
 
     async def _session(self, addr: str) -> None:
-        stub = dgrpc.DispatcherStub(self._channels(addr))
+        stub: dgrpc.DispatcherAsyncStub = dgrpc.DispatcherStub(
+            self._channels(addr))
         if not self.node_id:
             response = await stub.Register(
                 dpb.RegisterRequest(description=self.description, labels=self._labels),
@@ -285,6 +302,7 @@ class AgentSession:
             node_id, session_id = self.node_id, self.session_id
             services = [start_supervised(name, functools.partial(service, stub, node_id, session_id))
                         for name, service in self._services]
+            self._stub = stub
             self.connected.set()
             log.info("session %s with %s open", self.session_id, addr)
             await self._apply(first.assignments)

@@ -31,10 +31,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
+
+import grpc
 
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -53,11 +55,13 @@ from .health import (
 )
 from .images import Image, ImageError
 from .network.overlay import OverlayManager
+from .payloads import needs_payloads, plan_files
 from .published import PublishedPorts
 from .runtime import (
     ContainerError,
     ContainerState,
     NoSuchContainer,
+    PayloadFile,
     Runtime,
     stop_signal,
 )
@@ -89,6 +93,12 @@ class ImageSource(Protocol):
 
 
 Report = Callable[[str, pb.TaskStatus], None]
+# Asks the controller for one task's secrets and configs (AgentSession.task_payloads).
+FetchPayloads = Callable[[str], Awaitable[dpb.TaskPayloadsResponse]]
+
+
+async def _no_payloads(task_id: str) -> dpb.TaskPayloadsResponse:
+    raise ContainerError("this agent has no session to fetch secrets and configs over")
 
 
 # ================================================================ the worker
@@ -118,6 +128,8 @@ class _Entry:
     # clock), and whether the controller has said every node let it go.
     stop_asked: float | None = None
     drained: bool = False
+    # Its secrets and configs were released (their tmpfs unmounted) after it ended.
+    payloads_released: bool = False
 
     @property
     def id(self) -> str:
@@ -153,6 +165,7 @@ class Worker:
             resync_period=self.settings.network_resync_period)
         # Set by whoever wires the session in (the session needs the worker first).
         self.report: Report = report or (lambda task_id, status: None)
+        self.fetch_payloads: FetchPayloads = _no_payloads
         # This node, for the templates of task specs ({{.Node.Hostname}}...).
         self.node_id = ""
         self.node_hostname = ""
@@ -311,6 +324,8 @@ class Worker:
         while True:
             entry.changed.clear()
             step = next_step(entry.task.desired_state, entry.observed())
+            if step is Step.DONE and not entry.payloads_released:
+                await self._release_payloads(entry, tlog)
             if step in (Step.WAIT, Step.DONE):
                 await entry.changed.wait()
                 continue
@@ -399,8 +414,9 @@ class Worker:
         try:
             image = await self.images.ensure(reference)
             entry.image = image
+            files = await self._payloads(task)
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
-                                       image.runtime_input())
+                                       image.runtime_input(), files)
             await self.dependencies.attach(task)
         except (ImageError, ContainerError) as error:
             # Before start, nothing retried here would do better: let the
@@ -413,6 +429,29 @@ class Worker:
             return
         entry.container = ContainerState(id=task.id, status="created")
         self._set(entry, pb.READY, "prepared")
+
+    async def _payloads(self, task: pb.Task) -> tuple[PayloadFile, ...]:
+        """The task's secrets and configs, asked of the controller (only the
+        node running the task gets them: controller/payloads.py)."""
+        if not needs_payloads(task):
+            return ()
+        try:
+            response = await self.fetch_payloads(task.id)
+        except grpc.aio.AioRpcError as error:
+            raise ContainerError(f"cannot get the task's secrets and configs: "
+                                 f"{error.code().name}: {error.details()}") from None
+        return plan_files(task, response)
+
+    async def _release_payloads(self, entry: _Entry, tlog: _TaskLog) -> None:
+        """The task ended: its secrets and configs go (the container's process,
+        the only other holder of their mounts, is gone)."""
+        entry.payloads_released = True
+        if not needs_payloads(entry.task):
+            return
+        try:
+            await self.runtime.release_payloads(entry.id)
+        except (ContainerError, OSError) as error:
+            tlog.warning("could not remove its secrets and configs yet: %s", error)
 
     async def _monitor(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task

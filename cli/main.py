@@ -8,7 +8,7 @@ import typer
 
 import swarm
 
-from . import client, cluster, network, node, service, stack
+from . import client, cluster, network, node, payload_commands, service, stack
 from . import controller as controller_cmd
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
@@ -56,6 +56,8 @@ app.add_typer(network.app, name="network")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(stack.app, name="stack")
+app.add_typer(payload_commands.secret_app, name="secret")
+app.add_typer(payload_commands.config_app, name="config")
 app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
 

@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarm.api import units
+from swarm.api import payloads, units
 from swarm.api.naming import slot_name
 from swarm.api.runopts import format_ulimit
 from swarm.api.v1 import objects_pb2 as pb
@@ -434,6 +434,14 @@ def service_details(service: pb.Service) -> str:
                 " (anonymous)" if item.type == pb.Mount.VOLUME else "")
             read_only = ", read-only" if item.read_only else ""
             lines.append((1, item.target, f"{kind}{source}{read_only}"))
+    for title, refs in (("Secrets", [("secret", r.secret_name, r.file) for r in container.secrets]),
+                        ("Configs", [("config", r.config_name, r.file) for r in container.configs])):
+        if refs:
+            lines.append((0, title, None))
+            for kind, name, file in refs:
+                path = payloads.container_path(kind, file.name or name)  # type: ignore[arg-type]
+                lines.append((1, path, f"{name} (uid {file.uid}, gid {file.gid}, "
+                                       f"mode {file.mode or payloads.DEFAULT_MODE:04o})"))
     resources = _resources_lines("Limits", task.resources.limits, 1) + _resources_lines(
         "Reservations", task.resources.reservations, 1)
     if resources:

@@ -32,6 +32,7 @@ from .options import (
     WaitTimeoutOpt,
     examples,
 )
+from .payload_refs import append_references, edit_references, parse_reference
 from .runopts import (
     RuntimeCreateOptions,
     RuntimeTaskOptions,
@@ -44,6 +45,9 @@ from .runopts import (
 from .service_flags import (
     CapAddOpt,
     CapDropOpt,
+    ConfigAddOpt,
+    ConfigOpt,
+    ConfigRmOpt,
     DeviceAddOpt,
     DeviceOpt,
     DeviceRmOpt,
@@ -93,6 +97,9 @@ from .service_flags import (
     RollbackMonitorOpt,
     RollbackOrderOpt,
     RollbackParallelismOpt,
+    SecretAddOpt,
+    SecretOpt,
+    SecretRmOpt,
     StopGracePeriodOpt,
     StopSignalOpt,
     SysctlAddOpt,
@@ -195,6 +202,8 @@ class ServiceOptions(TaskOptions, RuntimeCreateOptions):
     publish: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     mounts: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    configs: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -216,6 +225,10 @@ class ServiceUpdateOptions(TaskOptions, RuntimeUpdateOptions):
     publish_rm: list[str] = field(default_factory=list)
     mount_add: list[str] = field(default_factory=list)
     mount_rm: list[str] = field(default_factory=list)
+    secret_add: list[str] = field(default_factory=list)
+    secret_rm: list[str] = field(default_factory=list)
+    config_add: list[str] = field(default_factory=list)
+    config_rm: list[str] = field(default_factory=list)
     force: bool = False
     rollback: bool = False
 
@@ -435,6 +448,10 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
         spec.task.networks.append(parsing.network_attachment("--network", item))
     for item in options.mounts:
         container.mounts.append(parsing.mount("--mount", item))
+    append_references(container, "secret",
+                      [parse_reference("secret", "--secret", item) for item in options.secrets])
+    append_references(container, "config",
+                      [parse_reference("config", "--config", item) for item in options.configs])
     return spec
 
 
@@ -505,6 +522,8 @@ def updated_service_spec(current: pb.ServiceSpec,
     if options.mount_rm or options.mount_add:
         del container.mounts[:]
         container.mounts.extend(mounts)
+    edit_references(container, "secret", options.secret_rm, options.secret_add)
+    edit_references(container, "config", options.config_rm, options.config_add)
     if options.force:
         spec.task.force_update += 1
     return spec
@@ -607,6 +626,8 @@ def create(
     mount: Annotated[list[str] | None, typer.Option(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
+    secret: SecretOpt = None,
+    config: ConfigOpt = None,
     entrypoint: EntrypointOpt = None,
     cap_add: CapAddOpt = None,
     cap_drop: CapDropOpt = None,
@@ -645,6 +666,8 @@ def create(
         dns_options=_list(dns_option),
         hosts=_list(host),
         env_files=_list(env_file),
+        secrets=_list(secret),
+        configs=_list(config),
         **task_options(locals()),
     ))
     timeout = progress.wait_timeout(wait_for)
@@ -883,6 +906,10 @@ def update(
         "type=volume,source=X,target=/Y", "Add or replace a mount")] = None,
     mount_rm: Annotated[list[str] | None, typer.Option(
         metavar="TARGET", help="Remove the mount at this container path.")] = None,
+    secret_add: SecretAddOpt = None,
+    secret_rm: SecretRmOpt = None,
+    config_add: ConfigAddOpt = None,
+    config_rm: ConfigRmOpt = None,
     endpoint_mode: EndpointModeOpt = None,
     workdir: WorkdirOpt = None,
     user: UserOpt = None,
@@ -960,6 +987,10 @@ def update(
         dns_option_rm=_list(dns_option_rm),
         host_add=_list(host_add),
         host_rm=_list(host_rm),
+        secret_add=_list(secret_add),
+        secret_rm=_list(secret_rm),
+        config_add=_list(config_add),
+        config_rm=_list(config_rm),
         force=force,
         rollback=rollback,
         **task_options(locals()),

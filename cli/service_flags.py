@@ -163,3 +163,34 @@ HostAddOpt = Annotated[list[str] | None, _repeatable("HOST:IP", "Add an /etc/hos
 HostRmOpt = Annotated[list[str] | None, _repeatable("HOST[:IP]", "Remove /etc/hosts lines")]
 EnvFileOpt = Annotated[list[str] | None, _repeatable(
     "FILE", "Read KEY=VALUE lines into the environment (before --env)")]
+SecretOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--secret",
+        metavar="NAME|source=NAME,target=T,uid=U,gid=G,mode=0400",
+        help="Give the tasks a secret, read-only at /run/secrets/TARGET (default: its name) "
+        "(repeatable).",
+    ),
+]
+ConfigOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        metavar="NAME|source=NAME,target=/PATH,uid=U,gid=G,mode=0444",
+        help="Give the tasks a config, read-only at TARGET (default: /NAME) (repeatable).",
+    ),
+]
+SecretAddOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="NAME|source=NAME,...", help="Add or replace a secret (repeatable)."),
+]
+SecretRmOpt = Annotated[
+    list[str] | None, typer.Option(metavar="NAME", help="Remove a secret (repeatable).")
+]
+ConfigAddOpt = Annotated[
+    list[str] | None,
+    typer.Option(metavar="NAME|source=NAME,...", help="Add or replace a config (repeatable)."),
+]
+ConfigRmOpt = Annotated[
+    list[str] | None, typer.Option(metavar="NAME", help="Remove a config (repeatable).")
+]

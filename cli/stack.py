@@ -43,7 +43,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError, normalize_network_spec, normalize_service_spec
 
-from . import client, completion, compose, progress, render
+from . import client, completion, compose, progress, render, stack_payloads
 from .client import Controller, RpcFailure
 from .compose import NAMESPACE_LABEL, Stack, StackError
 from .errors import BadInput, CliError, ReportingGroup
@@ -107,11 +107,14 @@ class Plan:
     networks: tuple[NetworkStep, ...]
     services: tuple[ServiceStep, ...]
     notes: tuple[str, ...] = ()
+    # Secret and config versions (cli/stack_payloads.py), created first.
+    payloads: tuple[stack_payloads.PayloadStep, ...] = ()
 
     @property
     def writes(self) -> bool:
         steps: list[NetworkStep | ServiceStep] = [*self.networks, *self.services]
-        return any(step.action is not Action.unchanged for step in steps)
+        return any(step.action is not Action.unchanged for step in steps) or any(
+            step.create for step in self.payloads)
 
 
 class PlanError(CliError):
@@ -194,10 +197,13 @@ def _network_names(spec: pb.ServiceSpec, names: Mapping[str, str]) -> pb.Service
 
 
 def plan_stack(stack: Stack, services: Sequence[pb.Service], networks: Sequence[pb.Network],
-               *, prune: bool = False) -> Plan:
-    """What deploying `stack` changes, given every service and network the controller
-    has. Raises PlanError when the file cannot be applied: a name taken by something
-    outside the stack, a missing external network, a change of mode."""
+               *, prune: bool = False, secrets: Sequence[pb.Secret] = (),
+               configs: Sequence[pb.Config] = ()) -> Plan:
+    """What deploying `stack` changes, given every service, network, secret and
+    config the controller has. Raises PlanError when the file cannot be applied: a
+    name taken by something outside the stack, a missing external network (or
+    secret, or config), a change of mode."""
+    payload_steps = stack_payloads.plan_payloads(stack, secrets, configs)
     by_name = {network.spec.name: network for network in networks}
     network_steps: list[NetworkStep] = []
     # What the service specs will resolve against once the networks exist: the real
@@ -261,6 +267,7 @@ def plan_stack(stack: Stack, services: Sequence[pb.Service], networks: Sequence[
         # Keep what `service update --force` bumped: the file does not say, and a
         # change here would roll every task.
         desired.task.force_update = current_service.spec.task.force_update
+        desired = stack_payloads.resolve_for_diff(desired, secrets, configs, payload_steps)
         changes = diff(_network_names(current_service.spec, names),
                        _network_names(desired, names))
         if changes:
@@ -289,7 +296,7 @@ def plan_stack(stack: Stack, services: Sequence[pb.Service], networks: Sequence[
                                                                not in wanted_networks):
                 network_steps.append(NetworkStep(network.spec.name, Action.remove))
     return Plan(stack=stack.name, networks=tuple(network_steps), services=tuple(service_steps),
-                notes=tuple(notes))
+                notes=tuple(notes), payloads=payload_steps)
 
 
 def unsatisfiable_constraints(stack: Stack, nodes: Sequence[pb.Node]) -> list[str]:
@@ -310,7 +317,7 @@ def unsatisfiable_constraints(stack: Stack, nodes: Sequence[pb.Node]) -> list[st
 
 def plan_lines(plan: Plan, *, dry_run: bool, details: bool) -> list[str]:
     """What `apply` prints: one line per object, and with `details` its field changes."""
-    lines: list[str] = []
+    lines: list[str] = stack_payloads.step_lines(plan.payloads, dry_run=dry_run)
     verbs = {Action.create: "would be created" if dry_run else "created",
              Action.update: "would be updated" if dry_run else "updated",
              Action.unchanged: "unchanged",
@@ -370,6 +377,7 @@ def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
     for step in plan.networks:
         if step.action is Action.create:
             _wait_for_network(ctl, step.name, deadline)
+    stack_payloads.create_payloads(ctl, plan.payloads, echo)
     for service_step in plan.services:
         if service_step.action is Action.create:
             assert service_step.spec is not None
@@ -431,10 +439,12 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
         typer.echo(line, err=True)
     with client.open_controller(ctx) as ctl:
         services, networks = _stack_objects(ctl)
+        secrets, configs = stack_payloads.stack_payloads(ctl)
         nodes = list(ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes)
         for line in unsatisfiable_constraints(stack, nodes):
             typer.echo(line, err=True)
-        plan = plan_stack(stack, services, networks, prune=prune)
+        plan = plan_stack(stack, services, networks, prune=prune, secrets=secrets,
+                          configs=configs)
         if dry_run:
             typer.echo("\n".join(plan_lines(plan, dry_run=True, details=True)))
             return
@@ -446,6 +456,14 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
         if baselines and not detach:
             # sys.stderr looked up now: test runners swap it per invocation.
             progress.wait_until_converged(ctl, baselines, timeout=timeout, stream=sys.stderr)
+        # Old secret and config versions go once the services run the new ones
+        # (a failed wait raised above: they stay for a rollback).
+        if detach:
+            if stack.secrets or stack.configs:
+                typer.echo("note: unused secret and config versions are removed after a "
+                           "rollout that was waited for (not with -d)")
+        else:
+            stack_payloads.remove_unused(ctl, stack, echo)
 
 
 FileOpt = Annotated[Path, typer.Option(
@@ -617,7 +635,8 @@ def remove(
         missing = 0
         for name in names:
             services, networks = _stack_objects(ctl, name)
-            if not services and not networks:
+            secrets, configs = stack_payloads.stack_payloads(ctl, name)
+            if not services and not networks and not secrets and not configs:
                 typer.echo(f"swarmctl: stack {name!r} not found", err=True)
                 missing += 1
                 continue
@@ -628,4 +647,7 @@ def remove(
                 remove_when_free(ctl, network.id, timeout=timeout,
                                  patience=SERVICE_GONE_PATIENCE, missing_ok=True)
                 typer.echo(f"network {network.spec.name}: removed")
+            stack_payloads.remove_payloads(
+                ctl, sorted([("secret", s.spec.name) for s in secrets]
+                            + [("config", c.spec.name) for c in configs]), typer.echo)
     client.fail_if(missing)

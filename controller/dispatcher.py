@@ -58,6 +58,7 @@ from .ids import new_id
 from .leadership import Leadership
 from .logbroker import LogBroker, PublishRefused
 from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from .payloads import PayloadServer, serve_task_payloads
 from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
 from .store import (
     Change,
@@ -161,6 +162,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         store.cache.subscribe(self._on_change)
         store.cache.controller_listeners.append(self._on_controllers)
         self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
+        self.payloads: PayloadServer | None = None  # secrets and configs (controller/payloads.py)
 
     # ------------------------------------------------------------ leading
 
@@ -725,3 +727,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
             log.warning("node %s: log messages refused: %s", first.node_id, error)
             await context.abort(error.code, str(error))
         return lpb.PublishLogsResponse()
+
+    # ------------------------------------------------------------ payloads (controller/payloads.py)
+
+    async def TaskPayloads(self, request: dpb.TaskPayloadsRequest,
+                           context: grpc.aio.ServicerContext[object, object]
+                           ) -> dpb.TaskPayloadsResponse:
+        await self._check_caller(request.node_id, context)
+        return await serve_task_payloads(self.payloads, request.node_id, request.task_id, context)

@@ -49,6 +49,7 @@ from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
 from .orchestrator.disruption import DisruptionSettings
 from .orchestrator.reconciler import Orchestrator
+from .payloads import PayloadServer
 from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
@@ -166,6 +167,10 @@ class Controller:
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
+        if not self.config.insecure:  # secrets and configs are sealed with the data key
+            pki_state = self.pki
+            control.payload_key = lambda: pki_state.data_key
+            self.dispatcher.payloads = PayloadServer(self.store.cache, control.payload_key)
         control.max_staleness = self.config.max_read_staleness
         control.dial = self._dial_controller  # a follower relays leader-only calls
         cgrpc.add_ControlServicer_to_server(control, self._server)

@@ -9,6 +9,7 @@ from .base import (
     ImageConfig,
     ImageInput,
     NoSuchContainer,
+    PayloadFile,
     RejectError,
     Runtime,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "ImageConfig",
     "ImageInput",
     "NoSuchContainer",
+    "PayloadFile",
     "RejectError",
     "RuncRuntime",
     "RuncSettings",

@@ -55,6 +55,21 @@ class ImageInput:
     config: ImageConfig = field(default_factory=ImageConfig)
 
 
+@dataclass(frozen=True)
+class PayloadFile:
+    """One file of a task's secrets or configs (agent/payloads.py): where it
+    appears in the container, its owner and mode, and its content (kept out
+    of repr, hence out of logs). Only ever in memory and in the task's tmpfs."""
+
+    kind: Literal["secret", "config"]
+    name: str  # the secret's or config's name, for messages
+    path: str  # absolute, normalized, in the container
+    uid: int
+    gid: int
+    mode: int
+    data: bytes = field(repr=False)
+
+
 ContainerStatus = Literal["created", "running", "paused", "stopped", "unknown"]
 
 
@@ -83,10 +98,17 @@ class Runtime(Protocol):
     to call again after an agent restart (a new Runtime object with the same
     settings sees the same containers)."""
 
-    async def prepare(self, task: pb.Task, image: ImageInput) -> None:
+    async def prepare(self, task: pb.Task, image: ImageInput,
+                      files: Sequence[PayloadFile] = ()) -> None:
         """Everything up to a CREATED container: rootfs, mounts, network
-        namespace, config, monitor. Raises RejectError for input that can
-        never run, ContainerError otherwise; either way nothing is left."""
+        namespace, config, monitor; `files` (secrets, configs) in a tmpfs of
+        the task's, bind-mounted read-only. Raises RejectError for input that
+        can never run, ContainerError otherwise; either way nothing is left."""
+        ...
+
+    async def release_payloads(self, task_id: str) -> None:
+        """Unmount and delete the task's secrets and configs (its container
+        has stopped). Idempotent."""
         ...
 
     async def start(self, task_id: str) -> int:

@@ -10,7 +10,8 @@ runc's state (its own runc --root) and the files under its state dir.
 Layout under RuncSettings.state_dir:
 
     bundles/ID/      config.json, rootfs (overlay mount), upper, work, hosts,
-                     hostname, resolv.conf, pidfile, conmon.pid, persist/
+                     hostname, resolv.conf, pidfile, conmon.pid, persist/,
+                     payloads/ (a tmpfs: the task's secrets and configs)
     exits/ID         the exit code, written by conmon
     logs/ID.log      the container's output (k8s-file format)
     volumes/NAME/    named volumes (kept across containers)
@@ -47,6 +48,7 @@ from .base import (
     ContainerStatus,
     ImageInput,
     NoSuchContainer,
+    PayloadFile,
     RejectError,
 )
 from .spec import (
@@ -365,7 +367,8 @@ class RuncRuntime:
 
     # ------------------------------------------------------------ prepare
 
-    async def prepare(self, task: pb.Task, image: ImageInput) -> None:
+    async def prepare(self, task: pb.Task, image: ImageInput,
+                      files: Sequence[PayloadFile] = ()) -> None:
         task_id = task.id
         check_container_id(task_id)
         container = task.spec.container
@@ -394,7 +397,7 @@ class RuncRuntime:
             created_volumes: list[Path] = []
             try:
                 await self._prepare(task, image, hostname, process, resources, binds,
-                                    devices, created_volumes)
+                                    devices, created_volumes, files)
             except BaseException as error:
                 log.info("task %s: prepare failed (%s); cleaning up", task_id, error)
                 await asyncio.shield(self._cleanup(task_id, created_volumes,
@@ -403,7 +406,8 @@ class RuncRuntime:
 
     async def _prepare(self, task: pb.Task, image: ImageInput, hostname: str,
                        process: ProcessPlan, resources: dict[str, Any], binds: dict[int, Path],
-                       devices: tuple[DevicePlan, ...], created_volumes: list[Path]) -> None:
+                       devices: tuple[DevicePlan, ...], created_volumes: list[Path],
+                       payload_files: Sequence[PayloadFile] = ()) -> None:
         task_id = task.id
         container = task.spec.container
         bundle = self.bundle_dir(task_id)
@@ -441,6 +445,9 @@ class RuncRuntime:
                 mounts.append(MountPlan("tmpfs", target, read_only=mount.read_only,
                                         tmpfs_size=mount.tmpfs_size_bytes))
 
+        if payload_files:
+            mounts += await asyncio.to_thread(self._write_payloads, bundle, payload_files)
+
         try:
             host_resolv = self.settings.host_resolv_conf.read_text()
         except OSError:
@@ -468,6 +475,38 @@ class RuncRuntime:
         (bundle / "config.json").write_text(json.dumps(build_config(plan), indent=1))
         pid = await self._spawn_monitor(task_id, bundle, terminal=container.tty)
         log.info("task %s: container created (pid %d)", task_id, pid)
+
+    # ------------------------------------------------------------ secrets and configs
+
+    def payloads_dir(self, task_id: str) -> Path:
+        return self.bundle_dir(task_id) / "payloads"
+
+    def _write_payloads(self, bundle: Path, files: Sequence[PayloadFile]) -> list[MountPlan]:
+        """A tmpfs under the bundle with one file per payload (its uid, gid
+        and mode), each bind-mounted read-only at its place in the container
+        (agent/payloads.py). Never on persistent disk."""
+        directory = bundle / "payloads"
+        directory.mkdir(mode=0o700)
+        mounts.mount_tmpfs(directory, sum(len(f.data) + 4096 for f in files) + 4096)
+        plans = []
+        for index, file in enumerate(files):
+            host = directory / f"{file.kind}-{index}"
+            fd = os.open(host, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, file.data)
+                os.fchown(fd, file.uid, file.gid)
+                os.fchmod(fd, file.mode)
+            finally:
+                os.close(fd)
+            plans.append(MountPlan("bind", file.path, str(host), read_only=True))
+        return plans
+
+    async def release_payloads(self, task_id: str) -> None:
+        directory = self.payloads_dir(task_id)
+        if not directory.exists():
+            return
+        await asyncio.to_thread(mounts.remove_tree, directory)
+        log.info("task %s: secrets and configs removed", task_id)
 
     # ------------------------------------------------------------ cleanup
 

@@ -16,8 +16,9 @@ own `normalize_*` validation (swarm/api/validation.py), so the client cannot
 accept a file that the server would refuse halfway through an apply.
 
 Not supported (yet): nested interpolation (`${A:-${B}}`), `.env` files next to the
-stack file (docker stack deploy does not read them either), `extends`, secrets and
-configs (warned about), volume drivers (volumes are each node's local directories).
+stack file (docker stack deploy does not read them either), `extends`, volume
+drivers (volumes are each node's local directories). Secrets and configs come from
+files (or exist already: `external:`), named by content (payloads.py).
 Only the first problem is reported: fix it and run again.
 
 The package follows docker/cli's compose loader:
@@ -29,12 +30,22 @@ The package follows docker/cli's compose loader:
     context        what the converters of one file share
     convert        parse_stack / load_stack: the whole file
     top_level      the file's networks and volumes
+    payloads       the file's secrets and configs, and the services' use of them
     services       one service -> a ServiceSpec
     validate       the controller's validation, reported at the compose key
 """
 
 from .convert import load_stack, parse_stack
-from .model import Location, Stack, StackError, StackNetwork, StackService, StackVolume, StackWarning
+from .model import (
+    Location,
+    Stack,
+    StackError,
+    StackNetwork,
+    StackPayload,
+    StackService,
+    StackVolume,
+    StackWarning,
+)
 from .schema import DEFAULT_NETWORK, NAMESPACE_LABEL
 from .validate import iter_messages, service_error
 
@@ -45,6 +56,7 @@ __all__ = [
     "Stack",
     "StackError",
     "StackNetwork",
+    "StackPayload",
     "StackService",
     "StackVolume",
     "StackWarning",

@@ -4,10 +4,10 @@ the environment, and the networks and volumes found so far; warnings go here."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Node, StackNetwork, StackVolume, StackWarning
+from .model import Node, StackNetwork, StackPayload, StackVolume, StackWarning
 
 
 @dataclass
@@ -20,6 +20,10 @@ class Context:
     warnings: list[StackWarning]
     networks: dict[str, StackNetwork]
     volumes: dict[str, StackVolume]
+    # The file's top-level secrets and configs (cli/compose/payloads.py), by key.
+    secrets: dict[str, StackPayload] = field(default_factory=dict)
+    configs: dict[str, StackPayload] = field(default_factory=dict)
+    read_bytes: Callable[[Path], bytes] = Path.read_bytes
 
     def warn(self, node: Node, path: str, message: str) -> None:
         self.warnings.append(StackWarning(node.location, path, message))

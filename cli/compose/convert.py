@@ -20,6 +20,7 @@ from .model import (
     kind_of,
     quote,
 )
+from .payloads import top_payloads
 from .schema import STACK_NAME_RE, TOP_LEVEL_KEYS, UNSUPPORTED_TOP_LEVEL_KEYS, as_mapping, as_string
 from .services import convert_service
 from .top_level import top_networks, top_volumes
@@ -71,6 +72,8 @@ def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | No
                        read_text=read_text, warnings=warnings, networks={}, volumes={})
     declared_networks = top_networks(context, top.get("networks"))
     context.volumes = top_volumes(context, top.get("volumes"))
+    context.secrets = top_payloads(context, "secret", top.get("secrets"))
+    context.configs = top_payloads(context, "config", top.get("configs"))
 
     services_node = top.get("services")
     if services_node is None or not as_mapping(services_node, "services"):
@@ -82,7 +85,8 @@ def parse_stack(text: str, *, filename: str = "stack.yaml", stack_name: str | No
 
     warnings.sort(key=lambda warning: warning.location or top_location)
     stack = Stack(name=name, file=filename, services=services, networks=context.networks,
-                  volumes=context.volumes, warnings=warnings)
+                  volumes=context.volumes, warnings=warnings, secrets=context.secrets,
+                  configs=context.configs)
     validate_with_controller_rules(stack, {key: network for key, (_, network)
                                             in declared_networks.items()})
     return stack

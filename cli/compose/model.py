@@ -105,6 +105,22 @@ class StackVolume:
     location: Location
 
 
+@dataclass(frozen=True)
+class StackPayload:
+    """A top-level secret or config. From a file, it is stored as
+    NAME.DIGEST (the first 6 hex digits of its content's SHA-256), so that a
+    changed file is a new version (cli/stack_payloads.py); an external one is
+    used under its own name."""
+
+    key: str  # the name in the file (`db_password`)
+    kind: str  # "secret" or "config"
+    name: str  # what services reference: STACK_KEY.DIGEST, or the external name
+    external: bool
+    location: Location
+    data: bytes | None = field(default=None, repr=False)  # None for an external one
+    source: str = ""  # the file, as written
+
+
 @dataclass
 class Stack:
     name: str
@@ -113,6 +129,8 @@ class Stack:
     networks: dict[str, StackNetwork]  # only those used or declared
     volumes: dict[str, StackVolume]
     warnings: list[StackWarning]
+    secrets: dict[str, StackPayload] = field(default_factory=dict)  # declared, by key
+    configs: dict[str, StackPayload] = field(default_factory=dict)
 
 
 def quote(value: object) -> str:

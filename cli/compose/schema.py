@@ -34,29 +34,30 @@ ENV_KEY_RE = re.compile(r"[^=\s]+")
 # line, and ignored: a file written for docker still deploys.
 UNSUPPORTED_SERVICE_KEYS = frozenset({
     "annotations", "attach", "blkio_config", "build", "cgroup",
-    "cgroup_parent", "configs", "container_name", "cpu_count", "cpu_percent", "cpu_period",
+    "cgroup_parent", "container_name", "cpu_count", "cpu_percent", "cpu_period",
     "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset",
     "credential_spec", "depends_on", "develop", "device_cgroup_rules",
     "domainname", "expose", "extends", "external_links",
     "ipc", "isolation", "links", "logging", "mac_address",
     "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode",
     "oom_kill_disable", "oom_score_adj", "pid", "platform", "privileged",
-    "profiles", "pull_policy", "restart", "runtime", "scale", "secrets", "security_opt",
+    "profiles", "pull_policy", "restart", "runtime", "scale", "security_opt",
     "shm_size", "stdin_open", "storage_opt", "userns_mode",
     "uts", "volumes_from",
 })
 SERVICE_KEYS = frozenset({
     "image", "command", "entrypoint", "environment", "env_file", "ports", "networks",
     "volumes", "healthcheck", "stop_grace_period", "stop_signal", "labels", "hostname",
-    "user", "working_dir", "read_only", "tmpfs", "init", "deploy",
+    "user", "working_dir", "read_only", "tmpfs", "init", "deploy", "secrets", "configs",
     # Runtime options (swarm.api.runopts).
     "cap_add", "cap_drop", "sysctls", "ulimits", "pids_limit", "devices", "group_add", "dns",
     "dns_search", "dns_opt", "extra_hosts", "tty",
 })
 UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.reservations.devices",
                                       "resources.reservations.generic_resources"})
-TOP_LEVEL_KEYS = frozenset({"version", "name", "services", "networks", "volumes"})
-UNSUPPORTED_TOP_LEVEL_KEYS = frozenset({"secrets", "configs", "include"})
+TOP_LEVEL_KEYS = frozenset({"version", "name", "services", "networks", "volumes", "secrets",
+                            "configs"})
+UNSUPPORTED_TOP_LEVEL_KEYS = frozenset({"include"})
 
 
 

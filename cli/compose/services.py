@@ -19,8 +19,10 @@ from ..choices import (
     PUBLISH_MODES,
     RESTART_CONDITIONS,
 )
+from ..payload_refs import append_references
 from .context import Context
 from .model import Location, Node, StackNetwork, StackService, quote
+from .payloads import service_references
 from .runopts import convert_runtime_options, set_pids_limit
 from .schema import (
     DEFAULT_NETWORK,
@@ -107,6 +109,10 @@ def convert_service(context: Context, key: str, node: Node,
     if "ports" in fields:
         for index, item in enumerate(as_list(fields["ports"], f"{path}.ports")):
             spec.endpoint.ports.extend(_ports(context, item, f"{path}.ports[{index}]"))
+    for kind in ("secret", "config"):
+        if f"{kind}s" in fields:
+            append_references(container, kind, service_references(
+                context, kind, fields[f"{kind}s"], f"{path}.{kind}s"))
     _service_networks(context, key, spec, fields.get("networks"), f"{path}.networks",
                       declared_networks)
     if "deploy" in fields:

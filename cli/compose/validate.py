@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from swarm.api.payloads import resolve_references
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import (
     ValidationError,
@@ -29,6 +30,8 @@ _PROTO_TO_COMPOSE = (
     ("spec.task.container.drain_timeout", "x-drain-timeout"),
     ("spec.task.container.healthcheck", "healthcheck"),
     ("spec.task.container.labels", "labels"),
+    ("spec.task.container.secrets", "secrets"),
+    ("spec.task.container.configs", "configs"),
     ("spec.task.resources", "deploy.resources"),
     ("spec.task.restart", "deploy.restart_policy"),
     ("spec.task.placement.max_replicas_per_node", "deploy.placement.max_replicas_per_node"),
@@ -74,9 +77,16 @@ def validate_with_controller_rules(stack: Stack, declared: Mapping[str, StackNet
         # Any ID will do: the check only needs names to resolve.
         placeholders[f"planned-{key}"] = pb.Network(
             id=f"planned-{key}", spec=network.spec or pb.NetworkSpec(name=network.name))
+    # The payloads the file declares, under placeholder IDs: their references'
+    # targets are checked as the controller will (duplicates, '..', modes).
+    secrets = {f"planned-{p.name}": p.name for p in stack.secrets.values()}
+    configs = {f"planned-{p.name}": p.name for p in stack.configs.values()}
     for key, service in stack.services.items():
         try:
             normalize_service_spec(service.spec, placeholders)
+            container = pb.ContainerSpec()
+            container.CopyFrom(service.spec.task.container)
+            resolve_references(container, secrets, configs)
         except ValidationError as error:
             raise service_error(key, service, error) from None
 

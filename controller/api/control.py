@@ -13,10 +13,12 @@ from swarm.api.v1 import control_pb2_grpc as cgrpc
 
 from .base import MAX_STALENESS
 from .cluster import Cluster
+from .configs import ConfigHandlers
 from .controllers import Controllers
 from .logs import Logs
 from .networks import Networks
 from .nodes import Nodes
+from .secrets import SecretHandlers
 from .services import Services
 from .tasks import Tasks
 
@@ -24,5 +26,5 @@ __all__ = ["MAX_STALENESS", "ControlServicer"]
 
 
 class ControlServicer(Services, Nodes, Networks, Tasks, Cluster, Controllers, Logs,
-                      cgrpc.ControlServicer):
+                      SecretHandlers, ConfigHandlers, cgrpc.ControlServicer):
     """Install with errors.ErrorInterceptor on the server (controller/server.py)."""

@@ -27,6 +27,7 @@ from ..orchestrator import rebalance
 from ..store import Create, Delete, Planned, ReleaseName, ReserveName, Update
 from .base import Context, Handlers, copy, select, service_name
 from .errors import AlreadyExists, ChangedConcurrently, FailedPrecondition, InvalidArgument, NotFound
+from .secrets import resolve_payload_references
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class Services(Handlers):
     async def CreateService(self, request: cpb.CreateServiceRequest,
                             context: Context) -> cpb.ServiceResponse:
         cache = self._store.cache
-        spec = normalize_service_spec(request.spec, cache.networks)
+        spec = resolve_payload_references(normalize_service_spec(request.spec, cache.networks),
+                                          cache)
         service_id = new_id()
         exists = f"spec.name: service {spec.name!r} already exists"
 
@@ -113,8 +115,9 @@ class Services(Handlers):
             if request.rollback and not current.HasField("previous_spec"):
                 raise FailedPrecondition(
                     f"service {current.spec.name!r} has no previous spec to roll back to")
-            spec = normalize_service_spec(
-                current.previous_spec if request.rollback else request.spec, cache.networks)
+            spec = resolve_payload_references(normalize_service_spec(
+                current.previous_spec if request.rollback else request.spec, cache.networks),
+                cache)
             if spec.name != current.spec.name:
                 raise InvalidArgument(f"spec.name: a service cannot be renamed "
                                       f"({current.spec.name!r} to {spec.name!r})")

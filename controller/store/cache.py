@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # typed old/new (None: created, resp. deleted).
 
 
-T = TypeVar("T", pb.Node, pb.Service, pb.Task, pb.Network, pb.Cluster)
+T = TypeVar("T", pb.Node, pb.Service, pb.Task, pb.Network, pb.Cluster, pb.Secret, pb.Config)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,16 @@ class ClusterChange(Changed[pb.Cluster]):
     __slots__ = ()
 
 
-Change: TypeAlias = NodeChange | ServiceChange | TaskChange | NetworkChange | ClusterChange
+class SecretChange(Changed[pb.Secret]):
+    __slots__ = ()
+
+
+class ConfigChange(Changed[pb.Config]):
+    __slots__ = ()
+
+
+Change: TypeAlias = (NodeChange | ServiceChange | TaskChange | NetworkChange | ClusterChange
+                     | SecretChange | ConfigChange)
 
 
 def _as(kind: type[T], obj: StoredObject | None) -> T | None:
@@ -98,6 +107,10 @@ def change_of(object_id: str, old: StoredObject | None, new: StoredObject | None
             return NetworkChange(object_id, _as(pb.Network, old), _as(pb.Network, new))
         case pb.Cluster():
             return ClusterChange(object_id, _as(pb.Cluster, old), _as(pb.Cluster, new))
+        case pb.Secret():
+            return SecretChange(object_id, _as(pb.Secret, old), _as(pb.Secret, new))
+        case pb.Config():
+            return ConfigChange(object_id, _as(pb.Config, old), _as(pb.Config, new))
     raise TypeError(f"no change record for {object_id!r}: {old!r} -> {new!r}")
 
 
@@ -113,6 +126,8 @@ class WatchCache:
         self.tasks: dict[str, pb.Task] = {}
         self.networks: dict[str, pb.Network] = {}
         self.clusters: dict[str, pb.Cluster] = {}
+        self.secrets: dict[str, pb.Secret] = {}  # sealed: the cache never holds plaintext
+        self.configs: dict[str, pb.Config] = {}
         self.tasks_by_service: dict[str, dict[str, pb.Task]] = {}
         self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
         self.leader: KeyValue | None = None
@@ -140,6 +155,8 @@ class WatchCache:
             "tasks": self.tasks,  # type: ignore[dict-item]
             "networks": self.networks,  # type: ignore[dict-item]
             "clusters": self.clusters,  # type: ignore[dict-item]
+            "secrets": self.secrets,  # type: ignore[dict-item]
+            "configs": self.configs,  # type: ignore[dict-item]
         }
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -1,7 +1,8 @@
 """How objects are laid out in etcd: one key per object, protobuf values.
 
     {prefix}nodes/{id}  services/{id}  tasks/{id}  networks/{id}  clusters/{id}
-    {prefix}names/{kind}/{name} -> id      unique names (services, networks)
+    {prefix}secrets/{id}  configs/{id}     payloads sealed with the cluster data key
+    {prefix}names/{kind}/{name} -> id      unique names (services, networks, secrets, configs)
     {prefix}leader                         the leading controller (leased)
     {prefix}controllers/{addr}             a running controller (ControllerInfo, leased)
     {prefix}ipam/addr/{network}/{ip} -> owner  an address handed out ("task/ID", "vip/ID")
@@ -18,7 +19,8 @@ from typing import TypeAlias
 
 from swarm.api.v1 import objects_pb2 as pb
 
-StoredObject: TypeAlias = pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster
+StoredObject: TypeAlias = (pb.Node | pb.Service | pb.Task | pb.Network | pb.Cluster
+                           | pb.Secret | pb.Config)
 
 KIND_TYPES: dict[str, type[StoredObject]] = {
     "nodes": pb.Node,
@@ -26,6 +28,8 @@ KIND_TYPES: dict[str, type[StoredObject]] = {
     "tasks": pb.Task,
     "networks": pb.Network,
     "clusters": pb.Cluster,
+    "secrets": pb.Secret,
+    "configs": pb.Config,
 }
 _KIND_OF_TYPE = {message_type: kind for kind, message_type in KIND_TYPES.items()}
 

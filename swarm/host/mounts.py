@@ -73,3 +73,19 @@ def remove_tree(path: Path) -> None:
         raise StillMounted(errno.EBUSY, f"cannot remove {path}: still mounted: {', '.join(still)}")
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)
+
+
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+
+
+def mount_tmpfs(target: Path, size_bytes: int, mode: int = 0o700) -> None:
+    """A private tmpfs at target (nosuid, nodev, noexec): memory only, gone
+    with its unmount. Secrets live in one per task (agent/payloads.py)."""
+    options = f"size={max(size_bytes, 4096)},mode={mode:o}".encode()
+    check(libc().mount(b"tmpfs", str(target).encode(), b"tmpfs",
+                       ctypes.c_ulong(_MS_NOSUID | _MS_NODEV | _MS_NOEXEC), options),
+          f"mount tmpfs on {target}")
+
+
+def is_mount_point(path: Path) -> bool:
+    return str(path).rstrip("/") in mount_points()

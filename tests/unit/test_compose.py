@@ -389,14 +389,14 @@ def test_unsupported_keys_are_warnings_naming_the_key_and_line() -> None:
                          "    shm_size: 64m\n    ipc: host\n"
                          "    x-custom: ignored silently\n"
                          "    healthcheck: {test: 'true', start_interval: 1s}\n"
-                         "secrets:\n  key: {file: ./key}\nx-top: fine\n")
+                         "include:\n  - other.yaml\nx-top: fine\n")
     assert [str(w) for w in stack.warnings] == [
         "f.yaml:5:12: services.web.build: not supported by this orchestrator; ignored",
         "f.yaml:6:17: services.web.depends_on: not supported by this orchestrator; ignored",
         "f.yaml:7:17: services.web.privileged: not supported by this orchestrator; ignored",
         "f.yaml:8:15: services.web.shm_size: not supported by this orchestrator; ignored",
         "f.yaml:9:10: services.web.ipc: not supported by this orchestrator; ignored",
-        "f.yaml:13:3: secrets: not supported; ignored",
+        "f.yaml:13:3: include: not supported; ignored",
     ]
 
 
@@ -442,8 +442,8 @@ BAD = [
      "f.yaml:2:1: invalid YAML: found character '\\t' that cannot start any token (while "
      "scanning for the next token)"),
     (BASE + "servces: {}\n",
-     "f.yaml:5:10: servces: unknown top-level key (expected name, networks, services, version, "
-     "volumes, or x-* extensions)"),
+     "f.yaml:5:10: servces: unknown top-level key (expected configs, name, networks, secrets, "
+     "services, version, volumes, or x-* extensions)"),
     ("- a\n", "f.yaml:1:1: expected a mapping with `services:` at the top, got a list"),
     ("", "f.yaml:1:1: the file is empty: expected a `services:` mapping"),
     ("name: s\n", "f.yaml:1:1: services: required: at least one service"),

@@ -135,6 +135,46 @@ class ControlStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.FromString,
                 _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/swarm.v1.Control/CreateSecret',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.GetSecret = channel.unary_unary(
+                '/swarm.v1.Control/GetSecret',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/swarm.v1.Control/ListSecrets',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RemoveSecret = channel.unary_unary(
+                '/swarm.v1.Control/RemoveSecret',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+                _registered_method=True)
+        self.CreateConfig = channel.unary_unary(
+                '/swarm.v1.Control/CreateConfig',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.CreateConfigRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/swarm.v1.Control/GetConfig',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.FromString,
+                _registered_method=True)
+        self.ListConfigs = channel.unary_unary(
+                '/swarm.v1.Control/ListConfigs',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsResponse.FromString,
+                _registered_method=True)
+        self.RemoveConfig = channel.unary_unary(
+                '/swarm.v1.Control/RemoveConfig',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -273,6 +313,58 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSecret(self, request, context):
+        """Secrets and configs (controller/api/secrets.py, configs.py). A create is
+        refused (FAILED_PRECONDITION) on an --insecure controller, which has no
+        key to seal them with; a removal while services use it, naming them.
+        Responses never carry a secret's data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSecret(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +467,46 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListControllers,
                     request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.CreateSecretRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'GetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecret,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.GetRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RemoveSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSecret,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.SerializeToString,
+            ),
+            'CreateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConfig,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.CreateConfigRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.GetConfigRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.SerializeToString,
+            ),
+            'ListConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigs,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsResponse.SerializeToString,
+            ),
+            'RemoveConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveConfig,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -917,6 +1049,222 @@ class Control:
             '/swarm.v1.Control/ListControllers',
             swarm_dot_api_dot_v1_dot_control__pb2.ListControllersRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_control__pb2.ListControllersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/CreateSecret',
+            swarm_dot_api_dot_v1_dot_control__pb2.CreateSecretRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/GetSecret',
+            swarm_dot_api_dot_v1_dot_control__pb2.GetRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.SecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/ListSecrets',
+            swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/RemoveSecret',
+            swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/CreateConfig',
+            swarm_dot_api_dot_v1_dot_control__pb2.CreateConfigRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/GetConfig',
+            swarm_dot_api_dot_v1_dot_control__pb2.GetConfigRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.ConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/ListConfigs',
+            swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.ListConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Control/RemoveConfig',
+            swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,

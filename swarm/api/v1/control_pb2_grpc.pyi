@@ -72,6 +72,19 @@ class ControlStub:
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
     """
+    CreateSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]
+    """Secrets and configs (controller/api/secrets.py, configs.py). A create is
+    refused (FAILED_PRECONDITION) on an --insecure controller, which has no
+    key to seal them with; a removal while services use it, naming them.
+    Responses never carry a secret's data.
+    """
+    GetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.SecretResponse]
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    RemoveSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]
+    CreateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _control_pb2.ConfigResponse]
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _control_pb2.ConfigResponse]
+    ListConfigs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]
+    RemoveConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -113,6 +126,19 @@ class ControlAsyncStub(ControlStub):
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
     """
+    CreateSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    """Secrets and configs (controller/api/secrets.py, configs.py). A create is
+    refused (FAILED_PRECONDITION) on an --insecure controller, which has no
+    key to seal them with; a removal while services use it, naming them.
+    Responses never carry a secret's data.
+    """
+    GetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.GetRequest, _control_pb2.SecretResponse]  # type: ignore[assignment]
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RemoveSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]  # type: ignore[assignment]
+    CreateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _control_pb2.ConfigResponse]  # type: ignore[assignment]
+    GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _control_pb2.ConfigResponse]  # type: ignore[assignment]
+    ListConfigs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]  # type: ignore[assignment]
+    RemoveConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -271,5 +297,66 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         """The running controllers (`swarmctl controller ls`): each registers itself
         in etcd on a lease, so a dead one drops out within its lease TTL.
         """
+
+    @_abc_1.abstractmethod
+    def CreateSecret(
+        self,
+        request: _control_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]:
+        """Secrets and configs (controller/api/secrets.py, configs.py). A create is
+        refused (FAILED_PRECONDITION) on an --insecure controller, which has no
+        key to seal them with; a removal while services use it, naming them.
+        Responses never carry a secret's data.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSecret(
+        self,
+        request: _control_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SecretResponse, _abc.Awaitable[_control_pb2.SecretResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _control_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveSecret(
+        self,
+        request: _control_pb2.RemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveResponse, _abc.Awaitable[_control_pb2.RemoveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateConfig(
+        self,
+        request: _control_pb2.CreateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ConfigResponse, _abc.Awaitable[_control_pb2.ConfigResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _control_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ConfigResponse, _abc.Awaitable[_control_pb2.ConfigResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConfigs(
+        self,
+        request: _control_pb2.ListConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListConfigsResponse, _abc.Awaitable[_control_pb2.ListConfigsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveConfig(
+        self,
+        request: _control_pb2.RemoveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveResponse, _abc.Awaitable[_control_pb2.RemoveResponse]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

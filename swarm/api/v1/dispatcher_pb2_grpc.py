@@ -65,6 +65,11 @@ class DispatcherStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsMessage.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsResponse.FromString,
                 _registered_method=True)
+        self.TaskPayloads = channel.unary_unary(
+                '/swarm.v1.Dispatcher/TaskPayloads',
+                request_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -111,6 +116,16 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TaskPayloads(self, request, context):
+        """The secrets and configs of one task, opened (controller/payloads.py):
+        only for a task assigned to the caller's node and not ended yet
+        (SwarmKit's restricted getter); any other is PERMISSION_DENIED and
+        nothing is sent. Asked by the agent when it prepares the task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +158,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.PublishLogs,
                     request_deserializer=swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsMessage.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsResponse.SerializeToString,
+            ),
+            'TaskPayloads': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaskPayloads,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +327,33 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/PublishLogs',
             swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsMessage.SerializeToString,
             swarm_dot_api_dot_v1_dot_logs__pb2.PublishLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskPayloads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/TaskPayloads',
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,12 @@ class DispatcherStub:
     """Log subscriptions for this node (see logs.proto), while its session is current."""
     PublishLogs: _grpc.StreamUnaryMultiCallable[_logs_pb2.PublishLogsMessage, _logs_pb2.PublishLogsResponse]
     """The lines of one subscription, from this node's containers."""
+    TaskPayloads: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.TaskPayloadsRequest, _dispatcher_pb2.TaskPayloadsResponse]
+    """The secrets and configs of one task, opened (controller/payloads.py):
+    only for a task assigned to the caller's node and not ended yet
+    (SwarmKit's restricted getter); any other is PERMISSION_DENIED and
+    nothing is sent. Asked by the agent when it prepares the task.
+    """
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -63,6 +69,12 @@ class DispatcherAsyncStub(DispatcherStub):
     """Log subscriptions for this node (see logs.proto), while its session is current."""
     PublishLogs: _aio.StreamUnaryMultiCallable[_logs_pb2.PublishLogsMessage, _logs_pb2.PublishLogsResponse]  # type: ignore[assignment]
     """The lines of one subscription, from this node's containers."""
+    TaskPayloads: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.TaskPayloadsRequest, _dispatcher_pb2.TaskPayloadsResponse]  # type: ignore[assignment]
+    """The secrets and configs of one task, opened (controller/payloads.py):
+    only for a task assigned to the caller's node and not ended yet
+    (SwarmKit's restricted getter); any other is PERMISSION_DENIED and
+    nothing is sent. Asked by the agent when it prepares the task.
+    """
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,5 +124,17 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_logs_pb2.PublishLogsResponse, _abc.Awaitable[_logs_pb2.PublishLogsResponse]]:
         """The lines of one subscription, from this node's containers."""
+
+    @_abc_1.abstractmethod
+    def TaskPayloads(
+        self,
+        request: _dispatcher_pb2.TaskPayloadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.TaskPayloadsResponse, _abc.Awaitable[_dispatcher_pb2.TaskPayloadsResponse]]:
+        """The secrets and configs of one task, opened (controller/payloads.py):
+        only for a task assigned to the caller's node and not ended yet
+        (SwarmKit's restricted getter); any other is PERMISSION_DENIED and
+        nothing is sent. Asked by the agent when it prepares the task.
+        """
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
