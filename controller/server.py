@@ -31,6 +31,7 @@ from .allocator.index import AddressIndex
 from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
+from .api.base import DataKeySource
 from .api.control import MAX_STALENESS, ControlServicer
 from .api.errors import ErrorInterceptor
 from .ca import (
@@ -166,11 +167,15 @@ class Controller:
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
-        control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
-        if not self.config.insecure:  # secrets and configs are sealed with the data key
-            pki_state = self.pki
-            control.payload_key = lambda: pki_state.data_key
-            self.dispatcher.payloads = PayloadServer(self.store.cache, control.payload_key)
+        # Secrets and configs are sealed with the data key (read when used);
+        # an --insecure controller has none.
+        pki_state = self.pki
+        payload_key: DataKeySource | None = \
+            None if self.config.insecure else (lambda: pki_state.data_key)
+        if payload_key is not None:
+            self.dispatcher.payloads = PayloadServer(self.store.cache, payload_key)
+        control = ControlServicer(self.store, self.leadership, self.addresses, self.logs,
+                                  payload_key)
         control.max_staleness = self.config.max_read_staleness
         control.dial = self._dial_controller  # a follower relays leader-only calls
         cgrpc.add_ControlServicer_to_server(control, self._server)

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 import grpc
 
+from swarm.api import pki
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..allocator.index import AddressIndex
@@ -40,6 +41,8 @@ from .errors import ChangedConcurrently, StoreFailed, Unavailable
 Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
 R = TypeVar("R")
+# Where the cluster data key comes from (the controller's PKI); None: --insecure.
+DataKeySource = Callable[[], pki.DataKey]
 
 MAX_STALENESS = 15.0  # seconds; see the module docstring
 
@@ -106,11 +109,14 @@ class Handlers:
     """The state the resource mixins share; ControlServicer (control.py) builds it."""
 
     def __init__(self, store: Store, leadership: Leadership,
-                 addresses: AddressIndex | None = None, logs: LogBroker | None = None) -> None:
+                 addresses: AddressIndex | None = None, logs: LogBroker | None = None,
+                 payload_key: DataKeySource | None = None) -> None:
         self._store = store
         self._leadership = leadership
         self._addresses = addresses or AddressIndex(store.cache)
         self._logs = logs
+        # Seals secrets and configs (secrets.py); None on an --insecure controller.
+        self._payload_key = payload_key
         # Network creations on this controller take turns (networks.py).
         self._network_lock = asyncio.Lock()
         self.max_staleness = MAX_STALENESS

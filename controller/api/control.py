@@ -2,7 +2,7 @@
 
 One servicer composed of a module per resource (as SwarmKit's controlapi/):
 services.py, nodes.py, networks.py, tasks.py, cluster.py, controllers.py,
-logs.py, sharing base.Handlers (the store, fresh reads, the one write path).
+logs.py, secrets.py, configs.py, sharing base.Handlers (the store, fresh reads, the one write path).
 Refusals are exceptions, answered by errors.ErrorInterceptor. A new resource
 is a new module whose mixin joins the bases below.
 """
@@ -13,12 +13,12 @@ from swarm.api.v1 import control_pb2_grpc as cgrpc
 
 from .base import MAX_STALENESS
 from .cluster import Cluster
-from .configs import ConfigHandlers
+from .configs import Configs
 from .controllers import Controllers
 from .logs import Logs
 from .networks import Networks
 from .nodes import Nodes
-from .secrets import SecretHandlers
+from .secrets import Secrets
 from .services import Services
 from .tasks import Tasks
 
@@ -26,5 +26,5 @@ __all__ = ["MAX_STALENESS", "ControlServicer"]
 
 
 class ControlServicer(Services, Nodes, Networks, Tasks, Cluster, Controllers, Logs,
-                      SecretHandlers, ConfigHandlers, cgrpc.ControlServicer):
+                      Secrets, Configs, cgrpc.ControlServicer):
     """Install with errors.ErrorInterceptor on the server (controller/server.py)."""

@@ -18,6 +18,7 @@ by gRPC and answered UNKNOWN.
 | FailedPrecondition, NeedsIngress        | FAILED_PRECONDITION |
 | Exhausted, AllocationError (exhausted)  | RESOURCE_EXHAUSTED  |
 | Unavailable                             | UNAVAILABLE         |
+| DataLoss (a sealed record does not open)| DATA_LOSS           |
 | Unauthenticated, PermissionDenied (CA)  | UNAUTHENTICATED, PERMISSION_DENIED |
 | Relayed (the leader's refusal)          | the leader's        |
 | StoreFailed (store unavailable, full,   | store_status: UNAVAILABLE, |
@@ -84,6 +85,12 @@ class Exhausted(ApiError):
 
 class Unavailable(ApiError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DataLoss(ApiError):
+    """Stored data is unreadable (a sealed payload that does not open)."""
+
+    code = grpc.StatusCode.DATA_LOSS
 
 
 class Unauthenticated(ApiError):

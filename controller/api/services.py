@@ -7,6 +7,9 @@ write is one read-modify-write (base.Handlers._write): a race lost to a
 status write or to another allocation is planned again on the server.
 An update given the version it read is refused (ABORTED) only when the
 service's spec changed since; status changes in between do not count.
+A create or update commits only if the secrets and configs it references
+are still stored (secrets.reference_guards: a removal racing it fails one
+of the two).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from ..orchestrator import rebalance
 from ..store import Create, Delete, Planned, ReleaseName, ReserveName, Update
 from .base import Context, Handlers, copy, select, service_name
 from .errors import AlreadyExists, ChangedConcurrently, FailedPrecondition, InvalidArgument, NotFound
-from .secrets import resolve_payload_references
+from .secrets import reference_guards, references_moved, resolve_payload_references
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +62,33 @@ class Services(Handlers):
     async def CreateService(self, request: cpb.CreateServiceRequest,
                             context: Context) -> cpb.ServiceResponse:
         cache = self._store.cache
-        spec = resolve_payload_references(normalize_service_spec(request.spec, cache.networks),
-                                          cache)
+        normalized = normalize_service_spec(request.spec, cache.networks)
         service_id = new_id()
-        exists = f"spec.name: service {spec.name!r} already exists"
+        exists = f"spec.name: service {normalized.name!r} already exists"
 
         def step() -> Planned[pb.Service]:
+            # Resolved on every attempt: a secret or config removed meanwhile
+            # no longer resolves.
+            spec = resolve_payload_references(normalized, cache)
             if any(s.spec.name == spec.name for s in cache.services.values()):
                 raise AlreadyExists(exists)
             service = pb.Service(id=service_id, spec=spec, spec_version=1)
             plan = plan_endpoint(service_id, spec, pb.Endpoint(), cache.networks,
                                  self._addresses, cache.services.values(), replicas_needed(spec))
+            guards = reference_guards(spec, cache)
 
             def retry() -> bool:
-                # A race on a network, or perhaps on a port (the checks tell, once
-                # seen); otherwise the name was taken (its key is not cached).
-                if plan.networks_moved(cache.networks) or plan.ports.claimed:
+                # A race on a network, on a referenced secret or config, or perhaps
+                # on a port (the checks tell, once seen); otherwise the name was
+                # taken (its key is not cached).
+                if plan.networks_moved(cache.networks) or plan.ports.claimed or \
+                        references_moved(guards, cache):
                     return True
                 raise AlreadyExists(exists)
 
             return Planned([Create(service), ReserveName("services", spec.name, service_id),
-                            *endpoint_ops(self._store.keys, service, plan)], service, retry)
+                            *endpoint_ops(self._store.keys, service, plan), *guards], service,
+                           retry)
 
         service = await self._write("create service", step,
                                     gave_up="its networks kept changing concurrently; try again")
@@ -127,8 +136,8 @@ class Services(Handlers):
             service = updated_service(current, spec, rollback=request.rollback)
             plan = plan_endpoint(service.id, spec, current.endpoint, cache.networks,
                                  self._addresses, cache.services.values(), 0)
-            return Planned([Update(service), *endpoint_ops(self._store.keys, service, plan)],
-                           service)
+            return Planned([Update(service), *endpoint_ops(self._store.keys, service, plan),
+                            *reference_guards(spec, cache)], service)
 
         name = cache.services[request.service_id].spec.name \
             if request.service_id in cache.services else request.service_id

@@ -391,6 +391,13 @@ def compare_create_revision(key: bytes, revision: int, range_end: bytes = b"") -
                        target=rpc.Compare.CREATE, create_revision=revision)
 
 
+def compare_mod_revision_at_most(key: bytes, revision: int, range_end: bytes = b"") -> Any:
+    """The key (with range_end: every key in [key, range_end)) was last
+    written at or before revision; a missing key (or an empty range) passes."""
+    return rpc.Compare(key=key, range_end=range_end, result=rpc.Compare.LESS,
+                       target=rpc.Compare.MOD, mod_revision=revision + 1)
+
+
 def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
     return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
 

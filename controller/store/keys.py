@@ -51,7 +51,11 @@ class Keys:
         return self.controllers + addr.encode()
 
     def object(self, kind: str, object_id: str) -> bytes:
-        return self.prefix + kind.encode() + b"/" + object_id.encode()
+        return self.objects(kind) + object_id.encode()
+
+    def objects(self, kind: str) -> bytes:
+        """The prefix of every object of a kind."""
+        return self.prefix + kind.encode() + b"/"
 
     def of(self, obj: StoredObject) -> bytes:
         return self.object(kind_of(obj), obj.id)

@@ -105,7 +105,34 @@ class RequireAbsent:
     prefix: bool = False
 
 
-Op: TypeAlias = Create | Update | Delete | ReserveName | ReleaseName | Claim | Release | RequireAbsent
+@dataclass(frozen=True, slots=True)
+class RequireVersion:
+    """A compare only: the object exists, at this version (its mod_revision).
+    A write that refers to another object it does not change (a service to
+    the secrets it uses) fails if that object was removed meanwhile; the
+    failed transaction reads the object back into the cache, so a re-plan
+    sees it gone."""
+
+    kind: str
+    object_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequireUnchangedSince:
+    """A compare only: no key under `prefix` (a full key from Keys, e.g.
+    Keys.objects("services")) was written after `revision`; deleted keys
+    do not count. A decision over every object of a kind (a secret is used
+    by no service) made from a read at `revision` (Store.read_all) still
+    holds at commit. (Not from the watch cache: etcd does not tell exactly
+    up to which revision a catching-up watch has delivered everything.)"""
+
+    prefix: bytes
+    revision: int
+
+
+Op: TypeAlias = (Create | Update | Delete | ReserveName | ReleaseName | Claim | Release
+                 | RequireAbsent | RequireVersion | RequireUnchangedSince)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +196,18 @@ class Store:
         StoreUnavailable once compaction removed it)."""
         _, kv = await self.etcd.get(self.keys.object(kind, object_id), revision)
         return decode(kind, kv.value, kv.mod_revision) if kv is not None else None
+
+    async def read_all(self, kind: str) -> tuple[int, dict[str, StoredObject]]:
+        """Every object of a kind as etcd holds it now, by ID, and the revision
+        read at (for RequireUnchangedSince): an authoritative read, for the
+        rare decision the watch cache's possible lag must not decide."""
+        revision, kvs = await self.etcd.range_prefix(self.keys.objects(kind))
+        objects = {}
+        for kv in kvs:
+            parsed = self.keys.parse(kv.key)
+            if parsed is not None:
+                objects[parsed[1]] = decode(kind, kv.value, kv.mod_revision)
+        return revision, objects
 
     async def read_modify_write(self, step: Step[R], *, attempts: int = RMW_ATTEMPTS,
                                 backoff: float = RMW_BACKOFF, guard: Guard | None = None) -> R:
@@ -267,6 +306,10 @@ class Store:
             return len(self.keys.name(op.kind, op.name)) + len(op.object_id)
         if isinstance(op, ReleaseName):
             return len(self.keys.name(op.kind, op.name))
+        if isinstance(op, RequireVersion):
+            return len(self.keys.object(op.kind, op.object_id))
+        if isinstance(op, RequireUnchangedSince):
+            return 2 * len(op.prefix)
         return len(op.key)
 
 
@@ -276,6 +319,7 @@ class Store:
         puts: list[tuple[bytes, bytes]] = []
         deletes: list[bytes] = []
         watched: list[bytes] = []  # object keys re-read when the transaction fails
+        required: list[bytes] = []  # objects only compared (RequireVersion): re-read too
         stamp = _now()
         for op in ops:
             if isinstance(op, Create | Update):
@@ -308,6 +352,14 @@ class Store:
                 success.append(E.op_put(op.key, op.value))
             elif isinstance(op, Release):
                 success.append(E.op_delete(op.key, E.prefix_end(op.key) if op.prefix else b""))
+            elif isinstance(op, RequireVersion):
+                key = self.keys.object(op.kind, op.object_id)
+                compares.append(E.compare_mod_revision(key, op.version))
+                if key not in required:
+                    required.append(key)
+            elif isinstance(op, RequireUnchangedSince):
+                compares.append(E.compare_mod_revision_at_most(
+                    op.prefix, op.revision, E.prefix_end(op.prefix)))
             else:
                 compares.append(E.compare_create_revision(
                     op.key, 0, E.prefix_end(op.key) if op.prefix else b""))
@@ -315,7 +367,8 @@ class Store:
             raise ValueError("a transaction names the same object twice")
         if guard is not None:
             compares.append(E.compare_create_revision(guard.key, guard.create_revision))
-        response = await self.etcd.txn(compares, success, [E.op_get(k) for k in watched])
+        reread = watched + [key for key in required if key not in watched]
+        response = await self.etcd.txn(compares, success, [E.op_get(k) for k in reread])
         revision = int(response.header.revision)
         if response.succeeded:
             self.cache.apply_committed(puts, deletes, revision)
@@ -324,7 +377,7 @@ class Store:
                 if isinstance(op, Create | Update):
                     op.obj.meta.version = revision
             return revision
-        for key, reply in zip(watched, response.responses, strict=True):
+        for key, reply in zip(reread, response.responses, strict=True):
             kvs = reply.response_range.kvs
             kv = E.KeyValue(kvs[0].key, kvs[0].value, kvs[0].mod_revision,
                             kvs[0].create_revision) if kvs else None
