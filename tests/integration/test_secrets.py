@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets as random_secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.compose.payloads import content_name
 from swarm.cli.main import app
 from swarm.controller.server import Controller
+from swarm.controller.store import Create, Delete, Guard, Op, Update
 from tests.etcd_server import EtcdServer
 from tests.integration.conftest import controller_config
 from tests.integration.live import LiveCluster, assert_one_line_error, ok, swarmctl
@@ -220,6 +221,108 @@ async def test_payloads_go_only_to_the_node_running_the_task(
             await dgrpc.DispatcherStub(channel).TaskPayloads(dpb.TaskPayloadsRequest(
                 node_id=holder.session.node_id, task_id=own_task.id), timeout=5)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+# ------------------------------------------------------------ races
+#
+# "Refused while used" is a check and a write apart. These tests put the
+# other request exactly between the two (a hook on the controller's store
+# commit), so without the compares (secrets.py's docstring) a service ends up
+# using a removed payload.
+
+
+def racing_commit(controller: Controller, monkeypatch: pytest.MonkeyPatch,
+                  is_target: Callable[[Sequence[Op]], bool],
+                  meanwhile: Callable[[], Awaitable[object]]) -> list[object]:
+    """Run `meanwhile` just before the first commit whose ops `is_target`
+    picks (after that write was planned); returns what it returned."""
+    store = controller.store
+    commit = store.commit
+    ran: list[object] = []
+
+    async def hooked(ops: Sequence[Op], guard: Guard | None = None) -> int:
+        if not ran and is_target(ops):
+            ran.append(None)
+            ran[0] = await meanwhile()
+        return await commit(ops, guard)
+
+    monkeypatch.setattr(store, "commit", hooked)
+    return ran
+
+
+def deletes(kind: str) -> Callable[[Sequence[Op]], bool]:
+    return lambda ops: any(isinstance(op, Delete) and op.kind == kind for op in ops)
+
+
+def writes_service_using(payload_id: str) -> Callable[[Sequence[Op]], bool]:
+    def check(ops: Sequence[Op]) -> bool:
+        for op in ops:
+            if isinstance(op, Create | Update) and isinstance(op.obj, pb.Service):
+                secrets, configs = payloads.referenced_ids(op.obj.spec.task.container)
+                if payload_id in secrets | configs:
+                    return True
+        return False
+    return check
+
+
+def spec_using(kind: str, name: str) -> pb.ServiceSpec:
+    spec = spec_with_secret(name="web", replicas=0)
+    if kind == "secret":
+        spec.task.container.secrets.add(secret_name=name)
+    else:
+        spec.task.container.configs.add(config_name=name)
+    return spec
+
+
+@pytest.mark.parametrize("kind", ["secret", "config"])
+async def test_a_service_created_while_the_payload_is_removed_keeps_it(
+        controller: Controller, control: cgrpc.ControlAsyncStub,
+        monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    if kind == "secret":
+        payload_id = (await create_secret(control, "pw", plaintext())).id
+    else:
+        payload_id = (await control.CreateConfig(cpb.CreateConfigRequest(
+            spec=pb.ConfigSpec(name="pw"), data=b"x"))).config.id
+    # The removal has found no user and is about to commit: a service using
+    # the payload is created now.
+    created = racing_commit(controller, monkeypatch, deletes(f"{kind}s"), lambda: (
+        control.CreateService(cpb.CreateServiceRequest(spec=spec_using(kind, "pw")))))
+    remove = control.RemoveSecret if kind == "secret" else control.RemoveConfig
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await remove(cpb.RemoveRequest(ref="pw"))
+    assert created, "the service was created between the check and the commit"
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"{kind} 'pw' is in use by service(s) web" in (caught.value.details() or "")
+    _, kv = await controller.etcd.get(controller.store.keys.object(f"{kind}s", payload_id))
+    assert kv is not None, f"the {kind} the service uses is still stored"
+
+
+@pytest.mark.parametrize("write", ["create", "update"])
+async def test_a_service_write_racing_the_removal_of_its_secret_is_refused(
+        controller: Controller, control: cgrpc.ControlAsyncStub,
+        monkeypatch: pytest.MonkeyPatch, write: str) -> None:
+    secret = await create_secret(control, "pw", plaintext())
+    existing = None
+    if write == "update":
+        existing = (await control.CreateService(cpb.CreateServiceRequest(
+            spec=spec_with_secret("web", replicas=0)))).service
+    # The service write has resolved "pw" and is about to commit: the secret
+    # is removed now (it has no user yet, so that succeeds).
+    removed = racing_commit(controller, monkeypatch, writes_service_using(secret.id), lambda: (
+        control.RemoveSecret(cpb.RemoveRequest(ref="pw"))))
+    call: Awaitable[object] = control.CreateService(cpb.CreateServiceRequest(
+        spec=spec_using("secret", "pw"))) if existing is None else control.UpdateService(
+        cpb.UpdateServiceRequest(service_id=existing.id, spec=spec_using("secret", "pw")))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert removed, "the secret was removed between the resolution and the commit"
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "secrets[0].secret_name: secret 'pw' not found" in (caught.value.details() or "")
+    _, kvs = await controller.etcd.range_prefix(controller.store.keys.objects("services"))
+    stored = [pb.Service.FromString(kv.value) for kv in kvs]
+    assert all(not s.spec.task.container.secrets for s in stored), \
+        "no stored service references the removed secret"
+    assert len(stored) == (0 if existing is None else 1)
 
 
 @pytest.fixture

@@ -19,10 +19,13 @@ from swarm.controller.store import (
     EtcdSettings,
     Guard,
     Planned,
+    RequireUnchangedSince,
+    RequireVersion,
     ReserveName,
     Store,
     Update,
 )
+from swarm.controller.store import etcd as E
 from tests.etcd_server import EtcdServer
 from tests.waiting import eventually
 
@@ -228,3 +231,52 @@ async def test_read_modify_write_is_bounded_and_a_refusal_stops_it(store: Store)
         await store.read_modify_write(losing_for_good, attempts=3, backoff=0.001)
     assert len(attempts) == 1
     assert store.cache.tasks["fixed"].meta.version == stale.meta.version + 1, "nothing written"
+
+
+async def test_require_version_fails_once_the_object_is_gone_and_refreshes_the_cache(
+        store: Store) -> None:
+    secret = pb.Secret(id="sec1", spec=pb.SecretSpec(name="pw"))
+    await store.create(secret)
+    version = secret.meta.version
+    await store.create(task("t1"), RequireVersion("secrets", "sec1", version))
+    assert "t1" in store.cache.tasks
+    # Deleted behind the cache's back (another controller): the compare fails,
+    # nothing is written, and the failed transaction tells the cache.
+    await store.etcd.txn([], [E.op_delete(store.keys.object("secrets", "sec1"))])
+    with pytest.raises(Conflict):
+        await store.create(task("t2"), RequireVersion("secrets", "sec1", version))
+    _rev, raw = await store.etcd.get(store.keys.object("tasks", "t2"))
+    assert raw is None
+    assert "sec1" not in store.cache.secrets
+
+
+async def test_require_unchanged_since_fails_after_any_write_under_the_prefix(
+        store: Store) -> None:
+    await store.create(pb.Service(id="s1", spec=pb.ServiceSpec(name="web")))
+    revision, services = await store.read_all("services")
+    assert set(services) == {"s1"}
+    assert services["s1"].meta.version <= revision
+    since = RequireUnchangedSince(store.keys.objects("services"), revision)
+    await store.create(task("t1"), since)  # nothing under services/ changed
+    # Writes elsewhere do not count; a deletion under the prefix does not either.
+    await store.create(pb.Service(id="s2", spec=pb.ServiceSpec(name="db")))
+    revision, _ = await store.read_all("services")
+    await store.commit([Delete("services", "s2", store.cache.services["s2"].meta.version)])
+    await store.create(task("t2"), RequireUnchangedSince(store.keys.objects("services"),
+                                                         revision))
+    # A service created, or one updated, after the read: the compare fails.
+    revision, _ = await store.read_all("services")
+    await store.create(pb.Service(id="s3", spec=pb.ServiceSpec(name="api")))
+    with pytest.raises(Conflict):
+        await store.create(task("t3"), RequireUnchangedSince(store.keys.objects("services"),
+                                                             revision))
+    revision, _ = await store.read_all("services")
+    updated = pb.Service()
+    updated.CopyFrom(store.cache.services["s1"])
+    updated.spec.labels["x"] = "y"
+    await store.update(updated)
+    with pytest.raises(Conflict):
+        await store.create(task("t3"), RequireUnchangedSince(store.keys.objects("services"),
+                                                             revision))
+    _rev, raw = await store.etcd.get(store.keys.object("tasks", "t3"))
+    assert raw is None

@@ -26,6 +26,7 @@ Code = grpc.StatusCode
     (errors.ChangedConcurrently("read it again"), Code.ABORTED, "read it again"),
     (errors.FailedPrecondition("in use"), Code.FAILED_PRECONDITION, "in use"),
     (errors.Unavailable("stale"), Code.UNAVAILABLE, "stale"),
+    (errors.DataLoss("config 'c' does not open"), Code.DATA_LOSS, "config 'c' does not open"),
     (ValidationError("spec.name", "must not be empty"), Code.INVALID_ARGUMENT,
      "spec.name: must not be empty"),
     (AllocationError("spec.x", "bad"), Code.INVALID_ARGUMENT, "spec.x: bad"),
