@@ -77,6 +77,12 @@ def add_nodes(live: LiveCluster, count: int, prefix: str) -> SimulatedCluster:
                             hostname_prefix=prefix)
         nodes.start()
         await nodes.wait_connected(timeout=15)
+        cache = live.controller.store.cache
+        if any(network.spec.name == "ingress" for network in cache.networks.values()):
+            # The allocator gives a node its ingress address a moment after it
+            # registers: wait for it, so that a snapshot taken next is settled.
+            await eventually(lambda: all(node.attachments for node in cache.nodes.values()),
+                             15, "the new nodes' ingress addresses")
         return nodes
 
     return live.run(join())
