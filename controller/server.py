@@ -32,6 +32,7 @@ from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import MAX_STALENESS, ControlServicer
+from .api.registry_auth import RegistryAuthApi
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -48,6 +49,7 @@ from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
 from .orchestrator.disruption import DisruptionSettings
 from .orchestrator.reconciler import Orchestrator
+from .pullauth import PullCredentials
 from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
@@ -163,6 +165,10 @@ class Controller:
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
+        data_key = None if self.config.insecure else (lambda: self.pki.data_key)
+        if data_key is not None:
+            control.registry_auth = RegistryAuthApi(data_key)
+            self.dispatcher.pull_auth = PullCredentials(self.store.cache.services, data_key)
         control.max_staleness = self.config.max_read_staleness
         cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)

@@ -81,6 +81,7 @@ from ..store import (
     Update,
     store_status,
 )
+from .registry_auth import RegistryAuthApi, redacted
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class ControlServicer(cgrpc.ControlServicer):
         self._network_lock = asyncio.Lock()
         self._logs = logs
         self.max_staleness = MAX_STALENESS
+        self.registry_auth = RegistryAuthApi()  # controller.server gives it the data key
 
     async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
         try:
@@ -191,11 +193,13 @@ class ControlServicer(cgrpc.ControlServicer):
         except ValidationError as error:
             await self._invalid(context, error)
         service_id = new_id()
+        sealed = await self.registry_auth.sealed(context, request, service_id, spec)
         for _ in range(_ALLOC_ATTEMPTS):
             if any(s.spec.name == spec.name for s in self._store.cache.services.values()):
                 await _abort(context, grpc.StatusCode.ALREADY_EXISTS,
                              f"spec.name: service {spec.name!r} already exists")
-            service = pb.Service(id=service_id, spec=spec, spec_version=1)
+            service = pb.Service(id=service_id, spec=spec, spec_version=1,
+                                 registry_auth=sealed)
             plan = await self._plan_vips(context, spec, [], replicas_needed(spec))
             ports = await self._plan_ports(context, service_id, spec, [])
             ops: list[Op] = [Create(service), ReserveName("services", spec.name, service.id)]
@@ -214,7 +218,7 @@ class ControlServicer(cgrpc.ControlServicer):
             except StoreError as error:
                 await _store_failed(context, error, "create service")
             log.info("created service %s (%s)", service.spec.name, service.id)
-            return cpb.ServiceResponse(service=service)
+            return cpb.ServiceResponse(service=redacted(service))
         await _abort(context, grpc.StatusCode.ABORTED,
                      "its networks kept changing concurrently; try again")
 
@@ -294,7 +298,7 @@ class ControlServicer(cgrpc.ControlServicer):
         await self._fresh(context)
         service = await self._resolve(context, request.ref, self._store.cache.services,
                                       lambda s: s.spec.name, "service")
-        return cpb.ServiceResponse(service=service)
+        return cpb.ServiceResponse(service=redacted(service))
 
     async def ListServices(self, request: cpb.ListServicesRequest,
                            context: Context) -> cpb.ListServicesResponse:
@@ -307,7 +311,7 @@ class ControlServicer(cgrpc.ControlServicer):
         if filters.labels:
             services = [s for s in services if _labels_match(s.spec.labels, filters.labels)]
         services.sort(key=lambda s: s.spec.name)
-        return cpb.ListServicesResponse(services=services)
+        return cpb.ListServicesResponse(services=[redacted(s) for s in services])
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest,
                             context: Context) -> cpb.ServiceResponse:
@@ -336,7 +340,10 @@ class ControlServicer(cgrpc.ControlServicer):
         if spec.WhichOneof("mode") != current.spec.WhichOneof("mode"):
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT,
                          "spec.mode: a service cannot change between replicated and global")
+        sealed = await self.registry_auth.sealed(context, request, current.id, spec)
         service = _copy(current)
+        if sealed is not None:
+            service.registry_auth.CopyFrom(sealed)
         if _template_changed(current.spec, spec):
             service.previous_spec.CopyFrom(current.spec)
             service.spec_version += 1
@@ -364,7 +371,7 @@ class ControlServicer(cgrpc.ControlServicer):
                              "read it again and retry")
             except StoreError as error:
                 await _store_failed(context, error, f"update service {spec.name!r}")
-            return cpb.ServiceResponse(service=service)
+            return cpb.ServiceResponse(service=redacted(service))
         await _abort(context, grpc.StatusCode.ABORTED,
                      "its networks kept changing concurrently; try again")
 
