@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.registryauth import Credential
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -85,7 +86,7 @@ _KILLED = 128 + 9  # the exit code of a process killed by SIGKILL
 class ImageSource(Protocol):
     """What the worker needs of the image store (agent.images.ImageStore)."""
 
-    async def ensure(self, reference: str) -> Image: ...
+    async def ensure(self, reference: str, credential: Credential | None = None) -> Image: ...
 
 
 Report = Callable[[str, pb.TaskStatus], None]
@@ -118,6 +119,9 @@ class _Entry:
     # clock), and whether the controller has said every node let it go.
     stop_asked: float | None = None
     drained: bool = False
+    # The registry credentials its assignment brought (its service's,
+    # --with-registry-auth): kept in memory until the image is pulled.
+    credential: Credential | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -207,8 +211,9 @@ class Worker:
                 self._start_removal(task_id)
         for task_id in assignments.removed:
             self._remove(task_id)
+        credentials = {c.task_id: c.credential for c in assignments.pull_credentials}
         for task in assignments.tasks:
-            self._upsert(task)
+            self._upsert(task, credentials.get(task.id))
         for task_id in assignments.drained:
             draining = self._entries.get(task_id)
             if draining is not None and not draining.drained:
@@ -235,11 +240,14 @@ class Worker:
 
     # ------------------------------------------------------------ assignments
 
-    def _upsert(self, task: pb.Task) -> None:
+    def _upsert(self, task: pb.Task, credential: pb.RegistryCredential | None = None) -> None:
         entry = self._entries.get(task.id)
         stopping = task.desired_state > pb.RUNNING
+        given = None if credential is None else Credential(
+            credential.registry, credential.username, credential.password)
         if entry is not None:
             entry.task = task
+            entry.credential = given or entry.credential
             if stopping and entry.stop_asked is None:
                 entry.stop_asked = self.clock()
             entry.changed.set()
@@ -247,7 +255,7 @@ class Worker:
         status = pb.TaskStatus()
         status.CopyFrom(task.status)
         entry = _Entry(task=task, status=status, container=self._unclaimed.pop(task.id, None),
-                       stop_asked=self.clock() if stopping else None)
+                       stop_asked=self.clock() if stopping else None, credential=given)
         if entry.container is not None:
             log.info("task %s: adopting its %s container", task.id, entry.container.status)
         self._entries[task.id] = entry
@@ -397,7 +405,10 @@ class Worker:
         reference = task.spec.container.image
         self._set(entry, pb.PREPARING, "preparing")
         try:
-            image = await self.images.ensure(reference)
+            try:
+                image = await self.images.ensure(reference, entry.credential)
+            finally:
+                entry.credential = None  # pulled or not, this task needs them no more
             entry.image = image
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
                                        image.runtime_input())
