@@ -82,8 +82,9 @@ RegistryAuthFileOpt = Annotated[Path | None, typer.Option(
     "--registry-auth-file", metavar="FILE", dir_okay=False,
     help="Registry credentials in docker's config.json format (default: "
          "~/.docker/config.json); also used to resolve tags.")]
+RESOLVE_ENV = "SWARMCTL_RESOLVE_IMAGE"
 ResolveImageOpt = Annotated[str, typer.Option(
-    "--resolve-image", metavar="always|changed|never",
+    "--resolve-image", metavar="always|changed|never", envvar=RESOLVE_ENV,
     help="Pin the image's tag to its digest, so every node runs the same image: always "
          "(default), changed (only a changed image), never.")]
 
