@@ -73,7 +73,8 @@ def test_bad_auth_files_are_one_line_naming_the_problem(data: bytes, fragment: s
     with pytest.raises(AuthFileError) as caught:
         parse_auth_file(data, "auth.json")
     message = str(caught.value)
-    assert message.startswith("auth.json: ") and "\n" not in message
+    assert message.startswith("auth.json: ")
+    assert "\n" not in message
     assert fragment in message
 
 
@@ -85,7 +86,8 @@ def test_pinned_references_keep_the_tag_and_pull_by_digest() -> None:
     assert image == f"127.0.0.1:5000/app:1@{D1}"
     assert pinned(image, D2) == f"127.0.0.1:5000/app:1@{D2}"
     assert tagged_form(image) == "127.0.0.1:5000/app:1"
-    assert digest_of(image) == D1 and digest_of("app:1") is None
+    assert digest_of(image) == D1
+    assert digest_of("app:1") is None
     ref = parse_reference(image)
     assert (ref.tag, ref.digest, str(ref)) == (None, D1, f"127.0.0.1:5000/app@{D1}")
 
@@ -146,7 +148,9 @@ def test_resolving_failures_warn_once_and_keep_the_tag_or_the_pin() -> None:
     assert "using the tag" in lines[0]
     kept = pull.resolved(pull.ImageChoice("app:1", True, f"app:1@{D1}"), options,
                          lines.append, down)
-    assert kept == f"app:1@{D1}" and "keeping app:1@" in lines[1] and len(lines) == 2
+    assert kept == f"app:1@{D1}"
+    assert "keeping app:1@" in lines[1]
+    assert len(lines) == 2
     assert pull.resolved(pull.ImageChoice("app:1", True), options, lines.append,
                          lambda image, creds: D2) == f"app:1@{D2}"
     assert len(lines) == 2
@@ -171,7 +175,8 @@ def test_sealed_credentials_open_only_for_their_service() -> None:
                                        password="s3cret")
     auth = pullauth.seal(key, "svc1", credential)
     assert auth.registry == "127.0.0.1:5000"
-    assert b"s3cret" not in auth.SerializeToString() and b"alice" not in auth.sealed
+    assert b"s3cret" not in auth.SerializeToString()
+    assert b"alice" not in auth.sealed
     assert pullauth.open_sealed(key, "svc1", auth) == credential
     with pytest.raises(pki.SealedDataError):
         pullauth.open_sealed(key, "svc2", auth)  # moved to another service
@@ -179,7 +184,8 @@ def test_sealed_credentials_open_only_for_their_service() -> None:
         pullauth.open_sealed(pki.DataKey.generate(), "svc1", auth)  # another cluster
     service = pb.Service(id="svc1", registry_auth=auth)
     shown = pullauth.redacted(service)
-    assert shown.registry_auth.registry == "127.0.0.1:5000" and not shown.registry_auth.sealed
+    assert shown.registry_auth.registry == "127.0.0.1:5000"
+    assert not shown.registry_auth.sealed
     assert service.registry_auth.sealed  # the stored object is untouched
 
 
@@ -256,7 +262,8 @@ def test_bad_registry_auth_files_exit_2_before_connecting(
                                       str(path)])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("swarmctl: --registry-auth-file: ")
+    assert len(lines) == 1
+    assert lines[0].startswith("swarmctl: --registry-auth-file: ")
     assert fragment in lines[0]
 
 
