@@ -189,9 +189,10 @@ def test_sealed_credentials_open_only_for_their_service() -> None:
     assert service.registry_auth.sealed  # the stored object is untouched
 
 
-def _task(task_id: str, image: str, state: int, desired: int = pb.RUNNING) -> pb.Task:
+def _task(task_id: str, image: str, state: pb.TaskState.ValueType,
+          desired: pb.TaskState.ValueType = pb.RUNNING) -> pb.Task:
     task = pb.Task(id=task_id, service_id="svc1", desired_state=desired,
-                   status=pb.TaskStatus(state=state))  # type: ignore[arg-type]
+                   status=pb.TaskStatus(state=state))
     task.spec.container.image = image
     return task
 
