@@ -194,14 +194,16 @@ async def test_private_registry_end_to_end(
     code, _, err = cli("service", "create", "nocreds", "--image", image, "-d",
                        "--resolve-image", "always", *common)
     assert code == 0, err
-    assert err.count("\n") == 1 and "authentication required" in err, err
+    assert err.count("\n") == 1, err
+    assert "authentication required" in err, err
     await cluster.wait(
         (await cluster.control.GetService(_get("nocreds"))).service.id,
         lambda ts: any(t.status.state == pb.REJECTED for t in ts), "rejected", 60)
     code, out, _ = cli("service", "ps", "nocreds", "--no-trunc")
     assert code == 0
     assert "Rejected" in out or "rejected" in out, out
-    assert f"access to {auth_registry.addr}/app" in out and "denied" in out, out
+    assert f"access to {auth_registry.addr}/app" in out, out
+    assert "denied" in out, out
     assert cli("service", "rm", "nocreds")[0] == 0
 
     # With them: resolved to the digest, pulled, running -- and the password
@@ -245,7 +247,8 @@ async def test_private_registry_end_to_end(
     assert code == 0
     assert err.count("\n") == 1, err
     assert err.startswith(f"warning: image {closed}: cannot resolve its digest (registry "), err
-    assert "unreachable" in err and "using the tag" in err, err
+    assert "unreachable" in err, err
+    assert "using the tag" in err, err
     far = (await cluster.control.GetService(_get("far"))).service
     assert far.spec.task.container.image == closed
 
