@@ -6,7 +6,11 @@ and swarmctl's refusals of bad input before anything is sent."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.server
 import json
+import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -286,3 +290,73 @@ def test_bad_resolve_mode_exits_2() -> None:
                                       "--image", "app:1", "--resolve-image", "sometimes"])
     assert result.exit_code == 2
     assert "--resolve-image: invalid value 'sometimes'" in result.stderr
+
+
+# ------------------------------------------------------------------ bearer tokens
+
+
+class _TokenRegistry(http.server.BaseHTTPRequestHandler):
+    """A registry that wants a bearer token from its realm (as Docker Hub
+    does), on loopback. Its tag `nodigest` is served without the
+    Docker-Content-Digest header."""
+
+    port = 0
+    body = b'{"schemaVersion": 2}'
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _manifest(self, with_body: bool) -> None:
+        if self.headers.get("Authorization") != "Bearer tok-123":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate",
+                             f'Bearer realm="http://127.0.0.1:{self.port}/token",'
+                             'service="reg",scope="repository:team/app:pull"')
+            self.end_headers()
+            return
+        self.send_response(200)
+        if not self.path.endswith("/nodigest"):
+            self.send_header("Docker-Content-Digest", D1)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(self.body)
+
+    def do_HEAD(self) -> None:
+        self._manifest(False)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/token?"):
+            query = urllib.parse.parse_qs(self.path.split("?", 1)[1])
+            good = self.headers.get("Authorization") == f"Basic {token('alice:pw')}"
+            if not good or query != {"service": ["reg"], "scope": ["repository:team/app:pull"]}:
+                self.send_response(401)
+                self.end_headers()
+                return
+            answer = json.dumps({"token": "tok-123"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+            return
+        self._manifest(True)
+
+
+def test_bearer_token_flow_and_a_digest_from_the_body() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenRegistry)
+    _TokenRegistry.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        addr = f"127.0.0.1:{_TokenRegistry.port}"
+        creds = {addr: Credential(addr, "alice", "pw")}
+        assert pull.resolve_digest(f"{addr}/team/app:1", creds) == D1
+        body_digest = "sha256:" + hashlib.sha256(_TokenRegistry.body).hexdigest()
+        assert pull.resolve_digest(f"{addr}/team/app:nodigest", creds) == body_digest
+        with pytest.raises(pull.ResolveError, match=r"^authentication required: the token "
+                                                    r"service refused anonymous access"):
+            pull.resolve_digest(f"{addr}/team/app:1", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
