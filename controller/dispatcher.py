@@ -299,8 +299,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         networks=networks,
                         removed_networks=removed_networks,
                         drained=sorted(drained),
-                        pull_credentials=for_tasks(self.pull_auth,
-                                                   (t for t in changed.values() if t)),
+                        pull_credentials=for_tasks(
+                            self.pull_auth, (t for t in changed.values() if t is not None)),
                     ),
                     controllers=self._controller_set() if controllers else (),
                 )

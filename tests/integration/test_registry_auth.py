@@ -48,10 +48,11 @@ async def etcd_values(controller: Controller, prefix: str) -> dict[bytes, bytes]
 
 
 async def snapshot(controller: Controller, prefix: str) -> dict[bytes, int]:
+    """The keys a service write makes (the service, its name), with their
+    revisions. Tasks are left out: the orchestrator works on them meanwhile."""
     _, kvs = await controller.etcd.range_prefix(prefix.encode())
-    skip = (prefix + "nodes/").encode(), (prefix + "leader").encode(), \
-        (prefix + "controllers/").encode()
-    return {kv.key: kv.mod_revision for kv in kvs if not kv.key.startswith(skip)}
+    kinds = (prefix + "services/").encode(), (prefix + "names/").encode()
+    return {kv.key: kv.mod_revision for kv in kvs if kv.key.startswith(kinds)}
 
 
 def given_to(nodes: SimulatedCluster) -> dict[str, dict[str, pb.RegistryCredential]]:

@@ -360,3 +360,12 @@ def test_bearer_token_flow_and_a_digest_from_the_body() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters=":"),
+               min_size=1, max_size=40),
+       st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=1, max_size=80))
+def test_any_user_and_password_survive_docker_s_format(user: str, password: str) -> None:
+    data = config({"reg.example.com:5000": {"auth": token(f"{user}:{password}")}})
+    assert parse_auth_file(data, "f") == {
+        "reg.example.com:5000": Credential("reg.example.com:5000", user, password)}
