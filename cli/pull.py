@@ -233,13 +233,8 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
-    """Follow redirects (registries send blobs and tokens elsewhere) but never
-    carry the Authorization header along: it goes with add_unredirected_header."""
-
-
 def _opener(registry: str) -> urllib.request.OpenerDirector:
-    handlers: list[urllib.request.BaseHandler] = [_NoRedirectAuth()]
+    handlers: list[urllib.request.BaseHandler] = []
     address = registry_address(registry)
     if (address is not None and address.is_loopback) or registry.startswith("localhost"):
         handlers.append(urllib.request.ProxyHandler({}))  # never through a proxy
@@ -251,6 +246,7 @@ def _request(opener: urllib.request.OpenerDirector, url: str, method: str,
     """(status, headers with lower-case names, body of a GET)."""
     request = urllib.request.Request(url, method=method, headers={"Accept": ACCEPT})
     if authorization is not None:
+        # Not carried along if the registry redirects (to a CDN, say).
         request.add_unredirected_header("Authorization", authorization)
     try:
         with opener.open(request, timeout=timeout) as response:
