@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from swarm.agent.main import parse_args
 from swarm.api import pki
 from swarm.api.imageref import digest_of, parse_reference, pinned, tagged_form
 from swarm.api.registryauth import AuthFileError, Credential, credential_for, parse_auth_file
@@ -250,6 +251,8 @@ def test_request_credentials_are_checked_against_the_image(
 @pytest.mark.parametrize("command", [
     ["service", "create", "web", "--image", "127.0.0.1:5000/app:1"],
     ["service", "update", "web"],
+    ["apply", "-f", "stack.yaml"],
+    ["stack", "deploy", "-c", "stack.yaml", "shop"],
 ])
 @pytest.mark.parametrize(("content", "fragment"), [
     (None, "no such file"),
@@ -369,3 +372,26 @@ def test_any_user_and_password_survive_docker_s_format(user: str, password: str)
     data = config({"reg.example.com:5000": {"auth": token(f"{user}:{password}")}})
     assert parse_auth_file(data, "f") == {
         "reg.example.com:5000": Credential("reg.example.com:5000", user, password)}
+
+
+def test_the_agent_reads_its_own_registry_auth_file(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "node-auth.json"
+    path.write_bytes(config({"127.0.0.1:5000": {"auth": token("node:node-pass-91")}}))
+    base = ["--controller", "127.0.0.1:1", "--state-dir", str(tmp_path / "state"),
+            "--advertise-addr", "127.0.0.1"]
+    parsed = parse_args([*base, "--registry-auth-file", str(path)])
+    assert parsed.registry_credentials == {
+        "127.0.0.1:5000": Credential("127.0.0.1:5000", "node", "node-pass-91")}
+    assert "node-pass-91" not in repr(parsed)
+    for content in (None, b"{oops"):
+        if content is None:
+            path.unlink()
+        else:
+            path.write_bytes(content)
+        with pytest.raises(SystemExit) as caught:
+            parse_args([*base, "--registry-auth-file", str(path)])
+        assert caught.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "--registry-auth-file" in err
+        assert ("No such file" in err) if content is None else ("not valid JSON" in err)
