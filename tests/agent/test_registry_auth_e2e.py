@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from tests.agent.conftest import require_root_and_tools
 from tests.agent.test_agent_e2e import Cluster, cluster, running
 from tests.agent.test_logs_e2e import swarmctl
 from tests.etcd_server import EtcdServer, free_port
+from tests.processes import start_agent
 from tests.registry import RegistryServer, bcrypt_hash, build_busybox_image
 
 __all__ = ["cluster"]  # the fixture, imported for the tests below
@@ -281,3 +283,30 @@ async def _versions(cluster: Cluster, service: str, wanted: set[str],
             return
         assert time.monotonic() < deadline, (result.out, result.err)
         await asyncio.sleep(0.5)
+
+
+async def test_node_wide_credentials(cluster: Cluster, auth_registry: RegistryServer,
+                                     tmp_path: Path) -> None:
+    """`swarm-agent --registry-auth-file`: the node pulls with its own
+    credentials a service that brought none (one without them is REJECTED:
+    test_private_registry_end_to_end), and they are in no command line."""
+    auth_file = tmp_path / "node-auth.json"
+    auth_file.write_text(json.dumps({"auths": {auth_registry.addr: {"auth": TOKEN}}}))
+    auth_file.chmod(0o600)
+    state_dir = tempfile.mkdtemp(prefix="swe2e-", dir="/run")
+    cluster.state_dirs.append(state_dir)
+    cluster.agents["node-own"] = start_agent(
+        [cluster.controller], state_dir, hostname="node-own", join_token=cluster.join_token,
+        extra_args=["--registry-auth-file", str(auth_file)])
+    await cluster.wait_ready(1)
+    image, _ = push_app(auth_registry, "node", tag="node")
+    spec = pb.ServiceSpec(name="own", replicated=pb.ReplicatedService(replicas=1))
+    spec.task.container.image = image
+    spec.task.container.command.extend(["sleep", "1000"])
+    spec.task.container.stop_grace_period.FromMilliseconds(300)
+    with CmdlineSampler(FORBIDDEN) as sampler:
+        service = (await cluster.control.CreateService(cpb.CreateServiceRequest(spec=spec))
+                   ).service
+        await cluster.wait(service.id, lambda ts: len(running(ts)) == 1, "running", 60)
+    assert sampler.hits == []
+    assert PASSWORD not in cluster.agents["node-own"].log()
