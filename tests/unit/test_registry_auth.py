@@ -23,7 +23,7 @@ from swarm.api import pki
 from swarm.api.imageref import digest_of, parse_reference, pinned, tagged_form
 from swarm.api.registryauth import AuthFileError, Credential, credential_for, parse_auth_file
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.cli import pull
+from swarm.cli import pull, render
 from swarm.cli.main import app
 from swarm.controller import pullauth
 from swarm.controller.api.registry_auth import problem
@@ -192,6 +192,7 @@ def test_sealed_credentials_open_only_for_their_service() -> None:
     assert shown.registry_auth.registry == "127.0.0.1:5000"
     assert not shown.registry_auth.sealed
     assert service.registry_auth.sealed  # the stored object is untouched
+    assert " Registry auth:  127.0.0.1:5000 (sealed, sent 20" in render.service_details(shown)
 
 
 def _task(task_id: str, image: str, state: pb.TaskState.ValueType,
