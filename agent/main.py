@@ -3,7 +3,8 @@ assigned tasks as runc containers (conmon-monitored), reports their status.
 
     swarm-agent --controller 10.0.0.1:2377 [--controller ...] --state-dir /var/lib/swarm-agent \\
         --advertise-addr 10.0.0.5 --join-token SWMTKN-1-... [--label zone=a]... \\
-        [--registry-insecure HOST]... [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
+        [--registry-insecure HOST]... [--registry-auth-file FILE] \\
+        [--hostname NAME] [--bind-root DIR]... [--cgroup-parent NAME] \\
         [--image-gc-high PCT] [--image-gc-low PCT] [--image-gc-max-bytes N] \\
         [--dns-forwarder IP[:PORT]... | --dns-forwarder none]
 
@@ -12,6 +13,13 @@ the agent checks the controller's CA against the token, makes its key and
 gets its node certificate through the join port (--join-addr, default each
 controller's port + 1). Later starts use the identity kept in the state dir
 and need no token. --insecure (development only) talks plaintext instead.
+
+Registry credentials: a task's own come with its assignment (its service's,
+`swarmctl service create --with-registry-auth`); --registry-auth-file FILE
+(docker's config.json format, `{"auths": {"HOST": {"auth": base64 of
+user:password}}}`) gives the node's own for the registries tasks bring none
+for. Read once at start; handed to skopeo in memory (agent/images/store.py),
+never on a command line or in a log.
 
 Everything the agent keeps lives under --state-dir:
 
@@ -77,6 +85,7 @@ from typing import NoReturn
 import swarm
 from swarm.api import pki
 from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.registryauth import AuthFileError, Credential, parse_auth_file
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
@@ -118,6 +127,8 @@ class AgentConfig:
     # nameservers of /etc/resolv.conf; empty: no forwarding.
     dns_forwarders: tuple[Upstream, ...] | None = None
     conditions: ConditionSettings = field(default_factory=ConditionSettings)
+    # --registry-auth-file, by registry (a Credential's repr hides its password).
+    registry_credentials: dict[str, Credential] = field(default_factory=dict, repr=False)
 
     @property
     def certs_dir(self) -> Path:
@@ -209,6 +220,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         help="node label (repeatable)")
     parser.add_argument("--registry-insecure", action="append", default=[], metavar="HOST",
                         help="registry reachable over plain HTTP (repeatable; loopback always is)")
+    parser.add_argument("--registry-auth-file", type=Path, default=None, metavar="FILE",
+                        help="registry credentials for every task of this node, in docker's "
+                             "config.json format (a task's own, --with-registry-auth, win)")
     parser.add_argument("--hostname", default="", help="node name (default: the host's)")
     parser.add_argument("--cgroup-parent", default="",
                         help="cgroup parent of the containers (default: derived from --state-dir)")
@@ -267,7 +281,18 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         RuncSettings(state_dir=state_dir, cgroup_parent=cgroup_parent)
     except ValueError as error:
         parser.error(f"--cgroup-parent: {error}")
+    credentials: dict[str, Credential] = {}
+    if args.registry_auth_file is not None:
+        try:
+            credentials = parse_auth_file(args.registry_auth_file.read_bytes(),
+                                          str(args.registry_auth_file))
+        except OSError as error:
+            parser.error(f"--registry-auth-file {args.registry_auth_file}: "
+                         f"{error.strerror or error}")
+        except AuthFileError as error:
+            parser.error(f"--registry-auth-file {error}")
     return AgentConfig(
+        registry_credentials=credentials,
         controllers=tuple(args.controller), state_dir=state_dir,
         advertise_addr=args.advertise_addr, hostname=args.hostname or socket.gethostname(),
         labels=dict(args.label), insecure_registries=tuple(args.registry_insecure),
@@ -368,7 +393,9 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         node_id = ""  # registering binds the certificate's ID
     runtime = RuncRuntime(runc_settings(config))
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
-                        gc=config.image_gc)
+                        gc=config.image_gc,
+                        credentials={registry: (c.username, c.password)
+                                     for registry, c in config.registry_credentials.items()})
     overlay = OverlayManager(overlay_settings(config))
     discovery = Discovery(Forwarder(dns_upstreams(config)))
     for tool in (lb.NSENTER, lb.NFT):

@@ -110,11 +110,16 @@ class FakeWorker:
         # period): tests of what waits for stopping tasks set it.
         self.stop_delay = 0.0
         self._stopping: set[str] = set()
+        # The registry credentials its assignments brought, by task (tests
+        # check which nodes were given a service's credentials).
+        self.pull_credentials: dict[str, pb.RegistryCredential] = {}
 
     async def apply(self, assignments: dpb.Assignments) -> None:
         if self.stopped:
             return
         self.received.extend(assignments.networks)
+        for given in assignments.pull_credentials:
+            self.pull_credentials[given.task_id] = given.credential
         await sync_networks(self.overlay, assignments, self.peer_sets)
         for entry in assignments.networks:
             self.entries[entry.network.id] = entry

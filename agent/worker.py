@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import grpc
 
 from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.registryauth import Credential
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -89,7 +90,7 @@ _KILLED = 128 + 9  # the exit code of a process killed by SIGKILL
 class ImageSource(Protocol):
     """What the worker needs of the image store (agent.images.ImageStore)."""
 
-    async def ensure(self, reference: str) -> Image: ...
+    async def ensure(self, reference: str, credential: Credential | None = None) -> Image: ...
 
 
 Report = Callable[[str, pb.TaskStatus], None]
@@ -130,6 +131,9 @@ class _Entry:
     drained: bool = False
     # Its secrets and configs were released (their tmpfs unmounted) after it ended.
     payloads_released: bool = False
+    # The registry credentials its assignment brought (its service's,
+    # --with-registry-auth): kept in memory until the image is pulled.
+    credential: Credential | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -220,8 +224,9 @@ class Worker:
                 self._start_removal(task_id)
         for task_id in assignments.removed:
             self._remove(task_id)
+        credentials = {c.task_id: c.credential for c in assignments.pull_credentials}
         for task in assignments.tasks:
-            self._upsert(task)
+            self._upsert(task, credentials.get(task.id))
         for task_id in assignments.drained:
             draining = self._entries.get(task_id)
             if draining is not None and not draining.drained:
@@ -248,11 +253,14 @@ class Worker:
 
     # ------------------------------------------------------------ assignments
 
-    def _upsert(self, task: pb.Task) -> None:
+    def _upsert(self, task: pb.Task, credential: pb.RegistryCredential | None = None) -> None:
         entry = self._entries.get(task.id)
         stopping = task.desired_state > pb.RUNNING
+        given = None if credential is None else Credential(
+            credential.registry, credential.username, credential.password)
         if entry is not None:
             entry.task = task
+            entry.credential = given or entry.credential
             if stopping and entry.stop_asked is None:
                 entry.stop_asked = self.clock()
             entry.changed.set()
@@ -260,7 +268,7 @@ class Worker:
         status = pb.TaskStatus()
         status.CopyFrom(task.status)
         entry = _Entry(task=task, status=status, container=self._unclaimed.pop(task.id, None),
-                       stop_asked=self.clock() if stopping else None)
+                       stop_asked=self.clock() if stopping else None, credential=given)
         if entry.container is not None:
             log.info("task %s: adopting its %s container", task.id, entry.container.status)
         self._entries[task.id] = entry
@@ -412,7 +420,10 @@ class Worker:
         reference = task.spec.container.image
         self._set(entry, pb.PREPARING, "preparing")
         try:
-            image = await self.images.ensure(reference)
+            try:
+                image = await self.images.ensure(reference, entry.credential)
+            finally:
+                entry.credential = None  # pulled or not, this task needs them no more
             entry.image = image
             files = await self._payloads(task)
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),

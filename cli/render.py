@@ -406,6 +406,9 @@ def service_details(service: pb.Service) -> str:
     if spec.HasField("rollback"):
         lines += _update_config_lines("RollbackConfig", spec.rollback)
     lines += [(0, "ContainerSpec", None), (1, "Image", container.image)]
+    if service.registry_auth.registry:  # sent with --with-registry-auth; kept sealed
+        lines.append((1, "Registry auth", f"{service.registry_auth.registry} (sealed, sent "
+                                          f"{timestamp(service.registry_auth.updated_at)})"))
     if container.command:
         lines.append((1, "Entrypoint", " ".join(container.command)))
     if container.args:

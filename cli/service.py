@@ -20,7 +20,7 @@ from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError, check_drain_timeout
 
-from . import client, completion, logs, parsing, progress, render
+from . import client, completion, logs, parsing, progress, pull, render
 from .choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
 from .client import fail_if, for_each
 from .errors import BadFlag, BadInput, NotConverged, ReportingGroup
@@ -642,6 +642,9 @@ def create(
     host: HostOpt = None,
     env_file: EnvFileOpt = None,
     tty: TtyOpt = None,
+    with_registry_auth: pull.WithRegistryAuthOpt = False,
+    registry_auth_file: pull.RegistryAuthFileOpt = None,
+    resolve_image: pull.ResolveImageOpt = "always",
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
@@ -671,12 +674,20 @@ def create(
         **task_options(locals()),
     ))
     timeout = progress.wait_timeout(wait_for)
+    pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,
+                                insecure=pull.connection_insecure(ctx))
+    credential = pull.for_create(spec, pulling, _warn)
     with client.open_controller(ctx) as ctl:
-        response = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=spec))
+        response = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(
+            spec=spec, registry_auth=credential))
         # The ID first, so that a script has it even when the wait then fails.
         typer.echo(response.service.id)
         if not detach:
             _wait(ctl, [progress.baseline_of(response.service)], timeout)
+
+
+def _warn(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def _wait(ctl: client.Controller, baselines: list[progress.Baseline], timeout: float) -> None:
@@ -951,6 +962,9 @@ def update(
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
                         ] = False,
+    with_registry_auth: pull.WithRegistryAuthOpt = False,
+    registry_auth_file: pull.RegistryAuthFileOpt = None,
+    resolve_image: pull.ResolveImageOpt = "always",
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
@@ -996,33 +1010,46 @@ def update(
         **task_options(locals()),
     )
     check_update_options(options)
-    _update_and_wait(ctx, service, options, detach=detach, wait_for=wait_for)
+    pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,
+                                insecure=pull.connection_insecure(ctx))
+    _update_and_wait(ctx, service, options, detach=detach, wait_for=wait_for, pulling=pulling)
 
 
 def _update_and_wait(ctx: typer.Context, ref: str, options: ServiceUpdateOptions, *,
-                     detach: bool, wait_for: str) -> None:
+                     detach: bool, wait_for: str,
+                     pulling: pull.PullOptions | None = None) -> None:
     """update_service, print the service's name, then wait until its tasks run
     the new spec (unless detach)."""
     timeout = progress.wait_timeout(wait_for)
     with client.open_controller(ctx) as ctl:
         baseline = _baseline(ctl, ref, rollback=options.rollback, with_tasks=not detach)
-        updated = update_service(ctl, baseline.service_id, options)
+        updated = update_service(ctl, baseline.service_id, options, pulling)
         typer.echo(updated.spec.name)
         if not detach:
             _wait(ctl, [baseline], timeout)
 
 
-def update_service(ctl: client.Controller, ref: str,
-                   options: ServiceUpdateOptions) -> pb.Service:
-    """GetService, apply the options to a copy of the spec, UpdateService at the version
-    read: the controller retries over status changes meanwhile, and refuses (ABORTED) only
-    when the spec changed since."""
+def update_service(ctl: client.Controller, ref: str, options: ServiceUpdateOptions,
+                   pulling: pull.PullOptions | None = None) -> pb.Service:
+    """GetService, apply the options to a copy of the spec (its image pinned as
+    pulling says), UpdateService at the version read: the controller retries
+    over status changes meanwhile, and refuses (ABORTED) only when the spec
+    changed since."""
     current = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=ref)).service
     request = cpb.UpdateServiceRequest(service_id=current.id, version=current.meta.version)
     if options.rollback:
         request.rollback = True
     else:
         request.spec.CopyFrom(updated_service_spec(current.spec, options))
+    credential = None
+    if pulling is not None and options.rollback:
+        credential = pull.credential_to_send(current.previous_spec.task.container.image,
+                                             pulling, _warn)
+    elif pulling is not None:
+        credential = pull.for_update(current.spec, request.spec, options.image,
+                                     force=options.force, options=pulling, warn=_warn)
+    if credential is not None:
+        request.registry_auth.CopyFrom(credential)
     return ctl.call(ctl.stub.UpdateService, request).service
 
 

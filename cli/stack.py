@@ -43,7 +43,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import ValidationError, normalize_network_spec, normalize_service_spec
 
-from . import client, completion, compose, progress, render, stack_payloads
+from . import client, completion, compose, progress, pull, render, stack_payloads
 from .client import Controller, RpcFailure
 from .compose import NAMESPACE_LABEL, Stack, StackError
 from .errors import BadInput, CliError, ReportingGroup
@@ -115,6 +115,9 @@ class Plan:
         steps: list[NetworkStep | ServiceStep] = [*self.networks, *self.services]
         return any(step.action is not Action.unchanged for step in steps) or any(
             step.create for step in self.payloads)
+
+
+Credentials = Callable[[pb.ServiceSpec], "pb.RegistryCredential | None"]
 
 
 class PlanError(CliError):
@@ -362,9 +365,13 @@ def _wait_for_network(ctl: Controller, name: str, deadline: float) -> None:
 
 
 def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
-               with_tasks: bool, network_timeout: float) -> list[progress.Baseline]:
+               with_tasks: bool, network_timeout: float,
+               credential: Credentials = lambda spec: None) -> list[progress.Baseline]:
     """Make the plan's writes; return the baselines to wait on (created and updated
-    services). Networks come first, since services name them; removals come last."""
+    services). Networks come first, since services name them; removals come last.
+    credential: the registry credentials to send with a service's spec
+    (--with-registry-auth); an unchanged service they are given for is written
+    too (its spec as it is: nothing rolls), so that it gets them."""
     baselines: list[progress.Baseline] = []
     deadline = time.monotonic() + ctl.timeout
     for step in plan.networks:
@@ -381,13 +388,19 @@ def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
     for service_step in plan.services:
         if service_step.action is Action.create:
             assert service_step.spec is not None
-            created = ctl.call(ctl.stub.CreateService,
-                               cpb.CreateServiceRequest(spec=service_step.spec)).service
+            created = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(
+                spec=service_step.spec, registry_auth=credential(service_step.spec))).service
             baselines.append(progress.baseline_of(created))
             echo(f"service {service_step.name}: created")
         elif service_step.action is Action.update:
-            baselines.append(_update(ctl, service_step, with_tasks=with_tasks))
+            assert service_step.spec is not None
+            baselines.append(_update(ctl, service_step, with_tasks=with_tasks,
+                                     credential=credential(service_step.spec)))
             echo(f"service {service_step.name}: updated")
+        elif service_step.action is Action.unchanged and service_step.current is not None \
+                and (sent := credential(service_step.current.spec)) is not None:
+            _send_credential(ctl, service_step.current, sent)
+            echo(f"service {service_step.name}: unchanged (registry credentials sent)")
         elif service_step.action is Action.unchanged:
             echo(f"service {service_step.name}: unchanged")
     for service_step in plan.services:
@@ -402,7 +415,18 @@ def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
     return baselines
 
 
-def _update(ctl: Controller, step: ServiceStep, *, with_tasks: bool) -> progress.Baseline:
+def _send_credential(ctl: Controller, service: pb.Service,
+                     credential: pb.RegistryCredential) -> None:
+    # Only the credentials change: the spec as it is now, at its version (the
+    # controller retries over status writes meanwhile).
+    latest = ctl.call(ctl.stub.GetService, cpb.GetRequest(ref=service.id)).service
+    ctl.call(ctl.stub.UpdateService, cpb.UpdateServiceRequest(
+        service_id=latest.id, version=latest.meta.version, spec=latest.spec,
+        registry_auth=credential))
+
+
+def _update(ctl: Controller, step: ServiceStep, *, with_tasks: bool,
+            credential: pb.RegistryCredential | None = None) -> progress.Baseline:
     assert step.spec is not None, "an update step carries the spec"
     assert step.current is not None, "an update step carries the current service"
     spec = step.spec
@@ -416,7 +440,8 @@ def _update(ctl: Controller, step: ServiceStep, *, with_tasks: bool) -> progress
 
     # No version: the file's spec is what is wanted whatever changed meanwhile
     # (the controller retries over concurrent writes).
-    ctl.call(ctl.stub.UpdateService, cpb.UpdateServiceRequest(service_id=current.id, spec=spec))
+    ctl.call(ctl.stub.UpdateService, cpb.UpdateServiceRequest(service_id=current.id, spec=spec,
+                                                             registry_auth=credential))
     return baseline
 
 
@@ -431,15 +456,19 @@ def _load(file: Path, stack_name: str | None) -> Stack:
 
 
 def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: bool,
-           prune: bool, detach: bool, wait_for: str) -> None:
+           prune: bool, detach: bool, wait_for: str,
+           pulling: pull.PullOptions | None = None) -> None:
     """Shared by `apply` and `stack deploy`: parse, plan, print, apply, wait."""
     timeout = progress.wait_timeout(wait_for)
     stack = _load(file, stack_name)
+    pulling = pulling or pull.PullOptions(resolve="never")
     for line in compose.iter_messages(stack):
         typer.echo(line, err=True)
     with client.open_controller(ctx) as ctl:
         services, networks = _stack_objects(ctl)
         secrets, configs = stack_payloads.stack_payloads(ctl)
+        pull.for_stack([s.spec for s in stack.services.values()],
+                       {s.spec.name: s for s in services}, pulling, _warn)
         nodes = list(ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes)
         for line in unsatisfiable_constraints(stack, nodes):
             typer.echo(line, err=True)
@@ -449,8 +478,11 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
             typer.echo("\n".join(plan_lines(plan, dry_run=True, details=True)))
             return
         echo: Callable[[str], None] = typer.echo
-        baselines = apply_plan(ctl, plan, echo, with_tasks=not detach,
-                               network_timeout=timeout)
+        options = pulling
+        baselines = apply_plan(
+            ctl, plan, echo, with_tasks=not detach, network_timeout=timeout,
+            credential=lambda spec: pull.credential_to_send(spec.task.container.image,
+                                                            options, _warn))
         for note in plan.notes:
             typer.echo(f"note: {note}")
         if baselines and not detach:
@@ -464,6 +496,10 @@ def deploy(ctx: typer.Context, file: Path, stack_name: str | None, *, dry_run: b
                            "rollout that was waited for (not with -d)")
         else:
             stack_payloads.remove_unused(ctl, stack, echo)
+
+
+def _warn(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 FileOpt = Annotated[Path, typer.Option(
@@ -497,11 +533,17 @@ def apply_command(
     stack: Annotated[str | None, typer.Option(
         "--stack", metavar="NAME", help="Stack name (default: the file's `name:`, or its "
                                         "directory's name).")] = None,
+    with_registry_auth: pull.WithRegistryAuthOpt = False,
+    registry_auth_file: pull.RegistryAuthFileOpt = None,
+    resolve_image: pull.ResolveImageOpt = "always",
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
     """Create or update a stack from a compose file, then wait for its services (unless -d)."""
-    deploy(ctx, file, stack, dry_run=dry_run, prune=prune, detach=detach, wait_for=wait_for)
+    pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,
+                                insecure=pull.connection_insecure(ctx))
+    deploy(ctx, file, stack, dry_run=dry_run, prune=prune, detach=detach, wait_for=wait_for,
+           pulling=pulling)
 
 
 @app.command("deploy", epilog=examples(
@@ -517,11 +559,17 @@ def deploy_command(
         dir_okay=False)],
     dry_run: DryRunOpt = False,
     prune: PruneOpt = False,
+    with_registry_auth: pull.WithRegistryAuthOpt = False,
+    registry_auth_file: pull.RegistryAuthFileOpt = None,
+    resolve_image: pull.ResolveImageOpt = "always",
     detach: DetachOpt = False,
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
     """Deploy a new stack or update an existing one, as `docker stack deploy` does."""
-    deploy(ctx, file, name, dry_run=dry_run, prune=prune, detach=detach, wait_for=wait_for)
+    pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,
+                                insecure=pull.connection_insecure(ctx))
+    deploy(ctx, file, name, dry_run=dry_run, prune=prune, detach=detach, wait_for=wait_for,
+           pulling=pulling)
 
 
 @dataclass

@@ -60,6 +60,7 @@ from .logbroker import LogBroker, PublishRefused
 from .mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
 from .payloads import PayloadServer, serve_task_payloads
 from .peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
+from .pullauth import PullCredentials, for_tasks
 from .store import (
     Change,
     Conflict,
@@ -163,6 +164,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         store.cache.controller_listeners.append(self._on_controllers)
         self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
         self.payloads: PayloadServer | None = None  # secrets and configs (controller/payloads.py)
+        self.pull_auth: PullCredentials | None = None  # registry credentials (pullauth.py)
 
     # ------------------------------------------------------------ leading
 
@@ -276,7 +278,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 session_id=session.session_id,
                 heartbeat_period=_duration(self.heartbeat_period()),
                 assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
-                                            networks=networks),
+                                            networks=networks,
+                                            pull_credentials=for_tasks(self.pull_auth, tasks)),
                 controllers=self._controller_set(),
             )
             while True:
@@ -303,6 +306,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
                         networks=networks,
                         removed_networks=removed_networks,
                         drained=sorted(drained),
+                        pull_credentials=for_tasks(
+                            self.pull_auth, (t for t in changed.values() if t is not None)),
                     ),
                     controllers=self._controller_set() if controllers else (),
                 )

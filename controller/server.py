@@ -51,6 +51,7 @@ from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
 from .orchestrator.disruption import DisruptionSettings
 from .orchestrator.reconciler import Orchestrator
 from .payloads import PayloadServer
+from .pullauth import PullCredentials
 from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
@@ -167,13 +168,14 @@ class Controller:
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
         self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
         self.dispatcher.logs = self.logs
-        # Secrets and configs are sealed with the data key (read when used);
+        # Secrets, configs and registry credentials are sealed with the data key (read when used);
         # an --insecure controller has none.
         pki_state = self.pki
         payload_key: DataKeySource | None = \
             None if self.config.insecure else (lambda: pki_state.data_key)
-        if payload_key is not None:
+        if payload_key is not None:  # registry credentials are sealed the same way
             self.dispatcher.payloads = PayloadServer(self.store.cache, payload_key)
+            self.dispatcher.pull_auth = PullCredentials(self.store.cache.services, payload_key)
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs,
                                   payload_key)
         control.max_staleness = self.config.max_read_staleness

@@ -15,6 +15,11 @@ def own_config_home(tmp_path_factory: pytest.TempPathFactory,
     """swarmctl reads the operator's context file (~/.config/swarmctl): tests
     must neither see a real one nor write one."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+    # Nor docker's credentials (~/.docker/config.json); and swarmctl resolves
+    # no tag unless a test asks (--resolve-image): tests reach no registry but
+    # the loopback ones they start.
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path_factory.mktemp("docker")))
+    monkeypatch.setenv("SWARMCTL_RESOLVE_IMAGE", "never")
     # Under sudo, `dev up` also writes the invoking user's context: not from tests.
     for variable in ("SUDO_USER", "SUDO_UID", "SUDO_GID"):
         monkeypatch.delenv(variable, raising=False)

@@ -16,9 +16,13 @@ complete.
 
 Pulling is `skopeo copy docker://REF oci:DIR` (no shell): skopeo picks this
 node's platform out of an image index, verifies every digest and does the
-registry's token or basic auth. Layers are then unpacked here (gzip or plain
-tar), keyed by their diff-id, which is verified while unpacking. OCI
-whiteouts become overlayfs whiteouts: `.wh.NAME` a 0/0 character device
+registry's token or basic auth. A reference with a digest (`name:tag@sha256:…`,
+as swarmctl pins images) is pulled by the digest alone. Credentials reach
+skopeo in an auth file that is a memfd (memfd_create: no path on any file
+system, gone when both processes close it), named on its command line as
+/dev/fd/N: neither the command line nor the store's logs ever hold them.
+Layers are then unpacked here (gzip or plain tar), keyed by their diff-id,
+which is verified while unpacking. OCI whiteouts become overlayfs whiteouts: `.wh.NAME` a 0/0 character device
 NAME, `.wh..wh..opq` the xattr trusted.overlay.opaque=y on its directory.
 Unpacking needs root (ownership, device nodes, trusted.* xattrs).
 """
@@ -43,6 +47,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from swarm.api.registryauth import Credential
 
 from .archive import LayerError, tree_size, unpack_layer
 from .config import Image, image_from_config
@@ -124,11 +130,13 @@ class ImageStore:
     insecure_registries: host[:port] entries (or CIDRs of registry IPs) that
     may be spoken to over plain HTTP or unverified TLS; loopback registries
     always may, as with docker. credentials: per registry host, (user,
-    password) for basic auth -- handed to skopeo in a 0600 auth file that
-    lives only during the pull, never on its command line; registries without
-    an entry are accessed anonymously (the host's own auth files are not
-    read). platform: the os/architecture whose manifest skopeo chooses out of
-    an image index. At most max_concurrent_pulls skopeo processes run at once;
+    password) for basic auth, the node's own (swarm-agent
+    --registry-auth-file) -- handed to skopeo in a memfd auth file that lives
+    only during the pull, never on its command line; ensure() may bring a
+    task's own for its registry, which win; registries without any are
+    accessed anonymously (the host's own auth files are not read).
+    platform: the os/architecture whose manifest skopeo chooses out of an
+    image index. At most max_concurrent_pulls skopeo processes run at once;
     pull_timeout bounds each. signature_policy: a containers-policy.json for
     skopeo; none means accept anything, as docker does.
     """
@@ -220,10 +228,13 @@ class ImageStore:
 
     # -------------------------------------------------------------- ensure
 
-    async def ensure(self, reference: str) -> Image:
+    async def ensure(self, reference: str, credential: Credential | None = None) -> Image:
         """The image, pulled first if it is not on this node (policy: pull
         when missing; a tag already present is not looked up again). Any number
-        of concurrent calls for one reference share one pull. Raises ImageError."""
+        of concurrent calls for one reference share one pull (with the first
+        caller's credential). credential: a task's own for the image's
+        registry (its service's, --with-registry-auth); ignored for another
+        registry. Raises ImageError."""
         ref = parse_reference(reference)
         try:
             await self._open()
@@ -237,7 +248,10 @@ class ImageStore:
             return cached
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._ensure(ref, key), name=f"image-ensure {ref}")
+            auth = None
+            if credential is not None and credential.registry == ref.registry:
+                auth = (credential.username, credential.password)
+            task = asyncio.create_task(self._ensure(ref, key, auth), name=f"image-ensure {ref}")
             self._inflight[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
         return await asyncio.shield(task)
@@ -248,12 +262,12 @@ class ImageStore:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have gone
 
-    async def _ensure(self, ref: Reference, key: str) -> Image:
+    async def _ensure(self, ref: Reference, key: str, auth: tuple[str, str] | None) -> Image:
         try:
             async with self._state_lock:
                 image = await asyncio.to_thread(self._load, key)
             if image is None:
-                image = await self._pull(ref, key)
+                image = await self._pull(ref, key, auth)
         except OSError as error:  # the node's disk: full, read-only...
             raise ImageError(f"pulling {ref} failed: {error}") from error
         self._images[key] = image
@@ -287,7 +301,7 @@ class ImageStore:
         address = registry_address(registry)
         return address is not None and any(address in net for net in self._insecure_networks)
 
-    def _skopeo_args(self, ref: Reference, layout: Path, authfile: Path) -> list[str]:
+    def _skopeo_args(self, ref: Reference, layout: Path, authfile: str) -> list[str]:
         args = [self.skopeo, "--override-os", self.platform.os,
                 "--override-arch", self.platform.architecture]
         if self.platform.variant:
@@ -298,33 +312,41 @@ class ImageStore:
             args.append("--insecure-policy")
         args += ["--tmpdir", str(self.tmp_dir),
                  "--command-timeout", f"{max(1, int(self.pull_timeout))}s",
-                 "copy", "--quiet", "--src-authfile", str(authfile)]
+                 "copy", "--quiet", "--src-authfile", authfile]
         if self._insecure(ref.registry):
             args.append("--src-tls-verify=false")
         args += [f"docker://{ref}", f"oci:{layout}"]
         return args
 
-    def _write_authfile(self, ref: Reference, path: Path) -> None:
+    def _authfile(self, ref: Reference, auth: tuple[str, str] | None) -> int:
+        """A memfd holding the auth file for this pull (always one, empty
+        without credentials: skopeo then reads no file of the host's)."""
         auths = {}
-        creds = self._credentials.get(ref.registry)
+        creds = auth or self._credentials.get(ref.registry)
         if creds is not None:
             token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
             auths[ref.registry] = {"auth": token}
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as file:
-            json.dump({"auths": auths}, file)
-
-    async def _skopeo_copy(self, ref: Reference, work: Path) -> None:
-        authfile = work / "auth.json"
-        self._write_authfile(ref, authfile)
+        fd = os.memfd_create("swarm-pull-auth", os.MFD_CLOEXEC)
         try:
+            os.write(fd, json.dumps({"auths": auths}).encode())
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    async def _skopeo_copy(self, ref: Reference, work: Path,
+                           auth: tuple[str, str] | None = None) -> None:
+        authfd = self._authfile(ref, auth)
+        try:
+            # /dev/fd/N opens the memfd afresh (offset 0) each time skopeo reads it.
             process = await asyncio.create_subprocess_exec(
-                *self._skopeo_args(ref, work / "layout", authfile),
+                *self._skopeo_args(ref, work / "layout", f"/dev/fd/{authfd}"),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE)
+                stderr=asyncio.subprocess.PIPE, pass_fds=(authfd,))
         except OSError as error:
-            authfile.unlink()
             raise ImageError(f"pulling {ref} failed: cannot run skopeo: {error}") from error
+        finally:
+            os.close(authfd)  # skopeo holds its own copy
         try:
             assert process.stderr is not None
             try:
@@ -339,8 +361,6 @@ class ImageStore:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await asyncio.shield(process.wait())
-            with contextlib.suppress(OSError):
-                authfile.unlink()
         if returncode != 0:
             text = stderr.decode(errors="replace")
             if "context deadline exceeded" in text and "pinging" not in text:
@@ -377,7 +397,7 @@ class ImageStore:
         record = _Record(str(ref), digest, config_digest, diff_ids, size)
         return _Pulled(record, config, tuple(blob(d) for d in layer_digests))
 
-    async def _pull(self, ref: Reference, key: str) -> Image:
+    async def _pull(self, ref: Reference, key: str, auth: tuple[str, str] | None) -> Image:
         async with self._pull_slots:
             work = Path(await asyncio.to_thread(
                 tempfile.mkdtemp, prefix="pull-", dir=self.tmp_dir))
@@ -387,7 +407,7 @@ class ImageStore:
             try:
                 self.pull_count += 1
                 started = time.monotonic()
-                await self._skopeo_copy(ref, work)
+                await self._skopeo_copy(ref, work, auth)
                 pulled = await asyncio.to_thread(self._read_layout, ref, work / "layout")
                 pending = tuple(_hex(d) for d in pulled.record.diff_ids)
                 self._pending_layers.update(pending)

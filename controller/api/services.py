@@ -30,6 +30,7 @@ from ..orchestrator import rebalance
 from ..store import Create, Delete, Planned, ReleaseName, ReserveName, Update
 from .base import Context, Handlers, copy, select, service_name
 from .errors import AlreadyExists, ChangedConcurrently, FailedPrecondition, InvalidArgument, NotFound
+from .registry_auth import redacted, sealed_credentials
 from .secrets import reference_guards, references_moved, resolve_payload_references
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Services(Handlers):
         normalized = normalize_service_spec(request.spec, cache.networks)
         service_id = new_id()
         exists = f"spec.name: service {normalized.name!r} already exists"
+        credentials = sealed_credentials(self._payload_key, request, service_id, normalized)
 
         def step() -> Planned[pb.Service]:
             # Resolved on every attempt: a secret or config removed meanwhile
@@ -73,6 +75,8 @@ class Services(Handlers):
             if any(s.spec.name == spec.name for s in cache.services.values()):
                 raise AlreadyExists(exists)
             service = pb.Service(id=service_id, spec=spec, spec_version=1)
+            if credentials is not None:
+                service.registry_auth.CopyFrom(credentials)
             plan = plan_endpoint(service_id, spec, pb.Endpoint(), cache.networks,
                                  self._addresses, cache.services.values(), replicas_needed(spec))
             guards = reference_guards(spec, cache)
@@ -93,12 +97,12 @@ class Services(Handlers):
         service = await self._write("create service", step,
                                     gave_up="its networks kept changing concurrently; try again")
         log.info("created service %s (%s)", service.spec.name, service.id)
-        return cpb.ServiceResponse(service=service)
+        return cpb.ServiceResponse(service=redacted(service))
 
     async def GetService(self, request: cpb.GetRequest, context: Context) -> cpb.ServiceResponse:
         self._fresh()
         service = resolve_ref(request.ref, self._store.cache.services, service_name, "service")
-        return cpb.ServiceResponse(service=service)
+        return cpb.ServiceResponse(service=redacted(service))
 
     async def ListServices(self, request: cpb.ListServicesRequest,
                            context: Context) -> cpb.ListServicesResponse:
@@ -107,7 +111,7 @@ class Services(Handlers):
         services = select(self._store.cache.services.values(), filters, lambda s: s.id,
                           service_name, lambda s: s.spec.labels, filters.labels)
         services.sort(key=lambda s: s.spec.name)
-        return cpb.ListServicesResponse(services=services)
+        return cpb.ListServicesResponse(services=[redacted(s) for s in services])
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest,
                             context: Context) -> cpb.ServiceResponse:
@@ -134,6 +138,9 @@ class Services(Handlers):
                 raise InvalidArgument(
                     "spec.mode: a service cannot change between replicated and global")
             service = updated_service(current, spec, rollback=request.rollback)
+            credentials = sealed_credentials(self._payload_key, request, current.id, spec)
+            if credentials is not None:
+                service.registry_auth.CopyFrom(credentials)
             plan = plan_endpoint(service.id, spec, current.endpoint, cache.networks,
                                  self._addresses, cache.services.values(), 0)
             return Planned([Update(service), *endpoint_ops(self._store.keys, service, plan),
@@ -144,7 +151,7 @@ class Services(Handlers):
         service = await self._write(f"update service {name!r}", step,
                                     gave_up=f"service {name!r} kept changing concurrently; "
                                             "try again")
-        return cpb.ServiceResponse(service=service)
+        return cpb.ServiceResponse(service=redacted(service))
 
     async def ScaleService(self, request: cpb.ScaleServiceRequest,
                            context: Context) -> cpb.ServiceResponse:
@@ -161,7 +168,7 @@ class Services(Handlers):
             return Planned([Update(service)], service)
 
         service = await self._write("scale", step, gave_up="service kept changing; try again")
-        return cpb.ServiceResponse(service=service)
+        return cpb.ServiceResponse(service=redacted(service))
 
     async def RemoveService(self, request: cpb.RemoveRequest,
                             context: Context) -> cpb.RemoveResponse:
@@ -201,7 +208,7 @@ class Services(Handlers):
             # second, which the event loop (leases, heartbeats) must not wait for.
             plan = await asyncio.to_thread(rebalance.plan_rebalance, service, tasks,
                                            dict(cache.nodes), list(cache.tasks.values()))
-            response = cpb.RebalanceServiceResponse(service=service)
+            response = cpb.RebalanceServiceResponse(service=redacted(service))
             response.moves.extend(
                 cpb.RebalanceMove(slot=move.slot, task_id=move.task_id,
                                   from_node=move.from_node, to_node=move.to_node,

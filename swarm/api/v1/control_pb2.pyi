@@ -86,16 +86,24 @@ class CreateServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def spec(self) -> _objects_pb2.ServiceSpec: ...
+    @_builtins.property
+    def registry_auth(self) -> _objects_pb2.RegistryCredential:
+        """Credentials for the image's registry (--with-registry-auth): sealed into
+        Service.registry_auth. Refused by an --insecure controller.
+        """
+
     def __init__(
         self,
         *,
         spec: _objects_pb2.ServiceSpec | None = ...,
+        registry_auth: _objects_pb2.RegistryCredential | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,6 +227,7 @@ class UpdateServiceRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     service_id: _builtins.str
     version: _builtins.int
     """The meta.version the caller read (0: apply whatever changed meanwhile).
@@ -229,6 +238,12 @@ class UpdateServiceRequest(_message.Message):
     """Go back to previous_spec instead of applying `spec`."""
     @_builtins.property
     def spec(self) -> _objects_pb2.ServiceSpec: ...
+    @_builtins.property
+    def registry_auth(self) -> _objects_pb2.RegistryCredential:
+        """New credentials for the image's registry (as CreateServiceRequest's);
+        unset: the service keeps those it has. They roll no task.
+        """
+
     def __init__(
         self,
         *,
@@ -236,10 +251,11 @@ class UpdateServiceRequest(_message.Message):
         version: _builtins.int = ...,
         spec: _objects_pb2.ServiceSpec | None = ...,
         rollback: _builtins.bool = ...,
+        registry_auth: _objects_pb2.RegistryCredential | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollback", b"rollback", "service_id", b"service_id", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "rollback", b"rollback", "service_id", b"service_id", "spec", b"spec", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

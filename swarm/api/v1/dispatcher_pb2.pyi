@@ -137,6 +137,7 @@ class Assignments(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     REMOVED_NETWORKS_FIELD_NUMBER: _builtins.int
     DRAINED_FIELD_NUMBER: _builtins.int
+    PULL_CREDENTIALS_FIELD_NUMBER: _builtins.int
     type: Global___Assignments.Type.ValueType
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_objects_pb2.Task]:
@@ -166,6 +167,13 @@ class Assignments(_message.Message):
         wait when this never comes).
         """
 
+    @_builtins.property
+    def pull_credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskPullCredential]:
+        """Registry credentials for tasks of this message that have yet to pull
+        their image (their service has Service.registry_auth for the image's
+        registry). In memory only on the node; handed to the puller, never logged.
+        """
+
     def __init__(
         self,
         *,
@@ -175,10 +183,11 @@ class Assignments(_message.Message):
         networks: _abc.Iterable[Global___NetworkAssignment] | None = ...,
         removed_networks: _abc.Iterable[_builtins.str] | None = ...,
         drained: _abc.Iterable[_builtins.str] | None = ...,
+        pull_credentials: _abc.Iterable[Global___TaskPullCredential] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "networks", b"networks", "removed", b"removed", "removed_networks", b"removed_networks", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drained", b"drained", "networks", b"networks", "pull_credentials", b"pull_credentials", "removed", b"removed", "removed_networks", b"removed_networks", "tasks", b"tasks", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -609,3 +618,26 @@ class TaskPayloadsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskPayloadsResponse: _TypeAlias = TaskPayloadsResponse  # noqa: Y015
+
+@_typing.final
+class TaskPullCredential(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    @_builtins.property
+    def credential(self) -> _objects_pb2.RegistryCredential: ...
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        credential: _objects_pb2.RegistryCredential | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credential", b"credential", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskPullCredential: _TypeAlias = TaskPullCredential  # noqa: Y015

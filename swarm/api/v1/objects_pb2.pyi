@@ -1225,6 +1225,7 @@ class Service(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
     WRITE_ERROR_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Incremented whenever the task template changes; tasks carry the version
@@ -1253,6 +1254,13 @@ class Service(_message.Message):
         (other services are served meanwhile); cleared once they succeed.
         """
 
+    @_builtins.property
+    def registry_auth(self) -> Global___RegistryAuth:
+        """The registry credentials sent with the service (swarmctl
+        --with-registry-auth), sealed; not part of the spec. The control API
+        answers with `registry` and `updated_at` only.
+        """
+
     def __init__(
         self,
         *,
@@ -1265,10 +1273,11 @@ class Service(_message.Message):
         endpoint: Global___Endpoint | None = ...,
         rebalance: Global___RebalanceStatus | None = ...,
         write_error: Global___WriteError | None = ...,
+        registry_auth: Global___RegistryAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2268,3 +2277,66 @@ class ConfigReference(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConfigReference: _TypeAlias = ConfigReference  # noqa: Y015
+
+@_typing.final
+class RegistryAuth(_message.Message):
+    """Registry credentials as a service keeps them in etcd: the serialized
+    RegistryCredential sealed with the cluster data key
+    (swarm.api.pki.DataKey.seal, context "registry-auth/<service id>"), given
+    only to nodes with a task of the service still to start
+    (Assignments.pull_credentials).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    SEALED_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    """host[:port] the credentials are for (docker.io for Docker Hub)"""
+    sealed: _builtins.bytes
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        sealed: _builtins.bytes = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry", b"registry", "sealed", b"sealed", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryAuth: _TypeAlias = RegistryAuth  # noqa: Y015
+
+@_typing.final
+class RegistryCredential(_message.Message):
+    """Registry credentials in plaintext: only ever in flight, over mutual TLS
+    (swarmctl -> controller, controller -> the agent that pulls).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    username: _builtins.str
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "registry", b"registry", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryCredential: _TypeAlias = RegistryCredential  # noqa: Y015
