@@ -31,11 +31,15 @@ minutes and after every container removal; images of containers (running,
 created, being removed), of pulls in progress and images asked for in the
 last 2 minutes are never removed.
 
-Published ports (agent/published.py): the agent listens on each port
-published in ingress mode on all the host's addresses and forwards each
-connection (userspace proxy, TCP and UDP) through its ingress sandbox to a
+Published ports (agent/published.py): nftables rules of the agent (table
+swarm-mesh-XXXXXXXX in its namespace, and one in its ingress sandbox) forward
+each port published in ingress mode, TCP and UDP, through the sandbox to a
 ready task of the service on any node; host-mode ports only where a task
-runs, into the task's namespace. A port in use is logged and retried.
+runs, straight to the task (which sees the client's address). The userspace
+proxy serves connections from this node to 127.0.0.1, ports with
+proxy-protocol=v2, and every port when nft is missing; a port it cannot
+listen on is logged and retried. Stopping the agent removes its table (no
+published port is served until it runs again); purge removes it too.
 
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
@@ -87,7 +91,7 @@ from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .network import OverlayManager, OverlaySettings, lb
 from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
-from .published import SANDBOX, PublishedPorts
+from .published import SANDBOX, PublishedPorts, remove_kernel_state
 from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
@@ -371,12 +375,12 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
                         gc=config.image_gc)
     overlay = OverlayManager(overlay_settings(config))
     discovery = Discovery(Forwarder(dns_upstreams(config)))
-    for tool in (lb.NSENTER, lb.NFT):
-        if shutil.which(tool) is None:
-            log.warning("%s not found: tasks on overlay networks will be rejected (service "
-                        "discovery needs nsenter and nftables; deploy/setup.sh installs them)",
-                        tool)
-    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX))
+    missing = [tool for tool in (lb.NSENTER, lb.NFT) if shutil.which(tool) is None]
+    for tool in missing:
+        log.warning("%s not found: tasks on overlay networks will be rejected (service "
+                    "discovery needs nsenter and nftables; deploy/setup.sh installs them), and "
+                    "published ports are served by the userspace proxy", tool)
+    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX), kernel=not missing)
     worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports,
                     discovery=discovery)
 
@@ -456,8 +460,10 @@ async def purge(config: AgentConfig) -> int:
     for task_id in containers:
         await runtime.shutdown(task_id, "SIGKILL", 0)
         await runtime.remove(task_id)
-    # This agent's overlay namespaces (their devices go with them) and its
-    # ingress sandbox (same prefix).
+    # The routing mesh's table (and link), this agent's overlay namespaces
+    # (their devices go with them) and its ingress sandbox (same prefix).
+    if shutil.which(lb.NFT) is not None and shutil.which(lb.NSENTER) is not None:
+        await remove_kernel_state(None, overlay_settings(config).sandbox_name(SANDBOX))
     prefix = overlay_settings(config).netns_prefix
     if NETNS_DIR.is_dir():
         for name in sorted(os.listdir(NETNS_DIR)):
