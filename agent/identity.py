@@ -16,6 +16,10 @@ Renewal (`IdentityKeeper.renew_forever`) makes a new key and asks the
 controller over the mutual-TLS port, at a random 50-80 % of the
 certificate's life. Sessions in progress keep their channel; new ones use the
 new certificate, so running tasks are never disturbed.
+
+Between joining and renewing the agent holds its identity as
+certfiles.NodeCertificate, read without cryptography: pki (which loads it,
+about 14 MiB) is imported only to join and to renew.
 """
 
 from __future__ import annotations
@@ -26,13 +30,18 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from swarm.api import channels, pki
-from swarm.api.pki import NodeIdentity
+from swarm.api import channels
+from swarm.api.certfiles import NodeCertificate, PemFiles
 from swarm.api.v1 import ca_pb2 as capb
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
+
+if TYPE_CHECKING:
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ def join_address(controller: str) -> str:
 async def fetch_ca(join_addr: str, token: pki.JoinToken, *, timeout: float = 10.0) -> bytes:
     """The controller's CA certificate (PEM), checked against the token's
     digest before it is trusted. Raises pki.CAMismatch, OSError."""
+    from swarm.api import pki
+
     offered = await asyncio.to_thread(channels.fetch_offered_chain, join_addr, timeout=timeout)
     return pki.cert_to_pem(pki.find_ca_for_token(offered, token))
 
@@ -62,6 +73,9 @@ async def request_certificate(join_addr: str, token: str, ca_pem: bytes, *,
                               role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
     """Send the token and a CSR for a new key to a controller verified against
     ca_pem; the new identity. Raises grpc.aio.AioRpcError, pki.PKIError."""
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
+
     key = pki.generate_key()
     async with channels.client_channel(join_addr, None, ca_pem=ca_pem) as channel:
         response = await cagrpc.CAJoinStub(channel).IssueNodeCertificate(
@@ -76,6 +90,8 @@ async def join(join_addrs: Sequence[str], token_text: str, *, attempts: int = 5,
                role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
     """Join through the first controller that answers. Raises JoinError for a
     refusal that retrying cannot fix (bad token, CA mismatch)."""
+    from swarm.api import pki
+
     try:
         token = pki.parse_join_token(token_text)
     except pki.InvalidJoinToken as error:
@@ -102,7 +118,10 @@ async def join(join_addrs: Sequence[str], token_text: str, *, attempts: int = 5,
     raise JoinError(f"no controller let this node join; last error: {last}")
 
 
-async def renew(controller: str, identity: NodeIdentity) -> NodeIdentity:
+async def renew(controller: str, identity: PemFiles) -> NodeIdentity:
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
+
     key = pki.generate_key()
     async with channels.client_channel(controller, identity) as channel:
         response = await cagrpc.NodeCAStub(channel).RenewNodeCertificate(
@@ -110,18 +129,19 @@ async def renew(controller: str, identity: NodeIdentity) -> NodeIdentity:
     renewed = NodeIdentity(key_pem=pki.key_to_pem(key), cert_pem=response.certificate_pem,
                            ca_pem=response.ca_pem or identity.ca_pem)
     pki.verify_issued_by(renewed.cert, pki.cert_from_pem(renewed.ca_pem))
-    if renewed.node_id != identity.node_id:
-        raise pki.PKIError(f"renewal returned node {renewed.node_id}, not {identity.node_id}")
+    before = NodeCertificate.of(identity).node_id
+    if renewed.node_id != before:
+        raise pki.PKIError(f"renewal returned node {renewed.node_id}, not {before}")
     return renewed
 
 
 class IdentityKeeper:
     """The current identity, its channels, and its renewal."""
 
-    def __init__(self, identity: NodeIdentity, controllers: Sequence[str], *,
+    def __init__(self, identity: PemFiles, controllers: Sequence[str], *,
                  directory: Path | None = None, rng: random.Random | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        self.identity = identity
+        self.identity = _light(identity)
         self._controllers = list(controllers)
         # Where to renew: the session's current controller set when followed.
         self._source: Callable[[], Sequence[str]] | None = None
@@ -154,26 +174,27 @@ class IdentityKeeper:
     def replace(self, identity: NodeIdentity) -> None:
         if self._directory is not None:
             identity.save(self._directory)
-        self.identity = identity
+        self.identity = _light(identity)
         self._retired.extend(self._channels.values())  # sessions on them carry on
         self._channels = {}
 
     async def renew_forever(self) -> None:
         failures = 0
         while True:
-            delay = pki.renewal_delay(self.identity.cert, self._clock(), self._rng)
+            delay = self.identity.renewal_delay(self._clock(), self._rng)
             if failures:
                 delay = min(delay, min(300.0, 2.0 ** failures))
             await asyncio.sleep(max(delay, self.min_delay))
             addrs = list(self._source() if self._source is not None else ()) \
                 or self._controllers
             addr = addrs[failures % len(addrs)]
+            from swarm.api import pki  # renewing: now it is needed
+
             try:
                 self.replace(await renew(addr, self.identity))
                 self.renewals += 1
                 failures = 0
-                log.info("renewed the node certificate (expires %s)",
-                         self.identity.cert.not_valid_after_utc)
+                log.info("renewed the node certificate (expires %s)", self.identity.not_after)
             except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
                 failures += 1
                 log.warning("certificate renewal through %s failed: %s", addr, error)
@@ -182,3 +203,7 @@ class IdentityKeeper:
         for channel in [*self._channels.values(), *self._retired]:
             await channel.close(None)
         self._channels, self._retired = {}, []
+
+
+def _light(identity: PemFiles) -> NodeCertificate:
+    return identity if isinstance(identity, NodeCertificate) else NodeCertificate.of(identity)

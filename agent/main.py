@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import swarm
-from swarm.api import pki
+from swarm.api.certfiles import NodeCertificate
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
@@ -334,13 +334,13 @@ def _write_node_id(path: Path, node_id: str) -> None:
     os.replace(tmp, path)
 
 
-async def load_or_join(config: AgentConfig) -> pki.NodeIdentity:
-    """The identity kept in the state dir, or a new one got with the join
-    token. Raises JoinError."""
+async def load_or_join(config: AgentConfig) -> NodeCertificate:
+    """The identity kept in the state dir (read without cryptography), or a
+    new one got with the join token. Raises JoinError."""
     if (config.certs_dir / "node.crt").exists():
         try:
-            return pki.NodeIdentity.load(config.certs_dir)
-        except (OSError, pki.PKIError) as error:
+            return NodeCertificate.load(config.certs_dir)
+        except (OSError, ValueError) as error:
             raise JoinError(f"{config.certs_dir}: {error}") from None
     if not config.join_token:
         raise JoinError("this node has not joined a cluster yet: give --join-token "
@@ -349,7 +349,7 @@ async def load_or_join(config: AgentConfig) -> pki.NodeIdentity:
                           config.join_token)
     identity.save(config.certs_dir)
     _write_node_id(config.node_id_file, identity.node_id)
-    return identity
+    return NodeCertificate.of(identity)
 
 
 async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
@@ -366,7 +366,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         keeper = IdentityKeeper(await load_or_join(config), config.controllers,
                                 directory=config.certs_dir)
         log.info("node %s (%s), certificate valid until %s", keeper.node_id,
-                 keeper.identity.role.value, keeper.identity.cert.not_valid_after_utc)
+                 keeper.identity.role.value, keeper.identity.not_after)
     node_id = _read_node_id(config.node_id_file)
     if keeper is not None and node_id != keeper.node_id:
         node_id = ""  # registering binds the certificate's ID
