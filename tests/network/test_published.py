@@ -494,3 +494,72 @@ async def test_a_connection_in_flight_outlives_its_backend_leaving_the_set() -> 
     finally:
         await carrier.close()
         server.close()
+
+
+async def test_the_userspace_proxy_caps_connections_and_closes_idle_ones() -> None:
+    """Where the proxy stays, a remote client cannot hold the agent's file
+    descriptors: past max_connections a connection is closed at once, and a
+    connection that moved nothing for idle_timeout is reset; a busy one stays."""
+    import threading
+
+    server = socket.socket()
+    server.bind((LOOPBACK, 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            held.append(connection)
+            threading.Thread(target=echo, args=(connection,), daemon=True).start()
+
+    def echo(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := connection.recv(100):
+                connection.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    backends = [Backend(SELF_NETNS, LOOPBACK, server.getsockname()[1])]
+    port = free_port()
+    carrier = proxy.PortProxy(port, lambda: backends, host=LOOPBACK, max_connections=2,
+                              idle_timeout=0.6)
+    await carrier.start()
+
+    def talk(sock: socket.socket, word: bytes) -> bytes:
+        sock.sendall(word)
+        return sock.recv(100)
+
+    def ended(sock: socket.socket) -> bool:
+        try:
+            return sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+    try:
+        idle = await asyncio.to_thread(socket.create_connection, (LOOPBACK, port), 10)
+        busy = await asyncio.to_thread(socket.create_connection, (LOOPBACK, port), 10)
+        with idle, busy:
+            for sock in (idle, busy):
+                assert await asyncio.to_thread(talk, sock, b"hi") == b"hi"
+            assert carrier.connections == 2
+            third = await asyncio.to_thread(socket.create_connection, (LOOPBACK, port), 10)
+            with third:
+                third.settimeout(5)
+                assert await asyncio.to_thread(ended, third)  # over the cap: closed at once
+            assert carrier.over_limit == 1
+            for _ in range(12):  # the busy one keeps talking, the idle one goes quiet
+                assert await asyncio.to_thread(talk, busy, b"x") == b"x"
+                await asyncio.sleep(0.1)
+            idle.settimeout(5)
+            assert await asyncio.to_thread(ended, idle)
+            assert carrier.idle_closed == 1
+            assert carrier.connections == 1
+            assert await asyncio.to_thread(talk, busy, b"still") == b"still"
+    finally:
+        await carrier.close()
+        server.close()
+        for connection in held:
+            connection.close()
