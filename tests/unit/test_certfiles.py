@@ -64,8 +64,15 @@ def test_pki_reexports_the_same_objects() -> None:
 
 def test_the_agent_imports_no_cryptography_until_it_joins_or_renews() -> None:
     """A running agent (its main module, the identity keeper, the channels)
-    loads no cryptography; joining does."""
+    loads no cryptography (joining and renewing do), and no dnspython until
+    a task needs the DNS responder."""
     code = ("import sys, swarm.agent.main, swarm.agent.identity, swarm.api.channels; "
-            "print(any(m == 'cryptography' or m.startswith('cryptography.') for m in sys.modules))")
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith("
+            "('cryptography', 'dns.rdtypes', 'dns.renderer'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", out.stderr
+    assert out.stdout.strip() == "[]", out.stderr
+    used = ("import sys, swarm.agent.network.dns as d; d.dns.message.make_query('a.b', 'A'); "
+            "print('dns.message' in sys.modules and hasattr(sys.modules['dns.message'], "
+            "'make_query'))")
+    out = subprocess.run([sys.executable, "-c", used], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True", out.stderr
