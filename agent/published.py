@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
@@ -196,7 +194,10 @@ class PublishedPorts:
                 await self._overlay.attach(self.sandbox, network,
                                            IPv4Interface(entry.node_address), ifname="eth0")
                 if self.kernel:
+                    before = self._sandbox_address
                     await asyncio.to_thread(self._link_sandbox_blocking)
+                    if self._sandbox_address != before:
+                        self._wake.set()  # the node's table points at it
                 self._attached = wanted
                 log.info("ingress sandbox %s attached as %s", self.sandbox, entry.node_address)
         self._ready = ready_addresses(peers)
@@ -318,7 +319,7 @@ class PublishedPorts:
                     mesh.ensure_link_blocking, self.netns, netns,
                     mesh.link_name(netns, mesh.HOST_PREFIX), mesh.TASK_IFNAME,
                     mesh.link_pair(netns, mesh.HOST_LINK_POOL, probe), policy=True)
-            except (OSError, NetlinkError, mesh.MeshError) as error:
+            except OSError as error:  # MeshError too
                 # The task's namespace went meanwhile: its route goes next.
                 log.warning("host-mode port: linking task namespace %s: %s", netns, error)
         targets = {}

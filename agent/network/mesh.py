@@ -50,6 +50,7 @@ nftables an accept in our table cannot overrule a drop in another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -60,6 +61,7 @@ from socket import AF_INET
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from swarm.host.netns import netlink_socket_in, run_in_netns_blocking
 
@@ -71,6 +73,8 @@ SANDBOX_TABLE = "swarm-mesh"
 NODE_TABLE_PREFIX = "swarm-mesh-"
 MESH_POOL = IPv4Network("169.254.64.0/18")
 HOST_LINK_POOL = IPv4Network("169.254.128.0/17")
+MESH_PREFIX = "smesh"  # the node's end of the mesh link: smeshXXXXXXXX
+HOST_PREFIX = "shl"  # the node's end of a task's host link: shlXXXXXXXX
 SANDBOX_IFNAME = "mesh0"
 TASK_IFNAME = "hostlink0"
 HOST_LINK_TABLE = 0x5357  # the task's routing table for replies over its host link
@@ -82,8 +86,9 @@ _PROTOCOLS = {0: "tcp", 1: "udp"}  # PortConfig.Protocol -> nft's word
 PortKey = tuple[int, int]  # (PortConfig.Protocol, published port)
 
 
-class MeshError(Exception):
-    pass
+class MeshError(OSError):
+    """A table or link of the mesh could not be made (nft's or netlink's
+    message); an OSError, as the callers' other network failures."""
 
 
 def _digest(text: str) -> int:
@@ -263,6 +268,15 @@ def ensure_link_blocking(node_netns: str | None, inner_netns: str, host_ifname: 
     inner namespace's way back through it: its default route (the sandbox),
     or only for replies from its address (`policy`: a task, whose default
     route stays on its overlay). Returns the inner address."""
+    try:
+        return _ensure_link(node_netns, inner_netns, host_ifname, inner_ifname, pair, policy)
+    except NetlinkError as error:
+        raise MeshError(f"linking {inner_netns} ({host_ifname}): {error}") from None
+
+
+def _ensure_link(node_netns: str | None, inner_netns: str, host_ifname: str,
+                 inner_ifname: str, pair: tuple[IPv4Interface, IPv4Interface],
+                 policy: bool) -> IPv4Interface:
     host_addr, inner_addr = pair
     with _ipr(node_netns) as node, _ipr(inner_netns) as inner:
         outer = _lookup(node, host_ifname)
@@ -305,15 +319,5 @@ def remove_link_blocking(node_netns: str | None, host_ifname: str) -> None:
     with _ipr(node_netns) as node:
         index = _lookup(node, host_ifname)
         if index is not None:
-            node.link("del", index=index)
-
-
-def host_link_names(node_netns: str | None) -> dict[str, int]:
-    """This node's host-side link names under HOST_PREFIX -> ifindex."""
-    with _ipr(node_netns) as node:
-        return {str(msg.get("ifname")): int(msg["index"]) for msg in node.get_links()
-                if str(msg.get("ifname") or "").startswith(HOST_PREFIX)}
-
-
-MESH_PREFIX = "smesh"
-HOST_PREFIX = "shl"
+            with contextlib.suppress(NetlinkError):  # went meanwhile
+                node.link("del", index=index)
