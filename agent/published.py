@@ -337,7 +337,9 @@ class PublishedPorts:
             await asyncio.to_thread(mesh.enable_forwarding_blocking, self.netns)
         ingress = [key for key in self._ingress_routes if self.in_kernel(key)]
         sandbox = self._sandbox_address.ip if self._sandbox_address is not None else None
-        script = mesh.node_ruleset(self.table, ingress, sandbox, await self._host_targets())
+        targets = await self._host_targets()
+        script = mesh.node_ruleset(self.table, ingress, sandbox, targets,
+                                   host_links=bool(self._host_links))
         if script != self._node_script:
             await mesh.apply(self.netns, script)
             self._node_script = script

@@ -149,10 +149,15 @@ def _replace(table: str, chains: list[str]) -> str:
 
 
 def node_ruleset(table: str, ingress: Iterable[PortKey], sandbox: IPv4Address | None,
-                 host: Mapping[PortKey, HostTarget]) -> str:
+                 host: Mapping[PortKey, HostTarget], *, host_links: bool = False) -> str:
     """The node's table: each ingress port to the sandbox (when it is linked),
     each host-mode port to this node's tasks. Deterministic text (callers
-    compare it to skip needless applies); no port: no table."""
+    compare it to skip needless applies); no port and no host link: no table.
+
+    With `host_links` (tasks have one), what comes in from a task's host
+    link is only replies of connections made to it: a task cannot use its
+    link to reach the node's own services, nor the node (which forwards) as
+    a router."""
     rules: list[str] = []
     if sandbox is not None:
         for protocol, port in sorted(ingress):
@@ -164,19 +169,29 @@ def node_ruleset(table: str, ingress: Iterable[PortKey], sandbox: IPv4Address | 
         if word is not None and target.addresses:
             rules.append(f"    {word} dport {port} dnat to "
                          f"{_choice(target.addresses, target.target_port)}")
-    if not rules:
-        return _replace(table, [])
-    return _replace(table, [
-        "  chain ports {", *rules, "  }",
-        "  chain prerouting {",
-        f"    type nat hook prerouting priority {_NAT_PRIORITY}; policy accept;",
-        "    fib daddr type local jump ports",
-        "  }",
-        "  chain output {",
-        f"    type nat hook output priority {_NAT_PRIORITY}; policy accept;",
-        "    ip daddr != 127.0.0.0/8 fib daddr type local jump ports",
-        "  }",
-    ])
+    chains: list[str] = []
+    if rules:
+        chains += [
+            "  chain ports {", *rules, "  }",
+            "  chain prerouting {",
+            f"    type nat hook prerouting priority {_NAT_PRIORITY}; policy accept;",
+            "    fib daddr type local jump ports",
+            "  }",
+            "  chain output {",
+            f"    type nat hook output priority {_NAT_PRIORITY}; policy accept;",
+            "    ip daddr != 127.0.0.0/8 fib daddr type local jump ports",
+            "  }",
+        ]
+    if host_links:
+        for name, hook in (("from-tasks-in", "input"), ("from-tasks-forward", "forward")):
+            chains += [
+                f"  chain {name} {{",
+                f"    type filter hook {hook} priority 0; policy accept;",
+                f'    iifname "{HOST_PREFIX}*" ct state established,related accept',
+                f'    iifname "{HOST_PREFIX}*" drop',
+                "  }",
+            ]
+    return _replace(table, chains)
 
 
 def sandbox_ruleset(ports: Mapping[PortKey, IngressTarget]) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from swarm.agent.network import OverlayNetwork, Peer, mesh, proxy
 from swarm.agent.network.proxy import Backend
-from swarm.agent.published import PublishedPorts, Route
+from swarm.agent.published import PublishedPorts, Route, remove_kernel_state
 from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
@@ -338,6 +338,15 @@ async def test_host_mode_port_reaches_the_task_with_the_clients_address(
         # Host-mode UDP is the userspace proxy's (PublishedPorts.in_kernel says why).
         assert await asyncio.to_thread(datagram, client, there, port, b"dgram") == \
             ("task-a", b"dgram")
+        # The task cannot use its host link to reach the node's own services.
+        (link,) = ports._host_links.values()
+        node_service = await asyncio.to_thread(socket_in, node)
+        with node_service:
+            node_service.bind(("0.0.0.0", 0))
+            node_service.listen(1)
+            with pytest.raises(TimeoutError):  # dropped, not refused
+                await asyncio.to_thread(connect, str(netns_path(task_ns)), str(link.ip - 1),
+                                        node_service.getsockname()[1], 1.0)
         blocker.close()
         for _ in range(50):  # retried by the loop
             if (pb.PortConfig.TCP, port) in ports.listening():
@@ -563,3 +572,30 @@ async def test_the_userspace_proxy_caps_connections_and_closes_idle_ones() -> No
         server.close()
         for connection in held:
             connection.close()
+
+
+async def test_purge_removes_what_a_killed_agent_left_in_the_kernel(hosts2: Hosts) -> None:
+    """An agent killed without its stop leaves its table (forwarding goes on,
+    as Docker's ingress outlives dockerd); `swarm-agent purge` runs
+    remove_kernel_state, which leaves no table and no mesh link."""
+    node = hosts2[0].netns
+    task_ns = hosts2.name("task-purged")
+    await asyncio.to_thread(ensure_netns_blocking, task_ns)
+    sandbox = hosts2.name("purged")
+    ports = PublishedPorts(None, sandbox, netns=node)
+    backend = Backend(str(netns_path(task_ns)), LOOPBACK, TARGET)
+    ports.set_host_routes({(pb.PortConfig.TCP, free_port()): Route(target_port=TARGET,
+                                                                   backends=(backend,))})
+    await ports.reconcile()
+    assert "dnat to" in await mesh.listing(node, ports.table)
+    # The mesh link as an agent with an ingress sandbox has it.
+    await asyncio.to_thread(ensure_netns_blocking, sandbox)
+    await asyncio.to_thread(mesh.ensure_link_blocking, node, str(netns_path(sandbox)),
+                            ports.mesh_link, mesh.SANDBOX_IFNAME,
+                            mesh.link_pair(sandbox, mesh.MESH_POOL), policy=False)
+    assert ports.mesh_link in await asyncio.to_thread(links, node)
+    for proxy_ in list(ports._proxies.values()):  # the process died: its sockets went
+        await proxy_.close()
+    await remove_kernel_state(node, sandbox)
+    await assert_nothing_left(ports)
+    await remove_kernel_state(node, sandbox)  # again: nothing to do, no error

@@ -48,6 +48,13 @@ def test_the_node_sends_ingress_ports_to_the_sandbox_and_host_ports_to_tasks() -
     assert "ip daddr != 127.0.0.0/8 fib daddr type local jump ports" in script
     assert script == mesh.node_ruleset("t", [(TCP, 80), (UDP, 53), (SCTP, 99)], SBX,
                                        dict(reversed(host.items())))  # deterministic
+    assert "shl*" not in script
+    # Tasks with host links: only replies come in through them.
+    guarded = mesh.node_ruleset("t", [], None, {}, host_links=True)
+    assert [line.strip() for line in guarded.splitlines() if "shl*" in line] == [
+        'iifname "shl*" ct state established,related accept', 'iifname "shl*" drop'] * 2
+    assert "type filter hook input" in guarded
+    assert "type filter hook forward" in guarded
 
 
 def test_the_sandbox_balances_over_ready_tasks_and_masquerades_on_the_overlay() -> None:
