@@ -63,6 +63,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import logging
@@ -501,6 +502,23 @@ def purge_main(argv: Sequence[str]) -> None:
     print(purge_state_dir(args.state_dir, args.cgroup_parent))
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """At most `arenas` glibc malloc arenas (default: 8 per core, one per
+    thread that allocates): the agent's worker threads (netlink, netns
+    entries, gRPC's core) each keep freed memory in an arena of their own,
+    which an idle agent does not need (about 2 MiB less with 50 tasks).
+    Before any thread starts; False where there is no glibc mallopt."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["purge"]:
@@ -511,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.geteuid() != 0:
         sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
+    limit_malloc_arenas()
     try:
         asyncio.run(run(config))
     except JoinError as error:
