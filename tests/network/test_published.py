@@ -335,9 +335,6 @@ async def test_host_mode_port_reaches_the_task_with_the_clients_address(
         line, mine = await asyncio.to_thread(who, client, there, who_port)
         assert mine[0] == str(hosts2[1].ip)
         assert line == f"peer {mine[0]}:{mine[1]}", line
-        # Host-mode UDP is the userspace proxy's (PublishedPorts.in_kernel says why).
-        assert await asyncio.to_thread(datagram, client, there, port, b"dgram") == \
-            ("task-a", b"dgram")
         # The task cannot use its host link to reach the node's own services.
         (link,) = ports._host_links.values()
         node_service = await asyncio.to_thread(socket_in, node)
@@ -347,6 +344,9 @@ async def test_host_mode_port_reaches_the_task_with_the_clients_address(
             with pytest.raises(TimeoutError):  # dropped, not refused
                 await asyncio.to_thread(connect, str(netns_path(task_ns)), str(link.ip - 1),
                                         node_service.getsockname()[1], 1.0)
+        # Host-mode UDP is the userspace proxy's (PublishedPorts.in_kernel says why).
+        assert await asyncio.to_thread(datagram, client, there, port, b"dgram") == \
+            ("task-a", b"dgram")
         blocker.close()
         for _ in range(50):  # retried by the loop
             if (pb.PortConfig.TCP, port) in ports.listening():
@@ -359,7 +359,9 @@ async def test_host_mode_port_reaches_the_task_with_the_clients_address(
         assert await asyncio.to_thread(datagram, node, LOOPBACK, port, b"dgram") == \
             ("task-a", b"dgram")
         udp = ports._proxies[(pb.PortConfig.UDP, port)]
-        assert udp.connections == 2  # one flow per client address (remote, loopback)
+        # A flow per client address: the loopback one's (the remote one's may
+        # have idled out already).
+        assert udp.connections in (1, 2)
         for _ in range(30):
             if not udp.connections:
                 break
