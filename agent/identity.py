@@ -18,16 +18,23 @@ certificate's life. Sessions in progress keep their channel; new ones use the
 new certificate, so running tasks are never disturbed.
 
 Between joining and renewing the agent holds its identity as
-certfiles.NodeCertificate, read without cryptography: pki (which loads it,
-about 14 MiB) is imported only to join and to renew.
+certfiles.NodeCertificate, read without cryptography. pki (which loads it,
+about 10 MiB of a process) is needed only to join and to renew; an agent
+with a state dir does both in a short-lived child process (`python -m
+swarm.agent.identity join|renew`, the token on its stdin) that writes the
+certs dir, so the long-lived agent never loads it. Without a directory (the
+simulated agents of tests and benchmarks) both run in-process.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,12 +53,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
+CHILD_RENEW_TIMEOUT = 60.0
+_JOIN_REFUSED = 2  # the child's exit status for a JoinError
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
           grpc.StatusCode.PERMISSION_DENIED)
 
 
 class JoinError(Exception):
     """The node cannot join: the token or the controller's CA is wrong."""
+
+
+class RenewError(OSError):
+    """A renewal in the child process failed (its message)."""
 
 
 def join_address(controller: str) -> str:
@@ -174,7 +187,10 @@ class IdentityKeeper:
     def replace(self, identity: NodeIdentity) -> None:
         if self._directory is not None:
             identity.save(self._directory)
-        self.identity = _light(identity)
+        self._swap(_light(identity))
+
+    def _swap(self, identity: NodeCertificate) -> None:
+        self.identity = identity
         self._retired.extend(self._channels.values())  # sessions on them carry on
         self._channels = {}
 
@@ -188,14 +204,15 @@ class IdentityKeeper:
             addrs = list(self._source() if self._source is not None else ()) \
                 or self._controllers
             addr = addrs[failures % len(addrs)]
-            from swarm.api import pki  # renewing: now it is needed
-
             try:
-                self.replace(await renew(addr, self.identity))
+                if self._directory is not None:
+                    self._swap(await renew_in_child(addr, self._directory))
+                else:
+                    self.replace(await _renew_here(addr, self.identity))
                 self.renewals += 1
                 failures = 0
                 log.info("renewed the node certificate (expires %s)", self.identity.not_after)
-            except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
+            except (grpc.aio.AioRpcError, OSError) as error:  # RenewError too
                 failures += 1
                 log.warning("certificate renewal through %s failed: %s", addr, error)
 
@@ -207,3 +224,90 @@ class IdentityKeeper:
 
 def _light(identity: PemFiles) -> NodeCertificate:
     return identity if isinstance(identity, NodeCertificate) else NodeCertificate.of(identity)
+
+
+async def _renew_here(controller: str, identity: PemFiles) -> NodeIdentity:
+    """renew() in this process, its refusals as RenewError."""
+    from swarm.api import pki
+
+    try:
+        return await renew(controller, identity)
+    except pki.PKIError as error:
+        raise RenewError(str(error)) from None
+
+
+# ---------------------------------------------------------------- in a child process
+
+
+async def _child(args: Sequence[str], stdin: bytes, timeout: float | None
+                 ) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarm.agent.identity", *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    lines = err.decode(errors="replace").strip().splitlines()
+    return process.returncode or 0, lines[-1] if lines else ""
+
+
+async def join_in_child(join_addrs: Sequence[str], token: str, directory: Path
+                        ) -> NodeCertificate:
+    """join(), in a child process that saves the identity into `directory`
+    (the token goes over its stdin, never its command line). Raises
+    JoinError."""
+    code, message = await _child(
+        ["join", "--certs-dir", str(directory), *(f"--join-addr={a}" for a in join_addrs)],
+        token.encode(), None)
+    if code == _JOIN_REFUSED:
+        raise JoinError(message)
+    if code:
+        raise JoinError(f"joining failed (exit {code}): {message}")
+    return NodeCertificate.load(directory)
+
+
+async def renew_in_child(controller: str, directory: Path,
+                         timeout: float = CHILD_RENEW_TIMEOUT) -> NodeCertificate:
+    """renew() through `controller`, in a child process that reads and
+    rewrites `directory`. Raises RenewError, TimeoutError."""
+    code, message = await _child(["renew", "--certs-dir", str(directory),
+                                  f"--controller={controller}"], b"", timeout)
+    if code:
+        raise RenewError(message or f"exit {code}")
+    return NodeCertificate.load(directory)
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    from swarm.api import pki
+
+    parser = argparse.ArgumentParser(prog="python -m swarm.agent.identity")
+    parser.add_argument("action", choices=("join", "renew"))
+    parser.add_argument("--certs-dir", type=Path, required=True)
+    parser.add_argument("--join-addr", action="append", default=[])
+    parser.add_argument("--controller", default="")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "join":
+            identity = asyncio.run(join(args.join_addr, sys.stdin.read().strip()))
+        else:
+            identity = asyncio.run(renew(args.controller,
+                                         pki.NodeIdentity.load(args.certs_dir)))
+        identity.save(args.certs_dir)
+    except JoinError as error:
+        print(error, file=sys.stderr)
+        return _JOIN_REFUSED
+    except grpc.aio.AioRpcError as error:
+        print(f"{args.controller}: {error.code().name} {error.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, pki.PKIError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -87,7 +87,7 @@ from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
 from .conditions import ConditionSettings, conditions_of
 from .discovery import Discovery
-from .identity import IdentityKeeper, JoinError, join, join_address
+from .identity import IdentityKeeper, JoinError, join_address, join_in_child
 from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .network import OverlayManager, OverlaySettings, lb
@@ -346,11 +346,11 @@ async def load_or_join(config: AgentConfig) -> NodeCertificate:
     if not config.join_token:
         raise JoinError("this node has not joined a cluster yet: give --join-token "
                         "(swarmctl cluster join-token worker), or --insecure for development")
-    identity = await join(config.join_addrs or [join_address(c) for c in config.controllers],
-                          config.join_token)
-    identity.save(config.certs_dir)
+    identity = await join_in_child(
+        config.join_addrs or [join_address(c) for c in config.controllers], config.join_token,
+        config.certs_dir)
     _write_node_id(config.node_id_file, identity.node_id)
-    return NodeCertificate.of(identity)
+    return identity
 
 
 async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
