@@ -60,9 +60,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from swarm.host.netlinklib import IPRoute, NetlinkError
 from swarm.host.netns import netlink_socket_in, run_in_netns_blocking
 
 from . import lb

@@ -53,10 +53,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
-
+from swarm.host.netlinklib import IPRoute, NetlinkError, ndmsg
 from swarm.host.netns import (
     NETNS_DIR,
     ensure_netns_blocking,
