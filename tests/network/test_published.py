@@ -556,10 +556,9 @@ async def test_the_userspace_proxy_caps_connections_and_closes_idle_ones() -> No
             for sock in (idle, busy):
                 assert await asyncio.to_thread(talk, sock, b"hi") == b"hi"
             assert carrier.connections == 2
-            third = await asyncio.to_thread(socket.create_connection, (LOOPBACK, port), 10)
-            with third:
-                third.settimeout(5)
-                assert await asyncio.to_thread(ended, third)  # over the cap: closed at once
+            # Over the cap: closed at once (seen as EOF, a reset, or EPIPE from
+            # connect() on a loaded machine).
+            assert await asyncio.to_thread(answer_or_nothing, port) == b""
             assert carrier.over_limit == 1
             for _ in range(12):  # the busy one keeps talking, the idle one goes quiet
                 assert await asyncio.to_thread(talk, busy, b"x") == b"x"
