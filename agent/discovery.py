@@ -35,9 +35,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pyroute2.netlink.exceptions import NetlinkError
-
 from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.host.netlinklib import NetlinkError
 
 from .network import lb
 from .network.directory import Resolution, ServiceDirectory, records_from_assignment

@@ -16,33 +16,55 @@ Renewal (`IdentityKeeper.renew_forever`) makes a new key and asks the
 controller over the mutual-TLS port, at a random 50-80 % of the
 certificate's life. Sessions in progress keep their channel; new ones use the
 new certificate, so running tasks are never disturbed.
+
+Between joining and renewing the agent holds its identity as
+certfiles.NodeCertificate, read without cryptography. pki (which loads it,
+about 10 MiB of a process) is needed only to join and to renew; an agent
+with a state dir does both in a short-lived child process (`python -m
+swarm.agent.identity join|renew`, the token on its stdin) that writes the
+certs dir, so the long-lived agent never loads it. Without a directory (the
+simulated agents of tests and benchmarks) both run in-process.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import random
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
-from swarm.api import channels, pki
-from swarm.api.pki import NodeIdentity
+from swarm.api import channels
+from swarm.api.certfiles import NodeCertificate, PemFiles
 from swarm.api.v1 import ca_pb2 as capb
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
+
+if TYPE_CHECKING:
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
 
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
+CHILD_RENEW_TIMEOUT = 60.0
+_JOIN_REFUSED = 2  # the child's exit status for a JoinError
 _FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT,
           grpc.StatusCode.PERMISSION_DENIED)
 
 
 class JoinError(Exception):
     """The node cannot join: the token or the controller's CA is wrong."""
+
+
+class RenewError(OSError):
+    """A renewal in the child process failed (its message)."""
 
 
 def join_address(controller: str) -> str:
@@ -54,6 +76,8 @@ def join_address(controller: str) -> str:
 async def fetch_ca(join_addr: str, token: pki.JoinToken, *, timeout: float = 10.0) -> bytes:
     """The controller's CA certificate (PEM), checked against the token's
     digest before it is trusted. Raises pki.CAMismatch, OSError."""
+    from swarm.api import pki
+
     offered = await asyncio.to_thread(channels.fetch_offered_chain, join_addr, timeout=timeout)
     return pki.cert_to_pem(pki.find_ca_for_token(offered, token))
 
@@ -62,6 +86,9 @@ async def request_certificate(join_addr: str, token: str, ca_pem: bytes, *,
                               role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
     """Send the token and a CSR for a new key to a controller verified against
     ca_pem; the new identity. Raises grpc.aio.AioRpcError, pki.PKIError."""
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
+
     key = pki.generate_key()
     async with channels.client_channel(join_addr, None, ca_pem=ca_pem) as channel:
         response = await cagrpc.CAJoinStub(channel).IssueNodeCertificate(
@@ -76,6 +103,8 @@ async def join(join_addrs: Sequence[str], token_text: str, *, attempts: int = 5,
                role: int = capb.JOIN_ROLE_UNSPECIFIED) -> NodeIdentity:
     """Join through the first controller that answers. Raises JoinError for a
     refusal that retrying cannot fix (bad token, CA mismatch)."""
+    from swarm.api import pki
+
     try:
         token = pki.parse_join_token(token_text)
     except pki.InvalidJoinToken as error:
@@ -102,7 +131,10 @@ async def join(join_addrs: Sequence[str], token_text: str, *, attempts: int = 5,
     raise JoinError(f"no controller let this node join; last error: {last}")
 
 
-async def renew(controller: str, identity: NodeIdentity) -> NodeIdentity:
+async def renew(controller: str, identity: PemFiles) -> NodeIdentity:
+    from swarm.api import pki
+    from swarm.api.pki import NodeIdentity
+
     key = pki.generate_key()
     async with channels.client_channel(controller, identity) as channel:
         response = await cagrpc.NodeCAStub(channel).RenewNodeCertificate(
@@ -110,18 +142,19 @@ async def renew(controller: str, identity: NodeIdentity) -> NodeIdentity:
     renewed = NodeIdentity(key_pem=pki.key_to_pem(key), cert_pem=response.certificate_pem,
                            ca_pem=response.ca_pem or identity.ca_pem)
     pki.verify_issued_by(renewed.cert, pki.cert_from_pem(renewed.ca_pem))
-    if renewed.node_id != identity.node_id:
-        raise pki.PKIError(f"renewal returned node {renewed.node_id}, not {identity.node_id}")
+    before = NodeCertificate.of(identity).node_id
+    if renewed.node_id != before:
+        raise pki.PKIError(f"renewal returned node {renewed.node_id}, not {before}")
     return renewed
 
 
 class IdentityKeeper:
     """The current identity, its channels, and its renewal."""
 
-    def __init__(self, identity: NodeIdentity, controllers: Sequence[str], *,
+    def __init__(self, identity: PemFiles, controllers: Sequence[str], *,
                  directory: Path | None = None, rng: random.Random | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
-        self.identity = identity
+        self.identity = _light(identity)
         self._controllers = list(controllers)
         # Where to renew: the session's current controller set when followed.
         self._source: Callable[[], Sequence[str]] | None = None
@@ -154,6 +187,9 @@ class IdentityKeeper:
     def replace(self, identity: NodeIdentity) -> None:
         if self._directory is not None:
             identity.save(self._directory)
+        self._swap(_light(identity))
+
+    def _swap(self, identity: NodeCertificate) -> None:
         self.identity = identity
         self._retired.extend(self._channels.values())  # sessions on them carry on
         self._channels = {}
@@ -161,7 +197,7 @@ class IdentityKeeper:
     async def renew_forever(self) -> None:
         failures = 0
         while True:
-            delay = pki.renewal_delay(self.identity.cert, self._clock(), self._rng)
+            delay = self.identity.renewal_delay(self._clock(), self._rng)
             if failures:
                 delay = min(delay, min(300.0, 2.0 ** failures))
             await asyncio.sleep(max(delay, self.min_delay))
@@ -169,12 +205,14 @@ class IdentityKeeper:
                 or self._controllers
             addr = addrs[failures % len(addrs)]
             try:
-                self.replace(await renew(addr, self.identity))
+                if self._directory is not None:
+                    self._swap(await renew_in_child(addr, self._directory))
+                else:
+                    self.replace(await _renew_here(addr, self.identity))
                 self.renewals += 1
                 failures = 0
-                log.info("renewed the node certificate (expires %s)",
-                         self.identity.cert.not_valid_after_utc)
-            except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
+                log.info("renewed the node certificate (expires %s)", self.identity.not_after)
+            except (grpc.aio.AioRpcError, OSError) as error:  # RenewError too
                 failures += 1
                 log.warning("certificate renewal through %s failed: %s", addr, error)
 
@@ -182,3 +220,94 @@ class IdentityKeeper:
         for channel in [*self._channels.values(), *self._retired]:
             await channel.close(None)
         self._channels, self._retired = {}, []
+
+
+def _light(identity: PemFiles) -> NodeCertificate:
+    return identity if isinstance(identity, NodeCertificate) else NodeCertificate.of(identity)
+
+
+async def _renew_here(controller: str, identity: PemFiles) -> NodeIdentity:
+    """renew() in this process, its refusals as RenewError."""
+    from swarm.api import pki
+
+    try:
+        return await renew(controller, identity)
+    except pki.PKIError as error:
+        raise RenewError(str(error)) from None
+
+
+# ---------------------------------------------------------------- in a child process
+
+
+async def _child(args: Sequence[str], stdin: bytes, timeout: float | None
+                 ) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "swarm.agent.identity", *args, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(stdin), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    lines = err.decode(errors="replace").strip().splitlines()
+    return process.returncode or 0, lines[-1] if lines else ""
+
+
+async def join_in_child(join_addrs: Sequence[str], token: str, directory: Path
+                        ) -> NodeCertificate:
+    """join(), in a child process that saves the identity into `directory`
+    (the token goes over its stdin, never its command line). Raises
+    JoinError."""
+    code, message = await _child(
+        ["join", "--certs-dir", str(directory), *(f"--join-addr={a}" for a in join_addrs)],
+        token.encode(), None)
+    if code == _JOIN_REFUSED:
+        raise JoinError(message)
+    if code:
+        raise JoinError(f"joining failed (exit {code}): {message}")
+    return NodeCertificate.load(directory)
+
+
+async def renew_in_child(controller: str, directory: Path,
+                         timeout: float = CHILD_RENEW_TIMEOUT) -> NodeCertificate:
+    """renew() through `controller`, in a child process that reads and
+    rewrites `directory`. Raises RenewError, TimeoutError."""
+    code, message = await _child(["renew", "--certs-dir", str(directory),
+                                  f"--controller={controller}"], b"", timeout)
+    if code:
+        raise RenewError(message or f"exit {code}")
+    return NodeCertificate.load(directory)
+
+
+def _child_main(argv: Sequence[str]) -> int:
+    from swarm.api import pki
+
+    parser = argparse.ArgumentParser(prog="python -m swarm.agent.identity")
+    parser.add_argument("action", choices=("join", "renew"))
+    parser.add_argument("--certs-dir", type=Path, required=True)
+    parser.add_argument("--join-addr", action="append", default=[])
+    parser.add_argument("--controller", default="")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "join":
+            identity = asyncio.run(join(args.join_addr, sys.stdin.read().strip()))
+        else:
+            identity = asyncio.run(renew(args.controller,
+                                         pki.NodeIdentity.load(args.certs_dir)))
+        identity.save(args.certs_dir)
+    except JoinError as error:
+        print(error, file=sys.stderr)
+        return _JOIN_REFUSED
+    except grpc.aio.AioRpcError as error:
+        print(f"{args.controller}: {error.code().name} {error.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, pki.PKIError) as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -1,24 +1,38 @@
 """Published ports on this node: the routing mesh (ingress mode) and
-host-mode ports, served by the userspace proxy (agent.network.proxy).
+host-mode ports, forwarded in the kernel (agent.network.mesh: nftables DNAT)
+where it can, by the userspace proxy (agent.network.proxy) where it cannot.
 
 Ingress mode, on every node the ingress network is assigned to (all of them):
 the agent keeps a sandbox namespace (`<overlay prefix>ingress+sbox`, purged
 with the overlay namespaces) attached to the ingress overlay with the node's
-own ingress address (NetworkAssignment.node_address), listens on each
-published port in its own namespace on all addresses, and carries each
-connection to a random READY task of the service: the upstream socket is made
-in the sandbox and connects to the task's ingress address and target port, so
-the task replies over the overlay to this node's ingress address.
+own ingress address (NetworkAssignment.node_address) and linked to the
+node's namespace (mesh.py's mesh link). The node's nft table sends each
+published port to the sandbox, whose table sends each connection to a
+random READY task of the service over the overlay, masqueraded to this
+node's ingress address so the task replies over the overlay. The sandbox's
+set of backends is replaced in one transaction whenever readiness changes,
+and before set_ingress returns: once the worker confirms a drain, no node
+sends a drained task new connections.
 
-Host mode, only where a task of the service runs: the same listener, the
-upstream socket made in the TASK's namespace, connecting to the task's
-address there (127.0.0.1 when it has no network) on the target port.
+Host mode, only where a task of the service runs: the node's table sends
+a TCP port to the task's own host link (no source NAT: the task sees the
+client's address); a UDP port is proxied (see in_kernel).
 
-TCP and UDP are proxied (UDP as flows per client address, see
-agent.network.proxy); an SCTP port is reported as not served (failures), not
-silently ignored. A port that cannot be had (something else listens there)
-is logged, kept in `failures` with the reason, and retried every
-`retry_interval`; the agent goes on.
+The userspace proxy stays where the kernel path cannot serve:
+* every kernel-served port also gets a listener on the node's loopback
+  (`loopback`), for connections from the node itself to 127.0.0.1 (a DNAT
+  away from loopback would need route_localnet; see mesh.py); it carries
+  them through the sandbox (ingress) or into the task's namespace (host);
+* an ingress TCP port with proxy-protocol v2 is served by the proxy alone,
+  on all addresses (`host`): it starts each connection with a PROXY header;
+* host-mode UDP ports (in_kernel says why), on all addresses;
+* without nft (kernel=False), every port, on all addresses.
+Those listeners cap their connections and close idle ones (proxy.py).
+
+TCP and UDP are published; an SCTP port is reported as not served
+(failures), not silently ignored. A listener that cannot be had (something
+else listens there) or a table that cannot be applied is logged, kept in
+`failures` with the reason, and retried every `retry_interval`.
 """
 
 from __future__ import annotations
@@ -30,13 +44,14 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Protocol
 
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import ensure_netns_blocking, netns_path, remove_netns_blocking
 
+from .network import lb, mesh
 from .network.model import OverlayNetwork
 from .network.proxy import Backend, PortProxy, UdpPortProxy
 
@@ -60,6 +75,7 @@ class Route:
     service_id: str = ""
     target_port: int = 0
     backends: tuple[Backend, ...] = ()
+    proxy_protocol: bool = False  # PROXY v2 header first: the userspace proxy only
 
 
 def ingress_routes(records: Iterable[dpb.ServiceRecord]) -> dict[PortKey, Route]:
@@ -67,7 +83,9 @@ def ingress_routes(records: Iterable[dpb.ServiceRecord]) -> dict[PortKey, Route]
     for record in records:
         for port in record.ports:
             if port.publish_mode == pb.PortConfig.INGRESS and port.published_port:
-                routes[(port.protocol, port.published_port)] = Route(record.id, port.target_port)
+                routes[(port.protocol, port.published_port)] = Route(
+                    record.id, port.target_port,
+                    proxy_protocol=port.proxy_protocol == pb.PortConfig.PROXY_V2)
     return routes
 
 
@@ -106,7 +124,8 @@ def host_routes(tasks: Iterable[tuple[pb.Task, int]],
             if port.publish_mode == pb.PortConfig.HOST and port.published_port:
                 found.setdefault((port.protocol, port.published_port), []).append(
                     Backend(netns_of(task.id), address, port.target_port))
-    return {key: Route(backends=tuple(backends)) for key, backends in found.items()}
+    return {key: Route(target_port=backends[0].port, backends=tuple(backends))
+            for key, backends in found.items()}
 
 
 class Attacher(Protocol):
@@ -118,34 +137,52 @@ class Attacher(Protocol):
 
 
 class PublishedPorts:
-    """This node's published-port listeners, reconciled by `run` (a
-    supervised loop) with what the worker last said: the ingress entry
-    (set_ingress) and the host-mode ports of its running tasks
-    (set_host_routes)."""
+    """This node's published ports, reconciled by `run` (a supervised loop)
+    with what the worker last said: the ingress entry (set_ingress) and the
+    host-mode ports of its running tasks (set_host_routes).
+
+    `netns` is the node's namespace (None: this process's), where the
+    node's table, the links and the listeners are; `kernel` says whether
+    nft forwards (False: the userspace proxy serves every port on `host`)."""
 
     def __init__(self, overlay: Attacher | None, sandbox_name: str, *, host: str = "0.0.0.0",
+                 loopback: str = "127.0.0.1", netns: str | None = None, kernel: bool = True,
                  retry_interval: float = 5.0) -> None:
         self._overlay = overlay
         self.sandbox = sandbox_name
+        self.netns = netns
+        self.kernel = kernel
+        self.table = mesh.node_table(sandbox_name)
+        self.mesh_link = mesh.link_name(sandbox_name, mesh.MESH_PREFIX)
         self._host = host
+        self._loopback = loopback
         self._retry_interval = retry_interval
         self._ingress_id = ""
         self._attached: tuple[str, str] | None = None  # (network id, address) of the sandbox
+        self._sandbox_address: IPv4Interface | None = None  # its end of the mesh link
         self._ready: dict[str, list[str]] = {}  # service -> ready task addresses
         self._ingress_routes: dict[PortKey, Route] = {}
         self._host_routes: dict[PortKey, Route] = {}
+        self._host_links: dict[str, IPv4Interface] = {}  # task netns -> its host link address
         self._proxies: dict[PortKey, PortProxy | UdpPortProxy] = {}
+        self._proxy_kinds: dict[PortKey, tuple[str, bool]] = {}  # (address, proxy protocol)
+        self._node_script = ""  # what the node's table was last made of
+        self._sandbox_script = ""
+        self._sandbox_backends: dict[PortKey, mesh.IngressTarget] = {}
         self.failures: dict[PortKey, str] = {}
+        self._table_failure = ""
         self._wake = asyncio.Event()
         self._reconciling = asyncio.Lock()
+        self._sandbox_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ from the worker
 
     async def set_ingress(self, entry: dpb.NetworkAssignment, peers: Sequence[dpb.OverlayPeer]
                           ) -> None:
         """The ingress network's entry (node address, published services) and
-        its whole peer set. Attaches the sandbox first: a listener whose
-        upstream cannot leave the sandbox would only refuse connections."""
+        its whole peer set. Attaches and links the sandbox first: a port sent
+        to a sandbox that cannot reach the tasks would only refuse
+        connections. Returns once the sandbox's backends are in force."""
         network = OverlayNetwork.from_proto(entry.network)
         self._ingress_id = network.network_id
         if self._overlay is not None and entry.node_address:
@@ -156,6 +193,11 @@ class PublishedPorts:
                 await asyncio.to_thread(ensure_netns_blocking, self.sandbox)
                 await self._overlay.attach(self.sandbox, network,
                                            IPv4Interface(entry.node_address), ifname="eth0")
+                if self.kernel:
+                    before = self._sandbox_address
+                    await asyncio.to_thread(self._link_sandbox_blocking)
+                    if self._sandbox_address != before:
+                        self._wake.set()  # the node's table points at it
                 self._attached = wanted
                 log.info("ingress sandbox %s attached as %s", self.sandbox, entry.node_address)
         self._ready = ready_addresses(peers)
@@ -163,6 +205,16 @@ class PublishedPorts:
         if routes != self._ingress_routes:
             self._ingress_routes = routes
             self._wake.set()
+        if self.kernel and self._attached:
+            await self._apply_sandbox()
+
+    def _link_sandbox_blocking(self) -> None:
+        sandbox = str(netns_path(self.sandbox))
+        mesh.enable_forwarding_blocking(self.netns)
+        mesh.enable_forwarding_blocking(sandbox)
+        self._sandbox_address = mesh.ensure_link_blocking(
+            self.netns, sandbox, self.mesh_link, mesh.SANDBOX_IFNAME,
+            mesh.link_pair(self.sandbox, mesh.MESH_POOL), policy=False)
 
     async def ingress_removed(self, network_id: str) -> None:
         """The ingress network is gone from this node: no more routing mesh."""
@@ -172,7 +224,11 @@ class PublishedPorts:
         self._ready = {}
         self._ingress_routes = {}
         self._attached = None
-        await asyncio.to_thread(remove_netns_blocking, self.sandbox)
+        self._sandbox_address = None
+        async with self._sandbox_lock:
+            self._sandbox_script = ""
+            self._sandbox_backends = {}
+        await asyncio.to_thread(remove_netns_blocking, self.sandbox)  # the link goes with it
         self._wake.set()
 
     def set_host_routes(self, routes: dict[PortKey, Route]) -> None:
@@ -180,10 +236,21 @@ class PublishedPorts:
             self._host_routes = routes
             self._wake.set()
 
-    # ------------------------------------------------------------ listeners
+    # ------------------------------------------------------------ what is wanted
 
     def wanted(self) -> dict[PortKey, Route]:
         return {**self._host_routes, **self._ingress_routes}
+
+    def in_kernel(self, key: PortKey) -> bool:
+        """Whether the kernel forwards the port (from anywhere but loopback):
+        ingress TCP and UDP without a PROXY header, host-mode TCP. Not
+        host-mode UDP: a task's UDP server bound to 0.0.0.0 answers from the
+        address its routes choose (its overlay, or none), not the host
+        link's, so the reply would miss the DNAT's conntrack entry."""
+        route = self.wanted().get(key)
+        if not self.kernel or route is None or route.proxy_protocol or key[0] not in _PROXIES:
+            return False
+        return not route.backends or key[0] == pb.PortConfig.TCP
 
     def listening(self) -> list[PortKey]:
         return sorted(self._proxies)
@@ -197,16 +264,114 @@ class PublishedPorts:
         return ingress_backends(self._ready, route.service_id, route.target_port,
                                 str(netns_path(self.sandbox)))
 
+    def _sandbox_targets(self) -> dict[PortKey, mesh.IngressTarget]:
+        targets = {}
+        for key, route in self._ingress_routes.items():
+            if self.in_kernel(key):
+                targets[key] = mesh.IngressTarget(route.target_port, tuple(sorted(
+                    IPv4Address(a) for a in self._ready.get(route.service_id, ()))))
+        return targets
+
+    # ------------------------------------------------------------ the kernel's tables
+
+    async def _apply_sandbox(self) -> None:
+        """The sandbox's table from the ingress ports and ready tasks, in one
+        transaction; the UDP flows of backends that left are forgotten."""
+        async with self._sandbox_lock:
+            if self._sandbox_address is None:
+                return
+            targets = self._sandbox_targets()
+            script = mesh.sandbox_ruleset(targets)
+            if script == self._sandbox_script:
+                return
+            sandbox = str(netns_path(self.sandbox))
+            try:
+                await mesh.apply(sandbox, script)
+            except mesh.MeshError as error:
+                log.error("routing mesh: the sandbox's table: %s", error)
+                self._table_failure = str(error)
+                self._wake.set()  # the loop retries
+                return
+            gone: set[IPv4Address] = set()
+            for key, before in self._sandbox_backends.items():
+                if key[0] == pb.PortConfig.UDP:
+                    after = targets.get(key)
+                    gone |= set(before.backends) - set(after.backends if after else ())
+            self._sandbox_script, self._sandbox_backends = script, targets
+            if gone:
+                with contextlib.suppress(OSError):
+                    await lb.flush_udp(sandbox, {self._sandbox_address.ip: gone})
+
+    async def _host_targets(self) -> dict[PortKey, mesh.HostTarget]:
+        """Each kernel-served host-mode port's tasks, by their host links
+        (made when missing)."""
+        wanted = {b.netns for key, route in self._host_routes.items() if self.in_kernel(key)
+                  for b in route.backends}
+        for netns in [n for n in self._host_links if n not in wanted]:
+            del self._host_links[netns]  # the pair goes with the task's namespace
+        for netns in sorted(wanted - set(self._host_links)):
+            taken = {link.ip for link in self._host_links.values()}
+            probe = 0
+            while mesh.link_pair(netns, mesh.HOST_LINK_POOL, probe)[1].ip in taken:
+                probe += 1
+            try:
+                self._host_links[netns] = await asyncio.to_thread(
+                    mesh.ensure_link_blocking, self.netns, netns,
+                    mesh.link_name(netns, mesh.HOST_PREFIX), mesh.TASK_IFNAME,
+                    mesh.link_pair(netns, mesh.HOST_LINK_POOL, probe), policy=True)
+            except OSError as error:  # MeshError too
+                # The task's namespace went meanwhile: its route goes next.
+                log.warning("host-mode port: linking task namespace %s: %s", netns, error)
+        targets = {}
+        for key, route in self._host_routes.items():
+            if self.in_kernel(key):
+                addresses = tuple(self._host_links[b.netns].ip for b in route.backends
+                                  if b.netns in self._host_links)
+                targets[key] = mesh.HostTarget(addresses, route.target_port)
+        return targets
+
+    async def _apply_node(self) -> None:
+        if not self.kernel:
+            return
+        if self._host_routes:
+            await asyncio.to_thread(mesh.enable_forwarding_blocking, self.netns)
+        ingress = [key for key in self._ingress_routes if self.in_kernel(key)]
+        sandbox = self._sandbox_address.ip if self._sandbox_address is not None else None
+        targets = await self._host_targets()
+        script = mesh.node_ruleset(self.table, ingress, sandbox, targets,
+                                   host_links=bool(self._host_links))
+        if script != self._node_script:
+            await mesh.apply(self.netns, script)
+            self._node_script = script
+
+    # ------------------------------------------------------------ reconciling
+
     async def reconcile(self) -> None:
-        """Open the listeners wanted, close the others (their connections too).
-        One at a time: a second caller waits, then sees what the first did."""
+        """Apply the tables, open the listeners wanted, close the others
+        (their connections too). One at a time: a second caller waits,
+        then sees what the first did."""
         async with self._reconciling:
+            self._table_failure = ""
+            try:
+                await self._apply_node()
+            except mesh.MeshError as error:
+                log.error("routing mesh: the node's table: %s", error)
+                self._table_failure = str(error)
+            if self.kernel and self._attached:
+                await self._apply_sandbox()
             await self._reconcile()
+
+    def _listener_of(self, key: PortKey) -> tuple[str, bool]:
+        """(address, PROXY header) of the port's userspace listener."""
+        route = self.wanted()[key]
+        return (self._loopback if self.in_kernel(key) else self._host), route.proxy_protocol
 
     async def _reconcile(self) -> None:
         wanted = self.wanted()
-        for key in [k for k in self._proxies if k not in wanted]:
+        for key in [k for k in self._proxies
+                    if k not in wanted or self._proxy_kinds[k] != self._listener_of(k)]:
             proxy = self._proxies.pop(key)
+            del self._proxy_kinds[key]
             await proxy.close()
             log.info("published port %s: closed", port_text(key))
         for key in [k for k in self.failures if k not in wanted]:
@@ -221,12 +386,17 @@ class PublishedPorts:
                     log.error("published port %s: not served: %s", port_text(key),
                               self.failures[key])
                 continue
-            proxy = kind(key[1], functools.partial(self._backends, key), host=self._host,
-                         name=f"published port {port_text(key)}")
+            address, proxy_protocol = self._listener_of(key)
+            name = f"published port {port_text(key)}"
+            proxy = (PortProxy(key[1], functools.partial(self._backends, key), host=address,
+                               name=name, netns=self.netns, proxy_protocol=proxy_protocol)
+                     if kind is PortProxy else
+                     UdpPortProxy(key[1], functools.partial(self._backends, key), host=address,
+                                  name=name, netns=self.netns))
             try:
                 await proxy.start()
             except OSError as error:
-                reason = f"cannot listen on {self._host}:{key[1]}: {error.strerror or error}"
+                reason = f"cannot listen on {address}:{key[1]}: {error.strerror or error}"
                 if self.failures.get(key) != reason:
                     log.error("published port %s: %s (retrying every %gs)", port_text(key),
                               reason, self._retry_interval)
@@ -234,22 +404,47 @@ class PublishedPorts:
                 continue
             self.failures.pop(key, None)
             self._proxies[key] = proxy
-            log.info("published port %s: listening", port_text(key))
+            self._proxy_kinds[key] = (address, proxy_protocol)
+            log.info("published port %s: listening on %s%s", port_text(key), address,
+                     " (and in the kernel)" if self.in_kernel(key) else "")
 
     async def run(self) -> None:
         """Reconcile whenever told, and retry failed ports now and then."""
         while True:
             await self.reconcile()
             self._wake.clear()
-            retry = self._retry_interval if any(
+            retry = self._retry_interval if self._table_failure or any(
                 k[0] in _PROXIES for k in self.failures) else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), retry)
 
     async def close(self) -> None:
-        """Close every listener and connection (the sandbox stays: the next
-        agent reuses it; purge removes it)."""
+        """Close every listener and connection, remove the node's table and
+        the mesh link (the sandbox stays: the next agent reuses it; purge
+        removes it). Host links go with their tasks' namespaces."""
         async with self._reconciling:
             proxies, self._proxies = list(self._proxies.values()), {}
+            self._proxy_kinds = {}
             for proxy in proxies:
                 await proxy.close()
+            if self.kernel:
+                await remove_kernel_state(self.netns, self.sandbox)
+                self._node_script = ""
+                self._attached = None
+                self._sandbox_address = None
+                async with self._sandbox_lock:
+                    self._sandbox_script = ""
+                    self._sandbox_backends = {}
+
+
+async def remove_kernel_state(netns: str | None, sandbox: str) -> None:
+    """The node's table and mesh link of the agent with this sandbox (agent
+    stop and purge); what is gone already is fine."""
+    table = mesh.node_table(sandbox)
+    try:
+        await mesh.apply(netns, f"table ip {table}\ndelete table ip {table}\n")
+    except mesh.MeshError as error:
+        log.warning("routing mesh: removing table %s: %s", table, error)
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(mesh.remove_link_blocking, netns,
+                                mesh.link_name(sandbox, mesh.MESH_PREFIX))

@@ -1,24 +1,27 @@
-"""Throughput of a published port (the agent's userspace proxy) against a
-direct connection over the same overlay.
+"""Throughput of a published port (the routing mesh) against a direct
+connection over the same overlay.
 
     python -m bench.published [--mib 256] [--runs 3]
 
-Two simulated hosts (cli/dev/hosts.py) on an underlay, an ingress-like
-overlay between them (agent.network.OverlayManager, real VXLAN), a sink
-server in a "task" namespace on host 2, and on host 1 the agent's ingress
-sandbox attached to the overlay. Then, in one run, the same client sends
+Three simulated hosts (cli/dev/hosts.py) on an underlay, an ingress-like
+overlay between hosts 1 and 2 (agent.network.OverlayManager, real VXLAN), a
+sink server in a "task" namespace on host 2, and on host 1 the agent's
+published ports (agent.published.PublishedPorts in host 1's namespace, with
+its ingress sandbox on the overlay). Then, in one run, the same client sends
 --mib MiB and waits for the sink's byte count:
 
 * direct: from inside the sandbox, straight to the task's overlay address;
-* proxied: to a published port (agent.published.PublishedPorts, listening on
-  this process's loopback), which carries it through the sandbox to the task.
+* proxied: from host 3 to the published port on host 1's address: the
+  kernel routing mesh (nftables DNAT to the sandbox, DNAT to the task,
+  masquerade on the overlay);
+* userspace: from host 1 itself to the port on its loopback, which the
+  agent's userspace proxy carries through the sandbox (where it stays).
 
-Both cross the same VXLAN; the difference is the proxy (two more socket
-copies through one Python process). Prints one JSON line: MiB/s of each
-(best of --runs), `proxy_ratio` (proxied/direct), the latency of a
-64-byte round trip through each (p50, in ms), and new connections per
-second (each one round trip; the direct ones are made in the sandbox too). Needs root. Everything made is
-removed at the end, also on failure.
+Prints one JSON line: MiB/s of each (best of --runs), `proxy_ratio`
+(proxied/direct), the latency of a 64-byte round trip through each (p50, in
+ms), and new connections per second (each one round trip; the direct ones
+are made in the sandbox too; best of --runs, interleaved). Needs root. Everything made is removed at the
+end, also on failure.
 """
 
 from __future__ import annotations
@@ -120,12 +123,12 @@ def connection_rate(connect: Callable[[], socket.socket], count: int = 300) -> f
 
 
 async def run(mib: int, runs: int) -> dict[str, object]:
-    hosts = await asyncio.to_thread(Hosts.create, 2)
+    hosts = await asyncio.to_thread(Hosts.create, 3)
     ports: PublishedPorts | None = None
     try:
         managers = [OverlayManager(OverlaySettings(
             advertise_addr=host.ip, host_netns=host.netns,
-            netns_prefix=hosts.name(f"{host.name}-ov-"))) for host in hosts]
+            netns_prefix=hosts.name(f"{host.name}-ov-"))) for host in list(hosts)[:2]]
         for manager in managers:
             await manager.ensure_network(NET)
         task_ns = hosts.name("task")
@@ -138,9 +141,10 @@ async def run(mib: int, runs: int) -> dict[str, object]:
         if (await asyncio.to_thread(sink.stdout.readline)).strip() != b"ready":
             raise RuntimeError("the sink did not start")
 
+        node = hosts[0].netns
         ports = PublishedPorts(managers[0], managers[0].settings.sandbox_name("ingress"),
-                               host="127.0.0.1")
-        listener = socket.socket()
+                               netns=node)
+        listener = socket_in(node)
         listener.bind(("127.0.0.1", 0))
         published = listener.getsockname()[1]
         listener.close()
@@ -162,17 +166,26 @@ async def run(mib: int, runs: int) -> dict[str, object]:
             return sock
 
         def proxied() -> socket.socket:
-            return socket.create_connection(("127.0.0.1", published))
+            sock = socket_in(hosts[2].netns)
+            sock.connect((str(hosts[0].ip), published))
+            return sock
 
+        def userspace() -> socket.socket:
+            sock = socket_in(node)
+            sock.connect(("127.0.0.1", published))
+            return sock
+
+        paths = (("direct", direct), ("proxied", proxied), ("userspace", userspace))
         size = mib * 1024 * 1024
-        best = {"direct": float("inf"), "proxied": float("inf")}
-        for _ in range(runs):  # interleaved, so load drifts hit both
-            for name, connect in (("direct", direct), ("proxied", proxied)):
+        best = {name: float("inf") for name, _ in paths}
+        for _ in range(runs):  # interleaved, so load drifts hit all
+            for name, connect in paths:
                 best[name] = min(best[name], await asyncio.to_thread(send, connect, size))
-        latency = {name: await asyncio.to_thread(round_trips, connect)
-                   for name, connect in (("direct", direct), ("proxied", proxied))}
-        rates = {name: await asyncio.to_thread(connection_rate, connect)
-                 for name, connect in (("direct", direct), ("proxied", proxied))}
+        latency = {name: await asyncio.to_thread(round_trips, connect) for name, connect in paths}
+        rates = {name: 0.0 for name, _ in paths}
+        for _ in range(runs):  # interleaved too, best of --runs
+            for name, connect in paths:
+                rates[name] = max(rates[name], await asyncio.to_thread(connection_rate, connect))
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         rate = {name: mib / seconds for name, seconds in best.items()}
@@ -180,10 +193,14 @@ async def run(mib: int, runs: int) -> dict[str, object]:
                 "direct_mib_s": round(rate["direct"], 1),
                 "proxied_mib_s": round(rate["proxied"], 1),
                 "proxy_ratio": round(rate["proxied"] / rate["direct"], 3),
+                "userspace_mib_s": round(rate["userspace"], 1),
                 "rtt_p50_ms_direct": round(latency["direct"], 3),
                 "rtt_p50_ms_proxied": round(latency["proxied"], 3),
+                "rtt_p50_ms_userspace": round(latency["userspace"], 3),
                 "connections_per_s_direct": round(rates["direct"]),
-                "connections_per_s_proxied": round(rates["proxied"])}
+                "connections_per_s_proxied": round(rates["proxied"]),
+                "connections_per_s_userspace": round(rates["userspace"]),
+                "connections_ratio": round(rates["proxied"] / rates["direct"], 3)}
     finally:
         if ports is not None:
             await ports.close()

@@ -10,6 +10,8 @@ PROTOCOLS: dict[str, pb.PortConfig.Protocol.ValueType] = {
     "tcp": pb.PortConfig.TCP, "udp": pb.PortConfig.UDP, "sctp": pb.PortConfig.SCTP}
 PUBLISH_MODES: dict[str, pb.PortConfig.PublishMode.ValueType] = {
     "ingress": pb.PortConfig.INGRESS, "host": pb.PortConfig.HOST}
+PROXY_PROTOCOLS: dict[str, pb.PortConfig.ProxyProtocol.ValueType] = {
+    "none": pb.PortConfig.PROXY_NONE, "v2": pb.PortConfig.PROXY_V2}
 RESTART_CONDITIONS: dict[str, pb.RestartPolicy.Condition.ValueType] = {
     "any": pb.RestartPolicy.ANY, "on-failure": pb.RestartPolicy.ON_FAILURE,
     "none": pb.RestartPolicy.NONE}

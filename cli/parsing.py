@@ -17,7 +17,7 @@ from typing import TypeVar
 from swarm.api import units
 from swarm.api.v1 import objects_pb2 as pb
 
-from .choices import MOUNT_TYPES, PROTOCOLS, PUBLISH_MODES
+from .choices import MOUNT_TYPES, PROTOCOLS, PROXY_PROTOCOLS, PUBLISH_MODES
 from .errors import BadFlag, BadInput
 
 T = TypeVar("T")
@@ -152,7 +152,8 @@ def _port_number(flag: str, text: str, what: str) -> int:
 
 
 def port_config(flag: str, text: str) -> pb.PortConfig:
-    """'8080:80', '8080:80/udp', '80' or 'published=8080,target=80,protocol=tcp,mode=host'."""
+    """'8080:80', '8080:80/udp', '80' or 'published=8080,target=80,protocol=tcp,mode=host'
+    (also proxy-protocol=v2: ingress TCP ports, see PortConfig.proxy_protocol)."""
     port = pb.PortConfig()
     if "=" in text:
         for key, value in _csv_fields(flag, text):
@@ -168,9 +169,11 @@ def port_config(flag: str, text: str) -> pb.PortConfig:
                 port.publish_mode = choice(flag, value, PUBLISH_MODES)
             elif key == "name":
                 port.name = value
+            elif key == "proxy-protocol":
+                port.proxy_protocol = choice(flag, value, PROXY_PROTOCOLS)
             else:
                 raise BadFlag(flag, f"invalid {text!r}: unknown key {key!r} "
-                              "(expected published, target, protocol, mode)")
+                              "(expected published, target, protocol, mode, proxy-protocol)")
         if not port.target_port:
             raise BadFlag(flag, f"invalid {text!r}: target=PORT is required")
         return port

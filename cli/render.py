@@ -161,6 +161,8 @@ def port(config: pb.PortConfig) -> str:
     text = f"*:{published}->{config.target_port}/{protocol}"
     if config.publish_mode == pb.PortConfig.HOST:
         text += " (host)"
+    if config.proxy_protocol == pb.PortConfig.PROXY_V2:
+        text += " (proxy-protocol v2)"
     return text
 
 

@@ -602,9 +602,10 @@ def create(
     publish: Annotated[list[str] | None, typer.Option(
         "--publish", "-p", metavar="PUBLISHED:TARGET[/PROTO]",
         help="Publish a port; also published=8080,target=80,protocol=tcp,mode=host "
-             "(repeatable). Ingress mode (default): every node listens on PUBLISHED and "
-             "forwards to a ready task; mode=host: only nodes running a task. Forwarded by "
-             "the agent's userspace proxy (TCP and UDP).")] = None,
+             "(repeatable). Ingress mode (default): every node forwards PUBLISHED to a ready "
+             "task (the kernel routing mesh, nftables); mode=host: only nodes running a task, "
+             "which sees the client's address. proxy-protocol=v2 (ingress TCP): each "
+             "connection starts with a PROXY v2 header naming the client.")] = None,
     network: Annotated[list[str] | None, typer.Option(
         metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
     endpoint_mode: EndpointModeOpt = None,

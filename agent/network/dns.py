@@ -56,22 +56,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import TYPE_CHECKING
 
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.opcode
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.reversename
-import dns.rrset
-
+from swarm.api.lazy import lazy_modules
 from swarm.host.netns import socket_in
 
 from .directory import Outcome, Resolution
+
+if TYPE_CHECKING:
+    import dns.asyncquery
+    import dns.exception
+    import dns.flags
+    import dns.message
+    import dns.name
+    import dns.opcode
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+    import dns.reversename
+    import dns.rrset
+else:
+    # dnspython (about 4 MiB) is loaded when a task on an overlay network
+    # first needs a resolver, not by every agent at start.
+    dns = lazy_modules("dns", ["asyncquery", "exception", "flags", "message", "name", "opcode",
+                               "rcode", "rdataclass", "rdatatype", "reversename", "rrset"])
 
 log = logging.getLogger(__name__)
 

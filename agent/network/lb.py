@@ -49,9 +49,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from pyroute2 import Conntrack
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-
+from swarm.host.netlinklib import Conntrack, NFCTAttrTuple
 from swarm.host.netns import run_in_netns_blocking
 
 TABLE = "swarm-lb"

@@ -53,17 +53,14 @@ from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import ndmsg
-
+from swarm.host.netlinklib import IPRoute, NetlinkError, ndmsg
 from swarm.host.netns import (
     NETNS_DIR,
+    bridge_without_netfilter_blocking,
     ensure_netns_blocking,
     netlink_socket_in,
     netns_path,
     remove_netns_blocking,
-    run_in_netns_blocking,
 )
 
 from .model import (
@@ -191,7 +188,7 @@ def _ensure_network(settings: OverlaySettings, net: OverlayNetwork) -> None:
                 f"needed, so the underlay needs {settings.min_overlay_mtu + VXLAN_OVERHEAD}")
         created = ensure_netns_blocking(name)
         try:
-            _bridge_without_netfilter(name)
+            bridge_without_netfilter_blocking(name)
             with _ipr(name) as ov:
                 bridge = _ensure_bridge(ov, net, mtu)
                 vxlan = _ensure_vxlan(host, ov, settings, net, name, underlay_index, mtu)
@@ -204,26 +201,6 @@ def _ensure_network(settings: OverlaySettings, net: OverlayNetwork) -> None:
                 raise OverlayError(f"network {net.network_id}: setting up: {error}") from error
             raise
     log.info("network %s: ready (VNI %d, MTU %d, namespace %s)", net.network_id, net.vni, mtu, name)
-
-
-# br_netfilter (built into some kernels, this one's included) sends every
-# frame a bridge forwards through the iptables/ip6tables/arptables hooks of the
-# bridge's namespace. The overlay namespaces have no rules (load balancing is
-# in the tasks' namespaces), so that is pure cost: a few per cent of the
-# overlay's throughput (bench.overlay unshaped, interleaved runs: 13.6-14.1
-# Gbit/s with the hooks, 14.2-14.3 without). The switches are per
-# namespace; a kernel without br_netfilter has no files and nothing to do.
-_BRIDGE_NETFILTER = tuple(f"/proc/sys/net/bridge/bridge-nf-call-{table}"
-                          for table in ("iptables", "ip6tables", "arptables"))
-
-
-def _bridge_without_netfilter(name: str) -> None:
-    def switch_off() -> None:
-        for path in _BRIDGE_NETFILTER:
-            with contextlib.suppress(FileNotFoundError), open(path, "w") as switch:
-                switch.write("0")
-
-    run_in_netns_blocking(str(netns_path(name)), switch_off)
 
 
 def _ensure_bridge(ov: Any, net: OverlayNetwork, mtu: int) -> int:

@@ -4,9 +4,11 @@ backend, the upstream socket made INSIDE another namespace (the ingress
 sandbox, or a task's own), so the backend sees a connection from that
 namespace and its replies go back the way they came.
 
-This is what docker's userland proxy is, not what its routing mesh is (IPVS
-in the kernel, which this kernel lacks): every byte crosses the agent
-process twice (bench.published measures the cost). Plain non-blocking
+This is what docker's userland proxy is, not what its routing mesh is (in
+the kernel: mesh.py); every byte crosses the agent process twice
+(bench.published measures the cost), so agent.published uses it only where
+the kernel path cannot serve (loopback clients, PROXY protocol headers, no
+nft). Plain non-blocking
 sockets on the event loop, not asyncio streams (a copy fewer each way).
 Bounded: each direction has one CHUNK buffer and sends what it read before
 reading more, so a slow reader slows its writer instead of filling memory.
@@ -22,6 +24,17 @@ the handshake, unreachable, timed out) is carried to another ready backend
 nothing but a few milliseconds. Once bytes went upstream, a failure is passed
 on to the client, never replayed elsewhere: the backend may have acted on
 them (a POST), and only the client knows whether repeating is safe.
+
+A listener carries at most MAX_CONNECTIONS connections (more are accepted
+and closed at once, so the backlog drains and remote clients cannot take the
+agent's file descriptors), and a connection that moved no byte either way
+for IDLE_TIMEOUT seconds is closed (both sides reset), as conntrack forgets
+an idle flow.
+
+With proxy_protocol, each connection to the backend starts with a PROXY
+protocol version 2 header (HAProxy's spec, moby/moby#25526) naming the
+client's address and port and the address it connected to, so a task behind
+the routing mesh still learns who its client is.
 
 UDP has no connections: each client address is a flow with its own
 upstream socket (made in the backend's namespace, connected to one backend
@@ -44,7 +57,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from swarm.host.netns import socket_in
+from swarm.host.netns import run_in_netns_blocking, socket_in
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +69,8 @@ CONNECT_DEADLINE = 5.0  # every attempt for one connection
 CONNECT_ATTEMPTS = 8
 RETRY_PAUSE = 0.1  # before asking again when every ready backend failed
 CONNECT_TRIES = 3  # UDP: backends tried per flow
+MAX_CONNECTIONS = 4096  # per TCP listener
+IDLE_TIMEOUT = 900.0  # seconds without a byte either way
 UDP_IDLE = 60.0
 UDP_FLOWS = 4096
 UDP_QUEUE = 64
@@ -67,6 +84,30 @@ class Backend:
     netns: str
     address: str
     port: int
+
+
+def proxy_v2_header(client: tuple[str, int], local: tuple[str, int],
+                    stream: bool = True) -> bytes:
+    """The PROXY protocol v2 header of an IPv4 connection from `client` to
+    `local` (the address the client connected to): signature, version 2 and
+    command PROXY, AF_INET over STREAM (or DGRAM), 12 address bytes."""
+    addresses = (socket.inet_aton(client[0]) + socket.inet_aton(local[0])
+                 + struct.pack("!HH", client[1], local[1]))
+    return (PROXY_V2_SIGNATURE + bytes([0x21, 0x11 if stream else 0x12])
+            + struct.pack("!H", len(addresses)) + addresses)
+
+
+def parse_proxy_v2(data: bytes) -> tuple[tuple[str, int], tuple[str, int], int]:
+    """(client, local, header length) of a PROXY v2 IPv4 header at the start
+    of `data` (ValueError otherwise): what a task behind the mesh reads."""
+    if len(data) < 16 or not data.startswith(PROXY_V2_SIGNATURE) or data[12] != 0x21:
+        raise ValueError("not a PROXY protocol v2 header")
+    length = struct.unpack("!H", data[14:16])[0]
+    if data[13] >> 4 != 1 or length < 12 or len(data) < 16 + length:
+        raise ValueError("not an IPv4 PROXY protocol v2 header")
+    source, destination = socket.inet_ntoa(data[16:20]), socket.inet_ntoa(data[20:24])
+    source_port, destination_port = struct.unpack("!HH", data[24:28])
+    return (source, source_port), (destination, destination_port), 16 + length
 
 
 def pick(backends: Sequence[Backend], tries: int = CONNECT_TRIES) -> list[Backend]:
@@ -89,7 +130,17 @@ async def open_upstream(backend: Backend, timeout: float = CONNECT_TIMEOUT) -> s
         raise
 
 
-async def _relay(source: socket.socket, sink: socket.socket) -> None:
+class _Activity:
+    """When a connection last moved a byte (either way)."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, now: float) -> None:
+        self.last = now
+
+
+async def _relay(source: socket.socket, sink: socket.socket,
+                 activity: _Activity | None = None) -> None:
     """Copy until EOF, then pass the EOF on (half-close: the other direction
     keeps flowing). One buffer, reused: what is read is sent before more is
     read, so a slow reader slows its writer. A reset or error resets both
@@ -99,6 +150,8 @@ async def _relay(source: socket.socket, sink: socket.socket) -> None:
     view = memoryview(buffer)
     try:
         while count := await loop.sock_recv_into(source, buffer):
+            if activity is not None:
+                activity.last = loop.time()
             await loop.sock_sendall(sink, view[:count])
         sink.shutdown(socket.SHUT_WR)
     except OSError:
@@ -120,21 +173,31 @@ class PortProxy:
     backends may change without touching the listener."""
 
     def __init__(self, port: int, backends: Callable[[], Sequence[Backend]], *,
-                 host: str = "0.0.0.0", name: str = "") -> None:
+                 host: str = "0.0.0.0", name: str = "", netns: str | None = None,
+                 proxy_protocol: bool = False, max_connections: int | None = None,
+                 idle_timeout: float | None = None) -> None:
         self.port = port
         self.host = host
         self.name = name or f"port {port}/tcp"
+        self.netns = netns  # where the listener is (None: this process's namespace)
+        self.proxy_protocol = proxy_protocol
+        self.max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
+        self.idle_timeout = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
         self._backends = backends
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task[None] | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._sweeping: asyncio.Task[None] | None = None
+        self._connections: dict[asyncio.Task[None], _Activity] = {}
         self.accepted = 0
         self.refused = 0  # connections reset for want of a reachable backend
+        self.over_limit = 0  # connections closed at once: MAX_CONNECTIONS reached
+        self.idle_closed = 0
 
     async def start(self) -> None:
         """Listen; OSError (EADDRINUSE: something else has the port) when the
         port cannot be had, with nothing left open."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock = (socket.socket(socket.AF_INET, socket.SOCK_STREAM) if self.netns is None
+                else await asyncio.to_thread(socket_in, self.netns))
         try:
             # A restarted agent rebinds at once despite connections in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -145,8 +208,9 @@ class PortProxy:
             sock.close()
             raise
         self._listener = sock
-        self._accepting = asyncio.get_running_loop().create_task(
-            self._accept(sock), name=f"{self.name}-accept")
+        loop = asyncio.get_running_loop()
+        self._accepting = loop.create_task(self._accept(sock), name=f"{self.name}-accept")
+        self._sweeping = loop.create_task(self._sweep(), name=f"{self.name}-idle")
 
     @property
     def connections(self) -> int:
@@ -154,8 +218,9 @@ class PortProxy:
 
     async def close(self) -> None:
         """Stop listening and close every connection."""
-        tasks = [t for t in (self._accepting, *self._connections) if t is not None]
-        self._accepting = None
+        tasks = [t for t in (self._accepting, self._sweeping, *self._connections)
+                 if t is not None]
+        self._accepting = self._sweeping = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -172,12 +237,33 @@ class PortProxy:
                 log.warning("%s: accept failed: %s", self.name, error)
                 await asyncio.sleep(0.1)
                 continue
+            if len(self._connections) >= self.max_connections:
+                self.over_limit += 1
+                _reset(client)
+                client.close()
+                continue
             client.setblocking(False)
-            task = loop.create_task(self._carry(client), name=f"{self.name}-connection")
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+            activity = _Activity(loop.time())
+            task = loop.create_task(self._carry(client, activity),
+                                    name=f"{self.name}-connection")
+            self._connections[task] = activity
+            task.add_done_callback(self._forget)
 
-    async def _carry(self, client: socket.socket) -> None:
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._connections.pop(task, None)
+
+    async def _sweep(self) -> None:
+        """Close the connections idle for idle_timeout."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(self.idle_timeout / 4, 30.0))
+            deadline = loop.time() - self.idle_timeout
+            for task, activity in list(self._connections.items()):
+                if activity.last < deadline:
+                    self.idle_closed += 1
+                    task.cancel()
+
+    async def _carry(self, client: socket.socket, activity: _Activity) -> None:
         self.accepted += 1
         upstream: socket.socket | None = None
         try:
@@ -186,7 +272,16 @@ class PortProxy:
                 self.refused += 1
                 _reset(client)  # the client learns at once
                 return
-            await asyncio.gather(_relay(client, upstream), _relay(upstream, client))
+            if self.proxy_protocol:
+                await asyncio.get_running_loop().sock_sendall(upstream, proxy_v2_header(
+                    client.getpeername(), client.getsockname()))
+            await asyncio.gather(_relay(client, upstream, activity),
+                                 _relay(upstream, client, activity))
+        except asyncio.CancelledError:
+            _reset(client)  # idle, or the port closed: both sides see a reset
+            if upstream is not None:
+                _reset(upstream)
+            raise
         finally:
             client.close()
             if upstream is not None:
@@ -266,10 +361,11 @@ class UdpPortProxy:
     the module's notes). Same interface as PortProxy."""
 
     def __init__(self, port: int, backends: Callable[[], Sequence[Backend]], *,
-                 host: str = "0.0.0.0", name: str = "",
+                 host: str = "0.0.0.0", name: str = "", netns: str | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.port = port
         self.host = host
+        self.netns = netns
         self.name = name or f"port {port}/udp"
         self._backends = backends
         self._clock = clock
@@ -281,7 +377,9 @@ class UdpPortProxy:
     async def start(self) -> None:
         """Bind; OSError (EADDRINUSE) when the port cannot be had."""
         loop = asyncio.get_running_loop()
-        sock = _listening_udp(self.host, self.port)
+        sock = (_listening_udp(self.host, self.port) if self.netns is None else
+                await asyncio.to_thread(run_in_netns_blocking, self.netns,
+                                        functools.partial(_listening_udp, self.host, self.port)))
         try:
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: _Datagrams(self._from_client), sock=sock)

@@ -43,6 +43,7 @@ from pyroute2 import IPRoute
 
 from swarm.host.netns import (
     NETNS_DIR,
+    bridge_without_netfilter_blocking,
     ensure_netns_blocking,
     netlink_socket_in,
     netns_path,
@@ -164,6 +165,8 @@ class Hosts:
 
     def _make_underlay(self, mtu: int) -> None:
         ensure_netns_blocking(self.underlay_netns)
+        # A switch, not a firewall: no netfilter on the bridged frames.
+        bridge_without_netfilter_blocking(self.underlay_netns)
         with ipr_in(self.underlay_netns) as ul:
             ul.link("add", ifname=UNDERLAY_BRIDGE, kind="bridge", mtu=mtu)
             (index,) = ul.link_lookup(ifname=UNDERLAY_BRIDGE)

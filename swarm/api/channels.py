@@ -42,21 +42,15 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 
-from .pki import (
-    CONTROLLER_SERVER_NAME,
-    NodeIdentity,
-    PeerIdentity,
-    PKIError,
-    Revocations,
-    Role,
-    check_not_revoked,
-    peer_identity,
-)
+from .certfiles import CONTROLLER_SERVER_NAME, PemFiles, Role
+
+if TYPE_CHECKING:  # pki (cryptography) is loaded by servers only: a running agent never is one
+    from .pki import NodeIdentity, PeerIdentity, Revocations
 
 log = logging.getLogger(__name__)
 
 ChannelOptions = list[tuple[str, Any]]
-IdentitySource = Callable[[], NodeIdentity]
+IdentitySource = Callable[[], "NodeIdentity"]
 """Returns the node's current identity; called on every new TLS connection a
 server accepts (in a gRPC core thread), so it must be cheap and must not
 block: hand back an object held in memory and replaced by the renewal loop."""
@@ -136,6 +130,8 @@ def server_credentials(current: IdentitySource, *,
     before each handshake, so a renewed certificate (or a new CA bundle) is
     used for new connections without restarting the server, and established
     connections carry on."""
+    from .pki import PKIError
+
     initial = current()
     if initial.role is not Role.MANAGER:
         raise PKIError(f"a {initial.role} certificate cannot serve: only controller "
@@ -199,7 +195,7 @@ def join_listen(server: grpc.aio.Server, address: str, identity: IdentitySource)
 # ---------------------------------------------------------------- clients
 
 
-def channel_credentials(identity: NodeIdentity | None, *,
+def channel_credentials(identity: PemFiles | None, *,
                         ca_pem: bytes | None = None) -> grpc.ChannelCredentials:
     """Verify the server against the cluster CA; present the node's
     certificate if it has one (a joining node does not)."""
@@ -212,7 +208,7 @@ def channel_credentials(identity: NodeIdentity | None, *,
                                         certificate_chain=identity.cert_pem)
 
 
-def client_channel(target: str, identity: NodeIdentity | None, *, insecure: bool = False,
+def client_channel(target: str, identity: PemFiles | None, *, insecure: bool = False,
                    ca_pem: bytes | None = None, settings: LinkSettings | None = None,
                    server_name: str = CONTROLLER_SERVER_NAME) -> grpc.aio.Channel:
     """A grpc.aio channel to a controller. With an identity: mutual TLS. With
@@ -227,7 +223,7 @@ def client_channel(target: str, identity: NodeIdentity | None, *, insecure: bool
                                    options=client_options(settings, server_name=server_name))
 
 
-def blocking_client_channel(target: str, identity: NodeIdentity | None, *, insecure: bool = False,
+def blocking_client_channel(target: str, identity: PemFiles | None, *, insecure: bool = False,
                             ca_pem: bytes | None = None, settings: LinkSettings | None = None,
                             server_name: str = CONTROLLER_SERVER_NAME) -> grpc.Channel:
     """As client_channel, for blocking code (swarmctl)."""
@@ -289,6 +285,8 @@ async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collecti
 
     Pass cluster_id when the CA may sign for several clusters (an external
     CA): the TLS handshake then proves only "signed by that CA"."""
+    from .pki import PKIError, check_not_revoked, peer_identity
+
     try:
         peer = peer_identity(context)
     except PKIError as error:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import enum
 import hashlib
 import hmac
 import ipaddress
@@ -56,19 +55,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-# The DNS name every controller certificate carries, whatever addresses the
-# controller is reached by. Clients verify the server against this name (see
-# swarm.api.channels), so a controller can be dialled by any IP or DNS name
-# without reissuing its certificate, while a worker certificate, which never
-# carries it, cannot pose as a controller.
-CONTROLLER_SERVER_NAME = "swarm-controller"
+from .certfiles import CONTROLLER_SERVER_NAME, RENEW_AT_FRACTION, Role, renewal_time
 
+__all__ = ["CONTROLLER_SERVER_NAME", "RENEW_AT_FRACTION", "Role", "renewal_time"]
+
+# CONTROLLER_SERVER_NAME, Role, RENEW_AT_FRACTION and renewal_time live in
+# certfiles (no cryptography there: a running agent imports only that).
 DEFAULT_NODE_VALIDITY = dt.timedelta(days=90)
 DEFAULT_CA_VALIDITY = dt.timedelta(days=20 * 365)
 # Certificates start this long before they are issued, so a node whose clock
 # is a little behind the CA's can use a fresh certificate at once.
 CLOCK_SKEW_ALLOWANCE = dt.timedelta(minutes=5)
-RENEW_AT_FRACTION = (0.5, 0.8)
 
 CA_COMMON_NAME = "swarm-ca"
 
@@ -99,17 +96,6 @@ class RevokedCertificate(PKIError):
 
 class InvalidPeer(PKIError):
     """A peer's certificate lacks the fields a cluster certificate has."""
-
-
-class Role(enum.StrEnum):
-    """What a certificate's holder may do; written in the certificate's OU."""
-
-    WORKER = "swarm-worker"
-    MANAGER = "swarm-manager"  # a controller
-    ADMIN = "swarm-admin"  # an operator's swarmctl
-
-    def is_server(self) -> bool:
-        return self is Role.MANAGER
 
 
 # ----------------------------------------------------------------- keys
@@ -639,14 +625,6 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate, *,
 
 
 # ------------------------------------------------------------- renewal
-
-
-def renewal_time(not_before: dt.datetime, not_after: dt.datetime, rng: random.Random) -> dt.datetime:
-    """When to renew: a uniformly random point at 50-80 % of the certificate's
-    life, so nodes that joined together spread their renewals out (and a CA
-    outage shorter than 20 % of the life goes unnoticed)."""
-    low, high = RENEW_AT_FRACTION
-    return not_before + (not_after - not_before) * rng.uniform(low, high)
 
 
 def renewal_delay(cert: x509.Certificate, now: dt.datetime, rng: random.Random) -> float:

@@ -501,6 +501,13 @@ def _check_endpoint(endpoint: pb.EndpointSpec, path: str) -> None:
         where = f"{path}.ports[{index}]"
         _check_enum(port, "protocol", where)
         _check_enum(port, "publish_mode", where)
+        _check_enum(port, "proxy_protocol", where)
+        if port.proxy_protocol != pb.PortConfig.PROXY_NONE and (
+                port.protocol != pb.PortConfig.TCP
+                or port.publish_mode != pb.PortConfig.INGRESS):
+            raise ValidationError(f"{where}.proxy_protocol", "only for TCP ports published in "
+                                  "ingress mode (a PROXY header starts a TCP stream; a host-mode "
+                                  "task sees the client's address without it)")
         if not 1 <= port.target_port <= MAX_PORT:
             raise ValidationError(f"{where}.target_port", f"must be between 1 and {MAX_PORT} "
                                   f"(got {port.target_port})")

@@ -213,3 +213,24 @@ async def create_netns(name: str) -> Path:
 
 async def remove_netns(name: str) -> None:
     await asyncio.to_thread(remove_netns_blocking, name)
+
+
+# br_netfilter (built into some kernels, this one's included) sends every
+# frame a bridge forwards through the iptables/ip6tables/arptables hooks of the
+# bridge's namespace. A namespace whose bridge has no rules (the overlays', a
+# simulated underlay's switch) pays for nothing: a few per cent of the
+# throughput (bench.overlay unshaped, interleaved runs: 13.6-14.1 Gbit/s with
+# the hooks, 14.2-14.3 without). The switches are per namespace; a kernel
+# without br_netfilter has no files and nothing to do.
+_BRIDGE_NETFILTER = tuple(f"/proc/sys/net/bridge/bridge-nf-call-{table}"
+                          for table in ("iptables", "ip6tables", "arptables"))
+
+
+def bridge_without_netfilter_blocking(namespace: str) -> None:
+    """Bridges in the namespace (a name or path) skip br_netfilter."""
+    def switch_off() -> None:
+        for path in _BRIDGE_NETFILTER:
+            with contextlib.suppress(FileNotFoundError), open(path, "w") as switch:
+                switch.write("0")
+
+    run_in_netns_blocking(namespace, switch_off)

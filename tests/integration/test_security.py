@@ -9,13 +9,23 @@ import datetime as dt
 import os
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
 
-from swarm.agent.identity import JoinError, join, renew
+from swarm.agent.identity import (
+    IdentityKeeper,
+    JoinError,
+    RenewError,
+    join,
+    join_in_child,
+    renew,
+    renew_in_child,
+)
 from swarm.agent.simulated import SimulatedCluster
 from swarm.api import channels, pki
+from swarm.api.certfiles import NodeCertificate
 from swarm.api.v1 import ca_pb2 as capb
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import control_pb2 as cpb
@@ -27,7 +37,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings, RateLimiter
 from swarm.controller.server import CLUSTER_ID, Controller
 from swarm.controller.store import Update
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, free_port
 from tests.integration.conftest import (
     FAST_SESSION,
     TEST_KEK,
@@ -187,6 +197,43 @@ async def test_renewal_keeps_the_node_id(controller: Controller) -> None:
     assert renewed.role is pki.Role.WORKER
     assert renewed.cert.serial_number != identity.cert.serial_number
     assert renewed.key_pem != identity.key_pem
+
+
+async def test_an_agent_joins_and_renews_in_a_child_process(controller: Controller,
+                                                            tmp_path: Path) -> None:
+    """The real agent's way (it keeps a certs dir): join and renewal run in a
+    child process that writes the dir, so the agent never loads
+    cryptography; refusals come back as one line."""
+    certs = tmp_path / "certs"
+    wrong = str(pki.JoinToken(controller.pki.token(pki.Role.WORKER).ca_digest,
+                              pki.new_token_secret()))
+    with pytest.raises(JoinError, match="refused to join this node"):
+        await join_in_child([controller.join_addr], wrong, certs)
+    assert not (certs / "node.crt").exists()
+    joined = await join_in_child([controller.join_addr], worker_token(controller), certs)
+    assert joined.role is pki.Role.WORKER
+    assert joined.node_id == pki.NodeIdentity.load(certs).node_id
+    address = f"127.0.0.1:{controller.port}"
+    renewed = await renew_in_child(address, certs)
+    assert renewed.node_id == joined.node_id
+    assert renewed.cert_pem != joined.cert_pem
+    assert renewed.cert_pem == (certs / "node.crt").read_bytes()
+    with pytest.raises(RenewError, match="UNAVAILABLE"):
+        await renew_in_child(f"127.0.0.1:{free_port()}", certs)
+    # The keeper swaps the channels to the renewed identity.
+    keeper = IdentityKeeper(renewed, [address], directory=certs)
+    keeper.min_delay = 0.0
+    keeper.identity = NodeCertificate.of(pki.issue_identity(
+        controller.pki.ca, node_id=renewed.node_id, role=pki.Role.WORKER,
+        cluster_id=controller.pki.cluster_uid, validity=dt.timedelta(seconds=2)))
+    renewing = asyncio.create_task(keeper.renew_forever())
+    try:
+        await eventually(lambda: keeper.renewals >= 1, timeout=30)
+    finally:
+        renewing.cancel()
+        await asyncio.gather(renewing, return_exceptions=True)
+        await keeper.close()
+    assert keeper.identity.not_after - keeper.identity.not_before > dt.timedelta(days=1)
 
 
 async def test_expired_certificate_is_refused(controller: Controller) -> None:

@@ -74,7 +74,8 @@ def test_create_maps_every_flag() -> None:
         update_parallelism="2", update_delay="10s", update_order="start-first",
         update_failure_action="rollback", update_monitor="30s", update_max_failure_ratio="0.25",
         rollback_parallelism="0", rollback_failure_action="continue",
-        publish=["8080:80", "53:53/udp", "published=9000,target=90,protocol=tcp,mode=host"],
+        publish=["8080:80", "53:53/udp", "published=9000,target=90,protocol=tcp,mode=host",
+                 "published=443,target=8443,proxy-protocol=v2"],
         networks=["backend", "name=front,alias=www,alias=web"], endpoint_mode="dnsrr",
         workdir="/srv", user="nobody", hostname="box", stop_signal="SIGINT",
         stop_grace_period="20s", drain_timeout="750ms", read_only=True, init=True,
@@ -121,7 +122,10 @@ def test_create_maps_every_flag() -> None:
         (8080, 80, pb.PortConfig.TCP, pb.PortConfig.INGRESS),
         (53, 53, pb.PortConfig.UDP, pb.PortConfig.INGRESS),
         (9000, 90, pb.PortConfig.TCP, pb.PortConfig.HOST),
+        (443, 8443, pb.PortConfig.TCP, pb.PortConfig.INGRESS),
     ]
+    assert [p.proxy_protocol for p in ports] == [pb.PortConfig.PROXY_NONE] * 3 + [
+        pb.PortConfig.PROXY_V2]
     assert spec.endpoint.mode == pb.EndpointSpec.DNSRR
     assert [(n.target, list(n.aliases)) for n in spec.task.networks] == [
         ("backend", []), ("front", ["www", "web"])]
@@ -201,6 +205,7 @@ BAD_CREATE_FLAGS = [
     ("--publish", "8080:80/icmp", "tcp, udp, sctp"),
     ("--publish", "published=80,color=red", "unknown key 'color'"),
     ("--publish", "published=80", "target=PORT is required"),
+    ("--publish", "published=80,target=80,proxy-protocol=v1", "none, v2"),
     ("--network", "alias=x", "name=NETWORK is required"),
     ("--endpoint-mode", "lb", "vip, dnsrr"),
     ("--stop-grace-period", "10", "invalid duration"),

@@ -268,6 +268,16 @@ INVALID_SERVICES: list[tuple[str, Mutation, str, str]] = [
     ("dnsrr-ingress", lambda s: (fields(s.endpoint, mode=pb.EndpointSpec.DNSRR),
                                  _ports(s, pb.PortConfig(target_port=80, published_port=80))),
      "spec.endpoint.ports[0].publish_mode", "DNSRR"),
+    ("proxy-protocol-udp", lambda s: _ports(s, pb.PortConfig(
+        target_port=53, protocol=pb.PortConfig.UDP, proxy_protocol=pb.PortConfig.PROXY_V2)),
+     "spec.endpoint.ports[0].proxy_protocol", "only for TCP ports published in ingress mode"),
+    ("proxy-protocol-host", lambda s: _ports(s, pb.PortConfig(
+        target_port=80, published_port=80, publish_mode=pb.PortConfig.HOST,
+        proxy_protocol=pb.PortConfig.PROXY_V2)),
+     "spec.endpoint.ports[0].proxy_protocol", "only for TCP ports published in ingress mode"),
+    ("proxy-protocol-unknown", lambda s: _ports(s, pb.PortConfig(target_port=80,
+                                                                 proxy_protocol=7)),  # type: ignore[arg-type]
+     "spec.endpoint.ports[0].proxy_protocol", "expected PROXY_NONE or PROXY_V2"),
     ("internal-publish", lambda s: (s.task.networks.add(target="backend"),
                                     s.task.networks.add(target="private"),
                                     _ports(s, pb.PortConfig(target_port=80, published_port=80))),
@@ -343,6 +353,8 @@ VALID_SERVICES: list[tuple[str, Mutation]] = [
         pb.PortConfig(target_port=80, published_port=8080, protocol=pb.PortConfig.UDP),
         pb.PortConfig(target_port=81), pb.PortConfig(target_port=82),
         pb.PortConfig(target_port=65_535, published_port=65_535))),
+    ("proxy-protocol-v2", lambda s: _ports(s, pb.PortConfig(
+        target_port=80, published_port=8080, proxy_protocol=pb.PortConfig.PROXY_V2))),
     ("internal-without-ports", lambda s: s.task.networks.add(target="private")),
     ("ports-on-other-networks", lambda s: (s.task.networks.add(target="backend"),
                                            _ports(s, pb.PortConfig(target_port=80)))),

@@ -944,16 +944,37 @@ class PortConfig(_message.Message):
     INGRESS: PortConfig.PublishMode.ValueType  # 0
     HOST: PortConfig.PublishMode.ValueType  # 1
 
+    class _ProxyProtocol:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ProxyProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[PortConfig._ProxyProtocol.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PROXY_NONE: PortConfig._ProxyProtocol.ValueType  # 0
+        PROXY_V2: PortConfig._ProxyProtocol.ValueType  # 1
+
+    class ProxyProtocol(_ProxyProtocol, metaclass=_ProxyProtocolEnumTypeWrapper):
+        """Ingress TCP ports only, opt-in: each connection reaches the task
+        preceded by a PROXY protocol header (HAProxy's spec) carrying the
+        client's address. Such a port is carried by the agent's userspace proxy,
+        not the kernel routing mesh (a kernel rule cannot add bytes to a stream).
+        """
+
+    PROXY_NONE: PortConfig.ProxyProtocol.ValueType  # 0
+    PROXY_V2: PortConfig.ProxyProtocol.ValueType  # 1
+
     NAME_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     TARGET_PORT_FIELD_NUMBER: _builtins.int
     PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
     PUBLISH_MODE_FIELD_NUMBER: _builtins.int
+    PROXY_PROTOCOL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     protocol: Global___PortConfig.Protocol.ValueType
     target_port: _builtins.int
     published_port: _builtins.int
     publish_mode: Global___PortConfig.PublishMode.ValueType
+    proxy_protocol: Global___PortConfig.ProxyProtocol.ValueType
     def __init__(
         self,
         *,
@@ -962,10 +983,11 @@ class PortConfig(_message.Message):
         target_port: _builtins.int = ...,
         published_port: _builtins.int = ...,
         publish_mode: Global___PortConfig.PublishMode.ValueType = ...,
+        proxy_protocol: Global___PortConfig.ProxyProtocol.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "protocol", b"protocol", "publish_mode", b"publish_mode", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "protocol", b"protocol", "proxy_protocol", b"proxy_protocol", "publish_mode", b"publish_mode", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
