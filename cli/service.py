@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from swarm.api import imageref
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
@@ -411,6 +412,52 @@ def _merge_env(current: Sequence[str], remove: Sequence[str], add: Sequence[str]
         added.values())
 
 
+@dataclass(frozen=True)
+class CreateTarget:
+    """What `service create`'s positionals and --name/--image amount to."""
+
+    name: str
+    image: str | None
+    args: list[str]
+
+
+def name_from_image(image: str) -> str:
+    """The service name docker's form of create gives when --name is absent: the
+    image's last path component (`registry:5000/team/web-app:1.2` -> `web-app`),
+    with the '.' a repository allows but a service name does not made '-'.
+    Readable in `service ls` and predictable for scripts, unlike docker's random
+    adjective_noun; a second service of the same image needs --name (the
+    controller refuses the duplicate name, nothing is written)."""
+    component = imageref.parse_reference(image).repository.rsplit("/", 1)[-1]
+    return component.replace(".", "-")[:63].rstrip("-_")
+
+
+def create_target(positionals: Sequence[str], name: str | None,
+                  image: str | None) -> CreateTarget:
+    """Read create's positionals in both forms. With --image (today's form) they
+    are NAME [CMD...], or only CMD when --name is given too. Without --image
+    (docker's form, `service create [--name NAME] IMAGE [CMD...]`) the first one
+    is the image, and the name is --name or the image's last path component."""
+    rest = list(positionals)
+    if image is not None:
+        if name is None:
+            if not rest:
+                raise BadInput("a service name is required: service create NAME --image "
+                               "IMAGE, or service create [--name NAME] IMAGE")
+            name = rest.pop(0)
+        return CreateTarget(name=name, image=image, args=rest)
+    if not rest:
+        raise BadFlag("--image", "missing: give the image to run, e.g. service create "
+                                 "busybox, or --image busybox")
+    image = rest.pop(0)
+    try:
+        derived = name_from_image(image)
+    except imageref.InvalidReference as error:
+        raise BadInput(f"IMAGE: {error} (service create [--name NAME] IMAGE [CMD...], "
+                       "or NAME --image IMAGE)") from None
+    return CreateTarget(name=derived if name is None else name, image=image, args=rest)
+
+
 def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
     """The ServiceSpec `service create` sends; raises BadFlag for a bad value."""
     if not options.name.strip():
@@ -554,14 +601,18 @@ def _list(values: list[str] | None) -> list[str]:
     "node.labels.zone==east top",
     "swarmctl service create --timeout 5m big --image busybox --replicas 50",
     "swarmctl service create -d cache --image redis:7",
+    "swarmctl service create --name web -p 8080:80 nginx:alpine   (docker's form)",
+    "swarmctl service create busybox sleep 3600   (named busybox, after the image)",
 ))
 def create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the service.")],
-    command: Annotated[list[str] | None, typer.Argument(
-        metavar="CMD", show_default=False,
-        help="Command and arguments; they replace the image's CMD (put -- before them "
-             "when they start with a dash).")] = None,
+    positionals: Annotated[list[str] | None, typer.Argument(
+        metavar="NAME|IMAGE [CMD...]", show_default=False,
+        help="NAME (with --image), or docker's form IMAGE (the name is --name or the "
+             "image's last path component); then the command and arguments, which replace "
+             "the image's CMD (put -- before them when they start with a dash).")] = None,
+    name: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Name of the service (docker's form).")] = None,
     image: ImageOpt = None,
     replicas: ReplicasOpt = None,
     mode: Annotated[str | None, typer.Option(
@@ -650,9 +701,12 @@ def create(
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
     """Create a service; prints its ID, then waits until its tasks run (unless -d)."""
+    target = create_target(_list(positionals), name, image)
+    options = task_options(locals())
+    options["image"] = target.image
     spec = service_spec_from_options(ServiceOptions(
-        name=name,
-        args=_list(command),
+        name=target.name,
+        args=target.args,
         mode=mode,
         env=_list(env),
         labels=_list(label),
@@ -672,7 +726,7 @@ def create(
         env_files=_list(env_file),
         secrets=_list(secret),
         configs=_list(config),
-        **task_options(locals()),
+        **options,
     ))
     timeout = progress.wait_timeout(wait_for)
     pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,
