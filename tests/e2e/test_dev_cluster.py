@@ -86,6 +86,10 @@ def test_up_scale_status_down_leaves_nothing(name: str) -> None:
     assert f"{name}-h2" in status
     assert status.count("web.") == 4
     assert "gone" not in status
+    # The first host is a manager for placement (node.role), the others workers.
+    managers = swarmctl("node", "ls", "--filter", "role=manager")
+    assert f"{name}-h1" in managers
+    assert f"{name}-h2" not in managers
 
     # The tasks are real containers answering on port 80 in their namespaces
     # (named after their agent's cgroup parent).
