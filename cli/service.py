@@ -19,7 +19,7 @@ from swarm.api import imageref
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.api.validation import ValidationError, check_drain_timeout
+from swarm.api.validation import HOST_NETWORK, ValidationError, check_drain_timeout
 
 from . import client, completion, logs, parsing, progress, pull, render
 from .choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
@@ -458,6 +458,23 @@ def create_target(positionals: Sequence[str], name: str | None,
     return CreateTarget(name=derived if name is None else name, image=image, args=rest)
 
 
+def host_network(networks: Sequence[pb.NetworkAttachmentConfig],
+                 publish: Sequence[str]) -> bool:
+    """Whether `--network host` was asked for; refused with another network, an
+    alias or --publish (the task binds the node's ports itself), as the controller
+    refuses it (validation.check_host_network), but before anything is sent."""
+    if all(a.target != HOST_NETWORK for a in networks):
+        return False
+    if len(networks) > 1:
+        raise BadFlag("--network", "host cannot be combined with other networks")
+    if networks[0].aliases:
+        raise BadFlag("--network", "host takes no alias (the task has the node's names)")
+    if publish:
+        raise BadFlag("--publish", "cannot be used with --network host: the task binds the "
+                                   "node's ports itself")
+    return True
+
+
 def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
     """The ServiceSpec `service create` sends; raises BadFlag for a bad value."""
     if not options.name.strip():
@@ -491,8 +508,11 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
         placement.preferences.add(spread=parsing.placement_pref("--placement-pref", item))
     for item in options.publish:
         spec.endpoint.ports.append(parsing.port_config("--publish", item))
-    for item in options.networks:
-        spec.task.networks.append(parsing.network_attachment("--network", item))
+    attachments = [parsing.network_attachment("--network", item) for item in options.networks]
+    if host_network(attachments, options.publish):
+        spec.task.host_network = True
+    else:
+        spec.task.networks.extend(attachments)
     for item in options.mounts:
         container.mounts.append(parsing.mount("--mount", item))
     append_references(container, "secret",
@@ -658,7 +678,8 @@ def create(
              "which sees the client's address. proxy-protocol=v2 (ingress TCP): each "
              "connection starts with a PROXY v2 header naming the client.")] = None,
     network: Annotated[list[str] | None, typer.Option(
-        metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
+        metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable). host: "
+                            "share the node's network namespace (no --publish).")] = None,
     endpoint_mode: EndpointModeOpt = None,
     workdir: WorkdirOpt = None,
     user: UserOpt = None,
