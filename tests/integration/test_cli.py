@@ -638,3 +638,22 @@ def test_shell_completion_offers_commands_and_the_clusters_names(live: LiveClust
                              "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"},
                             capture_output=True, text=True, timeout=30)
     assert "_SWARMCTL_COMPLETE=complete_bash" in script.stdout
+
+
+def test_host_network_service_runs_without_addresses_and_refuses_ports(
+        live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "--name", "mon", "--network", "host", "busybox",
+                "--timeout", "20s"))
+    service = live.service("mon")
+    assert service.spec.task.host_network
+    assert list(service.endpoint.virtual_ips) == []
+    (task,) = live.running("mon")
+    assert list(task.networks) == []  # no overlay attachment, no address
+    # Found before sending: exit 2. Found by the controller (an update): exit 1. Nothing
+    # written either way.
+    before = live.snapshot()
+    assert_one_line_error(swarmctl(live, "service", "create", "--network", "host", "-p",
+                                   "80:80", "busybox"), "--publish", exit_code=2)
+    assert_one_line_error(swarmctl(live, "service", "update", "--publish-add", "80:80", "mon"),
+                          "spec.endpoint.ports", "cannot publish ports", exit_code=1)
+    assert live.snapshot() == before
