@@ -134,6 +134,9 @@ class AgentConfig:
     conditions: ConditionSettings = field(default_factory=ConditionSettings)
     # --registry-auth-file, by registry (a Credential's repr hides its password).
     registry_credentials: dict[str, Credential] = field(default_factory=dict, repr=False)
+    # The role the node registers with (placement's node.role): --role, else
+    # registration_role's default.
+    role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER
 
     @property
     def certs_dir(self) -> Path:
@@ -163,6 +166,31 @@ def _host_port(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return value
+
+
+_ROLES = {"worker": pb.NodeSpec.WORKER, "manager": pb.NodeSpec.MANAGER}
+
+
+def registration_role(given: str | None, controllers: Sequence[str],
+                      advertise_addr: str) -> pb.NodeSpec.Role.ValueType:
+    """The role a new node registers with: --role when given, else manager when
+    a controller runs beside the agent (one of --controller is on loopback or on
+    the node's own --advertise-addr), as a Swarm manager node runs tasks too;
+    else worker. Only the first registration uses it: after that the cluster's
+    record (`swarmctl node promote/demote`) wins."""
+    if given is not None:
+        return _ROLES[given]
+    for controller in controllers:
+        host = controller.rpartition(":")[0].strip("[]")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            if host == "localhost":
+                return pb.NodeSpec.MANAGER
+            continue
+        if address.is_loopback or str(address) == advertise_addr:
+            return pb.NodeSpec.MANAGER
+    return pb.NodeSpec.WORKER
 
 
 def _label(value: str) -> tuple[str, str]:
@@ -229,6 +257,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         help="registry credentials for every task of this node, in docker's "
                              "config.json format (a task's own, --with-registry-auth, win)")
     parser.add_argument("--hostname", default="", help="node name (default: the host's)")
+    parser.add_argument("--role", choices=sorted(_ROLES), default=None,
+                        help="role for placement (node.role) when the node first registers "
+                             "(default: manager when a --controller is on loopback or on "
+                             "--advertise-addr, else worker)")
     parser.add_argument("--cgroup-parent", default="",
                         help="cgroup parent of the containers (default: derived from --state-dir)")
     parser.add_argument("--bind-root", action="append", type=Path, default=[], metavar="DIR",
@@ -305,7 +337,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         log_level=args.log_level, image_gc=image_gc, join_token=args.join_token,
         join_addrs=tuple(args.join_addr), insecure=args.insecure,
         dns_forwarders=forwarders,
-        conditions=ConditionSettings(min_free_bytes=args.disk_min_free))
+        conditions=ConditionSettings(min_free_bytes=args.disk_min_free),
+        role=registration_role(args.role, args.controller, args.advertise_addr))
 
 
 def _memory_bytes() -> int:
@@ -423,7 +456,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     session = AgentSession(
         config.controllers, describe(config), worker,
         keeper.channel if keeper is not None else insecure_channels(),
-        node_id=node_id, labels=config.labels,
+        node_id=node_id, labels=config.labels, role=config.role,
         on_registered=lambda node_id: _registered(config, worker, node_id),
         settings=SessionSettings(),
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)],

@@ -115,6 +115,7 @@ class AgentSession:
     def __init__(self, controllers: Sequence[str], description: pb.NodeDescription,
                  worker: Worker, channels: ChannelFactory, *,
                  node_id: str = "", labels: dict[str, str] | None = None,
+                 role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER,
                  on_registered: Callable[[str], None] | None = None,
                  settings: SessionSettings | None = None,
                  services: Sequence[tuple[str, SessionService]] = (),
@@ -131,6 +132,7 @@ class AgentSession:
         self._channels = channels
         self.node_id = node_id
         self._labels = labels or {}
+        self._role = role  # sent when registering only: the cluster's record wins after
         self._on_registered = on_registered
         self.settings = settings or SessionSettings()
         self._services = list(services)  # (name, service) run beside each session
@@ -263,7 +265,8 @@ class AgentSession:
             self._channels(addr))
         if not self.node_id:
             response = await stub.Register(
-                dpb.RegisterRequest(description=self.description, labels=self._labels),
+                dpb.RegisterRequest(description=self.description, labels=self._labels,
+                                    role=self._role),
                 timeout=_RPC_TIMEOUT)
             self.node_id = response.node_id
             log.info("registered as node %s", self.node_id)

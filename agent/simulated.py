@@ -209,7 +209,8 @@ class SimulatedNode:
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
                  hostname_prefix: str = "sim", reject_images: Collection[str] = (),
                  joining: JoinSettings | None = None,
-                 ca_pem: Callable[[], Awaitable[bytes]] | None = None) -> None:
+                 ca_pem: Callable[[], Awaitable[bytes]] | None = None,
+                 role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER) -> None:
         self.worker = FakeWorker(reject_images)
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
@@ -224,7 +225,8 @@ class SimulatedNode:
         self._ca_pem = ca_pem
         self.keeper: IdentityKeeper | None = None
         self.session = AgentSession(controllers, description, self.worker,
-                                    channels or self._channel, labels=labels, settings=settings)
+                                    channels or self._channel, labels=labels, settings=settings,
+                                    role=role)
         self.worker.session = self.session
         self._task: asyncio.Task[None] | None = None
 
@@ -269,19 +271,22 @@ class SimulatedNode:
 
 class SimulatedCluster:
     """Many simulated nodes: joined with `join_token` (mutual TLS, one channel
-    per node), or on shared plaintext channels when it is None."""
+    per node), or on shared plaintext channels when it is None. The first
+    `managers` register as managers (placement's node.role), the rest as workers."""
 
     def __init__(self, controllers: Sequence[str], count: int,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
                  hostname_prefix: str = "sim", reject_images: Collection[str] = (), *,
-                 join_token: str | None = None, join_addrs: Sequence[str] = ()) -> None:
+                 join_token: str | None = None, join_addrs: Sequence[str] = (),
+                 managers: int = 0) -> None:
         joining = None if join_token is None else JoinSettings(
             join_token, tuple(join_addrs) or tuple(join_address(c) for c in controllers))
         self._channels = insecure_channels() if joining is None else None
         self._joining = joining
         self._ca: asyncio.Future[bytes] | None = None
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
-                                    hostname_prefix, reject_images, joining, self._ca_pem)
+                                    hostname_prefix, reject_images, joining, self._ca_pem,
+                                    pb.NodeSpec.MANAGER if i < managers else pb.NodeSpec.WORKER)
                       for i in range(count)]
 
     async def _ca_pem(self) -> bytes:

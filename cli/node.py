@@ -1,4 +1,8 @@
-"""`swarmctl node ...`: ls, inspect, ps, update, rm."""
+"""`swarmctl node ...`: ls, inspect, ps, update, promote, demote, rm.
+
+promote/demote change the node's role as placement sees it (`node.role`
+constraints); the controllers are separate processes here, so no quorum is at
+stake and demoting the last manager is allowed."""
 
 from __future__ import annotations
 
@@ -153,6 +157,54 @@ def update(
         ctl.call(ctl.stub.UpdateNode, cpb.UpdateNodeRequest(
             node_id=current.id, version=current.meta.version, spec=apply(current.spec)))
     typer.echo(node)
+
+
+def role_change(node: pb.Node, role: pb.NodeSpec.Role.ValueType) -> pb.NodeSpec | None:
+    """The spec promote/demote sends, or None when the node already has the role
+    (docker then says so and writes nothing)."""
+    if node.spec.role == role:
+        return None
+    spec = pb.NodeSpec()
+    spec.CopyFrom(node.spec)
+    spec.role = role
+    return spec
+
+
+def _set_role(ctx: typer.Context, nodes: Sequence[str], role: pb.NodeSpec.Role.ValueType) -> None:
+    word = pb.NodeSpec.Role.Name(role).lower()
+    with client.open_controller(ctx) as ctl:
+
+        def change_one(ref: str) -> None:
+            current = ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node
+            spec = role_change(current, role)
+            if spec is None:
+                typer.echo(f"Node {ref} is already a {word}.")
+                return
+            ctl.call(ctl.stub.UpdateNode, cpb.UpdateNodeRequest(
+                node_id=current.id, version=current.meta.version, spec=spec))
+            typer.echo(f"Node {ref} {'promoted to' if role == pb.NodeSpec.MANAGER else 'demoted to'}"
+                       f" a {word}.")
+
+        _, failed = for_each(nodes, change_one)
+    fail_if(failed)
+
+
+@app.command("promote", epilog=examples("swarmctl node promote node-1"))
+def promote(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes)],
+) -> None:
+    """Make nodes managers, for placement (node.role==manager constraints)."""
+    _set_role(ctx, nodes, pb.NodeSpec.MANAGER)
+
+
+@app.command("demote", epilog=examples("swarmctl node demote node-1"))
+def demote(
+    ctx: typer.Context,
+    nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes)],
+) -> None:
+    """Make nodes workers, for placement (node.role==worker constraints)."""
+    _set_role(ctx, nodes, pb.NodeSpec.WORKER)
 
 
 @app.command("rm", epilog=examples("swarmctl node rm node-3",

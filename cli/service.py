@@ -15,10 +15,11 @@ from typing import Annotated, Any
 
 import typer
 
+from swarm.api import imageref
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.api.validation import ValidationError, check_drain_timeout
+from swarm.api.validation import HOST_NETWORK, ValidationError, check_drain_timeout
 
 from . import client, completion, logs, parsing, progress, pull, render
 from .choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
@@ -411,6 +412,69 @@ def _merge_env(current: Sequence[str], remove: Sequence[str], add: Sequence[str]
         added.values())
 
 
+@dataclass(frozen=True)
+class CreateTarget:
+    """What `service create`'s positionals and --name/--image amount to."""
+
+    name: str
+    image: str | None
+    args: list[str]
+
+
+def name_from_image(image: str) -> str:
+    """The service name docker's form of create gives when --name is absent: the
+    image's last path component (`registry:5000/team/web-app:1.2` -> `web-app`),
+    with the '.' a repository allows but a service name does not made '-'.
+    Readable in `service ls` and predictable for scripts, unlike docker's random
+    adjective_noun; a second service of the same image needs --name (the
+    controller refuses the duplicate name, nothing is written)."""
+    component = imageref.parse_reference(image).repository.rsplit("/", 1)[-1]
+    return component.replace(".", "-")[:63].rstrip("-_")
+
+
+def create_target(positionals: Sequence[str], name: str | None,
+                  image: str | None) -> CreateTarget:
+    """Read create's positionals in both forms. With --image (today's form) they
+    are NAME [CMD...], or only CMD when --name is given too. Without --image
+    (docker's form, `service create [--name NAME] IMAGE [CMD...]`) the first one
+    is the image, and the name is --name or the image's last path component."""
+    rest = list(positionals)
+    if image is not None:
+        if name is None:
+            if not rest:
+                raise BadInput("a service name is required: service create NAME --image "
+                               "IMAGE, or service create [--name NAME] IMAGE")
+            name = rest.pop(0)
+        return CreateTarget(name=name, image=image, args=rest)
+    if not rest:
+        raise BadFlag("--image", "missing: give the image to run, e.g. service create "
+                                 "busybox, or --image busybox")
+    image = rest.pop(0)
+    try:
+        derived = name_from_image(image)
+    except imageref.InvalidReference as error:
+        raise BadInput(f"IMAGE: {error} (service create [--name NAME] IMAGE [CMD...], "
+                       "or NAME --image IMAGE)") from None
+    return CreateTarget(name=derived if name is None else name, image=image, args=rest)
+
+
+def host_network(networks: Sequence[pb.NetworkAttachmentConfig],
+                 publish: Sequence[str]) -> bool:
+    """Whether `--network host` was asked for; refused with another network, an
+    alias or --publish (the task binds the node's ports itself), as the controller
+    refuses it (validation.check_host_network), but before anything is sent."""
+    if all(a.target != HOST_NETWORK for a in networks):
+        return False
+    if len(networks) > 1:
+        raise BadFlag("--network", "host cannot be combined with other networks")
+    if networks[0].aliases:
+        raise BadFlag("--network", "host takes no alias (the task has the node's names)")
+    if publish:
+        raise BadFlag("--publish", "cannot be used with --network host: the task binds the "
+                                   "node's ports itself")
+    return True
+
+
 def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
     """The ServiceSpec `service create` sends; raises BadFlag for a bad value."""
     if not options.name.strip():
@@ -444,8 +508,11 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
         placement.preferences.add(spread=parsing.placement_pref("--placement-pref", item))
     for item in options.publish:
         spec.endpoint.ports.append(parsing.port_config("--publish", item))
-    for item in options.networks:
-        spec.task.networks.append(parsing.network_attachment("--network", item))
+    attachments = [parsing.network_attachment("--network", item) for item in options.networks]
+    if host_network(attachments, options.publish):
+        spec.task.host_network = True
+    else:
+        spec.task.networks.extend(attachments)
     for item in options.mounts:
         container.mounts.append(parsing.mount("--mount", item))
     append_references(container, "secret",
@@ -554,14 +621,18 @@ def _list(values: list[str] | None) -> list[str]:
     "node.labels.zone==east top",
     "swarmctl service create --timeout 5m big --image busybox --replicas 50",
     "swarmctl service create -d cache --image redis:7",
+    "swarmctl service create --name web -p 8080:80 nginx:alpine   (docker's form)",
+    "swarmctl service create busybox sleep 3600   (named busybox, after the image)",
 ))
 def create(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(metavar="NAME", help="Name of the service.")],
-    command: Annotated[list[str] | None, typer.Argument(
-        metavar="CMD", show_default=False,
-        help="Command and arguments; they replace the image's CMD (put -- before them "
-             "when they start with a dash).")] = None,
+    positionals: Annotated[list[str] | None, typer.Argument(
+        metavar="NAME|IMAGE [CMD...]", show_default=False,
+        help="NAME (with --image), or docker's form IMAGE (the name is --name or the "
+             "image's last path component); then the command and arguments, which replace "
+             "the image's CMD (put -- before them when they start with a dash).")] = None,
+    name: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Name of the service (docker's form).")] = None,
     image: ImageOpt = None,
     replicas: ReplicasOpt = None,
     mode: Annotated[str | None, typer.Option(
@@ -607,7 +678,8 @@ def create(
              "which sees the client's address. proxy-protocol=v2 (ingress TCP): each "
              "connection starts with a PROXY v2 header naming the client.")] = None,
     network: Annotated[list[str] | None, typer.Option(
-        metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable).")] = None,
+        metavar="NET", help="Attach to a network; also name=NET,alias=A (repeatable). host: "
+                            "share the node's network namespace (no --publish).")] = None,
     endpoint_mode: EndpointModeOpt = None,
     workdir: WorkdirOpt = None,
     user: UserOpt = None,
@@ -650,9 +722,12 @@ def create(
     wait_for: WaitTimeoutOpt = progress.DEFAULT_WAIT,
 ) -> None:
     """Create a service; prints its ID, then waits until its tasks run (unless -d)."""
+    target = create_target(_list(positionals), name, image)
+    options = task_options(locals())
+    options["image"] = target.image
     spec = service_spec_from_options(ServiceOptions(
-        name=name,
-        args=_list(command),
+        name=target.name,
+        args=target.args,
         mode=mode,
         env=_list(env),
         labels=_list(label),
@@ -672,7 +747,7 @@ def create(
         env_files=_list(env_file),
         secrets=_list(secret),
         configs=_list(config),
-        **task_options(locals()),
+        **options,
     ))
     timeout = progress.wait_timeout(wait_for)
     pulling = pull.pull_options(with_registry_auth, registry_auth_file, resolve_image,

@@ -12,7 +12,7 @@ from typer.models import OptionInfo
 
 ImageOpt = Annotated[
     str | None,
-    typer.Option(metavar="IMAGE", help="Image to run (service create requires one).", show_default=False),
+    typer.Option(metavar="IMAGE", help="Image to run (or create's first argument).", show_default=False),
 ]
 ReplicasOpt = Annotated[str | None, typer.Option(metavar="N", help="Number of tasks (default 1).")]
 MaxReplicasPerNodeOpt = Annotated[

@@ -236,7 +236,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             return dpb.RegisterResponse(node_id=certified)  # registered before: same node
         node = pb.Node(
             id=certified or new_id(),
-            spec=pb.NodeSpec(labels=request.labels, availability=pb.NodeSpec.ACTIVE),
+            spec=pb.NodeSpec(labels=request.labels, role=request.role,
+                             availability=pb.NodeSpec.ACTIVE),
             description=request.description,
             status=pb.NodeStatus(state=pb.NodeStatus.UNKNOWN),
         )
@@ -244,7 +245,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             await self._store.commit([Create(node)], guard=state.guard)
         except (Conflict, StoreError) as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not register node: {error}")
-        log.info("registered node %s (%s)", node.id, request.description.hostname)
+        log.info("registered node %s (%s) as a %s", node.id, request.description.hostname,
+                 pb.NodeSpec.Role.Name(request.role).lower())
         return dpb.RegisterResponse(node_id=node.id)
 
     async def Session(self, request: dpb.SessionRequest,

@@ -461,11 +461,14 @@ class RuncRuntime:
                  ("/etc/hostname", str(bundle / "hostname")),
                  ("/etc/resolv.conf", str(bundle / "resolv.conf")))
 
-        netns = await create_netns(self.netns_name(task_id))
+        # Host networking: no namespace of its own (none to remove later either:
+        # remove_netns of a name never made is a no-op).
+        netns = None if task.spec.host_network else await create_netns(self.netns_name(task_id))
         plan = ContainerPlan(
             hostname=hostname, process=process, user=user, rootfs=str(root),
             read_only=container.read_only, mounts=tuple(mounts), files=files,
-            netns_path=str(netns), cgroups_path=self.cgroups_path(task_id),
+            netns_path=None if netns is None else str(netns),
+            cgroups_path=self.cgroups_path(task_id),
             resources=resources, nofile_limit=self._nofile,
             capabilities=tuple(capabilities_for(container)),
             sysctls=tuple(sorted(container.sysctls.items())), ulimits=tuple(container.ulimits),

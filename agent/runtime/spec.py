@@ -556,7 +556,7 @@ class ContainerPlan:
     read_only: bool
     mounts: tuple[MountPlan, ...]
     files: tuple[tuple[str, str], ...]  # (container path, host file) bind-mounted: hosts, ...
-    netns_path: str
+    netns_path: str | None  # None: host networking, the namespace runc runs in (the node's)
     cgroups_path: str
     resources: dict[str, Any]
     nofile_limit: int = 0  # RLIMIT_NOFILE (soft = hard); 0: inherit the monitor's
@@ -616,7 +616,10 @@ def build_config(plan: ContainerPlan) -> dict[str, Any]:
                 {"type": "ipc"},
                 {"type": "uts"},
                 {"type": "mount"},
-                {"type": "network", "path": plan.netns_path},
+                # No entry at all for host networking: the container stays in the
+                # node's network namespace, as docker's --network host.
+                *([] if plan.netns_path is None else
+                  [{"type": "network", "path": plan.netns_path}]),
             ],
             "cgroupsPath": plan.cgroups_path,
             "resources": plan.resources,

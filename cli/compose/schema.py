@@ -39,7 +39,7 @@ UNSUPPORTED_SERVICE_KEYS = frozenset({
     "credential_spec", "depends_on", "develop", "device_cgroup_rules",
     "domainname", "expose", "extends", "external_links",
     "ipc", "isolation", "links", "logging", "mac_address",
-    "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode",
+    "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit",
     "oom_kill_disable", "oom_score_adj", "pid", "platform", "privileged",
     "profiles", "pull_policy", "restart", "runtime", "scale", "security_opt",
     "shm_size", "stdin_open", "storage_opt", "userns_mode",
@@ -52,6 +52,8 @@ SERVICE_KEYS = frozenset({
     # Runtime options (swarm.api.runopts).
     "cap_add", "cap_drop", "sysctls", "ulimits", "pids_limit", "devices", "group_add", "dns",
     "dns_search", "dns_opt", "extra_hosts", "tty",
+    # Only `host` (the node's network namespace); other modes are refused.
+    "network_mode",
 })
 UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.reservations.devices",
                                       "resources.reservations.generic_resources"})

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import HOST_NETWORK
 
 from ..choices import (
     ENDPOINT_MODES,
@@ -113,8 +114,11 @@ def convert_service(context: Context, key: str, node: Node,
         if f"{kind}s" in fields:
             append_references(container, kind, service_references(
                 context, kind, fields[f"{kind}s"], f"{path}.{kind}s"))
-    _service_networks(context, key, spec, fields.get("networks"), f"{path}.networks",
-                      declared_networks)
+    if _network_mode(fields, path):
+        spec.task.host_network = True  # no default network: the node's namespace
+    else:
+        _service_networks(context, key, spec, fields.get("networks"), f"{path}.networks",
+                          declared_networks)
     if "deploy" in fields:
         _deploy(context, spec, fields["deploy"], f"{path}.deploy")
     if spec.WhichOneof("mode") is None:
@@ -397,6 +401,23 @@ def _port_long(context: Context, node: Node, path: str) -> pb.PortConfig:
     if not port.target_port:
         fail(node, f"{path}.target", "required")
     return port
+
+
+def _network_mode(fields: Mapping[str, Node], path: str) -> bool:
+    """Whether `network_mode: host` asks for the node's network namespace; refused
+    beside `ports:` or `networks:`, and for the modes this orchestrator lacks."""
+    node = fields.get("network_mode")
+    if node is None:
+        return False
+    mode = as_string(node, f"{path}.network_mode").strip()
+    if mode != HOST_NETWORK:
+        fail(node, f"{path}.network_mode", f"unsupported mode {quote(mode)} (only "
+             f"{quote(HOST_NETWORK)}; leave it out for the stack's networks)")
+    for key in ("ports", "networks"):
+        if key in fields:
+            fail(fields[key], f"{path}.{key}", "cannot be used with network_mode: host"
+                 + (": the task binds the node's ports itself" if key == "ports" else ""))
+    return True
 
 
 def _service_networks(context: Context, service_key: str, spec: pb.ServiceSpec,

@@ -366,14 +366,17 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
                             node.state_dir], check=True, capture_output=True)
     say(f"starting {nodes} agents")
     agents = []
-    for node in state.nodes:
+    for index, node in enumerate(state.nodes):
+        # The first host is a manager (placement's node.role), as a one-manager
+        # Swarm's first node is: stacks pinned to node.role==manager land there.
+        role = ["--role", "manager" if index == 0 else "worker"]
         agents.append(start(f"agent {node.host}", nsenter_argv(node.netns, [
             sys.executable, "-m", "swarm.agent.main",
             *(f"--controller={addr}" for addr in state.controller_addrs),
             "--state-dir", node.state_dir, "--advertise-addr", node.address,
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
-            "--bind-root", "/proc", *agent_security,
+            "--bind-root", "/proc", *role, *agent_security,
             *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders), *agent_args])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:

@@ -187,7 +187,8 @@ class VipPlan:
 
 
 def wants_vips(spec: pb.ServiceSpec) -> bool:
-    return spec.endpoint.mode == pb.EndpointSpec.VIP
+    # A host-network service has no namespace of its own to reach through a VIP.
+    return spec.endpoint.mode == pb.EndpointSpec.VIP and not spec.task.host_network
 
 
 def plan_vips(spec: pb.ServiceSpec, current: Sequence[pb.VirtualIP],

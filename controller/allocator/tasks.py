@@ -69,8 +69,10 @@ def plan_tasks(tasks: Sequence[pb.Task], networks: Mapping[str, pb.Network],
         if _missing_vips(task, service):
             plan.waiting[task.id] = WAITING_FOR_VIPS
             continue
-        targets = list(task.spec.networks)
-        if publishes_ingress(service.spec):
+        # A host-network task shares its node's namespace: no attachment, no address
+        # (validation refuses networks and ports for it; this holds it anyway).
+        targets = [] if task.spec.host_network else list(task.spec.networks)
+        if publishes_ingress(service.spec) and not task.spec.host_network:
             # The routing mesh reaches the task on the ingress network, after its own.
             if ingress is None:
                 plan.waiting[task.id] = NO_INGRESS_MESSAGE

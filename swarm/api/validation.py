@@ -584,7 +584,26 @@ def normalize_service_spec(spec: pb.ServiceSpec,
     out.endpoint.SetInParent()  # unset: mode VIP, no ports
     _check_endpoint(out.endpoint, "spec.endpoint")
     _check_internal(out.endpoint, attached, "spec.endpoint.ports")
+    check_host_network(out)
     return out
+
+
+HOST_NETWORK = "host"  # `--network host`, compose `network_mode: host`
+
+
+def check_host_network(spec: pb.ServiceSpec) -> None:
+    """A host-network task binds the node's ports itself and is reached on the
+    node's addresses: it cannot publish ports (the routing mesh and mode=host
+    forward into a task's own namespace), join networks or have a VIP (both live
+    in a namespace of its own)."""
+    if not spec.task.host_network:
+        return
+    if spec.endpoint.ports:
+        raise ValidationError("spec.endpoint.ports", "a host-network service (--network host) "
+                              "cannot publish ports: it binds the node's ports itself")
+    if spec.task.networks:
+        raise ValidationError("spec.task.networks", "a host-network service (--network host) "
+                              "cannot join other networks")
 
 
 # ---------------------------------------------------------------- nodes and networks
@@ -640,6 +659,9 @@ def normalize_network_spec(spec: pb.NetworkSpec) -> pb.NetworkSpec:
     out = pb.NetworkSpec()
     out.CopyFrom(spec)
     _check_name(out.name, "spec.name", "backend")
+    if out.name == HOST_NETWORK:
+        raise ValidationError("spec.name", f"{HOST_NETWORK!r} is reserved: `--network host` "
+                              "shares the node's network namespace")
     _check_labels(out.labels, "spec.labels")
     if not out.driver:
         out.driver = DEFAULT_NETWORK_DRIVER

@@ -86,6 +86,10 @@ def test_up_scale_status_down_leaves_nothing(name: str) -> None:
     assert f"{name}-h2" in status
     assert status.count("web.") == 4
     assert "gone" not in status
+    # The first host is a manager for placement (node.role), the others workers.
+    managers = swarmctl("node", "ls", "--filter", "role=manager")
+    assert f"{name}-h1" in managers
+    assert f"{name}-h2" not in managers
 
     # The tasks are real containers answering on port 80 in their namespaces
     # (named after their agent's cgroup parent).
@@ -430,3 +434,29 @@ def test_published_port_answers_on_every_host_and_host_mode_only_where_tasks_run
     assert all(any(n.endswith("+sbox") for n in netns_with(p)) for p in prefixes)
     cluster.down(name, say=lambda _: None)
     assert not any(netns_with(prefix) for prefix in prefixes)
+
+
+def test_host_network_task_answers_on_its_hosts_own_address(name: str) -> None:
+    state = cluster.up(name, 2, "192.168.129.0/24", say=lambda _: None)
+    image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
+    second = state.nodes[1]
+    # Bad input first: host networking publishes nothing. One line, nothing written.
+    result = CliRunner().invoke(app, ["service", "create", "bad", "--image", image,
+                                      "--network", "host", "--publish", "8090:8090"])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        "swarmctl: --publish: cannot be used with --network host: the task binds the node's "
+        "ports itself"]
+    assert "bad" not in swarmctl("service", "ls")
+
+    swarmctl("service", "create", "hostweb", "--image", image, "--network", "host",
+             "--env", "PORT=8090", "--env", "TASK_NAME={{.Task.Name}}",
+             "--constraint", f"node.hostname=={name}-{second.host}", "--timeout", "60s")
+    # httpd bound the host's own port: reached on the host's address, with no
+    # published port and no namespace of the task's own.
+    address = second.address.split("/")[0]
+    assert answers(address, 8090).startswith("hello from hostweb.1.")
+    prefix = default_cgroup_parent(Path(second.state_dir)) + "-"
+    assert netns_with(prefix) == []
+    (service,) = json.loads(swarmctl("service", "inspect", "hostweb"))
+    assert not service.get("endpoint", {}).get("virtual_ips")

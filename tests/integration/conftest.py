@@ -74,11 +74,13 @@ def worker_token(controller: Controller) -> str:
 
 
 def sim_cluster(controller: Controller, count: int, *, settings: SessionSettings | None = None,
-                hostname_prefix: str = "sim", reject_images: Collection[str] = ()
-                ) -> SimulatedCluster:
-    """Simulated nodes joined to the controller with its worker token."""
+                hostname_prefix: str = "sim", reject_images: Collection[str] = (),
+                managers: int = 0) -> SimulatedCluster:
+    """Simulated nodes joined to the controller with its worker token; the first
+    `managers` register as managers (placement's node.role)."""
     return SimulatedCluster([f"127.0.0.1:{controller.port}"], count, settings=settings,
                             hostname_prefix=hostname_prefix, reject_images=reject_images,
+                            managers=managers,
                             join_token=worker_token(controller),
                             join_addrs=[controller.join_addr])
 

@@ -35,26 +35,28 @@ NODES = 3
 class LiveCluster:
     """A controller and simulated nodes on an event loop of their own thread."""
 
-    def __init__(self, etcd: EtcdServer, prefix: str, reject_images: Collection[str]) -> None:
+    def __init__(self, etcd: EtcdServer, prefix: str, reject_images: Collection[str],
+                 managers: int = 0) -> None:
         self.prefix = prefix
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="live-cluster",
                                        daemon=True)
         self.thread.start()
         try:
-            self.controller, self.nodes = self.run(self._start(etcd.endpoint, reject_images))
+            self.controller, self.nodes = self.run(self._start(etcd.endpoint, reject_images,
+                                                               managers))
         except BaseException:
             self._stop_loop()
             raise
 
-    async def _start(self, endpoint: str, reject_images: Collection[str]
+    async def _start(self, endpoint: str, reject_images: Collection[str], managers: int
                      ) -> tuple[Controller, SimulatedCluster]:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
         # As swarm-controller runs: with the ingress network (services publish ports).
         controller = Controller(controller_config(endpoint, self.prefix, ingress=True))
         await controller.start()
         nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
-                            reject_images=reject_images)
+                            reject_images=reject_images, managers=managers)
         nodes.start()
         try:
             await nodes.wait_connected(timeout=15)

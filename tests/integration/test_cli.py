@@ -229,6 +229,31 @@ def test_rm_removes_services_and_their_tasks(live: LiveCluster) -> None:
     assert ok(swarmctl(live, "service", "ls", "-q")).stdout.strip() == ""
 
 
+def test_dockers_form_of_create_names_the_service_and_runs_the_command(
+        live: LiveCluster) -> None:
+    # docker service create [--name NAME] IMAGE [CMD...], as a docker user types it.
+    named = ok(swarmctl(live, "service", "create", "--name", "sleeper", "--replicas", "2",
+                        "busybox", "sleep", "3600")).stdout.strip()
+    anonymous = ok(swarmctl(live, "service", "create", "-d", "localhost:5000/team/web.app:1",
+                            "--", "httpd", "-f")).stdout.strip()
+    sleeper = live.service("sleeper")
+    assert sleeper.id == named
+    assert sleeper.spec.task.container.image == "busybox"
+    assert list(sleeper.spec.task.container.args) == ["sleep", "3600"]
+    assert len(live.running("sleeper")) == 2
+    # Without --name: the image's last path component, '.' made '-'.
+    web = live.service("web-app")
+    assert web.id == anonymous
+    assert list(web.spec.task.container.args) == ["httpd", "-f"]
+    # Twice the same image without --name: the controller refuses the name, writes nothing.
+    ok(swarmctl(live, "service", "create", "busybox"))
+    live.eventually(lambda: len(live.running("web-app")) == 1, message="web-app running")
+    before = live.snapshot()
+    assert_one_line_error(swarmctl(live, "service", "create", "-d", "busybox"), "busybox",
+                          exit_code=1)
+    assert live.snapshot() == before
+
+
 # ---------------------------------------------------------------- waiting that fails
 
 
@@ -613,3 +638,22 @@ def test_shell_completion_offers_commands_and_the_clusters_names(live: LiveClust
                              "--show-completion", "bash"], env={**os.environ, "SHELL": "/bin/bash"},
                             capture_output=True, text=True, timeout=30)
     assert "_SWARMCTL_COMPLETE=complete_bash" in script.stdout
+
+
+def test_host_network_service_runs_without_addresses_and_refuses_ports(
+        live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "--name", "mon", "--network", "host", "busybox",
+                "--timeout", "20s"))
+    service = live.service("mon")
+    assert service.spec.task.host_network
+    assert list(service.endpoint.virtual_ips) == []
+    (task,) = live.running("mon")
+    assert list(task.networks) == []  # no overlay attachment, no address
+    # Found before sending: exit 2. Found by the controller (an update): exit 1. Nothing
+    # written either way.
+    before = live.snapshot()
+    assert_one_line_error(swarmctl(live, "service", "create", "--network", "host", "-p",
+                                   "80:80", "busybox"), "--publish", exit_code=2)
+    assert_one_line_error(swarmctl(live, "service", "update", "--publish-add", "80:80", "mon"),
+                          "spec.endpoint.ports", "cannot publish ports", exit_code=1)
+    assert live.snapshot() == before

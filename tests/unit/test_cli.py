@@ -24,9 +24,12 @@ from swarm.cli.main import app
 from swarm.cli.network import network_spec_from_options
 from swarm.cli.node import updated_node_spec
 from swarm.cli.service import (
+    CreateTarget,
     ServiceOptions,
     ServiceUpdateOptions,
     check_update_options,
+    create_target,
+    name_from_image,
     service_spec_from_options,
     updated_service_spec,
 )
@@ -275,7 +278,47 @@ def _with_mount(source: str) -> pb.ServiceSpec:
 
 @pytest.mark.usefixtures("no_controller")
 def test_create_without_image_is_a_usage_error() -> None:
-    assert_one_line_error(invoke("service", "create", "web"), "--image")
+    # `service create web` is docker's form now (image web, service web); with no
+    # positional at all there is still no image.
+    assert_one_line_error(invoke("service", "create"), "--image", "missing")
+    assert_one_line_error(invoke("service", "create", "--name", "web"), "--image")
+
+
+@pytest.mark.parametrize(("positionals", "name", "image", "expected"), [
+    # Today's form: NAME --image IMAGE [CMD...].
+    (["web"], None, "busybox", CreateTarget("web", "busybox", [])),
+    (["web", "sleep", "9"], None, "busybox", CreateTarget("web", "busybox", ["sleep", "9"])),
+    (["sleep", "9"], "web", "busybox", CreateTarget("web", "busybox", ["sleep", "9"])),
+    # Docker's form: [--name NAME] IMAGE [CMD...].
+    (["nginx:alpine"], "web", None, CreateTarget("web", "nginx:alpine", [])),
+    (["busybox", "sleep", "9"], None, None, CreateTarget("busybox", "busybox", ["sleep", "9"])),
+    (["localhost:5000/team/web.app:1.2"], None, None,
+     CreateTarget("web-app", "localhost:5000/team/web.app:1.2", [])),
+])
+def test_create_target_reads_both_forms(positionals: list[str], name: str | None,
+                                        image: str | None, expected: CreateTarget) -> None:
+    assert create_target(positionals, name, image) == expected
+
+
+def test_create_target_refusals_name_what_is_missing() -> None:
+    with pytest.raises(BadInput, match="a service name is required"):
+        create_target([], None, "busybox")
+    with pytest.raises(BadFlag, match="--image: missing"):
+        create_target([], "web", None)
+    with pytest.raises(BadInput, match="IMAGE: invalid image reference: 'Web'"):
+        create_target(["Web", "sleep"], None, None)
+
+
+@pytest.mark.parametrize(("image", "name"), [
+    ("busybox", "busybox"), ("library/redis:7", "redis"), ("ghcr.io/org/my_app@sha256:"
+                                                             + "a" * 64, "my_app"),
+    ("host:5000/a/b/c.d.e", "c-d-e"), ("x" * 70, "x" * 63),
+])
+def test_name_from_image_is_the_last_path_component_as_a_valid_name(image: str,
+                                                                    name: str) -> None:
+    assert name_from_image(image) == name
+    spec = service_spec_from_options(ServiceOptions(name=name_from_image(image), image=image))
+    validation.normalize_service_spec(spec, {})  # the controller takes the name as it is
 
 
 # ---------------------------------------------------------------- service update

@@ -50,6 +50,12 @@ class RegisterRequest(_message.Message):
 
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    role: _objects_pb2.NodeSpec.Role.ValueType
+    """The role the node starts with (swarm-agent --role; manager by default when a
+    controller runs beside it). Placement's node.role; later changed only by
+    `swarmctl node promote/demote`, never by registering again.
+    """
     @_builtins.property
     def description(self) -> _objects_pb2.NodeDescription: ...
     @_builtins.property
@@ -59,10 +65,11 @@ class RegisterRequest(_message.Message):
         *,
         description: _objects_pb2.NodeDescription | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        role: _objects_pb2.NodeSpec.Role.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "labels", b"labels", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

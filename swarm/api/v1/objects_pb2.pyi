@@ -817,8 +817,13 @@ class TaskSpec(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    HOST_NETWORK_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     """Bumped by `service update --force`: a new value rolls every task."""
+    host_network: _builtins.bool
+    """`--network host` (compose `network_mode: host`): the task shares its node's
+    network namespace. No networks, no published ports, no VIP go with it.
+    """
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
     @_builtins.property
@@ -838,10 +843,11 @@ class TaskSpec(_message.Message):
         placement: Global___Placement | None = ...,
         networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
         force_update: _builtins.int = ...,
+        host_network: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "host_network", b"host_network", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
