@@ -8,7 +8,7 @@ import typer
 
 import swarm
 
-from . import client, cluster, network, node, service, stack
+from . import client, cluster, events, network, node, service, stack
 from . import controller as controller_cmd
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
@@ -58,6 +58,7 @@ app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(stack.app, name="stack")
 app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
+app.command("events", epilog=events.EPILOG)(events.events_command)
 
 
 def _print_version(value: bool) -> None:

@@ -32,6 +32,7 @@ from .allocator.ingress import IngressKeeper
 from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.control import MAX_STALENESS, ControlServicer
+from .api.events import EventLog
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -128,6 +129,8 @@ class Controller:
         self.registry: ControllerRegistry | None = None
         self.logs = LogBroker(self.store, config.logs)
         self.compactor = Compactor(self.etcd, config.compaction)
+        # Subscribed before the first list, so that replay starts at the beginning.
+        self.events = EventLog(self.store.cache)
 
     async def start(self) -> None:
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))
@@ -164,6 +167,7 @@ class Controller:
         self.dispatcher.logs = self.logs
         control = ControlServicer(self.store, self.leadership, self.addresses, self.logs)
         control.max_staleness = self.config.max_read_staleness
+        control.events = self.events
         cgrpc.add_ControlServicer_to_server(control, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:

@@ -81,6 +81,7 @@ from ..store import (
     Update,
     store_status,
 )
+from .events import EventLog, serve_events
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ class ControlServicer(cgrpc.ControlServicer):
         self._network_lock = asyncio.Lock()
         self._logs = logs
         self.max_staleness = MAX_STALENESS
+        self.events: EventLog | None = None  # set by the server (api/events.py)
 
     async def _commit(self, context: Context, ops: list[Op], what: str) -> None:
         try:
@@ -692,3 +694,10 @@ class ControlServicer(cgrpc.ControlServicer):
                     yield message
         except SubscriptionRefused as error:
             await _abort(context, error.code, str(error))
+
+    # ------------------------------------------------------------ events (api/events.py)
+
+    async def Events(self, request: cpb.EventsRequest,
+                     context: Context) -> AsyncIterator[cpb.Event]:
+        async for event in serve_events(self.events, request, context):
+            yield event

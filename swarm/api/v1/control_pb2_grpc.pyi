@@ -72,6 +72,12 @@ class ControlStub:
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
     """
+    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.Event]
+    """Changes of the cluster's objects as they happen (`swarmctl events`), from
+    the controller's watch cache: first those still in its replay window
+    (a bounded ring, by time) from `since`, then live ones until `until` or
+    until the caller hangs up. Any controller answers it.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -112,6 +118,12 @@ class ControlAsyncStub(ControlStub):
     ListControllers: _aio.UnaryUnaryMultiCallable[_control_pb2.ListControllersRequest, _control_pb2.ListControllersResponse]  # type: ignore[assignment]
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
+    """
+    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.Event]  # type: ignore[assignment]
+    """Changes of the cluster's objects as they happen (`swarmctl events`), from
+    the controller's watch cache: first those still in its replay window
+    (a bounded ring, by time) from `since`, then live ones until `until` or
+    until the caller hangs up. Any controller answers it.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -270,6 +282,18 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_control_pb2.ListControllersResponse, _abc.Awaitable[_control_pb2.ListControllersResponse]]:
         """The running controllers (`swarmctl controller ls`): each registers itself
         in etcd on a lease, so a dead one drops out within its lease TTL.
+        """
+
+    @_abc_1.abstractmethod
+    def Events(
+        self,
+        request: _control_pb2.EventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.Event], _abc.AsyncIterator[_control_pb2.Event]]:
+        """Changes of the cluster's objects as they happen (`swarmctl events`), from
+        the controller's watch cache: first those still in its replay window
+        (a bounded ring, by time) from `since`, then live ones until `until` or
+        until the caller hangs up. Any controller answers it.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
