@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry
 from swarm.api.v1 import dispatcher_pb2 as dpb
 
 from .network import lb
@@ -74,6 +75,7 @@ class Discovery:
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(lb_concurrency)
         self.passes = 0  # completed load-balancer passes (tests, benchmarks)
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (agent/metrics.py)
         # Drain before stop: directory changes are numbered, and a pass that
         # applied every table without error records the number it started
         # from, so the agent confirms to the controller only what its load
@@ -124,7 +126,9 @@ class Discovery:
         return True
 
     def resolve(self, name: str, networks: Sequence[str]) -> Resolution:
-        return self.directory.resolve(name, networks)
+        resolution = self.directory.resolve(name, networks)
+        self.telemetry.inc("swarm_agent_dns_queries_total", resolution.outcome.value)
+        return resolution
 
     # ------------------------------------------------------------ served tasks
 
@@ -217,6 +221,7 @@ class Discovery:
                 return
             await lb.apply(served.netns, script)
             served.applied = script
+            self.telemetry.inc("swarm_agent_lb_updates_total")
             gone = lb.gone_backends(served.backends, backends)
             served.backends = backends
             try:

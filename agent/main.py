@@ -72,11 +72,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import swarm
-from swarm.api import pki
+from swarm.api import logformat, pki, sdnotify
 from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.telemetry import metrics_addr_error
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
@@ -91,6 +92,9 @@ from .published import SANDBOX, PublishedPorts
 from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from swarm.api.metrics import MetricsServer
 
 log = logging.getLogger("agent")
 
@@ -118,6 +122,8 @@ class AgentConfig:
     # nameservers of /etc/resolv.conf; empty: no forwarding.
     dns_forwarders: tuple[Upstream, ...] | None = None
     conditions: ConditionSettings = field(default_factory=ConditionSettings)
+    metrics_addr: str = ""  # --metrics-addr: Prometheus metrics and health (agent/metrics.py)
+    log_format: str = "text"
 
     @property
     def certs_dir(self) -> Path:
@@ -245,7 +251,14 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         help="plaintext gRPC to --insecure controllers (development only)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--log-format", default="text", choices=logformat.LOG_FORMATS,
+                        help="text (default) or json: one JSON object per line")
+    parser.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on /metrics, and /healthz and /readyz, "
+                             "on this address (default: off)")
     args = parser.parse_args(argv)
+    if args.metrics_addr and metrics_addr_error(args.metrics_addr):
+        parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
     state_dir: Path = args.state_dir.absolute()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +288,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         log_level=args.log_level, image_gc=image_gc, join_token=args.join_token,
         join_addrs=tuple(args.join_addr), insecure=args.insecure,
         dns_forwarders=forwarders,
-        conditions=ConditionSettings(min_free_bytes=args.disk_min_free))
+        conditions=ConditionSettings(min_free_bytes=args.disk_min_free),
+        metrics_addr=args.metrics_addr, log_format=args.log_format)
 
 
 def _memory_bytes() -> int:
@@ -397,6 +411,12 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)],
         conditions=lambda: conditions_of(config.state_dir, config.conditions))
     worker.report = session.report
+    metrics: MetricsServer | None = None
+    if config.metrics_addr:
+        from .metrics import serve_agent_metrics  # prometheus_client only with metrics on
+
+        metrics = await serve_agent_metrics(config.metrics_addr, worker, session, images,
+                                            discovery)
     if keeper is not None:
         keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
@@ -407,10 +427,15 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
+    loops.append(start_supervised("systemd-watchdog", sdnotify.watchdog))
+    sdnotify.notify("READY=1")  # Type=notify units (deploy/systemd)
     try:
         await stop.wait()
     finally:
         log.info("shutting down; containers keep running")
+        sdnotify.notify("STOPPING=1")
+        if metrics is not None:
+            await metrics.stop()
         await cancel_all(loops)
         await ports.close()
         if keeper is not None:
@@ -501,8 +526,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         purge_main(argv[1:])
         return
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(config.log_level, config.log_format)
     if os.geteuid() != 0:
         sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
     try:
