@@ -98,7 +98,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent")
 
-AGENT_VERSION = "swarm-agent 0.1.0"
+AGENT_VERSION = f"swarm-agent {swarm.__version__}"  # in each node description
 _SUN_PATH_MAX = 107
 _LONGEST_SOCKET_SUFFIX = len("/") + 64 + len("/attach")  # conmon's socket under the dir
 

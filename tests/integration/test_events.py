@@ -67,3 +67,17 @@ def test_events_lines_filters_and_bad_flags(live: LiveCluster) -> None:
                           "--since", exit_code=2)
     assert_one_line_error(swarmctl(live, "events", "--since", "1m", "--until", "5m"),
                           "--until", exit_code=2)
+
+
+def test_version_lists_the_client_controllers_and_agents(live: LiveCluster) -> None:
+    result = ok(swarmctl(live, "version", "-o", "json"))
+    data = json.loads(result.stdout)
+    roles = [row["role"] for row in data["components"]]
+    assert roles[:2] == ["client", "controller (leader)"]
+    agents = [row for row in data["components"] if row["role"] == "agent"]
+    assert [a["name"] for a in agents] == ["sim-0000", "sim-0001", "sim-0002"]
+    assert {a["version"] for a in agents} == {data["client"]}
+    assert data["skew"] is False
+    table = ok(swarmctl(live, "version")).stdout
+    assert "sim-0002" in table
+    assert "SKEW" in table.splitlines()[0]
