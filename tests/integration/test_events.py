@@ -81,3 +81,38 @@ def test_version_lists_the_client_controllers_and_agents(live: LiveCluster) -> N
     table = ok(swarmctl(live, "version")).stdout
     assert "sim-0002" in table
     assert "SKEW" in table.splitlines()[0]
+
+
+def test_format_on_ls_ps_and_inspect(live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "web", "--image", "busybox", "--replicas", "2"))
+    names = ok(swarmctl(live, "service", "ls", "--format", "{{.Name}} {{.Replicas}}")).stdout
+    assert names.strip() == "web 2/2"
+    table = ok(swarmctl(live, "service", "ls", "--format", "table {{.ID}}\\t{{.Name}}")).stdout
+    header, row = table.strip().splitlines()
+    assert header.split() == ["ID", "NAME"]
+    assert row.split()[1] == "web"
+    row_json = json.loads(ok(swarmctl(live, "service", "ls", "--format", "{{json .}}")).stdout)
+    assert row_json["Name"] == "web"
+    assert row_json["Mode"] == "replicated"
+    tasks = ok(swarmctl(live, "service", "ps", "web", "--format",
+                        "{{.Name}} {{.CurrentState}}")).stdout.splitlines()
+    assert sorted(line.split()[0] for line in tasks) == ["web.1", "web.2"]
+    assert all(line.split()[1] == "Running" for line in tasks)
+    service_id = live.service("web").id
+    assert ok(swarmctl(live, "service", "inspect", "-f", "{{.ID}} {{.Spec.Name}}", "web")
+              ).stdout.strip() == f"{service_id} web"
+    spec = json.loads(ok(swarmctl(live, "service", "inspect", "--format", "{{json .Spec}}",
+                                  "web")).stdout)
+    assert spec["name"] == "web"
+    hostnames = ok(swarmctl(live, "node", "ls", "--format", "{{.Hostname}}")).stdout.split()
+    assert hostnames == sorted(hostnames)
+    assert len(hostnames) == 3
+    assert ok(swarmctl(live, "network", "inspect", "-f", "{{.Spec.Name}}", "ingress")
+              ).stdout.strip() == "ingress"
+
+    assert_one_line_error(swarmctl(live, "service", "ls", "--format", "{{.Nmae}}"),
+                          "--format", "Nmae", exit_code=2)
+    assert_one_line_error(swarmctl(live, "service", "ls", "--format", "{{range .X}}"),
+                          "--format", exit_code=2)
+    assert_one_line_error(swarmctl(live, "service", "ls", "-o", "json", "--format", "{{.ID}}"),
+                          "--format", exit_code=2)
