@@ -82,7 +82,8 @@ def stream(ctl: client.Controller, request: cpb.EventsRequest
     cancels the call by closing the iterator."""
     call: Any = ctl.stub.Events(request)  # a grpc.Call too: cancel()
     try:
-        yield from call
+        for batch in call:
+            yield from batch.events
     except grpc.RpcError as error:
         if error.code() == grpc.StatusCode.CANCELLED:
             return

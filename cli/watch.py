@@ -50,8 +50,9 @@ class EventFeed:
 
     def _read(self) -> None:
         try:
-            for event in self._call:
-                self._queue.put(event)
+            for batch in self._call:
+                for event in batch.events:
+                    self._queue.put(event)
         except grpc.RpcError as error:
             self._queue.put(error)
         finally:

@@ -698,6 +698,6 @@ class ControlServicer(cgrpc.ControlServicer):
     # ------------------------------------------------------------ events (api/events.py)
 
     async def Events(self, request: cpb.EventsRequest,
-                     context: Context) -> AsyncIterator[cpb.Event]:
+                     context: Context) -> AsyncIterator[cpb.EventsResponse]:
         async for event in serve_events(self.events, request, context):
             yield event

@@ -17,6 +17,11 @@ between), so that replay and live events neither overlap nor leave a gap. A
 subscriber that cannot keep up (its queue over `queue_limit`) is cut off with
 RESOURCE_EXHAUSTED rather than slowing the cache (which calls listeners
 synchronously) or growing without bound.
+
+Events are sent in batches: whatever a subscriber has queued when its stream
+is written goes in one message. Under a burst (a thousand tasks changing while
+the leader's loops keep the event loop busy) one write per event would need a
+turn of the loop each, and the stream would fall behind by seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ Context = grpc.aio.ServicerContext[object, object]
 DEFAULT_WINDOW = 15 * 60.0  # seconds of events kept for --since
 DEFAULT_CAPACITY = 50_000  # events kept at most, whatever the window
 DEFAULT_QUEUE_LIMIT = 100_000  # events one subscriber may be behind before it is cut off
+DEFAULT_BATCH = 500  # events in one stream message at most
 # The types a client may filter by; kinds the cache does not hold yet (secret,
 # config) are accepted so that clients need not know this controller's age.
 EVENT_TYPES = ("service", "task", "node", "network", "cluster", "secret", "config")
@@ -270,32 +276,42 @@ class EventLog:
         horizon = self._clock() - self._window
         return [record for record in self._ring if record.time >= horizon]
 
-    async def stream(self, wanted: EventFilter, *, sync_marker: bool = False
-                     ) -> AsyncIterator[Record]:
-        """Replayed then live records matching `wanted`, until its `until`."""
+    async def stream(self, wanted: EventFilter, *, sync_marker: bool = False,
+                     batch: int = DEFAULT_BATCH) -> AsyncIterator[list[Record]]:
+        """Replayed then live records matching `wanted`, until its `until`, in
+        batches of at most `batch` (whatever is ready at once)."""
         subscriber = _Subscriber()
         self._subscribers.add(subscriber)
+        until = wanted.until
         try:
             replay = self.recent() if wanted.since is not None else []
-            until = wanted.until
-            for record in replay:
-                if until is not None and record.time > until:
-                    return
-                if wanted.matches(record):
-                    yield record
+            if until is not None:
+                replay = [record for record in replay if record.time <= until]
+            matching = [record for record in replay if wanted.matches(record)]
+            for start in range(0, len(matching), batch):
+                yield matching[start:start + batch]
             if until is not None and until <= self._clock():
                 return
             if sync_marker:
-                yield Record(time=self._clock(), type=SYNC, action="", id="", name="",
-                             revision=0, attributes={}, obj=None)
+                yield [Record(time=self._clock(), type=SYNC, action="", id="", name="",
+                              revision=0, attributes={}, obj=None)]
             while True:
-                while subscriber.queue:
+                found: list[Record] = []
+                ended = False
+                while subscriber.queue and len(found) < batch:
                     record = subscriber.queue.popleft()
                     if until is not None and record.time > until:
-                        return
+                        ended = True
+                        break
                     if wanted.matches(record):
-                        self.delivered += 1
-                        yield record
+                        found.append(record)
+                if found:
+                    self.delivered += len(found)
+                    yield found
+                if ended:
+                    return
+                if subscriber.queue:
+                    continue
                 if subscriber.overflowed:
                     raise SubscriberTooSlow
                 subscriber.ready.clear()
@@ -320,7 +336,7 @@ async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoRet
 
 
 async def serve_events(log: EventLog | None, request: cpb.EventsRequest,
-                       context: Context) -> AsyncIterator[cpb.Event]:
+                       context: Context) -> AsyncIterator[cpb.EventsResponse]:
     """Control.Events: validate, then stream until `until` or the caller hangs up."""
     if log is None:
         await _abort(context, grpc.StatusCode.UNAVAILABLE, "this controller keeps no events")
@@ -329,8 +345,9 @@ async def serve_events(log: EventLog | None, request: cpb.EventsRequest,
     except ValueError as error:
         await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(error))
     try:
-        async for record in log.stream(wanted, sync_marker=request.sync_marker):
-            yield to_event(record, with_object=request.with_objects)
+        async for records in log.stream(wanted, sync_marker=request.sync_marker):
+            yield cpb.EventsResponse(events=[to_event(record, with_object=request.with_objects)
+                                             for record in records])
     except SubscriberTooSlow:
         await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                      "this events stream fell too far behind and was closed; reconnect "

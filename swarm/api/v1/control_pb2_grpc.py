@@ -138,7 +138,7 @@ class ControlStub:
         self.Events = channel.unary_stream(
                 '/swarm.v1.Control/Events',
                 request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.SerializeToString,
-                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.Event.FromString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.FromString,
                 _registered_method=True)
 
 
@@ -282,7 +282,8 @@ class ControlServicer:
         """Changes of the cluster's objects as they happen (`swarmctl events`), from
         the controller's watch cache: first those still in its replay window
         (a bounded ring, by time) from `since`, then live ones until `until` or
-        until the caller hangs up. Any controller answers it.
+        until the caller hangs up. Any controller answers it. Events come in
+        batches (what is ready when the stream is written), in order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -394,7 +395,7 @@ def add_ControlServicer_to_server(servicer, server):
             'Events': grpc.unary_stream_rpc_method_handler(
                     servicer.Events,
                     request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.FromString,
-                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.Event.SerializeToString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -963,7 +964,7 @@ class Control:
             target,
             '/swarm.v1.Control/Events',
             swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.SerializeToString,
-            swarm_dot_api_dot_v1_dot_control__pb2.Event.FromString,
+            swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,11 +72,12 @@ class ControlStub:
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
     """
-    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.Event]
+    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]
     """Changes of the cluster's objects as they happen (`swarmctl events`), from
     the controller's watch cache: first those still in its replay window
     (a bounded ring, by time) from `since`, then live ones until `until` or
-    until the caller hangs up. Any controller answers it.
+    until the caller hangs up. Any controller answers it. Events come in
+    batches (what is ready when the stream is written), in order.
     """
 
 @_typing.type_check_only
@@ -119,11 +120,12 @@ class ControlAsyncStub(ControlStub):
     """The running controllers (`swarmctl controller ls`): each registers itself
     in etcd on a lease, so a dead one drops out within its lease TTL.
     """
-    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.Event]  # type: ignore[assignment]
+    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]  # type: ignore[assignment]
     """Changes of the cluster's objects as they happen (`swarmctl events`), from
     the controller's watch cache: first those still in its replay window
     (a bounded ring, by time) from `since`, then live ones until `until` or
-    until the caller hangs up. Any controller answers it.
+    until the caller hangs up. Any controller answers it. Events come in
+    batches (what is ready when the stream is written), in order.
     """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
@@ -289,11 +291,12 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _control_pb2.EventsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_control_pb2.Event], _abc.AsyncIterator[_control_pb2.Event]]:
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.EventsResponse], _abc.AsyncIterator[_control_pb2.EventsResponse]]:
         """Changes of the cluster's objects as they happen (`swarmctl events`), from
         the controller's watch cache: first those still in its replay window
         (a bounded ring, by time) from `since`, then live ones until `until` or
-        until the caller hangs up. Any controller answers it.
+        until the caller hangs up. Any controller answers it. Events come in
+        batches (what is ready when the stream is written), in order.
         """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
