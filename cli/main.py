@@ -8,7 +8,7 @@ import typer
 
 import swarm
 
-from . import client, cluster, events, network, node, service, stack, version
+from . import client, cluster, dashboard, events, network, node, service, stack, version
 from . import controller as controller_cmd
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
@@ -60,6 +60,7 @@ app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
 app.command("events", epilog=events.EPILOG)(events.events_command)
 app.command("version", epilog=version.EPILOG)(version.version_command)
+app.command("dashboard", epilog=dashboard.EPILOG)(dashboard.dashboard_command)
 
 
 def _print_version(value: bool) -> None:

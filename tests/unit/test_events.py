@@ -3,14 +3,25 @@ the client's view applies events (never going back to an older version)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
 import pytest
 
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.events import event_line
 from swarm.cli.watch import View
-from swarm.controller.api.events import EventFilter, describe, parse_request, to_event
-from swarm.controller.store.cache import Change
+from swarm.controller.api.events import (
+    EventFilter,
+    EventLog,
+    Record,
+    describe,
+    parse_request,
+    to_event,
+)
+from swarm.controller.store.cache import Change, WatchCache
+from swarm.controller.store.keys import Keys
 
 
 def _service(replicas: int, version: int) -> pb.Service:
@@ -92,3 +103,46 @@ def test_the_view_skips_events_it_has_already_read() -> None:
     assert view.apply(cpb.Event(type="service", action="remove", id="s1",
                                 service=_service(3, 9)))
     assert view.removed == {"s1"}
+
+
+def _log(clock: list[float]) -> tuple[WatchCache, EventLog]:
+    cache = WatchCache(None, Keys("/t/"))  # type: ignore[arg-type]  # applied by hand, no etcd
+    return cache, EventLog(cache, window=60.0, clock=lambda: clock[0])
+
+
+def _put(cache: WatchCache, service: pb.Service, revision: int) -> None:
+    cache.apply_committed([(Keys("/t/").of(service), service.SerializeToString())], [],
+                          revision)
+
+
+async def _collect(stream: AsyncIterator[list[Record]], count: int) -> list[Record]:
+    found: list[Record] = []
+    async for batch in stream:
+        found.extend(batch)
+        if len(found) >= count:
+            break
+    return found
+
+
+async def test_replay_window_until_and_live_batches() -> None:
+    clock = [1000.0]
+    cache, log = _log(clock)
+    _put(cache, _service(1, 0), 5)  # at 1000
+    clock[0] = 1050.0
+    _put(cache, _service(2, 0), 6)  # at 1050
+    clock[0] = 1070.0  # the first is now outside the 60 s window
+
+    replayed = [r async for batch in log.stream(EventFilter(since=0.0, until=1069.0))
+                for r in batch]
+    assert [(r.action, r.attributes.get("replicas.new")) for r in replayed] == [("update", "2")]
+
+    live = log.stream(EventFilter())
+    first = asyncio.ensure_future(_collect(live, 3))
+    await asyncio.sleep(0)  # subscribed
+    for replicas, revision in ((3, 7), (4, 8), (5, 9)):
+        _put(cache, _service(replicas, 0), revision)
+    records = await asyncio.wait_for(first, 1)
+    assert [r.revision for r in records] == [7, 8, 9]
+    assert log.delivered == 3
+    await live.aclose()  # type: ignore[attr-defined]
+    assert log.subscribers == 0
