@@ -9,7 +9,9 @@ reserved of total, last heartbeat), the tasks that are meant to run or failed
 lately (the scheduler's reason for each pending one), and the live event
 stream. A small script (SCRIPT) follows the events (/events, server-sent) and
 re-renders the sections (/sections) after each burst, so a change made
-anywhere shows within a fraction of a second, without a reload.
+anywhere shows within a fraction of a second, without a reload. Unless
+read-only, services have scale (-1, +1) and rollback buttons and nodes a
+drain/activate one (cli/dashboard_actions.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class Snapshot:
     tasks: Sequence[pb.Task]
     now: datetime
     controller: str = ""
+    actions: bool = False  # buttons (scale, drain, rollback); off: --read-only
+    token: str = ""  # what the buttons' requests must carry (cli/dashboard_actions.py)
 
 
 def esc(value: object) -> str:
@@ -105,11 +109,42 @@ def services_table(snapshot: Snapshot) -> str:
             f'<div class="bar"><div class="fill {tone}" style="width:{share}%"></div></div>'
             f"<span>{running}/{desired}</span></td>"
             f'<td class="mono">{esc(render.image_name(service.spec.task.container.image))}</td>'
-            f"<td>{esc(ports) or '-'}</td><td>{_update(service) or '-'}</td></tr>")
-    body = "".join(rows) or '<tr><td colspan="6" class="empty">no services</td></tr>'
+            f"<td>{esc(ports) or '-'}</td><td>{_update(service) or '-'}</td>"
+            + (f"<td>{_service_buttons(service)}</td>" if snapshot.actions else "") + "</tr>")
+    columns = 7 if snapshot.actions else 6
+    body = "".join(rows) or f'<tr><td colspan="{columns}" class="empty">no services</td></tr>'
     return ('<table id="services"><thead><tr><th>Service</th><th>Mode</th><th>Replicas</th>'
-            "<th>Image</th><th>Ports</th><th>Update</th></tr></thead>"
+            "<th>Image</th><th>Ports</th><th>Update</th>"
+            + ("<th></th>" if snapshot.actions else "") + "</tr></thead>"
             f"<tbody>{body}</tbody></table>")
+
+
+def button(label: str, title: str, **data: object) -> str:
+    attributes = "".join(f' data-{key}="{esc(value)}"' for key, value in data.items())
+    return f'<button type="button" title="{esc(title)}"{attributes}>{esc(label)}</button>'
+
+
+def _service_buttons(service: pb.Service) -> str:
+    buttons = []
+    if service.spec.WhichOneof("mode") != "global":
+        replicas = service.spec.replicated.replicas
+        if replicas > 0:
+            buttons.append(button("\u2212", f"scale to {replicas - 1}", action="scale",
+                                  service=service.id, replicas=replicas - 1))
+        buttons.append(button("+", f"scale to {replicas + 1}", action="scale",
+                              service=service.id, replicas=replicas + 1))
+    if service.HasField("previous_spec"):
+        buttons.append(button("Rollback", "go back to the previous spec", action="rollback",
+                              service=service.id))
+    return '<span class="actions">' + "".join(buttons) + "</span>"
+
+
+def _node_buttons(node: pb.Node) -> str:
+    if node.spec.availability == pb.NodeSpec.ACTIVE:
+        return button("Drain", "move its tasks away", action="availability", node=node.id,
+                      availability="drain")
+    return button("Activate", "place tasks on it again", action="availability", node=node.id,
+                  availability="active")
 
 
 def _resources(node: pb.Node, tasks: Sequence[pb.Task]) -> str:
@@ -139,10 +174,13 @@ def nodes_table(snapshot: Snapshot) -> str:
             f"<td>{pill(pb.NodeSpec.Availability.Name(node.spec.availability).lower())}</td>"
             f"<td>{esc(pb.NodeSpec.Role.Name(node.spec.role).lower())}</td>"
             f'<td class="mono">{esc(render.node_address(node))}</td>'
-            f"<td>{_resources(node, snapshot.tasks)}</td><td>{esc(heartbeat)}</td></tr>")
-    body = "".join(rows) or '<tr><td colspan="7" class="empty">no nodes</td></tr>'
+            f"<td>{_resources(node, snapshot.tasks)}</td><td>{esc(heartbeat)}</td>"
+            + (f"<td>{_node_buttons(node)}</td>" if snapshot.actions else "") + "</tr>")
+    columns = 8 if snapshot.actions else 7
+    body = "".join(rows) or f'<tr><td colspan="{columns}" class="empty">no nodes</td></tr>'
     return ('<table id="nodes"><thead><tr><th>Node</th><th>Status</th><th>Availability</th>'
-            "<th>Role</th><th>Address</th><th>Reserved / total</th><th>Heartbeat</th></tr>"
+            "<th>Role</th><th>Address</th><th>Reserved / total</th><th>Heartbeat</th>"
+            + ("<th></th>" if snapshot.actions else "") + "</tr>"
             f"</thead><tbody>{body}</tbody></table>")
 
 
@@ -166,8 +204,8 @@ def tasks_table(snapshot: Snapshot, hostnames: Mapping[str, str]) -> str:
             f'<tr data-task="{esc(task.id)}">'
             f'<td class="name">{esc(slot_name(task))}</td>'
             f"<td>{pill(state)}{pill(health) if health else ''}{up if not health else ''}</td>"
-            f"<td>{esc(hostnames.get(task.node_id, task.node_id[:12]) or '-')}</td>"
-            f"<td>{esc(render.ago(task.status.timestamp, snapshot.now) or '-')}</td>"
+            f'<td class="nowrap">{esc(hostnames.get(task.node_id, task.node_id[:12]) or "-")}</td>'
+            f'<td class="nowrap">{esc(render.ago(task.status.timestamp, snapshot.now) or "-")}</td>'
             f"<td>{reason or '-'}</td></tr>")
     more = len(wanted) - MAX_TASKS
     if more > 0:
@@ -218,7 +256,8 @@ th { text-align:left; font-size:12px; color:var(--muted); font-weight:600; paddi
   background:#fafbfc; border-bottom:1px solid var(--line); }
 td { padding:8px 14px; border-bottom:1px solid var(--line); vertical-align:top; }
 tr:last-child td { border-bottom:none; }
-td.name { font-weight:600; } .mono { font-family:ui-monospace,monospace; font-size:12.5px; }
+td.name, td.nowrap { white-space:nowrap; } td.name { font-weight:600; }
+.mono { font-family:ui-monospace,monospace; font-size:12.5px; }
 .muted { color:var(--muted); font-size:12px; } .empty { color:var(--muted); text-align:center; }
 .pill { display:inline-block; padding:1px 8px; margin-right:4px; border-radius:999px;
   font-size:12px; font-weight:600; background:#edf2f7; color:#4a5568; }
@@ -238,6 +277,14 @@ aside { background:var(--panel); border:1px solid var(--line); border-radius:10p
 #events .t { color:var(--muted); font-family:ui-monospace,monospace; font-size:11.5px; }
 #events .kind { font-weight:600; color:var(--accent); }
 #events .attrs { color:var(--muted); word-break:break-word; }
+.actions { white-space:nowrap; }
+button { font:inherit; font-size:12px; padding:2px 9px; margin-right:4px; border-radius:6px;
+  border:1px solid #cbd5e0; background:#fff; color:var(--ink); cursor:pointer; }
+button:hover { border-color:var(--accent); color:var(--accent); }
+button:disabled { opacity:.5; cursor:wait; }
+#toast { position:fixed; bottom:20px; left:24px; padding:10px 14px; border-radius:8px;
+  background:#1a202c; color:#fff; font-size:13px; opacity:0; transition:opacity .2s; }
+#toast.show { opacity:.95; } #toast.bad { background:var(--bad); }
 """
 
 SCRIPT = """
@@ -277,16 +324,42 @@ SCRIPT = """
   source.onerror = function () { live.classList.remove('on'); live.textContent = 'reconnecting'; };
   source.onmessage = function (m) { show(JSON.parse(m.data)); refresh(); };
   setInterval(refresh, 5000);  // ages and heartbeats move without events too
+  const token = (document.querySelector('meta[name=swarm-token]') || {}).content;
+  const toast = document.getElementById('toast');
+  function say(message, bad) {
+    toast.textContent = message; toast.className = 'show' + (bad ? ' bad' : '');
+    clearTimeout(say.timer); say.timer = setTimeout(function () { toast.className = ''; }, 4000);
+  }
+  document.getElementById('sections').addEventListener('click', async function (e) {
+    const b = e.target.closest('button[data-action]');
+    if (!b || !token) return;
+    const body = Object.assign({}, b.dataset);
+    delete body.action;
+    if (body.replicas !== undefined) body.replicas = Number(body.replicas);
+    b.disabled = true;
+    try {
+      const r = await fetch('api/' + b.dataset.action, {method: 'POST',
+        headers: {'Content-Type': 'application/json', 'X-Swarm-Token': token},
+        body: JSON.stringify(body)});
+      const answer = await r.json();
+      say(answer.message || answer.error, !r.ok);
+    } catch (err) { say(String(err), true); }
+    b.disabled = false;
+    refresh();
+  });
 })();
 """
 
 
 def page(snapshot: Snapshot) -> str:
+    token = f'<meta name="swarm-token" content="{esc(snapshot.token)}">' \
+        if snapshot.actions else ""
     return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"{token}"
             f"<title>swarm dashboard</title><style>{STYLE}</style></head><body>"
             f'<header><h1>swarm</h1><span class="where">{esc(snapshot.controller)}</span>'
             '<span id="live" class="live">connecting</span></header>'
             f'<main><div id="sections">{sections(snapshot)}</div>'
-            '<aside><h2>Events</h2><ul id="events"></ul></aside></main>'
+            '<aside><h2>Events</h2><ul id="events"></ul></aside></main><div id="toast"></div>'
             f"<script>{SCRIPT}</script></body></html>")

@@ -5,8 +5,11 @@ artifact ($SWARM_TEST_ARTIFACTS, else the test's tmp dir)."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from swarm.cli import client
-from swarm.cli.dashboard import serve_in_thread
+from swarm.cli.dashboard import Settings, serve_in_thread
 from tests.browser import Browser, chromium_path
 from tests.integration.live import LiveCluster, ok, swarmctl
 
@@ -27,6 +30,16 @@ def dashboard(live: LiveCluster) -> Iterator[str]:
             yield f"http://127.0.0.1:{server.server_address[1]}/"
         finally:
             stop()
+
+
+def post(url: str, body: dict[str, object], headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, json.loads(answer.read())["message"]
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())["error"]
 
 
 @pytest.fixture
@@ -50,8 +63,8 @@ def test_dashboard_shows_the_cluster_and_follows_a_scale(
     browser.navigate(dashboard)
     browser.wait_for(f"{_replicas('web')} === '2/2'")
     assert browser.evaluate("document.querySelectorAll('#nodes tbody tr[data-node]').length") == 3
-    assert browser.evaluate("document.querySelector('#tasks').innerText"
-                            ".includes('no suitable node')")
+    browser.wait_for("document.querySelector('#tasks').innerText"
+                     ".includes('no suitable node')")
     browser.wait_for("document.getElementById('live').classList.contains('on')")
     browser.wait_for("document.querySelectorAll('#events li').length > 0")
     browser.evaluate("window.notReloaded = true")
@@ -64,7 +77,20 @@ def test_dashboard_shows_the_cluster_and_follows_a_scale(
     assert browser.evaluate("document.querySelector('#events').innerText"
                             ".includes('service update')")
 
-    time.sleep(1.3)  # the fresh events' highlight fades before the picture
+    # The buttons act as the operator: + scales web to 5, Drain drains a node.
+    browser.evaluate("document.querySelector('tr[data-service=\"web\"] "
+                     "button[data-replicas=\"5\"]').click()")
+    browser.wait_for(f"({_replicas('web')} || '').endsWith('/5')", timeout=5)
+    assert live.service("web").spec.replicated.replicas == 5
+    browser.evaluate("document.querySelector('tr[data-node=\"sim-0002\"] "
+                     "button[data-action=\"availability\"]').click()")
+    browser.wait_for("document.querySelector('tr[data-node=\"sim-0002\"]')"
+                     ".innerText.includes('drain')", timeout=5)
+    browser.wait_for("document.getElementById('toast').textContent.includes('sim-0002')")
+
+    # The picture without the toast and the fresh events' highlight.
+    browser.wait_for("!document.getElementById('toast').classList.contains('show')", timeout=6)
+    time.sleep(1.3)
     artifacts = Path(os.environ.get("SWARM_TEST_ARTIFACTS") or tmp_path)
     artifacts.mkdir(parents=True, exist_ok=True)
     picture = artifacts / "dashboard.png"
@@ -84,3 +110,42 @@ def test_dashboard_sections_and_health(live: LiveCluster, dashboard: str) -> Non
     with urllib.request.urlopen(dashboard + "events", timeout=5) as stream:
         assert stream.headers["Content-Type"] == "text/event-stream"
         assert stream.readline().startswith(b"data: {")  # the replay starts at once
+
+
+def test_dashboard_actions_need_the_page_token(live: LiveCluster, dashboard: str) -> None:
+    ok(swarmctl(live, "service", "create", "-d", "api", "--image", "busybox"))
+    with urllib.request.urlopen(dashboard, timeout=5) as answer:
+        page = answer.read().decode()
+    token = re.search(r'name="swarm-token" content="([^"]+)"', page)
+    assert token
+    good = {"X-Swarm-Token": token.group(1)}
+    scale = dashboard + "api/scale"
+    assert post(scale, {"service": "api", "replicas": 2}, {}) == \
+        (403, "missing or wrong X-Swarm-Token (reload the page)")
+    status, why = post(scale, {"service": "api", "replicas": 2},
+                       {**good, "Host": "evil.example:80"})
+    assert status == 403
+    assert "unexpected Host" in why
+    assert post(scale, {"service": "api", "replicas": -1}, good)[0] == 400
+    assert post(dashboard + "api/explode", {}, good) == (400, "unknown action 'explode'")
+    status, why = post(scale, {"service": "nope", "replicas": 1}, good)
+    assert status == 409
+    assert "nope" in why
+    assert live.service("api").spec.replicated.replicas == 1  # nothing was written
+    assert post(scale, {"service": "api", "replicas": 2}, good) == (200, "api scaled to 2")
+    assert live.service("api").spec.replicated.replicas == 2
+
+
+def test_read_only_dashboard_has_no_buttons(live: LiveCluster) -> None:
+    ok(swarmctl(live, "service", "create", "-d", "api", "--image", "busybox"))
+    with client.connect(live.addr) as ctl:
+        server, stop = serve_in_thread(ctl, settings=Settings(read_only=True))
+        try:
+            url = f"http://127.0.0.1:{server.server_address[1]}/"
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                page = answer.read().decode()
+            assert "<button" not in page
+            assert 'name="swarm-token"' not in page
+            assert post(url + "api/scale", {"service": "api", "replicas": 3}, {})[0] == 404
+        finally:
+            stop()
