@@ -9,6 +9,8 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
+
 from swarm.api import logformat, sdnotify
 from swarm.api.telemetry import NO_TELEMETRY, metrics_addr_error, timed
 
@@ -57,3 +59,23 @@ def test_metrics_addr_and_null_telemetry() -> None:
     assert metrics_addr_error("host:99999") != ""
     with timed(NO_TELEMETRY, "swarm_reconcile_seconds", "orchestrator"):
         NO_TELEMETRY.inc("swarm_etcd_conflicts_total")
+
+
+def test_daemon_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.agent.main import parse_args as agent_args
+    from swarm.controller.main import parse_args as controller_args
+
+    config = controller_args(["--insecure", "--metrics-addr", "127.0.0.1:9323",
+                              "--log-format", "json"])
+    assert config.metrics_addr == "127.0.0.1:9323"
+    agent = agent_args(["--controller", "127.0.0.1:2377", "--state-dir", str(tmp_path),
+                        "--advertise-addr", "127.0.0.1",
+                        "--metrics-addr", "0.0.0.0:9324", "--log-format", "json"])
+    assert (agent.metrics_addr, agent.log_format) == ("0.0.0.0:9324", "json")
+    for parse, extra in ((controller_args, ["--insecure"]),
+                         (agent_args, ["--controller", "x:1", "--state-dir", str(tmp_path),
+                                       "--advertise-addr", "127.0.0.1"])):
+        with pytest.raises(SystemExit) as caught:
+            parse([*extra, "--metrics-addr", "9323"])
+        assert caught.value.code == 2
+        assert "--metrics-addr: expected HOST:PORT, got '9323'" in capsys.readouterr().err
