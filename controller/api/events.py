@@ -9,8 +9,10 @@ controller, leader or not, serves them from its own cache.
 Replay: the EventLog keeps the changes of the last `window` seconds (at most
 `capacity` of them) in a ring, so that `--since 10m` can show what happened
 before the command ran. A record holds references to the cache's objects
-(which are never mutated, see store/cache.py), so the ring costs little more
-than the objects since replaced; the proto Event is built when sent.
+before and after the change (never mutated, see store/cache.py; one record's
+"after" is the next one's "before"), so the ring costs little more than the
+objects since replaced; the attributes and the proto Event are worked out when
+sent, so a write costs the cache a few attribute reads when nobody watches.
 
 A subscriber is registered and the ring copied in one step (no await in
 between), so that replay and live events neither overlap nor leave a gap. A
@@ -31,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NoReturn
 
 import grpc
@@ -53,19 +56,43 @@ EVENT_TYPES = ("service", "task", "node", "network", "cluster", "secret", "confi
 SYNC = "sync"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False)  # not frozen: made on every write, and a frozen init costs twice
 class Record:
-    """One change as kept in the ring: what an Event is built from."""
+    """One change as kept in the ring: what an Event is built from. Only what
+    filtering needs is worked out when the change happens (it happens on every
+    write, subscribers or not); the rest when the event is sent."""
 
     time: float  # time.time() when the cache applied it
     type: str
     action: str
     id: str
-    name: str
-    revision: int
-    attributes: Mapping[str, str]
-    obj: object | None  # the object after the change (before it, for a remove)
-    service: str = ""  # a task's service name (the name filter matches it)
+    old: object | None
+    new: object | None
+
+    @property
+    def obj(self) -> object | None:
+        """The object after the change (before it, for a remove)."""
+        return self.new if self.new is not None else self.old
+
+    @cached_property
+    def name(self) -> str:
+        return object_name(self.obj) if self.obj is not None else ""
+
+    @property
+    def service(self) -> str:
+        """A task's service name (the name filter matches it)."""
+        obj = self.obj
+        return obj.service_name if isinstance(obj, pb.Task) else ""
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision of the change (of the object's last write, for a remove)."""
+        version = getattr(getattr(self.obj, "meta", None), "version", 0)
+        return version if isinstance(version, int) else 0
+
+    @cached_property
+    def attributes(self) -> Mapping[str, str]:
+        return attributes_of(self.old, self.new)
 
 
 # ---------------------------------------------------------------- describing a change
@@ -154,14 +181,10 @@ def attributes_of(old: object | None, new: object | None) -> dict[str, str]:
 
 def describe(change: Change, now: float) -> Record:
     """The event for one change of the watch cache."""
-    obj = change.new if change.new is not None else change.old
     action = "create" if change.old is None else "remove" if change.new is None else "update"
     kind = change.kind[:-1] if change.kind.endswith("s") else change.kind
-    version = obj.meta.version if obj is not None else 0
-    return Record(time=now, type=kind, action=action, id=change.object_id,
-                  name=object_name(obj), revision=version,
-                  attributes=attributes_of(change.old, change.new), obj=obj,
-                  service=obj.service_name if isinstance(obj, pb.Task) else "")
+    return Record(time=now, type=kind, action=action, id=change.object_id, old=change.old,
+                  new=change.new)
 
 
 # ---------------------------------------------------------------- filtering
@@ -293,8 +316,8 @@ class EventLog:
             if until is not None and until <= self._clock():
                 return
             if sync_marker:
-                yield [Record(time=self._clock(), type=SYNC, action="", id="", name="",
-                              revision=0, attributes={}, obj=None)]
+                yield [Record(time=self._clock(), type=SYNC, action="", id="", old=None,
+                              new=None)]
             while True:
                 found: list[Record] = []
                 ended = False
