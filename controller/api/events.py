@@ -269,6 +269,7 @@ class EventLog:
         self._queue_limit = queue_limit
         self._clock = clock
         self.delivered = 0  # events handed to subscribers, for metrics
+        self._synced = cache.synced
         self._unsubscribe = cache.subscribe(self._on_change)
 
     def close(self) -> None:
@@ -279,6 +280,8 @@ class EventLog:
         return len(self._subscribers)
 
     def _on_change(self, change: Change) -> None:
+        if not self._synced.is_set():
+            return  # the first list loads what exists: no event happened
         now = self._clock()
         record = describe(change, now)
         ring = self._ring
