@@ -416,7 +416,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         from .metrics import serve_agent_metrics  # prometheus_client only with metrics on
 
         metrics = await serve_agent_metrics(config.metrics_addr, worker, session, images,
-                                            discovery)
+                                            discovery, ports)
     if keeper is not None:
         keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",

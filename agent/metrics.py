@@ -4,9 +4,9 @@ At scrape time: this node's tasks by state (the worker's view) and whether a
 session with a controller is open. Measured as they happen: container start
 latency (the worker's reports of a task, from PREPARING until RUNNING: image,
 network, container start), image pulls (time and bytes, in the image store),
-DNS queries by outcome and load-balancer rule updates (in discovery). The
-routing mesh's connections are the kernel's once the mesh is nftables NAT, so
-they are not counted here.
+DNS queries by outcome and load-balancer rule updates (in discovery); the
+routing mesh's open TCP connections (its userspace proxy's; a kernel NAT mesh
+would have the kernel count them).
 
 /readyz: the agent has an open session with a controller.
 """
@@ -26,15 +26,17 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from .discovery import Discovery
 from .images.store import ImageStore
+from .published import PublishedPorts
 from .session import AgentSession
 from .worker import Report, Worker
 
 
 class AgentCollector(Collector):
     def __init__(self, statuses: Callable[[], dict[str, pb.TaskStatus]],
-                 connected: Callable[[], bool]) -> None:
+                 connected: Callable[[], bool], mesh_connections: Callable[[], int]) -> None:
         self._statuses = statuses
         self._connected = connected
+        self._mesh_connections = mesh_connections
 
     def collect(self) -> Iterator[Metric]:
         states = Counter(pb.TaskState.Name(s.state).lower() for s in self._statuses().values())
@@ -46,6 +48,9 @@ class AgentCollector(Collector):
         yield GaugeMetricFamily("swarm_agent_session_connected",
                                 "1 while a session with a controller is open.",
                                 value=1 if self._connected() else 0)
+        yield GaugeMetricFamily("swarm_agent_mesh_connections",
+                                "TCP connections the routing mesh carries now.",
+                                value=self._mesh_connections())
 
 
 def timing_report(report: Report, telemetry: Telemetry,
@@ -67,7 +72,8 @@ def timing_report(report: Report, telemetry: Telemetry,
 
 
 async def serve_agent_metrics(addr: str, worker: Worker, session: AgentSession,
-                              images: ImageStore, discovery: Discovery) -> MetricsServer:
+                              images: ImageStore, discovery: Discovery,
+                              ports: PublishedPorts) -> MetricsServer:
     registry = new_registry()
     telemetry = PrometheusTelemetry(registry)
     telemetry.touch(["swarm_agent_container_start_seconds", "swarm_agent_image_pull_seconds",
@@ -75,7 +81,8 @@ async def serve_agent_metrics(addr: str, worker: Worker, session: AgentSession,
     images.telemetry = telemetry
     discovery.telemetry = telemetry
     worker.report = timing_report(worker.report, telemetry)
-    registry.register(AgentCollector(worker.statuses, session.connected.is_set))
+    registry.register(AgentCollector(worker.statuses, session.connected.is_set,
+                                     ports.open_connections))
 
     async def ready() -> str:
         return "" if session.connected.is_set() else "no session with a controller"

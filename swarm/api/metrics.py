@@ -78,8 +78,6 @@ METRICS: dict[str, Declared] = {
         "counter", "Queries answered by the embedded DNS server, by result.", ("result",)),
     "swarm_agent_lb_updates_total": Declared(
         "counter", "Load-balancer (service VIP) rule updates applied."),
-    "swarm_agent_mesh_connections_total": Declared(
-        "counter", "Connections proxied by the routing mesh."),
 }
 
 

@@ -85,6 +85,7 @@ def test_metrics_version_and_events_of_a_real_cluster(name: str) -> None:
         assert found
         started += float(found.group(1))
         assert "swarm_agent_image_pull_seconds_count" in text
+        assert re.search(r"^swarm_agent_mesh_connections 0\.0$", text, re.MULTILINE)
         assert get(url.replace("/metrics", "/readyz")) == (200, "ok\n")
     assert started == 3  # every container's start was timed, on one node or the other
 
