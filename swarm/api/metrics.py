@@ -146,7 +146,7 @@ class MetricsServer:
     async def start(self, addr: str) -> None:
         host, _, port = addr.rpartition(":")
         self._server = await asyncio.start_server(self._serve, host.strip("[]") or None,
-                                                  int(port))
+                                                  int(port), limit=8192)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("metrics and health on http://%s:%d/metrics", host or "0.0.0.0", self.port)
 
