@@ -35,6 +35,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.host.netlinklib import NetlinkError
 
@@ -73,6 +74,7 @@ class Discovery:
         self._changed = asyncio.Event()
         self._slots = asyncio.Semaphore(lb_concurrency)
         self.passes = 0  # completed load-balancer passes (tests, benchmarks)
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (agent/metrics.py)
         # Drain before stop: directory changes are numbered, and a pass that
         # applied every table without error records the number it started
         # from, so the agent confirms to the controller only what its load
@@ -123,7 +125,9 @@ class Discovery:
         return True
 
     def resolve(self, name: str, networks: Sequence[str]) -> Resolution:
-        return self.directory.resolve(name, networks)
+        resolution = self.directory.resolve(name, networks)
+        self.telemetry.inc("swarm_agent_dns_queries_total", resolution.outcome.value)
+        return resolution
 
     # ------------------------------------------------------------ served tasks
 
@@ -222,6 +226,7 @@ class Discovery:
                 return
             await lb.apply(served.netns, script)
             served.applied = script
+            self.telemetry.inc("swarm_agent_lb_updates_total")
             gone = lb.gone_backends(served.backends, backends)
             served.backends = backends
             try:

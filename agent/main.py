@@ -85,12 +85,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import swarm
+from swarm.api import logformat, sdnotify
 from swarm.api.certfiles import NodeCertificate
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.registryauth import AuthFileError, Credential, parse_auth_file
+from swarm.api.telemetry import metrics_addr_error
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
@@ -106,9 +108,12 @@ from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
 from .worker import Worker
 
+if TYPE_CHECKING:
+    from swarm.api.metrics import MetricsServer
+
 log = logging.getLogger("agent")
 
-AGENT_VERSION = "swarm-agent 0.1.0"
+AGENT_VERSION = f"swarm-agent {swarm.__version__}"  # in each node description
 _SUN_PATH_MAX = 107
 _LONGEST_SOCKET_SUFFIX = len("/") + 64 + len("/attach")  # conmon's socket under the dir
 
@@ -137,6 +142,8 @@ class AgentConfig:
     # The role the node registers with (placement's node.role): --role, else
     # registration_role's default.
     role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER
+    metrics_addr: str = ""  # --metrics-addr: Prometheus metrics and health (agent/metrics.py)
+    log_format: str = "text"
 
     @property
     def certs_dir(self) -> Path:
@@ -296,7 +303,14 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         help="plaintext gRPC to --insecure controllers (development only)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--log-format", default="text", choices=logformat.LOG_FORMATS,
+                        help="text (default) or json: one JSON object per line")
+    parser.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on /metrics, and /healthz and /readyz, "
+                             "on this address (default: off)")
     args = parser.parse_args(argv)
+    if args.metrics_addr and metrics_addr_error(args.metrics_addr):
+        parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
     state_dir: Path = args.state_dir.absolute()
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -338,7 +352,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         join_addrs=tuple(args.join_addr), insecure=args.insecure,
         dns_forwarders=forwarders,
         conditions=ConditionSettings(min_free_bytes=args.disk_min_free),
-        role=registration_role(args.role, args.controller, args.advertise_addr))
+        role=registration_role(args.role, args.controller, args.advertise_addr),
+        metrics_addr=args.metrics_addr, log_format=args.log_format)
 
 
 def _memory_bytes() -> int:
@@ -463,6 +478,12 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         conditions=lambda: conditions_of(config.state_dir, config.conditions))
     worker.report = session.report
     worker.fetch_payloads = session.task_payloads
+    metrics: MetricsServer | None = None
+    if config.metrics_addr:
+        from .metrics import serve_agent_metrics  # prometheus_client only with metrics on
+
+        metrics = await serve_agent_metrics(config.metrics_addr, worker, session, images,
+                                            discovery, ports)
     if keeper is not None:
         keeper.follow(lambda: session.controllers)
     log.info("agent starting: state dir %s, cgroup parent %s, controllers %s",
@@ -473,10 +494,15 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))
+    loops.append(start_supervised("systemd-watchdog", sdnotify.watchdog))
+    sdnotify.notify("READY=1")  # Type=notify units (deploy/systemd)
     try:
         await stop.wait()
     finally:
         log.info("shutting down; containers keep running")
+        sdnotify.notify("STOPPING=1")
+        if metrics is not None:
+            await metrics.stop()
         await cancel_all(loops)
         await ports.close()
         if keeper is not None:
@@ -586,8 +612,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         purge_main(argv[1:])
         return
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(config.log_level, config.log_format)
     if os.geteuid() != 0:
         sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
     limit_malloc_arenas()

@@ -255,6 +255,10 @@ class PublishedPorts:
     def listening(self) -> list[PortKey]:
         return sorted(self._proxies)
 
+    def open_connections(self) -> int:
+        """TCP connections the routing mesh carries now (metrics)."""
+        return sum(p.connections for p in self._proxies.values() if isinstance(p, PortProxy))
+
     def _backends(self, key: PortKey) -> list[Backend]:
         route = self.wanted().get(key)
         if route is None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import grpc
 
+import swarm
 from swarm.api import pki
 from swarm.api.healthcheck import has_healthcheck
 from swarm.api.loops import cancel_all, start_supervised
@@ -218,7 +219,7 @@ class SimulatedNode:
             advertise_addr=f"127.0.0.{1 + index % 250}",
             resources=pb.Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30),
             platform=pb.Platform(os="linux", architecture="x86_64"),
-            agent_version="simulated",
+            agent_version=f"swarm-agent {swarm.__version__} (simulated)",
         )
         self._controllers = list(controllers)
         self._joining = joining

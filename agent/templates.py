@@ -5,20 +5,19 @@ hostname, filled in on the node that runs the task, e.g.
 
 Supported: .Service.ID .Service.Name .Task.ID .Task.Name .Task.Slot
 .Node.ID .Node.Hostname (Task.Name is swarm.api.naming.task_name: SERVICE.SLOT.TASKID,
-or SERVICE.NODEID.TASKID for a global service, as docker names them).
+or SERVICE.NODEID.TASKID for a global service, as docker names them). The
+template syntax is swarm.api.templates, which swarmctl's --format shares.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from swarm.api.naming import task_name
+from swarm.api.templates import Action, TemplateError, parse, substitute
 from swarm.api.v1 import objects_pb2 as pb
 
 from .runtime.base import RejectError
-
-_PLACEHOLDER = re.compile(r"\{\{\s*(\.[A-Za-z.]*)\s*\}\}")
 
 
 def template_values(task: pb.Task, node_id: str, node_hostname: str) -> dict[str, str]:
@@ -33,13 +32,16 @@ def template_values(task: pb.Task, node_id: str, node_hostname: str) -> dict[str
 def expand(text: str, values: Mapping[str, str], where: str) -> str:
     """text with its placeholders filled in; RejectError naming `where` for an
     unknown one."""
-    def fill(match: re.Match[str]) -> str:
-        field = match.group(1)
-        if field not in values:
-            raise RejectError(f"{where}: unknown template field {{{{{field}}}}} (known: "
+    def fill(action: Action) -> str:
+        if action.function or action.path not in values:
+            raise RejectError(f"{where}: unknown template field {action} (known: "
                               + ", ".join(sorted(values)) + ")")
-        return values[field]
-    return _PLACEHOLDER.sub(fill, text)
+        return values[action.path]
+    try:
+        parts = parse(text)
+    except TemplateError as error:
+        raise RejectError(f"{where}: {error}") from None
+    return substitute(parts, fill)
 
 
 def expand_task(task: pb.Task, node_id: str, node_hostname: str) -> pb.Task:

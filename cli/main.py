@@ -8,7 +8,18 @@ import typer
 
 import swarm
 
-from . import client, cluster, network, node, payload_commands, service, stack
+from . import (
+    client,
+    cluster,
+    dashboard,
+    events,
+    network,
+    node,
+    payload_commands,
+    service,
+    stack,
+    version,
+)
 from . import controller as controller_cmd
 from .dev import commands as dev_commands
 from .errors import ReportingGroup
@@ -60,6 +71,9 @@ app.add_typer(payload_commands.secret_app, name="secret")
 app.add_typer(payload_commands.config_app, name="config")
 app.command("apply", epilog=stack.APPLY_EPILOG)(stack.apply_command)
 app.add_typer(dev_commands.app, name="dev")
+app.command("events", epilog=events.EPILOG)(events.events_command)
+app.command("version", epilog=version.EPILOG)(version.version_command)
+app.command("dashboard", epilog=dashboard.EPILOG)(dashboard.dashboard_command)
 
 
 def _print_version(value: bool) -> None:

@@ -13,7 +13,7 @@ import typer
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import client, completion, parsing, progress, render
+from . import client, completion, formatting, parsing, progress, render
 from .client import Controller, RpcFailure, fail_if, for_each
 from .errors import BadFlag, BadInput, ReportingGroup
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
@@ -141,8 +141,10 @@ def list_networks(
     filters: Annotated[list[str] | None, typer.Option(
         "--filter", "-f", metavar="KEY=VALUE",
         help="name=NAME or id=PREFIX (repeatable).")] = None,
+    format_: formatting.FormatOpt = "",
 ) -> None:
     """List networks."""
+    fmt = formatting.parse_format(format_, output, columns=render.networks_rows([])[0])
     wanted = parsing.parse_filters("--filter", filters or [], _NETWORK_FILTERS)
     request = cpb.ListNetworksRequest()
     request.filters.names.extend(wanted.get("name", []))
@@ -151,6 +153,9 @@ def list_networks(
         networks = list(ctl.call(ctl.stub.ListNetworks, request).networks)
     if quiet:
         typer.echo("\n".join(n.id for n in networks))
+        return
+    if fmt is not None:
+        typer.echo(formatting.listing(fmt, render.networks_rows(networks)))
         return
     typer.echo(render.render(output, networks, lambda: render.networks_table(networks)))
 
@@ -161,12 +166,16 @@ def inspect(
     networks: Annotated[list[str], typer.Argument(metavar="NETWORK", autocompletion=completion.networks,
                                                   help="Names, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
+    format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show networks in detail."""
+    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
     with client.open_controller(ctx) as ctl:
         found, failed = for_each(
             networks, lambda ref: ctl.call(ctl.stub.GetNetwork, cpb.GetRequest(ref=ref)).network)
-    if found or output is not render.Output.table:
+    if fmt is not None:
+        typer.echo(formatting.objects(fmt, found))
+    elif found or output is not render.Output.table:
         typer.echo(render.inspected(output, found, render.network_details))
     fail_if(failed)
 

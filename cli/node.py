@@ -14,7 +14,7 @@ import typer
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import client, completion, parsing, render
+from . import client, completion, formatting, parsing, render
 from .client import fail_if, for_each
 from .errors import BadInput, ReportingGroup
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
@@ -73,13 +73,18 @@ def list_nodes(
         "--filter", "-f", metavar="KEY=VALUE",
         help="name=HOSTNAME, id=PREFIX, label=KEY[=VALUE] or role=worker|manager "
              "(repeatable).")] = None,
+    format_: formatting.FormatOpt = "",
 ) -> None:
     """List nodes."""
+    fmt = formatting.parse_format(format_, output, columns=render.nodes_rows([])[0])
     request = list_nodes_request(filters or [])
     with client.open_controller(ctx) as ctl:
         nodes = list(ctl.call(ctl.stub.ListNodes, request).nodes)
     if quiet:
         typer.echo("\n".join(n.id for n in nodes))
+        return
+    if fmt is not None:
+        typer.echo(formatting.listing(fmt, render.nodes_rows(nodes)))
         return
     typer.echo(render.render(output, nodes, lambda: render.nodes_table(nodes)))
 
@@ -91,12 +96,16 @@ def inspect(
     nodes: Annotated[list[str], typer.Argument(metavar="NODE", autocompletion=completion.nodes,
                                                help="Hostnames, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
+    format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show nodes in detail."""
+    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
     with client.open_controller(ctx) as ctl:
         found, failed = for_each(
             nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
-    if found or output is not render.Output.table:
+    if fmt is not None:
+        typer.echo(formatting.objects(fmt, found))
+    elif found or output is not render.Output.table:
         typer.echo(render.inspected(output, found, render.node_details))
     fail_if(failed)
 
@@ -108,8 +117,11 @@ def ps(
     no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Do not truncate IDs and images.")
                         ] = False,
     output: OutputOpt = render.Output.table,
+    format_: formatting.FormatOpt = "",
 ) -> None:
     """List the tasks placed on nodes."""
+    fmt = formatting.parse_format(format_, output,
+                                  columns=render.tasks_rows([], {}, render.now_utc())[0])
     with client.open_controller(ctx) as ctl:
         found, failed = for_each(
             nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
@@ -119,8 +131,12 @@ def ps(
             request.filters.node_ids.extend(n.id for n in found)
             tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
     hostnames = {n.id: n.description.hostname for n in found}
-    typer.echo(render.render(output, tasks, lambda: render.tasks_table(
-        tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
+    if fmt is not None:
+        typer.echo(formatting.listing(fmt, render.tasks_rows(tasks, hostnames, render.now_utc(),
+                                                             no_trunc=no_trunc)))
+    else:
+        typer.echo(render.render(output, tasks, lambda: render.tasks_table(
+            tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))
     fail_if(failed)
 
 

@@ -11,9 +11,11 @@ update paused or was rolled back (the rollback is waited for: the command fails
 once the service is back on its old spec, or the rollback paused). Otherwise it
 is still converging, until `--timeout`.
 
-The control API has no watch for clients, so this polls GetService, ListTasks and
-ListNodes every POLL_INTERVAL: three cheap reads that the controller answers from
-its cache.
+The wait follows the controller's event stream (Control.Events, through
+cli/watch.py): one read of the service, its tasks and the nodes, then every change
+as it happens, judged again after each burst of events. A controller without the
+stream (an older one) is polled instead: GetService, ListTasks and ListNodes every
+POLL_INTERVAL, as is a caller that injects its own `sleep` (tests).
 
 Progress goes to stderr so that stdout keeps only the result (the ID `create`
 prints, which scripts capture). On a terminal it is redrawn in place; anywhere
@@ -40,8 +42,11 @@ from swarm.api.v1 import objects_pb2 as pb
 from . import colour, parsing, render
 from .client import Controller, RpcFailure
 from .errors import BadFlag, Interrupted, NotConverged
+from .watch import EventFeed, EventsUnavailable, View, watch_request
 
 POLL_INTERVAL = 0.2  # seconds between polls: quick enough to look live, cheap to serve
+# Longest wait for an event before the timeout is checked again (events wake it at once).
+EVENT_WAIT = 0.5
 FAILURE_LIMIT = 3  # failed attempts of one slot, since the command began, that end the wait
 MAX_TASK_LINES = 20  # per service on a terminal; the rest is summarised
 DEFAULT_WAIT = "3m"
@@ -279,7 +284,9 @@ def interactive(stream: TextIO) -> bool:
 # ---------------------------------------------------------------- the wait
 
 
-def poll(ctl: Controller, baselines: Sequence[Baseline]) -> list[Assessment]:
+def _read(ctl: Controller, baselines: Sequence[Baseline]
+          ) -> tuple[list[pb.Service], list[pb.Task], list[pb.Node]]:
+    """The services, their tasks and the nodes, read once."""
     services: list[pb.Service] = []
     for baseline in baselines:
         try:
@@ -288,23 +295,49 @@ def poll(ctl: Controller, baselines: Sequence[Baseline]) -> list[Assessment]:
         except RpcFailure as error:
             if error.code != grpc.StatusCode.NOT_FOUND:
                 raise
-            raise NotConverged(f"{baseline.name}: the service was removed while waiting for "
-                               "it") from None
+            _removed(baseline)
     request = cpb.ListTasksRequest()
     request.filters.service_ids.extend(b.service_id for b in baselines)
     tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
     nodes = list(ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes)
+    return services, tasks, nodes
+
+
+def _removed(baseline: Baseline) -> None:
+    raise NotConverged(f"{baseline.name}: the service was removed while waiting for it")
+
+
+def poll(ctl: Controller, baselines: Sequence[Baseline]) -> list[Assessment]:
+    services, tasks, nodes = _read(ctl, baselines)
     return [assess(service, tasks, nodes, baseline)
             for service, baseline in zip(services, baselines, strict=True)]
 
 
+def assess_view(view: View, baselines: Sequence[Baseline]) -> list[Assessment]:
+    """Assessments from the event-fed view (as `poll` makes them from reads)."""
+    for baseline in baselines:
+        if baseline.service_id in view.removed:
+            _removed(baseline)
+    tasks = list(view.tasks.values())
+    nodes = list(view.nodes.values())
+    return [assess(view.services[baseline.service_id], tasks, nodes, baseline)
+            for baseline in baselines]
+
+
 def wait_until_converged(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float,
                          stream: TextIO, clock: Callable[[], float] = time.monotonic,
-                         sleep: Callable[[float], None] = time.sleep) -> None:
-    """Poll until every service has converged; raise NotConverged when one fails or the
-    timeout passes. Writes progress to `stream` when it is a terminal, and one line at
-    the end otherwise (the error itself when it fails)."""
+                         sleep: Callable[[float], None] | None = None) -> None:
+    """Follow the events (or poll, given `sleep`) until every service has converged;
+    raise NotConverged when one fails or the timeout passes. Writes progress to `stream`
+    when it is a terminal, and one line at the end otherwise (the error itself when it
+    fails)."""
     try:
+        if sleep is None:
+            try:
+                _follow(ctl, baselines, timeout=timeout, stream=stream, clock=clock)
+                return
+            except EventsUnavailable:
+                sleep = time.sleep
         _wait(ctl, baselines, timeout=timeout, stream=stream, clock=clock, sleep=sleep)
     except KeyboardInterrupt:
         # Docker's wording, in one line rather than a traceback: nothing is undone.
@@ -313,28 +346,56 @@ def wait_until_converged(ctl: Controller, baselines: Sequence[Baseline], *, time
                           f"background (see: swarmctl service ps {names})") from None
 
 
+def _judge(assessments: Sequence[Assessment], display: LiveDisplay | None, stream: TextIO,
+           elapsed: float, timeout: float) -> bool:
+    """Show the assessments; whether the wait is over (True), raising NotConverged when
+    a service failed or the time is up."""
+    if display is not None:
+        display.draw(progress_lines(assessments, shutil.get_terminal_size().columns,
+                                    coloured=colour.enabled(stream)))
+    failures = [f"{a.name}: {a.failure}" for a in assessments if a.failure]
+    if failures:
+        raise NotConverged("; ".join(failures))
+    if all(a.converged for a in assessments):
+        summary = ", ".join(a.summary for a in assessments)
+        stream.write(f"{summary} (converged in {elapsed:.1f}s)\n")
+        stream.flush()
+        return True
+    if elapsed >= timeout:
+        behind = [a for a in assessments if not a.converged]
+        reasons = "; ".join(a.summary + (f" ({a.waiting_for})" if a.waiting_for else "")
+                            for a in behind)
+        raise NotConverged(f"not converged after {units.format_duration(int(timeout * 1e9))}"
+                           f": {reasons}")
+    return False
+
+
 def _wait(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float, stream: TextIO,
           clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
     started = clock()
     display = LiveDisplay(stream) if interactive(stream) else None
-    while True:
-        assessments = poll(ctl, baselines)
-        if display is not None:
-            display.draw(progress_lines(assessments, shutil.get_terminal_size().columns,
-                                        coloured=colour.enabled(stream)))
-        failures = [f"{a.name}: {a.failure}" for a in assessments if a.failure]
-        if failures:
-            raise NotConverged("; ".join(failures))
-        elapsed = clock() - started
-        if all(a.converged for a in assessments):
-            summary = ", ".join(a.summary for a in assessments)
-            stream.write(f"{summary} (converged in {elapsed:.1f}s)\n")
-            stream.flush()
-            return
-        if elapsed >= timeout:
-            behind = [a for a in assessments if not a.converged]
-            reasons = "; ".join(a.summary + (f" ({a.waiting_for})" if a.waiting_for else "")
-                                for a in behind)
-            raise NotConverged(f"not converged after {units.format_duration(int(timeout * 1e9))}"
-                               f": {reasons}")
+    while not _judge(poll(ctl, baselines), display, stream, clock() - started, timeout):
         sleep(POLL_INTERVAL)
+
+
+def _follow(ctl: Controller, baselines: Sequence[Baseline], *, timeout: float,
+            stream: TextIO, clock: Callable[[], float]) -> None:
+    """The wait on the event stream: read once, then apply events as they come and
+    judge again after each burst."""
+    started = clock()
+    display = LiveDisplay(stream) if interactive(stream) else None
+    feed = EventFeed(ctl, watch_request())
+    try:
+        feed.wait_synced(ctl.timeout)
+        view = View(frozenset(b.service_id for b in baselines))
+        view.load(*_read(ctl, baselines))
+        view.apply_all(feed.drain())
+        while not _judge(assess_view(view, baselines), display, stream, clock() - started,
+                         timeout):
+            left = timeout - (clock() - started)
+            event = feed.next(min(EVENT_WAIT, max(left, 0.0)))
+            if event is not None:
+                view.apply(event)
+                view.apply_all(feed.drain())
+    finally:
+        feed.close()

@@ -189,6 +189,13 @@ def replicas(service: pb.Service, tasks: Iterable[pb.Task]) -> str:
 
 
 def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> str:
+    return table(*services_rows(services, tasks))
+
+
+Rows = tuple[list[str], list[list[str]]]  # a listing's headers and rows (tables, --format)
+
+
+def services_rows(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> Rows:
     rows = [
         [
             short_id(service.id),
@@ -201,7 +208,7 @@ def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> 
         ]
         for service in services
     ]
-    return table(["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows)
+    return ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"], rows
 
 
 def task_error(task: pb.Task) -> str:
@@ -237,6 +244,11 @@ def current_state(task: pb.Task, now: datetime) -> str:
 def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: datetime,
                 *, no_trunc: bool = False) -> str:
     """`service ps`: the newest task of each slot, then its history marked `\\_`."""
+    return table(*tasks_rows(tasks, hostnames, now, no_trunc=no_trunc))
+
+
+def tasks_rows(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: datetime,
+               *, no_trunc: bool = False) -> Rows:
 
     def slot_key(task: pb.Task) -> tuple[str, int, str]:
         return (task.service_name, task.slot, "" if task.slot else task.node_id)
@@ -260,8 +272,8 @@ def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: dat
             task_health(task),
             task_error(task),
         ])
-    return table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH",
-                  "ERROR"], rows)
+    return ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH",
+            "ERROR"], rows
 
 
 # ---------------------------------------------------------------- nodes and networks
@@ -273,6 +285,10 @@ def node_address(node: pb.Node) -> str:
 
 
 def nodes_table(nodes: Sequence[pb.Node]) -> str:
+    return table(*nodes_rows(nodes))
+
+
+def nodes_rows(nodes: Sequence[pb.Node]) -> Rows:
     rows = [
         [
             short_id(node.id),
@@ -285,10 +301,14 @@ def nodes_table(nodes: Sequence[pb.Node]) -> str:
         ]
         for node in nodes
     ]
-    return table(["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"], rows)
+    return ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDR"], rows
 
 
 def networks_table(networks: Sequence[pb.Network]) -> str:
+    return table(*networks_rows(networks))
+
+
+def networks_rows(networks: Sequence[pb.Network]) -> Rows:
     rows = [
         [
             short_id(network.id),
@@ -302,8 +322,8 @@ def networks_table(networks: Sequence[pb.Network]) -> str:
         ]
         for network in networks
     ]
-    return table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ATTACHABLE",
-                  "LABELS"], rows)
+    return ["NETWORK ID", "NAME", "DRIVER", "SUBNET", "GATEWAY", "INTERNAL", "ATTACHABLE",
+            "LABELS"], rows
 
 
 # ---------------------------------------------------------------- inspect, human-readable

@@ -21,7 +21,7 @@ from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import HOST_NETWORK, ValidationError, check_drain_timeout
 
-from . import client, completion, logs, parsing, progress, pull, render
+from . import client, completion, formatting, logs, parsing, progress, pull, render
 from .choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
 from .client import fail_if, for_each
 from .errors import BadFlag, BadInput, NotConverged, ReportingGroup
@@ -796,8 +796,10 @@ def list_services(
     filters: Annotated[list[str] | None, typer.Option(
         "--filter", "-f", metavar="KEY=VALUE",
         help="name=NAME, id=PREFIX or label=KEY[=VALUE] (repeatable).")] = None,
+    format_: formatting.FormatOpt = "",
 ) -> None:
     """List services."""
+    fmt = formatting.parse_format(format_, output, columns=render.services_rows([], [])[0])
     wanted = parsing.parse_filters("--filter", _list(filters), _SERVICE_FILTERS)
     request = cpb.ListServicesRequest()
     request.filters.names.extend(wanted.get("name", []))
@@ -813,6 +815,9 @@ def list_services(
         tasks: list[pb.Task] = []
         if output is render.Output.table and services:
             tasks = list(ctl.call(ctl.stub.ListTasks, cpb.ListTasksRequest()).tasks)
+    if fmt is not None:
+        typer.echo(formatting.listing(fmt, render.services_rows(services, tasks)))
+        return
     typer.echo(render.render(output, services, lambda: render.services_table(services, tasks)))
 
 
@@ -827,11 +832,15 @@ def inspect(
     services: Annotated[list[str], typer.Argument(metavar="SERVICE", autocompletion=completion.services,
                                                   help="Names, IDs or ID prefixes.")],
     output: InspectOutputOpt = render.Output.json,
+    format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show services in detail."""
+    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
     with client.open_controller(ctx) as ctl:
         found, failed = for_each(services, _get_service(ctl))
-    if found or output is not render.Output.table:
+    if fmt is not None:
+        typer.echo(formatting.objects(fmt, found))
+    elif found or output is not render.Output.table:
         typer.echo(render.inspected(output, found, render.service_details))
     fail_if(failed)
 
@@ -861,8 +870,11 @@ def ps(
                         ] = False,
     quiet: QuietOpt = False,
     output: OutputOpt = render.Output.table,
+    format_: formatting.FormatOpt = "",
 ) -> None:
     """List the tasks of services, with the reason a pending task is waiting."""
+    fmt = formatting.parse_format(format_, output,
+                                  columns=render.tasks_rows([], {}, render.now_utc())[0])
     wanted = parse_task_filters(_list(filters))
     with client.open_controller(ctx) as ctl:
         found, failed = for_each(services, _get_service(ctl))
@@ -875,7 +887,7 @@ def ps(
                 _DESIRED_STATES[s.strip().lower()] for s in wanted.get("desired-state", []))
             request.filters.id_prefixes.extend(wanted.get("id", []))
             tasks = list(ctl.call(ctl.stub.ListTasks, request).tasks)
-            if tasks and (output is render.Output.table or "node" in wanted):
+            if tasks and (output is render.Output.table or "node" in wanted or fmt):
                 nodes = ctl.call(ctl.stub.ListNodes, cpb.ListNodesRequest()).nodes
                 hostnames = {n.id: n.description.hostname for n in nodes}
     if "node" in wanted:
@@ -883,6 +895,9 @@ def ps(
                  if _node_matches(t.node_id, hostnames.get(t.node_id, ""), wanted["node"])]
     if quiet:
         typer.echo("\n".join(t.id for t in tasks))
+    elif fmt is not None:
+        typer.echo(formatting.listing(fmt, render.tasks_rows(tasks, hostnames, render.now_utc(),
+                                                             no_trunc=no_trunc)))
     elif found or output is not render.Output.table:
         typer.echo(render.render(output, tasks, lambda: render.tasks_table(
             tasks, hostnames, render.now_utc(), no_trunc=no_trunc)))

@@ -69,6 +69,8 @@ POLICY: Mapping[str, frozenset[Role]] = {
     **CONTROL_PLANE_POLICY,
     "swarm.v1.NodeCA": frozenset({Role.WORKER, Role.MANAGER, Role.ADMIN}),
     "swarm.v1.CAAdmin": frozenset({Role.ADMIN, Role.MANAGER}),
+    # grpc.health.v1 (also on the join port, for probes without a certificate).
+    "grpc.health.v1.Health": frozenset({Role.WORKER, Role.MANAGER, Role.ADMIN}),
 }
 
 _ROLE_OF_JOIN_ROLE = {capb.JOIN_ROLE_WORKER: Role.WORKER, capb.JOIN_ROLE_CONTROLLER: Role.MANAGER}

@@ -47,6 +47,7 @@ from google.protobuf.duration_pb2 import Duration
 from swarm.api import pki
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.metadata import LEADER_METADATA_KEY
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
@@ -165,6 +166,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self.logs: LogBroker | None = None  # serves the log RPCs when set (controller.server)
         self.payloads: PayloadServer | None = None  # secrets and configs (controller/payloads.py)
         self.pull_auth: PullCredentials | None = None  # registry credentials (pullauth.py)
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
+
+    def session_count(self) -> int:
+        """Agent sessions served now (0 unless leading)."""
+        return len(self._state.sessions) if self._state is not None else 0
 
     # ------------------------------------------------------------ leading
 
@@ -643,6 +649,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 if node is not None and node.status.state != pb.NodeStatus.DOWN:
                     log.warning("node %s missed %d heartbeats: marking it down",
                                 node_id, HEARTBEAT_MISSES)
+                    self.telemetry.inc("swarm_dispatcher_missed_heartbeats_total")
                     try:
                         await self._mark_node(state, node_id, pb.NodeStatus.DOWN,
                                               "heartbeat failure")

@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import swarm
-from swarm.api import pki
+from swarm.api import logformat, pki, sdnotify
+from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.telemetry import metrics_addr_error
 
 from .allocator.ipam import DEFAULT_POOLS, MAX_PREFIX, MIN_PREFIX
 from .api.control import MAX_STALENESS
@@ -110,9 +112,15 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
     security.add_argument("--join-rate", type=float, default=2.0,
                           help="joins per second allowed per peer address (burst 20)")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=logformat.LOG_FORMATS,
+                        help="text (default) or json: one JSON object per line")
+    parser.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
+                        help="serve Prometheus metrics on /metrics, and /healthz and /readyz, "
+                             "on this address (default: off)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.configure(args.log_level, args.log_format)
+    if args.metrics_addr and metrics_addr_error(args.metrics_addr):
+        parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
     if args.heartbeat_period <= 0:
         parser.error("--heartbeat-period: must be positive")
     if args.auto_rebalance_interval <= 0:
@@ -159,6 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         subnet_size=args.default_addr_pool_mask_length,
         auto_rebalance=AutoRebalanceSettings(enabled=args.auto_rebalance,
                                              interval=args.auto_rebalance_interval),
+        metrics_addr=args.metrics_addr,
     )
 
 
@@ -215,8 +224,12 @@ async def serve(config: ControllerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await controller.start()
+    sdnotify.notify("READY=1")  # Type=notify units (deploy/systemd)
+    watchdog = start_supervised("systemd-watchdog", sdnotify.watchdog)
     await stop.wait()
     logging.getLogger(__name__).info("shutting down")
+    sdnotify.notify("STOPPING=1")
+    await cancel_all([watchdog])
     await controller.stop()
 
 

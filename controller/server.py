@@ -15,9 +15,12 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # = grpc_health.v1.health.aio
 
 import swarm
 from swarm.api import channels
@@ -34,6 +37,10 @@ from .allocator.reconciler import Allocator
 from .api.base import DataKeySource
 from .api.control import MAX_STALENESS, ControlServicer
 from .api.errors import ErrorInterceptor
+from .api.events import EventLog
+
+if TYPE_CHECKING:
+    from swarm.api.metrics import MetricsServer
 from .ca import (
     POLICY,
     CAAdminServicer,
@@ -94,6 +101,8 @@ class ControllerConfig:
     auto_rebalance: AutoRebalanceSettings = field(default_factory=AutoRebalanceSettings)
     # Mass-disconnect protection (orchestrator/disruption.py).
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
+    # --metrics-addr HOST:PORT: Prometheus metrics, /healthz and /readyz (controller/metrics.py).
+    metrics_addr: str = ""
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -132,6 +141,10 @@ class Controller:
         self.registry: ControllerRegistry | None = None
         self.logs = LogBroker(self.store, config.logs)
         self.compactor = Compactor(self.etcd, config.compaction)
+        # Subscribed before the first list, so that replay starts at the beginning.
+        self.events = EventLog(self.store.cache)
+        self.metrics: MetricsServer | None = None  # with --metrics-addr
+        self.health = HealthServicer()  # grpc.health.v1, on the control and join ports
 
     async def start(self) -> None:
         self._loops.append(start_supervised("watch-cache", self.store.cache.run))
@@ -180,12 +193,16 @@ class Controller:
                                   payload_key)
         control.max_staleness = self.config.max_read_staleness
         control.dial = self._dial_controller  # a follower relays leader-only calls
+        control.events = self.events
         cgrpc.add_ControlServicer_to_server(control, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
         if self._join_server is not None and self.identity is not None:
             cagrpc.add_NodeCAServicer_to_server(NodeCAServicer(self.pki), self._server)
             cagrpc.add_CAAdminServicer_to_server(CAAdminServicer(self.pki), self._server)
             cagrpc.add_CAJoinServicer_to_server(JoinServicer(self.pki), self._join_server)
+            # Load balancers and probes without a cluster certificate ask here.
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self._join_server)
             join_addr = self.config.join_listen or (
                 f"{host}:{self.port + 1}" if self.config.listen.rsplit(":", 1)[1] != "0"
                 else f"{host}:0")
@@ -207,6 +224,12 @@ class Controller:
                 await registry.registered.wait()
         leadership = self.leadership
         self._loops.append(start_supervised("leadership", lambda: leadership.run(self._lead)))
+        for service in ("", "swarm.v1.Control"):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.metrics_addr:
+            from .metrics import serve_metrics  # prometheus_client only with metrics on
+
+            self.metrics = await serve_metrics(self, self.config.metrics_addr)
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
 
     def _dial_controller(self, addr: str) -> grpc.aio.Channel:
@@ -250,6 +273,9 @@ class Controller:
         return f"127.0.0.1:{self.join_port}"
 
     async def stop(self, grace: float = 1.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._server is not None:
             await self._server.stop(grace)
         if self._join_server is not None:

@@ -9,6 +9,7 @@ packages=(
   runc conmon busybox-static docker-registry skopeo   # containers and images
   iproute2 iptables nftables                           # host networking
   iperf3                                               # bench/overlay.py: TCP throughput
+  chromium                                             # tests/integration/test_dashboard.py
   python3 python3-venv python3-pip                     # the project's interpreter
 )
 missing=()

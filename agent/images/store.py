@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from swarm.api.registryauth import Credential
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry
 
 from .archive import LayerError, tree_size, unpack_layer
 from .config import Image, image_from_config
@@ -160,6 +161,7 @@ class ImageStore:
         self.signature_policy = signature_policy
         self.skopeo = skopeo
         self.pull_count = 0  # skopeo copies started (tests assert single-flight with it)
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (agent/metrics.py)
         self._insecure_hosts: set[str] = set()
         self._insecure_networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for entry in insecure_registries:
@@ -426,6 +428,10 @@ class ImageStore:
                 committed = True
                 log.info("pulled %s (%s, %d layers) in %.2fs", ref, pulled.record.digest,
                          len(pending), time.monotonic() - started)
+                self.telemetry.observe("swarm_agent_image_pull_seconds",
+                                       time.monotonic() - started)
+                self.telemetry.inc("swarm_agent_image_pull_bytes_total",
+                                   amount=pulled.record.size)
                 layers = tuple(self.layers_dir / h for h in pending)
                 return image_from_config(str(ref), pulled.record.digest, layers,
                                           pulled.config)

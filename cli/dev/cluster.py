@@ -60,6 +60,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")  # it names links: 15 characters a
 CONTROLLER_PORT, ETCD_PORT, ETCD_PEER_PORT, REGISTRY_PORT = 2377, 2379, 2380, 5000
 PORT_STRIDE = 100  # the i-th controller or etcd member listens on the port above + 100*i
 MAX_CONTROLLERS = MAX_ETCD_MEMBERS = 7
+# Metrics and health (--metrics-addr): the i-th controller on the gateway's port
+# METRICS_PORT + 100*i, each agent on its host's address (docker's metrics port).
+METRICS_PORT = 9323
 DEMO_IMAGE = "demo"
 
 # The demo image's web server: a page naming the task and the node that answered.
@@ -92,6 +95,7 @@ class ClusterState:
     insecure: bool = False
     controllers: int = 1
     etcd_members: int = 1
+    metrics: bool = False  # whether the daemons serve metrics (clusters made before: not)
 
     @property
     def controller(self) -> str:
@@ -160,7 +164,8 @@ def load_state(name: str) -> ClusterState | None:
         daemons=[Daemon(**d) for d in data.get("daemons", [])],
         nodes=[NodeRecord(**n) for n in data.get("nodes", [])],
         insecure=bool(data.get("insecure", False)),
-        controllers=int(data.get("controllers", 1)), etcd_members=int(data.get("etcd_members", 1)))
+        controllers=int(data.get("controllers", 1)), etcd_members=int(data.get("etcd_members", 1)),
+        metrics=bool(data.get("metrics", False)))
 
 
 def _require_root() -> None:
@@ -300,7 +305,7 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
         if not os.path.exists(daemon_path):
             raise ClusterError(f"{daemon_path} missing: run deploy/setup.sh")
     state = ClusterState(name=name, subnet=str(network), insecure=insecure,
-                         controllers=controllers, etcd_members=etcd_members)
+                         controllers=controllers, etcd_members=etcd_members, metrics=True)
     save_state(state)
     try:
         _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",), tuple(agent_args),
@@ -377,6 +382,8 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
             "--hostname", f"{state.name}-{node.host}", "--registry-insecure", state.registry,
             # The monitoring example reads the host's /proc through a bind mount.
             "--bind-root", "/proc", *role, *agent_security,
+            *(["--metrics-addr", f"{node.address.split('/')[0]}:{METRICS_PORT}"]
+              if state.metrics else []),
             *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders), *agent_args])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
@@ -423,9 +430,11 @@ def controller_argv(state: ClusterState, index: int) -> list[str]:
     security = ["--insecure"] if state.insecure else [
         "--kek-file", str(directory / "secrets" / "kek"),
         *(["--init", "--admin-out", str(admin_dir(state.name))] if index == 0 else [])]
+    metrics = ["--metrics-addr", f"{state.gateway}:{METRICS_PORT + PORT_STRIDE * index}"] \
+        if state.metrics else []
     return [sys.executable, "-m", "swarm.controller.main", "--listen", addr,
             *(f"--etcd={endpoint}" for endpoint in state.etcd_endpoints),
-            "--heartbeat-period", "2", *security]
+            "--heartbeat-period", "2", *security, *metrics]
 
 
 def _start_etcd(state: ClusterState, start: Callable[[str, list[str]], Daemon],
@@ -505,10 +514,25 @@ def process_address(state: ClusterState, role: str) -> str:
     return ""
 
 
+def metrics_url(state: ClusterState, role: str) -> str:
+    """A controller's or agent's /metrics ('' for the others, or metrics off)."""
+    if not state.metrics:
+        return ""
+    for i in range(state.controllers):
+        if role == controller_role(state, i):
+            return f"http://{state.gateway}:{METRICS_PORT + PORT_STRIDE * i}/metrics"
+    if role.startswith("agent "):
+        address = process_address(state, role)
+        return f"http://{address}:{METRICS_PORT}/metrics" if address else ""
+    return ""
+
+
 def processes(state: ClusterState) -> list[dict[str, object]]:
-    """Every process the cluster runs: role, pid, address and whether it runs."""
+    """Every process the cluster runs: role, pid, address, whether it runs, and its
+    metrics URL (null when it has none)."""
     return [{"role": d.role, "pid": d.pid, "address": process_address(state, d.role),
-             "running": alive(d), "log": d.log} for d in state.daemons]
+             "running": alive(d), "log": d.log,
+             "metrics": metrics_url(state, d.role) or None} for d in state.daemons]
 
 
 def status(name: str) -> ClusterState:

@@ -15,6 +15,7 @@ from .base import MAX_STALENESS
 from .cluster import Cluster
 from .configs import Configs
 from .controllers import Controllers
+from .events import Events
 from .logs import Logs
 from .networks import Networks
 from .nodes import Nodes
@@ -26,5 +27,5 @@ __all__ = ["MAX_STALENESS", "ControlServicer"]
 
 
 class ControlServicer(Services, Nodes, Networks, Tasks, Cluster, Controllers, Logs,
-                      Secrets, Configs, cgrpc.ControlServicer):
+                      Secrets, Configs, Events, cgrpc.ControlServicer):
     """Install with errors.ErrorInterceptor on the server (controller/server.py)."""

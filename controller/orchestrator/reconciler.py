@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry, timed
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import MAX_SERVICE_SPEC_BYTES
 
@@ -109,6 +110,7 @@ class Orchestrator:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
         # Failing services: service -> (failures in a row, not before (monotonic)).
         self._failing: dict[str, tuple[int, float]] = {}
         self._outage_delay = 0.0
@@ -194,7 +196,8 @@ class Orchestrator:
                 self._wake.clear()
                 self._gate_tick()
                 dirty, self._dirty = self._dirty, set()
-                await self._pass(dirty, guard)
+                with timed(self.telemetry, "swarm_reconcile_seconds", "orchestrator"):
+                    await self._pass(dirty, guard)
         finally:
             unsubscribe()
             if self._recheck is not None:

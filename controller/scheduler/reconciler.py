@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from swarm.api.telemetry import NO_TELEMETRY, Telemetry, timed
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, NodeChange, Op, Store, StoreUnavailable, TaskChange, Update
@@ -37,6 +38,7 @@ class SchedulerLoop:
         # task leaves a node.
         self._work = WorkSet(_BATCH_WINDOW)
         self.passes = 0
+        self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
 
     def _on_change(self, change: Change) -> None:
         match change:
@@ -57,7 +59,9 @@ class SchedulerLoop:
         self._work.reset(t.id for t in self._store.cache.tasks.values() if _waiting(t))
         try:
             while True:
-                await self._pass(await self._work.next_batch(), guard)
+                batch = await self._work.next_batch()
+                with timed(self.telemetry, "swarm_reconcile_seconds", "scheduler"):
+                    await self._pass(batch, guard)
         finally:
             unsubscribe()
 

@@ -39,6 +39,9 @@ import grpc
 from aetcd import rpc
 
 from swarm.api.loops import cancel_requested
+from swarm.api.telemetry import Telemetry
+
+from .instrumented import TimedStub
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +202,11 @@ class EtcdClient:
         else:
             channel = grpc.aio.insecure_channel(target, options=options)
         return cls(settings, channel)
+
+    def instrument(self, telemetry: Telemetry) -> None:
+        """Measure requests from now on (metrics on; see instrumented.py)."""
+        self._kv = TimedStub(self._kv, telemetry)
+        self._lease = TimedStub(self._lease, telemetry)
 
     async def close(self) -> None:
         await self._channel.close(None)

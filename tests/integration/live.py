@@ -11,6 +11,7 @@ conftest.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import threading
 import time
@@ -36,8 +37,9 @@ class LiveCluster:
     """A controller and simulated nodes on an event loop of their own thread."""
 
     def __init__(self, etcd: EtcdServer, prefix: str, reject_images: Collection[str],
-                 managers: int = 0) -> None:
+                 managers: int = 0, *, metrics_addr: str = "") -> None:
         self.prefix = prefix
+        self.metrics_addr = metrics_addr  # the controller's --metrics-addr (off when empty)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="live-cluster",
                                        daemon=True)
@@ -53,7 +55,8 @@ class LiveCluster:
                      ) -> tuple[Controller, SimulatedCluster]:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
         # As swarm-controller runs: with the ingress network (services publish ports).
-        controller = Controller(controller_config(endpoint, self.prefix, ingress=True))
+        config = controller_config(endpoint, self.prefix, ingress=True)
+        controller = Controller(dataclasses.replace(config, metrics_addr=self.metrics_addr))
         await controller.start()
         nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
                             reject_images=reject_images, managers=managers)

@@ -9,6 +9,7 @@ watch cache, writes are compare-and-swap transactions in etcd.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from swarm.api.v1 import objects_pb2 as _objects_pb2
 import builtins as _builtins
@@ -1094,3 +1095,168 @@ class ListConfigsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListConfigsResponse: _TypeAlias = ListConfigsResponse  # noqa: Y015
+
+@_typing.final
+class EventsRequest(_message.Message):
+    """Which events to send. Every filter list is "any of"; empty lists match all."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    WITH_OBJECTS_FIELD_NUMBER: _builtins.int
+    SYNC_MARKER_FIELD_NUMBER: _builtins.int
+    with_objects: _builtins.bool
+    """Whether each event carries the whole object as it is after the change
+    (or before it, for a remove): what a client keeping a view needs.
+    """
+    sync_marker: _builtins.bool
+    """Send an event of type "sync" once the replay is done and live events follow."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Replay from this time (within the controller's replay window); unset: only
+        live events. A `since` older than the window replays the whole window.
+        """
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Stop after this time (a time in the past ends the stream after the replay)."""
+
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """service, task, node, network, cluster (and secret, config)"""
+
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A name, an ID or ID prefix; a task also matches by its service's name."""
+
+    def __init__(
+        self,
+        *,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        types: _abc.Iterable[_builtins.str] | None = ...,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+        with_objects: _builtins.bool = ...,
+        sync_marker: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names", "since", b"since", "sync_marker", b"sync_marker", "types", b"types", "until", b"until", "with_objects", b"with_objects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventsRequest: _TypeAlias = EventsRequest  # noqa: Y015
+
+@_typing.final
+class Event(_message.Message):
+    """One change, as `docker events` shows it: TYPE ACTION ID (attributes)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """service, task, node, network, cluster, ... ("sync": see EventsRequest)"""
+    action: _builtins.str
+    """create, update, remove"""
+    id: _builtins.str
+    name: _builtins.str
+    """the object's name (a task's: SERVICE.SLOT or SERVICE.NODE)"""
+    revision: _builtins.int
+    """etcd revision of the change"""
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """What changed, docker-style: replicas.old/new, state.old/new, image, ..."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when this controller saw the change"""
+
+    @_builtins.property
+    def service(self) -> _objects_pb2.Service: ...
+    @_builtins.property
+    def task(self) -> _objects_pb2.Task: ...
+    @_builtins.property
+    def node(self) -> _objects_pb2.Node: ...
+    @_builtins.property
+    def network(self) -> _objects_pb2.Network: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        action: _builtins.str = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        revision: _builtins.int = ...,
+        service: _objects_pb2.Service | None = ...,
+        task: _objects_pb2.Task | None = ...,
+        node: _objects_pb2.Node | None = ...,
+        network: _objects_pb2.Network | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network", "node", b"node", "object", b"object", "service", b"service", "task", b"task", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attributes", b"attributes", "id", b"id", "name", b"name", "network", b"network", "node", b"node", "object", b"object", "revision", b"revision", "service", b"service", "task", b"task", "time", b"time", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_object: _TypeAlias = _typing.Literal["service", "task", "node", "network"]  # noqa: Y015
+    _WhichOneofArgType_object: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_object) -> _WhichOneofReturnType_object | None: ...
+
+Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class EventsResponse(_message.Message):
+    """A batch of events: one stream message carries every event ready at once,
+    so that a burst costs one write, not one per event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventsResponse: _TypeAlias = EventsResponse  # noqa: Y015

@@ -175,6 +175,11 @@ class ControlStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_stream(
+                '/swarm.v1.Control/Events',
+                request_serializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -365,6 +370,17 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Events(self, request, context):
+        """Changes of the cluster's objects as they happen (`swarmctl events`), from
+        the controller's watch cache: first those still in its replay window
+        (a bounded ring, by time) from `since`, then live ones until `until` or
+        until the caller hangs up. Any controller answers it. Events come in
+        batches (what is ready when the stream is written), in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -507,6 +523,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveConfig,
                     request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.SerializeToString,
+            ),
+            'Events': grpc.unary_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1265,6 +1286,33 @@ class Control:
             '/swarm.v1.Control/RemoveConfig',
             swarm_dot_api_dot_v1_dot_control__pb2.RemoveRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_control__pb2.RemoveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/swarm.v1.Control/Events',
+            swarm_dot_api_dot_v1_dot_control__pb2.EventsRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_control__pb2.EventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

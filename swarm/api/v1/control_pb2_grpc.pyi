@@ -85,6 +85,13 @@ class ControlStub:
     GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _control_pb2.ConfigResponse]
     ListConfigs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]
     RemoveConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]
+    Events: _grpc.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]
+    """Changes of the cluster's objects as they happen (`swarmctl events`), from
+    the controller's watch cache: first those still in its replay window
+    (a bounded ring, by time) from `since`, then live ones until `until` or
+    until the caller hangs up. Any controller answers it. Events come in
+    batches (what is ready when the stream is written), in order.
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -139,6 +146,13 @@ class ControlAsyncStub(ControlStub):
     GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _control_pb2.ConfigResponse]  # type: ignore[assignment]
     ListConfigs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]  # type: ignore[assignment]
     RemoveConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveRequest, _control_pb2.RemoveResponse]  # type: ignore[assignment]
+    Events: _aio.UnaryStreamMultiCallable[_control_pb2.EventsRequest, _control_pb2.EventsResponse]  # type: ignore[assignment]
+    """Changes of the cluster's objects as they happen (`swarmctl events`), from
+    the controller's watch cache: first those still in its replay window
+    (a bounded ring, by time) from `since`, then live ones until `until` or
+    until the caller hangs up. Any controller answers it. Events come in
+    batches (what is ready when the stream is written), in order.
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -358,5 +372,18 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RemoveRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RemoveResponse, _abc.Awaitable[_control_pb2.RemoveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Events(
+        self,
+        request: _control_pb2.EventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.EventsResponse], _abc.AsyncIterator[_control_pb2.EventsResponse]]:
+        """Changes of the cluster's objects as they happen (`swarmctl events`), from
+        the controller's watch cache: first those still in its replay window
+        (a bounded ring, by time) from `since`, then live ones until `until` or
+        until the caller hangs up. Any controller answers it. Events come in
+        batches (what is ready when the stream is written), in order.
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
