@@ -509,6 +509,7 @@ class ContainerSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     INIT_FIELD_NUMBER: _builtins.int
     DRAIN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    PRIVILEGES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
@@ -544,6 +545,12 @@ class ContainerSpec(_message.Message):
         Unset: 2 s; 0: no wait.
         """
 
+    @_builtins.property
+    def privileges(self) -> Global___Privileges:
+        """Seccomp, AppArmor and no-new-privileges (`--security-opt`); unset: the
+        defaults (the project's seccomp profile, AppArmor where the node has it).
+        """
+
     def __init__(
         self,
         *,
@@ -562,10 +569,11 @@ class ContainerSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         init: _builtins.bool = ...,
         drain_timeout: _duration_pb2.Duration | None = ...,
+        privileges: Global___Privileges | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_timeout", b"drain_timeout", "healthcheck", b"healthcheck", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_timeout", b"drain_timeout", "healthcheck", b"healthcheck", "privileges", b"privileges", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "drain_timeout", b"drain_timeout", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "dir", b"dir", "drain_timeout", b"drain_timeout", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "privileges", b"privileges", "read_only", b"read_only", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -727,6 +735,7 @@ class TaskSpec(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
+    LOG_DRIVER_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     """Bumped by `service update --force`: a new value rolls every task."""
     @_builtins.property
@@ -739,6 +748,12 @@ class TaskSpec(_message.Message):
     def placement(self) -> Global___Placement: ...
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachmentConfig]: ...
+    @_builtins.property
+    def log_driver(self) -> Global___Driver:
+        """Where the task's output goes (`--log-opt`, compose `logging`): the
+        node's rotated files; options max-size and max-file.
+        """
+
     def __init__(
         self,
         *,
@@ -748,10 +763,11 @@ class TaskSpec(_message.Message):
         placement: Global___Placement | None = ...,
         networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
         force_update: _builtins.int = ...,
+        log_driver: Global___Driver | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "log_driver", b"log_driver", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1822,3 +1838,153 @@ class ControllerInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ControllerInfo: _TypeAlias = ControllerInfo  # noqa: Y015
+
+@_typing.final
+class Privileges(_message.Message):
+    """A container's security options, as SwarmKit's Privileges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Seccomp(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Mode:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Privileges.Seccomp._Mode.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            DEFAULT: Privileges.Seccomp._Mode.ValueType  # 0
+            """the project's default profile (agent/runtime/seccomp.py)"""
+            UNCONFINED: Privileges.Seccomp._Mode.ValueType  # 1
+            """no filter"""
+            CUSTOM: Privileges.Seccomp._Mode.ValueType  # 2
+            """`profile`"""
+
+        class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+        DEFAULT: Privileges.Seccomp.Mode.ValueType  # 0
+        """the project's default profile (agent/runtime/seccomp.py)"""
+        UNCONFINED: Privileges.Seccomp.Mode.ValueType  # 1
+        """no filter"""
+        CUSTOM: Privileges.Seccomp.Mode.ValueType  # 2
+        """`profile`"""
+
+        MODE_FIELD_NUMBER: _builtins.int
+        PROFILE_FIELD_NUMBER: _builtins.int
+        mode: Global___Privileges.Seccomp.Mode.ValueType
+        profile: _builtins.bytes
+        """CUSTOM: the profile's JSON (Docker's format), as checked by the CLI"""
+        def __init__(
+            self,
+            *,
+            mode: Global___Privileges.Seccomp.Mode.ValueType = ...,
+            profile: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "profile", b"profile"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AppArmor(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Mode:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Privileges.AppArmor._Mode.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            DEFAULT: Privileges.AppArmor._Mode.ValueType  # 0
+            """the agent's docker-default-like profile, where the node has AppArmor"""
+            DISABLED: Privileges.AppArmor._Mode.ValueType  # 1
+            """unconfined"""
+
+        class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+        DEFAULT: Privileges.AppArmor.Mode.ValueType  # 0
+        """the agent's docker-default-like profile, where the node has AppArmor"""
+        DISABLED: Privileges.AppArmor.Mode.ValueType  # 1
+        """unconfined"""
+
+        MODE_FIELD_NUMBER: _builtins.int
+        mode: Global___Privileges.AppArmor.Mode.ValueType
+        def __init__(
+            self,
+            *,
+            mode: Global___Privileges.AppArmor.Mode.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    APPARMOR_FIELD_NUMBER: _builtins.int
+    NO_NEW_PRIVILEGES_FIELD_NUMBER: _builtins.int
+    no_new_privileges: _builtins.bool
+    @_builtins.property
+    def seccomp(self) -> Global___Privileges.Seccomp: ...
+    @_builtins.property
+    def apparmor(self) -> Global___Privileges.AppArmor: ...
+    def __init__(
+        self,
+        *,
+        seccomp: Global___Privileges.Seccomp | None = ...,
+        apparmor: Global___Privileges.AppArmor | None = ...,
+        no_new_privileges: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apparmor", b"apparmor", "seccomp", b"seccomp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apparmor", b"apparmor", "no_new_privileges", b"no_new_privileges", "seccomp", b"seccomp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Privileges: _TypeAlias = Privileges  # noqa: Y015
+
+@_typing.final
+class Driver(_message.Message):
+    """A named driver with options (the task's log driver)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Driver: _TypeAlias = Driver  # noqa: Y015
