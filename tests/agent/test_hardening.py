@@ -25,16 +25,14 @@ from swarm.agent.logfile import LogFile, log_chain
 from swarm.agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
 from swarm.api import logopts
 from swarm.api.v1 import objects_pb2 as pb
-from tests.agent.test_runtime import (  # noqa: F401  (fixtures)
-    _task,
-    busybox_layer,
-    leftovers,
-    log_messages,
-    needs_root,
-    run_to_exit,
-    runtime,
-    settings,
-)
+from tests.agent import test_runtime
+from tests.agent.containers import leftovers
+from tests.agent.test_runtime import _task, log_messages, needs_root, run_to_exit
+
+# The runtime tests' fixtures: a one-layer busybox rootfs, a runtime of its own per test.
+busybox_layer = test_runtime.busybox_layer
+settings = test_runtime.settings
+runtime = test_runtime.runtime
 
 PROBE_SOURCE = r"""
 #define _GNU_SOURCE
@@ -65,7 +63,7 @@ int main(void) {
 
 
 @pytest.fixture(scope="module")
-def probe_layer(busybox_layer: Path,  # noqa: F811
+def probe_layer(busybox_layer: Path,
                 tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The busybox layer plus /bin/probe and /mnt."""
     gcc = shutil.which("gcc")
@@ -103,9 +101,18 @@ def _privileges(**fields: object) -> pb.Privileges:
 EPERM = 1
 
 
+def _existing(*paths: str) -> list[str]:
+    """Those of the paths this kernel has (this one has no /proc/kcore)."""
+    return [path for path in paths if os.path.exists(path)]
+
+
+def _sizes(files: list[str]) -> list[int]:
+    return [os.path.getsize(name) for name in files]
+
+
 @needs_root
 async def test_the_default_profile_blocks_namespaces_keys_and_mounts(
-        runtime: RuncRuntime, probe_image: ImageInput) -> None:  # noqa: F811
+        runtime: RuncRuntime, probe_image: ImageInput) -> None:
     task = _task("sh", "-c", "grep '^Seccomp:' /proc/self/status; probe; unshare -U true; "
                              "echo unshare=$?")
     assert await run_to_exit(runtime, task, probe_image) == 0
@@ -128,7 +135,7 @@ async def test_the_default_profile_blocks_namespaces_keys_and_mounts(
 
 @needs_root
 async def test_unconfined_has_no_filter(runtime: RuncRuntime,
-                                        probe_image: ImageInput) -> None:  # noqa: F811
+                                        probe_image: ImageInput) -> None:
     task = _task("sh", "-c", "grep '^Seccomp:' /proc/self/status; probe")
     task.spec.container.privileges.CopyFrom(_privileges(
         seccomp=pb.Privileges.Seccomp(mode=pb.Privileges.Seccomp.UNCONFINED)))
@@ -144,7 +151,7 @@ async def test_unconfined_has_no_filter(runtime: RuncRuntime,
 
 @needs_root
 async def test_a_custom_profile_and_no_new_privileges(runtime: RuncRuntime,
-                                                      probe_image: ImageInput) -> None:  # noqa: F811
+                                                      probe_image: ImageInput) -> None:
     profile = {"defaultAction": "SCMP_ACT_ALLOW",
                "syscalls": [{"names": ["getpid"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}
     task = _task("sh", "-c", "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; probe")
@@ -163,10 +170,8 @@ async def test_a_custom_profile_and_no_new_privileges(runtime: RuncRuntime,
 
 @needs_root
 async def test_proc_paths_are_masked(runtime: RuncRuntime,
-                                     probe_image: ImageInput) -> None:  # noqa: F811
-    # Those of the masked paths this kernel has (it has no /proc/kcore).
-    masked = [path for path in ("/proc/kcore", "/proc/interrupts", "/proc/keys",
-                                "/proc/timer_list") if os.path.exists(path)]
+                                     probe_image: ImageInput) -> None:
+    masked = _existing("/proc/kcore", "/proc/interrupts", "/proc/keys", "/proc/timer_list")
     assert "/proc/interrupts" in masked
     task = _task("sh", "-c", f"for f in {' '.join(masked)}; do echo $f=$(wc -c < $f); done; "
                              "echo 0 > /proc/sys/vm/overcommit_memory; echo sys=$?")
@@ -179,13 +184,13 @@ async def test_proc_paths_are_masked(runtime: RuncRuntime,
 
 
 @needs_root
-async def test_file_modes(runtime: RuncRuntime, probe_image: ImageInput) -> None:  # noqa: F811
+async def test_file_modes(runtime: RuncRuntime, probe_image: ImageInput) -> None:
     task = _task("sh", "-c", "echo hello; sleep 100")
     await runtime.prepare(task, probe_image)
     await runtime.start(task.id)
-    settings = runtime.settings
-    for directory in (settings.state_dir, settings.bundles_dir, settings.logs_dir,
-                      settings.exits_dir, settings.volumes_dir, settings.runc_root_dir,
+    paths = runtime.settings
+    for directory in (paths.state_dir, paths.bundles_dir, paths.logs_dir,
+                      paths.exits_dir, paths.volumes_dir, paths.runc_root_dir,
                       runtime.bundle_dir(task.id)):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
     for name in ("config.json", "log-limits.json"):
@@ -211,7 +216,7 @@ async def test_an_existing_state_dir_is_made_private(tmp_path: Path) -> None:
 
 @needs_root
 async def test_80_megabytes_of_output_stay_under_the_cap(
-        runtime: RuncRuntime, probe_image: ImageInput) -> None:  # noqa: F811
+        runtime: RuncRuntime, probe_image: ImageInput) -> None:
     """The default limits (10 MiB x 3); the rotation pass running as the
     agent runs it; the newest lines readable at the end, across files."""
     rotation = asyncio.create_task(runtime.rotate_logs_forever())
@@ -225,7 +230,7 @@ async def test_80_megabytes_of_output_stay_under_the_cap(
         path = str(runtime.log_path(task.id))
         limits = logopts.LogLimits()
         files = log_chain(path)
-        sizes = [os.path.getsize(name) for name in files]
+        sizes = _sizes(files)
         assert len(files) <= limits.max_file, files
         assert all(size <= limits.max_size for size in sizes), sizes
         assert sum(sizes) <= limits.max_file * limits.max_size
