@@ -11,10 +11,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from swarm.api import logopts, security
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
@@ -47,6 +49,7 @@ from .service_flags import (
     InitOpt,
     LimitCpuOpt,
     LimitMemoryOpt,
+    LogOptOpt,
     MaxReplicasPerNodeOpt,
     NoHealthcheckOpt,
     ReadOnlyOpt,
@@ -63,6 +66,7 @@ from .service_flags import (
     RollbackMonitorOpt,
     RollbackOrderOpt,
     RollbackParallelismOpt,
+    SecurityOptOpt,
     StopGracePeriodOpt,
     StopSignalOpt,
     UpdateDelayOpt,
@@ -132,6 +136,8 @@ class TaskOptions:
     health_start_interval: str | None = None
     no_healthcheck: bool = False
     endpoint_mode: str | None = None
+    security_opt: list[str] | None = None
+    log_opt: list[str] | None = None
 
 
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -320,6 +326,12 @@ def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
     if options.entrypoint is not None:
         container.command[:] = parsing.shell_words("--entrypoint", options.entrypoint)
     _healthcheck(container, options)
+    for item in options.security_opt or ():
+        try:
+            security.apply_security_opt(container.privileges, item,
+                                        lambda path: Path(path).expanduser().read_bytes())
+        except ValueError as error:
+            raise BadFlag("--security-opt", str(error)) from None
 
 
 def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
@@ -332,6 +344,11 @@ def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
         spec.task.placement.max_replicas_per_node = parsing.count(
             "--max-replicas-per-node", options.max_replicas_per_node)
     _container(spec.task.container, options)
+    for item in options.log_opt or ():
+        try:
+            logopts.apply_log_opt(spec.task.log_driver, item)
+        except ValueError as error:
+            raise BadFlag("--log-opt", str(error)) from None
     _resources(spec, options)
     _restart(spec, options)
     _update_config(spec, "update", (
@@ -561,6 +578,8 @@ def create(
     health_start_period: HealthStartPeriodOpt = None,
     health_start_interval: HealthStartIntervalOpt = None,
     no_healthcheck: NoHealthcheckOpt = False,
+    security_opt: SecurityOptOpt = None,
+    log_opt: LogOptOpt = None,
     mount: Annotated[list[str] | None, typer.Option(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
@@ -836,6 +855,8 @@ def update(
     health_start_period: HealthStartPeriodOpt = None,
     health_start_interval: HealthStartIntervalOpt = None,
     no_healthcheck: NoHealthcheckOpt = False,
+    security_opt: SecurityOptOpt = None,
+    log_opt: LogOptOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")

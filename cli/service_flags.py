@@ -107,3 +107,20 @@ HealthStartIntervalOpt = Annotated[
 ]
 NoHealthcheckOpt = Annotated[bool, typer.Option("--no-healthcheck", help="Disable the image's health check.")]
 EndpointModeOpt = Annotated[str | None, typer.Option(metavar="MODE", help="vip (default) or dnsrr.")]
+SecurityOptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="OPT",
+        help="Security option (repeatable): seccomp=unconfined, seccomp=default, "
+        "seccomp=PROFILE.json (Docker's format, read and checked here), "
+        "apparmor=unconfined|default, no-new-privileges[=true|false].",
+    ),
+]
+LogOptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="KEY=VALUE",
+        help="Log option (repeatable): max-size=SIZE (a task's log file is rotated at this "
+        "size; default 10m) and max-file=N (files kept, the current one included; default 3).",
+    ),
+]

@@ -38,17 +38,17 @@ UNSUPPORTED_SERVICE_KEYS = frozenset({
     "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset",
     "credential_spec", "depends_on", "develop", "device_cgroup_rules", "devices", "dns",
     "dns_opt", "dns_search", "domainname", "expose", "extends", "external_links",
-    "extra_hosts", "group_add", "ipc", "isolation", "links", "logging", "mac_address",
+    "extra_hosts", "group_add", "ipc", "isolation", "links", "mac_address",
     "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit", "network_mode",
     "oom_kill_disable", "oom_score_adj", "pid", "pids_limit", "platform", "privileged",
-    "profiles", "pull_policy", "restart", "runtime", "scale", "secrets", "security_opt",
+    "profiles", "pull_policy", "restart", "runtime", "scale", "secrets",
     "shm_size", "stdin_open", "storage_opt", "sysctls", "tty", "ulimits", "userns_mode",
     "uts", "volumes_from",
 })
 SERVICE_KEYS = frozenset({
     "image", "command", "entrypoint", "environment", "env_file", "ports", "networks",
     "volumes", "healthcheck", "stop_grace_period", "stop_signal", "labels", "hostname",
-    "user", "working_dir", "read_only", "tmpfs", "init", "deploy",
+    "user", "working_dir", "read_only", "tmpfs", "init", "deploy", "security_opt", "logging",
 })
 UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.limits.pids", "resources.reservations.devices",
                                       "resources.reservations.generic_resources"})

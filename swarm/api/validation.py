@@ -26,8 +26,10 @@ from google.protobuf.message import Message
 from swarm.api.units import format_duration, format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
+from . import logopts
 from .constraints import parse_constraint
 from .refs import resolve_ref
+from .security import BadProfile, check_profile
 
 MAX_REPLICAS = 100_000
 MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # runc refuses less
@@ -263,6 +265,31 @@ def _check_container(container: pb.ContainerSpec, path: str) -> None:
     if container.HasField("healthcheck"):
         _check_healthcheck(container.healthcheck, f"{path}.healthcheck")
     _check_labels(container.labels, f"{path}.labels")
+    _check_privileges(container.privileges, f"{path}.privileges")
+
+
+def _check_privileges(privileges: pb.Privileges, path: str) -> None:
+    seccomp = privileges.seccomp
+    _check_enum(seccomp, "mode", f"{path}.seccomp")
+    _check_enum(privileges.apparmor, "mode", f"{path}.apparmor")
+    if seccomp.mode == pb.Privileges.Seccomp.CUSTOM:
+        try:
+            check_profile(seccomp.profile)
+        except BadProfile as error:
+            raise ValidationError(f"{path}.seccomp.profile", str(error)) from None
+    elif seccomp.profile:
+        raise ValidationError(f"{path}.seccomp.profile", "only with mode CUSTOM")
+
+
+def _check_log_driver(driver: pb.Driver, path: str) -> None:
+    if driver.name not in logopts.FILE_DRIVERS:
+        raise ValidationError(f"{path}.name", f"unsupported log driver {_show(driver.name)} "
+                              "(the nodes keep rotated files: json-file, local or k8s-file)")
+    for key, value in driver.options.items():
+        try:
+            logopts.check_option(key, value)
+        except ValueError as error:
+            raise ValidationError(f"{path}.options", str(error)) from None
 
 
 # Drain before stop waits well under a second when every node answers; the
@@ -517,6 +544,7 @@ def normalize_service_spec(spec: pb.ServiceSpec,
     task = out.task
     _check_container(task.container, "spec.task.container")
     _check_resources(task.resources, "spec.task.resources")
+    _check_log_driver(task.log_driver, "spec.task.log_driver")
     _check_restart(task, "spec.task.restart")
     _check_placement(out, "spec.task.placement")
     attached = _resolve_networks(task, networks, "spec.task.networks")
