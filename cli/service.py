@@ -1006,7 +1006,10 @@ service's logs has sent them; a node that is down or does not answer in time
 is named in a warning on stderr, and its lines are missing.
 
 The logs live on the nodes, in the files the container monitor (conmon)
-writes; they go away with the container: logs of tasks removed from the task
+writes, rotated at the service's --log-opt max-size (default 10m) with
+max-file files kept (default 3): the oldest lines of a chatty task are gone,
+and the command reads across the files kept (--follow follows a rotation).
+They go away with the container: logs of tasks removed from the task
 history, of scaled-down tasks and of removed services are gone, as with
 docker."""
 
