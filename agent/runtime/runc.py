@@ -217,6 +217,7 @@ class RuncRuntime:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)  # also when an older agent made it with the umask's mode
         self._rotation = threading.Lock()  # rotation passes vs a container's removal
+        self._log_limits: dict[str, logopts.LogLimits] = {}  # read once per container
         self._arch = seccomp.native_arch()
         self._kernel = seccomp.kernel_version()
         self._cpu_count = os.cpu_count() or 1
@@ -422,6 +423,7 @@ class RuncRuntime:
                        log_limits: logopts.LogLimits) -> None:
         task_id = task.id
         container = task.spec.container
+        self._log_limits[task_id] = log_limits  # before the rotation pass sees the bundle
         bundle = self.bundle_dir(task_id)
         bundle.mkdir(mode=0o700, parents=True)
         for name in ("upper", "work", "persist"):
@@ -569,6 +571,7 @@ class RuncRuntime:
 
     def _remove_files(self, task_id: str) -> None:
         with self._rotation:
+            self._log_limits.pop(task_id, None)
             for path in (self._exit_file(task_id), *map(Path, log_files(str(self.log_path(task_id)))),
                          self.settings.sockets_dir / task_id):
                 with contextlib.suppress(FileNotFoundError):
@@ -683,12 +686,18 @@ class RuncRuntime:
     def log_limits(self, task_id: str) -> logopts.LogLimits:
         """The limits the container's log was created with (the node's
         defaults for a container of an older agent)."""
-        try:
-            saved = json.loads((self.bundle_dir(task_id) / "log-limits.json").read_text())
-            return logopts.LogLimits(max_size=int(saved["max_size"]),
-                                     max_file=int(saved["max_file"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return self.settings.log_limits
+        limits = self._log_limits.get(task_id)
+        if limits is None:
+            try:
+                saved = json.loads((self.bundle_dir(task_id) / "log-limits.json").read_text())
+                limits = logopts.LogLimits(max_size=int(saved["max_size"]),
+                                           max_file=int(saved["max_file"]))
+            except OSError:
+                return self.settings.log_limits  # not written yet: ask again next time
+            except (ValueError, KeyError, TypeError):
+                limits = self.settings.log_limits
+            self._log_limits[task_id] = limits
+        return limits
 
     def rotate_logs(self) -> int:
         """One rotation pass over the logs of every container (blocking: run
