@@ -17,8 +17,9 @@ run and in this order:
 Then the seccomp profile's cost: the runtime phase again, with the default
 profile (as every task) and with seccomp=unconfined, in the order default,
 unconfined, unconfined, default (so that a drift of the machine's load
-cancels out): `seccomp_default_start_seconds` and
-`seccomp_unconfined_start_seconds` (means) and `seccomp_start_cost_percent`.
+cancels out), --seccomp-rounds times (default 3): the medians
+`seccomp_default_start_seconds` and `seccomp_unconfined_start_seconds`, and
+`seccomp_start_cost_percent`.
 With --replicas, the end-to-end scale is timed the same way, a service per
 round in one cluster (`seconds_to_running`, the default profile's mean, and
 `seconds_to_running_unconfined`).
@@ -39,6 +40,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -253,7 +255,7 @@ class Bench:
                         directory.rmdir()
 
 
-async def run(count: int, order: str) -> dict[str, object]:
+async def run(count: int, order: str, seccomp_rounds: int = 3) -> dict[str, object]:
     # Under /run and short: conmon's attach socket path must fit a sockaddr_un.
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
     bench = Bench(work, count)
@@ -266,12 +268,12 @@ async def run(count: int, order: str) -> dict[str, object]:
         for phase in phases:
             figures.update(await phase(layer))
         rounds: dict[str, list[float]] = {"default": [], "unconfined": []}
-        for kind in SECCOMP_ORDER:
+        for kind in SECCOMP_ORDER * seccomp_rounds:
             round_figures = await bench.runtime_phase(layer, unconfined=kind == "unconfined",
                                                       prefix="round")
             rounds[kind].append(round_figures["round_start_seconds"])
         for kind, values in rounds.items():
-            figures[f"seccomp_{kind}_start_seconds"] = round(sum(values) / len(values), 3)
+            figures[f"seccomp_{kind}_start_seconds"] = round(statistics.median(values), 3)
         return {
             "bench": "containers",
             "containers": count,
@@ -378,6 +380,8 @@ def main() -> None:
                              "until N RUNNING, beside N raw `runc run -d` (bench/scale.py)")
     parser.add_argument("--order", choices=("runtime-first", "raw-first"),
                         default="runtime-first")
+    parser.add_argument("--seccomp-rounds", type=int, default=3,
+                        help="default/unconfined rounds (ABBA each) for the profile's cost")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.containers needs root (runc, overlayfs, network namespaces)")
@@ -389,7 +393,7 @@ def main() -> None:
     if args.replicas:
         print(json.dumps(asyncio.run(run_replicas(args.replicas))))
     else:
-        print(json.dumps(asyncio.run(run(args.containers, args.order,))))
+        print(json.dumps(asyncio.run(run(args.containers, args.order, args.seccomp_rounds))))
 
 
 if __name__ == "__main__":
