@@ -426,7 +426,11 @@ class RuncRuntime:
         self._log_limits[task_id] = log_limits  # before the rotation pass sees the bundle
         bundle = self.bundle_dir(task_id)
         bundle.mkdir(mode=0o700, parents=True)
-        for name in ("upper", "work", "persist"):
+        # The merged root takes the upper dir's mode: 0755, or a container
+        # user other than root could not even look up /bin/sh.
+        (bundle / "upper").mkdir()
+        (bundle / "upper").chmod(0o755)
+        for name in ("work", "persist"):
             (bundle / name).mkdir(mode=0o700)
         root = bundle / "rootfs"
         layers = image.layers

@@ -185,7 +185,9 @@ async def test_proc_paths_are_masked(runtime: RuncRuntime,
 
 @needs_root
 async def test_file_modes(runtime: RuncRuntime, probe_image: ImageInput) -> None:
-    task = _task("sh", "-c", "echo hello; sleep 100")
+    # As a user other than root: the private modes must not reach into the
+    # container (its root directory is the overlay's upper dir).
+    task = _task("sh", "-c", "echo hello; sleep 100", user="www")
     await runtime.prepare(task, probe_image)
     await runtime.start(task.id)
     paths = runtime.settings
@@ -201,6 +203,10 @@ async def test_file_modes(runtime: RuncRuntime, probe_image: ImageInput) -> None
         await asyncio.sleep(0.02)
     mode = stat.S_IMODE(runtime.log_path(task.id).stat().st_mode)
     assert mode & 0o037 == 0, oct(mode)  # 0640 or stricter
+    deadline = time.monotonic() + 5
+    while "hello" not in log_messages(runtime, task.id):  # it ran, as www
+        assert time.monotonic() < deadline, log_messages(runtime, task.id)
+        await asyncio.sleep(0.02)
     await runtime.remove(task.id)
     assert leftovers(runtime, task.id) == []
 
