@@ -28,6 +28,9 @@ architecture is (or is not) among `arches`, and when the kernel is at least
 (newer than the host's library) are skipped by runc, so the list can name
 calls of newer kernels.
 
+Unlike Docker's, the default filter covers the native ABI only (no 32-bit
+x86 or x32 calls on x86_64; see _ARCH_MAP for why).
+
 Why the conditional rules:
 - clone: allowed only without the CLONE_NEW* namespace flags (masked-equal
   test on the flags argument; it is the second argument on s390).
