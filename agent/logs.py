@@ -41,7 +41,7 @@ from swarm.api.loops import cancel_all
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 
-from .logfile import MAX_LINE, Line, LineAssembler, LogFile, tail_offset
+from .logfile import MAX_LINE, Line, LineAssembler, LogFile
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,17 @@ class LogPublisher:
         tail = options.tail if options.HasField("tail") else None
         batch = _Batch(settings, node_id, subscription.service_id)
         files: dict[str, LogFile] = {}
+        try:
+            await self._stream_files(call, subscription, files, batch, since, tail)
+        finally:
+            for logfile in files.values():
+                logfile.close()
+
+    async def _stream_files(self, call: Any, subscription: _Subscription,
+                            files: dict[str, LogFile], batch: _Batch, since: int,
+                            tail: int | None) -> None:
+        options = subscription.options
+        settings = self.settings
         seen: set[str] = set()  # tasks whose file existed once
 
         def new_file(task_id: str) -> LogFile:
@@ -240,20 +251,13 @@ class LogPublisher:
 
         for task_id in sorted(subscription.task_ids):
             logfile = new_file(task_id)
-            size = logfile.size()
-            if size is None:
-                if options.follow:
-                    files[task_id] = logfile  # not created yet: read it all once it is
-                continue
-            seen.add(task_id)
-            if tail is not None:
-                try:
-                    logfile.offset = await asyncio.to_thread(_tail_offset, logfile.path, size,
-                                                             max(0, tail))
-                except FileNotFoundError:
-                    continue  # removed meanwhile
             files[task_id] = logfile
-            await self._drain(call, task_id, logfile, size, batch)
+            if not await asyncio.to_thread(logfile.start, tail):
+                if not options.follow:
+                    del files[task_id]
+                continue  # not created yet: read it all once it is
+            seen.add(task_id)
+            await self._drain(call, task_id, logfile, batch)
         if not options.follow:
             await self._write(call, lpb.PublishLogsMessage(messages=batch.take(), close=True))
             await call.done_writing()
@@ -270,40 +274,42 @@ class LogPublisher:
             for task_id in sorted(subscription.task_ids - known):
                 files[task_id] = new_file(task_id)  # new since the start: all of it is new
             for task_id in known - subscription.task_ids:
-                files.pop(task_id, None)
+                gone = files.pop(task_id, None)
+                if gone is not None:
+                    gone.close()
             known = set(subscription.task_ids)
             for task_id, logfile in list(files.items()):
-                size = logfile.size()
-                if size is None:
+                if not await self._drain(call, task_id, logfile, batch):
                     if task_id in seen:
                         del files[task_id]  # the container was removed, and its log
+                        logfile.close()
                     continue
                 seen.add(task_id)
-                await self._drain(call, task_id, logfile, size, batch)
             await self._flush(call, batch)
 
-    async def _drain(self, call: Any, task_id: str, logfile: LogFile, size: int,
-                     batch: _Batch) -> None:
-        """Send the lines of `logfile` up to `size`, a batch at a time."""
-        while logfile.offset < size:
-            before = logfile.offset
-            lines = await asyncio.to_thread(logfile.read, size, self.settings.batch_bytes)
-            for line in lines:
-                batch.add(task_id, line)
-                if batch.full():
-                    await self._flush(call, batch)
-            if logfile.offset == before:
-                break  # an unterminated last record: the rest next time
+    async def _drain(self, call: Any, task_id: str, logfile: LogFile, batch: _Batch) -> bool:
+        """Send the lines of `logfile` written so far, a batch at a time, across
+        its rotated files; False when the log is not there (gone, or not yet)."""
+        while True:
+            size = await asyncio.to_thread(logfile.size)
+            if size is None:
+                return False
+            live = logfile.live
+            while logfile.offset < size:
+                before = logfile.offset
+                lines = await asyncio.to_thread(logfile.read, size, self.settings.batch_bytes)
+                for line in lines:
+                    batch.add(task_id, line)
+                    if batch.full():
+                        await self._flush(call, batch)
+                if logfile.offset == before:
+                    break  # an unterminated last record: the rest next time
+            if live:
+                return True
+            if logfile.offset < size:
+                logfile.skip_rest()  # a finished file never gets the rest of its record
 
     async def _flush(self, call: Any, batch: _Batch) -> None:
         if batch.messages:
             await self._write(call, lpb.PublishLogsMessage(messages=batch.take()))
 
-
-def _tail_offset(path: str, size: int, lines: int) -> int:
-    with open(path, "rb") as file:
-        def read_at(offset: int, length: int) -> bytes:
-            file.seek(offset)
-            return file.read(length)
-
-        return tail_offset(read_at, size, lines)

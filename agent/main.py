@@ -28,6 +28,13 @@ Everything the agent keeps lives under --state-dir:
     node-id        the node ID (the certificate's CN; kept, so a restarted
                    agent is the same node and adopts its containers)
     runtime/       runc root, bundles, conmon exit files, logs, named volumes
+                   (the state dir and the runtime's directories are 0700, a
+                   container's config.json 0600: it holds its environment)
+
+Task logs are rotated at 10 MiB with 3 files kept, unless the service's
+--log-opt max-size/max-file say otherwise (agent/logfile.py). Containers get
+the project's seccomp profile (agent/runtime/seccomp.py) and, where the node
+has AppArmor, the agent's swarm-default profile (agent/apparmor.py).
     images/        the image store (layers unpacked once, shared)
 
 Image garbage collection (agent.images.ImageGcSettings): when the filesystem
@@ -72,6 +79,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -96,6 +104,7 @@ from swarm.api.telemetry import metrics_addr_error
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
+from . import apparmor
 from .conditions import ConditionSettings, conditions_of
 from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join_address, join_in_child
@@ -313,7 +322,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
     state_dir: Path = args.state_dir.absolute()
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # keys, environments and logs: root's alone
     except OSError as error:
         parser.error(f"--state-dir {state_dir}: {error.strerror or error}")
     cgroup_parent = args.cgroup_parent or default_cgroup_parent(state_dir)
@@ -444,7 +454,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
     node_id = _read_node_id(config.node_id_file)
     if keeper is not None and node_id != keeper.node_id:
         node_id = ""  # registering binds the certificate's ID
-    runtime = RuncRuntime(runc_settings(config))
+    runtime = RuncRuntime(dataclasses.replace(runc_settings(config),
+                                              apparmor_profile=await apparmor.load_default()))
     images = ImageStore(config.images_dir, insecure_registries=config.insecure_registries,
                         gc=config.image_gc,
                         credentials={registry: (c.username, c.password)
@@ -490,6 +501,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              config.state_dir, config.cgroup_parent, ", ".join(config.controllers))
     loops = [start_supervised("agent-session", session.run),
              start_supervised("image-gc", collector.run),
+             start_supervised("log-rotation", runtime.rotate_logs_forever),
              start_supervised("published-ports", ports.run),
              start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:

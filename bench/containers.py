@@ -14,6 +14,16 @@ run and in this order:
   read-only, `sleep 3600`, a new network namespace each, a cgroup under one
   parent), then N sequential `runc kill KILL` + wait + `runc delete`.
 
+Then the seccomp profile's cost: the runtime phase again, with the default
+profile (as every task) and with seccomp=unconfined, in the order default,
+unconfined, unconfined, default (so that a drift of the machine's load
+cancels out), --seccomp-rounds times (default 3): the medians
+`seccomp_default_start_seconds` and `seccomp_unconfined_start_seconds`, and
+`seccomp_start_cost_percent`.
+With --replicas, the end-to-end scale is timed the same way, a service per
+round in one cluster (`seconds_to_running`, the default profile's mean, and
+`seconds_to_running_unconfined`).
+
 Prints one JSON line: seconds for each phase, the ratios runtime/raw, and the
 p50/p99 of the per-container latency (for the runtime phase the latency of one
 container's prepare+start inside the concurrent batch). Needs root, runc and
@@ -30,6 +40,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -45,6 +56,8 @@ from swarm.host import mounts
 from swarm.host import netns as netns_module
 
 BUSYBOX = Path("/bin/busybox")
+# ABBA: a linear drift of the machine's load weighs on both kinds alike.
+SECCOMP_ORDER = ("default", "unconfined", "unconfined", "default")
 APPLETS = ("sh", "sleep", "true")
 
 
@@ -137,12 +150,15 @@ class Bench:
             err.seek(0)
             return code, err.read()
 
-    async def runtime_phase(self, layer: Path) -> dict[str, float]:
-        runtime = self.runtime = RuncRuntime(self.settings)
+    async def runtime_phase(self, layer: Path, *, unconfined: bool = False,
+                            prefix: str = "runtime") -> dict[str, float]:
+        runtime = self.runtime = self.runtime or RuncRuntime(self.settings)
         image = ImageInput(layers=(layer,), config=ImageConfig(cmd=("sleep", "3600")))
         tasks = []
         for _ in range(self.count):
             task = pb.Task(id=uuid.uuid4().hex[:25], service_id="bench")
+            if unconfined:
+                task.spec.container.privileges.seccomp.mode = pb.Privileges.Seccomp.UNCONFINED
             tasks.append(task)
 
         async def up(task: pb.Task) -> float:
@@ -168,8 +184,8 @@ class Bench:
         started = time.perf_counter()
         down_latencies = await asyncio.gather(*(down(t) for t in tasks))
         down_total = time.perf_counter() - started
-        return {**_figures("runtime_start", up_total, up_latencies),
-                **_figures("runtime_stop", down_total, down_latencies)}
+        return {**_figures(f"{prefix}_start", up_total, up_latencies),
+                **_figures(f"{prefix}_stop", down_total, down_latencies)}
 
     async def raw_phase(self, layer: Path) -> dict[str, float]:
         self.raw_root.mkdir()
@@ -239,7 +255,7 @@ class Bench:
                         directory.rmdir()
 
 
-async def run(count: int, order: str) -> dict[str, object]:
+async def run(count: int, order: str, seccomp_rounds: int = 3) -> dict[str, object]:
     # Under /run and short: conmon's attach socket path must fit a sockaddr_un.
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
     bench = Bench(work, count)
@@ -251,6 +267,13 @@ async def run(count: int, order: str) -> dict[str, object]:
             phases.reverse()
         for phase in phases:
             figures.update(await phase(layer))
+        rounds: dict[str, list[float]] = {"default": [], "unconfined": []}
+        for kind in SECCOMP_ORDER * seccomp_rounds:
+            round_figures = await bench.runtime_phase(layer, unconfined=kind == "unconfined",
+                                                      prefix="round")
+            rounds[kind].append(round_figures["round_start_seconds"])
+        for kind, values in rounds.items():
+            figures[f"seccomp_{kind}_start_seconds"] = round(statistics.median(values), 3)
         return {
             "bench": "containers",
             "containers": count,
@@ -259,6 +282,8 @@ async def run(count: int, order: str) -> dict[str, object]:
                                  / figures["raw_start_seconds"], 2),
             "stop_ratio": round(figures["runtime_stop_seconds"]
                                 / figures["raw_stop_seconds"], 2),
+            "seccomp_start_cost_percent": _cost(figures["seccomp_default_start_seconds"],
+                                                figures["seccomp_unconfined_start_seconds"]),
             "order": order,
             "cpus": os.cpu_count(),
             "load_1m": round(os.getloadavg()[0], 2),
@@ -270,10 +295,63 @@ async def run(count: int, order: str) -> dict[str, object]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-async def run_replicas(count: int) -> dict[str, object]:
-    from bench.scale import scale_through_controller
+def _cost(confined: float, unconfined: float) -> float:
+    """The profile's cost, in per cent of the unconfined time."""
+    return round((confined - unconfined) / unconfined * 100, 1) if unconfined else 0.0
 
-    end_to_end = await asyncio.to_thread(scale_through_controller, count)
+
+def scale_with_and_without_seccomp(replicas: int) -> dict[str, float]:
+    """bench.scale's end-to-end figure, for a service with the default
+    seccomp profile and then, in the same cluster once the first is scaled
+    back to 0, for one with seccomp=unconfined."""
+    import secrets
+
+    from bench import scale
+    from swarm.api.v1 import control_pb2 as cpb
+    from swarm.api.v1 import control_pb2_grpc as cgrpc
+    from swarm.cli.dev import cluster
+
+    name = "b" + secrets.token_hex(3)
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="bench-config-")
+    seconds: dict[str, list[float]] = {"default": [], "unconfined": []}
+    figures: dict[str, float] = {}
+    try:
+        state = cluster.up(name, 1, scale.SUBNET, say=lambda _: None)
+        with cluster.control_channel(state) as channel:
+            stub = cgrpc.ControlStub(channel)
+            for number, kind in enumerate(SECCOMP_ORDER):
+                mode = pb.Privileges.Seccomp.UNCONFINED if kind == "unconfined" \
+                    else pb.Privileges.Seccomp.DEFAULT
+                spec = pb.ServiceSpec(name=f"web-{kind}-{number}",
+                                      replicated=pb.ReplicatedService(replicas=1))
+                spec.task.container.image = f"{state.registry}/{cluster.DEMO_IMAGE}:latest"
+                spec.task.container.privileges.seccomp.mode = mode
+                service = stub.CreateService(cpb.CreateServiceRequest(spec=spec),
+                                             timeout=10).service
+                scale._wait_running(stub, service.id, 1, 60)
+                started = time.perf_counter()
+                stub.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=replicas),
+                                  timeout=10)
+                scale._wait_running(stub, service.id, replicas, 300)
+                seconds[kind].append(time.perf_counter() - started)
+                if number == 0:
+                    agent = next(d for d in state.daemons if d.role.startswith("agent"))
+                    figures["agent_rss_mib"] = scale._rss_mib(agent.pid)
+                stub.RemoveService(cpb.RemoveRequest(ref=service.id), timeout=10)
+                deadline = time.monotonic() + 120
+                while scale._running(stub, service.id) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(2)  # the node quiet again before the next service
+        for kind, label in (("default", ""), ("unconfined", "_unconfined")):
+            figures[f"seconds_to_running{label}"] = round(
+                sum(seconds[kind]) / len(seconds[kind]), 3)
+        return figures
+    finally:
+        cluster.down(name, say=lambda _: None)
+
+
+async def run_replicas(count: int) -> dict[str, object]:
+    end_to_end = await asyncio.to_thread(scale_with_and_without_seccomp, count)
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
     bench = Bench(work, count)
     try:
@@ -288,6 +366,8 @@ async def run_replicas(count: int) -> dict[str, object]:
         "bench": "containers", "replicas": count, **end_to_end,
         "raw_runc_seconds": raw_seconds,
         "ratio": round(end_to_end["seconds_to_running"] / raw_seconds, 2),
+        "seccomp_cost_percent": _cost(end_to_end["seconds_to_running"],
+                                      end_to_end["seconds_to_running_unconfined"]),
         "cpus": os.cpu_count(), "load_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -300,6 +380,8 @@ def main() -> None:
                              "until N RUNNING, beside N raw `runc run -d` (bench/scale.py)")
     parser.add_argument("--order", choices=("runtime-first", "raw-first"),
                         default="runtime-first")
+    parser.add_argument("--seccomp-rounds", type=int, default=3,
+                        help="default/unconfined rounds (ABBA each) for the profile's cost")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.containers needs root (runc, overlayfs, network namespaces)")
@@ -311,7 +393,7 @@ def main() -> None:
     if args.replicas:
         print(json.dumps(asyncio.run(run_replicas(args.replicas))))
     else:
-        print(json.dumps(asyncio.run(run(args.containers, args.order,))))
+        print(json.dumps(asyncio.run(run(args.containers, args.order, args.seccomp_rounds))))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from swarm.api import imageref
+from swarm.api import imageref, logopts, security
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
@@ -82,6 +83,7 @@ from .service_flags import (
     LimitCpuOpt,
     LimitMemoryOpt,
     LimitPidsOpt,
+    LogOptOpt,
     MaxReplicasPerNodeOpt,
     NoHealthcheckOpt,
     ReadOnlyOpt,
@@ -101,6 +103,7 @@ from .service_flags import (
     SecretAddOpt,
     SecretOpt,
     SecretRmOpt,
+    SecurityOptOpt,
     StopGracePeriodOpt,
     StopSignalOpt,
     SysctlAddOpt,
@@ -177,6 +180,8 @@ class TaskOptions(RuntimeTaskOptions):
     health_start_interval: str | None = None
     no_healthcheck: bool = False
     endpoint_mode: str | None = None
+    security_opt: list[str] | None = None
+    log_opt: list[str] | None = None
 
 
 def task_options(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -374,6 +379,12 @@ def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
     if options.entrypoint is not None:
         container.command[:] = parsing.shell_words("--entrypoint", options.entrypoint)
     _healthcheck(container, options)
+    for item in options.security_opt or ():
+        try:
+            security.apply_security_opt(container.privileges, item,
+                                        lambda path: Path(path).expanduser().read_bytes())
+        except ValueError as error:
+            raise BadFlag("--security-opt", str(error)) from None
 
 
 def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
@@ -386,6 +397,11 @@ def _apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
         spec.task.placement.max_replicas_per_node = parsing.count(
             "--max-replicas-per-node", options.max_replicas_per_node)
     _container(spec.task.container, options)
+    for item in options.log_opt or ():
+        try:
+            logopts.apply_log_opt(spec.task.log_driver, item)
+        except ValueError as error:
+            raise BadFlag("--log-opt", str(error)) from None
     _resources(spec, options)
     _restart(spec, options)
     _update_config(spec, "update", (
@@ -696,6 +712,8 @@ def create(
     health_start_period: HealthStartPeriodOpt = None,
     health_start_interval: HealthStartIntervalOpt = None,
     no_healthcheck: NoHealthcheckOpt = False,
+    security_opt: SecurityOptOpt = None,
+    log_opt: LogOptOpt = None,
     mount: Annotated[list[str] | None, typer.Option(
         metavar="type=volume,source=X,target=/Y",
         help="Mount a volume, bind or tmpfs (repeatable).")] = None,
@@ -1049,6 +1067,8 @@ def update(
     host_add: HostAddOpt = None,
     host_rm: HostRmOpt = None,
     tty: TtyOpt = None,
+    security_opt: SecurityOptOpt = None,
+    log_opt: LogOptOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace every task even if "
                                                         "nothing changed.")] = False,
     rollback: Annotated[bool, typer.Option("--rollback", help="Go back to the previous spec.")
@@ -1230,7 +1250,10 @@ service's logs has sent them; a node that is down or does not answer in time
 is named in a warning on stderr, and its lines are missing.
 
 The logs live on the nodes, in the files the container monitor (conmon)
-writes; they go away with the container: logs of tasks removed from the task
+writes, rotated at the service's --log-opt max-size (default 10m) with
+max-file files kept (default 3): the oldest lines of a chatty task are gone,
+and the command reads across the files kept (--follow follows a rotation).
+They go away with the container: logs of tasks removed from the task
 history, of scaled-down tasks and of removed services are gone, as with
 docker."""
 

@@ -194,3 +194,20 @@ ConfigAddOpt = Annotated[
 ConfigRmOpt = Annotated[
     list[str] | None, typer.Option(metavar="NAME", help="Remove a config (repeatable).")
 ]
+SecurityOptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="OPT",
+        help="Security option (repeatable): seccomp=unconfined, seccomp=default, "
+        "seccomp=PROFILE.json (Docker's format, read and checked here), "
+        "apparmor=unconfined|default, no-new-privileges[=true|false].",
+    ),
+]
+LogOptOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        metavar="KEY=VALUE",
+        help="Log option (repeatable): max-size=SIZE (a task's log file is rotated at this "
+        "size; default 10m) and max-file=N (files kept, the current one included; default 3).",
+    ),
+]

@@ -12,11 +12,21 @@ Layout under RuncSettings.state_dir:
     bundles/ID/      config.json, rootfs (overlay mount), upper, work, hosts,
                      hostname, resolv.conf, pidfile, conmon.pid, persist/,
                      payloads/ (a tmpfs: the task's secrets and configs)
+                     log-limits.json (the task's max-size and max-file)
     exits/ID         the exit code, written by conmon
-    logs/ID.log      the container's output (k8s-file format)
+    logs/ID.log      the container's output (k8s-file format); ID.log.1, ...
+                     its rotated files, ID.log.0 the agent's hold on the
+                     current one (agent/logfile.py)
     volumes/NAME/    named volumes (kept across containers)
     sock/ID          conmon's attach-socket link
     runc/            runc --root (unless set elsewhere)
+
+Modes: the state dir and every directory the runtime makes are 0700 (a
+container's environment is in its config.json, its output in its log),
+config.json and the other bundle files are 0600, and conmon makes the logs
+0640 (root's group only). The files a container sees (hosts, hostname,
+resolv.conf) are 0644: they are bind-mounted into it, where its user reads
+them.
 """
 
 from __future__ import annotations
@@ -31,17 +41,21 @@ import posixpath
 import re
 import resource
 import signal
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from swarm.api import logopts
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host import mounts
 from swarm.host.netns import create_netns, netns_path, remove_netns
 
+from ..logfile import keep_rotated, log_files
 from . import rootfs as fs
+from . import seccomp
 from .base import (
     ContainerError,
     ContainerState,
@@ -58,6 +72,7 @@ from .spec import (
     DevicePlan,
     MountPlan,
     ProcessPlan,
+    SecurityPlan,
     build_config,
     capabilities_for,
     check_container_id,
@@ -69,6 +84,7 @@ from .spec import (
     plan_device,
     plan_process,
     plan_resources,
+    plan_security,
     resolv_conf,
     resolve_groups,
     resolve_user,
@@ -103,7 +119,10 @@ class RuncSettings:
     conmon_path: Path = Path("/usr/bin/conmon")
     allowed_bind_roots: tuple[Path, ...] = ()  # empty: bind mounts refused
     pids_limit: int = DEFAULT_PIDS_LIMIT
-    log_size_max: int = 0  # bytes per container log; 0: unlimited
+    # A task's log: rotated at max_size, max_file files kept (unless the
+    # service's --log-opt says otherwise; swarm/api/logopts.py).
+    log_limits: logopts.LogLimits = field(default_factory=logopts.LogLimits)
+    apparmor_profile: str = ""  # loaded by the agent (agent/apparmor.py); "": none
     command_timeout: float = 30.0  # for any one runc or conmon invocation
     cgroup_root: Path = Path("/sys/fs/cgroup")
     host_resolv_conf: Path = Path("/etc/resolv.conf")
@@ -187,6 +206,14 @@ async def wait_pid_exit(pid: int) -> None:
         os.close(fd)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """A new file only root can read (0600 whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
 def _process_alive(pid: int) -> bool:
     """Running (a zombie is not)."""
     try:
@@ -205,7 +232,12 @@ class RuncRuntime:
         for directory in (settings.state_dir, settings.bundles_dir, settings.exits_dir,
                           settings.volumes_dir, settings.logs_dir, settings.sockets_dir,
                           settings.runc_root_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.chmod(0o700)  # also when an older agent made it with the umask's mode
+        self._rotation = threading.Lock()  # rotation passes vs a container's removal
+        self._log_limits: dict[str, logopts.LogLimits] = {}  # read once per container
+        self._arch = seccomp.native_arch()
+        self._kernel = seccomp.kernel_version()
         self._cpu_count = os.cpu_count() or 1
         self._swap_accounting = (
             settings.cgroup_root / "memory" / "memory.memsw.limit_in_bytes").exists()
@@ -298,7 +330,8 @@ class RuncRuntime:
         except (OSError, ValueError):
             return None
 
-    async def _spawn_monitor(self, task_id: str, bundle: Path, *, terminal: bool = False) -> int:
+    async def _spawn_monitor(self, task_id: str, bundle: Path, log_size_max: int, *,
+                             terminal: bool = False) -> int:
         """conmon + `runc create`; returns the container pid once CREATED."""
         settings = self.settings
         socket_link = settings.sockets_dir / task_id
@@ -318,8 +351,8 @@ class RuncRuntime:
             "--socket-dir-path", str(settings.sockets_dir),
             "--runtime-arg", f"--root={settings.runc_root_dir}",
         ]
-        if settings.log_size_max > 0:
-            args += ["--log-size-max", str(settings.log_size_max)]
+        if log_size_max > 0:
+            args += ["--log-size-max", str(log_size_max)]
         if terminal:  # conmon holds the pty's master and logs what the task writes to it
             args.append("--terminal")
         read_fd, write_fd = os.pipe()
@@ -379,6 +412,10 @@ class RuncRuntime:
                                    pids_limit=container.pids_limit or self.settings.pids_limit,
                                    cpu_count=self._cpu_count,
                                    swap_accounting=self._swap_accounting)
+        security = plan_security(container.privileges,
+                                 apparmor_profile=self.settings.apparmor_profile,
+                                 arch=self._arch, kernel=self._kernel)
+        log_limits = logopts.limits(task.spec.log_driver, self.settings.log_limits)
         binds = {index: fs.check_bind_source(mount.source, self.settings.allowed_bind_roots)
                  for index, mount in enumerate(container.mounts)
                  if mount.type == pb.Mount.BIND}
@@ -397,7 +434,8 @@ class RuncRuntime:
             created_volumes: list[Path] = []
             try:
                 await self._prepare(task, image, hostname, process, resources, binds,
-                                    devices, created_volumes, files)
+                                    devices, created_volumes, files, security=security,
+                                    log_limits=log_limits)
             except BaseException as error:
                 log.info("task %s: prepare failed (%s); cleaning up", task_id, error)
                 await asyncio.shield(self._cleanup(task_id, created_volumes,
@@ -407,13 +445,19 @@ class RuncRuntime:
     async def _prepare(self, task: pb.Task, image: ImageInput, hostname: str,
                        process: ProcessPlan, resources: dict[str, Any], binds: dict[int, Path],
                        devices: tuple[DevicePlan, ...], created_volumes: list[Path],
-                       payload_files: Sequence[PayloadFile] = ()) -> None:
+                       payload_files: Sequence[PayloadFile] = (), *, security: SecurityPlan,
+                       log_limits: logopts.LogLimits) -> None:
         task_id = task.id
         container = task.spec.container
+        self._log_limits[task_id] = log_limits  # before the rotation pass sees the bundle
         bundle = self.bundle_dir(task_id)
-        bundle.mkdir(parents=True)
-        for name in ("upper", "work", "persist"):
-            (bundle / name).mkdir()
+        bundle.mkdir(mode=0o700, parents=True)
+        # The merged root takes the upper dir's mode: 0755, or a container
+        # user other than root could not even look up /bin/sh.
+        (bundle / "upper").mkdir()
+        (bundle / "upper").chmod(0o755)
+        for name in ("work", "persist"):
+            (bundle / name).mkdir(mode=0o700)
         root = bundle / "rootfs"
         layers = image.layers
         if not layers:
@@ -474,9 +518,13 @@ class RuncRuntime:
             sysctls=tuple(sorted(container.sysctls.items())), ulimits=tuple(container.ulimits),
             devices=devices, terminal=container.tty,
             annotations=(("swarm.task.id", task_id), ("swarm.service.id", task.service_id),
-                         *self.settings.extra_annotations))
-        (bundle / "config.json").write_text(json.dumps(build_config(plan), indent=1))
-        pid = await self._spawn_monitor(task_id, bundle, terminal=container.tty)
+                         *self.settings.extra_annotations),
+            security=security)
+        _write_private(bundle / "config.json", json.dumps(build_config(plan), indent=1))
+        _write_private(bundle / "log-limits.json", json.dumps(
+            {"max_size": log_limits.max_size, "max_file": log_limits.max_file}))
+        pid = await self._spawn_monitor(task_id, bundle, log_limits.max_size,
+                                        terminal=container.tty)
         log.info("task %s: container created (pid %d)", task_id, pid)
 
     # ------------------------------------------------------------ secrets and configs
@@ -596,10 +644,12 @@ class RuncRuntime:
                 del self._removed_exits[next(iter(self._removed_exits))]
 
     def _remove_files(self, task_id: str) -> None:
-        for path in (self._exit_file(task_id), self.log_path(task_id),
-                     self.settings.sockets_dir / task_id):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        with self._rotation:
+            self._log_limits.pop(task_id, None)
+            for path in (self._exit_file(task_id), *map(Path, log_files(str(self.log_path(task_id)))),
+                         self.settings.sockets_dir / task_id):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         fs.remove_tree(self.bundle_dir(task_id))
 
     # ------------------------------------------------------------ lifecycle
@@ -706,6 +756,48 @@ class RuncRuntime:
                 monitor_pid=self._monitor_pid(task_id),
                 oom_killed=(self.bundle_dir(task_id) / "persist" / "oom").exists())
         return states
+
+    def log_limits(self, task_id: str) -> logopts.LogLimits:
+        """The limits the container's log was created with (the node's
+        defaults for a container of an older agent)."""
+        limits = self._log_limits.get(task_id)
+        if limits is None:
+            try:
+                saved = json.loads((self.bundle_dir(task_id) / "log-limits.json").read_text())
+                limits = logopts.LogLimits(max_size=int(saved["max_size"]),
+                                           max_file=int(saved["max_file"]))
+            except OSError:
+                return self.settings.log_limits  # not written yet: ask again next time
+            except (ValueError, KeyError, TypeError):
+                limits = self.settings.log_limits
+            self._log_limits[task_id] = limits
+        return limits
+
+    def rotate_logs(self) -> int:
+        """One rotation pass over the logs of every container (blocking: run
+        it in a thread); returns how many files were rotated."""
+        rotated = 0
+        try:
+            task_ids = [path.name for path in self.settings.bundles_dir.iterdir()]
+        except FileNotFoundError:
+            return 0
+        for task_id in task_ids:
+            try:
+                with self._rotation:
+                    if keep_rotated(str(self.log_path(task_id)),
+                                    self.log_limits(task_id).max_file):
+                        rotated += 1
+            except OSError as error:
+                log.warning("task %s: log rotation: %s", task_id, error)
+        return rotated
+
+    async def rotate_logs_forever(self, interval: float = 0.25) -> None:
+        """rotate_logs every `interval` seconds (a stat or two per container):
+        often enough that a task writing less than max-size per interval
+        loses none of its rotated files."""
+        while True:
+            await asyncio.to_thread(self.rotate_logs)
+            await asyncio.sleep(interval)
 
     def mounted_layers(self) -> _LayerChains:
         """The image layers (lowest first) of every container's rootfs mount

@@ -15,14 +15,16 @@ import posixpath
 import re
 import signal as signal_module
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from swarm.api import runopts
+from swarm.api.security import BadProfile, check_profile
 from swarm.api.units import format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
+from . import seccomp
 from .base import ImageConfig, RejectError
 
 OCI_VERSION = "1.0.2-dev"
@@ -52,10 +54,13 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
     "CAP_AUDIT_WRITE",
 )
 
-# Docker's default masked and read-only paths (moby oci/defaults.go).
+# Docker's default masked and read-only paths (moby oci/defaults.go), with
+# /proc/interrupts (per-CPU interrupt counts: a side channel on the host's
+# activity), which newer Docker masks too.
 MASKED_PATHS: tuple[str, ...] = (
     "/proc/asound",
     "/proc/acpi",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -542,6 +547,43 @@ def resolv_conf(host_text: str, embedded_dns: bool = False,
     return "\n".join(kept).strip() + "\n"
 
 
+# ---------------------------------------------------------------- security
+
+
+@dataclass(frozen=True)
+class SecurityPlan:
+    """Seccomp, no-new-privileges and AppArmor of one container."""
+
+    profile: Mapping[str, Any] | None  # seccomp, Docker's format (checked); None: unconfined
+    no_new_privileges: bool = False
+    apparmor_profile: str = ""  # loaded on the node; "": none
+    arch: str = ""  # libseccomp's native architecture (seccomp.native_arch())
+    kernel: tuple[int, int] = (0, 0)
+
+
+def plan_security(privileges: pb.Privileges, *, apparmor_profile: str, arch: str,
+                  kernel: tuple[int, int]) -> SecurityPlan:
+    """The service's --security-opt over the defaults: the project's seccomp
+    profile, the node's AppArmor profile (when it has one loaded), and
+    noNewPrivileges off as Docker and the kubelet leave it (an image's setuid
+    helpers -- su, ping on older images -- keep working; it is one option away)."""
+    mode = privileges.seccomp.mode
+    profile: Mapping[str, Any] | None
+    if mode == pb.Privileges.Seccomp.UNCONFINED:
+        profile = None
+    elif mode == pb.Privileges.Seccomp.CUSTOM:
+        try:
+            profile = check_profile(privileges.seccomp.profile)
+        except BadProfile as error:
+            raise RejectError(f"invalid seccomp profile: {error}") from None
+    else:
+        profile = seccomp.default_profile()
+    apparmor = "" if privileges.apparmor.mode == pb.Privileges.AppArmor.DISABLED \
+        else apparmor_profile
+    return SecurityPlan(profile=profile, no_new_privileges=privileges.no_new_privileges,
+                        apparmor_profile=apparmor, arch=arch, kernel=kernel)
+
+
 # ---------------------------------------------------------------- config.json
 
 
@@ -566,6 +608,7 @@ class ContainerPlan:
     ulimits: tuple[pb.Ulimit, ...] = ()
     devices: tuple[DevicePlan, ...] = ()
     terminal: bool = False
+    security: SecurityPlan | None = None  # None: no seccomp filter, no AppArmor
 
 
 def _depth(path: str) -> int:
@@ -588,11 +631,13 @@ def build_config(plan: ContainerPlan) -> dict[str, Any]:
             "effective": caps if root else [],
             "permitted": caps if root else [],
         },
-        "noNewPrivileges": False,
+        "noNewPrivileges": bool(plan.security and plan.security.no_new_privileges),
     }
     rlimits = plan_rlimits(plan.ulimits, plan.nofile_limit)
     if rlimits:
         process["rlimits"] = rlimits
+    if plan.security and plan.security.apparmor_profile:
+        process["apparmorProfile"] = plan.security.apparmor_profile
     if plan.user.additional_gids:
         process["user"]["additionalGids"] = list(plan.user.additional_gids)
 
@@ -638,6 +683,10 @@ def build_config(plan: ContainerPlan) -> dict[str, Any]:
             *plan.resources.get("devices", []),
             *({"allow": True, "type": d.kind, "major": d.major, "minor": d.minor,
                "access": d.permissions} for d in plan.devices)]}
+    if plan.security and plan.security.profile is not None:
+        # After the capabilities: the capability-gated syscall groups follow them.
+        config["linux"]["seccomp"] = seccomp.resolve(
+            plan.security.profile, caps, arch=plan.security.arch, kernel=plan.security.kernel)
     if plan.annotations:
         config["annotations"] = dict(plan.annotations)
     return config

@@ -38,10 +38,10 @@ UNSUPPORTED_SERVICE_KEYS = frozenset({
     "cpu_quota", "cpu_rt_period", "cpu_rt_runtime", "cpu_shares", "cpus", "cpuset",
     "credential_spec", "depends_on", "develop", "device_cgroup_rules",
     "domainname", "expose", "extends", "external_links",
-    "ipc", "isolation", "links", "logging", "mac_address",
+    "ipc", "isolation", "links", "mac_address",
     "mem_limit", "mem_reservation", "mem_swappiness", "memswap_limit",
     "oom_kill_disable", "oom_score_adj", "pid", "platform", "privileged",
-    "profiles", "pull_policy", "restart", "runtime", "scale", "security_opt",
+    "profiles", "pull_policy", "restart", "runtime", "scale",
     "shm_size", "stdin_open", "storage_opt", "userns_mode",
     "uts", "volumes_from",
 })
@@ -49,6 +49,7 @@ SERVICE_KEYS = frozenset({
     "image", "command", "entrypoint", "environment", "env_file", "ports", "networks",
     "volumes", "healthcheck", "stop_grace_period", "stop_signal", "labels", "hostname",
     "user", "working_dir", "read_only", "tmpfs", "init", "deploy", "secrets", "configs",
+    "security_opt", "logging",
     # Runtime options (swarm.api.runopts).
     "cap_add", "cap_drop", "sysctls", "ulimits", "pids_limit", "devices", "group_add", "dns",
     "dns_search", "dns_opt", "extra_hosts", "tty",
@@ -60,7 +61,6 @@ UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.reservations.devices",
 TOP_LEVEL_KEYS = frozenset({"version", "name", "services", "networks", "volumes", "secrets",
                             "configs"})
 UNSUPPORTED_TOP_LEVEL_KEYS = frozenset({"include"})
-
 
 
 def fail(node: Node, path: str, problem: str) -> NoReturn:

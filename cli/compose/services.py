@@ -8,6 +8,7 @@ import posixpath
 import re
 from collections.abc import Mapping
 
+from swarm.api import logopts, security
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import HOST_NETWORK
 
@@ -99,6 +100,10 @@ def convert_service(context: Context, key: str, node: Node,
     if "healthcheck" in fields:
         _healthcheck(context, container, fields["healthcheck"], f"{path}.healthcheck")
     convert_runtime_options(container, fields, path)
+    if "security_opt" in fields:
+        _security_opt(context, container, fields["security_opt"], f"{path}.security_opt")
+    if "logging" in fields:
+        _logging(context, spec.task.log_driver, fields["logging"], f"{path}.logging")
     if "volumes" in fields:
         for index, item in enumerate(as_list(fields["volumes"], f"{path}.volumes")):
             container.mounts.append(_volume(context, item, f"{path}.volumes[{index}]"))
@@ -183,6 +188,42 @@ def _read_env_file(context: Context, node: Node, path: str, relative: str,
             value = value[1:-1]
         values[key] = value
     return values
+
+
+def _security_opt(context: Context, container: pb.ContainerSpec, node: Node, path: str) -> None:
+    """As --security-opt; a seccomp profile's path is relative to the file."""
+    for index, item in enumerate(as_list(node, path)):
+        where = f"{path}[{index}]"
+        text = as_string(item, where)
+        try:
+            security.apply_security_opt(
+                container.privileges, text,
+                lambda name: context.read_text(context.base_dir / name).encode())
+        except (ValueError, OSError) as error:
+            fail(item, where, str(error))
+
+
+def _logging(context: Context, driver: pb.Driver, node: Node, path: str) -> None:
+    """`logging: {driver: json-file, options: {max-size: 10m, max-file: 3}}`: the
+    file drivers are the node's rotated files; any other is warned about."""
+    fields = as_mapping(node, path)
+    for name, value in fields.items():
+        where = f"{path}.{name}"
+        if name == "driver":
+            text = as_string(value, where)
+            if text not in logopts.FILE_DRIVERS:
+                context.warn(value, where, f"log driver {quote(text)} not supported; the "
+                             "nodes keep each task's output in rotated files")
+                return
+        elif name == "options":
+            for option, option_value in as_mapping(value, where).items():
+                try:
+                    driver.options[option] = logopts.check_option(
+                        option, as_scalar_text(option_value, f"{where}.{option}"))
+                except ValueError as error:
+                    fail(option_value, f"{where}.{option}", str(error))
+        else:
+            fail(value, where, "unknown key (expected driver or options)")
 
 
 def _healthcheck(context: Context, container: pb.ContainerSpec, node: Node, path: str) -> None:

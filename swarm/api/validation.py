@@ -27,9 +27,10 @@ from google.protobuf.message import Message
 from swarm.api.units import format_duration, format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import runopts
+from . import logopts, runopts
 from .constraints import parse_constraint
 from .refs import resolve_ref
+from .security import BadProfile, check_profile
 
 MAX_REPLICAS = 100_000
 MIN_MEMORY_LIMIT = 6 * 1024 * 1024  # runc refuses less
@@ -268,6 +269,7 @@ def _check_container(container: pb.ContainerSpec, path: str) -> None:
         _check_healthcheck(container.healthcheck, f"{path}.healthcheck")
     _check_labels(container.labels, f"{path}.labels")
     check_runtime_options(container, path)
+    _check_privileges(container.privileges, f"{path}.privileges")
 
 
 def _first_problem(items: Sequence[T], problem: Callable[[T], str | None],
@@ -315,6 +317,30 @@ def check_runtime_options(container: pb.ContainerSpec, path: str) -> None:
     _first_problem(dns.search, runopts.search_domain_problem, f"{path}.dns_config.search")
     _first_problem(dns.options, runopts.dns_option_problem, f"{path}.dns_config.options")
     _first_problem(container.hosts, runopts.host_entry_problem, f"{path}.hosts")
+
+
+def _check_privileges(privileges: pb.Privileges, path: str) -> None:
+    seccomp = privileges.seccomp
+    _check_enum(seccomp, "mode", f"{path}.seccomp")
+    _check_enum(privileges.apparmor, "mode", f"{path}.apparmor")
+    if seccomp.mode == pb.Privileges.Seccomp.CUSTOM:
+        try:
+            check_profile(seccomp.profile)
+        except BadProfile as error:
+            raise ValidationError(f"{path}.seccomp.profile", str(error)) from None
+    elif seccomp.profile:
+        raise ValidationError(f"{path}.seccomp.profile", "only with mode CUSTOM")
+
+
+def _check_log_driver(driver: pb.Driver, path: str) -> None:
+    if driver.name not in logopts.FILE_DRIVERS:
+        raise ValidationError(f"{path}.name", f"unsupported log driver {_show(driver.name)} "
+                              "(the nodes keep rotated files: json-file, local or k8s-file)")
+    for key, value in driver.options.items():
+        try:
+            logopts.check_option(key, value)
+        except ValueError as error:
+            raise ValidationError(f"{path}.options", str(error)) from None
 
 
 # Drain before stop waits well under a second when every node answers; the
@@ -576,6 +602,7 @@ def normalize_service_spec(spec: pb.ServiceSpec,
     task = out.task
     _check_container(task.container, "spec.task.container")
     _check_resources(task.resources, "spec.task.resources")
+    _check_log_driver(task.log_driver, "spec.task.log_driver")
     _check_restart(task, "spec.task.restart")
     _check_placement(out, "spec.task.placement")
     attached = _resolve_networks(task, networks, "spec.task.networks")

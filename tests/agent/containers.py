@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from swarm.agent.logfile import log_files
 from swarm.agent.runtime import RuncRuntime, RuncSettings
 from swarm.host import mounts
 from swarm.host import netns as netns_module
@@ -84,4 +85,6 @@ def leftovers(runtime: RuncRuntime, task_id: str) -> list[str]:
                  runtime.settings.sockets_dir / task_id):
         if os.path.lexists(path):
             found.append(f"file {path}")
+    found += [f"file {path}" for path in log_files(str(runtime.log_path(task_id)))
+              if os.path.lexists(path) and path != str(runtime.log_path(task_id))]
     return found

@@ -541,6 +541,7 @@ class ContainerSpec(_message.Message):
     TTY_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     CONFIGS_FIELD_NUMBER: _builtins.int
+    PRIVILEGES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     dir: _builtins.str
     user: _builtins.str
@@ -622,6 +623,12 @@ class ContainerSpec(_message.Message):
 
     @_builtins.property
     def configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigReference]: ...
+    @_builtins.property
+    def privileges(self) -> Global___Privileges:
+        """Seccomp, AppArmor and no-new-privileges (`--security-opt`); unset: the
+        defaults (the project's seccomp profile, AppArmor where the node has it).
+        """
+
     def __init__(
         self,
         *,
@@ -652,10 +659,11 @@ class ContainerSpec(_message.Message):
         tty: _builtins.bool = ...,
         secrets: _abc.Iterable[Global___SecretReference] | None = ...,
         configs: _abc.Iterable[Global___ConfigReference] | None = ...,
+        privileges: Global___Privileges | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dns_config", b"dns_config", "drain_timeout", b"drain_timeout", "healthcheck", b"healthcheck", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dns_config", b"dns_config", "drain_timeout", b"drain_timeout", "healthcheck", b"healthcheck", "privileges", b"privileges", "stop_grace_period", b"stop_grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "devices", b"devices", "dir", b"dir", "dns_config", b"dns_config", "drain_timeout", b"drain_timeout", "env", b"env", "groups", b"groups", "healthcheck", b"healthcheck", "hostname", b"hostname", "hosts", b"hosts", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "read_only", b"read_only", "secrets", b"secrets", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "sysctls", b"sysctls", "tty", b"tty", "ulimits", b"ulimits", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "devices", b"devices", "dir", b"dir", "dns_config", b"dns_config", "drain_timeout", b"drain_timeout", "env", b"env", "groups", b"groups", "healthcheck", b"healthcheck", "hostname", b"hostname", "hosts", b"hosts", "image", b"image", "init", b"init", "labels", b"labels", "mounts", b"mounts", "pids_limit", b"pids_limit", "privileges", b"privileges", "read_only", b"read_only", "secrets", b"secrets", "stop_grace_period", b"stop_grace_period", "stop_signal", b"stop_signal", "sysctls", b"sysctls", "tty", b"tty", "ulimits", b"ulimits", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -818,6 +826,7 @@ class TaskSpec(_message.Message):
     NETWORKS_FIELD_NUMBER: _builtins.int
     FORCE_UPDATE_FIELD_NUMBER: _builtins.int
     HOST_NETWORK_FIELD_NUMBER: _builtins.int
+    LOG_DRIVER_FIELD_NUMBER: _builtins.int
     force_update: _builtins.int
     """Bumped by `service update --force`: a new value rolls every task."""
     host_network: _builtins.bool
@@ -834,6 +843,12 @@ class TaskSpec(_message.Message):
     def placement(self) -> Global___Placement: ...
     @_builtins.property
     def networks(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAttachmentConfig]: ...
+    @_builtins.property
+    def log_driver(self) -> Global___Driver:
+        """Where the task's output goes (`--log-opt`, compose `logging`): the
+        node's rotated files; options max-size and max-file.
+        """
+
     def __init__(
         self,
         *,
@@ -844,10 +859,11 @@ class TaskSpec(_message.Message):
         networks: _abc.Iterable[Global___NetworkAttachmentConfig] | None = ...,
         force_update: _builtins.int = ...,
         host_network: _builtins.bool = ...,
+        log_driver: Global___Driver | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "log_driver", b"log_driver", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "host_network", b"host_network", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "force_update", b"force_update", "host_network", b"host_network", "log_driver", b"log_driver", "networks", b"networks", "placement", b"placement", "resources", b"resources", "restart", b"restart"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2368,3 +2384,153 @@ class RegistryCredential(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegistryCredential: _TypeAlias = RegistryCredential  # noqa: Y015
+
+@_typing.final
+class Privileges(_message.Message):
+    """A container's security options, as SwarmKit's Privileges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Seccomp(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Mode:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Privileges.Seccomp._Mode.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            DEFAULT: Privileges.Seccomp._Mode.ValueType  # 0
+            """the project's default profile (agent/runtime/seccomp.py)"""
+            UNCONFINED: Privileges.Seccomp._Mode.ValueType  # 1
+            """no filter"""
+            CUSTOM: Privileges.Seccomp._Mode.ValueType  # 2
+            """`profile`"""
+
+        class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+        DEFAULT: Privileges.Seccomp.Mode.ValueType  # 0
+        """the project's default profile (agent/runtime/seccomp.py)"""
+        UNCONFINED: Privileges.Seccomp.Mode.ValueType  # 1
+        """no filter"""
+        CUSTOM: Privileges.Seccomp.Mode.ValueType  # 2
+        """`profile`"""
+
+        MODE_FIELD_NUMBER: _builtins.int
+        PROFILE_FIELD_NUMBER: _builtins.int
+        mode: Global___Privileges.Seccomp.Mode.ValueType
+        profile: _builtins.bytes
+        """CUSTOM: the profile's JSON (Docker's format), as checked by the CLI"""
+        def __init__(
+            self,
+            *,
+            mode: Global___Privileges.Seccomp.Mode.ValueType = ...,
+            profile: _builtins.bytes = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode", "profile", b"profile"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AppArmor(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        class _Mode:
+            ValueType = _typing.NewType("ValueType", _builtins.int)
+            V: _TypeAlias = ValueType  # noqa: Y015
+
+        class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Privileges.AppArmor._Mode.ValueType], _builtins.type):
+            DESCRIPTOR: _descriptor.EnumDescriptor
+            DEFAULT: Privileges.AppArmor._Mode.ValueType  # 0
+            """the agent's docker-default-like profile, where the node has AppArmor"""
+            DISABLED: Privileges.AppArmor._Mode.ValueType  # 1
+            """unconfined"""
+
+        class Mode(_Mode, metaclass=_ModeEnumTypeWrapper): ...
+        DEFAULT: Privileges.AppArmor.Mode.ValueType  # 0
+        """the agent's docker-default-like profile, where the node has AppArmor"""
+        DISABLED: Privileges.AppArmor.Mode.ValueType  # 1
+        """unconfined"""
+
+        MODE_FIELD_NUMBER: _builtins.int
+        mode: Global___Privileges.AppArmor.Mode.ValueType
+        def __init__(
+            self,
+            *,
+            mode: Global___Privileges.AppArmor.Mode.ValueType = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SECCOMP_FIELD_NUMBER: _builtins.int
+    APPARMOR_FIELD_NUMBER: _builtins.int
+    NO_NEW_PRIVILEGES_FIELD_NUMBER: _builtins.int
+    no_new_privileges: _builtins.bool
+    @_builtins.property
+    def seccomp(self) -> Global___Privileges.Seccomp: ...
+    @_builtins.property
+    def apparmor(self) -> Global___Privileges.AppArmor: ...
+    def __init__(
+        self,
+        *,
+        seccomp: Global___Privileges.Seccomp | None = ...,
+        apparmor: Global___Privileges.AppArmor | None = ...,
+        no_new_privileges: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apparmor", b"apparmor", "seccomp", b"seccomp"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apparmor", b"apparmor", "no_new_privileges", b"no_new_privileges", "seccomp", b"seccomp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Privileges: _TypeAlias = Privileges  # noqa: Y015
+
+@_typing.final
+class Driver(_message.Message):
+    """A named driver with options (the task's log driver)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Driver: _TypeAlias = Driver  # noqa: Y015
