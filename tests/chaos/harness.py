@@ -166,15 +166,18 @@ class HACluster:
             cpb.GetRequest(ref=name), timeout=5)).service
 
     def create(self, name: str, replicas: int, image: str = SIM_IMAGE,
-               constraints: Sequence[str] = (), publish: dict[int, int] | None = None) -> None:
-        """`publish`: published port -> target port, in ingress mode (the routing mesh)."""
+               constraints: Sequence[str] | None = None,
+               publish: dict[int, int] | None = None) -> None:
+        """`publish`: published port -> target port, in ingress mode (the routing mesh).
+        `constraints` None: not on the real hosts (the simulated nodes only); () anywhere."""
         spec = pb.ServiceSpec(name=name, replicated=pb.ReplicatedService(replicas=replicas))
         spec.task.container.image = image
         for published, target in (publish or {}).items():
             spec.endpoint.ports.append(pb.PortConfig(published_port=published,
                                                      target_port=target))
         spec.task.placement.constraints.extend(
-            constraints or [f"node.hostname!={self.name}-h{i + 1}" for i in range(self.hosts)])
+            [f"node.hostname!={self.name}-h{i + 1}" for i in range(self.hosts)]
+            if constraints is None else constraints)
         self.call(lambda: self.control.CreateService(cpb.CreateServiceRequest(spec=spec),
                                                       timeout=5))
 
