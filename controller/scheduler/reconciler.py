@@ -1,7 +1,9 @@
 """The scheduler's loop on the leader: place PENDING tasks on nodes.
 
-It keeps the set of tasks waiting for a node. Each pass decides all of them at
-once over in-memory node state (Scheduler.schedule), then writes the
+It keeps the set of tasks waiting for a node, and every node's accounting
+(NodeInfos), both updated from cache changes as they come. Each pass decides
+all waiting tasks at once over that in-memory node state
+(Scheduler.schedule), then writes the
 assignments (ASSIGNED, node_id) and, for tasks that fit nowhere, the reason as
 the task's status message, in chunked, fenced transactions. Unplaced tasks are
 tried again when nodes change or a task leaves a node.
@@ -16,7 +18,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, Op, Store, StoreUnavailable, Update
 from ..workset import WorkSet
-from .nodeinfo import build_node_infos
+from .nodeinfo import NodeInfos
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,17 @@ class SchedulerLoop:
         # parked: tried, fit nowhere; tried again when nodes change or a
         # task leaves a node.
         self._work = WorkSet(_BATCH_WINDOW)
+        self._infos = NodeInfos()
         self.passes = 0
 
     def _on_change(self, change: Change) -> None:
         if change.kind == "nodes":
+            self._infos.apply_node(change.old, change.new)  # type: ignore[arg-type]
             self._work.retry_parked()
         elif change.kind == "tasks":
             old: pb.Task | None = change.old  # type: ignore[assignment]
             new: pb.Task | None = change.new  # type: ignore[assignment]
+            self._infos.apply_task(old, new)
             if _waiting(new):
                 self._work.want(change.object_id)
             else:
@@ -55,6 +60,8 @@ class SchedulerLoop:
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
+        cache = self._store.cache
+        self._infos = NodeInfos(cache.nodes.values(), cache.tasks.values())
         self._work.reset(t.id for t in self._store.cache.tasks.values() if _waiting(t))
         try:
             while True:
@@ -68,8 +75,7 @@ class SchedulerLoop:
         if not tasks:
             return
         self.passes += 1
-        infos = build_node_infos(cache.nodes.values(), cache.tasks.values())
-        decisions = self._scheduler.schedule(tasks, infos)
+        decisions = self._scheduler.schedule(tasks, self._infos.infos)
         by_id = {task.id: task for task in tasks}
         ops: list[Op] = []
         for decision in decisions:
@@ -84,6 +90,10 @@ class SchedulerLoop:
                 ops.append(Update(task))
             else:
                 self._work.park([decision.task_id])
+                # A global task that no longer fits its node was released for
+                # the rest of the pass; it still holds the node while it is
+                # live, as a rebuilt NodeInfo would count it.
+                self._infos.apply_task(None, current)
                 if current.status.message != decision.reason:
                     task = pb.Task()
                     task.CopyFrom(current)
@@ -98,6 +108,9 @@ class SchedulerLoop:
             log.warning("scheduler cannot write: %s", error)
             failed = ops
             await asyncio.sleep(0.5)
+        for op in (*failed, *rejected):  # placements not written: taken back
+            if isinstance(op, Update) and isinstance(op.obj, pb.Task) and op.obj.node_id:
+                self._infos.unplace(op.obj, cache.tasks.get(op.obj.id))
         if rejected:  # etcd refuses these tasks as such: wait until they change
             log.error("scheduler: etcd refused the writes of %d tasks", len(rejected))
             self._work.park(op.obj.id for op in rejected if isinstance(op, Update))
