@@ -62,7 +62,8 @@ def _agent_groups(nodes: int, processes: int) -> list[int]:
 
 
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
-              insecure: bool = False, agent_procs: int = 0) -> dict[str, object]:
+              insecure: bool = False, agent_procs: int = 0,
+              timeout: float = 600.0) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: list[subprocess.Popen[bytes]] = []
     controller = Controller(ControllerConfig(
@@ -124,7 +125,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
                 started = time.perf_counter()
                 await control.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=tasks))
-                await asyncio.wait_for(done.wait(), timeout=600)
+                await asyncio.wait_for(done.wait(), timeout=timeout)
                 seconds = time.perf_counter() - started
                 controller_cpu = time.process_time() - cpu_before
                 agents_cpu = sum(_cpu_seconds(a.pid) - before
@@ -180,10 +181,12 @@ def main() -> None:
                         help="plaintext gRPC instead of mutual TLS (for comparison)")
     parser.add_argument("--agent-procs", type=int, default=0,
                         help="processes to run the simulated nodes in (default: one per 500)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for convergence before giving up")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network,
-                                     args.insecure, args.agent_procs))))
+                                     args.insecure, args.agent_procs, args.timeout))))
 
 
 if __name__ == "__main__":

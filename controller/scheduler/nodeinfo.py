@@ -145,18 +145,19 @@ class NodeInfos:
     Invariant (tested against build_node_infos): after any sequence of
     apply_node/apply_task calls mirroring the store, `infos` accounts exactly
     the live tasks of each present node, plus the placements a pass made and
-    has not yet seen written or taken back. Tasks of a node not (yet) present
-    are accounted when it appears.
+    has not yet seen written or taken back. Tasks of a node not (yet, or no
+    longer) present are accounted when it appears.
     """
 
     def __init__(self, nodes: Iterable[pb.Node] = (), tasks: Iterable[pb.Task] = ()) -> None:
         tasks = list(tasks)
         self.infos: dict[str, NodeInfo] = build_node_infos(nodes, tasks)
-        # Live tasks whose node is not present, by node: accounted on arrival.
-        self._orphans: dict[str, dict[str, pb.Task]] = {}
+        # Every live task by node, present or not: a node that appears (or
+        # comes back after its removal) is accounted with what it holds.
+        self._live: dict[str, dict[str, pb.Task]] = {}
         for task in tasks:
-            if is_live(task) and task.node_id not in self.infos:
-                self._orphans.setdefault(task.node_id, {})[task.id] = task
+            if is_live(task):
+                self._live.setdefault(task.node_id, {})[task.id] = task
 
     def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> None:
         if new is None:
@@ -166,7 +167,7 @@ class NodeInfos:
         info = self.infos.get(new.id)
         if info is None:
             info = self.infos[new.id] = NodeInfo.empty(new)
-            for task in self._orphans.pop(new.id, {}).values():
+            for task in self._live.get(new.id, {}).values():
                 info.add_task(task)
             return
         before, after = info.node.description.resources, new.description.resources
@@ -178,19 +179,18 @@ class NodeInfos:
         if old is not None and new is not None and is_live(old) and is_live(new) \
                 and old.node_id == new.node_id and reservations(old) == reservations(new) \
                 and host_ports(old) == host_ports(new):
+            self._live.setdefault(new.node_id, {})[new.id] = new
             return  # status progress on the same node: the accounting stands
         if old is not None and is_live(old):
+            _forget(self._live, old.node_id, old.id)
             info = self.infos.get(old.node_id)
             if info is not None:
                 info.remove_task(old)
-            else:
-                _forget(self._orphans, old.node_id, old.id)
         if new is not None and is_live(new):
+            self._live.setdefault(new.node_id, {})[new.id] = new
             info = self.infos.get(new.node_id)
             if info is not None:
                 info.add_task(new)
-            else:
-                self._orphans.setdefault(new.node_id, {})[new.id] = new
 
     def unplace(self, placed: pb.Task, current: pb.Task | None) -> None:
         """A pass accounted `placed` (with its node) but did not write it:
