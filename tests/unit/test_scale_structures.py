@@ -82,7 +82,7 @@ def test_node_infos_kept_from_changes_equal_a_rebuild(changes: list[tuple[object
             index.apply_node(old_node, new_node)
         else:
             old_task = tasks.pop(object_id, None)
-            new_task = None if value is None else make_task(object_id, *value)  # type: ignore[arg-type]
+            new_task = None if value is None else make_task(object_id, *value)  # type: ignore[misc]
             if new_task is not None:
                 tasks[object_id] = new_task
             index.apply_task(old_task, new_task)
