@@ -243,6 +243,11 @@ def test_agent_killed_while_pulling_and_creating(ha: HACluster) -> None:
     ha.remove("made")
 
 
+# A constraint every node meets (ha.create's default keeps tasks off the real
+# hosts; node.role==worker no longer names them all: dev up's first host is a
+# manager).
+EVERY_NODE = "node.hostname!=no-such-host"
+
 def _nft_in(netns: str, script: str) -> None:
     subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "nft", "-f", "-"], input=script,
                    text=True, check=True, capture_output=True)
@@ -255,7 +260,8 @@ def test_host_cut_off_for_20s_then_healed(ha: HACluster) -> None:
     every slot runs once."""
     image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"
     replicas = ha.hosts + ha.sim_nodes  # spread: one per node, one on the real host
-    ha.create("cut", replicas, image=image, constraints=["node.role==worker"])
+    # Every node, the real host too (a manager since dev up makes its first host one).
+    ha.create("cut", replicas, image=image, constraints=[EVERY_NODE])
     ha.converge("cut", replicas, 90)
     host = f"{ha.name}-h1"
     nodes = ha.call(lambda: ha.control.ListNodes(cpb.ListNodesRequest(), timeout=5)).nodes
@@ -305,7 +311,7 @@ def test_a_full_disk_stops_new_tasks_on_its_node(ha: HACluster) -> None:
         ha.wait(lambda: conditions() == ["disk-pressure"], 15, "disk-pressure reported")
         replicas = ha.hosts + ha.sim_nodes
         image = f"{ha.state_.registry}/{cluster.DEMO_IMAGE}:latest"  # the real host can pull it
-        ha.create("disk", replicas, image=image, constraints=["node.role==worker"])
+        ha.create("disk", replicas, image=image, constraints=[EVERY_NODE])
         ha.converge("disk", replicas, 30)
         nodes = {t.node_id for t in ha.tasks("disk") if t.desired_state == pb.RUNNING}
         real = next(n.id for n in ha.call(lambda: ha.control.ListNodes(

@@ -118,7 +118,7 @@ def test_example_stacks_run_in_real_containers(name: str,
         assert "tasks running" in output, output
     services = swarmctl("service", "ls")
     for service, replicas in (("web_web", "3/3"), ("web_kv", "1/1"),
-                              ("monitor_node-stats", "2/2"), ("placement_batch", "4/4")):
+                              ("monitor_node-stats", "2/2"), ("placement_batch", "2/2")):
         assert any(line.split()[1:4:2] == [service, replicas]
                    for line in services.splitlines()[1:]), services
     # The web example publishes 8080: its page answers through every host (demo.sh).
