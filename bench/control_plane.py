@@ -3,7 +3,9 @@
     python -m bench.control_plane --nodes 500 --tasks 10000 [--network]
 
 Starts etcd (with fsync, as in production) and one controller in this process,
-and N simulated nodes in a child process (real gRPC sessions, fake worker).
+and N simulated nodes in child processes (real gRPC sessions, fake worker),
+--agent-procs of them (default one per 500 nodes), so that the simulated
+agents are not what limits the measurement on a machine with few cores.
 Times from the `ScaleService` call until every task is stored as RUNNING, and
 prints one JSON line. With --network the service is attached to an overlay
 network (a /16), so every task also goes through the allocator (NEW ->
@@ -11,6 +13,11 @@ PENDING, one address each) and every node is sent the network's peers.
 Mutual TLS is on (as in production): the nodes join
 with the worker token, each with its own certificate and connection;
 --insecure measures plaintext for comparison.
+
+Besides the time it reports the CPU seconds each side used while converging
+(the controller is this process; the agents and etcd are children) and how
+many nodes were marked DOWN meanwhile (a live node marked DOWN for missed
+heartbeats is the controller falling behind).
 """
 
 from __future__ import annotations
@@ -41,10 +48,24 @@ def _is_running(task: object) -> bool:
         and task.desired_state == pb.RUNNING
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _agent_groups(nodes: int, processes: int) -> list[int]:
+    """How many simulated nodes each agent process runs (as even as can be)."""
+    processes = max(1, min(processes, nodes))
+    return [nodes // processes + (i < nodes % processes) for i in range(processes)]
+
+
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
-              insecure: bool = False) -> dict[str, object]:
+              insecure: bool = False, agent_procs: int = 0,
+              timeout: float = 600.0) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
-    agents: subprocess.Popen[bytes] | None = None
+    agents: list[subprocess.Popen[bytes]] = []
     controller = Controller(ControllerConfig(
         listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/",
         insecure=insecure,
@@ -56,16 +77,21 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
         security = ["--insecure"] if insecure else [
             "--join-token", str(controller.pki.token(pki.Role.WORKER)),
             "--join-addr", controller.join_addr]
+        groups = _agent_groups(nodes, agent_procs or -(-nodes // 500))
         with tempfile.TemporaryFile() as agent_log:
-            agents = subprocess.Popen(  # noqa: ASYNC220 - a long-lived child, not awaited
-                [sys.executable, "-m", "swarm.agent.simulated", "--controller", addr,
-                 "--nodes", str(nodes), *security], stdout=agent_log, stderr=subprocess.STDOUT)
+            for index, count in enumerate(groups):
+                agents.append(subprocess.Popen(  # noqa: ASYNC220 - long-lived children
+                    [sys.executable, "-m", "swarm.agent.simulated", "--controller", addr,
+                     "--nodes", str(count), "--hostname-prefix", f"sim{index}", *security],
+                    stdout=agent_log, stderr=subprocess.STDOUT))
             cache = controller.store.cache
-            deadline = time.monotonic() + 120
+            joining = time.monotonic()
+            deadline = joining + 120 + nodes / 20
             while sum(n.status.state == pb.NodeStatus.READY for n in cache.nodes.values()) < nodes:
-                if time.monotonic() > deadline or agents.poll() is not None:
+                if time.monotonic() > deadline or any(a.poll() is not None for a in agents):
                     raise RuntimeError("simulated nodes did not all become ready")
                 await asyncio.sleep(0.1)
+            ready_s = round(time.monotonic() - joining, 1)
 
             identity = None if insecure else controller.pki.admin_identity()
             async with channels.client_channel(addr, identity, insecure=insecure) as channel:
@@ -80,21 +106,31 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 service = (await control.CreateService(cpb.CreateServiceRequest(spec=spec))).service
 
                 running = 0
+                marked_down = 0
                 done = asyncio.Event()
 
-                def count(change: Change) -> None:
-                    nonlocal running
+                def on_change(change: Change) -> None:
+                    nonlocal running, marked_down
+                    if isinstance(change.new, pb.Node):
+                        down = pb.NodeStatus.DOWN
+                        marked_down += change.new.status.state == down and (
+                            not isinstance(change.old, pb.Node) or change.old.status.state != down)
+                        return
                     running += _is_running(change.new) - _is_running(change.old)
                     if running >= tasks:
                         done.set()
 
-                cache.subscribe(count)
+                cache.subscribe(on_change)
                 cpu_before = time.process_time()
+                others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
                 started = time.perf_counter()
                 await control.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=tasks))
-                await asyncio.wait_for(done.wait(), timeout=600)
+                await asyncio.wait_for(done.wait(), timeout=timeout)
                 seconds = time.perf_counter() - started
                 controller_cpu = time.process_time() - cpu_before
+                agents_cpu = sum(_cpu_seconds(a.pid) - before
+                                 for a, before in zip(agents, others_before[0], strict=True))
+                etcd_cpu = _cpu_seconds(etcd.process.pid) - others_before[1]
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
@@ -104,9 +140,14 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "tasks_per_s": round(tasks / seconds, 1),
                 "tasks_per_node_min": min(per_node),
                 "tasks_per_node_max": max(per_node),
-                # CPU the controller (this process) used while converging; the
-                # simulated agents run in a child process on the same cores.
+                # CPU each side used while converging: the controller is this
+                # process; the agents and etcd run on the same cores.
                 "controller_cpu_s": round(controller_cpu, 3),
+                "agents_cpu_s": round(agents_cpu, 3),
+                "etcd_cpu_s": round(etcd_cpu, 3),
+                "agent_processes": len(agents),
+                "nodes_marked_down": marked_down,
+                "seconds_to_ready": ready_s,
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
                 "network": network,
@@ -116,11 +157,14 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "controller_max_rss_mib": round(
                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "cpus": os.cpu_count(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
             }
     finally:
-        if agents is not None and agents.poll() is None:
-            agents.terminate()
-            agents.wait(timeout=30)
+        for agent in agents:
+            if agent.poll() is None:
+                agent.terminate()
+        for agent in agents:
+            agent.wait(timeout=30)
         await controller.stop()
         etcd.stop()
 
@@ -135,10 +179,14 @@ def main() -> None:
                         help="attach the service to an overlay network (IPAM and peers)")
     parser.add_argument("--insecure", action="store_true",
                         help="plaintext gRPC instead of mutual TLS (for comparison)")
+    parser.add_argument("--agent-procs", type=int, default=0,
+                        help="processes to run the simulated nodes in (default: one per 500)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds to wait for convergence before giving up")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network,
-                                     args.insecure))))
+                                     args.insecure, args.agent_procs, args.timeout))))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ node and task; no payload is ever logged.
 
 Why ask per task rather than push with the assignments (as SwarmKit does):
 a payload then crosses the wire only when a container is about to be made
-with it, the assignment stream (controller/dispatcher.py, being split for
-scale) stays as it is, and the rule fits one pure function (`refusal`).
+with it, the assignment stream (controller/dispatcher/assignments.py) stays as
+it is, and the rule fits one pure function (`refusal`).
 
 The payloads are opened here, in memory, from the sealed records of the
 watch cache (controller/api/secrets.py seals them); a record that does not

@@ -92,6 +92,9 @@ class OverlayIndex:
     def __init__(self, tasks: Iterable[pb.Task] = ()) -> None:
         self.endpoints: dict[str, dict[str, Endpoint]] = {}  # network -> task -> endpoint
         self._node_networks: dict[str, Counter[str]] = {}  # node -> network -> present tasks
+        # The reverse: network -> node -> present tasks, so that a change on a
+        # network finds its nodes without a look at every session.
+        self._network_nodes: dict[str, Counter[str]] = {}
         # Per network, the tasks whose endpoint changed since PeerTable last
         # looked (it takes them with take_changes), so that it updates its
         # tables by what changed instead of rebuilding them per message.
@@ -125,6 +128,7 @@ class OverlayIndex:
                 changed.add(network_id)
                 self.endpoints.setdefault(network_id, {})[endpoint.task_id] = endpoint
                 self._node_networks.setdefault(endpoint.node_id, Counter())[network_id] += 1
+                self._network_nodes.setdefault(network_id, Counter())[endpoint.node_id] += 1
         for network_id in changed:
             pending = self._changes.setdefault(network_id, set())
             pending.add(task_id)
@@ -156,10 +160,21 @@ class OverlayIndex:
                 del counts[network_id]
             if not counts:
                 del self._node_networks[endpoint.node_id]
+        nodes = self._network_nodes.get(network_id)
+        if nodes is not None:
+            nodes[endpoint.node_id] -= 1
+            if nodes[endpoint.node_id] <= 0:
+                del nodes[endpoint.node_id]
+            if not nodes:
+                del self._network_nodes[network_id]
 
     def networks_of(self, node_id: str) -> set[str]:
         """The networks the node's present tasks use."""
         return set(self._node_networks.get(node_id, ()))
+
+    def nodes_on(self, network_id: str) -> Iterable[str]:
+        """The nodes whose present tasks (or own endpoint) use the network."""
+        return self._network_nodes.get(network_id, {}).keys()
 
     def uses(self, node_id: str, network_id: str) -> bool:
         """Whether the node's present tasks use the network (networks_of

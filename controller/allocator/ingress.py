@@ -15,6 +15,13 @@ released when the node is removed (control API, in the same transaction).
 Node objects are also written by the dispatcher (status): every write here
 compares the node's version, and a conflict is a new pass from the
 refreshed cache, never an overwrite.
+
+At thousands of nodes the keeper must not look at every node on every node
+change (a join is a change): it keeps the set of nodes that need work
+(`needs_work`), and a pass plans only those. A full subnet is remembered:
+once it ran out, nodes arriving are not planned (nor the error logged again)
+until an address may have come free (a node removed, the network changed)
+or `_EXHAUSTED_RETRY` has passed (a task's address released).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ NO_INGRESS_MESSAGE = ("the service publishes ports in ingress mode, but the clus
                       "ingress network")
 _NODES_PER_TXN = 50  # two operations each, and the network's cursor
 _CONFLICTS_PER_PASS = 20
+_EXHAUSTED_RETRY = 10.0  # seconds: a full subnet is tried again this often
 
 
 def find_ingress(networks: Iterable[pb.Network]) -> pb.Network | None:
@@ -67,6 +75,17 @@ def node_address(node: pb.Node, network_id: str) -> str:
         if attachment.network_id == network_id and attachment.addresses:
             return attachment.addresses[0]
     return ""
+
+
+def needs_work(node: pb.Node, ingress_id: str | None) -> bool:
+    """Whether the keeper has something to write on this node: an address on
+    the ingress network to give, or an attachment to another network to drop."""
+    has_address = False
+    for attachment in node.attachments:
+        if attachment.network_id != ingress_id or not attachment.addresses:
+            return True
+        has_address = True
+    return ingress_id is not None and not has_address
 
 
 @dataclass
@@ -93,6 +112,8 @@ def plan_node_attachments(nodes: Iterable[pb.Node], ingress: pb.Network | None,
                 and a.addresses]
         stale = [a for a in node.attachments if a not in keep]
         wanted = ingress is not None and not keep
+        if wanted and plan.problem:
+            wanted = False  # the subnet ran out for an earlier node: no search again
         if not stale and not wanted:
             continue
         updated = pb.Node()
@@ -125,17 +146,50 @@ class IngressKeeper:
         self._addresses = addresses
         self._create = create  # make the network when absent (else only node addresses)
         self._wake = asyncio.Event()
+        # Nodes that need work (needs_work); recomputed from the cache when the
+        # networks change, kept up to date from node changes otherwise.
+        self._needs: set[str] = set()
+        self._ingress_id: str | None = None
+        # The subnet ran out: nodes that arrive wait for an address to come free.
+        self._exhausted = False
+        self._retry: asyncio.TimerHandle | None = None
+
+    def _rescan(self) -> None:
+        cache = self._store.cache
+        ingress = find_ingress(cache.networks.values())
+        self._ingress_id = ingress.id if ingress is not None else None
+        self._needs = {n.id for n in cache.nodes.values() if needs_work(n, self._ingress_id)}
+        self._exhausted = False
 
     def _on_change(self, change: Change) -> None:
         match change:
             case NetworkChange():
+                self._rescan()
                 self._wake.set()
-            case NodeChange(old=old, new=new) if new is not None and (
-                    old is None or list(old.attachments) != list(new.attachments)):
+            case NodeChange(object_id=node_id, new=None):
+                self._needs.discard(node_id)
+                self._exhausted = False  # its address is free again
                 self._wake.set()
+            case NodeChange(new=new) if new is not None:
+                if needs_work(new, self._ingress_id):
+                    self._needs.add(new.id)
+                    if not self._exhausted:
+                        self._wake.set()
+                else:
+                    self._needs.discard(new.id)
+
+    def _retry_later(self) -> None:
+        def retry() -> None:
+            self._retry = None
+            self._exhausted = False
+            self._wake.set()
+
+        if self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(_EXHAUSTED_RETRY, retry)
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
+        self._rescan()
         try:
             delay = 0.5
             while self._create:
@@ -154,6 +208,9 @@ class IngressKeeper:
                 await self._pass(guard)
         finally:
             unsubscribe()
+            if self._retry is not None:
+                self._retry.cancel()
+                self._retry = None
 
     async def ensure_network(self, guard: Guard | None) -> None:
         """Create the ingress network unless there is one (or a network of
@@ -188,10 +245,15 @@ class IngressKeeper:
         for _ in range(_CONFLICTS_PER_PASS):
             cache = self._store.cache
             ingress = find_ingress(cache.networks.values())
-            plan = plan_node_attachments(cache.nodes.values(), ingress, self._addresses,
-                                         _NODES_PER_TXN)
-            if plan.problem:
+            if (ingress.id if ingress is not None else None) != self._ingress_id:
+                self._rescan()
+            nodes = [cache.nodes[n] for n in self._needs if n in cache.nodes]
+            plan = plan_node_attachments(nodes, ingress, self._addresses, _NODES_PER_TXN)
+            if plan.problem and not self._exhausted:
                 log.error("ingress: %s", plan.problem)
+            if plan.problem:
+                self._exhausted = True
+                self._retry_later()
             if not plan.nodes:
                 return
             keys = self._store.keys
@@ -217,6 +279,9 @@ class IngressKeeper:
                 return
             log.info("ingress: %d node address(es) allocated, %d released", len(plan.claimed),
                      len(plan.released))
-            if plan.problem:
-                return
+            # The written nodes left the set through the write-through;
+            # whoever is left (and can be served) is another transaction.
+            if self._needs and not self._exhausted:
+                self._wake.set()
+            return
         self._wake.set()  # still conflicting: another pass after the others have written

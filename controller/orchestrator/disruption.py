@@ -137,14 +137,20 @@ class DisruptionGate:
         self.last_release = -math.inf
 
     def observe(self, nodes: Mapping[str, pb.Node], now: float) -> None:
+        """Look at every node (after an election); later changes come one
+        node at a time through observe_node."""
         for node_id, node in nodes.items():
-            if node.status.state == pb.NodeStatus.DOWN:
-                self.down_since.setdefault(node_id, now)
-            else:
-                self.down_since.pop(node_id, None)
-                self.released.discard(node_id)
+            self.observe_node(node_id, node, now)
         for node_id in [n for n in self.down_since if n not in nodes]:
-            del self.down_since[node_id]
+            self.observe_node(node_id, None, now)
+
+    def observe_node(self, node_id: str, node: pb.Node | None, now: float) -> None:
+        """One node changed (None: removed). O(1), so that a cluster of
+        thousands of nodes joining is not a scan per join."""
+        if node is not None and node.status.state == pb.NodeStatus.DOWN:
+            self.down_since.setdefault(node_id, now)
+        else:
+            self.down_since.pop(node_id, None)
             self.released.discard(node_id)
 
     def decide(self, total: int, now: float, period: float) -> tuple[frozenset[str], float | None]:

@@ -98,6 +98,18 @@ def _relevant(old: pb.Task | None, new: pb.Task | None, service: pb.Service | No
         or new.spec_version != service.spec_version
 
 
+def node_change_matters(old: pb.Node | None, new: pb.Node | None) -> bool:
+    """Whether a node change can alter a plan: the node came or went, or its
+    state, spec (availability, role, labels) or description (what constraints
+    read) changed. A heartbeat's timestamp, a status message, a condition or
+    an ingress address does not; re-planning every service on the node for
+    those made a node's every write cost a full plan of its services."""
+    if old is None or new is None:
+        return True
+    return old.status.state != new.status.state or old.spec != new.spec \
+        or old.description != new.description
+
+
 class Orchestrator:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time,
                  disruption: DisruptionSettings | None = None) -> None:
@@ -105,7 +117,8 @@ class Orchestrator:
         self._clock = clock
         self.gate = DisruptionGate(disruption or DisruptionSettings())
         self._recheck: asyncio.TimerHandle | None = None
-        # Whether a node changed since the gate last looked (it scans them all).
+        # Whether the gate is to look at every node (after an election); else
+        # it is told of each node change as it comes.
         self._nodes_changed = True
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -143,8 +156,10 @@ class Orchestrator:
                 placed_on = cache.nodes.get(new.node_id) if new is not None else None
                 if _relevant(old, new, cache.services.get(task.service_id), placed_on):
                     self.mark(task.service_id)
-            case NodeChange(old=old_node, new=new_node):
-                self._nodes_changed = True
+            case NodeChange(object_id=node_id, old=old_node, new=new_node):
+                self.gate.observe_node(node_id, new_node, self._clock())
+                if not node_change_matters(old_node, new_node):
+                    return
                 # Global services depend on every node; replicated ones on the nodes
                 # their tasks run on.
                 for service in cache.services.values():

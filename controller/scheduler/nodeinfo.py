@@ -1,8 +1,15 @@
-"""What the scheduler knows about one node during a pass.
+"""What the scheduler knows about each node.
 
-A NodeInfo is built once per pass from the cached nodes and tasks, and then
-updated in memory as the pass places tasks, so that later decisions in the same
-pass see the earlier ones without re-reading the store.
+A NodeInfo holds a node's accounting (tasks per service, free resources,
+host ports in use). The scheduler's loop keeps one per node for as long as
+it leads (NodeInfos), updated from each node and task change as it comes,
+so that a pass costs what it places, not a rebuild over every task of the
+cluster (at 100,000 tasks the rebuild was most of a pass). A pass accounts
+its placements on them as it makes them, so later decisions in the same pass
+see the earlier ones; the write-through of the placement is then a no-op
+(accounting is by task id), and a placement whose write failed is taken back
+(NodeInfos.unplace). `build_node_infos` builds the same from scratch (the
+reference the incremental index is tested against; rebalance plans use it).
 """
 
 from __future__ import annotations
@@ -82,10 +89,11 @@ class NodeInfo:
         cpus, memory = reservations(task)
         self.account(task.id, task.service_id, cpus, memory, host_ports(task))
 
-    def remove_task(self, task: pb.Task) -> None:
-        """Release what a task held; a task never accounted here is ignored."""
+    def remove_task(self, task: pb.Task) -> bool:
+        """Release what a task held; a task never accounted here is ignored
+        (returns whether it was accounted)."""
         if task.id not in self.task_ids:
-            return
+            return False
         self.task_ids.discard(task.id)
         self.tasks_by_service[task.service_id] -= 1
         if self.tasks_by_service[task.service_id] <= 0:
@@ -95,6 +103,7 @@ class NodeInfo:
         self.available_nano_cpus += cpus
         self.available_memory_bytes += memory
         self.used_host_ports -= host_ports(task)
+        return True
 
     def account(self, task_id: str, service_id: str, nano_cpus: int, memory_bytes: int,
                 ports: frozenset[HostPort]) -> bool:
@@ -128,3 +137,74 @@ def build_node_infos(nodes: Iterable[pb.Node], tasks: Iterable[pb.Task]) -> dict
             if info is not None:
                 info.add_task(task)
     return infos
+
+
+class NodeInfos:
+    """NodeInfo per node id, kept up to date from node and task changes.
+
+    Invariant (tested against build_node_infos): after any sequence of
+    apply_node/apply_task calls mirroring the store, `infos` accounts exactly
+    the live tasks of each present node, plus the placements a pass made and
+    has not yet seen written or taken back. Tasks of a node not (yet, or no
+    longer) present are accounted when it appears.
+    """
+
+    def __init__(self, nodes: Iterable[pb.Node] = (), tasks: Iterable[pb.Task] = ()) -> None:
+        tasks = list(tasks)
+        self.infos: dict[str, NodeInfo] = build_node_infos(nodes, tasks)
+        # Every live task by node, present or not: a node that appears (or
+        # comes back after its removal) is accounted with what it holds.
+        self._live: dict[str, dict[str, pb.Task]] = {}
+        for task in tasks:
+            if is_live(task):
+                self._live.setdefault(task.node_id, {})[task.id] = task
+
+    def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> None:
+        if new is None:
+            if old is not None:
+                self.infos.pop(old.id, None)
+            return
+        info = self.infos.get(new.id)
+        if info is None:
+            info = self.infos[new.id] = NodeInfo.empty(new)
+            for task in self._live.get(new.id, {}).values():
+                info.add_task(task)
+            return
+        before, after = info.node.description.resources, new.description.resources
+        info.available_nano_cpus += after.nano_cpus - before.nano_cpus
+        info.available_memory_bytes += after.memory_bytes - before.memory_bytes
+        info.node = new
+
+    def apply_task(self, old: pb.Task | None, new: pb.Task | None) -> None:
+        if old is not None and new is not None and is_live(old) and is_live(new) \
+                and old.node_id == new.node_id and reservations(old) == reservations(new) \
+                and host_ports(old) == host_ports(new):
+            self._live.setdefault(new.node_id, {})[new.id] = new
+            return  # status progress on the same node: the accounting stands
+        if old is not None and is_live(old):
+            _forget(self._live, old.node_id, old.id)
+            info = self.infos.get(old.node_id)
+            if info is not None:
+                info.remove_task(old)
+        if new is not None and is_live(new):
+            self._live.setdefault(new.node_id, {})[new.id] = new
+            info = self.infos.get(new.node_id)
+            if info is not None:
+                info.add_task(new)
+
+    def unplace(self, placed: pb.Task, current: pb.Task | None) -> None:
+        """A pass accounted `placed` (with its node) but did not write it:
+        take it back unless the store holds it live on that node anyway."""
+        if current is not None and is_live(current) and current.node_id == placed.node_id:
+            return
+        info = self.infos.get(placed.node_id)
+        if info is not None:
+            info.remove_task(placed)
+
+
+def _forget(index: dict[str, dict[str, pb.Task]], node_id: str, task_id: str) -> None:
+    tasks = index.get(node_id)
+    if tasks is not None:
+        tasks.pop(task_id, None)
+        if not tasks:
+            del index[node_id]

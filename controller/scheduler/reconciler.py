@@ -1,7 +1,9 @@
 """The scheduler's loop on the leader: place PENDING tasks on nodes.
 
-It keeps the set of tasks waiting for a node. Each pass decides all of them at
-once over in-memory node state (Scheduler.schedule), then writes the
+It keeps the set of tasks waiting for a node, and every node's accounting
+(NodeInfos), both updated from cache changes as they come. Each pass decides
+all waiting tasks at once over that in-memory node state
+(Scheduler.schedule), then writes the
 assignments (ASSIGNED, node_id) and, for tasks that fit nowhere, the reason as
 the task's status message, in chunked, fenced transactions. Unplaced tasks are
 tried again when nodes change or a task leaves a node.
@@ -17,7 +19,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, NodeChange, Op, Store, StoreUnavailable, TaskChange, Update
 from ..workset import WorkSet
-from .nodeinfo import build_node_infos
+from .nodeinfo import NodeInfos
 from .scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -37,14 +39,17 @@ class SchedulerLoop:
         # parked: tried, fit nowhere; tried again when nodes change or a
         # task leaves a node.
         self._work = WorkSet(_BATCH_WINDOW)
+        self._infos = NodeInfos()
         self.passes = 0
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
 
     def _on_change(self, change: Change) -> None:
         match change:
-            case NodeChange():
+            case NodeChange(old=old_node, new=new_node):
+                self._infos.apply_node(old_node, new_node)
                 self._work.retry_parked()
             case TaskChange(object_id=task_id, old=old, new=new):
+                self._infos.apply_task(old, new)
                 if _waiting(new):
                     self._work.want(task_id)
                 else:
@@ -56,6 +61,8 @@ class SchedulerLoop:
 
     async def run(self, guard: Guard) -> None:
         unsubscribe = self._store.cache.subscribe(self._on_change)
+        cache = self._store.cache
+        self._infos = NodeInfos(cache.nodes.values(), cache.tasks.values())
         self._work.reset(t.id for t in self._store.cache.tasks.values() if _waiting(t))
         try:
             while True:
@@ -71,8 +78,7 @@ class SchedulerLoop:
         if not tasks:
             return
         self.passes += 1
-        infos = build_node_infos(cache.nodes.values(), cache.tasks.values())
-        decisions = self._scheduler.schedule(tasks, infos)
+        decisions = self._scheduler.schedule(tasks, self._infos.infos)
         by_id = {task.id: task for task in tasks}
         ops: list[Op] = []
         for decision in decisions:
@@ -87,6 +93,10 @@ class SchedulerLoop:
                 ops.append(Update(task))
             else:
                 self._work.park([decision.task_id])
+                # A global task that no longer fits its node was released for
+                # the rest of the pass; it still holds the node while it is
+                # live, as a rebuilt NodeInfo would count it.
+                self._infos.apply_task(None, current)
                 if current.status.message != decision.reason:
                     task = pb.Task()
                     task.CopyFrom(current)
@@ -101,6 +111,9 @@ class SchedulerLoop:
             log.warning("scheduler cannot write: %s", error)
             failed = ops
             await asyncio.sleep(0.5)
+        for op in (*failed, *rejected):  # placements not written: taken back
+            if isinstance(op, Update) and isinstance(op.obj, pb.Task) and op.obj.node_id:
+                self._infos.unplace(op.obj, cache.tasks.get(op.obj.id))
         if rejected:  # etcd refuses these tasks as such: wait until they change
             log.error("scheduler: etcd refused the writes of %d tasks", len(rejected))
             self._work.park(op.obj.id for op in rejected if isinstance(op, Update))

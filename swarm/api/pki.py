@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -676,6 +677,16 @@ def identity_of_cert(cert: x509.Certificate) -> PeerIdentity:
                         serial=cert.serial_number, not_after=cert.not_valid_after_utc)
 
 
+@functools.lru_cache(maxsize=16384)
+def _identity_of_pem(pem: bytes) -> PeerIdentity:
+    """identity_of_cert of a PEM, remembered: every agent RPC (a heartbeat
+    every few seconds from each of thousands of nodes) names the same
+    certificate, and parsing it was a good part of a heartbeat's cost. An
+    invalid certificate raises and is not remembered; revocation is checked
+    per call (check_not_revoked), not here."""
+    return identity_of_cert(cert_from_pem(pem))
+
+
 def peer_identity(context: HasAuthContext) -> PeerIdentity | None:
     """The verified peer of a gRPC call, or None on a plaintext (--insecure)
     connection.
@@ -690,7 +701,7 @@ def peer_identity(context: HasAuthContext) -> PeerIdentity | None:
     pems = list(auth.get("x509_pem_cert", ()))
     if not pems:
         return None
-    identity = identity_of_cert(cert_from_pem(pems[0]))
+    identity = _identity_of_pem(pems[0])
     common_names = [value.decode() for value in auth.get("x509_common_name", ())]
     if common_names != [identity.node_id]:
         raise InvalidPeer(f"TLS peer common name {common_names} does not match the certificate's "

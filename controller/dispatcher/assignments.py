@@ -1,0 +1,319 @@
+"""Assignments: what each node's session is to be sent, from cache changes.
+
+Each message carries the node's tasks (the complete set when a session
+opens, later only what changed) and the overlay networks its tasks use, with
+every endpoint on them (its own too: DNS and load balancing need local
+tasks; its data plane skips its own VTEP) and the services attached to them
+(peers.py): the complete peer set when a network first appears in a
+session, then deltas (a task becoming ready or unhealthy is one peer to each
+node on the network), coalesced by the session. A service change that alters
+a network's records (created, removed, renamed, attached, a VIP allocated)
+resends that network's records to the nodes that have it.
+
+Drain before stop (drain.py): each network entry carries its peer-set
+version; agents confirm the versions they have in force in an extra
+heartbeat, and once every confirming node that has a stopping task's
+networks has confirmed the version without it, the task's node is told
+(Assignments.drained) that its stop signal need wait no longer.
+
+Every change is handled in time proportional to what it touches: a task
+change wakes the sessions of its old and new node; a network change the
+nodes on it (OverlayIndex.nodes_on) and those that were sent it, never a
+scan of every session.
+"""
+
+from __future__ import annotations
+
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+
+from ..drain import Drain, holds, is_stopping, starts_draining
+from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from ..peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
+from ..pullauth import PullCredentials, for_tasks
+from ..store import Change, NetworkChange, NodeChange, ServiceChange, TaskChange
+from ..store.cache import WatchCache
+from .sessions import Session, Sessions
+
+
+def assigned(task: pb.Task | None, node_id: str) -> bool:
+    """Whether the agent of node_id is to know this task."""
+    return task is not None and task.node_id == node_id and task.status.state >= pb.ASSIGNED
+
+
+def task_news(old: pb.Task | None, new: pb.Task | None, node_id: str
+              ) -> tuple[bool, pb.Task | None]:
+    """Whether the node's agent is to hear of this task change, and what:
+    the new version, or None (removed from the node). The agent's own status
+    echoes carry nothing it does not know."""
+    was, now = assigned(old, node_id), assigned(new, node_id)
+    if now and new is not None:
+        if was and old is not None and old.desired_state == new.desired_state:
+            return False, None
+        return True, new
+    return was, None
+
+
+class Assignments:
+    def __init__(self, cache: WatchCache, sessions: Sessions,
+                 pull_auth: PullCredentials | None = None) -> None:
+        self._cache = cache
+        self._pull_auth = pull_auth  # registry credentials for the tasks sent (pullauth.py)
+        self._sessions = sessions
+        self.overlay = OverlayIndex(cache.tasks.values())
+        for node in cache.nodes.values():
+            self.overlay.apply_node(None, node)  # its own (ingress) endpoint
+        self.services = ServiceIndex(cache.services.values())
+        self.peers = PeerTable()
+        self.drains: dict[str, Drain] = {}  # by task id
+        self.draining_for: dict[str, set[str]] = {}  # node -> its pending drains
+        # network -> nodes whose session was sent it (the reverse of sent_networks).
+        self._holders: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------ messages
+
+    def complete(self, session: Session) -> dpb.Assignments:
+        """The first message of a session: every task of the node, every network."""
+        tasks = [t for t in self._cache.tasks_by_node.get(session.node_id, {}).values()
+                 if assigned(t, session.node_id)]
+        session.dirty.clear()
+        session.dirty_networks.clear()
+        networks, _ = self._network_updates(session, self.overlay.networks_of(session.node_id))
+        return dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks, networks=networks,
+                               pull_credentials=for_tasks(self._pull_auth, tasks))
+
+    def incremental(self, session: Session) -> dpb.Assignments | None:
+        """What changed for the node since its last message; None when nothing."""
+        changed, session.dirty = session.dirty, {}
+        dirty_networks, session.dirty_networks = session.dirty_networks, set()
+        drained, session.drained = session.drained, set()
+        networks, removed_networks = self._network_updates(session, dirty_networks)
+        if not (changed or networks or removed_networks or drained):
+            return None
+        tasks = [t for t in changed.values() if t is not None]
+        return dpb.Assignments(
+            type=dpb.Assignments.INCREMENTAL,
+            tasks=tasks,
+            removed=[tid for tid, t in changed.items() if t is None],
+            networks=networks,
+            removed_networks=removed_networks,
+            drained=sorted(drained),
+            pull_credentials=for_tasks(self._pull_auth, tasks),
+        )
+
+    def _sent(self, session: Session, network_id: str, version: int) -> None:
+        session.sent_networks[network_id] = version
+        self._holders.setdefault(network_id, set()).add(session.node_id)
+
+    def _unsent(self, session: Session, network_id: str) -> bool:
+        holders = self._holders.get(network_id)
+        if holders is not None:
+            holders.discard(session.node_id)
+            if not holders:
+                del self._holders[network_id]
+        return session.sent_networks.pop(network_id, None) is not None
+
+    def ended(self, session: Session) -> None:
+        """The session is gone: it holds no network any more (its node's
+        next session, if one is open already, holds what it was sent)."""
+        current = self._sessions.get(session.node_id)
+        for network_id in list(session.sent_networks):
+            if current is None or network_id not in current.sent_networks:
+                self._unsent(session, network_id)
+
+    def _network_updates(self, session: Session, network_ids: set[str]
+                         ) -> tuple[list[dpb.NetworkAssignment], list[str]]:
+        """The assignments of those networks that changed for this node, and the
+        networks it had but no longer needs (or that were removed)."""
+        cache = self._cache
+        uses = self.overlay.networks_of(session.node_id)
+        updates: list[dpb.NetworkAssignment] = []
+        removed: list[str] = []
+        for network_id in sorted(network_ids):
+            network = cache.networks.get(network_id)
+            if network is not None and network_id in uses:
+                table = self.peers.refresh(network_id, self.overlay, self.services, cache.nodes)
+                assignment = network_assignment(network, table,
+                                                session.sent_networks.get(network_id))
+                self._sent(session, network_id, table.version)
+                if network.spec.ingress:
+                    assignment = self._with_mesh(session, network, assignment)
+                if assignment is not None:
+                    assignment.version = table.version
+                    updates.append(assignment)
+            elif self._unsent(session, network_id):
+                session.acked.pop(network_id, None)
+                removed.append(network_id)
+                if network is None or network.spec.ingress:
+                    session.sent_mesh = None
+        if removed:  # a drain waiting for this node on those networks waits no more
+            self.confirmed(session)
+        return updates, removed
+
+    def _with_mesh(self, session: Session, network: pb.Network,
+                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+        """The ingress entry with the node's address and the published services."""
+        cache = self._cache
+        node = cache.nodes.get(session.node_id)
+        records = ingress_records(cache.services.values())
+        fingerprint = mesh_fingerprint(node, network, records)
+        changed = fingerprint != session.sent_mesh
+        session.sent_mesh = fingerprint
+        return complete_ingress(assignment, network, node, records, changed)
+
+    def _mark_networks(self, network_ids: set[str]) -> None:
+        """Tell the sessions that have (or need) these networks to look again."""
+        sessions = self._sessions
+        for network_id in network_ids:
+            for node_id in (*self.overlay.nodes_on(network_id),
+                            *self._holders.get(network_id, ())):
+                session = sessions.get(node_id)
+                if session is not None:
+                    session.dirty_networks.add(network_id)
+                    session.wake.set()
+
+    # ------------------------------------------------------------ changes
+
+    def on_change(self, change: Change) -> None:
+        match change:
+            case ServiceChange(old=old_service, new=new_service):
+                changed = self.services.apply(old_service, new_service)
+                if affects_mesh(old_service, new_service):  # the ingress entries' records
+                    changed |= {n.id for n in self._cache.networks.values() if n.spec.ingress}
+                self._mark_networks(changed)
+            case NetworkChange(object_id=network_id, new=network):
+                if network is None:
+                    self.peers.forget(network_id)
+                self._mark_networks({network_id})
+            case NodeChange(object_id=node_id, old=old_node, new=new_node):
+                self._on_node(node_id, old_node, new_node)
+            case TaskChange(object_id=task_id, old=old_task, new=new_task):
+                self._on_task(task_id, old_task, new_task)
+
+    def _on_node(self, node_id: str, old: pb.Node | None, new: pb.Node | None) -> None:
+        # Its own (ingress) endpoint: the network is assigned to it, and
+        # every node on it learns where the endpoint is.
+        self._mark_networks(self.overlay.apply_node(old, new))
+        # Its endpoints appear in (or leave) every peer list when it goes
+        # down, comes back, moves or is removed.
+        if old is None or new is None or old.status.state != new.status.state \
+                or vtep(old) != vtep(new):
+            self.peers.nodes_generation += 1
+            self._mark_networks(self.overlay.networks_of(node_id))
+        if new is None:
+            session = self._sessions.pop(node_id, None)
+            if session is not None:
+                session.close()
+                self.ended(session)
+            self.release_node(node_id)
+
+    def _on_task(self, task_id: str, old: pb.Task | None, new: pb.Task | None) -> None:
+        self._mark_networks(self.overlay.apply(old, new))
+        if starts_draining(old, new):
+            assert new is not None
+            self._start_drain(new)
+        elif not is_stopping(new) and task_id in self.drains:
+            self._forget_drain(self.drains.pop(task_id))
+        for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
+            session = self._sessions.get(node_id)
+            if session is None:
+                continue
+            news, version = task_news(old, new, node_id)
+            if news:
+                session.dirty[task_id] = version
+                if version is None or version.desired_state > pb.RUNNING:
+                    # A stop or a removal goes at once (a stopping task may
+                    # hold a rolling update); placements are batched.
+                    session.urgent = True
+                session.wake.set()
+
+    # ------------------------------------------------------------ drain before stop
+
+    def heard(self, session: Session, applied: list[dpb.AppliedNetwork]) -> None:
+        """The agent confirmed the versions it has in force."""
+        session.confirms = True
+        for entry in applied:
+            if entry.version > session.acked.get(entry.network_id, 0):
+                session.acked[entry.network_id] = entry.version
+        self.confirmed(session)
+
+    def _start_drain(self, task: pb.Task) -> None:
+        """The task was told to stop: the versions of its networks' peer
+        sets without it as a backend (brought up to date now) are what every
+        node must confirm before it is drained (drain.py)."""
+        cache = self._cache
+        required = {}
+        for attachment in task.networks:
+            if attachment.network_id in cache.networks:
+                table = self.peers.refresh(attachment.network_id, self.overlay,
+                                           self.services, cache.nodes)
+                required[attachment.network_id] = table.version
+        drain = Drain(task.id, task.node_id, required)
+        # Only nodes that were sent a network can hold it (drain.holds), and
+        # only nodes on it can have it waiting: no look at every session.
+        nearby = {n for network_id in required
+                  for n in (*self._holders.get(network_id, ()), *self.overlay.nodes_on(network_id))}
+        for node_id in nearby:
+            session = self._sessions.get(node_id)
+            if session is None:
+                continue
+            if holds(required, session.view()):
+                drain.pending.add(session.node_id)
+                self.draining_for.setdefault(session.node_id, set()).add(task.id)
+            # A stop waits for these messages: no coalescing pause for them
+            # (a burst of stops from one orchestrator pass still goes as one).
+            if any(network_id in session.dirty_networks for network_id in required):
+                session.urgent = True
+        previous = self.drains.pop(task.id, None)
+        if previous is not None:
+            self._forget_drain(previous)
+        if drain.pending:
+            self.drains[task.id] = drain
+        else:
+            self._drained(drain)
+
+    def confirmed(self, session: Session) -> None:
+        """The node confirmed versions: the drains waiting for it that it
+        now satisfies no longer do."""
+        waiting = self.draining_for.get(session.node_id)
+        if not waiting:
+            return
+        view = session.view()
+        for task_id in list(waiting):
+            drain = self.drains.get(task_id)
+            if drain is not None and holds(drain.required, view):
+                continue
+            waiting.discard(task_id)
+            if drain is not None:
+                self._node_done(drain, session.node_id)
+        if not waiting:
+            del self.draining_for[session.node_id]
+
+    def release_node(self, node_id: str) -> None:
+        """The node has no session any more: no drain waits for it."""
+        for task_id in self.draining_for.pop(node_id, set()):
+            drain = self.drains.get(task_id)
+            if drain is not None:
+                self._node_done(drain, node_id)
+
+    def _node_done(self, drain: Drain, node_id: str) -> None:
+        drain.pending.discard(node_id)
+        if not drain.pending:
+            self.drains.pop(drain.task_id, None)
+            self._drained(drain)
+
+    def _forget_drain(self, drain: Drain) -> None:
+        for node_id in drain.pending:
+            waiting = self.draining_for.get(node_id)
+            if waiting is not None:
+                waiting.discard(drain.task_id)
+                if not waiting:
+                    del self.draining_for[node_id]
+
+    def _drained(self, drain: Drain) -> None:
+        """Tell the task's node its stop signal need wait no longer."""
+        session = self._sessions.get(drain.node_id)
+        if session is not None:
+            session.drained.add(drain.task_id)
+            session.urgent = True
+            session.wake.set()

@@ -1,0 +1,91 @@
+"""Agent sessions: one open stream per node, and what is owed to it.
+
+A Session is the dispatcher's record of one agent's stream: the tasks and
+networks that changed since its last message (filled by the assignments
+module from cache changes), what it was last sent of each network, the
+drain-before-stop bookkeeping, and the event that wakes its stream.
+`Sessions` maps nodes to their current session; opening a session for a node
+closes the one it replaces.
+
+Messages are batched: a woken stream waits `assignment_flush_interval`
+before it takes what is owed (a scheduler pass writes its placements in many
+transactions; without the pause a node with 20 new tasks got 20 messages),
+and `network_flush_interval` when networks changed, unless something waits
+for this node (a task told to stop or removed, a stop's drained word): then
+it goes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from swarm.api.v1 import objects_pb2 as pb
+
+from ..drain import NodeView
+
+
+@dataclass
+class Session:
+    node_id: str
+    session_id: str
+    # Tasks changed since the last message: task -> new version, or None if removed.
+    dirty: dict[str, pb.Task | None] = field(default_factory=dict)
+    # Networks whose assignment may have changed since the last message.
+    dirty_networks: set[str] = field(default_factory=set)
+    # The peer-set version (PeerTable) the agent was last sent, per network: the
+    # next message carries only what changed after it, and the networks the
+    # agent has are removed when it no longer needs them.
+    sent_networks: dict[str, int] = field(default_factory=dict)
+    # What it was last told of the routing mesh besides the peers (mesh.py).
+    sent_mesh: bytes | None = None
+    # Drain before stop (drain.py): the peer-set versions the agent confirmed
+    # having in force, whether it confirms at all, and the tasks of this node
+    # to tell that they are drained.
+    acked: dict[str, int] = field(default_factory=dict)
+    confirms: bool = False
+    drained: set[str] = field(default_factory=set)
+    # A task is waiting for this node (its removal to apply, or its drained
+    # word): the next message goes without the coalescing pause.
+    urgent: bool = False
+    # The controller set changed since the last message.
+    controllers_dirty: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def view(self) -> NodeView:
+        return NodeView(self.sent_networks, self.acked, self.confirms)
+
+    async def wait_for_news(self, assignment_flush: float, network_flush: float) -> None:
+        """Until there is something to send (or the session is closed),
+        with the coalescing pause unless the news is urgent."""
+        await self.wake.wait()
+        if not self.closed and not self.urgent:
+            await asyncio.sleep(network_flush if self.dirty_networks else assignment_flush)
+        self.wake.clear()
+        self.urgent = False
+
+
+class Sessions(dict[str, Session]):
+    """The current session of each node."""
+
+    def open(self, session: Session) -> None:
+        previous = self.get(session.node_id)
+        if previous is not None:
+            previous.close()
+        self[session.node_id] = session
+
+    def end(self, session: Session) -> bool:
+        """The session's stream ended; whether it was still the node's current one."""
+        if self.get(session.node_id) is session:
+            del self[session.node_id]
+            return True
+        return False
+
+    def close_all(self) -> None:
+        for session in self.values():
+            session.close()
