@@ -47,7 +47,7 @@ created, being removed), of pulls in progress and images asked for in the
 last 2 minutes are never removed.
 
 Published ports (agent/published.py): nftables rules of the agent (table
-swarm-mesh-XXXXXXXX in its namespace, and one in its ingress sandbox) forward
+swarm-mesh-<8 hex> in its namespace, and one in its ingress sandbox) forward
 each port published in ingress mode, TCP and UDP, through the sandbox to a
 ready task of the service on any node; host-mode ports only where a task
 runs, straight to the task (which sees the client's address). The userspace

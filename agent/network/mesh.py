@@ -3,7 +3,7 @@ Docker's ingress does with IPVS (which this kernel lacks), with no byte
 crossing the agent.
 
     client ──▶ node namespace (the agent's)          ingress sandbox             task (any node)
-               table ip swarm-mesh-XXXXXXXX          table ip swarm-mesh
+               table ip swarm-mesh-<8 hex>           table ip swarm-mesh
                dport P: dnat to SBX (port kept) ──▶  mesh0 (SBX)
                                                      dport P: dnat to numgen
                                                        map {ready tasks}:TARGET
@@ -71,8 +71,8 @@ SANDBOX_TABLE = "swarm-mesh"
 NODE_TABLE_PREFIX = "swarm-mesh-"
 MESH_POOL = IPv4Network("169.254.64.0/18")
 HOST_LINK_POOL = IPv4Network("169.254.128.0/17")
-MESH_PREFIX = "smesh"  # the node's end of the mesh link: smeshXXXXXXXX
-HOST_PREFIX = "shl"  # the node's end of a task's host link: shlXXXXXXXX
+MESH_PREFIX = "smesh"  # the node's end of the mesh link: smesh<8 hex>
+HOST_PREFIX = "shl"  # the node's end of a task's host link: shl<8 hex>
 SANDBOX_IFNAME = "mesh0"
 TASK_IFNAME = "hostlink0"
 HOST_LINK_TABLE = 0x5357  # the task's routing table for replies over its host link

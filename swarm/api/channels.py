@@ -30,6 +30,7 @@ leaves the node before the CA has been checked.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import inspect
@@ -351,8 +352,9 @@ class HandlerInterceptor(_ServerInterceptor):
     """A server interceptor that wraps the behaviour of every known method;
     subclasses say how (`adapter`)."""
 
+    @abc.abstractmethod
     def adapter(self, method: str) -> Adapter:
-        raise NotImplementedError
+        """How to wrap the behaviour of `method` (a gRPC full method name)."""
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails],
