@@ -37,8 +37,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-
 from swarm.api import pki
 from swarm.api.channels import CONTROL_PLANE_POLICY
 from swarm.api.pki import CertificateAuthority, JoinToken, NodeIdentity, Revocations, Role
@@ -49,6 +47,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from .api.errors import (
     ApiError,
     ChangedConcurrently,
+    Context,
     Exhausted,
     InvalidArgument,
     PermissionDenied,
@@ -61,7 +60,6 @@ from .store.cache import Change, ClusterChange
 
 log = logging.getLogger(__name__)
 
-Context = grpc.aio.ServicerContext[Any, Any]
 
 # Who may call what on the mutual-TLS port: the control plane's policy plus
 # the CA's services. Any cluster certificate may renew itself.

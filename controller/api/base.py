@@ -26,8 +26,6 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
-import grpc
-
 from swarm.api import pki
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -38,7 +36,6 @@ from ..store import Conflict, Store, StoreError, kind_of
 from ..store.store import RMW_ATTEMPTS, Step
 from .errors import ChangedConcurrently, StoreFailed, Unavailable
 
-Context = grpc.aio.ServicerContext[object, object]
 T = TypeVar("T")
 R = TypeVar("R")
 # Where the cluster data key comes from (the controller's PKI); None: --insecure.

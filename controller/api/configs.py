@@ -11,8 +11,8 @@ from swarm.api.refs import resolve_ref
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from .base import Context, select
-from .errors import DataLoss
+from .base import select
+from .errors import Context, DataLoss
 from .secrets import Payloads, payload_name, seal_context, without_data
 
 

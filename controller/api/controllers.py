@@ -5,7 +5,8 @@ from __future__ import annotations
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from .base import Context, Handlers
+from .base import Handlers
+from .errors import Context
 
 
 class Controllers(Handlers):

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from swarm.api.v1 import control_pb2 as cpb
@@ -53,9 +52,7 @@ from ..store.cache import (
     TaskChange,
     WatchCache,
 )
-from .errors import Exhausted, InvalidArgument, Unavailable
-
-Context = grpc.aio.ServicerContext[object, object]
+from .errors import Context, Exhausted, InvalidArgument, Unavailable
 
 DEFAULT_WINDOW = 15 * 60.0  # seconds of events kept for --since
 DEFAULT_CAPACITY = 50_000  # events kept at most, whatever the window

@@ -20,8 +20,8 @@ from swarm.api.refs import resolve_ref
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 
-from .base import Context, Handlers, service_name
-from .errors import InvalidArgument, Relayed, Unavailable
+from .base import Handlers, service_name
+from .errors import Context, InvalidArgument, Relayed, Unavailable
 
 RELAYED_METADATA_KEY = "swarm-relayed-by"
 

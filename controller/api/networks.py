@@ -25,8 +25,8 @@ from ..allocator.networks import allocate_network, pool_settings, stopping_holde
 from ..allocator.ports import ingress_ports
 from ..ids import new_id
 from ..store import Delete, Planned, ReleaseName
-from .base import Context, Handlers, network_name, select
-from .errors import AlreadyExists, FailedPrecondition, NotFound
+from .base import Handlers, network_name, select
+from .errors import AlreadyExists, Context, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from swarm.api.validation import normalize_node_spec
 from ..allocator.claims import release_node
 from ..ca import revoke_node_ops
 from ..store import Delete, Planned, Update
-from .base import Context, Handlers, copy, hostname, select
-from .errors import ChangedConcurrently, FailedPrecondition, NotFound
+from .base import Handlers, copy, hostname, select
+from .errors import ChangedConcurrently, Context, FailedPrecondition, NotFound
 
 
 class Nodes(Handlers):

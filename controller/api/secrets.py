@@ -60,8 +60,8 @@ from ..store import (
     ReserveName,
     WatchCache,
 )
-from .base import Context, Handlers, select
-from .errors import AlreadyExists, FailedPrecondition, NotFound
+from .base import Handlers, select
+from .errors import AlreadyExists, Context, FailedPrecondition, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from ..allocator.endpoint import endpoint_ops, plan_endpoint, replicas_needed
 from ..ids import new_id
 from ..orchestrator import rebalance
 from ..store import Create, Delete, Planned, ReleaseName, ReserveName, Update
-from .base import Context, Handlers, copy, select, service_name
-from .errors import AlreadyExists, ChangedConcurrently, FailedPrecondition, InvalidArgument, NotFound
+from .base import Handlers, copy, select, service_name
+from .errors import AlreadyExists, ChangedConcurrently, Context, FailedPrecondition, InvalidArgument, NotFound
 from .registry_auth import redacted, sealed_credentials
 from .secrets import reference_guards, references_moved, resolve_payload_references
 

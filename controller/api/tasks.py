@@ -8,7 +8,8 @@ from swarm.api.refs import resolve_ref
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from .base import Context, Handlers, with_prefix
+from .base import Handlers, with_prefix
+from .errors import Context
 
 
 class Tasks(Handlers):
