@@ -1,0 +1,50 @@
+"""swarmctl's start-up: the module graph of the CLI app, as every command
+loads it, leaves out what only some commands use.
+
+pyroute2 (about 95 ms and 11 MiB at import) is for `swarmctl dev` only,
+cryptography (about 45 ms) for nothing swarmctl does to talk to a controller
+(certfiles checks the admin key with the ssl module), PyYAML for `-o yaml` and
+stack files. Checked in a fresh interpreter: the test process itself has
+imported everything."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("pyroute2", "cryptography", "yaml", "swarm.api.pki", "swarm.cli.dev.cluster",
+         "swarm.cli.dev.hosts", "swarm.cli.compose.convert")
+
+PROBE = """
+import json, sys
+from typer.main import get_command
+from swarm.cli.main import app
+get_command(app)  # every command's options built, as at each start-up
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def loaded_modules() -> set[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                            env=dict(os.environ), check=True, timeout=60)
+    return set(json.loads(result.stdout))
+
+
+def test_the_cli_app_does_not_import_what_only_some_commands_use() -> None:
+    loaded = loaded_modules()
+    assert "swarm.cli.main" in loaded  # the probe did import the app
+    assert "swarm.cli.dev.commands" in loaded  # `dev`'s options are still there
+    assert sorted(name for name in loaded
+                  if any(name == heavy or name.startswith(heavy + ".") for heavy in HEAVY)) == []
+
+
+@pytest.mark.parametrize("name", ["load_stack", "Stack", "NAMESPACE_LABEL", "iter_messages"])
+def test_compose_names_load_on_first_use(name: str) -> None:
+    from swarm.cli import compose
+
+    assert getattr(compose, name) is not None
+    assert name in compose.__all__
