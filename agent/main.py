@@ -104,7 +104,7 @@ from swarm.api.telemetry import metrics_addr_error
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host.netns import NETNS_DIR, remove_netns_blocking
 
-from . import apparmor
+from . import apparmor, timing
 from .conditions import ConditionSettings, conditions_of
 from .discovery import Discovery
 from .identity import IdentityKeeper, JoinError, join_address, join_in_child
@@ -153,6 +153,7 @@ class AgentConfig:
     role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER
     metrics_addr: str = ""  # --metrics-addr: Prometheus metrics and health (agent/metrics.py)
     log_format: str = "text"
+    log_task_timing: bool = False  # --log-task-timing (agent/timing.py)
 
     @property
     def certs_dir(self) -> Path:
@@ -314,6 +315,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     parser.add_argument("--log-format", default="text", choices=logformat.LOG_FORMATS,
                         help="text (default) or json: one JSON object per line")
+    parser.add_argument("--log-task-timing", action="store_true",
+                        help="log how long each step of each task's start took, from its "
+                             "assignment to RUNNING (logger swarm.agent.timing)")
     parser.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
                         help="serve Prometheus metrics on /metrics, and /healthz and /readyz, "
                              "on this address (default: off)")
@@ -363,7 +367,8 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         dns_forwarders=forwarders,
         conditions=ConditionSettings(min_free_bytes=args.disk_min_free),
         role=registration_role(args.role, args.controller, args.advertise_addr),
-        metrics_addr=args.metrics_addr, log_format=args.log_format)
+        metrics_addr=args.metrics_addr, log_format=args.log_format,
+        log_task_timing=args.log_task_timing)
 
 
 def _memory_bytes() -> int:
@@ -625,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     config = parse_args(argv)
     logformat.configure(config.log_level, config.log_format)
+    if config.log_task_timing:
+        logging.getLogger(timing.log.name).setLevel(logging.DEBUG)
     if os.geteuid() != 0:
         sys.exit("swarm-agent: error: must run as root (runc, overlayfs, cgroups, namespaces)")
     limit_malloc_arenas()

@@ -79,7 +79,11 @@ class Settling(Protocol):
 class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
-    status_flush_interval: float = 0.1  # reports are batched at least this often
+    # A report waits this long for others to share its RPC (the controller
+    # coalesces its writes over the same 20 ms); reports made while an RPC is
+    # in flight go in the next one at once. Was 0.1: up to 80 ms more between
+    # a container's start and the controller knowing it runs.
+    status_flush_interval: float = 0.02
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).

@@ -53,6 +53,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.host import mounts
 from swarm.host.netns import create_netns, netns_path, remove_netns
 
+from .. import timing
 from ..logfile import keep_rotated, log_files
 from . import rootfs as fs
 from . import seccomp
@@ -384,6 +385,7 @@ class RuncRuntime:
             if process.returncode != 0:
                 raise ContainerError(f"conmon failed ({process.returncode}): "
                                      f"{err.decode(errors='replace').strip()}")
+            timing.mark("conmon")
             # The monitor writes the container pid (or runc's error) once created.
             line = await asyncio.wait_for(reader.readline(), settings.command_timeout)
         finally:
@@ -420,6 +422,7 @@ class RuncRuntime:
                  for index, mount in enumerate(container.mounts)
                  if mount.type == pb.Mount.BIND}
         devices = tuple(host_device(mapping) for mapping in container.devices)
+        timing.mark("plan")
         async with self._lock(task_id):
             self._removed_exits.pop(task_id, None)
             if self.bundle_dir(task_id).exists() or self._exit_file(task_id).exists():
@@ -464,6 +467,7 @@ class RuncRuntime:
             (bundle / "empty").mkdir()
             layers = (bundle / "empty",)
         fs.mount_overlay(layers, bundle / "upper", bundle / "work", root)
+        timing.mark("mount")
 
         group_file = fs.read_in_root(root, "/etc/group")
         user = resolve_groups(resolve_user(process.user, fs.read_in_root(root, "/etc/passwd"),
@@ -491,6 +495,7 @@ class RuncRuntime:
 
         if payload_files:
             mounts += await asyncio.to_thread(self._write_payloads, bundle, payload_files)
+        timing.mark("rootfs-lookups")
 
         try:
             host_resolv = self.settings.host_resolv_conf.read_text()
@@ -507,7 +512,9 @@ class RuncRuntime:
 
         # Host networking: no namespace of its own (none to remove later either:
         # remove_netns of a name never made is a no-op).
+        timing.mark("bundle-files")
         netns = None if task.spec.host_network else await create_netns(self.netns_name(task_id))
+        timing.mark("netns")
         plan = ContainerPlan(
             hostname=hostname, process=process, user=user, rootfs=str(root),
             read_only=container.read_only, mounts=tuple(mounts), files=files,
@@ -520,11 +527,15 @@ class RuncRuntime:
             annotations=(("swarm.task.id", task_id), ("swarm.service.id", task.service_id),
                          *self.settings.extra_annotations),
             security=security)
-        _write_private(bundle / "config.json", json.dumps(build_config(plan), indent=1))
+        # Compact: json's indenting encoder is the pure-Python one, five times
+        # slower (0.26 vs 0.05 ms with the default seccomp profile), per start.
+        _write_private(bundle / "config.json", json.dumps(build_config(plan)))
         _write_private(bundle / "log-limits.json", json.dumps(
             {"max_size": log_limits.max_size, "max_file": log_limits.max_file}))
+        timing.mark("config")
         pid = await self._spawn_monitor(task_id, bundle, log_limits.max_size,
                                         terminal=container.tty)
+        timing.mark("conmon-create")
         log.info("task %s: container created (pid %d)", task_id, pid)
 
     # ------------------------------------------------------------ secrets and configs
