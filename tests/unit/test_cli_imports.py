@@ -48,3 +48,26 @@ def test_compose_names_load_on_first_use(name: str) -> None:
 
     assert getattr(compose, name) is not None
     assert name in compose.__all__
+
+
+VERSION_PROBE = """
+import sys
+sys.argv = ["swarmctl", "--version"]
+from swarm.cli.main import main
+main()
+print(sorted(m for m in ("typer", "grpc", "google.protobuf", "swarm.cli.app") if m in sys.modules))
+"""
+
+
+def test_version_alone_builds_no_command() -> None:
+    """`swarmctl --version` prints what the app's eager --version prints,
+    without importing the app (Typer, gRPC, protobuf)."""
+    from typer.testing import CliRunner
+
+    from swarm.cli.main import app
+
+    fast = subprocess.run([sys.executable, "-c", VERSION_PROBE], capture_output=True, text=True,
+                          env=dict(os.environ), check=True, timeout=60).stdout.splitlines()
+    through_app = CliRunner().invoke(app, ["--request-timeout", "5", "--version"])
+    assert through_app.exit_code == 0
+    assert fast == [through_app.output.strip(), "[]"]
