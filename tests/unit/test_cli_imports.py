@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def test_compose_names_load_on_first_use(name: str) -> None:
 
 VERSION_PROBE = """
 import sys
+from pathlib import Path
 sys.argv = ["swarmctl", "--version"]
 from swarm.cli.main import main
 main()
@@ -71,3 +73,22 @@ def test_version_alone_builds_no_command() -> None:
     through_app = CliRunner().invoke(app, ["--request-timeout", "5", "--version"])
     assert through_app.exit_code == 0
     assert fast == [through_app.output.strip(), "[]"]
+
+
+def test_admin_identity_checks_the_key_without_cryptography(tmp_path: Path) -> None:
+    """--tls-dir is read with certfiles (the ssl module): a key that does not
+    match the certificate is still one line naming the files."""
+    from swarm.api import pki
+    from swarm.api.certfiles import Role
+    from swarm.cli.client import admin_identity
+    from swarm.cli.errors import CliError
+
+    ca = pki.create_root_ca("c1")
+    pki.issue_admin_identity(ca, cluster_id="c1").save(tmp_path)
+    identity = admin_identity(str(tmp_path))
+    assert identity.role is Role.ADMIN
+    other = pki.issue_identity(ca, node_id="n2", role=Role.WORKER, cluster_id="c1")
+    (tmp_path / "node.key").write_bytes(other.key_pem)
+    with pytest.raises(CliError, match=r"^cannot read the admin certificate: .*node\.key does "
+                                       r"not match node\.crt"):
+        admin_identity(str(tmp_path))
