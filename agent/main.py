@@ -627,9 +627,9 @@ def reap_children_with_pidfds() -> bool:
     """asyncio's subprocesses (conmon, runc) reaped through a pidfd on the
     event loop, as Python 3.12 does by default, instead of 3.11's thread per
     child blocked in waitpid: 50 concurrent `runc --version` through
-    asyncio cost the calling process 22-25 ms of CPU this way against
-    33-37 ms (docs/PERFORMANCE.md), and a burst of 50 task starts spawns
-    about 100 processes. False where there is nothing to change."""
+    asyncio cost the calling process 24 ms of CPU this way against 41 ms
+    (bench/spawn.py), and a burst of 50 task starts spawns about 100
+    processes. False where there is nothing to change."""
     if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
         return False
     asyncio.get_event_loop_policy().set_child_watcher(asyncio.PidfdChildWatcher())
