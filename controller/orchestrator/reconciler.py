@@ -59,6 +59,8 @@ from .plan import OrchestratorSettings, ServicePlan, plan_service
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW = 0.005  # let a burst of changes collapse into one pass
+# A service with at least this many tasks is planned in a worker thread.
+THREAD_PLAN_TASKS = 2000
 
 
 _ROLLING = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
@@ -123,9 +125,14 @@ class Orchestrator:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
+        self.pass_seconds = 0.0  # wall time spent in passes (bench.control_plane reports it)
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
         # Failing services: service -> (failures in a row, not before (monotonic)).
         self._failing: dict[str, tuple[int, float]] = {}
+        # The task writes of the pass being committed (task ID -> the task as
+        # written, None for a deletion): their own changes coming back through
+        # the cache are echoes, not news (see is_echo).
+        self._writing: dict[str, pb.Task | None] = {}
         self._outage_delay = 0.0
 
     def settings(self) -> OrchestratorSettings:
@@ -150,7 +157,9 @@ class Orchestrator:
         match change:
             case ServiceChange(object_id=service_id):
                 self.mark(service_id)
-            case TaskChange(old=old, new=new):
+            case TaskChange(object_id=task_id, old=old, new=new):
+                if task_id in self._writing and is_echo(self._writing.pop(task_id), new):
+                    return
                 task = new or old
                 assert task is not None, "a change has an old or a new object"
                 placed_on = cache.nodes.get(new.node_id) if new is not None else None
@@ -211,8 +220,10 @@ class Orchestrator:
                 self._wake.clear()
                 self._gate_tick()
                 dirty, self._dirty = self._dirty, set()
+                started = time.perf_counter()
                 with timed(self.telemetry, "swarm_reconcile_seconds", "orchestrator"):
                     await self._pass(dirty, guard)
+                self.pass_seconds += time.perf_counter() - started
         finally:
             unsubscribe()
             if self._recheck is not None:
@@ -229,6 +240,7 @@ class Orchestrator:
         broken: dict[str, str] = {}  # service -> why it failed this pass
         held = self.gate.held
         nodes: Mapping[str, pb.Node] = HeldView(cache.nodes, held) if held else cache.nodes
+        frozen: Mapping[str, pb.Node] | None = None  # the nodes as a planning thread sees them
         due = self._due(service_ids)
         for service_id in due:
             service = cache.services.get(service_id)
@@ -239,22 +251,39 @@ class Orchestrator:
                                       f"the limit of {MAX_SERVICE_SPEC_BYTES}: no task is made "
                                       "or removed until it is updated below the limit")
                 continue
+            tasks = list(cache.tasks_by_service.get(service_id, {}).values())
             try:
-                plan = plan_service(service,
-                                    list(cache.tasks_by_service.get(service_id, {}).values()),
-                                    nodes, now, settings, service_id=service_id)
+                if len(tasks) < THREAD_PLAN_TASKS:
+                    plan = plan_service(service, tasks, nodes, now, settings,
+                                        service_id=service_id)
+                else:
+                    # Planning tens of thousands of tasks takes seconds of CPU:
+                    # done in a thread, so the loop keeps serving heartbeats and
+                    # sessions meanwhile (the GIL is handed over every few ms).
+                    # The thread sees a snapshot (the cache only ever replaces
+                    # its objects, never changes them); what changes meanwhile
+                    # marks the service for the next pass, and the writes
+                    # compare versions as always.
+                    if frozen is None:
+                        frozen = HeldView(dict(cache.nodes), set(held)) if held \
+                            else dict(cache.nodes)
+                    plan = await asyncio.to_thread(plan_service, service, tasks, frozen, now,
+                                                   settings, service_id=service_id)
             except Exception as error:  # a bug must cost one service, not all
                 log.exception("orchestrator: cannot plan service %s", service_id)
                 broken[service_id] = f"cannot plan: {error}"
                 continue
             if plan.requeue_after is not None:
                 asyncio.get_running_loop().call_later(plan.requeue_after, self.mark, service_id)
-            for group in _plan_ops(plan, cache.tasks, self._store.keys):
+            # Deletions compare the version the plan saw, not a newer one.
+            planned = {task.id: task for task in tasks} if plan.delete else {}
+            for group in _plan_ops(plan, planned, self._store.keys):
                 owner.append(service_id)
                 groups.append(group)
         rejected: dict[int, StoreRejected] = {}
         failed: list[int] = []
         if groups:
+            self._writing = _task_writes(groups)
             try:
                 failed = await self._store.commit_groups(groups, guard=guard, rejected=rejected)
             except StoreUnavailable as error:
@@ -265,6 +294,8 @@ class Orchestrator:
                 await asyncio.sleep(self._outage_delay)
                 self._wake.set()
                 return
+            finally:
+                self._writing = {}
         self._outage_delay = 0.0
         for index, refusal in rejected.items():
             broken.setdefault(owner[index], f"etcd refused its task writes: {refusal}")
@@ -326,6 +357,33 @@ class Orchestrator:
         except (Conflict, StoreError) as error:
             log.warning("orchestrator: cannot record the state of service %s: %s",
                         service.id, error)
+
+
+def is_echo(written: pb.Task | None, new: pb.Task | None) -> bool:
+    """Whether a task change is the orchestrator's own write coming back (the
+    cache applies a committed transaction at once): the plan that made it
+    already counted on it, and planning again on a plan's result gives an
+    empty plan (plan.py), so it need not mark the service. Re-planning a
+    20,000-task service once more after every scale-up cost seconds of CPU.
+    Anything else (another writer's version read back after a conflict) is
+    news."""
+    if written is None:
+        return new is None
+    return new is not None and new.meta.updated_at == written.meta.updated_at \
+        and new.desired_state == written.desired_state and new.node_id == written.node_id \
+        and new.status == written.status
+
+
+def _task_writes(groups: list[list[Op]]) -> dict[str, pb.Task | None]:
+    """The tasks a pass writes: ID -> the task as written (None: deleted)."""
+    writes: dict[str, pb.Task | None] = {}
+    for group in groups:
+        for op in group:
+            if isinstance(op, Create | Update) and isinstance(op.obj, pb.Task):
+                writes[op.obj.id] = op.obj
+            elif isinstance(op, Delete) and op.kind == "tasks":
+                writes[op.object_id] = None
+    return writes
 
 
 def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task], keys: Keys) -> list[list[Op]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from swarm.api.telemetry import NO_TELEMETRY, Telemetry, timed
 from swarm.api.v1 import objects_pb2 as pb
@@ -41,6 +42,7 @@ class SchedulerLoop:
         self._work = WorkSet(_BATCH_WINDOW)
         self._infos = NodeInfos()
         self.passes = 0
+        self.pass_seconds = 0.0  # wall time spent in passes (bench.control_plane reports it)
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
 
     def _on_change(self, change: Change) -> None:
@@ -67,8 +69,10 @@ class SchedulerLoop:
         try:
             while True:
                 batch = await self._work.next_batch()
+                started = time.perf_counter()
                 with timed(self.telemetry, "swarm_reconcile_seconds", "scheduler"):
                     await self._pass(batch, guard)
+                self.pass_seconds += time.perf_counter() - started
         finally:
             unsubscribe()
 

@@ -1,0 +1,57 @@
+"""reconciler.is_echo / _task_writes: the orchestrator's own writes coming
+back through the cache do not make it plan the service again."""
+
+from __future__ import annotations
+
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.orchestrator.reconciler import _task_writes, is_echo
+from swarm.controller.store import Create, Delete, Op, Update
+
+
+def written(task_id: str = "t1", state: pb.TaskState.ValueType = pb.NEW,
+            stamp: int = 100) -> pb.Task:
+    task = pb.Task(id=task_id, service_id="s1", desired_state=pb.RUNNING)
+    task.status.state = state
+    task.meta.updated_at.seconds = stamp  # what the store stamps before writing
+    return task
+
+
+def as_read_back(task: pb.Task, version: int = 7) -> pb.Task:
+    copy = pb.Task()
+    copy.CopyFrom(task)
+    copy.meta.version = version
+    return copy
+
+
+def test_the_write_read_back_is_an_echo() -> None:
+    task = written()
+    assert is_echo(task, as_read_back(task))
+
+
+def test_a_deletion_read_back_is_an_echo() -> None:
+    assert is_echo(None, None)
+
+
+def test_another_writers_version_is_news() -> None:
+    task = written()
+    theirs = as_read_back(task)
+    theirs.meta.updated_at.seconds = 101
+    theirs.status.state = pb.RUNNING
+    assert not is_echo(task, theirs)
+    # The same stamp but another state (cannot come from this write) is news too.
+    odd = as_read_back(task)
+    odd.status.state = pb.FAILED
+    assert not is_echo(task, odd)
+
+
+def test_a_task_deleted_instead_of_updated_is_news_and_vice_versa() -> None:
+    assert not is_echo(written(), None)
+    assert not is_echo(None, written())
+
+
+def test_task_writes_names_each_task_written() -> None:
+    created, updated = written("a"), written("b", pb.RUNNING)
+    groups: list[list[Op]] = [[Create(created)], [Update(updated)],
+                              [Delete("tasks", "c", 3)], [Delete("services", "s9", 2)],
+                              [Update(pb.Service(id="s1"))]]
+    assert _task_writes(groups) == {"a": created, "b": updated, "c": None}
