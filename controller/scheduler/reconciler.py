@@ -26,6 +26,8 @@ from .scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW = 0.01
+# Tasks decided and written per step of a pass (see _pass).
+SCHEDULE_CHUNK = 4000
 
 
 def _waiting(task: pb.Task | None) -> bool:
@@ -77,6 +79,16 @@ class SchedulerLoop:
             unsubscribe()
 
     async def _pass(self, task_ids: set[str], guard: Guard) -> None:
+        # Decided and written a chunk at a time: scheduling 100,000 tasks at
+        # once held the event loop for seconds (no heartbeat, no session served
+        # meanwhile), and the first nodes waited for the last decision before
+        # hearing of any. NodeInfos carry the placements from chunk to chunk
+        # (and take the cache's changes in between), so the spread is the same.
+        ordered = sorted(task_ids)
+        for start in range(0, len(ordered), SCHEDULE_CHUNK):
+            await self._pass_chunk(ordered[start:start + SCHEDULE_CHUNK], guard)
+
+    async def _pass_chunk(self, task_ids: list[str], guard: Guard) -> None:
         cache = self._store.cache
         tasks = [cache.tasks[i] for i in task_ids if _waiting(cache.tasks.get(i))]
         if not tasks:

@@ -1,6 +1,8 @@
-"""The orchestrator plans big services in a worker thread (reconciler.
-THREAD_PLAN_TASKS): the same end-to-end flows as test_control_plane, with
-every service planned that way."""
+"""How big passes run: the orchestrator plans big services in a worker thread
+(orchestrator.reconciler.THREAD_PLAN_TASKS) and the scheduler decides and
+writes a pass a chunk at a time (scheduler.reconciler.SCHEDULE_CHUNK). The
+same end-to-end flows as test_control_plane, with every service planned in a
+thread and every pass cut into chunks of two tasks."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ import pytest
 
 from swarm.agent.simulated import SimulatedCluster
 from swarm.controller.orchestrator import reconciler
+from swarm.controller.scheduler import reconciler as scheduling
 from swarm.controller.server import Controller
 from tests.integration import test_control_plane as flows
 
 
 @pytest.fixture(autouse=True)
-def every_plan_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+def every_pass_big(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(reconciler, "THREAD_PLAN_TASKS", 0)
+    monkeypatch.setattr(scheduling, "SCHEDULE_CHUNK", 2)
 
 
 async def test_scale_up_down_and_remove_planned_in_a_thread(
