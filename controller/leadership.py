@@ -63,6 +63,9 @@ class LeadershipSettings:
     watchdog: float = 30.0
 
 
+_RETRY_PAUSE = 0.05  # seconds between a failed lease refresh and the next attempt
+
+
 def lease_verdict(now: float, fed_at: float, refreshed_at: float, ttl: float,
                   watchdog: float, refresh_failed: bool) -> str | None:
     """Why a lease keeper must stop keeping the lease, or None to go on.
@@ -115,6 +118,9 @@ class LeaseKeeper:
     def _run(self) -> None:
         client = E.BlockingLeaseClient(self._settings)
         try:
+            # Connected before the first refresh is due: on a loaded machine a
+            # first call that must also connect missed its deadline.
+            client.wait_ready(self._ttl / 3)
             reason = self._keep(client)
         except Exception as error:  # a bug here must cost the lease, not keep it silently
             log.exception("lease keeper failed")
@@ -125,28 +131,35 @@ class LeaseKeeper:
             self._on_lost(reason)
 
     def _keep(self, client: E.BlockingLeaseClient) -> str | None:
+        """Refresh a third of the TTL after the last refresh was sent; after a
+        failure, again at once, each attempt given what is left until two
+        thirds of the TTL (then the lease may be about to run out: stop)."""
         interval = self._ttl / 3
-        refreshed_at = self._clock()
+        refreshed_at = self._clock()  # the lease was granted (or refreshed) just now
         failed = False
-        while not self._stopping.wait(interval):
-            verdict = lease_verdict(self._clock(), self._fed_at, refreshed_at, self._ttl,
+        while True:
+            pause = _RETRY_PAUSE if failed else refreshed_at + interval - self._clock()
+            if self._stopping.wait(max(0.0, pause)):
+                return None
+            now = self._clock()
+            verdict = lease_verdict(now, self._fed_at, refreshed_at, self._ttl,
                                     self._watchdog, failed)
             if verdict is not None:
                 if not failed:  # hand over at once rather than after the TTL
                     with contextlib.suppress(StoreUnavailable):
                         client.revoke(self._lease_id, interval)
                 return verdict
+            budget = self._ttl * 2 / 3 - (now - refreshed_at)
             try:
-                remaining = client.keepalive_once(self._lease_id, interval)
+                remaining = client.keepalive_once(self._lease_id, max(budget, _RETRY_PAUSE))
             except StoreUnavailable as error:
                 log.warning("cannot refresh the leader lease: %s", error)
                 failed = True
                 continue
             if remaining <= 0:
                 return "lease expired"
-            refreshed_at = self._clock()
+            refreshed_at = now  # when it was sent: the lease runs from no earlier
             failed = False
-        return None
 
 
 class Leadership:

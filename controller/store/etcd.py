@@ -400,6 +400,14 @@ class BlockingLeaseClient:
             if credentials is not None else grpc.insecure_channel(target, options=options)
         self._lease: Any = rpc.LeaseStub(self._channel)
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Connect now (True), rather than in the first call; False if not within timeout."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
     def keepalive_once(self, lease_id: int, timeout: float) -> int:
         """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
         call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]),
