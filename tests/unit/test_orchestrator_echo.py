@@ -1,5 +1,6 @@
-"""reconciler.is_echo / _task_writes: the orchestrator's own writes coming
-back through the cache do not make it plan the service again."""
+"""reconciler.is_echo, _task_writes and coalesce_window: the orchestrator
+does not plan again on the echo of its own writes, and gathers changes for
+as long as its last pass took."""
 
 from __future__ import annotations
 
@@ -55,3 +56,13 @@ def test_task_writes_names_each_task_written() -> None:
                               [Delete("tasks", "c", 3)], [Delete("services", "s9", 2)],
                               [Update(pb.Service(id="s1"))]]
     assert _task_writes(groups) == {"a": created, "b": updated, "c": None}
+
+
+def test_passes_coalesce_as_long_as_the_last_one_took() -> None:
+    from swarm.controller.orchestrator.reconciler import _BATCH_WINDOW, coalesce_window
+
+    assert coalesce_window(0.0) == _BATCH_WINDOW  # small passes: the usual batch window
+    assert coalesce_window(0.001) == _BATCH_WINDOW
+    assert coalesce_window(2.5) == 2.5  # a 2.5 s pass: changes gather 2.5 s
+    assert coalesce_window(60.0) == 5.0  # never longer than the limit
+    assert coalesce_window(60.0, limit=1.0) == 1.0
