@@ -396,6 +396,12 @@ class BlockingLeaseClient:
 
     def __init__(self, settings: EtcdSettings) -> None:
         target, options, credentials = _channel_args(settings)
+        # No HTTP/2 keepalive pings: every call here has a deadline shorter than
+        # a ping's timeout anyway, and on a saturated machine (5,000 agents
+        # joining on two cores) an unanswered ping tore the connection down in
+        # the middle of a refresh ("Stream removed (ping timeout)").
+        options = [(name, value) for name, value in options
+                   if not name.startswith(("grpc.keepalive", "grpc.http2."))]
         self._channel = grpc.secure_channel(target, credentials, options=options) \
             if credentials is not None else grpc.insecure_channel(target, options=options)
         self._lease: Any = rpc.LeaseStub(self._channel)
