@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,3 +47,17 @@ def test_the_watchdog_always_wins(now: float, fed_ago: float, refreshed_ago: flo
         assert verdict == "lease not refreshed in time"
     else:
         assert verdict is None
+
+
+def test_the_watchdog_flag_reaches_the_settings_and_must_exceed_the_ttl(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.controller.main import parse_args
+
+    config = parse_args(["--insecure", "--leader-watchdog", "12", "--lease-ttl", "4"])
+    assert config.leadership.watchdog == 12.0
+    assert config.leadership.lease_ttl == 4
+    assert parse_args(["--insecure"]).leadership.watchdog == 30.0
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--insecure", "--leader-watchdog", "5", "--lease-ttl", "5"])
+    assert exited.value.code == 2
+    assert "--leader-watchdog: must be longer than --lease-ttl" in capsys.readouterr().err
