@@ -1,6 +1,6 @@
 """reconciler.is_echo, _task_writes and coalesce_window: the orchestrator
-does not plan again on the echo of its own writes, and gathers changes for
-as long as its last pass took."""
+does not plan again on the echo of its own writes, gathers changes for
+as long as its last pass took, and leaves nodes going DOWN to the gate."""
 
 from __future__ import annotations
 
@@ -66,3 +66,31 @@ def test_passes_coalesce_as_long_as_the_last_one_took() -> None:
     assert coalesce_window(2.5) == 2.5  # a 2.5 s pass: changes gather 2.5 s
     assert coalesce_window(60.0) == 5.0  # never longer than the limit
     assert coalesce_window(60.0, limit=1.0) == 1.0
+
+
+def _node(state: pb.NodeStatus.State.ValueType, hostname: str = "h") -> pb.Node:
+    node = pb.Node(id="n1")
+    node.status.state = state
+    node.description.hostname = hostname
+    return node
+
+
+def test_a_node_going_down_is_left_to_the_disruption_gate() -> None:
+    from swarm.controller.orchestrator.reconciler import node_change_replans
+
+    ready, down = _node(pb.NodeStatus.READY), _node(pb.NodeStatus.DOWN)
+    assert not node_change_replans(ready, down, was_released=False)
+    # Back from DOWN: only if the gate had released it (its tasks were replaced).
+    assert not node_change_replans(down, ready, was_released=False)
+    assert node_change_replans(down, ready, was_released=True)
+    # Anything else that matters still does.
+    assert node_change_replans(None, ready, was_released=False)
+    assert node_change_replans(ready, None, was_released=False)
+    assert node_change_replans(down, None, was_released=False)
+    assert node_change_replans(ready, _node(pb.NodeStatus.DOWN, hostname="renamed"),
+                               was_released=False)
+    drained = _node(pb.NodeStatus.READY)
+    drained.spec.availability = pb.NodeSpec.DRAIN
+    assert node_change_replans(ready, drained, was_released=False)
+    # And what never mattered still does not.
+    assert not node_change_replans(ready, _node(pb.NodeStatus.READY), was_released=True)
