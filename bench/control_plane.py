@@ -61,6 +61,25 @@ def _agent_groups(nodes: int, processes: int) -> list[int]:
     return [nodes // processes + (i < nodes % processes) for i in range(processes)]
 
 
+async def _watch_loop(controller: Controller, done: asyncio.Event,
+                      tick: float = 0.05) -> tuple[float, int]:
+    """Until done: the longest the event loop ran late (a sleep of `tick` that
+    took longer), and how many times the controller stopped leading."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    losses = 0
+    leadership = controller.leadership
+    leading = leadership is not None and leadership.is_leader
+    while not done.is_set():
+        before = loop.time()
+        await asyncio.sleep(tick)
+        worst = max(worst, loop.time() - before - tick)
+        now_leading = leadership is not None and leadership.is_leader
+        losses += leading and not now_leading
+        leading = now_leading
+    return worst, losses
+
+
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
               insecure: bool = False, agent_procs: int = 0,
               timeout: float = 600.0) -> dict[str, object]:
@@ -87,10 +106,13 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
             cache = controller.store.cache
             joining = time.monotonic()
             deadline = joining + 120 + nodes / 20
+            # Counting thousands of nodes ten times a second showed up in the
+            # controller's profile (this is its process): look less often then.
+            poll = 0.1 if nodes <= 500 else 0.5
             while sum(n.status.state == pb.NodeStatus.READY for n in cache.nodes.values()) < nodes:
                 if time.monotonic() > deadline or any(a.poll() is not None for a in agents):
                     raise RuntimeError("simulated nodes did not all become ready")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(poll)
             ready_s = round(time.monotonic() - joining, 1)
 
             identity = None if insecure else controller.pki.admin_identity()
@@ -121,16 +143,22 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                         done.set()
 
                 cache.subscribe(on_change)
+                stalls = asyncio.create_task(_watch_loop(controller, done), name="loop-stalls")
                 cpu_before = time.process_time()
                 others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
                 started = time.perf_counter()
                 await control.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=tasks))
-                await asyncio.wait_for(done.wait(), timeout=timeout)
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=timeout)
+                except TimeoutError:
+                    stalls.cancel()
+                    raise
                 seconds = time.perf_counter() - started
                 controller_cpu = time.process_time() - cpu_before
                 agents_cpu = sum(_cpu_seconds(a.pid) - before
                                  for a, before in zip(agents, others_before[0], strict=True))
                 etcd_cpu = _cpu_seconds(etcd.process.pid) - others_before[1]
+                max_stall, leader_losses = await stalls
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
@@ -147,6 +175,12 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "etcd_cpu_s": round(etcd_cpu, 3),
                 "agent_processes": len(agents),
                 "nodes_marked_down": marked_down,
+                # The longest the controller's event loop did not run (a keep-alive,
+                # heartbeat or session waits that long), and how often it lost the lease.
+                "loop_max_stall_s": round(max_stall, 3),
+                "leader_losses": leader_losses,
+                "orchestrator_pass_s": round(controller.orchestrator.pass_seconds, 3),
+                "scheduler_pass_s": round(controller.scheduler.pass_seconds, 3),
                 "seconds_to_ready": ready_s,
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
