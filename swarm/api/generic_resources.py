@@ -107,6 +107,23 @@ def merge(texts: Iterable[str], *, reservation: bool = False) -> list[pb.Generic
     return resources
 
 
+def item_error(resource: pb.GenericResource) -> str:
+    """'' when one generic resource is well formed, else what is wrong with it."""
+    which = resource.WhichOneof("resource")
+    if which is None:
+        return "neither a count nor a unit name"
+    kind = kind_of(resource)
+    if error := kind_error(kind):
+        return error
+    if which == "discrete_resource_spec":
+        count = resource.discrete_resource_spec.value
+        if count < 1:
+            return f"{kind}: invalid count {count}: must be at least 1"
+    elif error := unit_error(resource.named_resource_spec.value):
+        return f"{kind}: {error}"
+    return ""
+
+
 def list_error(resources: Sequence[pb.GenericResource], *, reservation: bool = False) -> str:
     """'' when a list of generic resources is coherent, else what is wrong: a
     bad kind, unit name or count, a kind counted twice, a unit named twice,
@@ -115,16 +132,10 @@ def list_error(resources: Sequence[pb.GenericResource], *, reservation: bool = F
     counted: set[str] = set()
     names: dict[str, set[str]] = {}
     for resource in resources:
-        which = resource.WhichOneof("resource")
-        if which is None:
-            return "a generic resource with neither a count nor a unit name"
-        kind = kind_of(resource)
-        if error := kind_error(kind):
+        if error := item_error(resource):
             return error
-        if which == "discrete_resource_spec":
-            count = resource.discrete_resource_spec.value
-            if count < 1:
-                return f"{kind}: invalid count {count}: must be at least 1"
+        kind = kind_of(resource)
+        if resource.WhichOneof("resource") == "discrete_resource_spec":
             if kind in counted:
                 return f"{kind}: counted twice"
             if kind in names and not reservation:
@@ -132,8 +143,6 @@ def list_error(resources: Sequence[pb.GenericResource], *, reservation: bool = F
             counted.add(kind)
         else:
             unit = resource.named_resource_spec.value
-            if error := unit_error(unit):
-                return f"{kind}: {error}"
             if kind in counted and not reservation:
                 return f"{kind}: given both as a count and as named units"
             seen = names.setdefault(kind, set())
