@@ -34,8 +34,11 @@ _GPU_DEVICE = re.compile(r"nvidia(\d+)")
 # Opened by every CUDA process besides its GPUs' own nodes.
 CONTROL_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 
-# (kind, unit name, device paths on the host)
-DeviceBacking = tuple[str, str, tuple[str, ...]]
+# (path on the host, path in the container): a fake device directory's
+# nvidia0 still appears as /dev/nvidia0 in the container, where CUDA looks.
+DevicePath = tuple[str, str]
+# (kind, unit name, its device nodes)
+DeviceBacking = tuple[str, str, tuple[DevicePath, ...]]
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def plan(flags: Sequence[pb.GenericResource], entries: Sequence[tuple[str, int]]
     (already checked) and the device directory's (name, st_mode) entries."""
     gpus = nvidia_units(entries)
     char_devices = {name for name, mode in entries if stat.S_ISCHR(mode)}
-    controls = tuple(os.path.join(device_dir, name) for name in CONTROL_DEVICES
+    controls = tuple(_device(device_dir, name) for name in CONTROL_DEVICES
                      if name in char_devices)
     advertised = list(flags)
     if gpus and not any(gres.kind_of(r) == GPU_KIND for r in flags):
@@ -71,8 +74,12 @@ def plan(flags: Sequence[pb.GenericResource], entries: Sequence[tuple[str, int]]
         unit = resource.named_resource_spec.value
         if unit in gpu_set:
             devices.append((resource.named_resource_spec.kind, unit,
-                            (os.path.join(device_dir, unit), *controls)))
+                            (_device(device_dir, unit), *controls)))
     return NodeResources(advertised=tuple(advertised), devices=tuple(devices))
+
+
+def _device(device_dir: str, name: str) -> DevicePath:
+    return os.path.join(device_dir, name), f"/dev/{name}"
 
 
 def scan(device_dir: Path) -> list[tuple[str, int]]:
@@ -97,10 +104,10 @@ def discover(flags: Sequence[pb.GenericResource], device_dir: Path) -> NodeResou
 
 
 def device_paths(devices: Iterable[DeviceBacking],
-                 assigned: Iterable[pb.GenericResource]) -> list[str]:
-    """The host device nodes a task given `assigned` gets, each once, in order."""
+                 assigned: Iterable[pb.GenericResource]) -> list[DevicePath]:
+    """The device nodes a task given `assigned` gets, each once, in order."""
     by_unit = {(kind, unit): paths for kind, unit, paths in devices}
-    paths: list[str] = []
+    paths: list[DevicePath] = []
     for resource in assigned:
         if resource.WhichOneof("resource") != "named_resource_spec":
             continue

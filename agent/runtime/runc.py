@@ -431,9 +431,9 @@ class RuncRuntime:
                  if mount.type == pb.Mount.BIND}
         mappings = list(container.devices)
         given = {m.path_on_host for m in mappings}
-        mappings += [pb.DeviceMapping(path_on_host=path)
-                     for path in device_paths(self.settings.resource_devices, assigned)
-                     if path not in given]
+        mappings += [pb.DeviceMapping(path_on_host=host, path_in_container=target)
+                     for host, target in device_paths(self.settings.resource_devices, assigned)
+                     if host not in given]
         devices = tuple(host_device(mapping) for mapping in mappings)
         async with self._lock(task_id):
             self._removed_exits.pop(task_id, None)
