@@ -24,7 +24,7 @@ from swarm.api import generic_resources as gres
 from swarm.api.v1 import objects_pb2 as pb
 
 from .context import Context
-from .model import Node, quote
+from .model import Node
 from .schema import as_integer, as_list, as_mapping, as_string, as_strings, fail
 
 GPU_CAPABILITY = "gpu"
@@ -80,7 +80,8 @@ def devices(context: Context, node: Node, path: str) -> list[pb.GenericResource]
         capabilities = as_strings(entry["capabilities"], f"{where}.capabilities")
         if GPU_CAPABILITY not in capabilities:
             fail(entry["capabilities"], f"{where}.capabilities",
-                 f"only gpu devices can be reserved (got {quote(capabilities)})")
+                 "only gpu devices can be reserved (got "
+                 f"{', '.join(capabilities) or 'none'})")
         for ignored in ("driver", "options"):
             if ignored in entry:
                 context.warn(entry[ignored], f"{where}.{ignored}",
