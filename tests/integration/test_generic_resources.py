@@ -1,0 +1,122 @@
+"""Generic resources against a live control plane (real etcd, the real
+controller, simulated nodes speaking the real dispatcher API): services
+reserving a GPU land only on the node that advertises GPUs, each task gets its
+own unit (stored on the task), a task that fits nowhere waits with the reason
+("3 nodes lack gpu") and gets the unit freed when its holder goes; bad
+reservations are refused by name with etcd unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from swarm.api import generic_resources as gres
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli import client
+from swarm.cli.client import RpcFailure
+from tests.etcd_server import EtcdServer
+from tests.integration.live import BROKEN_IMAGE, LiveCluster
+
+pytestmark = pytest.mark.integration
+
+GPU_HOST = "sim-0001"
+
+
+@pytest.fixture
+def gpu_live(etcd_server: EtcdServer, etcd_prefix: str, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveCluster]:
+    """The `live` cluster, its second node advertising two GPUs."""
+    cluster = LiveCluster(etcd_server, etcd_prefix, reject_images={BROKEN_IMAGE},
+                          generic={1: gres.merge(["gpu=nvidia0,nvidia1"])})
+    cluster.controller.pki.admin_identity().save(tmp_path / "admin")
+    monkeypatch.setenv("SWARMCTL_TLS_DIR", str(tmp_path / "admin"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def gpu_spec(name: str, *reservations: str, replicas: int = 1) -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(name=name, replicated=pb.ReplicatedService(replicas=replicas))
+    spec.task.container.image = "busybox"
+    spec.task.resources.reservations.generic.extend(gres.merge(reservations, reservation=True))
+    return spec
+
+
+def units(task: pb.Task) -> list[str]:
+    return [r.named_resource_spec.value for r in task.assigned_generic_resources]
+
+
+def test_gpu_tasks_land_on_the_gpu_node_with_their_own_units(gpu_live: LiveCluster) -> None:
+    live = gpu_live
+    gpu_node = live.node_ids()[GPU_HOST]
+    with client.connect(live.addr) as ctl:
+        ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=gpu_spec("train", "gpu=1",
+                                                                                 replicas=2)))
+        live.eventually(lambda: len(live.running("train")) == 2, message="train running")
+        running = live.running("train")
+        assert {t.node_id for t in running} == {gpu_node}
+        assert sorted(u for t in running for u in units(t)) == ["nvidia0", "nvidia1"]
+
+        ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=gpu_spec("infer",
+                                                                                 "gpu=1")))
+
+        def waiting_reason() -> str:
+            tasks = live.tasks("infer")
+            return tasks[0].status.message if len(tasks) == 1 and \
+                tasks[0].status.state == pb.PENDING else ""
+
+        live.eventually(lambda: waiting_reason() == "no suitable node (3 nodes lack gpu)",
+                        message="infer waiting for a gpu")
+        # The holder goes: its unit goes to the waiting task, and to no one else.
+        ctl.call(ctl.stub.RemoveService, cpb.RemoveRequest(ref="train"))
+        live.eventually(lambda: len(live.running("infer")) == 1, timeout=20,
+                        message="infer running")
+        (task,) = live.running("infer")
+        assert task.node_id == gpu_node and len(units(task)) == 1
+
+
+def test_particular_units_and_counts_of_other_kinds(gpu_live: LiveCluster) -> None:
+    live = gpu_live
+    with client.connect(live.addr) as ctl:
+        ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(
+            spec=gpu_spec("pinned", "gpu=nvidia1")))
+        live.eventually(lambda: len(live.running("pinned")) == 1, message="pinned running")
+        assert units(live.running("pinned")[0]) == ["nvidia1"]
+        ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=gpu_spec("fpga",
+                                                                                 "fpga=1")))
+        live.eventually(lambda: [t.status.message for t in live.tasks("fpga")]
+                        == ["no suitable node (3 nodes lack fpga)"], message="fpga waiting")
+
+
+BAD_RESERVATIONS = [
+    ([gres.discrete("gpu", -1)],
+     "spec.task.resources.reservations.generic[0]: gpu: invalid count -1: must be at least 1"),
+    ([gres.discrete("g pu", 1)],
+     "spec.task.resources.reservations.generic[0]: invalid resource kind 'g pu'"),
+    ([gres.named("gpu", "a,b")],
+     "spec.task.resources.reservations.generic[0]: gpu: invalid unit name 'a,b'"),
+    ([gres.discrete("gpu", 1), gres.discrete("gpu", 1)],
+     "spec.task.resources.reservations.generic: gpu: counted twice"),
+    ([pb.GenericResource()],
+     "spec.task.resources.reservations.generic[0]: neither a count nor a unit name"),
+]
+
+
+def test_the_controller_refuses_bad_reservations_and_writes_nothing(
+        gpu_live: LiveCluster) -> None:
+    live = gpu_live
+    with client.connect(live.addr) as ctl:
+        for reservations, message in BAD_RESERVATIONS:
+            spec = gpu_spec("web")
+            spec.task.resources.reservations.generic.extend(reservations)
+            before = live.snapshot()
+            with pytest.raises(RpcFailure) as caught:
+                ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(spec=spec))
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert str(caught.value).startswith(message), str(caught.value)
+            assert live.snapshot() == before
