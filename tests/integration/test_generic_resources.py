@@ -77,7 +77,8 @@ def test_gpu_tasks_land_on_the_gpu_node_with_their_own_units(gpu_live: LiveClust
         live.eventually(lambda: len(live.running("infer")) == 1, timeout=20,
                         message="infer running")
         (task,) = live.running("infer")
-        assert task.node_id == gpu_node and len(units(task)) == 1
+        assert task.node_id == gpu_node
+        assert len(units(task)) == 1
 
 
 def test_particular_units_and_counts_of_other_kinds(gpu_live: LiveCluster) -> None:
