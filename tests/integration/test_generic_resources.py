@@ -19,7 +19,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli import client
 from swarm.cli.client import RpcFailure
 from tests.etcd_server import EtcdServer
-from tests.integration.live import BROKEN_IMAGE, LiveCluster
+from tests.integration.live import BROKEN_IMAGE, LiveCluster, assert_one_line_error, ok, swarmctl
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +121,54 @@ def test_the_controller_refuses_bad_reservations_and_writes_nothing(
             assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert str(caught.value).startswith(message), str(caught.value)
             assert live.snapshot() == before
+
+
+def test_swarmctl_reserves_and_changes_generic_resources(gpu_live: LiveCluster) -> None:
+    live = gpu_live
+    ok(swarmctl(live, "service", "create", "-d", "train", "--image", "busybox",
+                "--generic-resource", "gpu=1"))
+    live.eventually(lambda: len(live.running("train")) == 1, message="train running")
+    (task,) = live.running("train")
+    assert task.node_id == live.node_ids()[GPU_HOST]
+    assert units(task) == ["nvidia0"]
+    reserved = live.service("train").spec.task.resources.reservations
+    assert gres.text(reserved.generic) == "gpu=1"
+
+    ok(swarmctl(live, "service", "update", "-d", "train", "--generic-resource-add", "gpu=2",
+                "--generic-resource-add", "fpga=1"))
+    assert gres.text(live.service("train").spec.task.resources.reservations.generic) \
+        == "gpu=2 fpga=1"
+    ok(swarmctl(live, "service", "update", "-d", "train", "--generic-resource-rm", "fpga"))
+    assert gres.text(live.service("train").spec.task.resources.reservations.generic) == "gpu=2"
+    # Both GPUs for the one task now, on the only node that has them.
+    live.eventually(lambda: [sorted(units(t)) for t in live.running("train")]
+                    == [["nvidia0", "nvidia1"]], timeout=20, message="train with two GPUs")
+
+
+BAD_FLAGS = [
+    (("service", "create", "web", "--image", "busybox", "--generic-resource", "gpu=-1"),
+     "--generic-resource: invalid generic resource 'gpu=-1': the count must be at least 1"),
+    (("service", "create", "web", "--image", "busybox", "--generic-resource", "g pu=1"),
+     "--generic-resource: invalid resource kind 'g pu'"),
+    (("service", "create", "web", "--image", "busybox", "--generic-resource", "gpu"),
+     "--generic-resource: invalid generic resource 'gpu': expected KIND=COUNT"),
+    (("service", "create", "web", "--image", "busybox", "--generic-resource", "gpu=1",
+      "--generic-resource", "gpu=2"), "--generic-resource: gpu: counted twice"),
+    (("service", "update", "api", "--generic-resource-add", "gpu=0"),
+     "--generic-resource-add: invalid generic resource 'gpu=0': the count must be at least 1"),
+    (("service", "update", "api", "--generic-resource-rm", "g,pu"),
+     "--generic-resource-rm: invalid resource kind 'g,pu'"),
+]
+
+
+def test_bad_generic_resource_flags_are_one_line_exit_2_and_write_nothing(
+        gpu_live: LiveCluster) -> None:
+    live = gpu_live
+    ok(swarmctl(live, "service", "create", "-d", "api", "--image", "busybox"))
+    live.eventually(lambda: len(live.running("api")) == 1, message="api running")
+    for args, fragment in BAD_FLAGS:
+        before = live.snapshot()
+        result = swarmctl(live, *args)
+        line = assert_one_line_error(result, fragment, exit_code=2)
+        assert line.startswith(f"swarmctl: {fragment}"), line
+        assert live.snapshot() == before, f"{args} wrote to etcd"

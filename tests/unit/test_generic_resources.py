@@ -119,9 +119,10 @@ def test_agent_flags_and_device_dir(tmp_path: Path) -> None:
 def test_agent_refuses_a_bad_flag_in_one_line(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        parse_args(["--controller", "127.0.0.1:2377", "--state-dir", str(tmp_path),
+        parse_args(["--controller", "127.0.0.1:2377", "--state-dir", str(tmp_path / "state"),
                     "--advertise-addr", "127.0.0.1", "--generic-resource", "gpu=-1"])
     assert exited.value.code == 2
+    assert not (tmp_path / "state").exists()  # refused before anything was made
     err = capsys.readouterr().err
     assert err == ("swarm-agent: error: --generic-resource: invalid generic resource "
                    "'gpu=-1': the count must be at least 1\n")
