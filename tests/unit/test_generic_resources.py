@@ -310,3 +310,11 @@ def test_units_are_never_given_twice_nor_a_node_over_committed(
             assert info.held == rebuilt[node_id].held
             pool, fresh = info.pool(), rebuilt[node_id].pool()
             assert (+pool.used, pool.taken) == (+fresh.used, fresh.taken)
+
+
+def test_node_inspect_shows_what_the_node_offers() -> None:
+    from swarm.cli import render
+
+    text = render.node_details(gpu_node("n", "gpu=nvidia0,nvidia1", "fpga=2"))
+    (line,) = [line for line in text.splitlines() if "Generic:" in line]
+    assert line.split() == ["Generic:", "gpu=nvidia0,nvidia1", "fpga=2"]
