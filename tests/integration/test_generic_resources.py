@@ -7,6 +7,7 @@ reservations are refused by name with etcd unchanged."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,11 +16,20 @@ import pytest
 
 from swarm.api import generic_resources as gres
 from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli import client
 from swarm.cli.client import RpcFailure
+from swarm.controller.server import Controller
 from tests.etcd_server import EtcdServer
+from tests.integration.conftest import (
+    FAST_SESSION,
+    admin_channel,
+    controller_config,
+    sim_cluster,
+)
 from tests.integration.live import BROKEN_IMAGE, LiveCluster, assert_one_line_error, ok, swarmctl
+from tests.waiting import eventually, eventually_async
 
 pytestmark = pytest.mark.integration
 
@@ -172,3 +182,70 @@ def test_bad_generic_resource_flags_are_one_line_exit_2_and_write_nothing(
         line = assert_one_line_error(result, fragment, exit_code=2)
         assert line.startswith(f"swarmctl: {fragment}"), line
         assert live.snapshot() == before, f"{args} wrote to etcd"
+
+
+async def test_a_new_leader_gives_no_unit_twice(etcd_server: EtcdServer,
+                                                etcd_prefix: str) -> None:
+    """The units are stored on the tasks: a controller that takes over after
+    the first one stopped knows which are held from etcd alone."""
+    first = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+    await first.start()
+    second: Controller | None = None
+    nodes = sim_cluster(first, 2, settings=FAST_SESSION,
+                        generic={1: gres.merge(["gpu=nvidia0,nvidia1"])})
+
+    async def tasks_of(control: cgrpc.ControlAsyncStub, name: str) -> list[pb.Task]:
+        service = (await control.GetService(cpb.GetRequest(ref=name))).service
+        tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+        return [t for t in tasks if t.service_id == service.id]
+
+    try:
+        nodes.start()
+        await nodes.wait_connected(timeout=15)
+        async with admin_channel(first) as channel:
+            control = cgrpc.ControlStub(channel)
+            await control.CreateService(cpb.CreateServiceRequest(spec=gpu_spec("a", "gpu=1")))
+
+            async def a_running() -> bool:
+                return [t.status.state for t in await tasks_of(control, "a")] == [pb.RUNNING]
+
+            await eventually_async(a_running, timeout=10, message="a running")
+            (held,) = await tasks_of(control, "a")
+        second = Controller(controller_config(etcd_server.endpoint, etcd_prefix))
+        await second.start()
+        await eventually(lambda: all(len(n.session.controllers) == 2 for n in nodes.nodes),
+                         timeout=10, message="agents told of the second controller")
+        await first.stop()  # the second takes over, from what etcd holds
+        async with admin_channel(second) as channel:
+            control = cgrpc.ControlStub(channel)
+
+            async def create(name: str) -> None:
+                while True:  # until the second leads
+                    try:
+                        await control.CreateService(cpb.CreateServiceRequest(
+                            spec=gpu_spec(name, "gpu=1")))
+                        return
+                    except grpc.aio.AioRpcError as error:
+                        if error.code() != grpc.StatusCode.UNAVAILABLE:
+                            raise
+                        await asyncio.sleep(0.1)
+
+            await create("b")
+            await create("c")
+
+            async def settled() -> bool:
+                b, c = await tasks_of(control, "b"), await tasks_of(control, "c")
+                return len(b) == len(c) == 1 and {b[0].status.state, c[0].status.state} \
+                    == {pb.RUNNING, pb.PENDING} and any(
+                        t.status.message == "no suitable node (2 nodes lack gpu)"
+                        for t in (*b, *c))
+
+            await eventually_async(settled, timeout=15, message="one of b and c placed")
+            placed = [t for name in ("b", "c") for t in await tasks_of(control, name)
+                      if t.status.state == pb.RUNNING]
+            assert sorted([*units(held), *units(placed[0])]) == ["nvidia0", "nvidia1"]
+    finally:
+        await nodes.stop()
+        if second is not None:
+            await second.stop()
+        await first.stop()
