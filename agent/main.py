@@ -96,7 +96,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import swarm
-from swarm.api import logformat, sdnotify
+from swarm.api import generic_resources, logformat, sdnotify
 from swarm.api.certfiles import NodeCertificate
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.registryauth import AuthFileError, Credential, parse_auth_file
@@ -112,6 +112,7 @@ from .images import ImageGarbageCollector, ImageGcSettings, ImageStore, InUse
 from .logs import LogPublisher
 from .network import OverlayManager, OverlaySettings, lb
 from .network.dns import Forwarder, Upstream, upstreams_from_resolv_conf
+from .node_resources import NodeResources, discover
 from .published import SANDBOX, PublishedPorts, remove_kernel_state
 from .runtime import RuncRuntime, RuncSettings
 from .session import AgentSession, SessionSettings, insecure_channels
@@ -154,6 +155,9 @@ class AgentConfig:
     metrics_addr: str = ""  # --metrics-addr: Prometheus metrics and health (agent/metrics.py)
     log_format: str = "text"
     log_task_timing: bool = False  # --log-task-timing (agent/timing.py)
+    # --generic-resource flags and NVIDIA devices found under --device-dir
+    # (agent/node_resources.py): advertised, and the devices behind units.
+    resources: NodeResources = field(default_factory=NodeResources)
 
     @property
     def certs_dir(self) -> Path:
@@ -278,6 +282,14 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
                         help="role for placement (node.role) when the node first registers "
                              "(default: manager when a --controller is on loopback or on "
                              "--advertise-addr, else worker)")
+    parser.add_argument("--generic-resource", action="append", default=[],
+                        metavar="KIND=COUNT|KIND=UNIT[,UNIT...]",
+                        help="a resource this node offers to services that reserve it "
+                             "(repeatable): a count (gpu=2) or named units "
+                             "(gpu=GPU-UUID1,GPU-UUID2); default: gpu units for the "
+                             "NVIDIA devices found under --device-dir")
+    parser.add_argument("--device-dir", type=Path, default=Path("/dev"), metavar="DIR",
+                        help="where to look for NVIDIA devices (nvidiaN; default /dev)")
     parser.add_argument("--cgroup-parent", default="",
                         help="cgroup parent of the containers (default: derived from --state-dir)")
     parser.add_argument("--bind-root", action="append", type=Path, default=[], metavar="DIR",
@@ -324,6 +336,10 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
     args = parser.parse_args(argv)
     if args.metrics_addr and metrics_addr_error(args.metrics_addr):
         parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
+    try:
+        generic = generic_resources.merge(args.generic_resource)
+    except ValueError as error:
+        parser.error(f"--generic-resource: {error}")
     state_dir: Path = args.state_dir.absolute()
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -368,7 +384,9 @@ def parse_args(argv: Sequence[str] | None = None) -> AgentConfig:
         conditions=ConditionSettings(min_free_bytes=args.disk_min_free),
         role=registration_role(args.role, args.controller, args.advertise_addr),
         metrics_addr=args.metrics_addr, log_format=args.log_format,
-        log_task_timing=args.log_task_timing)
+        log_task_timing=args.log_task_timing,
+
+        resources=discover(generic, args.device_dir.absolute()))
 
 
 def _memory_bytes() -> int:
@@ -387,7 +405,8 @@ def describe(config: AgentConfig) -> pb.NodeDescription:
         hostname=config.hostname,
         addresses=[config.advertise_addr],
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000,
-                               memory_bytes=_memory_bytes()),
+                               memory_bytes=_memory_bytes(),
+                               generic=config.resources.advertised),
         engine_labels=config.labels,
         platform=pb.Platform(os=platform.system().lower(), architecture=platform.machine()),
         advertise_addr=config.advertise_addr,
@@ -403,7 +422,8 @@ def runc_settings(config: AgentConfig) -> RuncSettings:
         # gets its sockets under /run instead (stable: named for the cgroup parent).
         socket_dir = Path("/run/swarm-agent") / config.cgroup_parent
     return RuncSettings(state_dir=config.runtime_dir, cgroup_parent=config.cgroup_parent,
-                        socket_dir=socket_dir, allowed_bind_roots=config.bind_roots)
+                        socket_dir=socket_dir, allowed_bind_roots=config.bind_roots,
+                        resource_devices=config.resources.devices)
 
 
 def _read_node_id(path: Path) -> str:

@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarm.api import payloads, units
+from swarm.api import generic_resources, payloads, units
 from swarm.api.naming import slot_name
 from swarm.api.runopts import format_ulimit
 from swarm.api.v1 import objects_pb2 as pb
@@ -354,6 +354,8 @@ def _resources_lines(title: str, resources: pb.Resources, indent: int) -> list[L
         lines.append((indent + 1, "CPU", units.format_cpus(resources.nano_cpus)))
     if resources.memory_bytes:
         lines.append((indent + 1, "Memory", units.format_memory(resources.memory_bytes)))
+    if resources.generic:  # gpu=nvidia0,nvidia1 fpga=2
+        lines.append((indent + 1, "Generic", generic_resources.text(resources.generic)))
     return [(indent, title, None), *lines] if lines else []
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -48,13 +49,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from swarm.api import logopts
+from swarm.api import generic_resources, logopts
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.host import mounts
 from swarm.host.netns import create_netns, netns_path, remove_netns
 
 from .. import timing
 from ..logfile import keep_rotated, log_files
+from ..node_resources import DeviceBacking, device_paths
 from . import rootfs as fs
 from . import seccomp
 from .base import (
@@ -81,6 +83,7 @@ from .spec import (
     env_value,
     hostname_for,
     hosts_file,
+    merge_env,
     parse_signal,
     plan_device,
     plan_process,
@@ -128,6 +131,9 @@ class RuncSettings:
     cgroup_root: Path = Path("/sys/fs/cgroup")
     host_resolv_conf: Path = Path("/etc/resolv.conf")
     extra_annotations: tuple[tuple[str, str], ...] = ()
+    # Device-backed generic resource units (agent/node_resources.py): a task
+    # given one of these units gets its device nodes.
+    resource_devices: tuple[DeviceBacking, ...] = ()
 
     def __post_init__(self) -> None:
         parent = self.cgroup_parent.strip("/")
@@ -409,6 +415,10 @@ class RuncRuntime:
         container = task.spec.container
         hostname = hostname_for(task)
         process = plan_process(container, image.config, hostname)
+        assigned = task.assigned_generic_resources
+        if assigned:  # after the service's own env, as docker appends it
+            process = dataclasses.replace(
+                process, env=tuple(merge_env(process.env, generic_resources.env(assigned))))
         check_mounts(container.mounts)
         resources = plan_resources(task.spec.resources,
                                    pids_limit=container.pids_limit or self.settings.pids_limit,
@@ -421,7 +431,12 @@ class RuncRuntime:
         binds = {index: fs.check_bind_source(mount.source, self.settings.allowed_bind_roots)
                  for index, mount in enumerate(container.mounts)
                  if mount.type == pb.Mount.BIND}
-        devices = tuple(host_device(mapping) for mapping in container.devices)
+        mappings = list(container.devices)
+        given = {m.path_on_host for m in mappings}
+        mappings += [pb.DeviceMapping(path_on_host=host, path_in_container=target)
+                     for host, target in device_paths(self.settings.resource_devices, assigned)
+                     if host not in given]
+        devices = tuple(host_device(mapping) for mapping in mappings)
         timing.mark("plan")
         async with self._lock(task_id):
             self._removed_exits.pop(task_id, None)

@@ -46,6 +46,10 @@ def up(
     etcd_members: Annotated[int, typer.Option(
         "--etcd-members", help="Members of the etcd cluster (the i-th from 0 on port "
                                "2379+100*i).")] = 1,
+    agent_arg: Annotated[list[str] | None, typer.Option(
+        "--agent-arg", metavar="HOST:FLAG",
+        help="One more flag for one host's agent (repeatable), e.g. "
+             "h2:--generic-resource=gpu=2 (hosts are h1 to hN).")] = None,
 ) -> None:
     """Start etcd, controllers, a registry with the demo image and N agents, each on
     a simulated host (a network namespace on a shared underlay), and make plain
@@ -56,9 +60,19 @@ def up(
                                ("--etcd-members", etcd_members, cluster.MAX_ETCD_MEMBERS)):
         if not 1 <= value <= limit:
             raise BadInput(f"{flag} {value}: expected 1 to {limit}")
+    per_host: dict[str, list[str]] = {}
+    for text in agent_arg or []:
+        host, sep, flag = text.partition(":")
+        if not sep or not host or not flag.startswith("-"):
+            raise BadInput(f"--agent-arg {text!r}: expected HOST:FLAG, e.g. "
+                           "h2:--generic-resource=gpu=2")
+        per_host.setdefault(host, []).append(flag)
+    if error := cluster.host_args_error(per_host, nodes):
+        raise BadInput(error)
     try:
         state = cluster.up(name, nodes, subnet, _say, insecure=insecure,
-                           controllers=controllers, etcd_members=etcd_members)
+                           controllers=controllers, etcd_members=etcd_members,
+                           host_agent_args=per_host)
     except cluster.ClusterError as error:
         raise CliError(str(error)) from None
     typer.echo(f"cluster {name!r} is up: controller {', '.join(state.controller_addrs)}, "

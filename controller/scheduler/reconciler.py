@@ -20,6 +20,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Change, Guard, NodeChange, Op, Store, StoreUnavailable, TaskChange, Update
 from ..workset import WorkSet
+from .generic import to_proto
 from .nodeinfo import NodeInfos
 from .scheduler import Scheduler
 
@@ -103,6 +104,8 @@ class SchedulerLoop:
                 task = pb.Task()
                 task.CopyFrom(current)
                 task.node_id = decision.node_id
+                task.ClearField("assigned_generic_resources")
+                task.assigned_generic_resources.extend(to_proto(decision.assigned))
                 task.status.state = pb.ASSIGNED
                 task.status.message = "scheduler assigned task to node"
                 task.status.timestamp.GetCurrentTime()
