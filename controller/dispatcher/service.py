@@ -28,8 +28,10 @@ only its own session, heartbeat only for it and report status only for tasks
 assigned to it (PERMISSION_DENIED otherwise). Which roles may call at all is
 the server's AuthInterceptor's business (swarm.api.channels).
 
-Log subscriptions (logbroker.py) live on the leader: a follower refuses the
-log RPCs with UNAVAILABLE, and its nodes' logs are not served.
+Log subscriptions (logbroker.py) live on the leader: a follower relays its
+nodes' ListenSubscriptions and PublishLogs streams to the leader (marked with
+the relayed-by metadata key; the leader takes them only from a controller's
+certificate, the follower having checked the node's).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ from ..api.errors import (
     Unavailable,
     Unimplemented,
 )
+from ..api.logs import RELAYED_METADATA_KEY
+from ..ca import is_controller
 from ..drain import Drain
 from ..heartbeat import DEFAULT_HEARTBEAT_PERIOD, heartbeat_period
 from ..ids import new_id
@@ -126,6 +130,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         # A channel to another controller (the leader, for liveness reports).
         self._dial: Dial = dial or (lambda addr: grpc.aio.insecure_channel(addr))
         self._state: _ServingState | None = None
+        self._log_channels: dict[str, grpc.aio.Channel] = {}  # to the leader, for log relays
         self._guard: Guard | None = None  # while leading
         # The heartbeat answer, made once per period value (it is the same
         # for every beat of every node).
@@ -177,6 +182,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
             state.sessions.close_all()
             await cancel_all(loops)
             await state.reporter.close()
+            channels, self._log_channels = self._log_channels, {}
+            for channel in channels.values():
+                await channel.close(None)
 
     async def serve_as_leader(self, guard: Guard) -> None:
         """The leader's side (marking silent nodes DOWN, fenced writes) until
@@ -442,19 +450,58 @@ class Dispatcher(dgrpc.DispatcherServicer):
     def _log_broker(self) -> LogBroker:
         if self.logs is None:
             raise Unimplemented("this controller serves no logs")
-        if self._guard is None:
-            raise Unavailable("log subscriptions are served by the leader only")
         return self.logs
+
+    def _relayed(self, context: Context) -> bool:
+        """A log call a follower relays for a node it serves: it checked the
+        node's certificate and session; the caller must be a controller."""
+        if not dict(context.invocation_metadata() or ()).get(RELAYED_METADATA_KEY):
+            return False
+        try:
+            peer = pki.peer_identity(context)
+        except pki.PKIError as error:
+            raise Unauthenticated(str(error)) from error
+        if peer is not None and not is_controller(peer):
+            raise PermissionDenied(f"{peer.node_id} is not a controller: it relays no logs")
+        return True
+
+    def _leader_stub(self) -> tuple[dgrpc.DispatcherAsyncStub, str]:
+        """The leader's dispatcher, to relay log calls to (the log broker
+        lives there)."""
+        leader = self._leadership.leader_addr
+        if not leader or leader == self._leadership.identity:
+            raise Unavailable("logs are served by the leader, and there is none now; "
+                              "try again shortly")
+        channel = self._log_channels.get(leader)
+        if channel is None:
+            channel = self._log_channels[leader] = self._dial(leader)
+        return dgrpc.DispatcherStub(channel), leader
 
     async def ListenSubscriptions(self, request: lpb.ListenSubscriptionsRequest,
                                   context: Context) -> AsyncIterator[lpb.SubscriptionMessage]:
         state = self._serving()
-        self._check_caller(request.node_id, context)
-        self._check_session(state, request.node_id, request.session_id)
+        if not self._relayed(context):
+            self._check_caller(request.node_id, context)
+            self._check_session(state, request.node_id, request.session_id)
         broker = self._log_broker()
-        async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
-            async for message in messages:
+        if self._guard is not None:
+            async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
+                async for message in messages:
+                    yield message
+            return
+        # A follower: the node's subscriptions come from the leader's broker.
+        stub, leader = self._leader_stub()
+        call = stub.ListenSubscriptions(request, metadata=self._relay_metadata())
+        try:
+            async for message in call:
                 yield message
+        except grpc.aio.AioRpcError as error:
+            raise Relayed(error.code(), f"leader {leader}: {error.details()}") from None
+        finally:
+            call.cancel()
+
+    def _relay_metadata(self) -> tuple[tuple[str, str]]:
+        return ((RELAYED_METADATA_KEY, self._leadership.identity),)
 
     async def PublishLogs(self, request_iterator: AsyncIterator[lpb.PublishLogsMessage],
                           context: Context) -> lpb.PublishLogsResponse:
@@ -462,9 +509,23 @@ class Dispatcher(dgrpc.DispatcherServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return lpb.PublishLogsResponse()
-        self._check_caller(first.node_id, context)
-        self._check_session(state, first.node_id, first.session_id)
+        if not self._relayed(context):
+            self._check_caller(first.node_id, context)
+            self._check_session(state, first.node_id, first.session_id)
         broker = self._log_broker()
+        if self._guard is None:
+            stub, leader = self._leader_stub()
+
+            async def messages() -> AsyncIterator[lpb.PublishLogsMessage]:
+                yield first
+                async for message in request_iterator:
+                    yield message
+
+            try:
+                return await stub.PublishLogs(messages(),
+                                              metadata=self._relay_metadata())
+            except grpc.aio.AioRpcError as error:
+                raise Relayed(error.code(), f"leader {leader}: {error.details()}") from None
         try:
             await broker.publish(first.node_id, first, aiter(request_iterator))
         except PublishRefused as error:

@@ -69,21 +69,21 @@ async def roles(etcd_server: EtcdServer, prefix: str, procs: list[Proc]) -> tupl
     return leader, [p for p in procs if p is not leader]
 
 
-async def nodes(control: cgrpc.ControlStub) -> list[pb.Node]:
+async def nodes(control: cgrpc.ControlAsyncStub) -> list[pb.Node]:
     return list((await control.ListNodes(cpb.ListNodesRequest(), timeout=5)).nodes)
 
 
-async def tasks(control: cgrpc.ControlStub) -> list[pb.Task]:
+async def tasks(control: cgrpc.ControlAsyncStub) -> list[pb.Task]:
     return list((await control.ListTasks(cpb.ListTasksRequest(), timeout=5)).tasks)
 
 
-async def create(control: cgrpc.ControlStub, name: str, replicas: int) -> None:
+async def create(control: cgrpc.ControlAsyncStub, name: str, replicas: int) -> None:
     spec = pb.ServiceSpec(name=name, replicated=pb.ReplicatedService(replicas=replicas))
     spec.task.container.image = "busybox"
     await control.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=5)
 
 
-async def running(control: cgrpc.ControlStub, count: int) -> bool:
+async def running(control: cgrpc.ControlAsyncStub, count: int) -> bool:
     return sum(t.status.state == pb.RUNNING and t.desired_state == pb.RUNNING
                for t in await tasks(control)) == count
 

@@ -65,3 +65,18 @@ async def test_a_report_not_taken_is_sent_with_the_next() -> None:
     finally:
         await server.stop(None)
         await reporter.close()
+
+
+def test_only_a_controllers_certificate_relays() -> None:
+    import datetime as dt
+
+    from swarm.api.pki import PeerIdentity, Role
+    from swarm.controller.ca import CONTROLLER_ID_PREFIX, is_controller
+
+    def peer(node_id: str, role: Role) -> PeerIdentity:
+        return PeerIdentity(node_id=node_id, role=role, cluster_id="c", serial=1,
+                            not_after=dt.datetime.now(dt.UTC))
+
+    assert is_controller(peer(CONTROLLER_ID_PREFIX + "abc", Role.MANAGER))
+    assert not is_controller(peer("0123abcd", Role.MANAGER))  # a manager node
+    assert not is_controller(peer(CONTROLLER_ID_PREFIX + "abc", Role.WORKER))
