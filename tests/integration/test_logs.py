@@ -441,7 +441,8 @@ async def test_a_node_served_by_a_follower_has_its_logs_relayed(
         # Listening at the leader's broker, through the follower.
         async with nodes(follower, tmp_path, ["a"], leader=controller) as (a,):
             assert a.session.serving == f"127.0.0.1:{follower.port}"
-            assert follower.dispatcher is not None and follower.dispatcher.session_count() == 1
+            assert follower.dispatcher is not None
+            assert follower.dispatcher.session_count() == 1
             service = await create(control, "web", 1, controller)
             (task,) = assigned(controller, service.id)
             a.write(task.id, k8s_lines(["hello", "from a follower"]))
