@@ -6,8 +6,9 @@ the node they were assigned to, and the caller's options (follow, tail,
 since). The broker pushes it to each of those nodes' agents over their
 ListenSubscriptions stream (an agent connects out to the controller that
 serves its session; a follower relays the stream to the leader, see
-controller/dispatcher/service.py; the leader never dials agents). Each agent answers on a PublishLogs stream of its own
-for that subscription, and the broker passes the lines on to the caller.
+controller/dispatcher/service.py; the leader never dials agents). Each agent
+answers on a PublishLogs stream of its own for that subscription, and the
+broker passes the lines on to the caller.
 
 Bounded everywhere:
 - one queue of at most `buffer_batches` batches per subscription; a
