@@ -18,6 +18,14 @@ Besides the time it reports the CPU seconds each side used while converging
 (the controller is this process; the agents and etcd are children) and how
 many nodes were marked DOWN meanwhile (a live node marked DOWN for missed
 heartbeats is the controller falling behind).
+
+With --network it also reports the peer traffic: what the controller sent
+to agents (Assignments messages: count and serialized bytes, and the bytes
+of their network entries) while converging, and for ONE task start after
+convergence (the service scaled up by one, counted until the new task is
+RUNNING and every node was sent it as ready, then a quiet second): with
+every node on the network, that is what one more task costs the fleet. It
+reports whether the leader ever lost its lease (a warning it logs).
 """
 
 from __future__ import annotations
@@ -32,12 +40,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings
+from swarm.controller.dispatcher.assignments import Assignments
+from swarm.controller.dispatcher.sessions import Session
 from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
 from tests.etcd_server import EtcdServer
@@ -55,6 +67,92 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Traffic:
+    """Counts what the dispatcher's Assignments hand to sessions (each one
+    message on the wire): messages, serialized bytes, and the bytes of their
+    network entries (the peer traffic). Installed by wrapping the two methods
+    that make messages, so the controller's code is measured as it is."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self.network_bytes = 0
+        self.peers_sent = 0
+        self._originals = (Assignments.complete, Assignments.incremental)
+
+    def count(self, message: dpb.Assignments | None) -> None:
+        if message is None:
+            return
+        self.messages += 1
+        self.bytes += message.ByteSize()
+        for entry in message.networks:
+            self.network_bytes += entry.ByteSize()
+            self.peers_sent += len(entry.peers) + len(entry.removed_peers)
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return self.messages, self.bytes, self.network_bytes, self.peers_sent
+
+    def install(self) -> None:
+        complete, incremental = self._originals
+
+        def counted_complete(assignments: Assignments, session: Session) -> dpb.Assignments:
+            message = complete(assignments, session)
+            self.count(message)
+            return message
+
+        def counted_incremental(assignments: Assignments, session: Session
+                                ) -> dpb.Assignments | None:
+            message = incremental(assignments, session)
+            self.count(message)
+            return message
+
+        Assignments.complete = counted_complete  # type: ignore[method-assign,assignment]
+        Assignments.incremental = counted_incremental  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        Assignments.complete, Assignments.incremental = self._originals  # type: ignore[method-assign]
+
+
+class LeaseLosses(logging.Handler):
+    """Counts the leader's "lost leadership" warnings (leadership.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "lost leadership" in record.getMessage():
+            self.count += 1
+
+
+def _traffic_fields(prefix: str, before: tuple[int, int, int, int],
+                    after: tuple[int, int, int, int]) -> dict[str, int]:
+    names = ("messages", "bytes", "network_bytes", "peers")
+    return {f"{prefix}_{name}": a - b for name, a, b in zip(names, after, before, strict=True)}
+
+
+async def _one_task_start(control: cgrpc.ControlAsyncStub, service_id: str, tasks: int,
+                          traffic: Traffic, running: Callable[[], int]) -> dict[str, int]:
+    """The traffic of scaling the service up by one: counted until the new
+    task is RUNNING and nothing was sent for half a second (the peer deltas
+    that follow its RUNNING status have gone out)."""
+    await asyncio.sleep(1.0)  # what converging left pending goes out first
+    before = traffic.snapshot()
+    await control.ScaleService(cpb.ScaleServiceRequest(ref=service_id, replicas=tasks + 1))
+    deadline = time.monotonic() + 60
+    while running() < tasks + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the extra task did not start")
+        await asyncio.sleep(0.02)
+    last, quiet_since = traffic.snapshot(), time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:
+        await asyncio.sleep(0.05)
+        now = traffic.snapshot()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+    return _traffic_fields("one_task_start", before, last)
+
+
 def _agent_groups(nodes: int, processes: int) -> list[int]:
     """How many simulated nodes each agent process runs (as even as can be)."""
     processes = max(1, min(processes, nodes))
@@ -66,6 +164,10 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
               timeout: float = 600.0) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: list[subprocess.Popen[bytes]] = []
+    traffic = Traffic()
+    traffic.install()
+    lease_losses = LeaseLosses()
+    logging.getLogger().addHandler(lease_losses)
     controller = Controller(ControllerConfig(
         listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/",
         insecure=insecure,
@@ -121,6 +223,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                         done.set()
 
                 cache.subscribe(on_change)
+                traffic_before = traffic.snapshot()
                 cpu_before = time.process_time()
                 others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
                 started = time.perf_counter()
@@ -131,6 +234,11 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 agents_cpu = sum(_cpu_seconds(a.pid) - before
                                  for a, before in zip(agents, others_before[0], strict=True))
                 etcd_cpu = _cpu_seconds(etcd.process.pid) - others_before[1]
+                converged = _traffic_fields("converge", traffic_before, traffic.snapshot())
+                one_start: dict[str, int] = {}
+                if network:
+                    one_start = await _one_task_start(control, service.id, tasks, traffic,
+                                                      lambda: running)
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
@@ -151,6 +259,9 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
                 "network": network,
+                **converged,
+                **one_start,
+                "leader_lease_losses": lease_losses.count,
                 "allocator_passes": controller.allocator.passes,
                 "etcd_fsync": fsync,
                 "mtls": not insecure,
@@ -160,6 +271,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "load_avg_1m": round(os.getloadavg()[0], 2),
             }
     finally:
+        traffic.uninstall()
+        logging.getLogger().removeHandler(lease_losses)
         for agent in agents:
             if agent.poll() is None:
                 agent.terminate()

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 DEFAULT_POOLS: tuple[str, ...] = ("10.0.0.0/8",)
 DEFAULT_SUBNET_SIZE = 24
+DEFAULT_INGRESS_SUBNET_SIZE = 16  # the routing mesh: one address per node, thousands of nodes
 # Below 4096 are VNIs other tools (and docker's defaults) commonly take.
 VNI_FIRST = 4096
 VNI_LAST = (1 << 24) - 1
