@@ -44,6 +44,8 @@ from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
 
+from .compact_deltas import CompactDeltas
+
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
@@ -145,6 +147,7 @@ class AgentSession:
         self.leader = ""
         # Network versions applied and not yet confirmed (drain before stop).
         self._applied: dict[str, int] = {}
+        self._compact = CompactDeltas()
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
         self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
@@ -273,7 +276,9 @@ class AgentSession:
             if self._on_registered is not None:
                 self._on_registered(self.node_id)
         stream = stub.Session(dpb.SessionRequest(node_id=self.node_id,
-                                                 description=self.description))
+                                                 description=self.description,
+                                                 compact_deltas=True))
+        self._compact = CompactDeltas()  # per stream: its first message is complete
         helpers: list[asyncio.Task[None]] = []
         services: list[asyncio.Task[None]] = []
         try:
@@ -331,6 +336,7 @@ class AgentSession:
             await self._apply(message.assignments)
 
     async def _apply(self, assignments: dpb.Assignments) -> None:
+        self._compact.expand(assignments)  # whole entries for everything after
         await self.worker.apply(assignments)
         versions = {entry.network.id: entry.version for entry in assignments.networks
                     if entry.version}

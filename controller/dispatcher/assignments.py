@@ -24,6 +24,8 @@ scan of every session.
 
 from __future__ import annotations
 
+import time
+
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -88,6 +90,8 @@ class Assignments:
         dirty_networks, session.dirty_networks = session.dirty_networks, set()
         drained, session.drained = session.drained, set()
         networks, removed_networks = self._network_updates(session, dirty_networks)
+        if networks or removed_networks:
+            session.networks_sent_at = time.monotonic()
         if not (changed or networks or removed_networks or drained):
             return None
         tasks = [t for t in changed.values() if t is not None]
@@ -134,12 +138,12 @@ class Assignments:
             if network is not None and network_id in uses:
                 table = self.peers.refresh(network_id, self.overlay, self.services, cache.nodes)
                 assignment = network_assignment(network, table,
-                                                session.sent_networks.get(network_id))
+                                                session.sent_networks.get(network_id),
+                                                session.compact_deltas)
                 self._sent(session, network_id, table.version)
                 if network.spec.ingress:
-                    assignment = self._with_mesh(session, network, assignment)
+                    assignment = self._with_mesh(session, network, assignment, table.version)
                 if assignment is not None:
-                    assignment.version = table.version
                     updates.append(assignment)
             elif self._unsent(session, network_id):
                 session.acked.pop(network_id, None)
@@ -151,7 +155,8 @@ class Assignments:
         return updates, removed
 
     def _with_mesh(self, session: Session, network: pb.Network,
-                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+                   shared: dpb.NetworkAssignment | None, version: int
+                   ) -> dpb.NetworkAssignment | None:
         """The ingress entry with the node's address and the published services."""
         cache = self._cache
         node = cache.nodes.get(session.node_id)
@@ -159,7 +164,14 @@ class Assignments:
         fingerprint = mesh_fingerprint(node, network, records)
         changed = fingerprint != session.sent_mesh
         session.sent_mesh = fingerprint
-        return complete_ingress(assignment, network, node, records, changed)
+        assignment = None
+        if shared is not None:  # shared by the sessions (peers.network_assignment): a copy
+            assignment = dpb.NetworkAssignment()
+            assignment.CopyFrom(shared)
+        assignment = complete_ingress(assignment, network, node, records, changed)
+        if assignment is not None:
+            assignment.version = version
+        return assignment
 
     def _mark_networks(self, network_ids: set[str]) -> None:
         """Tell the sessions that have (or need) these networks to look again."""
@@ -184,6 +196,8 @@ class Assignments:
             case NetworkChange(object_id=network_id, new=network):
                 if network is None:
                     self.peers.forget(network_id)
+                else:
+                    self.peers.network_changed(network_id)
                 self._mark_networks({network_id})
             case NodeChange(object_id=node_id, old=old_node, new=new_node):
                 self._on_node(node_id, old_node, new_node)

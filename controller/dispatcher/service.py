@@ -212,7 +212,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         await self._check_caller(node_id, context)
         if node_id not in self._store.cache.nodes:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not known; register again")
-        session = NodeSession(node_id=node_id, session_id=new_id())
+        session = NodeSession(node_id=node_id, session_id=new_id(),
+                              compact_deltas=request.compact_deltas)
         state.sessions.open(session)
         state.heartbeats.beat(node_id)
         try:

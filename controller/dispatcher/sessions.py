@@ -18,6 +18,7 @@ it goes at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from swarm.api.v1 import objects_pb2 as pb
@@ -50,6 +51,11 @@ class Session:
     urgent: bool = False
     # The controller set changed since the last message.
     controllers_dirty: bool = False
+    # The agent takes compact network deltas (SessionRequest.compact_deltas).
+    compact_deltas: bool = False
+    # When it was last sent networks (monotonic): peer news waits out the
+    # rest of the coalescing window from then, not a whole window from now.
+    networks_sent_at: float = 0.0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -62,10 +68,16 @@ class Session:
 
     async def wait_for_news(self, assignment_flush: float, network_flush: float) -> None:
         """Until there is something to send (or the session is closed),
-        with the coalescing pause unless the news is urgent."""
+        with the coalescing pause unless the news is urgent: peer news at
+        most once per network_flush, but the first after a quiet spell goes
+        after the short assignment pause (a lone task start reaches the
+        other nodes at once; a burst still becomes one message per window)."""
         await self.wake.wait()
         if not self.closed and not self.urgent:
-            await asyncio.sleep(network_flush if self.dirty_networks else assignment_flush)
+            pause = assignment_flush
+            if self.dirty_networks:
+                pause = max(pause, self.networks_sent_at + network_flush - time.monotonic())
+            await asyncio.sleep(pause)
         self.wake.clear()
         self.urgent = False
 

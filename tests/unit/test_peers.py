@@ -5,12 +5,14 @@ the agent-side sync with replace semantics."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from swarm.agent.compact_deltas import CompactDeltas
 from swarm.agent.network.model import OverlayNetwork, Peer, mac_from_ip
 from swarm.agent.network.overlay import OverlayError
 from swarm.agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
@@ -311,3 +313,122 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
         assert agents[receiver].apply(dpb.NetworkAssignment(network=NET, delta=True)) == \
             peers_of(full.peers)
         assert agents[receiver].endpoints("net") == list(full.peers)
+
+
+# ---------------------------------------------------------------- compact deltas
+
+
+def _wire(entry: dpb.NetworkAssignment) -> dpb.NetworkAssignment:
+    """The entry as an agent receives it (a copy: entries are shared)."""
+    return dpb.NetworkAssignment.FromString(entry.SerializeToString())
+
+
+def test_a_compact_delta_is_the_changed_peers_alone() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    records = ServiceIndex([service("svc", "web", "net", vips={"net": "10.0.0.250/24"})])
+    table = PeerTable()
+    first = table.refresh("net", index, records, nodes).version
+    full = network_assignment(NET, table.refresh("net", index, records, nodes), None,
+                              compact=True)
+    assert full is not None
+    assert (full.delta, full.network.vni, len(full.services)) == (False, 4096, 1)
+    index.apply(None, task("b", "n2", "10.0.0.3/24"))
+    current = table.refresh("net", index, records, nodes)
+    delta = network_assignment(NET, current, first, compact=True)
+    assert delta is not None
+    assert delta.network == pb.Network(id="net")
+    assert (delta.network_unchanged, delta.services_unchanged) == (True, True)
+    assert list(delta.services) == []
+    assert [(p.task_id, p.mac) for p in delta.peers] == [("b", "")], "the MAC is derived"
+    verbose = network_assignment(NET, current, first)
+    assert verbose is not None
+    assert delta.ByteSize() < verbose.ByteSize()
+    # Shared: every session at the same point gets the same entry, built once.
+    assert network_assignment(NET, current, first, compact=True) is delta
+    # A service change resends the records; a network change the network.
+    records.apply(None, service("api", "api", "net"))
+    relabelled = pb.Network()
+    relabelled.CopyFrom(NET)
+    relabelled.spec.labels["tier"] = "front"
+    table.network_changed("net")
+    after = table.refresh("net", index, records, nodes)
+    changed = network_assignment(relabelled, after, first + 1, compact=True)
+    assert changed is not None
+    assert (changed.network_unchanged, changed.services_unchanged) == (False, False)
+    assert changed.network.spec.labels["tier"] == "front"
+    assert [r.name for r in changed.services] == ["api", "web"]
+    assert list(changed.peers) == []
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "ready", "down", "up", "service",
+                                           "network", "reconnect"]),
+                          st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=30),
+       st.integers(1, 6))
+def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
+        steps: list[tuple[str, int, str]], log_limit: int) -> None:
+    """Random endpoint, readiness, node, service and network changes, and
+    reconnects (a new stream: a full snapshot, then deltas), each node's agent
+    taking what it is sent (compact, as on the wire) at random points through
+    CompactDeltas, PeerSets and the data plane's deltas: its peers, the
+    network and the service records are always exactly what a full set from
+    scratch gives, and the data plane was never given a full set for a delta."""
+    index = OverlayIndex()
+    nodes = {n: node(n, f"192.168.1.{i}") for i, n in enumerate(["n1", "n2", "n3"], start=1)}
+    services = ServiceIndex()
+    table = PeerTable(log_limit=log_limit)
+    network = pb.Network()
+    network.CopyFrom(NET)
+    agents = {n: (CompactDeltas(), PeerSets(), RecordingOverlay()) for n in nodes}
+    sent: dict[str, int | None] = dict.fromkeys(nodes)
+    complete_sets = dict.fromkeys(nodes, 0)
+    present: dict[int, pb.Task] = {}
+    for action, number, node_id in steps:
+        if action == "add" and number not in present:
+            present[number] = task(f"t{number}", node_id, f"10.0.0.{number + 2}/24",
+                                   state=pb.STARTING)
+            index.apply(None, present[number])
+        elif action == "remove" and number in present:
+            index.apply(present.pop(number), None)
+        elif action == "ready" and number in present:
+            old = present[number]
+            present[number] = task(old.id, old.node_id, old.networks[0].addresses[0])
+            index.apply(old, present[number])
+        elif action in ("down", "up"):
+            state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
+            nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
+            table.nodes_generation += 1
+        elif action == "service":
+            services.apply(None, service(f"s{number}", f"svc{number}", "net"))
+        elif action == "network":
+            network.spec.labels["step"] = str(number)
+            table.network_changed("net")
+        receiver = ["n1", "n2", "n3"][number % 3]
+        compact, sets, overlay = agents[receiver]
+        if action == "reconnect":
+            sent[receiver] = None
+            compact = CompactDeltas()
+            agents[receiver] = (compact, sets, overlay)
+        current = table.refresh("net", index, services, nodes)
+        shared = network_assignment(network, current, sent[receiver], compact=True)
+        sent[receiver] = current.version
+        if shared is not None:
+            before = shared.SerializeToString()
+            message = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[_wire(shared)])
+            compact.expand(message)
+            asyncio.run(add_networks(overlay, message, sets))
+            assert shared.SerializeToString() == before, "a shared entry is never changed"
+            complete_sets[receiver] += not message.networks[0].delta
+            expected_network = pb.Network()
+            expected_network.CopyFrom(network)
+            expected_network.ClearField("meta")
+            expected_network.address_cursor = ""
+            assert message.networks[0].network == expected_network
+        full = network_assignment(network, current, None)
+        assert full is not None
+        assert sets.peers("net") == peers_of(full.peers)
+        assert [p.task_id for p in sets.endpoints("net")] == [p.task_id for p in full.peers]
+        assert [p.ready for p in sets.endpoints("net")] == [p.ready for p in full.peers]
+        assert sets.services("net") == list(full.services)
+        assert sorted(overlay.peers.get("net", []), key=str) == sorted(peers_of(full.peers), key=str)
+        assert overlay.full_sets == complete_sets[receiver]
