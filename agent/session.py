@@ -81,7 +81,11 @@ class Settling(Protocol):
 class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
-    status_flush_interval: float = 0.1  # reports are batched at least this often
+    # Reports go at most this often (a burst is one call), but the first one
+    # after a quiet spell waits only status_first_pause: a task's RUNNING is
+    # what other nodes wait for to find it (discovery latency).
+    status_flush_interval: float = 0.1
+    status_first_pause: float = 0.005
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).
@@ -377,9 +381,13 @@ class AgentSession:
             await asyncio.sleep(period * 0.8)
 
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
+        sent_at = 0.0
         while True:
             await self._pending_ready.wait()
-            await asyncio.sleep(self.settings.status_flush_interval)
+            settings = self.settings
+            await asyncio.sleep(max(settings.status_first_pause,
+                                    sent_at + settings.status_flush_interval - time.monotonic()))
+            sent_at = time.monotonic()
             self._pending_ready.clear()
             while self._pending:
                 batch = dict(list(self._pending.items())[: self.settings.status_batch_max])
