@@ -71,6 +71,12 @@ class Assignments:
         self.draining_for: dict[str, set[str]] = {}  # node -> its pending drains
         # network -> nodes whose session was sent it (the reverse of sent_networks).
         self._holders: dict[str, set[str]] = {}
+        # network -> the holders with nothing pending for it: a task change
+        # wakes these (and the task's node), not every node on the network
+        # again; the others were woken already and will read the table as it
+        # is when they send. 10,000 task starts on a 500-node network are
+        # then one wake per node per message, not per change.
+        self._clean: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------ messages
 
@@ -108,13 +114,15 @@ class Assignments:
     def _sent(self, session: Session, network_id: str, version: int) -> None:
         session.sent_networks[network_id] = version
         self._holders.setdefault(network_id, set()).add(session.node_id)
+        self._clean.setdefault(network_id, set()).add(session.node_id)
 
     def _unsent(self, session: Session, network_id: str) -> bool:
-        holders = self._holders.get(network_id)
-        if holders is not None:
-            holders.discard(session.node_id)
-            if not holders:
-                del self._holders[network_id]
+        for index in (self._holders, self._clean):
+            nodes = index.get(network_id)
+            if nodes is not None:
+                nodes.discard(session.node_id)
+                if not nodes:
+                    del index[network_id]
         return session.sent_networks.pop(network_id, None) is not None
 
     def ended(self, session: Session) -> None:
@@ -173,12 +181,20 @@ class Assignments:
             assignment.version = version
         return assignment
 
-    def _mark_networks(self, network_ids: set[str]) -> None:
-        """Tell the sessions that have (or need) these networks to look again."""
+    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None) -> None:
+        """Tell the sessions that have (or need) these networks to look again:
+        with `nodes` (a task change: its nodes), the clean holders and those
+        nodes; without, every node on the networks and every holder (rarer
+        changes: a network, a node, its own endpoint)."""
         sessions = self._sessions
         for network_id in network_ids:
-            for node_id in (*self.overlay.nodes_on(network_id),
-                            *self._holders.get(network_id, ())):
+            clean = self._clean.pop(network_id, set())
+            if nodes is None:
+                targets = {*clean, *self.overlay.nodes_on(network_id),
+                           *self._holders.get(network_id, ())}
+            else:
+                targets = clean.union(nodes)
+            for node_id in targets:
                 session = sessions.get(node_id)
                 if session is not None:
                     session.dirty_networks.add(network_id)
@@ -222,7 +238,8 @@ class Assignments:
             self.release_node(node_id)
 
     def _on_task(self, task_id: str, old: pb.Task | None, new: pb.Task | None) -> None:
-        self._mark_networks(self.overlay.apply(old, new))
+        self._mark_networks(self.overlay.apply(old, new),
+                            tuple({t.node_id for t in (old, new) if t is not None and t.node_id}))
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(new)

@@ -9,7 +9,7 @@ import asyncio
 from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from swarm.agent.compact_deltas import CompactDeltas
@@ -19,6 +19,8 @@ from swarm.agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, p
 from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.dispatcher.assignments import Assignments
+from swarm.controller.dispatcher.sessions import Session, Sessions
 from swarm.controller.peers import (
     OverlayIndex,
     PeerTable,
@@ -28,6 +30,7 @@ from swarm.controller.peers import (
     service_records,
     vtep,
 )
+from swarm.controller.store import TaskChange
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
@@ -432,3 +435,105 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
         assert sets.services("net") == list(full.services)
         assert sorted(overlay.peers.get("net", []), key=str) == sorted(peers_of(full.peers), key=str)
         assert overlay.full_sets == complete_sets[receiver]
+
+
+# ---------------------------------------------------------------- the dispatcher's fan-out
+
+
+class _Cache:
+    """What Assignments reads of the watch cache, kept by hand."""
+
+    def __init__(self, nodes: list[pb.Node]) -> None:
+        self.tasks: dict[str, pb.Task] = {}
+        self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
+        self.nodes = {n.id: n for n in nodes}
+        self.networks = {"net": NET}
+        self.services: dict[str, pb.Service] = {}
+
+    def put(self, new: pb.Task | None, old: pb.Task | None) -> None:
+        if old is not None:
+            self.tasks.pop(old.id, None)
+            self.tasks_by_node.get(old.node_id, {}).pop(old.id, None)
+        if new is not None:
+            self.tasks[new.id] = new
+            self.tasks_by_node.setdefault(new.node_id, {})[new.id] = new
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "ready", "remove", "send", "reconnect"]),
+                          st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=40))
+@settings(deadline=None)
+def test_a_burst_wakes_each_holder_once_and_loses_no_change(
+        steps: list[tuple[str, int, str]]) -> None:
+    """Task changes wake only the holders with nothing pending (and the
+    task's node), yet no change is lost: with sessions sending at random
+    points and reconnecting, once every woken session has sent, every
+    node holds exactly the network's full set (or nothing, if it left)."""
+    node_ids = ["n1", "n2", "n3"]
+    cache = _Cache([node(n, f"192.168.1.{i}") for i, n in enumerate(node_ids, start=1)])
+    sessions = Sessions()
+    assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
+    agents: dict[str, tuple[CompactDeltas, PeerSets, RecordingOverlay]] = {}
+
+    def deliver(node_id: str, message: dpb.Assignments | None) -> None:
+        if message is None:
+            return
+        wire = dpb.Assignments.FromString(message.SerializeToString())
+        compact, sets, overlay = agents[node_id]
+        compact.expand(wire)
+        asyncio.run(sync_networks(overlay, wire, sets))
+
+    def connect(node_id: str) -> None:
+        session = Session(node_id=node_id, session_id=f"{node_id}-{len(agents)}",
+                          compact_deltas=True)
+        previous = sessions.get(node_id)
+        sessions.open(session)
+        if previous is not None:
+            assignments.ended(previous)
+        agents[node_id] = (CompactDeltas(), PeerSets(), RecordingOverlay())
+        deliver(node_id, assignments.complete(session))
+
+    def send(node_id: str) -> None:
+        session = sessions[node_id]
+        if session.wake.is_set():
+            session.wake.clear()
+            deliver(node_id, assignments.incremental(session))
+
+    for node_id in node_ids:
+        connect(node_id)
+    present: dict[int, pb.Task] = {}
+    for action, number, node_id in steps:
+        old = present.get(number)
+        new: pb.Task | None = None
+        if action == "add" and old is None:
+            new = task(f"t{number}", node_id, f"10.0.0.{number + 2}/24", state=pb.STARTING)
+        elif action == "ready" and old is not None:
+            new = task(old.id, old.node_id, old.networks[0].addresses[0])
+        elif action == "remove" and old is not None:
+            new = None
+        elif action == "send":
+            send(node_id)
+            continue
+        elif action == "reconnect":
+            connect(node_id)
+            continue
+        else:
+            continue
+        if new is None:
+            present.pop(number)
+        else:
+            present[number] = new
+        cache.put(new, old)
+        assignments.on_change(TaskChange(object_id=f"t{number}", old=old, new=new))
+    for node_id in node_ids:
+        send(node_id)
+    table = assignments.peers.refresh("net", assignments.overlay, assignments.services,
+                                      cache.nodes)
+    full = network_assignment(NET, table, None)
+    assert full is not None
+    for node_id in node_ids:
+        _, sets, overlay = agents[node_id]
+        if assignments.overlay.uses(node_id, "net"):
+            assert sets.peers("net") == peers_of(full.peers)
+            assert overlay.networks() == ["net"]
+        else:
+            assert overlay.networks() == []
