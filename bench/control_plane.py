@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2 as cpb
@@ -52,6 +51,7 @@ from swarm.controller.dispatcher.assignments import Assignments
 from swarm.controller.dispatcher.sessions import Session
 from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
+from swarm.controller.store.cache import WatchCache
 from tests.etcd_server import EtcdServer
 
 
@@ -131,26 +131,34 @@ def _traffic_fields(prefix: str, before: tuple[int, int, int, int],
     return {f"{prefix}_{name}": a - b for name, a, b in zip(names, after, before, strict=True)}
 
 
-async def _one_task_start(control: cgrpc.ControlAsyncStub, service_id: str, tasks: int,
-                          traffic: Traffic, running: Callable[[], int]) -> dict[str, int]:
-    """The traffic of scaling the service up by one: counted until the new
-    task is RUNNING and nothing was sent for half a second (the peer deltas
-    that follow its RUNNING status have gone out)."""
-    await asyncio.sleep(1.0)  # what converging left pending goes out first
+async def _one_task_start(control: cgrpc.ControlAsyncStub, cache: WatchCache, service_id: str,
+                          tasks: int, traffic: Traffic) -> dict[str, object]:
+    """The traffic of scaling the service up by one: from a quiet second
+    (what converging left pending has gone out), counted until the new task
+    is RUNNING and nothing was sent for half a second (the peer deltas that
+    follow its RUNNING status have gone out)."""
+    await _quiet(traffic, 1.0, 30.0)
+    known = set(cache.tasks)
     before = traffic.snapshot()
     await control.ScaleService(cpb.ScaleServiceRequest(ref=service_id, replicas=tasks + 1))
     deadline = time.monotonic() + 60
-    while running() < tasks + 1:
+    while not any(_is_running(t) for task_id, t in cache.tasks.items() if task_id not in known):
         if time.monotonic() > deadline:
-            raise RuntimeError("the extra task did not start")
+            return {"one_task_start_error": "the extra task did not start within 60 s"}
         await asyncio.sleep(0.02)
+    await _quiet(traffic, 0.5, 30.0)
+    return dict(_traffic_fields("one_task_start", before, traffic.snapshot()))
+
+
+async def _quiet(traffic: Traffic, seconds: float, limit: float) -> None:
+    """Until nothing was sent for `seconds` (or `limit` passed)."""
     last, quiet_since = traffic.snapshot(), time.monotonic()
-    while time.monotonic() - quiet_since < 0.5:
+    give_up = quiet_since + limit
+    while time.monotonic() - quiet_since < seconds and time.monotonic() < give_up:
         await asyncio.sleep(0.05)
         now = traffic.snapshot()
         if now != last:
             last, quiet_since = now, time.monotonic()
-    return _traffic_fields("one_task_start", before, last)
 
 
 def _agent_groups(nodes: int, processes: int) -> list[int]:
@@ -235,10 +243,9 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                                  for a, before in zip(agents, others_before[0], strict=True))
                 etcd_cpu = _cpu_seconds(etcd.process.pid) - others_before[1]
                 converged = _traffic_fields("converge", traffic_before, traffic.snapshot())
-                one_start: dict[str, int] = {}
+                one_start: dict[str, object] = {}
                 if network:
-                    one_start = await _one_task_start(control, service.id, tasks, traffic,
-                                                      lambda: running)
+                    one_start = await _one_task_start(control, cache, service.id, tasks, traffic)
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
