@@ -184,6 +184,19 @@ def test_the_ingress_size_is_the_clusters_setting(ipam_defaults: pb.IPAMDefaults
     assert allocate_network(ingress_spec(), [], pool_settings([cluster])).subnet == subnet
 
 
+def test_the_ingress_size_flag_reaches_the_new_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.controller.main import parse_args
+    from swarm.controller.server import default_cluster
+
+    assert default_cluster(parse_args(["--insecure"])).spec.ipam.ingress_subnet_size == 16
+    config = parse_args(["--insecure", "--ingress-subnet-size", "20"])
+    assert default_cluster(config).spec.ipam.ingress_subnet_size == 20
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--insecure", "--ingress-subnet-size", "30"])
+    assert exit_info.value.code == 2
+    assert "--ingress-subnet-size: must be between 8 and 29 (got 30)" in capsys.readouterr().err
+
+
 def test_an_existing_ingress_network_keeps_its_subnet() -> None:
     """Nothing reallocates an ingress network that exists: a cluster made
     with a /24 keeps it (and so do its nodes' addresses)."""
