@@ -6,8 +6,8 @@ endpoint on it (this node's own included) and the services attached to it:
 the complete peer set first, then only what changed (dispatcher.proto:
 NetworkAssignment). A compact delta leaves out the network object and the
 service records when unchanged; CompactDeltas (compact_deltas.py) fills
-them in from the last entry as the session receives it, so everything after sees whole entries.
-PeerSets keeps the resulting set per network (as the data plane takes it,
+them in from the last entry as the session receives it, so everything after
+sees whole entries. PeerSets keeps the resulting set per network (as the data plane takes it,
 and as sent, for service discovery) and says what each entry changed: a
 complete set goes to the OverlayManager's set_peers (replace semantics: the
 FDB and neighbour entries are made to match, so no stale entry survives), a
@@ -166,11 +166,14 @@ async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
         changes = peer_sets.apply_changes(entry)
         try:
             network = OverlayNetwork.from_proto(entry.network)
-            if not (entry.network_unchanged and manager.ensured(network_id)):
+            set_up = not (entry.network_unchanged and manager.ensured(network_id))
+            if set_up:
                 await manager.ensure_network(network)
             if changes.complete:
                 await manager.set_peers(network, changes.upserted)
-            elif changes.removed or changes.upserted or not manager.ensured(network_id):
+            elif set_up or changes.removed or changes.upserted:
+                # After ensure_network the manager knows no entries: this
+                # sets them all (a recreated VXLAN device has lost them).
                 await manager.update_peers(network, changes.removed, changes.upserted,
                                            functools.partial(peer_sets.peers, network_id))
         except (OverlayError, ValueError, OSError) as error:
