@@ -8,6 +8,7 @@ transaction, retried with fresher knowledge.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
@@ -59,8 +60,11 @@ def default_gateway(subnet: IPv4Network) -> IPv4Address:
     return subnet.network_address + 1
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_of(cidr: str) -> int:
-    """The address of an 'a.b.c.d/len' (or plain 'a.b.c.d') as an int."""
+    """The address of an 'a.b.c.d/len' (or plain 'a.b.c.d') as an int.
+    Cached: the address index parses every attachment of every task change
+    (old and new version), and the parse was most of that cost."""
     return int(ipaddress.IPv4Interface(cidr).ip)
 
 
