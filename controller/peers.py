@@ -389,13 +389,29 @@ def network_assignment(network: pb.Network, table: NetworkPeers, since: int | No
     return result
 
 
+def as_sent(network: pb.Network) -> pb.Network:
+    """The network as nodes are told it: without its store bookkeeping (meta,
+    the allocation cursor, which moves with every address given out)."""
+    result = pb.Network()
+    result.CopyFrom(network)
+    result.ClearField("meta")
+    result.address_cursor = ""
+    return result
+
+
+def network_news(old: pb.Network | None, new: pb.Network | None) -> bool:
+    """Whether a network change is anything nodes are told: not a moved
+    allocation cursor (every task start moves it)."""
+    if old is None or new is None:
+        return True
+    return as_sent(old) != as_sent(new)
+
+
 def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
                       compact: bool) -> dpb.NetworkAssignment:
     result = dpb.NetworkAssignment(version=table.version)
     if since is None:
-        result.network.CopyFrom(network)
-        result.network.ClearField("meta")
-        result.network.address_cursor = ""
+        result.network.CopyFrom(as_sent(network))
         result.services.extend(table.services)
         result.peers.extend(table.peers[task_id] for task_id in sorted(table.peers))
         return result
@@ -404,9 +420,7 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
         result.network.id = network.id
         result.network_unchanged = True
     else:
-        result.network.CopyFrom(network)
-        result.network.ClearField("meta")
-        result.network.address_cursor = ""
+        result.network.CopyFrom(as_sent(network))
     if compact and since >= table.services_at:
         result.services_unchanged = True
     else:

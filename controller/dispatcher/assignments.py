@@ -31,7 +31,14 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..drain import Drain, holds, is_stopping, starts_draining
 from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
-from ..peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
+from ..peers import (
+    OverlayIndex,
+    PeerTable,
+    ServiceIndex,
+    network_assignment,
+    network_news,
+    vtep,
+)
 from ..pullauth import PullCredentials, for_tasks
 from ..store import Change, NetworkChange, NodeChange, ServiceChange, TaskChange
 from ..store.cache import WatchCache
@@ -209,7 +216,11 @@ class Assignments:
                 if affects_mesh(old_service, new_service):  # the ingress entries' records
                     changed |= {n.id for n in self._cache.networks.values() if n.spec.ingress}
                 self._mark_networks(changed)
-            case NetworkChange(object_id=network_id, new=network):
+            case NetworkChange(object_id=network_id, old=old_network, new=network):
+                # Every address given out moves the network's cursor: that
+                # is no news to the nodes (and was a wake of every one).
+                if not network_news(old_network, network):
+                    return
                 if network is None:
                     self.peers.forget(network_id)
                 else:

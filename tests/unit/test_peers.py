@@ -27,10 +27,11 @@ from swarm.controller.peers import (
     ServiceIndex,
     is_ready,
     network_assignment,
+    network_news,
     service_records,
     vtep,
 )
-from swarm.controller.store import TaskChange
+from swarm.controller.store import NetworkChange, TaskChange
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
@@ -537,3 +538,38 @@ def test_a_burst_wakes_each_holder_once_and_loses_no_change(
             assert overlay.networks() == ["net"]
         else:
             assert overlay.networks() == []
+
+
+def test_a_moved_allocation_cursor_is_no_news_to_the_nodes() -> None:
+    """Every address given out moves the network's cursor (a network write):
+    nodes are told nothing and no session is woken; a real change is news."""
+    moved = pb.Network()
+    moved.CopyFrom(NET)
+    moved.address_cursor = "10.0.0.10"
+    moved.meta.version = 7
+    assert not network_news(NET, moved)
+    relabelled = pb.Network()
+    relabelled.CopyFrom(moved)
+    relabelled.spec.labels["tier"] = "front"
+    assert network_news(moved, relabelled)
+    assert network_news(None, NET)
+    assert network_news(NET, None)
+    cache = _Cache([node("n1", "192.168.1.1")])
+    sessions = Sessions()
+    assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
+    session = Session(node_id="n1", session_id="s", compact_deltas=True)
+    sessions.open(session)
+    running = task("t1", "n1", "10.0.0.2/24")
+    cache.put(running, None)
+    assignments.on_change(TaskChange(object_id="t1", old=None, new=running))
+    assignments.complete(session)
+    session.wake.clear()
+    assignments.on_change(NetworkChange(object_id="net", old=NET, new=moved))
+    assert not session.wake.is_set()
+    assignments.on_change(NetworkChange(object_id="net", old=moved, new=relabelled))
+    assert session.wake.is_set()
+    cache.networks["net"] = relabelled
+    message = assignments.incremental(session)
+    assert message is not None
+    assert message.networks[0].network.spec.labels["tier"] == "front"
+    assert message.networks[0].network.address_cursor == ""
