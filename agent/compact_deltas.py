@@ -4,8 +4,9 @@ To an agent that asks (SessionRequest.compact_deltas), the dispatcher sends
 a network delta without the network object and without the service records
 when they did not change since that network's last entry
 (NetworkAssignment.network_unchanged, services_unchanged), and peers without
-their MAC (derived from the address). CompactDeltas puts the first two back
-from the last entry, in place, before the worker sees the message, so that
+their MAC (derived from the address), their node (unused here) and their
+name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network, the
+records and the names back, in place, before the worker sees the message, so that
 everything after (the data plane, discovery, the routing mesh) reads whole
 entries; the flags stay set, so the data plane knows the network need not be
 set up again. A module of its own: the session imports nothing heavy.
@@ -48,6 +49,10 @@ class CompactDeltas:
                 entry.services.extend(self._services.get(network_id, ()))
             else:
                 self._services[network_id] = list(entry.services)
+            if entry.peers_compact:
+                for peer in entry.peers:
+                    if peer.task_name:  # a task's (a node's own endpoint has none)
+                        peer.task_name = f"{peer.task_name}.{peer.task_id}"
         named = {entry.network.id for entry in assignments.networks}
         gone = set(assignments.removed_networks)
         if assignments.type == dpb.Assignments.COMPLETE:

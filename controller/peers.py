@@ -15,8 +15,9 @@ whole set on every change, and a readiness change is one peer to every node
 on the network). A delta to an agent that takes compact ones carries the
 network object and the service records only when they changed since what it
 was sent (their versions are kept beside the peers'), and peers without
-their derivable MAC: a task start is then its one or two peers, not the
-network and every service again. The entries are built once per (version,
+what the agent derives or does not use (MAC, node, the name's task-id
+suffix): a task start is then its one or two short peers, not the network
+and every service again. The entries are built once per (version,
 since) and shared by every session at the same point, so a change on a
 network of N nodes is built a handful of times, not N.
 """
@@ -407,13 +408,26 @@ def network_news(old: pb.Network | None, new: pb.Network | None) -> bool:
     return as_sent(old) != as_sent(new)
 
 
+def compact_peer(peer: dpb.OverlayPeer) -> dpb.OverlayPeer:
+    """The peer without what the agent derives or does not use: its MAC
+    (from the address), its node, and its name's ".TASKID" suffix."""
+    result = dpb.OverlayPeer(task_id=peer.task_id, address=peer.address, vtep=peer.vtep,
+                             service_id=peer.service_id, task_name=peer.task_name,
+                             ready=peer.ready)
+    suffix = "." + peer.task_id
+    if peer.task_name.endswith(suffix):
+        result.task_name = peer.task_name[:-len(suffix)]
+    return result
+
+
 def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
                       compact: bool) -> dpb.NetworkAssignment:
-    result = dpb.NetworkAssignment(version=table.version)
+    result = dpb.NetworkAssignment(version=table.version, peers_compact=compact)
     if since is None:
         result.network.CopyFrom(as_sent(network))
         result.services.extend(table.services)
-        result.peers.extend(table.peers[task_id] for task_id in sorted(table.peers))
+        peers = [table.peers[task_id] for task_id in sorted(table.peers)]
+        result.peers.extend([compact_peer(p) for p in peers] if compact else peers)
         return result
     result.delta = True
     if compact and since >= table.network_at:
@@ -430,9 +444,7 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
         if peer is None:
             result.removed_peers.append(task_id)
         elif compact:
-            added = result.peers.add()
-            added.CopyFrom(peer)
-            added.ClearField("mac")
+            result.peers.append(compact_peer(peer))
         else:
             result.peers.append(peer)
     return result

@@ -344,7 +344,8 @@ def test_a_compact_delta_is_the_changed_peers_alone() -> None:
     assert delta.network == pb.Network(id="net")
     assert (delta.network_unchanged, delta.services_unchanged) == (True, True)
     assert list(delta.services) == []
-    assert [(p.task_id, p.mac) for p in delta.peers] == [("b", "")], "the MAC is derived"
+    assert [(p.task_id, p.mac, p.node_id, p.task_name) for p in delta.peers] == [
+        ("b", "", "", "web.1")], "the MAC is derived, the node unused, the name's suffix known"
     verbose = network_assignment(NET, current, first)
     assert verbose is not None
     assert delta.ByteSize() < verbose.ByteSize()
@@ -433,6 +434,7 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
         assert sets.peers("net") == peers_of(full.peers)
         assert [p.task_id for p in sets.endpoints("net")] == [p.task_id for p in full.peers]
         assert [p.ready for p in sets.endpoints("net")] == [p.ready for p in full.peers]
+        assert [p.task_name for p in sets.endpoints("net")] == [p.task_name for p in full.peers]
         assert sets.services("net") == list(full.services)
         assert sorted(overlay.peers.get("net", []), key=str) == sorted(peers_of(full.peers), key=str)
         assert overlay.full_sets == complete_sets[receiver]

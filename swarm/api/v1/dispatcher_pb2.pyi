@@ -336,6 +336,7 @@ class NetworkAssignment(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     NETWORK_UNCHANGED_FIELD_NUMBER: _builtins.int
     SERVICES_UNCHANGED_FIELD_NUMBER: _builtins.int
+    PEERS_COMPACT_FIELD_NUMBER: _builtins.int
     delta: _builtins.bool
     node_address: _builtins.str
     """This node's own address on the network, when the node itself is an
@@ -349,10 +350,14 @@ class NetworkAssignment(_message.Message):
     """Compact deltas (to agents that asked, SessionRequest.compact_deltas):
     the network object is left out (only its id is set) when it has not
     changed since the node's last entry, and so are the service records
-    (keep the last ones sent); a peer's mac is left out too (it is derived
-    from its address, swarm.api.overlay.mac_for_ip).
+    (keep the last ones sent).
     """
     services_unchanged: _builtins.bool
+    peers_compact: _builtins.bool
+    """Compact peers (to the same agents, complete sets too): no mac, no
+    node_id (agents do not use it), and task_name without its ".TASKID"
+    suffix (the peer's task_id); the agent puts the name back.
+    """
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
         """id, spec, vni, subnet, gateway"""
@@ -381,10 +386,11 @@ class NetworkAssignment(_message.Message):
         version: _builtins.int = ...,
         network_unchanged: _builtins.bool = ...,
         services_unchanged: _builtins.bool = ...,
+        peers_compact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "network_unchanged", b"network_unchanged", "node_address", b"node_address", "peers", b"peers", "removed_peers", b"removed_peers", "services", b"services", "services_unchanged", b"services_unchanged", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "network_unchanged", b"network_unchanged", "node_address", b"node_address", "peers", b"peers", "peers_compact", b"peers_compact", "removed_peers", b"removed_peers", "services", b"services", "services_unchanged", b"services_unchanged", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
