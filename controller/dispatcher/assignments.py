@@ -24,6 +24,8 @@ scan of every session.
 
 from __future__ import annotations
 
+import time
+
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -102,7 +104,7 @@ class Assignments:
         drained, session.drained = session.drained, set()
         networks, removed_networks = self._network_updates(session, dirty_networks)
         if networks or removed_networks:
-            session.sent_networks_now()
+            session.networks_sent_at = time.monotonic()
         if not (changed or networks or removed_networks or drained):
             return None
         tasks = [t for t in changed.values() if t is not None]
