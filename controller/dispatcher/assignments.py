@@ -24,8 +24,6 @@ scan of every session.
 
 from __future__ import annotations
 
-import time
-
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -104,7 +102,7 @@ class Assignments:
         drained, session.drained = session.drained, set()
         networks, removed_networks = self._network_updates(session, dirty_networks)
         if networks or removed_networks:
-            session.networks_sent_at = time.monotonic()
+            session.sent_networks_now()
         if not (changed or networks or removed_networks or drained):
             return None
         tasks = [t for t in changed.values() if t is not None]
