@@ -93,7 +93,7 @@ class Discovery:
         for entry in assignments.networks:
             network_id = entry.network.id
             named.add(network_id)
-            self._peer_sets.apply(entry)
+            self._peer_sets.apply_changes(entry)
             records = records_from_assignment(entry.network, entry.services,
                                               self._peer_sets.endpoints(network_id))
             changed |= self.directory.set(records)

@@ -4,12 +4,16 @@ the assignments stream.
 The dispatcher sends, per network the node's tasks use, the network, every
 endpoint on it (this node's own included) and the services attached to it:
 the complete peer set first, then only what changed (dispatcher.proto:
-NetworkAssignment). PeerSets keeps the resulting set per network (as the
-data plane takes it, and as sent, for service discovery), and these functions
-hand it whole to the OverlayManager, whose set_peers has replace semantics
-(the FDB and neighbour entries are made to match; it skips the endpoints on
-this host's own VTEP), so no stale entry survives. A new session starts with
-complete sets.
+NetworkAssignment). A compact delta leaves out the network object and the
+service records when unchanged; CompactDeltas (compact_deltas.py) fills
+them in from the last entry as the session receives it, so everything after
+sees whole entries. PeerSets keeps the resulting set per network (as the data plane takes it,
+and as sent, for service discovery) and says what each entry changed: a
+complete set goes to the OverlayManager's set_peers (replace semantics: the
+FDB and neighbour entries are made to match, so no stale entry survives), a
+delta to its update_peers (only the entries that changed, in one batch). An
+entry whose network did not change does not set the network up again.
+A new session starts with complete sets.
 
 A worker calls add_networks before starting the message's tasks (their
 devices must exist to attach to), and removes networks_to_remove only after
@@ -18,8 +22,10 @@ the tasks that used them have stopped.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from ipaddress import IPv4Interface
 from typing import Protocol
 
@@ -38,9 +44,27 @@ class OverlayManager(Protocol):
 
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None: ...
 
+    async def update_peers(self, network: OverlayNetwork, removed: Iterable[Peer],
+                           upserted: Iterable[Peer],
+                           everything: Callable[[], Iterable[Peer]]) -> None: ...
+
+    def ensured(self, network_id: str) -> bool: ...
+
     async def remove_network(self, network_id: str) -> None: ...
 
     def networks(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class PeerChanges:
+    """What one entry changed in a network's peer set, as the data plane
+    takes it: everything (complete: `upserted` is the whole set), or the old
+    versions of the peers that left or changed and the new versions of
+    those that came or changed (a readiness change alone changes neither)."""
+
+    complete: bool
+    removed: list[Peer]
+    upserted: list[Peer]
 
 
 class PeerSets:
@@ -56,12 +80,26 @@ class PeerSets:
 
     def apply(self, entry: dpb.NetworkAssignment) -> list[Peer]:
         """The network's whole peer set after this entry, by task id."""
+        self.apply_changes(entry)
+        return self.peers(entry.network.id)
+
+    def peers(self, network_id: str) -> list[Peer]:
+        """The network's whole peer set, by task id."""
+        current = self._sets.get(network_id, {})
+        return [current[task_id] for task_id in sorted(current)]
+
+    def apply_changes(self, entry: dpb.NetworkAssignment) -> PeerChanges:
+        """Take the entry; what it changed, in time proportional to its size."""
         network_id = entry.network.id
+        removed: list[Peer] = []
+        upserted: list[Peer] = []
         if entry.delta:
             current = self._sets.setdefault(network_id, {})
             sent = self._sent.setdefault(network_id, {})
             for task_id in entry.removed_peers:
-                current.pop(task_id, None)
+                old = current.pop(task_id, None)
+                if old is not None:
+                    removed.append(old)
                 sent.pop(task_id, None)
         else:
             current = self._sets[network_id] = {}
@@ -69,12 +107,18 @@ class PeerSets:
         for peer in entry.peers:
             sent[peer.task_id] = peer
             converted = _convert(peer, network_id)
+            old = current.get(peer.task_id)
+            if converted == old:
+                continue  # its readiness, name or service changed: not the data plane's
+            if old is not None:
+                removed.append(old)
             if converted is None:
-                current.pop(peer.task_id, None)
+                del current[peer.task_id]
             else:
                 current[peer.task_id] = converted
+                upserted.append(converted)
         self._services[network_id] = list(entry.services)
-        return [current[task_id] for task_id in sorted(current)]
+        return PeerChanges(not entry.delta, removed, upserted)
 
     def endpoints(self, network_id: str) -> list[dpb.OverlayPeer]:
         """The network's endpoints as sent (with service, task name and
@@ -117,10 +161,21 @@ async def add_networks(manager: OverlayManager, assignments: dpb.Assignments,
     each failed one failed, by network id (its tasks are rejected with it)."""
     failed: dict[str, str] = {}
     for entry in assignments.networks:
+        network_id = entry.network.id
+        # Bookkeeping first, whatever the data plane does: later deltas build on it.
+        changes = peer_sets.apply_changes(entry)
         try:
             network = OverlayNetwork.from_proto(entry.network)
-            await manager.ensure_network(network)
-            await manager.set_peers(network, peer_sets.apply(entry))
+            set_up = not (entry.network_unchanged and manager.ensured(network_id))
+            if set_up:
+                await manager.ensure_network(network)
+            if changes.complete:
+                await manager.set_peers(network, changes.upserted)
+            elif set_up or changes.removed or changes.upserted:
+                # After ensure_network the manager knows no entries: this
+                # sets them all (a recreated VXLAN device has lost them).
+                await manager.update_peers(network, changes.removed, changes.upserted,
+                                           functools.partial(peer_sets.peers, network_id))
         except (OverlayError, ValueError, OSError) as error:
             log.error("overlay network %s: %s", entry.network.id, error)
             failed[entry.network.id] = str(error)
@@ -152,17 +207,40 @@ class RecordingOverlay:
 
     def __init__(self) -> None:
         self.network_objects: dict[str, OverlayNetwork] = {}
-        self.peers: dict[str, list[Peer]] = {}
+        self._peers: dict[str, dict[tuple[str, str], Peer]] = {}  # by (ip, vtep)
+        self.full_sets = 0  # set_peers calls (tests: deltas are not applied as full sets)
+
+    @property
+    def peers(self) -> dict[str, list[Peer]]:
+        """The peers of each network, in address order."""
+        return {network_id: [peers[key] for key in sorted(peers)]
+                for network_id, peers in self._peers.items()}
 
     async def ensure_network(self, network: OverlayNetwork) -> None:
         self.network_objects[network.network_id] = network
 
+    def ensured(self, network_id: str) -> bool:
+        return network_id in self.network_objects
+
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
-        self.peers[network.network_id] = list(peers)
+        self.full_sets += 1
+        self._peers[network.network_id] = {(str(p.ip), str(p.vtep)): p for p in peers}
+
+    async def update_peers(self, network: OverlayNetwork, removed: Iterable[Peer],
+                           upserted: Iterable[Peer],
+                           everything: Callable[[], Iterable[Peer]]) -> None:
+        current = self._peers.get(network.network_id)
+        if current is None:
+            await self.set_peers(network, everything())
+            return
+        for peer in removed:
+            current.pop((str(peer.ip), str(peer.vtep)), None)
+        for peer in upserted:
+            current[(str(peer.ip), str(peer.vtep))] = peer
 
     async def remove_network(self, network_id: str) -> None:
         self.network_objects.pop(network_id, None)
-        self.peers.pop(network_id, None)
+        self._peers.pop(network_id, None)
 
     def networks(self) -> list[str]:
         return sorted(self.network_objects)

@@ -29,6 +29,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -39,6 +40,8 @@ from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
+
+from .compact_deltas import CompactDeltas
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,12 @@ class Settling(Protocol):
 class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
-    # A report waits this long for others to share its RPC (the controller
-    # coalesces its writes over the same 20 ms); reports made while an RPC is
-    # in flight go in the next one at once. Was 0.1: up to 80 ms more between
-    # a container's start and the controller knowing it runs.
+    # Reports go at most this often (a burst is one call; the controller
+    # coalesces its writes over about the same 20 ms), but the first one after
+    # a quiet spell waits only status_first_pause: a task's RUNNING is what
+    # other nodes wait for to find it (discovery latency). Was 0.1 for both.
     status_flush_interval: float = 0.02
+    status_first_pause: float = 0.005
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).
@@ -136,6 +140,7 @@ class AgentSession:
         self.serving = ""  # the controller of the open session
         # Network versions applied and not yet confirmed (drain before stop).
         self._applied: dict[str, int] = {}
+        self._compact = CompactDeltas()
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
         self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
@@ -234,7 +239,9 @@ class AgentSession:
             if self._on_registered is not None:
                 self._on_registered(self.node_id)
         stream = stub.Session(dpb.SessionRequest(node_id=self.node_id,
-                                                 description=self.description))
+                                                 description=self.description,
+                                                 compact_deltas=True))
+        self._compact = CompactDeltas()  # per stream: its first message is complete
         helpers: list[asyncio.Task[None]] = []
         services: list[asyncio.Task[None]] = []
         try:
@@ -291,6 +298,7 @@ class AgentSession:
             await self._apply(message.assignments)
 
     async def _apply(self, assignments: dpb.Assignments) -> None:
+        self._compact.expand(assignments)  # whole entries for everything after
         await self.worker.apply(assignments)
         versions = {entry.network.id: entry.version for entry in assignments.networks
                     if entry.version}
@@ -331,9 +339,13 @@ class AgentSession:
             await asyncio.sleep(period * 0.8)
 
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
+        sent_at = 0.0
         while True:
             await self._pending_ready.wait()
-            await asyncio.sleep(self.settings.status_flush_interval)
+            settings = self.settings
+            await asyncio.sleep(max(settings.status_first_pause,
+                                    sent_at + settings.status_flush_interval - time.monotonic()))
+            sent_at = time.monotonic()
             self._pending_ready.clear()
             while self._pending:
                 batch = dict(list(self._pending.items())[: self.settings.status_batch_max])

@@ -26,6 +26,13 @@ and opens its nodes' sessions at random ones, so sessions spread over the
 controllers while the leader alone decides. `controller_cpu_s` is then the
 leader's, `followers_cpu_s` the others' together, and `sessions_on_leader`
 how many sessions the leader served.
+
+With --network it also reports the peer traffic: what the controller sent
+to agents (Assignments messages: count and serialized bytes, and the bytes
+of their network entries) while converging, and for ONE task start after
+convergence (the service scaled up by one, counted until the new task is
+RUNNING and every node was sent it as ready, then a quiet second): with
+every node on the network, that is what one more task costs the fleet.
 """
 
 from __future__ import annotations
@@ -46,10 +53,14 @@ from typing import IO
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings
+from swarm.controller.dispatcher.assignments import Assignments
+from swarm.controller.dispatcher.sessions import Session
 from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
+from swarm.controller.store.cache import WatchCache
 from tests.etcd_server import EtcdServer, free_port
 
 PREFIX = "/bench/"
@@ -65,6 +76,89 @@ def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Traffic:
+    """Counts what the dispatcher's Assignments hand to sessions (each one
+    message on the wire): messages, serialized bytes, and the bytes of their
+    network entries (the peer traffic). Installed by wrapping the two methods
+    that make messages, so the controller's code is measured as it is."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+        self.network_bytes = 0
+        self.peers_sent = 0
+        self._originals = (Assignments.complete, Assignments.incremental)
+
+    def count(self, message: dpb.Assignments | None) -> None:
+        if message is None:
+            return
+        self.messages += 1
+        self.bytes += message.ByteSize()
+        for entry in message.networks:
+            self.network_bytes += entry.ByteSize()
+            self.peers_sent += len(entry.peers) + len(entry.removed_peers)
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        return self.messages, self.bytes, self.network_bytes, self.peers_sent
+
+    def install(self) -> None:
+        complete, incremental = self._originals
+
+        def counted_complete(assignments: Assignments, session: Session) -> dpb.Assignments:
+            message = complete(assignments, session)
+            self.count(message)
+            return message
+
+        def counted_incremental(assignments: Assignments, session: Session
+                                ) -> dpb.Assignments | None:
+            message = incremental(assignments, session)
+            self.count(message)
+            return message
+
+        Assignments.complete = counted_complete  # type: ignore[method-assign,assignment]
+        Assignments.incremental = counted_incremental  # type: ignore[method-assign,assignment]
+
+    def uninstall(self) -> None:
+        Assignments.complete, Assignments.incremental = self._originals  # type: ignore[method-assign]
+
+
+
+def _traffic_fields(prefix: str, before: tuple[int, int, int, int],
+                    after: tuple[int, int, int, int]) -> dict[str, int]:
+    names = ("messages", "bytes", "network_bytes", "peers")
+    return {f"{prefix}_{name}": a - b for name, a, b in zip(names, after, before, strict=True)}
+
+
+async def _one_task_start(control: cgrpc.ControlAsyncStub, cache: WatchCache, service_id: str,
+                          tasks: int, traffic: Traffic) -> dict[str, object]:
+    """The traffic of scaling the service up by one: from a quiet second
+    (what converging left pending has gone out), counted until the new task
+    is RUNNING and nothing was sent for half a second (the peer deltas that
+    follow its RUNNING status have gone out)."""
+    await _quiet(traffic, 1.0, 30.0)
+    known = set(cache.tasks)
+    before = traffic.snapshot()
+    await control.ScaleService(cpb.ScaleServiceRequest(ref=service_id, replicas=tasks + 1))
+    deadline = time.monotonic() + 60
+    while not any(_is_running(t) for task_id, t in cache.tasks.items() if task_id not in known):
+        if time.monotonic() > deadline:
+            return {"one_task_start_error": "the extra task did not start within 60 s"}
+        await asyncio.sleep(0.02)
+    await _quiet(traffic, 0.5, 30.0)
+    return dict(_traffic_fields("one_task_start", before, traffic.snapshot()))
+
+
+async def _quiet(traffic: Traffic, seconds: float, limit: float) -> None:
+    """Until nothing was sent for `seconds` (or `limit` passed)."""
+    last, quiet_since = traffic.snapshot(), time.monotonic()
+    give_up = quiet_since + limit
+    while time.monotonic() - quiet_since < seconds and time.monotonic() < give_up:
+        await asyncio.sleep(0.05)
+        now = traffic.snapshot()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
 
 
 def _agent_groups(nodes: int, processes: int) -> list[int]:
@@ -128,6 +222,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
     agents: list[subprocess.Popen[bytes]] = []
     followers: list[subprocess.Popen[bytes]] = []
     kek = pki.generate_kek()
+    traffic = Traffic()
+    traffic.install()
     controller = Controller(ControllerConfig(
         listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix=PREFIX,
         insecure=insecure,
@@ -205,6 +301,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
 
                 cache.subscribe(on_change)
                 stalls = asyncio.create_task(_watch_loop(controller, done), name="loop-stalls")
+                traffic_before = traffic.snapshot()
                 cpu_before = time.process_time()
                 others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
                 followers_before = [_cpu_seconds(f.pid) for f in followers]
@@ -225,6 +322,10 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                                     for f, before in zip(followers, followers_before, strict=True))
                 assert controller.dispatcher is not None
                 on_leader = controller.dispatcher.session_count()
+                converged = _traffic_fields("converge", traffic_before, traffic.snapshot())
+                one_start: dict[str, object] = {}
+                if network:
+                    one_start = await _one_task_start(control, cache, service.id, tasks, traffic)
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
@@ -254,6 +355,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
                 "network": network,
+                **converged,
+                **one_start,
                 "allocator_passes": controller.allocator.passes,
                 "etcd_fsync": fsync,
                 "mtls": not insecure,
@@ -263,6 +366,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "load_avg_1m": round(os.getloadavg()[0], 2),
             }
     finally:
+        traffic.uninstall()
         for agent in agents:
             if agent.poll() is None:
                 agent.terminate()

@@ -88,6 +88,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                              "cluster (repeatable; default 10.0.0.0/8)")
     parser.add_argument("--default-addr-pool-mask-length", type=int, default=24, metavar="N",
                         help="prefix length of each network taken from the pools (default 24)")
+    parser.add_argument("--ingress-subnet-size", type=int, default=16, metavar="N",
+                        help="prefix length of the routing mesh's ingress network, which gives "
+                             "every node an address (default 16: 65,534 nodes); taken at "
+                             "--init, an existing cluster keeps its ingress network")
     parser.add_argument("--auto-rebalance", action="store_true",
                         help="when a node joins or comes back, rebalance replicated services "
                              "that are unbalanced, one at a time (off by default)")
@@ -143,6 +147,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--disconnect-release-periods: must be positive")
     pools = _address_pools(parser, args.default_addr_pool or list(DEFAULT_POOLS),
                            args.default_addr_pool_mask_length)
+    if not MIN_PREFIX <= args.ingress_subnet_size <= MAX_PREFIX:
+        parser.error(f"--ingress-subnet-size: must be between {MIN_PREFIX} and {MAX_PREFIX} "
+                     f"(got {args.ingress_subnet_size})")
     ca = CASettings(node_cert_validity=dt.timedelta(days=args.cert_validity_days),
                     join_rate=args.join_rate)
     if args.insecure:
@@ -171,6 +178,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                                       release_periods=args.disconnect_release_periods),
         address_pools=pools,
         subnet_size=args.default_addr_pool_mask_length,
+        ingress_subnet_size=args.ingress_subnet_size,
         auto_rebalance=AutoRebalanceSettings(enabled=args.auto_rebalance,
                                              interval=args.auto_rebalance_interval),
         metrics_addr=args.metrics_addr,

@@ -61,4 +61,5 @@ def complete_ingress(assignment: dpb.NetworkAssignment | None, network: pb.Netwo
         assignment.node_address = node_address(node, network.id)
     del assignment.services[:]
     assignment.services.extend(records)
+    assignment.services_unchanged = False  # the ingress entry's records are the mesh's
     return assignment

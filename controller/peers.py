@@ -12,7 +12,14 @@ sessions and updated by what changed, with a versioned change log;
 `network_assignment` gives each node the complete set the first time and only
 the changes after that (a large network would otherwise cost every node the
 whole set on every change, and a readiness change is one peer to every node
-on the network). Service records are few: every entry carries all of them.
+on the network). A delta to an agent that takes compact ones carries the
+network object and the service records only when they changed since what it
+was sent (their versions are kept beside the peers'), and peers without
+what the agent derives or does not use (MAC, node, the name's task-id
+suffix): a task start is then its one or two short peers, not the network
+and every service again. The entries are built once per (version,
+since) and shared by every session at the same point, so a change on a
+network of N nodes is built a handful of times, not N.
 """
 
 from __future__ import annotations
@@ -258,6 +265,14 @@ class NetworkPeers:
     version: int = 1
     floor: int = 1
     log: deque[tuple[int, str]] = field(default_factory=deque)
+    # The versions at which the network object and the service records last
+    # changed: a compact delta after them leaves them out.
+    network_at: int = 1
+    services_at: int = 1
+    network_dirty: bool = False  # the network object changed since the last refresh
+    # Entries built for the current version, by (since, compact): shared.
+    built: dict[tuple[int | None, bool], dpb.NetworkAssignment | None] = field(
+        default_factory=dict)
 
 
 def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]) -> dpb.OverlayPeer | None:
@@ -324,12 +339,25 @@ class PeerTable:
             records = services.records(network_id)
             records_moved = records != table.services
             table.services = records
-        if changed or records_moved:
+        network_moved, table.network_dirty = table.network_dirty, False
+        if changed or records_moved or network_moved:
             table.version += 1
+            table.built.clear()
             table.log.extend((table.version, task_id) for task_id in changed)
+            if records_moved:
+                table.services_at = table.version
+            if network_moved:
+                table.network_at = table.version
             while len(table.log) > self._log_limit:
                 table.floor = table.log.popleft()[0]
         return table
+
+    def network_changed(self, network_id: str) -> None:
+        """The network object changed (not its peers): its next version
+        carries it to the nodes that have it."""
+        table = self._tables.get(network_id)
+        if table is not None:
+            table.network_dirty = True
 
     def forget(self, network_id: str) -> None:
         self._tables.pop(network_id, None)
@@ -344,27 +372,79 @@ def _changed_since(table: NetworkPeers, version: int) -> set[str]:
     return changed
 
 
-def network_assignment(network: pb.Network, table: NetworkPeers,
-                       since: int | None) -> dpb.NetworkAssignment | None:
+def network_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
+                       compact: bool = False) -> dpb.NetworkAssignment | None:
     """What a node must be sent about the network, having last been sent
     version `since` of its table (None: never): the complete peer set, or the
-    peer changes after `since`, with every service record either way; None
-    when nothing changed. The same for every node (its own endpoints are
-    peers too). The network goes without its store bookkeeping (meta,
-    allocation cursor)."""
+    peer changes after `since`; None when nothing changed. The same for every
+    node (its own endpoints are peers too), so it is built once per (version,
+    since, compact) and SHARED: copy it before changing it. The network goes
+    without its store bookkeeping (meta, allocation cursor); a `compact`
+    delta without what did not change since `since` (dispatcher.proto)."""
     if since is not None and since >= table.version:
         return None
-    result = dpb.NetworkAssignment(network=network, services=table.services)
-    result.network.ClearField("meta")
-    result.network.address_cursor = ""
-    if since is None or since < table.floor:
-        result.peers.extend(table.peers[task_id] for task_id in sorted(table.peers))
+    key = (since if since is not None and since >= table.floor else None, compact)
+    if key in table.built:
+        return table.built[key]
+    result = table.built[key] = _build_assignment(network, table, key[0], compact)
+    return result
+
+
+def as_sent(network: pb.Network) -> pb.Network:
+    """The network as nodes are told it: without its store bookkeeping (meta,
+    the allocation cursor, which moves with every address given out)."""
+    result = pb.Network()
+    result.CopyFrom(network)
+    result.ClearField("meta")
+    result.address_cursor = ""
+    return result
+
+
+def network_news(old: pb.Network | None, new: pb.Network | None) -> bool:
+    """Whether a network change is anything nodes are told: not a moved
+    allocation cursor (every task start moves it)."""
+    if old is None or new is None:
+        return True
+    return as_sent(old) != as_sent(new)
+
+
+def compact_peer(peer: dpb.OverlayPeer) -> dpb.OverlayPeer:
+    """The peer without what the agent derives or does not use: its MAC
+    (from the address), its node, and its name's ".TASKID" suffix."""
+    result = dpb.OverlayPeer(task_id=peer.task_id, address=peer.address, vtep=peer.vtep,
+                             service_id=peer.service_id, task_name=peer.task_name,
+                             ready=peer.ready)
+    suffix = "." + peer.task_id
+    if peer.task_name.endswith(suffix):
+        result.task_name = peer.task_name[:-len(suffix)]
+    return result
+
+
+def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
+                      compact: bool) -> dpb.NetworkAssignment:
+    result = dpb.NetworkAssignment(version=table.version, peers_compact=compact)
+    if since is None:
+        result.network.CopyFrom(as_sent(network))
+        result.services.extend(table.services)
+        peers = [table.peers[task_id] for task_id in sorted(table.peers)]
+        result.peers.extend([compact_peer(p) for p in peers] if compact else peers)
         return result
     result.delta = True
+    if compact and since >= table.network_at:
+        result.network.id = network.id
+        result.network_unchanged = True
+    else:
+        result.network.CopyFrom(as_sent(network))
+    if compact and since >= table.services_at:
+        result.services_unchanged = True
+    else:
+        result.services.extend(table.services)
     for task_id in sorted(_changed_since(table, since)):
         peer = table.peers.get(task_id)
-        if peer is not None:
-            result.peers.append(peer)
-        else:
+        if peer is None:
             result.removed_peers.append(task_id)
+        elif compact:
+            result.peers.append(compact_peer(peer))
+        else:
+            result.peers.append(peer)
     return result

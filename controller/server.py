@@ -33,7 +33,7 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from .allocator.index import AddressIndex
 from .allocator.ingress import IngressKeeper
-from .allocator.ipam import DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
+from .allocator.ipam import DEFAULT_INGRESS_SUBNET_SIZE, DEFAULT_POOLS, DEFAULT_SUBNET_SIZE
 from .allocator.reconciler import Allocator
 from .api.base import DataKeySource
 from .api.control import MAX_STALENESS, ControlServicer
@@ -87,6 +87,7 @@ class ControllerConfig:
     task_history_limit: int = 5
     address_pools: tuple[str, ...] = DEFAULT_POOLS  # where networks without --subnet get one
     subnet_size: int = DEFAULT_SUBNET_SIZE
+    ingress_subnet_size: int = DEFAULT_INGRESS_SUBNET_SIZE  # the routing mesh's network
     # Transport security: mutual TLS unless insecure (development only).
     insecure: bool = False
     ca: CASettings = field(default_factory=CASettings)
@@ -114,7 +115,8 @@ def default_cluster(config: ControllerConfig) -> pb.Cluster:
         dispatcher=pb.DispatcherConfig(heartbeat_period=period),
         orchestration=pb.OrchestrationConfig(
             task_history_retention_limit=config.task_history_limit),
-        ipam=pb.IPAMDefaults(address_pools=config.address_pools, subnet_size=config.subnet_size),
+        ipam=pb.IPAMDefaults(address_pools=config.address_pools, subnet_size=config.subnet_size,
+                             ingress_subnet_size=config.ingress_subnet_size),
     ))
 
 

@@ -53,7 +53,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
 from typing import Any
 
-from swarm.host.netlinklib import IPRoute, NetlinkError, ndmsg
+from swarm.host import neighbours
+from swarm.host.netlinklib import IPRoute, NetlinkError
 from swarm.host.netns import (
     NETNS_DIR,
     bridge_without_netfilter_blocking,
@@ -74,15 +75,12 @@ from .model import (
     normalize_mac,
     veth_name,
 )
+from .peerplan import Entries, plan_delta, plan_full, record
 
 log = logging.getLogger(__name__)
 
 BRIDGE = "br0"
 VXLAN = "vxlan0"
-
-_NUD_PERMANENT: int = ndmsg.states["permanent"]
-_NUD_NOARP: int = ndmsg.states["noarp"]
-_NTF_SELF: int = ndmsg.flags["self"]
 
 
 class OverlayError(Exception):
@@ -344,44 +342,48 @@ def _detach(settings: OverlaySettings, task_netns: str, network_id: str, ifname:
             log.info("network %s: detached %s (%s)", network_id, task_netns, ifname)
 
 
-def _set_peers(settings: OverlaySettings, net: OverlayNetwork, peers: list[Peer]) -> None:
-    name = _require_network(settings, net.network_id)
-    # Endpoints on this host are reached through the bridge: an FDB entry
-    # pointing at our own VTEP would send their frames out and back.
-    remote = [p for p in peers if p.vtep != settings.advertise_addr]
-    fdb_wanted = {(p.mac, str(p.vtep)) for p in remote}
-    neigh_wanted = {str(p.ip): p.mac for p in remote}
+def _vxlan_index(name: str, network_id: str) -> int:
     with _ipr(name) as ov:
         vxlan = _lookup(ov, VXLAN)
-        if vxlan is None:
-            raise OverlayError(f"network {net.network_id} is half set up (ensure_network again)")
-        fdb_current = {
-            (str(msg.get("lladdr")), str(msg.get("dst")))
-            for msg in ov.fdb("dump")
-            if msg["ifindex"] == vxlan and msg["flags"] & _NTF_SELF and msg.get("dst") is not None
-        }
-        neigh_current = {
-            str(msg.get("dst")): str(msg.get("lladdr"))
-            for msg in ov.neigh("dump", family=AF_INET)
-            if msg["ifindex"] == vxlan
-        }
-        fdb_state = _NUD_PERMANENT | _NUD_NOARP
+    if vxlan is None:
+        raise OverlayError(f"network {network_id} is half set up (ensure_network again)")
+    return vxlan
+
+
+def _set_peers(settings: OverlaySettings, net: OverlayNetwork, peers: list[Peer]
+               ) -> tuple[int, Entries]:
+    """Exactly these peers' entries (a dump, then one batch); returns the
+    VXLAN device's index and its entries now."""
+    name = _require_network(settings, net.network_id)
+    vxlan = _vxlan_index(name, net.network_id)
+    with contextlib.closing(netlink_socket_in(name)) as sock:
         try:
-            # Stale entries first, so that a MAC that moved to another host
-            # never has both destinations.
-            for mac, vtep in fdb_current - fdb_wanted:
-                ov.fdb("del", ifindex=vxlan, lladdr=mac, dst=vtep, state=fdb_state, flags=_NTF_SELF)
-            for ip, mac in neigh_current.items():
-                if neigh_wanted.get(ip) != mac:
-                    ov.neigh("del", ifindex=vxlan, dst=ip, lladdr=mac)
-            for mac, vtep in fdb_wanted - fdb_current:
-                ov.fdb("replace", ifindex=vxlan, lladdr=mac, dst=vtep, state=fdb_state, flags=_NTF_SELF)
-            for ip, mac in neigh_wanted.items():
-                if neigh_current.get(ip) != mac:
-                    ov.neigh("replace", ifindex=vxlan, dst=ip, lladdr=mac, state=_NUD_PERMANENT)
-        except NetlinkError as error:
+            fdb_found, neigh_found = neighbours.dump_blocking(sock, vxlan)
+            plan = plan_full(fdb_found, neigh_found, peers, settings.advertise_addr)
+            neighbours.apply_blocking(sock, vxlan, plan.requests)
+        except (neighbours.BatchError, OSError) as error:
             raise OverlayError(f"network {net.network_id}: updating peers: {error}") from error
-    log.debug("network %s: %d remote peers", net.network_id, len(remote))
+    assert plan.after is not None
+    log.debug("network %s: %d remote peers (%d changes)", net.network_id, len(plan.after.fdb),
+              len(plan.requests))
+    return vxlan, plan.after
+
+
+def _update_peers(settings: OverlaySettings, net: OverlayNetwork, vxlan: int, entries: Entries,
+                  removed: list[Peer], upserted: list[Peer]) -> None:
+    """Only what a delta changes, from the known entries (updated in place
+    once the kernel took them): no dump, one batch."""
+    plan = plan_delta(entries, removed, upserted, settings.advertise_addr)
+    if not plan.requests:
+        return
+    name = _require_network(settings, net.network_id)
+    with contextlib.closing(netlink_socket_in(name)) as sock:
+        try:
+            neighbours.apply_blocking(sock, vxlan, plan.requests)
+        except (neighbours.BatchError, OSError) as error:
+            raise OverlayError(f"network {net.network_id}: updating peers: {error}") from error
+    record(entries, plan.requests)
+    log.debug("network %s: %d peer changes", net.network_id, len(plan.requests))
 
 
 def _endpoints(settings: OverlaySettings, network_id: str) -> list[str]:
@@ -415,6 +417,11 @@ class OverlayManager:
     def __init__(self, settings: OverlaySettings) -> None:
         self.settings = settings
         self._locks: dict[str, asyncio.Lock] = {}
+        # Per network, the VXLAN device's index and static entries as the
+        # last set_peers or update_peers left them (deltas start from there);
+        # dropped by anything that may change the device behind our back.
+        self._entries: dict[str, tuple[int, Entries]] = {}
+        self._ensured: set[str] = set()  # networks set up by this manager
 
     async def _locked(self, network_id: str, call: Callable[[], None]) -> None:
         """Run a blocking operation in a thread, holding the network's lock
@@ -443,11 +450,21 @@ class OverlayManager:
         VXLAN device: call set_peers after; a changed MTU reaches a task's
         veth when it is attached again). Idempotent; a refused or failed new
         network leaves nothing."""
+        self._entries.pop(network.network_id, None)  # the device may be new: entries unknown
+        self._ensured.discard(network.network_id)
         await self._locked(network.network_id, functools.partial(_ensure_network, self.settings, network))
+        self._ensured.add(network.network_id)
+
+    def ensured(self, network_id: str) -> bool:
+        """Whether ensure_network succeeded for it (and it was not removed
+        since): an entry whose network did not change need not ensure again."""
+        return network_id in self._ensured
 
     async def remove_network(self, network_id: str) -> None:
         """Remove the network's namespace and every device in it (the tasks'
         ends of its veths included). Idempotent."""
+        self._entries.pop(network_id, None)
+        self._ensured.discard(network_id)
         await self._locked(network_id, functools.partial(_remove_network, self.settings, network_id))
         # The lock stays: dropping it while another call waits on it would
         # let a third call run beside that one.
@@ -488,7 +505,48 @@ class OverlayManager:
             for seen in (by_ip.setdefault(peer.ip, peer), by_mac.setdefault(peer.mac, peer)):
                 if seen != peer:
                     raise ValueError(f"peers clash: {seen} and {peer}")
-        await self._locked(network.network_id, functools.partial(_set_peers, self.settings, network, wanted))
+        network_id = network.network_id
+        result: list[tuple[int, Entries]] = []
+
+        def full() -> None:
+            self._entries.pop(network_id, None)
+            result.append(_set_peers(self.settings, network, wanted))
+            self._entries[network_id] = result[0]
+
+        await self._locked(network_id, full)
+
+    async def update_peers(self, network: OverlayNetwork, removed: Iterable[Peer],
+                           upserted: Iterable[Peer],
+                           everything: Callable[[], Iterable[Peer]]) -> None:
+        """Apply a delta: `removed` are the old versions of the peers that
+        left or changed, `upserted` the new versions of those that came or
+        changed. Only those entries are written, in one batch, when this
+        manager knows the device's entries; otherwise (first time, after
+        ensure_network or a failure) set_peers(everything())."""
+        network_id = network.network_id
+        gone, new = list(removed), list(upserted)
+        for peer in new:
+            if peer.ip not in network.subnet:
+                raise ValueError(f"peer {peer.ip} is not in network {network_id}'s subnet")
+        applied: list[bool] = []
+
+        def delta() -> None:
+            known = self._entries.get(network_id)  # read under the network's lock
+            if known is None:
+                return
+            try:
+                _update_peers(self.settings, network, known[0], known[1], gone, new)
+            except BaseException:
+                self._entries.pop(network_id, None)  # the next call starts from a dump
+                raise
+            applied.append(True)
+
+        try:
+            await self._locked(network_id, delta)
+        except OverlayError as error:
+            log.warning("%s; setting every peer again", error)
+        if not applied:  # entries unknown or the delta failed: from what the kernel has
+            await self.set_peers(network, everything())
 
     async def endpoints(self, network_id: str) -> list[str]:
         """The overlay-side veth names of the tasks attached on this host."""

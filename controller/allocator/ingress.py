@@ -163,7 +163,11 @@ class IngressKeeper:
 
     def _on_change(self, change: Change) -> None:
         match change:
-            case NetworkChange():
+            case NetworkChange(old=old, new=new) if any(
+                    n is not None and n.spec.ingress for n in (old, new)):
+                # Only the ingress network matters here; other networks are
+                # written with every address given out (their cursor), and a
+                # rescan looks at every node.
                 self._rescan()
                 self._wake.set()
             case NodeChange(object_id=node_id, new=None):

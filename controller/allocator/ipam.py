@@ -8,6 +8,7 @@ transaction, retried with fresher knowledge.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
@@ -16,6 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 DEFAULT_POOLS: tuple[str, ...] = ("10.0.0.0/8",)
 DEFAULT_SUBNET_SIZE = 24
+DEFAULT_INGRESS_SUBNET_SIZE = 16  # the routing mesh: one address per node, thousands of nodes
 # Below 4096 are VNIs other tools (and docker's defaults) commonly take.
 VNI_FIRST = 4096
 VNI_LAST = (1 << 24) - 1
@@ -58,8 +60,11 @@ def default_gateway(subnet: IPv4Network) -> IPv4Address:
     return subnet.network_address + 1
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def address_of(cidr: str) -> int:
-    """The address of an 'a.b.c.d/len' (or plain 'a.b.c.d') as an int."""
+    """The address of an 'a.b.c.d/len' (or plain 'a.b.c.d') as an int.
+    Cached: the address index parses every attachment of every task change
+    (old and new version), and the parse was most of that cost."""
     return int(ipaddress.IPv4Interface(cidr).ip)
 
 

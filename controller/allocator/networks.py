@@ -33,11 +33,24 @@ class AllocationError(ValueError):
 class PoolSettings:
     pools: tuple[IPv4Network, ...] = tuple(IPv4Network(p) for p in ipam.DEFAULT_POOLS)
     subnet_size: int = ipam.DEFAULT_SUBNET_SIZE
+    # The ingress network's block: every node takes an address there, so a
+    # /24 would leave nodes past the 253rd out of the routing mesh.
+    ingress_subnet_size: int = ipam.DEFAULT_INGRESS_SUBNET_SIZE
+
+    def size_for(self, spec: pb.NetworkSpec) -> int:
+        """The prefix length of a network made from the pools: the ingress
+        size for the ingress network, capped at the largest pool (a pool
+        smaller than a /16 still holds an ingress network, a smaller one)."""
+        if not spec.ingress:
+            return self.subnet_size
+        largest = min((p.prefixlen for p in self.pools), default=self.ingress_subnet_size)
+        return max(self.ingress_subnet_size, largest)
 
 
 def pool_settings(clusters: Iterable[pb.Cluster]) -> PoolSettings:
-    """The cluster's default address pools, or 10.0.0.0/8 in /24s. Entries that
-    do not parse (only a damaged store has them) are skipped."""
+    """The cluster's default address pools, or 10.0.0.0/8 in /24s (the
+    ingress network in a /16). Entries that do not parse (only a damaged
+    store has them) are skipped."""
     for cluster in clusters:
         config = cluster.spec.ipam
         pools: list[IPv4Network] = []
@@ -47,8 +60,9 @@ def pool_settings(clusters: Iterable[pb.Cluster]) -> PoolSettings:
             except ValueError:
                 continue
         size = config.subnet_size or ipam.DEFAULT_SUBNET_SIZE
-        if pools or config.subnet_size:
-            return PoolSettings(tuple(pools) or PoolSettings().pools, size)
+        ingress_size = config.ingress_subnet_size or ipam.DEFAULT_INGRESS_SUBNET_SIZE
+        if pools or config.subnet_size or config.ingress_subnet_size:
+            return PoolSettings(tuple(pools) or PoolSettings().pools, size, ingress_size)
     return PoolSettings()
 
 
@@ -78,10 +92,11 @@ def allocate_network(spec: pb.NetworkSpec, existing: Iterable[pb.Network],
             raise AllocationError("spec.ipam.subnet", f"{subnet} overlaps network {clash[0]!r} "
                                   f"({clash[1]})")
     else:
-        found = ipam.next_subnet(pools.pools, pools.subnet_size, [s for _, s in taken])
+        size = pools.size_for(spec)
+        found = ipam.next_subnet(pools.pools, size, [s for _, s in taken])
         if found is None:
             where = ", ".join(str(p) for p in pools.pools)
-            raise AllocationError("spec.ipam.subnet", f"no free /{pools.subnet_size} left in the "
+            raise AllocationError("spec.ipam.subnet", f"no free /{size} left in the "
                                   f"default address pools ({where}); give --subnet or remove "
                                   "unused networks", exhausted=True)
         subnet = found

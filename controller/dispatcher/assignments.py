@@ -29,7 +29,14 @@ from swarm.api.v1 import objects_pb2 as pb
 
 from ..drain import Drain, holds, is_stopping, starts_draining
 from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
-from ..peers import OverlayIndex, PeerTable, ServiceIndex, network_assignment, vtep
+from ..peers import (
+    OverlayIndex,
+    PeerTable,
+    ServiceIndex,
+    network_assignment,
+    network_news,
+    vtep,
+)
 from ..pullauth import PullCredentials, for_tasks
 from ..store import Change, NetworkChange, NodeChange, ServiceChange, TaskChange
 from ..store.cache import WatchCache
@@ -69,6 +76,12 @@ class Assignments:
         self.draining_for: dict[str, set[str]] = {}  # node -> its pending drains
         # network -> nodes whose session was sent it (the reverse of sent_networks).
         self._holders: dict[str, set[str]] = {}
+        # network -> the holders with nothing pending for it: a task change
+        # wakes these (and the task's node), not every node on the network
+        # again; the others were woken already and will read the table as it
+        # is when they send. 10,000 task starts on a 500-node network are
+        # then one wake per node per message, not per change.
+        self._clean: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------ messages
 
@@ -88,6 +101,8 @@ class Assignments:
         dirty_networks, session.dirty_networks = session.dirty_networks, set()
         drained, session.drained = session.drained, set()
         networks, removed_networks = self._network_updates(session, dirty_networks)
+        if networks or removed_networks:
+            session.sent_networks_now()
         if not (changed or networks or removed_networks or drained):
             return None
         tasks = [t for t in changed.values() if t is not None]
@@ -104,13 +119,15 @@ class Assignments:
     def _sent(self, session: Session, network_id: str, version: int) -> None:
         session.sent_networks[network_id] = version
         self._holders.setdefault(network_id, set()).add(session.node_id)
+        self._clean.setdefault(network_id, set()).add(session.node_id)
 
     def _unsent(self, session: Session, network_id: str) -> bool:
-        holders = self._holders.get(network_id)
-        if holders is not None:
-            holders.discard(session.node_id)
-            if not holders:
-                del self._holders[network_id]
+        for index in (self._holders, self._clean):
+            nodes = index.get(network_id)
+            if nodes is not None:
+                nodes.discard(session.node_id)
+                if not nodes:
+                    del index[network_id]
         return session.sent_networks.pop(network_id, None) is not None
 
     def ended(self, session: Session) -> None:
@@ -134,12 +151,12 @@ class Assignments:
             if network is not None and network_id in uses:
                 table = self.peers.refresh(network_id, self.overlay, self.services, cache.nodes)
                 assignment = network_assignment(network, table,
-                                                session.sent_networks.get(network_id))
+                                                session.sent_networks.get(network_id),
+                                                session.compact_deltas)
                 self._sent(session, network_id, table.version)
                 if network.spec.ingress:
-                    assignment = self._with_mesh(session, network, assignment)
+                    assignment = self._with_mesh(session, network, assignment, table.version)
                 if assignment is not None:
-                    assignment.version = table.version
                     updates.append(assignment)
             elif self._unsent(session, network_id):
                 session.acked.pop(network_id, None)
@@ -151,7 +168,8 @@ class Assignments:
         return updates, removed
 
     def _with_mesh(self, session: Session, network: pb.Network,
-                   assignment: dpb.NetworkAssignment | None) -> dpb.NetworkAssignment | None:
+                   shared: dpb.NetworkAssignment | None, version: int
+                   ) -> dpb.NetworkAssignment | None:
         """The ingress entry with the node's address and the published services."""
         cache = self._cache
         node = cache.nodes.get(session.node_id)
@@ -159,14 +177,29 @@ class Assignments:
         fingerprint = mesh_fingerprint(node, network, records)
         changed = fingerprint != session.sent_mesh
         session.sent_mesh = fingerprint
-        return complete_ingress(assignment, network, node, records, changed)
+        assignment = None
+        if shared is not None:  # shared by the sessions (peers.network_assignment): a copy
+            assignment = dpb.NetworkAssignment()
+            assignment.CopyFrom(shared)
+        assignment = complete_ingress(assignment, network, node, records, changed)
+        if assignment is not None:
+            assignment.version = version
+        return assignment
 
-    def _mark_networks(self, network_ids: set[str]) -> None:
-        """Tell the sessions that have (or need) these networks to look again."""
+    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None) -> None:
+        """Tell the sessions that have (or need) these networks to look again:
+        with `nodes` (a task change: its nodes), the clean holders and those
+        nodes; without, every node on the networks and every holder (rarer
+        changes: a network, a node, its own endpoint)."""
         sessions = self._sessions
         for network_id in network_ids:
-            for node_id in (*self.overlay.nodes_on(network_id),
-                            *self._holders.get(network_id, ())):
+            clean = self._clean.pop(network_id, set())
+            if nodes is None:
+                targets = {*clean, *self.overlay.nodes_on(network_id),
+                           *self._holders.get(network_id, ())}
+            else:
+                targets = clean.union(nodes)
+            for node_id in targets:
                 session = sessions.get(node_id)
                 if session is not None:
                     session.dirty_networks.add(network_id)
@@ -181,9 +214,15 @@ class Assignments:
                 if affects_mesh(old_service, new_service):  # the ingress entries' records
                     changed |= {n.id for n in self._cache.networks.values() if n.spec.ingress}
                 self._mark_networks(changed)
-            case NetworkChange(object_id=network_id, new=network):
+            case NetworkChange(object_id=network_id, old=old_network, new=network):
+                # Every address given out moves the network's cursor: that
+                # is no news to the nodes (and was a wake of every one).
+                if not network_news(old_network, network):
+                    return
                 if network is None:
                     self.peers.forget(network_id)
+                else:
+                    self.peers.network_changed(network_id)
                 self._mark_networks({network_id})
             case NodeChange(object_id=node_id, old=old_node, new=new_node):
                 self._on_node(node_id, old_node, new_node)
@@ -208,7 +247,8 @@ class Assignments:
             self.release_node(node_id)
 
     def _on_task(self, task_id: str, old: pb.Task | None, new: pb.Task | None) -> None:
-        self._mark_networks(self.overlay.apply(old, new))
+        self._mark_networks(self.overlay.apply(old, new),
+                            tuple({t.node_id for t in (old, new) if t is not None and t.node_id}))
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(new)

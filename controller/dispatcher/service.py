@@ -266,7 +266,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._check_caller(node_id, context)
         if node_id not in self._store.cache.nodes:
             raise NotFound(f"node {node_id} is not known; register again")
-        session = NodeSession(node_id=node_id, session_id=new_id())
+        session = NodeSession(node_id=node_id, session_id=new_id(),
+                              compact_deltas=request.compact_deltas)
         state.sessions.open(session)
         self._beat(state, node_id)
         try:

@@ -18,6 +18,7 @@ it goes at once.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from swarm.api.v1 import objects_pb2 as pb
@@ -50,6 +51,16 @@ class Session:
     urgent: bool = False
     # The controller set changed since the last message.
     controllers_dirty: bool = False
+    # The agent takes compact network deltas (SessionRequest.compact_deltas).
+    compact_deltas: bool = False
+    # When it was sent networks the last two times (monotonic): peer news
+    # goes at once unless two messages went within the last two coalescing
+    # windows (a task start, its endpoint then its readiness, is two quick
+    # messages; a burst still averages one per window).
+    networks_sent: tuple[float, float] = (0.0, 0.0)
+
+    def sent_networks_now(self) -> None:
+        self.networks_sent = (self.networks_sent[1], time.monotonic())
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
 
@@ -62,12 +73,23 @@ class Session:
 
     async def wait_for_news(self, assignment_flush: float, network_flush: float) -> None:
         """Until there is something to send (or the session is closed),
-        with the coalescing pause unless the news is urgent."""
+        with the coalescing pause unless the news is urgent: peer news at
+        most twice per two network_flush windows, the rest after a short
+        pause (a lone task start reaches the other nodes at once; a burst
+        still becomes about one message per window)."""
         await self.wake.wait()
         if not self.closed and not self.urgent:
-            await asyncio.sleep(network_flush if self.dirty_networks else assignment_flush)
+            pause = assignment_flush
+            if self.dirty_networks:
+                if not self.dirty:  # peer news alone: no placements to gather
+                    pause = NETWORK_FIRST_PAUSE
+                pause = max(pause, self.networks_sent[0] + 2 * network_flush - time.monotonic())
+            await asyncio.sleep(pause)
         self.wake.clear()
         self.urgent = False
+
+
+NETWORK_FIRST_PAUSE = 0.005  # gathers one status write's changes
 
 
 class Sessions(dict[str, Session]):

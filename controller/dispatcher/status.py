@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from swarm.api.v1 import objects_pb2 as pb
@@ -26,6 +27,7 @@ from ..store import Guard, Op, Planned, Store, StoreUnavailable, Update
 log = logging.getLogger(__name__)
 
 _CAS_ATTEMPTS = 10
+_FIRST_PAUSE = 0.002  # gathers one status report call's burst
 
 
 class StatusWriter:
@@ -43,10 +45,16 @@ class StatusWriter:
 
     async def run(self) -> None:
         outage = 0.0
+        written_at = 0.0
         while True:
             await self._ready.wait()
             self._ready.clear()
-            await asyncio.sleep(self._flush_interval)
+            # At most one write per flush interval, but the first after a
+            # quiet spell goes at once: a task's RUNNING is what other nodes
+            # wait for to find it (discovery latency).
+            await asyncio.sleep(max(_FIRST_PAUSE,
+                                    written_at + self._flush_interval - time.monotonic()))
+            written_at = time.monotonic()
             pending, self.pending = self.pending, {}
             ops: list[Update] = []
             tasks = self._store.cache.tasks

@@ -253,6 +253,48 @@ async def test_set_peers_has_replace_semantics(hosts3: Hosts) -> None:
     assert await asyncio.to_thread(dump, ov1, "neigh") == []
 
 
+async def test_update_peers_applies_deltas_without_a_full_set(hosts3: Hosts) -> None:
+    """A delta writes only what changed, from what the manager knows (no
+    dump), and the kernel ends exactly where a full set would leave it."""
+    managers, tasks = await set_up(hosts3)
+    t1, t2, t3 = tasks
+    await start_echo(hosts3, t3)
+    ov1 = managers[0].netns_path(NET.network_id)
+    everything_asked: list[int] = []
+
+    def everything(peers: list[Peer]) -> Any:
+        def call() -> list[Peer]:
+            everything_asked.append(1)
+            return peers
+        return call
+
+    # t3 leaves: its entries go, traffic stops; the other host's are untouched.
+    await managers[0].update_peers(NET, [t3.peer()], [], everything(others(tasks, t3)))
+    assert await asyncio.to_thread(dump, ov1, "fdb") == [(mac_from_ip(t2.address.ip), str(t2.host.ip))]
+    assert await unreachable(t1, t3)
+    # t3 back, and a new endpoint on host 2 at once; one that moved host is replaced.
+    extra = Peer(IPv4Address("10.20.0.77"), t2.host.ip)
+    await managers[0].update_peers(NET, [], [t3.peer(), extra], everything([]))
+    await echo(t1, t3)
+    moved = Peer(extra.ip, t3.host.ip)
+    await managers[0].update_peers(NET, [extra], [moved], everything([]))
+    wanted = [t2.peer(), t3.peer(), moved]
+    assert await asyncio.to_thread(dump, ov1, "fdb") == sorted((p.mac, str(p.vtep)) for p in wanted)
+    assert await asyncio.to_thread(dump, ov1, "neigh") == sorted((str(p.ip), p.mac) for p in wanted)
+    # Peers on this host's own VTEP never get entries; nothing was ever re-sent whole.
+    await managers[0].update_peers(NET, [], [Peer(IPv4Address("10.20.0.78"), t1.host.ip)],
+                                   everything([]))
+    assert len(await asyncio.to_thread(dump, ov1, "fdb")) == 3
+    assert everything_asked == []
+    # After ensure_network the manager no longer trusts what it knew: the
+    # next delta starts from the whole set (and a dump).
+    await managers[0].ensure_network(NET)
+    await managers[0].update_peers(NET, [], [], everything(others(tasks)))
+    assert everything_asked == [1]
+    assert await asyncio.to_thread(dump, ov1, "fdb") == sorted(
+        (p.mac, str(p.vtep)) for p in others(tasks, t1))
+
+
 async def test_networks_are_isolated_even_with_a_wrong_peer_entry(hosts2: Hosts) -> None:
     # net2 overlaps net1's subnet on purpose. h1's net1 is even told (wrongly)
     # that net2's task is a peer: its frames reach h2 with net1's VNI, land

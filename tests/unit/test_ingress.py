@@ -4,7 +4,7 @@ listeners and backends an agent derives from them."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
@@ -14,8 +14,18 @@ from swarm.agent.network.proxy import Backend, pick
 from swarm.agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.controller.allocator.ingress import NO_INGRESS_MESSAGE, node_address, plan_node_attachments
-from swarm.controller.allocator.networks import AllocationError
+from swarm.controller.allocator.ingress import (
+    NO_INGRESS_MESSAGE,
+    ingress_spec,
+    node_address,
+    plan_node_attachments,
+)
+from swarm.controller.allocator.networks import (
+    AllocationError,
+    PoolSettings,
+    allocate_network,
+    pool_settings,
+)
 from swarm.controller.allocator.ports import DYNAMIC_FIRST, plan_ports, publishes_ingress
 from swarm.controller.allocator.tasks import plan_tasks
 from swarm.controller.mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
@@ -129,6 +139,72 @@ def test_a_full_ingress_subnet_is_a_problem_not_a_crash() -> None:
     plan = plan_node_attachments([node("a")], INGRESS_NET, used, 10)
     assert plan.nodes == []
     assert "no free address on network 'ingress'" in plan.problem
+
+
+def test_the_ingress_network_holds_thousands_of_nodes() -> None:
+    """A cluster's ingress network is a /16 from the default pools (a /24
+    left every node past the 253rd without an address, out of the routing
+    mesh); user networks keep their /24s next to it."""
+    pools = PoolSettings()
+    ingress = allocate_network(ingress_spec(), [], pools)
+    assert ingress.subnet == "10.0.0.0/16"
+    made = pb.Network(id="ing", subnet=ingress.subnet, gateway=ingress.gateway, vni=ingress.vni,
+                      spec=ingress_spec())
+    nodes = [node(f"n{i:05d}") for i in range(5000)]
+    used: dict[str, set[int]] = {}
+    given: list[str] = []
+    while True:  # as the keeper does: a bounded plan per transaction
+        plan = plan_node_attachments([n for n in nodes if not node_address(n, "ing")], made,
+                                     used, 1000)
+        assert plan.problem == ""
+        if not plan.nodes:
+            break
+        assert plan.pool is not None
+        made = plan.pool.network
+        used.setdefault("ing", set()).update(plan.claimed.values())
+        by_id = {n.id: n for n in plan.nodes}
+        nodes = [by_id.get(n.id, n) for n in nodes]
+        given.extend(node_address(n, "ing") for n in plan.nodes)
+    assert len(given) == len(set(given)) == 5000
+    assert all(IPv4Interface(a).network == IPv4Network("10.0.0.0/16") for a in given)
+    user = allocate_network(pb.NetworkSpec(name="front"), [made], pools)
+    assert user.subnet == "10.1.0.0/24"
+
+
+@pytest.mark.parametrize(("ipam_defaults", "subnet"), [
+    (pb.IPAMDefaults(), "10.0.0.0/16"),
+    (pb.IPAMDefaults(ingress_subnet_size=20), "10.0.0.0/20"),
+    # A pool smaller than the ingress size holds a smaller ingress network.
+    (pb.IPAMDefaults(address_pools=["172.30.0.0/22"]), "172.30.0.0/22"),
+    (pb.IPAMDefaults(subnet_size=26), "10.0.0.0/16"),
+])
+def test_the_ingress_size_is_the_clusters_setting(ipam_defaults: pb.IPAMDefaults,
+                                                    subnet: str) -> None:
+    cluster = pb.Cluster(id="c", spec=pb.ClusterSpec(ipam=ipam_defaults))
+    assert allocate_network(ingress_spec(), [], pool_settings([cluster])).subnet == subnet
+
+
+def test_the_ingress_size_flag_reaches_the_new_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.controller.main import parse_args
+    from swarm.controller.server import default_cluster
+
+    assert default_cluster(parse_args(["--insecure"])).spec.ipam.ingress_subnet_size == 16
+    config = parse_args(["--insecure", "--ingress-subnet-size", "20"])
+    assert default_cluster(config).spec.ipam.ingress_subnet_size == 20
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--insecure", "--ingress-subnet-size", "30"])
+    assert exit_info.value.code == 2
+    assert "--ingress-subnet-size: must be between 8 and 29 (got 30)" in capsys.readouterr().err
+
+
+def test_an_existing_ingress_network_keeps_its_subnet() -> None:
+    """Nothing reallocates an ingress network that exists: a cluster made
+    with a /24 keeps it (and so do its nodes' addresses)."""
+    has = node("b", pb.NetworkAttachment(network_id="ing", addresses=["10.0.0.2/29"]))
+    plan = plan_node_attachments([has, node("a")], INGRESS_NET, {"ing": {0x0A000002}}, 10)
+    assert [(n.id, node_address(n, "ing")) for n in plan.nodes] == [("a", "10.0.0.3/29")]
+    assert plan.pool is not None
+    assert plan.pool.network.subnet == "10.0.0.0/29"
 
 
 # ---------------------------------------------------------------- what nodes are told

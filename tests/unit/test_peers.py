@@ -5,27 +5,33 @@ the agent-side sync with replace semantics."""
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from swarm.agent.compact_deltas import CompactDeltas
 from swarm.agent.network.model import OverlayNetwork, Peer, mac_from_ip
 from swarm.agent.network.overlay import OverlayError
 from swarm.agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
 from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.dispatcher.assignments import Assignments
+from swarm.controller.dispatcher.sessions import Session, Sessions
 from swarm.controller.peers import (
     OverlayIndex,
     PeerTable,
     ServiceIndex,
     is_ready,
     network_assignment,
+    network_news,
     service_records,
     vtep,
 )
+from swarm.controller.store import NetworkChange, TaskChange
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
@@ -311,3 +317,261 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
         assert agents[receiver].apply(dpb.NetworkAssignment(network=NET, delta=True)) == \
             peers_of(full.peers)
         assert agents[receiver].endpoints("net") == list(full.peers)
+
+
+# ---------------------------------------------------------------- compact deltas
+
+
+def _wire(entry: dpb.NetworkAssignment) -> dpb.NetworkAssignment:
+    """The entry as an agent receives it (a copy: entries are shared)."""
+    return dpb.NetworkAssignment.FromString(entry.SerializeToString())
+
+
+def test_a_compact_delta_is_the_changed_peers_alone() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    records = ServiceIndex([service("svc", "web", "net", vips={"net": "10.0.0.250/24"})])
+    table = PeerTable()
+    first = table.refresh("net", index, records, nodes).version
+    full = network_assignment(NET, table.refresh("net", index, records, nodes), None,
+                              compact=True)
+    assert full is not None
+    assert (full.delta, full.network.vni, len(full.services)) == (False, 4096, 1)
+    index.apply(None, task("b", "n2", "10.0.0.3/24"))
+    current = table.refresh("net", index, records, nodes)
+    delta = network_assignment(NET, current, first, compact=True)
+    assert delta is not None
+    assert delta.network == pb.Network(id="net")
+    assert (delta.network_unchanged, delta.services_unchanged) == (True, True)
+    assert list(delta.services) == []
+    assert [(p.task_id, p.mac, p.node_id, p.task_name) for p in delta.peers] == [
+        ("b", "", "", "web.1")], "the MAC is derived, the node unused, the name's suffix known"
+    verbose = network_assignment(NET, current, first)
+    assert verbose is not None
+    assert delta.ByteSize() < verbose.ByteSize()
+    # Shared: every session at the same point gets the same entry, built once.
+    assert network_assignment(NET, current, first, compact=True) is delta
+    # A service change resends the records; a network change the network.
+    records.apply(None, service("api", "api", "net"))
+    relabelled = pb.Network()
+    relabelled.CopyFrom(NET)
+    relabelled.spec.labels["tier"] = "front"
+    table.network_changed("net")
+    after = table.refresh("net", index, records, nodes)
+    changed = network_assignment(relabelled, after, first + 1, compact=True)
+    assert changed is not None
+    assert (changed.network_unchanged, changed.services_unchanged) == (False, False)
+    assert changed.network.spec.labels["tier"] == "front"
+    assert [r.name for r in changed.services] == ["api", "web"]
+    assert list(changed.peers) == []
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "ready", "down", "up", "service",
+                                           "network", "reconnect"]),
+                          st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=30),
+       st.integers(1, 6))
+def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
+        steps: list[tuple[str, int, str]], log_limit: int) -> None:
+    """Random endpoint, readiness, node, service and network changes, and
+    reconnects (a new stream: a full snapshot, then deltas), each node's agent
+    taking what it is sent (compact, as on the wire) at random points through
+    CompactDeltas, PeerSets and the data plane's deltas: its peers, the
+    network and the service records are always exactly what a full set from
+    scratch gives, and the data plane was never given a full set for a delta."""
+    index = OverlayIndex()
+    nodes = {n: node(n, f"192.168.1.{i}") for i, n in enumerate(["n1", "n2", "n3"], start=1)}
+    services = ServiceIndex()
+    table = PeerTable(log_limit=log_limit)
+    network = pb.Network()
+    network.CopyFrom(NET)
+    agents = {n: (CompactDeltas(), PeerSets(), RecordingOverlay()) for n in nodes}
+    sent: dict[str, int | None] = dict.fromkeys(nodes)
+    complete_sets = dict.fromkeys(nodes, 0)
+    present: dict[int, pb.Task] = {}
+    for action, number, node_id in steps:
+        if action == "add" and number not in present:
+            present[number] = task(f"t{number}", node_id, f"10.0.0.{number + 2}/24",
+                                   state=pb.STARTING)
+            index.apply(None, present[number])
+        elif action == "remove" and number in present:
+            index.apply(present.pop(number), None)
+        elif action == "ready" and number in present:
+            old = present[number]
+            present[number] = task(old.id, old.node_id, old.networks[0].addresses[0])
+            index.apply(old, present[number])
+        elif action in ("down", "up"):
+            state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
+            nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
+            table.nodes_generation += 1
+        elif action == "service":
+            services.apply(None, service(f"s{number}", f"svc{number}", "net"))
+        elif action == "network":
+            network.spec.labels["step"] = str(number)
+            table.network_changed("net")
+        receiver = ["n1", "n2", "n3"][number % 3]
+        compact, sets, overlay = agents[receiver]
+        if action == "reconnect":
+            sent[receiver] = None
+            compact = CompactDeltas()
+            agents[receiver] = (compact, sets, overlay)
+        current = table.refresh("net", index, services, nodes)
+        shared = network_assignment(network, current, sent[receiver], compact=True)
+        sent[receiver] = current.version
+        if shared is not None:
+            before = shared.SerializeToString()
+            message = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[_wire(shared)])
+            compact.expand(message)
+            asyncio.run(add_networks(overlay, message, sets))
+            assert shared.SerializeToString() == before, "a shared entry is never changed"
+            complete_sets[receiver] += not message.networks[0].delta
+            expected_network = pb.Network()
+            expected_network.CopyFrom(network)
+            expected_network.ClearField("meta")
+            expected_network.address_cursor = ""
+            assert message.networks[0].network == expected_network
+        full = network_assignment(network, current, None)
+        assert full is not None
+        assert sets.peers("net") == peers_of(full.peers)
+        assert [p.task_id for p in sets.endpoints("net")] == [p.task_id for p in full.peers]
+        assert [p.ready for p in sets.endpoints("net")] == [p.ready for p in full.peers]
+        assert [p.task_name for p in sets.endpoints("net")] == [p.task_name for p in full.peers]
+        assert sets.services("net") == list(full.services)
+        assert sorted(overlay.peers.get("net", []), key=str) == sorted(peers_of(full.peers), key=str)
+        assert overlay.full_sets == complete_sets[receiver]
+
+
+# ---------------------------------------------------------------- the dispatcher's fan-out
+
+
+class _Cache:
+    """What Assignments reads of the watch cache, kept by hand."""
+
+    def __init__(self, nodes: list[pb.Node]) -> None:
+        self.tasks: dict[str, pb.Task] = {}
+        self.tasks_by_node: dict[str, dict[str, pb.Task]] = {}
+        self.nodes = {n.id: n for n in nodes}
+        self.networks = {"net": NET}
+        self.services: dict[str, pb.Service] = {}
+
+    def put(self, new: pb.Task | None, old: pb.Task | None) -> None:
+        if old is not None:
+            self.tasks.pop(old.id, None)
+            self.tasks_by_node.get(old.node_id, {}).pop(old.id, None)
+        if new is not None:
+            self.tasks[new.id] = new
+            self.tasks_by_node.setdefault(new.node_id, {})[new.id] = new
+
+
+@given(st.lists(st.tuples(st.sampled_from(["add", "ready", "remove", "send", "reconnect"]),
+                          st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=40))
+@settings(deadline=None)
+def test_a_burst_wakes_each_holder_once_and_loses_no_change(
+        steps: list[tuple[str, int, str]]) -> None:
+    """Task changes wake only the holders with nothing pending (and the
+    task's node), yet no change is lost: with sessions sending at random
+    points and reconnecting, once every woken session has sent, every
+    node holds exactly the network's full set (or nothing, if it left)."""
+    node_ids = ["n1", "n2", "n3"]
+    cache = _Cache([node(n, f"192.168.1.{i}") for i, n in enumerate(node_ids, start=1)])
+    sessions = Sessions()
+    assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
+    agents: dict[str, tuple[CompactDeltas, PeerSets, RecordingOverlay]] = {}
+
+    def deliver(node_id: str, message: dpb.Assignments | None) -> None:
+        if message is None:
+            return
+        wire = dpb.Assignments.FromString(message.SerializeToString())
+        compact, sets, overlay = agents[node_id]
+        compact.expand(wire)
+        asyncio.run(sync_networks(overlay, wire, sets))
+
+    def connect(node_id: str) -> None:
+        session = Session(node_id=node_id, session_id=f"{node_id}-{len(agents)}",
+                          compact_deltas=True)
+        previous = sessions.get(node_id)
+        sessions.open(session)
+        if previous is not None:
+            assignments.ended(previous)
+        agents[node_id] = (CompactDeltas(), PeerSets(), RecordingOverlay())
+        deliver(node_id, assignments.complete(session))
+
+    def send(node_id: str) -> None:
+        session = sessions[node_id]
+        if session.wake.is_set():
+            session.wake.clear()
+            deliver(node_id, assignments.incremental(session))
+
+    for node_id in node_ids:
+        connect(node_id)
+    present: dict[int, pb.Task] = {}
+    for action, number, node_id in steps:
+        old = present.get(number)
+        new: pb.Task | None = None
+        if action == "add" and old is None:
+            new = task(f"t{number}", node_id, f"10.0.0.{number + 2}/24", state=pb.STARTING)
+        elif action == "ready" and old is not None:
+            new = task(old.id, old.node_id, old.networks[0].addresses[0])
+        elif action == "remove" and old is not None:
+            new = None
+        elif action == "send":
+            send(node_id)
+            continue
+        elif action == "reconnect":
+            connect(node_id)
+            continue
+        else:
+            continue
+        if new is None:
+            present.pop(number)
+        else:
+            present[number] = new
+        cache.put(new, old)
+        assignments.on_change(TaskChange(object_id=f"t{number}", old=old, new=new))
+    for node_id in node_ids:
+        send(node_id)
+    table = assignments.peers.refresh("net", assignments.overlay, assignments.services,
+                                      cache.nodes)
+    full = network_assignment(NET, table, None)
+    assert full is not None
+    for node_id in node_ids:
+        _, sets, overlay = agents[node_id]
+        if assignments.overlay.uses(node_id, "net"):
+            assert sets.peers("net") == peers_of(full.peers)
+            assert overlay.networks() == ["net"]
+        else:
+            assert overlay.networks() == []
+
+
+def test_a_moved_allocation_cursor_is_no_news_to_the_nodes() -> None:
+    """Every address given out moves the network's cursor (a network write):
+    nodes are told nothing and no session is woken; a real change is news."""
+    moved = pb.Network()
+    moved.CopyFrom(NET)
+    moved.address_cursor = "10.0.0.10"
+    moved.meta.version = 7
+    assert not network_news(NET, moved)
+    relabelled = pb.Network()
+    relabelled.CopyFrom(moved)
+    relabelled.spec.labels["tier"] = "front"
+    assert network_news(moved, relabelled)
+    assert network_news(None, NET)
+    assert network_news(NET, None)
+    cache = _Cache([node("n1", "192.168.1.1")])
+    sessions = Sessions()
+    assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
+    session = Session(node_id="n1", session_id="s", compact_deltas=True)
+    sessions.open(session)
+    running = task("t1", "n1", "10.0.0.2/24")
+    cache.put(running, None)
+    assignments.on_change(TaskChange(object_id="t1", old=None, new=running))
+    assignments.complete(session)
+    session.wake.clear()
+    assignments.on_change(NetworkChange(object_id="net", old=NET, new=moved))
+    assert not session.wake.is_set()
+    assignments.on_change(NetworkChange(object_id="net", old=moved, new=relabelled))
+    assert session.wake.is_set()
+    cache.networks["net"] = relabelled
+    message = assignments.incremental(session)
+    assert message is not None
+    assert message.networks[0].network.spec.labels["tier"] == "front"
+    assert message.networks[0].network.address_cursor == ""

@@ -100,7 +100,10 @@ class SessionRequest(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    COMPACT_DELTAS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
+    compact_deltas: _builtins.bool
+    """The agent takes compact network deltas (NetworkAssignment.network_unchanged)."""
     @_builtins.property
     def description(self) -> _objects_pb2.NodeDescription: ...
     def __init__(
@@ -108,10 +111,11 @@ class SessionRequest(_message.Message):
         *,
         node_id: _builtins.str = ...,
         description: _objects_pb2.NodeDescription | None = ...,
+        compact_deltas: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_deltas", b"compact_deltas", "description", b"description", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -330,6 +334,9 @@ class NetworkAssignment(_message.Message):
     SERVICES_FIELD_NUMBER: _builtins.int
     NODE_ADDRESS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    NETWORK_UNCHANGED_FIELD_NUMBER: _builtins.int
+    SERVICES_UNCHANGED_FIELD_NUMBER: _builtins.int
+    PEERS_COMPACT_FIELD_NUMBER: _builtins.int
     delta: _builtins.bool
     node_address: _builtins.str
     """This node's own address on the network, when the node itself is an
@@ -338,6 +345,18 @@ class NetworkAssignment(_message.Message):
     version: _builtins.int
     """The version of the network's peer set this entry brings the node to;
     the node confirms it has applied it (HeartbeatRequest.applied).
+    """
+    network_unchanged: _builtins.bool
+    """Compact deltas (to agents that asked, SessionRequest.compact_deltas):
+    the network object is left out (only its id is set) when it has not
+    changed since the node's last entry, and so are the service records
+    (keep the last ones sent).
+    """
+    services_unchanged: _builtins.bool
+    peers_compact: _builtins.bool
+    """Compact peers (to the same agents, complete sets too): no mac, no
+    node_id (agents do not use it), and task_name without its ".TASKID"
+    suffix (the peer's task_id); the agent puts the name back.
     """
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
@@ -365,10 +384,13 @@ class NetworkAssignment(_message.Message):
         services: _abc.Iterable[Global___ServiceRecord] | None = ...,
         node_address: _builtins.str = ...,
         version: _builtins.int = ...,
+        network_unchanged: _builtins.bool = ...,
+        services_unchanged: _builtins.bool = ...,
+        peers_compact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "node_address", b"node_address", "peers", b"peers", "removed_peers", b"removed_peers", "services", b"services", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "network_unchanged", b"network_unchanged", "node_address", b"node_address", "peers", b"peers", "peers_compact", b"peers_compact", "removed_peers", b"removed_peers", "services", b"services", "services_unchanged", b"services_unchanged", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

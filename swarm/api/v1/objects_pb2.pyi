@@ -1790,8 +1790,14 @@ class IPAMDefaults(_message.Message):
 
     ADDRESS_POOLS_FIELD_NUMBER: _builtins.int
     SUBNET_SIZE_FIELD_NUMBER: _builtins.int
+    INGRESS_SUBNET_SIZE_FIELD_NUMBER: _builtins.int
     subnet_size: _builtins.int
     """prefix length of each network; 0: 24"""
+    ingress_subnet_size: _builtins.int
+    """Prefix length of the routing mesh's ingress network when the cluster
+    makes it (every node takes an address there); 0: 16, room for 65,534
+    nodes. An existing ingress network keeps its subnet.
+    """
     @_builtins.property
     def address_pools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """CIDR; unset: 10.0.0.0/8"""
@@ -1801,10 +1807,11 @@ class IPAMDefaults(_message.Message):
         *,
         address_pools: _abc.Iterable[_builtins.str] | None = ...,
         subnet_size: _builtins.int = ...,
+        ingress_subnet_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_pools", b"address_pools", "subnet_size", b"subnet_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address_pools", b"address_pools", "ingress_subnet_size", b"ingress_subnet_size", "subnet_size", b"subnet_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
