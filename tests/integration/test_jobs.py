@@ -1,0 +1,157 @@
+"""Jobs against a live control plane: a real etcd, the real controller and
+simulated nodes (their tasks exit as SWARM_SIM_EXIT says). Bad job specs are
+refused by the API with the field named and nothing written; a replicated job
+runs its completions, max-concurrent at a time; a scheduled job runs on its
+schedule and skips a run while the previous one is still going."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+import pytest
+
+from swarm.api import channels
+from swarm.api.v1 import control_pb2 as cpb
+from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
+from tests.integration.live import LiveCluster
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def stub(live: LiveCluster) -> Iterator[cgrpc.ControlStub]:
+    channel = channels.blocking_client_channel(live.addr, live.controller.pki.admin_identity())
+    try:
+        yield cgrpc.ControlStub(channel)
+    finally:
+        channel.close()
+
+
+def job_spec(name: str, completions: int = 6, concurrent: int = 2, *, exit_code: int = 0,
+             after: str = "0.3s", schedule: str = "") -> pb.ServiceSpec:
+    spec = pb.ServiceSpec(name=name, schedule=schedule)
+    spec.replicated_job.total_completions = completions
+    spec.replicated_job.max_concurrent = concurrent
+    spec.task.container.image = "busybox"
+    spec.task.container.env.append(f"SWARM_SIM_EXIT={exit_code}-after:{after}")
+    spec.task.restart.condition = pb.RestartPolicy.ON_FAILURE
+    spec.task.restart.delay.FromMilliseconds(100)
+    return spec
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _no_update(spec: pb.ServiceSpec) -> None:
+    spec.update.parallelism = 2
+
+
+def _concurrent_zero(spec: pb.ServiceSpec) -> None:
+    spec.replicated_job.max_concurrent = 0
+
+
+def _bad_cron(spec: pb.ServiceSpec) -> None:
+    spec.schedule = "61 * * * *"
+
+
+def _schedule_on_a_service(spec: pb.ServiceSpec) -> None:
+    spec.replicated.replicas = 2
+    spec.schedule = "@hourly"
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (_concurrent_zero, "spec.mode.replicated_job.max_concurrent: must be at least 1 (got 0)"),
+    (_no_update, "spec.update: a job has no rolling update settings"),
+    (_bad_cron, "spec.schedule: '61 * * * *' is not a valid cron expression"),
+    (_schedule_on_a_service, "spec.schedule: applies to jobs only"),
+])
+def test_the_api_refuses_a_bad_job_naming_the_field_and_writes_nothing(
+        live: LiveCluster, stub: cgrpc.ControlStub, mutate: Callable[[pb.ServiceSpec], None],
+        field: str) -> None:
+    spec = job_spec("bad")
+    mutate(spec)
+    before = live.snapshot()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
+    error: grpc.Call = caught.value  # type: ignore[assignment]
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (error.details() or "")
+    assert "\n" not in (error.details() or "")
+    assert live.snapshot() == before
+
+
+def test_a_replicated_job_runs_its_completions_max_concurrent_at_a_time(
+        live: LiveCluster, stub: cgrpc.ControlStub) -> None:
+    created = stub.CreateService(cpb.CreateServiceRequest(spec=job_spec("batch")),
+                                 timeout=10).service
+    assert created.job_status.iteration == 1
+    most = 0
+
+    def done() -> bool:
+        nonlocal most
+        tasks = live.tasks("batch")
+        most = max(most, sum(t.status.state == pb.RUNNING for t in tasks))
+        return live.service("batch").job_status.state == pb.JobStatus.COMPLETE
+
+    wait_for("the job to complete", done)
+    tasks = live.tasks("batch")
+    assert sorted(t.slot for t in tasks if t.status.state == pb.COMPLETE) == [1, 2, 3, 4, 5, 6]
+    assert all(t.desired_state == pb.COMPLETE for t in tasks)
+    assert 1 <= most <= 2
+    time.sleep(1)  # completed tasks stay completed: nothing is restarted
+    assert len(live.tasks("batch")) == 6
+
+    # `service update --force` re-runs it (a new iteration); the first run is kept.
+    current = live.service("batch")
+    spec = pb.ServiceSpec()
+    spec.CopyFrom(current.spec)
+    spec.task.force_update += 1
+    updated = stub.UpdateService(cpb.UpdateServiceRequest(
+        service_id=current.id, version=current.meta.version, spec=spec), timeout=10).service
+    assert updated.job_status.iteration == 2
+    wait_for("the second run", lambda: live.service("batch").job_status.state
+             == pb.JobStatus.COMPLETE and live.service("batch").job_status.iteration == 2)
+    runs = sorted(t.job_iteration for t in live.tasks("batch"))
+    assert runs == [1] * 6 + [2] * 6
+
+
+def test_a_job_whose_task_fails_for_good_fails_with_the_reason(
+        live: LiveCluster, stub: cgrpc.ControlStub) -> None:
+    spec = job_spec("doomed", 2, 2, exit_code=3, after="0.1s")
+    spec.task.restart.max_attempts = 1
+    stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
+    wait_for("the job to fail",
+             lambda: live.service("doomed").job_status.state == pb.JobStatus.FAILED)
+    status = live.service("doomed").job_status
+    assert "non-zero exit (3)" in status.message
+    assert "restart policy gives up" in status.message
+
+
+def test_a_scheduled_job_runs_on_its_schedule_and_skips_while_a_run_is_going(
+        live: LiveCluster, stub: cgrpc.ControlStub) -> None:
+    # Runs of 2.5 s every second: each run makes the next one or two be skipped.
+    spec = job_spec("tick", 1, 1, after="2.5s", schedule="@every 1s")
+    created = stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10).service
+    assert created.job_status.state == pb.JobStatus.WAITING
+    assert created.job_status.iteration == 0
+    most = 0
+
+    def two_runs() -> bool:
+        nonlocal most
+        most = max(most, sum(t.status.state == pb.RUNNING for t in live.tasks("tick")))
+        status = live.service("tick").job_status
+        return status.iteration >= 2 and status.state == pb.JobStatus.COMPLETE
+
+    wait_for("two runs", two_runs, timeout=30)
+    status = live.service("tick").job_status
+    assert status.skipped >= 1
+    assert most == 1, "runs never overlap"
+    tasks = live.tasks("tick")
+    assert len({t.job_iteration for t in tasks}) == len(tasks), "one task per run"
