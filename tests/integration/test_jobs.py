@@ -6,6 +6,8 @@ schedule and skips a run while the previous one is still going."""
 
 from __future__ import annotations
 
+import itertools
+import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,12 +15,18 @@ import grpc
 import pytest
 
 from swarm.api import channels
+from swarm.api.units import to_seconds
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
+from tests.etcd_server import EtcdServer
 from tests.integration.live import LiveCluster
+from tests.integration.test_leadership import leader_of
+from tests.processes import Proc, admin_channel, start_controller, start_simulated_agents, worker_token
+from tests.waiting import eventually_async
 
 pytestmark = pytest.mark.integration
+LEASE_TTL = 2
 
 
 @pytest.fixture
@@ -155,3 +163,81 @@ def test_a_scheduled_job_runs_on_its_schedule_and_skips_while_a_run_is_going(
     assert most == 1, "runs never overlap"
     tasks = live.tasks("tick")
     assert len({t.job_iteration for t in tasks}) == len(tasks), "one task per run"
+
+
+# ---------------------------------------------------------------- leader failover
+
+
+async def test_scheduled_runs_survive_a_leader_kill_without_running_twice(
+        etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    """Two controller processes; the leader is SIGKILLed while a job runs every
+    2 s. The new leader takes the schedule over from what etcd holds
+    (job_status.last_scheduled): runs go on, no fire time starts two runs, no run
+    has two tasks, runs never overlap. (Fire times that fall while no leader
+    leads collapse into one run, as documented.)"""
+    procs = [start_controller(etcd_server.endpoint, etcd_prefix, lease_ttl=LEASE_TTL)
+             for _ in range(2)]
+    agents: Proc | None = None
+    try:
+        addrs = {proc.addr: proc for proc in procs}
+
+        async def has_leader() -> bool:
+            return await leader_of(etcd_server, etcd_prefix) in addrs
+
+        await eventually_async(has_leader, timeout=10, message="a leader")
+        first = await leader_of(etcd_server, etcd_prefix)
+        follower = next(a for a in addrs if a != first)
+        agents = start_simulated_agents(procs, 2, await worker_token(addrs[first]))
+        async with admin_channel(addrs[follower]) as channel:
+            control = cgrpc.ControlStub(channel)
+
+            async def nodes_ready() -> bool:
+                nodes = (await control.ListNodes(cpb.ListNodesRequest())).nodes
+                return len(nodes) == 2 and all(
+                    n.status.state == pb.NodeStatus.READY for n in nodes)
+
+            await eventually_async(nodes_ready, timeout=15, message="2 nodes ready")
+            await control.CreateService(cpb.CreateServiceRequest(
+                spec=job_spec("tick", 1, 1, after="0.3s", schedule="@every 2s")))
+            fired: dict[int, float] = {}  # iteration -> its schedule time
+            most = 0
+
+            async def observe() -> int:
+                nonlocal most
+                service = (await control.GetService(cpb.GetRequest(ref="tick"))).service
+                status = service.job_status
+                if status.iteration:
+                    seen = fired.setdefault(status.iteration, to_seconds(status.last_execution))
+                    assert seen == to_seconds(status.last_execution)
+                tasks = (await control.ListTasks(cpb.ListTasksRequest())).tasks
+                most = max(most, sum(t.status.state == pb.RUNNING for t in tasks))
+                per_run: dict[int, int] = {}
+                for task in tasks:
+                    per_run[task.job_iteration] = per_run.get(task.job_iteration, 0) + 1
+                assert all(count == 1 for count in per_run.values()), per_run
+                return int(status.iteration)
+
+            async def runs(count: int) -> bool:
+                return await observe() >= count
+
+            await eventually_async(lambda: runs(2), timeout=15, message="two runs")
+            addrs[first].signal(signal.SIGKILL)
+            before = await observe()
+
+            async def follower_leads() -> bool:
+                await observe()
+                return await leader_of(etcd_server, etcd_prefix) == follower
+
+            await eventually_async(follower_leads, timeout=LEASE_TTL + 4,
+                                   message="the follower takes over")
+            await eventually_async(lambda: runs(before + 2), timeout=15,
+                                   message="two runs under the new leader")
+            assert most == 1, "runs never overlap"
+            starts = sorted(fired.values())
+            assert all(b - a >= 1.0 for a, b in itertools.pairwise(starts)), starts
+            assert sorted(fired) == list(range(min(fired), max(fired) + 1))
+    finally:
+        if agents is not None:
+            agents.stop()
+        for proc in procs:
+            proc.stop()
