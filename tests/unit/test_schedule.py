@@ -98,14 +98,14 @@ def test_bad_job_counts_are_refused_by_field(field: str, value: int, problem: st
 def test_update_settings_and_schedules_are_refused_where_they_do_not_belong() -> None:
     spec = _job()
     spec.rollback.parallelism = 1
-    with pytest.raises(ValidationError, match="spec.rollback: a job has no rolling update"):
+    with pytest.raises(ValidationError, match=r"spec.rollback: a job has no rolling update"):
         normalize_service_spec(spec, {})
     service = pb.ServiceSpec(name="web")
     service.task.container.image = "busybox"
     service.schedule = "@daily"
-    with pytest.raises(ValidationError, match="spec.schedule: applies to jobs only"):
+    with pytest.raises(ValidationError, match=r"spec.schedule: applies to jobs only"):
         normalize_service_spec(service, {})
     bad = _job()
     bad.schedule = "* * * * * *"
-    with pytest.raises(ValidationError, match="spec.schedule: .* has 6 fields"):
+    with pytest.raises(ValidationError, match=r"spec.schedule: .* has 6 fields"):
         normalize_service_spec(bad, {})
