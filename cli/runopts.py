@@ -7,8 +7,8 @@ CLI does (the spec carries the variables, not the path). The meaning of each
 value is swarm.api.runopts's, shared with the compose loader and the
 controller's validation; a bad value is a BadFlag naming the flag (exit 2),
 found before anything is sent. The flags themselves are declared in
-cli/service_flags.py; these dataclasses are mixed into the options of
-cli/service.py.
+cli/service/flags.py; these dataclasses are mixed into the options of
+cli/service/options.py.
 """
 
 from __future__ import annotations

@@ -23,10 +23,9 @@ from swarm.cli.errors import BadFlag, BadInput
 from swarm.cli.main import app
 from swarm.cli.network import network_spec_from_options
 from swarm.cli.node import updated_node_spec
-from swarm.cli.service import (
+from swarm.cli.service.options import ServiceOptions, ServiceUpdateOptions
+from swarm.cli.service.spec import (
     CreateTarget,
-    ServiceOptions,
-    ServiceUpdateOptions,
     check_update_options,
     create_target,
     name_from_image,

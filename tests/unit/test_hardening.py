@@ -23,12 +23,8 @@ from swarm.agent.runtime import RejectError, seccomp, spec
 from swarm.api import logopts, security, validation
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.main import app
-from swarm.cli.service import (
-    ServiceOptions,
-    ServiceUpdateOptions,
-    service_spec_from_options,
-    updated_service_spec,
-)
+from swarm.cli.service.options import ServiceOptions, ServiceUpdateOptions
+from swarm.cli.service.spec import service_spec_from_options, updated_service_spec
 from tests.unit.test_compose import parse, web
 from tests.unit.test_logs import record
 

@@ -13,7 +13,8 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.cli.compose import StackError, parse_stack
 from swarm.cli.errors import BadFlag
 from swarm.cli.main import app
-from swarm.cli.service import ServiceOptions, service_spec_from_options
+from swarm.cli.service.options import ServiceOptions
+from swarm.cli.service.spec import service_spec_from_options
 from swarm.controller.allocator.networks import plan_vips, wants_vips
 from swarm.controller.allocator.tasks import plan_tasks
 from tests.unit.test_ipam import network, new_task

@@ -21,12 +21,8 @@ from swarm.api.validation import ValidationError, normalize_service_spec
 from swarm.cli import client, render
 from swarm.cli.errors import BadFlag
 from swarm.cli.main import app
-from swarm.cli.service import (
-    ServiceOptions,
-    ServiceUpdateOptions,
-    service_spec_from_options,
-    updated_service_spec,
-)
+from swarm.cli.service.options import ServiceOptions, ServiceUpdateOptions
+from swarm.cli.service.spec import service_spec_from_options, updated_service_spec
 
 # ---------------------------------------------------------------- the shared rules
 

@@ -1,11 +1,12 @@
 """The flags `service create` and `service update` share, declared once (as
 SwarmKit's swarmctl declares them in its flagparser): one Annotated type per
-flag, named after the TaskOptions field it fills (cli/service.py). A flag
-added here and to TaskOptions is on both commands."""
+flag, named after the TaskOptions field it fills (cli/service/options.py). A
+flag added here and to TaskOptions is on both commands; the spec it fills is
+applied once too, in cli/service/task_spec.py."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.models import OptionInfo
@@ -211,3 +212,13 @@ LogOptOpt = Annotated[
         "size; default 10m) and max-file=N (files kept, the current one included; default 3).",
     ),
 ]
+
+
+def multi(metavar: str, help: str) -> Any:
+    """A repeatable option of one command (`service update --env-add`)."""
+    return typer.Option(metavar=metavar, help=f"{help} (repeatable).")
+
+
+def as_list(values: list[str] | None) -> list[str]:
+    """A repeatable flag's values: typer gives None when it is absent."""
+    return list(values or [])
