@@ -20,7 +20,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
 from swarm.api.v1 import objects_pb2 as pb
 from tests.etcd_server import EtcdServer
-from tests.integration.live import LiveCluster
+from tests.integration.live import NODES, LiveCluster, assert_one_line_error, ok, swarmctl, table_rows
 from tests.integration.test_leadership import leader_of
 from tests.processes import Proc, admin_channel, start_controller, start_simulated_agents, worker_token
 from tests.waiting import eventually_async
@@ -241,3 +241,84 @@ async def test_scheduled_runs_survive_a_leader_kill_without_running_twice(
             agents.stop()
         for proc in procs:
             proc.stop()
+
+
+# ---------------------------------------------------------------- swarmctl
+
+
+JOB = ("--image", "busybox", "--mode", "replicated-job")
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (("--replicas", "4", "--max-concurrent", "0"), ("--max-concurrent", "at least 1")),
+    (("--update-parallelism", "2"), ("--update-parallelism", "no rolling update")),
+    (("--rollback-order", "start-first"), ("--rollback-order", "no rolling update")),
+    (("--schedule", "61 * * * *"), ("--schedule", "not a valid cron expression")),
+    (("--schedule", "* * * * * *"), ("--schedule", "has 6 fields")),
+])
+def test_swarmctl_refuses_bad_job_flags_in_one_line_and_writes_nothing(
+        live: LiveCluster, args: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    before = live.snapshot()
+    result = swarmctl(live, "service", "create", "bad", *JOB, *args)
+    assert_one_line_error(result, *fragments, exit_code=2)
+    assert live.snapshot() == before
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    (("--schedule", "@hourly"), ("--schedule", "applies to jobs only")),
+    (("--max-concurrent", "2"), ("--max-concurrent", "replicated-job only")),
+    (("--mode", "global-job", "--replicas", "2"), ("--replicas", "global-job")),
+])
+def test_job_flags_on_the_wrong_mode_are_refused(
+        live: LiveCluster, args: tuple[str, ...], fragments: tuple[str, ...]) -> None:
+    before = live.snapshot()
+    result = swarmctl(live, "service", "create", "bad", "--image", "busybox", *args)
+    assert_one_line_error(result, *fragments, exit_code=2)
+    assert live.snapshot() == before
+
+
+def test_swarmctl_runs_a_job_shows_it_and_reruns_it(live: LiveCluster) -> None:
+    result = ok(swarmctl(live, "service", "create", "batch", *JOB, "--replicas", "4",
+                         "--max-concurrent", "2", "-e", "SWARM_SIM_EXIT=0-after:0.2s"))
+    assert result.stderr.startswith("batch: 4/4 completed (0 running) (converged in ")
+    spec = live.service("batch").spec
+    assert spec.replicated_job.max_concurrent == 2
+    assert spec.task.restart.condition == pb.RestartPolicy.ON_FAILURE, "docker's job default"
+    rows = table_rows(ok(swarmctl(live, "service", "ls")).stdout)
+    (row,) = [r for r in rows if r[1] == "batch"]
+    assert row[2:4] == ["replicated-job", "0/0 (4/4 completed)"]
+    ps = ok(swarmctl(live, "service", "ps", "batch")).stdout
+    assert ps.count("Complete") == 8
+    assert "batch.4 (run 1)" in ps
+    inspect = ok(swarmctl(live, "service", "inspect", "batch", "-o", "table")).stdout
+    assert "Completions" in inspect
+    assert "complete" in inspect
+
+    result = ok(swarmctl(live, "service", "update", "batch", "--force"))
+    assert "batch: 4/4 completed" in result.stderr
+    assert live.service("batch").job_status.iteration == 2
+    ps = ok(swarmctl(live, "service", "ps", "batch")).stdout
+    assert ps.index("batch.1 (run 2)") < ps.index("batch.1 (run 1)"), "newest run first"
+
+
+def test_swarmctl_create_exits_3_when_the_job_fails(live: LiveCluster) -> None:
+    result = swarmctl(live, "service", "create", "doomed", *JOB, "--restart-condition", "none",
+                      "-e", "SWARM_SIM_EXIT=3-after:0.1s")
+    assert result.exit_code == 3, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert "doomed: task slot 1 failed: non-zero exit (3)" in line
+
+
+def test_swarmctl_global_job_and_a_scheduled_job(live: LiveCluster) -> None:
+    result = ok(swarmctl(live, "service", "create", "warm", "--image", "busybox", "--mode",
+                         "global-job", "-e", "SWARM_SIM_EXIT=0-after:0.1s"))
+    assert f"warm: {NODES}/{NODES} completed" in result.stderr
+    result = ok(swarmctl(live, "service", "create", "nightly", *JOB, "--schedule",
+                         "0 3 * * *"))
+    assert "nightly: runs on the schedule '0 3 * * *' (UTC); the first run at " in result.stderr
+    assert "03:00:00Z" in result.stderr
+    status = live.service("nightly").job_status
+    assert status.state == pb.JobStatus.WAITING
+    rows = table_rows(ok(swarmctl(live, "service", "ls")).stdout)
+    (row,) = [r for r in rows if r[1] == "nightly"]
+    assert row[3] == "0/0 (0/1 completed)"
