@@ -211,8 +211,8 @@ def apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
     if options.replicas is not None:
         mode = spec.WhichOneof("mode")
         if mode in ("global", "global_job"):
-            raise BadFlag("--replicas", f"applies to replicated services and jobs only, "
-                          f"not to a {mode.replace('_', '-')} one")
+            raise BadFlag("--replicas", f"applies to replicated services only (jobs "
+                          f"included), not to a {mode.replace('_', '-')} one")
         if mode == "replicated_job":
             spec.replicated_job.total_completions = parsing.count("--replicas", options.replicas)
         else:
