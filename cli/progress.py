@@ -11,6 +11,11 @@ update paused or was rolled back (the rollback is waited for: the command fails
 once the service is back on its old spec, or the rollback paused). Otherwise it
 is still converging, until `--timeout`.
 
+A job (replicated-job, global-job) has converged when the run the command started
+(its iteration) has completed, and failed when the controller marks that run
+FAILED (a task failed and its restart policy gives up): exit status 3 with the
+controller's reason.
+
 The wait follows the controller's event stream (Control.Events, through
 cli/watch.py): one read of the service, its tasks and the nodes, then every change
 as it happens, judged again after each burst of events. A controller without the
