@@ -110,7 +110,8 @@ def test_replicated_job_runs_6_completions_2_at_a_time(live: Cluster) -> None:
 def test_a_failing_job_makes_create_exit_3_with_the_reason(live: Cluster) -> None:
     result = CliRunner().invoke(app, [
         "service", "create", "doomed", "--image", live.image, "--mode", "replicated-job",
-        "--restart-condition", "none", "--timeout", "60s", *recorder("doomed", 0, 3)])
+        "--restart-condition", "none", "--timeout", "60s", *mount(live),
+        *recorder("doomed", 0, 3)])
     assert result.exit_code == 3, result.output
     (line,) = result.stderr.strip().splitlines()
     assert "doomed" in line
