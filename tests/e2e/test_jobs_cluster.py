@@ -50,12 +50,17 @@ def live() -> Iterator[Cluster]:
     name = "j" + secrets.token_hex(3)
     out = Path(tempfile.mkdtemp(prefix="swarm-jobs-"))
     out.chmod(0o777)
+    # A swarmctl context of this suite's own: the machine's one is shared with
+    # whatever else brings a local cluster up or down meanwhile.
+    env = pytest.MonkeyPatch()
+    env.setenv("XDG_CONFIG_HOME", str(out / "config"))
     try:
         state = cluster.up(name, 3, SUBNET, say=lambda _: None,
                            agent_args=("--bind-root", str(out)))
         yield Cluster(state, f"{state.registry}/{cluster.DEMO_IMAGE}:latest", out)
     finally:
         cluster.down(name, say=lambda _: None)  # also when the test failed
+        env.undo()
         shutil.rmtree(out, ignore_errors=True)
 
 
