@@ -64,6 +64,13 @@ def live() -> Iterator[Cluster]:
         shutil.rmtree(out, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def cluster_context(live: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test talks to the module's cluster (tests/conftest.py gives each test
+    a config home of its own, where no context is)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(live.out / "config"))
+
+
 def recorder(log: str, seconds: float, exit_code: int = 0) -> list[str]:
     """The task's command: note its start and end in /out/LOG."""
     stamp = "$(cut -d' ' -f1 /proc/uptime)"
