@@ -1,25 +1,24 @@
 """The agent's session with the controllers: registration, the assignment
 stream, heartbeats and batched status reports, with failover.
 
-The session follows the leader: a follower's FAILED_PRECONDITION names it in
-trailing metadata. The controllers it knows are those it was started with and
-those the leader names in the session (every running controller), so a
-controller added later needs no restart, and an agent started with one
-address survives that controller's death.
+Every controller serves sessions (controller/dispatcher/): the session opens
+with whichever controller of its list answers (starting at a random one, so
+agents spread over the controllers) and stays there. The controllers it
+knows are those it was started with and those named in the session (every
+running controller), so a controller added later needs no restart, and an
+agent started with one address survives that controller's death. Nothing
+here knows which controller leads.
 
-Failover is prompt, because the new leader marks a node DOWN after a few
-heartbeat periods without it: when the leader fails, every other known
-controller is tried at once, and only a whole round of unreachable
-controllers earns a (jittered, growing) backoff. A controller that knows of
-no leader yet (an election is under way), or names one that has just failed
-us (its lease has not run out yet), is asked again after a quarter of a
-heartbeat period (at most 0.25 s), never after a grown backoff. A hint naming
-a controller that failed us is followed only if that address accepts
-connections (a restarted controller may lead again); a leader that accepts a
+Failover is prompt, because the leader marks a node DOWN after a few
+heartbeat periods without word of it: when the controller fails, every other
+known controller is tried at once, and only a whole round of unreachable
+controllers earns a (jittered, growing) backoff. A controller that refuses
+for now (FAILED_PRECONDITION or UNAVAILABLE: starting, stopping, etcd
+unreachable) is left for the next one. A controller that accepts a
 connection but sends nothing (a paused process) is given up after a few
-seconds. On every (re)connect the
-controller sends the complete assignment set and the session re-reports every
-task's status, so nothing that happened while it was away is lost.
+seconds. On every (re)connect the controller sends the complete assignment
+set and the session re-reports every task's status, so nothing that happened
+while it was away is lost.
 
 The session knows nothing about containers: it drives a Worker.
 """
@@ -30,16 +29,13 @@ import asyncio
 import functools
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
-from swarm.api.channels import refuses_connections
 from swarm.api.loops import cancel_all, start_supervised
-from swarm.api.metadata import LEADER_METADATA_KEY
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
@@ -48,9 +44,6 @@ log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
 _FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
-# A leader hint naming a controller that failed us this recently is checked
-# first: a dead leader's key lives on in etcd until its lease runs out.
-_DISTRUST_FAILED = 30.0
 
 
 class Worker(Protocol):
@@ -79,7 +72,11 @@ class Settling(Protocol):
 class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
-    status_flush_interval: float = 0.1  # reports are batched at least this often
+    # A report waits this long for others to share its RPC (the controller
+    # coalesces its writes over the same 20 ms); reports made while an RPC is
+    # in flight go in the next one at once. Was 0.1: up to 80 ms more between
+    # a container's start and the controller knowing it runs.
+    status_flush_interval: float = 0.02
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).
@@ -105,12 +102,6 @@ def insecure_channels() -> ChannelFactory:
     return factory
 
 
-def _leader_hint(error: grpc.aio.AioRpcError) -> str:
-    metadata: Any = error.trailing_metadata()
-    value = metadata.get(LEADER_METADATA_KEY) if metadata else None
-    return value if isinstance(value, str) else ""
-
-
 class AgentSession:
     def __init__(self, controllers: Sequence[str], description: pb.NodeDescription,
                  worker: Worker, channels: ChannelFactory, *,
@@ -124,8 +115,8 @@ class AgentSession:
             raise ValueError("at least one controller address is needed")
         self._given = list(controllers)  # what it was started with
         self._controllers = list(controllers)  # what it tries: learned, then given
-        self._target = 0
-        self._failed: dict[str, float] = {}  # address -> when it last failed us
+        # Where to start: agents started with the same list spread over it.
+        self._target = random.randrange(len(self._controllers))
         self._period = 5.0  # the heartbeat period of the last session
         self.description = description
         self.worker = worker
@@ -142,7 +133,7 @@ class AgentSession:
         self._pending_ready = asyncio.Event()
         self.connected = asyncio.Event()
         self.session_id = ""
-        self.leader = ""
+        self.serving = ""  # the controller of the open session
         # Network versions applied and not yet confirmed (drain before stop).
         self._applied: dict[str, int] = {}
         self._applied_ready = asyncio.Event()
@@ -179,7 +170,7 @@ class AgentSession:
         return list(self._controllers)
 
     def learn_controllers(self, addrs: Sequence[str]) -> None:
-        """The leader's word on the running controllers; those the agent was
+        """The serving controller's word on the running controllers; those the agent was
         started with stay known after them (one may be a name for several)."""
         if not addrs:
             return
@@ -189,56 +180,30 @@ class AgentSession:
             log.info("controllers: %s", ", ".join(learned))
             self._controllers = learned
 
-    def _seek_delay(self) -> float:
-        """How long to wait before asking again while a leader is being elected."""
-        return min(self.settings.backoff_max, 0.25, max(0.05, self._period / 4)) \
-            * random.uniform(0.75, 1.25)
-
-    async def _distrusted(self, addr: str) -> bool:
-        """A hint not to follow: it names a controller that failed us lately
-        and whose address still refuses connections."""
-        failed = self._failed.get(addr)
-        if failed is None or time.monotonic() - failed >= _DISTRUST_FAILED:
-            return False
-        return await refuses_connections(addr)
-
     async def run(self) -> None:
         backoff = self.settings.backoff_initial
         unreachable = 0  # controllers that failed in a row: a whole round earns a backoff
         while True:
-            addr = self.leader or self._controllers[self._target % len(self._controllers)]
+            addr = self._controllers[self._target % len(self._controllers)]
             self._opened = False
             try:
                 await self._session(addr)
             except grpc.aio.AioRpcError as error:
-                hint = _leader_hint(error)
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    unreachable = 0
-                    self._failed.pop(addr, None)  # it answers
-                    if hint and hint != addr and not await self._distrusted(hint):
-                        log.info("controller %s is not the leader; following %s", addr, hint)
-                        self.leader = hint
-                        continue
-                    # No leader yet, or one that just failed us: an election is
-                    # under way. Ask this controller again shortly.
-                    self.leader = ""
-                    self._target = self._index_of(addr)
-                    await asyncio.sleep(self._seek_delay())
-                    continue
                 if error.code() == grpc.StatusCode.NOT_FOUND and "register" in (error.details() or ""):
                     log.warning("controller does not know node %s; registering again", self.node_id)
                     self.node_id = ""
                     continue
                 log.warning("session with %s failed: %s %s", addr, error.code().name,
                             error.details())
-                self._give_up(addr)
+                self._next(addr)
             except TimeoutError:
                 log.warning("controller %s accepted a session but sent nothing", addr)
-                self._give_up(addr)
+                self._next(addr)
             finally:
                 self.connected.clear()
+                self.serving = ""
             if self._opened:
-                # It was open: the leader went away. Try the others at once.
+                # It was open: the controller went away. Try the others at once.
                 backoff = self.settings.backoff_initial
                 unreachable = 0
                 continue
@@ -249,16 +214,12 @@ class AgentSession:
             await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
             backoff = min(backoff * 2, self.settings.backoff_max)
 
-    def _give_up(self, addr: str) -> None:
-        self._failed[addr] = time.monotonic()
-        self.leader = ""
-        self._target = self._index_of(addr) + 1
-
-    def _index_of(self, addr: str) -> int:
+    def _next(self, addr: str) -> None:
+        """Leave addr for the controller after it in the list."""
         try:
-            return self._controllers.index(addr)
+            self._target = self._controllers.index(addr) + 1
         except ValueError:
-            return self._target
+            self._target += 1
 
     async def _session(self, addr: str) -> None:
         stub: dgrpc.DispatcherAsyncStub = dgrpc.DispatcherStub(
@@ -284,13 +245,12 @@ class AgentSession:
                 return
             assert isinstance(first, dpb.SessionMessage)
             self.session_id = first.session_id
-            self.leader = addr
+            self.serving = addr
             self._opened = True
-            self._failed.pop(addr, None)
             self.learn_controllers(first.controllers)
             period = first.heartbeat_period.ToNanoseconds() / 1e9 or 5.0
             self._period = period
-            # Re-report everything: a new leader may have missed reports.
+            # Re-report everything: reports sent to a dead controller may be lost.
             for task_id, status in self.worker.statuses().items():
                 self._pending.setdefault(task_id, status)
             self._pending_ready.set()

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -249,13 +249,15 @@ class SimulatedNode:
                  hostname_prefix: str = "sim", reject_images: Collection[str] = (),
                  joining: JoinSettings | None = None,
                  ca_pem: Callable[[], Awaitable[bytes]] | None = None,
-                 role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER) -> None:
+                 role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER,
+                 generic: Sequence[pb.GenericResource] = ()) -> None:
         self.worker = FakeWorker(reject_images)
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
             addresses=[f"127.0.0.{1 + index % 250}"],
             advertise_addr=f"127.0.0.{1 + index % 250}",
-            resources=pb.Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30),
+            resources=pb.Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30,
+                                   generic=generic),
             platform=pb.Platform(os="linux", architecture="x86_64"),
             agent_version=f"swarm-agent {swarm.__version__} (simulated)",
         )
@@ -311,13 +313,15 @@ class SimulatedNode:
 class SimulatedCluster:
     """Many simulated nodes: joined with `join_token` (mutual TLS, one channel
     per node), or on shared plaintext channels when it is None. The first
-    `managers` register as managers (placement's node.role), the rest as workers."""
+    `managers` register as managers (placement's node.role), the rest as workers;
+    `generic`: the generic resources node i advertises (e.g. a GPU)."""
 
     def __init__(self, controllers: Sequence[str], count: int,
                  labels: dict[str, str] | None = None, settings: SessionSettings | None = None,
                  hostname_prefix: str = "sim", reject_images: Collection[str] = (), *,
                  join_token: str | None = None, join_addrs: Sequence[str] = (),
-                 managers: int = 0) -> None:
+                 managers: int = 0,
+                 generic: Mapping[int, Sequence[pb.GenericResource]] | None = None) -> None:
         joining = None if join_token is None else JoinSettings(
             join_token, tuple(join_addrs) or tuple(join_address(c) for c in controllers))
         self._channels = insecure_channels() if joining is None else None
@@ -325,7 +329,8 @@ class SimulatedCluster:
         self._ca: asyncio.Future[bytes] | None = None
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
                                     hostname_prefix, reject_images, joining, self._ca_pem,
-                                    pb.NodeSpec.MANAGER if i < managers else pb.NodeSpec.WORKER)
+                                    pb.NodeSpec.MANAGER if i < managers else pb.NodeSpec.WORKER,
+                                    (generic or {}).get(i, ()))
                       for i in range(count)]
 
     async def _ca_pem(self) -> bytes:

@@ -43,6 +43,7 @@ from swarm.api.registryauth import Credential
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from . import timing
 from .dependencies import NetworkDependencies
 from .discovery import Discovery
 from .health import (
@@ -134,6 +135,8 @@ class _Entry:
     # The registry credentials its assignment brought (its service's,
     # --with-registry-auth): kept in memory until the image is pulled.
     credential: Credential | None = field(default=None, repr=False)
+    # Its start, step by step (agent/timing.py; None unless --log-task-timing).
+    timeline: timing.StartTimeline | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:
@@ -268,7 +271,8 @@ class Worker:
         status = pb.TaskStatus()
         status.CopyFrom(task.status)
         entry = _Entry(task=task, status=status, container=self._unclaimed.pop(task.id, None),
-                       stop_asked=self.clock() if stopping else None, credential=given)
+                       stop_asked=self.clock() if stopping else None, credential=given,
+                       timeline=timing.begin())
         if entry.container is not None:
             log.info("task %s: adopting its %s container", task.id, entry.container.status)
         self._entries[task.id] = entry
@@ -326,6 +330,7 @@ class Worker:
 
     async def _run(self, entry: _Entry) -> None:
         tlog = _TaskLog(log, {"task": entry.id, "service": entry.task.service_name})
+        timing.use(entry.timeline)  # this loop's steps, and the runtime's within them
         removal = self._removals.get(entry.id)
         if removal is not None:  # the same ID again while its old container goes away
             await asyncio.gather(removal, return_exceptions=True)
@@ -374,11 +379,14 @@ class Worker:
     async def _do(self, entry: _Entry, step: Step, tlog: _TaskLog) -> None:
         task = entry.task
         if step is Step.ACCEPT:
+            timing.mark("queued")  # the loop's first turn
             self._set(entry, pb.ACCEPTED, "accepted")
         elif step is Step.PREPARE:
             await self._prepare(entry, tlog)
         elif step is Step.START:
+            timing.mark("wait-start")
             await self.dependencies.serve(task, tlog)  # an adopted created container: not served yet
+            timing.mark("serve")
             self._set(entry, pb.STARTING, "starting")
             try:
                 pid = await self.runtime.start(task.id)
@@ -386,12 +394,15 @@ class Worker:
                 tlog.warning("start failed: %s", error)
                 entry.container = await self._observe(task.id)
                 self._set(entry, pb.FAILED, "starting failed", err=str(error))
+                timing.finish(task.id, entry.timeline, "failed")
                 return
+            timing.mark("runc-start")
             entry.container = ContainerState(id=task.id, status="running", pid=pid)
             tlog.info("running (pid %d)", pid)
             checked = await self._health_plan(entry) is not None
             self._set(entry, pb.RUNNING, "started",
                       health=STARTING if checked else None)
+            timing.finish(task.id, entry.timeline, "report")
         elif step is Step.MONITOR:
             await self._monitor(entry, tlog)
         elif step is Step.REPORT_EXIT:
@@ -418,17 +429,21 @@ class Worker:
     async def _prepare(self, entry: _Entry, tlog: _TaskLog) -> None:
         task = entry.task
         reference = task.spec.container.image
+        timing.mark("wait-prepare")
         self._set(entry, pb.PREPARING, "preparing")
         try:
             try:
                 image = await self.images.ensure(reference, entry.credential)
             finally:
                 entry.credential = None  # pulled or not, this task needs them no more
+            timing.mark("image")
             entry.image = image
             files = await self._payloads(task)
+            timing.mark("payloads")
             await self.runtime.prepare(expand_task(task, self.node_id, self.node_hostname),
                                        image.runtime_input(), files)
             await self.dependencies.attach(task)
+            timing.mark("attach")
         except (ImageError, ContainerError) as error:
             # Before start, nothing retried here would do better: let the
             # controller place the task again (RejectError: the spec cannot
@@ -437,6 +452,7 @@ class Worker:
             tlog.warning("rejected: %s", error)
             entry.container = None
             self._set(entry, pb.REJECTED, "rejected", err=str(error))
+            timing.finish(task.id, entry.timeline, "rejected")
             return
         entry.container = ContainerState(id=task.id, status="created")
         self._set(entry, pb.READY, "prepared")

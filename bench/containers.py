@@ -300,10 +300,52 @@ def _cost(confined: float, unconfined: float) -> float:
     return round((confined - unconfined) / unconfined * 100, 1) if unconfined else 0.0
 
 
-def scale_with_and_without_seccomp(replicas: int) -> dict[str, float]:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of the process itself (not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _timing_figures(log_path: Path, offset: int, scaled_at: float) -> dict[str, Any]:
+    """What the agent's --log-task-timing lines (agent/timing.py) written
+    since `offset` say of the scale that began at `scaled_at` (time.time()):
+    when the assignments arrived (the controller's share), the agent's steps
+    (medians over the tasks, ms) and the last task's RUNNING."""
+    from swarm.agent import timing
+
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        text = log.read().decode(errors="replace")
+    arrivals, finished, steps = [], [], {}
+    for line in text.splitlines():
+        parsed = timing.parse_line(line)
+        if parsed is None:
+            continue
+        task_id, task_steps = parsed
+        try:  # "2026-12-05 15:40:01,123 DEBUG swarm.agent.timing: task ..."
+            logged = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) \
+                + int(line[20:23]) / 1000
+        except ValueError:
+            continue
+        total = sum(task_steps.values()) / 1000
+        steps[task_id] = task_steps
+        arrivals.append(logged - total - scaled_at)
+        finished.append(logged - scaled_at)
+    if not steps:
+        return {}
+    return {"timing_tasks": len(steps),
+            "assigned_first_s": round(min(arrivals), 3), "assigned_last_s": round(max(arrivals), 3),
+            "agent_running_last_s": round(max(finished), 3),
+            "agent_start_p50_ms": round(sorted(sum(v.values()) for v in steps.values())
+                                        [len(steps) // 2], 1),
+            "agent_steps_p50_ms": timing.summary(steps)}
+
+
+def scale_with_and_without_seccomp(replicas: int, timing: bool = False) -> dict[str, Any]:
     """bench.scale's end-to-end figure, for a service with the default
     seccomp profile and then, in the same cluster once the first is scaled
-    back to 0, for one with seccomp=unconfined."""
+    back to 0, for one with seccomp=unconfined. timing: the agent logs its
+    steps (--log-task-timing) and the first round's are reported."""
     import secrets
 
     from bench import scale
@@ -314,9 +356,12 @@ def scale_with_and_without_seccomp(replicas: int) -> dict[str, float]:
     name = "b" + secrets.token_hex(3)
     os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="bench-config-")
     seconds: dict[str, list[float]] = {"default": [], "unconfined": []}
-    figures: dict[str, float] = {}
+    figures: dict[str, Any] = {}
     try:
-        state = cluster.up(name, 1, scale.SUBNET, say=lambda _: None)
+        state = cluster.up(name, 1, scale.SUBNET, say=lambda _: None,
+                           agent_args=("--log-task-timing",) if timing else ())
+        agent = next(d for d in state.daemons if d.role.startswith("agent"))
+        controller = next(d for d in state.daemons if d.role.startswith("controller"))
         with cluster.control_channel(state) as channel:
             stub = cgrpc.ControlStub(channel)
             for number, kind in enumerate(SECCOMP_ORDER):
@@ -329,14 +374,23 @@ def scale_with_and_without_seccomp(replicas: int) -> dict[str, float]:
                 service = stub.CreateService(cpb.CreateServiceRequest(spec=spec),
                                              timeout=10).service
                 scale._wait_running(stub, service.id, 1, 60)
+                log_offset = os.path.getsize(agent.log)
+                cpu = _cpu_seconds(agent.pid), _cpu_seconds(controller.pid)
+                scaled_at = time.time()
                 started = time.perf_counter()
                 stub.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=replicas),
                                   timeout=10)
                 scale._wait_running(stub, service.id, replicas, 300)
                 seconds[kind].append(time.perf_counter() - started)
                 if number == 0:
-                    agent = next(d for d in state.daemons if d.role.startswith("agent"))
+                    # CPU of the agent's and the controller's own processes
+                    # (not conmon, runc) from the scale until all RUNNING.
+                    figures["agent_cpu_s"] = round(_cpu_seconds(agent.pid) - cpu[0], 2)
+                    figures["controller_cpu_s"] = round(_cpu_seconds(controller.pid) - cpu[1], 2)
                     figures["agent_rss_mib"] = scale._rss_mib(agent.pid)
+                    if timing:
+                        time.sleep(0.2)  # the last lines flushed
+                        figures.update(_timing_figures(Path(agent.log), log_offset, scaled_at))
                 stub.RemoveService(cpb.RemoveRequest(ref=service.id), timeout=10)
                 deadline = time.monotonic() + 120
                 while scale._running(stub, service.id) and time.monotonic() < deadline:
@@ -345,13 +399,14 @@ def scale_with_and_without_seccomp(replicas: int) -> dict[str, float]:
         for kind, label in (("default", ""), ("unconfined", "_unconfined")):
             figures[f"seconds_to_running{label}"] = round(
                 sum(seconds[kind]) / len(seconds[kind]), 3)
+            figures[f"seconds_to_running{label}_rounds"] = [round(v, 3) for v in seconds[kind]]
         return figures
     finally:
         cluster.down(name, say=lambda _: None)
 
 
-async def run_replicas(count: int) -> dict[str, object]:
-    end_to_end = await asyncio.to_thread(scale_with_and_without_seccomp, count)
+async def run_replicas(count: int, timing: bool = False) -> dict[str, object]:
+    end_to_end = await asyncio.to_thread(scale_with_and_without_seccomp, count, timing)
     work = Path(tempfile.mkdtemp(prefix="bc-", dir="/run"))
     bench = Bench(work, count)
     try:
@@ -380,6 +435,9 @@ def main() -> None:
                              "until N RUNNING, beside N raw `runc run -d` (bench/scale.py)")
     parser.add_argument("--order", choices=("runtime-first", "raw-first"),
                         default="runtime-first")
+    parser.add_argument("--timing", action="store_true",
+                        help="with --replicas: the agent logs each task's start step by step "
+                             "(--log-task-timing); report the first round's medians")
     parser.add_argument("--seccomp-rounds", type=int, default=3,
                         help="default/unconfined rounds (ABBA each) for the profile's cost")
     args = parser.parse_args()
@@ -391,7 +449,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     if args.replicas:
-        print(json.dumps(asyncio.run(run_replicas(args.replicas))))
+        print(json.dumps(asyncio.run(run_replicas(args.replicas, args.timing))))
     else:
         print(json.dumps(asyncio.run(run(args.containers, args.order, args.seccomp_rounds))))
 

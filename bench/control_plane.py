@@ -18,12 +18,21 @@ Besides the time it reports the CPU seconds each side used while converging
 (the controller is this process; the agents and etcd are children) and how
 many nodes were marked DOWN meanwhile (a live node marked DOWN for missed
 heartbeats is the controller falling behind).
+
+--controllers N runs N-1 more controllers as child processes (the one in this
+process leads; it is elected before they start): every controller serves
+agent sessions, and each agent process is given every controller's address
+and opens its nodes' sessions at random ones, so sessions spread over the
+controllers while the leader alone decides. `controller_cpu_s` is then the
+leader's, `followers_cpu_s` the others' together, and `sessions_on_leader`
+how many sessions the leader served.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import IO
 
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2 as cpb
@@ -40,7 +50,9 @@ from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings
 from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
-from tests.etcd_server import EtcdServer
+from tests.etcd_server import EtcdServer, free_port
+
+PREFIX = "/bench/"
 
 
 def _is_running(task: object) -> bool:
@@ -61,36 +73,107 @@ def _agent_groups(nodes: int, processes: int) -> list[int]:
     return [nodes // processes + (i < nodes % processes) for i in range(processes)]
 
 
+async def _watch_loop(controller: Controller, done: asyncio.Event,
+                      tick: float = 0.05) -> tuple[float, int]:
+    """Until done: the longest the event loop ran late (a sleep of `tick` that
+    took longer), and how many times the controller stopped leading."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    losses = 0
+    leadership = controller.leadership
+    leading = leadership is not None and leadership.is_leader
+    while not done.is_set():
+        before = loop.time()
+        await asyncio.sleep(tick)
+        worst = max(worst, loop.time() - before - tick)
+        now_leading = leadership is not None and leadership.is_leader
+        losses += leading and not now_leading
+        leading = now_leading
+    return worst, losses
+
+
+def _start_follower(etcd: EtcdServer, kek_file: str, insecure: bool,
+                    log: IO[bytes]) -> tuple[subprocess.Popen[bytes], str]:
+    """Another controller of the cluster, as a child process; its address."""
+    port = free_port()
+    security = ["--insecure"] if insecure else [
+        "--kek-file", kek_file, "--join-listen", f"127.0.0.1:{free_port()}",
+        "--join-rate", "1000000"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "swarm.controller.main", "--listen", f"127.0.0.1:{port}",
+         "--etcd", etcd.endpoint, "--prefix", PREFIX, "--log-level", "WARNING", *security],
+        stdout=log, stderr=subprocess.STDOUT)
+    return process, f"127.0.0.1:{port}"
+
+
+async def _listening(addr: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    host, port = addr.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"controller {addr} exited with {process.returncode}")
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"controller {addr} is not listening after {timeout}s")
+        await asyncio.sleep(0.1)
+
+
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
               insecure: bool = False, agent_procs: int = 0,
-              timeout: float = 600.0) -> dict[str, object]:
+              timeout: float = 600.0, controllers: int = 1) -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: list[subprocess.Popen[bytes]] = []
+    followers: list[subprocess.Popen[bytes]] = []
+    kek = pki.generate_kek()
     controller = Controller(ControllerConfig(
-        listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix="/bench/",
+        listen="127.0.0.1:0", etcd=EtcdSettings(endpoints=(etcd.endpoint,)), prefix=PREFIX,
         insecure=insecure,
         # One address joins every node: no per-peer join limit here.
-        ca=CASettings(kek=pki.generate_kek(), join_rate=1e6, join_burst=1_000_000)))
+        ca=CASettings(kek=kek, join_rate=1e6, join_burst=1_000_000)))
+    secrets_dir = tempfile.TemporaryDirectory(prefix="bench-control-plane-")
     try:
         await controller.start()
         addr = f"127.0.0.1:{controller.port}"
-        security = ["--insecure"] if insecure else [
-            "--join-token", str(controller.pki.token(pki.Role.WORKER)),
-            "--join-addr", controller.join_addr]
-        groups = _agent_groups(nodes, agent_procs or -(-nodes // 500))
+        addrs = [addr]
         with tempfile.TemporaryFile() as agent_log:
+            if controllers > 1:
+                leadership = controller.leadership
+                assert leadership is not None
+                while not leadership.is_leader:  # this one leads: elected before the others start
+                    await leadership.changed.wait()
+                kek_file = os.path.join(secrets_dir.name, "kek")
+                fd = os.open(kek_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(kek + b"\n")
+                for _ in range(controllers - 1):
+                    process, follower_addr = _start_follower(etcd, kek_file, insecure, agent_log)
+                    followers.append(process)
+                    addrs.append(follower_addr)
+                for process, follower_addr in zip(followers, addrs[1:], strict=True):
+                    await _listening(follower_addr, process)
+            security = ["--insecure"] if insecure else [
+                "--join-token", str(controller.pki.token(pki.Role.WORKER)),
+                "--join-addr", controller.join_addr]
+            groups = _agent_groups(nodes, agent_procs or -(-nodes // 500))
+            given = [arg for a in addrs for arg in ("--controller", a)]
             for index, count in enumerate(groups):
                 agents.append(subprocess.Popen(  # noqa: ASYNC220 - long-lived children
-                    [sys.executable, "-m", "swarm.agent.simulated", "--controller", addr,
+                    [sys.executable, "-m", "swarm.agent.simulated", *given,
                      "--nodes", str(count), "--hostname-prefix", f"sim{index}", *security],
                     stdout=agent_log, stderr=subprocess.STDOUT))
             cache = controller.store.cache
             joining = time.monotonic()
             deadline = joining + 120 + nodes / 20
+            # Counting thousands of nodes ten times a second showed up in the
+            # controller's profile (this is its process): look less often then.
+            poll = 0.1 if nodes <= 500 else 0.5
             while sum(n.status.state == pb.NodeStatus.READY for n in cache.nodes.values()) < nodes:
                 if time.monotonic() > deadline or any(a.poll() is not None for a in agents):
                     raise RuntimeError("simulated nodes did not all become ready")
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(poll)
             ready_s = round(time.monotonic() - joining, 1)
 
             identity = None if insecure else controller.pki.admin_identity()
@@ -121,16 +204,27 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                         done.set()
 
                 cache.subscribe(on_change)
+                stalls = asyncio.create_task(_watch_loop(controller, done), name="loop-stalls")
                 cpu_before = time.process_time()
                 others_before = [_cpu_seconds(a.pid) for a in agents], _cpu_seconds(etcd.process.pid)
+                followers_before = [_cpu_seconds(f.pid) for f in followers]
                 started = time.perf_counter()
                 await control.ScaleService(cpb.ScaleServiceRequest(ref=service.id, replicas=tasks))
-                await asyncio.wait_for(done.wait(), timeout=timeout)
+                try:
+                    await asyncio.wait_for(done.wait(), timeout=timeout)
+                except TimeoutError:
+                    stalls.cancel()
+                    raise
                 seconds = time.perf_counter() - started
                 controller_cpu = time.process_time() - cpu_before
                 agents_cpu = sum(_cpu_seconds(a.pid) - before
                                  for a, before in zip(agents, others_before[0], strict=True))
                 etcd_cpu = _cpu_seconds(etcd.process.pid) - others_before[1]
+                max_stall, leader_losses = await stalls
+                followers_cpu = sum(_cpu_seconds(f.pid) - before
+                                    for f, before in zip(followers, followers_before, strict=True))
+                assert controller.dispatcher is not None
+                on_leader = controller.dispatcher.session_count()
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
             return {
                 "bench": "control_plane",
@@ -145,8 +239,17 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 "controller_cpu_s": round(controller_cpu, 3),
                 "agents_cpu_s": round(agents_cpu, 3),
                 "etcd_cpu_s": round(etcd_cpu, 3),
+                "controllers": controllers,
+                "followers_cpu_s": round(followers_cpu, 3),
+                "sessions_on_leader": on_leader,
                 "agent_processes": len(agents),
                 "nodes_marked_down": marked_down,
+                # The longest the controller's event loop did not run (a keep-alive,
+                # heartbeat or session waits that long), and how often it lost the lease.
+                "loop_max_stall_s": round(max_stall, 3),
+                "leader_losses": leader_losses,
+                "orchestrator_pass_s": round(controller.orchestrator.pass_seconds, 3),
+                "scheduler_pass_s": round(controller.scheduler.pass_seconds, 3),
                 "seconds_to_ready": ready_s,
                 "orchestrator_passes": controller.orchestrator.passes,
                 "scheduler_passes": controller.scheduler.passes,
@@ -165,8 +268,14 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 agent.terminate()
         for agent in agents:
             agent.wait(timeout=30)
+        for follower in followers:
+            if follower.poll() is None:
+                follower.terminate()
+        for follower in followers:
+            follower.wait(timeout=30)
         await controller.stop()
         etcd.stop()
+        secrets_dir.cleanup()
 
 
 def main() -> None:
@@ -183,10 +292,16 @@ def main() -> None:
                         help="processes to run the simulated nodes in (default: one per 500)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for convergence before giving up")
+    parser.add_argument("--controllers", type=int, default=1,
+                        help="controllers serving the agents' sessions; this process's leads, "
+                             "the others are child processes (default 1)")
     args = parser.parse_args()
+    if args.controllers < 1:
+        parser.error("--controllers: must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network,
-                                     args.insecure, args.agent_procs, args.timeout))))
+                                     args.insecure, args.agent_procs, args.timeout,
+                                     args.controllers))))
 
 
 if __name__ == "__main__":

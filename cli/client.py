@@ -21,7 +21,8 @@ import grpc
 import typer
 from google.protobuf.message import Message
 
-from swarm.api import channels, pki
+from swarm.api import channels
+from swarm.api.certfiles import NodeCertificate
 from swarm.api.metadata import RETRY_METADATA_KEY
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import control_pb2_grpc as cgrpc
@@ -124,18 +125,21 @@ class Controller:
         self.close()
 
 
-def admin_identity(tls_dir: str = "") -> pki.NodeIdentity:
-    """The operator's identity: --tls-dir / SWARMCTL_TLS_DIR, else the context's."""
+def admin_identity(tls_dir: str = "") -> NodeCertificate:
+    """The operator's identity: --tls-dir / SWARMCTL_TLS_DIR, else the context's.
+    certfiles' NodeCertificate, not pki.NodeIdentity: it checks the key against
+    the certificate with the ssl module, so no command imports cryptography
+    (about 45 ms of every start-up) just to connect."""
     tls_dir = tls_dir or os.environ.get(TLS_DIR_ENV, "")
     try:
         if tls_dir:
-            return pki.NodeIdentity.load(Path(tls_dir))
+            return NodeCertificate.load(Path(tls_dir))
         context = read_context()
         if context is not None and context.cert:
-            return pki.NodeIdentity(key_pem=Path(context.key).read_bytes(),
-                                    cert_pem=Path(context.cert).read_bytes(),
-                                    ca_pem=Path(context.ca).read_bytes())
-    except (OSError, pki.PKIError) as error:
+            return NodeCertificate(key_pem=Path(context.key).read_bytes(),
+                                   cert_pem=Path(context.cert).read_bytes(),
+                                   ca_pem=Path(context.ca).read_bytes())
+    except (OSError, ValueError) as error:
         raise CliError(f"cannot read the admin certificate: {error}") from None
     raise CliError("no admin certificate: pass --tls-dir DIR (node.crt, node.key, ca.crt, as "
                    "written by `swarm-controller --admin-out DIR`) or set SWARMCTL_TLS_DIR; "

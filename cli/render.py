@@ -10,13 +10,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-import yaml
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from swarm.api import payloads, units
+from swarm.api import generic_resources, payloads, units
 from swarm.api.naming import slot_name
 from swarm.api.runopts import format_ulimit
 from swarm.api.v1 import objects_pb2 as pb
@@ -46,14 +45,20 @@ def as_json(messages: Iterable[Message]) -> str:
     return json.dumps(to_data(messages), indent=2)
 
 
+def _yaml_dump(data: Any) -> str:
+    import yaml  # only for -o yaml: PyYAML is about 15 ms of every start-up
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+
+
 def as_yaml(messages: Iterable[Message]) -> str:
-    return yaml.safe_dump(to_data(messages), sort_keys=False, default_flow_style=False).rstrip("\n")
+    return _yaml_dump(to_data(messages))
 
 
 def plain(output: Output, data: Any) -> str:
     """Plain data (not API objects) in JSON or YAML, for listings computed client-side."""
     if output is Output.yaml:
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+        return _yaml_dump(data)
     return json.dumps(data, indent=2)
 
 
@@ -379,6 +384,8 @@ def _resources_lines(title: str, resources: pb.Resources, indent: int) -> list[L
         lines.append((indent + 1, "CPU", units.format_cpus(resources.nano_cpus)))
     if resources.memory_bytes:
         lines.append((indent + 1, "Memory", units.format_memory(resources.memory_bytes)))
+    if resources.generic:  # gpu=nvidia0,nvidia1 fpga=2
+        lines.append((indent + 1, "Generic", generic_resources.text(resources.generic)))
     return [(indent, title, None), *lines] if lines else []
 
 

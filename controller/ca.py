@@ -326,6 +326,15 @@ class ClusterPKI:
                                         validity=self.validity())
 
 
+CONTROLLER_ID_PREFIX = "controller-"  # joining nodes get plain IDs (new_id): never this
+
+
+def is_controller(peer: pki.PeerIdentity) -> bool:
+    """Whether a verified peer is a controller (its own certificate, issued
+    by ControllerIdentity), not a node, even a manager node."""
+    return peer.role == Role.MANAGER and peer.node_id.startswith(CONTROLLER_ID_PREFIX)
+
+
 class ControllerIdentity:
     """A controller's own server certificate: issued at start (it holds the
     CA), renewed at a random 50-80 % of its life. `current` is what the
@@ -336,7 +345,7 @@ class ControllerIdentity:
         self._pki = cluster_pki
         self._addresses = addresses
         self._rng = rng or random.Random()
-        self.node_id = "controller-" + new_id()[:12]
+        self.node_id = CONTROLLER_ID_PREFIX + new_id()[:12]
         self._identity = self._issue()
 
     def _issue(self) -> NodeIdentity:

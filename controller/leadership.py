@@ -20,6 +20,18 @@ leader's, and campaigns at once. Both are required: a refused connection
 alone could be a wrong --advertise-addr, a late refresh alone a busy leader.
 A paused or partitioned leader refuses nothing, so its seat is taken only when
 its lease runs out; either way its writes are fenced.
+
+The lease is refreshed from a thread of its own over a synchronous gRPC
+channel of its own (LeaseKeeper), not from the event loop: at thousands of
+nodes one pass of the orchestrator or scheduler can hold the loop for longer
+than a third of the TTL, and a keep-alive waiting behind it made leadership
+flap (every flap a full re-plan: busier still). A loop that is busy is not a
+loop that is dead, though: the loop feeds a watchdog timestamp every
+fraction of a second, and a keeper that finds it older than `watchdog`
+seconds (a wedged loop: a deadlock, a runaway computation) stops refreshing
+and revokes the lease, so that another controller takes over at once. When
+the loop runs again it finds leadership lost and steps down; what it may
+write before that is fenced like any deposed leader's.
 """
 
 from __future__ import annotations
@@ -27,15 +39,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from swarm.api.channels import refuses_connections
-from swarm.api.loops import cancel_requested
 
-from .store import Guard, Store, StoreError, StoreUnavailable
+from .store import EtcdSettings, Guard, Store, StoreError, StoreUnavailable
 from .store import etcd as E
 
 log = logging.getLogger(__name__)
@@ -45,6 +57,109 @@ log = logging.getLogger(__name__)
 class LeadershipSettings:
     lease_ttl: int = 5  # seconds; a dead leader is replaced after about this long
     poll_interval: float = 0.5  # how often a follower looks for a vacant seat
+    # A leader whose event loop has not run for this long gives up its lease
+    # (LeaseKeeper). Well above the longest pass measured at 5,000 nodes and far
+    # below "forever".
+    watchdog: float = 30.0
+
+
+_RETRY_PAUSE = 0.05  # seconds between a failed lease refresh and the next attempt
+
+
+def lease_verdict(now: float, fed_at: float, refreshed_at: float, ttl: float,
+                  watchdog: float, refresh_failed: bool) -> str | None:
+    """Why a lease keeper must stop keeping the lease, or None to go on.
+
+    Pure: `fed_at` is when the event loop last fed the watchdog, `refreshed_at`
+    when etcd last confirmed the lease, `refresh_failed` whether the latest
+    attempt failed. A failed refresh is retried while the lease cannot yet
+    have run out (two thirds of the TTL since the last confirmed one)."""
+    if now - fed_at > watchdog:
+        return (f"the event loop has not run for {now - fed_at:.1f}s "
+                f"(watchdog {watchdog:g}s): giving up the lease")
+    if refresh_failed and now - refreshed_at > ttl * 2 / 3:
+        return "lease not refreshed in time"
+    return None
+
+
+class LeaseKeeper:
+    """Refreshes one lease every third of its TTL from a daemon thread with its
+    own etcd channel, while the event loop keeps calling feed() (see the
+    module's docstring). on_lost(reason) is called once, from the thread, when
+    it stops keeping the lease; stop() ends it quietly."""
+
+    def __init__(self, settings: EtcdSettings, lease_id: int, ttl: float, watchdog: float,
+                 on_lost: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._lease_id = lease_id
+        self._ttl = ttl
+        self._watchdog = watchdog
+        self._on_lost = on_lost
+        self._clock = clock
+        self._fed_at = clock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{lease_id:x}",
+                                        daemon=True)
+
+    def feed(self) -> None:
+        """The event loop is alive (a float store: cheap, and atomic under the GIL)."""
+        self._fed_at = self._clock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        client = E.BlockingLeaseClient(self._settings)
+        try:
+            # Connected before the first refresh is due: on a loaded machine a
+            # first call that must also connect missed its deadline.
+            client.wait_ready(self._ttl / 3)
+            reason = self._keep(client)
+        except Exception as error:  # a bug here must cost the lease, not keep it silently
+            log.exception("lease keeper failed")
+            reason = f"lease keeper failed: {error}"
+        finally:
+            client.close()
+        if reason is not None:
+            self._on_lost(reason)
+
+    def _keep(self, client: E.BlockingLeaseClient) -> str | None:
+        """Refresh a third of the TTL after the last refresh was sent; after a
+        failure, again at once, each attempt given what is left until two
+        thirds of the TTL (then the lease may be about to run out: stop)."""
+        interval = self._ttl / 3
+        refreshed_at = self._clock()  # the lease was granted (or refreshed) just now
+        failed = False
+        while True:
+            pause = _RETRY_PAUSE if failed else refreshed_at + interval - self._clock()
+            if self._stopping.wait(max(0.0, pause)):
+                return None
+            now = self._clock()
+            verdict = lease_verdict(now, self._fed_at, refreshed_at, self._ttl,
+                                    self._watchdog, failed)
+            if verdict is not None:
+                if not failed:  # hand over at once rather than after the TTL
+                    with contextlib.suppress(StoreUnavailable):
+                        client.revoke(self._lease_id, interval)
+                return verdict
+            budget = self._ttl * 2 / 3 - (now - refreshed_at)
+            try:
+                remaining = client.keepalive_once(self._lease_id, max(budget, _RETRY_PAUSE))
+            except StoreUnavailable as error:
+                log.warning("cannot refresh the leader lease: %s", error)
+                failed = True
+                continue
+            if remaining <= 0:
+                return "lease expired"
+            refreshed_at = now  # when it was sent: the lease runs from no earlier
+            failed = False
 
 
 class Leadership:
@@ -190,22 +305,28 @@ class Leadership:
                 await asyncio.shield(self._store.etcd.lease_revoke(lease_id))
 
     async def _keep_lease(self, lease_id: int) -> None:
-        ttl = self.settings.lease_ttl
-        last_ok = time.monotonic()
-        while True:
-            # A cancel can surface as a call error, or be lost by wait_for when
-            # it races with the reply (Python 3.11): asked to stop is stop.
-            if cancel_requested():
-                raise asyncio.CancelledError
-            await asyncio.sleep(ttl / 3)
-            try:
-                remaining = await asyncio.wait_for(
-                    self._store.etcd.lease_keepalive_once(lease_id), ttl / 3)
-            except (StoreUnavailable, TimeoutError) as error:
-                # Step down before the lease can have expired under us.
-                if time.monotonic() - last_ok > ttl * 2 / 3:
-                    raise StoreUnavailable(f"lease not refreshed in time: {error}") from error
-                continue
-            if remaining <= 0:
-                raise StoreUnavailable("lease expired")
-            last_ok = time.monotonic()
+        """Keep the lease from a LeaseKeeper thread; feed its watchdog from the
+        loop; return... never: raise StoreUnavailable when it is lost."""
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[str] = loop.create_future()
+
+        def on_lost(reason: str) -> None:  # called from the keeper's thread
+            def settle() -> None:
+                if not lost.done():
+                    lost.set_result(reason)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+                loop.call_soon_threadsafe(settle)
+
+        keeper = LeaseKeeper(self._store.etcd.settings, lease_id, self.settings.lease_ttl,
+                             self.settings.watchdog, on_lost)
+        keeper.start()
+        # Fed far more often than the watchdog's limit, so only a loop that
+        # really stopped running trips it.
+        feed_every = min(0.25, self.settings.watchdog / 8)
+        try:
+            while not lost.done():
+                keeper.feed()
+                await asyncio.wait({lost}, timeout=feed_every)
+            raise StoreUnavailable(lost.result())
+        finally:
+            keeper.stop()

@@ -4,9 +4,11 @@ that hold the logs (as SwarmKit's logbroker does).
 A ServiceLogs call becomes a subscription: the service's tasks, grouped by
 the node they were assigned to, and the caller's options (follow, tail,
 since). The broker pushes it to each of those nodes' agents over their
-ListenSubscriptions stream (an agent connects out to the leader; the leader
-never dials agents). Each agent answers on a PublishLogs stream of its own
-for that subscription, and the broker passes the lines on to the caller.
+ListenSubscriptions stream (an agent connects out to the controller that
+serves its session; a follower relays the stream to the leader, see
+controller/dispatcher/service.py; the leader never dials agents). Each agent
+answers on a PublishLogs stream of its own for that subscription, and the
+broker passes the lines on to the caller.
 
 Bounded everywhere:
 - one queue of at most `buffer_batches` batches per subscription; a

@@ -73,6 +73,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                         help="agent heartbeat period in seconds, for a new cluster")
     parser.add_argument("--lease-ttl", type=int, default=5,
                         help="leadership lease in seconds: a dead leader is replaced after this")
+    parser.add_argument("--leader-watchdog", type=float, default=30.0, metavar="SECONDS",
+                        help="a leader whose event loop has not run for this long gives up its "
+                             "lease so another controller takes over (default %(default)s)")
     parser.add_argument("--disconnect-threshold", type=float, default=1 / 3, metavar="FRACTION",
                         help="more than this fraction of the nodes DOWN within two heartbeat "
                              "periods is a mass disconnect: their tasks are replaced one node "
@@ -131,6 +134,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         parser.error("--max-read-staleness: must be positive")
     if args.lease_ttl < 1:
         parser.error("--lease-ttl: must be at least 1")
+    if args.leader_watchdog <= args.lease_ttl:
+        parser.error("--leader-watchdog: must be longer than --lease-ttl")
     if not 0 < args.disconnect_threshold <= 1:
         parser.error(f"--disconnect-threshold: must be above 0 and at most 1 "
                      f"(got {args.disconnect_threshold})")
@@ -156,7 +161,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         etcd=EtcdSettings(endpoints=tuple(args.etcd or ["127.0.0.1:2379"]),
                           ca_file=args.etcd_ca, cert_file=args.etcd_cert, key_file=args.etcd_key),
         prefix=args.prefix,
-        leadership=LeadershipSettings(lease_ttl=args.lease_ttl),
+        leadership=LeadershipSettings(lease_ttl=args.lease_ttl,
+                                      watchdog=args.leader_watchdog),
         compaction=CompactionSettings(interval=args.etcd_compaction_interval),
         max_read_staleness=args.max_read_staleness,
         dispatcher=DispatcherSettings(heartbeat_period=args.heartbeat_period),

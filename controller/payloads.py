@@ -31,11 +31,10 @@ from swarm.api import pki
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from .api.errors import FailedPrecondition, Relayed
 from .store import WatchCache
 
 log = logging.getLogger(__name__)
-
-Context = grpc.aio.ServicerContext[object, object]
 
 
 def refusal(task: pb.Task | None, node_id: str) -> str | None:
@@ -50,10 +49,8 @@ def refusal(task: pb.Task | None, node_id: str) -> str | None:
     return None
 
 
-class PayloadRefused(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+class PayloadRefused(Relayed):
+    """A refusal with its status code (the ErrorInterceptor answers it)."""
 
 
 def open_payloads(task: pb.Task, secrets: Mapping[str, pb.Secret],
@@ -109,15 +106,10 @@ class PayloadServer:
         return response
 
 
-async def serve_task_payloads(server: PayloadServer | None, node_id: str, task_id: str,
-                              context: Context) -> dpb.TaskPayloadsResponse:
-    """The RPC's body, once the dispatcher has checked node_id against the certificate."""
+def serve_task_payloads(server: PayloadServer | None, node_id: str,
+                        task_id: str) -> dpb.TaskPayloadsResponse:
+    """The RPC's body, once the dispatcher has checked node_id against the
+    certificate. Raises PayloadRefused (or FailedPrecondition without a data key)."""
     if server is None:
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            "this controller has no data key (--insecure): it keeps no secrets")
-        raise AssertionError("unreachable")
-    try:
-        return server.serve(node_id, task_id)
-    except PayloadRefused as error:
-        await context.abort(error.code, str(error))
-        raise AssertionError("unreachable") from None
+        raise FailedPrecondition("this controller has no data key (--insecure): it keeps no secrets")
+    return server.serve(node_id, task_id)

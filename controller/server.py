@@ -1,6 +1,7 @@
-"""One controller process: the watch cache, the gRPC server (control API for
-everyone, dispatcher API served by the leader), and the leader's loops
-(orchestrator, allocator, scheduler, dispatcher), all supervised and cancellable.
+"""One controller process: the watch cache, the gRPC server (control API and
+dispatcher API: every controller serves agent sessions), and the leader's
+loops (orchestrator, allocator, scheduler, the dispatcher's node judgement),
+all supervised and cancellable.
 
 Transport security (see controller/ca.py, swarmapi/channels.py): by default
 the control port is mutual TLS with every call authorized by role
@@ -179,7 +180,8 @@ class Controller:
         advertise = self.config.advertise_addr or (
             f"{'127.0.0.1' if host in ('0.0.0.0', '[::]', '') else host}:{self.port}")
         self.leadership = Leadership(self.store, advertise, self.config.leadership)
-        self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher)
+        self.dispatcher = Dispatcher(self.store, self.leadership, self.config.dispatcher,
+                                     dial=self._dial_controller)
         self.dispatcher.logs = self.logs
         # Secrets, configs and registry credentials are sealed with the data key (read when used);
         # an --insecure controller has none.
@@ -211,6 +213,8 @@ class Controller:
             await self._join_server.start()
             log.info("join service on %s (server-only TLS)", join_addr.rsplit(":", 1)[0] +
                      f":{self.join_port}")
+        dispatcher = self.dispatcher
+        self._loops.append(start_supervised("dispatcher", dispatcher.serve))
         await self._server.start()
         info = pb.ControllerInfo(addr=advertise, version=swarm.__version__)
         info.started_at.GetCurrentTime()
@@ -256,7 +260,7 @@ class Controller:
             start_supervised("allocator", lambda: self.allocator.run(guard)),
             start_supervised("ingress", lambda: self.ingress.run(guard)),
             start_supervised("scheduler", lambda: self.scheduler.run(guard)),
-            start_supervised("dispatcher", lambda: dispatcher.serve_as_leader(guard)),
+            start_supervised("dispatcher-leader", lambda: dispatcher.serve_as_leader(guard)),
             start_supervised("log-broker", self.logs.serve_as_leader),
             start_supervised("compactor", self.compactor.run),
         ]

@@ -35,19 +35,47 @@ The package follows docker/cli's compose loader:
     validate       the controller's validation, reported at the compose key
 """
 
-from .convert import load_stack, parse_stack
-from .model import (
-    Location,
-    Stack,
-    StackError,
-    StackNetwork,
-    StackPayload,
-    StackService,
-    StackVolume,
-    StackWarning,
-)
-from .schema import DEFAULT_NETWORK, NAMESPACE_LABEL
-from .validate import iter_messages, service_error
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .convert import load_stack, parse_stack
+    from .model import (
+        Location,
+        Stack,
+        StackError,
+        StackNetwork,
+        StackPayload,
+        StackService,
+        StackVolume,
+        StackWarning,
+    )
+    from .schema import DEFAULT_NETWORK, NAMESPACE_LABEL
+    from .validate import iter_messages, service_error
+
+# Each name's submodule is imported on first use (PEP 562), so that importing
+# the package for NAMESPACE_LABEL or Stack (as every swarmctl start-up does,
+# through completion and stack) does not load the YAML loader and converters.
+_HOMES = {
+    "load_stack": "convert", "parse_stack": "convert",
+    "Location": "model", "Stack": "model", "StackError": "model", "StackNetwork": "model",
+    "StackPayload": "model", "StackService": "model", "StackVolume": "model",
+    "StackWarning": "model",
+    "DEFAULT_NETWORK": "schema", "NAMESPACE_LABEL": "schema",
+    "iter_messages": "validate", "service_error": "validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_NETWORK",

@@ -56,8 +56,9 @@ SERVICE_KEYS = frozenset({
     # Only `host` (the node's network namespace); other modes are refused.
     "network_mode",
 })
-UNSUPPORTED_DEPLOY_KEYS = frozenset({"resources.reservations.devices",
-                                      "resources.reservations.generic_resources"})
+# deploy keys warned about and ignored (none left: reservations' generic_resources
+# and devices are cli/compose/resources.py's).
+UNSUPPORTED_DEPLOY_KEYS: frozenset[str] = frozenset()
 TOP_LEVEL_KEYS = frozenset({"version", "name", "services", "networks", "volumes", "secrets",
                             "configs"})
 UNSUPPORTED_TOP_LEVEL_KEYS = frozenset({"include"})

@@ -26,6 +26,7 @@ from ..payload_refs import append_references
 from .context import Context
 from .model import Location, Node, StackNetwork, StackService, quote
 from .payloads import service_references
+from .resources import reservations as generic_reservations
 from .runopts import convert_runtime_options, set_pids_limit
 from .schema import (
     DEFAULT_NETWORK,
@@ -604,11 +605,14 @@ def _resources(context: Context, task: pb.TaskSpec, node: Node, path: str) -> No
                 target.memory_bytes = as_size(option_value, option_path)
             elif option == "pids" and name == "limits":
                 set_pids_limit(task.container, option_value, option_path)
+            elif name == "reservations" and option in ("generic_resources", "devices"):
+                generic_reservations(context, target, option, option_value, option_path)
             elif f"resources.{name}.{option}" in UNSUPPORTED_DEPLOY_KEYS:
                 context.warn(option_value, option_path, "not supported; ignored")
             else:
                 fail(option_value, option_path, "unknown key (expected cpus, memory or pids)"
-                     if name == "limits" else "unknown key (expected cpus or memory)")
+                     if name == "limits" else "unknown key (expected cpus, memory, "
+                     "generic_resources or devices)")
 
 
 def _restart_policy(restart: pb.RestartPolicy, node: Node, path: str) -> None:

@@ -35,7 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -272,13 +272,16 @@ def _ready_nodes(state: ClusterState) -> int:
 def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
        insecure: bool = False, dns_forwarders: Sequence[str] = (), controllers: int = 1,
        etcd_members: int = 1, agent_args: Sequence[str] = (),
+       host_agent_args: Mapping[str, Sequence[str]] | None = None,
        node_disk_bytes: int = 0) -> ClusterState:
     """Bring the cluster up (after removing whatever an earlier run left).
     dns_forwarders: the agents' upstream resolvers (IP[:PORT], reachable from
     the hosts: the gateway's address); none by default, as the hosts have no
     route out: names that are not the cluster's are refused at once.
     controllers, etcd_members: how many of each (an etcd cluster of that many
-    members). agent_args: more flags for every agent (tests). node_disk_bytes:
+    members). agent_args: more flags for every agent (tests); host_agent_args:
+    more flags for one host's agent, by host name (h1, h2, ...: e.g. the one
+    host with a GPU). node_disk_bytes:
     give each agent's state dir a tmpfs of this size (a small disk that tests
     can fill; 0: the state dirs are plain directories)."""
     _require_root()
@@ -295,6 +298,9 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
         raise ClusterError(f"--subnet {subnet!r}: {error}") from None
     if network.num_addresses < FIRST_HOST_OFFSET + nodes + 2:
         raise ClusterError(f"--subnet {subnet}: too small for {nodes} nodes")
+    per_host = {host: tuple(args) for host, args in (host_agent_args or {}).items()}
+    if problem := host_args_error(per_host, nodes):
+        raise ClusterError(problem)
     existing = load_state(name)
     if existing is not None and existing.daemons and all(alive(d) for d in existing.daemons):
         raise ClusterError(f"cluster {name!r} is up already (swarmctl dev status / dev down)")
@@ -309,13 +315,27 @@ def up(name: str, nodes: int, subnet: str, say: Callable[[str], None], *,
     save_state(state)
     try:
         _bring_up(state, nodes, say, tuple(dns_forwarders) or ("none",), tuple(agent_args),
-                  node_disk_bytes)
+                  node_disk_bytes, per_host)
     except BaseException:
         say("start failed: removing what was made")
         with contextlib.suppress(Exception):
             down(name, say=lambda _: None)
         raise
     return state
+
+
+def host_names(nodes: int) -> list[str]:
+    return [f"h{i}" for i in range(1, nodes + 1)]
+
+
+def host_args_error(per_host: Mapping[str, Sequence[str]], nodes: int) -> str:
+    """'' when every host named has a place in a cluster of `nodes` hosts."""
+    names = host_names(nodes)
+    for host in per_host:
+        if host not in names:
+            return (f"--agent-arg {host}:...: no host {host!r} in a cluster of {nodes} "
+                    f"(hosts {names[0]} to {names[-1]})")
+    return ""
 
 
 def _leftovers(name: str) -> bool:
@@ -327,7 +347,8 @@ def _leftovers(name: str) -> bool:
 
 def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
               dns_forwarders: tuple[str, ...], agent_args: tuple[str, ...] = (),
-              node_disk_bytes: int = 0) -> None:
+              node_disk_bytes: int = 0,
+              host_agent_args: Mapping[str, tuple[str, ...]] | None = None) -> None:
     directory = state_dir(state.name)
     logs = directory / "logs"
     say(f"creating {nodes} hosts on {state.subnet}")
@@ -384,7 +405,8 @@ def _bring_up(state: ClusterState, nodes: int, say: Callable[[str], None],
             "--bind-root", "/proc", *role, *agent_security,
             *(["--metrics-addr", f"{node.address.split('/')[0]}:{METRICS_PORT}"]
               if state.metrics else []),
-            *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders), *agent_args])))
+            *(f"--dns-forwarder={upstream}" for upstream in dns_forwarders), *agent_args,
+            *(host_agent_args or {}).get(node.host, ())])))
     _wait(f"{nodes} nodes", lambda: _ready_nodes(state) >= nodes, None, 60)
     for agent in agents:
         if not alive(agent):

@@ -129,6 +129,9 @@ def create(
         metavar="spread=node.labels.X", help="Spread tasks over a node label "
                                              "(repeatable).")] = None,
     max_replicas_per_node: MaxReplicasPerNodeOpt = None,
+    generic_resource: Annotated[list[str] | None, typer.Option(
+        metavar="KIND=COUNT", help="Reserve a generic resource of the nodes for each task, "
+                                   "e.g. gpu=1 (repeatable).")] = None,
     limit_cpu: LimitCpuOpt = None,
     limit_memory: LimitMemoryOpt = None,
     reserve_cpu: ReserveCpuOpt = None,
@@ -215,6 +218,7 @@ def create(
         container_labels=as_list(container_label),
         constraints=as_list(constraint),
         placement_prefs=as_list(placement_pref),
+        generic_resources=as_list(generic_resource),
         publish=as_list(publish),
         networks=as_list(network),
         mounts=as_list(mount),

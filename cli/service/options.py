@@ -92,6 +92,7 @@ class ServiceOptions(TaskOptions, RuntimeCreateOptions):
     mounts: list[str] = field(default_factory=list)
     secrets: list[str] = field(default_factory=list)
     configs: list[str] = field(default_factory=list)
+    generic_resources: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -117,6 +118,8 @@ class ServiceUpdateOptions(TaskOptions, RuntimeUpdateOptions):
     secret_rm: list[str] = field(default_factory=list)
     config_add: list[str] = field(default_factory=list)
     config_rm: list[str] = field(default_factory=list)
+    generic_resource_add: list[str] = field(default_factory=list)
+    generic_resource_rm: list[str] = field(default_factory=list)
     force: bool = False
     rollback: bool = False
 

@@ -20,6 +20,7 @@ from .. import parsing
 from ..errors import BadFlag, BadInput
 from ..payload_refs import append_references, edit_references, parse_reference
 from ..runopts import apply_create_options, apply_update_options, env_file_entries
+from . import generic
 from .options import ServiceOptions, ServiceUpdateOptions
 from .task_spec import apply_task_options, merge_env
 
@@ -146,6 +147,7 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
                       [parse_reference("secret", "--secret", item) for item in options.secrets])
     append_references(container, "config",
                       [parse_reference("config", "--config", item) for item in options.configs])
+    generic.apply_create(spec, options.generic_resources)
     return spec
 
 
@@ -218,6 +220,7 @@ def updated_service_spec(current: pb.ServiceSpec,
         container.mounts.extend(mounts)
     edit_references(container, "secret", options.secret_rm, options.secret_add)
     edit_references(container, "config", options.config_rm, options.config_add)
+    generic.apply_update(spec, options.generic_resource_add, options.generic_resource_rm)
     if options.force:
         spec.task.force_update += 1
     return spec

@@ -132,6 +132,10 @@ def update(
     placement_pref_rm: Annotated[list[str] | None, multi(
         "spread=node.labels.X", "Remove a placement preference")] = None,
     max_replicas_per_node: MaxReplicasPerNodeOpt = None,
+    generic_resource_add: Annotated[list[str] | None, multi(
+        "KIND=COUNT", "Reserve a generic resource for each task, e.g. gpu=1")] = None,
+    generic_resource_rm: Annotated[list[str] | None, multi(
+        "KIND", "Reserve none of a generic resource any more")] = None,
     limit_cpu: LimitCpuOpt = None,
     limit_memory: LimitMemoryOpt = None,
     reserve_cpu: ReserveCpuOpt = None,
@@ -226,6 +230,8 @@ def update(
         container_label_rm=as_list(container_label_rm),
         constraint_add=as_list(constraint_add),
         constraint_rm=as_list(constraint_rm),
+        generic_resource_add=as_list(generic_resource_add),
+        generic_resource_rm=as_list(generic_resource_rm),
         placement_pref_add=as_list(placement_pref_add),
         placement_pref_rm=as_list(placement_pref_rm),
         publish_add=as_list(publish_add),

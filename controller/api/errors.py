@@ -18,6 +18,7 @@ by gRPC and answered UNKNOWN.
 | FailedPrecondition, NeedsIngress        | FAILED_PRECONDITION |
 | Exhausted, AllocationError (exhausted)  | RESOURCE_EXHAUSTED  |
 | Unavailable                             | UNAVAILABLE         |
+| Unimplemented                           | UNIMPLEMENTED       |
 | DataLoss (a sealed record does not open)| DATA_LOSS           |
 | Unauthenticated, PermissionDenied (CA)  | UNAUTHENTICATED, PERMISSION_DENIED |
 | Relayed (the leader's refusal)          | the leader's        |
@@ -85,6 +86,10 @@ class Exhausted(ApiError):
 
 class Unavailable(ApiError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(ApiError):
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class DataLoss(ApiError):

@@ -1,5 +1,5 @@
 """The dispatcher's gRPC service: agents' sessions, heartbeats and task
-status, on the leader.
+status, on every controller.
 
 An agent registers once (getting its node ID), then keeps one session stream
 open: the first message carries the complete set of its assigned tasks, later
@@ -9,14 +9,29 @@ HEARTBEAT_MISSES periods of the leader's serving time is marked DOWN (and the
 orchestrator replaces its tasks). Status reports and node state go to etcd
 through status.py.
 
+Every controller serves sessions, so session and TLS work spreads over
+processes while the leader alone decides (orchestrator, allocator,
+scheduler): a follower sends assignments from its own watch cache, writes
+status reports with the same compare-and-swap and forward-only rules as the
+leader (status.py, unfenced: a report decides nothing), and tells the leader
+which of its nodes beat (liveness.py), so only the leader marks nodes DOWN.
+An agent stays with the controller it reached and moves to another only
+when that one fails; nothing is replaced if it comes back within the grace.
+A node a follower serves that the leader marks DOWN anyway (a report lost)
+has its session closed there, so its agent opens a new one and is READY
+again. Drain before stop (assignments.py) waits only for the nodes served
+by the controller of the stopping task's node.
+
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
 only its own session, heartbeat only for it and report status only for tasks
 assigned to it (PERMISSION_DENIED otherwise). Which roles may call at all is
 the server's AuthInterceptor's business (swarm.api.channels).
 
-A follower refuses every call with FAILED_PRECONDITION and names the leader in
-the trailing metadata key `swarm-leader-addr`, so agents can follow it.
+Log subscriptions (logbroker.py) live on the leader: a follower relays its
+nodes' ListenSubscriptions and PublishLogs streams to the leader (marked with
+the relayed-by metadata key; the leader takes them only from a controller's
+certificate, the follower having checked the node's).
 """
 
 from __future__ import annotations
@@ -33,13 +48,24 @@ from google.protobuf.duration_pb2 import Duration
 
 from swarm.api import pki
 from swarm.api.loops import cancel_all, start_supervised
-from swarm.api.metadata import LEADER_METADATA_KEY
 from swarm.api.telemetry import NO_TELEMETRY, Telemetry
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import logs_pb2 as lpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from ..api.errors import (
+    Context,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    Relayed,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from ..api.logs import RELAYED_METADATA_KEY
+from ..ca import is_controller
 from ..drain import Drain
 from ..heartbeat import DEFAULT_HEARTBEAT_PERIOD, heartbeat_period
 from ..ids import new_id
@@ -50,6 +76,7 @@ from ..pullauth import PullCredentials
 from ..store import Change, Conflict, Create, Guard, NodeChange, Store, StoreError
 from .assignments import Assignments
 from .heartbeats import HEARTBEAT_MISSES, Heartbeats
+from .liveness import AliveReporter, Dial
 from .sessions import Session as NodeSession
 from .sessions import Sessions
 from .status import StatusWriter, mark_node, set_conditions
@@ -72,10 +99,10 @@ class DispatcherSettings:
 
 
 @dataclass
-class _LeaderState:
-    guard: Guard
+class _ServingState:
     heartbeats: Heartbeats
     status: StatusWriter
+    reporter: AliveReporter
     sessions: Sessions = field(default_factory=Sessions)
     assignments: Assignments | None = None
 
@@ -94,12 +121,17 @@ def _duration(value: float) -> Duration:
 class Dispatcher(dgrpc.DispatcherServicer):
     def __init__(self, store: Store, leadership: Leadership,
                  settings: DispatcherSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 dial: Dial | None = None) -> None:
         self._store = store
         self._leadership = leadership
         self.settings = settings or DispatcherSettings()
         self._clock = clock
-        self._state: _LeaderState | None = None
+        # A channel to another controller (the leader, for liveness reports).
+        self._dial: Dial = dial or (lambda addr: grpc.aio.insecure_channel(addr))
+        self._state: _ServingState | None = None
+        self._log_channels: dict[str, grpc.aio.Channel] = {}  # to the leader, for log relays
+        self._guard: Guard | None = None  # while leading
         # The heartbeat answer, made once per period value (it is the same
         # for every beat of every node).
         self._beat_answer: tuple[float, dpb.HeartbeatResponse] | None = None
@@ -111,10 +143,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
 
     def session_count(self) -> int:
-        """Agent sessions served now (0 unless leading)."""
+        """Agent sessions served now by this controller."""
         return len(self._state.sessions) if self._state is not None else 0
-
-    # ------------------------------------------------------------ leading
 
     def heartbeat_period(self) -> float:
         return heartbeat_period(self._store.cache.clusters.values(),
@@ -127,21 +157,23 @@ class Dispatcher(dgrpc.DispatcherServicer):
             answer = self._beat_answer = (period, dpb.HeartbeatResponse(period=_duration(period)))
         return answer[1]
 
-    async def serve_as_leader(self, guard: Guard) -> None:
-        """Run the leader's side (node monitor, status writer) until cancelled."""
+    # ------------------------------------------------------------ serving
+
+    async def serve(self) -> None:
+        """Serve agent sessions until cancelled (every controller): the
+        session monitor, the status writer and, while following, the
+        liveness reports to the leader."""
         cache = self._store.cache
-        state = _LeaderState(guard=guard, heartbeats=Heartbeats(self._clock),
-                             status=StatusWriter(self._store, guard,
-                                                 self.settings.status_flush_interval))
+        state = _ServingState(heartbeats=Heartbeats(self._clock),
+                              status=StatusWriter(self._store, lambda: self._guard,
+                                                  self.settings.status_flush_interval),
+                              reporter=AliveReporter(self._leadership.identity, self._dial))
         state.assignments = Assignments(cache, state.sessions, self.pull_auth)
-        # Every node gets a full grace period to find the new leader.
-        for node in cache.nodes.values():
-            if node.status.state == pb.NodeStatus.READY:
-                state.heartbeats.grant(node.id)
         self._state = state
         loops = [
             start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
             start_supervised("dispatcher-status-writer", state.status.run),
+            start_supervised("dispatcher-liveness-reports", lambda: self._report_alive(state)),
         ]
         try:
             await asyncio.Future()  # until cancelled
@@ -149,42 +181,64 @@ class Dispatcher(dgrpc.DispatcherServicer):
             self._state = None
             state.sessions.close_all()
             await cancel_all(loops)
+            await state.reporter.close()
+            channels, self._log_channels = self._log_channels, {}
+            for channel in channels.values():
+                await channel.close(None)
 
-    async def _leader_state(self, context: grpc.aio.ServicerContext[object, object]) -> _LeaderState:
+    async def serve_as_leader(self, guard: Guard) -> None:
+        """The leader's side (marking silent nodes DOWN, fenced writes) until
+        cancelled."""
+        self._guard = guard
+        state = self._state
+        if state is not None:
+            # Every node gets a full grace period to find a controller (or for
+            # its follower's next report to arrive here).
+            for node in self._store.cache.nodes.values():
+                if node.status.state == pb.NodeStatus.READY:
+                    state.heartbeats.grant(node.id)
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            self._guard = None
+
+    def _serving(self) -> _ServingState:
         state = self._state
         if state is None:
-            # Read from etcd, not the cache: a lagging cache would name a dead leader.
-            leader = await self._leadership.confirmed_leader()
-            context.set_trailing_metadata(((LEADER_METADATA_KEY, leader),))
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"this controller is not the leader; the leader is {leader or 'unknown'}")
-        assert state is not None
+            raise Unavailable("this controller is starting or stopping; try another")
         return state
+
+    async def _report_alive(self, state: _ServingState) -> None:
+        while True:
+            period = self.heartbeat_period()
+            await asyncio.sleep(period / 2)
+            if self._guard is not None:
+                state.reporter.beaten.clear()  # the leader's own beats count here already
+                continue
+            await state.reporter.report(self._leadership.leader_addr, timeout=period)
 
     # ------------------------------------------------------------ RPCs
 
     @staticmethod
-    async def _certified_node(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+    def _certified_node(context: Context) -> str | None:
         """The node ID of the caller's certificate; None on an --insecure server."""
         try:
             peer = pki.peer_identity(context)
         except pki.PKIError as error:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
-            raise AssertionError("unreachable") from None
+            raise Unauthenticated(str(error)) from error
         return peer.node_id if peer is not None else None
 
-    async def _check_caller(self, node_id: str,
-                            context: grpc.aio.ServicerContext[object, object]) -> None:
-        certified = await self._certified_node(context)
+    def _check_caller(self, node_id: str, context: Context) -> None:
+        certified = self._certified_node(context)
         if certified is not None and certified != node_id:
             log.warning("node %s tried to act as node %s", certified, node_id)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"the certificate of node {certified} cannot act for node {node_id}")
+            raise PermissionDenied(f"the certificate of node {certified} cannot act for node "
+                                   f"{node_id}")
 
     async def Register(self, request: dpb.RegisterRequest,
-                       context: grpc.aio.ServicerContext[object, object]) -> dpb.RegisterResponse:
-        state = await self._leader_state(context)
-        certified = await self._certified_node(context)
+                       context: Context) -> dpb.RegisterResponse:
+        self._serving()
+        certified = self._certified_node(context)
         if certified is not None and certified in self._store.cache.nodes:
             return dpb.RegisterResponse(node_id=certified)  # registered before: same node
         node = pb.Node(
@@ -195,26 +249,26 @@ class Dispatcher(dgrpc.DispatcherServicer):
             status=pb.NodeStatus(state=pb.NodeStatus.UNKNOWN),
         )
         try:
-            await self._store.commit([Create(node)], guard=state.guard)
+            # Create-if-absent: safe from any controller.
+            await self._store.commit([Create(node)], guard=self._guard)
         except (Conflict, StoreError) as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not register node: {error}")
+            raise Unavailable(f"could not register node: {error}") from error
         log.info("registered node %s (%s) as a %s", node.id, request.description.hostname,
                  pb.NodeSpec.Role.Name(request.role).lower())
         return dpb.RegisterResponse(node_id=node.id)
 
     async def Session(self, request: dpb.SessionRequest,
-                      context: grpc.aio.ServicerContext[object, object]
-                      ) -> AsyncIterator[dpb.SessionMessage]:
-        state = await self._leader_state(context)
+                      context: Context) -> AsyncIterator[dpb.SessionMessage]:
+        state = self._serving()
         assignments = state.assignments
         assert assignments is not None
         node_id = request.node_id
-        await self._check_caller(node_id, context)
+        self._check_caller(node_id, context)
         if node_id not in self._store.cache.nodes:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id} is not known; register again")
+            raise NotFound(f"node {node_id} is not known; register again")
         session = NodeSession(node_id=node_id, session_id=new_id())
         state.sessions.open(session)
-        state.heartbeats.beat(node_id)
+        self._beat(state, node_id)
         try:
             description = request.description if request.HasField("description") else None
             node = self._store.cache.nodes.get(node_id)
@@ -222,11 +276,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
             # already READY with the same description is not written again.
             if node is None or node.status.state != pb.NodeStatus.READY or (
                     description is not None and node.description != description):
-                await mark_node(self._store, state.guard, node_id, pb.NodeStatus.READY, "",
+                await mark_node(self._store, self._guard, node_id, pb.NodeStatus.READY, "",
                                 description=description)
         except (Conflict, StoreError) as error:
             state.sessions.end(session)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not open session: {error}")
+            raise Unavailable(f"could not open session: {error}") from error
         log.info("session %s opened for node %s", session.session_id, node_id)
         settings = self.settings
         try:
@@ -258,14 +312,19 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 # Not replaced: nothing to wait for there.
                 assignments.release_node(node_id)
 
+    def _beat(self, state: _ServingState, node_id: str) -> None:
+        state.heartbeats.beat(node_id)
+        if self._guard is None:
+            state.reporter.beat(node_id)  # the leader hears of it in the next report
+
     async def Heartbeat(self, request: dpb.HeartbeatRequest,
-                        context: grpc.aio.ServicerContext[object, object]) -> dpb.HeartbeatResponse:
-        # The hot path of thousands of nodes: a dict lookup and a dict write,
-        # and the same answer object each time.
-        state = await self._leader_state(context)
-        await self._check_caller(request.node_id, context)
-        session = await self._check_session(state, request.node_id, request.session_id, context)
-        state.heartbeats.beat(request.node_id)
+                        context: Context) -> dpb.HeartbeatResponse:
+        # The hot path of thousands of nodes: a dict lookup and a dict write
+        # (and a set add on a follower), and the same answer object each time.
+        state = self._serving()
+        self._check_caller(request.node_id, context)
+        session = self._check_session(state, request.node_id, request.session_id)
+        self._beat(state, request.node_id)
         if request.applied:
             assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
@@ -273,16 +332,15 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if node is not None and node.status.conditions != request.conditions:
             # Rare (a disk filling up or freed): written at once, beside the beat.
             with contextlib.suppress(Conflict, StoreError):
-                await set_conditions(self._store, state.guard, request.node_id,
+                await set_conditions(self._store, self._guard, request.node_id,
                                      list(request.conditions))
         return self._heartbeat_response()
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
-                               context: grpc.aio.ServicerContext[object, object]
-                               ) -> dpb.UpdateTaskStatusResponse:
-        state = await self._leader_state(context)
-        await self._check_caller(request.node_id, context)
-        await self._check_session(state, request.node_id, request.session_id, context)
+                               context: Context) -> dpb.UpdateTaskStatusResponse:
+        state = self._serving()
+        self._check_caller(request.node_id, context)
+        self._check_session(state, request.node_id, request.session_id)
         tasks = self._store.cache.tasks
         accepted: list[dpb.TaskStatusUpdate] = []
         # All checked before any is queued: a refused batch changes nothing.
@@ -293,26 +351,35 @@ class Dispatcher(dgrpc.DispatcherServicer):
             if task.node_id != request.node_id:
                 log.warning("node %s reported status for task %s of node %s",
                             request.node_id, update.task_id, task.node_id)
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                    f"task {update.task_id} is not assigned to node {request.node_id}")
+                raise PermissionDenied(f"task {update.task_id} is not assigned to node "
+                                       f"{request.node_id}")
             accepted.append(update)
         for update in accepted:
             state.status.queue(request.node_id, update.task_id, update.status)
         return dpb.UpdateTaskStatusResponse()
 
-    async def _check_session(self, state: _LeaderState, node_id: str, session_id: str,
-                             context: grpc.aio.ServicerContext[object, object]) -> NodeSession:
+    @staticmethod
+    def _check_session(state: _ServingState, node_id: str, session_id: str) -> NodeSession:
         session = state.sessions.get(node_id)
         if session is None or session.session_id != session_id:
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"session {session_id} of node {node_id} is not current; open a new one")
-        assert session is not None
+            raise NotFound(f"session {session_id} of node {node_id} is not current; open a new one")
         return session
+
+    async def ReportAlive(self, request: dpb.ReportAliveRequest,
+                          context: Context) -> dpb.ReportAliveResponse:
+        """A follower's nodes that beat (liveness.py): each counts as a beat here."""
+        state = self._serving()
+        if self._guard is None:
+            raise FailedPrecondition("this controller is not the leader")
+        beat = state.heartbeats.beat
+        for node_id in request.node_ids:
+            beat(node_id)
+        return dpb.ReportAliveResponse()
 
     # ------------------------------------------------------------ controllers
 
     def _controller_set(self) -> list[str]:
-        """Every registered controller's address, this one's (the leader's) too."""
+        """Every registered controller's address, this one's too."""
         addrs = set(self._store.cache.controllers)
         addrs.add(self._leadership.identity)
         return sorted(addrs)
@@ -335,12 +402,26 @@ class Dispatcher(dgrpc.DispatcherServicer):
         match change:
             case NodeChange(object_id=node_id, new=None):
                 state.heartbeats.forget(node_id)
+            case NodeChange(object_id=node_id, new=node) if node is not None:
+                if node.status.state == pb.NodeStatus.READY and self._guard is not None:
+                    # READY through a follower's session: judged from now on,
+                    # even if that follower dies before its first report.
+                    state.heartbeats.grant(node_id)
+                elif node.status.state == pb.NodeStatus.DOWN:
+                    # Marked DOWN while its session is open here (the leader
+                    # missed the reports): a new session makes it READY again.
+                    session = state.sessions.pop(node_id, None)
+                    if session is not None:
+                        log.warning("node %s was marked down while its session %s is open "
+                                    "here: closing it", node_id, session.session_id)
+                        session.close()
             case _:
                 pass
 
     # ------------------------------------------------------------ nodes
 
-    async def _monitor_nodes(self, state: _LeaderState) -> None:
+    async def _monitor_nodes(self, state: _ServingState) -> None:
+        """Close the sessions of silent nodes; while leading, mark them DOWN."""
         while True:
             period = self.heartbeat_period()
             await asyncio.sleep(period / 2)
@@ -350,58 +431,111 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 session = state.sessions.pop(node_id, None)
                 if session is not None:
                     session.close()
-                if node is not None and node.status.state != pb.NodeStatus.DOWN:
-                    log.warning("node %s missed %d heartbeats: marking it down",
-                                node_id, HEARTBEAT_MISSES)
-                    self.telemetry.inc("swarm_dispatcher_missed_heartbeats_total")
-                    try:
-                        await mark_node(self._store, state.guard, node_id, pb.NodeStatus.DOWN,
-                                        "heartbeat failure")
-                    except (Conflict, StoreError) as error:
-                        # Try again next round (unless it has come back meanwhile).
-                        log.warning("cannot mark node %s down: %s", node_id, error)
-                        state.heartbeats.restore(node_id, seen)
+                guard = self._guard
+                if guard is None or node is None or node.status.state == pb.NodeStatus.DOWN:
+                    continue
+                log.warning("node %s missed %d heartbeats: marking it down",
+                            node_id, HEARTBEAT_MISSES)
+                self.telemetry.inc("swarm_dispatcher_missed_heartbeats_total")
+                try:
+                    await mark_node(self._store, guard, node_id, pb.NodeStatus.DOWN,
+                                    "heartbeat failure")
+                except (Conflict, StoreError) as error:
+                    # Try again next round (unless it has come back meanwhile).
+                    log.warning("cannot mark node %s down: %s", node_id, error)
+                    state.heartbeats.restore(node_id, seen)
 
     # ------------------------------------------------------------ logs (controller/logbroker.py)
 
-    async def _log_broker(self, context: grpc.aio.ServicerContext[object, object]) -> LogBroker:
+    def _log_broker(self) -> LogBroker:
         if self.logs is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves no logs")
-        assert self.logs is not None
+            raise Unimplemented("this controller serves no logs")
         return self.logs
 
+    def _relayed(self, context: Context) -> bool:
+        """A log call a follower relays for a node it serves: it checked the
+        node's certificate and session; the caller must be a controller."""
+        if not dict(context.invocation_metadata() or ()).get(RELAYED_METADATA_KEY):
+            return False
+        try:
+            peer = pki.peer_identity(context)
+        except pki.PKIError as error:
+            raise Unauthenticated(str(error)) from error
+        if peer is not None and not is_controller(peer):
+            raise PermissionDenied(f"{peer.node_id} is not a controller: it relays no logs")
+        return True
+
+    def _leader_stub(self) -> tuple[dgrpc.DispatcherAsyncStub, str]:
+        """The leader's dispatcher, to relay log calls to (the log broker
+        lives there)."""
+        leader = self._leadership.leader_addr
+        if not leader or leader == self._leadership.identity:
+            raise Unavailable("logs are served by the leader, and there is none now; "
+                              "try again shortly")
+        channel = self._log_channels.get(leader)
+        if channel is None:
+            channel = self._log_channels[leader] = self._dial(leader)
+        return dgrpc.DispatcherStub(channel), leader
+
     async def ListenSubscriptions(self, request: lpb.ListenSubscriptionsRequest,
-                                  context: grpc.aio.ServicerContext[object, object]
-                                  ) -> AsyncIterator[lpb.SubscriptionMessage]:
-        state = await self._leader_state(context)
-        await self._check_caller(request.node_id, context)
-        await self._check_session(state, request.node_id, request.session_id, context)
-        broker = await self._log_broker(context)
-        async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
-            async for message in messages:
+                                  context: Context) -> AsyncIterator[lpb.SubscriptionMessage]:
+        state = self._serving()
+        if not self._relayed(context):
+            self._check_caller(request.node_id, context)
+            self._check_session(state, request.node_id, request.session_id)
+        broker = self._log_broker()
+        if self._guard is not None:
+            async with contextlib.aclosing(broker.listen(request.node_id)) as messages:
+                async for message in messages:
+                    yield message
+            return
+        # A follower: the node's subscriptions come from the leader's broker.
+        stub, leader = self._leader_stub()
+        call = stub.ListenSubscriptions(request, metadata=self._relay_metadata())
+        try:
+            async for message in call:
                 yield message
+        except grpc.aio.AioRpcError as error:
+            raise Relayed(error.code(), f"leader {leader}: {error.details()}") from None
+        finally:
+            call.cancel()
+
+    def _relay_metadata(self) -> tuple[tuple[str, str]]:
+        return ((RELAYED_METADATA_KEY, self._leadership.identity),)
 
     async def PublishLogs(self, request_iterator: AsyncIterator[lpb.PublishLogsMessage],
-                          context: grpc.aio.ServicerContext[object, object]
-                          ) -> lpb.PublishLogsResponse:
-        state = await self._leader_state(context)
+                          context: Context) -> lpb.PublishLogsResponse:
+        state = self._serving()
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return lpb.PublishLogsResponse()
-        await self._check_caller(first.node_id, context)
-        await self._check_session(state, first.node_id, first.session_id, context)
-        broker = await self._log_broker(context)
+        if not self._relayed(context):
+            self._check_caller(first.node_id, context)
+            self._check_session(state, first.node_id, first.session_id)
+        broker = self._log_broker()
+        if self._guard is None:
+            stub, leader = self._leader_stub()
+
+            async def messages() -> AsyncIterator[lpb.PublishLogsMessage]:
+                yield first
+                async for message in request_iterator:
+                    yield message
+
+            try:
+                return await stub.PublishLogs(messages(),
+                                              metadata=self._relay_metadata())
+            except grpc.aio.AioRpcError as error:
+                raise Relayed(error.code(), f"leader {leader}: {error.details()}") from None
         try:
             await broker.publish(first.node_id, first, aiter(request_iterator))
         except PublishRefused as error:
             log.warning("node %s: log messages refused: %s", first.node_id, error)
-            await context.abort(error.code, str(error))
+            raise Relayed(error.code, str(error)) from error
         return lpb.PublishLogsResponse()
 
     # ------------------------------------------------------------ payloads (controller/payloads.py)
 
     async def TaskPayloads(self, request: dpb.TaskPayloadsRequest,
-                           context: grpc.aio.ServicerContext[object, object]
-                           ) -> dpb.TaskPayloadsResponse:
-        await self._check_caller(request.node_id, context)
-        return await serve_task_payloads(self.payloads, request.node_id, request.task_id, context)
+                           context: Context) -> dpb.TaskPayloadsResponse:
+        self._check_caller(request.node_id, context)
+        return serve_task_payloads(self.payloads, request.node_id, request.task_id)

@@ -1,7 +1,10 @@
 """What the dispatcher writes to etcd: task status reports and node state.
 
-Status reports are coalesced per task (latest wins) and written in batched,
-fenced transactions; a report older than what is stored, or for a task that
+Status reports are coalesced per task (latest wins) and written in batched
+transactions (fenced by the leadership key while this controller leads; a
+follower's writes are compare-and-swap on each task's version alone, which
+is all a report needs: it never decides, and a report older than what is
+stored is dropped); a report older than what is stored, or for a task that
 moved or was deleted, is dropped. While etcd is unavailable or full the
 reports the agents were told were taken are kept and written once it takes
 writes again. Node writes (READY when a session opens, DOWN when the node
@@ -26,7 +29,8 @@ _CAS_ATTEMPTS = 10
 
 
 class StatusWriter:
-    def __init__(self, store: Store, guard: Guard, flush_interval: float) -> None:
+    def __init__(self, store: Store, guard: Callable[[], Guard | None],
+                 flush_interval: float) -> None:
         self._store = store
         self._guard = guard
         self._flush_interval = flush_interval
@@ -60,7 +64,7 @@ class StatusWriter:
                 continue
             rejected: list[Op] = []
             try:
-                failed = await self._store.commit_chunked(ops, guard=self._guard,
+                failed = await self._store.commit_chunked(ops, guard=self._guard(),
                                                           rejected=rejected)
                 outage = 0.0
             except StoreUnavailable as error:
@@ -84,7 +88,7 @@ class StatusWriter:
                 self._ready.set()
 
 
-async def mark_node(store: Store, guard: Guard, node_id: str, status: int, message: str,
+async def mark_node(store: Store, guard: Guard | None, node_id: str, status: int, message: str,
                     description: pb.NodeDescription | None = None) -> None:
     """Set the node's state (and description, when a session brings one)."""
 
@@ -100,7 +104,7 @@ async def mark_node(store: Store, guard: Guard, node_id: str, status: int, messa
     await update_node(store, guard, node_id, mark)
 
 
-async def set_conditions(store: Store, guard: Guard, node_id: str,
+async def set_conditions(store: Store, guard: Guard | None, node_id: str,
                          conditions: list[str]) -> None:
     def change(node: pb.Node) -> bool:
         if list(node.status.conditions) == conditions:
@@ -113,10 +117,11 @@ async def set_conditions(store: Store, guard: Guard, node_id: str,
         log.warning("node %s reports %s", node_id, ", ".join(conditions) or "no condition")
 
 
-async def update_node(store: Store, guard: Guard, node_id: str,
+async def update_node(store: Store, guard: Guard | None, node_id: str,
                       change: Callable[[pb.Node], bool]) -> bool:
     """The store's read-modify-write of a node's record, fenced by the
-    leader's guard: `change` edits a copy (False: nothing to write).
+    leader's guard (None on a follower: compare-and-swap alone): `change`
+    edits a copy (False: nothing to write).
     Whether it wrote; a node gone is not written."""
 
     def step() -> Planned[bool]:

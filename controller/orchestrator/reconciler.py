@@ -59,6 +59,9 @@ from .plan import OrchestratorSettings, ServicePlan, plan_service
 log = logging.getLogger(__name__)
 
 _BATCH_WINDOW = 0.005  # let a burst of changes collapse into one pass
+# A service with at least this many tasks is planned in a worker thread.
+THREAD_PLAN_TASKS = 2000
+COALESCE_MAX = 5.0  # seconds: the longest wait for changes to gather (coalesce_window)
 
 
 _ROLLING = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
@@ -66,6 +69,16 @@ _ROLLING = (pb.UpdateStatus.UPDATING, pb.UpdateStatus.ROLLBACK_STARTED)
 BACKOFF_INITIAL = 1.0  # seconds before a failing service is tried again
 BACKOFF_MAX = 60.0
 _OUTAGE_MAX = 5.0  # the longest wait between passes while etcd is unavailable or full
+
+
+def coalesce_window(last_pass: float, limit: float = COALESCE_MAX) -> float:
+    """How long to let changes gather before the next pass, given how long the
+    last one took: as long again (at most `limit`), so that passes over huge
+    services take at most about half the controller's time and every change
+    that came meanwhile is planned in one pass. At thousands of nodes every
+    node going DOWN (or back) marked the 40,000-task service again, and the
+    orchestrator re-planned it back to back, starving everything else."""
+    return max(_BATCH_WINDOW, min(last_pass, limit))
 
 
 def backoff_delay(attempts: int, initial: float = BACKOFF_INITIAL,
@@ -110,6 +123,31 @@ def node_change_matters(old: pb.Node | None, new: pb.Node | None) -> bool:
         or old.description != new.description
 
 
+def is_down(node: pb.Node | None) -> bool:
+    return node is not None and node.status.state == pb.NodeStatus.DOWN
+
+
+def node_change_replans(old: pb.Node | None, new: pb.Node | None, was_released: bool) -> bool:
+    """Whether a node change is to mark the services on it for a plan now.
+
+    Beyond node_change_matters: a node going DOWN (nothing else changed) is
+    left to the disruption gate, which releases it (lone: after a window;
+    in a mass disconnect: one at a time) and marks its services then; until
+    then the planner sees it as READY, so a plan now would change nothing.
+    Coming back from DOWN matters only if it had been released (its tasks
+    were replaced meanwhile). At 2,000 nodes on a loaded machine nodes
+    flapping DOWN and back each cost a full plan of a 40,000-task service."""
+    if not node_change_matters(old, new):
+        return False
+    if old is None or new is None or old.spec != new.spec or old.description != new.description:
+        return True
+    if is_down(new):
+        return False
+    if is_down(old):
+        return was_released
+    return True
+
+
 class Orchestrator:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time,
                  disruption: DisruptionSettings | None = None) -> None:
@@ -123,9 +161,14 @@ class Orchestrator:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self.passes = 0
+        self.pass_seconds = 0.0  # wall time spent in passes (bench.control_plane reports it)
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
         # Failing services: service -> (failures in a row, not before (monotonic)).
         self._failing: dict[str, tuple[int, float]] = {}
+        # The task writes of the pass being committed (task ID -> the task as
+        # written, None for a deletion): their own changes coming back through
+        # the cache are echoes, not news (see is_echo).
+        self._writing: dict[str, pb.Task | None] = {}
         self._outage_delay = 0.0
 
     def settings(self) -> OrchestratorSettings:
@@ -150,15 +193,20 @@ class Orchestrator:
         match change:
             case ServiceChange(object_id=service_id):
                 self.mark(service_id)
-            case TaskChange(old=old, new=new):
+            case TaskChange(object_id=task_id, old=old, new=new):
+                if task_id in self._writing and is_echo(self._writing.pop(task_id), new):
+                    return
                 task = new or old
                 assert task is not None, "a change has an old or a new object"
                 placed_on = cache.nodes.get(new.node_id) if new is not None else None
                 if _relevant(old, new, cache.services.get(task.service_id), placed_on):
                     self.mark(task.service_id)
             case NodeChange(object_id=node_id, old=old_node, new=new_node):
+                was_released = node_id in self.gate.released
                 self.gate.observe_node(node_id, new_node, self._clock())
-                if not node_change_matters(old_node, new_node):
+                if not node_change_replans(old_node, new_node, was_released):
+                    if is_down(new_node) and not is_down(old_node):
+                        self._wake.set()  # the gate's tick times the node's release
                     return
                 # Global services depend on every node; replicated ones on the nodes
                 # their tasks run on.
@@ -205,14 +253,18 @@ class Orchestrator:
         self._nodes_changed = True
         self._mark_all()
         try:
+            took = 0.0
             while True:
                 await self._wake.wait()
-                await asyncio.sleep(_BATCH_WINDOW)
+                await asyncio.sleep(coalesce_window(took))
                 self._wake.clear()
                 self._gate_tick()
                 dirty, self._dirty = self._dirty, set()
+                started = time.perf_counter()
                 with timed(self.telemetry, "swarm_reconcile_seconds", "orchestrator"):
                     await self._pass(dirty, guard)
+                took = time.perf_counter() - started
+                self.pass_seconds += took
         finally:
             unsubscribe()
             if self._recheck is not None:
@@ -229,6 +281,7 @@ class Orchestrator:
         broken: dict[str, str] = {}  # service -> why it failed this pass
         held = self.gate.held
         nodes: Mapping[str, pb.Node] = HeldView(cache.nodes, held) if held else cache.nodes
+        frozen: Mapping[str, pb.Node] | None = None  # the nodes as a planning thread sees them
         due = self._due(service_ids)
         for service_id in due:
             service = cache.services.get(service_id)
@@ -239,22 +292,39 @@ class Orchestrator:
                                       f"the limit of {MAX_SERVICE_SPEC_BYTES}: no task is made "
                                       "or removed until it is updated below the limit")
                 continue
+            tasks = list(cache.tasks_by_service.get(service_id, {}).values())
             try:
-                plan = plan_service(service,
-                                    list(cache.tasks_by_service.get(service_id, {}).values()),
-                                    nodes, now, settings, service_id=service_id)
+                if len(tasks) < THREAD_PLAN_TASKS:
+                    plan = plan_service(service, tasks, nodes, now, settings,
+                                        service_id=service_id)
+                else:
+                    # Planning tens of thousands of tasks takes seconds of CPU:
+                    # done in a thread, so the loop keeps serving heartbeats and
+                    # sessions meanwhile (the GIL is handed over every few ms).
+                    # The thread sees a snapshot (the cache only ever replaces
+                    # its objects, never changes them); what changes meanwhile
+                    # marks the service for the next pass, and the writes
+                    # compare versions as always.
+                    if frozen is None:
+                        frozen = HeldView(dict(cache.nodes), set(held)) if held \
+                            else dict(cache.nodes)
+                    plan = await asyncio.to_thread(plan_service, service, tasks, frozen, now,
+                                                   settings, service_id=service_id)
             except Exception as error:  # a bug must cost one service, not all
                 log.exception("orchestrator: cannot plan service %s", service_id)
                 broken[service_id] = f"cannot plan: {error}"
                 continue
             if plan.requeue_after is not None:
                 asyncio.get_running_loop().call_later(plan.requeue_after, self.mark, service_id)
-            for group in _plan_ops(plan, cache.tasks, self._store.keys):
+            # Deletions compare the version the plan saw, not a newer one.
+            planned = {task.id: task for task in tasks} if plan.delete else {}
+            for group in _plan_ops(plan, planned, self._store.keys):
                 owner.append(service_id)
                 groups.append(group)
         rejected: dict[int, StoreRejected] = {}
         failed: list[int] = []
         if groups:
+            self._writing = _task_writes(groups)
             try:
                 failed = await self._store.commit_groups(groups, guard=guard, rejected=rejected)
             except StoreUnavailable as error:
@@ -265,6 +335,8 @@ class Orchestrator:
                 await asyncio.sleep(self._outage_delay)
                 self._wake.set()
                 return
+            finally:
+                self._writing = {}
         self._outage_delay = 0.0
         for index, refusal in rejected.items():
             broken.setdefault(owner[index], f"etcd refused its task writes: {refusal}")
@@ -326,6 +398,33 @@ class Orchestrator:
         except (Conflict, StoreError) as error:
             log.warning("orchestrator: cannot record the state of service %s: %s",
                         service.id, error)
+
+
+def is_echo(written: pb.Task | None, new: pb.Task | None) -> bool:
+    """Whether a task change is the orchestrator's own write coming back (the
+    cache applies a committed transaction at once): the plan that made it
+    already counted on it, and planning again on a plan's result gives an
+    empty plan (plan.py), so it need not mark the service. Re-planning a
+    20,000-task service once more after every scale-up cost seconds of CPU.
+    Anything else (another writer's version read back after a conflict) is
+    news."""
+    if written is None:
+        return new is None
+    return new is not None and new.meta.updated_at == written.meta.updated_at \
+        and new.desired_state == written.desired_state and new.node_id == written.node_id \
+        and new.status == written.status
+
+
+def _task_writes(groups: list[list[Op]]) -> dict[str, pb.Task | None]:
+    """The tasks a pass writes: ID -> the task as written (None: deleted)."""
+    writes: dict[str, pb.Task | None] = {}
+    for group in groups:
+        for op in group:
+            if isinstance(op, Create | Update) and isinstance(op.obj, pb.Task):
+                writes[op.obj.id] = op.obj
+            elif isinstance(op, Delete) and op.kind == "tasks":
+                writes[op.object_id] = None
+    return writes
 
 
 def _plan_ops(plan: ServicePlan, tasks: Mapping[str, pb.Task], keys: Keys) -> list[list[Op]]:

@@ -19,6 +19,7 @@ from typing import Protocol
 from swarm.api.constraints import Constraint, first_unmet, parse_constraint
 from swarm.api.v1 import objects_pb2 as pb
 
+from .generic import NOTHING, Pool, Wants, wants_of
 from .nodeinfo import HostPort, NodeInfo, host_ports, reservations
 
 _PROTOCOL_NAMES: dict[int, str] = {
@@ -128,6 +129,37 @@ class ResourceFilter:
             return nodes_phrase(n_failed, "lacks resources", "lack resources")
         return "; ".join(nodes_phrase(n, f"lacks {what}", f"lack {what}")
                          for what, n in sorted(self._lacking.items()))
+
+
+class GenericResourceFilter:
+    """The node must have the generic resources the task reserves (gpu=1)
+    still free: counted per kind, and the particular units it names.
+    Failures are grouped by the first kind a node lacks: '1 node lacks gpu'."""
+
+    per_placement = True
+    _NONE = Pool()  # a node without generic resources (only read)
+
+    def __init__(self) -> None:
+        self._wants: Wants = NOTHING
+        self._lacking: collections.Counter[str] = collections.Counter()
+
+    def set_task(self, task: pb.Task) -> bool:
+        self._wants = wants_of(task)
+        self._lacking.clear()
+        return bool(self._wants)
+
+    def check(self, info: NodeInfo) -> bool:
+        kind = (info.generic or self._NONE).lacking(self._wants)
+        if not kind:
+            return True
+        self._lacking[kind] += 1
+        return False
+
+    def explain(self, n_failed: int) -> str:
+        if not self._lacking:
+            return nodes_phrase(n_failed, "lacks generic resources", "lack generic resources")
+        return "; ".join(nodes_phrase(n, f"lacks {kind}", f"lack {kind}")
+                         for kind, n in sorted(self._lacking.items()))
 
 
 class ConstraintFilter:
@@ -249,7 +281,8 @@ class MaxReplicasFilter:
 
 def default_filters() -> list[Filter]:
     """The fixed order, SwarmKit's: readiness first (a node that is down
-    explains nothing else), then the node's conditions, resources, constraints, host ports and
-    replicas per node. Each node is counted at its first failing filter."""
-    return [ReadyFilter(), ConditionFilter(), ResourceFilter(), ConstraintFilter(),
-            HostPortFilter(), MaxReplicasFilter()]
+    explains nothing else), then the node's conditions, resources (CPU and memory, then
+    generic ones), constraints, host ports and replicas per node. Each node is counted at
+    its first failing filter."""
+    return [ReadyFilter(), ConditionFilter(), ResourceFilter(), GenericResourceFilter(),
+            ConstraintFilter(), HostPortFilter(), MaxReplicasFilter()]

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from swarm.api.v1 import objects_pb2 as pb
 
+from .generic import NOTHING, Holding, Pool, holding_of
+
 HostPort = tuple[int, int]  # (PortConfig.Protocol, published port)
 _NO_PORTS: frozenset[HostPort] = frozenset()
 
@@ -72,13 +74,32 @@ class NodeInfo:
     # Ids of the tasks accounted here, so that adding or removing the same task
     # twice (a preset global task already counted at build time) is harmless.
     task_ids: set[str] = field(default_factory=set)
+    # Generic resources (generic.py): the node's and what its tasks hold; None
+    # for the usual node that has none and runs no task holding any.
+    generic: Pool | None = None
+    held: dict[str, Holding] = field(default_factory=dict)  # task id -> units (non-empty)
 
     @classmethod
     def empty(cls, node: pb.Node) -> NodeInfo:
         """A node with nothing on it: all of its resources available."""
         resources = node.description.resources
         return cls(node=node, available_nano_cpus=resources.nano_cpus,
-                   available_memory_bytes=resources.memory_bytes)
+                   available_memory_bytes=resources.memory_bytes,
+                   generic=Pool.of(resources) if resources.generic else None)
+
+    def pool(self) -> Pool:
+        if self.generic is None:
+            self.generic = Pool.of(self.node.description.resources)
+        return self.generic
+
+    def set_node(self, node: pb.Node) -> None:
+        """The node record changed: its advertised resources may have."""
+        before, after = self.node.description.resources, node.description.resources
+        self.available_nano_cpus += after.nano_cpus - before.nano_cpus
+        self.available_memory_bytes += after.memory_bytes - before.memory_bytes
+        if self.generic is not None or after.generic:
+            self.pool().update(after)
+        self.node = node
 
     @property
     def node_id(self) -> str:
@@ -87,7 +108,8 @@ class NodeInfo:
     def add_task(self, task: pb.Task) -> None:
         """Account a task placed on (or already running on) this node."""
         cpus, memory = reservations(task)
-        self.account(task.id, task.service_id, cpus, memory, host_ports(task))
+        self.account(task.id, task.service_id, cpus, memory, host_ports(task),
+                     holding_of(task))
 
     def remove_task(self, task: pb.Task) -> bool:
         """Release what a task held; a task never accounted here is ignored
@@ -103,10 +125,13 @@ class NodeInfo:
         self.available_nano_cpus += cpus
         self.available_memory_bytes += memory
         self.used_host_ports -= host_ports(task)
+        holding = self.held.pop(task.id, NOTHING)
+        if holding:
+            self.pool().release(holding)
         return True
 
     def account(self, task_id: str, service_id: str, nano_cpus: int, memory_bytes: int,
-                ports: frozenset[HostPort]) -> bool:
+                ports: frozenset[HostPort], holding: Holding = NOTHING) -> bool:
         """add_task with the task's figures already extracted.
 
         The scheduler places a whole group of tasks that share one spec, so it
@@ -122,6 +147,9 @@ class NodeInfo:
         self.available_memory_bytes -= memory_bytes
         if ports:
             self.used_host_ports |= ports
+        if holding:
+            self.held[task_id] = holding
+            self.pool().hold(holding)
         return True
 
 
@@ -170,15 +198,12 @@ class NodeInfos:
             for task in self._live.get(new.id, {}).values():
                 info.add_task(task)
             return
-        before, after = info.node.description.resources, new.description.resources
-        info.available_nano_cpus += after.nano_cpus - before.nano_cpus
-        info.available_memory_bytes += after.memory_bytes - before.memory_bytes
-        info.node = new
+        info.set_node(new)
 
     def apply_task(self, old: pb.Task | None, new: pb.Task | None) -> None:
         if old is not None and new is not None and is_live(old) and is_live(new) \
                 and old.node_id == new.node_id and reservations(old) == reservations(new) \
-                and host_ports(old) == host_ports(new):
+                and host_ports(old) == host_ports(new) and holding_of(old) == holding_of(new):
             self._live.setdefault(new.node_id, {})[new.id] = new
             return  # status progress on the same node: the accounting stands
         if old is not None and is_live(old):

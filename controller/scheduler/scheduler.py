@@ -25,6 +25,7 @@ from swarm.api.constraints import node_attribute
 from swarm.api.v1 import objects_pb2 as pb
 
 from .filters import Filter
+from .generic import NOTHING, Holding, Wants, wants_of
 from .nodeinfo import HostPort, NodeInfo, host_ports, reservations
 from .pipeline import NO_NODES, Pipeline, no_suitable_node
 
@@ -34,6 +35,9 @@ class Decision:
     task_id: str
     node_id: str  # "" when no node fits
     reason: str  # "" on success; else why no node fits
+    # The generic resources' units given to the task on the node (written on
+    # the task as assigned_generic_resources).
+    assigned: Holding = NOTHING
 
 
 DecisionHook = Callable[[Decision], None]
@@ -114,12 +118,14 @@ class _Placer:
     """Hands out nodes for the tasks of one group, one task at a time."""
 
     def __init__(self, service_id: str, nano_cpus: int, memory_bytes: int,
-                 ports: frozenset[HostPort], recheck: Callable[[NodeInfo], bool] | None) -> None:
+                 ports: frozenset[HostPort], recheck: Callable[[NodeInfo], bool] | None,
+                 wants: Wants = NOTHING) -> None:
         self._service_id = service_id
         self._cpus = nano_cpus
         self._memory = memory_bytes
         self._ports = ports
         self._recheck = recheck
+        self._wants = wants
 
     def place(self, tree: _Leaf | _Branch, task_id: str) -> NodeInfo | None:
         """Account `task_id` on the best node of `tree`; None when no node is left."""
@@ -143,7 +149,11 @@ class _Placer:
             if recheck is not None and not recheck(info):
                 heapq.heappop(heap)  # full for this group: nothing frees up mid-pass
                 continue
-            info.account(task_id, service_id, self._cpus, self._memory, self._ports)
+            holding = NOTHING
+            if self._wants:
+                # The recheck (GenericResourceFilter) passed: the units are there.
+                holding = info.pool().assign(self._wants) or NOTHING
+            info.account(task_id, service_id, self._cpus, self._memory, self._ports, holding)
             heapq.heapreplace(
                 heap, (info.tasks_by_service[service_id], info.total_tasks, node_id, info))
             return info
@@ -199,8 +209,11 @@ class Scheduler:
         self._pipeline.set_task(task)
         if not self._pipeline.check(info):
             return Decision(task.id, "", self._pipeline.explain())
-        info.add_task(task)
-        return Decision(task.id, info.node.id, "")
+        wants = wants_of(task)
+        holding = (info.pool().assign(wants) or NOTHING) if wants else NOTHING
+        cpus, memory = reservations(task)
+        info.account(task.id, task.service_id, cpus, memory, host_ports(task), holding)
+        return Decision(task.id, info.node.id, "", holding)
 
     def _place_group(self, group: list[pb.Task], nodes: dict[str, NodeInfo],
                      emit: DecisionHook) -> None:
@@ -217,7 +230,7 @@ class Scheduler:
         tree = build_tree(passed, first.service_id, preferences)
         cpus, memory = reservations(first)
         placer = _Placer(first.service_id, cpus, memory, host_ports(first),
-                         pipeline.recheck if pipeline.rechecks else None)
+                         pipeline.recheck if pipeline.rechecks else None, wants_of(first))
         place = placer.place
         for done, task in enumerate(group):
             info = place(tree, task.id)
@@ -227,4 +240,4 @@ class Scheduler:
                 for rest in group[done:]:
                     emit(Decision(rest.id, "", reason))
                 return
-            emit(Decision(task.id, info.node.id, ""))
+            emit(Decision(task.id, info.node.id, "", info.held.get(task.id, NOTHING)))

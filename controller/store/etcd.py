@@ -178,26 +178,8 @@ class EtcdClient:
 
     @classmethod
     def open(cls, settings: EtcdSettings) -> EtcdClient:
-        hosts = ",".join(settings.endpoints)
-        target = f"ipv4:{hosts}" if "," in hosts else hosts
-        options = [("grpc.lb_policy_name", "round_robin"),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                   ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
-                   ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
-                   # grpcio 1.85 does not act on keepalive_timeout by itself: an
-                   # unanswered ping closes the transport after the ping timeout
-                   # (default a minute; grpc/grpc#39239). Make them one.
-                   ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
-                   # Ping only while calls are open (etcd's default enforcement
-                   # policy refuses pings without streams), however long no data flowed.
-                   ("grpc.keepalive_permit_without_calls", 0),
-                   ("grpc.http2.max_pings_without_data", 0)]
-        if settings.ca_file:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(settings.ca_file),
-                private_key=_read(settings.key_file) if settings.key_file else None,
-                certificate_chain=_read(settings.cert_file) if settings.cert_file else None,
-            )
+        target, options, credentials = _channel_args(settings)
+        if credentials is not None:
             channel = grpc.aio.secure_channel(target, credentials, options=options)
         else:
             channel = grpc.aio.insecure_channel(target, options=options)
@@ -378,6 +360,81 @@ async def _next_or_none(queue: asyncio.Queue[Any], timeout: float) -> Any:
             return await queue.get()
     except TimeoutError:
         return None
+
+
+def _channel_args(settings: EtcdSettings) -> tuple[
+        str, list[tuple[str, Any]], grpc.ChannelCredentials | None]:
+    """Target, options and credentials of a channel to etcd (asyncio or not)."""
+    hosts = ",".join(settings.endpoints)
+    target = f"ipv4:{hosts}" if "," in hosts else hosts
+    options: list[tuple[str, Any]] = [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout * 1000)),
+        # grpcio 1.85 does not act on keepalive_timeout by itself: an
+        # unanswered ping closes the transport after the ping timeout
+        # (default a minute; grpc/grpc#39239). Make them one.
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout * 1000)),
+        # Ping only while calls are open (etcd's default enforcement
+        # policy refuses pings without streams), however long no data flowed.
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.http2.max_pings_without_data", 0)]
+    if not settings.ca_file:
+        return target, options, None
+    return target, options, grpc.ssl_channel_credentials(
+        root_certificates=_read(settings.ca_file),
+        private_key=_read(settings.key_file) if settings.key_file else None,
+        certificate_chain=_read(settings.cert_file) if settings.cert_file else None,
+    )
+
+
+class BlockingLeaseClient:
+    """Lease calls over a synchronous channel of their own, for a thread that
+    must refresh a lease whatever the event loop is doing (leadership.py's
+    LeaseKeeper). Not for use on the event loop: every call blocks."""
+
+    def __init__(self, settings: EtcdSettings) -> None:
+        target, options, credentials = _channel_args(settings)
+        # No HTTP/2 keepalive pings: every call here has a deadline shorter than
+        # a ping's timeout anyway, and on a saturated machine (5,000 agents
+        # joining on two cores) an unanswered ping tore the connection down in
+        # the middle of a refresh ("Stream removed (ping timeout)").
+        options = [(name, value) for name, value in options
+                   if not name.startswith(("grpc.keepalive", "grpc.http2."))]
+        self._channel = grpc.secure_channel(target, credentials, options=options) \
+            if credentials is not None else grpc.insecure_channel(target, options=options)
+        self._lease: Any = rpc.LeaseStub(self._channel)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Connect now (True), rather than in the first call; False if not within timeout."""
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            return False
+        return True
+
+    def keepalive_once(self, lease_id: int, timeout: float) -> int:
+        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
+        call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]),
+                                          timeout=timeout)
+        try:
+            for reply in call:
+                return int(reply.TTL)
+        except grpc.RpcError as error:
+            raise StoreUnavailable(f"etcd unavailable: {error}") from error
+        finally:
+            call.cancel()  # one reply is all we wait for: end the stream
+        return 0
+
+    def revoke(self, lease_id: int, timeout: float) -> None:
+        try:
+            self._lease.LeaseRevoke(rpc.LeaseRevokeRequest(ID=lease_id), timeout=timeout)
+        except grpc.RpcError as error:
+            raise StoreUnavailable(f"etcd unavailable: {error}") from error
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 def _read(path: str) -> bytes:

@@ -323,6 +323,8 @@ async def _refuse(context: grpc.aio.ServicerContext[Any, Any], code: grpc.Status
 CONTROL_PLANE_POLICY: Mapping[str, frozenset[Role]] = {
     "swarm.v1.Control": frozenset({Role.ADMIN, Role.MANAGER}),
     "swarm.v1.Dispatcher": frozenset({Role.WORKER, Role.MANAGER}),
+    # Controller to controller (controller/dispatcher/liveness.py).
+    "/swarm.v1.Dispatcher/ReportAlive": frozenset({Role.MANAGER}),
 }
 
 

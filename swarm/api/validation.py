@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from swarm.api.units import format_duration, format_memory
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import logopts, runopts
+from . import generic_resources, logopts, runopts
 from .constraints import parse_constraint
 from .refs import resolve_ref
 from .schedule import BadSchedule, parse_schedule
@@ -466,6 +466,14 @@ def _check_resources(resources: pb.ResourceRequirements, path: str) -> None:
         if values.memory_bytes < 0:
             raise ValidationError(f"{path}.{which}.memory_bytes",
                                   f"must not be negative (got {values.memory_bytes})")
+    if limits.generic:
+        raise ValidationError(f"{path}.limits.generic", "generic resources are reserved, not "
+                              "limited (use reservations)")
+    for index, resource in enumerate(reservations.generic):
+        if error := generic_resources.item_error(resource):
+            raise ValidationError(f"{path}.reservations.generic[{index}]", error)
+    if error := generic_resources.list_error(reservations.generic, reservation=True):
+        raise ValidationError(f"{path}.reservations.generic", error)
     if 0 < limits.memory_bytes < MIN_MEMORY_LIMIT:
         raise ValidationError(f"{path}.limits.memory_bytes",
                               f"must be at least {format_memory(MIN_MEMORY_LIMIT)}, runc's "

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterator
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +11,7 @@ from swarm.agent.session import SessionSettings
 from swarm.agent.simulated import SimulatedCluster
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2_grpc as cgrpc
+from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings
 from swarm.controller.dispatcher import DispatcherSettings
 from swarm.controller.leadership import LeadershipSettings
@@ -75,12 +76,14 @@ def worker_token(controller: Controller) -> str:
 
 def sim_cluster(controller: Controller, count: int, *, settings: SessionSettings | None = None,
                 hostname_prefix: str = "sim", reject_images: Collection[str] = (),
-                managers: int = 0) -> SimulatedCluster:
+                managers: int = 0,
+                generic: Mapping[int, Sequence[pb.GenericResource]] | None = None
+                ) -> SimulatedCluster:
     """Simulated nodes joined to the controller with its worker token; the first
     `managers` register as managers (placement's node.role)."""
     return SimulatedCluster([f"127.0.0.1:{controller.port}"], count, settings=settings,
                             hostname_prefix=hostname_prefix, reject_images=reject_images,
-                            managers=managers,
+                            managers=managers, generic=generic,
                             join_token=worker_token(controller),
                             join_addrs=[controller.join_addr])
 

@@ -15,7 +15,7 @@ import dataclasses
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Coroutine
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 from typer.testing import CliRunner, Result
@@ -37,7 +37,8 @@ class LiveCluster:
     """A controller and simulated nodes on an event loop of their own thread."""
 
     def __init__(self, etcd: EtcdServer, prefix: str, reject_images: Collection[str],
-                 managers: int = 0, *, metrics_addr: str = "") -> None:
+                 managers: int = 0, *, metrics_addr: str = "",
+                 generic: Mapping[int, Sequence[pb.GenericResource]] | None = None) -> None:
         self.prefix = prefix
         self.metrics_addr = metrics_addr  # the controller's --metrics-addr (off when empty)
         self.loop = asyncio.new_event_loop()
@@ -46,12 +47,13 @@ class LiveCluster:
         self.thread.start()
         try:
             self.controller, self.nodes = self.run(self._start(etcd.endpoint, reject_images,
-                                                               managers))
+                                                               managers, generic))
         except BaseException:
             self._stop_loop()
             raise
 
-    async def _start(self, endpoint: str, reject_images: Collection[str], managers: int
+    async def _start(self, endpoint: str, reject_images: Collection[str], managers: int,
+                     generic: Mapping[int, Sequence[pb.GenericResource]] | None = None
                      ) -> tuple[Controller, SimulatedCluster]:
         # Built on the loop: their gRPC channels belong to the loop they are made on.
         # As swarm-controller runs: with the ingress network (services publish ports).
@@ -59,7 +61,7 @@ class LiveCluster:
         controller = Controller(dataclasses.replace(config, metrics_addr=self.metrics_addr))
         await controller.start()
         nodes = sim_cluster(controller, NODES, settings=FAST_SESSION,
-                            reject_images=reject_images, managers=managers)
+                            reject_images=reject_images, managers=managers, generic=generic)
         nodes.start()
         try:
             await nodes.wait_connected(timeout=15)

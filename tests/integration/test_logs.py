@@ -123,7 +123,10 @@ class Node:
 
 @contextlib.asynccontextmanager
 async def nodes(controller: Controller, tmp_path: Path, names: Sequence[str],
-                **kwargs: Any) -> AsyncIterator[list[Node]]:
+                leader: Controller | None = None, **kwargs: Any) -> AsyncIterator[list[Node]]:
+    """Nodes whose sessions are with `controller`; `leader`: the one whose
+    broker they listen at, when that is another."""
+    broker = (leader or controller).logs
     made = []
     try:
         for name in names:
@@ -136,7 +139,7 @@ async def nodes(controller: Controller, tmp_path: Path, names: Sequence[str],
         # follows the session; under load it may lag the session by seconds).
         if kwargs.get("publish", True):
             await until("every node listens for log subscriptions",
-                        lambda: all(n.session.node_id in controller.logs._listeners
+                        lambda: all(n.session.node_id in broker._listeners
                                     for n in made), timeout=30)
         yield made
     finally:
@@ -421,4 +424,30 @@ async def test_a_follower_relays_logs_from_the_leader(controller: Controller,
             assert (err.getvalue(), warnings) == (b"", [])
     finally:
         await channel.close(None)
+        await follower.stop()
+
+
+async def test_a_node_served_by_a_follower_has_its_logs_relayed(
+        controller: Controller, control: cgrpc.ControlAsyncStub, etcd_server: EtcdServer,
+        etcd_prefix: str, tmp_path: Path) -> None:
+    """Every controller serves sessions: a node whose session is on a follower
+    has its log streams relayed by the follower to the leader's broker."""
+    follower = Controller(controller_config(etcd_server.endpoint, etcd_prefix, insecure=True))
+    await follower.start()
+    try:
+        leadership = controller.leadership
+        assert leadership is not None
+        await until("the first controller leads", lambda: leadership.is_leader)
+        # Listening at the leader's broker, through the follower.
+        async with nodes(follower, tmp_path, ["a"], leader=controller) as (a,):
+            assert a.session.serving == f"127.0.0.1:{follower.port}"
+            assert follower.dispatcher is not None
+            assert follower.dispatcher.session_count() == 1
+            service = await create(control, "web", 1, controller)
+            (task,) = assigned(controller, service.id)
+            a.write(task.id, k8s_lines(["hello", "from a follower"]))
+            lines, errors = await collect(control, logs_request("web"))
+            assert ([m.data for m in lines], errors) == ([b"hello", b"from a follower"], [])
+            assert controller.logs.subscriptions == 0, "the subscription ended"
+    finally:
         await follower.stop()

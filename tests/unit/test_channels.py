@@ -318,9 +318,17 @@ def test_roles_for_method_prefers_the_method_and_denies_by_default() -> None:
 
 def test_control_plane_policy_names_real_services() -> None:
     from swarm.api.v1 import control_pb2, dispatcher_pb2
-    services = {service.full_name for module in (control_pb2, dispatcher_pb2)
-                for service in module.DESCRIPTOR.services_by_name.values()}
-    assert set(channels.CONTROL_PLANE_POLICY) == services
+    found = [service for module in (control_pb2, dispatcher_pb2)
+             for service in module.DESCRIPTOR.services_by_name.values()]
+    services = {service.full_name for service in found}
+    methods = {f"/{service.full_name}/{method.name}" for service in found
+               for method in service.methods}
+    entries = set(channels.CONTROL_PLANE_POLICY)
+    assert {e for e in entries if not e.startswith("/")} == services
+    assert {e for e in entries if e.startswith("/")} <= methods
+    # Controller to controller only: a worker's certificate cannot report nodes alive.
+    assert channels.roles_for_method(channels.CONTROL_PLANE_POLICY,
+                                     "/swarm.v1.Dispatcher/ReportAlive") == {Role.MANAGER}
 
 
 @dataclass

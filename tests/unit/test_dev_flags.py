@@ -13,6 +13,12 @@ from swarm.cli.main import app
     (["--controllers", "0"], "--controllers 0: expected 1 to 7"),
     (["--controllers", "8"], "--controllers 8: expected 1 to 7"),
     (["--etcd-members", "0"], "--etcd-members 0: expected 1 to 7"),
+    (["--agent-arg", "h2"], "--agent-arg 'h2': expected HOST:FLAG, e.g. "
+                            "h2:--generic-resource=gpu=2"),
+    (["--agent-arg", "h2:gpu=2"], "--agent-arg 'h2:gpu=2': expected HOST:FLAG, e.g. "
+                                  "h2:--generic-resource=gpu=2"),
+    (["--nodes", "2", "--agent-arg", "h3:--device-dir=/tmp"],
+     "--agent-arg h3:...: no host 'h3' in a cluster of 2 (hosts h1 to h2)"),
 ])
 def test_bad_counts_are_refused_before_anything_is_made(args: list[str], message: str) -> None:
     name = "flagtest"

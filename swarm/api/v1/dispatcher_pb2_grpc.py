@@ -70,6 +70,11 @@ class DispatcherStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.FromString,
                 _registered_method=True)
+        self.ReportAlive = channel.unary_unary(
+                '/swarm.v1.Dispatcher/ReportAlive',
+                request_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -126,6 +131,15 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportAlive(self, request, context):
+        """Controller to controller: a follower tells the leader which of the nodes
+        it serves beat since its last report (controller/dispatcher/liveness.py).
+        Any controller but the leader refuses with FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +177,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.TaskPayloads,
                     request_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.SerializeToString,
+            ),
+            'ReportAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportAlive,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +373,33 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/TaskPayloads',
             swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_dispatcher__pb2.TaskPayloadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/ReportAlive',
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -125,17 +125,27 @@ class Resources(_message.Message):
 
     NANO_CPUS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GENERIC_FIELD_NUMBER: _builtins.int
     nano_cpus: _builtins.int
     memory_bytes: _builtins.int
+    @_builtins.property
+    def generic(self) -> _containers.RepeatedCompositeFieldContainer[Global___GenericResource]:
+        """Generic resources (issue 17), as SwarmKit's: on a node, what it has
+        (`swarm-agent --generic-resource gpu=2` or named units gpu=UUID1,UUID2, and
+        discovered /dev/nvidiaN); in a service's reservations, what each task
+        needs (a count of a kind, or a named unit by name).
+        """
+
     def __init__(
         self,
         *,
         nano_cpus: _builtins.int = ...,
         memory_bytes: _builtins.int = ...,
+        generic: _abc.Iterable[Global___GenericResource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "nano_cpus", b"nano_cpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generic", b"generic", "memory_bytes", b"memory_bytes", "nano_cpus", b"nano_cpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1546,6 +1556,7 @@ class Task(_message.Message):
     UPDATE_FAILURE_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
     JOB_ITERATION_FIELD_NUMBER: _builtins.int
+    ASSIGNED_GENERIC_RESOURCES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -1586,6 +1597,14 @@ class Task(_message.Message):
     def restart_history(self) -> _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]:
         """When earlier tasks of this slot failed, for the restart window."""
 
+    @_builtins.property
+    def assigned_generic_resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___GenericResource]:
+        """The units of generic resources the scheduler gave the task on its node
+        (named units by name, or a count of a counted kind), chosen when it was
+        assigned and kept with it: never given to another live task of the node.
+        The task sees them as DOCKER_RESOURCE_<KIND>.
+        """
+
     def __init__(
         self,
         *,
@@ -1606,10 +1625,11 @@ class Task(_message.Message):
         update_failure: _builtins.str = ...,
         rebalance: _builtins.str = ...,
         job_iteration: _builtins.int = ...,
+        assigned_generic_resources: _abc.Iterable[Global___GenericResource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "rebalance", b"rebalance", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_generic_resources", b"assigned_generic_resources", "attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "rebalance", b"rebalance", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2702,3 +2722,81 @@ class JobStatus(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
+
+@_typing.final
+class NamedGenericResource(_message.Message):
+    """---------------------------------------------------------------- generic resources
+
+    One named unit of a kind, e.g. gpu "GPU-9f2c..." or "nvidia0".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NamedGenericResource: _TypeAlias = NamedGenericResource  # noqa: Y015
+
+@_typing.final
+class DiscreteGenericResource(_message.Message):
+    """A count of a kind, e.g. gpu 2."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    value: _builtins.int
+    """signed so that a negative count reaches validation and is refused"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        value: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscreteGenericResource: _TypeAlias = DiscreteGenericResource  # noqa: Y015
+
+@_typing.final
+class GenericResource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMED_RESOURCE_SPEC_FIELD_NUMBER: _builtins.int
+    DISCRETE_RESOURCE_SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def named_resource_spec(self) -> Global___NamedGenericResource: ...
+    @_builtins.property
+    def discrete_resource_spec(self) -> Global___DiscreteGenericResource: ...
+    def __init__(
+        self,
+        *,
+        named_resource_spec: Global___NamedGenericResource | None = ...,
+        discrete_resource_spec: Global___DiscreteGenericResource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["discrete_resource_spec", b"discrete_resource_spec", "named_resource_spec", b"named_resource_spec", "resource", b"resource"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["discrete_resource_spec", b"discrete_resource_spec", "named_resource_spec", b"named_resource_spec", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_resource: _TypeAlias = _typing.Literal["named_resource_spec", "discrete_resource_spec"]  # noqa: Y015
+    _WhichOneofArgType_resource: _TypeAlias = _typing.Literal["resource", b"resource"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_resource) -> _WhichOneofReturnType_resource | None: ...
+
+Global___GenericResource: _TypeAlias = GenericResource  # noqa: Y015
