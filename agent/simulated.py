@@ -8,7 +8,8 @@ env sets the simulator's own knob SWARM_SIM_HEALTH (a real agent ignores it):
 `healthy-after:2s` (HEALTH_STARTING, then HEALTHY), `unhealthy-after:2s`
 (HEALTH_STARTING, then UNHEALTHY and FAILED, as a real agent fails an
 unhealthy container) or `starting` (HEALTH_STARTING for ever). Tests of
-health-gated updates use it.
+health-gated updates use it. SWARM_SIM_EXIT=`CODE-after:DURATION` makes the
+task exit (COMPLETE for 0, FAILED otherwise), for jobs.
 
 Each node joins with the token as a real agent does and keeps its own
 certificate and channel (the node ID is the certificate's CN); the CA is
@@ -89,6 +90,28 @@ def simulated_health(task: pb.Task) -> SimulatedHealth | None:
         raise ValueError(f"{SIM_HEALTH_ENV}={value!r}: {error}") from None
 
 
+SIM_EXIT_ENV = "SWARM_SIM_EXIT"
+
+
+def simulated_exit(task: pb.Task) -> tuple[int, float] | None:
+    """From the task's SWARM_SIM_EXIT, `CODE-after:DURATION` (e.g. `0-after:1s`):
+    the simulated container exits with CODE that long after it started (COMPLETE
+    for 0, FAILED otherwise, as a real agent reports an exit). None: it runs until
+    stopped. Jobs' control-plane tests use it. A bad value raises ValueError."""
+    value = ""
+    for item in task.spec.container.env:
+        key, _, rest = item.partition("=")
+        if key == SIM_EXIT_ENV:
+            value = rest
+    if not value:
+        return None
+    code, _, after = value.partition("-after:")
+    try:
+        return int(code), parse_duration(after) / 1e9
+    except ValueError:
+        raise ValueError(f"{SIM_EXIT_ENV}={value!r}: expected CODE-after:DURATION") from None
+
+
 class FakeWorker:
     """Pretends to run tasks: assigned -> RUNNING (HEALTHY when the task has a health
     check), desired shutdown -> SHUTDOWN. A task whose image is in `reject_images` is
@@ -151,11 +174,14 @@ class FakeWorker:
         status = _status(pb.RUNNING, "started (simulated)")
         try:
             health = simulated_health(task)
+            exits = simulated_exit(task)
         except ValueError as error:
             status = _status(pb.REJECTED, "rejected (simulated)")
             status.err = str(error)
             self._set(task.id, status)
             return
+        if exits is not None:
+            asyncio.get_running_loop().call_later(exits[1], self._exited, task.id, exits[0])
         if health is None:
             self._set(task.id, status)
             return
@@ -181,6 +207,18 @@ class FakeWorker:
             failed.err = "unhealthy container (simulated)"
             failed.health = pb.TaskStatus.UNHEALTHY
             self._set(task_id, failed)
+
+    def _exited(self, task_id: str, code: int) -> None:
+        current = self.tasks.get(task_id)
+        if self.stopped or current is None or current.state != pb.RUNNING:
+            return
+        if code == 0:
+            status = _status(pb.COMPLETE, "finished")
+        else:
+            status = _status(pb.FAILED, f"non-zero exit ({code})")
+            status.err = f"task: non-zero exit ({code})"
+        status.container.exit_code = code
+        self._set(task_id, status)
 
     def _stopped(self, task_id: str) -> None:
         self._stopping.discard(task_id)

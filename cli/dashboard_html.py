@@ -59,7 +59,7 @@ def pill(word: str) -> str:
 
 
 def _running(service: pb.Service, tasks: Sequence[pb.Task]) -> tuple[int, int]:
-    text = render.replicas(service, tasks)
+    text = render.replicas(service, tasks).split(" ")[0]  # a job's "(3/6 completed)" aside
     running, _, desired = text.partition("/")
     return int(running), int(desired)
 

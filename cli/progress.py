@@ -11,6 +11,11 @@ update paused or was rolled back (the rollback is waited for: the command fails
 once the service is back on its old spec, or the rollback paused). Otherwise it
 is still converging, until `--timeout`.
 
+A job (replicated-job, global-job) has converged when the run the command started
+(its iteration) has completed, and failed when the controller marks that run
+FAILED (a task failed and its restart policy gives up): exit status 3 with the
+controller's reason.
+
 The wait follows the controller's event stream (Control.Events, through
 cli/watch.py): one read of the service, its tasks and the nodes, then every change
 as it happens, judged again after each burst of events. A controller without the
@@ -38,6 +43,7 @@ from swarm.api.constraints import first_unmet, parse_constraints
 from swarm.api.healthcheck import is_up
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.api.validation import JOB_MODES
 
 from . import colour, parsing, render
 from .client import Controller, RpcFailure
@@ -81,15 +87,22 @@ class Baseline:
     update_state: int = pb.UpdateStatus.UNKNOWN
     update_started: int = 0  # update_status.started_at in nanoseconds
     rollback: bool = False  # the command asked for a rollback: rolling back is success
+    # Jobs: the iteration (run) before the command's; the command waits for a later
+    # one to finish (none, for a scheduled job the command did not start a run of).
+    job_before: int = 0
 
 
 def baseline_of(service: pb.Service, tasks: Iterable[pb.Task] = (), *,
-                rollback: bool = False) -> Baseline:
+                rollback: bool = False, created: bool = False) -> Baseline:
+    """The service before the command's change; `created`: the service the command
+    just created (a job's first run, if it started one, is then the command's)."""
     status = service.update_status
+    iteration = service.job_status.iteration
     return Baseline(service_id=service.id, name=service.spec.name,
                     task_ids=frozenset(task.id for task in tasks),
                     update_state=status.state, update_started=status.started_at.ToNanoseconds(),
-                    rollback=rollback)
+                    rollback=rollback,
+                    job_before=max(iteration - 1, 0) if created else iteration)
 
 
 def _is_new(status: pb.UpdateStatus, baseline: Baseline) -> bool:
@@ -143,9 +156,13 @@ class Assessment:
     tasks: tuple[TaskLine, ...]
     waiting_for: str = ""  # for a timeout message: the first reason a task is not running
     update: str = ""  # what the rolling update this command started still does
+    completed: int | None = None  # jobs: tasks of the run that completed
 
     @property
     def summary(self) -> str:
+        if self.completed is not None:
+            return (f"{self.name}: {self.completed}/{self.desired} completed "
+                    f"({self.running} running)")
         return f"{self.name}: {self.running}/{self.desired} tasks running"
 
 
@@ -183,6 +200,8 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
     name = spec.name
     hostnames = {node.id: node.description.hostname for node in nodes}
     own = [task for task in tasks if task.service_id == service.id]
+    if spec.WhichOneof("mode") in JOB_MODES:
+        return _assess_job(service, own, nodes, baseline, hostnames)
     live = [task for task in own if task.desired_state <= pb.RUNNING]
     if spec.WhichOneof("mode") == "global":
         wanted = eligible_nodes(spec, nodes)
@@ -224,6 +243,35 @@ def assess(service: pb.Service, tasks: Sequence[pb.Task], nodes: Sequence[pb.Nod
     converged = failure is None and not pending and len(running) == desired == len(counted)
     return Assessment(name=name, running=len(running), desired=desired, converged=converged,
                       failure=failure, tasks=lines, waiting_for=waiting, update=pending)
+
+
+def _assess_job(service: pb.Service, own: Sequence[pb.Task], nodes: Sequence[pb.Node],
+                baseline: Baseline, hostnames: Mapping[str, str]) -> Assessment:
+    """A job has converged when the run the command started has completed, and
+    failed when the controller says it failed (a task failed and its restart policy
+    gives up: JobStatus FAILED). A scheduled job the command started no run of
+    (`create --schedule`) has nothing to wait for."""
+    status = service.job_status
+    spec = service.spec
+    run = [task for task in own if task.job_iteration == status.iteration]
+    if spec.WhichOneof("mode") == "global_job":
+        desired = len(eligible_nodes(spec, nodes))
+    else:
+        desired = spec.replicated_job.total_completions
+    completed = sum(task.status.state == pb.COMPLETE for task in run)
+    running = sum(task.status.state == pb.RUNNING for task in run)
+    lines = tuple(
+        TaskLine(name=_display_name(task, hostnames),
+                 state=render.enum_word(pb.TaskState.Name(task.status.state)),
+                 node=hostnames.get(task.node_id, task.node_id),
+                 detail=render.task_error(task))
+        for task in sorted(run, key=lambda t: (t.slot, hostnames.get(t.node_id, t.node_id))))
+    started = status.iteration > baseline.job_before
+    failure = status.message if started and status.state == pb.JobStatus.FAILED else None
+    converged = not started or (status.state == pb.JobStatus.COMPLETE and failure is None)
+    waiting = "" if converged else (status.message or "running")
+    return Assessment(name=spec.name, running=running, desired=desired, converged=converged,
+                      failure=failure, tasks=lines, waiting_for=waiting, completed=completed)
 
 
 def _display_name(task: pb.Task, hostnames: Mapping[str, str]) -> str:

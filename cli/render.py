@@ -175,7 +175,10 @@ def port(config: pb.PortConfig) -> str:
 
 
 def service_mode(spec: pb.ServiceSpec) -> str:
-    return "global" if spec.WhichOneof("mode") == "global" else "replicated"
+    mode = spec.WhichOneof("mode")
+    if mode in ("global", "replicated_job", "global_job"):
+        return mode.replace("_", "-")
+    return "replicated"
 
 
 def _is_running(task: pb.Task) -> bool:
@@ -185,12 +188,33 @@ def _is_running(task: pb.Task) -> bool:
 def replicas(service: pb.Service, tasks: Iterable[pb.Task]) -> str:
     """'running/desired', counting the service's tasks."""
     own = [task for task in tasks if task.service_id == service.id]
+    if service.spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+        return job_replicas(service, own)
     running = sum(1 for task in own if _is_running(task))
     if service.spec.WhichOneof("mode") == "global":
         desired = sum(1 for task in own if task.desired_state == pb.RUNNING)
     else:
         desired = service.spec.replicated.replicas
     return f"{running}/{desired}"
+
+
+def job_replicas(service: pb.Service, own: Sequence[pb.Task]) -> str:
+    """As docker shows a job: 'running/desired (completed/total completed)', counting
+    the current run's tasks; desired is what may run now (max-concurrent, or fewer
+    when fewer completions are left)."""
+    run = [task for task in own if task.job_iteration == service.job_status.iteration]
+    running = sum(1 for task in run if task.status.state == pb.RUNNING)
+    completed = sum(1 for task in run if task.status.state == pb.COMPLETE)
+    if service.spec.WhichOneof("mode") == "replicated_job":
+        job = service.spec.replicated_job
+        total = job.total_completions
+        desired = max(0, min(job.max_concurrent, total - completed))
+    else:
+        total = len({task.node_id for task in run})
+        desired = total - completed
+    if service.job_status.iteration == 0:
+        desired = 0  # a scheduled job before its first run
+    return f"{running}/{desired} ({completed}/{total} completed)"
 
 
 def services_table(services: Sequence[pb.Service], tasks: Sequence[pb.Task]) -> str:
@@ -255,16 +279,22 @@ def tasks_table(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: dat
 def tasks_rows(tasks: Sequence[pb.Task], hostnames: Mapping[str, str], now: datetime,
                *, no_trunc: bool = False) -> Rows:
 
-    def slot_key(task: pb.Task) -> tuple[str, int, str]:
-        return (task.service_name, task.slot, "" if task.slot else task.node_id)
+    # A job's runs (iterations) are listed newest first, each slot's tasks together.
+    def slot_key(task: pb.Task) -> tuple[str, int, int, str]:
+        return (task.service_name, -task.job_iteration, task.slot,
+                "" if task.slot else task.node_id)
+
+    def name_of(task: pb.Task) -> str:
+        run = f" (run {task.job_iteration})" if task.job_iteration else ""
+        return slot_name(task) + run
 
     ordered = sorted(tasks, key=lambda t: (slot_key(t), -t.meta.created_at.ToNanoseconds(),
                                            t.id))
     rows = []
-    previous: tuple[str, int, str] | None = None
+    previous: tuple[str, int, int, str] | None = None
     for task in ordered:
         key = slot_key(task)
-        name = slot_name(task) if key != previous else f" \\_ {slot_name(task)}"
+        name = name_of(task) if key != previous else f" \\_ {name_of(task)}"
         previous = key
         node = hostnames.get(task.node_id, task.node_id)
         rows.append([
@@ -391,8 +421,28 @@ def service_details(service: pb.Service) -> str:
     if spec.labels:
         lines.append((0, "Labels", labels(spec.labels)))
     lines.append((0, "Service Mode", service_mode(spec)))
-    if spec.WhichOneof("mode") != "global":
+    mode = spec.WhichOneof("mode")
+    if mode == "replicated_job":
+        lines.append((1, "Completions", str(spec.replicated_job.total_completions)))
+        lines.append((1, "MaxConcurrent", str(spec.replicated_job.max_concurrent)))
+    elif mode not in ("global", "global_job"):
         lines.append((1, "Replicas", str(spec.replicated.replicas)))
+    if spec.schedule:
+        lines.append((1, "Schedule", f"{spec.schedule} (UTC)"))
+    if service.HasField("job_status"):
+        job = service.job_status
+        lines += [
+            (0, "JobStatus", None),
+            (1, "Iteration", str(job.iteration)),
+            (1, "State", pb.JobStatus.State.Name(job.state).lower()),
+            (1, "LastExecution", timestamp(job.last_execution)),
+            (1, "Finished", timestamp(job.finished_at)),
+            (1, "Message", job.message),
+        ]
+        if spec.schedule:
+            lines += [(1, "LastScheduled", timestamp(job.last_scheduled)),
+                      (1, "Skipped", str(job.skipped)),
+                      (1, "LastSkipped", timestamp(job.last_skipped))]
     if service.HasField("update_status") and service.update_status.state:
         lines += [
             (0, "UpdateStatus", None),

@@ -390,7 +390,7 @@ def apply_plan(ctl: Controller, plan: Plan, echo: Callable[[str], None], *,
             assert service_step.spec is not None
             created = ctl.call(ctl.stub.CreateService, cpb.CreateServiceRequest(
                 spec=service_step.spec, registry_auth=credential(service_step.spec))).service
-            baselines.append(progress.baseline_of(created))
+            baselines.append(progress.baseline_of(created, created=True))
             echo(f"service {service_step.name}: created")
         elif service_step.action is Action.update:
             assert service_step.spec is not None

@@ -53,8 +53,12 @@ def replica_counts(service: pb.Service, tasks: Iterator[pb.Task] | list[pb.Task]
     """(desired, running), counted as `swarmctl service ls` counts them."""
     own = list(tasks)
     running = sum(1 for t in own if t.desired_state == pb.RUNNING and t.status.state == pb.RUNNING)
-    if service.spec.WhichOneof("mode") == "global":
+    mode = service.spec.WhichOneof("mode")
+    if mode in ("global", "global_job"):
         desired = sum(1 for t in own if t.desired_state == pb.RUNNING)
+    elif mode == "replicated_job":
+        job = service.spec.replicated_job
+        desired = min(job.max_concurrent, job.total_completions)
     else:
         desired = service.spec.replicated.replicas
     return desired, running

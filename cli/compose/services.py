@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 
 from swarm.api import logopts, security
+from swarm.api.schedule import BadSchedule, parse_schedule
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.api.validation import HOST_NETWORK
 
@@ -507,20 +508,44 @@ def _deploy(context: Context, spec: pb.ServiceSpec, node: Node, path: str) -> No
     mode = "replicated"
     if "mode" in options:
         mode = as_string(options["mode"], f"{path}.mode")
-        if mode not in ("replicated", "global"):
+        if mode not in ("replicated", "global", "replicated-job", "global-job"):
             fail(options["mode"], f"{path}.mode", f"invalid value {quote(mode)} (expected "
-                  "replicated or global)")
-    if mode == "global":
+                  "replicated, global, replicated-job or global-job)")
+    is_job = mode.endswith("-job")
+    if mode.startswith("global"):
         if "replicas" in options:
-            fail(options["replicas"], f"{path}.replicas", "cannot be used with mode: global")
-        getattr(spec, "global").SetInParent()
+            fail(options["replicas"], f"{path}.replicas", f"cannot be used with mode: {mode}")
+        if is_job:
+            spec.global_job.SetInParent()
+        else:
+            getattr(spec, "global").SetInParent()
     else:
         replicas = options.get("replicas")
-        spec.replicated.replicas = (1 if replicas is None
-                                    else as_integer(replicas, f"{path}.replicas"))
+        count = 1 if replicas is None else as_integer(replicas, f"{path}.replicas")
+        if is_job:
+            # As `docker stack deploy`: replicas completions, as many at once.
+            spec.replicated_job.total_completions = count
+            spec.replicated_job.max_concurrent = count
+        else:
+            spec.replicated.replicas = count
+    if is_job and "restart_policy" not in options:
+        # Docker's default for a job: restart a task that failed, not one that completed.
+        spec.task.restart.condition = pb.RestartPolicy.ON_FAILURE
     for name, value in options.items():
         where = f"{path}.{name}"
         if name in ("mode", "replicas"):
+            continue
+        if is_job and name in ("update_config", "rollback_config"):
+            fail(value, where, f"a job (mode: {mode}) has no {name}: an update re-runs it")
+        if name == "x-schedule":
+            if not is_job:
+                fail(value, where, "applies to jobs only (mode: replicated-job or global-job)")
+            schedule = as_string(value, where)
+            try:
+                parse_schedule(schedule)
+            except BadSchedule as error:
+                fail(value, where, str(error))
+            spec.schedule = schedule
             continue
         if name == "labels":
             for label, text in as_key_value_pairs(value, where, environment=False,
@@ -539,7 +564,8 @@ def _deploy(context: Context, spec: pb.ServiceSpec, node: Node, path: str) -> No
             spec.endpoint.mode = as_choice(value, where, ENDPOINT_MODES)
         else:
             fail(value, where, "unknown key (expected mode, replicas, labels, placement, "
-                  "resources, restart_policy, update_config, rollback_config or endpoint_mode)")
+                  "resources, restart_policy, update_config, rollback_config, endpoint_mode "
+                  "or x-schedule)")
 
 
 def _placement(context: Context, placement: pb.Placement, node: Node, path: str) -> None:

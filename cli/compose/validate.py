@@ -21,6 +21,8 @@ _PROTO_TO_COMPOSE = (
     ("spec.name", ""),
     ("spec.labels", "deploy.labels"),
     ("spec.mode.replicated.replicas", "deploy.replicas"),
+    ("spec.mode.replicated_job", "deploy.replicas"),
+    ("spec.schedule", "deploy.x-schedule"),
     ("spec.task.container.image", "image"),
     ("spec.task.container.env", "environment"),
     ("spec.task.container.dir", "working_dir"),

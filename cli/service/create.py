@@ -7,10 +7,13 @@ whole-list flags (--env, --mount, --network, ...) are declared here."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
+from swarm.api.schedule import parse_schedule
 from swarm.api.v1 import control_pb2 as cpb
 
 from .. import client, progress, pull
@@ -42,6 +45,7 @@ from .flags import (
     LimitMemoryOpt,
     LimitPidsOpt,
     LogOptOpt,
+    MaxConcurrentOpt,
     MaxReplicasPerNodeOpt,
     NoHealthcheckOpt,
     ReadOnlyOpt,
@@ -58,6 +62,7 @@ from .flags import (
     RollbackMonitorOpt,
     RollbackOrderOpt,
     RollbackParallelismOpt,
+    ScheduleOpt,
     SecretOpt,
     SecurityOptOpt,
     StopGracePeriodOpt,
@@ -86,6 +91,10 @@ CREATE_EXAMPLES = examples(
     "node.labels.zone==east top",
     "swarmctl service create --timeout 5m big --image busybox --replicas 50",
     "swarmctl service create -d cache --image redis:7",
+    "swarmctl service create batch --image busybox --mode replicated-job --replicas 6 "
+    "--max-concurrent 2 -- sh -c 'work'",
+    "swarmctl service create nightly --image busybox --mode global-job --schedule "
+    "'0 3 * * *' -- cleanup",
     "swarmctl service create --name web -p 8080:80 nginx:alpine   (docker's form)",
     "swarmctl service create busybox sleep 3600   (named busybox, after the image)",
 )
@@ -103,7 +112,10 @@ def create(
     image: ImageOpt = None,
     replicas: ReplicasOpt = None,
     mode: Annotated[str | None, typer.Option(
-        metavar="MODE", help="replicated (default) or global.")] = None,
+        metavar="MODE", help="replicated (default), global, replicated-job or global-job "
+                             "(tasks that run to completion).")] = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    schedule: ScheduleOpt = None,
     env: Annotated[list[str] | None, typer.Option(
         "--env", "-e", metavar="K=V", help="Environment variable (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option(
@@ -231,6 +243,12 @@ def create(
             spec=spec, registry_auth=credential))
         # The ID first, so that a script has it even when the wait then fails.
         typer.echo(response.service.id)
-        if not detach:
-            wait_converged(ctl, [progress.baseline_of(response.service)], timeout)
+        if spec.schedule:
+            # Nothing to wait for: its first run is at the first fire time.
+            first = parse_schedule(spec.schedule).next_fire(time.time())
+            warn(f"{spec.name}: runs on the schedule {spec.schedule!r} (UTC); the first run "
+                 f"at {datetime.fromtimestamp(first, UTC):%Y-%m-%d %H:%M:%S}Z")
+        elif not detach:
+            wait_converged(ctl, [progress.baseline_of(response.service, created=True)],
+                           timeout)
 

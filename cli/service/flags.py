@@ -15,7 +15,15 @@ ImageOpt = Annotated[
     str | None,
     typer.Option(metavar="IMAGE", help="Image to run (or create's first argument).", show_default=False),
 ]
-ReplicasOpt = Annotated[str | None, typer.Option(metavar="N", help="Number of tasks (default 1).")]
+ReplicasOpt = Annotated[str | None, typer.Option(
+    metavar="N", help="Number of tasks (default 1); for a replicated job, the completions.")]
+MaxConcurrentOpt = Annotated[str | None, typer.Option(
+    metavar="N", help="Replicated jobs: at most N tasks at once (default: --replicas, the "
+                      "completions).")]
+ScheduleOpt = Annotated[str | None, typer.Option(
+    metavar="CRON", help="Jobs: run on a schedule, 5 cron fields in UTC ('0 3 * * *'), "
+                         "@hourly/@daily/..., or '@every 30s'. A run due while the last "
+                         "is still going is skipped.")]
 MaxReplicasPerNodeOpt = Annotated[
     str | None, typer.Option(metavar="N", help="At most N tasks of this service per node.")
 ]

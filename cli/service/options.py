@@ -22,6 +22,8 @@ class TaskOptions(RuntimeTaskOptions):
 
     image: str | None = None
     replicas: str | None = None
+    max_concurrent: str | None = None  # replicated jobs
+    schedule: str | None = None  # jobs
     max_replicas_per_node: str | None = None
     limit_cpu: str | None = None
     limit_memory: str | None = None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from swarm.api import imageref
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.api.validation import HOST_NETWORK
+from swarm.api.validation import HOST_NETWORK, JOB_MODES
 
 from .. import parsing
 from ..errors import BadFlag, BadInput
@@ -24,7 +24,8 @@ from . import generic
 from .options import ServiceOptions, ServiceUpdateOptions
 from .task_spec import apply_task_options, merge_env
 
-_MODES = {"replicated": "replicated", "global": "global"}
+_MODES = {"replicated": "replicated", "global": "global", "replicated-job": "replicated_job",
+          "global-job": "global_job"}
 
 
 @dataclass(frozen=True)
@@ -96,15 +97,27 @@ def service_spec_from_options(options: ServiceOptions) -> pb.ServiceSpec:
         raise BadInput("a service name is required")
     spec = pb.ServiceSpec(name=options.name)
     mode = parsing.choice("--mode", options.mode or "replicated", _MODES)
-    if mode == "global":
+    if mode in ("global", "global_job"):
         if options.replicas is not None:
-            raise BadFlag("--replicas", "cannot be used with --mode global")
-        getattr(spec, "global").SetInParent()
+            raise BadFlag("--replicas", f"cannot be used with --mode {options.mode}")
+        if mode == "global_job":
+            spec.global_job.SetInParent()
+        else:
+            getattr(spec, "global").SetInParent()
+    elif mode == "replicated_job":
+        # Docker's defaults: one completion; as many at once as completions.
+        completions = 1 if options.replicas is None else \
+            parsing.count("--replicas", options.replicas)
+        spec.replicated_job.total_completions = completions
+        spec.replicated_job.max_concurrent = max(completions, 1)
     else:
         spec.replicated.replicas = 1
     if options.image is None:
         raise BadFlag("--image", "missing: give the image to run, e.g. --image busybox")
     apply_task_options(spec, options)
+    if mode in JOB_MODES and options.restart_condition is None:
+        # Docker's default for a job: restart a task that failed, not one that completed.
+        spec.task.restart.condition = pb.RestartPolicy.ON_FAILURE
     container = spec.task.container
     container.args[:] = options.args
     container.env[:] = merge_env(env_file_entries(options.env_files), [], options.env,

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from swarm.api import logopts, security
+from swarm.api.schedule import BadSchedule, parse_schedule
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.api.validation import ValidationError, check_drain_timeout
+from swarm.api.validation import JOB_MODES, ValidationError, check_drain_timeout
 
 from .. import parsing
 from ..choices import ENDPOINT_MODES, FAILURE_ACTIONS, ORDERS, RESTART_CONDITIONS
@@ -165,13 +166,58 @@ def _container(container: pb.ContainerSpec, options: TaskOptions) -> None:
             raise BadFlag("--security-opt", str(error)) from None
 
 
+_ROLLING_FLAGS = ("update_parallelism", "update_delay", "update_order", "update_failure_action",
+                  "update_monitor", "update_max_failure_ratio", "rollback_parallelism",
+                  "rollback_delay", "rollback_order", "rollback_failure_action",
+                  "rollback_monitor", "rollback_max_failure_ratio")
+
+
+def _job(spec: pb.ServiceSpec, options: TaskOptions) -> None:
+    """--max-concurrent and --schedule, and what a job refuses (--update-* and
+    --rollback-*: a job is re-run, not rolled, as in Swarm). The values are
+    checked whatever the mode; on a spec without a mode (update's check before
+    connecting) where they apply is left to the check against the real spec."""
+    mode = spec.WhichOneof("mode")
+    job = mode in JOB_MODES
+    if options.max_concurrent is not None:
+        concurrent = parsing.count("--max-concurrent", options.max_concurrent)
+        if concurrent < 1:
+            raise BadFlag("--max-concurrent", f"must be at least 1 (got {concurrent})")
+        if mode == "replicated_job":
+            spec.replicated_job.max_concurrent = concurrent
+        elif mode is not None:
+            raise BadFlag("--max-concurrent", "applies to --mode replicated-job only")
+    if options.schedule is not None:
+        try:
+            parse_schedule(options.schedule)
+        except BadSchedule as error:
+            raise BadFlag("--schedule", str(error)) from None
+        if job:
+            spec.schedule = options.schedule.strip()
+        elif mode is not None:
+            raise BadFlag("--schedule", "applies to jobs only (--mode replicated-job or "
+                                        "global-job)")
+    if job:
+        given = next((name for name in _ROLLING_FLAGS if getattr(options, name) is not None),
+                     None)
+        if given is not None:
+            flag = "--" + given.replace("_", "-")
+            raise BadFlag(flag, f"a job ({mode.replace('_', '-') if mode else ''}) has no "
+                                "rolling update: an update re-runs it")
+
+
 def apply_task_options(spec: pb.ServiceSpec, options: TaskOptions) -> None:
     """Set what the shared flags ask for on `spec`, leaving the rest as it is."""
     if options.replicas is not None:
-        if spec.WhichOneof("mode") == "global":
-            raise BadFlag("--replicas", "applies to replicated services only, "
-                          "not to a global one")
-        spec.replicated.replicas = parsing.count("--replicas", options.replicas)
+        mode = spec.WhichOneof("mode")
+        if mode in ("global", "global_job"):
+            raise BadFlag("--replicas", f"applies to replicated services only (jobs "
+                          f"included), not to a {mode.replace('_', '-')} one")
+        if mode == "replicated_job":
+            spec.replicated_job.total_completions = parsing.count("--replicas", options.replicas)
+        else:
+            spec.replicated.replicas = parsing.count("--replicas", options.replicas)
+    _job(spec, options)
     if options.max_replicas_per_node is not None:
         spec.task.placement.max_replicas_per_node = parsing.count(
             "--max-replicas-per-node", options.max_replicas_per_node)

@@ -50,6 +50,7 @@ from .flags import (
     LimitMemoryOpt,
     LimitPidsOpt,
     LogOptOpt,
+    MaxConcurrentOpt,
     MaxReplicasPerNodeOpt,
     NoHealthcheckOpt,
     ReadOnlyOpt,
@@ -66,6 +67,7 @@ from .flags import (
     RollbackMonitorOpt,
     RollbackOrderOpt,
     RollbackParallelismOpt,
+    ScheduleOpt,
     SecretAddOpt,
     SecretRmOpt,
     SecurityOptOpt,
@@ -94,7 +96,7 @@ from .wait import read_baseline, wait_converged, warn
 UPDATE_EXAMPLES = examples(
     "swarmctl service update web --image nginx:1.27",
     "swarmctl service update web --env-add MODE=prod --limit-memory 256M",
-    "swarmctl service update web --force",
+    "swarmctl service update web --force   (a job: run it again)",
     "swarmctl service update web --rollback",
     "swarmctl service update -d web --replicas 10",
 )
@@ -105,6 +107,8 @@ def update(
     service: Annotated[str, typer.Argument(metavar="SERVICE", autocompletion=completion.services)],
     image: ImageOpt = None,
     replicas: ReplicasOpt = None,
+    max_concurrent: MaxConcurrentOpt = None,
+    schedule: ScheduleOpt = None,
     args: Annotated[str | None, typer.Option(metavar="'CMD ARGS'",
                                              help="New command and arguments.")] = None,
     env_add: Annotated[list[str] | None, multi(

@@ -136,8 +136,11 @@ def _changed(attributes: dict[str, str], key: str, old: str | None, new: str) ->
 
 
 def _replicas(service: pb.Service) -> str:
-    if service.spec.WhichOneof("mode") == "global":
+    mode = service.spec.WhichOneof("mode")
+    if mode in ("global", "global_job"):
         return "global"
+    if mode == "replicated_job":
+        return str(service.spec.replicated_job.total_completions)
     return str(service.spec.replicated.replicas)
 
 

@@ -19,9 +19,11 @@ import logging
 import time
 
 from swarm.api.refs import resolve_ref
+from swarm.api.schedule import parse_schedule
+from swarm.api.units import timestamp
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.api.validation import normalize_service_spec, validate_replicas
+from swarm.api.validation import is_job, normalize_service_spec, validate_replicas
 
 from ..allocator.claims import release_ports, release_vips
 from ..allocator.endpoint import endpoint_ops, plan_endpoint, replicas_needed
@@ -43,11 +45,41 @@ def template_changed(old: pb.ServiceSpec, new: pb.ServiceSpec) -> bool:
         new.endpoint.SerializeToString(deterministic=True)
 
 
+def new_job_status(spec: pb.ServiceSpec, now: float) -> pb.JobStatus:
+    """A new job's status: its first run starts now, or, on a schedule, at the
+    first fire time after its creation (the fire time at or before now counts as
+    seen, as a CronJob created between two fire times waits for the next)."""
+    if spec.schedule:
+        status = pb.JobStatus(iteration=0, state=pb.JobStatus.WAITING,
+                              message="waiting for the schedule")
+        status.last_scheduled.CopyFrom(timestamp(parse_schedule(spec.schedule).latest_fire(now)))
+        return status
+    return pb.JobStatus(iteration=1, state=pb.JobStatus.RUNNING,
+                        last_execution=timestamp(now))
+
+
+def next_iteration(service: pb.Service, now: float) -> None:
+    """Start the job again (Swarm's JobIteration): tasks of earlier iterations
+    no longer count, and are stopped if still running."""
+    status = service.job_status
+    status.iteration += 1
+    status.state = pb.JobStatus.RUNNING
+    status.message = ""
+    status.last_execution.CopyFrom(timestamp(now))
+    status.ClearField("finished_at")
+
+
 def updated_service(current: pb.Service, spec: pb.ServiceSpec, *, rollback: bool) -> pb.Service:
     """`current` with the new spec; a changed task template or endpoint starts
-    an update (or a rollback) the orchestrator carries out."""
+    an update (or a rollback) the orchestrator carries out. A job has no rolling
+    update: every update re-runs it (a new iteration), as in Swarm."""
     service = copy(current)
-    if template_changed(current.spec, spec):
+    if is_job(spec):
+        if template_changed(current.spec, spec):
+            service.previous_spec.CopyFrom(current.spec)
+            service.spec_version += 1
+        next_iteration(service, time.time())
+    elif template_changed(current.spec, spec):
         service.previous_spec.CopyFrom(current.spec)
         service.spec_version += 1
         service.update_status.Clear()
@@ -75,6 +107,8 @@ class Services(Handlers):
             if any(s.spec.name == spec.name for s in cache.services.values()):
                 raise AlreadyExists(exists)
             service = pb.Service(id=service_id, spec=spec, spec_version=1)
+            if is_job(spec):
+                service.job_status.CopyFrom(new_job_status(spec, time.time()))
             if credentials is not None:
                 service.registry_auth.CopyFrom(credentials)
             plan = plan_endpoint(service_id, spec, pb.Endpoint(), cache.networks,
@@ -136,7 +170,8 @@ class Services(Handlers):
                                       f"({current.spec.name!r} to {spec.name!r})")
             if spec.WhichOneof("mode") != current.spec.WhichOneof("mode"):
                 raise InvalidArgument(
-                    "spec.mode: a service cannot change between replicated and global")
+                    f"spec.mode: a service cannot change mode "
+                    f"({current.spec.WhichOneof('mode')} to {spec.WhichOneof('mode')})")
             service = updated_service(current, spec, rollback=request.rollback)
             credentials = sealed_credentials(self._payload_key, request, current.id, spec)
             if credentials is not None:
@@ -160,11 +195,18 @@ class Services(Handlers):
         def step() -> Planned[pb.Service]:
             current = resolve_ref(request.ref, self._store.cache.services, service_name,
                                   "service")
-            if current.spec.WhichOneof("mode") != "replicated":
-                raise FailedPrecondition(f"service {current.spec.name!r} is global: scale "
-                                         "applies to replicated services only")
+            mode = current.spec.WhichOneof("mode")
+            if mode not in ("replicated", "replicated_job"):
+                raise FailedPrecondition(f"service {current.spec.name!r} is "
+                                         f"{mode.replace('_', '-') if mode else 'global'}: scale "
+                                         "applies to replicated services and jobs only")
             service = copy(current)
-            service.spec.replicated.replicas = request.replicas
+            if mode == "replicated_job":
+                # Docker: scaling a job changes its completions and re-runs it.
+                service.spec.replicated_job.total_completions = request.replicas
+                next_iteration(service, time.time())
+            else:
+                service.spec.replicated.replicas = request.replicas
             return Planned([Update(service)], service)
 
         service = await self._write("scale", step, gave_up="service kept changing; try again")

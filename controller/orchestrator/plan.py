@@ -22,6 +22,10 @@ One pass does, in order:
    rebalance marked (rebalance.follow words its status);
 7. history (history.reap).
 
+Jobs (replicated-job, global-job) are planned by jobs.plan_job instead: no
+rolling update, completed tasks never replaced, max_concurrent, iterations and
+schedules.
+
 The plan does everything the state allows at once, so planning again on its
 result gives an empty plan; what must wait for time to pass (restart delay,
 update delay, monitor) sets requeue_after.
@@ -35,7 +39,7 @@ from functools import partial
 
 from swarm.api.v1 import objects_pb2 as pb
 
-from . import global_, history, rebalance, replicated, update
+from . import global_, history, jobs, rebalance, replicated, update
 from .slots import Context, Role, Slot, deduplicate, fill, supervise
 from .tasks import ConstraintCache, Working
 
@@ -73,6 +77,11 @@ def plan_service(service: pb.Service | None, tasks: Sequence[pb.Task],
         return _plan_removal(tasks, nodes)
     service_id = service_id or service.id
     constraints = ConstraintCache()
+    if service.spec.WhichOneof("mode") in ("replicated_job", "global_job"):
+        ctx = Context(service=service, service_id=service_id, nodes=nodes, now=now,
+                      work=Working(tasks), constraints=constraints)
+        jobs.plan_job(ctx, tasks, settings.task_history_limit)
+        return _result(ctx, service)
     slots = _slots(service, tasks, nodes, constraints)
     wanted = sum(slot.role is Role.WANTED for slot in slots)
     # Only tasks the service still wants can fail its update (a slot scaled away

@@ -211,7 +211,7 @@ class Orchestrator:
                 # Global services depend on every node; replicated ones on the nodes
                 # their tasks run on.
                 for service in cache.services.values():
-                    if service.spec.WhichOneof("mode") == "global":
+                    if service.spec.WhichOneof("mode") in ("global", "global_job"):
                         self._dirty.add(service.id)
                 for node in (old_node, new_node):
                     if node is not None:

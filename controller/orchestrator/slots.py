@@ -113,7 +113,11 @@ def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Succes
     # attempt count starts again once all its tasks are gone (scale down, then
     # up): without it a new task could take a deleted one's ID and inherit its
     # late status reports.
-    epoch = str(service.meta.version)
+    # A job's tasks are per iteration instead: the service's version moves with
+    # every status the orchestrator records, but a run (its iteration) is fixed,
+    # so a leader that takes over re-derives the very IDs its predecessor wrote.
+    is_job = service.spec.WhichOneof("mode") in ("replicated_job", "global_job")
+    epoch = f"job{service.job_status.iteration}" if is_job else str(service.meta.version)
     if slot.node_id:
         task_id = derived_id(service_id, epoch, "node", slot.node_id, str(next_task.attempt))
     else:
@@ -121,6 +125,8 @@ def new_task(service: pb.Service, service_id: str, slot: Slot, next_task: Succes
     task = pb.Task(id=task_id, service_id=service_id, service_name=service.spec.name,
                    slot=slot.number, node_id=slot.node_id, spec_version=service.spec_version,
                    desired_state=pb.RUNNING, attempt=next_task.attempt)
+    if is_job:
+        task.job_iteration = service.job_status.iteration
     task.spec.CopyFrom(service.spec.task)
     if service.HasField("endpoint"):
         task.endpoint.CopyFrom(service.endpoint)

@@ -140,6 +140,12 @@ class Working:
         if is_live(self.tasks[task_id]):
             self._writable(task_id).desired_state = pb.SHUTDOWN
 
+    def complete(self, task_id: str) -> None:
+        """desired_state COMPLETE for a live job task that completed: it is not
+        wanted running again, and shows as Complete (docker's word) in `service ps`."""
+        if is_live(self.tasks[task_id]):
+            self._writable(task_id).desired_state = pb.COMPLETE
+
     def fail(self, task_id: str, reason: str) -> None:
         """Give up on a live task that did not come up in time: shut it down,
         marked so that it counts as a failure (tasks.ended_on_its_own)."""

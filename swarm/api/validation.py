@@ -30,6 +30,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from . import generic_resources, logopts, runopts
 from .constraints import parse_constraint
 from .refs import resolve_ref
+from .schedule import BadSchedule, parse_schedule
 from .security import BadProfile, check_profile
 
 MAX_REPLICAS = 100_000
@@ -167,6 +168,47 @@ def validate_replicas(value: int, field: str = "replicas") -> None:
         raise ValidationError(field, f"must not be negative (got {value})")
     if value > MAX_REPLICAS:
         raise ValidationError(field, f"must be at most {MAX_REPLICAS} (got {value})")
+
+
+JOB_MODES = ("replicated_job", "global_job")
+
+
+def is_job(spec: pb.ServiceSpec) -> bool:
+    """A job's tasks run to completion (replicated-job, global-job)."""
+    return spec.WhichOneof("mode") in JOB_MODES
+
+
+def is_global(spec: pb.ServiceSpec) -> bool:
+    """One task per eligible node (global, global-job)."""
+    return spec.WhichOneof("mode") in ("global", "global_job")
+
+
+def _check_job(spec: pb.ServiceSpec) -> None:
+    """A job's counts and schedule; no rolling-update settings (a job is re-run,
+    not rolled: Swarm refuses them too); a schedule only on a job."""
+    if not is_job(spec):
+        if spec.schedule:
+            raise ValidationError("spec.schedule", "applies to jobs only (mode replicated-job "
+                                  "or global-job)")
+        return
+    for which in ("update", "rollback"):
+        if spec.HasField(which):
+            raise ValidationError(f"spec.{which}", "a job has no rolling update settings: an "
+                                  "update re-runs it")
+    if spec.schedule:
+        try:
+            parse_schedule(spec.schedule)
+        except BadSchedule as error:
+            raise ValidationError("spec.schedule", str(error)) from None
+    if spec.WhichOneof("mode") == "replicated_job":
+        job = spec.replicated_job
+        validate_replicas(job.total_completions, "spec.mode.replicated_job.total_completions")
+        if job.max_concurrent < 1:
+            raise ValidationError("spec.mode.replicated_job.max_concurrent",
+                                  f"must be at least 1 (got {job.max_concurrent})")
+        if job.max_concurrent > MAX_REPLICAS:
+            raise ValidationError("spec.mode.replicated_job.max_concurrent",
+                                  f"must be at most {MAX_REPLICAS} (got {job.max_concurrent})")
 
 
 def image_reference_problem(image: str) -> str | None:
@@ -477,7 +519,7 @@ def _check_placement(spec: pb.ServiceSpec, path: str) -> None:
                 f"unknown key {_show(preference.spread)} (expected node.labels.NAME, "
                 "engine.labels.NAME, node.id, node.hostname, node.role, node.platform.os or "
                 "node.platform.arch)")
-    if placement.max_replicas_per_node and spec.WhichOneof("mode") == "global":
+    if placement.max_replicas_per_node and is_global(spec):
         raise ValidationError(f"{path}.max_replicas_per_node",
                               "applies to replicated services only, not to a global one")
 
@@ -607,6 +649,7 @@ def normalize_service_spec(spec: pb.ServiceSpec,
         out.replicated.replicas = DEFAULT_REPLICAS
     elif mode == "replicated":
         validate_replicas(out.replicated.replicas, "spec.mode.replicated.replicas")
+    _check_job(out)
     task = out.task
     _check_container(task.container, "spec.task.container")
     _check_resources(task.resources, "spec.task.resources")
@@ -614,8 +657,9 @@ def normalize_service_spec(spec: pb.ServiceSpec,
     _check_restart(task, "spec.task.restart")
     _check_placement(out, "spec.task.placement")
     attached = _resolve_networks(task, networks, "spec.task.networks")
-    _update_config(out, "update")
-    _update_config(out, "rollback")
+    if not is_job(out):
+        _update_config(out, "update")
+        _update_config(out, "rollback")
     out.endpoint.SetInParent()  # unset: mode VIP, no ports
     _check_endpoint(out.endpoint, "spec.endpoint")
     _check_internal(out.endpoint, attached, "spec.endpoint.ports")

@@ -889,3 +889,66 @@ def test_service_details_show_the_stop_grace_period_and_the_drain_timeout() -> N
     service.spec.task.container.drain_timeout.FromMilliseconds(750)
     lines = [line.split() for line in render.service_details(service).splitlines()]
     assert ["Drain", "timeout:", "750ms"] in lines, lines
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_job_specs_from_flags_as_docker_builds_them() -> None:
+    batch = service_spec_from_options(ServiceOptions(
+        name="b", image="busybox", mode="replicated-job", replicas="6"))
+    assert batch.replicated_job.total_completions == 6
+    assert batch.replicated_job.max_concurrent == 6, "docker: defaults to the completions"
+    assert batch.task.restart.condition == pb.RestartPolicy.ON_FAILURE
+    assert not batch.HasField("update")
+    two = service_spec_from_options(ServiceOptions(
+        name="b", image="busybox", mode="replicated-job", replicas="6", max_concurrent="2",
+        restart_condition="none", schedule=" @every 10s"))
+    assert two.replicated_job.max_concurrent == 2
+    assert two.task.restart.condition == pb.RestartPolicy.NONE
+    assert two.schedule == "@every 10s"
+    warm = service_spec_from_options(ServiceOptions(name="w", image="busybox",
+                                                    mode="global-job"))
+    assert warm.WhichOneof("mode") == "global_job"
+    # update: --replicas is the completions, --max-concurrent and --schedule apply.
+    again = updated_service_spec(batch, ServiceUpdateOptions(
+        replicas="3", max_concurrent="1", schedule="0 3 * * *", force=True))
+    assert (again.replicated_job.total_completions, again.replicated_job.max_concurrent) == (3, 1)
+    assert again.schedule == "0 3 * * *"
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (ServiceOptions(name="b", image="i", mode="replicated-job", max_concurrent="0"),
+     "--max-concurrent: must be at least 1"),
+    (ServiceOptions(name="b", image="i", mode="replicated-job", update_delay="1s"),
+     "--update-delay: a job (replicated-job) has no rolling update"),
+    (ServiceOptions(name="b", image="i", mode="global-job", max_concurrent="2"),
+     "--max-concurrent: applies to --mode replicated-job only"),
+    (ServiceOptions(name="b", image="i", schedule="@daily"),
+     "--schedule: applies to jobs only"),
+    (ServiceOptions(name="b", image="i", mode="global-job", schedule="0 25 * * *"),
+     "--schedule: '0 25 * * *' is not a valid cron expression"),
+])
+def test_bad_job_flags_name_the_flag(options: ServiceOptions, message: str) -> None:
+    with pytest.raises(BadFlag, match=re.escape(message)):
+        service_spec_from_options(options)
+
+
+def test_job_rows_in_ls_and_ps() -> None:
+    service = pb.Service(id="s1")
+    service.spec.name = "batch"
+    service.spec.replicated_job.total_completions = 6
+    service.spec.replicated_job.max_concurrent = 2
+    service.job_status.iteration = 2
+    tasks = []
+    for slot, state, run in [(1, pb.COMPLETE, 2), (2, pb.COMPLETE, 2), (3, pb.COMPLETE, 2),
+                             (4, pb.RUNNING, 2), (1, pb.COMPLETE, 1)]:
+        task = pb.Task(id=f"t{slot}{run}", service_id="s1", service_name="batch", slot=slot,
+                       job_iteration=run)
+        task.status.state = state
+        tasks.append(task)
+    _, rows = render.services_rows([service], tasks)
+    assert rows[0][2:4] == ["replicated-job", "1/2 (3/6 completed)"]
+    _, ps = render.tasks_rows(tasks, {}, datetime.now(UTC))
+    assert [row[1] for row in ps][:2] == ["batch.1 (run 2)", "batch.2 (run 2)"]
+    assert [row[1] for row in ps][-1] == "batch.1 (run 1)"

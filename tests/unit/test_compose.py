@@ -554,7 +554,17 @@ BAD = [
     ("name: s\nservices:\n  ? [a]\n  : x\n", "f.yaml:3:5: mapping keys must be strings, not a list"),
     (BASE + "    deploy:\n      replica: 3\n",
      "f.yaml:6:16: services.web.deploy.replica: unknown key (expected mode, replicas, labels, "
-     "placement, resources, restart_policy, update_config, rollback_config or endpoint_mode)"),
+     "placement, resources, restart_policy, update_config, rollback_config, endpoint_mode or "
+     "x-schedule)"),
+    (BASE + "    deploy:\n      mode: replicated-job\n      update_config: {parallelism: 2}\n",
+     "f.yaml:7:22: services.web.deploy.update_config: a job (mode: replicated-job) has no "
+     "update_config: an update re-runs it"),
+    (BASE + "    deploy:\n      mode: global-job\n      x-schedule: '61 * * * *'\n",
+     "f.yaml:7:19: services.web.deploy.x-schedule: '61 * * * *' is not a valid cron "
+     "expression (minute hour day-of-month month day-of-week, e.g. '*/5 * * * *')"),
+    (BASE + "    deploy:\n      x-schedule: '@hourly'\n",
+     "f.yaml:6:19: services.web.deploy.x-schedule: applies to jobs only (mode: replicated-job "
+     "or global-job)"),
     (BASE + "    ports: ['8080:80']\n    networks: [back]\nnetworks:\n  back: {internal: true}\n",
      "f.yaml:5:12: services.web.ports: cannot publish ports: network 's_back' is internal (no "
      "path out of the cluster); drop the published ports (--publish) or the network"),
@@ -758,3 +768,20 @@ def test_a_bad_file_is_refused_before_connecting(tmp_path: Path) -> None:
     assert missing.exit_code == 2
     assert "cannot read" in missing.stderr
     assert "No such file or directory" in missing.stderr
+
+
+def test_jobs_deploy_as_docker_stack_deploy_does() -> None:
+    """deploy.mode replicated-job / global-job (refused before); replicas are the
+    completions and, as docker's stack loader has it, the concurrency; a job's
+    default restart condition is on-failure; x-schedule is the job's schedule."""
+    batch = web("    deploy: {mode: replicated-job, replicas: 4}\n")
+    assert batch.WhichOneof("mode") == "replicated_job"
+    assert batch.replicated_job.total_completions == 4
+    assert batch.replicated_job.max_concurrent == 4
+    assert batch.task.restart.condition == pb.RestartPolicy.ON_FAILURE
+    assert not batch.HasField("update")
+    nightly = web("    deploy:\n      mode: global-job\n      x-schedule: '0 3 * * *'\n"
+                  "      restart_policy: {condition: none}\n")
+    assert nightly.WhichOneof("mode") == "global_job"
+    assert nightly.schedule == "0 3 * * *"
+    assert nightly.task.restart.condition == pb.RestartPolicy.NONE

@@ -1125,16 +1125,34 @@ class ServiceSpec(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     REPLICATED_FIELD_NUMBER: _builtins.int
     GLOBAL_FIELD_NUMBER: _builtins.int
+    REPLICATED_JOB_FIELD_NUMBER: _builtins.int
+    GLOBAL_JOB_FIELD_NUMBER: _builtins.int
     UPDATE_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    schedule: _builtins.str
+    """Jobs only: run the job on a schedule, a 5-field cron expression in UTC
+    ("*/5 * * * *", "@hourly") or `@every DURATION` ("@every 30s"; fire times
+    are multiples of the duration since the Unix epoch). Empty: the job runs
+    once, when created (and again on each update). A run still going when the
+    next is due makes that next run be skipped (JobStatus.skipped).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def task(self) -> Global___TaskSpec: ...
     @_builtins.property
     def replicated(self) -> Global___ReplicatedService: ...
+    @_builtins.property
+    def replicated_job(self) -> Global___ReplicatedJob:
+        """Jobs (Docker Swarm 20.10's modes): tasks run to completion and a
+        completed task is not started again (controller/orchestrator/jobs.py).
+        """
+
+    @_builtins.property
+    def global_job(self) -> Global___GlobalJob: ...
     @_builtins.property
     def update(self) -> Global___UpdateConfig: ...
     @_builtins.property
@@ -1148,15 +1166,18 @@ class ServiceSpec(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         task: Global___TaskSpec | None = ...,
         replicated: Global___ReplicatedService | None = ...,
+        replicated_job: Global___ReplicatedJob | None = ...,
+        global_job: Global___GlobalJob | None = ...,
         update: Global___UpdateConfig | None = ...,
         rollback: Global___UpdateConfig | None = ...,
         endpoint: Global___EndpointSpec | None = ...,
+        schedule: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "global", b"global", "mode", b"mode", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "mode", b"mode", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "global", b"global", "labels", b"labels", "mode", b"mode", "name", b"name", "replicated", b"replicated", "rollback", b"rollback", "task", b"task", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "global", b"global", "global_job", b"global_job", "labels", b"labels", "mode", b"mode", "name", b"name", "replicated", b"replicated", "replicated_job", b"replicated_job", "rollback", b"rollback", "schedule", b"schedule", "task", b"task", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global"]  # noqa: Y015
+    _WhichOneofReturnType_mode: _TypeAlias = _typing.Literal["replicated", "global", "replicated_job", "global_job"]  # noqa: Y015
     _WhichOneofArgType_mode: _TypeAlias = _typing.Literal["mode", b"mode"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_mode) -> _WhichOneofReturnType_mode | None: ...
 
@@ -1280,6 +1301,7 @@ class Service(_message.Message):
     REBALANCE_FIELD_NUMBER: _builtins.int
     WRITE_ERROR_FIELD_NUMBER: _builtins.int
     REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
+    JOB_STATUS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """Incremented whenever the task template changes; tasks carry the version
@@ -1315,6 +1337,13 @@ class Service(_message.Message):
         answers with `registry` and `updated_at` only.
         """
 
+    @_builtins.property
+    def job_status(self) -> Global___JobStatus:
+        """Jobs: which run (iteration) is current and how it goes. Written by the
+        control API (create, update: a new iteration) and by the orchestrator
+        (a scheduled run starting or being skipped, the run's outcome).
+        """
+
     def __init__(
         self,
         *,
@@ -1328,10 +1357,11 @@ class Service(_message.Message):
         rebalance: Global___RebalanceStatus | None = ...,
         write_error: Global___WriteError | None = ...,
         registry_auth: Global___RegistryAuth | None = ...,
+        job_status: Global___JobStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "id", b"id", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "rebalance", b"rebalance", "registry_auth", b"registry_auth", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status", "write_error", b"write_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1525,6 +1555,7 @@ class Task(_message.Message):
     RESTART_HISTORY_FIELD_NUMBER: _builtins.int
     UPDATE_FAILURE_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
+    JOB_ITERATION_FIELD_NUMBER: _builtins.int
     ASSIGNED_GENERIC_RESOURCES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
@@ -1547,6 +1578,10 @@ class Task(_message.Message):
     """Set by a rebalance: why this task should leave its node (e.g. "node h1 has
     3 tasks of web, h3 has 0"). The rolling-update machinery replaces a marked
     task as it replaces an out-of-date one; the scheduler places its successor.
+    """
+    job_iteration: _builtins.int
+    """Jobs: the run (Service.job_status.iteration) the task belongs to; tasks of
+    older iterations do not count towards the current run's completions.
     """
     @_builtins.property
     def meta(self) -> Global___Meta: ...
@@ -1589,11 +1624,12 @@ class Task(_message.Message):
         restart_history: _abc.Iterable[_timestamp_pb2.Timestamp] | None = ...,
         update_failure: _builtins.str = ...,
         rebalance: _builtins.str = ...,
+        job_iteration: _builtins.int = ...,
         assigned_generic_resources: _abc.Iterable[Global___GenericResource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_generic_resources", b"assigned_generic_resources", "attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "rebalance", b"rebalance", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_generic_resources", b"assigned_generic_resources", "attempt", b"attempt", "desired_state", b"desired_state", "endpoint", b"endpoint", "id", b"id", "job_iteration", b"job_iteration", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "rebalance", b"rebalance", "restart_history", b"restart_history", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status", "update_failure", b"update_failure"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2561,6 +2597,138 @@ class Driver(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Driver: _TypeAlias = Driver  # noqa: Y015
+
+@_typing.final
+class ReplicatedJob(_message.Message):
+    """A replicated job (`--mode replicated-job`): total_completions tasks must
+    complete (exit 0), at most max_concurrent running at a time. Signed so that
+    a negative value reaches validation and is refused by name.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_CONCURRENT_FIELD_NUMBER: _builtins.int
+    TOTAL_COMPLETIONS_FIELD_NUMBER: _builtins.int
+    max_concurrent: _builtins.int
+    """0: refused (the CLI defaults it to the completions)"""
+    total_completions: _builtins.int
+    def __init__(
+        self,
+        *,
+        max_concurrent: _builtins.int = ...,
+        total_completions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent", b"max_concurrent", "total_completions", b"total_completions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicatedJob: _TypeAlias = ReplicatedJob  # noqa: Y015
+
+@_typing.final
+class GlobalJob(_message.Message):
+    """A global job (`--mode global-job`): one completed task on every eligible
+    node, including nodes that join while the iteration is current.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GlobalJob: _TypeAlias = GlobalJob  # noqa: Y015
+
+@_typing.final
+class JobStatus(_message.Message):
+    """Swarm's JobStatus (JobIteration, LastExecution), with the bookkeeping of
+    scheduled runs. Everything the leader needs to decide the next run is here,
+    so a new leader after a failover decides the same (no run twice, none lost).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[JobStatus._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        RUNNING: JobStatus._State.ValueType  # 0
+        """the current iteration has not finished"""
+        COMPLETE: JobStatus._State.ValueType  # 1
+        """every completion reached"""
+        FAILED: JobStatus._State.ValueType  # 2
+        """a task failed and its restart policy gives up"""
+        WAITING: JobStatus._State.ValueType  # 3
+        """a scheduled job before its first run"""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    RUNNING: JobStatus.State.ValueType  # 0
+    """the current iteration has not finished"""
+    COMPLETE: JobStatus.State.ValueType  # 1
+    """every completion reached"""
+    FAILED: JobStatus.State.ValueType  # 2
+    """a task failed and its restart policy gives up"""
+    WAITING: JobStatus.State.ValueType  # 3
+    """a scheduled job before its first run"""
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    LAST_EXECUTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    LAST_SCHEDULED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    LAST_SKIPPED_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """Swarm's JobIteration: bumped by each run"""
+    state: Global___JobStatus.State.ValueType
+    message: _builtins.str
+    """e.g. "task slot 3 failed: exit code 1 (no more restarts)" """
+    skipped: _builtins.int
+    """runs skipped because the one before was still going"""
+    @_builtins.property
+    def last_execution(self) -> _timestamp_pb2.Timestamp:
+        """when the current iteration began"""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_scheduled(self) -> _timestamp_pb2.Timestamp:
+        """Scheduled jobs: the schedule time of the last run started or skipped. A
+        run is due when the latest schedule time at or before now is after this.
+        """
+
+    @_builtins.property
+    def last_skipped(self) -> _timestamp_pb2.Timestamp:
+        """the schedule time last skipped"""
+
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+        last_execution: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___JobStatus.State.ValueType = ...,
+        message: _builtins.str = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        last_scheduled: _timestamp_pb2.Timestamp | None = ...,
+        skipped: _builtins.int = ...,
+        last_skipped: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "last_execution", b"last_execution", "last_scheduled", b"last_scheduled", "last_skipped", b"last_skipped"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished_at", b"finished_at", "iteration", b"iteration", "last_execution", b"last_execution", "last_scheduled", b"last_scheduled", "last_skipped", b"last_skipped", "message", b"message", "skipped", b"skipped", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
 @_typing.final
 class NamedGenericResource(_message.Message):
