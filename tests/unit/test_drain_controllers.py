@@ -1,0 +1,147 @@
+"""Drain before stop across controllers (controller/drain.py,
+controller/dispatcher/drainreports.py): which other controllers a drain
+waits for, and the reports that tell them, over a real loopback gRPC server
+(what a controller does not take is sent again until it leaves the
+registry)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarm.api import channels
+from swarm.api.v1 import dispatcher_pb2 as dpb
+from swarm.api.v1 import objects_pb2 as pb
+from swarm.controller.api.errors import ErrorInterceptor, Unavailable
+from swarm.controller.dispatcher import drainreports
+from swarm.controller.dispatcher.drainreports import DrainReporter, prune, queue_for
+from swarm.controller.drain import (
+    Drain,
+    awaited_controllers,
+    is_complete,
+    keeps_early_report,
+    still_awaited,
+)
+
+ME, OTHER, THIRD = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
+
+
+def test_a_drain_waits_for_every_other_live_controller_that_has_not_reported() -> None:
+    assert awaited_controllers([ME, OTHER, THIRD], ME, []) == {OTHER, THIRD}
+    assert awaited_controllers([ME, OTHER, THIRD], ME, [THIRD]) == {OTHER}  # reported early
+    assert awaited_controllers([ME], ME, []) == set()  # one controller: as before
+    assert awaited_controllers([], ME, []) == set()  # no registry (unit setups)
+
+
+def test_a_controller_that_left_the_registry_is_not_waited_for() -> None:
+    assert still_awaited({OTHER, THIRD}, [ME, THIRD]) == {THIRD}
+    assert still_awaited({OTHER}, [ME, OTHER, "127.0.0.1:9"]) == {OTHER}  # a newcomer: no
+
+
+def test_complete_only_when_drained_here_and_reported_by_the_others() -> None:
+    drain = Drain("t1", "n1", {"front": 3}, pending={"n2"}, controllers={OTHER})
+    assert not is_complete(drain)
+    drain.pending.clear()
+    assert not is_complete(drain)  # drained here, the other side not yet
+    drain.controllers.clear()
+    assert is_complete(drain)
+
+
+@given(live=st.sets(st.sampled_from([ME, OTHER, THIRD, "a", "b"])),
+       reported=st.sets(st.sampled_from([ME, OTHER, THIRD, "a", "b"])),
+       later=st.sets(st.sampled_from([ME, OTHER, THIRD, "a", "b"])))
+def test_awaited_controllers_are_live_others_never_more(live: set[str], reported: set[str],
+                                                         later: set[str]) -> None:
+    awaited = awaited_controllers(live, ME, reported)
+    assert ME not in awaited and awaited <= live and not awaited & reported
+    remaining = still_awaited(awaited, later)
+    assert remaining <= awaited and remaining <= later  # only ever shrinks
+
+
+def test_early_reports_are_kept_only_for_tasks_that_may_still_stop() -> None:
+    def task(desired: int, state: int) -> pb.Task:
+        return pb.Task(id="t1", desired_state=desired,  # type: ignore[arg-type]
+                       status=pb.TaskStatus(state=state))  # type: ignore[arg-type]
+
+    assert keeps_early_report(task(pb.RUNNING, pb.RUNNING))  # this watch lags: the stop comes
+    assert keeps_early_report(task(pb.SHUTDOWN, pb.RUNNING))  # stopping
+    assert not keeps_early_report(task(pb.SHUTDOWN, pb.SHUTDOWN))  # ended: a late report
+    assert not keeps_early_report(None)  # removed
+
+
+def test_queues_merge_and_drop_controllers_that_left() -> None:
+    queues: dict[str, set[str]] = {}
+    queue_for(queues, [OTHER, THIRD], ["t1"])
+    queue_for(queues, [OTHER], ["t2"])
+    assert queues == {OTHER: {"t1", "t2"}, THIRD: {"t1"}}
+    prune(queues, [ME, OTHER])
+    assert queues == {OTHER: {"t1", "t2"}}
+
+
+class Peer:
+    """Another controller's ReportDrained; refuses while `up` is False."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.reports: list[tuple[str, list[str]]] = []
+        self.got = asyncio.Event()
+
+    async def ReportDrained(self, request: dpb.ReportDrainedRequest,
+                            context: grpc.aio.ServicerContext[object, object]
+                            ) -> dpb.ReportDrainedResponse:
+        if not self.up:
+            raise Unavailable("this controller is starting or stopping; try another")
+        self.reports.append((request.controller, list(request.task_ids)))
+        self.got.set()
+        return dpb.ReportDrainedResponse()
+
+
+async def test_reports_reach_the_other_controllers_and_are_retried_until_taken() -> None:
+    peer = Peer()
+    server = channels.new_server(interceptors=[ErrorInterceptor()])
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("swarm.v1.Dispatcher", {
+        "ReportDrained": grpc.unary_unary_rpc_method_handler(
+            peer.ReportDrained, request_deserializer=dpb.ReportDrainedRequest.FromString,
+            response_serializer=dpb.ReportDrainedResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    addr = f"127.0.0.1:{port}"
+    live = [ME, addr]
+    reporter = DrainReporter(ME, lambda a: grpc.aio.insecure_channel(a), lambda: live)
+    try:
+        reporter.announce("t1")
+        reporter.announce("t2")
+        assert reporter.queues == {addr: {"t1", "t2"}}  # never to itself
+        assert not await reporter.send_once()  # refused: kept
+        assert reporter.queues == {addr: {"t1", "t2"}}
+        peer.up = True
+        reporter.announce("t3")
+        assert await reporter.send_once()
+        assert peer.reports == [(ME, ["t1", "t2", "t3"])]
+        assert reporter.queues == {}
+        # The loop sends what is announced at once.
+        peer.got.clear()
+        loop = asyncio.create_task(reporter.run())
+        try:
+            reporter.announce("t4")
+            await asyncio.wait_for(peer.got.wait(), 5)
+            assert peer.reports[-1] == (ME, ["t4"])
+            # A dead controller: retried while registered, dropped once it leaves.
+            await server.stop(None)
+            reporter.announce("t5")
+            await asyncio.sleep(drainreports.RETRY_PAUSE * 3)
+            assert peer.reports[-1] == (ME, ["t4"])  # not delivered, still retried
+            live.remove(addr)
+            await asyncio.sleep(drainreports.RETRY_PAUSE * 2 + drainreports.TIMEOUT)
+            assert reporter.queues == {}
+            reporter.announce("t6")  # nobody else registered: nothing queued
+            assert reporter.queues == {}
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+    finally:
+        await server.stop(None)
+        await reporter.close()
