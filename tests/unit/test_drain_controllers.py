@@ -56,9 +56,12 @@ def test_complete_only_when_drained_here_and_reported_by_the_others() -> None:
 def test_awaited_controllers_are_live_others_never_more(live: set[str], reported: set[str],
                                                          later: set[str]) -> None:
     awaited = awaited_controllers(live, ME, reported)
-    assert ME not in awaited and awaited <= live and not awaited & reported
+    assert ME not in awaited
+    assert awaited <= live
+    assert not awaited & reported
     remaining = still_awaited(awaited, later)
-    assert remaining <= awaited and remaining <= later  # only ever shrinks
+    assert remaining <= awaited  # only ever shrinks
+    assert remaining <= later
 
 
 def test_early_reports_are_kept_only_for_tasks_that_may_still_stop() -> None:
