@@ -90,6 +90,12 @@ class Assignments:
         self.early_reports: dict[str, set[str]] = {}
         # network -> nodes whose session was sent it (the reverse of sent_networks).
         self._holders: dict[str, set[str]] = {}
+        # Tasks that were stopping before this controller served: its side
+        # (no session yet) is drained at once, and the other controllers,
+        # which may wait for it (a restart under the same address), hear so.
+        for task in cache.tasks.values():
+            if starts_draining(None, task):
+                self._start_drain(task)
 
     # ------------------------------------------------------------ messages
 

@@ -17,7 +17,9 @@ from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.api.errors import ErrorInterceptor, Unavailable
 from swarm.controller.dispatcher import drainreports
+from swarm.controller.dispatcher.assignments import Assignments
 from swarm.controller.dispatcher.drainreports import DrainReporter, prune, queue_for
+from swarm.controller.dispatcher.sessions import Session, Sessions
 from swarm.controller.drain import (
     Drain,
     awaited_controllers,
@@ -25,6 +27,8 @@ from swarm.controller.drain import (
     keeps_early_report,
     still_awaited,
 )
+from swarm.controller.store import Keys
+from swarm.controller.store.cache import WatchCache
 
 ME, OTHER, THIRD = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
 
@@ -148,3 +152,93 @@ async def test_reports_reach_the_other_controllers_and_are_retried_until_taken()
     finally:
         await server.stop(None)
         await reporter.close()
+
+
+# ---------------------------------------------------------------- one controller's side
+
+
+def _put(cache: WatchCache, *objects: pb.Task | pb.Node | pb.Network) -> None:
+    keys = Keys("/t/")
+    cache.apply_committed([(keys.of(o), o.SerializeToString()) for o in objects], [],
+                          cache.revision + 1)
+
+
+def _task(desired: int, task_id: str = "t1", node_id: str = "n1") -> pb.Task:
+    task = pb.Task(id=task_id, node_id=node_id, service_id="s1", slot=1,
+                   desired_state=desired,  # type: ignore[arg-type]
+                   status=pb.TaskStatus(state=pb.RUNNING))
+    task.networks.add(network_id="net", addresses=[f"10.0.0.{5 + int(node_id[1:])}/24"])
+    return task
+
+
+def _side(controllers: list[str], desired: int = pb.RUNNING
+          ) -> tuple[WatchCache, Assignments, list[str]]:
+    """A controller (ME) serving n1 (the task's node, confirms nothing) and n2
+    (on the network, confirms)."""
+    cache = WatchCache(None, Keys("/t/"))  # type: ignore[arg-type]  # applied by hand, no etcd
+    for addr in controllers:
+        cache.controllers[addr] = pb.ControllerInfo(addr=addr)
+    _put(cache, pb.Network(id="net", vni=4096, subnet="10.0.0.0/24", gateway="10.0.0.1",
+                           spec=pb.NetworkSpec(name="net")),
+         *(pb.Node(id=n, status=pb.NodeStatus(state=pb.NodeStatus.READY, addr=f"127.0.1.{i}"))
+           for i, n in enumerate(("n1", "n2"), 1)),
+         _task(desired), _task(pb.RUNNING, "t2", "n2"))  # t2: n2 is on the network
+    announced: list[str] = []
+    sessions = Sessions()
+    assignments = Assignments(cache, sessions, identity=ME, announce=announced.append)
+    cache.subscribe(assignments.on_change)
+    for node_id in ("n1", "n2"):
+        session = Session(node_id=node_id, session_id=node_id)
+        sessions.open(session)
+        assignments.complete(session)
+    return cache, assignments, announced
+
+
+def _confirm(assignments: Assignments, node_id: str) -> None:
+    session = assignments._sessions[node_id]
+    assignments.incremental(session)  # the new peer set is sent...
+    assignments.heard(session, [dpb.AppliedNetwork(network_id=n, version=v)  # ...and confirmed
+                                for n, v in session.sent_networks.items()])
+
+
+def test_the_tasks_node_is_told_once_its_side_and_every_other_controller_are_drained() -> None:
+    cache, assignments, announced = _side([ME, OTHER])
+    _confirm(assignments, "n2")
+    _put(cache, _task(pb.SHUTDOWN))
+    n1 = assignments._sessions["n1"]
+    assert "t1" in assignments.drains
+    assert announced == []  # n2 holds it here
+    _confirm(assignments, "n2")
+    assert announced == ["t1"]  # drained on this side: the others hear
+    assert n1.drained == set()  # ...but OTHER has not reported
+    assignments.reported(OTHER, ["t1"])
+    assert n1.drained == {"t1"}
+    assert "t1" not in assignments.drains
+
+
+def test_a_report_before_the_stop_counts_and_a_dead_controller_stops_counting() -> None:
+    cache, assignments, announced = _side([ME, OTHER, THIRD])
+    assignments.reported(OTHER, ["t1"])  # this watch has not seen the stop yet
+    assert assignments.early_reports == {"t1": {OTHER}}
+    _put(cache, _task(pb.SHUTDOWN))  # nobody here confirms: drained here at once
+    assert announced == ["t1"]
+    n1 = assignments._sessions["n1"]
+    assert n1.drained == set()  # THIRD still awaited
+    del cache.controllers[THIRD]  # its registry record expired
+    assignments.controllers_changed()
+    assert n1.drained == {"t1"}
+    # A report for a task that has ended is not kept.
+    ended = _task(pb.SHUTDOWN)
+    ended.status.state = pb.SHUTDOWN
+    _put(cache, ended)
+    assignments.reported(OTHER, ["t1"])
+    assert assignments.early_reports == {}
+
+
+def test_a_controller_starting_mid_drain_reports_its_empty_side_at_once() -> None:
+    """Restarted under the same address before its record expired, the
+    others may be waiting for it: it serves no session yet, so its side is
+    drained, and it says so."""
+    _, assignments, announced = _side([ME, OTHER], desired=pb.SHUTDOWN)
+    assert announced == ["t1"]
+    assert assignments.drains["t1"].controllers == {OTHER}
