@@ -3,11 +3,12 @@ drained on this controller's side (drain.py).
 
 A task drained here is queued for every other controller in the registry
 at that moment; one loop sends each controller its queue in one internal
-call (Dispatcher.ReportDrained), to all controllers at once, as soon as
-something is queued (a stop waits for it: no coalescing pause beyond the
-tasks queued while the previous round was in flight). What a controller did
-not take is kept for it and sent again after a short pause, until it takes
-it or leaves the registry (then nothing waits for it). A report that never
+call (Dispatcher.ReportDrained), as soon as something is queued (a stop
+waits for it: no coalescing pause beyond the tasks queued while the
+previous call to that controller was in flight), one call in flight per
+controller so a dead one delays nobody else's. What a controller did not
+take is kept for it and sent again after a short pause, until it takes it
+or leaves the registry (then nothing waits for it). A report that never
 arrives costs the task's drain timeout on its agent, no more.
 """
 
@@ -83,24 +84,42 @@ class DrainReporter:
         """Send every queue; whether all were taken (what was not is queued again)."""
         prune(self.queues, self._live())
         sending, self.queues = self.queues, {}
-        if not sending:
+        results = await asyncio.gather(*(self._deliver(t, ids) for t, ids in sending.items()))
+        return all(results)
+
+    async def _deliver(self, target: str, task_ids: set[str]) -> bool:
+        if await self._send(target, task_ids):
             return True
-        targets = sorted(sending)
-        results = await asyncio.gather(*(self._send(t, sending[t]) for t in targets))
-        failed = [t for t, ok in zip(targets, results, strict=True) if not ok]
-        for target in failed:
-            queue_for(self.queues, (target,), sending[target])
+        queue_for(self.queues, (target,), task_ids)
         prune(self.queues, self._live())
-        return not failed
+        return False
 
     async def run(self) -> None:
-        """Send queued reports until cancelled."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not await self.send_once():
-                await asyncio.sleep(RETRY_PAUSE)
-                self._wake.set()
+        """Send queued reports until cancelled: one call in flight per
+        controller, so a dead or slow one (until it leaves the registry)
+        delays nobody else's reports."""
+        inflight: dict[str, asyncio.Task[None]] = {}
+
+        async def deliver(target: str, task_ids: set[str]) -> None:
+            try:
+                if not await self._deliver(target, task_ids):
+                    await asyncio.sleep(RETRY_PAUSE)
+            finally:
+                del inflight[target]
+                self._wake.set()  # what was queued meanwhile, or queued again
+
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                prune(self.queues, self._live())
+                for target in [t for t in self.queues if t not in inflight]:
+                    inflight[target] = asyncio.create_task(
+                        deliver(target, self.queues.pop(target)))
+        finally:
+            for task in list(inflight.values()):
+                task.cancel()
+            await asyncio.gather(*inflight.values(), return_exceptions=True)
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}

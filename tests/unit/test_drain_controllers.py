@@ -95,10 +95,12 @@ class Peer:
         self.up = False
         self.reports: list[tuple[str, list[str]]] = []
         self.got = asyncio.Event()
+        self.delay = 0.0  # a stuck controller
 
     async def ReportDrained(self, request: dpb.ReportDrainedRequest,
                             context: grpc.aio.ServicerContext[object, object]
                             ) -> dpb.ReportDrainedResponse:
+        await asyncio.sleep(self.delay)
         if not self.up:
             raise Unavailable("this controller is starting or stopping; try another")
         self.reports.append((request.controller, list(request.task_ids)))
@@ -106,8 +108,7 @@ class Peer:
         return dpb.ReportDrainedResponse()
 
 
-async def test_reports_reach_the_other_controllers_and_are_retried_until_taken() -> None:
-    peer = Peer()
+async def serve(peer: Peer) -> tuple[grpc.aio.Server, str]:
     server = channels.new_server(interceptors=[ErrorInterceptor()])
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("swarm.v1.Dispatcher", {
         "ReportDrained": grpc.unary_unary_rpc_method_handler(
@@ -115,7 +116,36 @@ async def test_reports_reach_the_other_controllers_and_are_retried_until_taken()
             response_serializer=dpb.ReportDrainedResponse.SerializeToString)})])
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    addr = f"127.0.0.1:{port}"
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_a_stuck_controller_delays_no_other_controllers_reports() -> None:
+    stuck, fine = Peer(), Peer()
+    stuck.up = fine.up = True
+    stuck.delay = 30.0
+    (stuck_server, stuck_addr), (fine_server, fine_addr) = await serve(stuck), await serve(fine)
+    reporter = DrainReporter(ME, lambda a: grpc.aio.insecure_channel(a),
+                             lambda: [ME, stuck_addr, fine_addr])
+    loop = asyncio.create_task(reporter.run())
+    try:
+        reporter.announce("t1")
+        await asyncio.wait_for(fine.got.wait(), 5)
+        fine.got.clear()
+        reporter.announce("t2")  # while the call to the stuck one hangs
+        await asyncio.wait_for(fine.got.wait(), drainreports.TIMEOUT / 2)
+        assert fine.reports == [(ME, ["t1"]), (ME, ["t2"])]
+        assert stuck.reports == []
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        await stuck_server.stop(None)
+        await fine_server.stop(None)
+        await reporter.close()
+
+
+async def test_reports_reach_the_other_controllers_and_are_retried_until_taken() -> None:
+    peer = Peer()
+    server, addr = await serve(peer)
     live = [ME, addr]
     reporter = DrainReporter(ME, lambda a: grpc.aio.insecure_channel(a), lambda: live)
     try:
