@@ -56,20 +56,23 @@ async def pinned(controller: Proc, prefix: str) -> tuple[SimulatedCluster, Confi
     return cluster, worker
 
 
-@pytest.fixture
-async def two_sides(etcd_server: EtcdServer, etcd_prefix: str, controllers: list[Proc]
+@pytest.fixture(params=["own-on-leader", "own-on-follower"])
+async def two_sides(request: pytest.FixtureRequest, etcd_server: EtcdServer, etcd_prefix: str,
+                    controllers: list[Proc]
                     ) -> AsyncIterator[tuple[Proc, Proc, ConfirmingWorker, ConfirmingWorker]]:
-    """The leader with the stopping task's node ("drx-own"), the follower with
-    a node holding the same network ("drx-far")."""
+    """One controller with the stopping task's node ("drx-own"), the other
+    with a node holding the same network ("drx-far"); the task's node on
+    the leader, then on the follower (the far one, killed, is the leader)."""
     leader, (follower,) = await roles(etcd_server, etcd_prefix, controllers)
-    own, own_worker = await pinned(leader, "drx-own")
-    far, far_worker = await pinned(follower, "drx-far")
+    near, away = (leader, follower) if request.param == "own-on-leader" else (follower, leader)
+    own, own_worker = await pinned(near, "drx-own")
+    far, far_worker = await pinned(away, "drx-far")
     own.start()
     far.start()
     try:
         await own.wait_connected(timeout=20)
         await far.wait_connected(timeout=20)
-        yield leader, follower, own_worker, far_worker
+        yield near, away, own_worker, far_worker
     finally:
         await own.stop()
         await far.stop()
@@ -82,12 +85,12 @@ def on(spec: pb.ServiceSpec, hostname: str) -> pb.ServiceSpec:
 
 async def test_a_stop_waits_for_nodes_served_by_another_controller_until_it_dies(
         two_sides: tuple[Proc, Proc, ConfirmingWorker, ConfirmingWorker]) -> None:
-    leader, follower, own, far = two_sides
-    async with admin_channel(leader) as channel:
+    near, away, own, far = two_sides
+    async with admin_channel(near) as channel:
         control = cgrpc.ControlStub(channel)
         network = await create_network(control, "drxnet", "192.168.158.0/24", "192.168.158.1")
-        # Two tasks on the leader's node (stopped one at a time), one on the
-        # follower's node: it has the network, so it is sent the peers.
+        # Two tasks on the own node (stopped one at a time), one on the far
+        # node: it has the network, so it is sent the peers.
         web = (await control.CreateService(cpb.CreateServiceRequest(
             spec=on(service_spec("web", 2, "drxnet"), "drx-own-0000")), timeout=5)).service
         await control.CreateService(cpb.CreateServiceRequest(
@@ -114,9 +117,9 @@ async def test_a_stop_waits_for_nodes_served_by_another_controller_until_it_dies
                 10, "the stop seen on the far node")
             return victim
 
-        # 1. The follower's node is slow to apply: the leader's side is
+        # 1. The far node is slow to apply: the own controller's side is
         # drained at once, yet the task's node is not told until the far
-        # node confirmed (through the follower's report).
+        # node confirmed (through the far controller's report).
         far.release.clear()
         first = await stop_slot(2)
         await eventually(lambda: not any(
@@ -127,13 +130,13 @@ async def test_a_stop_waits_for_nodes_served_by_another_controller_until_it_dies
         far.release.set()
         await eventually(lambda: first.id in own.drained, 10, "drained once the far node confirmed")
 
-        # 2. Held again, and the follower dies: the stop waits only until its
+        # 2. Held again, and the far controller dies: the stop waits only until its
         # registry record expires (LEASE_TTL), not for the agent's bound.
         far.release.clear()
         second = await stop_slot(1)
         await asyncio.sleep(1.0)
         assert second.id not in own.drained
-        follower.signal(signal.SIGKILL)
+        away.signal(signal.SIGKILL)
         killed = time.monotonic()
         await eventually(lambda: second.id in own.drained, LEASE_TTL + 8,
                          "drained without the dead controller")
