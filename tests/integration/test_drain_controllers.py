@@ -118,7 +118,7 @@ async def test_a_stop_waits_for_nodes_served_by_another_controller_until_it_dies
             return victim
 
         # 1. The far node is slow to apply: the own controller's side is
-        # drained at once, yet the task's node is not told until the far
+        # drained once the own node confirms, yet it is not told until the far
         # node confirmed (through the far controller's report).
         far.release.clear()
         first = await stop_slot(2)
