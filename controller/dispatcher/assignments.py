@@ -14,7 +14,9 @@ Drain before stop (drain.py): each network entry carries its peer-set
 version; agents confirm the versions they have in force in an extra
 heartbeat, and once every confirming node that has a stopping task's
 networks has confirmed the version without it, the task's node is told
-(Assignments.drained) that its stop signal need wait no longer.
+(Assignments.drained) that its stop signal need wait no longer. Each
+controller judges only the nodes it serves; the controllers tell each other
+which tasks are drained on their side (drain.py, drainreports.py).
 
 Every change is handled in time proportional to what it touches: a task
 change wakes the sessions of its old and new node; a network change the
@@ -24,10 +26,21 @@ scan of every session.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
-from ..drain import Drain, holds, is_stopping, starts_draining
+from ..drain import (
+    Drain,
+    awaited_controllers,
+    holds,
+    is_complete,
+    is_stopping,
+    keeps_early_report,
+    starts_draining,
+    still_awaited,
+)
 from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
 from ..peers import (
     OverlayIndex,
@@ -63,7 +76,8 @@ def task_news(old: pb.Task | None, new: pb.Task | None, node_id: str
 
 class Assignments:
     def __init__(self, cache: WatchCache, sessions: Sessions,
-                 pull_auth: PullCredentials | None = None) -> None:
+                 pull_auth: PullCredentials | None = None, identity: str = "",
+                 announce: Callable[[str], None] | None = None) -> None:
         self._cache = cache
         self._pull_auth = pull_auth  # registry credentials for the tasks sent (pullauth.py)
         self._sessions = sessions
@@ -74,6 +88,13 @@ class Assignments:
         self.peers = PeerTable()
         self.drains: dict[str, Drain] = {}  # by task id
         self.draining_for: dict[str, set[str]] = {}  # node -> its pending drains
+        # Cross-controller drains (drain.py): this controller's address in the
+        # registry, who hears of a task drained on this side (the reports to
+        # the other controllers), and reports that came before this
+        # controller's watch saw the stop (task -> controllers).
+        self._identity = identity
+        self._announce = announce or (lambda task_id: None)
+        self.early_reports: dict[str, set[str]] = {}
         # network -> nodes whose session was sent it (the reverse of sent_networks).
         self._holders: dict[str, set[str]] = {}
         # network -> the holders with nothing pending for it: a task change
@@ -82,6 +103,12 @@ class Assignments:
         # is when they send. 10,000 task starts on a 500-node network are
         # then one wake per node per message, not per change.
         self._clean: dict[str, set[str]] = {}
+        # Tasks that were stopping before this controller served: its side
+        # (no session yet) is drained at once, and the other controllers,
+        # which may wait for it (a restart under the same address), hear so.
+        for task in cache.tasks.values():
+            if starts_draining(None, task):
+                self._start_drain(task)
 
     # ------------------------------------------------------------ messages
 
@@ -252,8 +279,11 @@ class Assignments:
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(new)
-        elif not is_stopping(new) and task_id in self.drains:
-            self._forget_drain(self.drains.pop(task_id))
+        elif not is_stopping(new):
+            if task_id in self.drains:
+                self._forget_drain(self.drains.pop(task_id))
+            if task_id in self.early_reports and not keeps_early_report(new):
+                del self.early_reports[task_id]
         for node_id in {t.node_id for t in (old, new) if t is not None and t.node_id}:
             session = self._sessions.get(node_id)
             if session is None:
@@ -289,6 +319,8 @@ class Assignments:
                                            self.services, cache.nodes)
                 required[attachment.network_id] = table.version
         drain = Drain(task.id, task.node_id, required)
+        drain.controllers = awaited_controllers(
+            self._cache.controllers, self._identity, self.early_reports.pop(task.id, ()))
         # Only nodes that were sent a network can hold it (drain.holds), and
         # only nodes on it can have it waiting: no look at every session.
         nearby = {n for network_id in required
@@ -307,10 +339,10 @@ class Assignments:
         previous = self.drains.pop(task.id, None)
         if previous is not None:
             self._forget_drain(previous)
-        if drain.pending:
-            self.drains[task.id] = drain
-        else:
-            self._drained(drain)
+        self.drains[task.id] = drain
+        if not drain.pending:
+            self._announce(task.id)  # drained on this side at once
+            self._check(drain)
 
     def confirmed(self, session: Session) -> None:
         """The node confirmed versions: the drains waiting for it that it
@@ -339,8 +371,31 @@ class Assignments:
     def _node_done(self, drain: Drain, node_id: str) -> None:
         drain.pending.discard(node_id)
         if not drain.pending:
-            self.drains.pop(drain.task_id, None)
+            self._announce(drain.task_id)
+            self._check(drain)
+
+    def _check(self, drain: Drain) -> None:
+        if is_complete(drain) and self.drains.get(drain.task_id) is drain:
+            del self.drains[drain.task_id]
             self._drained(drain)
+
+    def reported(self, controller: str, task_ids: Iterable[str]) -> None:
+        """Another controller reports these tasks drained on its side."""
+        for task_id in task_ids:
+            drain = self.drains.get(task_id)
+            if drain is not None:
+                drain.controllers.discard(controller)
+                self._check(drain)
+            elif keeps_early_report(self._cache.tasks.get(task_id)):
+                self.early_reports.setdefault(task_id, set()).add(controller)
+
+    def controllers_changed(self) -> None:
+        """The registry changed: a controller that left is not waited for."""
+        live = set(self._cache.controllers)
+        for drain in list(self.drains.values()):
+            if drain.controllers:
+                drain.controllers = still_awaited(drain.controllers, live)
+                self._check(drain)
 
     def _forget_drain(self, drain: Drain) -> None:
         for node_id in drain.pending:

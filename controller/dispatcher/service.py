@@ -19,8 +19,9 @@ An agent stays with the controller it reached and moves to another only
 when that one fails; nothing is replaced if it comes back within the grace.
 A node a follower serves that the leader marks DOWN anyway (a report lost)
 has its session closed there, so its agent opens a new one and is READY
-again. Drain before stop (assignments.py) waits only for the nodes served
-by the controller of the stopping task's node.
+again. Drain before stop (drain.py, assignments.py) holds across
+controllers: each judges the nodes it serves and reports the tasks drained
+on its side to the others (drainreports.py, the internal ReportDrained).
 
 With mutual TLS the node ID is the CN of the agent's certificate: Register
 binds it (the node object gets the certificate's ID), and an agent may open
@@ -75,6 +76,7 @@ from ..payloads import PayloadServer, serve_task_payloads
 from ..pullauth import PullCredentials
 from ..store import Change, Conflict, Create, Guard, NodeChange, Store, StoreError
 from .assignments import Assignments
+from .drainreports import DrainReporter
 from .heartbeats import HEARTBEAT_MISSES, Heartbeats
 from .liveness import AliveReporter, Dial
 from .sessions import Session as NodeSession
@@ -103,6 +105,7 @@ class _ServingState:
     heartbeats: Heartbeats
     status: StatusWriter
     reporter: AliveReporter
+    drain_reports: DrainReporter
     sessions: Sessions = field(default_factory=Sessions)
     assignments: Assignments | None = None
 
@@ -167,13 +170,18 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = _ServingState(heartbeats=Heartbeats(self._clock),
                               status=StatusWriter(self._store, lambda: self._guard,
                                                   self.settings.status_flush_interval),
-                              reporter=AliveReporter(self._leadership.identity, self._dial))
-        state.assignments = Assignments(cache, state.sessions, self.pull_auth)
+                              reporter=AliveReporter(self._leadership.identity, self._dial),
+                              drain_reports=DrainReporter(self._leadership.identity, self._dial,
+                                                          lambda: cache.controllers))
+        state.assignments = Assignments(cache, state.sessions, self.pull_auth,
+                                        identity=self._leadership.identity,
+                                        announce=state.drain_reports.announce)
         self._state = state
         loops = [
             start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
             start_supervised("dispatcher-status-writer", state.status.run),
             start_supervised("dispatcher-liveness-reports", lambda: self._report_alive(state)),
+            start_supervised("dispatcher-drain-reports", state.drain_reports.run),
         ]
         try:
             await asyncio.Future()  # until cancelled
@@ -182,6 +190,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             state.sessions.close_all()
             await cancel_all(loops)
             await state.reporter.close()
+            await state.drain_reports.close()
             channels, self._log_channels = self._log_channels, {}
             for channel in channels.values():
                 await channel.close(None)
@@ -377,6 +386,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
             beat(node_id)
         return dpb.ReportAliveResponse()
 
+    async def ReportDrained(self, request: dpb.ReportDrainedRequest,
+                            context: Context) -> dpb.ReportDrainedResponse:
+        """Another controller's side of some drains is done (drain.py)."""
+        state = self._serving()
+        assert state.assignments is not None
+        state.assignments.reported(request.controller, request.task_ids)
+        return dpb.ReportDrainedResponse()
+
     # ------------------------------------------------------------ controllers
 
     def _controller_set(self) -> list[str]:
@@ -389,6 +406,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._state
         if state is None:
             return
+        if state.assignments is not None:
+            state.assignments.controllers_changed()
         for session in state.sessions.values():
             session.controllers_dirty = True
             session.wake.set()

@@ -325,6 +325,8 @@ CONTROL_PLANE_POLICY: Mapping[str, frozenset[Role]] = {
     "swarm.v1.Dispatcher": frozenset({Role.WORKER, Role.MANAGER}),
     # Controller to controller (controller/dispatcher/liveness.py).
     "/swarm.v1.Dispatcher/ReportAlive": frozenset({Role.MANAGER}),
+    # Controller to controller (controller/drain.py).
+    "/swarm.v1.Dispatcher/ReportDrained": frozenset({Role.MANAGER}),
 }
 
 

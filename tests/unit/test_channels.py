@@ -329,6 +329,9 @@ def test_control_plane_policy_names_real_services() -> None:
     # Controller to controller only: a worker's certificate cannot report nodes alive.
     assert channels.roles_for_method(channels.CONTROL_PLANE_POLICY,
                                      "/swarm.v1.Dispatcher/ReportAlive") == {Role.MANAGER}
+    # ...nor report drains (controller/drain.py).
+    assert channels.roles_for_method(channels.CONTROL_PLANE_POLICY,
+                                     "/swarm.v1.Dispatcher/ReportDrained") == {Role.MANAGER}
 
 
 @dataclass

@@ -75,6 +75,11 @@ class DispatcherStub:
                 request_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.SerializeToString,
                 response_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.FromString,
                 _registered_method=True)
+        self.ReportDrained = channel.unary_unary(
+                '/swarm.v1.Dispatcher/ReportDrained',
+                request_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedRequest.SerializeToString,
+                response_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -140,6 +145,16 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportDrained(self, request, context):
+        """Controller to controller: the stopping tasks drained on the caller's
+        side, i.e. every node it serves on their networks confirmed peer sets
+        without them (controller/drain.py). Sent to every other live controller;
+        the one serving a task's node tells it once every controller did.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +197,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.ReportAlive,
                     request_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.FromString,
                     response_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.SerializeToString,
+            ),
+            'ReportDrained': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportDrained,
+                    request_deserializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedRequest.FromString,
+                    response_serializer=swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -400,6 +420,33 @@ class Dispatcher:
             '/swarm.v1.Dispatcher/ReportAlive',
             swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveRequest.SerializeToString,
             swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportDrained(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/swarm.v1.Dispatcher/ReportDrained',
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedRequest.SerializeToString,
+            swarm_dot_api_dot_v1_dot_dispatcher__pb2.ReportDrainedResponse.FromString,
             options,
             channel_credentials,
             insecure,

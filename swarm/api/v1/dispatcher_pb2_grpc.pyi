@@ -58,6 +58,12 @@ class DispatcherStub:
     it serves beat since its last report (controller/dispatcher/liveness.py).
     Any controller but the leader refuses with FAILED_PRECONDITION.
     """
+    ReportDrained: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.ReportDrainedRequest, _dispatcher_pb2.ReportDrainedResponse]
+    """Controller to controller: the stopping tasks drained on the caller's
+    side, i.e. every node it serves on their networks confirmed peer sets
+    without them (controller/drain.py). Sent to every other live controller;
+    the one serving a task's node tells it once every controller did.
+    """
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -84,6 +90,12 @@ class DispatcherAsyncStub(DispatcherStub):
     """Controller to controller: a follower tells the leader which of the nodes
     it serves beat since its last report (controller/dispatcher/liveness.py).
     Any controller but the leader refuses with FAILED_PRECONDITION.
+    """
+    ReportDrained: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.ReportDrainedRequest, _dispatcher_pb2.ReportDrainedResponse]  # type: ignore[assignment]
+    """Controller to controller: the stopping tasks drained on the caller's
+    side, i.e. every node it serves on their networks confirmed peer sets
+    without them (controller/drain.py). Sent to every other live controller;
+    the one serving a task's node tells it once every controller did.
     """
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
@@ -156,6 +168,18 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         """Controller to controller: a follower tells the leader which of the nodes
         it serves beat since its last report (controller/dispatcher/liveness.py).
         Any controller but the leader refuses with FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportDrained(
+        self,
+        request: _dispatcher_pb2.ReportDrainedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.ReportDrainedResponse, _abc.Awaitable[_dispatcher_pb2.ReportDrainedResponse]]:
+        """Controller to controller: the stopping tasks drained on the caller's
+        side, i.e. every node it serves on their networks confirmed peer sets
+        without them (controller/drain.py). Sent to every other live controller;
+        the one serving a task's node tells it once every controller did.
         """
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
