@@ -52,6 +52,10 @@ class NetworkDependencies:
         # Why a network could not be set up on this node, by id, until it can:
         # its tasks are rejected with this reason.
         self._network_errors: dict[str, str] = {}
+        # Networks the controller no longer names that a local task still
+        # held when it said so (a task stopping): removed once none does. The
+        # controller says it once, often in the message that stops the task.
+        self._unneeded: set[str] = set()
         # Published ports (routing mesh and host mode); without it none are served.
         self.ports = ports
         # DNS and VIP load balancing for the tasks on overlay networks.
@@ -117,18 +121,21 @@ class NetworkDependencies:
 
     async def remove_unused(self, assignments: dpb.Assignments, in_use: Collection[str]) -> None:
         """Networks the controller no longer names, once no local task of ours
-        is attached (a task still stopping keeps its network; a later complete
-        set, or the agent's purge, removes it)."""
+        is attached: one a stopping task still holds is remembered and goes
+        with the message that removes the last such task."""
         if self.overlay is None:
             return
-        for network_id in networks_to_remove(self.overlay, assignments):
+        self._unneeded = pending_removals(self._unneeded, assignments,
+                                          networks_to_remove(self.overlay, assignments))
+        for network_id in sorted(self._unneeded):
             if network_id in in_use:
                 continue
             try:
                 await self.overlay.remove_network(network_id)
-            except (OverlayError, OSError) as error:
+            except (OverlayError, OSError) as error:  # tried again with the next message
                 log.error("removing overlay network %s: %s", network_id, error)
                 continue
+            self._unneeded.discard(network_id)
             self._peer_sets.forget(network_id)
             self._network_errors.pop(network_id, None)
             self._networks.pop(network_id, None)
@@ -207,3 +214,11 @@ class NetworkDependencies:
                 task.spec.container.dns_config.nameservers)
         except (DnsError, LoadBalancerError, OSError) as error:
             tlog.error("service discovery: %s", error)
+
+
+def pending_removals(pending: Collection[str], assignments: dpb.Assignments,
+                     removed: Collection[str]) -> set[str]:
+    """The networks waiting to be taken down after this message: those still
+    waiting, less any the message names again, plus those it removes."""
+    named = {entry.network.id for entry in assignments.networks}
+    return (set(pending) - named) | set(removed)

@@ -575,3 +575,39 @@ def test_a_moved_allocation_cursor_is_no_news_to_the_nodes() -> None:
     assert message is not None
     assert message.networks[0].network.spec.labels["tier"] == "front"
     assert message.networks[0].network.address_cursor == ""
+
+
+async def test_a_network_removed_while_a_stopping_task_holds_it_goes_with_that_task() -> None:
+    """The controller says a network is no longer needed once, often in the
+    message that stops the node's last task on it; the agent keeps it until
+    that task's container is gone, then takes it down with the message that
+    removes the task (the e2e scale-down left hosts holding it before)."""
+    from typing import cast
+
+    from swarm.agent.dependencies import NetworkDependencies
+    from swarm.agent.network.overlay import OverlayManager
+    from swarm.agent.runtime.base import Runtime
+
+    INCREMENTAL = dpb.Assignments.INCREMENTAL
+    overlay = RecordingOverlay()
+    deps = NetworkDependencies(cast(Runtime, None), overlay=cast(OverlayManager, overlay))
+    other = pb.Network(id="other", vni=4097, subnet="10.0.1.0/24", gateway="10.0.1.1")
+    await deps.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[
+        dpb.NetworkAssignment(network=NET), dpb.NetworkAssignment(network=other)]))
+    assert overlay.networks() == ["net", "other"]
+    stop = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, removed_networks=["other"])
+    await deps.apply(stop)
+    await deps.remove_unused(stop, in_use={"net", "other"})  # its task still stops
+    assert overlay.networks() == ["net", "other"]
+    removal = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, removed=["t1"])
+    await deps.apply(removal)
+    await deps.remove_unused(removal, in_use={"net"})
+    assert overlay.networks() == ["net"]
+    # Named again before its task went: it stays.
+    await deps.apply(dpb.Assignments(type=INCREMENTAL, networks=[dpb.NetworkAssignment(network=other)]))
+    await deps.remove_unused(dpb.Assignments(type=INCREMENTAL, removed_networks=["other"]), in_use={"other"})
+    again = dpb.Assignments(type=INCREMENTAL, networks=[dpb.NetworkAssignment(network=other)])
+    await deps.apply(again)
+    await deps.remove_unused(again, in_use={"other"})
+    await deps.remove_unused(dpb.Assignments(type=INCREMENTAL, removed=["t2"]), in_use=set())
+    assert overlay.networks() == ["net", "other"]
