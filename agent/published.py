@@ -415,8 +415,10 @@ class PublishedPorts:
     async def run(self) -> None:
         """Reconcile whenever told, and retry failed ports now and then."""
         while True:
-            await self.reconcile()
+            # Cleared before, not after: a change told while reconcile awaits
+            # (a task stopping as a port closes) is then not lost.
             self._wake.clear()
+            await self.reconcile()
             retry = self._retry_interval if self._table_failure or any(
                 k[0] in _PROXIES for k in self.failures) else None
             with contextlib.suppress(TimeoutError):
