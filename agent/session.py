@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import grpc
 
-from swarm.api.loops import cancel_all, start_supervised
+from swarm.api.loops import cancel_all, paced_pause, start_supervised
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
@@ -343,8 +343,8 @@ class AgentSession:
         while True:
             await self._pending_ready.wait()
             settings = self.settings
-            await asyncio.sleep(max(settings.status_first_pause,
-                                    sent_at + settings.status_flush_interval - time.monotonic()))
+            await asyncio.sleep(paced_pause(sent_at, settings.status_flush_interval,
+                                            settings.status_first_pause, time.monotonic()))
             sent_at = time.monotonic()
             self._pending_ready.clear()
             while self._pending:

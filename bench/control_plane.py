@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -62,6 +61,7 @@ from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
 from swarm.controller.store.cache import WatchCache
 from tests.etcd_server import EtcdServer, free_port
+from tests.processes import wait_for_port
 
 PREFIX = "/bench/"
 
@@ -200,20 +200,6 @@ def _start_follower(etcd: EtcdServer, kek_file: str, insecure: bool,
     return process, f"127.0.0.1:{port}"
 
 
-async def _listening(addr: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    host, port = addr.rsplit(":", 1)
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"controller {addr} exited with {process.returncode}")
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection(host, int(port))
-            writer.close()
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"controller {addr} is not listening after {timeout}s")
-        await asyncio.sleep(0.1)
-
 
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
               insecure: bool = False, agent_procs: int = 0,
@@ -249,7 +235,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                     followers.append(process)
                     addrs.append(follower_addr)
                 for process, follower_addr in zip(followers, addrs[1:], strict=True):
-                    await _listening(follower_addr, process)
+                    port = int(follower_addr.rsplit(":", 1)[1])
+                    await asyncio.to_thread(wait_for_port, port, process, 30.0)
             security = ["--insecure"] if insecure else [
                 "--join-token", str(controller.pki.token(pki.Role.WORKER)),
                 "--join-addr", controller.join_addr]

@@ -21,6 +21,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from swarm.api.loops import paced_pause
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..drain import NodeView
@@ -81,9 +82,9 @@ class Session:
         if not self.closed and not self.urgent:
             pause = assignment_flush
             if self.dirty_networks:
-                if not self.dirty:  # peer news alone: no placements to gather
-                    pause = NETWORK_FIRST_PAUSE
-                pause = max(pause, self.networks_sent[0] + 2 * network_flush - time.monotonic())
+                # Two messages per two windows: the one before last is the pace's mark.
+                first = pause if self.dirty else NETWORK_FIRST_PAUSE  # peer news alone: nothing to gather
+                pause = paced_pause(self.networks_sent[0], 2 * network_flush, first, time.monotonic())
             await asyncio.sleep(pause)
         self.wake.clear()
         self.urgent = False

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from swarm.api.loops import paced_pause
 from swarm.api.v1 import objects_pb2 as pb
 
 from ..store import Guard, Op, Planned, Store, StoreUnavailable, Update
@@ -52,8 +53,8 @@ class StatusWriter:
             # At most one write per flush interval, but the first after a
             # quiet spell goes at once: a task's RUNNING is what other nodes
             # wait for to find it (discovery latency).
-            await asyncio.sleep(max(_FIRST_PAUSE,
-                                    written_at + self._flush_interval - time.monotonic()))
+            await asyncio.sleep(paced_pause(written_at, self._flush_interval, _FIRST_PAUSE,
+                                            time.monotonic()))
             written_at = time.monotonic()
             pending, self.pending = self.pending, {}
             ops: list[Update] = []

@@ -11,6 +11,13 @@ from collections.abc import Awaitable, Callable, Iterable
 log = logging.getLogger(__name__)
 
 
+def paced_pause(last_sent: float, interval: float, first: float, now: float) -> float:
+    """How long a paced sender waits before its next send: at most one send
+    per `interval` after the last one, but after a quiet spell only `first`
+    (enough to gather a burst), so lone news goes out at once."""
+    return max(first, last_sent + interval - now)
+
+
 async def run_supervised(name: str, loop: Callable[[], Awaitable[None]], *,
                          restart_delay: float = 0.5, max_delay: float = 10.0) -> None:
     """Run loop() forever: a crash is logged and the loop restarted after a

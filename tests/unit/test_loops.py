@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from swarm.api.loops import cancel_all, cancel_requested, start_supervised
+from swarm.api.loops import cancel_all, cancel_requested, paced_pause, start_supervised
 
 
 class CallFailed(Exception):
@@ -98,3 +98,9 @@ async def test_cancel_all_keeps_the_callers_cancel_and_waits_for_every_task() ->
     assert caller.cancelled(), "the caller's cancel must not be swallowed"
     assert sorted(stopped) == ["a", "b"], "every task has stopped before cancel_all ends"
     assert all(task.done() for task in tasks)
+
+
+def test_paced_pause_sends_lone_news_at_once_and_a_burst_once_per_interval() -> None:
+    assert paced_pause(last_sent=0.0, interval=0.1, first=0.005, now=100.0) == 0.005  # quiet
+    assert paced_pause(last_sent=99.98, interval=0.1, first=0.005, now=100.0) == 99.98 + 0.1 - 100.0
+    assert paced_pause(last_sent=99.9, interval=0.1, first=0.005, now=100.0) == 0.005
