@@ -492,7 +492,8 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         log.warning("%s not found: tasks on overlay networks will be rejected (service "
                     "discovery needs nsenter and nftables; deploy/setup.sh installs them), and "
                     "published ports are served by the userspace proxy", tool)
-    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX), kernel=not missing)
+    ports = PublishedPorts(overlay, overlay.settings.sandbox_name(SANDBOX), kernel=not missing,
+                           local_vtep=str(overlay.settings.advertise_addr))
     worker = Worker(runtime, images, overlay=overlay, netns_path=runtime.netns_path, ports=ports,
                     discovery=discovery)
 
@@ -513,6 +514,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         services=[("log-subscriptions", LogPublisher(runtime.log_path).serve)],
         conditions=lambda: conditions_of(config.state_dir, config.conditions))
     worker.report = session.report
+    session.on_beat = ports.beat
     worker.fetch_payloads = session.task_payloads
     metrics: MetricsServer | None = None
     if config.metrics_addr:
@@ -528,6 +530,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
              start_supervised("image-gc", collector.run),
              start_supervised("log-rotation", runtime.rotate_logs_forever),
              start_supervised("published-ports", ports.run),
+             start_supervised("routing-mesh-liveness", ports.keep_live),
              start_supervised("discovery-load-balancer", discovery.run)]
     if keeper is not None:
         loops.append(start_supervised("certificate-renewal", keeper.renew_forever))

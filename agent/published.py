@@ -12,7 +12,11 @@ random READY task of the service over the overlay, masqueraded to this
 node's ingress address so the task replies over the overlay. The sandbox's
 set of backends is replaced in one transaction whenever readiness changes,
 and before set_ingress returns: once the worker confirms a drain, no node
-sends a drained task new connections.
+sends a drained task new connections. While the node is not known live
+(no heartbeat answered for mesh.LIVE_PERIODS periods: the agent died, or
+lost the controllers, who will soon mark the node DOWN and the other hosts
+forget its address), the sandbox sends connections only to this node's own
+ready tasks where it has some (mesh.py; `beat` and `keep_live`).
 
 Host mode, only where a task of the service runs: the node's table sends
 a TCP port to the task's own host link (no source NAT: the task sees the
@@ -99,6 +103,14 @@ def ready_addresses(peers: Iterable[dpb.OverlayPeer]) -> dict[str, list[str]]:
     return found
 
 
+def local_addresses(peers: Iterable[dpb.OverlayPeer], vtep: str) -> frozenset[str]:
+    """The overlay addresses of the ready tasks on the node whose VTEP is `vtep`."""
+    if not vtep:
+        return frozenset()
+    return frozenset(str(IPv4Interface(peer.address).ip) for peer in peers
+                     if peer.ready and peer.vtep == vtep)
+
+
 def ingress_backends(ready: dict[str, list[str]], service_id: str, target_port: int,
                      sandbox: str) -> list[Backend]:
     """The service's ready tasks, as reached from the ingress sandbox."""
@@ -147,7 +159,7 @@ class PublishedPorts:
 
     def __init__(self, overlay: Attacher | None, sandbox_name: str, *, host: str = "0.0.0.0",
                  loopback: str = "127.0.0.1", netns: str | None = None, kernel: bool = True,
-                 retry_interval: float = 5.0) -> None:
+                 retry_interval: float = 5.0, local_vtep: str = "") -> None:
         self._overlay = overlay
         self.sandbox = sandbox_name
         self.netns = netns
@@ -161,6 +173,14 @@ class PublishedPorts:
         self._attached: tuple[str, str] | None = None  # (network id, address) of the sandbox
         self._sandbox_address: IPv4Interface | None = None  # its end of the mesh link
         self._ready: dict[str, list[str]] = {}  # service -> ready task addresses
+        # This node's underlay address, and its ready tasks' ingress addresses:
+        # the backends the sandbox keeps while the node is not known live.
+        self._local_vtep = local_vtep
+        self._local: frozenset[str] = frozenset()
+        # How long the sandbox's remote backends last after a heartbeat
+        # (mesh.LIVE_PERIODS periods; the agent's default period until told).
+        self._live_timeout = mesh.LIVE_PERIODS * 5.0
+        self._beaten = asyncio.Event()
         self._ingress_routes: dict[PortKey, Route] = {}
         self._host_routes: dict[PortKey, Route] = {}
         self._host_links: dict[str, IPv4Interface] = {}  # task netns -> its host link address
@@ -201,6 +221,7 @@ class PublishedPorts:
                 self._attached = wanted
                 log.info("ingress sandbox %s attached as %s", self.sandbox, entry.node_address)
         self._ready = ready_addresses(peers)
+        self._local = local_addresses(peers, self._local_vtep)
         routes = ingress_routes(entry.services) if self._attached else {}
         if routes != self._ingress_routes:
             self._ingress_routes = routes
@@ -222,6 +243,7 @@ class PublishedPorts:
             return
         self._ingress_id = ""
         self._ready = {}
+        self._local = frozenset()
         self._ingress_routes = {}
         self._attached = None
         self._sandbox_address = None
@@ -272,9 +294,37 @@ class PublishedPorts:
         targets = {}
         for key, route in self._ingress_routes.items():
             if self.in_kernel(key):
-                targets[key] = mesh.IngressTarget(route.target_port, tuple(sorted(
-                    IPv4Address(a) for a in self._ready.get(route.service_id, ()))))
+                backends = tuple(sorted(IPv4Address(a)
+                                        for a in self._ready.get(route.service_id, ())))
+                targets[key] = mesh.IngressTarget(route.target_port, backends, tuple(
+                    b for b in backends if str(b) in self._local))
         return targets
+
+    # ------------------------------------------------------------ liveness
+
+    def beat(self, period: float) -> None:
+        """A heartbeat the controllers answered (the session's on_beat): the
+        sandbox's remote backends are renewed for mesh.LIVE_PERIODS periods
+        (by keep_live; the heartbeat loop never waits for nft)."""
+        self._live_timeout = mesh.LIVE_PERIODS * period
+        self._beaten.set()
+
+    async def keep_live(self) -> None:
+        """Renew the sandbox's liveness after each heartbeat (a supervised
+        loop beside run): while this runs and the controllers answer, the
+        sandbox picks any ready backend; else, within LIVE_PERIODS heartbeat
+        periods, only this node's (mesh.py's notes)."""
+        while True:
+            await self._beaten.wait()
+            self._beaten.clear()
+            async with self._sandbox_lock:
+                if not self._sandbox_script or not mesh.guarded(self._sandbox_backends):
+                    continue
+                try:
+                    await mesh.apply(str(netns_path(self.sandbox)),
+                                     mesh.renew_live(self._live_timeout))
+                except mesh.MeshError as error:
+                    log.warning("routing mesh: renewing the sandbox's liveness: %s", error)
 
     # ------------------------------------------------------------ the kernel's tables
 
@@ -285,9 +335,9 @@ class PublishedPorts:
             if self._sandbox_address is None:
                 return
             targets = self._sandbox_targets()
-            script = mesh.sandbox_ruleset(targets)
-            if script == self._sandbox_script:
-                return
+            if self._sandbox_script and targets == self._sandbox_backends:
+                return  # (a new liveness timeout alone waits for the next renewal)
+            script = mesh.sandbox_ruleset(targets, self._live_timeout)
             sandbox = str(netns_path(self.sandbox))
             try:
                 await mesh.apply(sandbox, script)

@@ -77,10 +77,17 @@ class SessionSettings:
     backoff_max: float = 5.0
     # Reports go at most this often (a burst is one call; the controller
     # coalesces its writes over about the same 20 ms), but the first one after
-    # a quiet spell waits only status_first_pause: a task's RUNNING is what
-    # other nodes wait for to find it (discovery latency). Was 0.1 for both.
+    # a quiet spell waits only status_first_pause when it carries news others
+    # wait for (RUNNING: other nodes find the task by it; an end: its
+    # replacement), and status_progress_pause when it carries only a task's
+    # way there (ACCEPTED ... STARTING): a STARTING sent just before the
+    # RUNNING would hold the RUNNING back by a whole interval, while one still
+    # waiting when the RUNNING comes is replaced by it (one report, sent
+    # status_first_pause later). The agent's message rate stays at most one
+    # per status_flush_interval (swarm.api.loops.paced_pause).
     status_flush_interval: float = 0.02
     status_first_pause: float = 0.005
+    status_progress_pause: float = 0.1
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).
@@ -135,6 +142,7 @@ class AgentSession:
         self.conditions = conditions or (lambda: ())
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_ready = asyncio.Event()
+        self._news_ready = asyncio.Event()  # a pending report others wait for (see report)
         self.connected = asyncio.Event()
         self.session_id = ""
         self.serving = ""  # the controller of the open session
@@ -144,6 +152,9 @@ class AgentSession:
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
         self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
+        # Called with the period after each heartbeat a controller answered
+        # (the routing mesh's liveness: agent.published.PublishedPorts.beat).
+        self.on_beat: Callable[[float], None] = lambda period: None
 
     # ------------------------------------------------------------ reporting
 
@@ -151,6 +162,8 @@ class AgentSession:
         """Queue a status; the latest one per task wins."""
         self._pending[task_id] = status
         self._pending_ready.set()
+        if status.state >= pb.RUNNING:
+            self._news_ready.set()
 
     # ------------------------------------------------------------ payloads
 
@@ -335,16 +348,32 @@ class AgentSession:
                                      conditions=sorted(self.conditions())),
                 timeout=max(period, 1.0))
             period = response.period.ToNanoseconds() / 1e9 or period
+            self.on_beat(period)
             # Beat a little faster than the period so one late beat is not a miss.
             await asyncio.sleep(period * 0.8)
+
+    def _status_pause(self, sent_at: float) -> float:
+        """How long the pending reports wait (SessionSettings' notes)."""
+        settings = self.settings
+        news = any(status.state >= pb.RUNNING for status in self._pending.values())
+        return paced_pause(sent_at, settings.status_flush_interval,
+                           settings.status_first_pause if news else settings.status_progress_pause,
+                           time.monotonic())
 
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
         sent_at = 0.0
         while True:
             await self._pending_ready.wait()
-            settings = self.settings
-            await asyncio.sleep(paced_pause(sent_at, settings.status_flush_interval,
-                                            settings.status_first_pause, time.monotonic()))
+            deadline = time.monotonic() + self._status_pause(sent_at)
+            while (left := deadline - time.monotonic()) > 0:
+                # Cut short by news others wait for (a RUNNING after a STARTING).
+                self._news_ready.clear()
+                waiter = asyncio.ensure_future(self._news_ready.wait())
+                try:
+                    await asyncio.wait({waiter}, timeout=left)
+                finally:
+                    waiter.cancel()
+                deadline = min(deadline, time.monotonic() + self._status_pause(sent_at))
             sent_at = time.monotonic()
             self._pending_ready.clear()
             while self._pending:

@@ -21,6 +21,19 @@ crossing the agent.
   the way it came. Connections stay with their backend while conntrack
   remembers them: a task drained out of the set (drain before stop) keeps
   the connections it has and gets no new ones.
+* A host whose agent is dead (or cut off from the controllers) keeps its
+  tables, but the other hosts forget it once the controllers mark it DOWN
+  (three missed heartbeats): its ingress address leaves their neighbour
+  tables, so a task there can no longer answer a connection this sandbox
+  masqueraded. So a port with backends both here and elsewhere has two
+  rules: all its backends while the set `live` holds an element, then this
+  node's own (whose containers outlive the agent, and which answer over the
+  local bridge). Each heartbeat the controllers answer renews the element
+  (`renew_live`), which expires LIVE_PERIODS heartbeat periods after the
+  last one -- before the controllers give up on the node, so the kernel
+  stops choosing remote backends before they stop being reachable, with no
+  agent alive to say so. A port whose backends all run elsewhere keeps them
+  (nothing better is left); one whose backends all run here needs no guard.
 * Every change of a table is one `nft -f -` transaction (add the table,
   delete it, define it again: see lb.py), so no packet meets a half-made set.
   When a UDP backend leaves, its conntrack entries in the sandbox go (as lb
@@ -123,12 +136,28 @@ class HostTarget:
     target_port: int
 
 
+LIVE_SET = "live"
+# The sandbox's remote backends expire this many heartbeat periods after the
+# last heartbeat the controllers answered: before they mark the node DOWN
+# (after 3) and the other hosts forget its address, yet past two missed beats
+# (the agent beats every 0.8 period).
+LIVE_PERIODS = 2.5
+
+
 @dataclass(frozen=True)
 class IngressTarget:
-    """An ingress port's backends as the sandbox reaches them."""
+    """An ingress port's backends as the sandbox reaches them; `local`: those
+    running on this node (they outlive the agent: see the module's notes)."""
 
     target_port: int
     backends: tuple[IPv4Address, ...]
+    local: tuple[IPv4Address, ...] = ()
+
+    def fallback(self) -> tuple[IPv4Address, ...]:
+        """The backends kept once the node's liveness lapses: its own, when
+        it has some and others too; () when no guard is needed."""
+        local = set(self.local) & set(self.backends)
+        return tuple(sorted(local)) if local and len(local) < len(set(self.backends)) else ()
 
 
 def _choice(addresses: Iterable[IPv4Address], port: int) -> str:
@@ -192,18 +221,41 @@ def node_ruleset(table: str, ingress: Iterable[PortKey], sandbox: IPv4Address | 
     return _replace(table, chains)
 
 
-def sandbox_ruleset(ports: Mapping[PortKey, IngressTarget]) -> str:
+def _live_elements(timeout: float) -> str:
+    ms = max(1, round(timeout * 1000))
+    return f"tcp timeout {ms}ms, udp timeout {ms}ms"
+
+
+def guarded(ports: Mapping[PortKey, IngressTarget]) -> bool:
+    """Whether any port's rules depend on the node's liveness (renew_live)."""
+    return any(target.fallback() for target in ports.values())
+
+
+def sandbox_ruleset(ports: Mapping[PortKey, IngressTarget], live_timeout: float) -> str:
     """The sandbox's table: each ingress port coming in from the node to a
     ready task (none ready: no rule, and the sandbox itself refuses, a
-    reset or port unreachable), masquerade on the overlay, and the TCP MSS
-    clamped to the overlay's MTU (a client's 1460 would not fit VXLAN)."""
+    reset or port unreachable) -- to any while the node is live, to its own
+    after that (IngressTarget.fallback) --, masquerade on the overlay, and
+    the TCP MSS clamped to the overlay's MTU (a client's 1460 would not fit
+    VXLAN). The liveness element starts with `live_timeout` seconds."""
     rules: list[str] = []
     for (protocol, port), target in sorted(ports.items()):
         word = _PROTOCOLS.get(protocol)
-        if word is not None and target.backends:
-            rules.append(f"    iifname {SANDBOX_IFNAME} {word} dport {port} dnat to "
-                         f"{_choice(target.backends, target.target_port)}")
+        if word is None or not target.backends:
+            continue
+        head = f"    iifname {SANDBOX_IFNAME} {word} dport {port}"
+        every = _choice(target.backends, target.target_port)
+        fallback = target.fallback()
+        if fallback:
+            rules.append(f"{head} meta l4proto @{LIVE_SET} dnat to {every}")
+            rules.append(f"{head} dnat to {_choice(fallback, target.target_port)}")
+        else:
+            rules.append(f"{head} dnat to {every}")
     return _replace(SANDBOX_TABLE, [
+        f"  set {LIVE_SET} {{",
+        "    type inet_proto; flags timeout;",
+        f"    elements = {{ {_live_elements(live_timeout)} }}",
+        "  }",
         "  chain prerouting {",
         f"    type nat hook prerouting priority {_NAT_PRIORITY}; policy accept;",
         *rules,
@@ -217,6 +269,12 @@ def sandbox_ruleset(ports: Mapping[PortKey, IngressTarget]) -> str:
         "    tcp flags syn / syn,rst tcp option maxseg size set rt mtu",
         "  }",
     ])
+
+
+def renew_live(timeout: float) -> str:
+    """The transaction that renews the sandbox's liveness for `timeout` seconds."""
+    return (f"flush set ip {SANDBOX_TABLE} {LIVE_SET}\n"
+            f"add element ip {SANDBOX_TABLE} {LIVE_SET} {{ {_live_elements(timeout)} }}\n")
 
 
 # ---------------------------------------------------------------- I/O

@@ -96,6 +96,9 @@ class HACluster:
                                 agent_args=self.agent_args, node_disk_bytes=self.node_disk_bytes)
         first = self.state.controller_addrs[0]
         host, port = first.rsplit(":", 1)
+        if not self.sim_nodes:
+            self.wait(lambda: self._ready_nodes() == self.hosts, 60, "nodes ready")
+            return
         token = self.call(lambda: cluster.worker_token(self.state_))
         argv = [sys.executable, "-m", "swarm.agent.simulated", "--nodes", str(self.sim_nodes),
                 "--hostname-prefix", "sim", "--controller", first,

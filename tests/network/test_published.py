@@ -292,6 +292,67 @@ async def test_ingress_port_reaches_ready_tasks_on_other_hosts_over_the_overlay(
     await assert_nothing_left(ports)
 
 
+async def test_a_node_not_known_live_sends_connections_to_its_own_tasks_only(
+        hosts3: Hosts) -> None:
+    """The routing mesh of a node whose agent died (or lost the controllers):
+    while heartbeats are answered the sandbox picks any ready task; the
+    beats stop, and within mesh.LIVE_PERIODS periods it picks only the
+    tasks on its own node (the others' hosts forget this node once it is
+    marked DOWN, so theirs could not answer), without any agent acting; the
+    next beat brings the others back. Nothing is refused meanwhile."""
+    managers = [manager(hosts3, host) for host in hosts3]
+    for mgr in managers:
+        await mgr.ensure_network(NET)
+    t1, t2 = await new_task(hosts3, hosts3[0], 2), await new_task(hosts3, hosts3[1], 3)
+    for mgr, task in ((managers[0], t1), (managers[1], t2)):
+        await mgr.attach(task.path, NET, task.address, default_route=True)
+        await start_named_echo(hosts3, task.netns, task.netns)
+    node1 = "10.20.0.4/24"
+    sandbox_peer = dpb.OverlayPeer(task_id="node:h1", address=node1, vtep=str(hosts3[0].ip),
+                                   mac=mac_for_ip(node1))
+    all_peers = [peer(t1), peer(t2), sandbox_peer]
+    for mgr in managers:
+        await mgr.set_peers(NET, [t1.peer(), t2.peer(),
+                                  Peer.create("10.20.0.4", str(hosts3[0].ip))])
+    port = free_port()
+    node, client, there = hosts3[0].netns, hosts3[2].netns, str(hosts3[0].ip)
+    ports = PublishedPorts(managers[0], managers[0].settings.sandbox_name("ingress"),
+                           netns=node, local_vtep=str(hosts3[0].ip))
+    period = 0.4  # live for 1 s after a beat
+    loops = [asyncio.create_task(ports.run()), asyncio.create_task(ports.keep_live())]
+
+    async def answering(rounds: int = 24) -> set[str]:
+        seen = set()
+        for _ in range(rounds):
+            name, echoed = await asyncio.to_thread(exchange, client, there, port, b"ping")
+            assert echoed == b"ping"
+            seen.add(name)
+        return seen
+
+    try:
+        ports.beat(period)
+        await ports.set_ingress(ingress_entry(NET, node1, port, all_peers), all_peers)
+        await ports.reconcile()
+        assert await answering() == {t1.netns, t2.netns}
+        await asyncio.sleep(mesh.LIVE_PERIODS * period + 0.2)  # no beat: liveness lapses
+        assert await answering() == {t1.netns}
+        ports.beat(period)
+        await asyncio.sleep(0.3)  # keep_live renews the set
+        assert await answering() == {t1.netns, t2.netns}
+        # A task only elsewhere stays chosen whatever the liveness (nothing
+        # better is left); the rule has no guard.
+        elsewhere = [peer(t1, ready=False), peer(t2), sandbox_peer]
+        await ports.set_ingress(ingress_entry(NET, node1, port, elsewhere), elsewhere)
+        await asyncio.sleep(mesh.LIVE_PERIODS * period + 0.2)
+        assert await answering(8) == {t2.netns}
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await ports.close()
+    await assert_nothing_left(ports)
+
+
 async def test_host_mode_port_reaches_the_task_with_the_clients_address(
         hosts2: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
     """mode=host: the kernel sends the port straight into the task's

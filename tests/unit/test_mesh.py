@@ -62,7 +62,7 @@ def test_the_sandbox_balances_over_ready_tasks_and_masquerades_on_the_overlay() 
                                                   IPv4Address("10.0.0.3"))),
              (UDP, 53): mesh.IngressTarget(53, (IPv4Address("10.0.0.7"),)),
              (TCP, 81): mesh.IngressTarget(8081, ())}  # none ready: the sandbox refuses
-    script = mesh.sandbox_ruleset(ports)
+    script = mesh.sandbox_ruleset(ports, 5.0)
     rules = [line.strip() for line in script.splitlines() if "dport" in line]
     assert rules == [
         "iifname mesh0 tcp dport 80 dnat to numgen random mod 2 map "
@@ -71,7 +71,33 @@ def test_the_sandbox_balances_over_ready_tasks_and_masquerades_on_the_overlay() 
     ]
     assert "oifname eth0 masquerade" in script
     assert "tcp option maxseg size set rt mtu" in script
-    assert mesh.sandbox_ruleset({}).count("dnat") == 0
+    assert mesh.sandbox_ruleset({}, 5.0).count("dnat") == 0
+    assert "@live" not in script  # no backend here and elsewhere: no guard
+    assert not mesh.guarded(ports)
+
+
+def test_while_the_node_is_not_known_live_the_sandbox_keeps_its_own_backends() -> None:
+    """A port with backends here and elsewhere: all of them while the set
+    `live` has its element (renewed on each heartbeat), then only this
+    node's; all here or all elsewhere: one rule, no guard."""
+    here, there = IPv4Address("10.0.0.3"), IPv4Address("10.0.0.9")
+    ports = {(TCP, 80): mesh.IngressTarget(8080, (here, there), (here,)),
+             (TCP, 81): mesh.IngressTarget(8081, (here,), (here,)),
+             (UDP, 82): mesh.IngressTarget(8082, (there,), ())}
+    script = mesh.sandbox_ruleset(ports, 5.0)
+    rules = [line.strip() for line in script.splitlines() if "dport" in line]
+    assert rules == [
+        "iifname mesh0 tcp dport 80 meta l4proto @live dnat to numgen random mod 2 map "
+        "{ 0 : 10.0.0.3, 1 : 10.0.0.9 }:8080",
+        "iifname mesh0 tcp dport 80 dnat to 10.0.0.3:8080",
+        "iifname mesh0 tcp dport 81 dnat to 10.0.0.3:8081",
+        "iifname mesh0 udp dport 82 dnat to 10.0.0.9:8082",
+    ]
+    assert "elements = { tcp timeout 5000ms, udp timeout 5000ms }" in script
+    assert mesh.guarded(ports)
+    assert mesh.renew_live(2.5) == (
+        "flush set ip swarm-mesh live\n"
+        "add element ip swarm-mesh live { tcp timeout 2500ms, udp timeout 2500ms }\n")
 
 
 @given(st.text(min_size=1, max_size=80), st.integers(0, 5))
