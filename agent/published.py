@@ -181,6 +181,11 @@ class PublishedPorts:
         # (mesh.LIVE_PERIODS periods; the agent's default period until told).
         self._live_timeout = mesh.LIVE_PERIODS * 5.0
         self._beaten = asyncio.Event()
+        # Set once the worker has told what it was assigned: until then the
+        # tables a previous agent left stay as they are (a restarted agent
+        # that reconciled at once would take every port away until its first
+        # assignment came, refusing connections meanwhile).
+        self._assigned = asyncio.Event()
         self._ingress_routes: dict[PortKey, Route] = {}
         self._host_routes: dict[PortKey, Route] = {}
         self._host_links: dict[str, IPv4Interface] = {}  # task netns -> its host link address
@@ -254,6 +259,9 @@ class PublishedPorts:
         self._wake.set()
 
     def set_host_routes(self, routes: dict[PortKey, Route]) -> None:
+        """This node's host-mode ports (the worker calls it after applying
+        each message, the first included: from then on `run` reconciles)."""
+        self._assigned.set()
         if routes != self._host_routes:
             self._host_routes = routes
             self._wake.set()
@@ -463,7 +471,9 @@ class PublishedPorts:
                      " (and in the kernel)" if self.in_kernel(key) else "")
 
     async def run(self) -> None:
-        """Reconcile whenever told, and retry failed ports now and then."""
+        """Reconcile whenever told (once the first assignment is known), and
+        retry failed ports now and then."""
+        await self._assigned.wait()
         while True:
             # Cleared before, not after: a change told while reconcile awaits
             # (a task stopping as a port closes) is then not lost.
