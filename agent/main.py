@@ -53,8 +53,12 @@ ready task of the service on any node; host-mode ports only where a task
 runs, straight to the task (which sees the client's address). The userspace
 proxy serves connections from this node to 127.0.0.1, ports with
 proxy-protocol=v2, and every port when nft is missing; a port it cannot
-listen on is logged and retried. Stopping the agent removes its table (no
-published port is served until it runs again); purge removes it too.
+listen on is logged and retried. Stopping the agent leaves the kernel's
+tables (the routing mesh serves on through an upgrade, as the containers
+run on; only the loopback proxy stops), and so does a crash: while no
+agent renews the sandbox's liveness, it sends connections to this node's
+own tasks only, after mesh.LIVE_PERIODS heartbeat periods (agent/network/
+mesh.py). The next agent takes the tables over; purge removes them.
 
 The cgroup parent (and the network-namespace prefix derived from it) comes
 from the state dir's path unless --cgroup-parent says otherwise, so several
@@ -544,7 +548,7 @@ async def run(config: AgentConfig, stop: asyncio.Event | None = None) -> None:
         if metrics is not None:
             await metrics.stop()
         await cancel_all(loops)
-        await ports.close()
+        await ports.close(keep_kernel=True)  # the mesh serves on while no agent runs
         if keeper is not None:
             await keeper.close()
         await worker.close()

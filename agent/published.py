@@ -484,16 +484,20 @@ class PublishedPorts:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), retry)
 
-    async def close(self) -> None:
-        """Close every listener and connection, remove the node's table and
-        the mesh link (the sandbox stays: the next agent reuses it; purge
-        removes it). Host links go with their tasks' namespaces."""
+    async def close(self, *, keep_kernel: bool = False) -> None:
+        """Close every listener and connection, and remove the node's table
+        and the mesh link (the sandbox stays: the next agent reuses it; purge
+        removes it) unless `keep_kernel`: an agent that stops (an upgrade, a
+        restart) leaves the kernel forwarding, as its containers keep
+        running; the next agent takes the tables over, and until it does the
+        sandbox's liveness lapses as after a crash (mesh.py). Host links go
+        with their tasks' namespaces."""
         async with self._reconciling:
             proxies, self._proxies = list(self._proxies.values()), {}
             self._proxy_kinds = {}
             for proxy in proxies:
                 await proxy.close()
-            if self.kernel:
+            if self.kernel and not keep_kernel:
                 await remove_kernel_state(self.netns, self.sandbox)
                 self._node_script = ""
                 self._attached = None

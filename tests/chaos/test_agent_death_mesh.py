@@ -29,6 +29,7 @@ import pytest
 
 from bench.load import Load, Target
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev.daemons import alive
 from tests.chaos.harness import HACluster, require_root
 
 SUBNET = "192.168.168.0/24"  # this module's alone
@@ -109,4 +110,24 @@ def test_agent_killed_and_restarted_by_its_supervisor(three: HACluster) -> None:
     assert three.down_nodes() == []
     assert three.container_pids("again") == pids
     three.remove("again")
+    assert load.total().failures == 0, load.report()
+
+
+def test_agent_stopped_and_started_again_an_upgrade(three: HACluster) -> None:
+    """SIGTERM (`systemctl restart`, an upgrade), a new agent RestartSec
+    later: the containers keep running and so does the routing mesh: no
+    request fails on any host while no agent runs on h1."""
+    targets = _spread(three, "upgrade")
+    pids = three.container_pids("upgrade")
+    with Load(targets, interval=0.05, timeout=2.0, max_seconds=60, max_requests=2000) as load:
+        time.sleep(1)
+        three.signal("agent h1", signal.SIGTERM)
+        three.wait(lambda: not alive(three.daemon("agent h1")), 15, "agent h1 stopped")
+        time.sleep(RESTART_SEC)
+        three.restart("agent h1")
+        time.sleep(6)
+    print("agent stopped and started:", _by_host(load), load.report())
+    assert three.down_nodes() == []
+    assert three.container_pids("upgrade") == pids
+    three.remove("upgrade")
     assert load.total().failures == 0, load.report()
