@@ -11,7 +11,13 @@ import pytest
 from swarm.agent.network import OverlaySettings
 from swarm.agent.network.model import is_network_id
 from swarm.agent.network.proxy import Backend, pick
-from swarm.agent.published import host_routes, ingress_backends, ingress_routes, ready_addresses
+from swarm.agent.published import (
+    host_routes,
+    ingress_backends,
+    ingress_routes,
+    local_addresses,
+    ready_addresses,
+)
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.allocator.ingress import (
@@ -253,6 +259,13 @@ def test_listeners_and_backends_follow_services_readiness_and_running_tasks() ->
              dpb.OverlayPeer(task_id="t3", address="10.0.0.5/24", service_id="api", ready=True)]
     assert ingress_backends(ready_addresses(peers), "web", 80, "/run/netns/sb") == [
         Backend("/run/netns/sb", "10.0.0.3", 80)]
+    # The node's own ready tasks (by VTEP): kept when its liveness lapses.
+    for peer, vtep in zip(peers, ["192.0.2.1", "192.0.2.1", "192.0.2.1", "192.0.2.2"],
+                          strict=True):
+        peer.vtep = vtep
+    assert local_addresses(peers, "192.0.2.1") == {"10.0.0.3"}
+    assert local_addresses(peers, "192.0.2.2") == {"10.0.0.5"}
+    assert local_addresses(peers, "") == set()
 
     def task(task_id: str, *addresses: str) -> pb.Task:
         result = pb.Task(id=task_id)
