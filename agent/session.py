@@ -76,22 +76,36 @@ class SessionSettings:
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
     # Reports go at most this often (a burst is one call; the controller
-    # coalesces its writes over about the same 20 ms), but the first one after
-    # a quiet spell waits only status_first_pause when it carries news others
-    # wait for (RUNNING: other nodes find the task by it; an end: its
-    # replacement), and status_progress_pause when it carries only a task's
-    # way there (ACCEPTED ... STARTING): a STARTING sent just before the
-    # RUNNING would hold the RUNNING back by a whole interval, while one still
-    # waiting when the RUNNING comes is replaced by it (one report, sent
-    # status_first_pause later). The agent's message rate stays at most one
-    # per status_flush_interval (swarm.api.loops.paced_pause).
+    # coalesces its writes over about the same 20 ms): see status_due.
     status_flush_interval: float = 0.02
     status_first_pause: float = 0.005
     status_progress_pause: float = 0.1
+    status_progress_max: float = 1.0
     status_batch_max: int = 500
     # How long a confirmation of applied networks waits for the load
     # balancers; past it nothing is confirmed (the drain's bound applies).
     settle_timeout: float = 5.0
+
+
+def status_due(settings: SessionSettings, *, now: float, sent_at: float, waiting_since: float,
+               news_at: float | None, progress_at: float) -> float:
+    """When the pending status reports go (monotonic): at most one call per
+    status_flush_interval after the last (`sent_at`; the one pacing rule,
+    swarm.api.loops.paced_pause), and then
+    * news others wait for (a RUNNING: other nodes find the task by it; an
+      end: its replacement), reported at `news_at`: status_first_pause later;
+    * a task's way there only (ACCEPTED ... STARTING): status_progress_pause
+      after the latest such report (`progress_at`), at most
+      status_progress_max after the first (`waiting_since`). A STARTING is
+      then still waiting when its RUNNING comes, and replaced by it: one
+      report, not a STARTING whose call holds the RUNNING back by an
+      interval (and the controller's status write the same way)."""
+    if news_at is not None:
+        first = news_at + settings.status_first_pause
+    else:
+        first = min(progress_at + settings.status_progress_pause,
+                    waiting_since + settings.status_progress_max)
+    return now + paced_pause(sent_at, settings.status_flush_interval, first - now, now)
 
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
@@ -142,7 +156,11 @@ class AgentSession:
         self.conditions = conditions or (lambda: ())
         self._pending: dict[str, pb.TaskStatus] = {}
         self._pending_ready = asyncio.Event()
-        self._news_ready = asyncio.Event()  # a pending report others wait for (see report)
+        # When the first pending report others wait for came (None: none is
+        # pending), and the latest report (status_due).
+        self._news_at: float | None = None
+        self._reported_at = 0.0
+        self._news_ready = asyncio.Event()
         self.connected = asyncio.Event()
         self.session_id = ""
         self.serving = ""  # the controller of the open session
@@ -162,7 +180,10 @@ class AgentSession:
         """Queue a status; the latest one per task wins."""
         self._pending[task_id] = status
         self._pending_ready.set()
+        self._reported_at = time.monotonic()
         if status.state >= pb.RUNNING:
+            if self._news_at is None:
+                self._news_at = self._reported_at
             self._news_ready.set()
 
     # ------------------------------------------------------------ payloads
@@ -352,29 +373,26 @@ class AgentSession:
             # Beat a little faster than the period so one late beat is not a miss.
             await asyncio.sleep(period * 0.8)
 
-    def _status_pause(self, sent_at: float) -> float:
-        """How long the pending reports wait (SessionSettings' notes)."""
-        settings = self.settings
-        news = any(status.state >= pb.RUNNING for status in self._pending.values())
-        return paced_pause(sent_at, settings.status_flush_interval,
-                           settings.status_first_pause if news else settings.status_progress_pause,
-                           time.monotonic())
-
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
         sent_at = 0.0
         while True:
             await self._pending_ready.wait()
-            deadline = time.monotonic() + self._status_pause(sent_at)
-            while (left := deadline - time.monotonic()) > 0:
-                # Cut short by news others wait for (a RUNNING after a STARTING).
+            since = time.monotonic()
+            if self._news_at is None and any(s.state >= pb.RUNNING for s in self._pending.values()):
+                self._news_at = since  # re-reported at a new session
+            while (left := status_due(self.settings, now=time.monotonic(), sent_at=sent_at,
+                                      waiting_since=since, news_at=self._news_at,
+                                      progress_at=self._reported_at) - time.monotonic()) > 0:
+                # Cut short by news (a RUNNING after a STARTING); a progress
+                # report meanwhile moves the time on (status_due).
                 self._news_ready.clear()
                 waiter = asyncio.ensure_future(self._news_ready.wait())
                 try:
                     await asyncio.wait({waiter}, timeout=left)
                 finally:
                     waiter.cancel()
-                deadline = min(deadline, time.monotonic() + self._status_pause(sent_at))
             sent_at = time.monotonic()
+            self._news_at = None
             self._pending_ready.clear()
             while self._pending:
                 batch = dict(list(self._pending.items())[: self.settings.status_batch_max])

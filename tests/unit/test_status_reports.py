@@ -3,8 +3,9 @@ what goes in which UpdateTaskStatus call, and when. A recording stub stands
 in for the controller; the session's real flush loop runs on the real clock.
 
 A task's way to RUNNING (ACCEPTED ... STARTING) is news nobody waits for and
-waits up to status_progress_pause; a RUNNING that comes meanwhile replaces
-the STARTING and goes status_first_pause later: the STARTING sent just
+waits status_progress_pause after the latest such report (at most
+status_progress_max after the first); a RUNNING that comes meanwhile
+replaces the STARTING and goes status_first_pause later: the STARTING sent just
 before the RUNNING no longer holds it back by a flush interval (discovery
 latency). The rate stays at most one call per status_flush_interval.
 """
@@ -15,12 +16,15 @@ import asyncio
 import itertools
 import time
 
-from swarm.agent.session import AgentSession, SessionSettings, insecure_channels
+from hypothesis import given
+from hypothesis import strategies as st
+
+from swarm.agent.session import AgentSession, SessionSettings, insecure_channels, status_due
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
 SETTINGS = SessionSettings(status_flush_interval=0.05, status_first_pause=0.005,
-                           status_progress_pause=0.3)
+                           status_progress_pause=0.3, status_progress_max=2.0)
 
 
 class _Worker:
@@ -96,3 +100,41 @@ async def test_a_burst_of_news_is_still_one_call_per_interval() -> None:
     finally:
         flush.cancel()
         await asyncio.gather(flush, return_exceptions=True)
+
+
+async def test_a_starting_just_before_the_progress_is_due_waits_for_its_running() -> None:
+    """PREPARING, then STARTING just before the PREPARING would go: the
+    STARTING moves the time on, so the RUNNING that follows replaces it."""
+    session, stub = _session(), _Stub()
+    flush = asyncio.create_task(session._flush_statuses(stub))  # type: ignore[arg-type]
+    try:
+        session.report("t1", pb.TaskStatus(state=pb.PREPARING))
+        await asyncio.sleep(0.25)
+        session.report("t1", pb.TaskStatus(state=pb.STARTING))
+        await asyncio.sleep(0.1)  # past the PREPARING's 0.3 s
+        assert stub.calls == []
+        session.report("t1", pb.TaskStatus(state=pb.RUNNING))
+        running = time.monotonic()
+        await stub.calls_made(1)
+        assert stub.calls[0][1] == {"t1": pb.RUNNING}
+        assert stub.calls[0][0] - running < 0.03
+    finally:
+        flush.cancel()
+        await asyncio.gather(flush, return_exceptions=True)
+
+
+times = st.floats(0, 10, allow_nan=False)
+
+
+@given(now=times, sent_at=times, since=times, news=st.none() | times, progress=times)
+def test_status_due_keeps_the_pace_and_never_waits_past_its_bounds(
+        now: float, sent_at: float, since: float, news: float | None, progress: float) -> None:
+    due = status_due(SETTINGS, now=now, sent_at=sent_at, waiting_since=since, news_at=news,
+                     progress_at=progress)
+    paced = sent_at + SETTINGS.status_flush_interval
+    assert due >= paced - 1e-9  # never two calls within an interval
+    if news is not None:  # news: its first pause, or the pace
+        assert due <= max(news + SETTINGS.status_first_pause, paced) + 1e-9
+    else:  # progress: its pause after the latest, never past the cap after the first
+        assert due <= max(progress + SETTINGS.status_progress_pause, paced) + 1e-9
+        assert due <= max(since + SETTINGS.status_progress_max, paced) + 1e-9
