@@ -299,7 +299,8 @@ async def test_a_node_not_known_live_sends_connections_to_its_own_tasks_only(
     beats stop, and within mesh.LIVE_PERIODS periods it picks only the
     tasks on its own node (the others' hosts forget this node once it is
     marked DOWN, so theirs could not answer), without any agent acting; the
-    next beat brings the others back. Nothing is refused meanwhile."""
+    next beat brings the others back. Nothing is refused meanwhile, nor
+    while the agent is stopped and the next one starts."""
     managers = [manager(hosts3, host) for host in hosts3]
     for mgr in managers:
         await mgr.ensure_network(NET)
@@ -345,6 +346,24 @@ async def test_a_node_not_known_live_sends_connections_to_its_own_tasks_only(
         await ports.set_ingress(ingress_entry(NET, node1, port, elsewhere), elsewhere)
         await asyncio.sleep(mesh.LIVE_PERIODS * period + 0.2)
         assert await answering(8) == {t2.netns}
+        # The agent stops (an upgrade): the kernel serves on. The next agent
+        # leaves the tables as they are until it knows its assignment.
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await ports.close(keep_kernel=True)
+        assert await answering(4) == {t2.netns}
+        ports = PublishedPorts(managers[0], managers[0].settings.sandbox_name("ingress"),
+                               netns=node, local_vtep=str(hosts3[0].ip))
+        loops = [asyncio.create_task(ports.run()), asyncio.create_task(ports.keep_live())]
+        await asyncio.sleep(0.3)
+        assert f"dport {port} dnat to" in await mesh.listing(node, ports.table)
+        assert await answering(4) == {t2.netns}
+        await ports.set_ingress(ingress_entry(NET, node1, port, all_peers), all_peers)
+        ports.set_host_routes({})
+        ports.beat(period)
+        await asyncio.sleep(0.3)
+        assert await answering() == {t1.netns, t2.netns}
     finally:
         for loop in loops:
             loop.cancel()
