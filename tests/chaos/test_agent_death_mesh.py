@@ -29,6 +29,7 @@ import pytest
 
 from bench.load import Load, Target
 from swarm.api.v1 import objects_pb2 as pb
+from swarm.cli.dev import cluster
 from swarm.cli.dev.daemons import alive
 from tests.chaos.harness import HACluster, require_root
 
@@ -95,20 +96,47 @@ def test_agent_killed_until_its_node_is_down_the_mesh_keeps_answering(three: HAC
     assert load.total().failures == 0, load.report()
 
 
+def _log_lines_after(three: HACluster, role: str, offset: int) -> str:
+    path = cluster.state_dir(three.name) / "logs" / f"{role.replace(' ', '-')}.log"
+    with open(path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
+def _log_size(three: HACluster, role: str) -> int:
+    path = cluster.state_dir(three.name) / "logs" / f"{role.replace(' ', '-')}.log"
+    return path.stat().st_size
+
+
 def test_agent_killed_and_restarted_by_its_supervisor(three: HACluster) -> None:
     """SIGKILL, then a new agent RestartSec later (what systemd does): the
     node does not go DOWN, nothing moves, no request fails, and the tasks'
-    containers are adopted (same pids)."""
+    containers are adopted (same pids). Prints how long the new agent took
+    to open its session and to attach the ingress sandbox again (measured,
+    not asserted)."""
     targets = _spread(three, "again")
     pids = three.container_pids("again")
+    steps = {"session open": ("session ", " open"),
+             "mesh rebuilt": ("ingress sandbox ", " attached as ")}
+    took: dict[str, float] = {}
     with Load(targets, interval=0.05, timeout=2.0, max_seconds=60, max_requests=2000) as load:
         time.sleep(1)
         three.signal("agent h1", signal.SIGKILL)
         time.sleep(RESTART_SEC)
+        offset = _log_size(three, "agent h1")
+        started = time.monotonic()
         three.restart("agent h1")
-        time.sleep(8)  # past the DOWN deadline (three 2 s heartbeats) had it stayed dead
+        deadline = started + 30
+        while len(took) < len(steps) and time.monotonic() < deadline:
+            text = _log_lines_after(three, "agent h1", offset)
+            for step, (first, then) in steps.items():
+                if step not in took and any(first in line and then in line
+                                            for line in text.splitlines()):
+                    took[step] = round(time.monotonic() - started, 2)
+            time.sleep(0.05)
+        time.sleep(max(0.0, started + 8 - time.monotonic()))  # past the DOWN deadline
     counts = _by_host(load)
-    print("agent restarted:", counts, load.report())
+    print("agent restarted:", counts, load.report(), "after its start (s):", took)
     assert three.down_nodes() == []
     assert three.container_pids("again") == pids
     three.remove("again")
