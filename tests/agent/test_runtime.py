@@ -693,3 +693,49 @@ async def test_an_oom_kill_is_reported(runtime: RuncRuntime, image: ImageInput) 
     assert await run_to_exit(runtime, task, image) == 128 + signal.SIGKILL
     state = (await runtime.list())[task.id]
     assert state.oom_killed
+
+
+@needs_root
+async def test_start_releases_the_init_through_runcs_exec_fifo(runtime: RuncRuntime,
+                                                              image: ImageInput) -> None:
+    """start() does what `runc start` does (open runc's exec FIFO, read, remove
+    it) without running runc; runc then sees the container running."""
+    task = _task("sleep", "1000")
+    await runtime.prepare(task, image)
+    fifo = runtime.settings.runc_root_dir / task.id / "exec.fifo"
+    assert fifo.exists()
+    commands: list[tuple[str, ...]] = []
+    real_runc = runtime._runc
+
+    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
+        commands.append(args)
+        return await real_runc(*args, limit=limit)
+
+    runtime._runc = recording  # type: ignore[method-assign]
+    pid = await runtime.start(task.id)
+    assert commands == []  # no runc process on the way
+    assert not fifo.exists()
+    state = json.loads(_runc_sync(runtime.settings, "state", task.id))
+    assert (state["status"], state["pid"]) == ("running", pid)
+    deadline = time.monotonic() + 5  # its FIFO closes early in the exec, before argv is set
+    while _cmdline(pid)[:2] != [b"sleep", b"1000"]:
+        assert time.monotonic() < deadline, _cmdline(pid)
+        await asyncio.sleep(0.01)
+    # A second start: no FIFO any more, so runc is asked and says it runs.
+    assert await runtime.start(task.id) == pid
+    assert [args[0] for args in commands] == ["start"]
+    await runtime.remove(task.id)
+    assert leftovers(runtime, task.id) == []
+
+
+@needs_root
+async def test_start_of_a_container_whose_init_died_fails(runtime: RuncRuntime,
+                                                          image: ImageInput) -> None:
+    task = _task("sleep", "1000")
+    await runtime.prepare(task, image)
+    init = int((runtime.bundle_dir(task.id) / "pidfile").read_text())
+    os.kill(init, signal.SIGKILL)
+    with pytest.raises(ContainerError, match=r"already dead|not running|stopped|cannot start"):
+        await asyncio.wait_for(runtime.start(task.id), 10)
+    await runtime.remove(task.id)
+    assert leftovers(runtime, task.id) == []
