@@ -128,9 +128,6 @@ class RuncSettings:
     log_limits: logopts.LogLimits = field(default_factory=logopts.LogLimits)
     apparmor_profile: str = ""  # loaded by the agent (agent/apparmor.py); "": none
     command_timeout: float = 30.0  # for any one runc or conmon invocation
-    # At most this many containers being created (conmon + `runc create`) at
-    # once; 0: no limit. See RuncRuntime._creating.
-    create_concurrency: int = int(os.environ.get("SWARM_CREATE_CONCURRENCY", "0"))
     cgroup_root: Path = Path("/sys/fs/cgroup")
     host_resolv_conf: Path = Path("/etc/resolv.conf")
     extra_annotations: tuple[tuple[str, str], ...] = ()
@@ -253,7 +250,6 @@ class RuncRuntime:
             settings.cgroup_root / "memory" / "memory.memsw.limit_in_bytes").exists()
         self._locks: dict[str, asyncio.Lock] = {}
         self._netns = NetnsMaker()  # in the loop's thread: see NetnsMaker
-        self._creating = asyncio.Semaphore(settings.create_concurrency or 1_000_000)
         # Exit codes of containers removed here, for a wait() that was still
         # pending when remove() deleted the exit file (bounded, oldest first out).
         self._removed_exits: dict[str, int] = {}
@@ -553,9 +549,8 @@ class RuncRuntime:
         _write_private(bundle / "log-limits.json", json.dumps(
             {"max_size": log_limits.max_size, "max_file": log_limits.max_file}))
         timing.mark("config")
-        async with self._creating:
-            pid = await self._spawn_monitor(task_id, bundle, log_limits.max_size,
-                                            terminal=container.tty)
+        pid = await self._spawn_monitor(task_id, bundle, log_limits.max_size,
+                                        terminal=container.tty)
         timing.mark("conmon-create")
         log.info("task %s: container created (pid %d)", task_id, pid)
 

@@ -721,9 +721,9 @@ async def test_start_releases_the_init_through_runcs_exec_fifo(runtime: RuncRunt
     while _cmdline(pid)[:2] != [b"sleep", b"1000"]:
         assert time.monotonic() < deadline, _cmdline(pid)
         await asyncio.sleep(0.01)
-    # A second start: no FIFO any more, so runc is asked and says it runs.
+    # A second start: no FIFO any more, so runc is asked (it refuses: running).
     assert await runtime.start(task.id) == pid
-    assert [args[0] for args in commands] == ["start"]
+    assert [args[0] for args in commands] == ["start", "state"]
     await runtime.remove(task.id)
     assert leftovers(runtime, task.id) == []
 
