@@ -775,9 +775,12 @@ class RuncRuntime:
                                      f"{self.settings.command_timeout:g}s")
         finally:
             loop.remove_reader(fd)
-            died.cancel()
             if not done.done():
                 done.cancel()
+            died.cancel()
+            # Its pidfd closed now, not whenever the task is collected (wait():
+            # a cancel of our own still propagates).
+            await asyncio.wait({died})
         return bytes(received)
 
     async def wait(self, task_id: str) -> int:
