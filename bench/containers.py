@@ -306,6 +306,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _kernel_netns() -> int | None:
+    """Network namespaces the kernel holds, live or still being destroyed
+    (its net_namespace slab objects): the kernel destroys a removed one
+    later, in a worker of its own, and a burst of starts pays for the
+    destruction of the round before (None if /proc/slabinfo says nothing)."""
+    try:
+        with open("/proc/slabinfo", encoding="ascii") as slabs:
+            for line in slabs:
+                if line.startswith("net_namespace "):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _timing_figures(log_path: Path, offset: int, scaled_at: float) -> dict[str, Any]:
     """What the agent's --log-task-timing lines (agent/timing.py) written
     since `offset` say of the scale that began at `scaled_at` (time.time()):
@@ -317,6 +332,10 @@ def _timing_figures(log_path: Path, offset: int, scaled_at: float) -> dict[str, 
         log.seek(offset)
         text = log.read().decode(errors="replace")
     arrivals, finished, steps = [], [], {}
+    # Removals of the round before that ran into this one (the controller
+    # deletes a removed service's tasks later; the agent removes their
+    # containers then).
+    removals = [line for line in text.splitlines() if line.endswith(": container removed")]
     for line in text.splitlines():
         parsed = timing.parse_line(line)
         if parsed is None:
@@ -333,7 +352,7 @@ def _timing_figures(log_path: Path, offset: int, scaled_at: float) -> dict[str, 
         finished.append(logged - scaled_at)
     if not steps:
         return {}
-    return {"timing_tasks": len(steps),
+    return {"timing_tasks": len(steps), "removals_during": len(removals),
             "assigned_first_s": round(min(arrivals), 3), "assigned_last_s": round(max(arrivals), 3),
             "agent_running_last_s": round(max(finished), 3),
             "agent_start_p50_ms": round(sorted(sum(v.values()) for v in steps.values())
@@ -375,6 +394,7 @@ def scale_with_and_without_seccomp(replicas: int, timing: bool = False) -> dict[
                                              timeout=10).service
                 scale._wait_running(stub, service.id, 1, 60)
                 log_offset = os.path.getsize(agent.log)
+                namespaces = _kernel_netns()
                 cpu = _cpu_seconds(agent.pid), _cpu_seconds(controller.pid)
                 scaled_at = time.time()
                 started = time.perf_counter()
@@ -388,9 +408,17 @@ def scale_with_and_without_seccomp(replicas: int, timing: bool = False) -> dict[
                     figures["agent_cpu_s"] = round(_cpu_seconds(agent.pid) - cpu[0], 2)
                     figures["controller_cpu_s"] = round(_cpu_seconds(controller.pid) - cpu[1], 2)
                     figures["agent_rss_mib"] = scale._rss_mib(agent.pid)
-                    if timing:
-                        time.sleep(0.2)  # the last lines flushed
-                        figures.update(_timing_figures(Path(agent.log), log_offset, scaled_at))
+                if timing:
+                    time.sleep(0.2)  # the last lines flushed
+                    found = _timing_figures(Path(agent.log), log_offset, scaled_at)
+                    if number == 0:
+                        figures.update(found)
+                    # Every round's outline: which of them is slow, and where.
+                    figures.setdefault("timing_rounds", []).append(
+                        {"kernel_netns_at_scale": namespaces,
+                         **{key: found.get(key) for key in
+                            ("assigned_last_s", "agent_running_last_s", "removals_during",
+                             "agent_steps_p50_ms")}})
                 stub.RemoveService(cpb.RemoveRequest(ref=service.id), timeout=10)
                 deadline = time.monotonic() + 120
                 while scale._running(stub, service.id) and time.monotonic() < deadline:

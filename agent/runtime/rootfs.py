@@ -31,9 +31,12 @@ def overlay_lowers_under(path: Path) -> list[tuple[Path, ...]]:
     """The lower directories (lowest first) of each overlay mounted at or
     below path."""
     prefix = str(path).rstrip("/") + "/"
+    needle = mounts.escape_mountinfo(prefix)
     found = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as file:
         for line in file:
+            if needle not in line:
+                continue  # not ours (cheap: most of a busy host's mounts)
             mine, _, theirs = line.partition(" - ")
             fields, others = mine.split(), theirs.split()
             if len(fields) < 5 or len(others) < 3 or others[0] != "overlay":
@@ -65,10 +68,11 @@ def mount_overlay(layers: Sequence[Path], upper: Path, work: Path, target: Path)
                          data.encode()), f"mount overlay on {target}")
 
 
-def remove_tree(path: Path) -> None:
-    """rm -rf, refusing to descend into anything still mounted below path."""
+def remove_tree(path: Path, *, unmounted: bool = False) -> None:
+    """rm -rf, refusing to descend into anything still mounted below path
+    (unmounted: see mounts.remove_tree)."""
     try:
-        mounts.remove_tree(path)
+        mounts.remove_tree(path, unmounted=unmounted)
     except mounts.StillMounted as error:
         raise ContainerError(error.strerror) from error
 

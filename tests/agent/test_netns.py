@@ -14,6 +14,7 @@ import pytest
 from pyroute2 import IPRoute
 
 from swarm.host import netns
+from swarm.host.mounts import mount_points
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 and not os.environ.get("CI"),
                                 reason="network namespaces need root (CI runs it as root)")
@@ -76,3 +77,23 @@ def test_errors_inside_come_out(name: str) -> None:
         netns.run_in_netns_blocking(name, fail)
     with pytest.raises(FileNotFoundError):
         netns.run_in_netns_blocking(name + "-missing", lambda: None)
+
+
+def test_netns_maker_makes_them_in_the_calling_thread_and_returns(name: str) -> None:
+    """NetnsMaker (the runtime's, in the asyncio loop's thread): a fresh
+    namespace with lo up, and the calling thread back where it was."""
+    maker = netns.NetnsMaker()
+    ours = os.stat("/proc/thread-self/ns/net").st_ino
+    path = maker.make(name)
+    assert path == netns.NETNS_DIR / name
+    assert os.stat("/proc/thread-self/ns/net").st_ino == ours
+    first = os.stat(path).st_ino
+    assert first != ours
+    assert netns.run_in_netns_blocking(name, _loopback_flags) & 1  # IFF_UP
+    assert netns.run_in_netns_blocking(name, _links) == ["lo"]
+    assert maker.make(name) == path  # a leftover of the same name: replaced
+    assert os.stat(path).st_ino != first
+    assert os.stat("/proc/thread-self/ns/net").st_ino == ours
+    netns.remove_netns_blocking(name)
+    assert not path.exists()
+    assert not any(point == str(path) for point in mount_points())

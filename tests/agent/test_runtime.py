@@ -693,3 +693,108 @@ async def test_an_oom_kill_is_reported(runtime: RuncRuntime, image: ImageInput) 
     assert await run_to_exit(runtime, task, image) == 128 + signal.SIGKILL
     state = (await runtime.list())[task.id]
     assert state.oom_killed
+
+
+@needs_root
+async def test_start_releases_the_init_through_runcs_exec_fifo(runtime: RuncRuntime,
+                                                              image: ImageInput) -> None:
+    """start() does what `runc start` does (open runc's exec FIFO, read, remove
+    it) without running runc; runc then sees the container running."""
+    task = _task("sleep", "1000")
+    await runtime.prepare(task, image)
+    fifo = runtime.settings.runc_root_dir / task.id / "exec.fifo"
+    assert fifo.exists()
+    commands: list[tuple[str, ...]] = []
+    real_runc = runtime._runc
+
+    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
+        commands.append(args)
+        return await real_runc(*args, limit=limit)
+
+    runtime._runc = recording  # type: ignore[method-assign]
+    pid = await runtime.start(task.id)
+    assert commands == []  # no runc process on the way
+    assert not fifo.exists()
+    state = json.loads(_runc_sync(runtime.settings, "state", task.id))
+    assert (state["status"], state["pid"]) == ("running", pid)
+    deadline = time.monotonic() + 5  # its FIFO closes early in the exec, before argv is set
+    while _cmdline(pid)[:2] != [b"sleep", b"1000"]:
+        assert time.monotonic() < deadline, _cmdline(pid)
+        await asyncio.sleep(0.01)
+    # A second start: no FIFO any more, so runc is asked (it refuses: running).
+    assert await runtime.start(task.id) == pid
+    assert [args[0] for args in commands] == ["start", "state"]
+    await runtime.remove(task.id)
+    assert leftovers(runtime, task.id) == []
+
+
+@needs_root
+async def test_start_of_a_container_whose_init_died_fails(runtime: RuncRuntime,
+                                                          image: ImageInput) -> None:
+    task = _task("sleep", "1000")
+    await runtime.prepare(task, image)
+    init = int((runtime.bundle_dir(task.id) / "pidfile").read_text())
+    os.kill(init, signal.SIGKILL)
+    with pytest.raises(ContainerError, match=r"already dead|not running|stopped|cannot start"):
+        await asyncio.wait_for(runtime.start(task.id), 10)
+    await runtime.remove(task.id)
+    assert leftovers(runtime, task.id) == []
+
+
+BURST_SCRIPT = """
+import asyncio, json, sys
+from pathlib import Path
+from swarm.agent.runtime import ImageInput, RuncRuntime, RuncSettings
+from swarm.api.v1 import objects_pb2 as pb
+
+async def main():
+    args = json.loads(sys.argv[1])
+    runtime = RuncRuntime(RuncSettings(state_dir=Path(args["state_dir"]),
+                                       cgroup_parent=args["cgroup_parent"]))
+
+    async def up(task_id):
+        task = pb.Task(id=task_id)
+        task.spec.container.command.extend(["sleep", "1000"])
+        await runtime.prepare(task, ImageInput(layers=(Path(args["layer"]),)))
+        await runtime.start(task_id)
+        print("started", task_id, flush=True)
+
+    print("go", flush=True)
+    await asyncio.gather(*(up(task_id) for task_id in args["ids"]))
+    await asyncio.sleep(1000)
+
+asyncio.run(main())
+"""
+
+
+@needs_root
+async def test_an_agent_killed_during_a_burst_of_starts_leaves_nothing_after_removal(
+        runtime: RuncRuntime, settings: RuncSettings, busybox_layer: Path) -> None:
+    """SIGKILL while containers are half made (namespaces made in the loop's
+    thread, overlays mounted, some created, some started): a new runtime
+    finds every one of them and removing them leaves nothing behind (the
+    runtime fixture checks the whole state dir, runc root, cgroups and
+    namespaces too)."""
+    ids = [uuid.uuid4().hex[:25] for _ in range(6)]
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BURST_SCRIPT,
+        json.dumps({"state_dir": str(settings.state_dir), "ids": ids,
+                    "cgroup_parent": settings.cgroup_parent, "layer": str(busybox_layer)}),
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2])
+    assert agent.stdout is not None
+    assert await asyncio.wait_for(agent.stdout.readline(), 30) == b"go\n"
+    assert (await asyncio.wait_for(agent.stdout.readline(), 30)).startswith(b"started ")
+    agent.kill()  # one started, the others anywhere on their way
+    await agent.wait()
+
+    adopted = RuncRuntime(settings)
+    found = await adopted.list()
+    made = [task_id for task_id in ids if adopted.netns_path(task_id).exists()
+            or adopted.bundle_dir(task_id).exists()]
+    assert set(made) <= set(found)  # whatever was begun is listed
+    assert any(state.status == "running" for state in found.values())
+    for task_id in found:
+        await adopted.shutdown(task_id, "SIGKILL", grace=1)
+        await adopted.remove(task_id)
+    for task_id in ids:
+        assert leftovers(adopted, task_id) == []
