@@ -49,6 +49,12 @@ _RPC_TIMEOUT = 10.0
 _FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
 
 
+def heartbeat_timeout(period: float) -> float:
+    """How long a heartbeat waits for the controller's answer before the
+    session is given up (the controller is paused or gone)."""
+    return max(2 * period, 1.0)
+
+
 class Worker(Protocol):
     """What runs the tasks. The session feeds it assignments; it reports back
     through the `report` callback it was given."""
@@ -330,10 +336,15 @@ class AgentSession:
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:
+            # Patient: a busy controller answers late, and a beat that arrives
+            # late still counts (the node is DOWN only after HEARTBEAT_MISSES
+            # periods without one); giving up after one period made agents
+            # drop their sessions and reconnect exactly when the controller
+            # was busiest. A paused controller is still left within two.
             response = await stub.Heartbeat(
                 dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
                                      conditions=sorted(self.conditions())),
-                timeout=max(period, 1.0))
+                timeout=heartbeat_timeout(period))
             period = response.period.ToNanoseconds() / 1e9 or period
             # Beat a little faster than the period so one late beat is not a miss.
             await asyncio.sleep(period * 0.8)

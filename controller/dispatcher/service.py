@@ -150,8 +150,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
         return len(self._state.sessions) if self._state is not None else 0
 
     def heartbeat_period(self) -> float:
-        return heartbeat_period(self._store.cache.clusters.values(),
-                                self.settings.heartbeat_period)
+        cache = self._store.cache
+        return heartbeat_period(cache.clusters.values(), self.settings.heartbeat_period,
+                                nodes=len(cache.nodes))
 
     def _heartbeat_response(self) -> dpb.HeartbeatResponse:
         period = self.heartbeat_period()
