@@ -147,6 +147,8 @@ class FakeWorker:
         await sync_networks(self.overlay, assignments, self.peer_sets)
         for entry in assignments.networks:
             self.entries[entry.network.id] = entry
+        for network_id in assignments.removed_networks:
+            self.entries.pop(network_id, None)
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:
