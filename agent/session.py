@@ -338,16 +338,22 @@ class AgentSession:
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
             # late still counts (the node is DOWN only after HEARTBEAT_MISSES
-            # periods without one); giving up after one period made agents
-            # drop their sessions and reconnect exactly when the controller
-            # was busiest. A paused controller is still left within two.
-            response = await stub.Heartbeat(
-                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
-                                     conditions=sorted(self.conditions())),
-                timeout=heartbeat_timeout(period))
+            # periods without one, and the controller does not count the
+            # time it was behind: the deadline sent is its measure); giving
+            # up after one period made agents drop their sessions and
+            # reconnect exactly when the controller was busiest. A paused
+            # controller is still left within two periods.
+            sent = time.monotonic()
+            timeout = heartbeat_timeout(period)
+            request = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
+                                           conditions=sorted(self.conditions()))
+            request.timeout.FromNanoseconds(int(timeout * 1e9))
+            response = await stub.Heartbeat(request, timeout=timeout)
             period = response.period.ToNanoseconds() / 1e9 or period
-            # Beat a little faster than the period so one late beat is not a miss.
-            await asyncio.sleep(period * 0.8)
+            # Beat a little faster than the period so one late beat is not a
+            # miss, counted from when the last one was sent: a slow answer
+            # does not space the beats further apart.
+            await asyncio.sleep(max(0.0, sent + period * 0.8 - time.monotonic()))
 
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
         sent_at = 0.0

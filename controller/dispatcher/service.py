@@ -336,6 +336,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._check_caller(request.node_id, context)
         session = self._check_session(state, request.node_id, request.session_id)
         self._beat(state, request.node_id)
+        remaining = context.time_remaining()
+        if remaining is not None and request.HasField("timeout"):
+            # How long the beat waited here (heartbeats.py: not counted against nodes).
+            state.heartbeats.lag(request.timeout.ToNanoseconds() / 1e9 - remaining)
         if request.applied:
             assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
