@@ -46,7 +46,7 @@ from .compact_deltas import CompactDeltas
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
-_FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
+_FIRST_MESSAGE_TIMEOUT = 3.0  # or a heartbeat's timeout, if longer
 
 
 def heartbeat_timeout(period: float) -> float:
@@ -252,7 +252,8 @@ class AgentSession:
         services: list[asyncio.Task[None]] = []
         try:
             # A paused controller accepts the connection and never answers.
-            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT, self._period)):
+            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT,
+                                           heartbeat_timeout(self._period))):
                 first = await stream.read()
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
@@ -349,7 +350,7 @@ class AgentSession:
                                            conditions=sorted(self.conditions()))
             request.timeout.FromNanoseconds(int(timeout * 1e9))
             response = await stub.Heartbeat(request, timeout=timeout)
-            period = response.period.ToNanoseconds() / 1e9 or period
+            period = self._period = response.period.ToNanoseconds() / 1e9 or period
             # Beat a little faster than the period so one late beat is not a
             # miss, counted from when the last one was sent: a slow answer
             # does not space the beats further apart.
@@ -370,7 +371,18 @@ class AgentSession:
                     node_id=self.node_id, session_id=self.session_id,
                     updates=[dpb.TaskStatusUpdate(task_id=task_id, status=status)
                              for task_id, status in batch.items()])
-                await stub.UpdateTaskStatus(request, timeout=_RPC_TIMEOUT)
+                try:
+                    await stub.UpdateTaskStatus(
+                        request, timeout=max(_RPC_TIMEOUT, heartbeat_timeout(self._period)))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
+                    # A busy controller, not a dead one (the heartbeats judge
+                    # that): keep the session and send these again, rather
+                    # than reconnect and re-report everything at the worst time.
+                    log.info("status report not answered in time; sending it again")
+                    self._pending_ready.set()
+                    break
                 for task_id, status in batch.items():
                     # Drop what was sent unless a newer status came meanwhile.
                     if self._pending.get(task_id) is status:

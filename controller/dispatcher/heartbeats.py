@@ -90,11 +90,13 @@ class Heartbeats:
         # The largest lag seen (seconds a beat waited here before it was
         # handled) since the last tick, and in the tick before.
         self.lags = (0.0, 0.0)
+        self.max_lag = 0.0  # the largest ever seen (bench.control_plane reports it)
 
     def lag(self, seconds: float) -> None:
         """A beat waited this long between its arrival and its handling."""
         if seconds > self.lags[1]:
             self.lags = (self.lags[0], seconds)
+            self.max_lag = max(self.max_lag, seconds)
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = self.clock.now()

@@ -149,6 +149,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """Agent sessions served now by this controller."""
         return len(self._state.sessions) if self._state is not None else 0
 
+    def heartbeat_max_lag(self) -> float:
+        """The longest a heartbeat waited here before it was handled (seconds)."""
+        return self._state.heartbeats.max_lag if self._state is not None else 0.0
+
     def heartbeat_period(self) -> float:
         cache = self._store.cache
         return heartbeat_period(cache.clusters.values(), self.settings.heartbeat_period,
