@@ -51,8 +51,11 @@ _FIRST_MESSAGE_TIMEOUT = 3.0  # or a heartbeat's timeout, if longer
 
 def heartbeat_timeout(period: float) -> float:
     """How long a heartbeat waits for the controller's answer before the
-    session is given up (the controller is paused or gone)."""
-    return max(2 * period, 1.0)
+    session is given up (the controller is paused or gone): as long as the
+    controller waits for a beat before it marks the node DOWN (3 periods),
+    since a beat answered that late still counts there (the controller does
+    not count the time it was behind)."""
+    return max(3 * period, 1.0)
 
 
 class Worker(Protocol):
@@ -343,7 +346,7 @@ class AgentSession:
             # time it was behind: the deadline sent is its measure); giving
             # up after one period made agents drop their sessions and
             # reconnect exactly when the controller was busiest. A paused
-            # controller is still left within two periods.
+            # controller is still left within three periods.
             sent = time.monotonic()
             timeout = heartbeat_timeout(period)
             request = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,

@@ -360,6 +360,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._serving()
         self._check_caller(request.node_id, context)
         self._check_session(state, request.node_id, request.session_id)
+        self._beat(state, request.node_id)  # a report is as good a sign of life as a beat
         tasks = self._store.cache.tasks
         accepted: list[dpb.TaskStatusUpdate] = []
         # All checked before any is queued: a refused batch changes nothing.
