@@ -87,7 +87,7 @@ async def test_leader_makes_the_ingress_network_and_gives_every_node_an_address(
     # No port is published: no node is sent the network (its peers would be
     # every node, news of every join for every node, and nothing listens).
     await asyncio.sleep(0.5)
-    assert all(ingress.id not in n.worker.entries for n in sim_nodes.nodes)  # type: ignore[attr-defined]
+    assert all(ingress.id not in n.worker.entries for n in sim_nodes.nodes)
     # Once one is, every node is assigned the ingress network with its own
     # address and the other nodes' endpoints, though none runs a task.
     await control.CreateService(cpb.CreateServiceRequest(spec=web(replicas=0)))
