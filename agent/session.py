@@ -46,7 +46,16 @@ from .compact_deltas import CompactDeltas
 log = logging.getLogger(__name__)
 
 _RPC_TIMEOUT = 10.0
-_FIRST_MESSAGE_TIMEOUT = 3.0  # or one heartbeat period, if longer
+_FIRST_MESSAGE_TIMEOUT = 3.0  # or a heartbeat's timeout, if longer
+
+
+def heartbeat_timeout(period: float) -> float:
+    """How long a heartbeat waits for the controller's answer before the
+    session is given up (the controller is paused or gone): as long as the
+    controller waits for a beat before it marks the node DOWN (3 periods),
+    since a beat answered that late still counts there (the controller does
+    not count the time it was behind)."""
+    return max(3 * period, 1.0)
 
 
 class Worker(Protocol):
@@ -280,7 +289,8 @@ class AgentSession:
         services: list[asyncio.Task[None]] = []
         try:
             # A paused controller accepts the connection and never answers.
-            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT, self._period)):
+            async with asyncio.timeout(max(_FIRST_MESSAGE_TIMEOUT,
+                                           heartbeat_timeout(self._period))):
                 first = await stream.read()
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
@@ -364,14 +374,25 @@ class AgentSession:
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:
-            response = await stub.Heartbeat(
-                dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
-                                     conditions=sorted(self.conditions())),
-                timeout=max(period, 1.0))
-            period = response.period.ToNanoseconds() / 1e9 or period
+            # Patient: a busy controller answers late, and a beat that arrives
+            # late still counts (the node is DOWN only after HEARTBEAT_MISSES
+            # periods without one, and the controller does not count the
+            # time it was behind: the deadline sent is its measure); giving
+            # up after one period made agents drop their sessions and
+            # reconnect exactly when the controller was busiest. A paused
+            # controller is still left within three periods.
+            sent = time.monotonic()
+            timeout = heartbeat_timeout(period)
+            request = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
+                                           conditions=sorted(self.conditions()))
+            request.timeout.FromNanoseconds(int(timeout * 1e9))
+            response = await stub.Heartbeat(request, timeout=timeout)
+            period = self._period = response.period.ToNanoseconds() / 1e9 or period
             self.on_beat(period)
-            # Beat a little faster than the period so one late beat is not a miss.
-            await asyncio.sleep(period * 0.8)
+            # Beat a little faster than the period so one late beat is not a
+            # miss, counted from when the last one was sent: a slow answer
+            # does not space the beats further apart.
+            await asyncio.sleep(max(0.0, sent + period * 0.8 - time.monotonic()))
 
     async def _flush_statuses(self, stub: dgrpc.DispatcherAsyncStub) -> None:
         sent_at = 0.0
@@ -400,7 +421,18 @@ class AgentSession:
                     node_id=self.node_id, session_id=self.session_id,
                     updates=[dpb.TaskStatusUpdate(task_id=task_id, status=status)
                              for task_id, status in batch.items()])
-                await stub.UpdateTaskStatus(request, timeout=_RPC_TIMEOUT)
+                try:
+                    await stub.UpdateTaskStatus(
+                        request, timeout=max(_RPC_TIMEOUT, heartbeat_timeout(self._period)))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                        raise
+                    # A busy controller, not a dead one (the heartbeats judge
+                    # that): keep the session and send these again, rather
+                    # than reconnect and re-report everything at the worst time.
+                    log.info("status report not answered in time; sending it again")
+                    self._pending_ready.set()
+                    break
                 for task_id, status in batch.items():
                     # Drop what was sent unless a newer status came meanwhile.
                     if self._pending.get(task_id) is status:

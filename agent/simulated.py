@@ -13,7 +13,12 @@ task exit (COMPLETE for 0, FAILED otherwise), for jobs.
 
 Each node joins with the token as a real agent does and keeps its own
 certificate and channel (the node ID is the certificate's CN); the CA is
-fetched and checked against the token once for all of them. With
+fetched and checked against the token once for all of them. At most
+JOIN_CONCURRENCY nodes of a process join at once: thousands joining at once
+made a retry storm (at 5,000 nodes, 122,000 join calls timed out in six
+minutes, each a new key and TLS handshake on both sides, and the controller
+signed certificates for callers that had given up), which real hosts,
+started over minutes, do not make. With
 join_token=None (--insecure) the nodes share plaintext channels.
 
     python -m swarm.agent.simulated --controller 127.0.0.1:2377 --nodes 200 --join-token SWMTKN-1-...
@@ -147,6 +152,8 @@ class FakeWorker:
         await sync_networks(self.overlay, assignments, self.peer_sets)
         for entry in assignments.networks:
             self.entries[entry.network.id] = entry
+        for network_id in assignments.removed_networks:
+            self.entries.pop(network_id, None)
         if assignments.type == dpb.Assignments.COMPLETE:
             known = {task.id for task in assignments.tasks}
             for task_id in [t for t in self.tasks if t not in known]:
@@ -235,6 +242,9 @@ class FakeWorker:
         return dict(self.tasks)
 
 
+JOIN_CONCURRENCY = 25  # nodes of one process joining at once
+
+
 @dataclass(frozen=True)
 class JoinSettings:
     """How simulated nodes join: the token, and where the join ports are."""
@@ -250,8 +260,10 @@ class SimulatedNode:
                  joining: JoinSettings | None = None,
                  ca_pem: Callable[[], Awaitable[bytes]] | None = None,
                  role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER,
-                 generic: Sequence[pb.GenericResource] = ()) -> None:
+                 generic: Sequence[pb.GenericResource] = (),
+                 join_slots: asyncio.Semaphore | None = None) -> None:
         self.worker = FakeWorker(reject_images)
+        self._join_slots = join_slots
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
             addresses=[f"127.0.0.{1 + index % 250}"],
@@ -283,7 +295,8 @@ class SimulatedNode:
         while True:
             addr = self._joining.join_addrs[failures % len(self._joining.join_addrs)]
             try:
-                identity = await request_certificate(addr, self._joining.token, ca_pem)
+                async with self._join_slots or contextlib.nullcontext():
+                    identity = await request_certificate(addr, self._joining.token, ca_pem)
                 break
             except (grpc.aio.AioRpcError, pki.PKIError, OSError) as error:
                 failures += 1
@@ -327,10 +340,11 @@ class SimulatedCluster:
         self._channels = insecure_channels() if joining is None else None
         self._joining = joining
         self._ca: asyncio.Future[bytes] | None = None
+        join_slots = asyncio.Semaphore(JOIN_CONCURRENCY)
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
                                     hostname_prefix, reject_images, joining, self._ca_pem,
                                     pb.NodeSpec.MANAGER if i < managers else pb.NodeSpec.WORKER,
-                                    (generic or {}).get(i, ()))
+                                    (generic or {}).get(i, ()), join_slots)
                       for i in range(count)]
 
     async def _ca_pem(self) -> bytes:

@@ -203,7 +203,8 @@ def _start_follower(etcd: EtcdServer, kek_file: str, insecure: bool,
 
 async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
               insecure: bool = False, agent_procs: int = 0,
-              timeout: float = 600.0, controllers: int = 1) -> dict[str, object]:
+              timeout: float = 600.0, controllers: int = 1,
+              agent_log_path: str = "") -> dict[str, object]:
     etcd = EtcdServer.start(fsync=fsync)
     agents: list[subprocess.Popen[bytes]] = []
     followers: list[subprocess.Popen[bytes]] = []
@@ -220,7 +221,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
         await controller.start()
         addr = f"127.0.0.1:{controller.port}"
         addrs = [addr]
-        with tempfile.TemporaryFile() as agent_log:
+        with (open(agent_log_path, "w+b") if agent_log_path else  # noqa: ASYNC230
+              tempfile.TemporaryFile()) as agent_log:
             if controllers > 1:
                 leadership = controller.leadership
                 assert leadership is not None
@@ -335,6 +337,9 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 # The longest the controller's event loop did not run (a keep-alive,
                 # heartbeat or session waits that long), and how often it lost the lease.
                 "loop_max_stall_s": round(max_stall, 3),
+                # The longest a heartbeat waited in the leader before it was handled.
+                "heartbeat_max_lag_s": round(controller.dispatcher.heartbeat_max_lag(), 3),
+                "heartbeat_period_s": controller.dispatcher.heartbeat_period(),
                 "leader_losses": leader_losses,
                 "orchestrator_pass_s": round(controller.orchestrator.pass_seconds, 3),
                 "scheduler_pass_s": round(controller.scheduler.pass_seconds, 3),
@@ -386,13 +391,15 @@ def main() -> None:
     parser.add_argument("--controllers", type=int, default=1,
                         help="controllers serving the agents' sessions; this process's leads, "
                              "the others are child processes (default 1)")
+    parser.add_argument("--agent-log", default="",
+                        help="keep the simulated agents' and followers' output in this file")
     args = parser.parse_args()
     if args.controllers < 1:
         parser.error("--controllers: must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(asyncio.run(run(args.nodes, args.tasks, not args.no_fsync, args.network,
                                      args.insecure, args.agent_procs, args.timeout,
-                                     args.controllers))))
+                                     args.controllers, args.agent_log))))
 
 
 if __name__ == "__main__":

@@ -305,28 +305,34 @@ class Leadership:
                 await asyncio.shield(self._store.etcd.lease_revoke(lease_id))
 
     async def _keep_lease(self, lease_id: int) -> None:
-        """Keep the lease from a LeaseKeeper thread; feed its watchdog from the
-        loop; return... never: raise StoreUnavailable when it is lost."""
-        loop = asyncio.get_running_loop()
-        lost: asyncio.Future[str] = loop.create_future()
+        """Keep the lease (keep_lease); raise StoreUnavailable when it is lost."""
+        raise StoreUnavailable(await keep_lease(self._store.etcd.settings, lease_id,
+                                                self.settings.lease_ttl, self.settings.watchdog))
 
-        def on_lost(reason: str) -> None:  # called from the keeper's thread
-            def settle() -> None:
-                if not lost.done():
-                    lost.set_result(reason)
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
-                loop.call_soon_threadsafe(settle)
 
-        keeper = LeaseKeeper(self._store.etcd.settings, lease_id, self.settings.lease_ttl,
-                             self.settings.watchdog, on_lost)
-        keeper.start()
-        # Fed far more often than the watchdog's limit, so only a loop that
-        # really stopped running trips it.
-        feed_every = min(0.25, self.settings.watchdog / 8)
-        try:
-            while not lost.done():
-                keeper.feed()
-                await asyncio.wait({lost}, timeout=feed_every)
-            raise StoreUnavailable(lost.result())
-        finally:
-            keeper.stop()
+async def keep_lease(settings: EtcdSettings, lease_id: int, ttl: float, watchdog: float) -> str:
+    """Keep a lease from a LeaseKeeper thread, feeding its watchdog from the
+    running loop, until it is lost; returns why. The one way a controller
+    keeps a lease (the leader's, the controller registry's record)."""
+    loop = asyncio.get_running_loop()
+    lost: asyncio.Future[str] = loop.create_future()
+
+    def on_lost(reason: str) -> None:  # called from the keeper's thread
+        def settle() -> None:
+            if not lost.done():
+                lost.set_result(reason)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody listens
+            loop.call_soon_threadsafe(settle)
+
+    keeper = LeaseKeeper(settings, lease_id, ttl, watchdog, on_lost)
+    keeper.start()
+    # Fed far more often than the watchdog's limit, so only a loop that
+    # really stopped running trips it.
+    feed_every = min(0.25, watchdog / 8)
+    try:
+        while not lost.done():
+            keeper.feed()
+            await asyncio.wait({lost}, timeout=feed_every)
+        return lost.result()
+    finally:
+        keeper.stop()

@@ -2,9 +2,12 @@
 the ingress network's peers (peers.py): the node's own address on it, and
 the services publishing ports in ingress mode with those ports.
 
-Every node with an address on the ingress network is assigned it (its own
+While any service publishes a port in ingress mode (mesh_needed), every
+node with an address on the ingress network is assigned it (its own
 endpoint is in the OverlayIndex, see peers.node_endpoints), whether or not it
-runs a task there: it must listen on every published port. The services are
+runs a task there: it must listen on every published port. While none does,
+no node is sent it: its peers would be every node, news of every join for
+every node, and nothing listens (dispatcher/assignments.py). The services are
 few, so each ingress entry carries all of them (dispatcher.proto); a change
 of the published services alone is sent as a delta without peer changes.
 """
@@ -29,6 +32,12 @@ def ingress_records(services: Iterable[pb.Service]) -> list[dpb.ServiceRecord]:
             records.append(dpb.ServiceRecord(id=service.id, name=service.spec.name,
                                              mode=service.spec.endpoint.mode, ports=ports))
     return records
+
+
+def mesh_needed(services: Iterable[pb.Service]) -> bool:
+    """Whether nodes need the ingress network: some service publishes a
+    port in ingress mode."""
+    return any(ingress_ports(service.endpoint.ports) for service in services)
 
 
 def affects_mesh(old: pb.Service | None, new: pb.Service | None) -> bool:

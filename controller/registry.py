@@ -1,7 +1,11 @@
 """Controllers register themselves: each running controller keeps the key
 `{prefix}controllers/{addr}` (a ControllerInfo: address, version, start time)
-on a lease of its own, refreshed every third of its TTL. A controller that
-dies drops out when its lease runs out; one that stops revokes it at once.
+on a lease of its own, refreshed every third of its TTL by a LeaseKeeper
+thread (leadership.keep_lease, as the leader's lease): a busy event loop at
+thousands of nodes let this lease expire, and the controller dropped out of
+every agent's list. A controller that dies drops out when its lease runs
+out; one that stops revokes it at once; one whose loop is wedged past the
+watchdog has it revoked by the keeper.
 
 Every controller's watch cache holds the set (WatchCache.controllers). The
 leader's dispatcher sends it to the agents in their sessions, as Swarm's
@@ -15,9 +19,9 @@ import asyncio
 import contextlib
 import logging
 
-from swarm.api.loops import cancel_requested
 from swarm.api.v1 import objects_pb2 as pb
 
+from .leadership import keep_lease
 from .store import Store, StoreUnavailable
 from .store import etcd as E
 
@@ -25,10 +29,12 @@ log = logging.getLogger(__name__)
 
 
 class ControllerRegistry:
-    def __init__(self, store: Store, info: pb.ControllerInfo, ttl: int) -> None:
+    def __init__(self, store: Store, info: pb.ControllerInfo, ttl: int,
+                 watchdog: float = 30.0) -> None:
         self._store = store
         self.info = info
         self._ttl = ttl
+        self._watchdog = watchdog  # LeadershipSettings.watchdog
         self._lease = 0
         self.registered = asyncio.Event()  # set once the record is first written
 
@@ -43,14 +49,8 @@ class ControllerRegistry:
                                              lease=self._lease)])
                 log.info("registered as controller %s", self.info.addr)
                 self.registered.set()
-                while True:
-                    # A cancel may surface as a call error (grpc.aio): asked to stop is stop.
-                    if cancel_requested():
-                        raise asyncio.CancelledError
-                    await asyncio.sleep(self._ttl / 3)
-                    if await etcd.lease_keepalive_once(self._lease) <= 0:
-                        log.warning("controller record's lease expired: registering again")
-                        break
+                reason = await keep_lease(etcd.settings, self._lease, self._ttl, self._watchdog)
+                log.warning("controller record's lease lost (%s): registering again", reason)
             except StoreUnavailable as error:
                 log.warning("cannot keep the controller record: %s", error)
                 await asyncio.sleep(self._ttl / 3)

@@ -221,7 +221,8 @@ class Controller:
         info = pb.ControllerInfo(addr=advertise, version=swarm.__version__)
         info.started_at.GetCurrentTime()
         registry = self.registry = ControllerRegistry(self.store, info,
-                                                      self.config.leadership.lease_ttl)
+                                                      self.config.leadership.lease_ttl,
+                                                      self.config.leadership.watchdog)
         self._loops.append(start_supervised("controller-registry", registry.run))
         # Listed (controller ls, agents' sessions) by the time start returns, as
         # long as etcd answers; the loop keeps trying otherwise.

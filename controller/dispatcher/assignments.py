@@ -18,6 +18,14 @@ networks has confirmed the version without it, the task's node is told
 controller judges only the nodes it serves; the controllers tell each other
 which tasks are drained on their side (drain.py, drainreports.py).
 
+The ingress network (the routing mesh) is sent only while some service
+publishes a port in ingress mode (mesh.mesh_needed): every node is on it, so
+each node's join or status change is one peer change for every other node;
+with nothing published that was N messages per join, N squared in all (at
+1,000 nodes joining, most of the controller's time and half the agents'),
+for a network no node uses. The first published port sends it to every node
+(the routing mesh's own cost); the last one withdrawn takes it away.
+
 Every change is handled in time proportional to what it touches: a task
 change wakes the sessions of its old and new node; a network change the
 nodes on it (OverlayIndex.nodes_on) and those that were sent it, never a
@@ -41,7 +49,7 @@ from ..drain import (
     starts_draining,
     still_awaited,
 )
-from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint
+from ..mesh import affects_mesh, complete_ingress, ingress_records, mesh_fingerprint, mesh_needed
 from ..peers import (
     OverlayIndex,
     PeerTable,
@@ -85,6 +93,7 @@ class Assignments:
         for node in cache.nodes.values():
             self.overlay.apply_node(None, node)  # its own (ingress) endpoint
         self.services = ServiceIndex(cache.services.values())
+        self._mesh = mesh_needed(cache.services.values())  # the ingress network is sent
         self.peers = PeerTable()
         self.drains: dict[str, Drain] = {}  # by task id
         self.draining_for: dict[str, set[str]] = {}  # node -> its pending drains
@@ -118,7 +127,7 @@ class Assignments:
                  if assigned(t, session.node_id)]
         session.dirty.clear()
         session.dirty_networks.clear()
-        networks, _ = self._network_updates(session, self.overlay.networks_of(session.node_id))
+        networks, _ = self._network_updates(session, self._uses(session.node_id))
         return dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks, networks=networks,
                                pull_credentials=for_tasks(self._pull_auth, tasks))
 
@@ -170,7 +179,7 @@ class Assignments:
         """The assignments of those networks that changed for this node, and the
         networks it had but no longer needs (or that were removed)."""
         cache = self._cache
-        uses = self.overlay.networks_of(session.node_id)
+        uses = self._uses(session.node_id)
         updates: list[dpb.NetworkAssignment] = []
         removed: list[str] = []
         for network_id in sorted(network_ids):
@@ -193,6 +202,18 @@ class Assignments:
         if removed:  # a drain waiting for this node on those networks waits no more
             self.confirmed(session)
         return updates, removed
+
+    def _uses(self, node_id: str) -> set[str]:
+        """The networks the node is to have: those of its tasks, and the
+        ingress network while the routing mesh is in use."""
+        uses = self.overlay.networks_of(node_id)
+        if self._mesh:
+            return uses
+        return {n for n in uses if not self._is_ingress(n)}
+
+    def _is_ingress(self, network_id: str) -> bool:
+        network = self._cache.networks.get(network_id)
+        return network is not None and network.spec.ingress
 
     def _with_mesh(self, session: Session, network: pb.Network,
                    shared: dpb.NetworkAssignment | None, version: int
@@ -220,6 +241,9 @@ class Assignments:
         changes: a network, a node, its own endpoint)."""
         sessions = self._sessions
         for network_id in network_ids:
+            if not self._mesh and network_id not in self._holders and \
+                    self._is_ingress(network_id):
+                continue  # the mesh is not in use and no node has it: no news for anyone
             clean = self._clean.pop(network_id, set())
             if nodes is None:
                 targets = {*clean, *self.overlay.nodes_on(network_id),
@@ -239,6 +263,7 @@ class Assignments:
             case ServiceChange(old=old_service, new=new_service):
                 changed = self.services.apply(old_service, new_service)
                 if affects_mesh(old_service, new_service):  # the ingress entries' records
+                    self._mesh = mesh_needed(self._cache.services.values())
                     changed |= {n.id for n in self._cache.networks.values() if n.spec.ingress}
                 self._mark_networks(changed)
             case NetworkChange(object_id=network_id, old=old_network, new=network):

@@ -15,6 +15,18 @@ the serving clock does not count it, so every node gets that much more time.
 A dead node is still marked DOWN, one stall later. (The orchestrator's mass
 disconnect gate, orchestrator/disruption.py, is the second line: many nodes
 DOWN at once are replaced slowly.)
+
+A loop that is slow rather than stalled wakes the monitor on time, but the
+RPCs queue: at 2,000 nodes beats waited 10-20 s between arriving and being
+handled, and live nodes were marked DOWN. So the controller also does not
+count how far behind it is in handling beats: each beat carries the deadline
+its agent gave it (HeartbeatRequest.timeout), and what is left of it when
+the beat is handled tells how long it waited here (`lag`). A tick judges the
+nodes only up to the moment the controller has caught up to: its serving
+time minus the largest lag seen since the tick before last. Beats are
+recorded when handled (never earlier), so a node's silence is counted only
+up to where the controller has read its queue. A dead node is marked DOWN
+that much later, as with a stall.
 """
 
 from __future__ import annotations
@@ -61,6 +73,13 @@ class ServingClock:
         return real - self.stalled
 
 
+def judged_until(now: float, lags: tuple[float, float]) -> float:
+    """The serving time nodes are judged at: `now` less the largest lag seen
+    over the last two ticks (the beats that arrived after it may still be
+    waiting to be handled)."""
+    return now - max(lags)
+
+
 class Heartbeats:
     """The last beat of every node that has a session here (or had, until it
     is judged)."""
@@ -68,6 +87,16 @@ class Heartbeats:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.clock = ServingClock(clock)
         self.last_seen: dict[str, float] = {}
+        # The largest lag seen (seconds a beat waited here before it was
+        # handled) since the last tick, and in the tick before.
+        self.lags = (0.0, 0.0)
+        self.max_lag = 0.0  # the largest ever seen (bench.control_plane reports it)
+
+    def lag(self, seconds: float) -> None:
+        """A beat waited this long between its arrival and its handling."""
+        if seconds > self.lags[1]:
+            self.lags = (self.lags[0], seconds)
+            self.max_lag = max(self.max_lag, seconds)
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = self.clock.now()
@@ -83,9 +112,10 @@ class Heartbeats:
         """One monitor tick (every `interval`): the nodes silent for
         HEARTBEAT_MISSES periods of serving time, with their last beat,
         forgotten here (restore() one whose DOWN could not be written)."""
-        now = self.clock.tick(interval)
+        until = judged_until(self.clock.tick(interval), self.lags)
+        self.lags = (self.lags[1], 0.0)
         return {node_id: self.last_seen.pop(node_id)
-                for node_id in overdue(self.last_seen, now, period * HEARTBEAT_MISSES)}
+                for node_id in overdue(self.last_seen, until, period * HEARTBEAT_MISSES)}
 
     def restore(self, node_id: str, seen: float) -> None:
         self.last_seen.setdefault(node_id, seen)

@@ -149,9 +149,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """Agent sessions served now by this controller."""
         return len(self._state.sessions) if self._state is not None else 0
 
+    def heartbeat_max_lag(self) -> float:
+        """The longest a heartbeat waited here before it was handled (seconds)."""
+        return self._state.heartbeats.max_lag if self._state is not None else 0.0
+
     def heartbeat_period(self) -> float:
-        return heartbeat_period(self._store.cache.clusters.values(),
-                                self.settings.heartbeat_period)
+        cache = self._store.cache
+        return heartbeat_period(cache.clusters.values(), self.settings.heartbeat_period,
+                                nodes=len(cache.nodes))
 
     def _heartbeat_response(self) -> dpb.HeartbeatResponse:
         period = self.heartbeat_period()
@@ -335,6 +340,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._check_caller(request.node_id, context)
         session = self._check_session(state, request.node_id, request.session_id)
         self._beat(state, request.node_id)
+        remaining = context.time_remaining()
+        if remaining is not None and request.HasField("timeout"):
+            # How long the beat waited here (heartbeats.py: not counted against nodes).
+            state.heartbeats.lag(request.timeout.ToNanoseconds() / 1e9 - remaining)
         if request.applied:
             assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
@@ -351,6 +360,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._serving()
         self._check_caller(request.node_id, context)
         self._check_session(state, request.node_id, request.session_id)
+        self._beat(state, request.node_id)  # a report is as good a sign of life as a beat
         tasks = self._store.cache.tasks
         accepted: list[dpb.TaskStatusUpdate] = []
         # All checked before any is queued: a refused batch changes nothing.

@@ -231,7 +231,8 @@ class Orchestrator:
         if not self.gate.down_since:
             return
         release, recheck = self.gate.decide(len(cache.nodes), now,
-                                            heartbeat_period(cache.clusters.values()))
+                                            heartbeat_period(cache.clusters.values(),
+                                                             nodes=len(cache.nodes)))
         for node_id in release:
             log.warning("node %s is DOWN: replacing its tasks", node_id)
             for task in cache.tasks_by_node.get(node_id, {}).values():

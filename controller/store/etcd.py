@@ -323,17 +323,6 @@ class EtcdClient:
             raise _failure(error) from error
         return int(response.ID)
 
-    async def lease_keepalive_once(self, lease_id: int) -> int:
-        """Refresh a lease; returns its remaining TTL (<= 0: the lease is gone)."""
-        try:
-            call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]),
-                                              timeout=self.settings.timeout)
-            async for reply in call:
-                return int(reply.TTL)
-        except grpc.aio.AioRpcError as error:
-            raise _failure(error) from error
-        return 0
-
     async def lease_time_to_live(self, lease_id: int) -> tuple[int, int]:
         """(remaining, granted) TTL of a lease in seconds; remaining -1: gone."""
         try:

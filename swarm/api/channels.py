@@ -69,6 +69,8 @@ class LinkSettings:
     # agent liveness itself is the dispatcher's heartbeat, which is faster.
     keepalive_time_s: float = 30.0
     keepalive_timeout_s: float = 10.0
+    # Calls a server lets wait for its event loop (see server_options).
+    max_pending_calls: int = 100_000
 
 
 def _common_options(settings: LinkSettings) -> ChannelOptions:
@@ -89,6 +91,15 @@ def server_options(settings: LinkSettings) -> ChannelOptions:
         # Half the client's period leaves room for timer jitter while the
         # default strike limit still stops a peer that floods pings.
         ("grpc.http2.min_ping_interval_without_data_ms", int(settings.keepalive_time_s * 500)),
+        # Calls wait in gRPC core until the asyncio server takes them, one at
+        # a time, from its event loop. Past 1,000 waiting (the default) core
+        # cancels the newest (CANCELLED, no detail): at 2,000 nodes a busy
+        # controller cancelled thousands of heartbeats, status reports and
+        # session opens, every one an agent dropping its session and opening
+        # a new one. A waiting call costs little and still ends at its own
+        # deadline, so the bound is a guard against floods, not a queue limit.
+        ("grpc.server.max_pending_requests", settings.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
     ]
 
 

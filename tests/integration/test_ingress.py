@@ -4,6 +4,7 @@ clashes, dynamic ports) and what the dispatcher tells every node."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TypeAlias
@@ -83,8 +84,14 @@ async def test_leader_makes_the_ingress_network_and_gives_every_node_an_address(
     assert all(ipaddress.IPv4Interface(a).network == subnet for a in addresses.values())
     owners = set((await ipam_keys(controller, f"addr/{ingress.id}/")).values())
     assert owners == {f"node/{node_id}" for node_id in addresses}
-    # Every node is assigned the ingress network with its own address and
-    # the other nodes' endpoints, though none runs a task.
+    # No port is published: no node is sent the network (its peers would be
+    # every node, news of every join for every node, and nothing listens).
+    await asyncio.sleep(0.5)
+    assert all(ingress.id not in n.worker.entries for n in sim_nodes.nodes)
+    # Once one is, every node is assigned the ingress network with its own
+    # address and the other nodes' endpoints, though none runs a task.
+    await control.CreateService(cpb.CreateServiceRequest(spec=web(replicas=0)))
+
     def told(node: object) -> bool:
         node_id = node.session.node_id  # type: ignore[attr-defined]
         entry = node.worker.entries.get(ingress.id)  # type: ignore[attr-defined]

@@ -65,12 +65,22 @@ async def _leading(etcd_server: EtcdServer, prefix: str, watchdog: float,
         await controller.stop()
 
 
+async def _record_lease(controller: Controller, prefix: str) -> int:
+    """The lease of the controller's registry record (0: no record)."""
+    assert controller.leadership is not None
+    _revision, kv = await controller.etcd.get(
+        Keys(prefix).controller(controller.leadership.identity))
+    return int(kv.lease) if kv is not None else 0
+
+
 async def test_a_busy_event_loop_keeps_leadership(
         etcd_server: EtcdServer, etcd_prefix: str, rival: list[Proc]) -> None:
     async with _leading(etcd_server, etcd_prefix, 30.0, rival) as controller:
         leadership = controller.leadership
         assert leadership is not None
         guard = leadership.guard
+        record = await _record_lease(controller, etcd_prefix)
+        assert record, "the controller is not registered"
         # Three lease TTLs without the loop running (a long pass at thousands
         # of nodes): a keep-alive on the loop would let the lease run out and
         # the rival (polling every 0.5 s) take the seat.
@@ -82,6 +92,8 @@ async def test_a_busy_event_loop_keeps_leadership(
         assert leadership.guard is guard
         assert await _leader(controller, etcd_prefix) == leadership.identity
         assert "elected leader" not in rival[0].log()
+        # The registry record (controller ls, the agents' list) kept its lease too.
+        assert await _record_lease(controller, etcd_prefix) == record
 
 
 async def test_a_wedged_event_loop_loses_leadership_to_another_controller(

@@ -440,6 +440,7 @@ class HeartbeatRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     APPLIED_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
     @_builtins.property
@@ -453,6 +454,14 @@ class HeartbeatRequest(_message.Message):
     def conditions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The node's conditions now (NodeStatus.conditions), sorted."""
 
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The deadline the agent gave this call (how long it waits for the
+        answer). The controller compares it with what is left when it handles
+        the beat: the difference is how far behind it is, a time it does not
+        count against any node (dispatcher/heartbeats.py).
+        """
+
     def __init__(
         self,
         *,
@@ -460,10 +469,11 @@ class HeartbeatRequest(_message.Message):
         session_id: _builtins.str = ...,
         applied: _abc.Iterable[Global___AppliedNetwork] | None = ...,
         conditions: _abc.Iterable[_builtins.str] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "conditions", b"conditions", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "conditions", b"conditions", "node_id", b"node_id", "session_id", b"session_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
