@@ -300,9 +300,17 @@ class Leadership:
             for task in (work, keepalive):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            # Hand over at once instead of making the next leader wait for the TTL.
-            with contextlib.suppress(StoreUnavailable, asyncio.CancelledError):
-                await asyncio.shield(self._store.etcd.lease_revoke(lease_id))
+            # Hand over at once instead of making the next leader wait for the TTL;
+            # shielded, so that a stop arriving meanwhile still revokes. The stop's
+            # cancellation itself must go on: swallowing it here kept the
+            # leadership loop campaigning and Controller.stop waiting for ever.
+            await asyncio.shield(self._revoke_quietly(lease_id))
+
+    async def _revoke_quietly(self, lease_id: int) -> None:
+        """Revoke a lease that may be gone already (the keeper revoked it, or it
+        ran out): nothing to report either way."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.etcd.lease_revoke(lease_id)
 
     async def _keep_lease(self, lease_id: int) -> None:
         """Keep the lease (keep_lease); raise StoreUnavailable when it is lost."""

@@ -65,11 +65,26 @@ class LiveCluster:
         nodes.start()
         try:
             await nodes.wait_connected(timeout=15)
+            await self._wait_ingress_addresses(controller)
         except BaseException:
             await nodes.stop()
             await controller.stop()
             raise
         return controller, nodes
+
+    async def _wait_ingress_addresses(self, controller: Controller, timeout: float = 15) -> None:
+        """Until every node holds its ingress address: the ingress keeper gives them
+        out after the nodes join, and a test comparing snapshots of etcd must not see
+        those writes land in the middle (they did, on a loaded machine)."""
+        addresses = f"{self.prefix}ipam/addr/".encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            _, kvs = await controller.etcd.range_prefix(addresses)
+            if len(kvs) >= NODES:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(kvs)} of {NODES} nodes got an ingress address")
+            await asyncio.sleep(0.05)
 
     @property
     def addr(self) -> str:
