@@ -264,8 +264,9 @@ class Assignments:
         # down, comes back, moves or is removed.
         if old is None or new is None or old.status.state != new.status.state \
                 or vtep(old) != vtep(new):
-            self.peers.nodes_generation += 1
-            self._mark_networks(self.overlay.networks_of(node_id))
+            # Only its endpoints are looked at again (not every endpoint of
+            # every network it is on).
+            self._mark_networks(self.overlay.node_changed(node_id))
         if new is None:
             session = self._sessions.pop(node_id, None)
             if session is not None:

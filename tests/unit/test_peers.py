@@ -248,6 +248,25 @@ def test_peer_table_rebuilds_only_after_a_change() -> None:
     assert table.refresh("net", index, NO_SERVICES, nodes).peers == {}
 
 
+def test_a_node_change_marks_only_that_nodes_endpoints() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24"),
+                          task("c", "n1", "10.0.0.4/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    table = PeerTable()
+    assert sorted(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["a", "b", "c"]
+    nodes["n1"] = node("n1", "192.168.1.1", pb.NodeStatus.DOWN)
+    assert index.node_changed("n1") == {"net"}
+    assert index.take_changes("net") == {"a", "c"}
+    index.node_changed("n1")
+    down = table.refresh("net", index, NO_SERVICES, nodes)
+    assert (down.version, list(down.peers)) == (2, ["b"])
+    index.apply(task("c", "n1", "10.0.0.4/24"), None)  # gone: no longer the node's
+    nodes["n1"] = node("n1", "192.168.1.1")
+    index.node_changed("n1")
+    assert sorted(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["a", "b"]
+    assert index.node_changed("n3") == set()
+
+
 def test_nodes_get_the_full_set_then_deltas_then_nothing() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24")])
     nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
@@ -305,7 +324,10 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
         elif action in ("down", "up"):
             state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
             nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
-            table.nodes_generation += 1
+            if number % 2:
+                table.nodes_generation += 1  # everything looked at again
+            else:
+                index.node_changed(node_id)  # only the node's endpoints
         current = table.refresh("net", index, NO_SERVICES, nodes)
         receiver = ["n1", "n2", "n3"][number % 3]
         entry = network_assignment(NET, current, sent[receiver])
@@ -402,7 +424,10 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
         elif action in ("down", "up"):
             state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
             nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
-            table.nodes_generation += 1
+            if number % 2:
+                table.nodes_generation += 1  # everything looked at again
+            else:
+                index.node_changed(node_id)  # only the node's endpoints
         elif action == "service":
             services.apply(None, service(f"s{number}", f"svc{number}", "net"))
         elif action == "network":
