@@ -48,6 +48,22 @@ class Endpoint:
     service_id: str = ""
     task_name: str = ""
     ready: bool = False
+    # Whether it is a peer yet (is_started): before, its node is assigned the
+    # network but no other node is told of it.
+    started: bool = True
+
+
+def is_started(task: pb.Task) -> bool:
+    """Whether a present task's endpoint is a peer: from STARTING on, when its
+    container joins the network (as docker publishes an endpoint when its
+    sandbox joins), not from ASSIGNED. Until then nothing can reach it nor
+    come from it, and its node alone needs to know (to set the network up
+    before the task starts); the other nodes hear of it once, when it starts,
+    and not once more for every task still waiting for its image or its
+    turn. Nodes that start a task straight to RUNNING (a burst of simulated
+    ones, an agent whose status window holds STARTING and RUNNING together)
+    cost each other node one peer per task instead of two."""
+    return task.status.state >= pb.STARTING
 
 
 def is_present(task: pb.Task | None) -> bool:
@@ -69,10 +85,15 @@ def endpoints(task: pb.Task | None) -> dict[str, Endpoint]:
     """The task's endpoints by network id; none when it is not present."""
     if task is None or not is_present(task):
         return {}
-    name, ready = task_name(task), is_ready(task)
+    name, ready, started = task_name(task), is_ready(task), is_started(task)
     return {a.network_id: Endpoint(task.id, task.node_id, a.addresses[0], task.service_id,
-                                   name, ready)
+                                   name, ready, started)
             for a in task.networks if a.addresses}
+
+
+def _visible(endpoint: Endpoint | None) -> Endpoint | None:
+    """The endpoint as the other nodes see it: nothing until it started."""
+    return endpoint if endpoint is not None and endpoint.started else None
 
 
 def vtep(node: pb.Node) -> str:
@@ -117,8 +138,18 @@ class OverlayIndex:
 
     def apply(self, old: pb.Task | None, new: pb.Task | None) -> set[str]:
         """Account a task change; returns the networks whose endpoints changed."""
+        return self.apply_split(old, new)[0]
+
+    def apply_split(self, old: pb.Task | None, new: pb.Task | None
+                    ) -> tuple[set[str], set[str]]:
+        """Account a task change; returns the networks whose endpoints changed
+        (their use by the task's node included), and of those the networks
+        whose peers changed (what the other nodes are told)."""
         task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
-        return self._account(endpoints(old), endpoints(new), task_id)
+        before, after = endpoints(old), endpoints(new)
+        changed = self._account(before, after, task_id)
+        return changed, {n for n in changed
+                         if _visible(before.get(n)) != _visible(after.get(n))}
 
     def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> set[str]:
         """Account a node change (its own endpoints); returns the networks
@@ -144,7 +175,8 @@ class OverlayIndex:
                 self._node_endpoints.setdefault(endpoint.node_id, {}).setdefault(
                     network_id, set()).add(endpoint.task_id)
         for network_id in changed:
-            self._changed(network_id, task_id)
+            if _visible(before.get(network_id)) != _visible(after.get(network_id)):
+                self._changed(network_id, task_id)
         return changed
 
     def _changed(self, network_id: str, task_id: str) -> None:
@@ -317,7 +349,7 @@ class NetworkPeers:
 def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]) -> dpb.OverlayPeer | None:
     """The peer an endpoint is, or None when its node is gone, DOWN or has no
     address (a node that never said where it is cannot be reached)."""
-    if endpoint is None:
+    if endpoint is None or not endpoint.started:
         return None
     node = nodes.get(endpoint.node_id)
     if node is None or node.status.state == pb.NodeStatus.DOWN:

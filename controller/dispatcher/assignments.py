@@ -213,14 +213,18 @@ class Assignments:
             assignment.version = version
         return assignment
 
-    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None) -> None:
+    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None,
+                       only_nodes: bool = False) -> None:
         """Tell the sessions that have (or need) these networks to look again:
         with `nodes` (a task change: its nodes), the clean holders and those
         nodes; without, every node on the networks and every holder (rarer
         changes: a network, a node, its own endpoint)."""
         sessions = self._sessions
         for network_id in network_ids:
-            clean = self._clean.pop(network_id, set())
+            if only_nodes:
+                clean = set()
+            else:
+                clean = self._clean.pop(network_id, set())
             if nodes is None:
                 targets = {*clean, *self.overlay.nodes_on(network_id),
                            *self._holders.get(network_id, ())}
@@ -275,8 +279,13 @@ class Assignments:
             self.release_node(node_id)
 
     def _on_task(self, task_id: str, old: pb.Task | None, new: pb.Task | None) -> None:
-        self._mark_networks(self.overlay.apply(old, new),
-                            tuple({t.node_id for t in (old, new) if t is not None and t.node_id}))
+        changed, peers_changed = self.overlay.apply_split(old, new)
+        nodes = tuple({t.node_id for t in (old, new) if t is not None and t.node_id})
+        self._mark_networks(peers_changed, nodes)
+        if changed - peers_changed:
+            # Only the task's node uses the network differently (a task
+            # assigned, not started yet): the others have nothing to hear.
+            self._mark_networks(changed - peers_changed, nodes, only_nodes=True)
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(new)

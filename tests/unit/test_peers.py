@@ -85,6 +85,28 @@ def test_index_tracks_present_endpoints_and_node_networks() -> None:
     assert not index.endpoints
 
 
+def test_a_task_is_a_peer_from_starting_on_and_its_node_has_the_network_before() -> None:
+    index = OverlayIndex()
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    table = PeerTable()
+    assigned = task("t1", "n1", "10.0.0.2/24", pb.ASSIGNED)
+    assert index.apply_split(None, assigned) == ({"net"}, set()), "only its node is told"
+    assert index.networks_of("n1") == {"net"}
+    assert list(index.nodes_on("net")) == ["n1"]
+    assert table.refresh("net", index, NO_SERVICES, nodes).peers == {}
+    preparing = task("t1", "n1", "10.0.0.2/24", pb.PREPARING)
+    assert index.apply_split(assigned, preparing) == (set(), set())
+    starting = task("t1", "n1", "10.0.0.2/24", pb.STARTING)
+    assert index.apply_split(preparing, starting) == ({"net"}, {"net"})
+    current = table.refresh("net", index, NO_SERVICES, nodes)
+    assert [(p.task_id, p.ready) for p in current.peers.values()] == [("t1", False)]
+    # Told to stop before it started: never a peer.
+    index.apply(None, task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED))
+    stopping = task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED, desired=pb.SHUTDOWN)
+    assert index.apply_split(task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED), stopping)[1] == set()
+    assert list(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["t1"]
+
+
 @pytest.mark.parametrize(("state", "health", "desired", "ready"), [
     (pb.RUNNING, pb.TaskStatus.NO_HEALTHCHECK, pb.RUNNING, True),
     (pb.RUNNING, pb.TaskStatus.HEALTHY, pb.RUNNING, True),
@@ -636,3 +658,21 @@ async def test_a_network_removed_while_a_stopping_task_holds_it_goes_with_that_t
     await deps.remove_unused(again, in_use={"other"})
     await deps.remove_unused(dpb.Assignments(type=INCREMENTAL, removed=["t2"]), in_use=set())
     assert overlay.networks() == ["net", "other"]
+
+
+def test_a_simulated_node_can_keep_peers_as_task_ids_only() -> None:
+    from swarm.agent.simulated import FakeWorker
+
+    worker = FakeWorker(record_peers=False)
+    full = dpb.Assignments(type=dpb.Assignments.COMPLETE, networks=[dpb.NetworkAssignment(
+        network=NET, peers=[dpb.OverlayPeer(task_id="a"), dpb.OverlayPeer(task_id="b")])])
+    asyncio.run(worker.apply(full))
+    assert worker.peer_ids == {"net": {"a", "b"}}
+    delta = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[dpb.NetworkAssignment(
+        network=NET, delta=True, peers=[dpb.OverlayPeer(task_id="c")], removed_peers=["a"])])
+    asyncio.run(worker.apply(delta))
+    assert worker.peer_ids == {"net": {"b", "c"}}
+    assert worker.overlay.peers == {}, "nothing filed as a data plane would"
+    asyncio.run(worker.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL,
+                                             removed_networks=["net"])))
+    assert worker.peer_ids == {}
