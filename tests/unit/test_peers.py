@@ -676,3 +676,15 @@ def test_a_simulated_node_can_keep_peers_as_task_ids_only() -> None:
     asyncio.run(worker.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL,
                                              removed_networks=["net"])))
     assert worker.peer_ids == {}
+
+
+def test_the_peer_news_window_widens_with_the_sessions_to_keep_a_message_rate() -> None:
+    from swarm.controller.dispatcher.sessions import network_window
+
+    assert network_window(0.1, 3) == 0.1, "a small cluster keeps the base window"
+    assert network_window(0.1, 100) == 0.1
+    assert network_window(0.1, 500) == 0.5
+    assert network_window(0.1, 5000, rate=1000) == 5.0
+    for sessions in (1, 10, 200, 1000, 4000):
+        window = network_window(0.1, sessions)
+        assert sessions / window <= 1000 + 1e-9  # one message per window each
