@@ -221,10 +221,8 @@ class Assignments:
         changes: a network, a node, its own endpoint)."""
         sessions = self._sessions
         for network_id in network_ids:
-            if only_nodes:
-                clean = set()
-            else:
-                clean = self._clean.pop(network_id, set())
+            # only_nodes: the holders have nothing new to hear (they stay clean).
+            clean = set() if only_nodes else self._clean.pop(network_id, set())
             if nodes is None:
                 targets = {*clean, *self.overlay.nodes_on(network_id),
                            *self._holders.get(network_id, ())}
