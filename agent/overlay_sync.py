@@ -140,12 +140,25 @@ def _convert(peer: dpb.OverlayPeer, network_id: str) -> Peer | None:
     """A peer as the data plane takes it. One that does not parse (a node
     advertising a hostname, say) is left out, with a warning, rather than
     failing the whole network."""
-    try:
-        return Peer.create(str(IPv4Interface(peer.address).ip), peer.vtep, peer.mac)
-    except ValueError as error:
+    converted = _parsed(peer.address, peer.vtep, peer.mac)
+    if isinstance(converted, str):
         log.warning("network %s: ignoring peer %s (task %s on %s): %s", network_id,
-                    peer.address, peer.task_id, peer.vtep, error)
+                    peer.address, peer.task_id, peer.vtep, converted)
         return None
+    return converted
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parsed(address: str, vtep: str, mac: str) -> Peer | str:
+    """The Peer of these fields, or why they do not parse. Memoized: parsing
+    addresses with ipaddress costs several microseconds, and the same peer
+    comes again whenever only its readiness changed (and, where many
+    simulated nodes share a process, once per node). Peers are frozen, so a
+    shared one is safe."""
+    try:
+        return Peer.create(str(IPv4Interface(address).ip), vtep, mac)
+    except ValueError as error:
+        return str(error)
 
 
 def peers_of(peers: Iterable[dpb.OverlayPeer], network_id: str = "") -> list[Peer]:
@@ -201,6 +214,13 @@ async def sync_networks(manager: OverlayManager, assignments: dpb.Assignments,
         peer_sets.forget(network_id)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _recorded_key(peer: Peer) -> tuple[str, str]:
+    """How RecordingOverlay files a peer (memoized: str() of an address is
+    slow, and many simulated nodes in one process file the same peers)."""
+    return str(peer.ip), str(peer.vtep)
+
+
 class RecordingOverlay:
     """An OverlayManager that only remembers what it was told (simulated
     agents and tests)."""
@@ -224,7 +244,7 @@ class RecordingOverlay:
 
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
         self.full_sets += 1
-        self._peers[network.network_id] = {(str(p.ip), str(p.vtep)): p for p in peers}
+        self._peers[network.network_id] = {_recorded_key(p): p for p in peers}
 
     async def update_peers(self, network: OverlayNetwork, removed: Iterable[Peer],
                            upserted: Iterable[Peer],
@@ -234,9 +254,9 @@ class RecordingOverlay:
             await self.set_peers(network, everything())
             return
         for peer in removed:
-            current.pop((str(peer.ip), str(peer.vtep)), None)
+            current.pop(_recorded_key(peer), None)
         for peer in upserted:
-            current[(str(peer.ip), str(peer.vtep))] = peer
+            current[_recorded_key(peer)] = peer
 
     async def remove_network(self, network_id: str) -> None:
         self.network_objects.pop(network_id, None)

@@ -152,6 +152,7 @@ class AgentSession:
         # Where to start: agents started with the same list spread over it.
         self._target = random.randrange(len(self._controllers))
         self._period = 5.0  # the heartbeat period of the last session
+        self._heard_at = 0.0  # when the session stream last brought a message (monotonic)
         self.description = description
         self.worker = worker
         self._channels = channels
@@ -295,6 +296,7 @@ class AgentSession:
             if first is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
             assert isinstance(first, dpb.SessionMessage)
+            self._heard_at = time.monotonic()
             self.session_id = first.session_id
             self.serving = addr
             self._opened = True
@@ -338,6 +340,7 @@ class AgentSession:
             message = await stream.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                 return
+            self._heard_at = time.monotonic()
             self.learn_controllers(message.controllers)
             await self._apply(message.assignments)
 
@@ -372,6 +375,21 @@ class AgentSession:
                          for n, v in sorted(applied.items())],
                 conditions=sorted(self.conditions())), timeout=_RPC_TIMEOUT)
 
+    def _busy_not_gone(self, error: grpc.aio.AioRpcError, period: float) -> bool:
+        """Whether a call that ran out of time is to be tried again rather
+        than end the session: the controller is busy, not gone, when its
+        stream brought a message within the last period (a paused or dead
+        one sends nothing). Ending the session would cost it a complete
+        set of everything for this node on top of what keeps it busy: with
+        hundreds of nodes, a wave of new sessions that fed itself."""
+        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False
+        if time.monotonic() - self._heard_at >= period:
+            return False
+        log.warning("controller %s is slow to answer (%s); the session stays", self.serving,
+                    error.details())
+        return True
+
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
@@ -386,7 +404,12 @@ class AgentSession:
             request = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
                                            conditions=sorted(self.conditions()))
             request.timeout.FromNanoseconds(int(timeout * 1e9))
-            response = await stub.Heartbeat(request, timeout=timeout)
+            try:
+                response = await stub.Heartbeat(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                if self._busy_not_gone(error, period):
+                    continue
+                raise
             period = self._period = response.period.ToNanoseconds() / 1e9 or period
             self.on_beat(period)
             # Beat a little faster than the period so one late beat is not a

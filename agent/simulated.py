@@ -123,8 +123,16 @@ class FakeWorker:
     REJECTED instead, as a real agent rejects an image it cannot pull: this is how tests
     drive the restart supervisor and the CLI's convergence failures."""
 
-    def __init__(self, reject_images: Collection[str] = ()) -> None:
+    def __init__(self, reject_images: Collection[str] = (), record_peers: bool = True) -> None:
         self.session: AgentSession | None = None
+        # False (benchmarks of the control plane): the peers are kept as
+        # task ids per network only, not converted and filed as a data
+        # plane would (RecordingOverlay, PeerSets): hundreds of simulated
+        # nodes share this process and its core with the controller, and
+        # each stands for a host of its own; what they cost must not be
+        # what the benchmark measures.
+        self.record_peers = record_peers
+        self.peer_ids: dict[str, set[str]] = {}
         self.tasks: dict[str, pb.TaskStatus] = {}
         self.stopped = False  # a stopped fake node ignores everything (for failure tests)
         self.reject_images = frozenset(reject_images)
@@ -149,7 +157,10 @@ class FakeWorker:
         self.received.extend(assignments.networks)
         for given in assignments.pull_credentials:
             self.pull_credentials[given.task_id] = given.credential
-        await sync_networks(self.overlay, assignments, self.peer_sets)
+        if self.record_peers:
+            await sync_networks(self.overlay, assignments, self.peer_sets)
+        else:
+            self._track_peers(assignments)
         for entry in assignments.networks:
             self.entries[entry.network.id] = entry
         for network_id in assignments.removed_networks:
@@ -176,6 +187,24 @@ class FakeWorker:
                     self._stopping.add(task.id)
                     asyncio.get_running_loop().call_later(self.stop_delay, self._stopped,
                                                           task.id)
+
+    def _track_peers(self, assignments: dpb.Assignments) -> None:
+        """The peers' task ids per network (record_peers=False)."""
+        named = set()
+        for entry in assignments.networks:
+            network_id = entry.network.id
+            named.add(network_id)
+            if entry.delta:
+                ids = self.peer_ids.setdefault(network_id, set())
+                ids.difference_update(entry.removed_peers)
+            else:
+                ids = self.peer_ids[network_id] = set()
+            ids.update([peer.task_id for peer in entry.peers])
+        gone = set(assignments.removed_networks)
+        if assignments.type == dpb.Assignments.COMPLETE:
+            gone |= set(self.peer_ids) - named
+        for network_id in gone - named:
+            self.peer_ids.pop(network_id, None)
 
     def _start(self, task: pb.Task) -> None:
         status = _status(pb.RUNNING, "started (simulated)")
@@ -261,8 +290,9 @@ class SimulatedNode:
                  ca_pem: Callable[[], Awaitable[bytes]] | None = None,
                  role: pb.NodeSpec.Role.ValueType = pb.NodeSpec.WORKER,
                  generic: Sequence[pb.GenericResource] = (),
-                 join_slots: asyncio.Semaphore | None = None) -> None:
-        self.worker = FakeWorker(reject_images)
+                 join_slots: asyncio.Semaphore | None = None,
+                 record_peers: bool = True) -> None:
+        self.worker = FakeWorker(reject_images, record_peers)
         self._join_slots = join_slots
         description = pb.NodeDescription(
             hostname=f"{hostname_prefix}-{index:04d}",
@@ -334,7 +364,8 @@ class SimulatedCluster:
                  hostname_prefix: str = "sim", reject_images: Collection[str] = (), *,
                  join_token: str | None = None, join_addrs: Sequence[str] = (),
                  managers: int = 0,
-                 generic: Mapping[int, Sequence[pb.GenericResource]] | None = None) -> None:
+                 generic: Mapping[int, Sequence[pb.GenericResource]] | None = None,
+                 record_peers: bool = True) -> None:
         joining = None if join_token is None else JoinSettings(
             join_token, tuple(join_addrs) or tuple(join_address(c) for c in controllers))
         self._channels = insecure_channels() if joining is None else None
@@ -344,7 +375,7 @@ class SimulatedCluster:
         self.nodes = [SimulatedNode(i, controllers, self._channels, labels, settings,
                                     hostname_prefix, reject_images, joining, self._ca_pem,
                                     pb.NodeSpec.MANAGER if i < managers else pb.NodeSpec.WORKER,
-                                    (generic or {}).get(i, ()), join_slots)
+                                    (generic or {}).get(i, ()), join_slots, record_peers)
                       for i in range(count)]
 
     async def _ca_pem(self) -> bytes:
@@ -386,7 +417,8 @@ async def _main(args: argparse.Namespace) -> None:
         raise SystemExit("python -m swarm.agent.simulated: --join-token is required (or --insecure)")
     cluster = SimulatedCluster(args.controller, args.nodes, hostname_prefix=args.hostname_prefix,
                                join_token=None if args.insecure else args.join_token,
-                               join_addrs=args.join_addr)
+                               join_addrs=args.join_addr,
+                               record_peers=not args.peer_ids_only)
     cluster.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -409,6 +441,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--join-addr", action="append", default=[],
                         help="controller join port HOST:PORT (default: each --controller's port + 1)")
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC (development only)")
+    parser.add_argument("--peer-ids-only", action="store_true",
+                        help="keep the overlay peers sent as task ids only, without the "
+                             "simulated data plane's bookkeeping (control-plane benchmarks)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(_main(args))

@@ -48,6 +48,22 @@ class Endpoint:
     service_id: str = ""
     task_name: str = ""
     ready: bool = False
+    # Whether it is a peer yet (is_started): before, its node is assigned the
+    # network but no other node is told of it.
+    started: bool = True
+
+
+def is_started(task: pb.Task) -> bool:
+    """Whether a present task's endpoint is a peer: from STARTING on, when its
+    container joins the network (as docker publishes an endpoint when its
+    sandbox joins), not from ASSIGNED. Until then nothing can reach it nor
+    come from it, and its node alone needs to know (to set the network up
+    before the task starts); the other nodes hear of it once, when it starts,
+    and not once more for every task still waiting for its image or its
+    turn. Nodes that start a task straight to RUNNING (a burst of simulated
+    ones, an agent whose status window holds STARTING and RUNNING together)
+    cost each other node one peer per task instead of two."""
+    return task.status.state >= pb.STARTING
 
 
 def is_present(task: pb.Task | None) -> bool:
@@ -69,10 +85,15 @@ def endpoints(task: pb.Task | None) -> dict[str, Endpoint]:
     """The task's endpoints by network id; none when it is not present."""
     if task is None or not is_present(task):
         return {}
-    name, ready = task_name(task), is_ready(task)
+    name, ready, started = task_name(task), is_ready(task), is_started(task)
     return {a.network_id: Endpoint(task.id, task.node_id, a.addresses[0], task.service_id,
-                                   name, ready)
+                                   name, ready, started)
             for a in task.networks if a.addresses}
+
+
+def _visible(endpoint: Endpoint | None) -> Endpoint | None:
+    """The endpoint as the other nodes see it: nothing until it started."""
+    return endpoint if endpoint is not None and endpoint.started else None
 
 
 def vtep(node: pb.Node) -> str:
@@ -107,13 +128,28 @@ class OverlayIndex:
         # tables by what changed instead of rebuilding them per message.
         self._changes: dict[str, set[str]] = {}
         self._overflowed: set[str] = set()
+        # node -> network -> the endpoints it holds there, so that a node
+        # going DOWN (or coming back, or moving) marks only its own endpoints
+        # changed: with 10,000 endpoints on a network, rebuilding every peer
+        # per node change made a wave of DOWN marks quadratic.
+        self._node_endpoints: dict[str, dict[str, set[str]]] = {}
         for task in tasks:
             self.apply(None, task)
 
     def apply(self, old: pb.Task | None, new: pb.Task | None) -> set[str]:
         """Account a task change; returns the networks whose endpoints changed."""
+        return self.apply_split(old, new)[0]
+
+    def apply_split(self, old: pb.Task | None, new: pb.Task | None
+                    ) -> tuple[set[str], set[str]]:
+        """Account a task change; returns the networks whose endpoints changed
+        (their use by the task's node included), and of those the networks
+        whose peers changed (what the other nodes are told)."""
         task_id = (new or old).id if (new or old) is not None else ""  # type: ignore[union-attr]
-        return self._account(endpoints(old), endpoints(new), task_id)
+        before, after = endpoints(old), endpoints(new)
+        changed = self._account(before, after, task_id)
+        return changed, {n for n in changed
+                         if _visible(before.get(n)) != _visible(after.get(n))}
 
     def apply_node(self, old: pb.Node | None, new: pb.Node | None) -> set[str]:
         """Account a node change (its own endpoints); returns the networks
@@ -136,15 +172,32 @@ class OverlayIndex:
                 self.endpoints.setdefault(network_id, {})[endpoint.task_id] = endpoint
                 self._node_networks.setdefault(endpoint.node_id, Counter())[network_id] += 1
                 self._network_nodes.setdefault(network_id, Counter())[endpoint.node_id] += 1
+                self._node_endpoints.setdefault(endpoint.node_id, {}).setdefault(
+                    network_id, set()).add(endpoint.task_id)
         for network_id in changed:
-            pending = self._changes.setdefault(network_id, set())
-            pending.add(task_id)
-            if len(pending) > _CHANGES_LIMIT:
-                # Nobody has looked for a long time: "everything changed" is
-                # cheaper to keep than the list.
-                self._changes[network_id] = set()
-                self._overflowed.add(network_id)
+            if _visible(before.get(network_id)) != _visible(after.get(network_id)):
+                self._changed(network_id, task_id)
         return changed
+
+    def _changed(self, network_id: str, task_id: str) -> None:
+        pending = self._changes.setdefault(network_id, set())
+        pending.add(task_id)
+        if len(pending) > _CHANGES_LIMIT:
+            # Nobody has looked for a long time: "everything changed" is
+            # cheaper to keep than the list.
+            self._changes[network_id] = set()
+            self._overflowed.add(network_id)
+
+    def node_changed(self, node_id: str) -> set[str]:
+        """The node went DOWN, came back, moved or went away: each of its
+        endpoints (and only those) is to be looked at again, since whether
+        and where it can be reached derives from the node. Returns the
+        networks concerned."""
+        held = self._node_endpoints.get(node_id, {})
+        for network_id, task_ids in held.items():
+            for task_id in task_ids:
+                self._changed(network_id, task_id)
+        return set(held)
 
     def take_changes(self, network_id: str) -> set[str] | None:
         """The tasks whose endpoint on the network changed since the last call;
@@ -160,6 +213,15 @@ class OverlayIndex:
         members.pop(endpoint.task_id, None)
         if not members:
             self.endpoints.pop(network_id, None)
+        held = self._node_endpoints.get(endpoint.node_id)
+        if held is not None:
+            task_ids = held.get(network_id)
+            if task_ids is not None:
+                task_ids.discard(endpoint.task_id)
+                if not task_ids:
+                    del held[network_id]
+            if not held:
+                del self._node_endpoints[endpoint.node_id]
         counts = self._node_networks.get(endpoint.node_id)
         if counts is not None:
             counts[network_id] -= 1
@@ -273,12 +335,21 @@ class NetworkPeers:
     # Entries built for the current version, by (since, compact): shared.
     built: dict[tuple[int | None, bool], dpb.NetworkAssignment | None] = field(
         default_factory=dict)
+    # The compact form of each peer (compact_peer), made when first sent and
+    # kept until the peer changes: every session's delta reuses it.
+    compact: dict[str, dpb.OverlayPeer] = field(default_factory=dict)
+
+    def compact_peer(self, task_id: str) -> dpb.OverlayPeer:
+        made = self.compact.get(task_id)
+        if made is None:
+            made = self.compact[task_id] = compact_peer(self.peers[task_id])
+        return made
 
 
 def _peer(endpoint: Endpoint | None, nodes: Mapping[str, pb.Node]) -> dpb.OverlayPeer | None:
     """The peer an endpoint is, or None when its node is gone, DOWN or has no
     address (a node that never said where it is cannot be reached)."""
-    if endpoint is None:
+    if endpoint is None or not endpoint.started:
         return None
     node = nodes.get(endpoint.node_id)
     if node is None or node.status.state == pb.NodeStatus.DOWN:
@@ -298,7 +369,10 @@ class PeerTable:
     bounded change log so each session is sent only what changed."""
 
     def __init__(self, log_limit: int = 50_000) -> None:
-        self.nodes_generation = 0  # bumped by the caller when a node's state or address changes
+        # Bumped by a caller when any node's state or address may have
+        # changed: every endpoint is looked at again. The dispatcher marks
+        # the node's own endpoints instead (OverlayIndex.node_changed).
+        self.nodes_generation = 0
         self._log_limit = log_limit
         self._tables: dict[str, NetworkPeers] = {}
 
@@ -329,6 +403,7 @@ class PeerTable:
             peer = _peer(members.get(task_id), nodes)
             if peer == table.peers.get(task_id):
                 continue
+            table.compact.pop(task_id, None)
             if peer is None:
                 del table.peers[task_id]
             else:
@@ -426,8 +501,9 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
     if since is None:
         result.network.CopyFrom(as_sent(network))
         result.services.extend(table.services)
-        peers = [table.peers[task_id] for task_id in sorted(table.peers)]
-        result.peers.extend([compact_peer(p) for p in peers] if compact else peers)
+        ordered = sorted(table.peers)
+        result.peers.extend([table.compact_peer(t) for t in ordered] if compact
+                            else [table.peers[t] for t in ordered])
         return result
     result.delta = True
     if compact and since >= table.network_at:
@@ -444,7 +520,7 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
         if peer is None:
             result.removed_peers.append(task_id)
         elif compact:
-            result.peers.append(compact_peer(peer))
+            result.peers.append(table.compact_peer(task_id))
         else:
             result.peers.append(peer)
     return result

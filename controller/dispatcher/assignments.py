@@ -234,7 +234,8 @@ class Assignments:
             assignment.version = version
         return assignment
 
-    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None) -> None:
+    def _mark_networks(self, network_ids: set[str], nodes: tuple[str, ...] | None = None,
+                       only_nodes: bool = False) -> None:
         """Tell the sessions that have (or need) these networks to look again:
         with `nodes` (a task change: its nodes), the clean holders and those
         nodes; without, every node on the networks and every holder (rarer
@@ -244,7 +245,8 @@ class Assignments:
             if not self._mesh and network_id not in self._holders and \
                     self._is_ingress(network_id):
                 continue  # the mesh is not in use and no node has it: no news for anyone
-            clean = self._clean.pop(network_id, set())
+            # only_nodes: the holders have nothing new to hear (they stay clean).
+            clean = set() if only_nodes else self._clean.pop(network_id, set())
             if nodes is None:
                 targets = {*clean, *self.overlay.nodes_on(network_id),
                            *self._holders.get(network_id, ())}
@@ -289,8 +291,9 @@ class Assignments:
         # down, comes back, moves or is removed.
         if old is None or new is None or old.status.state != new.status.state \
                 or vtep(old) != vtep(new):
-            self.peers.nodes_generation += 1
-            self._mark_networks(self.overlay.networks_of(node_id))
+            # Only its endpoints are looked at again (not every endpoint of
+            # every network it is on).
+            self._mark_networks(self.overlay.node_changed(node_id))
         if new is None:
             session = self._sessions.pop(node_id, None)
             if session is not None:
@@ -299,8 +302,13 @@ class Assignments:
             self.release_node(node_id)
 
     def _on_task(self, task_id: str, old: pb.Task | None, new: pb.Task | None) -> None:
-        self._mark_networks(self.overlay.apply(old, new),
-                            tuple({t.node_id for t in (old, new) if t is not None and t.node_id}))
+        changed, peers_changed = self.overlay.apply_split(old, new)
+        nodes = tuple({t.node_id for t in (old, new) if t is not None and t.node_id})
+        self._mark_networks(peers_changed, nodes)
+        if changed - peers_changed:
+            # Only the task's node uses the network differently (a task
+            # assigned, not started yet): the others have nothing to hear.
+            self._mark_networks(changed - peers_changed, nodes, only_nodes=True)
         if starts_draining(old, new):
             assert new is not None
             self._start_drain(new)

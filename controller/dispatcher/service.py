@@ -80,7 +80,7 @@ from .drainreports import DrainReporter
 from .heartbeats import HEARTBEAT_MISSES, Heartbeats
 from .liveness import AliveReporter, Dial
 from .sessions import Session as NodeSession
-from .sessions import Sessions
+from .sessions import Sessions, network_window
 from .status import StatusWriter, mark_node, set_conditions
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             )
             while True:
                 await session.wait_for_news(settings.assignment_flush_interval,
-                                            settings.network_flush_interval)
+                                            network_window(settings.network_flush_interval,
+                                                           len(state.sessions)))
                 if session.closed:
                     return
                 message = assignments.incremental(session)

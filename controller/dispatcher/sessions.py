@@ -91,6 +91,22 @@ class Session:
 
 
 NETWORK_FIRST_PAUSE = 0.005  # gathers one status write's changes
+# Peer news messages per second the sessions of one controller are paced to
+# during a burst, all together: each message costs the controller its
+# stream's turn, serialization and a send whatever it carries, so 500 nodes
+# each paced to the base window were 5,000 small messages a second that
+# left the loop no time for anything else (heartbeats included).
+NETWORK_MESSAGES_PER_S = 1000.0
+
+
+def network_window(base: float, sessions: int,
+                   rate: float = NETWORK_MESSAGES_PER_S) -> float:
+    """The peer news window of each session: the base window, widened so
+    that `sessions` sessions each sending one message per window stay
+    within `rate` messages a second. Only bursts are paced: news after a
+    quiet spell still goes at once (Session.wait_for_news), so a lone task
+    start reaches every node as quickly at any scale."""
+    return max(base, sessions / rate)
 
 
 class Sessions(dict[str, Session]):

@@ -173,3 +173,19 @@ def test_the_compaction_interval_is_a_controller_flag(capsys: pytest.CaptureFixt
     assert caught.value.code == 2
     assert "--etcd-compaction-interval: must be 0 (off) or positive" in capsys.readouterr().err
     assert parse_args(["--insecure", "--max-read-staleness", "30"]).max_read_staleness == 30
+
+
+def test_allocator_batches_count_a_networks_update_once_per_transaction() -> None:
+    task = pb.Task(id="t")
+    task.spec.networks.add(target="net")
+    chunks = batches([task] * 1000, 127)
+    # Each task is its update and one claim; the network's update once per
+    # transaction, and one kept for the ingress network.
+    assert all(3 * len(chunk) + 2 <= 127 for chunk in chunks)
+    assert max(len(chunk) for chunk in chunks) == 41
+    assert sum(len(chunk) for chunk in chunks) == 1000
+    other = pb.Task(id="u")
+    other.spec.networks.add(target="other")
+    mixed = batches([task, other] * 100, 127)
+    assert all(sum(2 + len(t.spec.networks) for t in chunk) + 1 +
+               len({a.target for t in chunk for a in t.spec.networks}) <= 127 for chunk in mixed)

@@ -85,6 +85,28 @@ def test_index_tracks_present_endpoints_and_node_networks() -> None:
     assert not index.endpoints
 
 
+def test_a_task_is_a_peer_from_starting_on_and_its_node_has_the_network_before() -> None:
+    index = OverlayIndex()
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    table = PeerTable()
+    assigned = task("t1", "n1", "10.0.0.2/24", pb.ASSIGNED)
+    assert index.apply_split(None, assigned) == ({"net"}, set()), "only its node is told"
+    assert index.networks_of("n1") == {"net"}
+    assert list(index.nodes_on("net")) == ["n1"]
+    assert table.refresh("net", index, NO_SERVICES, nodes).peers == {}
+    preparing = task("t1", "n1", "10.0.0.2/24", pb.PREPARING)
+    assert index.apply_split(assigned, preparing) == (set(), set())
+    starting = task("t1", "n1", "10.0.0.2/24", pb.STARTING)
+    assert index.apply_split(preparing, starting) == ({"net"}, {"net"})
+    current = table.refresh("net", index, NO_SERVICES, nodes)
+    assert [(p.task_id, p.ready) for p in current.peers.values()] == [("t1", False)]
+    # Told to stop before it started: never a peer.
+    index.apply(None, task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED))
+    stopping = task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED, desired=pb.SHUTDOWN)
+    assert index.apply_split(task("t2", "n2", "10.0.0.3/24", pb.ASSIGNED), stopping)[1] == set()
+    assert list(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["t1"]
+
+
 @pytest.mark.parametrize(("state", "health", "desired", "ready"), [
     (pb.RUNNING, pb.TaskStatus.NO_HEALTHCHECK, pb.RUNNING, True),
     (pb.RUNNING, pb.TaskStatus.HEALTHY, pb.RUNNING, True),
@@ -248,6 +270,25 @@ def test_peer_table_rebuilds_only_after_a_change() -> None:
     assert table.refresh("net", index, NO_SERVICES, nodes).peers == {}
 
 
+def test_a_node_change_marks_only_that_nodes_endpoints() -> None:
+    index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24"),
+                          task("c", "n1", "10.0.0.4/24")])
+    nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
+    table = PeerTable()
+    assert sorted(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["a", "b", "c"]
+    nodes["n1"] = node("n1", "192.168.1.1", pb.NodeStatus.DOWN)
+    assert index.node_changed("n1") == {"net"}
+    assert index.take_changes("net") == {"a", "c"}
+    index.node_changed("n1")
+    down = table.refresh("net", index, NO_SERVICES, nodes)
+    assert (down.version, list(down.peers)) == (2, ["b"])
+    index.apply(task("c", "n1", "10.0.0.4/24"), None)  # gone: no longer the node's
+    nodes["n1"] = node("n1", "192.168.1.1")
+    index.node_changed("n1")
+    assert sorted(table.refresh("net", index, NO_SERVICES, nodes).peers) == ["a", "b"]
+    assert index.node_changed("n3") == set()
+
+
 def test_nodes_get_the_full_set_then_deltas_then_nothing() -> None:
     index = OverlayIndex([task("a", "n1", "10.0.0.2/24"), task("b", "n2", "10.0.0.3/24")])
     nodes = {"n1": node("n1", "192.168.1.1"), "n2": node("n2", "192.168.1.2")}
@@ -305,7 +346,10 @@ def test_deltas_applied_by_the_agent_equal_the_full_set(
         elif action in ("down", "up"):
             state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
             nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
-            table.nodes_generation += 1
+            if number % 2:
+                table.nodes_generation += 1  # everything looked at again
+            else:
+                index.node_changed(node_id)  # only the node's endpoints
         current = table.refresh("net", index, NO_SERVICES, nodes)
         receiver = ["n1", "n2", "n3"][number % 3]
         entry = network_assignment(NET, current, sent[receiver])
@@ -402,7 +446,10 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
         elif action in ("down", "up"):
             state = pb.NodeStatus.DOWN if action == "down" else pb.NodeStatus.READY
             nodes[node_id] = node(node_id, nodes[node_id].status.addr, state)
-            table.nodes_generation += 1
+            if number % 2:
+                table.nodes_generation += 1  # everything looked at again
+            else:
+                index.node_changed(node_id)  # only the node's endpoints
         elif action == "service":
             services.apply(None, service(f"s{number}", f"svc{number}", "net"))
         elif action == "network":
@@ -611,3 +658,33 @@ async def test_a_network_removed_while_a_stopping_task_holds_it_goes_with_that_t
     await deps.remove_unused(again, in_use={"other"})
     await deps.remove_unused(dpb.Assignments(type=INCREMENTAL, removed=["t2"]), in_use=set())
     assert overlay.networks() == ["net", "other"]
+
+
+def test_a_simulated_node_can_keep_peers_as_task_ids_only() -> None:
+    from swarm.agent.simulated import FakeWorker
+
+    worker = FakeWorker(record_peers=False)
+    full = dpb.Assignments(type=dpb.Assignments.COMPLETE, networks=[dpb.NetworkAssignment(
+        network=NET, peers=[dpb.OverlayPeer(task_id="a"), dpb.OverlayPeer(task_id="b")])])
+    asyncio.run(worker.apply(full))
+    assert worker.peer_ids == {"net": {"a", "b"}}
+    delta = dpb.Assignments(type=dpb.Assignments.INCREMENTAL, networks=[dpb.NetworkAssignment(
+        network=NET, delta=True, peers=[dpb.OverlayPeer(task_id="c")], removed_peers=["a"])])
+    asyncio.run(worker.apply(delta))
+    assert worker.peer_ids == {"net": {"b", "c"}}
+    assert worker.overlay.peers == {}, "nothing filed as a data plane would"
+    asyncio.run(worker.apply(dpb.Assignments(type=dpb.Assignments.INCREMENTAL,
+                                             removed_networks=["net"])))
+    assert worker.peer_ids == {}
+
+
+def test_the_peer_news_window_widens_with_the_sessions_to_keep_a_message_rate() -> None:
+    from swarm.controller.dispatcher.sessions import network_window
+
+    assert network_window(0.1, 3) == 0.1, "a small cluster keeps the base window"
+    assert network_window(0.1, 100) == 0.1
+    assert network_window(0.1, 500) == 0.5
+    assert network_window(0.1, 5000, rate=1000) == 5.0
+    for sessions in (1, 10, 200, 1000, 4000):
+        window = network_window(0.1, sessions)
+        assert sessions / window <= 1000 + 1e-9  # one message per window each
