@@ -127,11 +127,18 @@ async def test_published_ports_reach_every_node_and_clash_by_name(
     await eventually(lambda: all(services_seen(n, ingress.id) == [("web", [(8080, 80)])]
                                  for n in sim_nodes.nodes))
     task_addresses = {t.networks[0].addresses[0] for t in running()}
-    for node in sim_nodes.nodes:
-        seen = {p.address for p in node.worker.peer_sets.endpoints(ingress.id)}
-        local = {t.networks[0].addresses[0] for t in running()
-                 if t.node_id == node.session.node_id}
-        assert task_addresses - local <= seen
+
+    def peers_known() -> bool:
+        # Peer news is paced apart from the service records: it may come later.
+        for node in sim_nodes.nodes:
+            seen = {p.address for p in node.worker.peer_sets.endpoints(ingress.id)}
+            local = {t.networks[0].addresses[0] for t in running()
+                     if t.node_id == node.session.node_id}
+            if not task_addresses - local <= seen:
+                return False
+        return True
+
+    await eventually(peers_known)
 
     # Another service may not publish 8080, in any mode; nothing is written.
     before = set(await etcd_keys(controller))
