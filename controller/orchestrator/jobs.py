@@ -92,14 +92,7 @@ def job_slots(service: pb.Service, tasks: Sequence[pb.Task], nodes: Mapping[str,
     """The current iteration's slots (tasks given are that iteration's)."""
     if service.spec.WhichOneof("mode") == "global_job":
         return global_.global_slots(service, tasks, nodes, constraints)
-    total = max(0, service.spec.replicated_job.total_completions)
-    slots = {number: Slot(number, "", Role.WANTED) for number in range(1, total + 1)}
-    for task in tasks:
-        slot = slots.get(task.slot)
-        if slot is None:
-            slot = slots[task.slot] = Slot(task.slot, "", Role.UNWANTED)
-        slot.task_ids.append(task.id)
-    return [slots[number] for number in sorted(slots)]
+    return replicated.numbered_slots(service.spec.replicated_job.total_completions, tasks)
 
 
 def _slot_name(slot: Slot) -> str:

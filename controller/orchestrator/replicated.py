@@ -18,8 +18,12 @@ from .tasks import node_unusable
 
 
 def replicated_slots(service: pb.Service, tasks: Sequence[pb.Task]) -> list[Slot]:
-    replicas = max(0, service.spec.replicated.replicas)
-    slots = {number: Slot(number, "", Role.WANTED) for number in range(1, replicas + 1)}
+    return numbered_slots(service.spec.replicated.replicas, tasks)
+
+
+def numbered_slots(wanted: int, tasks: Sequence[pb.Task]) -> list[Slot]:
+    """Slots 1..wanted, plus any other slot a task still holds (unwanted)."""
+    slots = {number: Slot(number, "", Role.WANTED) for number in range(1, max(0, wanted) + 1)}
     for task in tasks:
         slot = slots.get(task.slot)
         if slot is None:

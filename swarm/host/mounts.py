@@ -69,17 +69,17 @@ def mounts_under(path: Path) -> list[str]:
                          for line in _mountinfo_lines() if needle in line), path)
 
 
-def unmount(target: Path) -> None:
-    """Unmount, lazily if it is busy; no error if it is not mounted."""
-    result = libc().umount2(str(target).encode(), 0)
-    if result == 0:
-        return
+def unmount(target: Path) -> bool:
+    """Unmount the top mount at target, lazily if it is busy; False (no error)
+    when target is not a mount point (any more)."""
+    if libc().umount2(str(target).encode(), 0) == 0:
+        return True
     code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
-        return
+    if code in (errno.EINVAL, errno.ENOENT):
+        return False
     if code == errno.EBUSY:
         check(libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
-        return
+        return True
     raise OSError(code, f"umount {target}: {os.strerror(code)}")
 
 
@@ -91,15 +91,8 @@ def unmount_fully(target: Path) -> None:
     a mount point") proves it without reading the mount table again, and
     mounts stacked on one point (listed once by mounts_under) all go."""
     for _ in range(_MAX_STACKED):
-        result = libc().umount2(str(target).encode(), 0)
-        if result == 0:
-            continue
-        code = ctypes.get_errno()
-        if code in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more)
+        if not unmount(target):
             return
-        if code != errno.EBUSY:
-            raise OSError(code, f"umount {target}: {os.strerror(code)}")
-        check(libc().umount2(str(target).encode(), _MNT_DETACH), f"umount -l {target}")
     raise StillMounted(errno.EBUSY, f"{target}: still mounted after {_MAX_STACKED} unmounts")
 
 
