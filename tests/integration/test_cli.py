@@ -482,6 +482,9 @@ def test_published_ports_clash_and_hold_the_ingress_network(live: LiveCluster) -
     assert "*:30000->80/tcp" in ok(swarmctl(live, "service", "ls")).stdout
     ok(swarmctl(live, "service", "rm", "web", "auto"))
     ok(swarmctl(live, "network", "rm", "ingress"))
+    # The removed services' tasks are deleted once their agents report them stopped; the
+    # snapshot is taken after that, so it only moves if the failed create wrote something.
+    live.eventually(lambda: not live.stored("tasks"), timeout=30)
     before = live.snapshot()
     result = swarmctl(live, "service", "create", "web", "--image", "busybox", "--publish", "8080:80")
     assert_one_line_error(result, "swarmctl: spec.endpoint.ports[0]: published in ingress mode "
