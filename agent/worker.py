@@ -365,16 +365,11 @@ class Worker:
                 if next_step(entry.task.desired_state, entry.observed()) != step:
                     tlog.info("%s interrupted: desired state is now %s", step.value,
                               state_name(entry.task.desired_state))
-                    action.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await action
+                    await cancel_all([action])
                     return
             action.result()
         finally:
-            if not action.done():  # we were cancelled ourselves
-                action.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await action
+            await cancel_all([action])  # not done: we were cancelled ourselves
 
     async def _do(self, entry: _Entry, step: Step, tlog: _TaskLog) -> None:
         task = entry.task
@@ -522,11 +517,7 @@ class Worker:
             self._set(entry, pb.FAILED, "unhealthy container", err=tracker.reason(),
                       health=UNHEALTHY)
         finally:
-            for helper in (waiting, watching):
-                if helper is not None and not helper.done():
-                    helper.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await helper
+            await cancel_all([helper for helper in (waiting, watching) if helper is not None])
 
     async def _health_plan(self, entry: _Entry) -> HealthPlan | None:
         container = entry.task.spec.container

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from swarm.api.channels import refuses_connections
+from swarm.api.loops import cancel_all
 
 from .store import EtcdSettings, Guard, Store, StoreError, StoreUnavailable
 from .store import etcd as E
@@ -295,16 +296,14 @@ class Leadership:
             self.guard = None
             self.changed.set()
             self.changed.clear()
-            for task in (work, keepalive):
-                task.cancel()
-            for task in (work, keepalive):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            # Hand over at once instead of making the next leader wait for the TTL;
-            # shielded, so that a stop arriving meanwhile still revokes. The stop's
-            # cancellation itself must go on: swallowing it here kept the
-            # leadership loop campaigning and Controller.stop waiting for ever.
-            await asyncio.shield(self._revoke_quietly(lease_id))
+            try:
+                await cancel_all([work, keepalive])
+            finally:
+                # Hand over at once instead of making the next leader wait for the TTL;
+                # shielded, so that a stop arriving meanwhile still revokes. The stop's
+                # cancellation itself must go on: swallowing it here kept the
+                # leadership loop campaigning and Controller.stop waiting for ever.
+                await asyncio.shield(self._revoke_quietly(lease_id))
 
     async def _revoke_quietly(self, lease_id: int) -> None:
         """Revoke a lease that may be gone already (the keeper revoked it, or it

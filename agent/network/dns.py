@@ -59,6 +59,7 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from swarm.api.lazy import lazy_modules
+from swarm.api.loops import cancel_all
 from swarm.host.netns import socket_in
 
 from .directory import Outcome, Resolution
@@ -340,9 +341,7 @@ class TaskDns:
         """close_now(), and wait until the queries in flight have ended."""
         pending = [*self._inflight, *self._connections]
         self.close_now()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all(pending)
 
     # ------------------------------------------------------------ UDP
 

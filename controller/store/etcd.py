@@ -29,7 +29,6 @@ compaction signal of a watch, and a failure branch of a transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import grpc
 from aetcd import rpc
 
-from swarm.api.loops import cancel_requested
+from swarm.api.loops import cancel_all, cancel_requested
 from swarm.api.telemetry import Telemetry
 
 from .instrumented import TimedStub
@@ -292,9 +291,7 @@ class EtcdClient:
                 yield batch
         finally:
             call.cancel()
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            await cancel_all([reader])
 
     async def compact(self, revision: int, physical: bool = True) -> bool:
         """Drop history before revision (what etcd's auto-compaction does).

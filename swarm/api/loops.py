@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,12 @@ def start_supervised(name: str, loop: Callable[[], Awaitable[None]],
     return asyncio.create_task(run_supervised(name, loop, **kwargs), name=name)
 
 
-async def cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]]) -> None:
     """Cancel tasks and wait until every one has stopped. A task that ended
     with an error (rather than by the cancel) is logged, not raised: the
     others are still waited for. The caller's own cancel is not swallowed:
-    it is raised once the tasks have stopped."""
+    it is raised once the tasks have stopped. (The obvious
+    `task.cancel(); with suppress(CancelledError): await task` swallows it.)"""
     pending = [task for task in tasks if not task.done()]
     for task in pending:
         task.cancel()
