@@ -9,4 +9,5 @@ export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
 mypy
 lint-imports
-exec pytest -q "$@"
+# The slowest tests are listed at the end, to keep the suite well under 20 minutes.
+exec pytest -q --durations=25 "$@"
