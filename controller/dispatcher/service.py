@@ -368,6 +368,18 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 # Not replaced: nothing to wait for there.
                 assignments.release_node(node_id)
 
+    @staticmethod
+    def _waited(state: _ServingState, deadline: Duration | None, context: Context) -> float:
+        """How long a call that carries its deadline waited here before it
+        was handled (heartbeats.py: not counted against its node); 0 when
+        unknown."""
+        remaining = context.time_remaining()
+        if remaining is None or deadline is None:
+            return 0.0
+        lag = max(0.0, deadline.ToNanoseconds() / 1e9 - remaining)
+        state.heartbeats.lag(lag)
+        return lag
+
     def _beat(self, state: _ServingState, node_id: str, lag: float = 0.0) -> None:
         state.heartbeats.beat(node_id, lag)
         if self._guard is None:
@@ -384,13 +396,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
             return self._heartbeat_response()
         self._check_caller(request.node_id, context)
         session = self._check_session(state, request.node_id, request.session_id)
-        lag = 0.0
-        remaining = context.time_remaining()
-        if remaining is not None and request.HasField("timeout"):
-            # How long the beat waited here (heartbeats.py: not counted against nodes).
-            lag = request.timeout.ToNanoseconds() / 1e9 - remaining
-            state.heartbeats.lag(lag)
-        self._beat(state, request.node_id, lag)
+        self._beat(state, request.node_id, self._waited(state, request.timeout
+                                                        if request.HasField("timeout") else None,
+                                                        context))
         if request.applied:
             assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
@@ -407,7 +415,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._serving()
         self._check_caller(request.node_id, context)
         self._check_session(state, request.node_id, request.session_id)
-        self._beat(state, request.node_id)  # a report is as good a sign of life as a beat
+        # A report is as good a sign of life as a beat (the agent sends no
+        # beat while one is on its way: agent/session.py).
+        self._beat(state, request.node_id, self._waited(state, request.timeout
+                                                        if request.HasField("timeout") else None,
+                                                        context))
         tasks = self._store.cache.tasks
         accepted: list[dpb.TaskStatusUpdate] = []
         # All checked before any is queued: a refused batch changes nothing.
