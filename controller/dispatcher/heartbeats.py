@@ -23,10 +23,11 @@ count how far behind it is in handling beats: each beat carries the deadline
 its agent gave it (HeartbeatRequest.timeout), and what is left of it when
 the beat is handled tells how long it waited here (`lag`). A tick judges the
 nodes only up to the moment the controller has caught up to: its serving
-time minus the largest lag seen since the tick before last. Beats are
-recorded when handled (never earlier), so a node's silence is counted only
-up to where the controller has read its queue. A dead node is marked DOWN
-that much later, as with a stall.
+time minus the largest lag seen since the tick before last. A beat (or a
+status report, which carries its deadline too) is recorded at its arrival
+(handled now, less its lag), and a node's silence is counted only up to
+where the controller has read its queue. A dead node is marked DOWN that
+much later, as with a stall.
 
 The lag a handled beat reveals comes too late when the queue grows fast
 (measured at 2,000 nodes when 40,000 tasks were assigned: beats waited up
@@ -37,8 +38,12 @@ seconds a second. So the dispatcher also measures the queue from the
 inside: it sends itself a probe (a Heartbeat with no node) through its own
 server, again and again, and a probe sent at serving time T that comes
 back says every beat that arrived before T has been handled (it waited in
-the same queue: calls of one method are taken in order). Nodes are judged
-up to the latest such T (`caught_up`), never further than the lag says.
+the same queue: gRPC core hands waiting calls of a method out in order of
+arrival). Nodes are judged up to the latest such T (`caught_up`), never
+further than the lag says. A stall is covered the same way: a probe sent
+before it comes back only after it. The agents help keep the queue short:
+a status report on its way stands in for their heartbeat (agent/session.py),
+so a busy controller has one call per node waiting, not two.
 
 The bound: a controller behind by more than its tolerance (`backlog_limit`,
 HEARTBEAT_MISSES periods: as long as agents wait for a beat's answer,
