@@ -184,9 +184,10 @@ class AgentSession:
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
         self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
-        # Called with the period after each heartbeat a controller answered
-        # (the routing mesh's liveness: agent.published.PublishedPorts.beat).
-        self.on_beat: Callable[[float], None] = lambda period: None
+        # Called with the period and the send time (monotonic) of each
+        # heartbeat a controller answered (a status report standing in for
+        # one too): the routing mesh's liveness, agent.published.PublishedPorts.beat.
+        self.on_beat: Callable[[float, float], None] = lambda period, sent: None
 
     # ------------------------------------------------------------ reporting
 
@@ -419,7 +420,7 @@ class AgentSession:
                 with contextlib.suppress(TimeoutError):
                     if await asyncio.wait_for(asyncio.shield(answered),
                                               max(0.0, report_sent + timeout - sent)):
-                        self.on_beat(period)
+                        self.on_beat(period, report_sent)
                         await asyncio.sleep(max(0.0, report_sent + period * 0.8
                                                 - time.monotonic()))
                         continue
@@ -435,7 +436,7 @@ class AgentSession:
                     continue
                 raise
             period = self._period = response.period.ToNanoseconds() / 1e9 or period
-            self.on_beat(period)
+            self.on_beat(period, sent)
             # Beat a little faster than the period so one late beat is not a
             # miss, counted from when the last one was sent: a slow answer
             # does not space the beats further apart.
