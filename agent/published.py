@@ -46,6 +46,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
@@ -177,9 +178,10 @@ class PublishedPorts:
         # the backends the sandbox keeps while the node is not known live.
         self._local_vtep = local_vtep
         self._local: frozenset[str] = frozenset()
-        # How long the sandbox's remote backends last after a heartbeat
-        # (mesh.LIVE_PERIODS periods; the agent's default period until told).
-        self._live_timeout = mesh.LIVE_PERIODS * 5.0
+        # Until when (monotonic) the sandbox's remote backends last: mesh.
+        # LIVE_PERIODS periods after the answered heartbeat was sent (the
+        # agent's default period until told).
+        self._live_until = time.monotonic() + mesh.LIVE_PERIODS * 5.0
         self._beaten = asyncio.Event()
         # Set once the worker has told what it was assigned: until then the
         # tables a previous agent left stay as they are (a restarted agent
@@ -310,11 +312,16 @@ class PublishedPorts:
 
     # ------------------------------------------------------------ liveness
 
-    def beat(self, period: float) -> None:
-        """A heartbeat the controllers answered (the session's on_beat): the
-        sandbox's remote backends are renewed for mesh.LIVE_PERIODS periods
-        (by keep_live; the heartbeat loop never waits for nft)."""
-        self._live_timeout = mesh.LIVE_PERIODS * period
+    def beat(self, period: float, sent: float | None = None) -> None:
+        """A heartbeat the controllers answered (the session's on_beat), sent
+        at `sent` (monotonic; default now): the sandbox's remote backends are
+        renewed until mesh.LIVE_PERIODS periods after it was sent (by
+        keep_live; the heartbeat loop never waits for nft). From the send,
+        not the answer: the controllers count a beat from when it reached
+        them, however late a busy one answers, and the renewal must still
+        run out before they mark the node DOWN (3 periods)."""
+        self._live_until = (time.monotonic() if sent is None else sent) + \
+            mesh.LIVE_PERIODS * period
         self._beaten.set()
 
     async def keep_live(self) -> None:
@@ -328,9 +335,11 @@ class PublishedPorts:
             async with self._sandbox_lock:
                 if not self._sandbox_script or not mesh.guarded(self._sandbox_backends):
                     continue
+                left = self._live_until - time.monotonic()
+                if left <= 0:
+                    continue  # answered too late to count: it runs out as it is
                 try:
-                    await mesh.apply(str(netns_path(self.sandbox)),
-                                     mesh.renew_live(self._live_timeout))
+                    await mesh.apply(str(netns_path(self.sandbox)), mesh.renew_live(left))
                 except mesh.MeshError as error:
                     log.warning("routing mesh: renewing the sandbox's liveness: %s", error)
 
@@ -345,7 +354,7 @@ class PublishedPorts:
             targets = self._sandbox_targets()
             if self._sandbox_script and targets == self._sandbox_backends:
                 return  # (a new liveness timeout alone waits for the next renewal)
-            script = mesh.sandbox_ruleset(targets, self._live_timeout)
+            script = mesh.sandbox_ruleset(targets, max(0.0, self._live_until - time.monotonic()))
             sandbox = str(netns_path(self.sandbox))
             try:
                 await mesh.apply(sandbox, script)

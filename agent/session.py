@@ -26,6 +26,7 @@ The session knows nothing about containers: it drives a Worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -153,6 +154,9 @@ class AgentSession:
         self._target = random.randrange(len(self._controllers))
         self._period = 5.0  # the heartbeat period of the last session
         self._heard_at = 0.0  # when the session stream last brought a message (monotonic)
+        # The status report on its way (its send time, and whether it was
+        # answered): it is the node's heartbeat too, see _heartbeats.
+        self._report_in_flight: tuple[float, asyncio.Future[bool]] | None = None
         self.description = description
         self.worker = worker
         self._channels = channels
@@ -180,9 +184,10 @@ class AgentSession:
         self._applied_ready = asyncio.Event()
         self._opened = False  # the current attempt got as far as an open session
         self._stub: dgrpc.DispatcherAsyncStub | None = None  # of the open session
-        # Called with the period after each heartbeat a controller answered
-        # (the routing mesh's liveness: agent.published.PublishedPorts.beat).
-        self.on_beat: Callable[[float], None] = lambda period: None
+        # Called with the period and the send time (monotonic) of each
+        # heartbeat a controller answered (a status report standing in for
+        # one too): the routing mesh's liveness, agent.published.PublishedPorts.beat.
+        self.on_beat: Callable[[float, float], None] = lambda period, sent: None
 
     # ------------------------------------------------------------ reporting
 
@@ -391,6 +396,7 @@ class AgentSession:
         return True
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
+        sent_conditions: list[str] | None = None  # those of the last beat sent
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
             # late still counts (the node is DOWN only after HEARTBEAT_MISSES
@@ -401,8 +407,27 @@ class AgentSession:
             # controller is still left within three periods.
             sent = time.monotonic()
             timeout = heartbeat_timeout(period)
+            conditions = sorted(self.conditions())
+            in_flight = self._report_in_flight
+            if in_flight is not None and conditions == sent_conditions:
+                # A status report is on its way: the controller counts it as
+                # a beat (from when it arrived), so it stands in for this
+                # one. A busy controller then has one call of this node
+                # waiting in its queue, not two: at 2,000 nodes beats and
+                # reports together waited up to 24 s there, and beats that
+                # waited longer than their deadline were lost.
+                report_sent, answered = in_flight
+                with contextlib.suppress(TimeoutError):
+                    if await asyncio.wait_for(asyncio.shield(answered),
+                                              max(0.0, report_sent + timeout - sent)):
+                        self.on_beat(period, report_sent)
+                        await asyncio.sleep(max(0.0, report_sent + period * 0.8
+                                                - time.monotonic()))
+                        continue
+                sent = time.monotonic()  # not answered: a beat of its own, now
+            sent_conditions = conditions
             request = dpb.HeartbeatRequest(node_id=self.node_id, session_id=self.session_id,
-                                           conditions=sorted(self.conditions()))
+                                           conditions=conditions)
             request.timeout.FromNanoseconds(int(timeout * 1e9))
             try:
                 response = await stub.Heartbeat(request, timeout=timeout)
@@ -411,7 +436,7 @@ class AgentSession:
                     continue
                 raise
             period = self._period = response.period.ToNanoseconds() / 1e9 or period
-            self.on_beat(period)
+            self.on_beat(period, sent)
             # Beat a little faster than the period so one late beat is not a
             # miss, counted from when the last one was sent: a slow answer
             # does not space the beats further apart.
@@ -444,9 +469,13 @@ class AgentSession:
                     node_id=self.node_id, session_id=self.session_id,
                     updates=[dpb.TaskStatusUpdate(task_id=task_id, status=status)
                              for task_id, status in batch.items()])
+                timeout = max(_RPC_TIMEOUT, heartbeat_timeout(self._period))
+                request.timeout.FromNanoseconds(int(timeout * 1e9))
+                answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._report_in_flight = (time.monotonic(), answered)
                 try:
-                    await stub.UpdateTaskStatus(
-                        request, timeout=max(_RPC_TIMEOUT, heartbeat_timeout(self._period)))
+                    await stub.UpdateTaskStatus(request, timeout=timeout)
+                    answered.set_result(True)
                 except grpc.aio.AioRpcError as error:
                     if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                         raise
@@ -456,6 +485,10 @@ class AgentSession:
                     log.info("status report not answered in time; sending it again")
                     self._pending_ready.set()
                     break
+                finally:
+                    self._report_in_flight = None
+                    if not answered.done():
+                        answered.set_result(False)  # a heartbeat of its own goes then
                 for task_id, status in batch.items():
                     # Drop what was sent unless a newer status came meanwhile.
                     if self._pending.get(task_id) is status:

@@ -347,6 +347,9 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 # The longest a heartbeat waited in the leader before it was handled.
                 "heartbeat_max_lag_s": round(controller.dispatcher.heartbeat_max_lag(), 3),
                 "heartbeat_period_s": controller.dispatcher.heartbeat_period(),
+                # The longest the node monitor's probe took through the queue
+                # (nodes are judged only up to what it has seen handled).
+                "probe_max_wait_s": round(controller.dispatcher.probe_max_wait(), 3),
                 "leader_losses": leader_losses,
                 "orchestrator_pass_s": round(controller.orchestrator.pass_seconds, 3),
                 "scheduler_pass_s": round(controller.scheduler.pass_seconds, 3),

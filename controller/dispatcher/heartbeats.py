@@ -23,14 +23,40 @@ count how far behind it is in handling beats: each beat carries the deadline
 its agent gave it (HeartbeatRequest.timeout), and what is left of it when
 the beat is handled tells how long it waited here (`lag`). A tick judges the
 nodes only up to the moment the controller has caught up to: its serving
-time minus the largest lag seen since the tick before last. Beats are
-recorded when handled (never earlier), so a node's silence is counted only
-up to where the controller has read its queue. A dead node is marked DOWN
-that much later, as with a stall.
+time minus the largest lag seen since the tick before last. A beat (or a
+status report, which carries its deadline too) is recorded at its arrival
+(handled now, less its lag), and a node's silence is counted only up to
+where the controller has read its queue. A dead node is marked DOWN that
+much later, as with a stall.
+
+The lag a handled beat reveals comes too late when the queue grows fast
+(measured at 2,000 nodes when 40,000 tasks were assigned: beats waited up
+to 23 s, the lags of the last two ticks said far less, and 480 live nodes
+were marked DOWN in one burst). grpc.aio accepts about one call per turn
+of the event loop, so a loop busy with 20-100 ms turns falls behind by
+seconds a second. So the dispatcher also measures the queue from the
+inside: it sends itself a probe (a Heartbeat with no node) through its own
+server, again and again, and a probe sent at serving time T that comes
+back says every beat that arrived before T has been handled (it waited in
+the same queue: gRPC core hands waiting calls of a method out in order of
+arrival). Nodes are judged up to the latest such T (`caught_up`), never
+further than the lag says. A stall is covered the same way: a probe sent
+before it comes back only after it. The agents help keep the queue short:
+a status report on its way stands in for their heartbeat (agent/session.py),
+so a busy controller has one call per node waiting, not two.
+
+The bound: a controller behind by more than its tolerance (`backlog_limit`,
+HEARTBEAT_MISSES periods: as long as agents wait for a beat's answer,
+so beats older than it are lost anyway) judges at now less that limit,
+not later. A dead node is therefore marked DOWN at most HEARTBEAT_MISSES
+periods after its last beat plus the controller's backlog, capped at
+HEARTBEAT_MISSES more periods, plus one monitor tick (half a period): at
+most 6.5 periods, 3.5 periods when the controller keeps up.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 HEARTBEAT_MISSES = 3
@@ -73,11 +99,31 @@ class ServingClock:
         return real - self.stalled
 
 
-def judged_until(now: float, lags: tuple[float, float]) -> float:
+def judged_until(now: float, lags: tuple[float, float], caught_up: float | None = None,
+                 limit: float = math.inf) -> float:
     """The serving time nodes are judged at: `now` less the largest lag seen
     over the last two ticks (the beats that arrived after it may still be
-    waiting to be handled)."""
-    return now - max(lags)
+    waiting to be handled), and no later than `caught_up` (the send time
+    of the latest probe that came back: every beat that arrived before it
+    was handled); but never earlier than `now - limit` (a controller
+    further behind than that judges anyway, so a dead node is still found)."""
+    until = now - max(lags)
+    if caught_up is not None:
+        until = min(until, caught_up)
+    return max(until, now - limit)
+
+
+def backlog_limit(period: float) -> float:
+    """How far behind its beats the controller may be and still not judge
+    at its own pace: HEARTBEAT_MISSES periods (agents wait that long for a
+    beat's answer; a beat that waited longer was lost anyway)."""
+    return HEARTBEAT_MISSES * period
+
+
+def worst_detection(period: float, interval: float) -> float:
+    """The longest a dead node stays READY after its last beat: the missed
+    periods, the largest backlog tolerated, and one monitor tick."""
+    return HEARTBEAT_MISSES * period + backlog_limit(period) + interval
 
 
 class Heartbeats:
@@ -91,6 +137,10 @@ class Heartbeats:
         # handled) since the last tick, and in the tick before.
         self.lags = (0.0, 0.0)
         self.max_lag = 0.0  # the largest ever seen (bench.control_plane reports it)
+        # The send time (serving clock) of the latest probe that came back
+        # (None: no prober here, as in unit tests of the lag alone).
+        self.probed: float | None = None
+        self.max_probe_wait = 0.0  # the longest a probe took (bench.control_plane reports it)
 
     def lag(self, seconds: float) -> None:
         """A beat waited this long between its arrival and its handling."""
@@ -98,8 +148,25 @@ class Heartbeats:
             self.lags = (self.lags[0], seconds)
             self.max_lag = max(self.max_lag, seconds)
 
-    def beat(self, node_id: str) -> None:
-        self.last_seen[node_id] = self.clock.now()
+    def probe_sent(self) -> float:
+        """A probe is leaving now: the mark to give caught_up() when it is back."""
+        if self.probed is None:
+            self.probed = self.clock.now()  # judged from the first probe on
+        return self.clock.now()
+
+    def caught_up(self, sent: float) -> None:
+        """A probe sent at serving time `sent` came back through the queue."""
+        self.max_probe_wait = max(self.max_probe_wait, self.clock.now() - sent)
+        if self.probed is None or sent > self.probed:
+            self.probed = sent
+
+    def beat(self, node_id: str, lag: float = 0.0) -> None:
+        """A sign of life from the node that waited `lag` seconds here before
+        it was handled: counted from when it arrived (the judgement runs
+        on arrivals too: `caught_up`), never moving a later beat back."""
+        seen = self.clock.now() - max(0.0, lag)
+        if seen > self.last_seen.get(node_id, -math.inf):
+            self.last_seen[node_id] = seen
 
     def grant(self, node_id: str) -> None:
         """A full grace period from now, unless it beat more recently."""
@@ -112,7 +179,8 @@ class Heartbeats:
         """One monitor tick (every `interval`): the nodes silent for
         HEARTBEAT_MISSES periods of serving time, with their last beat,
         forgotten here (restore() one whose DOWN could not be written)."""
-        until = judged_until(self.clock.tick(interval), self.lags)
+        until = judged_until(self.clock.tick(interval), self.lags, self.probed,
+                             backlog_limit(period))
         self.lags = (self.lags[1], 0.0)
         return {node_id: self.last_seen.pop(node_id)
                 for node_id in overdue(self.last_seen, until, period * HEARTBEAT_MISSES)}

@@ -77,7 +77,7 @@ from ..pullauth import PullCredentials
 from ..store import Change, Conflict, Create, Guard, NodeChange, Store, StoreError
 from .assignments import Assignments
 from .drainreports import DrainReporter
-from .heartbeats import HEARTBEAT_MISSES, Heartbeats
+from .heartbeats import HEARTBEAT_MISSES, Heartbeats, backlog_limit
 from .liveness import AliveReporter, Dial
 from .sessions import Session as NodeSession
 from .sessions import Sessions, network_window
@@ -153,6 +153,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """The longest a heartbeat waited here before it was handled (seconds)."""
         return self._state.heartbeats.max_lag if self._state is not None else 0.0
 
+    def probe_max_wait(self) -> float:
+        """The longest the node monitor's probe took to come back through this
+        controller's queue (seconds; heartbeats.py)."""
+        return self._state.heartbeats.max_probe_wait if self._state is not None else 0.0
+
     def heartbeat_period(self) -> float:
         cache = self._store.cache
         return heartbeat_period(cache.clusters.values(), self.settings.heartbeat_period,
@@ -184,6 +189,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._state = state
         loops = [
             start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
+            start_supervised("dispatcher-beat-probe", lambda: self._probe_beats(state)),
             start_supervised("dispatcher-status-writer", state.status.run),
             start_supervised("dispatcher-liveness-reports", lambda: self._report_alive(state)),
             start_supervised("dispatcher-drain-reports", state.drain_reports.run),
@@ -230,6 +236,40 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 state.reporter.beaten.clear()  # the leader's own beats count here already
                 continue
             await state.reporter.report(self._leadership.leader_addr, timeout=period)
+
+    async def _probe_beats(self, state: _ServingState) -> None:
+        """Send this controller's own server a probe (a Heartbeat with no
+        node), one after the other: each one back tells the node monitor
+        that every beat that arrived before it was sent has been handled
+        (heartbeats.py: nodes are judged only up to there)."""
+        heartbeats = state.heartbeats
+        addr = self._leadership.identity
+        channel = self._dial(addr)
+        stub = dgrpc.DispatcherStub(channel)
+        failing = False
+        try:
+            while True:
+                period = self.heartbeat_period()
+                sent = heartbeats.probe_sent()
+                try:
+                    await stub.Heartbeat(dpb.HeartbeatRequest(), timeout=backlog_limit(period))
+                except grpc.aio.AioRpcError as error:
+                    # Not through (this controller unreachable at its own
+                    # address, or further behind than the limit): nodes are
+                    # then judged at the limit (heartbeats.judged_until).
+                    if not failing:
+                        log.warning("heartbeat probe to this controller (%s) failed: %s %s; "
+                                    "silent nodes are judged %.0fs late", addr,
+                                    error.code().name, error.details(), backlog_limit(period))
+                    failing = True
+                    await asyncio.sleep(min(1.0, period / 4))
+                    continue
+                failing = False
+                heartbeats.caught_up(sent)
+                # Often enough that the judgement follows closely behind.
+                await asyncio.sleep(min(0.5, period / 8))
+        finally:
+            await channel.close(None)
 
     # ------------------------------------------------------------ RPCs
 
@@ -328,8 +368,20 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 # Not replaced: nothing to wait for there.
                 assignments.release_node(node_id)
 
-    def _beat(self, state: _ServingState, node_id: str) -> None:
-        state.heartbeats.beat(node_id)
+    @staticmethod
+    def _waited(state: _ServingState, deadline: Duration | None, context: Context) -> float:
+        """How long a call that carries its deadline waited here before it
+        was handled (heartbeats.py: not counted against its node); 0 when
+        unknown."""
+        remaining = context.time_remaining()
+        if remaining is None or deadline is None:
+            return 0.0
+        lag = max(0.0, deadline.ToNanoseconds() / 1e9 - remaining)
+        state.heartbeats.lag(lag)
+        return lag
+
+    def _beat(self, state: _ServingState, node_id: str, lag: float = 0.0) -> None:
+        state.heartbeats.beat(node_id, lag)
         if self._guard is None:
             state.reporter.beat(node_id)  # the leader hears of it in the next report
 
@@ -338,13 +390,15 @@ class Dispatcher(dgrpc.DispatcherServicer):
         # The hot path of thousands of nodes: a dict lookup and a dict write
         # (and a set add on a follower), and the same answer object each time.
         state = self._serving()
+        if not request.node_id:
+            # The dispatcher's own probe (_probe_beats): it waited in the
+            # queue with the beats, and that is all it is for.
+            return self._heartbeat_response()
         self._check_caller(request.node_id, context)
         session = self._check_session(state, request.node_id, request.session_id)
-        self._beat(state, request.node_id)
-        remaining = context.time_remaining()
-        if remaining is not None and request.HasField("timeout"):
-            # How long the beat waited here (heartbeats.py: not counted against nodes).
-            state.heartbeats.lag(request.timeout.ToNanoseconds() / 1e9 - remaining)
+        self._beat(state, request.node_id, self._waited(state, request.timeout
+                                                        if request.HasField("timeout") else None,
+                                                        context))
         if request.applied:
             assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
@@ -361,7 +415,11 @@ class Dispatcher(dgrpc.DispatcherServicer):
         state = self._serving()
         self._check_caller(request.node_id, context)
         self._check_session(state, request.node_id, request.session_id)
-        self._beat(state, request.node_id)  # a report is as good a sign of life as a beat
+        # A report is as good a sign of life as a beat (the agent sends no
+        # beat while one is on its way: agent/session.py).
+        self._beat(state, request.node_id, self._waited(state, request.timeout
+                                                        if request.HasField("timeout") else None,
+                                                        context))
         tasks = self._store.cache.tasks
         accepted: list[dpb.TaskStatusUpdate] = []
         # All checked before any is queued: a refused batch changes nothing.

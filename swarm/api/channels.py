@@ -71,6 +71,8 @@ class LinkSettings:
     keepalive_timeout_s: float = 10.0
     # Calls a server lets wait for its event loop (see server_options).
     max_pending_calls: int = 100_000
+    # How long such a call may wait before gRPC core cancels it (seconds).
+    max_waiting_s: int = 600
 
 
 def _common_options(settings: LinkSettings) -> ChannelOptions:
@@ -100,6 +102,12 @@ def server_options(settings: LinkSettings) -> ChannelOptions:
         # deadline, so the bound is a guard against floods, not a queue limit.
         ("grpc.server.max_pending_requests", settings.max_pending_calls),
         ("grpc.server.max_pending_requests_hard_limit", settings.max_pending_calls),
+        # And past 30 s of waiting (core's default), core cancels a call
+        # whatever its own deadline (CANCELLED, no detail): at 5,000 nodes,
+        # whose heartbeats wait up to 60 s for an answer, 8,733 sessions of
+        # live agents ended so in one run, each opened again at once. Let
+        # a waiting call end at its own deadline instead.
+        ("grpc.server_max_unrequested_time_in_server", settings.max_waiting_s),
     ]
 
 

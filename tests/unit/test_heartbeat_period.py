@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 
 from swarm.agent.session import heartbeat_timeout
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.controller.dispatcher.heartbeats import HEARTBEAT_MISSES, Heartbeats, judged_until
+from swarm.controller.dispatcher.heartbeats import (
+    HEARTBEAT_MISSES,
+    Heartbeats,
+    backlog_limit,
+    judged_until,
+    worst_detection,
+)
 from swarm.controller.heartbeat import MAX_BEAT_RATE, heartbeat_period, scaled_period
 
 
@@ -144,3 +150,128 @@ def test_beats_that_stop_still_expire_after_the_missed_periods() -> None:
     while not beats.expired(0.5, 1.0):
         clock.now += 0.5
     assert HEARTBEAT_MISSES * 1.0 < clock.now <= HEARTBEAT_MISSES * 1.0 + 0.5
+
+
+# ---------------------------------------------------------------- the probe (caught_up)
+
+
+def test_nodes_are_judged_no_later_than_the_last_probe_back_nor_earlier_than_the_limit() -> None:
+    assert judged_until(10.0, (0.0, 0.0), caught_up=4.0) == 4.0
+    assert judged_until(10.0, (0.0, 3.0), caught_up=9.0) == 7.0  # the lag says less
+    assert judged_until(10.0, (0.0, 0.0), caught_up=1.0, limit=3.0) == 7.0  # bounded
+    assert judged_until(10.0, (0.0, 8.0), limit=3.0) == 7.0
+    assert judged_until(10.0, (0.0, 0.0)) == 10.0
+
+
+@given(now=st.floats(min_value=0.0, max_value=1e6),
+       lag=st.floats(min_value=0.0, max_value=1e3),
+       behind=st.floats(min_value=0.0, max_value=1e3),
+       period=st.floats(min_value=0.1, max_value=60.0))
+def test_the_judgement_never_runs_ahead_of_the_queue_within_the_limit(
+        now: float, lag: float, behind: float, period: float) -> None:
+    limit = backlog_limit(period)
+    until = judged_until(now, (0.0, lag), caught_up=now - behind, limit=limit)
+    assert until <= now
+    assert until >= now - limit - 1e-6  # a dead node is found in bounded time
+    if max(lag, behind) <= limit:  # within the tolerance: never past what was handled
+        assert until <= now - max(lag, behind) + 1e-6
+
+
+def _queue_run(period: float, waits: list[float], dead_after: float | None
+               ) -> tuple[list[float], float]:
+    """One node beating every 0.8 period into a controller whose queue makes
+    every call sent at i*step wait waits[i] (FIFO: a call waits at least as
+    long as the one before it less the step); the monitor probes through the
+    same queue and ticks every half period on time. The node stops beating
+    at `dead_after` (None: never). Returns when it was found overdue, and
+    the time the run ended."""
+    step = 0.05
+    clock = FakeClock()
+    beats = Heartbeats(clock)
+    beats.beat("n")
+    handled: list[tuple[float, int, float]] = []  # (when, kind, sent): 0 beat, 1 probe
+    next_beat = 0.8 * period
+    next_probe = 0.0
+    for i, wait in enumerate(waits):
+        sent = i * step
+        if sent >= next_beat:
+            next_beat += 0.8 * period
+            if dead_after is None or sent < dead_after:
+                handled.append((sent + wait, 0, sent))
+        if sent >= next_probe:
+            next_probe = sent + 0.5
+            handled.append((sent + wait, 1, sent))
+    ticks = [(period / 2 * (k + 1), 2, 0.0) for k in range(int(len(waits) * step / (period / 2)))]
+    found: list[float] = []
+    for when, kind, sent in sorted(handled + ticks):
+        clock.now = when
+        if kind == 0:
+            beats.beat("n", lag=when - sent)
+        elif kind == 1:
+            beats.caught_up(sent)
+        elif beats.expired(period / 2, period):
+            found.append(when)
+    return found, len(waits) * step
+
+
+def _fifo_waits(raw: list[float], step: float = 0.05) -> list[float]:
+    """Waits a FIFO queue can give: each call is handled no earlier than the
+    one sent before it."""
+    waits: list[float] = []
+    for wait in raw:
+        if waits:
+            wait = max(wait, waits[-1] - step)
+        waits.append(wait)
+    return waits
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=2.9), min_size=200, max_size=600))
+def test_a_live_node_behind_a_growing_queue_is_never_marked_down(raw: list[float]) -> None:
+    """The failure measured at 2,000 nodes: the queue grows faster than the
+    lags of handled beats show. With the probe, however the queue's wait
+    goes (up to the agents' patience of three periods), a live node is
+    never found overdue."""
+    period = 1.0
+    found, _ = _queue_run(period, _fifo_waits(raw), dead_after=None)
+    assert found == []
+
+
+def test_a_queue_that_fills_at_once_fooled_the_lag_alone() -> None:
+    """A burst fills the queue at once (every call from 2 s on waits 2.9 s):
+    the lags of the beats handled so far said nothing of it, and without
+    the probe the live node was found overdue; with it, it is not."""
+    period = 1.0
+    waits = [0.0 if i * 0.05 < 2.0 else 2.9 for i in range(200)]
+    clock = FakeClock()
+    beats = Heartbeats(clock)
+    beats.beat("n")
+    events: list[tuple[float, int, float]] = []
+    for k in range(1, 12):
+        sent = 0.8 * period * k
+        wait = waits[min(int(sent / 0.05), len(waits) - 1)]
+        events.append((sent + wait, 0, wait))
+    events += [(0.5 * (k + 1), 1, 0.0) for k in range(20)]
+    found = []
+    for when, kind, wait in sorted(events):
+        clock.now = when
+        if kind == 0:
+            beats.beat("n")
+            beats.lag(wait)
+        elif beats.expired(0.5, period):
+            found.append(when)
+            beats.beat("n")
+    assert found  # the lag alone marked it down
+    assert _queue_run(period, waits, dead_after=None)[0] == []  # the probe does not
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=2.9), min_size=400, max_size=400),
+       st.floats(min_value=1.0, max_value=8.0))
+def test_a_dead_node_is_found_within_the_documented_bound(raw: list[float],
+                                                            dead_after: float) -> None:
+    period = 1.0
+    found, _ = _queue_run(period, _fifo_waits(raw), dead_after=dead_after)
+    assert found, "never found"
+    last_beat = (int(dead_after / (0.8 * period) - 1e-9)) * 0.8 * period
+    # Found no earlier than its missed periods, no later than the bound.
+    assert found[0] - last_beat >= HEARTBEAT_MISSES * period - 1e-6
+    assert found[0] - last_beat <= worst_detection(period, period / 2) + 0.05 + 1e-6

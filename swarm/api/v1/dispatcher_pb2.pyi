@@ -551,20 +551,30 @@ class UpdateTaskStatusRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     SESSION_ID_FIELD_NUMBER: _builtins.int
     UPDATES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     session_id: _builtins.str
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatusUpdate]: ...
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """The deadline the agent gave this call (as HeartbeatRequest.timeout): a
+        report is also the node's heartbeat, and what is left of the deadline
+        when the controller handles it tells when it arrived
+        (controller/dispatcher/heartbeats.py).
+        """
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         session_id: _builtins.str = ...,
         updates: _abc.Iterable[Global___TaskStatusUpdate] | None = ...,
+        timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id", "session_id", b"session_id", "timeout", b"timeout", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
