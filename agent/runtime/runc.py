@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import json
@@ -43,14 +42,12 @@ import posixpath
 import re
 import resource
 import signal
-import subprocess
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from swarm.api import generic_resources, logopts
 from swarm.api.v1 import objects_pb2 as pb
@@ -107,7 +104,6 @@ _SIGKILL = int(signal.SIGKILL)
 _MAX_NOFILE = 1_048_576
 _REMEMBERED_EXITS = 1024
 _LIST_ATTEMPTS = 5
-_T = TypeVar("_T")
 _LayerChains = list[tuple[Path, ...]]  # (the class's list() hides the builtin inside it)
 
 
@@ -132,9 +128,6 @@ class RuncSettings:
     log_limits: logopts.LogLimits = field(default_factory=logopts.LogLimits)
     apparmor_profile: str = ""  # loaded by the agent (agent/apparmor.py); "": none
     command_timeout: float = 30.0  # for any one runc or conmon invocation
-    # Threads that make bundles and spawn conmon (RuncRuntime._off_loop): a
-    # burst of starts waits in their blocking syscalls side by side.
-    prepare_threads: int = 8
     cgroup_root: Path = Path("/sys/fs/cgroup")
     host_resolv_conf: Path = Path("/etc/resolv.conf")
     extra_annotations: tuple[tuple[str, str], ...] = ()
@@ -238,66 +231,6 @@ def _process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-@dataclass
-class _Spawned:
-    """conmon's first process (it exits once it has forked the monitor) and
-    the read end of the pipe the monitor reports the created container on."""
-
-    process: subprocess.Popen[bytes]
-    sync_fd: int
-
-
-async def _read_to_end(fd: int) -> bytes:
-    """Everything written to a pipe until its last writer closes it, read in
-    the event loop (the fd made non-blocking)."""
-    os.set_blocking(fd, False)
-    loop = asyncio.get_running_loop()
-    chunks: list[bytes] = []
-    done: asyncio.Future[None] = loop.create_future()
-
-    def on_readable() -> None:
-        while not done.done():
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError as error:
-                done.set_exception(error)
-                return
-            if not chunk:
-                done.set_result(None)
-                return
-            chunks.append(chunk)
-
-    loop.add_reader(fd, on_readable)
-    try:
-        await done
-    finally:
-        loop.remove_reader(fd)
-    return b"".join(chunks)
-
-
-async def _discard(spawned: _Spawned) -> None:
-    """conmon's first process reaped (killed if it has not exited within
-    _MONITOR_EXIT_WAIT: a failure or a cancel of ours) and its pipes closed."""
-    process = spawned.process
-    try:
-        if process.poll() is None:
-            try:
-                await asyncio.wait_for(wait_pid_exit(process.pid), _MONITOR_EXIT_WAIT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await wait_pid_exit(process.pid)
-            process.wait()
-    finally:
-        if process.stderr is not None:
-            process.stderr.close()
-        if spawned.sync_fd >= 0:
-            os.close(spawned.sync_fd)
-            spawned.sync_fd = -1
-
-
 class RuncRuntime:
     """The Runtime protocol on runc + conmon (see module doc)."""
 
@@ -316,9 +249,7 @@ class RuncRuntime:
         self._swap_accounting = (
             settings.cgroup_root / "memory" / "memory.memsw.limit_in_bytes").exists()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._netns = NetnsMaker()  # in the calling thread: see NetnsMaker
-        self._executor = ThreadPoolExecutor(max_workers=max(1, settings.prepare_threads),
-                                            thread_name_prefix="runc-prepare")
+        self._netns = NetnsMaker()  # in the loop's thread: see NetnsMaker
         # Exit codes of containers removed here, for a wait() that was still
         # pending when remove() deleted the exit file (bounded, oldest first out).
         self._removed_exits: dict[str, int] = {}
@@ -407,15 +338,16 @@ class RuncRuntime:
         except (OSError, ValueError):
             return None
 
-    def _conmon_argv(self, task_id: str, bundle: Path, log_size_max: int, *,
-                     terminal: bool) -> list[str]:
+    async def _spawn_monitor(self, task_id: str, bundle: Path, log_size_max: int, *,
+                             terminal: bool = False) -> int:
+        """conmon + `runc create`; returns the container pid once CREATED."""
         settings = self.settings
         socket_link = settings.sockets_dir / task_id
         if len(f"{socket_link}/attach".encode()) > _SUN_PATH_MAX:
             raise ContainerError(f"socket dir {settings.sockets_dir} is too long for a unix "
                                  "socket path; set a shorter RuncSettings.socket_dir")
-        argv = [
-            str(settings.conmon_path), "--api-version", "1",
+        args = [
+            "--api-version", "1",
             "-c", task_id, "-u", task_id, "-n", task_id,
             "-r", str(settings.runc_path),
             "-b", str(bundle),
@@ -428,65 +360,43 @@ class RuncRuntime:
             "--runtime-arg", f"--root={settings.runc_root_dir}",
         ]
         if log_size_max > 0:
-            argv += ["--log-size-max", str(log_size_max)]
+            args += ["--log-size-max", str(log_size_max)]
         if terminal:  # conmon holds the pty's master and logs what the task writes to it
-            argv.append("--terminal")
-        return argv
-
-    def _spawn_monitor_blocking(self, task_id: str, bundle: Path, log_size_max: int, *,
-                                terminal: bool = False) -> _Spawned:
-        """conmon started (blocking: in the runtime's threads, see _off_loop);
-        finish_spawn() waits for it to report the container created."""
-        argv = self._conmon_argv(task_id, bundle, log_size_max, terminal=terminal)
+            args.append("--terminal")
         read_fd, write_fd = os.pipe()
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "_OCI_SYNCPIPE": str(write_fd)}
         try:
-            # vfork (CPython 3.11 uses it here: no preexec_fn, no user or
-            # group changes; close_fds does not prevent it) suspends the
-            # calling thread until conmon has exec'd, with the GIL released.
-            process = subprocess.Popen(
-                argv, env=env, cwd=bundle, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            process = await asyncio.create_subprocess_exec(
+                str(settings.conmon_path), *args, env=env, cwd=bundle, pass_fds=(write_fd,),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE)
         except OSError as error:
             os.close(read_fd)
-            raise ContainerError(f"cannot run conmon {self.settings.conmon_path}: "
-                                 f"{error}") from error
+            raise ContainerError(f"cannot run conmon {settings.conmon_path}: {error}") from error
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-        return _Spawned(process, read_fd)
-
-    async def _finish_spawn(self, spawned: _Spawned) -> int:
-        """The container pid once conmon's monitor reports it CREATED (after
-        `runc create`); raises ContainerError with conmon's or runc's words.
-        The first conmon process is reaped and the pipes closed in any case."""
-        settings = self.settings
-        process = spawned.process
         loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
         try:
-            assert process.stderr is not None
-            err = await asyncio.wait_for(_read_to_end(process.stderr.fileno()),
-                                         settings.command_timeout)
+            transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0))
+        except BaseException:
+            os.close(read_fd)
+            raise
+        try:
             # The first conmon exits as soon as it has forked the monitor.
-            await asyncio.wait_for(wait_pid_exit(process.pid), settings.command_timeout)
-            code = process.wait()  # exited: reaps at once
-            if code != 0:
-                raise ContainerError(f"conmon failed ({code}): "
+            _, err = await asyncio.wait_for(process.communicate(), settings.command_timeout)
+            if process.returncode != 0:
+                raise ContainerError(f"conmon failed ({process.returncode}): "
                                      f"{err.decode(errors='replace').strip()}")
             timing.mark("conmon")
-            reader = asyncio.StreamReader()
-            transport, _ = await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(spawned.sync_fd, "rb", 0))
-            spawned.sync_fd = -1  # the transport's now
-            try:
-                # The monitor writes the container pid (or runc's error) once created.
-                line = await asyncio.wait_for(reader.readline(), settings.command_timeout)
-            finally:
-                transport.close()
+            # The monitor writes the container pid (or runc's error) once created.
+            line = await asyncio.wait_for(reader.readline(), settings.command_timeout)
         finally:
-            await _discard(spawned)
+            transport.close()
         if not line:
             raise ContainerError("conmon exited before the container was created")
         message = json.loads(line)
@@ -496,33 +406,6 @@ class RuncRuntime:
             raise ContainerError(text if text.startswith("runc create failed")
                                  else f"runc create failed: {text}")
         return pid
-
-    async def _off_loop(self, function: Callable[[], _T]) -> _T:
-        """function() in one of the runtime's threads, with the caller's
-        context (timing marks), so that its blocking syscalls (mkdir, mount,
-        file writes on a journalling filesystem busy with other processes'
-        fsyncs, unshare, spawning conmon) do not stop the event loop: on two
-        busy cores each of them waits, and the loop's thread waiting in them
-        serialized every other task's start behind it.
-
-        A thread cannot be stopped: when the caller is cancelled the thread
-        still finishes, and the cancel is raised only then (so that a cleanup
-        after it sees everything it made); a conmon it spawned meanwhile is
-        waited for and reaped."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor,
-                                      functools.partial(contextvars.copy_context().run, function))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait({future})
-            if not future.cancelled() and future.exception() is None:
-                result = future.result()
-                if isinstance(result, _Spawned):
-                    await _discard(result)
-            raise
 
     # ------------------------------------------------------------ prepare
 
@@ -583,21 +466,6 @@ class RuncRuntime:
                        devices: tuple[DevicePlan, ...], created_volumes: list[Path],
                        payload_files: Sequence[PayloadFile] = (), *, security: SecurityPlan,
                        log_limits: logopts.LogLimits) -> None:
-        spawned = await self._off_loop(functools.partial(
-            self._build_bundle, task, image, hostname, process, resources, binds, devices,
-            created_volumes, payload_files, security=security, log_limits=log_limits))
-        pid = await self._finish_spawn(spawned)
-        timing.mark("conmon-create")
-        log.info("task %s: container created (pid %d)", task.id, pid)
-
-    def _build_bundle(self, task: pb.Task, image: ImageInput, hostname: str,
-                      process: ProcessPlan, resources: dict[str, Any], binds: dict[int, Path],
-                      devices: tuple[DevicePlan, ...], created_volumes: list[Path],
-                      payload_files: Sequence[PayloadFile], *, security: SecurityPlan,
-                      log_limits: logopts.LogLimits) -> _Spawned:
-        """The bundle (rootfs mount, volumes, payloads, files, namespace,
-        config.json) and conmon spawned; blocking (run by _off_loop)."""
-        timing.mark("thread")
         task_id = task.id
         container = task.spec.container
         self._log_limits[task_id] = log_limits  # before the rotation pass sees the bundle
@@ -633,7 +501,7 @@ class RuncRuntime:
                     directory = self.settings.volumes_dir / mount.source
                 else:  # anonymous: lives and dies with the container
                     directory = bundle / "volumes" / str(index)
-                created = fs.ensure_volume(directory, root, target)
+                created = await asyncio.to_thread(fs.ensure_volume, directory, root, target)
                 if created and mount.source:
                     created_volumes.append(directory)
                 mounts.append(MountPlan("bind", target, str(directory), mount.read_only))
@@ -642,7 +510,7 @@ class RuncRuntime:
                                         tmpfs_size=mount.tmpfs_size_bytes))
 
         if payload_files:
-            mounts += self._write_payloads(bundle, payload_files)
+            mounts += await asyncio.to_thread(self._write_payloads, bundle, payload_files)
         timing.mark("rootfs-lookups")
 
         try:
@@ -681,10 +549,10 @@ class RuncRuntime:
         _write_private(bundle / "log-limits.json", json.dumps(
             {"max_size": log_limits.max_size, "max_file": log_limits.max_file}))
         timing.mark("config")
-        spawned = self._spawn_monitor_blocking(task_id, bundle, log_limits.max_size,
-                                               terminal=container.tty)
-        timing.mark("spawn")
-        return spawned
+        pid = await self._spawn_monitor(task_id, bundle, log_limits.max_size,
+                                        terminal=container.tty)
+        timing.mark("conmon-create")
+        log.info("task %s: container created (pid %d)", task_id, pid)
 
     # ------------------------------------------------------------ secrets and configs
 
