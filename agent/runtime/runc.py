@@ -51,7 +51,7 @@ from typing import Any, cast
 
 from swarm.api import generic_resources, logopts
 from swarm.api.v1 import objects_pb2 as pb
-from swarm.host import mounts
+from swarm.host import fsflags, mounts
 from swarm.host.netns import NetnsMaker, netns_path, remove_netns
 
 from .. import timing
@@ -241,6 +241,14 @@ class RuncRuntime:
                           settings.runc_root_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)  # also when an older agent made it with the umask's mode
+        # Each container's bundle and runc state directory in a block group of
+        # its own where the filesystem can (ext4 without a journal delays the
+        # reuse of freed inodes; see swarm/host/fsflags.py).
+        for directory in (settings.bundles_dir, settings.runc_root_dir):
+            try:
+                fsflags.spread_subdirectories(directory)
+            except OSError as error:
+                log.info("cannot set the TOPDIR flag on %s: %s", directory, error)
         self._rotation = threading.Lock()  # rotation passes vs a container's removal
         self._log_limits: dict[str, logopts.LogLimits] = {}  # read once per container
         self._arch = seccomp.native_arch()
