@@ -236,19 +236,24 @@ class RuncRuntime:
 
     def __init__(self, settings: RuncSettings) -> None:
         self.settings = settings
+        # Where the filesystem can, the directories where containers' files
+        # come and go (each container's bundle and runc state directory; the
+        # logs, exit files and socket links) each get block groups of their
+        # own: ext4 without a journal delays the reuse of freed inodes, and a
+        # creation scans past the group's recently freed ones (see
+        # swarm/host/fsflags.py). The state dir first, so that its
+        # subdirectories are spread as they are made.
+        spread = (settings.state_dir, settings.bundles_dir, settings.runc_root_dir)
         for directory in (settings.state_dir, settings.bundles_dir, settings.exits_dir,
                           settings.volumes_dir, settings.logs_dir, settings.sockets_dir,
                           settings.runc_root_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             directory.chmod(0o700)  # also when an older agent made it with the umask's mode
-        # Each container's bundle and runc state directory in a block group of
-        # its own where the filesystem can (ext4 without a journal delays the
-        # reuse of freed inodes; see swarm/host/fsflags.py).
-        for directory in (settings.bundles_dir, settings.runc_root_dir):
-            try:
-                fsflags.spread_subdirectories(directory)
-            except OSError as error:
-                log.info("cannot set the TOPDIR flag on %s: %s", directory, error)
+            if directory in spread:
+                try:
+                    fsflags.spread_subdirectories(directory)
+                except OSError as error:
+                    log.info("cannot set the TOPDIR flag on %s: %s", directory, error)
         self._rotation = threading.Lock()  # rotation passes vs a container's removal
         self._log_limits: dict[str, logopts.LogLimits] = {}  # read once per container
         self._arch = seccomp.native_arch()

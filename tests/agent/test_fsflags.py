@@ -62,7 +62,7 @@ def test_runtime_spreads_bundles_and_runc_state(directory: Path) -> None:
         pytest.skip(f"{_filesystem(directory)} has no inode flags")
     settings = RuncSettings(state_dir=directory / "state")
     RuncRuntime(settings)
-    for path in (settings.bundles_dir, settings.runc_root_dir):
+    for path in (settings.state_dir, settings.bundles_dir, settings.runc_root_dir):
         flags = fsflags.get_flags(path)
         assert flags is not None, path
         assert flags & fsflags.FS_TOPDIR_FL, path
