@@ -33,6 +33,7 @@ from swarm.agent.runtime import (
     spec,
 )
 from swarm.agent.runtime import rootfs as fs
+from swarm.agent.runtime.runc import runc_deletes_only_files
 from swarm.api.v1 import objects_pb2 as pb
 from tests.agent.containers import leftovers
 from tests.agent.containers import runc_sync as _runc_sync
@@ -272,6 +273,38 @@ def test_lookups_follow_symlinks_inside_the_rootfs(tmp_path: Path) -> None:
 
 
 # ================================================================ real containers
+
+
+def _state(start: int = 4635953, namespaces: list[dict[str, str]] | None = None,
+           **config: object) -> dict[str, object]:
+    """A runc 1.1 state.json, the fields runc_deletes_only_files reads."""
+    return {"init_process_pid": 32384, "init_process_start": start, "intel_rdt_path": "",
+            "config": {"namespaces": namespaces if namespaces is not None else
+                       [{"type": "NEWPID", "path": ""}, {"type": "NEWNET", "path": "/run/netns/x"}],
+                       "Hooks": None, **config}}
+
+
+def _stat(state: str = "S", start: int = 4635953) -> str:
+    """/proc/PID/stat of a process named with a space and a parenthesis."""
+    fields = [state, "1", *["0"] * 17, str(start), "0"]
+    return "32384 (sleep (x) y) " + " ".join(fields)
+
+
+@pytest.mark.parametrize(("state", "stat", "expected"), [
+    (_state(), None, True),  # the init is gone
+    (_state(), _stat("Z"), True),  # a zombie
+    (_state(), _stat("S", start=99), True),  # the pid now belongs to another process
+    (_state(), _stat("S"), False),  # still running: runc kills it first
+    (_state(), _stat("R"), False),
+    (_state(), "32384 (sleep) S", False),  # a stat line we do not know: runc looks
+    (_state(namespaces=[{"type": "NEWNET", "path": ""}]), None, False),  # the host's pids
+    (_state(namespaces=[{"type": "NEWPID", "path": "/proc/1/ns/pid"}]), None, False),  # joined
+    (_state(Hooks={"poststop": [{"path": "/bin/true"}]}), None, False),
+    ({"init_process_pid": 1}, None, False),  # no config: not a state we know
+])
+def test_runc_delete_is_only_files_for_a_stopped_container(
+        state: dict[str, object], stat: str | None, expected: bool) -> None:
+    assert runc_deletes_only_files(state, stat) is expected
 
 
 @pytest.fixture(scope="module")
@@ -740,6 +773,35 @@ async def test_start_of_a_container_whose_init_died_fails(runtime: RuncRuntime,
     await runtime.remove(task.id)
     assert leftovers(runtime, task.id) == []
 
+
+
+@needs_root
+async def test_removal_of_a_stopped_container_runs_no_runc(runtime: RuncRuntime,
+                                                           image: ImageInput) -> None:
+    """remove() of an exited container does what `runc delete` would (its
+    cgroups and runc's state directory) without a runc process; a running
+    one is killed by runc, and once dead deleted the same way."""
+    exited, running = _task("sh", "-c", "exit 4"), _task("sleep", "1000")
+    assert await run_to_exit(runtime, exited, image) == 4
+    await runtime.prepare(running, image)
+    await runtime.start(running.id)
+    assert any(d.exists() for d in runtime.cgroup_dirs(exited.id))
+    commands: list[tuple[str, ...]] = []
+    real_runc = runtime._runc
+
+    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
+        commands.append(args)
+        return await real_runc(*args, limit=limit)
+
+    runtime._runc = recording  # type: ignore[method-assign]
+    await runtime.remove(exited.id)
+    assert commands == []
+    assert leftovers(runtime, exited.id) == []
+    assert not (runtime.settings.runc_root_dir / exited.id).exists()
+    assert await runtime.wait(exited.id) == 4  # remembered
+    await runtime.remove(running.id)
+    assert [args[0] for args in commands] == ["state", "kill"]
+    assert leftovers(runtime, running.id) == []
 
 BURST_SCRIPT = """
 import asyncio, json, sys
