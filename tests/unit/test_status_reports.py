@@ -95,7 +95,11 @@ async def test_a_burst_of_news_is_still_one_call_per_interval() -> None:
         times = [at for at, _ in stub.calls]
         assert sum(len(updates) for _, updates in stub.calls) == 40
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert all(gap >= 0.045 for gap in gaps), gaps
+        # Each call is paced from the previous one's send time, taken a moment
+        # before the stub sees it: a call delayed in that moment (CI saw 10 ms
+        # on a loaded machine) shortens the next gap, never the average.
+        assert all(gap >= 0.03 for gap in gaps), gaps
+        assert sum(gaps) / len(gaps) >= 0.045, gaps
         assert len(times) <= 2 + (time.monotonic() - began) / 0.05
     finally:
         flush.cancel()
