@@ -104,6 +104,14 @@ async def test_a_follower_served_session_survives_the_followers_death(
                                                for n in found)
 
             await eventually_async(all_ready, timeout=20, message="4 nodes ready")
+            # A node is READY once the controller opened its session; the
+            # agent logs it when the first message arrives, a moment later.
+
+            async def all_logged_on_the_follower() -> bool:
+                return sum(sessions_opened(agents).values()) >= 4
+
+            await eventually_async(all_logged_on_the_follower, timeout=10,
+                                   message="4 sessions logged")
             assert sessions_opened(agents) == {follower.addr: 4}, agents.log()[-3000:]
             # The leader hears of them only through the follower's reports:
             # they stay READY for several DOWN thresholds.
