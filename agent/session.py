@@ -314,7 +314,7 @@ class AgentSession:
             self._pending_ready.set()
             self._applied.clear()
             helpers = [
-                asyncio.create_task(self._heartbeats(stub, period), name="heartbeat"),
+                asyncio.create_task(self._heartbeats(stub), name="heartbeat"),
                 asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
             ]
             if isinstance(self.worker, Settling):
@@ -347,6 +347,8 @@ class AgentSession:
                 return
             self._heard_at = time.monotonic()
             self.learn_controllers(message.controllers)
+            if message.HasField("heartbeat_period"):
+                self._period = message.heartbeat_period.ToNanoseconds() / 1e9 or self._period
             await self._apply(message.assignments)
 
     async def _apply(self, assignments: dpb.Assignments) -> None:
@@ -395,7 +397,7 @@ class AgentSession:
                     error.details())
         return True
 
-    async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub, period: float) -> None:
+    async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub) -> None:
         sent_conditions: list[str] | None = None  # those of the last beat sent
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
@@ -404,7 +406,9 @@ class AgentSession:
             # time it was behind: the deadline sent is its measure); giving
             # up after one period made agents drop their sessions and
             # reconnect exactly when the controller was busiest. A paused
-            # controller is still left within three periods.
+            # controller is still left within three periods. The period is
+            # the latest the controller gave, in an answer or on the stream.
+            period = self._period
             sent = time.monotonic()
             timeout = heartbeat_timeout(period)
             conditions = sorted(self.conditions())
@@ -432,7 +436,7 @@ class AgentSession:
             try:
                 response = await stub.Heartbeat(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
-                if self._busy_not_gone(error, period):
+                if self._busy_not_gone(error, self._period):
                     continue
                 raise
             period = self._period = response.period.ToNanoseconds() / 1e9 or period

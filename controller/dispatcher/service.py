@@ -357,6 +357,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
                     continue
                 yield dpb.SessionMessage(
                     session_id=session.session_id,
+                    # The period grows with the node count: a node that joined
+                    # early learns of it here even while its beats wait in a
+                    # busy controller's queue (it waits 3 periods for their answers).
+                    heartbeat_period=self._heartbeat_response().period,
                     assignments=message or dpb.Assignments(type=dpb.Assignments.INCREMENTAL),
                     controllers=self._controller_set() if controllers else (),
                 )

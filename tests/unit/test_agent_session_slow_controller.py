@@ -104,3 +104,69 @@ async def test_a_status_report_on_its_way_stands_in_for_the_heartbeat() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await runner
         await server.stop(None)
+
+
+class _GrowingPeriod(dgrpc.DispatcherServicer):
+    """A controller whose heartbeat period grows while the node is
+    connected (more nodes joined): it says so on the session stream and
+    answers beats without a period, as if their answers were stuck."""
+
+    def __init__(self) -> None:
+        self.beat_deadlines: list[tuple[float, float]] = []  # (came, deadline sent)
+        self.grown_at = 0.0
+
+    async def Register(self, request: dpb.RegisterRequest, context: Any) -> dpb.RegisterResponse:
+        return dpb.RegisterResponse(node_id="n1")
+
+    async def Session(self, request: dpb.SessionRequest,
+                      context: Any) -> AsyncIterator[dpb.SessionMessage]:
+        first = dpb.SessionMessage(session_id="s1",
+                                   assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE))
+        first.heartbeat_period.FromMilliseconds(500)
+        yield first
+        await asyncio.sleep(0.5)
+        grown = dpb.SessionMessage(session_id="s1", assignments=dpb.Assignments(
+            type=dpb.Assignments.INCREMENTAL))
+        grown.heartbeat_period.FromMilliseconds(4000)
+        self.grown_at = time.monotonic()
+        yield grown
+        await asyncio.sleep(3600)
+
+    async def Heartbeat(self, request: dpb.HeartbeatRequest,
+                        context: Any) -> dpb.HeartbeatResponse:
+        self.beat_deadlines.append((time.monotonic(), request.timeout.ToNanoseconds() / 1e9))
+        return dpb.HeartbeatResponse()  # no period: unchanged
+
+    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,
+                               context: Any) -> dpb.UpdateTaskStatusResponse:
+        return dpb.UpdateTaskStatusResponse()
+
+
+async def test_a_period_grown_on_the_stream_lengthens_the_beats_deadline() -> None:
+    """A node that joined when the cluster was small learns the longer
+    period from the stream: its beats then wait 3 of those periods for an
+    answer (at 5,000 nodes early joiners kept a 5 s period, and their beats
+    stuck in the busy controller's queue timed out after 15 s)."""
+    servicer = _GrowingPeriod()  # type: ignore[abstract]  # only what a session uses
+    server = channels.new_server()
+    dgrpc.add_DispatcherServicer_to_server(servicer, server)
+    port = channels.listen(server, "127.0.0.1:0", None, insecure=True)
+    await server.start()
+    session = AgentSession([f"127.0.0.1:{port}"], pb.NodeDescription(hostname="h"),
+                           FakeWorker(), insecure_channels())
+    runner = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(session.connected.wait(), 10)
+        await asyncio.sleep(0.5 + 0.5 + 0.8)  # the growth, then one more beat of the old pace
+        # A beat sent as the message travels may carry either: not judged.
+        before = [d for came, d in servicer.beat_deadlines if came < servicer.grown_at]
+        after = [d for came, d in servicer.beat_deadlines if came > servicer.grown_at + 0.2]
+        assert before, servicer.beat_deadlines
+        assert after, servicer.beat_deadlines
+        assert set(before) == {1.5}, servicer.beat_deadlines
+        assert set(after) == {12.0}, servicer.beat_deadlines
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await server.stop(None)
