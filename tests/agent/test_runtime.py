@@ -728,6 +728,20 @@ async def test_an_oom_kill_is_reported(runtime: RuncRuntime, image: ImageInput) 
     assert state.oom_killed
 
 
+
+def _record_runc(runtime: RuncRuntime) -> list[tuple[str, ...]]:
+    """From now on, the arguments of every runc process the runtime runs."""
+    commands: list[tuple[str, ...]] = []
+    real_runc = runtime._runc
+
+    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
+        commands.append(args)
+        return await real_runc(*args, limit=limit)
+
+    runtime._runc = recording  # type: ignore[method-assign]
+    return commands
+
+
 @needs_root
 async def test_start_releases_the_init_through_runcs_exec_fifo(runtime: RuncRuntime,
                                                               image: ImageInput) -> None:
@@ -737,14 +751,7 @@ async def test_start_releases_the_init_through_runcs_exec_fifo(runtime: RuncRunt
     await runtime.prepare(task, image)
     fifo = runtime.settings.runc_root_dir / task.id / "exec.fifo"
     assert fifo.exists()
-    commands: list[tuple[str, ...]] = []
-    real_runc = runtime._runc
-
-    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
-        commands.append(args)
-        return await real_runc(*args, limit=limit)
-
-    runtime._runc = recording  # type: ignore[method-assign]
+    commands = _record_runc(runtime)
     pid = await runtime.start(task.id)
     assert commands == []  # no runc process on the way
     assert not fifo.exists()
@@ -786,14 +793,7 @@ async def test_removal_of_a_stopped_container_runs_no_runc(runtime: RuncRuntime,
     await runtime.prepare(running, image)
     await runtime.start(running.id)
     assert any(d.exists() for d in runtime.cgroup_dirs(exited.id))
-    commands: list[tuple[str, ...]] = []
-    real_runc = runtime._runc
-
-    async def recording(*args: str, limit: float | None = None) -> tuple[int, str, str]:
-        commands.append(args)
-        return await real_runc(*args, limit=limit)
-
-    runtime._runc = recording  # type: ignore[method-assign]
+    commands = _record_runc(runtime)
     await runtime.remove(exited.id)
     assert commands == []
     assert leftovers(runtime, exited.id) == []

@@ -36,6 +36,35 @@ def test_a_timed_out_call_keeps_the_session_only_while_the_stream_lives() -> Non
     assert not session._busy_not_gone(late, 5.0), "silent for a period: fail over"
 
 
+@contextlib.asynccontextmanager
+async def _session_with(servicer: dgrpc.DispatcherServicer) -> AsyncIterator[AgentSession]:
+    """A real gRPC server with this dispatcher, and an agent session
+    connected to it; both stopped on the way out."""
+    server = channels.new_server()
+    dgrpc.add_DispatcherServicer_to_server(servicer, server)
+    port = channels.listen(server, "127.0.0.1:0", None, insecure=True)
+    await server.start()
+    session = AgentSession([f"127.0.0.1:{port}"], pb.NodeDescription(hostname="h"),
+                           FakeWorker(), insecure_channels())
+    runner = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(session.connected.wait(), 10)
+        yield session
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+        await server.stop(None)
+
+
+def _first_message() -> dpb.SessionMessage:
+    """A session's first message: everything (nothing), a 0.5 s period."""
+    message = dpb.SessionMessage(session_id="s1",
+                                 assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE))
+    message.heartbeat_period.FromMilliseconds(500)
+    return message
+
+
 class _SlowReports(dgrpc.DispatcherServicer):
     """A controller that answers a status report only after `hold` seconds
     and counts the heartbeats it is sent meanwhile."""
@@ -51,9 +80,7 @@ class _SlowReports(dgrpc.DispatcherServicer):
 
     async def Session(self, request: dpb.SessionRequest,
                       context: Any) -> AsyncIterator[dpb.SessionMessage]:
-        message = dpb.SessionMessage(session_id="s1",
-                                     assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE))
-        message.heartbeat_period.FromMilliseconds(500)
+        message = _first_message()
         yield message
         while True:  # the stream stays open and quiet
             await asyncio.sleep(0.05)
@@ -81,15 +108,7 @@ async def test_a_status_report_on_its_way_stands_in_for_the_heartbeat() -> None:
     heartbeat beside it (the report counts as one there, from when it
     arrived: it carries its deadline); once answered, beats go on."""
     servicer = _SlowReports(hold=1.2)  # type: ignore[abstract]  # only what a session uses
-    server = channels.new_server()
-    dgrpc.add_DispatcherServicer_to_server(servicer, server)
-    port = channels.listen(server, "127.0.0.1:0", None, insecure=True)
-    await server.start()
-    session = AgentSession([f"127.0.0.1:{port}"], pb.NodeDescription(hostname="h"),
-                           FakeWorker(), insecure_channels())
-    runner = asyncio.create_task(session.run())
-    try:
-        await asyncio.wait_for(session.connected.wait(), 10)
+    async with _session_with(servicer) as session:
         await asyncio.sleep(0.6)  # beats flow: every 0.4 s (0.8 period)
         assert servicer.beats
         session.report("t1", pb.TaskStatus(state=pb.RUNNING))
@@ -99,11 +118,6 @@ async def test_a_status_report_on_its_way_stands_in_for_the_heartbeat() -> None:
         assert [b for b in servicer.beats if came + 0.1 < b < answered] == []
         await asyncio.sleep(1.0)
         assert [b for b in servicer.beats if b > answered], "beats go on after the answer"
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        await server.stop(None)
 
 
 class _GrowingPeriod(dgrpc.DispatcherServicer):
@@ -120,10 +134,7 @@ class _GrowingPeriod(dgrpc.DispatcherServicer):
 
     async def Session(self, request: dpb.SessionRequest,
                       context: Any) -> AsyncIterator[dpb.SessionMessage]:
-        first = dpb.SessionMessage(session_id="s1",
-                                   assignments=dpb.Assignments(type=dpb.Assignments.COMPLETE))
-        first.heartbeat_period.FromMilliseconds(500)
-        yield first
+        yield _first_message()
         await asyncio.sleep(0.5)
         grown = dpb.SessionMessage(session_id="s1", assignments=dpb.Assignments(
             type=dpb.Assignments.INCREMENTAL))
@@ -148,15 +159,7 @@ async def test_a_period_grown_on_the_stream_lengthens_the_beats_deadline() -> No
     answer (at 5,000 nodes early joiners kept a 5 s period, and their beats
     stuck in the busy controller's queue timed out after 15 s)."""
     servicer = _GrowingPeriod()  # type: ignore[abstract]  # only what a session uses
-    server = channels.new_server()
-    dgrpc.add_DispatcherServicer_to_server(servicer, server)
-    port = channels.listen(server, "127.0.0.1:0", None, insecure=True)
-    await server.start()
-    session = AgentSession([f"127.0.0.1:{port}"], pb.NodeDescription(hostname="h"),
-                           FakeWorker(), insecure_channels())
-    runner = asyncio.create_task(session.run())
-    try:
-        await asyncio.wait_for(session.connected.wait(), 10)
+    async with _session_with(servicer):
         await asyncio.sleep(0.5 + 0.5 + 0.8)  # the growth, then one more beat of the old pace
         # A beat sent as the message travels may carry either: not judged.
         before = [d for came, d in servicer.beat_deadlines if came < servicer.grown_at]
@@ -165,8 +168,3 @@ async def test_a_period_grown_on_the_stream_lengthens_the_beats_deadline() -> No
         assert after, servicer.beat_deadlines
         assert set(before) == {1.5}, servicer.beat_deadlines
         assert set(after) == {12.0}, servicer.beat_deadlines
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
-        await server.stop(None)
