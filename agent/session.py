@@ -313,8 +313,12 @@ class AgentSession:
                 self._pending.setdefault(task_id, status)
             self._pending_ready.set()
             self._applied.clear()
+            # The controller's heartbeat server, off its event loop, if it
+            # has one: beats answered promptly however busy it is.
+            beat_stub = (dgrpc.DispatcherStub(self._channels(first.heartbeat_addr))
+                         if first.heartbeat_addr else None)
             helpers = [
-                asyncio.create_task(self._heartbeats(stub), name="heartbeat"),
+                asyncio.create_task(self._heartbeats(stub, beat_stub), name="heartbeat"),
                 asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
             ]
             if isinstance(self.worker, Settling):
@@ -397,7 +401,14 @@ class AgentSession:
                     error.details())
         return True
 
-    async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub) -> None:
+    async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub,
+                          beat_stub: dgrpc.DispatcherAsyncStub | None = None) -> None:
+        """Beat until the session ends: to the controller's heartbeat server
+        (beat_stub) when it has one, else on the session's channel. One the
+        heartbeat server refuses or that cannot be reached (UNAVAILABLE: a
+        firewall, or a controller whose loop stopped turning) sends the
+        rest of the session's beats on the session's channel, where a
+        wedged controller's silence ends the session."""
         sent_conditions: list[str] | None = None  # those of the last beat sent
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
@@ -413,7 +424,7 @@ class AgentSession:
             timeout = heartbeat_timeout(period)
             conditions = sorted(self.conditions())
             in_flight = self._report_in_flight
-            if in_flight is not None and conditions == sent_conditions:
+            if beat_stub is None and in_flight is not None and conditions == sent_conditions:
                 # A status report is on its way: the controller counts it as
                 # a beat (from when it arrived), so it stands in for this
                 # one. A busy controller then has one call of this node
@@ -434,8 +445,13 @@ class AgentSession:
                                            conditions=conditions)
             request.timeout.FromNanoseconds(int(timeout * 1e9))
             try:
-                response = await stub.Heartbeat(request, timeout=timeout)
+                response = await (beat_stub or stub).Heartbeat(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
+                if beat_stub is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
+                    log.warning("heartbeat server of %s: %s; beating on the session's channel",
+                                self.serving, error.details())
+                    beat_stub = None
+                    continue
                 if self._busy_not_gone(error, self._period):
                     continue
                 raise

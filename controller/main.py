@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,6 +119,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
                           help="validity of node certificates, for a new cluster (default 90)")
     security.add_argument("--join-rate", type=float, default=2.0,
                           help="joins per second allowed per peer address (burst 20)")
+    parser.add_argument("--heartbeat-listen", default="", metavar="HOST:PORT",
+                        help="where agents' heartbeats are served off the event loop (default: "
+                             "the --listen host, an ephemeral port, told to agents in their "
+                             "sessions; 'off': agents beat on the control port)")
+    # Test only: on SIGUSR1 the event loop runs busy for this many seconds.
+    parser.add_argument("--debug-stall-loop", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=logformat.LOG_FORMATS,
                         help="text (default) or json: one JSON object per line")
@@ -128,6 +135,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
     logformat.configure(args.log_level, args.log_format)
     if args.metrics_addr and metrics_addr_error(args.metrics_addr):
         parser.error(f"--metrics-addr: {metrics_addr_error(args.metrics_addr)}")
+    if args.heartbeat_listen not in ("", "off") and heartbeat_listen_error(args.heartbeat_listen):
+        parser.error(f"--heartbeat-listen: {heartbeat_listen_error(args.heartbeat_listen)}")
+    if args.debug_stall_loop < 0:
+        parser.error("--debug-stall-loop: must not be negative")
     if args.heartbeat_period <= 0:
         parser.error("--heartbeat-period: must be positive")
     if args.auto_rebalance_interval <= 0:
@@ -182,7 +193,19 @@ def parse_args(argv: Sequence[str] | None = None) -> ControllerConfig:
         auto_rebalance=AutoRebalanceSettings(enabled=args.auto_rebalance,
                                              interval=args.auto_rebalance_interval),
         metrics_addr=args.metrics_addr,
+        heartbeat_listen=args.heartbeat_listen,
+        debug_stall_loop=args.debug_stall_loop,
     )
+
+
+def heartbeat_listen_error(value: str) -> str:
+    """What is wrong with a --heartbeat-listen HOST:PORT ('' if nothing)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return f"expected HOST:PORT, got {value!r}"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"port must be a number from 0 to 65535, got {port!r}"
+    return ""
 
 
 def _address_pools(parser: argparse.ArgumentParser, pools: list[str], size: int) -> tuple[str, ...]:
@@ -237,6 +260,19 @@ async def serve(config: ControllerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if config.debug_stall_loop:
+        seconds = config.debug_stall_loop
+
+        def stall() -> None:
+            # Busy, as a loop busy with a burst is: pure Python, holding the
+            # GIL but for the interpreter's switch interval.
+            logging.getLogger(__name__).warning("test: stalling the event loop for %gs",
+                                                seconds)
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                pass
+
+        loop.add_signal_handler(signal.SIGUSR1, stall)
     await controller.start()
     sdnotify.notify("READY=1")  # Type=notify units (deploy/systemd)
     watchdog = start_supervised("systemd-watchdog", sdnotify.watchdog)

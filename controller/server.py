@@ -53,6 +53,7 @@ from .ca import (
 )
 from .compaction import CompactionSettings, Compactor
 from .dispatcher import Dispatcher, DispatcherSettings
+from .dispatcher.beatserver import BeatServer, certificate_authorizer
 from .leadership import Leadership, LeadershipSettings
 from .logbroker import LogBroker, LogBrokerSettings
 from .orchestrator.autorebalance import AutoRebalancer, AutoRebalanceSettings
@@ -105,6 +106,14 @@ class ControllerConfig:
     disruption: DisruptionSettings = field(default_factory=DisruptionSettings)
     # --metrics-addr HOST:PORT: Prometheus metrics, /healthz and /readyz (controller/metrics.py).
     metrics_addr: str = ""
+    # Where the heartbeat server listens (dispatcher/beatserver.py: beats
+    # answered off the event loop); default: the listen host, an ephemeral
+    # port (agents are told it in their sessions). "off": none, agents beat
+    # on the control port.
+    heartbeat_listen: str = ""
+    # Test only (--debug-stall-loop): on SIGUSR1 the event loop runs busy for
+    # this many seconds (tests/integration/test_beat_server.py).
+    debug_stall_loop: float = 0.0
 
 
 def default_cluster(config: ControllerConfig) -> pb.Cluster:
@@ -131,6 +140,8 @@ class Controller:
         self.identity: ControllerIdentity | None = None
         self._server: grpc.aio.Server | None = None
         self._join_server: grpc.aio.Server | None = None
+        self.beat_server: BeatServer | None = None
+        self.beat_port = 0
         self._loops: list[asyncio.Task[None]] = []
         self.leadership: Leadership | None = None
         self.orchestrator = Orchestrator(self.store, disruption=config.disruption)
@@ -216,6 +227,8 @@ class Controller:
             log.info("join service on %s (server-only TLS)", join_addr.rsplit(":", 1)[0] +
                      f":{self.join_port}")
         dispatcher = self.dispatcher
+        if self.config.heartbeat_listen != "off":
+            self._start_beat_server(dispatcher, host, advertise, settings)
         self._loops.append(start_supervised("dispatcher", dispatcher.serve))
         await self._server.start()
         info = pb.ControllerInfo(addr=advertise, version=swarm.__version__)
@@ -238,6 +251,22 @@ class Controller:
 
             self.metrics = await serve_metrics(self, self.config.metrics_addr)
         log.info("controller serving on %s (advertised as %s)", self.config.listen, advertise)
+
+    def _start_beat_server(self, dispatcher: Dispatcher, host: str, advertise: str,
+                           settings: channels.LinkSettings) -> None:
+        """The heartbeat-only server on its threads (dispatcher/beatserver.py),
+        with the control port's mutual TLS and authorization."""
+        authorize = None if self.identity is None else certificate_authorizer(
+            self.pki.revocations, channels.CONTROL_PLANE_POLICY["swarm.v1.Dispatcher"],
+            self.pki.cluster_uid)
+        server = BeatServer(dispatcher, authorize, settings)
+        listen = self.config.heartbeat_listen or f"{host}:0"
+        self.beat_port = server.listen(listen, self.identity.current if self.identity else None,
+                                       insecure=self.config.insecure)
+        self.beat_server = server
+        dispatcher.beat_addr = f"{advertise.rsplit(':', 1)[0]}:{self.beat_port}"
+        log.info("heartbeats served off the event loop on %s (advertised as %s)", listen,
+                 dispatcher.beat_addr)
 
     def _dial_controller(self, addr: str) -> grpc.aio.Channel:
         """A channel to another controller, as this controller (its identity)."""
@@ -287,6 +316,8 @@ class Controller:
             await self._server.stop(grace)
         if self._join_server is not None:
             await self._join_server.stop(grace)
+        if self.beat_server is not None:
+            await asyncio.to_thread(self.beat_server.stop, grace)
         await cancel_all(reversed(self._loops))
         self._loops.clear()
         if self.registry is not None:

@@ -168,6 +168,12 @@ class Heartbeats:
         if seen > self.last_seen.get(node_id, -math.inf):
             self.last_seen[node_id] = seen
 
+    def seen(self, node_id: str, at: float) -> None:
+        """A beat that arrived at serving time `at` (handled off the loop:
+        beatserver.py), never moving a later beat back."""
+        if at > self.last_seen.get(node_id, -math.inf):
+            self.last_seen[node_id] = at
+
     def grant(self, node_id: str) -> None:
         """A full grace period from now, unless it beat more recently."""
         self.last_seen.setdefault(node_id, self.clock.now())

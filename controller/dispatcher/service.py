@@ -76,6 +76,7 @@ from ..payloads import PayloadServer, serve_task_payloads
 from ..pullauth import PullCredentials
 from ..store import Change, Conflict, Create, Guard, NodeChange, Store, StoreError
 from .assignments import Assignments
+from .beatserver import BeatLedger, BeatView
 from .drainreports import DrainReporter
 from .heartbeats import HEARTBEAT_MISSES, Heartbeats, backlog_limit
 from .liveness import AliveReporter, Dial
@@ -108,6 +109,8 @@ class _ServingState:
     drain_reports: DrainReporter
     sessions: Sessions = field(default_factory=Sessions)
     assignments: Assignments | None = None
+    # Beats handled by the heartbeat server's threads, folded in on the loop.
+    ledger: BeatLedger = field(default_factory=BeatLedger)
 
     @property
     def drains(self) -> dict[str, Drain]:  # the pending drains by task (tests read it)
@@ -144,6 +147,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self.payloads: PayloadServer | None = None  # secrets and configs (controller/payloads.py)
         self.pull_auth: PullCredentials | None = None  # registry credentials (pullauth.py)
         self.telemetry: Telemetry = NO_TELEMETRY  # metrics (controller/metrics.py)
+        # The heartbeat server's address agents are told (beatserver.py); empty: none.
+        self.beat_addr = ""
+        self._beat_view: BeatView | None = None  # what its threads read
+        self._extras: set[asyncio.Task[None]] = set()  # condition writes handed over by it
 
     def session_count(self) -> int:
         """Agent sessions served now by this controller."""
@@ -152,6 +159,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
     def heartbeat_max_lag(self) -> float:
         """The longest a heartbeat waited here before it was handled (seconds)."""
         return self._state.heartbeats.max_lag if self._state is not None else 0.0
+
+    def beat_server_max_lag(self) -> float:
+        """The longest a heartbeat waited in the heartbeat server (seconds)."""
+        return self._state.ledger.max_lag if self._state is not None else 0.0
+
+    def beat_view(self) -> BeatView | None:
+        """The serving state as the heartbeat server's threads read it."""
+        return self._beat_view
 
     def probe_max_wait(self) -> float:
         """The longest the node monitor's probe took to come back through this
@@ -187,7 +202,25 @@ class Dispatcher(dgrpc.DispatcherServicer):
                                         identity=self._leadership.identity,
                                         announce=state.drain_reports.announce)
         self._state = state
+        loop = asyncio.get_running_loop()
+
+        def on_loop(request: dpb.HeartbeatRequest) -> None:  # called from the beat threads
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self._beat_extras, state, request)
+
+        nodes = cache.nodes
+
+        def node_conditions(node_id: str) -> list[str] | None:
+            node = nodes.get(node_id)
+            return None if node is None else list(node.status.conditions)
+
+        self._beat_view = BeatView(ledger=state.ledger, sessions=state.sessions,
+                                   node_conditions=node_conditions,
+                                   now=state.heartbeats.clock.now, on_loop=on_loop,
+                                   answer=self._heartbeat_response(),
+                                   period=self.heartbeat_period(), loop_tick=time.monotonic())
         loops = [
+            start_supervised("dispatcher-beat-ledger", lambda: self._take_beats(state)),
             start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
             start_supervised("dispatcher-beat-probe", lambda: self._probe_beats(state)),
             start_supervised("dispatcher-status-writer", state.status.run),
@@ -198,6 +231,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             await asyncio.Future()  # until cancelled
         finally:
             self._state = None
+            self._beat_view = None
             state.sessions.close_all()
             await cancel_all(loops)
             await state.reporter.close()
@@ -235,7 +269,54 @@ class Dispatcher(dgrpc.DispatcherServicer):
             if self._guard is not None:
                 state.reporter.beaten.clear()  # the leader's own beats count here already
                 continue
+            self._fold_beats(state)
             await state.reporter.report(self._leadership.leader_addr, timeout=period)
+
+    def _fold_beats(self, state: _ServingState) -> None:
+        """The beats the heartbeat server's threads handled since the last
+        fold count now (on a follower, for the leader too)."""
+        taken = state.ledger.take()
+        seen = state.heartbeats.seen
+        following = self._guard is None
+        for node_id, at in taken.items():
+            seen(node_id, at)
+            if following:
+                state.reporter.beat(node_id)
+
+    async def _take_beats(self, state: _ServingState) -> None:
+        """Fold the heartbeat server's beats in, and tell its threads the
+        loop still turns (and the current period and answer), a few times a
+        second: a tick late by more than beatserver.stall_limit makes them
+        refuse beats, so agents leave a controller whose loop is wedged."""
+        while True:
+            view = self._beat_view
+            if view is not None:
+                view.answer = self._heartbeat_response()
+                view.period = self.heartbeat_period()
+                view.loop_tick = time.monotonic()
+            self._fold_beats(state)
+            await asyncio.sleep(min(0.25, self.heartbeat_period() / 8))
+
+    def _beat_extras(self, state: _ServingState, request: dpb.HeartbeatRequest) -> None:
+        """A beat handled off the loop carried more than a sign of life:
+        confirmed networks, or conditions unlike the node's stored ones.
+        Done here, as the main server's Heartbeat does."""
+        if self._state is not state:
+            return
+        session = state.sessions.get(request.node_id)
+        if session is None or session.session_id != request.session_id:
+            return
+        if request.applied and state.assignments is not None:
+            state.assignments.heard(session, list(request.applied))
+        node = self._store.cache.nodes.get(request.node_id)
+        if node is not None and node.status.conditions != request.conditions:
+            async def write() -> None:
+                with contextlib.suppress(Conflict, StoreError):
+                    await set_conditions(self._store, self._guard, request.node_id,
+                                         list(request.conditions))
+            task = asyncio.create_task(write(), name=f"conditions-{request.node_id}")
+            self._extras.add(task)
+            task.add_done_callback(self._extras.discard)
 
     async def _probe_beats(self, state: _ServingState) -> None:
         """Send this controller's own server a probe (a Heartbeat with no
@@ -344,6 +425,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 heartbeat_period=_duration(self.heartbeat_period()),
                 assignments=assignments.complete(session),
                 controllers=self._controller_set(),
+                heartbeat_addr=self.beat_addr,
             )
             while True:
                 await session.wait_for_news(settings.assignment_flush_interval,
@@ -519,6 +601,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             period = self.heartbeat_period()
             await asyncio.sleep(period / 2)
             assert state.assignments is not None
+            self._fold_beats(state)
             for node_id, seen in state.heartbeats.expired(period / 2, period).items():
                 node = self._store.cache.nodes.get(node_id)
                 session = state.sessions.pop(node_id, None)

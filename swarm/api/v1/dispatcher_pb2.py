@@ -27,7 +27,7 @@ from swarm.api.v1 import logs_pb2 as swarm_dot_api_dot_v1_dot_logs__pb2
 from swarm.api.v1 import objects_pb2 as swarm_dot_api_dot_v1_dot_objects__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dswarm/api/v1/dispatcher.proto\x12\x08swarm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17swarm/api/v1/logs.proto\x1a\x1aswarm/api/v1/objects.proto\"\xcf\x01\n\x0fRegisterRequest\x12.\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.swarm.v1.RegisterRequest.LabelsEntry\x12&\n\x04role\x18\xfc\x02 \x01(\x0e\x32\x17.swarm.v1.NodeSpec.Role\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"j\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x17\n\x0e\x63ompact_deltas\x18\xe0\x03 \x01(\x08\"\xa1\x02\n\x0b\x41ssignments\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.swarm.v1.Assignments.Type\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.swarm.v1.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12-\n\x08networks\x18\x04 \x03(\x0b\x32\x1b.swarm.v1.NetworkAssignment\x12\x18\n\x10removed_networks\x18\x05 \x03(\t\x12\x0f\n\x07\x64rained\x18\x06 \x03(\t\x12\x37\n\x10pull_credentials\x18\xf0\x01 \x03(\x0b\x32\x1c.swarm.v1.TaskPullCredential\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"\x91\x01\n\x0bOverlayPeer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0c\n\x04vtep\x18\x05 \x01(\t\x12\x12\n\nservice_id\x18\x06 \x01(\t\x12\x11\n\ttask_name\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\"\x97\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.swarm.v1.EndpointSpec.Mode\x12\x0b\n\x03vip\x18\x04 \x01(\t\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.swarm.v1.PortConfig\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\"\xa6\x02\n\x11NetworkAssignment\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\x12$\n\x05peers\x18\x02 \x03(\x0b\x32\x15.swarm.v1.OverlayPeer\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x08\x12\x15\n\rremoved_peers\x18\x04 \x03(\t\x12)\n\x08services\x18\x05 \x03(\x0b\x32\x17.swarm.v1.ServiceRecord\x12\x14\n\x0cnode_address\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x04\x12\x1a\n\x11network_unchanged\x18\xe0\x03 \x01(\x08\x12\x1b\n\x12services_unchanged\x18\xe1\x03 \x01(\x08\x12\x16\n\rpeers_compact\x18\xe2\x03 \x01(\x08\"\x9a\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x15.swarm.v1.Assignments\x12\x13\n\x0b\x63ontrollers\x18\x04 \x03(\t\"\xa3\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x07\x61pplied\x18\x03 \x03(\x0b\x32\x18.swarm.v1.AppliedNetwork\x12\x12\n\nconditions\x18\x04 \x03(\t\x12+\n\x07timeout\x18\x92\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x0e\x41ppliedNetwork\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.swarm.v1.TaskStatus\"\x98\x01\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.swarm.v1.TaskStatusUpdate\x12+\n\x07timeout\x18\xba\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x18UpdateTaskStatusResponse\"7\n\x13TaskPayloadsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"1\n\x07Payload\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"^\n\x14TaskPayloadsResponse\x12\"\n\x07secrets\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Payload\x12\"\n\x07\x63onfigs\x18\x02 \x03(\x0b\x32\x11.swarm.v1.Payload\"W\n\x12TaskPullCredential\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\ncredential\x18\x02 \x01(\x0b\x32\x1c.swarm.v1.RegistryCredential\":\n\x12ReportAliveRequest\x12\x12\n\ncontroller\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"\x15\n\x13ReportAliveResponse\"<\n\x14ReportDrainedRequest\x12\x12\n\ncontroller\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\x17\n\x15ReportDrainedResponse2\xca\x05\n\nDispatcher\x12\x41\n\x08Register\x12\x19.swarm.v1.RegisterRequest\x1a\x1a.swarm.v1.RegisterResponse\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x18.swarm.v1.SessionMessage0\x01\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12Y\n\x10UpdateTaskStatus\x12!.swarm.v1.UpdateTaskStatusRequest\x1a\".swarm.v1.UpdateTaskStatusResponse\x12\\\n\x13ListenSubscriptions\x12$.swarm.v1.ListenSubscriptionsRequest\x1a\x1d.swarm.v1.SubscriptionMessage0\x01\x12L\n\x0bPublishLogs\x12\x1c.swarm.v1.PublishLogsMessage\x1a\x1d.swarm.v1.PublishLogsResponse(\x01\x12M\n\x0cTaskPayloads\x12\x1d.swarm.v1.TaskPayloadsRequest\x1a\x1e.swarm.v1.TaskPayloadsResponse\x12J\n\x0bReportAlive\x12\x1c.swarm.v1.ReportAliveRequest\x1a\x1d.swarm.v1.ReportAliveResponse\x12P\n\rReportDrained\x12\x1e.swarm.v1.ReportDrainedRequest\x1a\x1f.swarm.v1.ReportDrainedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dswarm/api/v1/dispatcher.proto\x12\x08swarm.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17swarm/api/v1/logs.proto\x1a\x1aswarm/api/v1/objects.proto\"\xcf\x01\n\x0fRegisterRequest\x12.\n\x0b\x64\x65scription\x18\x01 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x35\n\x06labels\x18\x02 \x03(\x0b\x32%.swarm.v1.RegisterRequest.LabelsEntry\x12&\n\x04role\x18\xfc\x02 \x01(\x0e\x32\x17.swarm.v1.NodeSpec.Role\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x10RegisterResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"j\n\x0eSessionRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12.\n\x0b\x64\x65scription\x18\x02 \x01(\x0b\x32\x19.swarm.v1.NodeDescription\x12\x17\n\x0e\x63ompact_deltas\x18\xe0\x03 \x01(\x08\"\xa1\x02\n\x0b\x41ssignments\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.swarm.v1.Assignments.Type\x12\x1d\n\x05tasks\x18\x02 \x03(\x0b\x32\x0e.swarm.v1.Task\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12-\n\x08networks\x18\x04 \x03(\x0b\x32\x1b.swarm.v1.NetworkAssignment\x12\x18\n\x10removed_networks\x18\x05 \x03(\t\x12\x0f\n\x07\x64rained\x18\x06 \x03(\t\x12\x37\n\x10pull_credentials\x18\xf0\x01 \x03(\x0b\x32\x1c.swarm.v1.TaskPullCredential\"%\n\x04Type\x12\x0c\n\x08\x43OMPLETE\x10\x00\x12\x0f\n\x0bINCREMENTAL\x10\x01\"\x91\x01\n\x0bOverlayPeer\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0c\n\x04vtep\x18\x05 \x01(\t\x12\x12\n\nservice_id\x18\x06 \x01(\t\x12\x11\n\ttask_name\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\"\x97\x01\n\rServiceRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12)\n\x04mode\x18\x03 \x01(\x0e\x32\x1b.swarm.v1.EndpointSpec.Mode\x12\x0b\n\x03vip\x18\x04 \x01(\t\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.swarm.v1.PortConfig\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\"\xa6\x02\n\x11NetworkAssignment\x12\"\n\x07network\x18\x01 \x01(\x0b\x32\x11.swarm.v1.Network\x12$\n\x05peers\x18\x02 \x03(\x0b\x32\x15.swarm.v1.OverlayPeer\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x08\x12\x15\n\rremoved_peers\x18\x04 \x03(\t\x12)\n\x08services\x18\x05 \x03(\x0b\x32\x17.swarm.v1.ServiceRecord\x12\x14\n\x0cnode_address\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x04\x12\x1a\n\x11network_unchanged\x18\xe0\x03 \x01(\x08\x12\x1b\n\x12services_unchanged\x18\xe1\x03 \x01(\x08\x12\x16\n\rpeers_compact\x18\xe2\x03 \x01(\x08\"\xb3\x01\n\x0eSessionMessage\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x33\n\x10heartbeat_period\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x15.swarm.v1.Assignments\x12\x13\n\x0b\x63ontrollers\x18\x04 \x03(\t\x12\x17\n\x0eheartbeat_addr\x18\xce\x04 \x01(\t\"\xa3\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12)\n\x07\x61pplied\x18\x03 \x03(\x0b\x32\x18.swarm.v1.AppliedNetwork\x12\x12\n\nconditions\x18\x04 \x03(\t\x12+\n\x07timeout\x18\x92\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x0e\x41ppliedNetwork\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\">\n\x11HeartbeatResponse\x12)\n\x06period\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"I\n\x10TaskStatusUpdate\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0b\x32\x14.swarm.v1.TaskStatus\"\x98\x01\n\x17UpdateTaskStatusRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12+\n\x07updates\x18\x03 \x03(\x0b\x32\x1a.swarm.v1.TaskStatusUpdate\x12+\n\x07timeout\x18\xba\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1a\n\x18UpdateTaskStatusResponse\"7\n\x13TaskPayloadsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"1\n\x07Payload\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"^\n\x14TaskPayloadsResponse\x12\"\n\x07secrets\x18\x01 \x03(\x0b\x32\x11.swarm.v1.Payload\x12\"\n\x07\x63onfigs\x18\x02 \x03(\x0b\x32\x11.swarm.v1.Payload\"W\n\x12TaskPullCredential\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\ncredential\x18\x02 \x01(\x0b\x32\x1c.swarm.v1.RegistryCredential\":\n\x12ReportAliveRequest\x12\x12\n\ncontroller\x18\x01 \x01(\t\x12\x10\n\x08node_ids\x18\x02 \x03(\t\"\x15\n\x13ReportAliveResponse\"<\n\x14ReportDrainedRequest\x12\x12\n\ncontroller\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\"\x17\n\x15ReportDrainedResponse2\xca\x05\n\nDispatcher\x12\x41\n\x08Register\x12\x19.swarm.v1.RegisterRequest\x1a\x1a.swarm.v1.RegisterResponse\x12?\n\x07Session\x12\x18.swarm.v1.SessionRequest\x1a\x18.swarm.v1.SessionMessage0\x01\x12\x44\n\tHeartbeat\x12\x1a.swarm.v1.HeartbeatRequest\x1a\x1b.swarm.v1.HeartbeatResponse\x12Y\n\x10UpdateTaskStatus\x12!.swarm.v1.UpdateTaskStatusRequest\x1a\".swarm.v1.UpdateTaskStatusResponse\x12\\\n\x13ListenSubscriptions\x12$.swarm.v1.ListenSubscriptionsRequest\x1a\x1d.swarm.v1.SubscriptionMessage0\x01\x12L\n\x0bPublishLogs\x12\x1c.swarm.v1.PublishLogsMessage\x1a\x1d.swarm.v1.PublishLogsResponse(\x01\x12M\n\x0cTaskPayloads\x12\x1d.swarm.v1.TaskPayloadsRequest\x1a\x1e.swarm.v1.TaskPayloadsResponse\x12J\n\x0bReportAlive\x12\x1c.swarm.v1.ReportAliveRequest\x1a\x1d.swarm.v1.ReportAliveResponse\x12P\n\rReportDrained\x12\x1e.swarm.v1.ReportDrainedRequest\x1a\x1f.swarm.v1.ReportDrainedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,35 +55,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NETWORKASSIGNMENT']._serialized_start=1078
   _globals['_NETWORKASSIGNMENT']._serialized_end=1372
   _globals['_SESSIONMESSAGE']._serialized_start=1375
-  _globals['_SESSIONMESSAGE']._serialized_end=1529
-  _globals['_HEARTBEATREQUEST']._serialized_start=1532
-  _globals['_HEARTBEATREQUEST']._serialized_end=1695
-  _globals['_APPLIEDNETWORK']._serialized_start=1697
-  _globals['_APPLIEDNETWORK']._serialized_end=1750
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1752
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1814
-  _globals['_TASKSTATUSUPDATE']._serialized_start=1816
-  _globals['_TASKSTATUSUPDATE']._serialized_end=1889
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1892
-  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=2044
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=2046
-  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=2072
-  _globals['_TASKPAYLOADSREQUEST']._serialized_start=2074
-  _globals['_TASKPAYLOADSREQUEST']._serialized_end=2129
-  _globals['_PAYLOAD']._serialized_start=2131
-  _globals['_PAYLOAD']._serialized_end=2180
-  _globals['_TASKPAYLOADSRESPONSE']._serialized_start=2182
-  _globals['_TASKPAYLOADSRESPONSE']._serialized_end=2276
-  _globals['_TASKPULLCREDENTIAL']._serialized_start=2278
-  _globals['_TASKPULLCREDENTIAL']._serialized_end=2365
-  _globals['_REPORTALIVEREQUEST']._serialized_start=2367
-  _globals['_REPORTALIVEREQUEST']._serialized_end=2425
-  _globals['_REPORTALIVERESPONSE']._serialized_start=2427
-  _globals['_REPORTALIVERESPONSE']._serialized_end=2448
-  _globals['_REPORTDRAINEDREQUEST']._serialized_start=2450
-  _globals['_REPORTDRAINEDREQUEST']._serialized_end=2510
-  _globals['_REPORTDRAINEDRESPONSE']._serialized_start=2512
-  _globals['_REPORTDRAINEDRESPONSE']._serialized_end=2535
-  _globals['_DISPATCHER']._serialized_start=2538
-  _globals['_DISPATCHER']._serialized_end=3252
+  _globals['_SESSIONMESSAGE']._serialized_end=1554
+  _globals['_HEARTBEATREQUEST']._serialized_start=1557
+  _globals['_HEARTBEATREQUEST']._serialized_end=1720
+  _globals['_APPLIEDNETWORK']._serialized_start=1722
+  _globals['_APPLIEDNETWORK']._serialized_end=1775
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1777
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1839
+  _globals['_TASKSTATUSUPDATE']._serialized_start=1841
+  _globals['_TASKSTATUSUPDATE']._serialized_end=1914
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_start=1917
+  _globals['_UPDATETASKSTATUSREQUEST']._serialized_end=2069
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_start=2071
+  _globals['_UPDATETASKSTATUSRESPONSE']._serialized_end=2097
+  _globals['_TASKPAYLOADSREQUEST']._serialized_start=2099
+  _globals['_TASKPAYLOADSREQUEST']._serialized_end=2154
+  _globals['_PAYLOAD']._serialized_start=2156
+  _globals['_PAYLOAD']._serialized_end=2205
+  _globals['_TASKPAYLOADSRESPONSE']._serialized_start=2207
+  _globals['_TASKPAYLOADSRESPONSE']._serialized_end=2301
+  _globals['_TASKPULLCREDENTIAL']._serialized_start=2303
+  _globals['_TASKPULLCREDENTIAL']._serialized_end=2390
+  _globals['_REPORTALIVEREQUEST']._serialized_start=2392
+  _globals['_REPORTALIVEREQUEST']._serialized_end=2450
+  _globals['_REPORTALIVERESPONSE']._serialized_start=2452
+  _globals['_REPORTALIVERESPONSE']._serialized_end=2473
+  _globals['_REPORTDRAINEDREQUEST']._serialized_start=2475
+  _globals['_REPORTDRAINEDREQUEST']._serialized_end=2535
+  _globals['_REPORTDRAINEDRESPONSE']._serialized_start=2537
+  _globals['_REPORTDRAINEDRESPONSE']._serialized_end=2560
+  _globals['_DISPATCHER']._serialized_start=2563
+  _globals['_DISPATCHER']._serialized_end=3277
 # @@protoc_insertion_point(module_scope)

@@ -404,7 +404,15 @@ class SessionMessage(_message.Message):
     HEARTBEAT_PERIOD_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     CONTROLLERS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_ADDR_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    heartbeat_addr: _builtins.str
+    """Where this controller serves heartbeats off its event loop (HOST:PORT,
+    the same mutual TLS): the agent sends its periodic Heartbeat calls
+    there, answered promptly however busy the controller is
+    (controller/dispatcher/beatserver.py). Empty: beat on the session's
+    channel. In the first message of a session.
+    """
     @_builtins.property
     def heartbeat_period(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -423,10 +431,11 @@ class SessionMessage(_message.Message):
         heartbeat_period: _duration_pb2.Duration | None = ...,
         assignments: Global___Assignments | None = ...,
         controllers: _abc.Iterable[_builtins.str] | None = ...,
+        heartbeat_addr: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "heartbeat_period", b"heartbeat_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "controllers", b"controllers", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "controllers", b"controllers", "heartbeat_addr", b"heartbeat_addr", "heartbeat_period", b"heartbeat_period", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
