@@ -167,6 +167,19 @@ async def _quiet(traffic: Traffic, seconds: float, limit: float) -> None:
             last, quiet_since = now, time.monotonic()
 
 
+def _sessions_lost(log: bytes) -> dict[str, int]:
+    """From the agents' log: sessions that ended (a failed call, or an
+    open that got no first message in time), and calls a slow controller
+    answered past their deadline with the session kept."""
+    lines = log.splitlines()
+    return {
+        "agent_sessions_lost": sum((b"session with" in line and b" failed: " in line)
+                                   or b"accepted a session but sent nothing" in line
+                                   for line in lines),
+        "agent_slow_answers": sum(b"is slow to answer" in line for line in lines),
+    }
+
+
 def _agent_groups(nodes: int, processes: int) -> list[int]:
     """How many simulated nodes each agent process runs (as even as can be)."""
     processes = max(1, min(processes, nodes))
@@ -323,6 +336,8 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 if network:
                     one_start = await _one_task_start(control, cache, service.id, tasks, traffic)
             per_node = [len(cache.tasks_by_node.get(n, {})) for n in cache.nodes]
+            agent_log.seek(0)
+            lost = _sessions_lost(agent_log.read())
             return {
                 "bench": "control_plane",
                 "nodes": nodes,
@@ -347,6 +362,12 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 # The longest a heartbeat waited in the leader before it was handled.
                 "heartbeat_max_lag_s": round(controller.dispatcher.heartbeat_max_lag(), 3),
                 "heartbeat_period_s": controller.dispatcher.heartbeat_period(),
+                # The longest a heartbeat waited in the heartbeat server (off the
+                # loop: controller/dispatcher/beatserver.py).
+                "beat_server_max_lag_s": round(controller.dispatcher.beat_server_max_lag(), 3),
+                # Sessions the agents gave up from their start to convergence (the
+                # controller failed, refused, or was too slow to answer).
+                **lost,
                 # The longest the node monitor's probe took through the queue
                 # (nodes are judged only up to what it has seen handled).
                 "probe_max_wait_s": round(controller.dispatcher.probe_max_wait(), 3),
