@@ -59,6 +59,26 @@ def heartbeat_timeout(period: float) -> float:
     return max(3 * period, 1.0)
 
 
+def leave_beat_server(code: grpc.StatusCode, answered: bool) -> bool:
+    """Whether a beat the controller's heartbeat server did not answer moves
+    the session's beats to its channel: when the server refuses or cannot
+    be reached (UNAVAILABLE: a firewall, a controller whose loop stopped
+    turning), or when it never answered at all (a port dropped on the way:
+    the first beat waits one period there, not the whole patience). Once
+    it has answered, a beat past its deadline is judged as on the session's
+    channel (a paused controller is left within 3 periods, not 6)."""
+    return code == grpc.StatusCode.UNAVAILABLE or (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED and not answered)
+
+
+def beat_deadline(period: float, beat_server_answered: bool | None) -> float:
+    """How long a beat waits for its answer: heartbeat_timeout, but one
+    period (at least a second) for the first beat to a heartbeat server
+    that has not answered yet (None: no heartbeat server)."""
+    timeout = heartbeat_timeout(period)
+    return timeout if beat_server_answered in (None, True) else min(timeout, max(period, 1.0))
+
+
 class Worker(Protocol):
     """What runs the tasks. The session feeds it assignments; it reports back
     through the `report` callback it was given."""
@@ -410,6 +430,7 @@ class AgentSession:
         rest of the session's beats on the session's channel, where a
         wedged controller's silence ends the session."""
         sent_conditions: list[str] | None = None  # those of the last beat sent
+        server_answered = False  # the heartbeat server answered a beat
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
             # late still counts (the node is DOWN only after HEARTBEAT_MISSES
@@ -421,7 +442,7 @@ class AgentSession:
             # the latest the controller gave, in an answer or on the stream.
             period = self._period
             sent = time.monotonic()
-            timeout = heartbeat_timeout(period)
+            timeout = beat_deadline(period, None if beat_stub is None else server_answered)
             conditions = sorted(self.conditions())
             in_flight = self._report_in_flight
             if beat_stub is None and in_flight is not None and conditions == sent_conditions:
@@ -447,14 +468,15 @@ class AgentSession:
             try:
                 response = await (beat_stub or stub).Heartbeat(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
-                if beat_stub is not None and error.code() == grpc.StatusCode.UNAVAILABLE:
-                    log.warning("heartbeat server of %s: %s; beating on the session's channel",
-                                self.serving, error.details())
+                if beat_stub is not None and leave_beat_server(error.code(), server_answered):
+                    log.warning("heartbeat server of %s: %s %s; beating on the session's "
+                                "channel", self.serving, error.code().name, error.details())
                     beat_stub = None
                     continue
                 if self._busy_not_gone(error, self._period):
                     continue
                 raise
+            server_answered = server_answered or beat_stub is not None
             period = self._period = response.period.ToNanoseconds() / 1e9 or period
             self.on_beat(period, sent)
             # Beat a little faster than the period so one late beat is not a
