@@ -365,6 +365,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 # The longest a heartbeat waited in the heartbeat server (off the
                 # loop: controller/dispatcher/beatserver.py).
                 "beat_server_max_lag_s": round(controller.dispatcher.beat_server_max_lag(), 3),
+                "beat_server_beats": controller.dispatcher.beat_server_beats(),
                 # Sessions the agents gave up from their start to convergence (the
                 # controller failed, refused, or was too slow to answer).
                 **lost,

@@ -120,6 +120,7 @@ class BeatLedger:
         self._lock = threading.Lock()
         self._beats: dict[str, float] = {}
         self.max_lag = 0.0  # the longest a beat waited in this server (bench.control_plane)
+        self.count = 0  # beats recorded (bench.control_plane)
 
     def record(self, node_id: str, seen: float, lag: float = 0.0) -> None:
         with self._lock:
@@ -127,6 +128,7 @@ class BeatLedger:
                 self._beats[node_id] = seen
             if lag > self.max_lag:
                 self.max_lag = lag
+            self.count += 1
 
     def take(self) -> dict[str, float]:
         """Everything recorded since the last take (the loop's side)."""

@@ -164,6 +164,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """The longest a heartbeat waited in the heartbeat server (seconds)."""
         return self._state.ledger.max_lag if self._state is not None else 0.0
 
+    def beat_server_beats(self) -> int:
+        """Heartbeats the heartbeat server recorded."""
+        return self._state.ledger.count if self._state is not None else 0
+
     def beat_view(self) -> BeatView | None:
         """The serving state as the heartbeat server's threads read it."""
         return self._beat_view
