@@ -366,6 +366,7 @@ async def run(nodes: int, tasks: int, fsync: bool, network: bool = False,
                 # loop: controller/dispatcher/beatserver.py).
                 "beat_server_max_lag_s": round(controller.dispatcher.beat_server_max_lag(), 3),
                 "beat_server_beats": controller.dispatcher.beat_server_beats(),
+                "beat_server_max_gap_s": round(controller.dispatcher.beat_server_max_gap(), 3),
                 # Sessions the agents gave up from their start to convergence (the
                 # controller failed, refused, or was too slow to answer).
                 **lost,

@@ -141,6 +141,8 @@ class Heartbeats:
         # (None: no prober here, as in unit tests of the lag alone).
         self.probed: float | None = None
         self.max_probe_wait = 0.0  # the longest a probe took (bench.control_plane reports it)
+        # The serving time of the last judgement and the time judged up to (logged with DOWN marks).
+        self.judged = (0.0, 0.0)
 
     def lag(self, seconds: float) -> None:
         """A beat waited this long between its arrival and its handling."""
@@ -185,8 +187,9 @@ class Heartbeats:
         """One monitor tick (every `interval`): the nodes silent for
         HEARTBEAT_MISSES periods of serving time, with their last beat,
         forgotten here (restore() one whose DOWN could not be written)."""
-        until = judged_until(self.clock.tick(interval), self.lags, self.probed,
-                             backlog_limit(period))
+        now = self.clock.tick(interval)
+        until = judged_until(now, self.lags, self.probed, backlog_limit(period))
+        self.judged = (now, until)
         self.lags = (self.lags[1], 0.0)
         return {node_id: self.last_seen.pop(node_id)
                 for node_id in overdue(self.last_seen, until, period * HEARTBEAT_MISSES)}

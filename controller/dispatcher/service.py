@@ -164,6 +164,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         """The longest a heartbeat waited in the heartbeat server (seconds)."""
         return self._state.ledger.max_lag if self._state is not None else 0.0
 
+    def beat_server_max_gap(self) -> float:
+        """The longest time between two beats of one node at the heartbeat server."""
+        return self._state.ledger.max_gap if self._state is not None else 0.0
+
     def beat_server_beats(self) -> int:
         """Heartbeats the heartbeat server recorded."""
         return self._state.ledger.count if self._state is not None else 0
@@ -614,8 +618,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 guard = self._guard
                 if guard is None or node is None or node.status.state == pb.NodeStatus.DOWN:
                     continue
-                log.warning("node %s missed %d heartbeats: marking it down",
-                            node_id, HEARTBEAT_MISSES)
+                judged_at, until = state.heartbeats.judged
+                log.warning("node %s missed %d heartbeats: marking it down (its last beat "
+                            "arrived %.1fs before the time judged, %.1fs before the judgement)",
+                            node_id, HEARTBEAT_MISSES, until - seen, judged_at - until)
                 self.telemetry.inc("swarm_dispatcher_missed_heartbeats_total")
                 try:
                     await mark_node(self._store, guard, node_id, pb.NodeStatus.DOWN,
