@@ -59,24 +59,24 @@ def heartbeat_timeout(period: float) -> float:
     return max(3 * period, 1.0)
 
 
-def leave_beat_server(code: grpc.StatusCode, answered: bool) -> bool:
-    """Whether a beat the controller's heartbeat server did not answer moves
-    the session's beats to its channel: when the server refuses or cannot
-    be reached (UNAVAILABLE: a firewall, a controller whose loop stopped
-    turning), or when it never answered at all (a port dropped on the way:
-    the first beat waits one period there, not the whole patience). Once
-    it has answered, a beat past its deadline is judged as on the session's
-    channel (a paused controller is left within 3 periods, not 6)."""
-    return code == grpc.StatusCode.UNAVAILABLE or (
-        code == grpc.StatusCode.DEADLINE_EXCEEDED and not answered)
+def use_beat_server(state: grpc.ChannelConnectivity | None) -> bool:
+    """Whether this beat goes to the controller's heartbeat server, given
+    its channel's state (None: the controller has none, or the session left
+    it): only over a connection already up. The first beats of a session go
+    on the session's channel while that one is being made (a TLS handshake
+    with a busy controller may take a while, and a beat that waited for it
+    in vain would be lost), and every beat does if it never comes up (a
+    firewall)."""
+    return state == grpc.ChannelConnectivity.READY
 
 
-def beat_deadline(period: float, beat_server_answered: bool | None) -> float:
-    """How long a beat waits for its answer: heartbeat_timeout, but one
-    period (at least a second) for the first beat to a heartbeat server
-    that has not answered yet (None: no heartbeat server)."""
-    timeout = heartbeat_timeout(period)
-    return timeout if beat_server_answered in (None, True) else min(timeout, max(period, 1.0))
+def leave_beat_server(code: grpc.StatusCode) -> bool:
+    """Whether a beat the heartbeat server did not answer moves the rest of
+    the session's beats to the session's channel: when the server refuses
+    (UNAVAILABLE: a controller whose loop stopped turning) or went away. A
+    beat past its deadline is judged as on the session's channel (a paused
+    controller is left within 3 periods)."""
+    return code == grpc.StatusCode.UNAVAILABLE
 
 
 class Worker(Protocol):
@@ -335,10 +335,9 @@ class AgentSession:
             self._applied.clear()
             # The controller's heartbeat server, off its event loop, if it
             # has one: beats answered promptly however busy it is.
-            beat_stub = (dgrpc.DispatcherStub(self._channels(first.heartbeat_addr))
-                         if first.heartbeat_addr else None)
+            beat_channel = self._channels(first.heartbeat_addr) if first.heartbeat_addr else None
             helpers = [
-                asyncio.create_task(self._heartbeats(stub, beat_stub), name="heartbeat"),
+                asyncio.create_task(self._heartbeats(stub, beat_channel), name="heartbeat"),
                 asyncio.create_task(self._flush_statuses(stub), name="status-reports"),
             ]
             if isinstance(self.worker, Settling):
@@ -422,15 +421,15 @@ class AgentSession:
         return True
 
     async def _heartbeats(self, stub: dgrpc.DispatcherAsyncStub,
-                          beat_stub: dgrpc.DispatcherAsyncStub | None = None) -> None:
+                          beat_channel: grpc.aio.Channel | None = None) -> None:
         """Beat until the session ends: to the controller's heartbeat server
-        (beat_stub) when it has one, else on the session's channel. One the
-        heartbeat server refuses or that cannot be reached (UNAVAILABLE: a
-        firewall, or a controller whose loop stopped turning) sends the
-        rest of the session's beats on the session's channel, where a
-        wedged controller's silence ends the session."""
+        (beat_channel) once a connection to it is up (use_beat_server), else
+        on the session's channel. A refusal there (UNAVAILABLE: a controller
+        whose loop stopped turning, or gone) sends the rest of the session's
+        beats on the session's channel, where a wedged controller's silence
+        ends the session."""
         sent_conditions: list[str] | None = None  # those of the last beat sent
-        server_answered = False  # the heartbeat server answered a beat
+        beat_stub = dgrpc.DispatcherStub(beat_channel) if beat_channel is not None else None
         while True:
             # Patient: a busy controller answers late, and a beat that arrives
             # late still counts (the node is DOWN only after HEARTBEAT_MISSES
@@ -442,10 +441,12 @@ class AgentSession:
             # the latest the controller gave, in an answer or on the stream.
             period = self._period
             sent = time.monotonic()
-            timeout = beat_deadline(period, None if beat_stub is None else server_answered)
+            timeout = heartbeat_timeout(period)
+            on_beat_server = beat_channel is not None and use_beat_server(
+                beat_channel.get_state(try_to_connect=True))
             conditions = sorted(self.conditions())
             in_flight = self._report_in_flight
-            if beat_stub is None and in_flight is not None and conditions == sent_conditions:
+            if not on_beat_server and in_flight is not None and conditions == sent_conditions:
                 # A status report is on its way: the controller counts it as
                 # a beat (from when it arrived), so it stands in for this
                 # one. A busy controller then has one call of this node
@@ -466,17 +467,17 @@ class AgentSession:
                                            conditions=conditions)
             request.timeout.FromNanoseconds(int(timeout * 1e9))
             try:
-                response = await (beat_stub or stub).Heartbeat(request, timeout=timeout)
+                response = await (beat_stub if on_beat_server and beat_stub is not None
+                                  else stub).Heartbeat(request, timeout=timeout)
             except grpc.aio.AioRpcError as error:
-                if beat_stub is not None and leave_beat_server(error.code(), server_answered):
+                if on_beat_server and leave_beat_server(error.code()):
                     log.warning("heartbeat server of %s: %s %s; beating on the session's "
                                 "channel", self.serving, error.code().name, error.details())
-                    beat_stub = None
+                    beat_channel = None
                     continue
                 if self._busy_not_gone(error, self._period):
                     continue
                 raise
-            server_answered = server_answered or beat_stub is not None
             period = self._period = response.period.ToNanoseconds() / 1e9 or period
             self.on_beat(period, sent)
             # Beat a little faster than the period so one late beat is not a
