@@ -186,3 +186,16 @@ def test_when_an_agent_leaves_the_beat_server(code: grpc.StatusCode) -> None:
 def test_beats_go_to_the_beat_server_only_over_a_connection_up(
         state: grpc.ChannelConnectivity | None) -> None:
     assert use_beat_server(state) == (state == grpc.ChannelConnectivity.READY)
+
+
+def test_heartbeat_listen_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from swarm.controller.main import parse_args
+
+    assert parse_args(["--insecure", "--heartbeat-listen", "0.0.0.0:2376"]).heartbeat_listen \
+        == "0.0.0.0:2376"
+    assert parse_args(["--insecure", "--heartbeat-listen", "off"]).heartbeat_listen == "off"
+    assert parse_args(["--insecure"]).heartbeat_listen == ""
+    with pytest.raises(SystemExit) as caught:
+        parse_args(["--insecure", "--heartbeat-listen", "2376"])
+    assert caught.value.code == 2
+    assert "--heartbeat-listen: expected HOST:PORT, got '2376'" in capsys.readouterr().err
