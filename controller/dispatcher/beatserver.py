@@ -120,6 +120,7 @@ class BeatLedger:
         self._lock = threading.Lock()
         self._beats: dict[str, float] = {}
         self.max_lag = 0.0  # the longest a beat waited in this server (bench.control_plane)
+        self._recent_lag = 0.0  # the longest since the last take
         self.count = 0  # beats recorded (bench.control_plane)
         # The longest time between two beats of one node here (bench.control_plane).
         self.max_gap = 0.0
@@ -131,6 +132,8 @@ class BeatLedger:
                 self._beats[node_id] = seen
             if lag > self.max_lag:
                 self.max_lag = lag
+            if lag > self._recent_lag:
+                self._recent_lag = lag
             self.count += 1
             last = self._last.get(node_id)
             if last is not None and seen - last > self.max_gap:
@@ -138,11 +141,13 @@ class BeatLedger:
             if last is None or seen > last:
                 self._last[node_id] = seen
 
-    def take(self) -> dict[str, float]:
-        """Everything recorded since the last take (the loop's side)."""
+    def take(self) -> tuple[dict[str, float], float]:
+        """Everything recorded since the last take (the loop's side), and
+        the longest a beat of it waited here."""
         with self._lock:
             taken, self._beats = self._beats, {}
-        return taken
+            lag, self._recent_lag = self._recent_lag, 0.0
+        return taken, lag
 
 
 class BeatSource(Protocol):

@@ -137,9 +137,11 @@ class Heartbeats:
         # handled) since the last tick, and in the tick before.
         self.lags = (0.0, 0.0)
         self.max_lag = 0.0  # the largest ever seen (bench.control_plane reports it)
-        # The send time (serving clock) of the latest probe that came back
-        # (None: no prober here, as in unit tests of the lag alone).
-        self.probed: float | None = None
+        # Per queue beats wait in (the main server's, the heartbeat
+        # server's: beatserver.py), the send time (serving clock) of the
+        # latest probe that came back through it (none: no prober here, as
+        # in unit tests of the lag alone).
+        self.probes: dict[str, float] = {}
         self.max_probe_wait = 0.0  # the longest a probe took (bench.control_plane reports it)
         # The serving time of the last judgement and the time judged up to (logged with DOWN marks).
         self.judged = (0.0, 0.0)
@@ -150,17 +152,23 @@ class Heartbeats:
             self.lags = (self.lags[0], seconds)
             self.max_lag = max(self.max_lag, seconds)
 
-    def probe_sent(self) -> float:
-        """A probe is leaving now: the mark to give caught_up() when it is back."""
-        if self.probed is None:
-            self.probed = self.clock.now()  # judged from the first probe on
+    @property
+    def probed(self) -> float | None:
+        """How far every queue is known to have been handled: the earliest of
+        the queues' latest probe marks (None: no prober)."""
+        return min(self.probes.values()) if self.probes else None
+
+    def probe_sent(self, queue: str = "main") -> float:
+        """A probe is leaving now through `queue`: the mark to give
+        caught_up() when it is back."""
+        self.probes.setdefault(queue, self.clock.now())  # judged from the first probe on
         return self.clock.now()
 
-    def caught_up(self, sent: float) -> None:
-        """A probe sent at serving time `sent` came back through the queue."""
+    def caught_up(self, sent: float, queue: str = "main") -> None:
+        """A probe sent through `queue` at serving time `sent` came back."""
         self.max_probe_wait = max(self.max_probe_wait, self.clock.now() - sent)
-        if self.probed is None or sent > self.probed:
-            self.probed = sent
+        if sent > self.probes.get(queue, -math.inf):
+            self.probes[queue] = sent
 
     def beat(self, node_id: str, lag: float = 0.0) -> None:
         """A sign of life from the node that waited `lag` seconds here before

@@ -231,6 +231,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
             start_supervised("dispatcher-beat-ledger", lambda: self._take_beats(state)),
             start_supervised("dispatcher-node-monitor", lambda: self._monitor_nodes(state)),
             start_supervised("dispatcher-beat-probe", lambda: self._probe_beats(state)),
+            start_supervised("dispatcher-beat-server-probe",
+                             lambda: self._probe_beats(state, "heartbeat server")),
             start_supervised("dispatcher-status-writer", state.status.run),
             start_supervised("dispatcher-liveness-reports", lambda: self._report_alive(state)),
             start_supervised("dispatcher-drain-reports", state.drain_reports.run),
@@ -283,7 +285,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
     def _fold_beats(self, state: _ServingState) -> None:
         """The beats the heartbeat server's threads handled since the last
         fold count now (on a follower, for the leader too)."""
-        taken = state.ledger.take()
+        taken, lag = state.ledger.take()
+        # Judged only up to where this server has read its queue too.
+        state.heartbeats.lag(lag)
         seen = state.heartbeats.seen
         following = self._guard is None
         for node_id, at in taken.items():
@@ -326,20 +330,24 @@ class Dispatcher(dgrpc.DispatcherServicer):
             self._extras.add(task)
             task.add_done_callback(self._extras.discard)
 
-    async def _probe_beats(self, state: _ServingState) -> None:
+    async def _probe_beats(self, state: _ServingState, queue: str = "main") -> None:
         """Send this controller's own server a probe (a Heartbeat with no
         node), one after the other: each one back tells the node monitor
         that every beat that arrived before it was sent has been handled
-        (heartbeats.py: nodes are judged only up to there)."""
+        (heartbeats.py: nodes are judged only up to there). The heartbeat
+        server (beatserver.py) has a queue of its own, probed the same way:
+        a node whose beat waits there is not judged either."""
         heartbeats = state.heartbeats
-        addr = self._leadership.identity
+        addr = self._leadership.identity if queue == "main" else self.beat_addr
+        if not addr:
+            return  # no heartbeat server
         channel = self._dial(addr)
         stub = dgrpc.DispatcherStub(channel)
         failing = False
         try:
             while True:
                 period = self.heartbeat_period()
-                sent = heartbeats.probe_sent()
+                sent = heartbeats.probe_sent(queue)
                 try:
                     await stub.Heartbeat(dpb.HeartbeatRequest(), timeout=backlog_limit(period))
                 except grpc.aio.AioRpcError as error:
@@ -347,14 +355,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
                     # address, or further behind than the limit): nodes are
                     # then judged at the limit (heartbeats.judged_until).
                     if not failing:
-                        log.warning("heartbeat probe to this controller (%s) failed: %s %s; "
-                                    "silent nodes are judged %.0fs late", addr,
+                        log.warning("heartbeat probe to this controller's %s (%s) failed: %s "
+                                    "%s; silent nodes are judged %.0fs late", queue, addr,
                                     error.code().name, error.details(), backlog_limit(period))
                     failing = True
                     await asyncio.sleep(min(1.0, period / 4))
                     continue
                 failing = False
-                heartbeats.caught_up(sent)
+                heartbeats.caught_up(sent, queue)
                 # Often enough that the judgement follows closely behind.
                 await asyncio.sleep(min(0.5, period / 8))
         finally:

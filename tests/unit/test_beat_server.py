@@ -62,9 +62,9 @@ def test_ledger_keeps_the_latest_beat_and_is_emptied_by_take() -> None:
     ledger.record("a", 5.0)
     ledger.record("a", 3.0, lag=0.5)  # an older arrival handled later
     ledger.record("b", 1.0)
-    assert ledger.take() == {"a": 5.0, "b": 1.0}
+    assert ledger.take() == ({"a": 5.0, "b": 1.0}, 0.5)
     assert ledger.max_lag == 0.5
-    assert ledger.take() == {}
+    assert ledger.take() == ({}, 0.0)  # the lag of what was taken since
 
 
 def test_no_beat_is_lost_between_threads_and_the_loop() -> None:
@@ -85,7 +85,7 @@ def test_no_beat_is_lost_between_threads_and_the_loop() -> None:
 
     def fold() -> None:
         while not stop.is_set():
-            for node, at in ledger.take().items():
+            for node, at in ledger.take()[0].items():
                 heartbeats.seen(node, at)
 
     folder = threading.Thread(target=fold)
@@ -94,7 +94,7 @@ def test_no_beat_is_lost_between_threads_and_the_loop() -> None:
         thread.join()
     stop.set()
     folder.join()
-    for node, at in ledger.take().items():
+    for node, at in ledger.take()[0].items():
         heartbeats.seen(node, at)
     assert heartbeats.last_seen == recorded
 
@@ -149,7 +149,7 @@ def test_server_records_a_beat_of_the_current_session(
     response = stub.Heartbeat(dpb.HeartbeatRequest(node_id="n1", session_id="s1",
                                                    conditions=["disk-ok"]), timeout=5)
     assert response.period.seconds == 7
-    assert view.ledger.take() == {"n1": 42.0}
+    assert view.ledger.take()[0] == {"n1": 42.0}
     assert handed == []  # nothing for the loop: conditions as stored
 
 
@@ -159,7 +159,7 @@ def test_server_hands_changed_conditions_to_the_loop(
     stub.Heartbeat(dpb.HeartbeatRequest(node_id="n1", session_id="s1", conditions=["disk-full"]),
                    timeout=5)
     assert [list(r.conditions) for r in handed] == [["disk-full"]]
-    assert "n1" in view.ledger.take()  # the beat counts at once
+    assert "n1" in view.ledger.take()[0]  # the beat counts at once
 
 
 def test_server_refuses_a_stale_session_and_a_wedged_loop(
@@ -172,7 +172,7 @@ def test_server_refuses_a_stale_session_and_a_wedged_loop(
     with pytest.raises(grpc.RpcError) as wedged:
         stub.Heartbeat(dpb.HeartbeatRequest(node_id="n1", session_id="s1"), timeout=5)
     assert wedged.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert view.ledger.take() == {}
+    assert view.ledger.take()[0] == {}
 
 
 @given(st.sampled_from(list(grpc.StatusCode)))
@@ -199,3 +199,27 @@ def test_heartbeat_listen_flag(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--insecure", "--heartbeat-listen", "2376"])
     assert caught.value.code == 2
     assert "--heartbeat-listen: expected HOST:PORT, got '2376'" in capsys.readouterr().err
+
+
+def test_nodes_are_judged_up_to_the_queue_furthest_behind() -> None:
+    # A beat waiting in the heartbeat server's queue is not judged, however
+    # quickly the main server's probes come back (at 5,000 nodes 2,734 live
+    # nodes were marked DOWN while the main queue was short and the heartbeat
+    # server's was 40 s long).
+    now = [60.0]
+    beats = Heartbeats(lambda: now[0])
+    beats.seen("n", 30.0)  # its next beat arrives at 50 and waits in the heartbeat server
+    beats.probe_sent("main")
+    sent = beats.probe_sent("heartbeat server")  # behind that beat in the queue
+    now[0] = 140.0
+    beats.caught_up(139.0, "main")  # the main queue is short
+    assert beats.probed == 60.0  # the heartbeat server's probe is not back
+    assert beats.expired(interval=10.0, period=20.0) == {}  # judged at 60, not 139
+    beats.seen("n", 50.0)  # handled at last, then the probe behind it
+    beats.caught_up(sent, "heartbeat server")
+    assert beats.expired(interval=10.0, period=20.0) == {}
+    now[0] = 200.0
+    beats.caught_up(199.0, "main")
+    beats.caught_up(199.0, "heartbeat server")
+    # Silent since 50 with every queue read: found.
+    assert list(beats.expired(interval=10.0, period=20.0)) == ["n"]
