@@ -30,11 +30,12 @@ STALL = 4.5  # past the agent's patience (3 periods), within beatserver.stall_li
 
 
 async def _stall_controller(heartbeat_listen: str, etcd: EtcdServer, prefix: str,
+                            heartbeat: float = HEARTBEAT, stall: float = STALL,
                             ) -> tuple[str, float, pb.NodeStatus.State.ValueType]:
     """The agent's log after the controller's loop stalled, how long a
     control call sent in the stall took, and the node's state after."""
-    controller = start_controller(etcd.endpoint, prefix, heartbeat_period=HEARTBEAT,
-                                  extra_args=["--debug-stall-loop", str(STALL),
+    controller = start_controller(etcd.endpoint, prefix, heartbeat_period=heartbeat,
+                                  extra_args=["--debug-stall-loop", str(stall),
                                               "--heartbeat-listen", heartbeat_listen])
     agent = None
     try:
@@ -50,14 +51,14 @@ async def _stall_controller(heartbeat_listen: str, etcd: EtcdServer, prefix: str
             await eventually_async(ready, timeout=20, message="the node READY")
             await eventually_async(lambda: _logged(agent.log(), " open"), timeout=10,
                                    message="the agent's session open")
-            await asyncio.sleep(HEARTBEAT * 2)  # beating on schedule
+            await asyncio.sleep(heartbeat * 2)  # beating on schedule
             controller.signal(signal.SIGUSR1)
             await asyncio.sleep(0.2)
             sent = time.monotonic()
             await control.ListNodes(cpb.ListNodesRequest(), timeout=30)
             control_wait = time.monotonic() - sent
             # Past the stall, and long enough for a lost session to show.
-            await asyncio.sleep(STALL + HEARTBEAT * 2 - control_wait)
+            await asyncio.sleep(stall + heartbeat * 2 - control_wait)
             nodes = (await control.ListNodes(cpb.ListNodesRequest(), timeout=10)).nodes
         return agent.log(), control_wait, nodes[0].status.state
     finally:
@@ -92,4 +93,18 @@ async def test_without_the_beat_server_the_same_stall_ends_the_session(
     # The beat waited for the loop past its deadline: the agent gave up the
     # session and opened another.
     assert grpc.StatusCode.DEADLINE_EXCEEDED.name in log, log
+    assert _sessions_opened(log) >= 2, log
+
+
+async def test_a_wedged_loop_loses_its_agents(etcd_server: EtcdServer, etcd_prefix: str) -> None:
+    # Busy past beatserver.stall_limit (6 periods): the heartbeat server
+    # refuses, the agent beats on the session's channel, which the stalled
+    # loop does not answer, and the session ends (a controller whose loop
+    # no longer turns does not keep its agents; here it is the only one, so
+    # the agent opens a new session once the loop runs again).
+    log, control_wait, _state = await _stall_controller("127.0.0.1:0", etcd_server, etcd_prefix,
+                                                        heartbeat=0.5, stall=6.0)
+    assert control_wait > 3.0, control_wait
+    assert "heartbeat server of" in log, log
+    assert "UNAVAILABLE" in log, log
     assert _sessions_opened(log) >= 2, log
