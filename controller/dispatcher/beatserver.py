@@ -37,6 +37,14 @@ it into the node monitor's Heartbeats, which only the loop touches. A beat's
 arrival is stamped on the serving clock (heartbeats.ServingClock: reading
 two floats), so the judge compares like with like.
 
+Its queue is judged like the main server's. Under a busy controller on a
+machine shared with thousands of simulated agents its threads wait for the
+GIL and a core too: at 5,000 nodes beats waited up to 43 s here (against
+60 s in the main queue before). The node monitor therefore probes this
+server as it probes the main one (a Heartbeat with no node, answered here
+like a beat) and counts its beats' waits as lags (heartbeats.py): a node
+whose beat waits here is not judged.
+
 A controller whose loop has stopped turning (a bug, a loop wedged on a
 lock) must not keep its agents: it serves them nothing, and as a follower
 it reports nobody alive, so the leader marks its nodes DOWN. The loop

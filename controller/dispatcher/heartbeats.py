@@ -45,6 +45,11 @@ before it comes back only after it. The agents help keep the queue short:
 a status report on its way stands in for their heartbeat (agent/session.py),
 so a busy controller has one call per node waiting, not two.
 
+Beats are served off the loop now, by the heartbeat server
+(beatserver.py), which has a queue of its own: it is probed the same way
+(`probes`, one mark per queue, judged up to the earliest), and its beats'
+waits are lags like the main server's.
+
 The bound: a controller behind by more than its tolerance (`backlog_limit`,
 HEARTBEAT_MISSES periods: as long as agents wait for a beat's answer,
 so beats older than it are lost anyway) judges at now less that limit,
