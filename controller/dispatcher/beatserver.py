@@ -130,9 +130,6 @@ class BeatLedger:
         self.max_lag = 0.0  # the longest a beat waited in this server (bench.control_plane)
         self._recent_lag = 0.0  # the longest since the last take
         self.count = 0  # beats recorded (bench.control_plane)
-        # The longest time between two beats of one node here (bench.control_plane).
-        self.max_gap = 0.0
-        self._last: dict[str, float] = {}
 
     def record(self, node_id: str, seen: float, lag: float = 0.0) -> None:
         with self._lock:
@@ -143,11 +140,6 @@ class BeatLedger:
             if lag > self._recent_lag:
                 self._recent_lag = lag
             self.count += 1
-            last = self._last.get(node_id)
-            if last is not None and seen - last > self.max_gap:
-                self.max_gap = seen - last
-            if last is None or seen > last:
-                self._last[node_id] = seen
 
     def take(self) -> tuple[dict[str, float], float]:
         """Everything recorded since the last take (the loop's side), and

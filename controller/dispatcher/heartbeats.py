@@ -142,6 +142,9 @@ class Heartbeats:
         # handled) since the last tick, and in the tick before.
         self.lags = (0.0, 0.0)
         self.max_lag = 0.0  # the largest ever seen (bench.control_plane reports it)
+        # The longest time between two signs of life of one node folded in
+        # from the heartbeat server (bench.control_plane reports it).
+        self.max_gap = 0.0
         # Per queue beats wait in (the main server's, the heartbeat
         # server's: beatserver.py), the send time (serving clock) of the
         # latest probe that came back through it (none: no prober here, as
@@ -186,8 +189,11 @@ class Heartbeats:
     def seen(self, node_id: str, at: float) -> None:
         """A beat that arrived at serving time `at` (handled off the loop:
         beatserver.py), never moving a later beat back."""
-        if at > self.last_seen.get(node_id, -math.inf):
+        last = self.last_seen.get(node_id, -math.inf)
+        if at > last:
             self.last_seen[node_id] = at
+            if at - last > self.max_gap and last > -math.inf:
+                self.max_gap = at - last
 
     def grant(self, node_id: str) -> None:
         """A full grace period from now, unless it beat more recently."""

@@ -165,8 +165,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
         return self._state.ledger.max_lag if self._state is not None else 0.0
 
     def beat_server_max_gap(self) -> float:
-        """The longest time between two beats of one node at the heartbeat server."""
-        return self._state.ledger.max_gap if self._state is not None else 0.0
+        """The longest time between two signs of life of one node, as the
+        node monitor saw them arrive (a beat from the heartbeat server after
+        any sign of life)."""
+        return self._state.heartbeats.max_gap if self._state is not None else 0.0
 
     def beat_server_beats(self) -> int:
         """Heartbeats the heartbeat server recorded."""
