@@ -34,6 +34,8 @@ from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
+from .wire import entry_field
+
 _CHANGES_LIMIT = 100_000
 
 
@@ -335,6 +337,9 @@ class NetworkPeers:
     # Entries built for the current version, by (since, compact): shared.
     built: dict[tuple[int | None, bool], dpb.NetworkAssignment | None] = field(
         default_factory=dict)
+    # The same entries as sent (wire.entry_field) with the peers they name:
+    # serialized once, not once per session.
+    encoded: dict[tuple[int | None, bool], tuple[bytes, int]] = field(default_factory=dict)
     # The compact form of each peer (compact_peer), made when first sent and
     # kept until the peer changes: every session's delta reuses it.
     compact: dict[str, dpb.OverlayPeer] = field(default_factory=dict)
@@ -418,6 +423,7 @@ class PeerTable:
         if changed or records_moved or network_moved:
             table.version += 1
             table.built.clear()
+            table.encoded.clear()
             table.log.extend((table.version, task_id) for task_id in changed)
             if records_moved:
                 table.services_at = table.version
@@ -458,11 +464,33 @@ def network_assignment(network: pb.Network, table: NetworkPeers, since: int | No
     delta without what did not change since `since` (dispatcher.proto)."""
     if since is not None and since >= table.version:
         return None
-    key = (since if since is not None and since >= table.floor else None, compact)
+    key = _built_key(table, since, compact)
     if key in table.built:
         return table.built[key]
     result = table.built[key] = _build_assignment(network, table, key[0], compact)
     return result
+
+
+def _built_key(table: NetworkPeers, since: int | None, compact: bool
+               ) -> tuple[int | None, bool]:
+    return since if since is not None and since >= table.floor else None, compact
+
+
+def encoded_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
+                       compact: bool = False) -> tuple[bytes, int] | None:
+    """network_assignment as sent (wire.entry_field: one element of
+    Assignments.networks, field key included), with how many peers it names
+    (added, changed or removed); serialized once per (version, since,
+    compact) and shared like the entry itself."""
+    entry = network_assignment(network, table, since, compact)
+    if entry is None:
+        return None
+    key = _built_key(table, since, compact)
+    made = table.encoded.get(key)
+    if made is None:
+        made = table.encoded[key] = (entry_field(entry),
+                                     len(entry.peers) + len(entry.removed_peers))
+    return made
 
 
 def as_sent(network: pb.Network) -> pb.Network:

@@ -32,6 +32,7 @@ from swarm.controller.peers import (
     vtep,
 )
 from swarm.controller.store import NetworkChange, TaskChange
+from swarm.controller.wire import Encoded
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
@@ -524,10 +525,10 @@ def test_a_burst_wakes_each_holder_once_and_loses_no_change(
     assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
     agents: dict[str, tuple[CompactDeltas, PeerSets, RecordingOverlay]] = {}
 
-    def deliver(node_id: str, message: dpb.Assignments | None) -> None:
+    def deliver(node_id: str, message: Encoded | None) -> None:
         if message is None:
             return
-        wire = dpb.Assignments.FromString(message.SerializeToString())
+        wire = dpb.Assignments.FromString(message.data)
         compact, sets, overlay = agents[node_id]
         compact.expand(wire)
         asyncio.run(sync_networks(overlay, wire, sets))
@@ -618,8 +619,9 @@ def test_a_moved_allocation_cursor_is_no_news_to_the_nodes() -> None:
     assignments.on_change(NetworkChange(object_id="net", old=moved, new=relabelled))
     assert session.wake.is_set()
     cache.networks["net"] = relabelled
-    message = assignments.incremental(session)
-    assert message is not None
+    encoded = assignments.incremental(session)
+    assert encoded is not None
+    message = dpb.Assignments.FromString(encoded.data)
     assert message.networks[0].network.spec.labels["tier"] == "front"
     assert message.networks[0].network.address_cursor == ""
 
