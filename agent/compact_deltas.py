@@ -5,11 +5,14 @@ a network delta without the network object and without the service records
 when they did not change since that network's last entry
 (NetworkAssignment.network_unchanged, services_unchanged), and peers without
 their MAC (derived from the address), their node (unused here) and their
-name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network, the
-records and the names back, in place, before the worker sees the message, so that
+name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network and the
+records back, in place, before the worker sees the message, so that
 everything after (the data plane, discovery, the routing mesh) reads whole
 entries; the flags stay set, so the data plane knows the network need not be
-set up again. A module of its own: the session imports nothing heavy.
+set up again. The names are put back where peers are filed
+(overlay_sync.PeerSets.apply_changes, which every consumer of names reads
+through): a per-peer loop here cost every message's every peer once more,
+needed or not. A module of its own: the session imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -49,10 +52,6 @@ class CompactDeltas:
                 entry.services.extend(self._services.get(network_id, ()))
             else:
                 self._services[network_id] = list(entry.services)
-            if entry.peers_compact:
-                for peer in entry.peers:
-                    if peer.task_name:  # a task's (a node's own endpoint has none)
-                        peer.task_name = f"{peer.task_name}.{peer.task_id}"
         named = {entry.network.id for entry in assignments.networks}
         gone = set(assignments.removed_networks)
         if assignments.type == dpb.Assignments.COMPLETE:

@@ -690,3 +690,18 @@ def test_the_peer_news_window_widens_with_the_sessions_to_keep_a_message_rate() 
     for sessions in (1, 10, 200, 1000, 4000):
         window = network_window(0.1, sessions)
         assert sessions / window <= 1000 + 1e-9  # one message per window each
+
+
+def test_compact_names_are_put_back_once_when_two_peer_sets_take_the_entry() -> None:
+    """The agent's data plane and its discovery each file the same entry
+    (two PeerSets): a compact peer's name gets its ".TASKID" suffix back
+    once, not once per PeerSets."""
+    entry = dpb.NetworkAssignment(network=pb.Network(id="net"), peers_compact=True, peers=[
+        dpb.OverlayPeer(task_id="t1", address="10.0.0.3/24", vtep="192.168.1.2",
+                        task_name="web.1"),
+        dpb.OverlayPeer(task_id="node:n1", address="10.0.0.2/24", vtep="192.168.1.1")])
+    first, second = PeerSets(), PeerSets()
+    first.apply_changes(entry)
+    second.apply_changes(entry)
+    for sets in (first, second):
+        assert [p.task_name for p in sets.endpoints("net")] == ["", "web.1.t1"]
