@@ -11,14 +11,18 @@ everything after (the data plane, discovery, the routing mesh) reads whole
 entries; the flags stay set, so the data plane knows the network need not be
 set up again. The names are put back where peers are filed
 (overlay_sync.PeerSets.apply_changes, which every consumer of names reads
-through): a per-peer loop here cost every message's every peer once more,
-needed or not. A module of its own: the session imports nothing heavy.
+through, with entry_peers): a per-peer loop here cost every message's every
+peer once more, needed or not. The same goes for grouped peers
+(NetworkAssignment.peer_groups): entry_peers makes them peers where they are
+filed; what needs only their task ids reads the groups' columns. A module
+of its own: the session imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import logging
 
+from swarm.api.overlay import ungroup
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -59,3 +63,23 @@ class CompactDeltas:
         for network_id in gone - named:
             self._networks.pop(network_id, None)
             self._services.pop(network_id, None)
+
+
+def entry_peers(entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
+    """The entry's peers, whole (names with their ".TASKID" suffix), from
+    whichever form it carries them in: `peers` (compact ones are completed
+    in place, once: the flag is cleared, for an entry several consumers
+    take) and `peer_groups` (made anew on each call)."""
+    if entry.peers_compact:
+        entry.peers_compact = False
+        for peer in entry.peers:
+            if peer.task_name:  # a task's (a node's own endpoint has none)
+                peer.task_name = f"{peer.task_name}.{peer.task_id}"
+    peers = list(entry.peers)
+    if entry.peer_groups:
+        grouped = ungroup(entry.peer_groups)
+        for peer in grouped:
+            if peer.task_name:
+                peer.task_name = f"{peer.task_name}.{peer.task_id}"
+        peers.extend(grouped)
+    return peers

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from swarm.api.v1 import dispatcher_pb2 as dpb
 
+from .compact_deltas import entry_peers
 from .network.model import OverlayNetwork, Peer
 from .network.overlay import OverlayError
 
@@ -104,16 +105,9 @@ class PeerSets:
         else:
             current = self._sets[network_id] = {}
             sent = self._sent[network_id] = {}
-        # Compact peers' names lack their ".TASKID" suffix (dispatcher.proto:
-        # peers_compact): put back here, in the loop that files each peer,
-        # and only once for an entry other PeerSets take too (the flag is
-        # cleared: the entry's peers are whole now). Not in the session:
-        # what keeps no names (the simulated nodes of a benchmark) pays
-        # nothing per peer.
-        compact, entry.peers_compact = entry.peers_compact, False
-        for peer in entry.peers:
-            if compact and peer.task_name:  # a task's (a node's own endpoint has none)
-                peer.task_name = f"{peer.task_name}.{peer.task_id}"
+        # Compact peers (names without their suffix, or grouped) are made
+        # whole here, where each is filed, not in the session (compact_deltas).
+        for peer in entry_peers(entry):
             sent[peer.task_id] = peer
             converted = _convert(peer, network_id)
             old = current.get(peer.task_id)

@@ -414,9 +414,9 @@ def test_a_compact_delta_is_the_changed_peers_alone() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["add", "remove", "ready", "down", "up", "service",
                                            "network", "reconnect"]),
                           st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=30),
-       st.integers(1, 6))
+       st.integers(1, 6), st.booleans())
 def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
-        steps: list[tuple[str, int, str]], log_limit: int) -> None:
+        steps: list[tuple[str, int, str]], log_limit: int, grouped: bool) -> None:
     """Random endpoint, readiness, node, service and network changes, and
     reconnects (a new stream: a full snapshot, then deltas), each node's agent
     taking what it is sent (compact, as on the wire) at random points through
@@ -463,7 +463,8 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
             compact = CompactDeltas()
             agents[receiver] = (compact, sets, overlay)
         current = table.refresh("net", index, services, nodes)
-        shared = network_assignment(network, current, sent[receiver], compact=True)
+        shared = network_assignment(network, current, sent[receiver], compact=True,
+                                    grouped=grouped)
         sent[receiver] = current.version
         if shared is not None:
             before = shared.SerializeToString()
@@ -535,7 +536,7 @@ def test_a_burst_wakes_each_holder_once_and_loses_no_change(
 
     def connect(node_id: str) -> None:
         session = Session(node_id=node_id, session_id=f"{node_id}-{len(agents)}",
-                          compact_deltas=True)
+                          compact_deltas=True, peer_groups=len(agents) % 2 == 1)
         previous = sessions.get(node_id)
         sessions.open(session)
         if previous is not None:
