@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from swarm.api.healthcheck import is_up
 from swarm.api.naming import task_name
-from swarm.api.overlay import group_peers, mac_for_ip
+from swarm.api.overlay import PeerRow, group_rows, mac_for_ip, peer_row
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -345,10 +345,19 @@ class NetworkPeers:
     # kept until the peer changes: every session's delta reuses it.
     compact: dict[str, dpb.OverlayPeer] = field(default_factory=dict)
 
+    # ... and as a row for grouping (swarm.api.overlay.peer_row), the same way.
+    rows: dict[str, PeerRow] = field(default_factory=dict)
+
     def compact_peer(self, task_id: str) -> dpb.OverlayPeer:
         made = self.compact.get(task_id)
         if made is None:
             made = self.compact[task_id] = compact_peer(self.peers[task_id])
+        return made
+
+    def row(self, task_id: str) -> PeerRow:
+        made = self.rows.get(task_id)
+        if made is None:
+            made = self.rows[task_id] = peer_row(self.compact_peer(task_id))
         return made
 
 
@@ -410,6 +419,7 @@ class PeerTable:
             if peer == table.peers.get(task_id):
                 continue
             table.compact.pop(task_id, None)
+            table.rows.pop(task_id, None)
             if peer is None:
                 del table.peers[task_id]
             else:
@@ -562,6 +572,6 @@ def _add_peers(result: dpb.NetworkAssignment, table: NetworkPeers, task_ids: lis
     if not compact:
         result.peers.extend([table.peers[t] for t in task_ids])
     elif grouped:
-        result.peer_groups.extend(group_peers([table.compact_peer(t) for t in task_ids]))
+        result.peer_groups.extend(group_rows([table.row(t) for t in task_ids]))
     else:
         result.peers.extend([table.compact_peer(t) for t in task_ids])

@@ -32,22 +32,37 @@ def _split(address: str) -> tuple[bytes, int]:
     return interface.ip.packed, interface.network.prefixlen
 
 
+# A compact peer as group_rows takes it: its group (VTEP, service, prefix
+# length), then its task id, packed address, name and readiness.
+PeerRow = tuple[tuple[str, str, int], str, bytes, str, bool]
+
+
+def peer_row(peer: dpb.OverlayPeer) -> PeerRow:
+    """A compact peer as a row (the controller keeps each peer's row, so that
+    grouping the peers of every delta reads no message)."""
+    packed, prefix = _split(peer.address)
+    return (peer.vtep, peer.service_id, prefix), peer.task_id, packed, peer.task_name, peer.ready
+
+
 def group_peers(peers: Iterable[dpb.OverlayPeer]) -> list[dpb.PeerGroup]:
     """Compact peers (no MAC, no node, names without their ".TASKID"
     suffix) as groups of one node (VTEP), service and prefix length, in
     order of first appearance, each keeping its peers' order
     (dispatcher.proto: PeerGroup). ungroup is the inverse."""
+    return group_rows([peer_row(peer) for peer in peers])
+
+
+def group_rows(rows: Iterable[PeerRow]) -> list[dpb.PeerGroup]:
+    """group_peers, of peers as rows (peer_row)."""
     groups: dict[tuple[str, str, int], tuple[list[str], list[bytes], list[str], list[bool]]] = {}
-    for peer in peers:
-        packed, prefix = _split(peer.address)
-        key = (peer.vtep, peer.service_id, prefix)
+    for key, task_id, packed, name, ready in rows:
         columns = groups.get(key)
         if columns is None:
             columns = groups[key] = ([], [], [], [])
-        columns[0].append(peer.task_id)
+        columns[0].append(task_id)
         columns[1].append(packed)
-        columns[2].append(peer.task_name)
-        columns[3].append(peer.ready)
+        columns[2].append(name)
+        columns[3].append(ready)
     return [dpb.PeerGroup(vtep=vtep, service_id=service_id, prefix_length=prefix,
                           task_ids=ids, addresses=b"".join(addresses), task_names=names,
                           ready=ready)
