@@ -55,6 +55,7 @@ from ..peers import (
     PeerTable,
     ServiceIndex,
     encoded_assignment,
+    named_peers,
     network_assignment,
     network_news,
     vtep,
@@ -196,16 +197,13 @@ class Assignments:
                 if network.spec.ingress:  # the node's own entry: not shared
                     assignment = self._with_mesh(
                         session, network,
-                        network_assignment(network, table, since, session.compact_deltas,
-                                           session.peer_groups),
+                        network_assignment(network, table, since, session.compact_deltas),
                         table.version)
                     if assignment is not None:
                         updates.append(entry_field(assignment))
-                        peers += len(assignment.peers) + len(assignment.removed_peers) + sum(
-                            len(group.task_ids) for group in assignment.peer_groups)
+                        peers += named_peers(assignment)
                     continue
-                shared = encoded_assignment(network, table, since, session.compact_deltas,
-                                            session.peer_groups)
+                shared = encoded_assignment(network, table, since, session.compact_deltas)
                 if shared is not None:
                     updates.append(shared[0])
                     peers += shared[1]
