@@ -3,18 +3,19 @@
 To an agent that asks (SessionRequest.compact_deltas), the dispatcher sends
 a network delta without the network object and without the service records
 when they did not change since that network's last entry
-(NetworkAssignment.network_unchanged, services_unchanged), and its peers
-compact and grouped by node and service (peers_compact, peer_groups: no MAC,
-no node, names without their ".TASKID" suffix). CompactDeltas puts the
-network and the records back, in place, before the worker sees the message,
-so that everything after (the data plane, discovery, the routing mesh) reads
-whole entries; the flags stay set, so the data plane knows the network need
-not be set up again. The peers are made whole where they are filed
-(entry_peers, from overlay_sync.PeerSets.apply_changes, which every consumer
-of names and addresses reads through), not here: what needs only their task
-ids (the simulated nodes of a benchmark) reads the groups' task-id columns
-and pays nothing per peer. A module of its own: the session imports nothing
-heavy.
+(NetworkAssignment.network_unchanged, services_unchanged), and peers without
+their MAC (derived from the address), their node (unused here) and their
+name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network and the
+records back, in place, before the worker sees the message, so that
+everything after (the data plane, discovery, the routing mesh) reads whole
+entries; the flags stay set, so the data plane knows the network need not be
+set up again. The names are put back where peers are filed
+(overlay_sync.PeerSets.apply_changes, which every consumer of names reads
+through, with entry_peers): a per-peer loop here cost every message's every
+peer once more, needed or not. The same goes for grouped peers
+(NetworkAssignment.peer_groups): entry_peers makes them peers where they are
+filed; what needs only their task ids reads the groups' columns. A module
+of its own: the session imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -65,14 +66,20 @@ class CompactDeltas:
 
 
 def entry_peers(entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
-    """The entry's peers, whole: its `peers`, and its compact ones
-    (`peer_groups`) made peers with their names' ".TASKID" suffix back,
-    anew on each call (the data plane and discovery each file the entry)."""
+    """The entry's peers, whole (names with their ".TASKID" suffix), from
+    whichever form it carries them in: `peers` (compact ones are completed
+    in place, once: the flag is cleared, for an entry several consumers
+    take) and `peer_groups` (made anew on each call)."""
+    if entry.peers_compact:
+        entry.peers_compact = False
+        for peer in entry.peers:
+            if peer.task_name:  # a task's (a node's own endpoint has none)
+                peer.task_name = f"{peer.task_name}.{peer.task_id}"
     peers = list(entry.peers)
     if entry.peer_groups:
         grouped = ungroup(entry.peer_groups)
         for peer in grouped:
-            if peer.task_name:  # a task's (a node's own endpoint has none)
+            if peer.task_name:
                 peer.task_name = f"{peer.task_name}.{peer.task_id}"
         peers.extend(grouped)
     return peers

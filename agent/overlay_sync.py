@@ -105,8 +105,8 @@ class PeerSets:
         else:
             current = self._sets[network_id] = {}
             sent = self._sent[network_id] = {}
-        # Compact (grouped) peers are made whole here, where each is filed,
-        # not in the session (compact_deltas.py).
+        # Compact peers (names without their suffix, or grouped) are made
+        # whole here, where each is filed, not in the session (compact_deltas).
         for peer in entry_peers(entry):
             sent[peer.task_id] = peer
             converted = _convert(peer, network_id)

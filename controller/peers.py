@@ -16,11 +16,8 @@ on the network). A delta to an agent that takes compact ones carries the
 network object and the service records only when they changed since what it
 was sent (their versions are kept beside the peers'), and peers without
 what the agent derives or does not use (MAC, node, the name's task-id
-suffix), grouped by node and service (swarm.api.overlay.group_rows: the VTEP
-and the service once per group, each address 4 bytes): a task start is then
-its one or two short peers, not the network and every service again. Each
-entry is serialized once too (encoded_assignment, controller/wire.py), and
-every session's message carries those bytes. The entries are built once per (version,
+suffix): a task start is then its one or two short peers, not the network
+and every service again. The entries are built once per (version,
 since) and shared by every session at the same point, so a change on a
 network of N nodes is built a handful of times, not N.
 """
@@ -338,11 +335,12 @@ class NetworkPeers:
     services_at: int = 1
     network_dirty: bool = False  # the network object changed since the last refresh
     # Entries built for the current version, by (since, compact): shared.
-    built: dict[tuple[int | None, bool], dpb.NetworkAssignment | None] = field(
+    built: dict[tuple[int | None, bool, bool], dpb.NetworkAssignment | None] = field(
         default_factory=dict)
     # The same entries as sent (wire.entry_field) with the peers they name:
     # serialized once, not once per session.
-    encoded: dict[tuple[int | None, bool], tuple[bytes, int]] = field(default_factory=dict)
+    encoded: dict[tuple[int | None, bool, bool], tuple[bytes, int]] = field(
+        default_factory=dict)
     # The compact form of each peer (compact_peer), made when first sent and
     # kept until the peer changes: every session's delta reuses it.
     compact: dict[str, dpb.OverlayPeer] = field(default_factory=dict)
@@ -467,49 +465,48 @@ def _changed_since(table: NetworkPeers, version: int) -> set[str]:
 
 
 def network_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
-                       compact: bool = False) -> dpb.NetworkAssignment | None:
+                       compact: bool = False, grouped: bool = False
+                       ) -> dpb.NetworkAssignment | None:
     """What a node must be sent about the network, having last been sent
     version `since` of its table (None: never): the complete peer set, or the
     peer changes after `since`; None when nothing changed. The same for every
     node (its own endpoints are peers too), so it is built once per (version,
-    since, compact) and SHARED: copy it before changing it. The network goes
+    since, form) and SHARED: copy it before changing it. The network goes
     without its store bookkeeping (meta, allocation cursor); a `compact`
-    delta without what did not change since `since`, and its peers compact,
-    grouped (dispatcher.proto: peers_compact, peer_groups)."""
+    delta without what did not change since `since`, its peers compact, and
+    `grouped` (with compact) in peer_groups instead of peers (dispatcher.proto)."""
     if since is not None and since >= table.version:
         return None
-    key = _built_key(table, since, compact)
+    key = _built_key(table, since, compact, grouped)
     if key in table.built:
         return table.built[key]
-    result = table.built[key] = _build_assignment(network, table, key[0], compact)
+    result = table.built[key] = _build_assignment(network, table, key[0], compact, grouped)
     return result
 
 
-def _built_key(table: NetworkPeers, since: int | None, compact: bool
-               ) -> tuple[int | None, bool]:
-    return since if since is not None and since >= table.floor else None, compact
+def _built_key(table: NetworkPeers, since: int | None, compact: bool, grouped: bool
+               ) -> tuple[int | None, bool, bool]:
+    return (since if since is not None and since >= table.floor else None, compact,
+            compact and grouped)
 
 
 def encoded_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
-                       compact: bool = False) -> tuple[bytes, int] | None:
+                       compact: bool = False, grouped: bool = False
+                       ) -> tuple[bytes, int] | None:
     """network_assignment as sent (wire.entry_field: one element of
     Assignments.networks, field key included), with how many peers it names
     (added, changed or removed); serialized once per (version, since,
-    compact) and shared like the entry itself."""
-    entry = network_assignment(network, table, since, compact)
+    form) and shared like the entry itself."""
+    entry = network_assignment(network, table, since, compact, grouped)
     if entry is None:
         return None
-    key = _built_key(table, since, compact)
+    key = _built_key(table, since, compact, grouped)
     made = table.encoded.get(key)
     if made is None:
-        made = table.encoded[key] = (entry_field(entry), named_peers(entry))
+        named = len(entry.peers) + len(entry.removed_peers) + sum(
+            len(group.task_ids) for group in entry.peer_groups)
+        made = table.encoded[key] = (entry_field(entry), named)
     return made
-
-
-def named_peers(entry: dpb.NetworkAssignment) -> int:
-    """How many peers an entry names: added, changed or removed."""
-    return len(entry.peers) + len(entry.removed_peers) + sum(
-        len(group.task_ids) for group in entry.peer_groups)
 
 
 def as_sent(network: pb.Network) -> pb.Network:
@@ -543,12 +540,12 @@ def compact_peer(peer: dpb.OverlayPeer) -> dpb.OverlayPeer:
 
 
 def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
-                      compact: bool) -> dpb.NetworkAssignment:
+                      compact: bool, grouped: bool) -> dpb.NetworkAssignment:
     result = dpb.NetworkAssignment(version=table.version, peers_compact=compact)
     if since is None:
         result.network.CopyFrom(as_sent(network))
         result.services.extend(table.services)
-        _add_peers(result, table, sorted(table.peers), compact)
+        _add_peers(result, table, sorted(table.peers), compact, grouped)
         return result
     result.delta = True
     if compact and since >= table.network_at:
@@ -566,13 +563,15 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
             present.append(task_id)
         else:
             result.removed_peers.append(task_id)
-    _add_peers(result, table, present, compact)
+    _add_peers(result, table, present, compact, grouped)
     return result
 
 
 def _add_peers(result: dpb.NetworkAssignment, table: NetworkPeers, task_ids: list[str],
-               compact: bool) -> None:
-    if compact:
+               compact: bool, grouped: bool) -> None:
+    if not compact:
+        result.peers.extend([table.peers[t] for t in task_ids])
+    elif grouped:
         result.peer_groups.extend(group_rows([table.row(t) for t in task_ids]))
     else:
-        result.peers.extend([table.peers[t] for t in task_ids])
+        result.peers.extend([table.compact_peer(t) for t in task_ids])

@@ -55,7 +55,6 @@ from ..peers import (
     PeerTable,
     ServiceIndex,
     encoded_assignment,
-    named_peers,
     network_assignment,
     network_news,
     vtep,
@@ -197,13 +196,16 @@ class Assignments:
                 if network.spec.ingress:  # the node's own entry: not shared
                     assignment = self._with_mesh(
                         session, network,
-                        network_assignment(network, table, since, session.compact_deltas),
+                        network_assignment(network, table, since, session.compact_deltas,
+                                           session.peer_groups),
                         table.version)
                     if assignment is not None:
                         updates.append(entry_field(assignment))
-                        peers += named_peers(assignment)
+                        peers += len(assignment.peers) + len(assignment.removed_peers) + sum(
+                            len(group.task_ids) for group in assignment.peer_groups)
                     continue
-                shared = encoded_assignment(network, table, since, session.compact_deltas)
+                shared = encoded_assignment(network, table, since, session.compact_deltas,
+                                            session.peer_groups)
                 if shared is not None:
                     updates.append(shared[0])
                     peers += shared[1]

@@ -328,7 +328,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if node_id not in self._store.cache.nodes:
             raise NotFound(f"node {node_id} is not known; register again")
         session = NodeSession(node_id=node_id, session_id=new_id(),
-                              compact_deltas=request.compact_deltas)
+                              compact_deltas=request.compact_deltas,
+                              peer_groups=request.peer_groups)
         state.sessions.open(session)
         self._beat(state, node_id)
         try:

@@ -16,7 +16,7 @@ from swarm.agent.compact_deltas import CompactDeltas
 from swarm.agent.network.model import OverlayNetwork, Peer, mac_from_ip
 from swarm.agent.network.overlay import OverlayError
 from swarm.agent.overlay_sync import PeerSets, RecordingOverlay, add_networks, peers_of, sync_networks
-from swarm.api.overlay import mac_for_ip, ungroup
+from swarm.api.overlay import mac_for_ip
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.dispatcher.assignments import Assignments
@@ -389,8 +389,7 @@ def test_a_compact_delta_is_the_changed_peers_alone() -> None:
     assert delta.network == pb.Network(id="net")
     assert (delta.network_unchanged, delta.services_unchanged) == (True, True)
     assert list(delta.services) == []
-    assert list(delta.peers) == []
-    assert [(p.task_id, p.mac, p.node_id, p.task_name) for p in ungroup(delta.peer_groups)] == [
+    assert [(p.task_id, p.mac, p.node_id, p.task_name) for p in delta.peers] == [
         ("b", "", "", "web.1")], "the MAC is derived, the node unused, the name's suffix known"
     verbose = network_assignment(NET, current, first)
     assert verbose is not None
@@ -415,9 +414,9 @@ def test_a_compact_delta_is_the_changed_peers_alone() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["add", "remove", "ready", "down", "up", "service",
                                            "network", "reconnect"]),
                           st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=30),
-       st.integers(1, 6))
+       st.integers(1, 6), st.booleans())
 def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
-        steps: list[tuple[str, int, str]], log_limit: int) -> None:
+        steps: list[tuple[str, int, str]], log_limit: int, grouped: bool) -> None:
     """Random endpoint, readiness, node, service and network changes, and
     reconnects (a new stream: a full snapshot, then deltas), each node's agent
     taking what it is sent (compact, as on the wire) at random points through
@@ -464,7 +463,8 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
             compact = CompactDeltas()
             agents[receiver] = (compact, sets, overlay)
         current = table.refresh("net", index, services, nodes)
-        shared = network_assignment(network, current, sent[receiver], compact=True)
+        shared = network_assignment(network, current, sent[receiver], compact=True,
+                                    grouped=grouped)
         sent[receiver] = current.version
         if shared is not None:
             before = shared.SerializeToString()
@@ -536,7 +536,7 @@ def test_a_burst_wakes_each_holder_once_and_loses_no_change(
 
     def connect(node_id: str) -> None:
         session = Session(node_id=node_id, session_id=f"{node_id}-{len(agents)}",
-                          compact_deltas=True)
+                          compact_deltas=True, peer_groups=len(agents) % 2 == 1)
         previous = sessions.get(node_id)
         sessions.open(session)
         if previous is not None:
@@ -692,3 +692,17 @@ def test_the_peer_news_window_widens_with_the_sessions_to_keep_a_message_rate() 
         window = network_window(0.1, sessions)
         assert sessions / window <= 1000 + 1e-9  # one message per window each
 
+
+def test_compact_names_are_put_back_once_when_two_peer_sets_take_the_entry() -> None:
+    """The agent's data plane and its discovery each file the same entry
+    (two PeerSets): a compact peer's name gets its ".TASKID" suffix back
+    once, not once per PeerSets."""
+    entry = dpb.NetworkAssignment(network=pb.Network(id="net"), peers_compact=True, peers=[
+        dpb.OverlayPeer(task_id="t1", address="10.0.0.3/24", vtep="192.168.1.2",
+                        task_name="web.1"),
+        dpb.OverlayPeer(task_id="node:n1", address="10.0.0.2/24", vtep="192.168.1.1")])
+    first, second = PeerSets(), PeerSets()
+    first.apply_changes(entry)
+    second.apply_changes(entry)
+    for sets in (first, second):
+        assert [p.task_name for p in sets.endpoints("net")] == ["", "web.1.t1"]

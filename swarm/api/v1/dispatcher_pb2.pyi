@@ -101,9 +101,14 @@ class SessionRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     COMPACT_DELTAS_FIELD_NUMBER: _builtins.int
+    PEER_GROUPS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     compact_deltas: _builtins.bool
     """The agent takes compact network deltas (NetworkAssignment.network_unchanged)."""
+    peer_groups: _builtins.bool
+    """The agent takes compact peers grouped (NetworkAssignment.peer_groups);
+    with compact_deltas only.
+    """
     @_builtins.property
     def description(self) -> _objects_pb2.NodeDescription: ...
     def __init__(
@@ -112,10 +117,11 @@ class SessionRequest(_message.Message):
         node_id: _builtins.str = ...,
         description: _objects_pb2.NodeDescription | None = ...,
         compact_deltas: _builtins.bool = ...,
+        peer_groups: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_deltas", b"compact_deltas", "description", b"description", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_deltas", b"compact_deltas", "description", b"description", "node_id", b"node_id", "peer_groups", b"peer_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,10 +361,9 @@ class NetworkAssignment(_message.Message):
     """
     services_unchanged: _builtins.bool
     peers_compact: _builtins.bool
-    """Compact peers (to the same agents, complete sets too): in `peer_groups`
-    instead of `peers`, without mac (derived from the address) and node_id
-    (agents do not use it), task_name without its ".TASKID" suffix (the
-    peer's task_id; the agent puts the name back).
+    """Compact peers (to the same agents, complete sets too): no mac, no
+    node_id (agents do not use it), and task_name without its ".TASKID"
+    suffix (the peer's task_id); the agent puts the name back.
     """
     @_builtins.property
     def network(self) -> _objects_pb2.Network:
@@ -378,7 +383,8 @@ class NetworkAssignment(_message.Message):
 
     @_builtins.property
     def peer_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerGroup]:
-        """The compact peers, grouped: the endpoints of one node and service
+        """Compact peers grouped (to agents that asked, SessionRequest.peer_groups,
+        instead of compact `peers`): the endpoints of one node and service
         together, the node's address and the service once for all of them.
         """
 
