@@ -5,17 +5,24 @@ a network delta without the network object and without the service records
 when they did not change since that network's last entry
 (NetworkAssignment.network_unchanged, services_unchanged), and peers without
 their MAC (derived from the address), their node (unused here) and their
-name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network, the
-records and the names back, in place, before the worker sees the message, so that
+name's ".TASKID" suffix (peers_compact). CompactDeltas puts the network and the
+records back, in place, before the worker sees the message, so that
 everything after (the data plane, discovery, the routing mesh) reads whole
 entries; the flags stay set, so the data plane knows the network need not be
-set up again. A module of its own: the session imports nothing heavy.
+set up again. The names are put back where peers are filed
+(overlay_sync.PeerSets.apply_changes, which every consumer of names reads
+through, with entry_peers): a per-peer loop here cost every message's every
+peer once more, needed or not. The same goes for grouped peers
+(NetworkAssignment.peer_groups): entry_peers makes them peers where they are
+filed; what needs only their task ids reads the groups' columns. A module
+of its own: the session imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import logging
 
+from swarm.api.overlay import ungroup
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 
@@ -49,10 +56,6 @@ class CompactDeltas:
                 entry.services.extend(self._services.get(network_id, ()))
             else:
                 self._services[network_id] = list(entry.services)
-            if entry.peers_compact:
-                for peer in entry.peers:
-                    if peer.task_name:  # a task's (a node's own endpoint has none)
-                        peer.task_name = f"{peer.task_name}.{peer.task_id}"
         named = {entry.network.id for entry in assignments.networks}
         gone = set(assignments.removed_networks)
         if assignments.type == dpb.Assignments.COMPLETE:
@@ -60,3 +63,23 @@ class CompactDeltas:
         for network_id in gone - named:
             self._networks.pop(network_id, None)
             self._services.pop(network_id, None)
+
+
+def entry_peers(entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
+    """The entry's peers, whole (names with their ".TASKID" suffix), from
+    whichever form it carries them in: `peers` (compact ones are completed
+    in place, once: the flag is cleared, for an entry several consumers
+    take) and `peer_groups` (made anew on each call)."""
+    if entry.peers_compact:
+        entry.peers_compact = False
+        for peer in entry.peers:
+            if peer.task_name:  # a task's (a node's own endpoint has none)
+                peer.task_name = f"{peer.task_name}.{peer.task_id}"
+    peers = list(entry.peers)
+    if entry.peer_groups:
+        grouped = ungroup(entry.peer_groups)
+        for peer in grouped:
+            if peer.task_name:
+                peer.task_name = f"{peer.task_name}.{peer.task_id}"
+        peers.extend(grouped)
+    return peers

@@ -31,6 +31,7 @@ from typing import Protocol
 
 from swarm.api.v1 import dispatcher_pb2 as dpb
 
+from .compact_deltas import entry_peers
 from .network.model import OverlayNetwork, Peer
 from .network.overlay import OverlayError
 
@@ -104,7 +105,9 @@ class PeerSets:
         else:
             current = self._sets[network_id] = {}
             sent = self._sent[network_id] = {}
-        for peer in entry.peers:
+        # Compact peers (names without their suffix, or grouped) are made
+        # whole here, where each is filed, not in the session (compact_deltas).
+        for peer in entry_peers(entry):
             sent[peer.task_id] = peer
             converted = _convert(peer, network_id)
             old = current.get(peer.task_id)

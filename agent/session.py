@@ -309,7 +309,8 @@ class AgentSession:
                 self._on_registered(self.node_id)
         stream = stub.Session(dpb.SessionRequest(node_id=self.node_id,
                                                  description=self.description,
-                                                 compact_deltas=True))
+                                                 compact_deltas=True,
+                                                 peer_groups=True))
         self._compact = CompactDeltas()  # per stream: its first message is complete
         helpers: list[asyncio.Task[None]] = []
         services: list[asyncio.Task[None]] = []

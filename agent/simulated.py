@@ -200,6 +200,8 @@ class FakeWorker:
             else:
                 ids = self.peer_ids[network_id] = set()
             ids.update([peer.task_id for peer in entry.peers])
+            for group in entry.peer_groups:  # a column: no message per peer
+                ids.update(group.task_ids)
         gone = set(assignments.removed_networks)
         if assignments.type == dpb.Assignments.COMPLETE:
             gone |= set(self.peer_ids) - named

@@ -58,7 +58,6 @@ from typing import IO
 from swarm.api import channels, pki
 from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import control_pb2_grpc as cgrpc
-from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
 from swarm.controller.ca import CASettings
 from swarm.controller.dispatcher.assignments import Assignments
@@ -66,6 +65,7 @@ from swarm.controller.dispatcher.sessions import Session
 from swarm.controller.server import Controller, ControllerConfig
 from swarm.controller.store import Change, EtcdSettings
 from swarm.controller.store.cache import WatchCache
+from swarm.controller.wire import Encoded
 from tests.etcd_server import EtcdServer, free_port
 from tests.processes import wait_for_port
 
@@ -97,14 +97,13 @@ class Traffic:
         self.peers_sent = 0
         self._originals = (Assignments.complete, Assignments.incremental)
 
-    def count(self, message: dpb.Assignments | None) -> None:
+    def count(self, message: Encoded | None) -> None:
         if message is None:
             return
         self.messages += 1
-        self.bytes += message.ByteSize()
-        for entry in message.networks:
-            self.network_bytes += entry.ByteSize()
-            self.peers_sent += len(entry.peers) + len(entry.removed_peers)
+        self.bytes += len(message.data)
+        self.network_bytes += message.network_bytes
+        self.peers_sent += message.peers
 
     def snapshot(self) -> tuple[int, int, int, int]:
         return self.messages, self.bytes, self.network_bytes, self.peers_sent
@@ -112,13 +111,13 @@ class Traffic:
     def install(self) -> None:
         complete, incremental = self._originals
 
-        def counted_complete(assignments: Assignments, session: Session) -> dpb.Assignments:
+        def counted_complete(assignments: Assignments, session: Session) -> Encoded:
             message = complete(assignments, session)
             self.count(message)
             return message
 
         def counted_incremental(assignments: Assignments, session: Session
-                                ) -> dpb.Assignments | None:
+                                ) -> Encoded | None:
             message = incremental(assignments, session)
             self.count(message)
             return message

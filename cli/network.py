@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import grpc
@@ -16,6 +16,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from . import client, completion, formatting, parsing, progress, render
 from .client import Controller, RpcFailure, fail_if, for_each
 from .errors import BadFlag, BadInput, ReportingGroup
+from .inspecting import show_inspected
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
 
 app = typer.Typer(help="Manage overlay networks.", no_args_is_help=True, rich_markup_mode=None,
@@ -35,6 +36,10 @@ RemoveWaitOpt = Annotated[str, typer.Option(
 # as used by a service they just removed (it lingers in a cache for a moment).
 SERVICE_GONE_PATIENCE = 5.0
 _RETRY_PAUSE = 0.2
+
+
+def get_network(ctl: Controller) -> Callable[[str], pb.Network]:
+    return lambda ref: ctl.call(ctl.stub.GetNetwork, cpb.GetRequest(ref=ref)).network
 
 
 def remove_when_free(ctl: Controller, ref: str, *, timeout: float, patience: float = 0.0,
@@ -169,15 +174,7 @@ def inspect(
     format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show networks in detail."""
-    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
-    with client.open_controller(ctx) as ctl:
-        found, failed = for_each(
-            networks, lambda ref: ctl.call(ctl.stub.GetNetwork, cpb.GetRequest(ref=ref)).network)
-    if fmt is not None:
-        typer.echo(formatting.objects(fmt, found))
-    elif found or output is not render.Output.table:
-        typer.echo(render.inspected(output, found, render.network_details))
-    fail_if(failed)
+    show_inspected(ctx, networks, get_network, render.network_details, output, format_)
 
 
 @app.command("rm", epilog=examples("swarmctl network rm backend",

@@ -6,7 +6,7 @@ stake and demoting the last manager is allowed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
@@ -17,6 +17,7 @@ from swarm.api.v1 import objects_pb2 as pb
 from . import client, completion, formatting, parsing, render
 from .client import fail_if, for_each
 from .errors import BadInput, ReportingGroup
+from .inspecting import show_inspected
 from .options import InspectOutputOpt, OutputOpt, QuietOpt, examples
 
 app = typer.Typer(help="Manage nodes.", no_args_is_help=True, rich_markup_mode=None,
@@ -29,6 +30,10 @@ _AVAILABILITIES = {
 }
 _ROLES = {"worker": pb.NodeSpec.WORKER, "manager": pb.NodeSpec.MANAGER}
 _NODE_FILTERS = ("name", "id", "label", "role")
+
+
+def get_node(ctl: client.Controller) -> Callable[[str], pb.Node]:
+    return lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node
 
 
 
@@ -99,15 +104,7 @@ def inspect(
     format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show nodes in detail."""
-    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
-    with client.open_controller(ctx) as ctl:
-        found, failed = for_each(
-            nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
-    if fmt is not None:
-        typer.echo(formatting.objects(fmt, found))
-    elif found or output is not render.Output.table:
-        typer.echo(render.inspected(output, found, render.node_details))
-    fail_if(failed)
+    show_inspected(ctx, nodes, get_node, render.node_details, output, format_)
 
 
 @app.command("ps", epilog=examples("swarmctl node ps node-1"))
@@ -123,8 +120,7 @@ def ps(
     fmt = formatting.parse_format(format_, output,
                                   columns=render.tasks_rows([], {}, render.now_utc())[0])
     with client.open_controller(ctx) as ctl:
-        found, failed = for_each(
-            nodes, lambda ref: ctl.call(ctl.stub.GetNode, cpb.GetRequest(ref=ref)).node)
+        found, failed = for_each(nodes, get_node(ctl))
         tasks: list[pb.Task] = []
         if found:
             request = cpb.ListTasksRequest()

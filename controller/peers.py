@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 
 from swarm.api.healthcheck import is_up
 from swarm.api.naming import task_name
-from swarm.api.overlay import mac_for_ip
+from swarm.api.overlay import PeerRow, group_rows, mac_for_ip, peer_row
 from swarm.api.v1 import dispatcher_pb2 as dpb
 from swarm.api.v1 import objects_pb2 as pb
+
+from .wire import entry_field
 
 _CHANGES_LIMIT = 100_000
 
@@ -333,16 +335,29 @@ class NetworkPeers:
     services_at: int = 1
     network_dirty: bool = False  # the network object changed since the last refresh
     # Entries built for the current version, by (since, compact): shared.
-    built: dict[tuple[int | None, bool], dpb.NetworkAssignment | None] = field(
+    built: dict[tuple[int | None, bool, bool], dpb.NetworkAssignment | None] = field(
+        default_factory=dict)
+    # The same entries as sent (wire.entry_field) with the peers they name:
+    # serialized once, not once per session.
+    encoded: dict[tuple[int | None, bool, bool], tuple[bytes, int]] = field(
         default_factory=dict)
     # The compact form of each peer (compact_peer), made when first sent and
     # kept until the peer changes: every session's delta reuses it.
     compact: dict[str, dpb.OverlayPeer] = field(default_factory=dict)
 
+    # ... and as a row for grouping (swarm.api.overlay.peer_row), the same way.
+    rows: dict[str, PeerRow] = field(default_factory=dict)
+
     def compact_peer(self, task_id: str) -> dpb.OverlayPeer:
         made = self.compact.get(task_id)
         if made is None:
             made = self.compact[task_id] = compact_peer(self.peers[task_id])
+        return made
+
+    def row(self, task_id: str) -> PeerRow:
+        made = self.rows.get(task_id)
+        if made is None:
+            made = self.rows[task_id] = peer_row(self.compact_peer(task_id))
         return made
 
 
@@ -404,6 +419,7 @@ class PeerTable:
             if peer == table.peers.get(task_id):
                 continue
             table.compact.pop(task_id, None)
+            table.rows.pop(task_id, None)
             if peer is None:
                 del table.peers[task_id]
             else:
@@ -418,6 +434,7 @@ class PeerTable:
         if changed or records_moved or network_moved:
             table.version += 1
             table.built.clear()
+            table.encoded.clear()
             table.log.extend((table.version, task_id) for task_id in changed)
             if records_moved:
                 table.services_at = table.version
@@ -448,21 +465,48 @@ def _changed_since(table: NetworkPeers, version: int) -> set[str]:
 
 
 def network_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
-                       compact: bool = False) -> dpb.NetworkAssignment | None:
+                       compact: bool = False, grouped: bool = False
+                       ) -> dpb.NetworkAssignment | None:
     """What a node must be sent about the network, having last been sent
     version `since` of its table (None: never): the complete peer set, or the
     peer changes after `since`; None when nothing changed. The same for every
     node (its own endpoints are peers too), so it is built once per (version,
-    since, compact) and SHARED: copy it before changing it. The network goes
+    since, form) and SHARED: copy it before changing it. The network goes
     without its store bookkeeping (meta, allocation cursor); a `compact`
-    delta without what did not change since `since` (dispatcher.proto)."""
+    delta without what did not change since `since`, its peers compact, and
+    `grouped` (with compact) in peer_groups instead of peers (dispatcher.proto)."""
     if since is not None and since >= table.version:
         return None
-    key = (since if since is not None and since >= table.floor else None, compact)
+    key = _built_key(table, since, compact, grouped)
     if key in table.built:
         return table.built[key]
-    result = table.built[key] = _build_assignment(network, table, key[0], compact)
+    result = table.built[key] = _build_assignment(network, table, key[0], compact, grouped)
     return result
+
+
+def _built_key(table: NetworkPeers, since: int | None, compact: bool, grouped: bool
+               ) -> tuple[int | None, bool, bool]:
+    return (since if since is not None and since >= table.floor else None, compact,
+            compact and grouped)
+
+
+def encoded_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
+                       compact: bool = False, grouped: bool = False
+                       ) -> tuple[bytes, int] | None:
+    """network_assignment as sent (wire.entry_field: one element of
+    Assignments.networks, field key included), with how many peers it names
+    (added, changed or removed); serialized once per (version, since,
+    form) and shared like the entry itself."""
+    entry = network_assignment(network, table, since, compact, grouped)
+    if entry is None:
+        return None
+    key = _built_key(table, since, compact, grouped)
+    made = table.encoded.get(key)
+    if made is None:
+        named = len(entry.peers) + len(entry.removed_peers) + sum(
+            len(group.task_ids) for group in entry.peer_groups)
+        made = table.encoded[key] = (entry_field(entry), named)
+    return made
 
 
 def as_sent(network: pb.Network) -> pb.Network:
@@ -496,14 +540,12 @@ def compact_peer(peer: dpb.OverlayPeer) -> dpb.OverlayPeer:
 
 
 def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | None,
-                      compact: bool) -> dpb.NetworkAssignment:
+                      compact: bool, grouped: bool) -> dpb.NetworkAssignment:
     result = dpb.NetworkAssignment(version=table.version, peers_compact=compact)
     if since is None:
         result.network.CopyFrom(as_sent(network))
         result.services.extend(table.services)
-        ordered = sorted(table.peers)
-        result.peers.extend([table.compact_peer(t) for t in ordered] if compact
-                            else [table.peers[t] for t in ordered])
+        _add_peers(result, table, sorted(table.peers), compact, grouped)
         return result
     result.delta = True
     if compact and since >= table.network_at:
@@ -515,12 +557,21 @@ def _build_assignment(network: pb.Network, table: NetworkPeers, since: int | Non
         result.services_unchanged = True
     else:
         result.services.extend(table.services)
+    present: list[str] = []
     for task_id in sorted(_changed_since(table, since)):
-        peer = table.peers.get(task_id)
-        if peer is None:
-            result.removed_peers.append(task_id)
-        elif compact:
-            result.peers.append(table.compact_peer(task_id))
+        if task_id in table.peers:
+            present.append(task_id)
         else:
-            result.peers.append(peer)
+            result.removed_peers.append(task_id)
+    _add_peers(result, table, present, compact, grouped)
     return result
+
+
+def _add_peers(result: dpb.NetworkAssignment, table: NetworkPeers, task_ids: list[str],
+               compact: bool, grouped: bool) -> None:
+    if not compact:
+        result.peers.extend([table.peers[t] for t in task_ids])
+    elif grouped:
+        result.peer_groups.extend(group_rows([table.row(t) for t in task_ids]))
+    else:
+        result.peers.extend([table.compact_peer(t) for t in task_ids])

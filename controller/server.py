@@ -28,7 +28,6 @@ from swarm.api import channels
 from swarm.api.loops import cancel_all, start_supervised
 from swarm.api.v1 import ca_pb2_grpc as cagrpc
 from swarm.api.v1 import control_pb2_grpc as cgrpc
-from swarm.api.v1 import dispatcher_pb2_grpc as dgrpc
 from swarm.api.v1 import objects_pb2 as pb
 
 from .allocator.index import AddressIndex
@@ -64,6 +63,7 @@ from .pullauth import PullCredentials
 from .registry import ControllerRegistry
 from .scheduler.reconciler import SchedulerLoop
 from .store import Conflict, Create, EtcdClient, EtcdSettings, Guard, Store
+from .wire import add_dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class Controller:
         control.events = self.events
         cgrpc.add_ControlServicer_to_server(control, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        dgrpc.add_DispatcherServicer_to_server(self.dispatcher, self._server)
+        add_dispatcher(self.dispatcher, self._server)  # Session sends pre-encoded bytes
         if self._join_server is not None and self.identity is not None:
             cagrpc.add_NodeCAServicer_to_server(NodeCAServicer(self.pki), self._server)
             cagrpc.add_CAAdminServicer_to_server(CAAdminServicer(self.pki), self._server)

@@ -13,7 +13,7 @@ from swarm.api.v1 import control_pb2 as cpb
 from swarm.api.v1 import objects_pb2 as pb
 
 from .. import client, completion, formatting, render
-from ..client import fail_if, for_each
+from ..inspecting import show_inspected
 from ..options import InspectOutputOpt, examples
 
 
@@ -33,11 +33,4 @@ def inspect(
     format_: formatting.InspectFormatOpt = "",
 ) -> None:
     """Show services in detail."""
-    fmt = formatting.parse_format(format_, output, default_output=render.Output.json)
-    with client.open_controller(ctx) as ctl:
-        found, failed = for_each(services, get_service(ctl))
-    if fmt is not None:
-        typer.echo(formatting.objects(fmt, found))
-    elif found or output is not render.Output.table:
-        typer.echo(render.inspected(output, found, render.service_details))
-    fail_if(failed)
+    show_inspected(ctx, services, get_service, render.service_details, output, format_)

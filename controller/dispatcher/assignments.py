@@ -54,6 +54,7 @@ from ..peers import (
     OverlayIndex,
     PeerTable,
     ServiceIndex,
+    encoded_assignment,
     network_assignment,
     network_news,
     vtep,
@@ -61,6 +62,8 @@ from ..peers import (
 from ..pullauth import PullCredentials, for_tasks
 from ..store import Change, NetworkChange, NodeChange, ServiceChange, TaskChange
 from ..store.cache import WatchCache
+from ..wire import Encoded, entry_field
+from ..wire import assignments as encode
 from .sessions import Session, Sessions
 
 
@@ -121,36 +124,36 @@ class Assignments:
 
     # ------------------------------------------------------------ messages
 
-    def complete(self, session: Session) -> dpb.Assignments:
+    def complete(self, session: Session) -> Encoded:
         """The first message of a session: every task of the node, every network."""
         tasks = [t for t in self._cache.tasks_by_node.get(session.node_id, {}).values()
                  if assigned(t, session.node_id)]
         session.dirty.clear()
         session.dirty_networks.clear()
-        networks, _ = self._network_updates(session, self._uses(session.node_id))
-        return dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks, networks=networks,
-                               pull_credentials=for_tasks(self._pull_auth, tasks))
+        networks, peers, _ = self._network_updates(session, self._uses(session.node_id))
+        return encode(dpb.Assignments(type=dpb.Assignments.COMPLETE, tasks=tasks,
+                                      pull_credentials=for_tasks(self._pull_auth, tasks)),
+                      networks, peers)
 
-    def incremental(self, session: Session) -> dpb.Assignments | None:
+    def incremental(self, session: Session) -> Encoded | None:
         """What changed for the node since its last message; None when nothing."""
         changed, session.dirty = session.dirty, {}
         dirty_networks, session.dirty_networks = session.dirty_networks, set()
         drained, session.drained = session.drained, set()
-        networks, removed_networks = self._network_updates(session, dirty_networks)
+        networks, peers, removed_networks = self._network_updates(session, dirty_networks)
         if networks or removed_networks:
             session.sent_networks_now()
         if not (changed or networks or removed_networks or drained):
             return None
         tasks = [t for t in changed.values() if t is not None]
-        return dpb.Assignments(
+        return encode(dpb.Assignments(
             type=dpb.Assignments.INCREMENTAL,
             tasks=tasks,
             removed=[tid for tid, t in changed.items() if t is None],
-            networks=networks,
             removed_networks=removed_networks,
             drained=sorted(drained),
             pull_credentials=for_tasks(self._pull_auth, tasks),
-        )
+        ), networks, peers)
 
     def _sent(self, session: Session, network_id: str, version: int) -> None:
         session.sent_networks[network_id] = version
@@ -175,25 +178,37 @@ class Assignments:
                 self._unsent(session, network_id)
 
     def _network_updates(self, session: Session, network_ids: set[str]
-                         ) -> tuple[list[dpb.NetworkAssignment], list[str]]:
-        """The assignments of those networks that changed for this node, and the
-        networks it had but no longer needs (or that were removed)."""
+                         ) -> tuple[list[bytes], int, list[str]]:
+        """The entries (encoded, wire.entry_field) of those networks that
+        changed for this node, how many peers they name, and the networks it
+        had but no longer needs (or that were removed)."""
         cache = self._cache
         uses = self._uses(session.node_id)
-        updates: list[dpb.NetworkAssignment] = []
+        updates: list[bytes] = []
+        peers = 0
         removed: list[str] = []
         for network_id in sorted(network_ids):
             network = cache.networks.get(network_id)
             if network is not None and network_id in uses:
                 table = self.peers.refresh(network_id, self.overlay, self.services, cache.nodes)
-                assignment = network_assignment(network, table,
-                                                session.sent_networks.get(network_id),
-                                                session.compact_deltas)
+                since = session.sent_networks.get(network_id)
                 self._sent(session, network_id, table.version)
-                if network.spec.ingress:
-                    assignment = self._with_mesh(session, network, assignment, table.version)
-                if assignment is not None:
-                    updates.append(assignment)
+                if network.spec.ingress:  # the node's own entry: not shared
+                    assignment = self._with_mesh(
+                        session, network,
+                        network_assignment(network, table, since, session.compact_deltas,
+                                           session.peer_groups),
+                        table.version)
+                    if assignment is not None:
+                        updates.append(entry_field(assignment))
+                        peers += len(assignment.peers) + len(assignment.removed_peers) + sum(
+                            len(group.task_ids) for group in assignment.peer_groups)
+                    continue
+                shared = encoded_assignment(network, table, since, session.compact_deltas,
+                                            session.peer_groups)
+                if shared is not None:
+                    updates.append(shared[0])
+                    peers += shared[1]
             elif self._unsent(session, network_id):
                 session.acked.pop(network_id, None)
                 removed.append(network_id)
@@ -201,7 +216,7 @@ class Assignments:
                     session.sent_mesh = None
         if removed:  # a drain waiting for this node on those networks waits no more
             self.confirmed(session)
-        return updates, removed
+        return updates, peers, removed
 
     def _uses(self, node_id: str) -> set[str]:
         """The networks the node is to have: those of its tasks, and the

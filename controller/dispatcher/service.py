@@ -75,6 +75,8 @@ from ..logbroker import LogBroker, PublishRefused
 from ..payloads import PayloadServer, serve_task_payloads
 from ..pullauth import PullCredentials
 from ..store import Change, Conflict, Create, Guard, NodeChange, Store, StoreError
+from ..wire import Encoded, session_message
+from ..wire import assignments as encode
 from .assignments import Assignments
 from .beatserver import BeatLedger, BeatView
 from .drainreports import DrainReporter
@@ -85,6 +87,9 @@ from .sessions import Sessions, network_window
 from .status import StatusWriter, mark_node, set_conditions
 
 log = logging.getLogger(__name__)
+
+# A session message with controllers and no assignment news.
+NO_NEWS: Encoded = encode(dpb.Assignments(type=dpb.Assignments.INCREMENTAL), ())
 
 __all__ = ["HEARTBEAT_MISSES", "Dispatcher", "DispatcherSettings"]
 
@@ -410,8 +415,10 @@ class Dispatcher(dgrpc.DispatcherServicer):
                  pb.NodeSpec.Role.Name(request.role).lower())
         return dpb.RegisterResponse(node_id=node.id)
 
-    async def Session(self, request: dpb.SessionRequest,
-                      context: Context) -> AsyncIterator[dpb.SessionMessage]:
+    async def Session(self, request: dpb.SessionRequest,  # type: ignore[override]  # bytes
+                      context: Context) -> AsyncIterator[bytes]:
+        """The node's session stream: SessionMessages, encoded here
+        (wire.session_message) and sent as they are (wire.add_dispatcher)."""
         state = self._serving()
         assignments = state.assignments
         assert assignments is not None
@@ -420,7 +427,8 @@ class Dispatcher(dgrpc.DispatcherServicer):
         if node_id not in self._store.cache.nodes:
             raise NotFound(f"node {node_id} is not known; register again")
         session = NodeSession(node_id=node_id, session_id=new_id(),
-                              compact_deltas=request.compact_deltas)
+                              compact_deltas=request.compact_deltas,
+                              peer_groups=request.peer_groups)
         state.sessions.open(session)
         self._beat(state, node_id)
         try:
@@ -438,13 +446,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
         log.info("session %s opened for node %s", session.session_id, node_id)
         settings = self.settings
         try:
-            yield dpb.SessionMessage(
+            # Bytes (wire.py): the shared network entries are serialized once
+            # for every session, not once per session.
+            yield session_message(dpb.SessionMessage(
                 session_id=session.session_id,
                 heartbeat_period=_duration(self.heartbeat_period()),
-                assignments=assignments.complete(session),
                 controllers=self._controller_set(),
                 heartbeat_addr=self.beat_addr,
-            )
+            ), assignments.complete(session))
             while True:
                 await session.wait_for_news(settings.assignment_flush_interval,
                                             network_window(settings.network_flush_interval,
@@ -455,15 +464,14 @@ class Dispatcher(dgrpc.DispatcherServicer):
                 controllers, session.controllers_dirty = session.controllers_dirty, False
                 if message is None and not controllers:
                     continue
-                yield dpb.SessionMessage(
+                yield session_message(dpb.SessionMessage(
                     session_id=session.session_id,
                     # The period grows with the node count: a node that joined
                     # early learns of it here even while its beats wait in a
                     # busy controller's queue (it waits 3 periods for their answers).
                     heartbeat_period=self._heartbeat_response().period,
-                    assignments=message or dpb.Assignments(type=dpb.Assignments.INCREMENTAL),
                     controllers=self._controller_set() if controllers else (),
-                )
+                ), message or NO_NEWS)
         finally:
             state.sessions.end(session)
             assignments.ended(session)

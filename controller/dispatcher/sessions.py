@@ -54,6 +54,8 @@ class Session:
     controllers_dirty: bool = False
     # The agent takes compact network deltas (SessionRequest.compact_deltas).
     compact_deltas: bool = False
+    # ... with their peers grouped (SessionRequest.peer_groups).
+    peer_groups: bool = False
     # When it was sent networks the last two times (monotonic): peer news
     # goes at once unless two messages went within the last two coalescing
     # windows (a task start, its endpoint then its readiness, is two quick

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from swarm.host import mounts
 from tests.registry import (
     REGISTRY_BINARY,
     RegistryServer,
@@ -55,3 +58,15 @@ def busybox_ref(registry: RegistryServer) -> str:
 @pytest.fixture(scope="module")
 def layered_ref(registry: RegistryServer) -> str:
     return build_layered_image(registry.addr)
+
+
+@pytest.fixture
+def scratch_dir() -> Iterator[Path]:
+    """A fresh directory on the disk the agent's state lives on (/var/tmp:
+    a disk on Debian, where /run and /tmp may be a tmpfs, which has no inode
+    flags), removed afterwards with whatever a test mounted at or below it."""
+    path = Path(tempfile.mkdtemp(prefix="swarm-test-", dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        mounts.remove_tree(path)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,24 @@ from swarm.agent.runtime import RuncRuntime, RuncSettings
 from swarm.host import mounts
 from swarm.host import netns as netns_module
 from tests.agent.conftest import require_root_and_tools
+from tests.registry import BUSYBOX_BINARY
+
+
+def write_busybox_layer(layer: Path, applets: Iterable[str], *, passwd: str | None = None,
+                        group: str | None = None) -> Path:
+    """A one-layer rootfs at layer: the static busybox as bin/busybox, each
+    applet a link to it, and /etc/passwd and /etc/group when given."""
+    (layer / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX_BINARY, layer / "bin" / "busybox")
+    for applet in applets:
+        (layer / "bin" / applet).symlink_to("busybox")
+    if passwd is not None or group is not None:
+        (layer / "etc").mkdir(exist_ok=True)
+    if passwd is not None:
+        (layer / "etc" / "passwd").write_text(passwd)
+    if group is not None:
+        (layer / "etc" / "group").write_text(group)
+    return layer
 
 
 def require_containers() -> None:

@@ -26,10 +26,9 @@ from swarm.agent import node_resources
 from swarm.agent.runtime import ImageConfig, ImageInput, RuncRuntime, RuncSettings
 from swarm.api import generic_resources as gres
 from swarm.api.v1 import objects_pb2 as pb
-from tests.agent.containers import require_containers
+from tests.agent.containers import require_containers, write_busybox_layer
 from tests.agent.containers import teardown as _teardown
 
-BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "echo", "head", "wc", "test", "ls")
 
 
@@ -51,11 +50,7 @@ def fake_gpus(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def image(tmp_path: Path) -> ImageInput:
-    layer = tmp_path / "layer"
-    (layer / "bin").mkdir(parents=True)
-    shutil.copy2(BUSYBOX, layer / "bin" / "busybox")
-    for applet in APPLETS:
-        (layer / "bin" / applet).symlink_to("busybox")
+    layer = write_busybox_layer(tmp_path / "layer", APPLETS)
     return ImageInput(layers=(layer,), config=ImageConfig(cmd=("sh",)))
 
 

@@ -25,10 +25,9 @@ import pytest
 from swarm.agent.runtime import ImageConfig, ImageInput, RejectError, RuncRuntime, RuncSettings
 from swarm.agent.runtime import spec as runtime_spec
 from swarm.api.v1 import objects_pb2 as pb
-from tests.agent.containers import leftovers, require_containers
+from tests.agent.containers import leftovers, require_containers, write_busybox_layer
 from tests.agent.containers import teardown as _teardown
 
-BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "cat", "echo", "id", "true", "ip", "head", "wc", "tty", "grep")
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nwww:x:1000:1000:www:/home/www:/bin/sh\n"
 GROUP = "root:x:0:\nstaff:x:50:\nwww:x:1000:\n"
@@ -36,15 +35,8 @@ GROUP = "root:x:0:\nstaff:x:50:\nwww:x:1000:\n"
 
 @pytest.fixture(scope="module")
 def layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    layer = tmp_path_factory.mktemp("runopts-layer")
-    (layer / "bin").mkdir()
-    (layer / "etc").mkdir()
-    shutil.copy2(BUSYBOX, layer / "bin" / "busybox")
-    for applet in APPLETS:
-        (layer / "bin" / applet).symlink_to("busybox")
-    (layer / "etc" / "passwd").write_text(PASSWD)
-    (layer / "etc" / "group").write_text(GROUP)
-    return layer
+    return write_busybox_layer(tmp_path_factory.mktemp("runopts-layer"), APPLETS,
+                               passwd=PASSWD, group=GROUP)
 
 
 @pytest.fixture

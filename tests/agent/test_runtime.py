@@ -35,7 +35,7 @@ from swarm.agent.runtime import (
 from swarm.agent.runtime import rootfs as fs
 from swarm.agent.runtime.runc import runc_deletes_only_files
 from swarm.api.v1 import objects_pb2 as pb
-from tests.agent.containers import leftovers
+from tests.agent.containers import leftovers, write_busybox_layer
 from tests.agent.containers import runc_sync as _runc_sync
 from tests.agent.containers import teardown as _teardown
 
@@ -44,7 +44,6 @@ needs_root = pytest.mark.skipif(
     reason="runs real containers: needs root for runc, overlayfs, network namespaces and "
            "cgroups (CI runs it as root)")
 
-BUSYBOX = Path("/bin/busybox")
 APPLETS = ("sh", "sleep", "cat", "echo", "id", "true", "false", "ls", "wget", "httpd")
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
           "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
@@ -310,16 +309,10 @@ def test_runc_delete_is_only_files_for_a_stopped_container(
 @pytest.fixture(scope="module")
 def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-layer busybox rootfs."""
-    layer = tmp_path_factory.mktemp("busybox-layer")
-    (layer / "bin").mkdir()
-    (layer / "etc").mkdir()
+    layer = write_busybox_layer(tmp_path_factory.mktemp("busybox-layer"), APPLETS,
+                                passwd=PASSWD, group=GROUP)
     (layer / "data").mkdir()
     (layer / "data" / "from-image").write_text("seed\n")
-    shutil.copy2(BUSYBOX, layer / "bin" / "busybox")
-    for applet in APPLETS:
-        (layer / "bin" / applet).symlink_to("busybox")
-    (layer / "etc" / "passwd").write_text(PASSWD)
-    (layer / "etc" / "group").write_text(GROUP)
     return layer
 
 

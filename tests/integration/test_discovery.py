@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeAlias
 
+from swarm.agent.compact_deltas import entry_peers
 from swarm.agent.simulated import SimulatedCluster, SimulatedNode
 from swarm.api.naming import task_name
 from swarm.api.v1 import control_pb2 as cpb
@@ -89,7 +90,7 @@ async def test_nodes_get_service_records_names_and_readiness(
         entries = [e for e in node.worker.received if e.network.id == network.id]
         assert entries, "the change was sent"
         assert all(e.delta for e in entries), "a delta, not the whole set again"
-        assert [p.task_id for e in entries for p in e.peers] == [target.id]
+        assert [p.task_id for e in entries for p in entry_peers(e)] == [target.id]
         assert [[r.name for r in e.services] for e in entries] == [["db", "web"]] * len(entries)
     owner.session.report(target.id, pb.TaskStatus(state=pb.RUNNING,
                                                   health=pb.TaskStatus.HEALTHY))

@@ -32,6 +32,7 @@ from swarm.controller.peers import (
     vtep,
 )
 from swarm.controller.store import NetworkChange, TaskChange
+from swarm.controller.wire import Encoded
 
 
 def task(task_id: str, node_id: str, address: str, state: int = pb.RUNNING,
@@ -413,9 +414,9 @@ def test_a_compact_delta_is_the_changed_peers_alone() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["add", "remove", "ready", "down", "up", "service",
                                            "network", "reconnect"]),
                           st.integers(0, 7), st.sampled_from(["n1", "n2", "n3"])), max_size=30),
-       st.integers(1, 6))
+       st.integers(1, 6), st.booleans())
 def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
-        steps: list[tuple[str, int, str]], log_limit: int) -> None:
+        steps: list[tuple[str, int, str]], log_limit: int, grouped: bool) -> None:
     """Random endpoint, readiness, node, service and network changes, and
     reconnects (a new stream: a full snapshot, then deltas), each node's agent
     taking what it is sent (compact, as on the wire) at random points through
@@ -462,7 +463,8 @@ def test_compact_deltas_in_order_rebuild_exactly_the_full_set(
             compact = CompactDeltas()
             agents[receiver] = (compact, sets, overlay)
         current = table.refresh("net", index, services, nodes)
-        shared = network_assignment(network, current, sent[receiver], compact=True)
+        shared = network_assignment(network, current, sent[receiver], compact=True,
+                                    grouped=grouped)
         sent[receiver] = current.version
         if shared is not None:
             before = shared.SerializeToString()
@@ -524,17 +526,17 @@ def test_a_burst_wakes_each_holder_once_and_loses_no_change(
     assignments = Assignments(cache, sessions)  # type: ignore[arg-type]
     agents: dict[str, tuple[CompactDeltas, PeerSets, RecordingOverlay]] = {}
 
-    def deliver(node_id: str, message: dpb.Assignments | None) -> None:
+    def deliver(node_id: str, message: Encoded | None) -> None:
         if message is None:
             return
-        wire = dpb.Assignments.FromString(message.SerializeToString())
+        wire = dpb.Assignments.FromString(message.data)
         compact, sets, overlay = agents[node_id]
         compact.expand(wire)
         asyncio.run(sync_networks(overlay, wire, sets))
 
     def connect(node_id: str) -> None:
         session = Session(node_id=node_id, session_id=f"{node_id}-{len(agents)}",
-                          compact_deltas=True)
+                          compact_deltas=True, peer_groups=len(agents) % 2 == 1)
         previous = sessions.get(node_id)
         sessions.open(session)
         if previous is not None:
@@ -618,8 +620,9 @@ def test_a_moved_allocation_cursor_is_no_news_to_the_nodes() -> None:
     assignments.on_change(NetworkChange(object_id="net", old=moved, new=relabelled))
     assert session.wake.is_set()
     cache.networks["net"] = relabelled
-    message = assignments.incremental(session)
-    assert message is not None
+    encoded = assignments.incremental(session)
+    assert encoded is not None
+    message = dpb.Assignments.FromString(encoded.data)
     assert message.networks[0].network.spec.labels["tier"] == "front"
     assert message.networks[0].network.address_cursor == ""
 
@@ -688,3 +691,18 @@ def test_the_peer_news_window_widens_with_the_sessions_to_keep_a_message_rate() 
     for sessions in (1, 10, 200, 1000, 4000):
         window = network_window(0.1, sessions)
         assert sessions / window <= 1000 + 1e-9  # one message per window each
+
+
+def test_compact_names_are_put_back_once_when_two_peer_sets_take_the_entry() -> None:
+    """The agent's data plane and its discovery each file the same entry
+    (two PeerSets): a compact peer's name gets its ".TASKID" suffix back
+    once, not once per PeerSets."""
+    entry = dpb.NetworkAssignment(network=pb.Network(id="net"), peers_compact=True, peers=[
+        dpb.OverlayPeer(task_id="t1", address="10.0.0.3/24", vtep="192.168.1.2",
+                        task_name="web.1"),
+        dpb.OverlayPeer(task_id="node:n1", address="10.0.0.2/24", vtep="192.168.1.1")])
+    first, second = PeerSets(), PeerSets()
+    first.apply_changes(entry)
+    second.apply_changes(entry)
+    for sets in (first, second):
+        assert [p.task_name for p in sets.endpoints("net")] == ["", "web.1.t1"]

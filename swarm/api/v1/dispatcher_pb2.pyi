@@ -101,9 +101,14 @@ class SessionRequest(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     COMPACT_DELTAS_FIELD_NUMBER: _builtins.int
+    PEER_GROUPS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     compact_deltas: _builtins.bool
     """The agent takes compact network deltas (NetworkAssignment.network_unchanged)."""
+    peer_groups: _builtins.bool
+    """The agent takes compact peers grouped (NetworkAssignment.peer_groups);
+    with compact_deltas only.
+    """
     @_builtins.property
     def description(self) -> _objects_pb2.NodeDescription: ...
     def __init__(
@@ -112,10 +117,11 @@ class SessionRequest(_message.Message):
         node_id: _builtins.str = ...,
         description: _objects_pb2.NodeDescription | None = ...,
         compact_deltas: _builtins.bool = ...,
+        peer_groups: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_deltas", b"compact_deltas", "description", b"description", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compact_deltas", b"compact_deltas", "description", b"description", "node_id", b"node_id", "peer_groups", b"peer_groups"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -337,6 +343,7 @@ class NetworkAssignment(_message.Message):
     NETWORK_UNCHANGED_FIELD_NUMBER: _builtins.int
     SERVICES_UNCHANGED_FIELD_NUMBER: _builtins.int
     PEERS_COMPACT_FIELD_NUMBER: _builtins.int
+    PEER_GROUPS_FIELD_NUMBER: _builtins.int
     delta: _builtins.bool
     node_address: _builtins.str
     """This node's own address on the network, when the node itself is an
@@ -374,6 +381,13 @@ class NetworkAssignment(_message.Message):
         (services are few; their tasks are the many).
         """
 
+    @_builtins.property
+    def peer_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerGroup]:
+        """Compact peers grouped (to agents that asked, SessionRequest.peer_groups,
+        instead of compact `peers`): the endpoints of one node and service
+        together, the node's address and the service once for all of them.
+        """
+
     def __init__(
         self,
         *,
@@ -387,10 +401,11 @@ class NetworkAssignment(_message.Message):
         network_unchanged: _builtins.bool = ...,
         services_unchanged: _builtins.bool = ...,
         peers_compact: _builtins.bool = ...,
+        peer_groups: _abc.Iterable[Global___PeerGroup] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "network_unchanged", b"network_unchanged", "node_address", b"node_address", "peers", b"peers", "peers_compact", b"peers_compact", "removed_peers", b"removed_peers", "services", b"services", "services_unchanged", b"services_unchanged", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delta", b"delta", "network", b"network", "network_unchanged", b"network_unchanged", "node_address", b"node_address", "peer_groups", b"peer_groups", "peers", b"peers", "peers_compact", b"peers_compact", "removed_peers", b"removed_peers", "services", b"services", "services_unchanged", b"services_unchanged", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -777,3 +792,57 @@ class ReportDrainedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportDrainedResponse: _TypeAlias = ReportDrainedResponse  # noqa: Y015
+
+@_typing.final
+class PeerGroup(_message.Message):
+    """Endpoints of one node (VTEP) and service on a network, with the same
+    prefix length (NetworkAssignment.peer_groups): what OverlayPeer carries,
+    column by column, the i-th element of each column being the i-th task's.
+    A task start at 500 nodes is then about 60 bytes to each node, not 100,
+    and a node's agent takes a group's task ids without decoding a message
+    per peer.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VTEP_FIELD_NUMBER: _builtins.int
+    SERVICE_ID_FIELD_NUMBER: _builtins.int
+    PREFIX_LENGTH_FIELD_NUMBER: _builtins.int
+    TASK_IDS_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    TASK_NAMES_FIELD_NUMBER: _builtins.int
+    READY_FIELD_NUMBER: _builtins.int
+    vtep: _builtins.str
+    """OverlayPeer.vtep"""
+    service_id: _builtins.str
+    """OverlayPeer.service_id; empty for nodes' own endpoints"""
+    prefix_length: _builtins.int
+    """of every address (OverlayPeer.address is CIDR)"""
+    addresses: _builtins.bytes
+    """4 bytes per task (IPv4, network order)"""
+    @_builtins.property
+    def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def task_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Without the ".TASKID" suffix (as compact peers); empty for a node's own endpoint."""
+
+    @_builtins.property
+    def ready(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    def __init__(
+        self,
+        *,
+        vtep: _builtins.str = ...,
+        service_id: _builtins.str = ...,
+        prefix_length: _builtins.int = ...,
+        task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        addresses: _builtins.bytes = ...,
+        task_names: _abc.Iterable[_builtins.str] | None = ...,
+        ready: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "prefix_length", b"prefix_length", "ready", b"ready", "service_id", b"service_id", "task_ids", b"task_ids", "task_names", b"task_names", "vtep", b"vtep"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerGroup: _TypeAlias = PeerGroup  # noqa: Y015
