@@ -350,7 +350,7 @@ class Dispatcher(dgrpc.DispatcherServicer):
             return  # no heartbeat server
         channel = self._dial(addr)
         stub = dgrpc.DispatcherStub(channel)
-        failing = False
+        failures = 0
         try:
             while True:
                 period = self.heartbeat_period()
@@ -361,14 +361,17 @@ class Dispatcher(dgrpc.DispatcherServicer):
                     # Not through (this controller unreachable at its own
                     # address, or further behind than the limit): nodes are
                     # then judged at the limit (heartbeats.judged_until).
-                    if not failing:
+                    # Said from the second failure in a row on: a controller
+                    # that is stopping closes its port before this loop ends,
+                    # and one failed probe then is no news.
+                    failures += 1
+                    if failures == 2:
                         log.warning("heartbeat probe to this controller's %s (%s) failed: %s "
                                     "%s; silent nodes are judged %.0fs late", queue, addr,
                                     error.code().name, error.details(), backlog_limit(period))
-                    failing = True
                     await asyncio.sleep(min(1.0, period / 4))
                     continue
-                failing = False
+                failures = 0
                 heartbeats.caught_up(sent, queue)
                 # Often enough that the judgement follows closely behind.
                 await asyncio.sleep(min(0.5, period / 8))
