@@ -21,6 +21,7 @@ of its own: the session imports nothing heavy.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from swarm.api.overlay import ungroup
 from swarm.api.v1 import dispatcher_pb2 as dpb
@@ -72,14 +73,13 @@ def entry_peers(entry: dpb.NetworkAssignment) -> list[dpb.OverlayPeer]:
     take) and `peer_groups` (made anew on each call)."""
     if entry.peers_compact:
         entry.peers_compact = False
-        for peer in entry.peers:
-            if peer.task_name:  # a task's (a node's own endpoint has none)
-                peer.task_name = f"{peer.task_name}.{peer.task_id}"
-    peers = list(entry.peers)
-    if entry.peer_groups:
-        grouped = ungroup(entry.peer_groups)
-        for peer in grouped:
-            if peer.task_name:
-                peer.task_name = f"{peer.task_name}.{peer.task_id}"
-        peers.extend(grouped)
-    return peers
+        _whole_names(entry.peers)
+    grouped = ungroup(entry.peer_groups)
+    _whole_names(grouped)
+    return [*entry.peers, *grouped]
+
+
+def _whole_names(peers: Iterable[dpb.OverlayPeer]) -> None:
+    for peer in peers:
+        if peer.task_name:  # a task's (a node's own endpoint has none)
+            peer.task_name = f"{peer.task_name}.{peer.task_id}"

@@ -503,10 +503,14 @@ def encoded_assignment(network: pb.Network, table: NetworkPeers, since: int | No
     key = _built_key(table, since, compact, grouped)
     made = table.encoded.get(key)
     if made is None:
-        named = len(entry.peers) + len(entry.removed_peers) + sum(
-            len(group.task_ids) for group in entry.peer_groups)
-        made = table.encoded[key] = (entry_field(entry), named)
+        made = table.encoded[key] = (entry_field(entry), peers_named(entry))
     return made
+
+
+def peers_named(entry: dpb.NetworkAssignment) -> int:
+    """The peers an entry names: added, changed (in either form) or removed."""
+    return len(entry.peers) + len(entry.removed_peers) + sum(
+        len(group.task_ids) for group in entry.peer_groups)
 
 
 def as_sent(network: pb.Network) -> pb.Network:

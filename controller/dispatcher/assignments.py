@@ -57,6 +57,7 @@ from ..peers import (
     encoded_assignment,
     network_assignment,
     network_news,
+    peers_named,
     vtep,
 )
 from ..pullauth import PullCredentials, for_tasks
@@ -201,8 +202,7 @@ class Assignments:
                         table.version)
                     if assignment is not None:
                         updates.append(entry_field(assignment))
-                        peers += len(assignment.peers) + len(assignment.removed_peers) + sum(
-                            len(group.task_ids) for group in assignment.peer_groups)
+                        peers += peers_named(assignment)
                     continue
                 shared = encoded_assignment(network, table, since, session.compact_deltas,
                                             session.peer_groups)

@@ -63,7 +63,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from concurrent import futures
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -178,30 +178,17 @@ class Authorizer(Protocol):
 
 def certificate_authorizer(revocations: Callable[[], Revocations], roles: Collection[Role],
                            cluster_id: str | None) -> Authorizer:
-    """The main server's AuthInterceptor checks, for a sync handler: the
-    caller's node ID, or aborts the call."""
-    from swarm.api.pki import PKIError, check_not_revoked, peer_identity
+    """The main server's AuthInterceptor checks (channels.check_caller), for
+    a sync handler: the caller's node ID, or the call is aborted."""
 
     def authorize(context: grpc.ServicerContext) -> str | None:
         try:
-            # grpc-stubs types auth_context's values as bytes; they are lists of bytes.
-            peer = peer_identity(cast(Any, context))
-        except PKIError as error:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"invalid client certificate: {error}")
-        if peer is None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "a client certificate issued by the cluster CA is required")
-        if cluster_id is not None and peer.cluster_id != cluster_id:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          f"certificate of {peer.node_id} is for cluster {peer.cluster_id!r}")
-        try:
-            check_not_revoked(peer, revocations())
-        except PKIError as error:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, str(error))
-        if peer.role not in roles:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"{peer.role.value} {peer.node_id} may not send heartbeats")
-        return peer.node_id
+            return channels.check_caller(context, roles, revocations(),
+                                         cluster_id=cluster_id).node_id
+        except channels.CallerRefused as refused:
+            log.warning("refused heartbeat from %s: %s: %s", context.peer(),
+                        refused.code.name, refused.details)
+            context.abort(refused.code, refused.details)
 
     return authorize
 

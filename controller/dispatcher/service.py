@@ -319,23 +319,37 @@ class Dispatcher(dgrpc.DispatcherServicer):
     def _beat_extras(self, state: _ServingState, request: dpb.HeartbeatRequest) -> None:
         """A beat handled off the loop carried more than a sign of life:
         confirmed networks, or conditions unlike the node's stored ones.
-        Done here, as the main server's Heartbeat does."""
+        Done here, as the main server's Heartbeat does (_beat_news)."""
         if self._state is not state:
             return
-        session = state.sessions.get(request.node_id)
-        if session is None or session.session_id != request.session_id:
-            return
-        if request.applied and state.assignments is not None:
+        try:
+            session = self._check_session(state, request.node_id, request.session_id)
+        except NotFound:
+            return  # the session ended meanwhile
+        conditions = self._beat_news(state, session, request)
+        if conditions is not None:
+            task = asyncio.create_task(self._write_conditions(request.node_id, conditions),
+                                       name=f"conditions-{request.node_id}")
+            self._extras.add(task)
+            task.add_done_callback(self._extras.discard)
+
+    def _beat_news(self, state: _ServingState, session: NodeSession,
+                   request: dpb.HeartbeatRequest) -> list[str] | None:
+        """What a beat says beyond a sign of life: the networks it confirms
+        are heard at once; the node's conditions are returned when they
+        differ from the stored ones (rare: a disk filling up or freed), to
+        be written (_write_conditions), else None."""
+        if request.applied:
+            assert state.assignments is not None
             state.assignments.heard(session, list(request.applied))
         node = self._store.cache.nodes.get(request.node_id)
         if node is not None and node.status.conditions != request.conditions:
-            async def write() -> None:
-                with contextlib.suppress(Conflict, StoreError):
-                    await set_conditions(self._store, self._guard, request.node_id,
-                                         list(request.conditions))
-            task = asyncio.create_task(write(), name=f"conditions-{request.node_id}")
-            self._extras.add(task)
-            task.add_done_callback(self._extras.discard)
+            return list(request.conditions)
+        return None
+
+    async def _write_conditions(self, node_id: str, conditions: list[str]) -> None:
+        with contextlib.suppress(Conflict, StoreError):
+            await set_conditions(self._store, self._guard, node_id, conditions)
 
     async def _probe_beats(self, state: _ServingState, queue: str = "main") -> None:
         """Send this controller's own server a probe (a Heartbeat with no
@@ -514,15 +528,9 @@ class Dispatcher(dgrpc.DispatcherServicer):
         self._beat(state, request.node_id, self._waited(state, request.timeout
                                                         if request.HasField("timeout") else None,
                                                         context))
-        if request.applied:
-            assert state.assignments is not None
-            state.assignments.heard(session, list(request.applied))
-        node = self._store.cache.nodes.get(request.node_id)
-        if node is not None and node.status.conditions != request.conditions:
-            # Rare (a disk filling up or freed): written at once, beside the beat.
-            with contextlib.suppress(Conflict, StoreError):
-                await set_conditions(self._store, self._guard, request.node_id,
-                                     list(request.conditions))
+        conditions = self._beat_news(state, session, request)
+        if conditions is not None:  # written at once, beside the beat
+            await self._write_conditions(request.node_id, conditions)
         return self._heartbeat_response()
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest,

@@ -295,37 +295,57 @@ def _to_pem(entry: Any) -> bytes:
 # ---------------------------------------------------------- authorization
 
 
-async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collection[Role],
-                    revocations: Revocations, *, cluster_id: str | None = None) -> PeerIdentity:
-    """The verified caller of this RPC, if it holds one of `roles` and is not
-    revoked; otherwise the call is aborted (UNAUTHENTICATED without a valid,
-    unrevoked certificate of this cluster; PERMISSION_DENIED for a role not
-    allowed) and the refusal logged. Call it first thing in a handler; do not
-    call it on an --insecure server, where no caller has an identity.
+class CallerRefused(Exception):
+    """A caller check_caller refuses: the status and details to abort with."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def check_caller(context: Any, roles: Collection[Role], revocations: Revocations, *,
+                 cluster_id: str | None = None) -> PeerIdentity:
+    """The verified caller of this RPC (a grpc.aio or a sync server's
+    context), if it holds one of `roles` and is not revoked; otherwise
+    CallerRefused: UNAUTHENTICATED without a valid, unrevoked certificate of
+    this cluster, PERMISSION_DENIED for a role not allowed.
 
     Pass cluster_id when the CA may sign for several clusters (an external
     CA): the TLS handshake then proves only "signed by that CA"."""
     from .pki import PKIError, check_not_revoked, peer_identity
 
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
     try:
         peer = peer_identity(context)
     except PKIError as error:
-        await _refuse(context, grpc.StatusCode.UNAUTHENTICATED, f"invalid client certificate: {error}")
+        raise CallerRefused(unauthenticated, f"invalid client certificate: {error}") from error
     if peer is None:
-        await _refuse(context, grpc.StatusCode.UNAUTHENTICATED,
-                      "a client certificate issued by the cluster CA is required")
+        raise CallerRefused(unauthenticated,
+                            "a client certificate issued by the cluster CA is required")
     if cluster_id is not None and peer.cluster_id != cluster_id:
-        await _refuse(context, grpc.StatusCode.UNAUTHENTICATED,
-                      f"certificate of {peer.node_id} is for cluster {peer.cluster_id!r}, not {cluster_id!r}")
+        raise CallerRefused(unauthenticated, f"certificate of {peer.node_id} is for cluster "
+                                             f"{peer.cluster_id!r}, not {cluster_id!r}")
     try:
         check_not_revoked(peer, revocations)
     except PKIError as error:
-        await _refuse(context, grpc.StatusCode.UNAUTHENTICATED, str(error))
+        raise CallerRefused(unauthenticated, str(error)) from error
     if peer.role not in roles:
         allowed = ", ".join(sorted(role.value for role in roles)) or "a role no certificate has"
-        await _refuse(context, grpc.StatusCode.PERMISSION_DENIED,
-                      f"{peer.role.value} {peer.node_id} may not call this (needs {allowed})")
+        raise CallerRefused(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{peer.role.value} {peer.node_id} may not call this (needs {allowed})")
     return peer
+
+
+async def authorize(context: grpc.aio.ServicerContext[Any, Any], roles: Collection[Role],
+                    revocations: Revocations, *, cluster_id: str | None = None) -> PeerIdentity:
+    """check_caller for a grpc.aio handler: a refused call is aborted and
+    the refusal logged. Call it first thing in a handler; do not call it on
+    an --insecure server, where no caller has an identity."""
+    try:
+        return check_caller(context, roles, revocations, cluster_id=cluster_id)
+    except CallerRefused as refused:
+        await _refuse(context, refused.code, refused.details)
 
 
 async def _refuse(context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode,
